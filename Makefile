@@ -1,0 +1,54 @@
+# Podium: the two commands of README.md are `make run` and `make test`.
+# Both create .venv and install what they need on a fresh machine.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: start Podium on the embedded PostgreSQL (Ctrl-C to stop)
+run: $(STAMP)
+	$(BIN)/podium serve
+
+serve: run
+
+## test: every check CI runs: lint, types, layering, contracts, generated code, tests
+test: $(STAMP) check
+	$(BIN)/pytest -q
+
+## check: fast static checks
+check: $(STAMP) lint typecheck check-protos buf-lint
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/python scripts/typecheck.py
+
+## protos: regenerate generated/ from protos/
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP)
+	scripts/check_generated.sh
+
+buf-lint:
+	npx --yes @bufbuild/buf@1.57.0 lint
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,113 @@
+"""gRPC servicer of ``podium.orchestration.v1.OrchestrationService``.
+
+Servicers translate protos to engine calls and engine errors to statuses; they hold no
+business logic. RPCs whose engine part has not landed yet answer UNIMPLEMENTED with a
+message naming the RPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.server.api.errors import abort_code, unary
+from podium.server.engine.engine import Engine
+from podium.server.engine.errors import Unavailable
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
+
+
+class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
+    """Implements OrchestrationService on top of an :class:`Engine`.
+
+    ``engine`` returns the engine once the database is reachable and migrated, and
+    raises :class:`Unavailable` before that (the RPC then answers UNAVAILABLE).
+    """
+
+    def __init__(self, engine: Callable[[], Engine], organization_id: str) -> None:
+        self._engine = engine
+        self._organization_id = organization_id
+
+    def _org(self, context: Context) -> str:
+        # Authentication is off: every caller acts for the configured organization.
+        return self._organization_id
+
+    # -- definitions -------------------------------------------------------------
+
+    @unary
+    async def CreateDefinition(
+        self, request: pb.CreateDefinitionRequest, context: Context
+    ) -> pb.CreateDefinitionResponse:
+        definition = await self._engine().definitions.create(self._org(context), request.definition)
+        return pb.CreateDefinitionResponse(definition=definition)
+
+    @unary
+    async def GetDefinition(
+        self, request: pb.GetDefinitionRequest, context: Context
+    ) -> pb.GetDefinitionResponse:
+        definition = await self._engine().definitions.get(
+            self._org(context), request.name, request.version
+        )
+        return pb.GetDefinitionResponse(definition=definition)
+
+    @unary
+    async def ListDefinitions(
+        self, request: pb.ListDefinitionsRequest, context: Context
+    ) -> pb.ListDefinitionsResponse:
+        definitions, token = await self._engine().definitions.list(
+            self._org(context),
+            page_size_requested=request.page_size,
+            page_token=request.page_token,
+            name_prefix=request.name_prefix,
+            include_archived=request.include_archived,
+        )
+        return pb.ListDefinitionsResponse(definitions=definitions, next_page_token=token)
+
+    @unary
+    async def ValidateDefinition(
+        self, request: pb.ValidateDefinitionRequest, context: Context
+    ) -> pb.ValidateDefinitionResponse:
+        definition = await self._engine().definitions.validate(
+            self._org(context), request.definition
+        )
+        return pb.ValidateDefinitionResponse(definition=definition)
+
+    @unary
+    async def ArchiveDefinition(
+        self, request: pb.ArchiveDefinitionRequest, context: Context
+    ) -> pb.ArchiveDefinitionResponse:
+        definition = await self._engine().definitions.archive(self._org(context), request.name)
+        return pb.ArchiveDefinitionResponse(definition=definition)
+
+
+def _unimplemented(method: str) -> Callable[..., Any]:
+    async def handler(self: OrchestrationServicer, request: Any, context: Context) -> None:
+        await abort_code(
+            context,
+            code_pb2.UNIMPLEMENTED,
+            f"{SERVICE_NAME}/{method} is part of the contract but not implemented by this "
+            "Podium version yet",
+            "NOT_IMPLEMENTED",
+        )
+
+    handler.__name__ = method
+    return handler
+
+
+# Every RPC of the contract that has no implementation above answers UNIMPLEMENTED with
+# a clear message instead of the generated stub's bare "Method not implemented!".
+for _method in pb.DESCRIPTOR.services_by_name["OrchestrationService"].methods:
+    if _method.name not in OrchestrationServicer.__dict__:
+        setattr(OrchestrationServicer, _method.name, _unimplemented(_method.name))
+
+
+def engine_unavailable() -> Engine:
+    """Engine provider used before the database is ready."""
+    raise Unavailable("Podium is starting: the database is not ready yet", reason="NOT_READY")

@@ -1,0 +1,215 @@
+"""Wiring: settings -> database -> engine -> gRPC server.
+
+:class:`PodiumServer` owns the life cycle of one replica:
+
+1. bind the gRPC port and serve Health (NOT_SERVING) and reflection at once, so
+   probes get an answer while the database comes up;
+2. start the embedded PostgreSQL when no ``PODIUM_DATABASE_URL`` is set;
+3. apply pending migrations (serialized across replicas by an advisory lock);
+4. open the pool, start the engine, and flip Health to SERVING;
+5. on stop: NOT_SERVING, drain RPCs for the grace period, stop the engine, close the
+   pool and stop the embedded PostgreSQL.
+
+A background monitor pings the database and flips Health to NOT_SERVING while it is
+unreachable, back to SERVING when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
+from podium.server.config import Settings, redact_url
+from podium.server.engine.engine import Engine
+from podium.server.engine.errors import Unavailable
+from podium.server.storage.database import Database
+from podium.server.storage.embedded import EmbeddedPostgres
+from podium.server.storage.errors import StorageUnavailable
+from podium.server.storage.migrations import migrate
+
+log = logging.getLogger("podium.server")
+
+HEALTH_CHECK_INTERVAL_SECONDS = 5.0
+
+# SQLSTATEs that retrying a connection cannot fix: unknown database, bad credentials.
+_PERMANENT_CONNECT_ERRORS = frozenset({"3D000", "28000", "28P01"})
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    """Channel arguments of the gRPC server: explicit message limits and keepalive."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Ping idle connections every 30 s so half-open WatchRun streams are noticed.
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept client pings down to every 10 s without data, then GOAWAY abusers.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class StartupError(Exception):
+    """The server cannot start for a reason retrying will not fix; the message says why."""
+
+
+class PodiumServer:
+    """One Podium replica: gRPC server, database, engine."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = 0
+        self.health = HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._embedded: EmbeddedPostgres | None = None
+        self._db: Database | None = None
+        self._engine: Engine | None = None
+        self._monitor: asyncio.Task[None] | None = None
+        self._serving = False
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, once the database is ready; raises Unavailable before."""
+        if self._engine is None:
+            raise Unavailable(
+                "Podium is starting: the database is not ready yet", reason="NOT_READY"
+            )
+        return self._engine
+
+    @property
+    def address(self) -> str:
+        """The bound address, with the real port when 0 was asked for."""
+        host = self.settings.listen_address.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind, serve, bring the database up, and report SERVING."""
+        started = time.perf_counter()
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        server = grpc.aio.server(options=server_options(self.settings))
+        # RPCs without an implementation are filled in at import time (UNIMPLEMENTED
+        # with a clear message), which mypy cannot see.
+        servicer = OrchestrationServicer(  # type: ignore[abstract]
+            lambda: self.engine, self.settings.organization_id
+        )
+        orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            self.port = server.add_insecure_port(self.settings.listen_address)
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {self.settings.listen_address}: {exc}") from None
+        self._server = server
+        await server.start()
+        log.info("gRPC listening", extra={"address": self.address})
+
+        dsn = self.settings.database_url
+        if dsn is None:
+            self._embedded = EmbeddedPostgres(self.settings.data_dir)
+            dsn = await asyncio.to_thread(self._embedded.start)
+            log.info("embedded PostgreSQL started", extra={"data_dir": str(self.settings.data_dir)})
+        await self._connect(dsn)
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        self._monitor = asyncio.create_task(self._monitor_database(), name="podium-health-monitor")
+        log.info(
+            "Podium serving",
+            extra={
+                "address": self.address,
+                "startup_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    async def _connect(self, dsn: str) -> None:
+        delay = 0.5
+        while True:
+            try:
+                applied = await migrate(dsn)
+                if applied:
+                    log.info("migrations applied", extra={"migrations": applied})
+                self._db = await Database.connect(
+                    dsn,
+                    min_size=self.settings.db_pool_min_size,
+                    max_size=self.settings.db_pool_max_size,
+                )
+                break
+            except StorageUnavailable as exc:
+                if exc.sqlstate in _PERMANENT_CONNECT_ERRORS:
+                    # Retrying cannot fix a wrong database name or bad credentials.
+                    raise StartupError(
+                        f"cannot use the database {redact_url(dsn)}: {exc}"
+                    ) from None
+                log.warning(
+                    "database unreachable, retrying",
+                    extra={"database": redact_url(dsn), "error": str(exc), "retry_in": delay},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self._engine = Engine(self._db, self.settings)
+        await self._engine.start()
+
+    async def _set_health(
+        self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
+    ) -> None:
+        self._serving = status == health_pb2.HealthCheckResponse.SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def _monitor_database(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_SECONDS)
+            assert self._engine is not None
+            ok = await self._engine.healthy()
+            if ok != self._serving:
+                log.warning("database %s", "reachable again" if ok else "unreachable")
+                await self._set_health(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+
+    async def wait_for_termination(self) -> None:
+        """Block until the gRPC server stops."""
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, drain for ``grace`` seconds, release everything."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        self._serving = False
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        try:
+            if self._server is not None:
+                await self._server.stop(grace)
+            if self._engine is not None:
+                await self._engine.stop()
+            if self._db is not None:
+                await self._db.close()
+        finally:
+            if self._embedded is not None:
+                await asyncio.to_thread(self._embedded.stop)
+                log.info("embedded PostgreSQL stopped")
+        log.info("stopped")

@@ -1,0 +1,301 @@
+"""Every Podium setting, in one place.
+
+Each setting has an environment variable and a matching command-line flag of
+``podium serve`` (the flag wins). Values are parsed and validated once at start:
+a bad value stops the server with a message naming the variable, never a traceback.
+
+The seed system's ``ORCHESTRATION_*`` variables keep their names and meaning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+DEFAULT_ORGANIZATION_ID = "default"
+"""Organization of every resource while authentication is off."""
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the variable and the fix."""
+
+
+def _parse_address(name: str, raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"{name}={raw!r}: expected HOST:PORT, e.g. 127.0.0.1:50051 (port 0 picks a free one)"
+        )
+    return raw
+
+
+def _parse_optional_address(name: str, raw: str) -> str | None:
+    return None if raw == "" else _parse_address(name, raw)
+
+
+def _parse_int(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise ConfigError(f"{name}={raw!r}: must be {bound}")
+        return value
+
+    return parse
+
+
+def _parse_optional_int(minimum: int) -> Callable[[str, str], int | None]:
+    parse = _parse_int(minimum)
+
+    def parse_optional(name: str, raw: str) -> int | None:
+        return None if raw.strip() in ("", "null", "none") else parse(name, raw)
+
+    return parse_optional
+
+
+def _parse_float(minimum: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r}: expected a number") from None
+        if not math.isfinite(value) or value < minimum:
+            raise ConfigError(f"{name}={raw!r}: must be a finite number >= {minimum}")
+        return value
+
+    return parse
+
+
+def _parse_database_url(name: str, raw: str) -> str | None:
+    if raw == "":
+        return None
+    if urlsplit(raw).scheme not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"{name}: expected a postgresql:// URL, e.g. postgresql://user@host:5432/podium "
+            "(leave it unset to use the embedded PostgreSQL)"
+        )
+    return raw
+
+
+def _parse_http_url(name: str, raw: str) -> str | None:
+    if raw == "":
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{name}={raw!r}: expected an http:// or https:// URL")
+    return raw
+
+
+def _parse_choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _parse_path(name: str, raw: str) -> Path:
+    if not raw:
+        raise ConfigError(f"{name}: must not be empty")
+    return Path(raw).expanduser()
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+def _setting(env: str, parse: Callable[[str, str], Any], help: str, default: Any = None) -> Any:
+    if isinstance(default, (list, dict, set)):  # pragma: no cover - guard for authors
+        raise TypeError("mutable default")
+    return field(default=default, metadata={"env": env, "parse": parse, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated server settings. Build with :meth:`from_env` or :meth:`from_args`."""
+
+    database_url: str | None = _setting(
+        "PODIUM_DATABASE_URL",
+        _parse_database_url,
+        "PostgreSQL URL; unset starts an embedded PostgreSQL in the data directory.",
+    )
+    listen_address: str = _setting(
+        "PODIUM_LISTEN_ADDRESS", _parse_address, "gRPC listen address HOST:PORT.", "127.0.0.1:50051"
+    )
+    data_dir: Path = _setting(
+        "PODIUM_DATA_DIR",
+        _parse_path,
+        "Directory for the embedded PostgreSQL and other local state.",
+        platformdirs.user_data_path("podium"),
+    )
+    metrics_address: str | None = _setting(
+        "PODIUM_METRICS_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT of the Prometheus /metrics endpoint; unset disables it.",
+    )
+    log_level: str = _setting(
+        "PODIUM_LOG_LEVEL", _parse_choice("debug", "info", "warning", "error"), "Log level.", "info"
+    )
+    log_format: str = _setting(
+        "PODIUM_LOG_FORMAT",
+        _parse_choice("auto", "json", "text"),
+        "Log format; auto is JSON when stderr is not a terminal.",
+        "auto",
+    )
+    shutdown_grace_seconds: float = _setting(
+        "PODIUM_SHUTDOWN_GRACE_SECONDS",
+        _parse_float(0),
+        "Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.",
+        10.0,
+    )
+    max_message_bytes: int = _setting(
+        "PODIUM_MAX_MESSAGE_BYTES",
+        _parse_int(1024, 64 * 1024 * 1024),
+        "Maximum gRPC message size, received and sent.",
+        4 * 1024 * 1024,
+    )
+    db_pool_min_size: int = _setting(
+        "PODIUM_DB_POOL_MIN_SIZE", _parse_int(0, 1000), "Minimum database connections.", 1
+    )
+    db_pool_max_size: int = _setting(
+        "PODIUM_DB_POOL_MAX_SIZE", _parse_int(1, 1000), "Maximum database connections.", 10
+    )
+    organization_id: str = _setting(
+        "PODIUM_DEFAULT_ORGANIZATION",
+        lambda name, raw: raw or DEFAULT_ORGANIZATION_ID,
+        "Organization of every request while authentication is off.",
+        DEFAULT_ORGANIZATION_ID,
+    )
+    default_max_parallel: int | None = _setting(
+        "ORCHESTRATION_DEFAULT_MAX_PARALLEL",
+        _parse_optional_int(1),
+        "Per-run parallelism when a definition sets none; unset means sequential (1).",
+    )
+    max_concurrency: int | None = _setting(
+        "ORCHESTRATION_MAX_CONCURRENCY",
+        _parse_optional_int(1),
+        "Global cap on steps executing at once per server; unset means no cap.",
+    )
+    progress_webhook_url: str | None = _setting(
+        "ORCHESTRATION_PROGRESS_WEBHOOK_URL",
+        _parse_http_url,
+        "Webhook receiving every run's lifecycle events.",
+    )
+    cache_max_definitions: int = _setting(
+        "ORCHESTRATION_CACHE_MAX_DEFINITIONS",
+        _parse_int(0),
+        "Definitions kept in the in-process cache (0 disables it).",
+        200,
+    )
+    cache_max_step_outputs: int = _setting(
+        "ORCHESTRATION_CACHE_MAX_STEP_OUTPUTS",
+        _parse_int(0),
+        "Step outputs kept in the in-process cache in front of the step_cache table.",
+        2000,
+    )
+    default_step_timeout_seconds: float = _setting(
+        "ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS",
+        _parse_float(0.001),
+        "Step timeout when neither the step, the definition nor the agent sets one.",
+        300.0,
+    )
+    allow_private_webhooks: bool = _setting(
+        "ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS",
+        _parse_bool,
+        "Allow webhook targets on loopback, link-local or private addresses.",
+        False,
+    )
+
+    def __post_init__(self) -> None:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ConfigError(
+                "PODIUM_DB_POOL_MIN_SIZE must not exceed PODIUM_DB_POOL_MAX_SIZE "
+                f"({self.db_pool_min_size} > {self.db_pool_max_size})"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if name in env:
+                values[f.name] = f.metadata["parse"](name, env[name])
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per setting (e.g. ``--listen-address``) to ``parser``."""
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            parser.add_argument(
+                flag,
+                dest=f"setting_{f.name}",
+                metavar=f.metadata["env"],
+                default=None,
+                help=f"{f.metadata['help']} [env {f.metadata['env']}]",
+            )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from the environment, overridden by flags added with :meth:`add_arguments`."""
+        overrides: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = getattr(args, f"setting_{f.name}", None)
+            if raw is not None:
+                overrides[f.name] = f.metadata["parse"]("--" + f.name.replace("_", "-"), raw)
+        return cls.from_env(env, **overrides)
+
+    def describe(self) -> dict[str, str]:
+        """Settings for the start-up log, with credentials removed from URLs."""
+        out: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, str) and "://" in value:
+                value = redact_url(value)
+            out[f.metadata["env"]] = "" if value is None else str(value)
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (and query, which may carry tokens)."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.query:
+        return url
+    netloc = parts.hostname or ""
+    if parts.username:
+        netloc = f"{parts.username}:***@{netloc}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc, query="").geturl()
+
+
+def settings_help() -> Sequence[tuple[str, str, str]]:
+    """(env var, default, help) for every setting, for docs."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        rows.append(
+            (f.metadata["env"], "" if f.default is None else str(f.default), f.metadata["help"])
+        )
+    return rows

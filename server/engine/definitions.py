@@ -1,0 +1,179 @@
+"""Definitions: validate, version, store and look up DAG definitions.
+
+Stored definitions are immutable per (organization, name, version); creating a
+definition with an existing name stores its next version. Parsed versions are kept in a
+bounded in-process LRU (``ORCHESTRATION_CACHE_MAX_DEFINITIONS``) keyed by
+(organization, name, version): a version never changes, so the cache needs no
+cross-replica invalidation. Only the ``archived`` flag can change; it is re-read from the
+database whenever a run is started and refreshed locally on ArchiveDefinition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.canonical import definition_hash
+from podium.server.engine.errors import FieldViolation, InvalidArgument, NotFound
+from podium.server.engine.lru import LRUCache
+from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.storage_errors import storage_errors
+from podium.server.engine.validation import normalize_definition, validate_definition
+from podium.server.storage.definitions import DefinitionRecord, DefinitionsRepository
+
+Definition = definition_pb2.Definition
+
+_CacheKey = tuple[str, str, int]
+
+
+def definition_to_spec(definition: Definition) -> dict[str, Any]:
+    """The JSON form stored in ``orchestration_definitions.spec``."""
+    return json_format.MessageToDict(
+        normalize_definition(definition), preserving_proto_field_name=True
+    )
+
+
+def record_to_definition(record: DefinitionRecord) -> Definition:
+    """The proto of a stored version, with its output-only fields set."""
+    definition = json_format.ParseDict(record.spec, Definition(), ignore_unknown_fields=True)
+    definition.version = record.version
+    definition.organization_id = record.organization_id
+    definition.archived = record.archived
+    definition.content_hash = record.content_hash
+    ts = Timestamp()
+    ts.FromDatetime(record.create_time)
+    definition.create_time.CopyFrom(ts)
+    return definition
+
+
+class DefinitionService:
+    """Use cases behind the Definition RPCs."""
+
+    def __init__(self, repository: DefinitionsRepository, *, cache_size: int = 200) -> None:
+        self._repository = repository
+        self._cache: LRUCache[_CacheKey, Definition] = LRUCache(cache_size)
+
+    @property
+    def cache(self) -> LRUCache[_CacheKey, Definition]:
+        """The in-process cache of parsed versions (exposed for metrics and tests)."""
+        return self._cache
+
+    async def _known_definitions(self, organization_id: str, names: set[str]) -> set[str]:
+        known = set()
+        for name in names:
+            if await self._repository.get(organization_id, name) is not None:
+                known.add(name)
+        return known
+
+    async def validate(self, organization_id: str, definition: Definition) -> Definition:
+        """Check ``definition``; raise InvalidArgument listing every problem.
+
+        Returns the normalized definition (output-only fields cleared).
+        """
+        targets = {s.orchestration.name for s in definition.steps if s.HasField("orchestration")}
+        targets.discard(definition.name)
+        targets.discard("")
+        async with storage_errors():
+            known = await self._known_definitions(organization_id, targets)
+        violations = validate_definition(
+            definition,
+            known_definitions=lambda name, version: name in known or name == definition.name,
+        )
+        if violations:
+            raise InvalidArgument(
+                f"definition {definition.name!r} is invalid: {len(violations)} problem(s)",
+                reason="INVALID_DEFINITION",
+                violations=violations,
+            )
+        return normalize_definition(definition)
+
+    async def create(self, organization_id: str, definition: Definition) -> Definition:
+        """Validate and store ``definition`` as the next version of its name."""
+        normalized = await self.validate(organization_id, definition)
+        async with storage_errors():
+            record = await self._repository.create(
+                organization_id,
+                normalized.name,
+                description=normalized.description,
+                spec=definition_to_spec(normalized),
+                content_hash=definition_hash(normalized),
+            )
+        stored = record_to_definition(record)
+        self._cache.put((organization_id, record.name, record.version), stored)
+        return stored
+
+    async def get(self, organization_id: str, name: str, version: int = 0) -> Definition:
+        """The given version of ``name``, or its latest when ``version`` is 0."""
+        if version < 0:
+            raise InvalidArgument(
+                "version must not be negative",
+                violations=[_violation("version", "must be >= 0 (0 means the latest)")],
+            )
+        if not name:
+            raise InvalidArgument("name is required", violations=[_violation("name", "required")])
+        if version:
+            cached = self._cache.get((organization_id, name, version))
+            if cached is not None:
+                return cached
+        async with storage_errors():
+            record = await self._repository.get(organization_id, name, version or None)
+        if record is None:
+            what = (
+                f"version {version} of definition {name!r}" if version else f"definition {name!r}"
+            )
+            raise NotFound(
+                f"{what} not found",
+                reason="DEFINITION_NOT_FOUND",
+                metadata={"name": name, "version": str(version)},
+            )
+        definition = record_to_definition(record)
+        self._cache.put((organization_id, record.name, record.version), definition)
+        return definition
+
+    async def list(
+        self,
+        organization_id: str,
+        *,
+        page_size_requested: int = 0,
+        page_token: str = "",
+        name_prefix: str = "",
+        include_archived: bool = False,
+    ) -> tuple[list[Definition], str]:
+        """A page of latest versions ordered by name, and the next page token."""
+        size = page_size(page_size_requested)
+        filters = {"prefix": name_prefix, "archived": include_archived}
+        after = decode_token(page_token, filters)
+        async with storage_errors():
+            records = await self._repository.list_latest(
+                organization_id,
+                after_name=after,
+                limit=size + 1,
+                name_prefix=name_prefix or None,
+                include_archived=include_archived,
+            )
+        more = len(records) > size
+        records = records[:size]
+        token = encode_token(records[-1].name, filters) if more and records else ""
+        return [record_to_definition(r) for r in records], token
+
+    async def archive(self, organization_id: str, name: str) -> Definition:
+        """Archive every version of ``name``; new runs of it are refused."""
+        if not name:
+            raise InvalidArgument("name is required", violations=[_violation("name", "required")])
+        async with storage_errors():
+            record = await self._repository.archive(organization_id, name)
+        if record is None:
+            raise NotFound(
+                f"definition {name!r} not found",
+                reason="DEFINITION_NOT_FOUND",
+                metadata={"name": name},
+            )
+        self._cache.discard_where(lambda key: key[0] == organization_id and key[1] == name)
+        return record_to_definition(record)
+
+
+def _violation(field: str, description: str) -> FieldViolation:
+    return FieldViolation(field=field, description=description)

@@ -1,0 +1,74 @@
+"""Opaque page tokens (AIP-158).
+
+A token is URL-safe base64 of compact JSON holding the keyset position and a hash of
+the request's filters, so a token cannot be replayed with different filters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from typing import Any
+
+from podium.server.engine.errors import FieldViolation, InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def page_size(
+    requested: int, *, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
+    """The effective page size: ``default`` for 0, capped at ``maximum``; negative is an error."""
+    if requested < 0:
+        raise InvalidArgument(
+            "page_size must not be negative",
+            violations=[FieldViolation(field="page_size", description="must be >= 0")],
+        )
+    return default if requested == 0 else min(requested, maximum)
+
+
+def _filters_hash(filters: Any) -> str:
+    raw = json.dumps(filters, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def encode_token(position: Any, filters: Any) -> str:
+    """A token resuming after ``position`` for a request with ``filters``."""
+    raw = json.dumps({"p": position, "f": _filters_hash(filters)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_token(token: str, filters: Any) -> Any:
+    """The position stored in ``token`` (None for an empty token).
+
+    Raises InvalidArgument when the token is malformed or was issued for other filters.
+    """
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        position, fingerprint = data["p"], data["f"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise InvalidArgument(
+            "page_token is not a token issued by this server",
+            reason="INVALID_PAGE_TOKEN",
+            violations=[FieldViolation(field="page_token", description="malformed page token")],
+        ) from None
+    if fingerprint != _filters_hash(filters):
+        raise InvalidArgument(
+            "page_token was issued for a request with other filters",
+            reason="INVALID_PAGE_TOKEN",
+            violations=[
+                FieldViolation(
+                    field="page_token",
+                    description=(
+                        "page token does not match the request's filters; start from page 1"
+                    ),
+                )
+            ],
+        )
+    return position
