@@ -163,7 +163,7 @@ class PodiumServer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._engine = Engine(self._db, self.settings)
+        self._engine = Engine(self._db, dsn, self.settings)
         await self._engine.start()
 
     async def _set_health(
@@ -205,7 +205,7 @@ class PodiumServer:
             if self._server is not None:
                 await self._server.stop(grace)
             if self._engine is not None:
-                await self._engine.stop()
+                await self._engine.stop(grace)
             if self._db is not None:
                 await self._db.close()
         finally:

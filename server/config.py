@@ -218,6 +218,36 @@ class Settings:
         "Step timeout when neither the step, the definition nor the agent sets one.",
         300.0,
     )
+    agents: str = _setting(
+        "PODIUM_AGENTS",
+        lambda name, raw: raw,
+        "Static agents: name=host:port[,...] or @/path/agents.yaml (see server/agents/static.py).",
+        "",
+    )
+    worker_slots: int = _setting(
+        "PODIUM_WORKER_SLOTS",
+        _parse_int(1, 10_000),
+        "Steps one replica executes at once when ORCHESTRATION_MAX_CONCURRENCY is unset.",
+        100,
+    )
+    lease_seconds: float = _setting(
+        "PODIUM_LEASE_SECONDS",
+        _parse_float(0.5),
+        "Lease of a running step; renewed every third of it, re-queued after it expires.",
+        30.0,
+    )
+    poll_interval_seconds: float = _setting(
+        "PODIUM_POLL_INTERVAL_SECONDS",
+        _parse_float(0.05),
+        "Fallback timer of the scheduler when no notification arrives.",
+        1.0,
+    )
+    claim_batch_size: int = _setting(
+        "PODIUM_CLAIM_BATCH_SIZE",
+        _parse_int(1, 1000),
+        "Steps claimed per scheduler round trip.",
+        32,
+    )
     allow_private_webhooks: bool = _setting(
         "ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS",
         _parse_bool,

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from podium.server.app import PodiumServer, StartupError
-from podium.server.config import Settings
+from podium.server.config import ConfigError, Settings
 from podium.server.storage.errors import StorageError
 from podium.server.telemetry.logging import configure_logging
 
@@ -44,7 +44,7 @@ def serve(settings: Settings) -> int:
     log.info("starting Podium", extra={"settings": settings.describe()})
     try:
         asyncio.run(_serve(settings))
-    except (StartupError, StorageError) as exc:
+    except (StartupError, StorageError, ConfigError) as exc:
         log.error("cannot start: %s", exc)
         print(f"podium: cannot start: {exc}", file=sys.stderr)
         return 1

@@ -86,6 +86,83 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         definition = await self._engine().definitions.archive(self._org(context), request.name)
         return pb.ArchiveDefinitionResponse(definition=definition)
 
+    # -- runs --------------------------------------------------------------------------
+
+    @unary
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
+        run, existing = await self._engine().runs.start(self._org(context), request)
+        return pb.StartRunResponse(run=run, existing=existing)
+
+    @unary
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        run = await self._engine().runs.get(self._org(context), request.run_id)
+        return pb.GetRunResponse(run=run)
+
+    @unary
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
+        runs, token = await self._engine().runs.list_runs(self._org(context), request)
+        return pb.ListRunsResponse(runs=runs, next_page_token=token)
+
+    @unary
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: Context
+    ) -> pb.CancelRunResponse:
+        run = await self._engine().runs.cancel(self._org(context), request.run_id, request.reason)
+        return pb.CancelRunResponse(run=run)
+
+    @unary
+    async def ContinueRun(
+        self, request: pb.ContinueRunRequest, context: Context
+    ) -> pb.ContinueRunResponse:
+        run = await self._engine().runs.continue_(self._org(context), request.run_id, request.input)
+        return pb.ContinueRunResponse(run=run)
+
+    @unary
+    async def ListRunEvents(
+        self, request: pb.ListRunEventsRequest, context: Context
+    ) -> pb.ListRunEventsResponse:
+        events, after = await self._engine().runs.list_events(
+            self._org(context), request.run_id, request.after_sequence, request.page_size
+        )
+        return pb.ListRunEventsResponse(events=events, next_after_sequence=after)
+
+    @unary
+    async def ListDeliverables(
+        self, request: pb.ListDeliverablesRequest, context: Context
+    ) -> pb.ListDeliverablesResponse:
+        deliverables, token = await self._engine().runs.list_deliverables(
+            self._org(context), request
+        )
+        return pb.ListDeliverablesResponse(deliverables=deliverables, next_page_token=token)
+
+    # -- agents ------------------------------------------------------------------------
+
+    @unary
+    async def RegisterAgent(
+        self, request: pb.RegisterAgentRequest, context: Context
+    ) -> pb.RegisterAgentResponse:
+        agent = await self._engine().agents.register(self._org(context), request.agent)
+        return pb.RegisterAgentResponse(agent=agent)
+
+    @unary
+    async def ListAgents(
+        self, request: pb.ListAgentsRequest, context: Context
+    ) -> pb.ListAgentsResponse:
+        agents, token = await self._engine().agents.list(
+            self._org(context),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            skill=request.skill,
+        )
+        return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    @unary
+    async def DeregisterAgent(
+        self, request: pb.DeregisterAgentRequest, context: Context
+    ) -> pb.DeregisterAgentResponse:
+        await self._engine().agents.deregister(self._org(context), request.name)
+        return pb.DeregisterAgentResponse()
+
 
 def _unimplemented(method: str) -> Callable[..., Any]:
     async def handler(self: OrchestrationServicer, request: Any, context: Context) -> None:

@@ -1,28 +1,66 @@
-"""The engine: the use cases behind every RPC, wired to one database."""
+"""The engine: the use cases behind every RPC and the scheduler, wired to one database."""
 
 from __future__ import annotations
 
-from podium.server.config import Settings
+import logging
+
+from podium.server.agents.client import AgentClient
+from podium.server.agents.static import parse_static_agents
+from podium.server.config import ConfigError, Settings
+from podium.server.engine.agents import AgentService
 from podium.server.engine.definitions import DefinitionService
+from podium.server.engine.runs import RunService
+from podium.server.engine.scheduler import Scheduler, SchedulerConfig
+from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
+from podium.server.storage.runs import RunsRepository
+
+log = logging.getLogger("podium.engine")
 
 
 class Engine:
-    """Owns the services of one Podium replica. The API layer calls into it."""
+    """Owns the services and the scheduler of one Podium replica. The API calls into it."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        try:
+            self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
+        except ValueError as exc:
+            raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )
+        runs = RunsRepository(db)
+        self.runs = RunService(runs, self.definitions, settings)
+        self.agents = AgentService(AgentsRepository(db))
+        self.agent_client = AgentClient(max_message_bytes=settings.max_message_bytes)
+        self.scheduler = Scheduler(
+            db,
+            dsn,
+            runs,
+            self.agent_client,
+            SchedulerConfig(
+                slots=settings.max_concurrency or settings.worker_slots,
+                batch_size=settings.claim_batch_size,
+                lease_seconds=settings.lease_seconds,
+                poll_interval_seconds=settings.poll_interval_seconds,
+                default_timeout_seconds=settings.default_step_timeout_seconds,
+            ),
+        )
 
     async def start(self) -> None:
-        """Start background work (scheduler, reapers). Nothing yet besides the pool."""
+        """Load the static agents, then start the scheduler."""
+        loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
+        if loaded:
+            log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
+        await self.scheduler.start()
 
-    async def stop(self) -> None:
-        """Stop background work; in-flight work is left for another replica to take over."""
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop the scheduler (running steps get ``grace`` seconds), close agent channels."""
+        await self.scheduler.stop(grace)
+        await self.agent_client.close()
 
     async def healthy(self) -> bool:
         """Whether the database answers."""

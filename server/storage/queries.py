@@ -1,7 +1,9 @@
-"""Named SQL statements, loaded once from ``queries.sql``.
+"""Named SQL statements, loaded once from the ``*.sql`` files of this package.
 
-Each statement in ``queries.sql`` sits under a ``-- name --`` header line; the file is
-split with one regular expression and callers use ``QUERIES["name"]``. Statements take
+``queries.sql`` holds the general statements, ``runs.sql``, ``agents.sql`` ... one file
+per table group; ``schema.sql`` (the full schema) is not a query file. Each statement
+sits under a ``-- name --`` header line; files are split with one regular expression
+and callers use ``QUERIES["name"]`` (names are unique across files). Statements take
 ``$1``-style parameters: SQL is never assembled from strings.
 """
 
@@ -37,13 +39,20 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
+_NOT_QUERIES = frozenset({"schema.sql"})
+
+
 def _load() -> Mapping[str, str]:
-    text = (
-        importlib.resources.files(__package__ or "podium.server.storage")
-        .joinpath("queries.sql")
-        .read_text(encoding="utf-8")
-    )
-    return MappingProxyType(parse_queries(text))
+    package = importlib.resources.files(__package__ or "podium.server.storage")
+    queries: dict[str, str] = {}
+    for entry in sorted(package.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".sql") or entry.name in _NOT_QUERIES:
+            continue
+        for name, statement in parse_queries(entry.read_text(encoding="utf-8")).items():
+            if name in queries:
+                raise ValueError(f"query {name!r} is defined twice ({entry.name})")
+            queries[name] = statement
+    return MappingProxyType(queries)
 
 
 QUERIES: Mapping[str, str] = _load()

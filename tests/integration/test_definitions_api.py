@@ -241,9 +241,9 @@ async def test_sub_orchestration_target_must_exist(
 
 async def test_unimplemented_rpcs_say_so(stub: pb_grpc.OrchestrationServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.RegisterAgent(pb.RegisterAgentRequest())
+        await stub.DecideApproval(pb.DecideApprovalRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "RegisterAgent" in (caught.value.details() or "")
+    assert "DecideApproval" in (caught.value.details() or "")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in stub.WatchRuns(pb.WatchRunsRequest()):
             pass

@@ -1,0 +1,231 @@
+"""Agents: the registry behind RegisterAgent / ListAgents / DeregisterAgent, and the
+static agents of the server configuration (``PODIUM_AGENTS``).
+
+A registered agent never replaces a static one of the same name (ALREADY_EXISTS) and a
+static agent cannot be deregistered (FAILED_PRECONDITION): the configuration is changed
+instead. Static agents are synchronised once at start with :meth:`AgentService.load_static`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+from collections.abc import Sequence
+
+from podium.orchestration.v1 import agent_pb2
+from podium.server.agents.static import StaticAgent, agent_problems
+from podium.server.engine.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from podium.server.engine.paging import decode_token, encode_token
+from podium.server.engine.paging import page_size as effective_page_size
+from podium.server.engine.storage_errors import storage_errors
+from podium.server.storage.agents import AgentRecord, AgentsRepository, StaticAgentConflict
+
+__all__ = ["AgentService", "agent_to_violations", "record_to_agent"]
+
+Agent = agent_pb2.Agent
+
+_log = logging.getLogger(__name__)
+
+_PROTOCOL_TO_PB = {
+    "podium_v1": Agent.Protocol.PROTOCOL_PODIUM_V1,
+    "a2a": Agent.Protocol.PROTOCOL_A2A,
+}
+_PROTOCOL_FROM_PB = {
+    Agent.Protocol.PROTOCOL_UNSPECIFIED: "podium_v1",
+    Agent.Protocol.PROTOCOL_PODIUM_V1: "podium_v1",
+    Agent.Protocol.PROTOCOL_A2A: "a2a",
+}
+_SOURCE_TO_PB = {
+    "registered": Agent.Source.SOURCE_REGISTERED,
+    "static": Agent.Source.SOURCE_STATIC,
+}
+
+
+def record_to_agent(record: AgentRecord) -> Agent:
+    """The proto of a stored agent, output-only fields set (``active_tasks`` stays 0)."""
+    agent = Agent(
+        name=record.name,
+        endpoint=record.endpoint,
+        skills=record.skills,
+        max_concurrency=record.max_concurrency,
+        default_timeout_seconds=record.default_timeout_seconds,
+        labels=record.labels,
+        protocol=_PROTOCOL_TO_PB.get(record.protocol, Agent.Protocol.PROTOCOL_UNSPECIFIED),
+        source=_SOURCE_TO_PB.get(record.source, Agent.Source.SOURCE_UNSPECIFIED),
+        organization_id=record.organization_id,
+    )
+    agent.create_time.FromDatetime(record.create_time)
+    agent.update_time.FromDatetime(record.update_time)
+    return agent
+
+
+def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldViolation]:
+    """Every problem of a RegisterAgent input, one violation per problem, with field
+    paths under ``prefix`` (``agent.endpoint``, ``agent.skills[1]``, ``agent.labels.team``).
+    Output-only fields are ignored."""
+    problems = agent_problems(
+        name=agent.name,
+        endpoint=agent.endpoint,
+        skills=list(agent.skills),
+        max_concurrency=agent.max_concurrency,
+        default_timeout_seconds=agent.default_timeout_seconds,
+        labels=dict(agent.labels),
+    )
+    violations = [
+        FieldViolation(field=f"{prefix}.{path}", description=description)
+        for path, description in problems
+    ]
+    if agent.protocol not in _PROTOCOL_FROM_PB:
+        allowed = ", ".join(
+            value.name for value in Agent.Protocol.DESCRIPTOR.values if value.number != 0
+        )
+        violations.append(
+            FieldViolation(
+                field=f"{prefix}.protocol",
+                description=f"unknown value {agent.protocol}; expected one of {allowed}",
+            )
+        )
+    return violations
+
+
+class AgentService:
+    """Use cases behind the agent RPCs, and the static agents of the configuration."""
+
+    def __init__(self, repository: AgentsRepository) -> None:
+        self._repository = repository
+
+    @property
+    def repository(self) -> AgentsRepository:
+        """The registry's repository (the scheduler reads agents through it)."""
+        return self._repository
+
+    async def register(self, organization_id: str, agent: Agent) -> Agent:
+        """Validate and store ``agent`` (insert, or update the registered agent of its
+        name); output-only fields of the input are ignored.
+
+        Raises:
+            InvalidArgument: one violation per problem (reason ``INVALID_AGENT``).
+            AlreadyExists: a static agent has that name (reason ``STATIC_AGENT``).
+        """
+        violations = agent_to_violations(agent)
+        if violations:
+            raise InvalidArgument(
+                f"agent {agent.name!r} is invalid: {len(violations)} problem(s)",
+                reason="INVALID_AGENT",
+                violations=violations,
+            )
+        async with storage_errors():
+            try:
+                record = await self._repository.upsert(
+                    organization_id,
+                    agent.name,
+                    endpoint=agent.endpoint,
+                    skills=list(agent.skills),
+                    max_concurrency=agent.max_concurrency,
+                    default_timeout_seconds=agent.default_timeout_seconds,
+                    labels=dict(agent.labels),
+                    protocol=_PROTOCOL_FROM_PB[agent.protocol],
+                    source="registered",
+                )
+            except StaticAgentConflict as exc:
+                raise AlreadyExists(
+                    str(exc), reason="STATIC_AGENT", metadata={"name": exc.name}
+                ) from exc
+        return record_to_agent(record)
+
+    async def get(self, organization_id: str, name: str) -> Agent:
+        """The agent called ``name``.
+
+        Raises:
+            NotFound: there is none (reason ``AGENT_NOT_FOUND``).
+        """
+        record = await self.get_record(organization_id, name)
+        if record is None:
+            raise _not_found(name)
+        return record_to_agent(record)
+
+    async def get_record(self, organization_id: str, name: str) -> AgentRecord | None:
+        """The stored agent called ``name``, or None (for the step executor)."""
+        async with storage_errors():
+            return await self._repository.get(organization_id, name)
+
+    async def list(
+        self,
+        organization_id: str,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        skill: str = "",
+    ) -> tuple[builtins.list[Agent], str]:
+        """A page of agents (registered and static) ordered by name, and the next page
+        token ("" on the last page). ``skill`` keeps the agents offering it."""
+        size = effective_page_size(page_size)
+        filters = {"skill": skill}
+        after = decode_token(page_token, filters)
+        if after is not None and not isinstance(after, str):
+            raise InvalidArgument(
+                "page_token is not a token issued by this server",
+                reason="INVALID_PAGE_TOKEN",
+                violations=[FieldViolation(field="page_token", description="malformed page token")],
+            )
+        async with storage_errors():
+            records = await self._repository.list(
+                organization_id, after_name=after, limit=size + 1, skill=skill or None
+            )
+        more = len(records) > size
+        records = records[:size]
+        token = encode_token(records[-1].name, filters) if more and records else ""
+        return [record_to_agent(record) for record in records], token
+
+    async def deregister(self, organization_id: str, name: str) -> None:
+        """Remove the registered agent ``name``.
+
+        Raises:
+            InvalidArgument: ``name`` is empty.
+            NotFound: there is no agent of that name (reason ``AGENT_NOT_FOUND``).
+            FailedPrecondition: it is a static agent (reason ``STATIC_AGENT``).
+        """
+        if not name:
+            raise InvalidArgument(
+                "name is required",
+                violations=[FieldViolation(field="name", description="an agent name is required")],
+            )
+        async with storage_errors():
+            try:
+                deleted = await self._repository.delete(organization_id, name)
+            except StaticAgentConflict as exc:
+                raise FailedPrecondition(
+                    str(exc), reason="STATIC_AGENT", metadata={"name": exc.name}
+                ) from exc
+        if not deleted:
+            raise _not_found(name)
+
+    async def load_static(
+        self, organization_id: str, agents: Sequence[StaticAgent]
+    ) -> builtins.list[Agent]:
+        """Make ``agents`` (parsed from ``PODIUM_AGENTS``) the organization's static
+        agents: upsert them, take over registered agents of the same names, and delete
+        static agents no longer configured, in one transaction. Returns them by name."""
+        async with storage_errors():
+            sync = await self._repository.replace_static(organization_id, agents)
+        for name in sync.took_over:
+            _log.warning(
+                "static agent replaces a registered agent of the same name",
+                extra={"agent": name, "organization_id": organization_id},
+            )
+        if sync.removed:
+            _log.info(
+                "static agents removed from the configuration were deleted",
+                extra={"agents": sync.removed, "organization_id": organization_id},
+            )
+        return [record_to_agent(record) for record in sync.agents]
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"agent {name!r} not found", reason="AGENT_NOT_FOUND", metadata={"name": name})

@@ -1,0 +1,555 @@
+"""Runs: StartRun / GetRun / ListRuns / CancelRun / ContinueRun and the run log.
+
+A run is created with all its steps in one transaction (``RunsRepository.create``):
+steps without dependencies are ``queued``, the others ``pending``. Each step row stores
+its effective failure policy (the step's ``on_failure`` over the definition's, field by
+field), the ids of the steps its input references (so the claim returns their outputs)
+and whether it is a sink (its output is part of the run output).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from podium.orchestration.v1 import definition_pb2, event_pb2, run_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.server.config import Settings
+from podium.server.engine.definitions import DefinitionService
+from podium.server.engine.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.references import find_references, normalize_numbers
+from podium.server.engine.storage_errors import storage_errors
+from podium.server.engine.validation import validate_plan
+from podium.server.storage.runs import (
+    AttemptRow,
+    DeliverableRow,
+    EventRow,
+    NewRun,
+    NewStep,
+    RunRow,
+    RunsRepository,
+    StepRow,
+)
+
+MAX_INPUT_BYTES = 1024 * 1024
+MAX_REQUEST_ID_LENGTH = 128
+MAX_LABELS = 64
+
+_RUN_STATES = {
+    "created": run_pb2.Run.STATE_CREATED,
+    "running": run_pb2.Run.STATE_RUNNING,
+    "paused": run_pb2.Run.STATE_PAUSED,
+    "succeeded": run_pb2.Run.STATE_SUCCEEDED,
+    "failed": run_pb2.Run.STATE_FAILED,
+    "cancelled": run_pb2.Run.STATE_CANCELLED,
+}
+_RUN_STATE_NAMES = {v: k for k, v in _RUN_STATES.items()}
+_STEP_STATES = {
+    "pending": run_pb2.StepRun.STATE_PENDING,
+    "queued": run_pb2.StepRun.STATE_QUEUED,
+    "running": run_pb2.StepRun.STATE_RUNNING,
+    "waiting_retry": run_pb2.StepRun.STATE_WAITING_RETRY,
+    "awaiting_approval": run_pb2.StepRun.STATE_AWAITING_APPROVAL,
+    "succeeded": run_pb2.StepRun.STATE_SUCCEEDED,
+    "failed": run_pb2.StepRun.STATE_FAILED,
+    "skipped": run_pb2.StepRun.STATE_SKIPPED,
+    "cancelled": run_pb2.StepRun.STATE_CANCELLED,
+}
+_EVENT_TYPES = {
+    name.removeprefix("TYPE_").lower().replace("_", ".", 1): value
+    for name, value in event_pb2.RunEvent.Type.items()
+    if name != "TYPE_UNSPECIFIED"
+}
+
+
+def _ts(value: datetime | None, target: Timestamp) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def _struct(value: Any, target: struct_pb2.Struct) -> None:
+    if isinstance(value, Mapping):
+        target.update(value)
+
+
+def _error(value: Mapping[str, Any] | None, target: run_pb2.ErrorDetail) -> None:
+    if value:
+        target.code = str(value.get("code", ""))
+        target.message = str(value.get("message", ""))
+        target.retryable = bool(value.get("retryable", False))
+        target.step_id = str(value.get("step_id", "") or "")
+
+
+def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
+    """``run_id`` as a UUID, or InvalidArgument naming ``field``."""
+    try:
+        return uuid.UUID(run_id)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a run id (a UUID), got {run_id!r}",
+            violations=[FieldViolation(field=field, description="must be a UUID")],
+        ) from None
+
+
+def run_to_proto(
+    run: RunRow,
+    steps: list[StepRow] | None = None,
+    attempts: list[AttemptRow] | None = None,
+    deliverables: list[DeliverableRow] | None = None,
+) -> run_pb2.Run:
+    """The API form of a stored run (with its steps when given)."""
+    out = run_pb2.Run(
+        id=str(run.id),
+        organization_id=run.organization_id,
+        definition_name=run.definition_name or "",
+        definition_version=run.definition_version or 0,
+        state=_RUN_STATES[run.state],
+        labels=run.labels,
+        request_id=run.request_id or "",
+        run_attempt=run.run_attempt,
+        parent_run_id=str(run.parent_run_id) if run.parent_run_id else "",
+        parent_step_id=run.parent_step_id or "",
+        rollback_hints=run.rollback_hints or [],
+        last_event_sequence=run.last_event_sequence,
+        max_parallel=run.max_parallel,
+        webhook_url=run.webhook_url or "",
+    )
+    _struct(run.input, out.input)
+    _struct(run.output, out.output)
+    _struct(run.metadata, out.metadata)
+    _error(run.error, out.error)
+    _ts(run.created_at, out.create_time)
+    _ts(run.started_at, out.start_time)
+    _ts(run.ended_at, out.end_time)
+    out.usage.input_tokens = run.input_tokens
+    out.usage.output_tokens = run.output_tokens
+    out.usage.cost_usd = run.cost_usd
+    json_format.ParseDict(run.plan, out.plan, ignore_unknown_fields=True)
+    if steps is not None:
+        by_step: dict[str, list[AttemptRow]] = {}
+        for attempt in attempts or []:
+            by_step.setdefault(attempt.step_id, []).append(attempt)
+        files: dict[str, list[DeliverableRow]] = {}
+        for d in deliverables or []:
+            files.setdefault(d.step_id or "", []).append(d)
+        for step in steps:
+            out.steps.append(
+                _step_to_proto(step, by_step.get(step.step_id, []), files.get(step.step_id, []))
+            )
+    return out
+
+
+def _step_to_proto(
+    step: StepRow, attempts: list[AttemptRow], files: list[DeliverableRow]
+) -> run_pb2.StepRun:
+    out = run_pb2.StepRun(
+        step_id=step.step_id,
+        state=_STEP_STATES[step.state],
+        attempt=step.attempt,
+        max_attempts=step.max_attempts,
+        agent=step.agent or "",
+        conversation_id=str(step.conversation_id) if step.conversation_id else "",
+        cached=step.cached,
+        cache_source_run_id=str(step.cache_source_run_id) if step.cache_source_run_id else "",
+        child_run_id=str(step.child_run_id) if step.child_run_id else "",
+        approval_id=str(step.approval_id) if step.approval_id else "",
+        depends_on=step.depends_on,
+    )
+    _struct(step.input, out.input)
+    _struct(step.output, out.output)
+    _error(step.error, out.error)
+    _ts(step.queued_at, out.queue_time)
+    _ts(step.started_at, out.start_time)
+    _ts(step.ended_at, out.end_time)
+    _ts(step.next_attempt_at, out.next_attempt_time)
+    out.usage.input_tokens = step.input_tokens
+    out.usage.output_tokens = step.output_tokens
+    out.usage.cost_usd = step.cost_usd
+    for attempt in attempts:
+        a = out.attempts.add(number=attempt.attempt, agent=attempt.agent or "")
+        _ts(attempt.started_at, a.start_time)
+        _ts(attempt.ended_at, a.end_time)
+        _error(attempt.error, a.error)
+        if attempt.ended_at is not None:
+            a.duration.FromTimedelta(attempt.ended_at - attempt.started_at)
+    for d in files:
+        out.deliverables.append(deliverable_to_proto(d))
+    return out
+
+
+def deliverable_to_proto(d: DeliverableRow) -> run_pb2.Deliverable:
+    """The API form of a stored deliverable."""
+    out = run_pb2.Deliverable(
+        id=str(d.id),
+        run_id=str(d.run_id),
+        step_id=d.step_id or "",
+        attempt=d.attempt or 0,
+        conversation_id=str(d.conversation_id) if d.conversation_id else "",
+        name=d.name,
+        media_type=d.media_type,
+        size_bytes=d.size_bytes,
+        uri=d.uri or "",
+        data=d.data or b"",
+    )
+    _ts(d.created_at, out.create_time)
+    return out
+
+
+def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunEvent:
+    """The API form of a stored event."""
+    out = event_pb2.RunEvent(
+        run_id=str(event.run_id),
+        sequence=event.sequence,
+        type=_EVENT_TYPES.get(event.type, event_pb2.RunEvent.TYPE_UNSPECIFIED),
+        step_id=event.step_id or "",
+        attempt=event.attempt or 0,
+        organization_id=event.organization_id,
+        run_state=_RUN_STATES.get(event.run_state or "", run_pb2.Run.STATE_UNSPECIFIED),
+        step_state=_STEP_STATES.get(event.step_state or "", run_pb2.StepRun.STATE_UNSPECIFIED),
+        definition_name=definition_name,
+    )
+    _ts(event.created_at, out.time)
+    payload = event.payload or {}
+    if "error" in payload and isinstance(payload["error"], Mapping):
+        _error(payload["error"], out.error)
+    if event.type == "step.retrying":
+        out.retry.next_attempt = int(payload.get("next_attempt", 0))
+        if payload.get("next_attempt_at"):
+            out.retry.next_attempt_time.FromJsonString(_rfc3339(str(payload["next_attempt_at"])))
+    data = {k: v for k, v in payload.items() if k != "error"}
+    if data:
+        _struct(data, out.data)
+    return out
+
+
+def _rfc3339(text: str) -> str:
+    # Postgres renders timestamptz in JSON as 2026-11-25T13:50:22.123+00:00.
+    return datetime.fromisoformat(text).isoformat().replace("+00:00", "Z")
+
+
+class RunService:
+    """Use cases behind the Run RPCs."""
+
+    def __init__(
+        self, repository: RunsRepository, definitions: DefinitionService, settings: Settings
+    ) -> None:
+        self._repository = repository
+        self._definitions = definitions
+        self._settings = settings
+
+    # -- start -----------------------------------------------------------------------
+
+    async def start(
+        self, organization_id: str, request: pb.StartRunRequest
+    ) -> tuple[run_pb2.Run, bool]:
+        """Create (and unless ``start`` is false, start) a run; see StartRunRequest."""
+        violations: list[FieldViolation] = []
+        if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
+            violations.append(
+                FieldViolation(
+                    field="request_id", description=f"at most {MAX_REQUEST_ID_LENGTH} characters"
+                )
+            )
+        if len(request.labels) > MAX_LABELS:
+            violations.append(
+                FieldViolation(field="labels", description=f"at most {MAX_LABELS} labels")
+            )
+        for key in ("input", "metadata"):
+            size = getattr(request, key).ByteSize()
+            if size > MAX_INPUT_BYTES:
+                violations.append(
+                    FieldViolation(
+                        field=key, description=f"{size} bytes; at most {MAX_INPUT_BYTES}"
+                    )
+                )
+        source = request.WhichOneof("source")
+        if source is None:
+            violations.append(
+                FieldViolation(
+                    field="definition",
+                    description="set `definition` (a saved definition) or `plan` (an inline plan)",
+                )
+            )
+        if violations:
+            raise InvalidArgument("StartRun request is invalid", violations=violations)
+
+        if source == "definition":
+            ref = request.definition
+            if not ref.name:
+                raise InvalidArgument(
+                    "definition.name is required",
+                    violations=[FieldViolation(field="definition.name", description="required")],
+                )
+            plan = await self._definitions.get(organization_id, ref.name, ref.version)
+            if plan.archived:
+                raise FailedPrecondition(
+                    f"definition {plan.name!r} is archived; new runs are refused",
+                    reason="DEFINITION_ARCHIVED",
+                    metadata={"name": plan.name},
+                )
+            definition_name: str | None = plan.name
+            definition_version: int | None = plan.version
+        else:
+            plan = request.plan
+            found = validate_plan(plan, field_prefix="plan")
+            if found:
+                raise InvalidArgument(
+                    f"plan is invalid: {len(found)} problem(s)",
+                    reason="INVALID_DEFINITION",
+                    violations=found,
+                )
+            definition_name = definition_version = None
+
+        run_input = normalize_numbers(json_format.MessageToDict(request.input))
+        metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
+        labels = {**dict(plan.labels), **dict(request.labels)}
+        new = NewRun(
+            organization_id=organization_id,
+            definition_name=definition_name,
+            definition_version=definition_version,
+            plan=json_format.MessageToDict(plan, preserving_proto_field_name=True),
+            input=run_input,
+            metadata=metadata,
+            labels=labels,
+            request_id=request.request_id or None,
+            max_parallel=self.effective_max_parallel(plan),
+            bypass_cache=request.bypass_cache,
+            webhook_url=request.webhook_url or None,
+            steps=build_steps(plan),
+        )
+        async with storage_errors():
+            run_id, created = await self._repository.create(new, start=request.start)
+        return await self.get(organization_id, str(run_id)), not created
+
+    def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
+        """definition, then ORCHESTRATION_DEFAULT_MAX_PARALLEL, then
+        ORCHESTRATION_MAX_CONCURRENCY, then 1 (sequential)."""
+        return (
+            plan.execution.concurrency.max_parallel
+            or self._settings.default_max_parallel
+            or self._settings.max_concurrency
+            or 1
+        )
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get(self, organization_id: str, run_id: str) -> run_pb2.Run:
+        """The run with its steps, attempts and deliverables."""
+        rid = parse_run_id(run_id)
+        async with storage_errors():
+            found = await self._repository.get_with_steps(organization_id, rid)
+        if found is None:
+            raise NotFound(
+                f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+        return run_to_proto(*found)
+
+    async def list_runs(
+        self, organization_id: str, request: pb.ListRunsRequest
+    ) -> tuple[list[run_pb2.Run], str]:
+        """A page of runs (without steps), newest first."""
+        size = page_size(request.page_size)
+        states = []
+        for i, state in enumerate(request.states):
+            if state not in _RUN_STATE_NAMES:
+                raise InvalidArgument(
+                    "unknown run state",
+                    violations=[
+                        FieldViolation(field=f"states[{i}]", description="unknown run state")
+                    ],
+                )
+            states.append(_RUN_STATE_NAMES[state])
+        parent = (
+            parse_run_id(request.parent_run_id, "parent_run_id") if request.parent_run_id else None
+        )
+        filters = {
+            "states": sorted(states),
+            "definition": request.definition_name,
+            "labels": dict(sorted(request.labels.items())),
+            "parent": request.parent_run_id,
+        }
+        position = decode_token(request.page_token, filters)
+        after = None
+        if position is not None:
+            after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
+        async with storage_errors():
+            rows = await self._repository.list_runs(
+                organization_id,
+                states=states,
+                definition_name=request.definition_name or None,
+                labels=dict(request.labels),
+                parent_run_id=parent,
+                after=after,
+                limit=size + 1,
+            )
+        more = len(rows) > size
+        rows = rows[:size]
+        token = (
+            encode_token([rows[-1].created_at.isoformat(), str(rows[-1].id)], filters)
+            if more and rows
+            else ""
+        )
+        return [run_to_proto(r) for r in rows], token
+
+    # -- commands --------------------------------------------------------------------
+
+    async def cancel(self, organization_id: str, run_id: str, reason: str) -> run_pb2.Run:
+        """Cancel a run; cancelling a cancelled run is a no-op, a finished one an error."""
+        rid = parse_run_id(run_id)
+        async with storage_errors():
+            state = await self._repository.cancel(organization_id, rid, reason)
+        if state is None:
+            raise NotFound(
+                f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+        if state in ("succeeded", "failed"):
+            raise FailedPrecondition(
+                f"run {run_id} already {state}; only unfinished runs can be cancelled",
+                reason="RUN_FINISHED",
+                metadata={"run_id": run_id, "state": state},
+            )
+        return await self.get(organization_id, run_id)
+
+    async def continue_(
+        self, organization_id: str, run_id: str, extra_input: struct_pb2.Struct
+    ) -> run_pb2.Run:
+        """Start a created run (seed mode continue), merging ``extra_input`` over its input."""
+        rid = parse_run_id(run_id)
+        if extra_input.ByteSize() > MAX_INPUT_BYTES:
+            raise InvalidArgument(
+                "input too large",
+                violations=[
+                    FieldViolation(field="input", description=f"at most {MAX_INPUT_BYTES} bytes")
+                ],
+            )
+        async with storage_errors():
+            state = await self._repository.start(
+                organization_id,
+                rid,
+                normalize_numbers(json_format.MessageToDict(extra_input)) or None,
+            )
+        if state is None:
+            raise NotFound(
+                f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+        if state != "created":
+            raise FailedPrecondition(
+                f"run {run_id} is {state}; ContinueRun starts runs created with start=false",
+                reason="RUN_NOT_CREATED",
+                metadata={"run_id": run_id, "state": state},
+            )
+        return await self.get(organization_id, run_id)
+
+    async def list_events(
+        self, organization_id: str, run_id: str, after_sequence: int, limit: int
+    ) -> tuple[list[event_pb2.RunEvent], int]:
+        """A page of a run's event log and the sequence to continue after (0 at the end)."""
+        rid = parse_run_id(run_id)
+        size = page_size(limit, default=100, maximum=1000)
+        if after_sequence < 0:
+            raise InvalidArgument(
+                "after_sequence must not be negative",
+                violations=[FieldViolation(field="after_sequence", description="must be >= 0")],
+            )
+        async with storage_errors():
+            run = await self._repository.get(organization_id, rid)
+            if run is None:
+                raise NotFound(
+                    f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+                )
+            rows = await self._repository.list_events(organization_id, rid, after_sequence, size)
+        name = run.definition_name or ""
+        events = [event_to_proto(e, name) for e in rows]
+        return events, (rows[-1].sequence if len(rows) == size else 0)
+
+    async def list_deliverables(
+        self, organization_id: str, request: pb.ListDeliverablesRequest
+    ) -> tuple[list[run_pb2.Deliverable], str]:
+        """A page of a run's deliverables."""
+        rid = parse_run_id(request.run_id)
+        size = page_size(request.page_size)
+        filters = {"run": request.run_id, "step": request.step_id, "data": request.include_data}
+        position = decode_token(request.page_token, filters)
+        after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1])) if position else None
+        async with storage_errors():
+            if await self._repository.get(organization_id, rid) is None:
+                raise NotFound(f"run {request.run_id} not found", reason="RUN_NOT_FOUND")
+            rows = await self._repository.list_deliverables(
+                organization_id,
+                rid,
+                step_id=request.step_id or None,
+                include_data=request.include_data,
+                after=after,
+                limit=size + 1,
+            )
+        more = len(rows) > size
+        rows = rows[:size]
+        token = (
+            encode_token([rows[-1].created_at.isoformat(), str(rows[-1].id)], filters)
+            if more and rows
+            else ""
+        )
+        return [deliverable_to_proto(d) for d in rows], token
+
+
+def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> dict[str, Any]:
+    """The step's on_failure over the definition's on_step_failure, field by field."""
+    base = plan.error_handling.on_step_failure
+    own = step.on_failure
+    policy: dict[str, Any] = {}
+    for name in ("max_attempts", "notify_human", "allow_skip", "skip_dependents"):
+        if own.HasField(name):
+            policy[name] = getattr(own, name)
+        elif base.HasField(name):
+            policy[name] = getattr(base, name)
+    backoff = {}
+    for name in ("initial_seconds", "multiplier", "max_seconds"):
+        value = getattr(own.backoff, name) or getattr(base.backoff, name)
+        if value:
+            backoff[name] = value
+    if backoff:
+        policy["backoff"] = backoff
+    return policy
+
+
+def build_steps(plan: definition_pb2.Definition) -> list[NewStep]:
+    """The step rows of a new run of ``plan`` (already validated)."""
+    needed_by: set[str] = set()
+    for step in plan.steps:
+        needed_by.update(step.depends_on)
+    steps = []
+    for position, step in enumerate(plan.steps):
+        spec = json_format.MessageToDict(step, preserving_proto_field_name=True)
+        policy = _failure_policy(plan, step)
+        spec["on_failure"] = policy
+        refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})
+        timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
+        target = step.WhichOneof("target")
+        steps.append(
+            NewStep(
+                step_id=step.id,
+                position=position,
+                state="pending" if step.depends_on else "queued",
+                agent=step.agent if target == "agent" else None,
+                skill=step.skill if target == "skill" else None,
+                depends_on=list(step.depends_on),
+                spec=spec,
+                max_attempts=max(1, int(policy.get("max_attempts", 1))),
+                timeout_seconds=timeout if timeout and math.isfinite(timeout) else None,
+                input_refs=refs,
+                is_sink=step.id not in needed_by,
+            )
+        )
+    return steps

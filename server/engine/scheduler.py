@@ -1,0 +1,392 @@
+"""The scheduler and step executor of one replica.
+
+Loops (all in this process, coordinated with other replicas only through Postgres):
+
+- **claim**: leases runnable steps in batches with one call (``podium_claim_steps``),
+  while this replica has free slots (``ORCHESTRATION_MAX_CONCURRENCY``, else
+  ``PODIUM_WORKER_SLOTS``). It sleeps until woken by ``LISTEN podium_work``, by a
+  completion of its own, or by the fallback timer (``PODIUM_POLL_INTERVAL_SECONDS``):
+  never a busy poll.
+- **execute**: one task per claimed step: resolve ``${...}`` references, call the agent
+  with the step's deadline, and queue the outcome. ``LISTEN podium_cancel`` cancels the
+  tasks of a cancelled or failed run (the agent sees its call cancelled).
+- **complete**: commits queued outcomes in batches, one transaction per batch
+  (``podium_complete_step`` per outcome: fenced by attempt, promotes dependents,
+  completes or fails the run, appends events).
+- **leases**: renews the leases of this replica's running steps every third of the
+  lease, and returns steps whose lease expired (a dead replica's) to the queue.
+
+A step is executed at least once; its completion is recorded exactly once (fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from podium.agent.v1 import agent_pb2
+from podium.server.agents.client import AgentClient, TaskOutcome, TaskSucceeded
+from podium.server.engine.references import MissingReferenceError, resolve
+from podium.server.storage.database import Database, DirectConnection, connect_direct
+from podium.server.storage.errors import StorageError
+from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsRepository, StepOutcome
+
+log = logging.getLogger("podium.scheduler")
+
+DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
+MAX_INLINE_ARTIFACT_BYTES = 1024 * 1024
+
+
+def backoff_delay(policy: dict[str, Any], attempt: int, rng: random.Random) -> float:
+    """Full-jitter exponential backoff before attempt ``attempt + 1`` (seconds)."""
+    backoff = {**DEFAULT_BACKOFF, **policy.get("backoff", {})}
+    ceiling = min(
+        float(backoff["max_seconds"]),
+        float(backoff["initial_seconds"]) * float(backoff["multiplier"]) ** (attempt - 1),
+    )
+    return rng.uniform(0, max(0.0, ceiling))
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Tunables of one replica's scheduler."""
+
+    slots: int = 100
+    batch_size: int = 32
+    lease_seconds: float = 30.0
+    poll_interval_seconds: float = 1.0
+    default_timeout_seconds: float = 300.0
+    completion_batch_size: int = 256
+
+
+class Scheduler:
+    """Claims, executes and completes steps for one replica. See the module docstring."""
+
+    def __init__(
+        self,
+        db: Database,
+        dsn: str,
+        repository: RunsRepository,
+        agents: AgentClient,
+        config: SchedulerConfig,
+    ) -> None:
+        self._db = db
+        self._dsn = dsn
+        self._repository = repository
+        self._agents = agents
+        self.config = config
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._wake = asyncio.Event()
+        self._completions: asyncio.Queue[StepOutcome] = asyncio.Queue()
+        self._inflight: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
+        self._by_run: dict[uuid.UUID, set[tuple[uuid.UUID, str]]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._listener: DirectConnection | None = None
+        self._stopping = False
+        self._rng = random.Random()
+        self.claimed_total = 0
+        self.completed_total = 0
+
+    @property
+    def active_steps(self) -> int:
+        """Steps this replica is executing or completing now."""
+        return len(self._inflight)
+
+    async def start(self) -> None:
+        """Listen for work and cancellations, then start the loops."""
+        await self._listen()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="podium-claim"),
+            asyncio.create_task(self._complete_loop(), name="podium-complete"),
+            asyncio.create_task(self._lease_loop(), name="podium-leases"),
+        ]
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        try:
+            conn = await connect_direct(self._dsn)
+            await conn.add_listener("podium_work", self._on_work)
+            await conn.add_listener("podium_cancel", self._on_cancel)
+            conn.add_termination_listener(self._on_listener_lost)
+        except (StorageError, OSError) as exc:
+            # The fallback timer keeps the scheduler going; the lease loop retries.
+            log.warning("cannot LISTEN for work (polling instead): %s", exc)
+            return
+        self._listener = conn
+
+    def _on_work(self, *_: object) -> None:
+        self._wake.set()
+
+    def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        try:
+            run_id = uuid.UUID(str(payload))
+        except ValueError:
+            return
+        for key in list(self._by_run.get(run_id, ())):
+            task = self._inflight.get(key)
+            if task is not None and not task.done():
+                task.cancel()
+
+    def _on_listener_lost(self, _conn: object) -> None:
+        if self._stopping:
+            return
+        log.warning("LISTEN connection lost; polling until it is re-established")
+        self._listener = None
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Stop claiming; give running steps ``grace`` seconds, cancel the rest, flush
+        completions. Cancelled steps keep their lease until it expires, then another
+        replica (or this one after a restart) executes them again."""
+        self._stopping = True
+        self._wake.set()
+        tasks = list(self._inflight.values())
+        if tasks and grace > 0:
+            await asyncio.wait(tasks, timeout=grace)
+        for task in self._inflight.values():
+            task.cancel()
+        for task in list(self._inflight.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Let the completer commit what finished, then stop the loops.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._completions.join(), timeout=5)
+        for loop in self._loops:
+            loop.cancel()
+        for loop in self._loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+
+    # -- claim -----------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            self._wake.clear()
+            free = self.config.slots - len(self._inflight)
+            want = min(free, self.config.batch_size)
+            claimed: list[ClaimedStep] = []
+            if want > 0:
+                try:
+                    claimed = await self._repository.claim(
+                        self.owner, want, self.config.lease_seconds
+                    )
+                    backoff = 0.1
+                except StorageError as exc:
+                    log.warning("claim failed: %s", exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                for step in claimed:
+                    self._spawn(step)
+                self.claimed_total += len(claimed)
+            if claimed and len(claimed) == want and len(self._inflight) < self.config.slots:
+                continue  # there may be more runnable work right now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_seconds)
+
+    def _spawn(self, step: ClaimedStep) -> None:
+        key = (step.run_id, step.step_id)
+        task = asyncio.create_task(self._execute(step), name=f"step {step.run_id}/{step.step_id}")
+        self._inflight[key] = task
+        self._by_run.setdefault(step.run_id, set()).add(key)
+
+    def _forget(self, run_id: uuid.UUID, step_id: str) -> None:
+        key = (run_id, step_id)
+        self._inflight.pop(key, None)
+        keys = self._by_run.get(run_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_run[run_id]
+
+    # -- execute ---------------------------------------------------------------------
+
+    async def _execute(self, step: ClaimedStep) -> None:
+        try:
+            outcome = await self._run_step(step)
+        except asyncio.CancelledError:
+            # Run cancelled or failed (already recorded), or this replica is stopping
+            # (the lease expires and the step runs again elsewhere).
+            self._forget(step.run_id, step.step_id)
+            self._wake.set()
+            raise
+        except Exception:
+            log.exception(
+                "step executor crashed", extra={"run_id": str(step.run_id), "step_id": step.step_id}
+            )
+            outcome = self._outcome(
+                step, error=("INTERNAL", "the step executor failed; see the server log", True)
+            )
+        self._completions.put_nowait(outcome)
+
+    def _outcome(
+        self,
+        step: ClaimedStep,
+        *,
+        output: Any = None,
+        error: tuple[str, str, bool] | None = None,
+        resolved: Any = None,
+        result: TaskOutcome | None = None,
+    ) -> StepOutcome:
+        outcome = StepOutcome(
+            run_id=step.run_id,
+            step_id=step.step_id,
+            attempt=step.attempt,
+            outcome="succeeded",
+            organization_id=step.organization_id,
+            run_created_at=step.run_created_at,
+            conversation_id=step.conversation_id,
+            output=output,
+            input=resolved,
+        )
+        if result is not None:
+            if result.usage is not None:
+                outcome.input_tokens = result.usage.input_tokens
+                outcome.output_tokens = result.usage.output_tokens
+                outcome.cost_usd = result.usage.cost_usd
+            outcome.deliverables = _deliverables(result.artifacts)
+        if error is not None:
+            code, message, retryable = error
+            outcome.error = {"code": code, "message": message, "retryable": retryable}
+            policy = step.spec.get("on_failure", {})
+            if retryable and step.attempt < step.max_attempts:
+                delay = backoff_delay(policy, step.attempt, self._rng)
+                outcome.outcome = "retry"
+                outcome.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+            else:
+                outcome.outcome = "failed"
+        return outcome
+
+    async def _run_step(self, step: ClaimedStep) -> StepOutcome:
+        try:
+            resolved = resolve(
+                step.spec.get("input", {}), run_input=step.run_input, step_outputs=step.upstream
+            )
+        except MissingReferenceError as exc:
+            return self._outcome(step, error=("MISSING_REFERENCE", str(exc), False))
+        if "orchestration" in step.spec:
+            return self._outcome(
+                step,
+                resolved=resolved,
+                error=(
+                    "UNSUPPORTED",
+                    "sub-orchestrations are not supported by this Podium version yet",
+                    False,
+                ),
+            )
+        if step.endpoint is None:
+            if step.skill:
+                message = f"no registered agent offers skill {step.skill!r}"
+                return self._outcome(
+                    step, resolved=resolved, error=("NO_AGENT_FOR_SKILL", message, True)
+                )
+            message = f"agent {step.agent!r} is not registered"
+            return self._outcome(step, resolved=resolved, error=("AGENT_NOT_FOUND", message, True))
+        timeout = (
+            step.timeout_seconds
+            or step.agent_timeout_seconds
+            or self.config.default_timeout_seconds
+        )
+        request = agent_pb2.ExecuteTaskRequest(
+            task_id=str(step.task_id),
+            run_id=str(step.run_id),
+            step_id=step.step_id,
+            attempt=step.attempt,
+            conversation_id=str(step.conversation_id),
+            organization_id=step.organization_id,
+            labels=step.labels,
+            definition_name=step.definition_name or "",
+            definition_version=step.definition_version or 0,
+            skill=step.skill or "",
+        )
+        if isinstance(resolved, dict):
+            request.input.update(resolved)
+        result = await self._agents.execute(step.endpoint, request, timeout=timeout)
+        if isinstance(result, TaskSucceeded):
+            return self._outcome(step, output=result.output, resolved=resolved, result=result)
+        return self._outcome(
+            step,
+            resolved=resolved,
+            result=result,
+            error=(result.code, result.message, result.retryable),
+        )
+
+    # -- complete --------------------------------------------------------------------
+
+    async def _complete_loop(self) -> None:
+        while True:
+            batch = [await self._completions.get()]
+            while len(batch) < self.config.completion_batch_size and not self._completions.empty():
+                batch.append(self._completions.get_nowait())
+            delay = 0.05
+            while True:
+                try:
+                    await self._repository.complete(batch)
+                    break
+                except StorageError as exc:
+                    # Deadlock victims and outages: retry the same batch (it is fenced,
+                    # so a retry after an ambiguous commit changes nothing).
+                    log.warning("completion batch failed (%d steps), retrying: %s", len(batch), exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+            for outcome in batch:
+                self._forget(outcome.run_id, outcome.step_id)
+                self._completions.task_done()
+            self.completed_total += len(batch)
+            self._wake.set()
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        interval = max(0.1, self.config.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._inflight:
+                    await self._repository.renew_leases(self.owner, self.config.lease_seconds)
+                requeued = await self._repository.requeue_expired()
+                if requeued:
+                    log.warning("re-queued %d steps whose lease expired", requeued)
+            except StorageError as exc:
+                log.warning("lease maintenance failed: %s", exc)
+            if self._listener is None and not self._stopping:
+                await self._listen()
+
+
+def _deliverables(artifacts: Sequence[agent_pb2.Artifact]) -> list[NewDeliverable]:
+    """Artifacts as deliverables; inline content above the limit is refused (kept as a
+    record with its size and no data, so the operator sees what was dropped)."""
+    out = []
+    for artifact in artifacts:
+        data: bytes | None = artifact.data or None
+        uri = artifact.uri or None
+        size = len(artifact.data)
+        if data is not None and size > MAX_INLINE_ARTIFACT_BYTES:
+            log.warning("artifact %r too large to store inline (%d bytes)", artifact.name, size)
+            data = None
+            uri = uri or f"podium:dropped:{artifact.name}"
+        if data is None and uri is None:
+            data = b""
+        out.append(
+            NewDeliverable(
+                name=artifact.name or "artifact",
+                media_type=artifact.media_type or "application/octet-stream",
+                size_bytes=size,
+                uri=uri,
+                data=data,
+            )
+        )
+    return out

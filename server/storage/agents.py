@@ -1,0 +1,281 @@
+"""Agents repository: the agent registry (table ``agents``).
+
+An agent is either *registered* (RegisterAgent) or *static* (declared in the server
+configuration and synchronised at start with :meth:`AgentsRepository.replace_static`).
+Configuration wins: a registered agent never replaces a static one and cannot be used
+to delete one, while a static declaration takes over a registered agent of its name.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+import asyncpg
+
+from .database import Connection, Database
+from .errors import Conflict
+from .queries import QUERIES
+
+__all__ = [
+    "AgentRecord",
+    "AgentSource",
+    "AgentsRepository",
+    "StaticAgentConflict",
+    "StaticAgentFields",
+    "StaticAgentsSync",
+]
+
+AgentSource = Literal["registered", "static"]
+"""Where an entry comes from (column ``agents.source``)."""
+
+
+class StaticAgentConflict(Conflict):
+    """The agent is declared in the server configuration: a registered agent cannot
+    replace it, and it cannot be deregistered.
+
+    Attributes:
+        name: the agent's name.
+    """
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent, as stored.
+
+    Attributes:
+        skills: skill ids, in registration order.
+        max_concurrency: most tasks sent at once; 0 means unlimited.
+        default_timeout_seconds: step timeout for this agent; 0 uses the server default.
+        protocol: ``podium_v1`` or ``a2a``.
+        source: ``registered`` (RegisterAgent) or ``static`` (server configuration).
+    """
+
+    organization_id: str
+    name: str
+    endpoint: str
+    skills: tuple[str, ...]
+    max_concurrency: int
+    default_timeout_seconds: float
+    labels: dict[str, str]
+    protocol: str
+    source: AgentSource
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True)
+class StaticAgentsSync:
+    """What :meth:`AgentsRepository.replace_static` changed.
+
+    Attributes:
+        agents: the static agents now stored, ordered by name.
+        removed: names of static agents deleted because they are no longer configured.
+        took_over: names of registered agents replaced by a static declaration.
+    """
+
+    agents: list[AgentRecord]
+    removed: list[str]
+    took_over: list[str]
+
+
+class StaticAgentFields(Protocol):
+    """What :meth:`AgentsRepository.replace_static` reads from each agent
+    (``podium.server.agents.static.StaticAgent`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def skills(self) -> Sequence[str]: ...
+    @property
+    def max_concurrency(self) -> int: ...
+    @property
+    def default_timeout_seconds(self) -> float: ...
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def protocol(self) -> str: ...
+
+
+def _record(row: asyncpg.Record) -> AgentRecord:
+    return AgentRecord(
+        organization_id=row["organization_id"],
+        name=row["name"],
+        endpoint=row["endpoint"],
+        skills=tuple(row["skills"]),
+        max_concurrency=row["max_concurrency"],
+        default_timeout_seconds=row["default_timeout_seconds"],
+        labels=row["labels"],
+        protocol=row["protocol"],
+        source=row["source"],
+        create_time=row["created_at"],
+        update_time=row["updated_at"],
+    )
+
+
+@dataclass(frozen=True)
+class _Fields:
+    name: str
+    endpoint: str
+    skills: Sequence[str]
+    max_concurrency: int
+    default_timeout_seconds: float
+    labels: Mapping[str, str]
+    protocol: str
+
+
+class AgentsRepository:
+    """Register, read, list and remove agents. Errors are :mod:`.errors` exceptions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def upsert(
+        self,
+        organization_id: str,
+        name: str,
+        *,
+        endpoint: str,
+        skills: Sequence[str] = (),
+        max_concurrency: int = 0,
+        default_timeout_seconds: float = 0.0,
+        labels: Mapping[str, str] | None = None,
+        protocol: str = "podium_v1",
+        source: AgentSource = "registered",
+    ) -> AgentRecord:
+        """Insert the agent, or update the one of that name (keeping its creation time
+        and bumping its update time).
+
+        Raises:
+            StaticAgentConflict: a registered upsert hit a static agent of that name.
+            StorageError: e.g. the organization does not exist.
+        """
+        fields = _Fields(
+            name, endpoint, skills, max_concurrency, default_timeout_seconds, labels or {}, protocol
+        )
+        async with self._db.connection() as conn:
+            row = await _upsert(conn, organization_id, fields, source)
+        if row is None:
+            raise _static_conflict(name, "register")
+        return _record(row)
+
+    async def get(self, organization_id: str, name: str) -> AgentRecord | None:
+        """The agent called ``name``; None when there is none."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["get_agent"], organization_id, name)
+        return None if row is None else _record(row)
+
+    async def list(
+        self,
+        organization_id: str,
+        *,
+        after_name: str | None = None,
+        limit: int,
+        skill: str | None = None,
+    ) -> builtins.list[AgentRecord]:
+        """Agents ordered by name, registered and static alike.
+
+        Keyset paging: pass the last name of a page as ``after_name`` to get the next
+        page. ``skill`` keeps the agents offering that skill.
+        """
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["list_agents"], organization_id, after_name, skill or None, limit
+            )
+        return [_record(row) for row in rows]
+
+    async def delete(self, organization_id: str, name: str) -> bool:
+        """Delete the registered agent ``name``; False when there is none.
+
+        Raises:
+            StaticAgentConflict: ``name`` is a static agent (it is kept).
+        """
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["delete_registered_agent"], organization_id, name)
+        assert row is not None  # a SELECT of two scalar subqueries: always one row
+        if not row["deleted"] and row["source"] == "static":
+            raise _static_conflict(name, "deregister")
+        return bool(row["deleted"])
+
+    async def replace_static(
+        self, organization_id: str, agents: Sequence[StaticAgentFields]
+    ) -> StaticAgentsSync:
+        """Make ``agents`` the organization's static agents, in one transaction.
+
+        Each is upserted as ``static`` (taking over a registered agent of the same name);
+        static agents not in ``agents`` are deleted. Concurrent calls for one
+        organization (replicas starting together) are serialized.
+        """
+        ordered = sorted(agents, key=lambda agent: agent.name)
+        names = [agent.name for agent in ordered]
+        stored: builtins.list[AgentRecord] = []
+        async with self._db.transaction() as conn:
+            await conn.execute(QUERIES["lock_static_agents"], organization_id)
+            sources = {
+                row["name"]: row["source"]
+                for row in await conn.fetch(QUERIES["find_agent_sources"], organization_id, names)
+            }
+            for agent in ordered:
+                fields = _Fields(
+                    agent.name,
+                    agent.endpoint,
+                    agent.skills,
+                    agent.max_concurrency,
+                    agent.default_timeout_seconds,
+                    agent.labels,
+                    agent.protocol,
+                )
+                row = await _upsert(conn, organization_id, fields, "static")
+                assert row is not None  # a static upsert always writes
+                stored.append(_record(row))
+            removed = await conn.fetch(
+                QUERIES["delete_unlisted_static_agents"], organization_id, names
+            )
+        return StaticAgentsSync(
+            agents=stored,
+            removed=sorted(row["name"] for row in removed),
+            took_over=[name for name in names if sources.get(name) == "registered"],
+        )
+
+
+async def _upsert(
+    conn: Connection,
+    organization_id: str,
+    fields: _Fields,
+    source: AgentSource,
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        QUERIES["upsert_agent"],
+        organization_id,
+        fields.name,
+        fields.endpoint,
+        list(fields.skills),
+        fields.max_concurrency,
+        float(fields.default_timeout_seconds),
+        dict(fields.labels),
+        fields.protocol,
+        source,
+    )
+
+
+def _static_conflict(name: str, action: Literal["register", "deregister"]) -> StaticAgentConflict:
+    if action == "register":
+        message = (
+            f"agent {name!r} is declared in the server configuration (PODIUM_AGENTS); "
+            "a registered agent cannot replace it: choose another name"
+        )
+    else:
+        message = (
+            f"agent {name!r} is declared in the server configuration (PODIUM_AGENTS) and "
+            "cannot be deregistered: remove it from the configuration instead"
+        )
+    return StaticAgentConflict(message, name=name)

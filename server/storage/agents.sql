@@ -1,0 +1,77 @@
+-- Agent registry statements (table agents), each under a "-- name --" header.
+-- server/storage/queries.py loads them with the other query files.
+-- Column `source` ('registered' | 'static') comes from migrations/0002_engine.sql.
+
+-- upsert_agent --
+-- Insert or update one agent by (organization_id, name): created_at is kept,
+-- updated_at is bumped. A registered entry never replaces a static one: then no row
+-- is returned (the caller reports the conflict). A static entry replaces anything.
+-- $1: organization_id, $2: name, $3: endpoint, $4: skills, $5: max_concurrency,
+-- $6: default_timeout_seconds, $7: labels, $8: protocol, $9: source
+INSERT INTO agents AS a
+    (organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+     labels, protocol, source)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (organization_id, name) DO UPDATE SET
+    endpoint = EXCLUDED.endpoint,
+    skills = EXCLUDED.skills,
+    max_concurrency = EXCLUDED.max_concurrency,
+    default_timeout_seconds = EXCLUDED.default_timeout_seconds,
+    labels = EXCLUDED.labels,
+    protocol = EXCLUDED.protocol,
+    source = EXCLUDED.source,
+    updated_at = now()
+WHERE a.source = 'registered' OR EXCLUDED.source = 'static'
+RETURNING organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+          labels, protocol, source, created_at, updated_at
+
+-- get_agent --
+-- $1: organization_id, $2: name
+SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+       labels, protocol, source, created_at, updated_at
+FROM agents
+WHERE organization_id = $1 AND name = $2
+
+-- list_agents --
+-- Keyset page ordered by name; the skill filter uses agents_skills_idx (GIN).
+-- $1: organization_id, $2: after name (NULL for the first page), $3: skill (NULL for
+-- any), $4: limit
+SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+       labels, protocol, source, created_at, updated_at
+FROM agents
+WHERE organization_id = $1
+  AND ($2::text IS NULL OR name > $2::text)
+  AND ($3::text IS NULL OR skills @> ARRAY[$3::text])
+ORDER BY name
+LIMIT $4
+
+-- delete_registered_agent --
+-- Deletes a registered agent. `deleted` tells whether a row went; `source` is the
+-- source of the row before the statement (NULL when there was none), so a static
+-- agent (kept) is told apart from a missing one in one round trip.
+-- $1: organization_id, $2: name
+WITH deleted AS (
+    DELETE FROM agents
+    WHERE organization_id = $1 AND name = $2 AND source = 'registered'
+    RETURNING name
+)
+SELECT EXISTS (SELECT 1 FROM deleted) AS deleted,
+       (SELECT source FROM agents WHERE organization_id = $1 AND name = $2) AS source
+
+-- lock_static_agents --
+-- Serializes replacements of an organization's static agents (replicas starting at
+-- once) until the transaction ends. $1: organization_id
+SELECT pg_advisory_xact_lock(1634166126, hashtext($1))
+
+-- find_agent_sources --
+-- Sources of the named agents that exist. $1: organization_id, $2: names
+SELECT name, source
+FROM agents
+WHERE organization_id = $1 AND name = ANY ($2::text[])
+
+-- delete_unlisted_static_agents --
+-- Removes the static agents of an organization that are no longer configured.
+-- $1: organization_id, $2: names still configured
+DELETE FROM agents
+WHERE organization_id = $1 AND source = 'static' AND NOT (name = ANY ($2::text[]))
+RETURNING name

@@ -1,0 +1,556 @@
+"""Runs repository: creating runs with their steps, reading them, and the engine's
+transactional calls (claim, complete, cancel, lease renewal, re-queue).
+
+The state machine itself lives in SQL functions (``migrations/0002_engine.sql``), so
+every transition is one round trip and commits with its events.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from .database import Database
+from .queries import QUERIES
+
+__all__ = [
+    "AttemptRow",
+    "ClaimedStep",
+    "DeliverableRow",
+    "EventRow",
+    "NewDeliverable",
+    "NewRun",
+    "NewStep",
+    "RunRow",
+    "RunsRepository",
+    "StepOutcome",
+    "StepRow",
+]
+
+TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    """A step row to create with its run."""
+
+    step_id: str
+    position: int
+    state: str  # "queued" (no dependencies) or "pending"
+    agent: str | None
+    skill: str | None
+    depends_on: Sequence[str]
+    spec: Mapping[str, Any]
+    max_attempts: int
+    timeout_seconds: float | None
+    input_refs: Sequence[str]
+    is_sink: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """A run to create (state ``created``; :meth:`RunsRepository.create` may start it)."""
+
+    organization_id: str
+    definition_name: str | None
+    definition_version: int | None
+    plan: Mapping[str, Any]
+    input: Mapping[str, Any]
+    metadata: Mapping[str, Any]
+    labels: Mapping[str, str]
+    request_id: str | None
+    max_parallel: int
+    bypass_cache: bool
+    webhook_url: str | None
+    steps: Sequence[NewStep]
+    trace_context: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """A stored run."""
+
+    id: uuid.UUID
+    organization_id: str
+    definition_name: str | None
+    definition_version: int | None
+    plan: dict[str, Any]
+    state: str
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    metadata: dict[str, Any]
+    labels: dict[str, str]
+    request_id: str | None
+    max_parallel: int
+    run_attempt: int
+    parent_run_id: uuid.UUID | None
+    parent_step_id: str | None
+    error: dict[str, Any] | None
+    rollback_hints: list[str] | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    bypass_cache: bool
+    webhook_url: str | None
+    last_event_sequence: int
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRow:
+    """A stored step of a run."""
+
+    step_id: str
+    position: int
+    state: str
+    agent: str | None
+    skill: str | None
+    depends_on: list[str]
+    spec: dict[str, Any]
+    input: Any
+    output: Any
+    error: dict[str, Any] | None
+    attempt: int
+    max_attempts: int
+    conversation_id: uuid.UUID | None
+    queued_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    next_attempt_at: datetime | None
+    cached: bool
+    cache_source_run_id: uuid.UUID | None
+    child_run_id: uuid.UUID | None
+    approval_id: uuid.UUID | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRow:
+    """One attempt (agent call) of a step."""
+
+    step_id: str
+    attempt: int
+    agent: str | None
+    task_id: uuid.UUID
+    started_at: datetime
+    ended_at: datetime | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedStep:
+    """A step leased to this replica, with everything needed to dispatch it."""
+
+    run_id: uuid.UUID
+    step_id: str
+    attempt: int
+    organization_id: str
+    agent: str | None
+    skill: str | None
+    endpoint: str | None
+    agent_timeout_seconds: float | None
+    protocol: str | None
+    task_id: uuid.UUID
+    conversation_id: uuid.UUID
+    spec: dict[str, Any]
+    timeout_seconds: float | None
+    max_attempts: int
+    run_input: dict[str, Any]
+    upstream: dict[str, Any]
+    labels: dict[str, str]
+    definition_name: str | None
+    definition_version: int | None
+    run_created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeliverable:
+    """An artifact to store with a step's outcome."""
+
+    name: str
+    media_type: str
+    size_bytes: int
+    uri: str | None
+    data: bytes | None
+
+
+@dataclass(slots=True)
+class StepOutcome:
+    """The result of one attempt, recorded by :meth:`RunsRepository.complete`.
+
+    ``outcome``: ``succeeded``, ``failed`` (final) or ``retry`` (at ``next_attempt_at``).
+    """
+
+    run_id: uuid.UUID
+    step_id: str
+    attempt: int
+    outcome: str
+    organization_id: str
+    run_created_at: datetime
+    conversation_id: uuid.UUID | None = None
+    output: Any = None
+    error: Mapping[str, Any] | None = None
+    input: Any = None
+    next_attempt_at: datetime | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    deliverables: Sequence[NewDeliverable] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One entry of a run's event log."""
+
+    run_id: uuid.UUID
+    sequence: int
+    organization_id: str
+    type: str
+    step_id: str | None
+    attempt: int | None
+    run_state: str | None
+    step_state: str | None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliverableRow:
+    """A stored artifact."""
+
+    id: uuid.UUID
+    run_id: uuid.UUID
+    step_id: str | None
+    attempt: int | None
+    conversation_id: uuid.UUID | None
+    name: str
+    media_type: str
+    size_bytes: int
+    uri: str | None
+    data: bytes | None
+    created_at: datetime
+
+
+def _run(row: asyncpg.Record) -> RunRow:
+    return RunRow(
+        id=row["id"],
+        organization_id=row["organization_id"],
+        definition_name=row["definition_name"],
+        definition_version=row["definition_version"],
+        plan=row["plan"],
+        state=row["state"],
+        input=row["input"],
+        output=row["output"],
+        metadata=row["metadata"],
+        labels=row["labels"],
+        request_id=row["request_id"],
+        max_parallel=row["max_parallel"],
+        run_attempt=row["run_attempt"],
+        parent_run_id=row["parent_run_id"],
+        parent_step_id=row["parent_step_id"],
+        error=row["error"],
+        rollback_hints=row["rollback_hints"],
+        input_tokens=row["input_tokens"],
+        output_tokens=row["output_tokens"],
+        cost_usd=float(row["cost_usd"]),
+        bypass_cache=row["bypass_cache"],
+        webhook_url=row["webhook_url"],
+        last_event_sequence=row["last_event_sequence"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+    )
+
+
+def _step(row: asyncpg.Record) -> StepRow:
+    values = dict(row)
+    values.pop("run_id")
+    values["depends_on"] = list(values["depends_on"])
+    values["cost_usd"] = float(values["cost_usd"])
+    return StepRow(**values)
+
+
+class RunsRepository:
+    """SQL access for runs, steps, attempts, events and deliverables."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, run: NewRun, *, start: bool) -> tuple[uuid.UUID, bool]:
+        """Create ``run`` and all its steps in one transaction (and start it).
+
+        Returns (run id, created); ``created`` is False when ``request_id`` matched an
+        existing run of the organization, whose id is returned instead.
+        """
+        steps = [
+            {
+                "step_id": s.step_id,
+                "position": s.position,
+                "state": s.state,
+                "agent": s.agent,
+                "skill": s.skill,
+                "depends_on": list(s.depends_on),
+                "pending_dependencies": len(s.depends_on),
+                "spec": s.spec,
+                "max_attempts": s.max_attempts,
+                "timeout_seconds": s.timeout_seconds,
+                "input_refs": list(s.input_refs),
+                "is_sink": s.is_sink,
+            }
+            for s in run.steps
+        ]
+        async with self._db.transaction() as conn:
+            run_id = await conn.fetchval(
+                QUERIES["insert_run"],
+                run.organization_id,
+                run.definition_name,
+                run.definition_version,
+                run.plan,
+                run.input,
+                run.metadata,
+                run.labels,
+                run.request_id,
+                run.max_parallel,
+                run.bypass_cache,
+                run.webhook_url,
+                len(steps),
+                run.trace_context,
+            )
+            if run_id is None:
+                existing = await conn.fetchrow(
+                    QUERIES["get_run_by_request_id"], run.organization_id, run.request_id
+                )
+                assert existing is not None
+                return existing["id"], False
+            await conn.execute(QUERIES["insert_steps"], run_id, run.organization_id, steps)
+            await conn.fetchval(
+                QUERIES["emit_event"],
+                run_id,
+                "run.created",
+                None,
+                None,
+                None,
+                {"steps": len(steps)},
+            )
+            if start:
+                await conn.fetchval(QUERIES["start_run"], run_id)
+        return run_id, True
+
+    async def start(
+        self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None
+    ) -> str | None:
+        """Start a created run (merging ``input`` over its input).
+
+        Returns the run's state before the call, or None when it does not exist.
+        """
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["lock_run"], run_id, organization_id)
+            if row is None:
+                return None
+            state: str = row["state"]
+            if state == "created":
+                if input:
+                    await conn.execute(QUERIES["merge_run_input"], run_id, input)
+                await conn.fetchval(QUERIES["start_run"], run_id)
+            return state
+
+    async def get(self, organization_id: str, run_id: uuid.UUID) -> RunRow | None:
+        """The run, or None."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["get_run"], run_id, organization_id)
+        return None if row is None else _run(row)
+
+    async def get_with_steps(
+        self, organization_id: str, run_id: uuid.UUID
+    ) -> tuple[RunRow, list[StepRow], list[AttemptRow], list[DeliverableRow]] | None:
+        """The run with its steps, attempts and deliverables (without data), or None."""
+        async with self._db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["get_run"], run_id, organization_id)
+            if row is None:
+                return None
+            steps = await conn.fetch(QUERIES["list_steps"], run_id)
+            attempts = await conn.fetch(QUERIES["list_attempts"], run_id)
+            deliverables = await conn.fetch(
+                QUERIES["list_deliverables"],
+                run_id,
+                organization_id,
+                None,
+                False,
+                None,
+                None,
+                10_000,
+            )
+        return (
+            _run(row),
+            [_step(s) for s in steps],
+            [AttemptRow(**dict(a)) for a in attempts],
+            [DeliverableRow(**dict(d)) for d in deliverables],
+        )
+
+    async def list_runs(
+        self,
+        organization_id: str,
+        *,
+        states: Sequence[str],
+        definition_name: str | None,
+        labels: Mapping[str, str],
+        parent_run_id: uuid.UUID | None,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[RunRow]:
+        """Runs newest first, filtered, after the keyset position ``after``."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["list_runs"],
+                organization_id,
+                list(states),
+                definition_name,
+                dict(labels),
+                parent_run_id,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit,
+            )
+        return [_run(r) for r in rows]
+
+    async def cancel(self, organization_id: str, run_id: uuid.UUID, reason: str) -> str | None:
+        """Cancel the run; returns its state afterwards, or None when it does not exist."""
+        async with self._db.transaction() as conn:
+            state: str | None = await conn.fetchval(
+                QUERIES["cancel_run"], run_id, organization_id, reason
+            )
+        return state
+
+    async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedStep]:
+        """Lease up to ``limit`` runnable steps to ``owner`` (one transaction)."""
+        async with self._db.transaction() as conn:
+            rows = await conn.fetch(QUERIES["claim_steps"], owner, limit, lease_seconds)
+        return [ClaimedStep(**dict(r)) for r in rows]
+
+    async def complete(self, outcomes: Sequence[StepOutcome]) -> None:
+        """Record a batch of attempt outcomes in one transaction.
+
+        Each is fenced by (step, attempt, state running): a stale one changes nothing.
+        The batch is ordered like the claimers lock runs, so concurrent batches cannot
+        deadlock each other.
+        """
+        ordered = sorted(outcomes, key=lambda o: (o.run_created_at, o.run_id, o.step_id))
+        args = [
+            (
+                o.run_id,
+                o.step_id,
+                o.attempt,
+                o.outcome,
+                o.output if o.outcome == "succeeded" else None,
+                o.error,
+                o.input,
+                o.next_attempt_at,
+                o.input_tokens,
+                o.output_tokens,
+                o.cost_usd,
+            )
+            for o in ordered
+        ]
+        async with self._db.transaction() as conn:
+            await conn.executemany(QUERIES["complete_step"], args)
+            for o in ordered:
+                if o.deliverables:
+                    await conn.execute(
+                        QUERIES["insert_deliverables"],
+                        o.run_id,
+                        o.organization_id,
+                        (
+                            [
+                                {
+                                    "step_id": o.step_id,
+                                    "attempt": o.attempt,
+                                    "conversation_id": str(o.conversation_id)
+                                    if o.conversation_id
+                                    else None,
+                                    "name": d.name,
+                                    "media_type": d.media_type,
+                                    "size_bytes": d.size_bytes,
+                                    "uri": d.uri,
+                                    "data_base64": base64.b64encode(d.data).decode()
+                                    if d.data is not None
+                                    else None,
+                                }
+                                for d in o.deliverables
+                            ]
+                        ),
+                    )
+
+    async def complete_one(self, outcome: StepOutcome) -> bool:
+        """Record one outcome; returns False when it was fenced (stale attempt)."""
+        async with self._db.transaction() as conn:
+            applied: bool = await conn.fetchval(
+                QUERIES["complete_step"],
+                outcome.run_id,
+                outcome.step_id,
+                outcome.attempt,
+                outcome.outcome,
+                outcome.output if outcome.outcome == "succeeded" else None,
+                outcome.error,
+                outcome.input,
+                outcome.next_attempt_at,
+                outcome.input_tokens,
+                outcome.output_tokens,
+                outcome.cost_usd,
+            )
+        return applied
+
+    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
+        """Extend the leases of ``owner``'s running steps; returns how many."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(QUERIES["renew_leases"], owner, lease_seconds)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def requeue_expired(self, limit: int = 500) -> int:
+        """Return steps with expired leases to the queue; returns how many."""
+        async with self._db.transaction() as conn:
+            count: int = await conn.fetchval(QUERIES["requeue_expired"], limit)
+        return count
+
+    async def list_events(
+        self, organization_id: str, run_id: uuid.UUID, after_sequence: int, limit: int
+    ) -> list[EventRow]:
+        """Events of a run after ``after_sequence``, in order."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["list_events"], run_id, organization_id, after_sequence, limit
+            )
+        return [EventRow(**dict(r)) for r in rows]
+
+    async def list_deliverables(
+        self,
+        organization_id: str,
+        run_id: uuid.UUID,
+        *,
+        step_id: str | None,
+        include_data: bool,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+    ) -> list[DeliverableRow]:
+        """Deliverables of a run, oldest first, after the keyset position ``after``."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["list_deliverables"],
+                run_id,
+                organization_id,
+                step_id,
+                include_data,
+                after[0] if after else None,
+                after[1] if after else None,
+                limit,
+            )
+        return [DeliverableRow(**dict(r)) for r in rows]

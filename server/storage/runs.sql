@@ -1,0 +1,144 @@
+-- Runs and steps: creation, reads, and the engine's calls into 0002_engine.sql.
+-- Lock order everywhere: the run row, then its steps (see migrations/0002_engine.sql).
+
+-- insert_run --
+-- Returns no row when (organization_id, request_id) already exists (idempotent start).
+-- $1 org, $2 definition_name, $3 definition_version, $4 plan, $5 input, $6 metadata,
+-- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,
+-- $12 steps_remaining, $13 trace_context
+INSERT INTO orchestration_runs
+    (organization_id, definition_name, definition_version, plan, state, input, metadata,
+     labels, request_id, max_parallel, bypass_cache, webhook_url, steps_remaining,
+     trace_context)
+VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+ON CONFLICT (organization_id, request_id) DO NOTHING
+RETURNING id
+
+-- insert_steps --
+-- $1 run_id, $2 organization_id, $3 steps as a JSON array of objects.
+INSERT INTO orchestration_steps
+    (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
+     pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
+     conversation_id, input_refs, is_sink)
+SELECT $1, s.step_id, $2, s.position, s.state, s.agent, s.skill, s.depends_on,
+       s.pending_dependencies, s.spec, s.max_attempts, s.timeout_seconds,
+       CASE WHEN s.state = 'queued' THEN now() END, gen_random_uuid(), s.input_refs,
+       s.is_sink
+FROM jsonb_to_recordset($3::jsonb) AS s(
+    step_id text, position integer, state text, agent text, skill text,
+    depends_on text[], pending_dependencies integer, spec jsonb, max_attempts integer,
+    timeout_seconds double precision, input_refs text[], is_sink boolean)
+
+-- emit_event --
+-- $1 run_id, $2 type, $3 step_id, $4 attempt, $5 step_state, $6 payload
+SELECT podium_emit_event($1, $2, $3, $4, $5, $6)
+
+-- start_run --
+SELECT podium_start_run($1)
+
+-- lock_run --
+-- $1 run_id, $2 organization_id
+SELECT id, state FROM orchestration_runs WHERE id = $1 AND organization_id = $2 FOR UPDATE
+
+-- merge_run_input --
+-- $1 run_id, $2 input (merged over the run's)
+UPDATE orchestration_runs SET input = input || $2, updated_at = now() WHERE id = $1
+
+-- get_run --
+-- $1 run_id, $2 organization_id
+SELECT * FROM orchestration_runs WHERE id = $1 AND organization_id = $2
+
+-- get_run_by_request_id --
+-- $1 organization_id, $2 request_id
+SELECT * FROM orchestration_runs WHERE organization_id = $1 AND request_id = $2
+
+-- list_steps --
+SELECT run_id, step_id, position, state, agent, skill, depends_on, spec, input, output,
+       error, attempt, max_attempts, conversation_id, queued_at, started_at, ended_at,
+       next_attempt_at, cached, cache_source_run_id, child_run_id, approval_id,
+       input_tokens, output_tokens, cost_usd
+FROM orchestration_steps
+WHERE run_id = $1
+ORDER BY position
+
+-- list_attempts --
+SELECT step_id, attempt, agent, task_id, started_at, ended_at, error
+FROM step_attempts
+WHERE run_id = $1
+ORDER BY step_id, attempt
+
+-- list_runs --
+-- Newest first, keyset on (created_at, id). Empty filters match everything.
+-- $1 org, $2 states (text[], empty = any), $3 definition_name (NULL = any),
+-- $4 labels (jsonb containment), $5 parent_run_id (NULL = any),
+-- $6 after created_at (NULL = first page), $7 after id, $8 limit
+SELECT *
+FROM orchestration_runs
+WHERE organization_id = $1
+  AND (cardinality($2::text[]) = 0 OR state = ANY ($2::text[]))
+  AND ($3::text IS NULL OR definition_name = $3)
+  AND labels @> $4::jsonb
+  AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $8
+
+-- cancel_run --
+-- $1 run_id, $2 organization_id, $3 reason
+SELECT podium_cancel_run($1, $2, $3)
+
+-- claim_steps --
+-- $1 owner, $2 limit, $3 lease seconds
+SELECT * FROM podium_claim_steps($1, $2, $3)
+
+-- complete_step --
+-- $1 run_id, $2 step_id, $3 attempt, $4 outcome, $5 output, $6 error, $7 input,
+-- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd
+SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+
+-- renew_leases --
+-- Extends the leases of the owner's running steps. Rows locked by a completion or a
+-- cancellation are skipped: they are leaving the running state anyway.
+-- $1 owner, $2 lease seconds
+UPDATE orchestration_steps s
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE (s.run_id, s.step_id) IN (
+    SELECT r.run_id, r.step_id FROM orchestration_steps r
+    WHERE r.state = 'running' AND r.lease_owner = $1
+    FOR UPDATE SKIP LOCKED)
+
+-- requeue_expired --
+SELECT podium_requeue_expired($1)
+
+-- insert_deliverables --
+-- $1 run_id, $2 organization_id, $3 JSON array of {step_id, attempt, conversation_id,
+-- name, media_type, size_bytes, uri, data_base64}
+INSERT INTO deliverables
+    (organization_id, run_id, step_id, attempt, conversation_id, name, media_type,
+     size_bytes, uri, data)
+SELECT $2, $1, d.step_id, d.attempt, d.conversation_id, d.name, d.media_type,
+       d.size_bytes, d.uri, decode(d.data_base64, 'base64')
+FROM jsonb_to_recordset($3::jsonb) AS d(
+    step_id text, attempt integer, conversation_id uuid, name text, media_type text,
+    size_bytes bigint, uri text, data_base64 text)
+
+-- list_deliverables --
+-- $1 run_id, $2 organization_id, $3 step_id (NULL = any), $4 include data,
+-- $5 after created_at, $6 after id, $7 limit
+SELECT id, run_id, step_id, attempt, conversation_id, name, media_type, size_bytes, uri,
+       CASE WHEN $4::boolean THEN data END AS data, created_at
+FROM deliverables
+WHERE run_id = $1 AND organization_id = $2
+  AND ($3::text IS NULL OR step_id = $3)
+  AND ($5::timestamptz IS NULL OR (created_at, id) > ($5, $6::uuid))
+ORDER BY created_at, id
+LIMIT $7
+
+-- list_events --
+-- $1 run_id, $2 organization_id, $3 after sequence, $4 limit
+SELECT run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+       payload, created_at
+FROM orchestration_events
+WHERE run_id = $1 AND organization_id = $2 AND sequence > $3
+ORDER BY sequence
+LIMIT $4
