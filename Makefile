@@ -14,11 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## run: start Podium on the embedded PostgreSQL (Ctrl-C to stop)
+## run: the demo: example agents + Podium on the embedded PostgreSQL + one run (Ctrl-C to stop)
 run: $(STAMP)
-	$(BIN)/podium serve
+	$(BIN)/podium demo
 
-serve: run
+## serve: Podium alone on the embedded PostgreSQL (Ctrl-C to stop)
+serve: $(STAMP)
+	$(BIN)/podium serve
 
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
 test: $(STAMP) check

@@ -8,9 +8,15 @@ Exit codes: 0 success, 1 the server refused the request, 2 bad usage or input,
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
+
+# The server starts PostgreSQL and the demo starts the server as child processes; gRPC's
+# fork handlers are not needed for that and only print warnings. Set before grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import argparse
+import asyncio
+import json
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -179,6 +185,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from podium.client.demo import run_demo
+
+    return asyncio.run(
+        run_demo(
+            args.listen_address, topic=args.topic, language=args.language, exit_after=args.exit
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="podium", description="Podium: durable orchestration of AI agents over gRPC."
@@ -192,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     Settings.add_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser(
+        "demo",
+        help="start the example agents and a server, run the example definition, keep serving",
+    )
+    demo.add_argument(
+        "--listen-address", default=os.environ.get("PODIUM_LISTEN_ADDRESS", DEFAULT_ADDRESS)
+    )
+    demo.add_argument("--topic", default="tea", help="input.topic of the demo run")
+    demo.add_argument("--language", default="fr", help="input.language of the demo run")
+    demo.add_argument(
+        "--exit", action="store_true", help="stop after the run instead of serving on"
+    )
+    demo.set_defaults(func=cmd_demo)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(

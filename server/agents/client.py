@@ -359,7 +359,9 @@ class AgentClient:
                 kind = message.WhichOneof("event")
                 if result is not None:
                     what = (
-                        "a second result" if kind == "result" else f"a {kind or 'unknown'} message"
+                        "a second result"
+                        if kind == "result"
+                        else f"another message ({kind or 'empty'})"
                     )
                     finished = True
                     call.cancel()

@@ -1,0 +1,142 @@
+"""``podium demo``: the built-in example agents, a server, and one run to watch.
+
+Starts every example agent (real gRPC servers) in this process, starts ``podium serve``
+as a child process with those agents as static agents (``PODIUM_AGENTS``), applies the
+example definition ``examples/demo.yaml`` (fan-out / fan-in with data passing), starts a
+run, prints its events as they happen and its result, then keeps serving until Ctrl-C
+(or exits at once with ``--exit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.resources
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from podium.client.definitions import parse_definition
+from podium.client.examples.agents import ExampleAgents, serve_examples
+from podium.orchestration.v1 import event_pb2, run_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+
+TERMINAL = {run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED}
+
+
+def agents_setting(examples: ExampleAgents, names: list[str] | None = None) -> str:
+    """A ``PODIUM_AGENTS`` value (``name=address;skills=a|b,...``) for running examples."""
+    entries = []
+    for name in names or list(examples.addresses):
+        skills = "|".join(skill.id for skill in examples[name].card().skills)
+        entry = f"{name}={examples.addresses[name]}"
+        entries.append(entry + (f";skills={skills}" if skills else ""))
+    return ",".join(entries)
+
+
+def _event_line(event: event_pb2.RunEvent, started: float) -> str:
+    kind = event_pb2.RunEvent.Type.Name(event.type).removeprefix("TYPE_").lower()
+    kind = kind.replace("_", ".", 1)
+    detail = ""
+    data = json_format.MessageToDict(event.data) if event.HasField("data") else {}
+    if "agent" in data:
+        detail = f"agent={data['agent']}"
+    if event.HasField("error"):
+        detail = f"{event.error.code}: {event.error.message}"
+    step = f"{event.step_id}#{event.attempt}" if event.step_id and event.attempt else event.step_id
+    return (
+        f"  {time.monotonic() - started:6.2f}s  #{event.sequence:<3} {kind:<22} {step:<20} {detail}"
+    )
+
+
+async def _wait_serving(address: str, process: asyncio.subprocess.Process, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    async with grpc.aio.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.returncode is not None:
+                raise RuntimeError(f"podium serve exited with code {process.returncode}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                response = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"podium serve did not report SERVING within {wait:.0f}s")
+
+
+async def _follow(stub: Any, run_id: str) -> run_pb2.Run:
+    started = time.monotonic()
+    after = 0
+    while True:
+        page = await stub.ListRunEvents(
+            pb.ListRunEventsRequest(run_id=run_id, after_sequence=after)
+        )
+        for event in page.events:
+            print(_event_line(event, started), flush=True)
+            after = event.sequence
+        run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+        if run.state in TERMINAL and after >= run.last_event_sequence:
+            return run
+        await asyncio.sleep(0.1)
+
+
+async def run_demo(address: str, *, topic: str, language: str, exit_after: bool) -> int:
+    """Run the demo; returns the process exit code (0 when the run succeeded)."""
+    examples = await serve_examples()
+    env = {
+        **os.environ,
+        "PODIUM_AGENTS": agents_setting(examples),
+        "PODIUM_LISTEN_ADDRESS": address,
+    }
+    print(f"example agents: {', '.join(f'{n}@{a}' for n, a in examples.addresses.items())}")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "podium.client.cli", "serve", env=env
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    code = 1
+    try:
+        await _wait_serving(address, process, wait=180)
+        print(f"podium serving on {address}")
+        text = importlib.resources.files("podium.client.examples").joinpath("demo.yaml").read_text()
+        definition = parse_definition(text, source="demo.yaml")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            created = (
+                await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
+            ).definition
+            print(f"definition {created.name} v{created.version}: {len(created.steps)} steps")
+            request = pb.StartRunRequest(definition=pb.DefinitionRef(name=created.name), start=True)
+            request.input.update({"topic": topic, "language": language})
+            run = (await stub.StartRun(request)).run
+            print(f"run {run.id} started; events:")
+            run = await _follow(stub, run.id)
+            print(f"run {run_pb2.Run.State.Name(run.state).removeprefix('STATE_')}")
+            for step in run.steps:
+                state = run_pb2.StepRun.State.Name(step.state).removeprefix("STATE_")
+                agent = f"agent={step.agent}"
+                print(f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}")
+            print("output:")
+            print(json.dumps(json_format.MessageToDict(run.output), indent=2))
+            code = 0 if run.state == run_pb2.Run.STATE_SUCCEEDED else 1
+        if not exit_after:
+            print(f"\nPodium keeps serving on {address} (Ctrl-C to stop). Try:")
+            print(f"  grpcurl -plaintext {address} list")
+            print(f"  .venv/bin/podium definitions list --address {address}")
+            await stop.wait()
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            await process.wait()
+        await examples.stop(0)
+    return code
