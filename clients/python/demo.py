@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 import time
-from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -72,7 +71,7 @@ async def _wait_serving(address: str, process: asyncio.subprocess.Process, wait:
     raise RuntimeError(f"podium serve did not report SERVING within {wait:.0f}s")
 
 
-async def _follow(stub: Any, run_id: str) -> run_pb2.Run:
+async def _follow(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str) -> run_pb2.Run:
     started = time.monotonic()
     after = 0
     while True:
@@ -111,7 +110,7 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
         text = importlib.resources.files("podium.client.examples").joinpath("demo.yaml").read_text()
         definition = parse_definition(text, source="demo.yaml")
         async with grpc.aio.insecure_channel(address) as channel:
-            stub = pb_grpc.OrchestrationServiceStub(channel)
+            stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
             created = (
                 await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
             ).definition
