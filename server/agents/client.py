@@ -8,7 +8,8 @@ optional callbacks, in stream order, and returns exactly one :data:`TaskOutcome`
 - :class:`TaskSucceeded` with the output as a plain dict (integral numbers as ``int``);
 - :class:`TaskFailed` with a stable ``code``, a ``message`` and ``retryable``: the
   agent's own error (``origin="agent"``), a gRPC status (``origin="transport"``:
-  ``DEADLINE_EXCEEDED``, ``AGENT_UNAVAILABLE``, ``CANCELLED``, ``AGENT_<STATUS>``), or a
+  ``DEADLINE_EXCEEDED``, ``AGENT_UNAVAILABLE``, ``CANCELLED``, ``AGENT_MESSAGE_TOO_LARGE``,
+  ``AGENT_<STATUS>``), or a
   broken stream (``origin="protocol"``, ``AGENT_PROTOCOL_ERROR``).
 
 Cancelling the task awaiting :meth:`AgentClient.execute` cancels the gRPC call, so the
@@ -18,6 +19,7 @@ re-encoding and no per-call allocation beyond the call itself.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from podium.agent.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = [
     "AGENT_ERROR",
+    "AGENT_MESSAGE_TOO_LARGE",
     "AGENT_PROTOCOL_ERROR",
     "AGENT_UNAVAILABLE",
     "CANCELLED",
@@ -56,6 +59,8 @@ CANCELLED = "CANCELLED"
 """The agent side cancelled the call (e.g. the agent is shutting down)."""
 AGENT_PROTOCOL_ERROR = "AGENT_PROTOCOL_ERROR"
 """The stream broke the contract: no result, a second result, messages after it."""
+AGENT_MESSAGE_TOO_LARGE = "AGENT_MESSAGE_TOO_LARGE"
+"""A request or response exceeded a gRPC message size limit (not retryable)."""
 AGENT_ERROR = "AGENT_ERROR"
 """An agent's error result that carries no code of its own."""
 
@@ -299,14 +304,15 @@ class AgentClient:
 
     async def discard(self, endpoint: str) -> None:
         """Close the channel to ``endpoint`` (e.g. after the agent was deregistered);
-        calls in flight on it fail with ``CANCELLED``. Unknown endpoints are ignored."""
+        calls in flight on it end with a retryable ``CANCELLED`` failure. Unknown
+        endpoints are ignored."""
         entry = self._endpoints.pop(endpoint, None)
         if entry is not None:
             await entry.channel.close(None)
 
     async def close(self) -> None:
-        """Close every channel (calls in flight fail with ``CANCELLED``). Idempotent;
-        the client cannot be used afterwards."""
+        """Close every channel (calls in flight end with a retryable ``CANCELLED``
+        failure). Idempotent; the client cannot be used afterwards."""
         self._closed = True
         entries = list(self._endpoints.values())
         self._endpoints.clear()
@@ -388,6 +394,22 @@ class AgentClient:
         except grpc.aio.AioRpcError as exc:
             finished = True
             return _transport_failure(exc, artifacts)
+        except asyncio.CancelledError:
+            # grpc.aio also raises CancelledError when the call itself was cancelled
+            # locally (its channel closed by close() or discard()) while this task was
+            # not: that is a failed attempt, not a cancellation of the caller.
+            task = asyncio.current_task()
+            if call.cancelled() and task is not None and task.cancelling() == 0:
+                finished = True
+                return TaskFailed(
+                    code=CANCELLED,
+                    message="the call was cancelled: the channel to the agent was closed",
+                    retryable=True,
+                    origin="transport",
+                    grpc_status="CANCELLED",
+                    artifacts=tuple(artifacts),
+                )
+            raise
         finally:
             if not finished:
                 call.cancel()
@@ -459,8 +481,13 @@ def _transport_failure(
     exc: grpc.aio.AioRpcError, artifacts: list[agent_pb2.Artifact]
 ) -> TaskFailed:
     status = exc.code()
-    code, retryable = _STATUS_OUTCOMES.get(status, (f"AGENT_{status.name}", True))
     details = exc.details() or status.name
+    if status is grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
+        # A request or response over a message limit (ours or the agent's): the same
+        # attempt will hit it again.
+        code, retryable = AGENT_MESSAGE_TOO_LARGE, False
+    else:
+        code, retryable = _STATUS_OUTCOMES.get(status, (f"AGENT_{status.name}", True))
     return TaskFailed(
         code=code,
         message=f"agent call failed: {status.name}: {details}",

@@ -259,7 +259,8 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
 
     Raises:
         ValueError: the value, the file or an entry is malformed; the message names the
-            entry (``PODIUM_AGENTS entry 2 ('search')``) and the problem.
+            entry (``entry 2 ('search'): ...``) and the problem, without the variable
+            name, which the caller adds (``PODIUM_AGENTS: entry 2 ('search'): ...``).
     """
     text = raw.strip()
     if not text:
@@ -270,7 +271,7 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
 
 
 def _entry_label(index: int, name: str | None) -> str:
-    return f"PODIUM_AGENTS entry {index}" + (f" ({name!r})" if name else "")
+    return f"entry {index}" + (f" ({name!r})" if name else "")
 
 
 def _check(agent: StaticAgent, label: str) -> StaticAgent:
@@ -357,21 +358,20 @@ def _parse_file(location: str) -> list[StaticAgent]:
     try:
         content = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"PODIUM_AGENTS: cannot read {str(path)!r}: {exc.strerror}") from None
+        raise ValueError(f"cannot read {str(path)!r}: {exc.strerror}") from None
     try:
         data: Any = (
             json.loads(content) if path.suffix.lower() == ".json" else yaml.safe_load(content)
         )
     except (ValueError, yaml.YAMLError) as exc:
-        raise ValueError(f"PODIUM_AGENTS: {str(path)!r} is not valid JSON/YAML: {exc}") from None
+        raise ValueError(f"{str(path)!r} is not valid JSON/YAML: {exc}") from None
     if data is None:
         return []
     if isinstance(data, dict) and set(data) == {"agents"}:
         data = data["agents"]
     if not isinstance(data, list):
         raise ValueError(
-            f"PODIUM_AGENTS: {str(path)!r} must hold a list of agents (or a mapping with "
-            "an 'agents' list)"
+            f"{str(path)!r} must hold a list of agents (or a mapping with an 'agents' list)"
         )
     agents = [_file_entry(index, item) for index, item in enumerate(data, start=1)]
     return _check_unique(agents)

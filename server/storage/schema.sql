@@ -359,7 +359,9 @@ BEGIN
         (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state, payload)
     VALUES (p_run, v_seq, v_org, p_type, p_step, p_attempt, v_state, p_step_state,
             coalesce(p_payload, '{}'));
-    PERFORM pg_notify('podium_events', p_run::text || ':' || v_seq::text);
+    -- The payload is the run id only: PostgreSQL folds identical notifications of one
+    -- transaction into one, and watchers read the log after their last sequence anyway.
+    PERFORM pg_notify('podium_events', p_run::text);
     RETURN v_seq;
 END
 $$;
@@ -388,7 +390,7 @@ BEGIN
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
     IF v_count > 0 THEN
-        PERFORM pg_notify('podium_events', p_run::text || ':' || (v_base + v_count)::text);
+        PERFORM pg_notify('podium_events', p_run::text);
         PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN true;
