@@ -508,6 +508,15 @@ BEGIN
             VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
                     coalesce(v_agent.name, v_step.agent))
             RETURNING step_attempts.task_id INTO v_task;
+            IF v_attempt = 1 THEN
+                -- The step's conversation, kept across its attempts (and ContinueRun).
+                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
+                SELECT s.conversation_id, v_run.organization_id, v_run.id, v_step.step_id,
+                       coalesce(v_agent.name, v_step.agent)
+                  FROM orchestration_steps s
+                 WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
+                ON CONFLICT (id) DO NOTHING;
+            END IF;
             PERFORM podium_emit_event(v_run.id, 'step.started', v_step.step_id, v_attempt,
                                       'running',
                                       jsonb_build_object('agent', coalesce(v_agent.name, v_step.agent)));
