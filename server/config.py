@@ -188,7 +188,8 @@ class Settings:
     default_max_parallel: int | None = _setting(
         "ORCHESTRATION_DEFAULT_MAX_PARALLEL",
         _parse_optional_int(1),
-        "Per-run parallelism when a definition sets none; unset means sequential (1).",
+        "Per-run parallelism when a definition sets none; unset falls back to "
+        "ORCHESTRATION_MAX_CONCURRENCY, then to sequential (1).",
     )
     max_concurrency: int | None = _setting(
         "ORCHESTRATION_MAX_CONCURRENCY",

@@ -4,8 +4,9 @@ Stored definitions are immutable per (organization, name, version); creating a
 definition with an existing name stores its next version. Parsed versions are kept in a
 bounded in-process LRU (``ORCHESTRATION_CACHE_MAX_DEFINITIONS``) keyed by
 (organization, name, version): a version never changes, so the cache needs no
-cross-replica invalidation. Only the ``archived`` flag can change; it is re-read from the
-database whenever a run is started and refreshed locally on ArchiveDefinition.
+cross-replica invalidation. Only the ``archived`` flag can change: StartRun reads the
+row (``get(..., fresh=True)``), so an archive done on another replica is seen at once,
+and the cache then only saves parsing the stored document.
 """
 
 from __future__ import annotations
@@ -105,8 +106,15 @@ class DefinitionService:
         self._cache.put((organization_id, record.name, record.version), stored)
         return stored
 
-    async def get(self, organization_id: str, name: str, version: int = 0) -> Definition:
-        """The given version of ``name``, or its latest when ``version`` is 0."""
+    async def get(
+        self, organization_id: str, name: str, version: int = 0, *, fresh: bool = False
+    ) -> Definition:
+        """The given version of ``name``, or its latest when ``version`` is 0.
+
+        ``fresh`` reads the row even for a cached version, so that ``archived`` is
+        current (another replica may have archived it); the cache then only saves the
+        parsing of the stored document.
+        """
         if version < 0:
             raise InvalidArgument(
                 "version must not be negative",
@@ -114,7 +122,7 @@ class DefinitionService:
             )
         if not name:
             raise InvalidArgument("name is required", violations=[_violation("name", "required")])
-        if version:
+        if version and not fresh:
             cached = self._cache.get((organization_id, name, version))
             if cached is not None:
                 return cached
@@ -129,8 +137,17 @@ class DefinitionService:
                 reason="DEFINITION_NOT_FOUND",
                 metadata={"name": name, "version": str(version)},
             )
-        definition = record_to_definition(record)
-        self._cache.put((organization_id, record.name, record.version), definition)
+        key = (organization_id, record.name, record.version)
+        cached = self._cache.get(key)
+        if cached is not None and cached.content_hash == record.content_hash:
+            if cached.archived == record.archived:
+                return cached
+            definition = Definition()
+            definition.CopyFrom(cached)
+            definition.archived = record.archived
+        else:
+            definition = record_to_definition(record)
+        self._cache.put(key, definition)
         return definition
 
     async def list(

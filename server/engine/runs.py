@@ -1,7 +1,8 @@
 """Runs: StartRun / GetRun / ListRuns / CancelRun / ContinueRun and the run log.
 
-A run is created with all its steps in one transaction (``RunsRepository.create``):
-steps without dependencies are ``queued``, the others ``pending``. Each step row stores
+A run is created with all its steps in one transaction (``RunsRepository.create``),
+all ``pending``; starting it (at once, or on ContinueRun) queues the steps without
+dependencies. Each step row stores
 its effective failure policy (the step's ``on_failure`` over the definition's, field by
 field), the ids of the steps its input references (so the claim returns their outputs)
 and whether it is a sink (its output is part of the run output).
@@ -90,6 +91,58 @@ def _error(value: Mapping[str, Any] | None, target: run_pb2.ErrorDetail) -> None
         target.message = str(value.get("message", ""))
         target.retryable = bool(value.get("retryable", False))
         target.step_id = str(value.get("step_id", "") or "")
+
+
+def json_violations(struct: struct_pb2.Struct, field: str, limit: int = 20) -> list[FieldViolation]:
+    """Values JSON (and so Postgres jsonb) cannot hold: NaN, infinities, NUL characters."""
+    found: list[FieldViolation] = []
+
+    def walk(value: struct_pb2.Value, path: str) -> None:
+        if len(found) >= limit:
+            return
+        kind = value.WhichOneof("kind")
+        if kind == "number_value" and not math.isfinite(value.number_value):
+            found.append(
+                FieldViolation(
+                    field=path, description="numbers must be finite (no NaN or infinity)"
+                )
+            )
+        elif kind == "string_value" and "\x00" in value.string_value:
+            found.append(
+                FieldViolation(field=path, description="strings must not contain NUL characters")
+            )
+        elif kind == "struct_value":
+            fields(value.struct_value, path)
+        elif kind == "list_value":
+            for i, item in enumerate(value.list_value.values):
+                walk(item, f"{path}[{i}]")
+
+    def fields(node: struct_pb2.Struct, path: str) -> None:
+        for key, item in node.fields.items():
+            if "\x00" in key:
+                found.append(
+                    FieldViolation(field=path, description="keys must not contain NUL characters")
+                )
+                continue
+            walk(item, f"{path}.{key}")
+
+    fields(struct, field)
+    return found
+
+
+def _position(token: str, filters: Any) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) keyset position of a list page token."""
+    position = decode_token(token, filters)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InvalidArgument(
+            "page_token is not a token issued by this server",
+            reason="INVALID_PAGE_TOKEN",
+            violations=[FieldViolation(field="page_token", description="malformed page token")],
+        ) from None
 
 
 def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
@@ -274,6 +327,8 @@ class RunService:
                         field=key, description=f"{size} bytes; at most {MAX_INPUT_BYTES}"
                     )
                 )
+            else:
+                violations.extend(json_violations(getattr(request, key), key))
         source = request.WhichOneof("source")
         if source is None:
             violations.append(
@@ -292,7 +347,8 @@ class RunService:
                     "definition.name is required",
                     violations=[FieldViolation(field="definition.name", description="required")],
                 )
-            plan = await self._definitions.get(organization_id, ref.name, ref.version)
+            # Fresh: the archived flag can change on another replica.
+            plan = await self._definitions.get(organization_id, ref.name, ref.version, fresh=True)
             if plan.archived:
                 raise FailedPrecondition(
                     f"definition {plan.name!r} is archived; new runs are refused",
@@ -380,10 +436,7 @@ class RunService:
             "labels": dict(sorted(request.labels.items())),
             "parent": request.parent_run_id,
         }
-        position = decode_token(request.page_token, filters)
-        after = None
-        if position is not None:
-            after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1]))
+        after = _position(request.page_token, filters)
         async with storage_errors():
             rows = await self._repository.list_runs(
                 organization_id,
@@ -434,6 +487,9 @@ class RunService:
                     FieldViolation(field="input", description=f"at most {MAX_INPUT_BYTES} bytes")
                 ],
             )
+        problems = json_violations(extra_input, "input")
+        if problems:
+            raise InvalidArgument("input is not valid JSON data", violations=problems)
         async with storage_errors():
             state = await self._repository.start(
                 organization_id,
@@ -472,7 +528,8 @@ class RunService:
             rows = await self._repository.list_events(organization_id, rid, after_sequence, size)
         name = run.definition_name or ""
         events = [event_to_proto(e, name) for e in rows]
-        return events, (rows[-1].sequence if len(rows) == size else 0)
+        more = bool(rows) and len(rows) == size and rows[-1].sequence < run.last_event_sequence
+        return events, (rows[-1].sequence if more else 0)
 
     async def list_deliverables(
         self, organization_id: str, request: pb.ListDeliverablesRequest
@@ -481,8 +538,7 @@ class RunService:
         rid = parse_run_id(request.run_id)
         size = page_size(request.page_size)
         filters = {"run": request.run_id, "step": request.step_id, "data": request.include_data}
-        position = decode_token(request.page_token, filters)
-        after = (datetime.fromisoformat(position[0]), uuid.UUID(position[1])) if position else None
+        after = _position(request.page_token, filters)
         async with storage_errors():
             if await self._repository.get(organization_id, rid) is None:
                 raise NotFound(f"run {request.run_id} not found", reason="RUN_NOT_FOUND")
@@ -541,7 +597,9 @@ def build_steps(plan: definition_pb2.Definition) -> list[NewStep]:
             NewStep(
                 step_id=step.id,
                 position=position,
-                state="pending" if step.depends_on else "queued",
+                # Every step starts pending; podium_start_run queues those without
+                # dependencies when the run starts (at once, or on ContinueRun).
+                state="pending",
                 agent=step.agent if target == "agent" else None,
                 skill=step.skill if target == "skill" else None,
                 depends_on=list(step.depends_on),

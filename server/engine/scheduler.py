@@ -37,7 +37,7 @@ from podium.agent.v1 import agent_pb2
 from podium.server.agents.client import AgentClient, TaskOutcome, TaskSucceeded
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.storage.database import Database, DirectConnection, connect_direct
-from podium.server.storage.errors import StorageError
+from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
 from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsRepository, StepOutcome
 
 log = logging.getLogger("podium.scheduler")
@@ -92,6 +92,7 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._listener: DirectConnection | None = None
         self._stopping = False
+        self._next_retry: datetime | None = None
         self._rng = random.Random()
         self.claimed_total = 0
         self.completed_total = 0
@@ -195,7 +196,17 @@ class Scheduler:
             if claimed and len(claimed) == want and len(self._inflight) < self.config.slots:
                 continue  # there may be more runnable work right now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_seconds)
+                await asyncio.wait_for(self._wake.wait(), self._sleep_seconds())
+
+    def _sleep_seconds(self) -> float:
+        """Until the fallback timer, or the earliest retry this replica scheduled."""
+        wait = self.config.poll_interval_seconds
+        if self._next_retry is not None:
+            due = (self._next_retry - datetime.now(UTC)).total_seconds()
+            if due <= wait:
+                self._next_retry = None
+                wait = max(0.0, due)
+        return wait
 
     def _spawn(self, step: ClaimedStep) -> None:
         key = (step.run_id, step.step_id)
@@ -266,6 +277,8 @@ class Scheduler:
                 delay = backoff_delay(policy, step.attempt, self._rng)
                 outcome.outcome = "retry"
                 outcome.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+                if self._next_retry is None or outcome.next_attempt_at < self._next_retry:
+                    self._next_retry = outcome.next_attempt_at
             else:
                 outcome.outcome = "failed"
         return outcome
@@ -331,22 +344,65 @@ class Scheduler:
             batch = [await self._completions.get()]
             while len(batch) < self.config.completion_batch_size and not self._completions.empty():
                 batch.append(self._completions.get_nowait())
-            delay = 0.05
-            while True:
-                try:
-                    await self._repository.complete(batch)
-                    break
-                except StorageError as exc:
-                    # Deadlock victims and outages: retry the same batch (it is fenced,
-                    # so a retry after an ambiguous commit changes nothing).
-                    log.warning("completion batch failed (%d steps), retrying: %s", len(batch), exc)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            await self._commit(batch)
             for outcome in batch:
                 self._forget(outcome.run_id, outcome.step_id)
                 self._completions.task_done()
             self.completed_total += len(batch)
             self._wake.set()
+
+    async def _commit(self, batch: list[StepOutcome]) -> None:
+        """Commit ``batch``; transient failures are retried, a bad outcome is isolated.
+
+        Outages and deadlock victims retry the same batch (outcomes are fenced, so a
+        retry after an ambiguous commit changes nothing). Any other failure (an output
+        PostgreSQL refuses, e.g. a NUL character) would fail every retry, so the batch
+        is split: each outcome is committed alone, and one that still fails is recorded
+        as a non-retryable INVALID_OUTPUT failure of its step instead.
+        """
+        delay = 0.05
+        while True:
+            try:
+                await self._repository.complete(batch)
+                return
+            except (StorageUnavailable, Conflict) as exc:
+                log.warning("completion batch failed (%d steps), retrying: %s", len(batch), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except StorageError as exc:
+                if len(batch) == 1:
+                    await self._reject(batch[0], exc)
+                    return
+                log.warning("completion batch refused, committing one by one: %s", exc)
+                for outcome in batch:
+                    await self._commit([outcome])
+                return
+
+    async def _reject(self, outcome: StepOutcome, exc: StorageError) -> None:
+        log.error(
+            "step outcome refused by the database: %s",
+            exc,
+            extra={
+                "run_id": str(outcome.run_id),
+                "step_id": outcome.step_id,
+                "attempt": outcome.attempt,
+            },
+        )
+        outcome.outcome = "failed"
+        outcome.output = None
+        outcome.input = None
+        outcome.deliverables = ()
+        outcome.error = {
+            "code": "INVALID_OUTPUT",
+            "message": "the agent's result cannot be stored (e.g. a NUL character or a "
+            "non-finite number in the output)",
+            "retryable": False,
+        }
+        try:
+            await self._repository.complete([outcome])
+        except StorageError as again:
+            # Give up on this outcome; the lease expires and the step runs again.
+            log.error("cannot record the failure either: %s", again)
 
     # -- leases ----------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ class NewStep:
 
     step_id: str
     position: int
-    state: str  # "queued" (no dependencies) or "pending"
+    state: str  # "pending": podium_start_run queues the steps without dependencies
     agent: str | None
     skill: str | None
     depends_on: Sequence[str]

@@ -122,9 +122,9 @@ class RunEvent(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     RUN_STATE_FIELD_NUMBER: _builtins.int
     STEP_STATE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     OUTPUT_CHUNK_FIELD_NUMBER: _builtins.int
-    ERROR_FIELD_NUMBER: _builtins.int
     APPROVAL_FIELD_NUMBER: _builtins.int
     RETRY_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
@@ -152,16 +152,16 @@ class RunEvent(_message.Message):
         """Commit time of the change the event reports."""
 
     @_builtins.property
+    def error(self) -> _run_pb2.ErrorDetail:
+        """The error, for step.failed, step.retrying (the failed attempt's) and run.failed."""
+
+    @_builtins.property
     def progress(self) -> Global___StepProgress:
         """For step.progress."""
 
     @_builtins.property
     def output_chunk(self) -> Global___StepOutputChunk:
         """For step.output_chunk."""
-
-    @_builtins.property
-    def error(self) -> _run_pb2.ErrorDetail:
-        """For step.failed, step.retrying, run.failed."""
 
     @_builtins.property
     def approval(self) -> Global___ApprovalRef:
@@ -187,9 +187,9 @@ class RunEvent(_message.Message):
         organization_id: _builtins.str = ...,
         run_state: _run_pb2.Run.State.ValueType = ...,
         step_state: _run_pb2.StepRun.State.ValueType = ...,
+        error: _run_pb2.ErrorDetail | None = ...,
         progress: Global___StepProgress | None = ...,
         output_chunk: Global___StepOutputChunk | None = ...,
-        error: _run_pb2.ErrorDetail | None = ...,
         approval: Global___ApprovalRef | None = ...,
         retry: Global___RetrySchedule | None = ...,
         data: _struct_pb2.Struct | None = ...,
@@ -199,7 +199,7 @@ class RunEvent(_message.Message):
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
     _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt", b"attempt", "data", b"data", "definition_name", b"definition_name", "detail", b"detail", "error", b"error", "organization_id", b"organization_id", "output_chunk", b"output_chunk", "progress", b"progress", "retry", b"retry", "run_id", b"run_id", "run_state", b"run_state", "sequence", b"sequence", "step_id", b"step_id", "step_state", b"step_state", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["progress", "output_chunk", "error", "approval", "retry"]  # noqa: Y015
+    _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["progress", "output_chunk", "approval", "retry"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_detail) -> _WhichOneofReturnType_detail | None: ...
 
