@@ -43,10 +43,13 @@ BEGIN
        SET last_event_sequence = last_event_sequence + 1, updated_at = now()
      WHERE id = p_run
     RETURNING last_event_sequence, organization_id, state INTO v_seq, v_org, v_state;
+    -- clock_timestamp(), not now(): a transaction that waited for a lock must not
+    -- stamp its events earlier than events with lower sequences.
     INSERT INTO orchestration_events
-        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state, payload)
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
     VALUES (p_run, v_seq, v_org, p_type, p_step, p_attempt, v_state, p_step_state,
-            coalesce(p_payload, '{}'));
+            coalesce(p_payload, '{}'), clock_timestamp());
     -- The payload is the run id only: PostgreSQL folds identical notifications of one
     -- transaction into one, and watchers read the log after their last sequence anyway.
     PERFORM pg_notify('podium_events', p_run::text);
@@ -54,7 +57,8 @@ BEGIN
 END
 $$;
 
--- Move a created run to running: run.started, then step.queued for each runnable step.
+-- Move a created run to running: run.started, then queue every step without
+-- dependencies (steps are created pending) with a step.queued event each.
 CREATE FUNCTION podium_start_run(p_run uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -68,11 +72,15 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM podium_emit_event(p_run, 'run.started', NULL, NULL, NULL, '{}');
+    UPDATE orchestration_steps
+       SET state = 'queued', queued_at = clock_timestamp()
+     WHERE run_id = p_run AND state = 'pending' AND pending_dependencies = 0;
     SELECT last_event_sequence INTO v_base FROM orchestration_runs WHERE id = p_run;
     INSERT INTO orchestration_events
-        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state)
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         created_at)
     SELECT s.run_id, v_base + row_number() OVER (ORDER BY s.position), s.organization_id,
-           'step.queued', s.step_id, 0, 'running', 'queued'
+           'step.queued', s.step_id, 0, 'running', 'queued', clock_timestamp()
       FROM orchestration_steps s
      WHERE s.run_id = p_run AND s.state = 'queued';
     GET DIAGNOSTICS v_count = ROW_COUNT;
@@ -150,18 +158,25 @@ BEGIN
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
                 -- The least busy agent offering the skill that has a free slot.
-                SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
-                       a.max_concurrency,
-                       (SELECT count(*) FROM orchestration_steps b
-                         WHERE b.state = 'running' AND b.organization_id = a.organization_id
-                           AND b.agent = a.name)
-                       + coalesce((v_used ->> a.name)::integer, 0) AS busy
+                SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
+                       c.max_concurrency, c.busy
                   INTO v_agent
-                  FROM agents a
-                 WHERE a.organization_id = v_run.organization_id AND v_step.skill = ANY (a.skills)
-                 ORDER BY 6, a.name
+                  FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
+                               a.max_concurrency,
+                               (SELECT count(*) FROM orchestration_steps b
+                                 WHERE b.state = 'running'
+                                   AND b.organization_id = a.organization_id
+                                   AND b.agent = a.name)
+                               + coalesce((v_used ->> a.name)::integer, 0) AS busy
+                          FROM agents a
+                         WHERE a.organization_id = v_run.organization_id
+                           AND v_step.skill = ANY (a.skills)) c
+                 WHERE c.max_concurrency = 0 OR c.busy < c.max_concurrency
+                 ORDER BY c.busy, c.name
                  LIMIT 1;
-                IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
+                IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
+                                          WHERE a.organization_id = v_run.organization_id
+                                            AND v_step.skill = ANY (a.skills)) THEN
                     CONTINUE;  -- every agent with the skill is full: stays queued
                 END IF;
             ELSIF v_step.agent IS NOT NULL THEN
@@ -231,6 +246,37 @@ BEGIN
 END
 $$;
 
+-- Cancel every unfinished step of a run (the caller holds the run row lock), with a
+-- step.cancelled event each, written set-based so a large run costs one statement.
+CREATE FUNCTION podium_cancel_steps(p_run uuid) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_base bigint;
+    v_count integer;
+    v_state text;
+BEGIN
+    SELECT last_event_sequence, state INTO v_base, v_state
+      FROM orchestration_runs WHERE id = p_run;
+    WITH cancelled AS (
+        UPDATE orchestration_steps
+           SET state = 'cancelled', ended_at = now(), lease_owner = NULL,
+               lease_expires_at = NULL
+         WHERE run_id = p_run
+           AND state IN ('pending', 'queued', 'running', 'waiting_retry', 'awaiting_approval')
+        RETURNING run_id, step_id, organization_id, position, attempt
+    )
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         created_at)
+    SELECT c.run_id, v_base + row_number() OVER (ORDER BY c.position), c.organization_id,
+           'step.cancelled', c.step_id, c.attempt, v_state, 'cancelled', clock_timestamp()
+      FROM cancelled c;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
+    RETURN v_count;
+END
+$$;
+
 -- Fail a run whose step failed for good: cancel what is left, record the error and the
 -- rollback hints of the completed steps (newest first, then the definition's), emit
 -- run.failed and tell every replica to cancel the run's agent calls. The caller holds
@@ -238,10 +284,7 @@ $$;
 CREATE FUNCTION podium_fail_run(p_run uuid, p_step text, p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE orchestration_steps
-       SET state = 'cancelled', ended_at = now(), lease_owner = NULL, lease_expires_at = NULL
-     WHERE run_id = p_run
-       AND state IN ('pending', 'queued', 'running', 'waiting_retry', 'awaiting_approval');
+    PERFORM podium_cancel_steps(p_run);
     UPDATE step_attempts
        SET ended_at = now(), error = '{"code": "CANCELLED", "message": "the run failed"}'
      WHERE run_id = p_run AND ended_at IS NULL;
@@ -373,10 +416,7 @@ BEGIN
     IF v_state IN ('succeeded', 'failed', 'cancelled') THEN
         RETURN v_state;
     END IF;
-    UPDATE orchestration_steps
-       SET state = 'cancelled', ended_at = now(), lease_owner = NULL, lease_expires_at = NULL
-     WHERE run_id = p_run
-       AND state IN ('pending', 'queued', 'running', 'waiting_retry', 'awaiting_approval');
+    PERFORM podium_cancel_steps(p_run);
     UPDATE step_attempts
        SET ended_at = now(),
            error = jsonb_build_object('code', 'CANCELLED', 'message', 'the run was cancelled')
@@ -395,13 +435,17 @@ $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
 -- Their attempt stays counted; the next claim takes attempt + 1, so a late result of
--- the expired attempt is fenced. Returns the number of steps re-queued.
+-- the expired attempt is fenced. A lost lease is rarely the step's fault, so it may
+-- happen twice beyond max_attempts; a step that keeps losing it (e.g. it crashes its
+-- replica every time) then fails with LEASE_EXPIRED instead of looping forever.
+-- Returns the number of steps re-queued or failed.
 CREATE FUNCTION podium_requeue_expired(p_limit integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
     v_step record;
     v_count integer := 0;
+    v_error jsonb := '{"code": "LEASE_EXPIRED", "message": "every attempt lost its lease (the replica executing it stopped renewing)", "retryable": false}';
 BEGIN
     FOR v_run IN
         SELECT r.id FROM orchestration_runs r
@@ -416,6 +460,7 @@ BEGIN
                SET state = 'queued', queued_at = now(), lease_owner = NULL,
                    lease_expires_at = NULL
              WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+               AND s.attempt < s.max_attempts + 2
             RETURNING s.step_id, s.attempt
         LOOP
             UPDATE step_attempts
@@ -425,6 +470,21 @@ BEGIN
             PERFORM podium_emit_event(v_run.id, 'step.queued', v_step.step_id, v_step.attempt,
                                       'queued', '{"reason": "lease_expired"}');
             v_count := v_count + 1;
+        END LOOP;
+        FOR v_step IN
+            UPDATE orchestration_steps s
+               SET state = 'failed', ended_at = now(), lease_owner = NULL,
+                   lease_expires_at = NULL, error = v_error
+             WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+            RETURNING s.step_id, s.attempt
+        LOOP
+            UPDATE step_attempts SET ended_at = now(), error = v_error
+             WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_emit_event(v_run.id, 'step.failed', v_step.step_id, v_step.attempt,
+                                      'failed', jsonb_build_object('error', v_error));
+            PERFORM podium_fail_run(v_run.id, v_step.step_id, v_error);
+            v_count := v_count + 1;
+            EXIT;  -- the run failed: its other steps are cancelled
         END LOOP;
     END LOOP;
     IF v_count > 0 THEN

@@ -201,11 +201,13 @@ class PodiumServer:
             self._monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
+        deadline = time.monotonic() + grace
         try:
             if self._server is not None:
                 await self._server.stop(grace)
             if self._engine is not None:
-                await self._engine.stop(grace)
+                # One grace period in all: running steps get what the RPCs left.
+                await self._engine.stop(max(0.0, deadline - time.monotonic()))
             if self._db is not None:
                 await self._db.close()
         finally:

@@ -42,6 +42,8 @@ from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsReposito
 
 log = logging.getLogger("podium.scheduler")
 
+_Key = tuple[uuid.UUID, str, int]
+
 DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
 MAX_INLINE_ARTIFACT_BYTES = 1024 * 1024
 
@@ -87,8 +89,10 @@ class Scheduler:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._completions: asyncio.Queue[StepOutcome] = asyncio.Queue()
-        self._inflight: dict[tuple[uuid.UUID, str], asyncio.Task[None]] = {}
-        self._by_run: dict[uuid.UUID, set[tuple[uuid.UUID, str]]] = {}
+        # Keyed by (run, step, attempt): a re-claim of the same step (after a lost
+        # lease) is another attempt and must not be confused with the stale one.
+        self._inflight: dict[_Key, asyncio.Task[None]] = {}
+        self._by_run: dict[uuid.UUID, set[_Key]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._listener: DirectConnection | None = None
         self._stopping = False
@@ -113,14 +117,18 @@ class Scheduler:
         self._wake.set()
 
     async def _listen(self) -> None:
+        conn: DirectConnection | None = None
         try:
             conn = await connect_direct(self._dsn)
             await conn.add_listener("podium_work", self._on_work)
             await conn.add_listener("podium_cancel", self._on_cancel)
             conn.add_termination_listener(self._on_listener_lost)
-        except (StorageError, OSError) as exc:
+        except Exception as exc:
             # The fallback timer keeps the scheduler going; the lease loop retries.
             log.warning("cannot LISTEN for work (polling instead): %s", exc)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
             return
         self._listener = conn
 
@@ -157,6 +165,11 @@ class Scheduler:
         for task in list(self._inflight.values()):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Hand the cancelled attempts over at once instead of after a lease.
+        with contextlib.suppress(StorageError):
+            released = await self._repository.release_leases(self.owner)
+            if released:
+                log.info("released %d leases for other replicas", released)
         # Let the completer commit what finished, then stop the loops.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._completions.join(), timeout=5)
@@ -209,13 +222,13 @@ class Scheduler:
         return wait
 
     def _spawn(self, step: ClaimedStep) -> None:
-        key = (step.run_id, step.step_id)
+        key = (step.run_id, step.step_id, step.attempt)
         task = asyncio.create_task(self._execute(step), name=f"step {step.run_id}/{step.step_id}")
         self._inflight[key] = task
         self._by_run.setdefault(step.run_id, set()).add(key)
 
-    def _forget(self, run_id: uuid.UUID, step_id: str) -> None:
-        key = (run_id, step_id)
+    def _forget(self, run_id: uuid.UUID, step_id: str, attempt: int) -> None:
+        key = (run_id, step_id, attempt)
         self._inflight.pop(key, None)
         keys = self._by_run.get(run_id)
         if keys is not None:
@@ -231,7 +244,7 @@ class Scheduler:
         except asyncio.CancelledError:
             # Run cancelled or failed (already recorded), or this replica is stopping
             # (the lease expires and the step runs again elsewhere).
-            self._forget(step.run_id, step.step_id)
+            self._forget(step.run_id, step.step_id, step.attempt)
             self._wake.set()
             raise
         except Exception:
@@ -346,7 +359,7 @@ class Scheduler:
                 batch.append(self._completions.get_nowait())
             await self._commit(batch)
             for outcome in batch:
-                self._forget(outcome.run_id, outcome.step_id)
+                self._forget(outcome.run_id, outcome.step_id, outcome.attempt)
                 self._completions.task_done()
             self.completed_total += len(batch)
             self._wake.set()
@@ -406,13 +419,33 @@ class Scheduler:
 
     # -- leases ----------------------------------------------------------------------
 
+    async def _renew(self) -> None:
+        """Renew this replica's leases and stop the attempts whose lease is gone.
+
+        An attempt not renewed is no longer ``running`` under this owner: its run was
+        cancelled or failed (a missed ``podium_cancel`` notification), or its lease
+        expired and the step was re-queued. Its agent call is cancelled so no work is
+        wasted; its result would be refused anyway (fencing). Attempts whose outcome is
+        already waiting for the completer are left alone.
+        """
+        watched = [key for key, task in self._inflight.items() if not task.done()]
+        renewed = set(await self._repository.renew_leases(self.owner, self.config.lease_seconds))
+        for key in watched:
+            task = self._inflight.get(key)
+            if key not in renewed and task is not None and not task.done():
+                log.warning(
+                    "lease lost; cancelling the attempt",
+                    extra={"run_id": str(key[0]), "step_id": key[1], "attempt": key[2]},
+                )
+                task.cancel()
+
     async def _lease_loop(self) -> None:
         interval = max(0.1, self.config.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
             try:
                 if self._inflight:
-                    await self._repository.renew_leases(self.owner, self.config.lease_seconds)
+                    await self._renew()
                 requeued = await self._repository.requeue_expired()
                 if requeued:
                     log.warning("re-queued %d steps whose lease expired", requeued)

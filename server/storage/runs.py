@@ -509,10 +509,19 @@ class RunsRepository:
             )
         return applied
 
-    async def renew_leases(self, owner: str, lease_seconds: float) -> int:
-        """Extend the leases of ``owner``'s running steps; returns how many."""
+    async def renew_leases(
+        self, owner: str, lease_seconds: float
+    ) -> list[tuple[uuid.UUID, str, int]]:
+        """Extend the leases of ``owner``'s running steps; returns the (run, step,
+        attempt) renewed."""
         async with self._db.connection() as conn:
-            status = await conn.execute(QUERIES["renew_leases"], owner, lease_seconds)
+            rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)
+        return [(r["run_id"], r["step_id"], r["attempt"]) for r in rows]
+
+    async def release_leases(self, owner: str) -> int:
+        """Expire ``owner``'s leases now (shutdown); returns how many."""
+        async with self._db.connection() as conn:
+            status = await conn.execute(QUERIES["release_leases"], owner)
         return int(status.rsplit(" ", 1)[-1])
 
     async def requeue_expired(self, limit: int = 500) -> int:

@@ -97,8 +97,9 @@ SELECT * FROM podium_claim_steps($1, $2, $3)
 SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
 -- renew_leases --
--- Extends the leases of the owner's running steps. Rows locked by a completion or a
--- cancellation are skipped: they are leaving the running state anyway.
+-- Extends the leases of the owner's running steps and returns them; an attempt of the
+-- owner that is missing lost its lease (cancelled, failed, or re-queued). Rows locked by
+-- a completion or a cancellation are skipped: they are leaving the running state anyway.
 -- $1 owner, $2 lease seconds
 UPDATE orchestration_steps s
 SET lease_expires_at = now() + make_interval(secs => $2)
@@ -106,6 +107,15 @@ WHERE (s.run_id, s.step_id) IN (
     SELECT r.run_id, r.step_id FROM orchestration_steps r
     WHERE r.state = 'running' AND r.lease_owner = $1
     FOR UPDATE SKIP LOCKED)
+RETURNING s.run_id, s.step_id, s.attempt
+
+-- release_leases --
+-- On shutdown: let the owner's running steps expire now, so another replica takes
+-- them at its next lease check instead of after a full lease.
+-- $1 owner
+UPDATE orchestration_steps
+SET lease_expires_at = now()
+WHERE state = 'running' AND lease_owner = $1
 
 -- requeue_expired --
 SELECT podium_requeue_expired($1)

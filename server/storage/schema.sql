@@ -747,13 +747,17 @@ $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
 -- Their attempt stays counted; the next claim takes attempt + 1, so a late result of
--- the expired attempt is fenced. Returns the number of steps re-queued.
+-- the expired attempt is fenced. A lost lease is rarely the step's fault, so it may
+-- happen twice beyond max_attempts; a step that keeps losing it (e.g. it crashes its
+-- replica every time) then fails with LEASE_EXPIRED instead of looping forever.
+-- Returns the number of steps re-queued or failed.
 CREATE FUNCTION podium_requeue_expired(p_limit integer) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
     v_step record;
     v_count integer := 0;
+    v_error jsonb := '{"code": "LEASE_EXPIRED", "message": "every attempt lost its lease (the replica executing it stopped renewing)", "retryable": false}';
 BEGIN
     FOR v_run IN
         SELECT r.id FROM orchestration_runs r
@@ -768,6 +772,7 @@ BEGIN
                SET state = 'queued', queued_at = now(), lease_owner = NULL,
                    lease_expires_at = NULL
              WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+               AND s.attempt < s.max_attempts + 2
             RETURNING s.step_id, s.attempt
         LOOP
             UPDATE step_attempts
@@ -777,6 +782,21 @@ BEGIN
             PERFORM podium_emit_event(v_run.id, 'step.queued', v_step.step_id, v_step.attempt,
                                       'queued', '{"reason": "lease_expired"}');
             v_count := v_count + 1;
+        END LOOP;
+        FOR v_step IN
+            UPDATE orchestration_steps s
+               SET state = 'failed', ended_at = now(), lease_owner = NULL,
+                   lease_expires_at = NULL, error = v_error
+             WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+            RETURNING s.step_id, s.attempt
+        LOOP
+            UPDATE step_attempts SET ended_at = now(), error = v_error
+             WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_emit_event(v_run.id, 'step.failed', v_step.step_id, v_step.attempt,
+                                      'failed', jsonb_build_object('error', v_error));
+            PERFORM podium_fail_run(v_run.id, v_step.step_id, v_error);
+            v_count := v_count + 1;
+            EXIT;  -- the run failed: its other steps are cancelled
         END LOOP;
     END LOOP;
     IF v_count > 0 THEN

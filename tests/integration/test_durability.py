@@ -208,15 +208,6 @@ async def test_sigkill_mid_step_then_a_new_server_finishes_the_run_once(
     assert examples["echo"].stats.calls == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Scheduler._inflight is keyed by (run, step), not attempt: when a replica re-claims "
-        "its own expired step, the fenced completion of the stale attempt _forget()s the "
-        "new attempt's task, which is then neither renewed, cancellable nor counted; a "
-        "step longer than the lease is re-executed forever"
-    ),
-)
 async def test_a_replica_that_reclaims_its_own_expired_step_still_tracks_it(
     start_server: StartServer, example_agents: ExampleAgents, database_url: str
 ) -> None:
@@ -445,8 +436,8 @@ async def test_a_stale_attempt_is_fenced_and_a_completion_is_recorded_once(
     assert (fresh.step_id, fresh.attempt) == ("a", 2)
     assert fresh.task_id != stale.task_id
     # The dead owner can no longer extend the lease it lost.
-    assert await repo.renew_leases("replica-1", 30) == 0
-    assert await repo.renew_leases("replica-2", 30) == 1
+    assert await repo.renew_leases("replica-1", 30) == []
+    assert await repo.renew_leases("replica-2", 30) == [(run_id, "a", 2)]
 
     # The late result of attempt 1 (success or failure) changes nothing.
     assert await repo.complete_one(outcome(stale, stale=True)) is False
@@ -478,6 +469,29 @@ async def test_a_stale_attempt_is_fenced_and_a_completion_is_recorded_once(
     assert "step.failed" not in types and "run.failed" not in types
 
 
+async def test_a_step_that_keeps_losing_its_lease_fails_after_two_extra_attempts(
+    db: Database,
+) -> None:
+    """Lost leases are retried beyond max_attempts (1 here) twice, then the step fails
+    with LEASE_EXPIRED and fails its run, instead of being re-queued forever."""
+    repo = RunsRepository(db)
+    run_id, _ = await repo.create(new_run("a"), start=True)
+
+    async def requeued() -> int | None:
+        return await repo.requeue_expired() or None
+
+    for attempt in (1, 2, 3):
+        (claimed,) = await repo.claim("crashing-replica", 1, lease_seconds=0.2)
+        assert claimed.attempt == attempt
+        assert await wait_for(requeued, "the lease to expire", interval=0.05) == 1
+    row = await step_row(db, run_id, "a")
+    assert row["state"] == "failed" and row["attempt"] == 3
+    run = await repo.get("default", run_id)
+    assert run is not None and run.state == "failed"
+    assert run.error is not None and run.error["code"] == "LEASE_EXPIRED"
+    assert await repo.claim("crashing-replica", 1, lease_seconds=0.2) == []
+
+
 async def test_concurrent_completions_of_one_attempt_apply_once(db: Database) -> None:
     repo = RunsRepository(db)
     run_id, _ = await repo.create(new_run("a", "b"), start=True)
@@ -498,7 +512,7 @@ async def test_a_completion_after_cancel_run_is_refused(db: Database, database_u
     assert await repo.cancel("default", run_id, "operator") == "cancelled"
 
     assert await repo.complete_one(outcome(claimed[0], late=True)) is False
-    assert await repo.renew_leases("replica-1", 30) == 0
+    assert await repo.renew_leases("replica-1", 30) == []
     await asyncio.sleep(0.6)  # past the lease: a cancelled step is not re-queued
     assert await repo.requeue_expired() == 0
     assert await repo.claim("replica-2", 10, lease_seconds=30) == []
