@@ -120,6 +120,10 @@ DECLARE
     v_used jsonb := '{}';
     v_attempt integer;
     v_task uuid;
+    v_started_ids text[];
+    v_started_attempts integer[];
+    v_started_agents text[];
+    v_seq bigint;
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -144,6 +148,9 @@ BEGIN
         SELECT v_run.max_parallel - count(*) INTO v_free
           FROM orchestration_steps x WHERE x.run_id = v_run.id AND x.state = 'running';
         CONTINUE WHEN v_free <= 0;
+        v_started_ids := '{}';
+        v_started_attempts := '{}';
+        v_started_agents := '{}';
         FOR v_step IN
             SELECT s.step_id, s.agent, s.skill, s.input_refs
               FROM orchestration_steps s
@@ -220,9 +227,9 @@ BEGIN
                  WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
                 ON CONFLICT (id) DO NOTHING;
             END IF;
-            PERFORM podium_emit_event(v_run.id, 'step.started', v_step.step_id, v_attempt,
-                                      'running',
-                                      jsonb_build_object('agent', coalesce(v_agent.name, v_step.agent)));
+            v_started_ids := v_started_ids || v_step.step_id;
+            v_started_attempts := v_started_attempts || v_attempt;
+            v_started_agents := v_started_agents || coalesce(v_agent.name, v_step.agent);
             IF v_agent.name IS NOT NULL THEN
                 v_used := jsonb_set(v_used, ARRAY[v_agent.name],
                                     to_jsonb(coalesce((v_used ->> v_agent.name)::integer, 0) + 1));
@@ -242,6 +249,25 @@ BEGIN
               FROM orchestration_steps s
              WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id;
         END LOOP;
+        IF cardinality(v_started_ids) > 0 THEN
+            -- One step.started event per claimed step, numbered with one run update.
+            UPDATE orchestration_runs
+               SET last_event_sequence = last_event_sequence + cardinality(v_started_ids),
+                   updated_at = now()
+             WHERE id = v_run.id
+            RETURNING last_event_sequence INTO v_seq;
+            INSERT INTO orchestration_events
+                (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+                 step_state, payload, created_at)
+            SELECT v_run.id, v_seq - cardinality(v_started_ids) + e.ord, v_run.organization_id,
+                   'step.started', e.step_id, e.attempt, 'running', 'running',
+                   CASE WHEN e.agent IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object('agent', e.agent) END,
+                   clock_timestamp()
+              FROM unnest(v_started_ids, v_started_attempts, v_started_agents)
+                   WITH ORDINALITY AS e(step_id, attempt, agent, ord);
+            PERFORM pg_notify('podium_events', v_run.id::text);
+        END IF;
     END LOOP;
 END
 $$;
@@ -325,9 +351,12 @@ CREATE FUNCTION podium_complete_step(
 LANGUAGE plpgsql AS $$
 DECLARE
     v_state text := CASE p_outcome WHEN 'retry' THEN 'waiting_retry' ELSE p_outcome END;
-    v_dep record;
-    v_remaining integer;
-    v_queued boolean := false;
+    v_queued text[];
+    v_count integer;
+    v_done boolean;
+    v_seq bigint;
+    v_org text;
+    v_run_state text;
 BEGIN
     PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
     UPDATE orchestration_steps
@@ -348,52 +377,87 @@ BEGIN
     END IF;
     UPDATE step_attempts SET ended_at = now(), error = p_error
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
-    UPDATE orchestration_runs
-       SET input_tokens = input_tokens + p_input_tokens,
-           output_tokens = output_tokens + p_output_tokens,
-           cost_usd = cost_usd + p_cost_usd,
-           steps_remaining = steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END
-     WHERE id = p_run
-    RETURNING steps_remaining INTO v_remaining;
 
-    IF v_state = 'waiting_retry' THEN
-        PERFORM podium_emit_event(p_run, 'step.retrying', p_step, p_attempt, v_state,
-                                  jsonb_build_object('error', p_error,
-                                                     'next_attempt', p_attempt + 1,
-                                                     'next_attempt_at', p_next_attempt_at));
-        PERFORM pg_notify('podium_work', '');
-        RETURN true;
-    END IF;
     IF v_state = 'failed' THEN
+        UPDATE orchestration_runs
+           SET input_tokens = input_tokens + p_input_tokens,
+               output_tokens = output_tokens + p_output_tokens,
+               cost_usd = cost_usd + p_cost_usd
+         WHERE id = p_run;
         PERFORM podium_emit_event(p_run, 'step.failed', p_step, p_attempt, v_state,
                                   jsonb_build_object('error', p_error));
         PERFORM podium_fail_run(p_run, p_step, p_error);
         RETURN true;
     END IF;
 
-    PERFORM podium_emit_event(p_run, 'step.completed', p_step, p_attempt, v_state,
-                              jsonb_build_object('output', p_output));
-    FOR v_dep IN
-        UPDATE orchestration_steps d
-           SET pending_dependencies = d.pending_dependencies - 1,
-               state = CASE WHEN d.pending_dependencies = 1 THEN 'queued' ELSE d.state END,
-               queued_at = CASE WHEN d.pending_dependencies = 1 THEN now() ELSE d.queued_at END
-         WHERE d.run_id = p_run AND d.state = 'pending' AND p_step = ANY (d.depends_on)
-        RETURNING d.step_id, d.state
-    LOOP
-        IF v_dep.state = 'queued' THEN
-            PERFORM podium_emit_event(p_run, 'step.queued', v_dep.step_id, 0, 'queued', '{}');
-            v_queued := true;
-        END IF;
-    END LOOP;
-    IF v_remaining = 0 THEN
-        UPDATE orchestration_runs r
-           SET state = 'succeeded', ended_at = now(), updated_at = now(),
-               output = (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
+    IF v_state = 'succeeded' THEN
+        -- Dependents whose last dependency this was become runnable.
+        WITH promoted AS (
+            UPDATE orchestration_steps d
+               SET pending_dependencies = d.pending_dependencies - 1,
+                   state = CASE WHEN d.pending_dependencies = 1 THEN 'queued' ELSE d.state END,
+                   queued_at = CASE WHEN d.pending_dependencies = 1 THEN clock_timestamp()
+                                    ELSE d.queued_at END
+             WHERE d.run_id = p_run AND d.state = 'pending' AND p_step = ANY (d.depends_on)
+            RETURNING d.step_id, d.state, d.position
+        )
+        SELECT coalesce(array_agg(step_id ORDER BY position) FILTER (WHERE state = 'queued'),
+                        '{}')
+          INTO v_queued FROM promoted;
+    ELSE
+        v_queued := '{}';
+    END IF;
+    v_count := cardinality(v_queued);
+
+    -- One update of the run row: usage, progress, the events' sequence numbers, and
+    -- completion after its last step (output = the outputs of the sink steps).
+    UPDATE orchestration_runs r
+       SET input_tokens = r.input_tokens + p_input_tokens,
+           output_tokens = r.output_tokens + p_output_tokens,
+           cost_usd = r.cost_usd + p_cost_usd,
+           steps_remaining = r.steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END,
+           last_event_sequence = r.last_event_sequence + 1 + v_count
+               + CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 1 ELSE 0 END,
+           state = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 'succeeded'
+                        ELSE r.state END,
+           ended_at = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN now()
+                           ELSE r.ended_at END,
+           output = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN
+                        (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
                            FROM orchestration_steps s WHERE s.run_id = p_run AND s.is_sink)
-         WHERE r.id = p_run;
-        PERFORM podium_emit_event(p_run, 'run.completed', NULL, NULL, NULL, '{}');
-    ELSIF v_queued THEN
+                    ELSE r.output END,
+           updated_at = now()
+     WHERE r.id = p_run
+    RETURNING r.last_event_sequence, r.organization_id, r.state, r.steps_remaining = 0
+         INTO v_seq, v_org, v_run_state, v_done;
+    v_done := v_done AND v_state = 'succeeded';
+
+    -- The events of this transition, numbered after the previous last sequence.
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    SELECT p_run, v_seq - 1 - v_count - CASE WHEN v_done THEN 1 ELSE 0 END + e.ord, v_org,
+           e.type, e.step_id, e.attempt,
+           CASE WHEN e.type = 'run.completed' THEN v_run_state ELSE 'running' END,
+           e.step_state, e.payload, clock_timestamp()
+      FROM (SELECT 1::bigint AS ord,
+                   CASE v_state WHEN 'succeeded' THEN 'step.completed'
+                                ELSE 'step.retrying' END AS type,
+                   p_step AS step_id, p_attempt AS attempt, v_state AS step_state,
+                   CASE v_state
+                       WHEN 'succeeded' THEN jsonb_build_object('output', p_output)
+                       ELSE jsonb_build_object('error', p_error,
+                                               'next_attempt', p_attempt + 1,
+                                               'next_attempt_at', p_next_attempt_at)
+                   END AS payload
+            UNION ALL
+            SELECT 1 + q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
+              FROM unnest(v_queued) WITH ORDINALITY AS q(step_id, ord)
+            UNION ALL
+            SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
+             WHERE v_done) e;
+    PERFORM pg_notify('podium_events', p_run::text);
+    IF v_count > 0 OR v_state = 'waiting_retry' THEN
         PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN true;

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -130,6 +131,9 @@ class PodiumServer:
         await self._connect(dsn)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._monitor = asyncio.create_task(self._monitor_database(), name="podium-health-monitor")
+        # Start-up objects (modules, descriptors, settings) live for the whole process:
+        # keep them out of the cyclic collector's generations.
+        gc.freeze()
         log.info(
             "Podium serving",
             extra={

@@ -161,8 +161,11 @@ def run_to_proto(
     steps: list[StepRow] | None = None,
     attempts: list[AttemptRow] | None = None,
     deliverables: list[DeliverableRow] | None = None,
+    *,
+    plan: definition_pb2.Definition | None = None,
 ) -> run_pb2.Run:
-    """The API form of a stored run (with its steps when given)."""
+    """The API form of a stored run (with its steps when given). ``plan``, when the
+    caller has it, saves parsing the stored plan again."""
     out = run_pb2.Run(
         id=str(run.id),
         organization_id=run.organization_id,
@@ -189,7 +192,10 @@ def run_to_proto(
     out.usage.input_tokens = run.input_tokens
     out.usage.output_tokens = run.output_tokens
     out.usage.cost_usd = run.cost_usd
-    json_format.ParseDict(run.plan, out.plan, ignore_unknown_fields=True)
+    if plan is not None:
+        out.plan.CopyFrom(plan)
+    else:
+        json_format.ParseDict(run.plan, out.plan, ignore_unknown_fields=True)
     if steps is not None:
         by_step: dict[str, list[AttemptRow]] = {}
         for attempt in attempts or []:
@@ -371,11 +377,12 @@ class RunService:
         run_input = normalize_numbers(json_format.MessageToDict(request.input))
         metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
         labels = {**dict(plan.labels), **dict(request.labels)}
+        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
         new = NewRun(
             organization_id=organization_id,
             definition_name=definition_name,
             definition_version=definition_version,
-            plan=json_format.MessageToDict(plan, preserving_proto_field_name=True),
+            plan=plan_dict,
             input=run_input,
             metadata=metadata,
             labels=labels,
@@ -383,11 +390,14 @@ class RunService:
             max_parallel=self.effective_max_parallel(plan),
             bypass_cache=request.bypass_cache,
             webhook_url=request.webhook_url or None,
-            steps=build_steps(plan),
+            steps=build_steps(plan, plan_dict),
         )
         async with storage_errors():
             run_id, created = await self._repository.create(new, start=request.start)
-        return await self.get(organization_id, str(run_id)), not created
+            stored = await self._repository.get_with_steps(organization_id, run_id)
+        assert stored is not None
+        # An existing run (same request_id) may have another plan: parse its own.
+        return run_to_proto(*stored, plan=plan if created else None), not created
 
     def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
         """definition, then ORCHESTRATION_DEFAULT_MAX_PARALLEL, then
@@ -580,14 +590,20 @@ def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) 
     return policy
 
 
-def build_steps(plan: definition_pb2.Definition) -> list[NewStep]:
-    """The step rows of a new run of ``plan`` (already validated)."""
+def build_steps(
+    plan: definition_pb2.Definition, plan_dict: Mapping[str, Any] | None = None
+) -> list[NewStep]:
+    """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
+    JSON form when the caller has it (converting once is much cheaper than per step)."""
+    if plan_dict is None:
+        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+    step_dicts = plan_dict.get("steps", [])
     needed_by: set[str] = set()
     for step in plan.steps:
         needed_by.update(step.depends_on)
     steps = []
     for position, step in enumerate(plan.steps):
-        spec = json_format.MessageToDict(step, preserving_proto_field_name=True)
+        spec = dict(step_dicts[position])
         policy = _failure_policy(plan, step)
         spec["on_failure"] = policy
         refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})

@@ -46,6 +46,18 @@ async def _init_connection(conn: DirectConnection) -> None:
         )
 
 
+async def _keep_session(conn: DirectConnection) -> None:
+    """Pool release hook that sends nothing.
+
+    asyncpg's default runs ``RESET ALL; UNLISTEN *; CLOSE ALL; advisory unlock all`` on
+    every release: a round trip per borrowed connection (15% of the engine's socket
+    sends in the benchmark). Pooled connections never carry session state here:
+    advisory locks are transaction-scoped, LISTEN and the migrator's session lock use
+    connections of their own (``connect_direct``), and nobody SETs session variables.
+    A connection released inside a failed transaction is still terminated by asyncpg.
+    """
+
+
 def _connect_error(exc: Exception) -> StorageError:
     """Map a failure to open a connection to a storage error."""
     if isinstance(exc, (asyncpg.PostgresError, OSError)):
@@ -114,6 +126,7 @@ class Database:
                 max_size=max_size,
                 command_timeout=command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
             )
         except Exception as exc:
             raise _connect_error(exc) from exc

@@ -433,7 +433,8 @@ class RunsRepository:
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedStep]:
         """Lease up to ``limit`` runnable steps to ``owner`` (one transaction)."""
-        async with self._db.transaction() as conn:
+        # One statement (a function call) is atomic on its own: no BEGIN/COMMIT trips.
+        async with self._db.connection() as conn:
             rows = await conn.fetch(QUERIES["claim_steps"], owner, limit, lease_seconds)
         return [ClaimedStep(**dict(r)) for r in rows]
 
@@ -461,6 +462,11 @@ class RunsRepository:
             )
             for o in ordered
         ]
+        if not any(o.deliverables for o in ordered):
+            # executemany is atomic by itself (one implicit transaction, pipelined).
+            async with self._db.connection() as conn:
+                await conn.executemany(QUERIES["complete_step"], args)
+            return
         async with self._db.transaction() as conn:
             await conn.executemany(QUERIES["complete_step"], args)
             for o in ordered:
