@@ -57,6 +57,39 @@ BEGIN
 END
 $$;
 
+-- Append agent stream events (step.progress, step.output_chunk) of one attempt, already
+-- coalesced by the replica, with the run's next sequence numbers. Fenced like a
+-- completion: nothing is written unless the step is still running that attempt.
+CREATE FUNCTION podium_append_step_events(
+    p_run uuid, p_step text, p_attempt integer, p_types text[], p_payloads jsonb[]
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_org text;
+    v_count integer := cardinality(p_types);
+BEGIN
+    PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    PERFORM 1 FROM orchestration_steps
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
+    IF NOT FOUND OR v_count = 0 THEN
+        RETURN false;
+    END IF;
+    UPDATE orchestration_runs
+       SET last_event_sequence = last_event_sequence + v_count, updated_at = now()
+     WHERE id = p_run
+    RETURNING last_event_sequence, organization_id INTO v_seq, v_org;
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    SELECT p_run, v_seq - v_count + e.ord, v_org, e.type, p_step, p_attempt, 'running',
+           'running', e.payload, clock_timestamp()
+      FROM unnest(p_types, p_payloads) WITH ORDINALITY AS e(type, payload, ord);
+    PERFORM pg_notify('podium_events', p_run::text);
+    RETURN true;
+END
+$$;
+
 -- Move a created run to running: run.started, then queue every step without
 -- dependencies (steps are created pending) with a step.queued event each.
 CREATE FUNCTION podium_start_run(p_run uuid) RETURNS boolean
@@ -273,16 +306,15 @@ END
 $$;
 
 -- Cancel every unfinished step of a run (the caller holds the run row lock), with a
--- step.cancelled event each, written set-based so a large run costs one statement.
-CREATE FUNCTION podium_cancel_steps(p_run uuid) RETURNS integer
+-- step.cancelled event each carrying the state the run is moving to, written
+-- set-based so a large run costs one statement.
+CREATE FUNCTION podium_cancel_steps(p_run uuid, p_run_state text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_base bigint;
     v_count integer;
-    v_state text;
 BEGIN
-    SELECT last_event_sequence, state INTO v_base, v_state
-      FROM orchestration_runs WHERE id = p_run;
+    SELECT last_event_sequence INTO v_base FROM orchestration_runs WHERE id = p_run;
     WITH cancelled AS (
         UPDATE orchestration_steps
            SET state = 'cancelled', ended_at = now(), lease_owner = NULL,
@@ -295,7 +327,7 @@ BEGIN
         (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
          created_at)
     SELECT c.run_id, v_base + row_number() OVER (ORDER BY c.position), c.organization_id,
-           'step.cancelled', c.step_id, c.attempt, v_state, 'cancelled', clock_timestamp()
+           'step.cancelled', c.step_id, c.attempt, p_run_state, 'cancelled', clock_timestamp()
       FROM cancelled c;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
@@ -310,7 +342,7 @@ $$;
 CREATE FUNCTION podium_fail_run(p_run uuid, p_step text, p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM podium_cancel_steps(p_run);
+    PERFORM podium_cancel_steps(p_run, 'failed');
     UPDATE step_attempts
        SET ended_at = now(), error = '{"code": "CANCELLED", "message": "the run failed"}'
      WHERE run_id = p_run AND ended_at IS NULL;
@@ -480,7 +512,7 @@ BEGIN
     IF v_state IN ('succeeded', 'failed', 'cancelled') THEN
         RETURN v_state;
     END IF;
-    PERFORM podium_cancel_steps(p_run);
+    PERFORM podium_cancel_steps(p_run, 'cancelled');
     UPDATE step_attempts
        SET ended_at = now(),
            error = jsonb_build_object('code', 'CANCELLED', 'message', 'the run was cancelled')

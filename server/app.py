@@ -207,6 +207,10 @@ class PodiumServer:
                 await self._monitor
         deadline = time.monotonic() + grace
         try:
+            if self._engine is not None:
+                # Watch streams never end by themselves: end them first (UNAVAILABLE,
+                # clients reconnect elsewhere) so they do not hold the grace period.
+                await self._engine.watch.hub.stop()
             if self._server is not None:
                 await self._server.stop(grace)
             if self._engine is not None:

@@ -10,6 +10,8 @@ The seed system's ``ORCHESTRATION_*`` variables keep their names and meaning.
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import dataclasses
 import math
 import os
@@ -121,6 +123,34 @@ def _parse_bool(name: str, raw: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{name}={raw!r}: expected true or false")
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A secret setting. It prints as ``***`` (start-up log, ``repr``); read ``value``."""
+
+    value: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return "***"
+
+
+def _parse_webhook_secret(name: str, raw: str) -> SecretValue | None:
+    """A Standard Webhooks secret: ``whsec_`` (optional) then base64 of >= 16 bytes."""
+    if raw == "":
+        return None
+    encoded = raw.removeprefix("whsec_")
+    try:
+        key = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise ConfigError(
+            f"{name}: expected whsec_<base64 of at least 16 random bytes> (the value is not "
+            'shown); generate one with: python -c "import base64, os; '
+            "print('whsec_' + base64.b64encode(os.urandom(32)).decode())\""
+        )
+    return SecretValue(raw)
 
 
 def _setting(env: str, parse: Callable[[str, str], Any], help: str, default: Any = None) -> Any:
@@ -254,6 +284,55 @@ class Settings:
         _parse_bool,
         "Allow webhook targets on loopback, link-local or private addresses.",
         False,
+    )
+    webhook_secret: SecretValue | None = _setting(
+        "PODIUM_WEBHOOK_SECRET",
+        _parse_webhook_secret,
+        "Standard Webhooks signing secret (whsec_<base64>); webhooks are refused without it.",
+    )
+    webhook_max_attempts: int = _setting(
+        "PODIUM_WEBHOOK_MAX_ATTEMPTS",
+        _parse_int(1, 100),
+        "Tries of one webhook delivery before it is marked dead.",
+        8,
+    )
+    webhook_backoff_initial_seconds: float = _setting(
+        "PODIUM_WEBHOOK_BACKOFF_INITIAL_SECONDS",
+        _parse_float(0.01),
+        "Delay before the second try of a webhook delivery; each next one is 4 times "
+        "longer (capped), with jitter.",
+        5.0,
+    )
+    webhook_backoff_max_seconds: float = _setting(
+        "PODIUM_WEBHOOK_BACKOFF_MAX_SECONDS",
+        _parse_float(0.01),
+        "Longest delay between two tries of a webhook delivery.",
+        3600.0,
+    )
+    webhook_timeout_seconds: float = _setting(
+        "PODIUM_WEBHOOK_TIMEOUT_SECONDS",
+        _parse_float(0.1),
+        "Time a webhook receiver gets to accept the connection and answer a delivery.",
+        10.0,
+    )
+    webhook_concurrency: int = _setting(
+        "PODIUM_WEBHOOK_CONCURRENCY",
+        _parse_int(1, 1000),
+        "Webhook deliveries one replica sends at once.",
+        16,
+    )
+    event_retention_hours: float = _setting(
+        "PODIUM_EVENT_RETENTION_HOURS",
+        _parse_float(0),
+        "Events of runs that ended longer ago than this, and finished webhook deliveries "
+        "as old, are deleted in the background; 0 keeps everything.",
+        168.0,
+    )
+    retention_interval_seconds: float = _setting(
+        "PODIUM_RETENTION_INTERVAL_SECONDS",
+        _parse_float(1),
+        "How often each replica runs the retention pass.",
+        600.0,
     )
 
     def __post_init__(self) -> None:

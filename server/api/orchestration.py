@@ -7,7 +7,7 @@ message naming the RPC.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -15,7 +15,7 @@ from google.rpc import code_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from podium.server.api.errors import abort_code, unary
+from podium.server.api.errors import abort_code, streaming, unary
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 
@@ -125,6 +125,23 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             self._org(context), request.run_id, request.after_sequence, request.page_size
         )
         return pb.ListRunEventsResponse(events=events, next_after_sequence=after)
+
+    @streaming
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        events = self._engine().watch.watch_run(
+            self._org(context), request.run_id, request.after_sequence
+        )
+        async for event in events:
+            yield pb.WatchRunResponse(event=event)
+
+    @streaming
+    async def WatchRuns(
+        self, request: pb.WatchRunsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunsResponse]:
+        async for event in self._engine().watch.watch_runs(self._org(context), request):
+            yield pb.WatchRunsResponse(event=event)
 
     @unary
     async def ListDeliverables(

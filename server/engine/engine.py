@@ -11,9 +11,12 @@ from podium.server.engine.agents import AgentService
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
+from podium.server.engine.watch import WatchService
+from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
+from podium.server.storage.events import EventsRepository
 from podium.server.storage.runs import RunsRepository
 
 log = logging.getLogger("podium.engine")
@@ -35,6 +38,11 @@ class Engine:
         runs = RunsRepository(db)
         self.runs = RunService(runs, self.definitions, settings)
         self.agents = AgentService(AgentsRepository(db))
+        events = EventsRepository(db)
+        # One LISTEN podium_events connection per replica, fanned out to the watchers;
+        # its fallback poll uses the scheduler's fallback timer.
+        hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
+        self.watch = WatchService(hub, events)
         self.agent_client = AgentClient(max_message_bytes=settings.max_message_bytes)
         self.scheduler = Scheduler(
             db,
@@ -55,10 +63,13 @@ class Engine:
         loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
         if loaded:
             log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
+        await self.watch.hub.start()
         await self.scheduler.start()
 
     async def stop(self, grace: float = 0.0) -> None:
-        """Stop the scheduler (running steps get ``grace`` seconds), close agent channels."""
+        """End the watch streams, stop the scheduler (running steps get ``grace``
+        seconds), close agent channels."""
+        await self.watch.hub.stop()
         await self.scheduler.stop(grace)
         await self.agent_client.close()
 

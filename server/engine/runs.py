@@ -283,6 +283,13 @@ def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunE
     payload = event.payload or {}
     if "error" in payload and isinstance(payload["error"], Mapping):
         _error(payload["error"], out.error)
+    if event.type == "step.progress":
+        out.progress.message = str(payload.get("message", ""))
+        out.progress.fraction = float(payload.get("fraction", -1.0))
+        payload = {}
+    elif event.type == "step.output_chunk":
+        out.output_chunk.text = str(payload.get("text", ""))
+        payload = {k: v for k, v in payload.items() if k != "text"}
     if event.type == "step.retrying":
         out.retry.next_attempt = int(payload.get("next_attempt", 0))
         if payload.get("next_attempt_at"):

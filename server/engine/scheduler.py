@@ -45,6 +45,36 @@ log = logging.getLogger("podium.scheduler")
 _Key = tuple[uuid.UUID, str, int]
 
 DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
+MAX_CHUNK_CHARS_PER_FLUSH = 64 * 1024
+
+
+class _Stream:
+    """What one attempt streamed since the last flush: the latest progress (older ones
+    are superseded) and the output chunks, concatenated up to a bound."""
+
+    __slots__ = ("progress", "chunks", "chars", "dropped")
+
+    def __init__(self) -> None:
+        self.progress: tuple[str, float] | None = None
+        self.chunks: list[str] = []
+        self.chars = 0
+        self.dropped = 0
+
+    def events(self) -> tuple[list[str], list[dict[str, Any]]]:
+        types: list[str] = []
+        payloads: list[dict[str, Any]] = []
+        if self.chunks or self.dropped:
+            payload: dict[str, Any] = {"text": "".join(self.chunks)}
+            if self.dropped:
+                payload["dropped_chars"] = self.dropped
+            types.append("step.output_chunk")
+            payloads.append(payload)
+        if self.progress is not None:
+            types.append("step.progress")
+            payloads.append({"message": self.progress[0], "fraction": self.progress[1]})
+        return types, payloads
+
+
 MAX_INLINE_ARTIFACT_BYTES = 1024 * 1024
 
 
@@ -68,6 +98,7 @@ class SchedulerConfig:
     poll_interval_seconds: float = 1.0
     default_timeout_seconds: float = 300.0
     completion_batch_size: int = 256
+    stream_flush_seconds: float = 0.25
 
 
 class Scheduler:
@@ -97,6 +128,8 @@ class Scheduler:
         self._listener: DirectConnection | None = None
         self._stopping = False
         self._next_retry: datetime | None = None
+        self._streams: dict[_Key, _Stream] = {}
+        self._stream_wake = asyncio.Event()
         self._rng = random.Random()
         self.claimed_total = 0
         self.completed_total = 0
@@ -113,6 +146,7 @@ class Scheduler:
             asyncio.create_task(self._claim_loop(), name="podium-claim"),
             asyncio.create_task(self._complete_loop(), name="podium-complete"),
             asyncio.create_task(self._lease_loop(), name="podium-leases"),
+            asyncio.create_task(self._stream_loop(), name="podium-stream-events"),
         ]
         self._wake.set()
 
@@ -340,7 +374,29 @@ class Scheduler:
         )
         if isinstance(resolved, dict):
             request.input.update(resolved)
-        result = await self._agents.execute(step.endpoint, request, timeout=timeout)
+        key = (step.run_id, step.step_id, step.attempt)
+
+        def on_progress(progress: agent_pb2.Progress) -> None:
+            self._stream(key).progress = (progress.message, progress.fraction)
+
+        def on_chunk(chunk: agent_pb2.OutputChunk) -> None:
+            stream = self._stream(key)
+            room = MAX_CHUNK_CHARS_PER_FLUSH - stream.chars
+            text = chunk.text
+            if len(text) > room:
+                stream.dropped += len(text) - max(room, 0)
+                text = text[: max(room, 0)]
+            if text:
+                stream.chunks.append(text)
+                stream.chars += len(text)
+
+        result = await self._agents.execute(
+            step.endpoint,
+            request,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_output_chunk=on_chunk,
+        )
         if isinstance(result, TaskSucceeded):
             return self._outcome(step, output=result.output, resolved=resolved, result=result)
         return self._outcome(
@@ -350,6 +406,47 @@ class Scheduler:
             error=(result.code, result.message, result.retryable),
         )
 
+    # -- stream events ---------------------------------------------------------------
+
+    def _stream(self, key: _Key) -> _Stream:
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+            self._stream_wake.set()
+        return stream
+
+    async def _stream_loop(self) -> None:
+        """Write buffered progress and output chunks every ``stream_flush_seconds``.
+
+        A chatty agent costs at most one small transaction per attempt per interval:
+        progress messages are coalesced (the latest wins) and chunks concatenated (up to
+        MAX_CHUNK_CHARS_PER_FLUSH characters per interval; the excess is counted in
+        ``dropped_chars``, not stored).
+        """
+        while True:
+            await self._stream_wake.wait()
+            await asyncio.sleep(self.config.stream_flush_seconds)
+            self._stream_wake.clear()
+            await self._flush_streams(None)
+
+    async def _flush_streams(self, keys: set[_Key] | None) -> None:
+        """Write the buffered stream events (of ``keys``, or all)."""
+        if not self._streams:
+            return
+        chosen = list(self._streams) if keys is None else [k for k in keys if k in self._streams]
+        batches = []
+        for key in chosen:
+            types, payloads = self._streams.pop(key).events()
+            if types:
+                batches.append((key[0], key[1], key[2], types, payloads))
+        if not batches:
+            return
+        try:
+            await self._repository.append_step_events(batches)
+        except StorageError as exc:
+            # Progress is best effort: the outcome of the step is what must not be lost.
+            log.warning("could not record %d streamed progress events: %s", len(batches), exc)
+
     # -- complete --------------------------------------------------------------------
 
     async def _complete_loop(self) -> None:
@@ -357,6 +454,8 @@ class Scheduler:
             batch = [await self._completions.get()]
             while len(batch) < self.config.completion_batch_size and not self._completions.empty():
                 batch.append(self._completions.get_nowait())
+            # Streamed events of these attempts first, so they precede step.completed.
+            await self._flush_streams({(o.run_id, o.step_id, o.attempt) for o in batch})
             await self._commit(batch)
             for outcome in batch:
                 self._forget(outcome.run_id, outcome.step_id, outcome.attempt)

@@ -515,6 +515,16 @@ class RunsRepository:
             )
         return applied
 
+    async def append_step_events(
+        self, batches: Sequence[tuple[uuid.UUID, str, int, list[str], list[dict[str, Any]]]]
+    ) -> None:
+        """Append coalesced stream events, one (run, step, attempt, types, payloads) per
+        attempt, pipelined in one atomic call; fenced attempts write nothing."""
+        if not batches:
+            return
+        async with self._db.connection() as conn:
+            await conn.executemany(QUERIES["append_step_events"], batches)
+
     async def renew_leases(
         self, owner: str, lease_seconds: float
     ) -> list[tuple[uuid.UUID, str, int]]:

@@ -152,3 +152,7 @@ FROM orchestration_events
 WHERE run_id = $1 AND organization_id = $2 AND sequence > $3
 ORDER BY sequence
 LIMIT $4
+
+-- append_step_events --
+-- $1 run_id, $2 step_id, $3 attempt, $4 types text[], $5 payloads jsonb[]
+SELECT podium_append_step_events($1, $2, $3, $4, $5)

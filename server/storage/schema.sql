@@ -369,6 +369,39 @@ BEGIN
 END
 $$;
 
+-- Append agent stream events (step.progress, step.output_chunk) of one attempt, already
+-- coalesced by the replica, with the run's next sequence numbers. Fenced like a
+-- completion: nothing is written unless the step is still running that attempt.
+CREATE FUNCTION podium_append_step_events(
+    p_run uuid, p_step text, p_attempt integer, p_types text[], p_payloads jsonb[]
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_org text;
+    v_count integer := cardinality(p_types);
+BEGIN
+    PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    PERFORM 1 FROM orchestration_steps
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
+    IF NOT FOUND OR v_count = 0 THEN
+        RETURN false;
+    END IF;
+    UPDATE orchestration_runs
+       SET last_event_sequence = last_event_sequence + v_count, updated_at = now()
+     WHERE id = p_run
+    RETURNING last_event_sequence, organization_id INTO v_seq, v_org;
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    SELECT p_run, v_seq - v_count + e.ord, v_org, e.type, p_step, p_attempt, 'running',
+           'running', e.payload, clock_timestamp()
+      FROM unnest(p_types, p_payloads) WITH ORDINALITY AS e(type, payload, ord);
+    PERFORM pg_notify('podium_events', p_run::text);
+    RETURN true;
+END
+$$;
+
 -- Move a created run to running: run.started, then queue every step without
 -- dependencies (steps are created pending) with a step.queued event each.
 CREATE FUNCTION podium_start_run(p_run uuid) RETURNS boolean
@@ -585,16 +618,15 @@ END
 $$;
 
 -- Cancel every unfinished step of a run (the caller holds the run row lock), with a
--- step.cancelled event each, written set-based so a large run costs one statement.
-CREATE FUNCTION podium_cancel_steps(p_run uuid) RETURNS integer
+-- step.cancelled event each carrying the state the run is moving to, written
+-- set-based so a large run costs one statement.
+CREATE FUNCTION podium_cancel_steps(p_run uuid, p_run_state text) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_base bigint;
     v_count integer;
-    v_state text;
 BEGIN
-    SELECT last_event_sequence, state INTO v_base, v_state
-      FROM orchestration_runs WHERE id = p_run;
+    SELECT last_event_sequence INTO v_base FROM orchestration_runs WHERE id = p_run;
     WITH cancelled AS (
         UPDATE orchestration_steps
            SET state = 'cancelled', ended_at = now(), lease_owner = NULL,
@@ -607,7 +639,7 @@ BEGIN
         (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
          created_at)
     SELECT c.run_id, v_base + row_number() OVER (ORDER BY c.position), c.organization_id,
-           'step.cancelled', c.step_id, c.attempt, v_state, 'cancelled', clock_timestamp()
+           'step.cancelled', c.step_id, c.attempt, p_run_state, 'cancelled', clock_timestamp()
       FROM cancelled c;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
@@ -622,7 +654,7 @@ $$;
 CREATE FUNCTION podium_fail_run(p_run uuid, p_step text, p_error jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM podium_cancel_steps(p_run);
+    PERFORM podium_cancel_steps(p_run, 'failed');
     UPDATE step_attempts
        SET ended_at = now(), error = '{"code": "CANCELLED", "message": "the run failed"}'
      WHERE run_id = p_run AND ended_at IS NULL;
@@ -792,7 +824,7 @@ BEGIN
     IF v_state IN ('succeeded', 'failed', 'cancelled') THEN
         RETURN v_state;
     END IF;
-    PERFORM podium_cancel_steps(p_run);
+    PERFORM podium_cancel_steps(p_run, 'cancelled');
     UPDATE step_attempts
        SET ended_at = now(),
            error = jsonb_build_object('code', 'CANCELLED', 'message', 'the run was cancelled')
@@ -869,3 +901,79 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- == 0003_webhooks: webhook targets, the outbox trigger, delivery and retention indexes ==
+-- Every INSERT into orchestration_events writes one webhook_deliveries row per (event,
+-- target) in the same transaction (podium_enqueue_webhooks); see
+-- migrations/0003_webhooks.sql and server/events/webhooks.py.
+
+CREATE TABLE webhook_targets (
+    organization_id  text NOT NULL REFERENCES organizations (id),
+    url              text NOT NULL,
+    source           text NOT NULL DEFAULT 'config' CHECK (source IN ('config')),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, url)
+);
+COMMENT ON TABLE webhook_targets IS
+    'Webhook URLs receiving every event of an organization''s runs, in addition to a '
+    'run''s own webhook_url. source config: ORCHESTRATION_PROGRESS_WEBHOOK_URL, '
+    'synchronised by each server at start.';
+
+-- ListWebhookDeliveries: newest first, keyset on (created_at, id).
+CREATE INDEX webhook_deliveries_list_idx
+    ON webhook_deliveries (organization_id, created_at DESC, id DESC);
+-- Retention deletes finished deliveries by age.
+CREATE INDEX webhook_deliveries_finished_idx
+    ON webhook_deliveries (created_at) WHERE state <> 'pending';
+
+-- One delivery per (new event, target), after each INSERT statement on the event log.
+-- The common case, no target at all, costs one query: webhook_targets is empty (it holds
+-- a handful of rows at most) and the runs of the new events (usually one) have no
+-- webhook_url (a primary key probe each, whatever the planner's estimates). A delivery
+-- takes its event's created_at, so listings (newest first) follow the log.
+CREATE FUNCTION podium_enqueue_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhook_targets)
+       AND NOT EXISTS (SELECT 1
+                         FROM (SELECT DISTINCT run_id FROM new_events) e
+                        WHERE (SELECT r.webhook_url FROM orchestration_runs r
+                                WHERE r.id = e.run_id) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO webhook_deliveries (organization_id, url, run_id, sequence, created_at, payload)
+    SELECT e.organization_id, t.url, e.run_id, e.sequence, e.created_at,
+           -- The body, per Standard Webhooks: {type, timestamp, data}; the time is
+           -- RFC 3339 in UTC whatever the session's TimeZone.
+           jsonb_build_object(
+               'type', e.type,
+               'timestamp', to_char(e.created_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'data', jsonb_build_object(
+                   'organization_id', e.organization_id,
+                   'run_id', e.run_id,
+                   'definition_name', r.definition_name,
+                   'sequence', e.sequence,
+                   'step_id', e.step_id,
+                   'attempt', e.attempt,
+                   'run_state', e.run_state,
+                   'step_state', e.step_state,
+                   'payload', e.payload))
+      FROM new_events e
+      JOIN orchestration_runs r ON r.id = e.run_id
+     CROSS JOIN LATERAL (
+           SELECT r.webhook_url AS url WHERE r.webhook_url IS NOT NULL
+           UNION
+           SELECT w.url FROM webhook_targets w WHERE w.organization_id = e.organization_id
+     ) t;
+    IF FOUND THEN
+        PERFORM pg_notify('podium_webhooks', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orchestration_events_webhooks
+    AFTER INSERT ON orchestration_events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION podium_enqueue_webhooks();

@@ -229,10 +229,12 @@ async def attempts(
 
 
 async def listener_backends(conn: asyncpg.Connection[asyncpg.Record], database: str) -> list[int]:
-    """Pids of the backends of ``database`` whose last statement was a LISTEN."""
+    """Pids of the scheduler's LISTEN backends of ``database``."""
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity"
-        " WHERE datname = $1 AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'",
+        " WHERE datname = $1 AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'"
+        # The watch hub's own listener (podium_events) is not the scheduler's.
+        " AND query <> 'LISTEN \"podium_events\"'",
         database,
     )
     return [r["pid"] for r in rows]

@@ -1,0 +1,80 @@
+-- 0003_webhooks: the webhook outbox is filled in the transaction of each event, and
+-- the indexes of the webhook dispatcher and of retention.
+--
+-- Every INSERT into orchestration_events (one statement per transition) fires one
+-- statement-level trigger that writes one webhook_deliveries row per (event, target):
+-- the run's own webhook_url and the organization's configured targets
+-- (webhook_targets). The outbox therefore commits, or rolls back, with the events it
+-- carries. Each replica's dispatcher (server/events/webhooks.py) sends the pending
+-- rows, signed per Standard Webhooks.
+
+CREATE TABLE webhook_targets (
+    organization_id  text NOT NULL REFERENCES organizations (id),
+    url              text NOT NULL,
+    source           text NOT NULL DEFAULT 'config' CHECK (source IN ('config')),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, url)
+);
+COMMENT ON TABLE webhook_targets IS
+    'Webhook URLs receiving every event of an organization''s runs, in addition to a '
+    'run''s own webhook_url. source config: ORCHESTRATION_PROGRESS_WEBHOOK_URL, '
+    'synchronised by each server at start.';
+
+-- ListWebhookDeliveries: newest first, keyset on (created_at, id).
+CREATE INDEX webhook_deliveries_list_idx
+    ON webhook_deliveries (organization_id, created_at DESC, id DESC);
+-- Retention deletes finished deliveries by age.
+CREATE INDEX webhook_deliveries_finished_idx
+    ON webhook_deliveries (created_at) WHERE state <> 'pending';
+
+-- One delivery per (new event, target), after each INSERT statement on the event log.
+-- The common case, no target at all, costs one query: webhook_targets is empty (it holds
+-- a handful of rows at most) and the runs of the new events (usually one) have no
+-- webhook_url (a primary key probe each, whatever the planner's estimates). A delivery
+-- takes its event's created_at, so listings (newest first) follow the log.
+CREATE FUNCTION podium_enqueue_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM webhook_targets)
+       AND NOT EXISTS (SELECT 1
+                         FROM (SELECT DISTINCT run_id FROM new_events) e
+                        WHERE (SELECT r.webhook_url FROM orchestration_runs r
+                                WHERE r.id = e.run_id) IS NOT NULL) THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO webhook_deliveries (organization_id, url, run_id, sequence, created_at, payload)
+    SELECT e.organization_id, t.url, e.run_id, e.sequence, e.created_at,
+           -- The body, per Standard Webhooks: {type, timestamp, data}; the time is
+           -- RFC 3339 in UTC whatever the session's TimeZone.
+           jsonb_build_object(
+               'type', e.type,
+               'timestamp', to_char(e.created_at AT TIME ZONE 'UTC',
+                                    'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+               'data', jsonb_build_object(
+                   'organization_id', e.organization_id,
+                   'run_id', e.run_id,
+                   'definition_name', r.definition_name,
+                   'sequence', e.sequence,
+                   'step_id', e.step_id,
+                   'attempt', e.attempt,
+                   'run_state', e.run_state,
+                   'step_state', e.step_state,
+                   'payload', e.payload))
+      FROM new_events e
+      JOIN orchestration_runs r ON r.id = e.run_id
+     CROSS JOIN LATERAL (
+           SELECT r.webhook_url AS url WHERE r.webhook_url IS NOT NULL
+           UNION
+           SELECT w.url FROM webhook_targets w WHERE w.organization_id = e.organization_id
+     ) t;
+    IF FOUND THEN
+        PERFORM pg_notify('podium_webhooks', '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER orchestration_events_webhooks
+    AFTER INSERT ON orchestration_events
+    REFERENCING NEW TABLE AS new_events
+    FOR EACH STATEMENT EXECUTE FUNCTION podium_enqueue_webhooks();

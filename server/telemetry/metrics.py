@@ -1,0 +1,231 @@
+"""Prometheus metrics of one Podium replica.
+
+Every :class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry`, so
+several servers in one process (tests) never share or collide on series. The
+``/metrics`` endpoint (:mod:`podium.server.telemetry.exposition`) serves that registry.
+
+Label values are bounded: never a run or step id. Agent names come from the agent
+registry, but a plan may name an agent that is not registered (its attempts fail with
+``AGENT_NOT_FOUND``), so :meth:`Metrics.agent_label` caps the distinct agent values
+(``unregistered`` for names without an endpoint, ``other`` past the cap).
+
+Counters are per replica: a run is counted by the replica whose transaction ended it
+(the completer that committed its last step or its failure, or the replica that served
+CancelRun), so ``sum()`` across replicas counts each run once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = [
+    "ATTEMPT_OUTCOMES",
+    "DEFAULT_MAX_AGENT_LABELS",
+    "RUN_STATES",
+    "WEBHOOK_OUTCOMES",
+    "Metrics",
+]
+
+DEFAULT_MAX_AGENT_LABELS = 200
+"""Distinct agent label values per replica; further agents are counted as ``other``."""
+
+RUN_STATES = ("succeeded", "failed", "cancelled")
+"""Values of ``orchestration_runs_total{state}``: the terminal run states."""
+
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "retry", "cancelled", "stale")
+"""Values of ``orchestration_step_attempts_total{outcome}``: ``succeeded``; ``failed``
+(final: the step and its run fail); ``retry`` (failed, another attempt is scheduled);
+``cancelled`` (the run was cancelled or failed, the lease was lost, or the replica
+stopped: the call was cancelled); ``stale`` (the outcome was refused by fencing: the
+attempt was no longer current when it was committed)."""
+
+WEBHOOK_OUTCOMES = ("delivered", "failed", "dead")
+"""Values of ``orchestration_webhook_deliveries_total{outcome}``: a try answered 2xx
+(``delivered``), a try that failed and will be retried (``failed``), a try that failed
+for the last time (``dead``)."""
+
+# Runs last from milliseconds (one no-op step) to days (human approvals).
+_RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200,
+                21600, 86400)  # fmt: skip
+# One attempt: a no-op agent answers in about a millisecond, a model call in minutes.
+_STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
+                 600, 1800, 3600)  # fmt: skip
+_GRPC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                 60, 300)  # fmt: skip
+
+OTHER_AGENTS = "other"
+"""Agent label of agents past :data:`DEFAULT_MAX_AGENT_LABELS`."""
+UNREGISTERED_AGENT = "unregistered"
+"""Agent label of a step whose agent (or skill) has no registered endpoint."""
+
+
+class Metrics:
+    """Every Podium metric, registered on ``registry`` (a new one by default).
+
+    Attributes are the prometheus-client instruments; the engine calls the small
+    methods below so that label handling (bounds, pre-created series) stays here.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_agent_labels: int = DEFAULT_MAX_AGENT_LABELS,
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True) if registry is None else registry
+        self.max_agent_labels = max_agent_labels
+        self._agents: set[str] = set()
+        r = self.registry
+
+        # -- runs (seed names)
+        self.runs_total = Counter(
+            "orchestration_runs_total",
+            "Runs that ended, by terminal state (counted by the replica that ended them).",
+            ["state"],
+            registry=r,
+        )
+        self.run_duration_seconds = Histogram(
+            "orchestration_run_duration_seconds",
+            "Wall time of ended runs from start (creation if never started) to end.",
+            ["state"],
+            buckets=_RUN_BUCKETS,
+            registry=r,
+        )
+        # -- steps
+        self.steps_total = Counter(
+            "orchestration_steps_total",
+            "Steps that reached a final state on this replica (succeeded or failed after "
+            "their last attempt).",
+            ["agent", "state"],
+            registry=r,
+        )
+        self.step_duration_seconds = Histogram(
+            "orchestration_step_duration_seconds",
+            "Execution time of one step attempt (input resolution and the agent call).",
+            ["agent"],
+            buckets=_STEP_BUCKETS,
+            registry=r,
+        )
+        self.step_attempts_total = Counter(
+            "orchestration_step_attempts_total",
+            "Step attempts executed by this replica, by outcome: succeeded, failed (final), "
+            "retry, cancelled, stale (refused by fencing).",
+            ["agent", "outcome"],
+            registry=r,
+        )
+        self.active_steps = Gauge(
+            "orchestration_active_steps",
+            "Step attempts this replica is executing or committing now.",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "orchestration_queue_depth",
+            "Queued steps waiting for a replica, all organizations (sampled every few "
+            "seconds, capped; the same value on every replica).",
+            registry=r,
+        )
+        self.watchers = Gauge(
+            "orchestration_watchers",
+            "WatchRun and WatchRuns streams open on this replica.",
+            registry=r,
+        )
+        # -- step-output cache: defined for dashboards; the cache is not built yet, so
+        # both stay at 0 until it lands (it will call cache_hit() / cache_miss()).
+        self.cache_hits_total = Counter(
+            "orchestration_cache_hits_total",
+            "Steps answered from the step-output cache.",
+            registry=r,
+        )
+        self.cache_misses_total = Counter(
+            "orchestration_cache_misses_total",
+            "Cacheable steps that were not in the step-output cache.",
+            registry=r,
+        )
+        # -- webhooks
+        self.webhook_deliveries_total = Counter(
+            "orchestration_webhook_deliveries_total",
+            "Webhook delivery tries by outcome: delivered (2xx), failed (retried later), "
+            "dead (failed for the last time).",
+            ["outcome"],
+            registry=r,
+        )
+        # -- gRPC server (names of go-grpc-prometheus)
+        self.grpc_server_handled_total = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, by service, method and status code.",
+            ["grpc_service", "grpc_method", "grpc_code"],
+            registry=r,
+        )
+        self.grpc_server_handling_seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status (whole stream for streaming RPCs).",
+            ["grpc_service", "grpc_method"],
+            buckets=_GRPC_BUCKETS,
+            registry=r,
+        )
+
+        # Series that exist from the start, so rate() and dashboards see zeros.
+        for state in RUN_STATES:
+            self.runs_total.labels(state=state)
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries_total.labels(outcome=outcome)
+
+    # -- labels ------------------------------------------------------------------------
+
+    def agent_label(self, agent: str | None, *, registered: bool = True) -> str:
+        """The ``agent`` label value of ``agent``: its name while fewer than
+        ``max_agent_labels`` distinct names were seen, else ``other``;
+        ``unregistered`` when it has no endpoint (a name only a plan mentions)."""
+        if not registered or not agent:
+            return UNREGISTERED_AGENT
+        if agent in self._agents:
+            return agent
+        if len(self._agents) >= self.max_agent_labels:
+            return OTHER_AGENTS
+        self._agents.add(agent)
+        return agent
+
+    # -- recording ---------------------------------------------------------------------
+
+    def run_ended(self, state: str, seconds: float | None) -> None:
+        """A run ended in ``state`` (``succeeded``, ``failed``, ``cancelled``) after
+        ``seconds`` (None when unknown: counted, not timed)."""
+        self.runs_total.labels(state=state).inc()
+        if seconds is not None:
+            self.run_duration_seconds.labels(state=state).observe(max(0.0, seconds))
+
+    def attempt_finished(
+        self, agent: str, outcome: str, seconds: float | None, final_state: str | None
+    ) -> None:
+        """One attempt ended with ``outcome`` (see :data:`ATTEMPT_OUTCOMES`) after
+        ``seconds`` of execution; ``final_state`` is the step's final state when this
+        attempt decided it (``succeeded`` or ``failed``), else None. ``agent`` is a
+        value from :meth:`agent_label`."""
+        self.step_attempts_total.labels(agent=agent, outcome=outcome).inc()
+        if seconds is not None:
+            self.step_duration_seconds.labels(agent=agent).observe(seconds)
+        if final_state is not None:
+            self.steps_total.labels(agent=agent, state=final_state).inc()
+
+    def webhook_delivery(self, outcome: str) -> None:
+        """Count one webhook delivery try; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`
+        (for the dispatcher in ``events/webhooks.py``)."""
+        self.webhook_deliveries_total.labels(outcome=outcome).inc()
+
+    def cache_hit(self) -> None:
+        """Count a step answered from the step-output cache."""
+        self.cache_hits_total.inc()
+
+    def cache_miss(self) -> None:
+        """Count a cacheable step that was not in the cache."""
+        self.cache_misses_total.inc()
+
+    def track_active_steps(self, read: Callable[[], float]) -> None:
+        """Read ``orchestration_active_steps`` from ``read`` at each scrape."""
+        self.active_steps.set_function(read)
+
+    def track_watchers(self, read: Callable[[], float]) -> None:
+        """Read ``orchestration_watchers`` from ``read`` at each scrape."""
+        self.watchers.set_function(read)
