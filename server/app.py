@@ -10,8 +10,14 @@
 5. on stop: NOT_SERVING, drain RPCs for the grace period, stop the engine, close the
    pool and stop the embedded PostgreSQL.
 
-A background monitor pings the database and flips Health to NOT_SERVING while it is
+A background monitor pings the database every ``PODIUM_HEALTH_CHECK_INTERVAL_SECONDS``
+and flips Health (the server and the orchestration service) to NOT_SERVING while it is
 unreachable, back to SERVING when it returns.
+
+Telemetry: Prometheus metrics on ``PODIUM_METRICS_ADDRESS`` (served from the start, so
+a replica waiting for its database is visible), a gRPC interceptor counting RPCs, and
+OpenTelemetry tracing when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (or a tracer provider
+is passed in, as tests do).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
@@ -35,12 +42,23 @@ from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 from podium.server.storage.database import Database
 from podium.server.storage.embedded import EmbeddedPostgres
-from podium.server.storage.errors import StorageUnavailable
+from podium.server.storage.errors import StorageError, StorageUnavailable
 from podium.server.storage.migrations import migrate
+from podium.server.storage.runs import RunsRepository
+from podium.server.telemetry.exposition import MetricsServer
+from podium.server.telemetry.interceptors import MetricsInterceptor
+from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.tracing import (
+    Tracing,
+    TracingConfigError,
+    server_span_interceptor,
+    tracer_provider_from_env,
+)
 
 log = logging.getLogger("podium.server")
 
-HEALTH_CHECK_INTERVAL_SECONDS = 5.0
+QUEUE_DEPTH_LIMIT = 100_000
+"""The queue-depth gauge counts at most this many queued steps (a bounded query)."""
 
 # SQLSTATEs that retrying a connection cannot fix: unknown database, bad credentials.
 _PERMANENT_CONNECT_ERRORS = frozenset({"3D000", "28000", "28P01"})
@@ -69,10 +87,20 @@ class StartupError(Exception):
 class PodiumServer:
     """One Podium replica: gRPC server, database, engine."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, tracer_provider: TracerProvider | None = None
+    ) -> None:
+        """``tracer_provider``: record spans there (tests pass one with an in-memory
+        exporter); by default one is built from the OTel environment, if it asks for one."""
         self.settings = settings
         self.port = 0
         self.health = HealthServicer()
+        self.metrics = Metrics()
+        """This replica's metrics (its own registry)."""
+        self.tracing = Tracing(tracer_provider)
+        self._owns_tracer_provider = False
+        self.metrics_server: MetricsServer | None = None
+        self._sampler: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._embedded: EmbeddedPostgres | None = None
         self._db: Database | None = None
@@ -99,7 +127,18 @@ class PodiumServer:
         """Bind, serve, bring the database up, and report SERVING."""
         started = time.perf_counter()
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        server = grpc.aio.server(options=server_options(self.settings))
+        if self.tracing.provider is None:
+            try:
+                provider = tracer_provider_from_env()
+            except TracingConfigError as exc:
+                raise StartupError(str(exc)) from None
+            if provider is not None:
+                self.tracing = Tracing(provider)
+                self._owns_tracer_provider = True
+                log.info("tracing: exporting spans over OTLP")
+        server = grpc.aio.server(
+            options=server_options(self.settings), interceptors=self._interceptors()
+        )
         # RPCs without an implementation are filled in at import time (UNIMPLEMENTED
         # with a clear message), which mypy cannot see.
         servicer = OrchestrationServicer(  # type: ignore[abstract]
@@ -122,6 +161,16 @@ class PodiumServer:
         self._server = server
         await server.start()
         log.info("gRPC listening", extra={"address": self.address})
+        if self.settings.metrics_address is not None:
+            metrics_server = MetricsServer(self.metrics.registry, self.settings.metrics_address)
+            self.metrics_server = metrics_server
+            try:
+                await metrics_server.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot serve metrics on {self.settings.metrics_address}: {exc}"
+                ) from None
+            log.info("metrics at /metrics", extra={"address": metrics_server.address})
 
         dsn = self.settings.database_url
         if dsn is None:
@@ -131,6 +180,8 @@ class PodiumServer:
         await self._connect(dsn)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._monitor = asyncio.create_task(self._monitor_database(), name="podium-health-monitor")
+        if self.metrics_server is not None:
+            self._sampler = asyncio.create_task(self._sample_queue_depth(), name="podium-metrics")
         # Start-up objects (modules, descriptors, settings) live for the whole process:
         # keep them out of the cyclic collector's generations.
         gc.freeze()
@@ -168,7 +219,38 @@ class PodiumServer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._engine = Engine(self._db, dsn, self.settings)
+        self._instrument(self._engine)
         await self._engine.start()
+
+    def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
+        """gRPC metrics always; server spans when tracing is on."""
+        interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
+            MetricsInterceptor(self.metrics)
+        ]
+        if self.tracing.enabled:
+            interceptors.insert(0, server_span_interceptor(self.tracing))
+        return interceptors
+
+    def _instrument(self, engine: Engine) -> None:
+        """Point the engine's metrics and spans at this server's."""
+        engine.scheduler.instrument(self.metrics, self.tracing)
+        engine.runs.instrument(self.metrics, self.tracing)
+        hub = engine.watch.hub
+        self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
+
+    async def _sample_queue_depth(self) -> None:
+        """Set orchestration_queue_depth every PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS (one
+        bounded count, never per scrape); the last value stays while the database is away."""
+        assert self._db is not None
+        repository = RunsRepository(self._db)
+        while True:
+            try:
+                depth = await repository.count_queued_steps(QUEUE_DEPTH_LIMIT)
+            except StorageError as exc:
+                log.debug("queue depth not sampled: %s", exc)
+            else:
+                self.metrics.queue_depth.set(depth)
+            await asyncio.sleep(self.settings.queue_depth_interval_seconds)
 
     async def _set_health(
         self, status: health_pb2.HealthCheckResponse.ServingStatus.ValueType
@@ -178,10 +260,15 @@ class PodiumServer:
         await self.health.set(SERVICE_NAME, status)
 
     async def _monitor_database(self) -> None:
+        interval = self.settings.health_check_interval_seconds
         while True:
-            await asyncio.sleep(HEALTH_CHECK_INTERVAL_SECONDS)
+            await asyncio.sleep(interval)
             assert self._engine is not None
-            ok = await self._engine.healthy()
+            try:
+                # A black-holed database would hang the ping: it must answer in time.
+                ok = await asyncio.wait_for(self._engine.healthy(), timeout=max(interval, 2.0))
+            except TimeoutError:
+                ok = False
             if ok != self._serving:
                 log.warning("database %s", "reachable again" if ok else "unreachable")
                 await self._set_health(
@@ -201,10 +288,11 @@ class PodiumServer:
         log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
         self._serving = False
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._sampler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         deadline = time.monotonic() + grace
         try:
             if self._engine is not None:
@@ -222,4 +310,9 @@ class PodiumServer:
             if self._embedded is not None:
                 await asyncio.to_thread(self._embedded.stop)
                 log.info("embedded PostgreSQL stopped")
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
+            if self._owns_tracer_provider:
+                # Flushes the spans still batched (bounded by the exporter's timeout).
+                await asyncio.to_thread(self.tracing.shutdown)
         log.info("stopped")

@@ -182,6 +182,19 @@ class Settings:
         _parse_optional_address,
         "HOST:PORT of the Prometheus /metrics endpoint; unset disables it.",
     )
+    queue_depth_interval_seconds: float = _setting(
+        "PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS",
+        _parse_float(0.1),
+        "How often the orchestration_queue_depth gauge is sampled (one bounded count "
+        "query); only while the metrics endpoint is enabled.",
+        5.0,
+    )
+    health_check_interval_seconds: float = _setting(
+        "PODIUM_HEALTH_CHECK_INTERVAL_SECONDS",
+        _parse_float(0.05),
+        "How often the database is pinged; Health reports NOT_SERVING while it fails.",
+        5.0,
+    )
     log_level: str = _setting(
         "PODIUM_LOG_LEVEL", _parse_choice("debug", "info", "warning", "error"), "Log level.", "info"
     )

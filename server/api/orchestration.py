@@ -24,6 +24,20 @@ Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
 
 
+_TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def _trace_carrier(context: Context) -> dict[str, str] | None:
+    """The caller's W3C trace context (``traceparent``, ``tracestate``) from the call
+    metadata, None without one."""
+    carrier = {
+        key: value
+        for key, value in context.invocation_metadata() or ()
+        if key in _TRACE_KEYS and isinstance(value, str)
+    }
+    return carrier or None
+
+
 class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     """Implements OrchestrationService on top of an :class:`Engine`.
 
@@ -90,7 +104,13 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
 
     @unary
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.StartRunResponse:
-        run, existing = await self._engine().runs.start(self._org(context), request)
+        engine = self._engine()
+        # INVALID_ARGUMENT on webhook_url for a refused target (SSRF guard), or
+        # FAILED_PRECONDITION when webhooks are off (no PODIUM_WEBHOOK_SECRET).
+        await engine.webhooks.check_url(request.webhook_url)
+        run, existing = await engine.runs.start(
+            self._org(context), request, _trace_carrier(context)
+        )
         return pb.StartRunResponse(run=run, existing=existing)
 
     @unary
@@ -151,6 +171,15 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             self._org(context), request
         )
         return pb.ListDeliverablesResponse(deliverables=deliverables, next_page_token=token)
+
+    @unary
+    async def ListWebhookDeliveries(
+        self, request: pb.ListWebhookDeliveriesRequest, context: Context
+    ) -> pb.ListWebhookDeliveriesResponse:
+        deliveries, token = await self._engine().webhooks.list_deliveries(
+            self._org(context), request
+        )
+        return pb.ListWebhookDeliveriesResponse(deliveries=deliveries, next_page_token=token)
 
     # -- agents ------------------------------------------------------------------------
 

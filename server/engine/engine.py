@@ -12,6 +12,7 @@ from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.watch import WatchService
+from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.database import Database
@@ -38,6 +39,8 @@ class Engine:
         runs = RunsRepository(db)
         self.runs = RunService(runs, self.definitions, settings)
         self.agents = AgentService(AgentsRepository(db))
+        # Raises ConfigError when a webhook URL is configured without a secret.
+        self.webhooks = WebhookService(db, dsn, settings)
         events = EventsRepository(db)
         # One LISTEN podium_events connection per replica, fanned out to the watchers;
         # its fallback poll uses the scheduler's fallback timer.
@@ -59,16 +62,20 @@ class Engine:
         )
 
     async def start(self) -> None:
-        """Load the static agents, then start the scheduler."""
+        """Load the static agents and the global webhook target, then start the watch
+        hub, the webhook sender (with retention) and the scheduler."""
         loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
         if loaded:
             log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
+        await self.webhooks.start()
         await self.watch.hub.start()
         await self.scheduler.start()
 
     async def stop(self, grace: float = 0.0) -> None:
         """End the watch streams, stop the scheduler (running steps get ``grace``
-        seconds), close agent channels."""
+        seconds), close agent channels. Webhook tries in flight are given back at once
+        (another replica resends them)."""
+        await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)
         await self.agent_client.close()

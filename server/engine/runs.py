@@ -43,6 +43,8 @@ from podium.server.storage.runs import (
     RunsRepository,
     StepRow,
 )
+from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.tracing import Tracing
 
 MAX_INPUT_BYTES = 1024 * 1024
 MAX_REQUEST_ID_LENGTH = 128
@@ -314,13 +316,28 @@ class RunService:
         self._repository = repository
         self._definitions = definitions
         self._settings = settings
+        self.metrics = Metrics()
+        self.tracing = Tracing()
+
+    def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
+        """Record into the server's ``metrics`` and ``tracing`` instead of the private
+        defaults."""
+        self.metrics = metrics
+        self.tracing = tracing
 
     # -- start -----------------------------------------------------------------------
 
     async def start(
-        self, organization_id: str, request: pb.StartRunRequest
+        self,
+        organization_id: str,
+        request: pb.StartRunRequest,
+        trace_carrier: Mapping[str, str] | None = None,
     ) -> tuple[run_pb2.Run, bool]:
-        """Create (and unless ``start`` is false, start) a run; see StartRunRequest."""
+        """Create (and unless ``start`` is false, start) a run; see StartRunRequest.
+
+        ``trace_carrier``: the caller's W3C ``traceparent``/``tracestate`` (StartRun call
+        metadata); the run joins that trace and stores its context for its steps.
+        """
         violations: list[FieldViolation] = []
         if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
             violations.append(
@@ -385,23 +402,38 @@ class RunService:
         metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
         labels = {**dict(plan.labels), **dict(request.labels)}
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
-        new = NewRun(
-            organization_id=organization_id,
-            definition_name=definition_name,
-            definition_version=definition_version,
-            plan=plan_dict,
-            input=run_input,
-            metadata=metadata,
-            labels=labels,
-            request_id=request.request_id or None,
-            max_parallel=self.effective_max_parallel(plan),
-            bypass_cache=request.bypass_cache,
-            webhook_url=request.webhook_url or None,
-            steps=build_steps(plan, plan_dict),
+        attributes = (
+            {
+                "podium.organization_id": organization_id,
+                "podium.definition.name": definition_name or "",
+                "podium.definition.version": definition_version or 0,
+            }
+            if self.tracing.enabled
+            else {}
         )
-        async with storage_errors():
-            run_id, created = await self._repository.create(new, start=request.start)
-            stored = await self._repository.get_with_steps(organization_id, run_id)
+        # The run span covers the creation; its context is stored with the run.
+        with self.tracing.run_span(trace_carrier, attributes) as (span, trace_context):
+            new = NewRun(
+                organization_id=organization_id,
+                definition_name=definition_name,
+                definition_version=definition_version,
+                plan=plan_dict,
+                input=run_input,
+                metadata=metadata,
+                labels=labels,
+                request_id=request.request_id or None,
+                max_parallel=self.effective_max_parallel(plan),
+                bypass_cache=request.bypass_cache,
+                webhook_url=request.webhook_url or None,
+                steps=build_steps(plan, plan_dict),
+                trace_context=trace_context,
+            )
+            async with storage_errors():
+                run_id, created = await self._repository.create(new, start=request.start)
+                stored = await self._repository.get_with_steps(organization_id, run_id)
+            if span.is_recording():
+                span.set_attribute("podium.run_id", str(run_id))
+                span.set_attribute("podium.run.existing", not created)
         assert stored is not None
         # An existing run (same request_id) may have another plan: parse its own.
         return run_to_proto(*stored, plan=plan if created else None), not created
@@ -479,7 +511,7 @@ class RunService:
         """Cancel a run; cancelling a cancelled run is a no-op, a finished one an error."""
         rid = parse_run_id(run_id)
         async with storage_errors():
-            state = await self._repository.cancel(organization_id, rid, reason)
+            before, state = await self._repository.cancel_transition(organization_id, rid, reason)
         if state is None:
             raise NotFound(
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
@@ -490,7 +522,12 @@ class RunService:
                 reason="RUN_FINISHED",
                 metadata={"run_id": run_id, "state": state},
             )
-        return await self.get(organization_id, run_id)
+        run = await self.get(organization_id, run_id)
+        if before != state:  # this call cancelled it
+            start = run.start_time if run.HasField("start_time") else run.create_time
+            seconds = (run.end_time.ToNanoseconds() - start.ToNanoseconds()) / 1e9
+            self.metrics.run_ended("cancelled", seconds if run.HasField("end_time") else None)
+        return run
 
     async def continue_(
         self, organization_id: str, run_id: str, extra_input: struct_pb2.Struct

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.storage.database import Database, DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
 from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsRepository, StepOutcome
+from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
 
@@ -133,6 +136,18 @@ class Scheduler:
         self._rng = random.Random()
         self.claimed_total = 0
         self.completed_total = 0
+        # Per attempt whose outcome waits for the completer: (agent label, execution
+        # seconds, run start) for the metrics recorded once the commit says what happened.
+        self._attempt_info: dict[_Key, tuple[str, float, datetime | None]] = {}
+        self.metrics = Metrics()
+        self.tracing = Tracing()
+
+    def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
+        """Record into ``metrics`` and ``tracing`` (the server's) instead of the private
+        defaults; call before :meth:`start`."""
+        self.metrics = metrics
+        self.tracing = tracing
+        metrics.track_active_steps(lambda: len(self._inflight))
 
     @property
     def active_steps(self) -> int:
@@ -273,21 +288,47 @@ class Scheduler:
     # -- execute ---------------------------------------------------------------------
 
     async def _execute(self, step: ClaimedStep) -> None:
+        started = time.perf_counter()
+        agent = self.metrics.agent_label(step.agent, registered=step.endpoint is not None)
+        attributes = (
+            {
+                "podium.run_id": str(step.run_id),
+                "podium.step_id": step.step_id,
+                "podium.attempt": step.attempt,
+                "podium.agent": step.agent or "",
+            }
+            if self.tracing.enabled
+            else {}
+        )
         try:
-            outcome = await self._run_step(step)
+            with self.tracing.step_span(step.trace_context, attributes) as span:
+                try:
+                    outcome = await self._run_step(step)
+                except asyncio.CancelledError:
+                    self.tracing.step_result(span, "cancelled", None)
+                    raise
+                except Exception:
+                    log.exception(
+                        "step executor crashed",
+                        extra={"run_id": str(step.run_id), "step_id": step.step_id},
+                    )
+                    error = ("INTERNAL", "the step executor failed; see the server log", True)
+                    outcome = self._outcome(step, error=error)
+                self.tracing.step_result(
+                    span, outcome.outcome, outcome.error["code"] if outcome.error else None
+                )
         except asyncio.CancelledError:
             # Run cancelled or failed (already recorded), or this replica is stopping
             # (the lease expires and the step runs again elsewhere).
+            self.metrics.attempt_finished(agent, "cancelled", None, None)
             self._forget(step.run_id, step.step_id, step.attempt)
             self._wake.set()
             raise
-        except Exception:
-            log.exception(
-                "step executor crashed", extra={"run_id": str(step.run_id), "step_id": step.step_id}
-            )
-            outcome = self._outcome(
-                step, error=("INTERNAL", "the step executor failed; see the server log", True)
-            )
+        self._attempt_info[(step.run_id, step.step_id, step.attempt)] = (
+            agent,
+            time.perf_counter() - started,
+            step.run_started_at,
+        )
         self._completions.put_nowait(outcome)
 
     def _outcome(
@@ -390,13 +431,26 @@ class Scheduler:
                 stream.chunks.append(text)
                 stream.chars += len(text)
 
-        result = await self._agents.execute(
-            step.endpoint,
-            request,
-            timeout=timeout,
-            on_progress=on_progress,
-            on_output_chunk=on_chunk,
-        )
+        with self.tracing.agent_call_span(
+            step.agent or "", step.endpoint, request.conversation_id
+        ) as (span, metadata):
+            result = await self._agents.execute(
+                step.endpoint,
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                on_progress=on_progress,
+                on_output_chunk=on_chunk,
+            )
+            if span.is_recording():
+                failed = not isinstance(result, TaskSucceeded)
+                self.tracing.agent_call_result(
+                    span,
+                    error_code=result.code if failed else None,  # type: ignore[union-attr]
+                    grpc_status=result.grpc_status if failed else None,  # type: ignore[union-attr]
+                    input_tokens=result.usage.input_tokens if result.usage else None,
+                    output_tokens=result.usage.output_tokens if result.usage else None,
+                )
         if isinstance(result, TaskSucceeded):
             return self._outcome(step, output=result.output, resolved=resolved, result=result)
         return self._outcome(
@@ -456,14 +510,31 @@ class Scheduler:
                 batch.append(self._completions.get_nowait())
             # Streamed events of these attempts first, so they precede step.completed.
             await self._flush_streams({(o.run_id, o.step_id, o.attempt) for o in batch})
-            await self._commit(batch)
+            states = await self._commit(batch)
             for outcome in batch:
+                self._record(outcome, states)
                 self._forget(outcome.run_id, outcome.step_id, outcome.attempt)
                 self._completions.task_done()
             self.completed_total += len(batch)
             self._wake.set()
 
-    async def _commit(self, batch: list[StepOutcome]) -> None:
+    def _record(self, outcome: StepOutcome, states: dict[_Key, str | None]) -> None:
+        """Metrics of a committed outcome: the attempt, the step when final, the run when
+        this outcome ended it (the commit returned the run's state)."""
+        key = (outcome.run_id, outcome.step_id, outcome.attempt)
+        agent, seconds, run_started_at = self._attempt_info.pop(key, ("unregistered", 0.0, None))
+        state = states.get(key)
+        if state is None:  # fenced, or not recorded at all
+            self.metrics.attempt_finished(agent, "stale", seconds, None)
+            return
+        final = outcome.outcome if outcome.outcome != "retry" else None
+        self.metrics.attempt_finished(agent, outcome.outcome, seconds, final)
+        if state == "succeeded" or state == "failed":
+            self.metrics.run_ended(
+                state, time.time() - run_started_at.timestamp() if run_started_at else None
+            )
+
+    async def _commit(self, batch: list[StepOutcome]) -> dict[_Key, str | None]:
         """Commit ``batch``; transient failures are retried, a bad outcome is isolated.
 
         Outages and deadlock victims retry the same batch (outcomes are fenced, so a
@@ -471,26 +542,27 @@ class Scheduler:
         PostgreSQL refuses, e.g. a NUL character) would fail every retry, so the batch
         is split: each outcome is committed alone, and one that still fails is recorded
         as a non-retryable INVALID_OUTPUT failure of its step instead.
+
+        Returns the run state after each outcome (see ``RunsRepository.complete``).
         """
         delay = 0.05
         while True:
             try:
-                await self._repository.complete(batch)
-                return
+                return await self._repository.complete(batch)
             except (StorageUnavailable, Conflict) as exc:
                 log.warning("completion batch failed (%d steps), retrying: %s", len(batch), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StorageError as exc:
                 if len(batch) == 1:
-                    await self._reject(batch[0], exc)
-                    return
+                    return await self._reject(batch[0], exc)
                 log.warning("completion batch refused, committing one by one: %s", exc)
+                states: dict[_Key, str | None] = {}
                 for outcome in batch:
-                    await self._commit([outcome])
-                return
+                    states.update(await self._commit([outcome]))
+                return states
 
-    async def _reject(self, outcome: StepOutcome, exc: StorageError) -> None:
+    async def _reject(self, outcome: StepOutcome, exc: StorageError) -> dict[_Key, str | None]:
         log.error(
             "step outcome refused by the database: %s",
             exc,
@@ -511,10 +583,11 @@ class Scheduler:
             "retryable": False,
         }
         try:
-            await self._repository.complete([outcome])
+            return await self._repository.complete([outcome])
         except StorageError as again:
             # Give up on this outcome; the lease expires and the step runs again.
             log.error("cannot record the failure either: %s", again)
+            return {}
 
     # -- leases ----------------------------------------------------------------------
 

@@ -48,7 +48,13 @@ from datetime import UTC, datetime, timedelta
 
 from podium.orchestration.v1 import event_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
-from podium.server.engine.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from podium.server.engine.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from podium.server.engine.runs import event_to_proto, parse_run_id
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.hub import EventHub, Watcher
@@ -166,11 +172,18 @@ class WatchService:
                         return
                 if len(page) == self.config.page_size:
                     continue  # more to replay right now
-                if (
-                    head.state in _TERMINAL_RUN_STATES
-                    and watcher.position >= head.last_event_sequence
-                ):
-                    return  # ended before the call, without a terminal event (not expected)
+                if head.state in _TERMINAL_RUN_STATES:
+                    if watcher.position >= head.last_event_sequence:
+                        return  # ended before the call, without a terminal event
+                    if not page:
+                        # The run ended before the call and its log was pruned by
+                        # retention: nothing more will ever come.
+                        raise FailedPrecondition(
+                            f"the events of run {run_id} after sequence {watcher.position} "
+                            "were deleted by retention (PODIUM_EVENT_RETENTION_HOURS)",
+                            reason="EVENTS_PRUNED",
+                            metadata={"run_id": run_id},
+                        )
                 await watcher.wait(self.config.idle_reread_seconds)
                 _check(watcher, run_id)
 

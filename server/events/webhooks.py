@@ -190,6 +190,8 @@ def parse_webhook_url(url: str) -> WebhookTarget:
             raise WebhookRefused("the URL's host name is not a valid name") from None
     if port == 0:
         raise WebhookRefused("the URL's port must not be 0")
+    if not (parts.path + parts.query).isascii():
+        raise WebhookRefused("the URL's path and query must be ASCII (percent-encode the rest)")
     default_port = 443 if scheme == "https" else 80
     literal = _ip_literal(host)
     shown = f"[{host}]" if isinstance(literal, ipaddress.IPv6Address) else host
@@ -366,7 +368,10 @@ async def post_webhook(
         try:
             writer.write(request)
             await writer.drain()
-            line = await reader.readline()
+            try:
+                line = await reader.readline()
+            except ValueError:  # longer than the stream's limit
+                raise _ProtocolError("the receiver's status line is too long") from None
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -650,6 +655,9 @@ class WebhookDispatcher:
             error = f"connection failed: {exc.strerror or exc}"
         except _ProtocolError as exc:
             error = str(exc)
+        except Exception as exc:  # never leave a delivery leased by a bug: record it
+            log.exception("webhook try %s failed unexpectedly", delivery.id)
+            error = f"internal error: {type(exc).__name__}"
         else:
             if 200 <= answer.status < 300:
                 self.delivered_total += 1

@@ -171,6 +171,9 @@ class ClaimedStep:
     definition_name: str | None
     definition_version: int | None
     run_created_at: datetime
+    run_started_at: datetime | None = None
+    trace_context: dict[str, str] | None = None
+    """The run's W3C trace context (``traceparent``/``tracestate``) stored at StartRun."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,13 @@ def _step(row: asyncpg.Record) -> StepRow:
     values["depends_on"] = list(values["depends_on"])
     values["cost_usd"] = float(values["cost_usd"])
     return StepRow(**values)
+
+
+def _run_states(
+    ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]
+) -> dict[tuple[uuid.UUID, str, int], str | None]:
+    """The run state ``podium_complete_step`` returned for each outcome, by key."""
+    return {(o.run_id, o.step_id, o.attempt): r[0] for o, r in zip(ordered, rows, strict=True)}
 
 
 class RunsRepository:
@@ -425,11 +435,21 @@ class RunsRepository:
 
     async def cancel(self, organization_id: str, run_id: uuid.UUID, reason: str) -> str | None:
         """Cancel the run; returns its state afterwards, or None when it does not exist."""
+        return (await self.cancel_transition(organization_id, run_id, reason))[1]
+
+    async def cancel_transition(
+        self, organization_id: str, run_id: uuid.UUID, reason: str
+    ) -> tuple[str | None, str | None]:
+        """Cancel the run; returns its state (before, after) the call, read under the run's
+        lock, so exactly one caller sees the transition; (None, None) when it does not exist."""
         async with self._db.transaction() as conn:
+            row = await conn.fetchrow(QUERIES["lock_run"], run_id, organization_id)
+            if row is None:
+                return None, None
             state: str | None = await conn.fetchval(
                 QUERIES["cancel_run"], run_id, organization_id, reason
             )
-        return state
+        return row["state"], state
 
     async def claim(self, owner: str, limit: int, lease_seconds: float) -> list[ClaimedStep]:
         """Lease up to ``limit`` runnable steps to ``owner`` (one transaction)."""
@@ -438,12 +458,18 @@ class RunsRepository:
             rows = await conn.fetch(QUERIES["claim_steps"], owner, limit, lease_seconds)
         return [ClaimedStep(**dict(r)) for r in rows]
 
-    async def complete(self, outcomes: Sequence[StepOutcome]) -> None:
+    async def complete(
+        self, outcomes: Sequence[StepOutcome]
+    ) -> dict[tuple[uuid.UUID, str, int], str | None]:
         """Record a batch of attempt outcomes in one transaction.
 
         Each is fenced by (step, attempt, state running): a stale one changes nothing.
         The batch is ordered like the claimers lock runs, so concurrent batches cannot
         deadlock each other.
+
+        Returns, per (run, step, attempt), the run's state after the outcome: ``running``,
+        ``succeeded`` or ``failed`` when this outcome ended the run, None when it was
+        fenced.
         """
         ordered = sorted(outcomes, key=lambda o: (o.run_created_at, o.run_id, o.step_id))
         args = [
@@ -463,12 +489,13 @@ class RunsRepository:
             for o in ordered
         ]
         if not any(o.deliverables for o in ordered):
-            # executemany is atomic by itself (one implicit transaction, pipelined).
+            # fetchmany, like executemany, is atomic by itself (one implicit
+            # transaction, pipelined).
             async with self._db.connection() as conn:
-                await conn.executemany(QUERIES["complete_step"], args)
-            return
+                rows = await conn.fetchmany(QUERIES["complete_step"], args)
+            return _run_states(ordered, rows)
         async with self._db.transaction() as conn:
-            await conn.executemany(QUERIES["complete_step"], args)
+            rows = await conn.fetchmany(QUERIES["complete_step"], args)
             for o in ordered:
                 if o.deliverables:
                     await conn.execute(
@@ -495,11 +522,12 @@ class RunsRepository:
                             ]
                         ),
                     )
+        return _run_states(ordered, rows)
 
     async def complete_one(self, outcome: StepOutcome) -> bool:
         """Record one outcome; returns False when it was fenced (stale attempt)."""
         async with self._db.transaction() as conn:
-            applied: bool = await conn.fetchval(
+            state: str | None = await conn.fetchval(
                 QUERIES["complete_step"],
                 outcome.run_id,
                 outcome.step_id,
@@ -513,7 +541,7 @@ class RunsRepository:
                 outcome.output_tokens,
                 outcome.cost_usd,
             )
-        return applied
+        return state is not None
 
     async def append_step_events(
         self, batches: Sequence[tuple[uuid.UUID, str, int, list[str], list[dict[str, Any]]]]
@@ -544,6 +572,12 @@ class RunsRepository:
         """Return steps with expired leases to the queue; returns how many."""
         async with self._db.transaction() as conn:
             count: int = await conn.fetchval(QUERIES["requeue_expired"], limit)
+        return count
+
+    async def count_queued_steps(self, limit: int) -> int:
+        """Queued steps of every organization, counted up to ``limit``."""
+        async with self._db.connection() as conn:
+            count: int = await conn.fetchval(QUERIES["count_queued_steps"], limit)
         return count
 
     async def list_events(

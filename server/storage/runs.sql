@@ -156,3 +156,10 @@ LIMIT $4
 -- append_step_events --
 -- $1 run_id, $2 step_id, $3 attempt, $4 types text[], $5 payloads jsonb[]
 SELECT podium_append_step_events($1, $2, $3, $4, $5)
+
+-- count_queued_steps --
+-- Queued steps of every organization, counted up to $1 (the metrics gauge; a probe of
+-- the partial index orchestration_steps_queued_idx, bounded by the limit).
+SELECT count(*) FROM (
+    SELECT 1 FROM orchestration_steps WHERE state = 'queued' LIMIT $1
+) queued

@@ -453,7 +453,8 @@ RETURNS TABLE (
     skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
-    definition_name text, definition_version integer, run_created_at timestamptz
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -476,7 +477,8 @@ BEGIN
     PERFORM pg_advisory_xact_lock(1886350957, 1);
     FOR v_run IN
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
-               r.definition_name, r.definition_version, r.created_at
+               r.definition_name, r.definition_version, r.created_at, r.started_at,
+               r.trace_context
           FROM orchestration_runs r
          WHERE r.state = 'running'
            AND r.id IN (SELECT q.run_id FROM orchestration_steps q WHERE q.state = 'queued'
@@ -590,7 +592,7 @@ BEGIN
                       FROM orchestration_steps u
                      WHERE u.run_id = s.run_id AND u.step_id = ANY (s.input_refs)),
                    v_run.labels, v_run.definition_name, v_run.definition_version,
-                   v_run.created_at
+                   v_run.created_at, v_run.started_at, v_run.trace_context
               FROM orchestration_steps s
              WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id;
         END LOOP;
@@ -686,12 +688,13 @@ $$;
 -- running that attempt (a late result from a stale attempt or a cancelled run changes
 -- nothing; returns false). p_outcome: 'succeeded', 'failed' (final) or 'retry' (waits
 -- until p_next_attempt_at). Success promotes dependents whose last dependency this was
--- and completes the run after its last step; failure fails the run.
+-- and completes the run after its last step; failure fails the run. Returns the run's
+-- state afterwards ('succeeded' or 'failed' when this outcome ended it), NULL when fenced.
 CREATE FUNCTION podium_complete_step(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric
-) RETURNS boolean
+) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_state text := CASE p_outcome WHEN 'retry' THEN 'waiting_retry' ELSE p_outcome END;
@@ -717,7 +720,7 @@ BEGIN
            cost_usd = cost_usd + p_cost_usd
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
     IF NOT FOUND THEN
-        RETURN false;
+        RETURN NULL;
     END IF;
     UPDATE step_attempts SET ended_at = now(), error = p_error
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
@@ -731,7 +734,7 @@ BEGIN
         PERFORM podium_emit_event(p_run, 'step.failed', p_step, p_attempt, v_state,
                                   jsonb_build_object('error', p_error));
         PERFORM podium_fail_run(p_run, p_step, p_error);
-        RETURN true;
+        RETURN 'failed';
     END IF;
 
     IF v_state = 'succeeded' THEN
@@ -804,7 +807,7 @@ BEGIN
     IF v_count > 0 OR v_state = 'waiting_retry' THEN
         PERFORM pg_notify('podium_work', '');
     END IF;
-    RETURN true;
+    RETURN v_run_state;
 END
 $$;
 

@@ -33,6 +33,7 @@ class MetricsServer:
         self._host = host.strip("[]")
         self._port = int(port)
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
         self.port = 0
 
     @property
@@ -43,27 +44,31 @@ class MetricsServer:
 
     async def start(self) -> None:
         """Bind and serve; raises OSError when the address cannot be bound."""
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        self._server = await asyncio.start_server(
+            self._handle, self._host, self._port, limit=_MAX_HEAD_BYTES
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         """Stop accepting and close open connections."""
         if self._server is not None:
             self._server.close()
-            self._server.close_clients()
+            for writer in list(self._writers):
+                writer.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             try:
                 head = await asyncio.wait_for(
                     reader.readuntil(b"\r\n\r\n"), timeout=_READ_TIMEOUT_SECONDS
                 )
-            except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            except (TimeoutError, asyncio.IncompleteReadError):
                 return
-            if len(head) > _MAX_HEAD_BYTES:
+            except asyncio.LimitOverrunError:
                 await self._answer(writer, 431, b"request header too large\n")
                 return
             lines = head.decode("latin-1").split("\r\n")
@@ -92,6 +97,7 @@ class MetricsServer:
         except Exception:
             log.exception("metrics request failed")
         finally:
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -34,6 +34,7 @@ from tests.integration.runs_helpers import (
     all_events,
     create_definition,
     event_type,
+    plan,
     start_run,
     wait_for_run,
     wait_until,
@@ -596,3 +597,26 @@ async def test_watch_errors(podium: Connect) -> None:
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(violations(error)) == {"states[1]"}
+
+
+async def test_watching_a_run_whose_events_were_pruned_ends_with_a_clear_error(
+    start_server: StartServer, example_agents: ExampleAgents, database_url: str
+) -> None:
+    """Retention deleted the log of an ended run: WatchRun says so instead of waiting."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        run = (await start_run(stub, inline=plan([{"id": "a", "agent": "echo"}]))).run
+        run = await wait_for_run(stub, run.id)
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(
+                "DELETE FROM orchestration_events WHERE run_id = $1", uuid.UUID(run.id)
+            )
+        finally:
+            await conn.close()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in stub.WatchRun(pb.WatchRunRequest(run_id=run.id), timeout=10):
+                pass
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "retention" in (caught.value.details() or "")

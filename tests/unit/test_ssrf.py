@@ -119,6 +119,8 @@ def test_public_targets_pass(url: str) -> None:
         ("http://public.test/\r\nHost: evil", "spaces or control characters"),
         ("http://" + "a" * 2100 + ".test/", "longer than"),
         ("http://nowhere.test/", "cannot resolve nowhere.test"),
+        ("http://public.test/caf\u00e9", "must be ASCII"),
+        ("http://public.test/?q=\u20ac", "must be ASCII"),
     ],
 )
 def test_malformed_or_unresolvable_urls_are_refused(url: str, reason: str) -> None:

@@ -145,3 +145,34 @@ async def test_header_values_cannot_inject_lines() -> None:
             allow_private=True,
             timeout_seconds=1,
         )
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"", "closed the connection without answering"),
+        (b"SSH-2.0-OpenSSH\r\n", "not HTTP/1.x"),
+        (b"HTTP/1.1 " + b"2" * 9000 + b"\r\n", "status line is too long"),
+    ],
+)
+async def test_answers_that_are_not_http_are_protocol_errors(answer: bytes, error: str) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(Exception, match=error):
+            await post_webhook(
+                parse_webhook_url(f"http://127.0.0.1:{port}/"),
+                b"{}",
+                {},
+                allow_private=True,
+                timeout_seconds=5,
+            )
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,0 +1,131 @@
+"""Telemetry pieces without a server: label bounds, the /metrics endpoint, the tracing
+set-up from the OTel environment, and trace ids in log records."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import generate_latest
+
+from podium.server.telemetry.exposition import MetricsServer
+from podium.server.telemetry.logging import JsonFormatter, TextFormatter, TraceContextFilter
+from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.tracing import Tracing, TracingConfigError, tracer_provider_from_env
+
+
+def test_agent_labels_are_bounded() -> None:
+    metrics = Metrics(max_agent_labels=2)
+    assert metrics.agent_label("a") == "a"
+    assert metrics.agent_label("b") == "b"
+    assert metrics.agent_label("c") == "other"
+    assert metrics.agent_label("a") == "a"
+    assert metrics.agent_label("typo", registered=False) == "unregistered"
+    assert metrics.agent_label(None) == "unregistered"
+
+
+def test_each_instance_has_its_own_registry() -> None:
+    first, second = Metrics(), Metrics()
+    first.run_ended("succeeded", 1.5)
+    first.webhook_delivery("dead")
+    text = generate_latest(first.registry).decode()
+    assert 'orchestration_runs_total{state="succeeded"} 1.0' in text
+    assert 'orchestration_webhook_deliveries_total{outcome="dead"} 1.0' in text
+    assert (
+        'orchestration_runs_total{state="succeeded"} 0.0'
+        in generate_latest(second.registry).decode()
+    )
+
+
+async def _request(address: str, head: bytes) -> bytes:
+    host, _, port = address.rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=5)
+    writer.close()
+    return answer
+
+
+async def test_metrics_endpoint_answers_get_metrics_only() -> None:
+    metrics = Metrics()
+    metrics.cache_hit()
+    server = MetricsServer(metrics.registry, "127.0.0.1:0")
+    await server.start()
+    try:
+        ok = await _request(server.address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"text/plain; version=0.0.4" in ok
+        assert b"orchestration_cache_hits_total 1.0" in ok
+        head = await _request(server.address, b"HEAD /metrics HTTP/1.1\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
+        missing = await _request(server.address, b"GET / HTTP/1.1\r\n\r\n")
+        assert missing.startswith(b"HTTP/1.1 404")
+        post = await _request(server.address, b"POST /metrics HTTP/1.1\r\n\r\n")
+        assert post.startswith(b"HTTP/1.1 405")
+        huge = await _request(server.address, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000)
+        assert huge.startswith(b"HTTP/1.1 431")
+    finally:
+        await server.stop()
+
+
+def test_tracing_is_off_without_an_otlp_endpoint() -> None:
+    assert tracer_provider_from_env({}) is None
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"}
+    assert tracer_provider_from_env({**endpoint, "OTEL_SDK_DISABLED": "true"}) is None
+    assert tracer_provider_from_env({**endpoint, "OTEL_TRACES_EXPORTER": "none"}) is None
+    with pytest.raises(TracingConfigError, match="expected grpc or http/protobuf"):
+        tracer_provider_from_env({**endpoint, "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon"})
+
+
+def test_an_otlp_endpoint_builds_a_provider_named_podium() -> None:
+    provider = tracer_provider_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
+    assert isinstance(provider, TracerProvider)
+    try:
+        assert provider.resource.attributes["service.name"] == "podium"
+    finally:
+        provider.shutdown()
+
+
+def test_without_a_provider_a_callers_context_passes_through() -> None:
+    tracing = Tracing(None)
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with tracing.run_span({"traceparent": parent}, {}) as (span, carrier):
+        assert not span.is_recording()
+        assert carrier == {"traceparent": parent}
+    with tracing.run_span(None, {}) as (_, carrier):
+        assert carrier is None
+
+
+def _log_line(formatter: logging.Formatter) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(TraceContextFilter())
+    handler.setFormatter(formatter)
+    logger = logging.getLogger("podium.test.trace")
+    logger.propagate = False
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    tracing = Tracing(TracerProvider())
+    with tracing.step_span(None, {}) as span:
+        logger.info("inside", extra={"run_id": "r1"})
+        context = span.get_span_context()
+    logger.info("outside")
+    assert context.is_valid
+    return stream.getvalue() + f"|{context.trace_id:032x}|{context.span_id:016x}"
+
+
+def test_log_records_carry_the_current_trace() -> None:
+    text, trace_id, span_id = _log_line(JsonFormatter()).split("|")
+    inside, outside = (json.loads(line) for line in text.splitlines())
+    assert inside["trace_id"] == trace_id and inside["span_id"] == span_id
+    assert inside["run_id"] == "r1"
+    assert "trace_id" not in outside
+    text, trace_id, _ = _log_line(TextFormatter()).split("|")
+    inside_line, outside_line = text.splitlines()
+    assert inside_line.endswith(f"[trace {trace_id}]")
+    assert "[trace " not in outside_line
