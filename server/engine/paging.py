@@ -10,7 +10,10 @@ import base64
 import binascii
 import hashlib
 import json
-from typing import Any
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 from podium.server.engine.errors import FieldViolation, InvalidArgument
 
@@ -72,3 +75,39 @@ def decode_token(token: str, filters: Any) -> Any:
             ],
         )
     return position
+
+
+class _Keyed(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+_Row = TypeVar("_Row", bound=_Keyed)
+
+
+def decode_keyset(token: str, filters: Any) -> tuple[datetime, uuid.UUID] | None:
+    """The (created_at, id) position stored in a page token of a time-ordered list."""
+    position = decode_token(token, filters)
+    if position is None:
+        return None
+    try:
+        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
+    except (TypeError, ValueError, IndexError, KeyError):
+        raise InvalidArgument(
+            "page_token is not a token issued by this server",
+            reason="INVALID_PAGE_TOKEN",
+            violations=[FieldViolation(field="page_token", description="malformed page token")],
+        ) from None
+
+
+def keyset_page(rows: Sequence[_Row], size: int, filters: Any) -> tuple[Sequence[_Row], str]:
+    """The first ``size`` of ``rows`` (fetched with ``size + 1``) and the token of the
+    next page ("" on the last page), positioned after the last row's (created_at, id)."""
+    if len(rows) <= size:
+        return rows, ""
+    page = rows[:size]
+    last = page[-1]
+    return page, encode_token([last.created_at.isoformat(), str(last.id)], filters)

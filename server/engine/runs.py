@@ -29,7 +29,7 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.references import find_references, normalize_numbers
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import validate_plan
@@ -130,21 +130,6 @@ def json_violations(struct: struct_pb2.Struct, field: str, limit: int = 20) -> l
 
     fields(struct, field)
     return found
-
-
-def _position(token: str, filters: Any) -> tuple[datetime, uuid.UUID] | None:
-    """The (created_at, id) keyset position of a list page token."""
-    position = decode_token(token, filters)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise InvalidArgument(
-            "page_token is not a token issued by this server",
-            reason="INVALID_PAGE_TOKEN",
-            violations=[FieldViolation(field="page_token", description="malformed page token")],
-        ) from None
 
 
 def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
@@ -485,7 +470,7 @@ class RunService:
             "labels": dict(sorted(request.labels.items())),
             "parent": request.parent_run_id,
         }
-        after = _position(request.page_token, filters)
+        after = decode_keyset(request.page_token, filters)
         async with storage_errors():
             rows = await self._repository.list_runs(
                 organization_id,
@@ -496,14 +481,8 @@ class RunService:
                 after=after,
                 limit=size + 1,
             )
-        more = len(rows) > size
-        rows = rows[:size]
-        token = (
-            encode_token([rows[-1].created_at.isoformat(), str(rows[-1].id)], filters)
-            if more and rows
-            else ""
-        )
-        return [run_to_proto(r) for r in rows], token
+        page, token = keyset_page(rows, size, filters)
+        return [run_to_proto(r) for r in page], token
 
     # -- commands --------------------------------------------------------------------
 
@@ -592,7 +571,7 @@ class RunService:
         rid = parse_run_id(request.run_id)
         size = page_size(request.page_size)
         filters = {"run": request.run_id, "step": request.step_id, "data": request.include_data}
-        after = _position(request.page_token, filters)
+        after = decode_keyset(request.page_token, filters)
         async with storage_errors():
             if await self._repository.get(organization_id, rid) is None:
                 raise NotFound(f"run {request.run_id} not found", reason="RUN_NOT_FOUND")
@@ -604,14 +583,8 @@ class RunService:
                 after=after,
                 limit=size + 1,
             )
-        more = len(rows) > size
-        rows = rows[:size]
-        token = (
-            encode_token([rows[-1].created_at.isoformat(), str(rows[-1].id)], filters)
-            if more and rows
-            else ""
-        )
-        return [deliverable_to_proto(d) for d in rows], token
+        page, token = keyset_page(rows, size, filters)
+        return [deliverable_to_proto(d) for d in page], token
 
 
 def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> dict[str, Any]:

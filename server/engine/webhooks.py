@@ -18,14 +18,12 @@ and ListWebhookDeliveries.
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime
 from typing import Any
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import ConfigError, SecretValue, Settings, redact_url
 from podium.server.engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.runs import parse_run_id
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.retention import EventRetention, RetentionConfig
@@ -206,30 +204,10 @@ class WebhookService:
             states.append(_STATE_NAMES[state])
         states = sorted(set(states))
         filters: dict[str, Any] = {"run_id": request.run_id, "states": states}
-        after = _position(request.page_token, filters)
+        after = decode_keyset(request.page_token, filters)
         async with storage_errors():
             rows = await self._repository.list_deliveries(
                 organization_id, run_id=run_id, states=states, after=after, limit=size + 1
             )
-        more = len(rows) > size
-        rows = rows[:size]
-        token = (
-            encode_token([rows[-1].created_at.isoformat(), str(rows[-1].id)], filters)
-            if more and rows
-            else ""
-        )
-        return [delivery_to_proto(r) for r in rows], token
-
-
-def _position(token: str, filters: Any) -> tuple[datetime, uuid.UUID] | None:
-    position = decode_token(token, filters)
-    if position is None:
-        return None
-    try:
-        return datetime.fromisoformat(position[0]), uuid.UUID(position[1])
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise InvalidArgument(
-            "page_token is not a token issued by this server",
-            reason="INVALID_PAGE_TOKEN",
-            violations=[FieldViolation(field="page_token", description="malformed page token")],
-        ) from None
+        page, token = keyset_page(rows, size, filters)
+        return [delivery_to_proto(r) for r in page], token

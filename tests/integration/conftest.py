@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
 
+from podium.client.demo import agents_setting
 from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
@@ -84,15 +85,4 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
 def static_agents(examples: ExampleAgents, *names: str) -> str:
     """A ``PODIUM_AGENTS`` value for the named example agents (all when none given),
     with the skills of each agent's card."""
-    return agents_setting(examples, names or tuple(examples.addresses))
-
-
-def agents_setting(examples: ExampleAgents, names: Sequence[str]) -> str:
-    """``PODIUM_AGENTS`` entries ``name=address;skills=a|b`` for ``names``."""
-    entries = []
-    for name in names:
-        skills = "|".join(skill.id for skill in examples[name].card().skills)
-        entries.append(
-            f"{name}={examples.addresses[name]}" + (f";skills={skills}" if skills else "")
-        )
-    return ",".join(entries)
+    return agents_setting(examples, list(names) or None)
