@@ -106,6 +106,7 @@ class PodiumServer:
         self._db: Database | None = None
         self._engine: Engine | None = None
         self._monitor: asyncio.Task[None] | None = None
+        self._stopping = False
         self._serving = False
 
     @property
@@ -237,6 +238,16 @@ class PodiumServer:
         engine.runs.instrument(self.metrics, self.tracing)
         hub = engine.watch.hub
         self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
+        dispatcher = engine.webhooks.dispatcher
+        if dispatcher is not None:
+            # failed_total counts every failed try, the last ones (dead) included.
+            self.metrics.track_webhook_deliveries(
+                lambda: {
+                    "delivered": dispatcher.delivered_total,
+                    "failed": dispatcher.failed_total - dispatcher.dead_total,
+                    "dead": dispatcher.dead_total,
+                }
+            )
 
     async def _sample_queue_depth(self) -> None:
         """Set orchestration_queue_depth every PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS (one
@@ -266,9 +277,14 @@ class PodiumServer:
             assert self._engine is not None
             try:
                 # A black-holed database would hang the ping: it must answer in time.
-                ok = await asyncio.wait_for(self._engine.healthy(), timeout=max(interval, 2.0))
+                # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the
+                # cancellation that stop() sends when the ping finishes at that moment.)
+                async with asyncio.timeout(max(interval, 2.0)):
+                    ok = await self._engine.healthy()
             except TimeoutError:
                 ok = False
+            if self._stopping:
+                return
             if ok != self._serving:
                 log.warning("database %s", "reachable again" if ok else "unreachable")
                 await self._set_health(
@@ -286,6 +302,7 @@ class PodiumServer:
         """Graceful shutdown: NOT_SERVING, drain for ``grace`` seconds, release everything."""
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         log.info("shutting down", extra={"grace_seconds": grace})
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         self._serving = False
         for task in (self._monitor, self._sampler):

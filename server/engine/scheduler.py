@@ -443,11 +443,11 @@ class Scheduler:
                 on_output_chunk=on_chunk,
             )
             if span.is_recording():
-                failed = not isinstance(result, TaskSucceeded)
+                failure = None if isinstance(result, TaskSucceeded) else result
                 self.tracing.agent_call_result(
                     span,
-                    error_code=result.code if failed else None,  # type: ignore[union-attr]
-                    grpc_status=result.grpc_status if failed else None,  # type: ignore[union-attr]
+                    error_code=failure.code if failure else None,
+                    grpc_status=failure.grpc_status if failure else None,
                     input_tokens=result.usage.input_tokens if result.usage else None,
                     output_tokens=result.usage.output_tokens if result.usage else None,
                 )

@@ -16,9 +16,11 @@ CancelRun), so ``sum()`` across replicas counts each run once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
@@ -59,6 +61,30 @@ OTHER_AGENTS = "other"
 """Agent label of agents past :data:`DEFAULT_MAX_AGENT_LABELS`."""
 UNREGISTERED_AGENT = "unregistered"
 """Agent label of a step whose agent (or skill) has no registered endpoint."""
+
+
+class _WebhookDeliveries(Collector):
+    """``orchestration_webhook_deliveries_total{outcome}``: deliveries counted here with
+    :meth:`Metrics.webhook_delivery`, plus the dispatcher's own counters when tracked."""
+
+    def __init__(self) -> None:
+        self.counts = dict.fromkeys(WEBHOOK_OUTCOMES, 0.0)
+        self.read: Callable[[], Mapping[str, float]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        values = dict(self.counts)
+        if self.read is not None:
+            for outcome, count in self.read().items():
+                values[outcome] = values.get(outcome, 0.0) + count
+        family = CounterMetricFamily(
+            "orchestration_webhook_deliveries",
+            "Webhook delivery tries by outcome: delivered (2xx), failed (retried later), "
+            "dead (failed for the last time).",
+            labels=["outcome"],
+        )
+        for outcome, count in values.items():
+            family.add_metric([outcome], count)
+        yield family
 
 
 class Metrics:
@@ -144,13 +170,8 @@ class Metrics:
             registry=r,
         )
         # -- webhooks
-        self.webhook_deliveries_total = Counter(
-            "orchestration_webhook_deliveries_total",
-            "Webhook delivery tries by outcome: delivered (2xx), failed (retried later), "
-            "dead (failed for the last time).",
-            ["outcome"],
-            registry=r,
-        )
+        self._webhook_deliveries = _WebhookDeliveries()
+        r.register(self._webhook_deliveries)
         # -- gRPC server (names of go-grpc-prometheus)
         self.grpc_server_handled_total = Counter(
             "grpc_server_handled_total",
@@ -169,8 +190,6 @@ class Metrics:
         # Series that exist from the start, so rate() and dashboards see zeros.
         for state in RUN_STATES:
             self.runs_total.labels(state=state)
-        for outcome in WEBHOOK_OUTCOMES:
-            self.webhook_deliveries_total.labels(outcome=outcome)
 
     # -- labels ------------------------------------------------------------------------
 
@@ -210,9 +229,13 @@ class Metrics:
             self.steps_total.labels(agent=agent, state=final_state).inc()
 
     def webhook_delivery(self, outcome: str) -> None:
-        """Count one webhook delivery try; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`
-        (for the dispatcher in ``events/webhooks.py``)."""
-        self.webhook_deliveries_total.labels(outcome=outcome).inc()
+        """Count one webhook delivery try; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`."""
+        self._webhook_deliveries.counts[outcome] += 1
+
+    def track_webhook_deliveries(self, read: Callable[[], Mapping[str, float]]) -> None:
+        """Add the totals ``read`` returns (by outcome, monotonic) at each scrape: the
+        dispatcher keeps its own counters, so it needs no reference to this object."""
+        self._webhook_deliveries.read = read
 
     def cache_hit(self) -> None:
         """Count a step answered from the step-output cache."""

@@ -187,6 +187,10 @@ class Tracing:
             context=self.context_from(trace_context),
             kind=SpanKind.INTERNAL,
             attributes=attributes if self.enabled else None,
+            # The outcome is set by step_result; an exception here is a cancellation
+            # (run cancelled or failed, lease lost, shutdown), not an error of the step.
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             yield span
 
@@ -214,6 +218,7 @@ class Tracing:
             # A failed call is described by agent_call_result; an exception here is a
             # cancellation (run cancelled, lease lost, shutdown).
             record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             carrier = self.current_carrier()
             yield span, tuple(carrier.items()) if carrier else ()

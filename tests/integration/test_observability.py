@@ -9,6 +9,7 @@ provider given to the server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -29,7 +31,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
-from podium.server.config import Settings
+from podium.server.config import SecretValue, Settings
 
 from .conftest import StartServer, static_agents
 from .runs_helpers import (
@@ -270,6 +272,80 @@ async def test_metrics_count_runs_steps_attempts_and_rpcs(
     assert status == 404
 
 
+class HookReceiver:
+    """A local webhook receiver answering every POST with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.posts = 0
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/hook"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        await reader.readexactly(length)
+        self.posts += 1
+        writer.write(f"HTTP/1.1 {self.status} X\r\nContent-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+        writer.close()
+
+
+async def test_webhook_deliveries_are_counted_by_outcome(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    good, bad = HookReceiver(200), HookReceiver(500)
+    await good.start()
+    await bad.start()
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"),
+        metrics_address="127.0.0.1:0",
+        webhook_secret=SecretValue("whsec_" + base64.b64encode(b"0123456789abcdef").decode()),
+        allow_private_webhooks=True,
+        webhook_max_attempts=2,
+        webhook_backoff_initial_seconds=0.01,
+        webhook_backoff_max_seconds=0.01,
+    )
+    try:
+        before = await scrape(server)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            for hook in (good, bad):
+                request = pb.StartRunRequest(
+                    plan=plan([{"id": "a", "agent": "echo"}]), webhook_url=hook.url, start=True
+                )
+                run = (await stub.StartRun(request)).run
+                assert (await wait_for_run(stub, run.id)).state == Run.STATE_SUCCEEDED
+            events = len((await stub.ListRunEvents(pb.ListRunEventsRequest(run_id=run.id))).events)
+
+        async def delivered() -> bool:
+            now = await scrape(server)
+            counts = {
+                outcome: delta(before, now, "orchestration_webhook_deliveries_total",
+                               outcome=outcome)
+                for outcome in ("delivered", "failed", "dead")
+            }  # fmt: skip
+            return counts == {"delivered": events, "failed": events, "dead": events}
+
+        await wait_until(delivered, f"{events} delivered, failed then dead in /metrics")
+        assert good.posts == events and bad.posts == 2 * events
+    finally:
+        await good.stop()
+        await bad.stop()
+
+
 async def test_queue_depth_counts_queued_steps(
     start_server: StartServer, example_agents: ExampleAgents
 ) -> None:
@@ -468,6 +544,49 @@ async def test_without_tracing_the_callers_trace_still_reaches_the_agent(
     assert first is not None
     assert parse_traceparent(first) == (client_trace, client_span)
     assert second is None
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """A fake OTLP/gRPC collector: keeps the names of the spans it receives."""
+
+    def __init__(self) -> None:
+        self.spans: list[str] = []
+
+    async def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: Any
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            for scope_spans in resource_spans.scope_spans:
+                self.spans.extend(span.name for span in scope_spans.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_spans_are_exported_over_otlp_when_the_endpoint_is_set(
+    serve_traced: ServeTraced, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collector = Collector()
+    otlp = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, otlp)  # type: ignore[no-untyped-call]
+    port = otlp.add_insecure_port("127.0.0.1:0")
+    await otlp.start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+
+    async def ok(task: Task) -> dict[str, Any]:
+        return {}
+
+    try:
+        async with serve_agent("tracer", ok) as agent:
+            server = await serve_traced(None, agents=f"tracer={agent.address}")
+            assert server.tracing.enabled
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                stub = pb_grpc.OrchestrationServiceStub(channel)
+                response = await start_run(stub, inline=plan([{"id": "x", "agent": "tracer"}]))
+                assert (await wait_for_run(stub, response.run.id)).state == Run.STATE_SUCCEEDED
+            await server.stop(0)  # flushes the batch
+        assert {"run", "step", "invoke_agent tracer"} <= set(collector.spans)
+    finally:
+        await otlp.stop(0)
 
 
 # -- health ----------------------------------------------------------------------------
