@@ -48,6 +48,13 @@ def _event_line(event: event_pb2.RunEvent, started: float) -> str:
     data = json_format.MessageToDict(event.data) if event.HasField("data") else {}
     if "agent" in data:
         detail = f"agent={data['agent']}"
+    if event.HasField("progress"):
+        fraction = event.progress.fraction
+        percent = f" {fraction:.0%}" if fraction >= 0 else ""
+        detail = f"{event.progress.message}{percent}"
+    elif event.HasField("output_chunk"):
+        text = event.output_chunk.text
+        detail = repr(text if len(text) <= 48 else text[:45] + "...")
     if event.HasField("error"):
         detail = f"{event.error.code}: {event.error.message}"
     step = f"{event.step_id}#{event.attempt}" if event.step_id and event.attempt else event.step_id

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -89,3 +91,23 @@ async def test_unreachable_server_exit_code() -> None:
     result = await podium("definitions", "list", "--address", "127.0.0.1:1", "--timeout", "2")
     assert result.returncode == 3
     assert "UNAVAILABLE" in result.stderr
+
+
+async def test_the_demo_of_make_run_succeeds(database_url: str) -> None:
+    """`podium demo` (the README's run command) on the test database: example agents, a
+    server process, the demo definition, a successful run with streamed events."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [PODIUM, "demo", "--exit", "--listen-address", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PODIUM_DATABASE_URL": database_url},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run SUCCEEDED" in result.stdout
+    assert "step.output_chunk" in result.stdout and "run.completed" in result.stdout
+    assert '"target": "fr"' in result.stdout
