@@ -133,6 +133,7 @@ class Scheduler:
         self._next_retry: datetime | None = None
         self._streams: dict[_Key, _Stream] = {}
         self._stream_wake = asyncio.Event()
+        self._stream_lock = asyncio.Lock()
         self._rng = random.Random()
         self.claimed_total = 0
         self.completed_total = 0
@@ -481,7 +482,8 @@ class Scheduler:
             await self._stream_wake.wait()
             await asyncio.sleep(self.config.stream_flush_seconds)
             self._stream_wake.clear()
-            await self._flush_streams(None)
+            async with self._stream_lock:
+                await self._flush_streams(None)
 
     async def _flush_streams(self, keys: set[_Key] | None) -> None:
         """Write the buffered stream events (of ``keys``, or all)."""
@@ -508,9 +510,12 @@ class Scheduler:
             batch = [await self._completions.get()]
             while len(batch) < self.config.completion_batch_size and not self._completions.empty():
                 batch.append(self._completions.get_nowait())
-            # Streamed events of these attempts first, so they precede step.completed.
-            await self._flush_streams({(o.run_id, o.step_id, o.attempt) for o in batch})
-            states = await self._commit(batch)
+            # Streamed events of these attempts first, so they precede step.completed;
+            # under the lock, so a periodic flush in flight cannot land after the
+            # completion (it would be fenced, and its events lost).
+            async with self._stream_lock:
+                await self._flush_streams({(o.run_id, o.step_id, o.attempt) for o in batch})
+                states = await self._commit(batch)
             for outcome in batch:
                 self._record(outcome, states)
                 self._forget(outcome.run_id, outcome.step_id, outcome.attempt)

@@ -470,6 +470,7 @@ DECLARE
     v_started_attempts integer[];
     v_started_agents text[];
     v_seq bigint;
+    v_now timestamptz;
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -549,6 +550,9 @@ BEGIN
                     CONTINUE;  -- the agent is full: stays queued
                 END IF;
             END IF;
+            -- clock_timestamp(), not now(): this claim may have waited for the
+            -- completion that made the step runnable; it starts after that ended.
+            v_now := clock_timestamp();
             -- Unknown agents and skills without agents are claimed anyway: the executor
             -- fails them with a clear error instead of leaving them queued forever.
             UPDATE orchestration_steps s
@@ -556,14 +560,15 @@ BEGIN
                    attempt = s.attempt + 1,
                    agent = coalesce(v_agent.name, s.agent),
                    lease_owner = p_owner,
-                   lease_expires_at = now() + make_interval(secs => p_lease_seconds),
-                   started_at = coalesce(s.started_at, now()),
+                   lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
+                   started_at = coalesce(s.started_at, v_now),
                    error = NULL
              WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
             RETURNING s.attempt INTO v_attempt;
-            INSERT INTO step_attempts (run_id, step_id, attempt, organization_id, agent)
+            INSERT INTO step_attempts
+                (run_id, step_id, attempt, organization_id, agent, started_at)
             VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
-                    coalesce(v_agent.name, v_step.agent))
+                    coalesce(v_agent.name, v_step.agent), v_now)
             RETURNING step_attempts.task_id INTO v_task;
             IF v_attempt = 1 THEN
                 -- The step's conversation, kept across its attempts (and ContinueRun).
