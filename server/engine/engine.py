@@ -48,7 +48,6 @@ class Engine:
         self.watch = WatchService(hub, events)
         self.agent_client = AgentClient(max_message_bytes=settings.max_message_bytes)
         self.scheduler = Scheduler(
-            db,
             dsn,
             runs,
             self.agent_client,

@@ -87,6 +87,12 @@ def _struct(value: Any, target: struct_pb2.Struct) -> None:
         target.update(value)
 
 
+def _usage(row: RunRow | StepRow, target: run_pb2.RunUsage) -> None:
+    target.input_tokens = row.input_tokens
+    target.output_tokens = row.output_tokens
+    target.cost_usd = row.cost_usd
+
+
 def _error(value: Mapping[str, Any] | None, target: run_pb2.ErrorDetail) -> None:
     if value:
         target.code = str(value.get("code", ""))
@@ -176,9 +182,7 @@ def run_to_proto(
     _ts(run.created_at, out.create_time)
     _ts(run.started_at, out.start_time)
     _ts(run.ended_at, out.end_time)
-    out.usage.input_tokens = run.input_tokens
-    out.usage.output_tokens = run.output_tokens
-    out.usage.cost_usd = run.cost_usd
+    _usage(run, out.usage)
     if plan is not None:
         out.plan.CopyFrom(plan)
     else:
@@ -220,9 +224,7 @@ def _step_to_proto(
     _ts(step.started_at, out.start_time)
     _ts(step.ended_at, out.end_time)
     _ts(step.next_attempt_at, out.next_attempt_time)
-    out.usage.input_tokens = step.input_tokens
-    out.usage.output_tokens = step.output_tokens
-    out.usage.cost_usd = step.cost_usd
+    _usage(step, out.usage)
     for attempt in attempts:
         a = out.attempts.add(number=attempt.attempt, agent=attempt.agent or "")
         _ts(attempt.started_at, a.start_time)

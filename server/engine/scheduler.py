@@ -37,7 +37,7 @@ from typing import Any
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.client import AgentClient, TaskOutcome, TaskSucceeded
 from podium.server.engine.references import MissingReferenceError, resolve
-from podium.server.storage.database import Database, DirectConnection, connect_direct
+from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
 from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsRepository, StepOutcome
 from podium.server.telemetry.metrics import Metrics
@@ -109,13 +109,11 @@ class Scheduler:
 
     def __init__(
         self,
-        db: Database,
         dsn: str,
         repository: RunsRepository,
         agents: AgentClient,
         config: SchedulerConfig,
     ) -> None:
-        self._db = db
         self._dsn = dsn
         self._repository = repository
         self._agents = agents
