@@ -262,6 +262,13 @@ class Settings:
         "Step timeout when neither the step, the definition nor the agent sets one.",
         300.0,
     )
+    max_orchestration_depth: int = _setting(
+        "ORCHESTRATION_MAX_DEPTH",
+        _parse_int(1, 100),
+        "Deepest nesting of sub-orchestrations (a child run of a child run ...); a step "
+        "that would start a deeper one fails with MAX_DEPTH_EXCEEDED.",
+        5,
+    )
     agents: str = _setting(
         "PODIUM_AGENTS",
         lambda name, raw: raw,

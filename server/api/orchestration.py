@@ -138,6 +138,34 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         return pb.ContinueRunResponse(run=run)
 
     @unary
+    async def ResumeRun(
+        self, request: pb.ResumeRunRequest, context: Context
+    ) -> pb.ResumeRunResponse:
+        run = await self._engine().runs.resume(self._org(context), request.run_id)
+        return pb.ResumeRunResponse(run=run)
+
+    @unary
+    async def ListApprovals(
+        self, request: pb.ListApprovalsRequest, context: Context
+    ) -> pb.ListApprovalsResponse:
+        approvals, token = await self._engine().approvals.list(self._org(context), request)
+        return pb.ListApprovalsResponse(approvals=approvals, next_page_token=token)
+
+    @unary
+    async def GetApproval(
+        self, request: pb.GetApprovalRequest, context: Context
+    ) -> pb.GetApprovalResponse:
+        approval = await self._engine().approvals.get(self._org(context), request.approval_id)
+        return pb.GetApprovalResponse(approval=approval)
+
+    @unary
+    async def DecideApproval(
+        self, request: pb.DecideApprovalRequest, context: Context
+    ) -> pb.DecideApprovalResponse:
+        approval = await self._engine().approvals.decide(self._org(context), request)
+        return pb.DecideApprovalResponse(approval=approval)
+
+    @unary
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: Context
     ) -> pb.ListRunEventsResponse:

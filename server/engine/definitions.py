@@ -29,6 +29,8 @@ Definition = definition_pb2.Definition
 
 _CacheKey = tuple[str, str, int]
 
+MAX_RECURSION_VISITS = 100
+
 
 def definition_to_spec(definition: Definition) -> dict[str, Any]:
     """The JSON form stored in ``orchestration_definitions.spec``."""
@@ -83,6 +85,8 @@ class DefinitionService:
             definition,
             known_definitions=lambda name, version: name in known or name == definition.name,
         )
+        if not violations and known:
+            violations = await self._recursion(organization_id, definition)
         if violations:
             raise InvalidArgument(
                 f"definition {definition.name!r} is invalid: {len(violations)} problem(s)",
@@ -90,6 +94,57 @@ class DefinitionService:
                 violations=violations,
             )
         return normalize_definition(definition)
+
+    async def _recursion(
+        self, organization_id: str, definition: Definition
+    ) -> list[FieldViolation]:
+        """Sub-orchestration cycles through stored definitions: a step of ``definition``
+        that runs a definition which (through its own steps, at the versions they name
+        or the latest) runs ``definition`` again. Bounded to MAX_RECURSION_VISITS
+        definitions; a cycle formed later by a new version of another definition is
+        stopped at run time by ORCHESTRATION_MAX_DEPTH."""
+        violations: list[FieldViolation] = []
+        for index, step in enumerate(definition.steps):
+            if not step.HasField("orchestration"):
+                continue
+            chain = await self._path_to(
+                organization_id,
+                step.orchestration.name,
+                step.orchestration.version,
+                definition.name,
+            )
+            if chain:
+                violations.append(
+                    _violation(
+                        f"steps[{index}].orchestration.name",
+                        f"step '{step.id}' makes a cycle of sub-orchestrations: "
+                        + " -> ".join([definition.name, *chain]),
+                    )
+                )
+        return violations
+
+    async def _path_to(
+        self, organization_id: str, name: str, version: int, target: str
+    ) -> list[str] | None:
+        """The chain of definition names from ``name`` to ``target``, or None."""
+        queue: list[tuple[str, int, list[str]]] = [(name, version, [name])]
+        seen: set[tuple[str, int]] = set()
+        while queue and len(seen) < MAX_RECURSION_VISITS:
+            current, current_version, chain = queue.pop(0)
+            if current == target:
+                return chain
+            if (current, current_version) in seen:
+                continue
+            seen.add((current, current_version))
+            try:
+                stored = await self.get(organization_id, current, current_version)
+            except NotFound:
+                continue
+            for step in stored.steps:
+                if step.HasField("orchestration"):
+                    ref = step.orchestration
+                    queue.append((ref.name, ref.version, [*chain, ref.name]))
+        return None
 
     async def create(self, organization_id: str, definition: Definition) -> Definition:
         """Validate and store ``definition`` as the next version of its name."""

@@ -8,6 +8,7 @@ from podium.server.agents.client import AgentClient
 from podium.server.agents.static import parse_static_agents
 from podium.server.config import ConfigError, Settings
 from podium.server.engine.agents import AgentService
+from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -15,6 +16,7 @@ from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
+from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
 from podium.server.storage.events import EventsRepository
@@ -39,6 +41,8 @@ class Engine:
         runs = RunsRepository(db)
         self.runs = RunService(runs, self.definitions, settings)
         self.agents = AgentService(AgentsRepository(db))
+        approvals = ApprovalsRepository(db)
+        self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.
         self.webhooks = WebhookService(db, dsn, settings)
         events = EventsRepository(db)
@@ -58,6 +62,8 @@ class Engine:
                 poll_interval_seconds=settings.poll_interval_seconds,
                 default_timeout_seconds=settings.default_step_timeout_seconds,
             ),
+            start_child=self.runs.start_child,
+            approvals=approvals,
         )
 
     async def start(self) -> None:

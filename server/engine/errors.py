@@ -59,6 +59,13 @@ class FailedPrecondition(EngineError):
 
 
 @dataclass
+class PermissionDenied(EngineError):
+    """The caller may not do this (e.g. not one of an approval's approvers)."""
+
+    reason: str = "PERMISSION_DENIED"
+
+
+@dataclass
 class ResourceExhausted(EngineError):
     """A limit was reached."""
 

@@ -425,6 +425,58 @@ class RunService:
         # An existing run (same request_id) may have another plan: parse its own.
         return run_to_proto(*stored, plan=plan if created else None), not created
 
+    async def start_child(
+        self,
+        parent: tuple[uuid.UUID, str, int],
+        organization_id: str,
+        ref: Mapping[str, Any],
+        child_input: Any,
+        trace_context: Mapping[str, str] | None,
+    ) -> tuple[str, uuid.UUID | None, str]:
+        """Start the child run of a sub-orchestration step.
+
+        ``parent`` is the (run, step, attempt) waiting on it; ``ref`` the step's
+        ``orchestration`` ({name, version}; version 0 or absent = the latest). Returns
+        (status, child id, message): ``created``; ``fenced`` (the parent attempt is
+        stale); ``too_deep`` (ORCHESTRATION_MAX_DEPTH); ``not_found`` or ``archived``
+        (the definition).
+        """
+        name = str(ref.get("name", ""))
+        version = int(ref.get("version", 0) or 0)
+        try:
+            plan = await self._definitions.get(organization_id, name, version, fresh=True)
+        except NotFound as exc:
+            return "not_found", None, str(exc)
+        if plan.archived:
+            return "archived", None, f"definition {name!r} is archived; new runs are refused"
+        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        new = NewRun(
+            organization_id=organization_id,
+            definition_name=plan.name,
+            definition_version=plan.version,
+            plan=plan_dict,
+            input=child_input if isinstance(child_input, dict) else {"value": child_input},
+            metadata={},
+            labels=dict(plan.labels),
+            request_id=None,
+            max_parallel=self.effective_max_parallel(plan),
+            bypass_cache=False,
+            webhook_url=None,
+            steps=build_steps(plan, plan_dict),
+            trace_context=trace_context,
+        )
+        async with storage_errors():
+            status, child = await self._repository.create_child(
+                parent, new, self._settings.max_orchestration_depth
+            )
+        message = ""
+        if status == "too_deep":
+            message = (
+                f"starting {name!r} would nest sub-orchestrations deeper than "
+                f"ORCHESTRATION_MAX_DEPTH={self._settings.max_orchestration_depth}"
+            )
+        return status, child, message
+
     def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
         """definition, then ORCHESTRATION_DEFAULT_MAX_PARALLEL, then
         ORCHESTRATION_MAX_CONCURRENCY, then 1 (sequential)."""
@@ -513,7 +565,10 @@ class RunService:
     async def continue_(
         self, organization_id: str, run_id: str, extra_input: struct_pb2.Struct
     ) -> run_pb2.Run:
-        """Start a created run (seed mode continue), merging ``extra_input`` over its input."""
+        """ContinueRun (seed mode continue): start a run created with ``start=false``, or
+        give more input to a running run that waits on a checkpoint. ``extra_input`` is
+        merged over the run's input; steps resolved afterwards (a checkpointed step
+        once approved, and every later step) see it."""
         rid = parse_run_id(run_id)
         if extra_input.ByteSize() > MAX_INPUT_BYTES:
             raise InvalidArgument(
@@ -526,20 +581,40 @@ class RunService:
         if problems:
             raise InvalidArgument("input is not valid JSON data", violations=problems)
         async with storage_errors():
-            state = await self._repository.start(
+            status = await self._repository.continue_run(
                 organization_id,
                 rid,
                 normalize_numbers(json_format.MessageToDict(extra_input)) or None,
             )
-        if state is None:
+        if status is None:
             raise NotFound(
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
-        if state != "created":
+        if status not in ("started", "continued"):
             raise FailedPrecondition(
-                f"run {run_id} is {state}; ContinueRun starts runs created with start=false",
-                reason="RUN_NOT_CREATED",
-                metadata={"run_id": run_id, "state": state},
+                f"run {run_id} is {status}; ContinueRun starts a run created with start=false "
+                "or gives input to a running run that waits on a checkpoint",
+                reason="RUN_NOT_CONTINUABLE",
+                metadata={"run_id": run_id, "state": status},
+            )
+        return await self.get(organization_id, run_id)
+
+    async def resume(self, organization_id: str, run_id: str) -> run_pb2.Run:
+        """ResumeRun: run a failed or cancelled run again. Its failed, cancelled and
+        skipped steps and everything downstream of them are queued again; succeeded
+        steps keep their outputs; ``run_attempt`` grows by one."""
+        rid = parse_run_id(run_id)
+        async with storage_errors():
+            before = await self._repository.resume(organization_id, rid)
+        if before is None:
+            raise NotFound(
+                f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+        if before not in ("failed", "cancelled"):
+            raise FailedPrecondition(
+                f"run {run_id} is {before}; only a failed or cancelled run can be resumed",
+                reason="RUN_NOT_RESUMABLE",
+                metadata={"run_id": run_id, "state": before},
             )
         return await self.get(organization_id, run_id)
 

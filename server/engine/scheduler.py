@@ -15,6 +15,16 @@ Loops (all in this process, coordinated with other replicas only through Postgre
   completes or fails the run, appends events).
 - **leases**: renews the leases of this replica's running steps every third of the
   lease, and returns steps whose lease expired (a dead replica's) to the queue.
+- **sweep**: completes steps whose child run (sub-orchestration) finished, woken by a
+  ``podium_work`` notification with payload ``child`` or the fallback timer, and
+  applies the default action of expired approvals.
+
+After an attempt, the step's policy decides (``_outcome``): a retryable failure with
+attempts left waits for its retry; after the last attempt ``notify_human`` parks the step
+on a failure review, ``allow_skip`` skips it, otherwise the run fails. A step with a
+``checkpoint: before`` is parked on an approval with its resolved input instead of being
+dispatched (no attempt is used); ``checkpoint: after`` parks it with its output. A step
+with an ``orchestration`` target starts a child run and waits for it without a lease.
 
 A step is executed at least once; its completion is recorded exactly once (fencing).
 """
@@ -29,7 +39,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,15 +47,30 @@ from typing import Any
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.client import AgentClient, TaskOutcome, TaskSucceeded
 from podium.server.engine.references import MissingReferenceError, resolve
+from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
-from podium.server.storage.runs import ClaimedStep, NewDeliverable, RunsRepository, StepOutcome
+from podium.server.storage.runs import (
+    ClaimedStep,
+    FinishedChild,
+    NewDeliverable,
+    RunsRepository,
+    StepOutcome,
+)
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
 
 _Key = tuple[uuid.UUID, str, int]
+
+StartChild = Callable[
+    [_Key, str, Mapping[str, Any], Any, Mapping[str, str] | None],
+    Awaitable[tuple[str, uuid.UUID | None, str]],
+]
+"""Starts the child run of a sub-orchestration step: (parent run/step/attempt,
+organization, the step's ``orchestration`` ref, child input, trace context) ->
+(status, child id, message); see ``RunService.start_child``."""
 
 DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
 MAX_CHUNK_CHARS_PER_FLUSH = 64 * 1024
@@ -113,11 +138,19 @@ class Scheduler:
         repository: RunsRepository,
         agents: AgentClient,
         config: SchedulerConfig,
+        *,
+        start_child: StartChild | None = None,
+        approvals: ApprovalsRepository | None = None,
     ) -> None:
         self._dsn = dsn
         self._repository = repository
         self._agents = agents
+        self._start_child = start_child
+        self._approvals = approvals
         self.config = config
+        self._sweep_wake = asyncio.Event()
+        # Child-run outcomes queued but not committed yet (a second sweep skips them).
+        self._sweeping: set[_Key] = set()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
         self._completions: asyncio.Queue[StepOutcome] = asyncio.Queue()
@@ -161,6 +194,7 @@ class Scheduler:
             asyncio.create_task(self._complete_loop(), name="podium-complete"),
             asyncio.create_task(self._lease_loop(), name="podium-leases"),
             asyncio.create_task(self._stream_loop(), name="podium-stream-events"),
+            asyncio.create_task(self._sweep_loop(), name="podium-sweep"),
         ]
         self._wake.set()
 
@@ -180,8 +214,11 @@ class Scheduler:
             return
         self._listener = conn
 
-    def _on_work(self, *_: object) -> None:
-        self._wake.set()
+    def _on_work(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if payload == "child":
+            self._sweep_wake.set()
+        else:
+            self._wake.set()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         try:
@@ -299,6 +336,7 @@ class Scheduler:
             if self.tracing.enabled
             else {}
         )
+        outcome: StepOutcome | None
         try:
             with self.tracing.step_span(step.trace_context, attributes) as span:
                 try:
@@ -313,9 +351,12 @@ class Scheduler:
                     )
                     error = ("INTERNAL", "the step executor failed; see the server log", True)
                     outcome = self._outcome(step, error=error)
-                self.tracing.step_result(
-                    span, outcome.outcome, outcome.error["code"] if outcome.error else None
-                )
+                if outcome is not None:
+                    self.tracing.step_result(
+                        span, outcome.outcome, outcome.error["code"] if outcome.error else None
+                    )
+                else:
+                    self.tracing.step_result(span, "waiting_child", None)
         except asyncio.CancelledError:
             # Run cancelled or failed (already recorded), or this replica is stopping
             # (the lease expires and the step runs again elsewhere).
@@ -323,6 +364,10 @@ class Scheduler:
             self._forget(step.run_id, step.step_id, step.attempt)
             self._wake.set()
             raise
+        if outcome is None:  # a child run was started: the step waits for it, unleased
+            self._forget(step.run_id, step.step_id, step.attempt)
+            self._wake.set()
+            return
         self._attempt_info[(step.run_id, step.step_id, step.attempt)] = (
             agent,
             time.perf_counter() - started,
@@ -332,13 +377,18 @@ class Scheduler:
 
     def _outcome(
         self,
-        step: ClaimedStep,
+        step: ClaimedStep | FinishedChild,
         *,
         output: Any = None,
         error: tuple[str, str, bool] | None = None,
         resolved: Any = None,
         result: TaskOutcome | None = None,
+        park: str | None = None,
     ) -> StepOutcome:
+        """The outcome of an attempt, with the step's policy applied: retry, or after
+        the last attempt review (notify_human), skip (allow_skip) or fail; a success of
+        a step with ``checkpoint: after`` parks it. ``park`` forces an outcome
+        (``checkpoint_before``)."""
         outcome = StepOutcome(
             run_id=step.run_id,
             step_id=step.step_id,
@@ -356,7 +406,9 @@ class Scheduler:
                 outcome.output_tokens = result.usage.output_tokens
                 outcome.cost_usd = result.usage.cost_usd
             outcome.deliverables = _deliverables(result.artifacts)
-        if error is not None:
+        if park is not None:
+            outcome.outcome = park
+        elif error is not None:
             code, message, retryable = error
             outcome.error = {"code": code, "message": message, "retryable": retryable}
             policy = step.spec.get("on_failure", {})
@@ -366,27 +418,31 @@ class Scheduler:
                 outcome.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
                 if self._next_retry is None or outcome.next_attempt_at < self._next_retry:
                     self._next_retry = outcome.next_attempt_at
+            elif policy.get("notify_human"):
+                outcome.outcome = "review"
+            elif policy.get("allow_skip"):
+                outcome.outcome = "skipped"
             else:
                 outcome.outcome = "failed"
+        elif (step.spec.get("checkpoint") or {}).get("when") == "WHEN_AFTER":
+            outcome.outcome = "checkpoint_after"
         return outcome
 
-    async def _run_step(self, step: ClaimedStep) -> StepOutcome:
+    async def _run_step(self, step: ClaimedStep) -> StepOutcome | None:
         try:
             resolved = resolve(
                 step.spec.get("input", {}), run_input=step.run_input, step_outputs=step.upstream
             )
         except MissingReferenceError as exc:
             return self._outcome(step, error=("MISSING_REFERENCE", str(exc), False))
+        extra = step.spec.get("approved_input")
+        if isinstance(extra, dict) and isinstance(resolved, dict):
+            resolved = {**resolved, **extra}  # given with the checkpoint's approval
+        checkpoint = step.spec.get("checkpoint") or {}
+        if checkpoint.get("when") == "WHEN_BEFORE" and not step.spec.get("checkpoint_passed"):
+            return self._outcome(step, resolved=resolved, park="checkpoint_before")
         if "orchestration" in step.spec:
-            return self._outcome(
-                step,
-                resolved=resolved,
-                error=(
-                    "UNSUPPORTED",
-                    "sub-orchestrations are not supported by this Podium version yet",
-                    False,
-                ),
-            )
+            return await self._run_child(step, resolved)
         if step.endpoint is None:
             if step.skill:
                 message = f"no registered agent offers skill {step.skill!r}"
@@ -459,6 +515,78 @@ class Scheduler:
             error=(result.code, result.message, result.retryable),
         )
 
+    # -- sub-orchestrations and approvals -----------------------------------------------
+
+    async def _run_child(self, step: ClaimedStep, resolved: Any) -> StepOutcome | None:
+        """Start the step's child run; None when it started (the step then waits for
+        it, see :meth:`_sweep`) or when this attempt turned out to be stale."""
+        if self._start_child is None:
+            message = "sub-orchestrations are not enabled on this replica"
+            return self._outcome(step, resolved=resolved, error=("UNSUPPORTED", message, False))
+        status, child, message = await self._start_child(
+            (step.run_id, step.step_id, step.attempt),
+            step.organization_id,
+            step.spec["orchestration"],
+            resolved,
+            step.trace_context,
+        )
+        if status == "created":
+            log.info(
+                "child run started",
+                extra={"run_id": str(step.run_id), "step_id": step.step_id, "child": str(child)},
+            )
+            return None
+        if status == "fenced":
+            return None
+        code = {"too_deep": "MAX_DEPTH_EXCEEDED", "not_found": "DEFINITION_NOT_FOUND"}.get(
+            status, "DEFINITION_ARCHIVED"
+        )
+        return self._outcome(step, resolved=resolved, error=(code, message, False))
+
+    async def _sweep_loop(self) -> None:
+        """Complete steps whose child run finished, and expire approvals."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._sweep_wake.wait(), max(self.config.poll_interval_seconds, 0.2)
+                )
+            self._sweep_wake.clear()
+            if self._stopping:
+                continue
+            try:
+                await self._sweep()
+            except StorageError as exc:
+                log.warning("sweep failed: %s", exc)
+
+    async def _sweep(self) -> None:
+        finished = await self._repository.finished_children()
+        for child in finished:
+            key = (child.run_id, child.step_id, child.attempt)
+            if key in self._sweeping:
+                continue
+            if child.child_state == "succeeded":
+                outcome = self._outcome(child, output=child.child_output, resolved=child.input)
+            else:
+                cause = child.child_error or {}
+                reason = f": {cause.get('message')}" if cause.get("message") else ""
+                outcome = self._outcome(
+                    child,
+                    resolved=child.input,
+                    error=(
+                        "CHILD_RUN_CANCELLED"
+                        if child.child_state == "cancelled"
+                        else "CHILD_RUN_FAILED",
+                        f"child run {child.child_run_id} {child.child_state}{reason}",
+                        False,
+                    ),
+                )
+            self._sweeping.add(key)
+            self._completions.put_nowait(outcome)
+        if self._approvals is not None:
+            expired = await self._approvals.expire()
+            if expired:
+                log.info("applied the default action of %d expired approvals", expired)
+
     # -- stream events ---------------------------------------------------------------
 
     def _stream(self, key: _Key) -> _Stream:
@@ -517,6 +645,7 @@ class Scheduler:
             for outcome in batch:
                 self._record(outcome, states)
                 self._forget(outcome.run_id, outcome.step_id, outcome.attempt)
+                self._sweeping.discard((outcome.run_id, outcome.step_id, outcome.attempt))
                 self._completions.task_done()
             self.completed_total += len(batch)
             self._wake.set()

@@ -8,6 +8,7 @@ every transition is one round trip and commits with its events.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from .database import Database
+from .database import Connection, Database
 from .queries import QUERIES
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ClaimedStep",
     "DeliverableRow",
     "EventRow",
+    "FinishedChild",
     "NewDeliverable",
     "NewRun",
     "NewStep",
@@ -34,6 +36,9 @@ __all__ = [
 ]
 
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
+
+# Outcomes whose output is stored (see podium_complete_step / podium_park_step).
+_WITH_OUTPUT = frozenset({"succeeded", "checkpoint_after"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +75,9 @@ class NewRun:
     webhook_url: str | None
     steps: Sequence[NewStep]
     trace_context: Mapping[str, str] | None = None
+    parent_run_id: uuid.UUID | None = None
+    parent_step_id: str | None = None
+    depth: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +220,25 @@ class StepOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class FinishedChild:
+    """A step waiting on a child run (sub-orchestration) that has finished."""
+
+    run_id: uuid.UUID
+    step_id: str
+    attempt: int
+    organization_id: str
+    conversation_id: uuid.UUID | None
+    spec: dict[str, Any]
+    max_attempts: int
+    input: Any
+    run_created_at: datetime
+    child_run_id: uuid.UUID
+    child_state: str
+    child_output: dict[str, Any] | None
+    child_error: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
 class EventRow:
     """One entry of a run's event log."""
 
@@ -302,6 +329,12 @@ class RunsRepository:
         Returns (run id, created); ``created`` is False when ``request_id`` matched an
         existing run of the organization, whose id is returned instead.
         """
+        async with self._db.transaction() as conn:
+            return await self._insert(conn, run, start=start)
+
+    async def _insert(
+        self, conn: Connection, run: NewRun, *, start: bool
+    ) -> tuple[uuid.UUID, bool]:
         steps = [
             {
                 "step_id": s.step_id,
@@ -319,60 +352,106 @@ class RunsRepository:
             }
             for s in run.steps
         ]
-        async with self._db.transaction() as conn:
-            run_id = await conn.fetchval(
-                QUERIES["insert_run"],
-                run.organization_id,
-                run.definition_name,
-                run.definition_version,
-                run.plan,
-                run.input,
-                run.metadata,
-                run.labels,
-                run.request_id,
-                run.max_parallel,
-                run.bypass_cache,
-                run.webhook_url,
-                len(steps),
-                run.trace_context,
+        run_id = await conn.fetchval(
+            QUERIES["insert_run"],
+            run.organization_id,
+            run.definition_name,
+            run.definition_version,
+            run.plan,
+            run.input,
+            run.metadata,
+            run.labels,
+            run.request_id,
+            run.max_parallel,
+            run.bypass_cache,
+            run.webhook_url,
+            len(steps),
+            run.trace_context,
+            run.parent_run_id,
+            run.parent_step_id,
+            run.depth,
+        )
+        if run_id is None:
+            existing = await conn.fetchrow(
+                QUERIES["get_run_by_request_id"], run.organization_id, run.request_id
             )
-            if run_id is None:
-                existing = await conn.fetchrow(
-                    QUERIES["get_run_by_request_id"], run.organization_id, run.request_id
-                )
-                assert existing is not None
-                return existing["id"], False
-            await conn.execute(QUERIES["insert_steps"], run_id, run.organization_id, steps)
-            await conn.fetchval(
-                QUERIES["emit_event"],
-                run_id,
-                "run.created",
-                None,
-                None,
-                None,
-                {"steps": len(steps)},
-            )
-            if start:
-                await conn.fetchval(QUERIES["start_run"], run_id)
+            assert existing is not None
+            return existing["id"], False
+        await conn.execute(QUERIES["insert_steps"], run_id, run.organization_id, steps)
+        await conn.fetchval(
+            QUERIES["emit_event"],
+            run_id,
+            "run.created",
+            None,
+            None,
+            None,
+            {"steps": len(steps)},
+        )
+        if start:
+            await conn.fetchval(QUERIES["start_run"], run_id)
         return run_id, True
 
-    async def start(
+    async def continue_run(
         self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None
     ) -> str | None:
-        """Start a created run (merging ``input`` over its input).
+        """ContinueRun: start a created run, or give more input to a run waiting on a
+        checkpoint (``input`` is merged over the run's).
 
-        Returns the run's state before the call, or None when it does not exist.
+        Returns ``"started"``, ``"continued"``, the run's state when neither applies, or
+        None when the run does not exist.
         """
+        async with self._db.connection() as conn:
+            status: str | None = await conn.fetchval(
+                QUERIES["continue_run"], run_id, organization_id, dict(input) if input else None
+            )
+        return status
+
+    async def resume(self, organization_id: str, run_id: uuid.UUID) -> str | None:
+        """ResumeRun: re-queue what did not succeed in a failed or cancelled run.
+
+        Returns the run's state before the call (it was resumed only when that is
+        ``failed`` or ``cancelled``), or None when the run does not exist.
+        """
+        async with self._db.connection() as conn:
+            state: str | None = await conn.fetchval(QUERIES["resume_run"], run_id, organization_id)
+        return state
+
+    async def create_child(
+        self, parent_step: tuple[uuid.UUID, str, int], run: NewRun, max_depth: int
+    ) -> tuple[str, uuid.UUID | None]:
+        """Create and start the child run of a sub-orchestration step, linked both ways,
+        in one transaction fenced on the parent step's attempt.
+
+        ``parent_step`` is (run id, step id, attempt); ``run`` is the child (its parent
+        fields and depth are filled in here). Returns ``("created", child id)``,
+        ``("fenced", None)`` when the parent step no longer runs that attempt, or
+        ``("too_deep", None)`` when the child would be nested deeper than ``max_depth``.
+        """
+        parent_id, step_id, attempt = parent_step
         async with self._db.transaction() as conn:
-            row = await conn.fetchrow(QUERIES["lock_run"], run_id, organization_id)
-            if row is None:
-                return None
-            state: str = row["state"]
-            if state == "created":
-                if input:
-                    await conn.execute(QUERIES["merge_run_input"], run_id, input)
-                await conn.fetchval(QUERIES["start_run"], run_id)
-            return state
+            parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, run.organization_id)
+            if parent is None or parent["state"] != "running":
+                return "fenced", None
+            if (
+                await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt)
+                is None
+            ):
+                return "fenced", None
+            depth = int(parent["depth"]) + 1
+            if depth > max_depth:
+                return "too_deep", None
+            child = dataclasses.replace(
+                run, parent_run_id=parent_id, parent_step_id=step_id, depth=depth
+            )
+            child_id, _ = await self._insert(conn, child, start=True)
+            await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
+        return "created", child_id
+
+    async def finished_children(self, limit: int = 100) -> list[FinishedChild]:
+        """Steps waiting on a child run that has finished (see ``finished_children``)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["finished_children"], limit)
+        return [FinishedChild(**dict(r)) for r in rows]
 
     async def get(self, organization_id: str, run_id: uuid.UUID) -> RunRow | None:
         """The run, or None."""
@@ -478,7 +557,7 @@ class RunsRepository:
                 o.step_id,
                 o.attempt,
                 o.outcome,
-                o.output if o.outcome == "succeeded" else None,
+                o.output if o.outcome in _WITH_OUTPUT else None,
                 o.error,
                 o.input,
                 o.next_attempt_at,
@@ -533,7 +612,7 @@ class RunsRepository:
                 outcome.step_id,
                 outcome.attempt,
                 outcome.outcome,
-                outcome.output if outcome.outcome == "succeeded" else None,
+                outcome.output if outcome.outcome in _WITH_OUTPUT else None,
                 outcome.error,
                 outcome.input,
                 outcome.next_attempt_at,

@@ -5,12 +5,13 @@
 -- Returns no row when (organization_id, request_id) already exists (idempotent start).
 -- $1 org, $2 definition_name, $3 definition_version, $4 plan, $5 input, $6 metadata,
 -- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,
--- $12 steps_remaining, $13 trace_context
+-- $12 steps_remaining, $13 trace_context, $14 parent_run_id, $15 parent_step_id,
+-- $16 depth
 INSERT INTO orchestration_runs
     (organization_id, definition_name, definition_version, plan, state, input, metadata,
      labels, request_id, max_parallel, bypass_cache, webhook_url, steps_remaining,
-     trace_context)
-VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     trace_context, parent_run_id, parent_step_id, depth)
+VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (organization_id, request_id) DO NOTHING
 RETURNING id
 
@@ -38,11 +39,45 @@ SELECT podium_start_run($1)
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
-SELECT id, state FROM orchestration_runs WHERE id = $1 AND organization_id = $2 FOR UPDATE
+SELECT id, state, depth FROM orchestration_runs
+WHERE id = $1 AND organization_id = $2 FOR UPDATE
 
--- merge_run_input --
--- $1 run_id, $2 input (merged over the run's)
-UPDATE orchestration_runs SET input = input || $2, updated_at = now() WHERE id = $1
+-- continue_run --
+-- $1 run_id, $2 organization_id, $3 input merged over the run's (NULL = none)
+SELECT podium_continue_run($1, $2, $3)
+
+-- resume_run --
+-- $1 run_id, $2 organization_id
+SELECT podium_resume_run($1, $2)
+
+-- lock_running_step --
+-- The fence of a sub-orchestration start: the parent step still runs this attempt.
+-- $1 run_id, $2 step_id, $3 attempt
+SELECT 1 FROM orchestration_steps
+WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND state = 'running'
+FOR UPDATE
+
+-- link_child_run --
+-- The parent step waits on its child run: no lease (nothing executes on a replica);
+-- the schedulers' sweep completes it when the child finishes.
+-- $1 run_id, $2 step_id, $3 child run id
+UPDATE orchestration_steps
+SET child_run_id = $3, lease_owner = NULL, lease_expires_at = NULL
+WHERE run_id = $1 AND step_id = $2
+
+-- finished_children --
+-- Steps waiting on a child run that has finished, for the sweep to complete (each
+-- completion is fenced on the attempt, so two replicas sweeping at once do no harm).
+-- $1 limit
+SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.conversation_id, s.spec,
+       s.max_attempts, s.input, r.created_at AS run_created_at, c.id AS child_run_id,
+       c.state AS child_state, c.output AS child_output, c.error AS child_error
+FROM orchestration_steps s
+JOIN orchestration_runs c ON c.id = s.child_run_id
+JOIN orchestration_runs r ON r.id = s.run_id
+WHERE s.state = 'running' AND s.child_run_id IS NOT NULL AND s.lease_owner IS NULL
+  AND c.state IN ('succeeded', 'failed', 'cancelled')
+LIMIT $1
 
 -- get_run --
 -- $1 run_id, $2 organization_id

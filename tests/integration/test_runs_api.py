@@ -695,7 +695,7 @@ async def test_created_run_waits_for_continue_which_merges_input(
     error = await rpc_error(stub.ContinueRun(pb.ContinueRunRequest(run_id=created.id)))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     info, _ = error_details(error)
-    assert (info.reason, info.metadata["state"]) == ("RUN_NOT_CREATED", "running")
+    assert (info.reason, info.metadata["state"]) == ("RUN_NOT_CONTINUABLE", "running")
 
     run = await wait_for_run(stub, created.id)
     assert run.state == Run.STATE_SUCCEEDED, run

@@ -1,0 +1,254 @@
+"""Human approvals: list, read and decide the checkpoints and failure reviews steps wait
+on. Deciding moves the step on in the same transaction (see
+``migrations/0004_failure_handling.sql``):
+
+=====================  ==========================================================
+kind                   decisions
+=====================  ==========================================================
+checkpoint_before      approve: the step is queued and runs (``input`` is merged over
+                       its resolved input); reject: the step fails (and the run) or is
+                       skipped, per the checkpoint's ``on_reject``
+checkpoint_after       approve: the step succeeds with its output (or ``input`` as a
+                       replacement output); reject: as above
+failure_review         retry: one more attempt; skip: the step is skipped; fail: the
+                       step and the run fail
+=====================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from podium.orchestration.v1 import approval_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.server.engine.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from podium.server.engine.paging import decode_keyset, keyset_page, page_size
+from podium.server.engine.references import normalize_numbers
+from podium.server.engine.runs import MAX_INPUT_BYTES, json_violations, parse_run_id
+from podium.server.engine.storage_errors import storage_errors
+from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
+
+__all__ = ["ApprovalService", "approval_to_proto"]
+
+MAX_ACTOR_LENGTH = 256
+MAX_COMMENT_LENGTH = 4096
+MAX_REQUEST_ID_LENGTH = 128
+
+_KINDS = {
+    "checkpoint_before": approval_pb2.Approval.KIND_CHECKPOINT_BEFORE,
+    "checkpoint_after": approval_pb2.Approval.KIND_CHECKPOINT_AFTER,
+    "failure_review": approval_pb2.Approval.KIND_FAILURE_REVIEW,
+}
+_STATES = {
+    "pending": approval_pb2.Approval.STATE_PENDING,
+    "decided": approval_pb2.Approval.STATE_DECIDED,
+    "expired": approval_pb2.Approval.STATE_EXPIRED,
+    "cancelled": approval_pb2.Approval.STATE_CANCELLED,
+}
+_STATE_NAMES = {value: name for name, value in _STATES.items()}
+_DECISIONS = {
+    "approve": approval_pb2.DECISION_APPROVE,
+    "reject": approval_pb2.DECISION_REJECT,
+    "retry": approval_pb2.DECISION_RETRY,
+    "skip": approval_pb2.DECISION_SKIP,
+    "fail": approval_pb2.DECISION_FAIL,
+}
+_DECISION_NAMES = {value: name for name, value in _DECISIONS.items()}
+
+
+def _ts(value: Any, target: Timestamp) -> None:
+    if value is not None:
+        target.FromDatetime(value)
+
+
+def approval_to_proto(row: ApprovalRow) -> approval_pb2.Approval:
+    """The API form of a stored approval."""
+    out = approval_pb2.Approval(
+        id=str(row.id),
+        organization_id=row.organization_id,
+        run_id=str(row.run_id),
+        step_id=row.step_id,
+        kind=_KINDS.get(row.kind, approval_pb2.Approval.KIND_UNSPECIFIED),
+        state=_STATES.get(row.state, approval_pb2.Approval.STATE_UNSPECIFIED),
+        prompt=row.prompt,
+        approvers=row.approvers,
+        decision=_DECISIONS.get(row.decision or "", approval_pb2.DECISION_UNSPECIFIED),
+        actor=row.actor or "",
+        comment=row.comment or "",
+        conversation_id=str(row.conversation_id) if row.conversation_id else "",
+    )
+    if isinstance(row.subject, dict):
+        out.subject.update(row.subject)
+    _ts(row.created_at, out.create_time)
+    _ts(row.expires_at, out.expire_time)
+    _ts(row.decided_at, out.decide_time)
+    return out
+
+
+def _approval_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidArgument(
+            "approval_id must be a UUID",
+            violations=[FieldViolation(field="approval_id", description="not a UUID")],
+        ) from None
+
+
+class ApprovalService:
+    """Use cases behind ListApprovals, GetApproval and DecideApproval."""
+
+    def __init__(self, repository: ApprovalsRepository) -> None:
+        self._repository = repository
+
+    async def get(self, organization_id: str, approval_id: str) -> approval_pb2.Approval:
+        """One approval of the organization."""
+        aid = _approval_id(approval_id)
+        async with storage_errors():
+            row = await self._repository.get(organization_id, aid)
+        if row is None:
+            raise NotFound(
+                f"approval {approval_id} not found",
+                reason="APPROVAL_NOT_FOUND",
+                metadata={"approval_id": approval_id},
+            )
+        return approval_to_proto(row)
+
+    async def list(
+        self, organization_id: str, request: pb.ListApprovalsRequest
+    ) -> tuple[list[approval_pb2.Approval], str]:
+        """A page of approvals, oldest first (pending only unless ``states`` says)."""
+        size = page_size(request.page_size)
+        states = sorted({_STATE_NAMES[s] for s in request.states if s in _STATE_NAMES})
+        if len(states) != len(set(request.states)):
+            raise InvalidArgument(
+                "states holds an unknown state",
+                violations=[FieldViolation(field="states", description="unknown state")],
+            )
+        run_id = parse_run_id(request.run_id) if request.run_id else None
+        filters = {"states": states, "run": request.run_id}
+        after = decode_keyset(request.page_token, filters)
+        async with storage_errors():
+            rows = await self._repository.list(
+                organization_id,
+                states=states or ["pending"],
+                run_id=run_id,
+                after=after,
+                limit=size + 1,
+            )
+        page, token = keyset_page(rows, size, filters)
+        return [approval_to_proto(r) for r in page], token
+
+    async def decide(
+        self, organization_id: str, request: pb.DecideApprovalRequest
+    ) -> approval_pb2.Approval:
+        """Decide a pending approval; see the module docstring for what each decision
+        does. Repeating a decision with the same ``request_id`` returns the approval;
+        deciding a decided approval otherwise is FAILED_PRECONDITION."""
+        violations: list[FieldViolation] = []
+        aid: uuid.UUID | None = None
+        try:
+            aid = _approval_id(request.approval_id)
+        except InvalidArgument as exc:
+            violations.extend(exc.violations)
+        decision = _DECISION_NAMES.get(request.decision)
+        if decision is None:
+            violations.append(
+                FieldViolation(
+                    field="decision",
+                    description="required: DECISION_APPROVE or DECISION_REJECT for a "
+                    "checkpoint; DECISION_RETRY, DECISION_SKIP or DECISION_FAIL for a "
+                    "failure review",
+                )
+            )
+        for name, limit in (
+            ("actor", MAX_ACTOR_LENGTH),
+            ("comment", MAX_COMMENT_LENGTH),
+            ("request_id", MAX_REQUEST_ID_LENGTH),
+        ):
+            if len(getattr(request, name)) > limit:
+                violations.append(
+                    FieldViolation(field=name, description=f"at most {limit} characters")
+                )
+        extra = _extra_input(request.input, violations)
+        if violations:
+            raise InvalidArgument("DecideApproval request is invalid", violations=violations)
+        assert aid is not None and decision is not None
+        async with storage_errors():
+            status = await self._repository.decide(
+                organization_id,
+                aid,
+                decision=decision,
+                actor=request.actor,
+                comment=request.comment,
+                request_id=request.request_id or None,
+                input=extra,
+            )
+            row = await self._repository.get(organization_id, aid)
+        meta = {"approval_id": request.approval_id}
+        if status == "not_found" or row is None:
+            raise NotFound(
+                f"approval {request.approval_id} not found",
+                reason="APPROVAL_NOT_FOUND",
+                metadata=meta,
+            )
+        if status.startswith("already_"):
+            state = status.removeprefix("already_")
+            raise FailedPrecondition(
+                f"approval {request.approval_id} is already {state}"
+                + (f" ({row.decision} by {row.actor or 'unknown'})" if row.decision else ""),
+                reason="APPROVAL_NOT_PENDING",
+                metadata={**meta, "state": state},
+            )
+        if status == "invalid_decision":
+            allowed = (
+                "DECISION_RETRY, DECISION_SKIP or DECISION_FAIL"
+                if row.kind == "failure_review"
+                else "DECISION_APPROVE or DECISION_REJECT"
+            )
+            raise InvalidArgument(
+                f"a {row.kind} approval takes {allowed}",
+                reason="INVALID_DECISION",
+                violations=[FieldViolation(field="decision", description=f"expected {allowed}")],
+            )
+        if status == "forbidden":
+            raise PermissionDenied(
+                f"{request.actor or 'an anonymous actor'} may not decide approval "
+                f"{request.approval_id}; approvers: {', '.join(row.approvers)}",
+                reason="NOT_AN_APPROVER",
+                metadata=meta,
+            )
+        return approval_to_proto(row)
+
+    async def expire(self, limit: int = 100) -> int:
+        """Apply the default action of expired approvals; returns how many."""
+        return await self._repository.expire(limit)
+
+
+def _extra_input(
+    struct: struct_pb2.Struct, violations: list[FieldViolation]
+) -> dict[str, Any] | None:
+    if not struct.fields:
+        return None
+    size = struct.ByteSize()
+    if size > MAX_INPUT_BYTES:
+        violations.append(
+            FieldViolation(field="input", description=f"{size} bytes; at most {MAX_INPUT_BYTES}")
+        )
+        return None
+    problems = json_violations(struct, "input")
+    if problems:
+        violations.extend(problems)
+        return None
+    value: dict[str, Any] = normalize_numbers(json_format.MessageToDict(struct))
+    return value
