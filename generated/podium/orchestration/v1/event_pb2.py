@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from podium.orchestration.v1 import run_pb2 as podium_dot_orchestration_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#podium/orchestration/v1/event.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!podium/orchestration/v1/run.proto\"\xf8\x08\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x34\n\x04type\x18\x03 \x01(\x0e\x32&.podium.orchestration.v1.RunEvent.Type\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07step_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x17\n\x0forganization_id\x18\x07 \x01(\t\x12\x35\n\trun_state\x18\x08 \x01(\x0e\x32\".podium.orchestration.v1.Run.State\x12:\n\nstep_state\x18\t \x01(\x0e\x32&.podium.orchestration.v1.StepRun.State\x12\x33\n\x05\x65rror\x18\x0c \x01(\x0b\x32$.podium.orchestration.v1.ErrorDetail\x12\x39\n\x08progress\x18\n \x01(\x0b\x32%.podium.orchestration.v1.StepProgressH\x00\x12@\n\x0coutput_chunk\x18\x0b \x01(\x0b\x32(.podium.orchestration.v1.StepOutputChunkH\x00\x12\x38\n\x08\x61pproval\x18\r \x01(\x0b\x32$.podium.orchestration.v1.ApprovalRefH\x00\x12\x37\n\x05retry\x18\x0e \x01(\x0b\x32&.podium.orchestration.v1.RetryScheduleH\x00\x12%\n\x04\x64\x61ta\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x10 \x01(\t\"\xcc\x03\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_RUN_CREATED\x10\x01\x12\x14\n\x10TYPE_RUN_STARTED\x10\x02\x12\x14\n\x10TYPE_STEP_QUEUED\x10\x03\x12\x15\n\x11TYPE_STEP_STARTED\x10\x04\x12\x16\n\x12TYPE_STEP_PROGRESS\x10\x05\x12\x1a\n\x16TYPE_STEP_OUTPUT_CHUNK\x10\x06\x12\x16\n\x12TYPE_STEP_RETRYING\x10\x07\x12\x14\n\x10TYPE_STEP_CACHED\x10\x08\x12\x1f\n\x1bTYPE_STEP_AWAITING_APPROVAL\x10\t\x12\x19\n\x15TYPE_APPROVAL_DECIDED\x10\n\x12\x17\n\x13TYPE_STEP_COMPLETED\x10\x0b\x12\x14\n\x10TYPE_STEP_FAILED\x10\x0c\x12\x15\n\x11TYPE_STEP_SKIPPED\x10\r\x12\x16\n\x12TYPE_RUN_COMPLETED\x10\x0e\x12\x13\n\x0fTYPE_RUN_FAILED\x10\x0f\x12\x16\n\x12TYPE_RUN_CANCELLED\x10\x10\x12\x13\n\x0fTYPE_RUN_PAUSED\x10\x11\x12\x17\n\x13TYPE_STEP_CANCELLED\x10\x12\x42\x08\n\x06\x64\x65tail\"1\n\x0cStepProgress\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\x1f\n\x0fStepOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"C\n\x0b\x41pprovalRef\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\\\n\rRetrySchedule\x12\x14\n\x0cnext_attempt\x18\x01 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#podium/orchestration/v1/event.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!podium/orchestration/v1/run.proto\"\xa6\t\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x34\n\x04type\x18\x03 \x01(\x0e\x32&.podium.orchestration.v1.RunEvent.Type\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07step_id\x18\x05 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x17\n\x0forganization_id\x18\x07 \x01(\t\x12\x35\n\trun_state\x18\x08 \x01(\x0e\x32\".podium.orchestration.v1.Run.State\x12:\n\nstep_state\x18\t \x01(\x0e\x32&.podium.orchestration.v1.StepRun.State\x12\x33\n\x05\x65rror\x18\x0c \x01(\x0b\x32$.podium.orchestration.v1.ErrorDetail\x12\x39\n\x08progress\x18\n \x01(\x0b\x32%.podium.orchestration.v1.StepProgressH\x00\x12@\n\x0coutput_chunk\x18\x0b \x01(\x0b\x32(.podium.orchestration.v1.StepOutputChunkH\x00\x12\x38\n\x08\x61pproval\x18\r \x01(\x0b\x32$.podium.orchestration.v1.ApprovalRefH\x00\x12\x37\n\x05retry\x18\x0e \x01(\x0b\x32&.podium.orchestration.v1.RetryScheduleH\x00\x12%\n\x04\x64\x61ta\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0f\x64\x65\x66inition_name\x18\x10 \x01(\t\"\xfa\x03\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10TYPE_RUN_CREATED\x10\x01\x12\x14\n\x10TYPE_RUN_STARTED\x10\x02\x12\x14\n\x10TYPE_STEP_QUEUED\x10\x03\x12\x15\n\x11TYPE_STEP_STARTED\x10\x04\x12\x16\n\x12TYPE_STEP_PROGRESS\x10\x05\x12\x1a\n\x16TYPE_STEP_OUTPUT_CHUNK\x10\x06\x12\x16\n\x12TYPE_STEP_RETRYING\x10\x07\x12\x14\n\x10TYPE_STEP_CACHED\x10\x08\x12\x1f\n\x1bTYPE_STEP_AWAITING_APPROVAL\x10\t\x12\x19\n\x15TYPE_APPROVAL_DECIDED\x10\n\x12\x17\n\x13TYPE_STEP_COMPLETED\x10\x0b\x12\x14\n\x10TYPE_STEP_FAILED\x10\x0c\x12\x15\n\x11TYPE_STEP_SKIPPED\x10\r\x12\x16\n\x12TYPE_RUN_COMPLETED\x10\x0e\x12\x13\n\x0fTYPE_RUN_FAILED\x10\x0f\x12\x16\n\x12TYPE_RUN_CANCELLED\x10\x10\x12\x13\n\x0fTYPE_RUN_PAUSED\x10\x11\x12\x17\n\x13TYPE_STEP_CANCELLED\x10\x12\x12\x14\n\x10TYPE_RUN_RESUMED\x10\x13\x12\x16\n\x12TYPE_RUN_CONTINUED\x10\x14\x42\x08\n\x06\x64\x65tail\"1\n\x0cStepProgress\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\x1f\n\x0fStepOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"C\n\x0b\x41pprovalRef\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\\\n\rRetrySchedule\x12\x14\n\x0cnext_attempt\x18\x01 \x01(\x05\x12\x35\n\x11next_attempt_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,15 +35,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podium.orchestration.v1.eve
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNEVENT']._serialized_start=163
-  _globals['_RUNEVENT']._serialized_end=1307
+  _globals['_RUNEVENT']._serialized_end=1353
   _globals['_RUNEVENT_TYPE']._serialized_start=837
-  _globals['_RUNEVENT_TYPE']._serialized_end=1297
-  _globals['_STEPPROGRESS']._serialized_start=1309
-  _globals['_STEPPROGRESS']._serialized_end=1358
-  _globals['_STEPOUTPUTCHUNK']._serialized_start=1360
-  _globals['_STEPOUTPUTCHUNK']._serialized_end=1391
-  _globals['_APPROVALREF']._serialized_start=1393
-  _globals['_APPROVALREF']._serialized_end=1460
-  _globals['_RETRYSCHEDULE']._serialized_start=1462
-  _globals['_RETRYSCHEDULE']._serialized_end=1554
+  _globals['_RUNEVENT_TYPE']._serialized_end=1343
+  _globals['_STEPPROGRESS']._serialized_start=1355
+  _globals['_STEPPROGRESS']._serialized_end=1404
+  _globals['_STEPOUTPUTCHUNK']._serialized_start=1406
+  _globals['_STEPOUTPUTCHUNK']._serialized_end=1437
+  _globals['_APPROVALREF']._serialized_start=1439
+  _globals['_APPROVALREF']._serialized_end=1506
+  _globals['_RETRYSCHEDULE']._serialized_start=1508
+  _globals['_RETRYSCHEDULE']._serialized_end=1600
 # @@protoc_insertion_point(module_scope)

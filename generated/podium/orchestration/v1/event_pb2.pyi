@@ -70,6 +70,10 @@ class RunEvent(_message.Message):
         """run.paused: every remaining step waits on a human or a budget."""
         TYPE_STEP_CANCELLED: RunEvent._Type.ValueType  # 18
         """step.cancelled: the step was cancelled with its run."""
+        TYPE_RUN_RESUMED: RunEvent._Type.ValueType  # 19
+        """run.resumed: ResumeRun started a new run attempt of a failed or cancelled run."""
+        TYPE_RUN_CONTINUED: RunEvent._Type.ValueType  # 20
+        """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is the lifecycle transition an event reports."""
@@ -112,6 +116,10 @@ class RunEvent(_message.Message):
     """run.paused: every remaining step waits on a human or a budget."""
     TYPE_STEP_CANCELLED: RunEvent.Type.ValueType  # 18
     """step.cancelled: the step was cancelled with its run."""
+    TYPE_RUN_RESUMED: RunEvent.Type.ValueType  # 19
+    """run.resumed: ResumeRun started a new run attempt of a failed or cancelled run."""
+    TYPE_RUN_CONTINUED: RunEvent.Type.ValueType  # 20
+    """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
