@@ -241,6 +241,6 @@ async def test_sub_orchestration_target_must_exist(
 
 async def test_unimplemented_rpcs_say_so(stub: pb_grpc.OrchestrationServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.DecideApproval(pb.DecideApprovalRequest())
+        await stub.ForkRun(pb.ForkRunRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "DecideApproval" in (caught.value.details() or "")
+    assert "ForkRun" in (caught.value.details() or "")
