@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration clean
+.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration node-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,7 @@ serve: $(STAMP)
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
 test: $(STAMP) check
 	$(BIN)/pytest -q
+	$(MAKE) node-test
 
 ## check: fast static checks
 check: $(STAMP) lint typecheck check-protos buf-lint
@@ -52,5 +53,9 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+## node-test: the Node.js agent and client (clients/node) against a live podium serve
+node-test: $(STAMP)
+	cd clients/node && npm ci --no-audit --no-fund && npm test
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules

@@ -1,0 +1,428 @@
+/**
+ * A Node.js client of Podium's `podium.orchestration.v1.OrchestrationService`.
+ *
+ * ```js
+ * import { PodiumClient } from '@podium/node/client';
+ *
+ * const podium = new PodiumClient('127.0.0.1:50051');
+ * await podium.registerAgent({ name: 'shouter', endpoint: '127.0.0.1:50061', skills: ['uppercase'] });
+ * await podium.createDefinition({ name: 'shout', steps: [
+ *   { id: 'a', skill: 'uppercase', input: { text: '${run.input.text}' } },
+ * ] });
+ * const run = await podium.startRun({ definition: { name: 'shout' }, input: { text: 'hi' } });
+ * for await (const event of podium.watchRun(run.id)) console.log(event.sequence, event.type);
+ * const done = await podium.getRun(run.id);   // done.state === 'STATE_SUCCEEDED', done.output
+ * podium.close();
+ * ```
+ *
+ * Messages are the protos' messages as `@grpc/proto-loader` decodes them (see
+ * `protos.js`: proto field names, enums as names, int64 as numbers), with one
+ * convenience: every `google.protobuf.Struct` field (step and run input/output, run
+ * metadata, event data, approval subject, decision input) is a plain JS object in both
+ * directions. Methods return the resource (`startRun` -> the Run), not the response
+ * wrapper. Errors are rejected with grpc-js `ServiceError`s (`error.code` is a
+ * `grpc.status`, `error.details` the message).
+ *
+ * @module
+ */
+
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import * as grpc from '@grpc/grpc-js';
+
+import { orchestrationPackage } from './protos.js';
+import { fromStruct, toStruct } from './struct.js';
+
+/** Event types after which the server ends a WatchRun stream. */
+export const TERMINAL_EVENT_TYPES = Object.freeze(
+  new Set(['TYPE_RUN_COMPLETED', 'TYPE_RUN_FAILED', 'TYPE_RUN_CANCELLED']),
+);
+
+/** Run states that never change (except through ResumeRun). */
+export const TERMINAL_RUN_STATES = Object.freeze(
+  new Set(['STATE_SUCCEEDED', 'STATE_FAILED', 'STATE_CANCELLED']),
+);
+
+/** Status codes after which {@link PodiumClient#watchRun} reconnects. */
+export const RECONNECT_CODES = Object.freeze(
+  new Set([grpc.status.UNAVAILABLE, grpc.status.CANCELLED, grpc.status.INTERNAL, grpc.status.UNKNOWN]),
+);
+
+/**
+ * @typedef {import('./struct.js').JsonObject} JsonObject
+ *
+ * @typedef {object} ClientOptions
+ * @property {grpc.ChannelCredentials} [credentials] default: insecure (plaintext)
+ * @property {grpc.ChannelOptions} [channelOptions] extra channel options
+ * @property {number} [timeoutMs] deadline of each unary call (default 30 s)
+ * @property {grpc.Metadata} [metadata] sent with every call (e.g. an API key)
+ *
+ * @typedef {object} CallOptions
+ * @property {number} [timeoutMs] deadline of this call, overriding the client's
+ * @property {AbortSignal} [signal] cancels the call when aborted
+ *
+ * @typedef {object} WatchOptions
+ * @property {number} [afterSequence] replay events after this sequence (default 0: all)
+ * @property {AbortSignal} [signal] ends the iteration (the call is cancelled)
+ * @property {number} [maxReconnects] reconnections in a row without a new event before
+ *   giving up and throwing the last error (default 8)
+ * @property {number} [initialBackoffMs] first delay before reconnecting (default 200 ms,
+ *   doubled each time, capped at 5 s, reset by every received event)
+ * @property {(info: { attempt: number, afterSequence: number, error: Error | null }) => void} [onReconnect]
+ *   called before each reconnection
+ */
+
+/**
+ * Convert every Struct inside a step list, in place, from plain objects.
+ *
+ * @param {any} definition
+ * @returns {any}
+ */
+function encodeDefinition(definition) {
+  if (!definition) return definition;
+  return {
+    ...definition,
+    steps: (definition.steps ?? []).map((/** @type {any} */ step, /** @type {number} */ i) => ({
+      ...step,
+      input: step.input === undefined ? undefined : toStruct(step.input, `steps[${i}].input`),
+    })),
+  };
+}
+
+/** @param {any} definition */
+function decodeDefinition(definition) {
+  if (!definition) return definition;
+  for (const step of definition.steps ?? []) step.input = fromStruct(step.input);
+  return definition;
+}
+
+/** @param {any} run */
+function decodeRun(run) {
+  if (!run) return run;
+  run.input = fromStruct(run.input);
+  run.output = fromStruct(run.output);
+  run.metadata = fromStruct(run.metadata);
+  for (const step of run.steps ?? []) {
+    step.input = fromStruct(step.input);
+    step.output = fromStruct(step.output);
+  }
+  decodeDefinition(run.plan);
+  return run;
+}
+
+/** @param {any} event */
+function decodeEvent(event) {
+  if (event) event.data = fromStruct(event.data);
+  return event;
+}
+
+/** @param {any} approval */
+function decodeApproval(approval) {
+  if (approval) approval.subject = fromStruct(approval.subject);
+  return approval;
+}
+
+/** @param {any} value */
+function optionalStruct(value, /** @type {string} */ path) {
+  return value === undefined || value === null ? undefined : toStruct(value, path);
+}
+
+/** A client of one Podium server (or load balancer); cheap to share, close once. */
+export class PodiumClient {
+  /**
+   * @param {string} address `host:port` of Podium
+   * @param {ClientOptions} [options]
+   */
+  constructor(address, options = {}) {
+    const Service = orchestrationPackage().OrchestrationService;
+    this.address = address;
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.metadata = options.metadata ?? new grpc.Metadata();
+    /** The underlying grpc-js client (every RPC, raw). */
+    this.stub = new Service(address, options.credentials ?? grpc.credentials.createInsecure(), {
+      'grpc.max_receive_message_length': 4 * 1024 * 1024,
+      'grpc.keepalive_time_ms': 30_000,
+      'grpc.keepalive_timeout_ms': 10_000,
+      ...options.channelOptions,
+    });
+  }
+
+  /** Close the channel; calls in flight are cancelled. */
+  close() {
+    this.stub.close();
+  }
+
+  /**
+   * Call a unary RPC with the client's deadline and metadata.
+   *
+   * @param {string} method e.g. `"GetRun"`
+   * @param {object} request
+   * @param {CallOptions} [options]
+   * @returns {Promise<any>}
+   */
+  call(method, request, options = {}) {
+    const deadline = new Date(Date.now() + (options.timeoutMs ?? this.timeoutMs));
+    return new Promise((resolve, reject) => {
+      const call = this.stub[method](request, this.metadata, { deadline }, (
+        /** @type {grpc.ServiceError | null} */ error,
+        /** @type {any} */ response,
+      ) => (error ? reject(error) : resolve(response)));
+      options.signal?.addEventListener('abort', () => call.cancel(), { once: true });
+    });
+  }
+
+  // -- definitions
+
+  /**
+   * Store a new version of a named definition (`Definition` message; step `input`s are
+   * plain objects). Returns the stored definition with its version.
+   *
+   * @param {any} definition
+   * @param {CallOptions} [options]
+   */
+  async createDefinition(definition, options) {
+    const response = await this.call(
+      'CreateDefinition',
+      { definition: encodeDefinition(definition) },
+      options,
+    );
+    return decodeDefinition(response.definition);
+  }
+
+  /**
+   * Check a definition without storing it; rejects with INVALID_ARGUMENT when invalid.
+   *
+   * @param {any} definition
+   * @param {CallOptions} [options]
+   */
+  async validateDefinition(definition, options) {
+    const response = await this.call(
+      'ValidateDefinition',
+      { definition: encodeDefinition(definition) },
+      options,
+    );
+    return decodeDefinition(response.definition);
+  }
+
+  /**
+   * @param {string} name
+   * @param {number} [version] 0 (default): the latest
+   * @param {CallOptions} [options]
+   */
+  async getDefinition(name, version = 0, options) {
+    const response = await this.call('GetDefinition', { name, version }, options);
+    return decodeDefinition(response.definition);
+  }
+
+  // -- runs
+
+  /**
+   * Create and (unless `start: false`) start a run. `request` is a `StartRunRequest`
+   * with `definition: {name, version}` or an inline `plan`, and plain-object `input` and
+   * `metadata`. `start` defaults to true here (the proto default is false).
+   * Returns the Run.
+   *
+   * @param {any} request
+   * @param {CallOptions} [options]
+   */
+  async startRun(request, options) {
+    const response = await this.call(
+      'StartRun',
+      {
+        ...request,
+        start: request.start ?? true,
+        plan: request.plan ? encodeDefinition(request.plan) : undefined,
+        input: optionalStruct(request.input, 'input'),
+        metadata: optionalStruct(request.metadata, 'metadata'),
+      },
+      options,
+    );
+    return decodeRun(response.run);
+  }
+
+  /**
+   * A run with its steps.
+   *
+   * @param {string} runId
+   * @param {CallOptions} [options]
+   */
+  async getRun(runId, options) {
+    return decodeRun((await this.call('GetRun', { run_id: runId }, options)).run);
+  }
+
+  /**
+   * Start a created run, or feed input to a waiting one.
+   *
+   * @param {string} runId
+   * @param {JsonObject} [input]
+   * @param {CallOptions} [options]
+   */
+  async continueRun(runId, input, options) {
+    const request = { run_id: runId, input: optionalStruct(input, 'input') };
+    return decodeRun((await this.call('ContinueRun', request, options)).run);
+  }
+
+  /**
+   * @param {string} runId
+   * @param {string} [reason]
+   * @param {CallOptions} [options]
+   */
+  async cancelRun(runId, reason = '', options) {
+    return decodeRun((await this.call('CancelRun', { run_id: runId, reason }, options)).run);
+  }
+
+  /**
+   * Follow a run: yields its `RunEvent`s (replayed after `afterSequence`, then live) and
+   * returns after the terminal event (`run.completed`, `run.failed`, `run.cancelled`).
+   *
+   * The stream is resumable: when it breaks (server restart, network, a load balancer
+   * closing it) or ends before the terminal event, the iterator reconnects with the last
+   * sequence it yielded, so no event is missed or yielded twice. Breaking out of the
+   * `for await` loop (or aborting `signal`) cancels the call.
+   *
+   * @param {string} runId
+   * @param {WatchOptions} [options]
+   * @returns {AsyncGenerator<any, void, undefined>}
+   */
+  async *watchRun(runId, options = {}) {
+    const { signal, maxReconnects = 8, initialBackoffMs = 200, onReconnect } = options;
+    let afterSequence = options.afterSequence ?? 0;
+    let failures = 0;
+    for (;;) {
+      signal?.throwIfAborted();
+      /** @type {Error | null} */
+      let lastError = null;
+      const call = this.stub.WatchRun(
+        { run_id: runId, after_sequence: afterSequence },
+        this.metadata,
+        // Reconnections wait for the channel to be ready instead of failing fast.
+        { waitForReady: failures > 0 },
+      );
+      // The iterator below reports errors; this listener only keeps a late error (after
+      // a cancel) from becoming an unhandled 'error' event.
+      call.on('error', () => undefined);
+      const onAbort = () => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        for await (const message of call) {
+          const event = decodeEvent(message.event);
+          if (event.sequence <= afterSequence) continue; // never yield an event twice
+          afterSequence = event.sequence;
+          failures = 0;
+          yield event;
+          if (TERMINAL_EVENT_TYPES.has(event.type)) return;
+        }
+      } catch (error) {
+        const code = /** @type {grpc.ServiceError} */ (error).code;
+        if (signal?.aborted) throw signal.reason ?? error;
+        if (!RECONNECT_CODES.has(code)) throw error;
+        lastError = /** @type {Error} */ (error);
+      } finally {
+        signal?.removeEventListener('abort', onAbort);
+        call.cancel(); // no-op when the call has ended; stops it when the consumer left
+      }
+      // The stream ended or broke before the terminal event: resume after the last one.
+      failures += 1;
+      if (failures > maxReconnects) {
+        throw lastError ?? new Error(`WatchRun of ${runId} kept ending before the run ended`);
+      }
+      onReconnect?.({ attempt: failures, afterSequence, error: lastError });
+      const delay = Math.min(initialBackoffMs * 2 ** (failures - 1), 5000);
+      await sleep(delay, undefined, signal ? { signal } : undefined);
+    }
+  }
+
+  /**
+   * A page of a run's event log.
+   *
+   * @param {string} runId
+   * @param {{ afterSequence?: number, pageSize?: number }} [page]
+   * @param {CallOptions} [options]
+   */
+  async listRunEvents(runId, { afterSequence = 0, pageSize = 0 } = {}, options) {
+    const response = await this.call(
+      'ListRunEvents',
+      { run_id: runId, after_sequence: afterSequence, page_size: pageSize },
+      options,
+    );
+    response.events.forEach(decodeEvent);
+    return response;
+  }
+
+  // -- agents
+
+  /**
+   * Register or update an agent (`Agent` message: `name`, `endpoint`, `skills`,
+   * `max_concurrency`, `default_timeout_seconds`, `labels`). Returns the stored agent.
+   *
+   * @param {any} agent
+   * @param {CallOptions} [options]
+   */
+  async registerAgent(agent, options) {
+    return (await this.call('RegisterAgent', { agent }, options)).agent;
+  }
+
+  /**
+   * @param {{ skill?: string, pageSize?: number, pageToken?: string }} [filter]
+   * @param {CallOptions} [options]
+   */
+  async listAgents({ skill = '', pageSize = 0, pageToken = '' } = {}, options) {
+    return this.call(
+      'ListAgents',
+      { skill, page_size: pageSize, page_token: pageToken },
+      options,
+    );
+  }
+
+  /**
+   * @param {string} name
+   * @param {CallOptions} [options]
+   */
+  async deregisterAgent(name, options) {
+    await this.call('DeregisterAgent', { name }, options);
+  }
+
+  // -- approvals
+
+  /**
+   * List approvals (pending by default): `{approvals, next_page_token}`.
+   *
+   * @param {{ runId?: string, states?: string[], pageSize?: number, pageToken?: string }} [filter]
+   * @param {CallOptions} [options]
+   */
+  async listApprovals({ runId = '', states = [], pageSize = 0, pageToken = '' } = {}, options) {
+    const response = await this.call(
+      'ListApprovals',
+      { run_id: runId, states, page_size: pageSize, page_token: pageToken },
+      options,
+    );
+    response.approvals.forEach(decodeApproval);
+    return response;
+  }
+
+  /**
+   * Record a decision on an approval. `decision` is a `Decision` name
+   * (`"DECISION_APPROVE"`, `"DECISION_REJECT"`, ...); `input` a plain object.
+   * Returns the decided Approval.
+   *
+   * @param {string} approvalId
+   * @param {string} decision
+   * @param {{ comment?: string, actor?: string, requestId?: string, input?: JsonObject }} [details]
+   * @param {CallOptions} [options]
+   */
+  async decideApproval(approvalId, decision, details = {}, options) {
+    const response = await this.call(
+      'DecideApproval',
+      {
+        approval_id: approvalId,
+        decision,
+        comment: details.comment ?? '',
+        actor: details.actor ?? '',
+        request_id: details.requestId ?? '',
+        input: optionalStruct(details.input, 'input'),
+      },
+      options,
+    );
+    return decodeApproval(response.approval);
+  }
+}
