@@ -279,6 +279,11 @@ def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunE
     elif event.type == "step.output_chunk":
         out.output_chunk.text = str(payload.get("text", ""))
         payload = {k: v for k, v in payload.items() if k != "text"}
+    if event.type in ("step.awaiting_approval", "approval.decided"):
+        out.approval.approval_id = str(payload.get("approval_id", ""))
+        if payload.get("decision"):
+            out.approval.decision = "DECISION_" + str(payload["decision"]).upper()
+        out.approval.actor = str(payload.get("actor") or "")
     if event.type == "step.retrying":
         out.retry.next_attempt = int(payload.get("next_attempt", 0))
         if payload.get("next_attempt_at"):
