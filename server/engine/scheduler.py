@@ -72,6 +72,14 @@ StartChild = Callable[
 organization, the step's ``orchestration`` ref, child input, trace context) ->
 (status, child id, message); see ``RunService.start_child``."""
 
+# Outcome -> (attempt outcome, final step state or None) for the metrics.
+_ATTEMPT_METRICS: dict[str, tuple[str, str | None]] = {
+    "retry": ("retry", None),
+    "checkpoint_after": ("succeeded", None),  # the step waits on its approval
+    "review": ("failed", None),  # the step waits on a failure review
+    "skipped": ("failed", "skipped"),
+}
+
 DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
 MAX_CHUNK_CHARS_PER_FLUSH = 64 * 1024
 
@@ -659,8 +667,10 @@ class Scheduler:
         if state is None:  # fenced, or not recorded at all
             self.metrics.attempt_finished(agent, "stale", seconds, None)
             return
-        final = outcome.outcome if outcome.outcome != "retry" else None
-        self.metrics.attempt_finished(agent, outcome.outcome, seconds, final)
+        if outcome.outcome == "checkpoint_before":
+            return  # parked before the agent was called: not an attempt
+        attempt, final = _ATTEMPT_METRICS.get(outcome.outcome, (outcome.outcome, outcome.outcome))
+        self.metrics.attempt_finished(agent, attempt, seconds, final)
         if state == "succeeded" or state == "failed":
             self.metrics.run_ended(
                 state, time.time() - run_started_at.timestamp() if run_started_at else None
