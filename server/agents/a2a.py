@@ -27,7 +27,8 @@ Mapping (``podium.agent.v1`` -> ``lf.a2a.v1.A2AService``):
 - cancelling the awaiting task -> the stream is cancelled and ``CancelTask`` is sent
   (bounded, best effort); so does a missed deadline.
 
-A stream that ends without a terminal or interrupted state was cut (e.g. a proxy or the
+A stream that ends without a terminal or interrupted state, or breaks with UNAVAILABLE,
+INTERNAL or UNKNOWN (no A2A error) once the task exists, was cut (e.g. a proxy or the
 agent's front end closed it while the task goes on): the adapter re-subscribes with
 ``SubscribeToTask``, takes its first ``Task`` as the snapshot and emits only the part of
 each artifact's text it has not emitted yet, then follows the stream. When the task
@@ -113,6 +114,11 @@ _INTERRUPTED = frozenset(
     {_TaskState.TASK_STATE_INPUT_REQUIRED, _TaskState.TASK_STATE_AUTH_REQUIRED}
 )
 _MAX_RESUBSCRIBES = 5
+# A stream failing with one of these (without an A2A error) after the task was created
+# is treated as cut: the task may well go on; SubscribeToTask tells.
+_CUT_STATUSES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
 _CARD_TIMEOUT_SECONDS = 5.0
 _CANCEL_TIMEOUT_SECONDS = 5.0
 _DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -644,6 +650,7 @@ class A2AClient:
             metadata=call_metadata,
         )
         resubscribes = 0
+        last_error: grpc.aio.AioRpcError | None = None
         finished = False
         try:
             while True:
@@ -652,6 +659,24 @@ class A2AClient:
                     break
                 except _Cut:
                     pass
+                except grpc.aio.AioRpcError as exc:
+                    if not attempt.task_id or (_has_a2a_error(exc) and not resubscribes):
+                        raise
+                    if _has_a2a_error(exc):
+                        # Subscribing is refused once the task ended: read its state.
+                        task = await entry.a2a.GetTask(
+                            a2a_pb2.GetTaskRequest(id=attempt.task_id),
+                            timeout=max(deadline - loop.time(), 0.001),
+                            metadata=call_metadata,
+                        )
+                        await attempt.snapshot(task)
+                        if attempt.done:
+                            break
+                    elif exc.code() in _CUT_STATUSES:
+                        # The connection broke mid-stream (e.g. a proxy reset it).
+                        last_error = exc
+                    else:
+                        raise
                 if not attempt.task_id:
                     finished = True
                     return TaskFailed(
@@ -663,6 +688,8 @@ class A2AClient:
                     )
                 resubscribes += 1
                 if resubscribes > _MAX_RESUBSCRIBES:
+                    if last_error is not None:
+                        raise last_error
                     finished = True
                     await self._cancel_task(entry, attempt.task_id, call_metadata)
                     return TaskFailed(
@@ -686,27 +713,6 @@ class A2AClient:
                     timeout=remaining,
                     metadata=call_metadata,
                 )
-                try:
-                    await attempt.consume(call)
-                    break
-                except _Cut:
-                    continue
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ) or not _has_a2a_error(exc):
-                        raise
-                    # Subscribing is refused once the task ended: read its final state.
-                    task = await entry.a2a.GetTask(
-                        a2a_pb2.GetTaskRequest(id=attempt.task_id),
-                        timeout=max(deadline - loop.time(), 0.001),
-                        metadata=call_metadata,
-                    )
-                    await attempt.snapshot(task)
-                    if not attempt.done:
-                        continue
-                    break
             finished = True
         except _DeadlineError:
             finished = True

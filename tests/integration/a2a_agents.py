@@ -14,7 +14,8 @@ input's ``mode``:
 - ``input``: input required ("which city?"); the reply (a message on the same task)
   completes with ``{"city": <reply input city>}``;
 - ``cut``: chunks ``a``, ``b``; the stream is cut by the handler after the first artifact
-  update; ``c`` is streamed once a client re-subscribed; completed.
+  update; ``c`` is streamed once a client re-subscribed; completed;
+- ``reset``: as ``cut``, but the stream ends with UNAVAILABLE (a connection reset).
 
 ``A2AAgent.requests`` records each request context (task id, context id, metadata,
 input) seen by the executor.
@@ -123,7 +124,7 @@ class ScriptedExecutor(AgentExecutor):
             await asyncio.Event().wait()
         elif mode == "input":
             await updater.requires_input(updater.new_agent_message([Part(text="which city?")]))
-        elif mode == "cut":
+        elif mode in ("cut", "reset"):
             await updater.add_artifact([Part(text="a")], artifact_id="answer")
             await updater.add_artifact([Part(text="b")], artifact_id="answer", append=True)
             await self.agent.resubscribed.wait()
@@ -138,8 +139,8 @@ class ScriptedExecutor(AgentExecutor):
 
 class CuttingHandler(GrpcHandler):
     """The SDK's gRPC handler, except that a ``cut`` stream ends (as if a proxy closed
-    it) after its first artifact update, and a subscription releases the executor once
-    its snapshot was sent."""
+    it) after its first artifact update (``reset``: with UNAVAILABLE), and a
+    subscription releases the executor once its snapshot was sent."""
 
     def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -148,15 +149,17 @@ class CuttingHandler(GrpcHandler):
     async def SendStreamingMessage(
         self, request: a2a_pb2.SendMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterable[a2a_pb2.StreamResponse]:
-        cut = False
+        mode = ""
         for part in request.message.parts:
             if part.WhichOneof("content") == "data":
                 fields = part.data.struct_value.fields
-                cut = "mode" in fields and fields["mode"].string_value == "cut"
+                mode = fields["mode"].string_value if "mode" in fields else ""
         async for item in super().SendStreamingMessage(request, context):
             yield item
-            if cut and item.WhichOneof("payload") == "artifact_update":
+            if mode in ("cut", "reset") and item.WhichOneof("payload") == "artifact_update":
                 self.agent.cuts += 1
+                if mode == "reset":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by proxy")
                 return
 
     async def SubscribeToTask(

@@ -137,6 +137,16 @@ async def test_cut_stream_resubscribes_without_duplicates(
     assert (a2a_agent.cuts, a2a_agent.subscriptions) == (1, 1)
 
 
+async def test_reset_stream_resubscribes_without_duplicates(
+    client: A2AClient, a2a_agent: A2AAgent
+) -> None:
+    outcome, recorder = await run(client, a2a_agent, {"mode": "reset"})
+    assert isinstance(outcome, TaskSucceeded), outcome
+    assert outcome.output == {"text": "abc"}
+    assert "".join(recorder.chunks) == "abc"
+    assert (a2a_agent.cuts, a2a_agent.subscriptions) == (1, 1)
+
+
 async def test_input_required_then_resume(client: A2AClient, a2a_agent: A2AAgent) -> None:
     conversation = str(uuid.uuid4())
     outcome, _ = await run(client, a2a_agent, {"mode": "input"}, conversation_id=conversation)
