@@ -537,7 +537,7 @@ class A2AClient:
         ``1.0`` when ``lf.a2a.v1.A2AService`` answers ``GetExtendedAgentCard`` (with a
         card, or with an A2A error such as "extended card not configured": the service
         exists); otherwise the ``protocol_version`` of the ``a2a.v1.A2AService`` card
-        (0.3). "" when neither service exists.
+        (0.3). "" (not cached) when neither service exists.
 
         Raises:
             grpc.aio.AioRpcError: the agent could not be asked (e.g. UNAVAILABLE).
@@ -579,8 +579,8 @@ class A2AClient:
                     )
                 except grpc.aio.AioRpcError as probe:
                     if probe.code() is grpc.StatusCode.UNIMPLEMENTED:
-                        entry.version = ""
-                        return entry.version
+                        # Not cached: the endpoint may yet become an A2A agent.
+                        return ""
             entry.version = "0.3"
             return entry.version
         entry.version = cast(a2a_v0_3_pb2.AgentCard, legacy).protocol_version or "0.3"
