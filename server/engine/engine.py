@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from podium.server.agents.client import AgentClient
+from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.static import parse_static_agents
 from podium.server.config import ConfigError, Settings
 from podium.server.engine.agents import AgentService
@@ -50,7 +50,7 @@ class Engine:
         # its fallback poll uses the scheduler's fallback timer.
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
         self.watch = WatchService(hub, events)
-        self.agent_client = AgentClient(max_message_bytes=settings.max_message_bytes)
+        self.agent_client = AgentDispatcher(max_message_bytes=settings.max_message_bytes)
         self.scheduler = Scheduler(
             dsn,
             runs,

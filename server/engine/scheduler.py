@@ -45,7 +45,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from podium.agent.v1 import agent_pb2
-from podium.server.agents.client import AgentClient, TaskOutcome, TaskSucceeded
+from podium.server.agents.a2a import TaskInputRequired
+from podium.server.agents.client import TaskOutcome, TaskSucceeded
+from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
@@ -144,7 +146,7 @@ class Scheduler:
         self,
         dsn: str,
         repository: RunsRepository,
-        agents: AgentClient,
+        agents: AgentDispatcher,
         config: SchedulerConfig,
         *,
         start_child: StartChild | None = None,
@@ -500,11 +502,16 @@ class Scheduler:
             result = await self._agents.execute(
                 step.endpoint,
                 request,
+                protocol=step.protocol,
                 timeout=timeout,
                 metadata=metadata,
                 on_progress=on_progress,
                 on_output_chunk=on_chunk,
             )
+            if isinstance(result, TaskInputRequired):
+                # A2A INPUT_REQUIRED: recorded as a non-retryable INPUT_REQUIRED failure
+                # until steps can await input (parked, resumed by ContinueRun; issue 9).
+                result = result.as_failure()
             if span.is_recording():
                 failure = None if isinstance(result, TaskSucceeded) else result
                 self.tracing.agent_call_result(

@@ -1,0 +1,236 @@
+"""A real A2A 1.0 agent for tests, built with a2a-sdk's server classes.
+
+:func:`serve_a2a` starts ``lf.a2a.v1.A2AService`` on 127.0.0.1:0: the SDK's
+``GrpcHandler`` over its ``DefaultRequestHandler`` and ``InMemoryTaskStore``, running
+:class:`ScriptedExecutor`, an ``AgentExecutor`` whose behaviour is chosen by the step
+input's ``mode``:
+
+- ``ok`` (default): status "thinking" (fraction 0.25), artifact ``answer`` streamed as
+  ``Hello, `` + ``world``, status "done writing", completed;
+- ``data``: one artifact with a data part ``{"answer": 42}``, completed;
+- ``fail`` / ``reject``: failed (status message "boom", metadata from ``fail_metadata``) /
+  rejected;
+- ``slow``: working, then waits until cancelled (``cancelled`` records CancelTask);
+- ``input``: input required ("which city?"); the reply (a message on the same task)
+  completes with ``{"city": <reply input city>}``;
+- ``cut``: chunks ``a``, ``b``; the stream is cut by the handler after the first artifact
+  update; ``c`` is streamed once a client re-subscribed; completed;
+- ``reset``: as ``cut``, but the stream ends with UNAVAILABLE (a connection reset).
+
+``A2AAgent.requests`` records each request context (task id, context id, metadata,
+input) seen by the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from a2a.compat.v0_3 import a2a_v0_3_pb2_grpc
+from a2a.compat.v0_3.grpc_handler import CompatGrpcHandler
+from a2a.helpers.proto_helpers import new_task
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from google.protobuf import json_format, struct_pb2
+
+Part = a2a_pb2.Part
+
+
+@dataclass
+class Seen:
+    """One request as the executor saw it."""
+
+    task_id: str
+    context_id: str
+    metadata: dict[str, Any]
+    input: dict[str, Any]
+
+
+def _input(context: RequestContext) -> dict[str, Any]:
+    message = context.message
+    if message is None:
+        return {}
+    for part in message.parts:
+        if part.WhichOneof("content") == "data":
+            value = json_format.MessageToDict(part.data)
+            return value if isinstance(value, dict) else {}
+    return {}
+
+
+def _data(value: dict[str, Any]) -> struct_pb2.Value:
+    out = struct_pb2.Value()
+    out.struct_value.update(value)
+    return out
+
+
+class ScriptedExecutor(AgentExecutor):
+    """See the module docstring."""
+
+    def __init__(self, agent: A2AAgent) -> None:
+        self.agent = agent
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task_id = context.task_id or ""
+        context_id = context.context_id or ""
+        metadata = json_format.MessageToDict(context.message.metadata) if context.message else {}
+        data = _input(context)
+        self.agent.requests.append(Seen(task_id, context_id, metadata, data))
+        updater = TaskUpdater(event_queue, task_id, context_id)
+        current = context.current_task
+        if current is not None and current.status.state == a2a_pb2.TASK_STATE_INPUT_REQUIRED:
+            await updater.add_artifact([Part(data=_data({"city": data.get("city", "")}))])
+            await updater.complete()
+            return
+        mode = data.get("mode", "ok")
+        await event_queue.enqueue_event(
+            new_task(
+                task_id,
+                context_id,
+                a2a_pb2.TASK_STATE_SUBMITTED,
+                history=[context.message] if context.message else [],
+            )
+        )
+        await updater.start_work(
+            updater.new_agent_message([Part(text="thinking")], metadata={"fraction": 0.25})
+        )
+        if mode == "ok":
+            await updater.add_artifact([Part(text="Hello, ")], artifact_id="answer", name="answer")
+            await updater.add_artifact(
+                [Part(text="world")], artifact_id="answer", append=True, last_chunk=True
+            )
+            await updater.update_status(
+                a2a_pb2.TASK_STATE_WORKING, updater.new_agent_message([Part(text="done writing")])
+            )
+            await updater.complete()
+        elif mode == "data":
+            await updater.add_artifact([Part(data=_data({"answer": 42}))], artifact_id="result")
+            await updater.complete()
+        elif mode == "fail":
+            await updater.failed(
+                updater.new_agent_message(
+                    [Part(text="boom")], metadata=data.get("fail_metadata") or None
+                )
+            )
+        elif mode == "reject":
+            await updater.reject(updater.new_agent_message([Part(text="not my job")]))
+        elif mode == "slow":
+            self.agent.started.set()
+            await asyncio.Event().wait()
+        elif mode == "input":
+            await updater.requires_input(updater.new_agent_message([Part(text="which city?")]))
+        elif mode in ("cut", "reset"):
+            await updater.add_artifact([Part(text="a")], artifact_id="answer")
+            await updater.add_artifact([Part(text="b")], artifact_id="answer", append=True)
+            await self.agent.resubscribed.wait()
+            await updater.add_artifact([Part(text="c")], artifact_id="answer", append=True)
+            await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        self.agent.cancelled.append(context.task_id or "")
+        updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
+        await updater.cancel()
+
+
+class CuttingHandler(GrpcHandler):
+    """The SDK's gRPC handler, except that a ``cut`` stream ends (as if a proxy closed
+    it) after its first artifact update (``reset``: with UNAVAILABLE), and a
+    subscription releases the executor once its snapshot was sent."""
+
+    def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    async def SendStreamingMessage(
+        self, request: a2a_pb2.SendMessageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterable[a2a_pb2.StreamResponse]:
+        mode = ""
+        for part in request.message.parts:
+            if part.WhichOneof("content") == "data":
+                fields = part.data.struct_value.fields
+                mode = fields["mode"].string_value if "mode" in fields else ""
+        async for item in super().SendStreamingMessage(request, context):
+            yield item
+            if mode in ("cut", "reset") and item.WhichOneof("payload") == "artifact_update":
+                self.agent.cuts += 1
+                if mode == "reset":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by proxy")
+                return
+
+    async def SubscribeToTask(
+        self, request: a2a_pb2.SubscribeToTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterable[a2a_pb2.StreamResponse]:
+        self.agent.subscriptions += 1
+        first = True
+        async for item in super().SubscribeToTask(request, context):
+            yield item
+            if first:
+                first = False
+                self.agent.resubscribed.set()
+
+
+@dataclass
+class A2AAgent:
+    """A running test A2A agent."""
+
+    server: grpc.aio.Server | None = None
+    port: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    resubscribed: asyncio.Event = field(default_factory=asyncio.Event)
+    cuts: int = 0
+    subscriptions: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+
+
+def agent_card(version: str = "1.0") -> a2a_pb2.AgentCard:
+    return a2a_pb2.AgentCard(
+        name="scripted",
+        description="a scripted A2A test agent",
+        version="1.0.0",
+        supported_interfaces=[
+            a2a_pb2.AgentInterface(
+                url="127.0.0.1", protocol_binding="GRPC", protocol_version=version
+            )
+        ],
+        capabilities=a2a_pb2.AgentCapabilities(streaming=True),
+        default_input_modes=["application/json"],
+        default_output_modes=["text/plain"],
+        skills=[a2a_pb2.AgentSkill(id="scripted", name="scripted", description="tests")],
+    )
+
+
+async def serve_a2a(*, legacy_only: bool = False) -> A2AAgent:
+    """Start the test agent (``legacy_only``: serve only the A2A 0.3 service)."""
+    agent = A2AAgent()
+    handler = DefaultRequestHandler(
+        agent_executor=ScriptedExecutor(agent),
+        task_store=InMemoryTaskStore(),
+        agent_card=agent_card("0.3" if legacy_only else "1.0"),
+    )
+    server = grpc.aio.server()
+    if legacy_only:
+        a2a_v0_3_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            CompatGrpcHandler(handler), server
+        )
+    else:
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            CuttingHandler(agent, handler), server
+        )
+    agent.port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    agent.server = server
+    return agent
