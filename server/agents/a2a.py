@@ -99,7 +99,8 @@ A2A_VERSION_UNSUPPORTED = "A2A_VERSION_UNSUPPORTED"
 A2A_NOT_SERVED = "A2A_NOT_SERVED"
 """The endpoint serves no A2A service (neither ``lf.a2a.v1`` nor ``a2a.v1``)."""
 INPUT_REQUIRED = "INPUT_REQUIRED"
-"""The code of :meth:`TaskInputRequired.as_failure` (until steps can be parked)."""
+"""The error code a step parked by :class:`TaskInputRequired` shows while it waits for
+the answer (the engine parks it on an ``input_required`` approval)."""
 
 _TaskState = a2a_pb2.TaskState
 _TERMINAL = frozenset(
@@ -154,21 +155,6 @@ class TaskInputRequired:
     def usage(self) -> None:
         """A2A reports no usage (keeps the outcome interface of TaskFailed)."""
         return None
-
-    def as_failure(self) -> TaskFailed:
-        """This interruption as a non-retryable ``INPUT_REQUIRED`` failure: what the
-        engine records until a step can wait for ContinueRun."""
-        question = f": {self.message}" if self.message else ""
-        return TaskFailed(
-            code=INPUT_REQUIRED,
-            message=(
-                f"the A2A agent requires input{question} (task {self.task_id}, context "
-                f"{self.context_id}); awaiting input is not supported yet"
-            ),
-            retryable=False,
-            origin="agent",
-            artifacts=self.artifacts,
-        )
 
 
 A2AOutcome = TaskSucceeded | TaskFailed | TaskInputRequired

@@ -44,11 +44,14 @@ class AgentDispatcher:
         on_progress: ProgressCallback | None = None,
         on_output_chunk: ChunkCallback | None = None,
         on_artifact: ArtifactCallback | None = None,
+        resume_task_id: str = "",
     ) -> A2AOutcome:
         """Run one step attempt on the agent at ``endpoint`` with the client of
         ``protocol`` (``a2a``, else ``podium.agent.v1``). The outcome is that of
         :meth:`AgentClient.execute`, or a
-        :class:`~podium.server.agents.a2a.TaskInputRequired` from an A2A agent."""
+        :class:`~podium.server.agents.a2a.TaskInputRequired` from an A2A agent.
+        ``resume_task_id`` (A2A only) continues that task with the request's input as
+        the answer."""
         if protocol == "a2a":
             return await self.a2a.execute(
                 endpoint,
@@ -58,6 +61,7 @@ class AgentDispatcher:
                 on_progress=on_progress,
                 on_output_chunk=on_output_chunk,
                 on_artifact=on_artifact,
+                resume_task_id=resume_task_id,
             )
         return await self.podium.execute(
             endpoint,

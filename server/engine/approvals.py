@@ -12,6 +12,9 @@ checkpoint_after       approve: the step succeeds with its output (or ``input`` 
                        replacement output); reject: as above
 failure_review         retry: one more attempt; skip: the step is skipped; fail: the
                        step and the run fail
+input_required         approve: ``input`` is the answer, sent to the A2A agent's task
+                       (same task and context ids) by the next attempt; reject: the
+                       step fails (and the run)
 =====================  ==========================================================
 """
 
@@ -48,6 +51,7 @@ _KINDS = {
     "checkpoint_before": approval_pb2.Approval.KIND_CHECKPOINT_BEFORE,
     "checkpoint_after": approval_pb2.Approval.KIND_CHECKPOINT_AFTER,
     "failure_review": approval_pb2.Approval.KIND_FAILURE_REVIEW,
+    "input_required": approval_pb2.Approval.KIND_INPUT_REQUIRED,
 }
 _STATES = {
     "pending": approval_pb2.Approval.STATE_PENDING,

@@ -46,7 +46,7 @@ from typing import Any
 
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import TaskInputRequired
-from podium.server.agents.client import TaskOutcome, TaskSucceeded
+from podium.server.agents.client import TaskFailed, TaskOutcome, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.storage.approvals import ApprovalsRepository
@@ -80,6 +80,7 @@ _ATTEMPT_METRICS: dict[str, tuple[str, str | None]] = {
     "checkpoint_after": ("succeeded", None),  # the step waits on its approval
     "review": ("failed", None),  # the step waits on a failure review
     "skipped": ("failed", "skipped"),
+    "input_required": ("input_required", None),  # the step waits for an answer
 }
 
 DEFAULT_BACKOFF = {"initial_seconds": 1.0, "multiplier": 2.0, "max_seconds": 60.0}
@@ -478,6 +479,12 @@ class Scheduler:
             definition_version=step.definition_version or 0,
             skill=step.skill or "",
         )
+        answer = step.spec.get("answer") or {}
+        resume_task_id = ""
+        if answer.get("attempt") == step.attempt and answer.get("task_id"):
+            # This attempt answers the agent's question (A2A INPUT_REQUIRED).
+            resume_task_id = str(answer["task_id"])
+            resolved = answer.get("input") or {}
         if isinstance(resolved, dict):
             request.input.update(resolved)
         key = (step.run_id, step.step_id, step.attempt)
@@ -503,26 +510,42 @@ class Scheduler:
                 step.endpoint,
                 request,
                 protocol=step.protocol,
+                resume_task_id=resume_task_id,
                 timeout=timeout,
                 metadata=metadata,
                 on_progress=on_progress,
                 on_output_chunk=on_chunk,
             )
-            if isinstance(result, TaskInputRequired):
-                # A2A INPUT_REQUIRED: recorded as a non-retryable INPUT_REQUIRED failure
-                # until steps can await input (parked, resumed by ContinueRun; issue 9).
-                result = result.as_failure()
             if span.is_recording():
-                failure = None if isinstance(result, TaskSucceeded) else result
+                failure = result if isinstance(result, TaskFailed) else None
                 self.tracing.agent_call_result(
                     span,
-                    error_code=failure.code if failure else None,
+                    error_code=failure.code
+                    if failure
+                    else ("INPUT_REQUIRED" if isinstance(result, TaskInputRequired) else None),
                     grpc_status=failure.grpc_status if failure else None,
                     input_tokens=result.usage.input_tokens if result.usage else None,
                     output_tokens=result.usage.output_tokens if result.usage else None,
                 )
         if isinstance(result, TaskSucceeded):
             return self._outcome(step, output=result.output, resolved=resolved, result=result)
+        if isinstance(result, TaskInputRequired):
+            # A2A INPUT_REQUIRED: the step parks on an input_required approval; the
+            # answer (DecideApproval or ContinueRun) continues the same A2A task.
+            question = {
+                "question": result.message,
+                "data": list(result.data),
+                "task_id": result.task_id,
+                "context_id": result.context_id,
+            }
+            outcome = self._outcome(step, output=question, resolved=resolved, park="input_required")
+            outcome.error = {
+                "code": "INPUT_REQUIRED",
+                "message": result.message,
+                "retryable": False,
+            }
+            outcome.deliverables = _deliverables(result.artifacts)
+            return outcome
         return self._outcome(
             step,
             resolved=resolved,

@@ -38,7 +38,8 @@ __all__ = [
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Outcomes whose output is stored (see podium_complete_step / podium_park_step).
-_WITH_OUTPUT = frozenset({"succeeded", "checkpoint_after"})
+# (input_required: the output is the approval's subject, the agent's question.)
+_WITH_OUTPUT = frozenset({"succeeded", "checkpoint_after", "input_required"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,8 @@ CREATE TABLE human_approvals (
     run_id           uuid NOT NULL,
     step_id          text NOT NULL,
     kind             text NOT NULL
-        CHECK (kind IN ('checkpoint_before', 'checkpoint_after', 'failure_review')),
+        CHECK (kind IN ('checkpoint_before', 'checkpoint_after', 'failure_review',
+                        'input_required')),
     state            text NOT NULL DEFAULT 'pending'
         CHECK (state IN ('pending', 'decided', 'expired', 'cancelled')),
     prompt           text NOT NULL DEFAULT '',
@@ -1157,7 +1158,11 @@ $$;
 --                      checkpoint_after approval before its dependents see it;
 --   review             the last attempt failed and the policy says notify_human: the
 --                      step waits on a failure_review approval (retry, skip or fail);
---   skipped            the last attempt failed and the policy says allow_skip.
+--   skipped            the last attempt failed and the policy says allow_skip;
+--   input_required     an A2A agent asked for more input (INPUT_REQUIRED): the step
+--                      waits on an input_required approval whose subject (p_output) is
+--                      the question and the A2A task id; the answer (DecideApproval
+--                      APPROVE with input, or ContinueRun) continues that task.
 -- Fenced like every completion. Returns the run's state, NULL when fenced.
 CREATE FUNCTION podium_park_step(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
@@ -1215,7 +1220,14 @@ BEGIN
     END IF;
 
     v_cp := coalesce(v_step.spec -> 'checkpoint', '{}'::jsonb);
-    IF p_outcome = 'review' THEN
+    IF p_outcome = 'input_required' THEN
+        v_kind := 'input_required';
+        v_subject := p_output;
+        v_prompt := coalesce(nullif(p_output ->> 'question', ''),
+                             format('The agent of step %s needs more input.', p_step));
+        v_expires := 0;
+        v_cp := '{}'::jsonb;
+    ELSIF p_outcome = 'review' THEN
         v_kind := 'failure_review';
         v_subject := jsonb_build_object('error', p_error, 'input', p_input);
         v_prompt := format('Step %s failed after its last attempt: %s. Retry, skip or fail?',
@@ -1318,6 +1330,7 @@ BEGIN
 
     v_action := CASE
         WHEN p_decision = 'approve' AND v_a.kind = 'checkpoint_before' THEN 'queue'
+        WHEN p_decision = 'approve' AND v_a.kind = 'input_required' THEN 'answer'
         WHEN p_decision = 'approve' THEN 'succeed'
         WHEN p_decision = 'reject' THEN coalesce(v_a.on_reject, 'fail')
         ELSE p_decision END;  -- retry, skip, fail
@@ -1327,6 +1340,7 @@ BEGIN
     ELSE
         v_error := jsonb_build_object(
             'code', CASE WHEN p_state = 'expired' THEN 'APPROVAL_EXPIRED'
+                         WHEN v_a.kind = 'input_required' THEN 'INPUT_REFUSED'
                          ELSE 'CHECKPOINT_REJECTED' END,
             'message', CASE WHEN p_state = 'expired'
                             THEN 'the checkpoint expired without a decision'
@@ -1335,7 +1349,20 @@ BEGIN
             'retryable', false);
     END IF;
 
-    IF v_action IN ('queue', 'retry') THEN
+    IF v_action = 'answer' THEN
+        -- The next attempt continues the agent's task with the answer as its input.
+        UPDATE orchestration_steps
+           SET state = 'queued', queued_at = clock_timestamp(), error = NULL,
+               max_attempts = greatest(max_attempts, attempt + 1),
+               spec = spec || jsonb_build_object('answer', jsonb_build_object(
+                   'attempt', attempt + 1,
+                   'task_id', v_a.subject ->> 'task_id',
+                   'input', coalesce(p_input, '{}'::jsonb)))
+         WHERE run_id = v_run AND step_id = v_a.step_id;
+        PERFORM podium_emit_event(v_run, 'step.queued', v_a.step_id, NULL, 'queued',
+                                  '{"reason": "answered"}');
+        PERFORM pg_notify('podium_work', '');
+    ELSIF v_action IN ('queue', 'retry') THEN
         UPDATE orchestration_steps
            SET state = 'queued', queued_at = clock_timestamp(),
                spec = CASE WHEN v_action = 'queue'
@@ -1399,13 +1426,15 @@ END
 $$;
 
 -- ContinueRun: start a created run, or give more input to a running run that waits on
--- a checkpoint (the input is merged over the run's; steps resolved later see it).
+-- a checkpoint (the input is merged over the run's; steps resolved later see it) or on
+-- an agent's question (A2A INPUT_REQUIRED: the input is the answer sent to the agent).
 -- Returns 'started', 'continued', the run's state when neither applies, or NULL when the
 -- run does not exist.
 CREATE FUNCTION podium_continue_run(p_run uuid, p_org text, p_input jsonb) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_state text;
+    v_answer record;
 BEGIN
     SELECT state INTO v_state FROM orchestration_runs
      WHERE id = p_run AND organization_id = p_org FOR UPDATE;
@@ -1422,16 +1451,28 @@ BEGIN
     IF v_state = 'running' AND EXISTS (
            SELECT 1 FROM human_approvals a
             WHERE a.run_id = p_run AND a.state = 'pending'
-              AND a.kind IN ('checkpoint_before', 'checkpoint_after')) THEN
-        IF p_input IS NOT NULL THEN
-            UPDATE orchestration_runs SET input = input || p_input, updated_at = now()
-             WHERE id = p_run;
-        END IF;
+              AND a.kind IN ('checkpoint_before', 'checkpoint_after', 'input_required')) THEN
         PERFORM podium_emit_event(
             p_run, 'run.continued', NULL, NULL, NULL,
             jsonb_build_object('input_keys',
                                coalesce((SELECT jsonb_agg(k) FROM jsonb_object_keys(
                                             coalesce(p_input, '{}'::jsonb)) k), '[]')));
+        -- Steps waiting for input (A2A INPUT_REQUIRED) get p_input as their answer.
+        FOR v_answer IN
+            SELECT a.id FROM human_approvals a
+             WHERE a.run_id = p_run AND a.state = 'pending' AND a.kind = 'input_required'
+             ORDER BY a.created_at, a.id
+        LOOP
+            PERFORM podium_decide_approval(p_org, v_answer.id, 'approve', 'ContinueRun', '',
+                                           NULL, 'decided', coalesce(p_input, '{}'::jsonb));
+        END LOOP;
+        IF p_input IS NOT NULL AND EXISTS (
+               SELECT 1 FROM human_approvals a
+                WHERE a.run_id = p_run AND a.state = 'pending'
+                  AND a.kind IN ('checkpoint_before', 'checkpoint_after')) THEN
+            UPDATE orchestration_runs SET input = input || p_input, updated_at = now()
+             WHERE id = p_run;
+        END IF;
         RETURN 'continued';
     END IF;
     RETURN v_state;
@@ -1468,7 +1509,7 @@ BEGIN
            next_attempt_at = NULL, queued_at = NULL, lease_owner = NULL,
            lease_expires_at = NULL, approval_id = NULL, child_run_id = NULL,
            cached = false, cache_source_run_id = NULL,
-           spec = s.spec - 'checkpoint_passed' - 'approved_input',
+           spec = s.spec - 'checkpoint_passed' - 'approved_input' - 'answer',
            max_attempts = s.attempt
                + greatest(1, coalesce((s.spec -> 'on_failure' ->> 'max_attempts')::integer, 1))
       FROM redo r

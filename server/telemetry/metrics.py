@@ -36,12 +36,13 @@ DEFAULT_MAX_AGENT_LABELS = 200
 RUN_STATES = ("succeeded", "failed", "cancelled")
 """Values of ``orchestration_runs_total{state}``: the terminal run states."""
 
-ATTEMPT_OUTCOMES = ("succeeded", "failed", "retry", "cancelled", "stale")
+ATTEMPT_OUTCOMES = ("succeeded", "failed", "retry", "cancelled", "stale", "input_required")
 """Values of ``orchestration_step_attempts_total{outcome}``: ``succeeded``; ``failed``
 (final: the step and its run fail); ``retry`` (failed, another attempt is scheduled);
 ``cancelled`` (the run was cancelled or failed, the lease was lost, or the replica
 stopped: the call was cancelled); ``stale`` (the outcome was refused by fencing: the
-attempt was no longer current when it was committed)."""
+attempt was no longer current when it was committed); ``input_required`` (an A2A agent
+asked for more input: the step waits for the answer)."""
 
 WEBHOOK_OUTCOMES = ("delivered", "failed", "dead")
 """Values of ``orchestration_webhook_deliveries_total{outcome}``: a try answered 2xx

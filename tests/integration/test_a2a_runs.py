@@ -13,16 +13,19 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import agent_pb2 as agent_resource_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.orchestration.v1.approval_pb2 import DECISION_REJECT, Approval
 from podium.orchestration.v1.run_pb2 import Run, StepRun
 from tests.integration.a2a_agents import A2AAgent, serve_a2a
 from tests.integration.conftest import StartServer
 from tests.integration.runs_helpers import (
     all_events,
     event_type,
+    get_run,
     plain,
     plan,
     start_run,
     step_of,
+    struct,
     wait_for_run,
     wait_for_step,
     wait_until,
@@ -117,12 +120,49 @@ async def test_cut_stream_is_resumed_without_duplicated_output(
     assert (a2a_agent.cuts, a2a_agent.subscriptions) == (1, 1)
 
 
-async def test_input_required_fails_the_step_for_now(stub: Stub) -> None:
-    run = await run_step(stub, {"mode": "input"})
-    assert run.state == Run.STATE_FAILED
-    error = step_of(run, "ask").error
-    assert (error.code, error.retryable) == ("INPUT_REQUIRED", False)
-    assert "which city?" in error.message
+async def test_input_required_parks_the_step_until_continue_run(
+    stub: Stub, a2a_agent: A2AAgent
+) -> None:
+    """INPUT_REQUIRED parks the step on an input_required approval holding the question;
+    ContinueRun's input is the answer, sent on the same A2A task and context."""
+    inline = plan([{"id": "ask", "agent": "scripted", "input": {"mode": "input"}}])
+    run = (await start_run(stub, inline=inline)).run
+    await wait_for_step(stub, run.id, "ask", [StepRun.STATE_AWAITING_APPROVAL])
+    (approval,) = (await stub.ListApprovals(pb.ListApprovalsRequest(run_id=run.id))).approvals
+    assert approval.kind == Approval.KIND_INPUT_REQUIRED
+    assert approval.prompt == "which city?"
+    subject = plain(approval.subject)
+    assert subject["task_id"] == a2a_agent.requests[0].task_id
+    parked = step_of(await get_run(stub, run.id), "ask")
+    assert (parked.error.code, parked.approval_id) == ("INPUT_REQUIRED", approval.id)
+
+    await stub.ContinueRun(pb.ContinueRunRequest(run_id=run.id, input=struct({"city": "Paris"})))
+    done = await wait_for_run(stub, run.id)
+    assert done.state == Run.STATE_SUCCEEDED, done
+    step = step_of(done, "ask")
+    assert plain(step.output) == {"city": "Paris"}
+    assert [a.number for a in step.attempts] == [1, 2]
+    first, second = a2a_agent.requests
+    assert (second.task_id, second.context_id) == (first.task_id, first.context_id)
+    assert second.context_id == step.conversation_id
+    decided = (await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval.id))).approval
+    assert (decided.state, decided.actor) == (Approval.STATE_DECIDED, "ContinueRun")
+    kinds = [event_type(e) for e in await all_events(stub, run.id)]
+    assert kinds.index("step.awaiting_approval") < kinds.index("run.continued")
+    assert kinds.index("run.continued") < kinds.index("approval.decided")
+
+
+async def test_refusing_to_answer_fails_the_step(stub: Stub) -> None:
+    inline = plan([{"id": "ask", "agent": "scripted", "input": {"mode": "input"}}])
+    run = (await start_run(stub, inline=inline)).run
+    await wait_for_step(stub, run.id, "ask", [StepRun.STATE_AWAITING_APPROVAL])
+    (approval,) = (await stub.ListApprovals(pb.ListApprovalsRequest(run_id=run.id))).approvals
+    await stub.DecideApproval(
+        pb.DecideApprovalRequest(approval_id=approval.id, decision=DECISION_REJECT, actor="ops")
+    )
+    done = await wait_for_run(stub, run.id)
+    assert done.state == Run.STATE_FAILED
+    assert step_of(done, "ask").error.code == "INPUT_REFUSED"
 
 
 async def test_registered_a2a_agent(

@@ -77,6 +77,10 @@ class Approval(_message.Message):
         """Approve the step's output before dependents see it."""
         KIND_FAILURE_REVIEW: Approval._Kind.ValueType  # 3
         """The step failed its last attempt; decide retry, skip or fail."""
+        KIND_INPUT_REQUIRED: Approval._Kind.ValueType  # 4
+        """An A2A agent asked for more input (INPUT_REQUIRED); `subject` holds its question
+        and task id. Approve with `input` (or ContinueRun) to answer; reject fails the step.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """Kind tells why the approval exists."""
@@ -89,6 +93,10 @@ class Approval(_message.Message):
     """Approve the step's output before dependents see it."""
     KIND_FAILURE_REVIEW: Approval.Kind.ValueType  # 3
     """The step failed its last attempt; decide retry, skip or fail."""
+    KIND_INPUT_REQUIRED: Approval.Kind.ValueType  # 4
+    """An A2A agent asked for more input (INPUT_REQUIRED); `subject` holds its question
+    and task id. Approve with `input` (or ContinueRun) to answer; reject fails the step.
+    """
 
     class _State:
         ValueType = _typing.NewType("ValueType", _builtins.int)
