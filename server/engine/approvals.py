@@ -37,7 +37,12 @@ from podium.server.engine.errors import (
 )
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.references import normalize_numbers
-from podium.server.engine.runs import MAX_INPUT_BYTES, json_violations, parse_run_id
+from podium.server.engine.runs import (
+    MAX_INPUT_BYTES,
+    MAX_REQUEST_ID_LENGTH,
+    json_violations,
+    parse_run_id,
+)
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
 
@@ -45,7 +50,6 @@ __all__ = ["ApprovalService", "approval_to_proto"]
 
 MAX_ACTOR_LENGTH = 256
 MAX_COMMENT_LENGTH = 4096
-MAX_REQUEST_ID_LENGTH = 128
 
 _KINDS = {
     "checkpoint_before": approval_pb2.Approval.KIND_CHECKPOINT_BEFORE,

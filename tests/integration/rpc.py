@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any
+
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -27,3 +31,10 @@ def violations(error: grpc.aio.AioRpcError) -> dict[str, str]:
     """Field violations of a failed call, as {field: description}."""
     _, bad = error_details(error)
     return {v.field: v.description for v in bad.field_violations}
+
+
+async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    """The AioRpcError raised by ``call`` (fails the test when it succeeds)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value

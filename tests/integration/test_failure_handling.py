@@ -20,7 +20,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, static_agents
-from tests.integration.rpc import error_details, violations
+from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     Run,
     StepRun,
@@ -71,13 +71,6 @@ async def podium(
     finally:
         for channel in channels:
             await channel.close(None)
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    """The AioRpcError raised by ``call`` (fails the test when it succeeds)."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 async def pending_approval(stub: OrchestrationServiceAsyncStub, run_id: str) -> Approval:

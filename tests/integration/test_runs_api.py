@@ -26,7 +26,7 @@ from podium.orchestration.v1 import agent_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartServer
-from tests.integration.rpc import error_details, violations
+from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     Run,
     RunEvent,
@@ -98,13 +98,6 @@ async def podium(
 def ns(ts: timestamp_pb2.Timestamp) -> int:
     """A Timestamp in nanoseconds since the epoch (0 when unset)."""
     return int(ts.ToNanoseconds())
-
-
-async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    """The AioRpcError raised by ``call`` (fails the test when it succeeds)."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
 
 
 def assert_attempts_ordered(step: StepRun) -> None:
