@@ -1536,7 +1536,10 @@ CREATE INDEX step_cache_definition_idx
 --   'wait'  no entry, and another running attempt owns the flight: wait for
 --           NOTIFY podium_cache (payload: the key) or a timer, then look up again.
 --   'stale' the entry exists but this attempt is no longer running (fenced).
--- An expired entry is ignored and deleted.
+-- An expired entry is ignored and deleted. Only a hit writes what others must never see
+-- lost (its event's sequence number): the other answers commit without waiting for the
+-- WAL flush (a lost flight is taken over, like a dead one; a later synchronous commit
+-- flushes it anyway).
 CREATE FUNCTION podium_cache_lookup(
     p_org text, p_key text, p_run uuid, p_step text, p_attempt integer,
     p_known_created timestamptz
@@ -1571,6 +1574,7 @@ BEGIN
                             WHERE s.run_id = f.run_id AND s.step_id = f.step_id
                               AND s.attempt = f.attempt AND s.state = 'running');
         IF NOT FOUND THEN
+            PERFORM set_config('synchronous_commit', 'off', true);
             RETURN QUERY SELECT 'wait'::text, NULL::jsonb, NULL::uuid, NULL::timestamptz,
                                 NULL::timestamptz;
             RETURN;
@@ -1587,6 +1591,7 @@ BEGIN
             UPDATE orchestration_steps s
                SET cached = false, cache_source_run_id = NULL
              WHERE s.run_id = p_run AND s.step_id = p_step AND s.cached;
+            PERFORM set_config('synchronous_commit', 'off', true);
             RETURN QUERY SELECT 'lead'::text, NULL::jsonb, NULL::uuid, NULL::timestamptz,
                                 NULL::timestamptz;
             RETURN;
@@ -1623,7 +1628,9 @@ $$;
 -- not succeed: nothing is stored), leave the flight and wake the waiters. Each store
 -- also deletes up to 16 expired entries, so expired rows never accumulate faster than
 -- they are written. p_ttl_seconds NULL or 0: the entry does not expire. Returns the
--- stored entry's created_at (its version), NULL when nothing was stored.
+-- stored entry's created_at (its version), NULL when nothing was stored. Commits without
+-- waiting for the WAL flush: a lost entry is only a later miss, and a hit on it commits
+-- synchronously, which flushes it first.
 CREATE FUNCTION podium_cache_release(
     p_org text, p_key text, p_run uuid, p_step text, p_attempt integer, p_output jsonb,
     p_definition_name text, p_definition_version integer, p_ttl_seconds double precision
@@ -1633,6 +1640,7 @@ DECLARE
     v_created timestamptz;
     v_now timestamptz := clock_timestamp();
 BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
     IF p_output IS NOT NULL THEN
         DELETE FROM step_cache c
          USING (SELECT e.organization_id, e.cache_key FROM step_cache e
