@@ -204,6 +204,16 @@ class StepCache:
         self._waiting: dict[str, list[asyncio.Event]] = {}
         self._releases: set[asyncio.Task[None]] = set()
 
+    @staticmethod
+    def policy(step: ClaimedStep) -> dict[str, Any] | None:
+        """The step's effective caching policy (set by StartRun), None when the step is
+        not cached. A spec without one (a run created before the cache existed keeps
+        the author's ``caching`` there) is not cached."""
+        policy = step.spec.get("caching")
+        if isinstance(policy, dict) and "scope" in policy and "target" in policy:
+            return policy
+        return None
+
     async def acquire(
         self, step: ClaimedStep, policy: dict[str, Any], resolved: Any
     ) -> CacheHit | Flight | None:
@@ -271,7 +281,8 @@ class StepCache:
     async def release(self, flight: Flight, output: Any) -> None:
         """Store ``output`` (None: the attempt did not succeed, nothing is stored), leave
         the flight and wake the waiters. A store the database refuses (e.g. a NUL
-        character in the output) is not cached; the step's outcome is unaffected."""
+        character in the output) is not cached; the step's outcome is unaffected (a
+        flight left behind dies with its attempt)."""
         step = flight.step
         for value in (output, None) if output is not None else (None,):
             try:
@@ -286,7 +297,7 @@ class StepCache:
                     definition_version=step.definition_version,
                     ttl_seconds=flight.ttl_seconds or None,
                 )
-            except StorageError as exc:
+            except Exception as exc:  # the cache never fails a step that succeeded
                 log.warning(
                     "cache store failed: %s",
                     exc,

@@ -460,10 +460,11 @@ class Scheduler:
             return self._outcome(step, resolved=resolved, park="checkpoint_before")
         if "orchestration" in step.spec:
             return await self._run_child(step, resolved)
-        policy = step.spec.get("caching") if self.cache is not None else None
-        if policy is None or self.cache is None:
+        cache = self.cache
+        policy = cache.policy(step) if cache is not None else None
+        if cache is None or policy is None:
             return await self._call_agent(step, resolved)
-        found = await self.cache.acquire(step, policy, resolved)
+        found = await cache.acquire(step, policy, resolved)
         if isinstance(found, CacheHit):
             self.metrics.cache_hit()
             return self._outcome(step, output=found.output, resolved=resolved)
@@ -473,9 +474,9 @@ class Scheduler:
         try:
             outcome = await self._call_agent(step, resolved)
         except BaseException:
-            self.cache.release_later(found)
+            cache.release_later(found)
             raise
-        await self.cache.release(found, outcome.output if outcome.outcome == "succeeded" else None)
+        await cache.release(found, outcome.output if outcome.outcome == "succeeded" else None)
         return outcome
 
     async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -11,12 +13,14 @@ from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import (
+    StepCache,
     cache_key,
     cache_scope,
     caching_requested,
     key_document,
     step_policy,
 )
+from podium.server.storage.runs import ClaimedStep
 
 SCOPE = {"definition": "flow", "version": 3}
 POLICY: dict[str, Any] = {
@@ -137,3 +141,35 @@ def test_inline_plan_scope_is_the_content_hash() -> None:
     other = _plan({"steps": [{"id": "a", "agent": "echo", "input": {"x": 2, "y": 2}}]})
     assert cache_scope(one, None, None) == cache_scope(same, None, None)
     assert cache_scope(one, None, None) != cache_scope(other, None, None)
+
+
+def _claimed(spec: dict[str, Any]) -> ClaimedStep:
+    return ClaimedStep(
+        run_id=uuid.uuid4(),
+        step_id="s",
+        attempt=1,
+        organization_id="default",
+        agent="echo",
+        skill=None,
+        endpoint="127.0.0.1:1",
+        agent_timeout_seconds=None,
+        protocol=None,
+        task_id=uuid.uuid4(),
+        conversation_id=uuid.uuid4(),
+        spec=spec,
+        timeout_seconds=None,
+        max_attempts=1,
+        run_input={},
+        upstream={},
+        labels={},
+        definition_name="flow",
+        definition_version=1,
+        run_created_at=datetime.now(UTC),
+    )
+
+
+def test_only_an_effective_policy_enables_the_cache_at_dispatch() -> None:
+    assert StepCache.policy(_claimed({"caching": POLICY})) == POLICY
+    assert StepCache.policy(_claimed({})) is None
+    # A run stored before the cache existed keeps the author's form: not cached.
+    assert StepCache.policy(_claimed({"caching": {"enabled": True, "ttl_seconds": "60"}})) is None
