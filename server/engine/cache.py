@@ -6,7 +6,10 @@ StartRun resolves the effective policy of each step once and stores it in the st
 ``spec["caching"]`` (absent when caching is off for the step or the run was started
 with ``bypass_cache``): ``{"ttl_seconds", "key_paths", "scope", "target"}``. TTL: the
 step's, else the definition's, else ``ORCHESTRATION_CACHE_DEFAULT_TTL_SECONDS`` (0: no
-expiry). Sub-orchestration steps are never cached.
+expiry). Sub-orchestration steps and steps with ``checkpoint: after`` (a human
+decides on each output; a rejected one must not come back from the cache) are never
+cached; ``checkpoint: before`` is compatible (the lookup follows the approval and uses
+the approved input).
 
 **Key.** The SHA-256 (hex) of the canonical JSON (:mod:`.canonical`: sorted keys, no
 whitespace, integral floats as integers, UTF-8) of::
@@ -116,6 +119,8 @@ def step_policy(
     target = step.WhichOneof("target")
     if not enabled or target not in ("agent", "skill"):
         return None
+    if step.checkpoint.when == definition_pb2.CheckpointPolicy.WHEN_AFTER:
+        return None  # a human decides on each output: a rejected one must not come back
     ttl = own.ttl_seconds or plan.execution.caching.ttl_seconds or default_ttl_seconds
     return {
         "ttl_seconds": float(ttl),

@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from podium.client.examples.agents import ExampleAgents
+from podium.orchestration.v1 import approval_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from podium.orchestration.v1 import run_pb2
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.durability_helpers import PodiumProcess, start_podium
@@ -445,3 +445,55 @@ async def test_invalidate_cache_by_definition(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1 cached step outputs of other (every version) deleted"
+
+
+async def test_checkpoints_before_are_looked_up_after_approval_and_after_never_cached(
+    start_server: StartServer, example_agents: ExampleAgents, database_url: str
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    echo = example_agents["echo"].stats
+    steps = [
+        {"id": "gate", "agent": "echo", "input": {"q": 1}, "checkpoint": {"when": "WHEN_BEFORE"}},
+        {
+            "id": "review",
+            "agent": "echo",
+            "depends_on": ["gate"],
+            "input": {"q": 2},
+            "checkpoint": {"when": "WHEN_AFTER"},
+        },
+    ]
+    async with _stub(server) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(stub, "gated", steps, execution=CACHING)
+        runs = []
+        for _ in range(2):
+            request = pb.StartRunRequest(start=True)
+            request.definition.name = "gated"
+            run_id = (await stub.StartRun(request)).run.id
+            for _ in range(2):  # gate before its call, then review after its call
+                approval = await _pending_approval(stub, run_id)
+                decision = pb.DecideApprovalRequest(approval_id=approval.id)
+                decision.decision = approval_pb2.DECISION_APPROVE
+                await stub.DecideApproval(decision)
+            runs.append(await _finished(stub, run_id))
+    first, second = runs
+    assert not step_of(first, "gate").cached
+    assert step_of(second, "gate").cached  # approved input, then served from the cache
+    assert not step_of(second, "review").cached  # each output is approved: never cached
+    assert echo.calls == 3
+    async with _connect(database_url) as conn:
+        assert await conn.fetchval("SELECT array_agg(step_id) FROM step_cache") == ["gate"]
+
+
+async def _pending_approval(
+    stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str
+) -> approval_pb2.Approval:
+    found: list[approval_pb2.Approval] = []
+
+    async def check() -> bool:
+        response = await stub.ListApprovals(pb.ListApprovalsRequest(run_id=run_id))
+        found[:] = [a for a in response.approvals if a.state == approval_pb2.Approval.STATE_PENDING]
+        return len(found) == 1
+
+    await wait_until(check, f"a pending approval of run {run_id}")
+    return found[0]

@@ -103,12 +103,14 @@ def test_effective_policy_step_over_definition_over_server_default() -> None:
                 {"id": "b", "skill": "summarize", "caching": {"ttl_seconds": 5}},
                 {"id": "c", "agent": "echo", "caching": {"enabled": False}},
                 {"id": "d", "orchestration": {"name": "child"}},
+                {"id": "e", "agent": "echo", "checkpoint": {"when": "WHEN_AFTER"}},
+                {"id": "f", "agent": "echo", "checkpoint": {"when": "WHEN_BEFORE"}},
             ],
         }
     )
     scope = cache_scope(plan, "flow", 1)
     assert scope == {"definition": "flow", "version": 1}
-    a, b, c, d = (step_policy(plan, s, scope, 3600.0) for s in plan.steps)
+    a, b, c, d, e, f = (step_policy(plan, s, scope, 3600.0) for s in plan.steps)
     assert a == {
         "ttl_seconds": 600.0,
         "key_paths": [],
@@ -118,6 +120,8 @@ def test_effective_policy_step_over_definition_over_server_default() -> None:
     assert b is not None and b["ttl_seconds"] == 5.0 and b["target"] == {"skill": "summarize"}
     assert c is None
     assert d is None  # sub-orchestrations are never cached
+    assert e is None  # a human approves each output
+    assert f is not None
 
     off = _plan(
         {
