@@ -475,7 +475,16 @@ class RunService:
             max_parallel=self.effective_max_parallel(plan),
             bypass_cache=False,
             webhook_url=None,
-            steps=build_steps(plan, plan_dict),
+            # A child run caches like a run of its definition (the parent's
+            # bypass_cache is not passed down).
+            steps=build_steps(
+                plan,
+                plan_dict,
+                caching_scope=cache_scope(plan, plan.name, plan.version)
+                if caching_requested(plan)
+                else None,
+                cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+            ),
             trace_context=trace_context,
         )
         async with storage_errors():

@@ -497,3 +497,27 @@ async def _pending_approval(
 
     await wait_until(check, f"a pending approval of run {run_id}")
     return found[0]
+
+
+async def test_child_runs_cache_like_runs_of_their_definition(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    echo = example_agents["echo"].stats
+    async with _stub(server) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        await _echo_flow(stub, "child-flow")
+        await create_definition(
+            stub,
+            "parent-flow",
+            [{"id": "sub", "orchestration": {"name": "child-flow"}, "input": {"q": "same"}}],
+        )
+        await _run(stub, "parent-flow", {})
+        await _run(stub, "parent-flow", {})
+        children = await stub.ListRuns(pb.ListRunsRequest(definition_name="child-flow"))
+        cached = []
+        for child in children.runs:
+            run = await wait_for_run(stub, child.id)
+            cached.append(step_of(run, "e").cached)
+    assert sorted(cached) == [False, True]
+    assert echo.calls == 1
