@@ -256,6 +256,13 @@ class Settings:
         "Step outputs kept in the in-process cache in front of the step_cache table.",
         2000,
     )
+    cache_default_ttl_seconds: float = _setting(
+        "ORCHESTRATION_CACHE_DEFAULT_TTL_SECONDS",
+        _parse_float(0),
+        "Time to live of a cached step output when neither the step nor the definition "
+        "sets one (0: no expiry).",
+        3600.0,
+    )
     default_step_timeout_seconds: float = _setting(
         "ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS",
         _parse_float(0.001),

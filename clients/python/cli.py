@@ -231,7 +231,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     with channel:
         if args.action == "start":
             request = pb.StartRunRequest(
-                start=not args.create_only, request_id=args.request_id or ""
+                start=not args.create_only,
+                request_id=args.request_id or "",
+                bypass_cache=args.bypass_cache,
             )
             if args.file:
                 request.plan.CopyFrom(_load(args.file))
@@ -351,6 +353,22 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    channel, stub = _stub(args)
+    with channel:
+        deleted = _call(
+            stub.InvalidateCache,
+            pb.InvalidateCacheRequest(definition_name=args.name, definition_version=args.version),
+            args.timeout,
+        ).deleted
+        if args.output == "text":
+            which = f"version {args.version}" if args.version else "every version"
+            print(f"{deleted} cached step outputs of {args.name} ({which}) deleted")
+        else:
+            _print({"deleted": deleted}, args.output)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     # Imported here: the client library does not depend on the server package.
     from podium.server.config import ConfigError, Settings
@@ -450,6 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--create-only", action="store_true", help="create without starting (continue later)"
     )
     p.add_argument(
+        "--bypass-cache",
+        action="store_true",
+        help="neither read nor fill the step-output cache for this run",
+    )
+    p.add_argument(
         "--wait",
         action="store_true",
         help="wait for the end; exit 0 when it succeeded, 4 otherwise",
@@ -487,6 +510,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     for action in agents.choices.values():
         action.set_defaults(func=cmd_agents)
+
+    cache = sub.add_parser("cache", help="manage the step-output cache").add_subparsers(
+        dest="action", required=True
+    )
+    p = cache.add_parser(
+        "invalidate", parents=[common], help="delete the cached step outputs of a definition"
+    )
+    p.add_argument("name", help="definition name")
+    p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

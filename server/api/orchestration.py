@@ -209,6 +209,15 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         )
         return pb.ListWebhookDeliveriesResponse(deliveries=deliveries, next_page_token=token)
 
+    @unary
+    async def InvalidateCache(
+        self, request: pb.InvalidateCacheRequest, context: Context
+    ) -> pb.InvalidateCacheResponse:
+        deleted = await self._engine().cache.invalidate(
+            self._org(context), request.definition_name, request.definition_version
+        )
+        return pb.InvalidateCacheResponse(deleted=deleted)
+
     # -- agents ------------------------------------------------------------------------
 
     @unary

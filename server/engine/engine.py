@@ -9,6 +9,7 @@ from podium.server.agents.static import parse_static_agents
 from podium.server.config import ConfigError, Settings
 from podium.server.engine.agents import AgentService
 from podium.server.engine.approvals import ApprovalService
+from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -17,6 +18,7 @@ from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.approvals import ApprovalsRepository
+from podium.server.storage.cache import CacheRepository
 from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
 from podium.server.storage.events import EventsRepository
@@ -51,6 +53,13 @@ class Engine:
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
         self.watch = WatchService(hub, events)
         self.agent_client = AgentDispatcher(max_message_bytes=settings.max_message_bytes)
+        cache_repository = CacheRepository(db)
+        self.step_cache = StepCache(
+            cache_repository,
+            max_entries=settings.cache_max_step_outputs,
+            poll_interval_seconds=settings.poll_interval_seconds,
+        )
+        self.cache = CacheService(cache_repository, self.definitions, self.step_cache)
         self.scheduler = Scheduler(
             dsn,
             runs,
@@ -64,6 +73,7 @@ class Engine:
             ),
             start_child=self.runs.start_child,
             approvals=approvals,
+            cache=self.step_cache,
         )
 
     async def start(self) -> None:

@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from podium.orchestration.v1 import definition_pb2, event_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import Settings
+from podium.server.engine.cache import cache_scope, caching_requested, step_policy
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.errors import (
     FailedPrecondition,
@@ -417,7 +418,14 @@ class RunService:
                 max_parallel=self.effective_max_parallel(plan),
                 bypass_cache=request.bypass_cache,
                 webhook_url=request.webhook_url or None,
-                steps=build_steps(plan, plan_dict),
+                steps=build_steps(
+                    plan,
+                    plan_dict,
+                    caching_scope=None
+                    if request.bypass_cache or not caching_requested(plan)
+                    else cache_scope(plan, definition_name, definition_version),
+                    cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                ),
                 trace_context=trace_context,
             )
             async with storage_errors():
@@ -467,7 +475,16 @@ class RunService:
             max_parallel=self.effective_max_parallel(plan),
             bypass_cache=False,
             webhook_url=None,
-            steps=build_steps(plan, plan_dict),
+            # A child run caches like a run of its definition (the parent's
+            # bypass_cache is not passed down).
+            steps=build_steps(
+                plan,
+                plan_dict,
+                caching_scope=cache_scope(plan, plan.name, plan.version)
+                if caching_requested(plan)
+                else None,
+                cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+            ),
             trace_context=trace_context,
         )
         async with storage_errors():
@@ -690,10 +707,18 @@ def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) 
 
 
 def build_steps(
-    plan: definition_pb2.Definition, plan_dict: Mapping[str, Any] | None = None
+    plan: definition_pb2.Definition,
+    plan_dict: Mapping[str, Any] | None = None,
+    *,
+    caching_scope: dict[str, Any] | None = None,
+    cache_ttl_seconds: float = 0.0,
 ) -> list[NewStep]:
     """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
-    JSON form when the caller has it (converting once is much cheaper than per step)."""
+    JSON form when the caller has it (converting once is much cheaper than per step).
+
+    ``caching_scope`` (None: no step is cached, e.g. ``bypass_cache``) enables the
+    step-output cache: each cached step's spec gets its effective policy in
+    ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default."""
     if plan_dict is None:
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
     step_dicts = plan_dict.get("steps", [])
@@ -705,6 +730,13 @@ def build_steps(
         spec = dict(step_dicts[position])
         policy = _failure_policy(plan, step)
         spec["on_failure"] = policy
+        caching = (
+            step_policy(plan, step, caching_scope, cache_ttl_seconds) if caching_scope else None
+        )
+        if caching is None:
+            spec.pop("caching", None)
+        else:
+            spec["caching"] = caching
         refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         target = step.WhichOneof("target")

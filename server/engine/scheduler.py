@@ -7,8 +7,10 @@ Loops (all in this process, coordinated with other replicas only through Postgre
   ``PODIUM_WORKER_SLOTS``). It sleeps until woken by ``LISTEN podium_work``, by a
   completion of its own, or by the fallback timer (``PODIUM_POLL_INTERVAL_SECONDS``):
   never a busy poll.
-- **execute**: one task per claimed step: resolve ``${...}`` references, call the agent
-  with the step's deadline, and queue the outcome. ``LISTEN podium_cancel`` cancels the
+- **execute**: one task per claimed step: resolve ``${...}`` references, consult the
+  step-output cache when the step is cached (``engine/cache.py``: a hit completes the
+  step without calling the agent), call the agent with the step's deadline, and queue
+  the outcome. ``LISTEN podium_cancel`` cancels the
   tasks of a cancelled or failed run (the agent sees its call cancelled).
 - **complete**: commits queued outcomes in batches, one transaction per batch
   (``podium_complete_step`` per outcome: fenced by attempt, promotes dependents,
@@ -48,6 +50,7 @@ from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import TaskInputRequired
 from podium.server.agents.client import TaskFailed, TaskOutcome, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
+from podium.server.engine.cache import CacheHit, StepCache
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
@@ -152,12 +155,14 @@ class Scheduler:
         *,
         start_child: StartChild | None = None,
         approvals: ApprovalsRepository | None = None,
+        cache: StepCache | None = None,
     ) -> None:
         self._dsn = dsn
         self._repository = repository
         self._agents = agents
         self._start_child = start_child
         self._approvals = approvals
+        self.cache = cache
         self.config = config
         self._sweep_wake = asyncio.Event()
         # Child-run outcomes queued but not committed yet (a second sweep skips them).
@@ -215,6 +220,8 @@ class Scheduler:
             conn = await connect_direct(self._dsn)
             await conn.add_listener("podium_work", self._on_work)
             await conn.add_listener("podium_cancel", self._on_cancel)
+            if self.cache is not None:
+                await conn.add_listener("podium_cache", self.cache.on_notify)
             conn.add_termination_listener(self._on_listener_lost)
         except Exception as exc:
             # The fallback timer keeps the scheduler going; the lease loop retries.
@@ -454,6 +461,26 @@ class Scheduler:
             return self._outcome(step, resolved=resolved, park="checkpoint_before")
         if "orchestration" in step.spec:
             return await self._run_child(step, resolved)
+        cache = self.cache
+        policy = cache.policy(step) if cache is not None else None
+        if cache is None or policy is None:
+            return await self._call_agent(step, resolved)
+        found = await cache.acquire(step, policy, resolved)
+        if isinstance(found, CacheHit):
+            self.metrics.cache_hit()
+            return self._outcome(step, output=found.output, resolved=resolved)
+        if found is None:  # stale attempt, or the cache is unreachable
+            return await self._call_agent(step, resolved)
+        self.metrics.cache_miss()
+        try:
+            outcome = await self._call_agent(step, resolved)
+        except BaseException:
+            cache.release_later(found)
+            raise
+        await cache.release(found, outcome.output if outcome.outcome == "succeeded" else None)
+        return outcome
+
+    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:
         if step.endpoint is None:
             if step.skill:
                 message = f"no registered agent offers skill {step.skill!r}"
