@@ -463,6 +463,8 @@ class Scheduler:
             return await self._run_child(step, resolved)
         cache = self.cache
         policy = cache.policy(step) if cache is not None else None
+        if (step.spec.get("answer") or {}).get("attempt") == step.attempt:
+            policy = None  # answers an agent's question: its output depends on the answer
         if cache is None or policy is None:
             return await self._call_agent(step, resolved)
         found = await cache.acquire(step, policy, resolved)
