@@ -41,9 +41,8 @@ async def bare_server() -> AsyncIterator[str]:
     """A gRPC server with the generated OrchestrationService base servicer: every RPC
     answers UNIMPLEMENTED, like a Podium that predates a part of the contract."""
     server = grpc.aio.server()
-    pb_grpc.add_OrchestrationServiceServicer_to_server(
-        pb_grpc.OrchestrationServiceServicer(), server
-    )
+    servicer = pb_grpc.OrchestrationServiceServicer()  # type: ignore[abstract]
+    pb_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
