@@ -295,6 +295,10 @@ class PodiumClient:
     ) -> None:
         await self.close()
 
+    def connected(self) -> bool:
+        """Whether the channel is connected to the server now (READY)."""
+        return self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
     async def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
         await self._channel.close(None)

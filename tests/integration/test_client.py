@@ -11,7 +11,6 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -28,27 +27,14 @@ from podium.client import (
 )
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import event_pb2, run_pb2
-from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from tests.integration import client_helpers
 from tests.integration.conftest import StartServer, static_agents
+
+bare_server = client_helpers.bare_server  # the fixture, used by name
 
 RunEvent = event_pb2.RunEvent
 Run = run_pb2.Run
 DEADLINE_SECONDS = 60.0
-
-
-@pytest.fixture
-async def bare_server() -> AsyncIterator[str]:
-    """A gRPC server with the generated OrchestrationService base servicer: every RPC
-    answers UNIMPLEMENTED, like a Podium that predates a part of the contract."""
-    server = grpc.aio.server()
-    servicer = pb_grpc.OrchestrationServiceServicer()  # type: ignore[abstract]
-    pb_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        await server.stop(0)
 
 
 def chain(name: str, agent: str, n: int, **input: object) -> dict[str, object]:
