@@ -54,6 +54,8 @@ async def test_the_readme_grpcurl_commands_work_through_reflection(
 
     described = await grpcurl(address, "describe", SERVICE)
     assert "rpc StartRun" in described and "rpc WatchRun" in described
+    request = await grpcurl(address, "describe", "podium.orchestration.v1.StartRunRequest")
+    assert "string request_id" in request and "bool start" in request
 
     health = json.loads(await grpcurl(address, "grpc.health.v1.Health/Check"))
     assert health == {"status": "SERVING"}
