@@ -843,6 +843,10 @@ async def _close(iterator: AsyncIterator[Any]) -> None:
         await aclose()
 
 
+async def _connected(client: PodiumClient) -> bool:
+    return client.connected()
+
+
 async def _new_client(address: str, options: dict[str, Any]) -> PodiumClient:
     return PodiumClient(address, **options)
 
@@ -890,6 +894,10 @@ class SyncPodiumClient:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+    def connected(self) -> bool:
+        """Whether the channel is connected to the server now (READY)."""
+        return self._run(_connected(self._client))
 
     def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
         if self._loop.is_closed():
