@@ -350,6 +350,14 @@ def _print_approval(approval: approval_pb2.Approval, output: str) -> None:
         print(f"  decided {decision.lower()}{by}{comment}")
 
 
+def _default_actor() -> str:
+    """``PODIUM_ACTOR``, else the OS user name, else empty (the server records none)."""
+    try:
+        return os.environ.get("PODIUM_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        return ""
+
+
 _DECISIONS = ("approve", "reject", "retry", "skip", "fail")
 
 
@@ -600,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--comment", help="why, recorded with the decision")
     decide.add_argument(
         "--actor",
-        default=os.environ.get("PODIUM_ACTOR") or getpass.getuser(),
+        default=_default_actor(),
         help="who decides [env PODIUM_ACTOR, default the OS user: %(default)s]",
     )
     decide.add_argument(
