@@ -648,6 +648,58 @@ class PodiumClient:
         finally:
             call.cancel()
 
+    async def list_deliverables(
+        self,
+        run_id: str,
+        *,
+        step_id: str = "",
+        include_data: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[run_pb2.Deliverable]:
+        """One page of the artifacts a run's steps produced (their bytes only with
+        ``include_data``)."""
+        request = pb.ListDeliverablesRequest(
+            run_id=run_id,
+            step_id=step_id,
+            include_data=include_data,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListDeliverables, request, timeout)
+        return Page(list(response.deliverables), response.next_page_token)
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        run_id: str = "",
+        states: Iterable[pb.WebhookDelivery.State.ValueType | str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[pb.WebhookDelivery]:
+        """One page of webhook deliveries (newest first) and their status."""
+        request = pb.ListWebhookDeliveriesRequest(
+            run_id=run_id,
+            states=[_enum(pb.WebhookDelivery.State, "STATE_", state) for state in states],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListWebhookDeliveries, request, timeout)
+        return Page(list(response.deliveries), response.next_page_token)
+
+    async def invalidate_cache(
+        self, definition_name: str, *, definition_version: int = 0, timeout: float | None = None
+    ) -> int:
+        """Delete the step-cache entries of a definition (of one version, or all when
+        0); returns how many were deleted."""
+        request = pb.InvalidateCacheRequest(
+            definition_name=definition_name, definition_version=definition_version
+        )
+        response = await self._unary(self._stub.InvalidateCache, request, timeout)
+        return int(response.deleted)
+
     # -- Approvals -----------------------------------------------------------------
 
     async def list_approvals(
@@ -934,6 +986,9 @@ class SyncPodiumClient:
     watch_run = _BlockingIterator(PodiumClient.watch_run)
     wait_run = _Blocking(PodiumClient.wait_run)
     watch_runs = _BlockingIterator(PodiumClient.watch_runs)
+    list_deliverables = _Blocking(PodiumClient.list_deliverables)
+    list_webhook_deliveries = _Blocking(PodiumClient.list_webhook_deliveries)
+    invalidate_cache = _Blocking(PodiumClient.invalidate_cache)
     list_approvals = _Blocking(PodiumClient.list_approvals)
     get_approval = _Blocking(PodiumClient.get_approval)
     decide_approval = _Blocking(PodiumClient.decide_approval)

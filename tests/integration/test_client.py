@@ -133,6 +133,24 @@ async def test_definitions_runs_and_typed_errors(
         await client.deregister_agent("extra")
 
 
+async def test_deliverables_and_webhook_deliveries(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "summarizer"))
+    async with PodiumClient(server.address) as client:
+        plan = {
+            "name": "p",
+            "steps": [{"id": "s", "agent": "summarizer", "input": {"text": "a b"}}],
+        }
+        run = await client.wait_run((await client.start_run(plan=plan)).id)
+        assert run.state == Run.STATE_SUCCEEDED
+        page = await client.list_deliverables(run.id, include_data=True)
+        assert [(d.step_id, d.name) for d in page.items] == [("s", "summary.md")]
+        assert b"a b" in page.items[0].data
+        deliveries = await client.list_webhook_deliveries(run_id=run.id, states=["pending"])
+        assert deliveries.items == []
+
+
 async def test_watch_run_yields_the_whole_log_once_in_order(
     start_server: StartServer, example_agents: ExampleAgents
 ) -> None:
@@ -202,6 +220,8 @@ async def test_an_rpc_the_server_lacks_raises_unimplemented(bare_server: str) ->
         assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
         with pytest.raises(UnimplementedError):
             await client.resume_run("00000000-0000-0000-0000-000000000000")
+        with pytest.raises(UnimplementedError):
+            await client.invalidate_cache("flow")
         with pytest.raises(UnimplementedError):
             async for _ in client.watch_run("00000000-0000-0000-0000-000000000000"):
                 pass
