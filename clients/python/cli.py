@@ -273,6 +273,7 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
             labels=_labels(args.label),
             request_id=args.request_id,
             start=not args.create_only,
+            bypass_cache=args.bypass_cache,
         )
         return await _wait_or_watch(client, run, args)
     if args.action == "get":
@@ -419,6 +420,16 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_cache(client: PodiumClient, args: argparse.Namespace) -> int:
+    deleted = await client.invalidate_cache(args.name, definition_version=args.version)
+    if args.output == "text":
+        which = f"version {args.version}" if args.version else "every version"
+        print(f"{deleted} cached step outputs of {args.name} ({which}) deleted")
+    else:
+        _print({"deleted": deleted}, args.output)
+    return EXIT_OK
+
+
 Command = Callable[[PodiumClient, argparse.Namespace], Awaitable[int]]
 
 
@@ -555,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--create-only", action="store_true", help="create without starting (continue later)"
     )
+    p.add_argument(
+        "--bypass-cache",
+        action="store_true",
+        help="neither read nor fill the step-output cache for this run",
+    )
     _follow_options(p)
     p = runs.add_parser("get", parents=[common], help="show a run and its steps")
     p.add_argument("run_id")
@@ -641,6 +657,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     for action in agents.choices.values():
         action.set_defaults(func=_remote(cmd_agents))
+
+    cache = sub.add_parser("cache", help="manage the step-output cache").add_subparsers(
+        dest="action", required=True
+    )
+    p = cache.add_parser(
+        "invalidate", parents=[common], help="delete the cached step outputs of a definition"
+    )
+    p.add_argument("name", help="definition name")
+    p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
+    p.set_defaults(func=_remote(cmd_cache))
     return parser
 
 

@@ -548,7 +548,9 @@ class PodiumClient:
         self, run_id: str, *, after_sequence: int = 0
     ) -> AsyncIterator[event_pb2.RunEvent]:
         """The run's events after ``after_sequence``: the log so far, then live events,
-        ending after the terminal event (run completed, failed or cancelled).
+        ending after the terminal event (run completed, failed or cancelled) that closes
+        the log. A run resumed after it ended (ResumeRun) has more events after a
+        terminal one: the iterator follows them to the end of the latest run attempt.
 
         A stream lost to UNAVAILABLE (network, server restart, replica shutdown) is
         re-opened after the last sequence yielded, with backoff (:class:`WatchPolicy`):
@@ -567,7 +569,8 @@ class PodiumClient:
             call = self._stub.WatchRun(
                 pb.WatchRunRequest(run_id=run_id, after_sequence=last), metadata=self._metadata
             )
-            failure: PodiumError
+            ended = False  # by itself or at a terminal event, not by an error
+            failure: PodiumError | None = None
             try:
                 async for response in call:
                     event = response.event
@@ -578,16 +581,26 @@ class PodiumClient:
                     backoff = policy.initial_backoff_seconds
                     yield event
                     if event.type in TERMINAL_EVENT_TYPES:
-                        return
-                failure = UnavailableError(
-                    grpc.StatusCode.UNAVAILABLE, "WatchRun ended before the terminal event"
-                )
+                        break
+                ended = True
             except grpc.aio.AioRpcError as error:
                 failure = from_rpc_error(error)
                 if not isinstance(failure, UnavailableError):
                     raise failure from None
             finally:
                 call.cancel()
+            if ended:
+                # The server ends a stream at a terminal event; the log goes on only
+                # when the run was resumed since. One small read tells.
+                try:
+                    more, _ = await self.list_run_events(run_id, after_sequence=last, page_size=1)
+                except UnavailableError as error:
+                    failure = error
+                else:
+                    if not more:
+                        return
+                    continue
+            assert failure is not None
             now = time.monotonic()
             failing_since = now if failing_since is None else failing_since
             limit = policy.give_up_after_seconds
@@ -597,7 +610,8 @@ class PodiumClient:
             backoff = min(backoff * 2, policy.max_backoff_seconds)
 
     async def wait_run(self, run_id: str, *, timeout: float | None = None) -> run_pb2.Run:
-        """Wait until the run ends (watching its events) and return it with its steps.
+        """Wait until the run ends (watching its events, through a ResumeRun that happens
+        meanwhile) and return it with its steps.
 
         Args:
             timeout: Seconds to wait in all (``None``: as long as it takes).

@@ -251,7 +251,7 @@ async def test_json_output_for_scripts(
     assert [a["name"] for a in agents] == ["echo"]
 
 
-async def test_approvals_and_resume_on_a_server_without_them(bare_server: str) -> None:
+async def test_commands_a_server_lacks_exit_1_with_a_clear_message(bare_server: str) -> None:
     """Against a server that answers UNIMPLEMENTED (the generated base servicer, as a
     Podium without approvals would): a clear message and exit code 1, no traceback."""
     address = ["--address", bare_server, "--timeout", "10"]
@@ -263,6 +263,7 @@ async def test_approvals_and_resume_on_a_server_without_them(bare_server: str) -
         ["approvals", "reject", "a1", "--comment", "no"],
         ["approvals", "decide", "a1", "skip"],
         ["runs", "resume", run_id, "--watch"],
+        ["cache", "invalidate", "flow", "--version", "2"],
     ):
         result = await podium(*command, *address)
         assert result.returncode == 1, (command, result.stderr)
