@@ -1,1 +1,134 @@
-"""Podium."""
+"""Podium's Python client library.
+
+- :class:`PodiumClient` (asyncio) and :class:`SyncPodiumClient` (blocking): the
+  OrchestrationService API with deadlines, retries, typed errors and a resuming
+  :meth:`~PodiumClient.watch_run` (module :mod:`podium.client.client`);
+- typed errors (:mod:`podium.client.errors`): :class:`PodiumError`,
+  :class:`ValidationError` with its :class:`FieldViolation` list, ...;
+- definitions from YAML/JSON (:mod:`podium.client.definitions`):
+  :func:`load_definition`, :func:`parse_definition`;
+- the agent SDK (:mod:`podium.client.agent`) and the ``podium`` CLI
+  (:mod:`podium.client.cli`).
+
+Names are imported lazily, so ``import podium.client.agent`` does not load the client.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from podium.client.client import (
+        DEFAULT_ADDRESS,
+        DEFAULT_TIMEOUT_SECONDS,
+        TERMINAL_EVENT_TYPES,
+        TERMINAL_RUN_STATES,
+        DefinitionSource,
+        Page,
+        PodiumClient,
+        RetryPolicy,
+        SyncPodiumClient,
+        WatchPolicy,
+        to_dict,
+    )
+    from podium.client.definitions import (
+        DefinitionFileError,
+        definition_to_dict,
+        load_definition,
+        parse_definition,
+    )
+    from podium.client.errors import (
+        AlreadyExistsError,
+        DeadlineExceededError,
+        FailedPreconditionError,
+        FieldViolation,
+        NotFoundError,
+        PermissionDeniedError,
+        PodiumError,
+        ResourceExhaustedError,
+        UnauthenticatedError,
+        UnavailableError,
+        UnimplementedError,
+        ValidationError,
+    )
+
+__all__ = [
+    "AlreadyExistsError",
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "DeadlineExceededError",
+    "DefinitionFileError",
+    "DefinitionSource",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "NotFoundError",
+    "Page",
+    "PermissionDeniedError",
+    "PodiumClient",
+    "PodiumError",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "SyncPodiumClient",
+    "TERMINAL_EVENT_TYPES",
+    "TERMINAL_RUN_STATES",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "ValidationError",
+    "WatchPolicy",
+    "definition_to_dict",
+    "load_definition",
+    "parse_definition",
+    "to_dict",
+]
+
+_MODULES = {
+    "podium.client.client": (
+        "DEFAULT_ADDRESS",
+        "DEFAULT_TIMEOUT_SECONDS",
+        "TERMINAL_EVENT_TYPES",
+        "TERMINAL_RUN_STATES",
+        "DefinitionSource",
+        "Page",
+        "PodiumClient",
+        "RetryPolicy",
+        "SyncPodiumClient",
+        "WatchPolicy",
+        "to_dict",
+    ),
+    "podium.client.definitions": (
+        "DefinitionFileError",
+        "definition_to_dict",
+        "load_definition",
+        "parse_definition",
+    ),
+    "podium.client.errors": (
+        "AlreadyExistsError",
+        "DeadlineExceededError",
+        "FailedPreconditionError",
+        "FieldViolation",
+        "NotFoundError",
+        "PermissionDeniedError",
+        "PodiumError",
+        "ResourceExhaustedError",
+        "UnauthenticatedError",
+        "UnavailableError",
+        "UnimplementedError",
+        "ValidationError",
+    ),
+}
+_MODULE_OF = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -2,8 +2,12 @@
 
 ``podium serve`` runs a server; the other commands talk to one over gRPC
 (``--address`` or ``PODIUM_ADDRESS``, default ``127.0.0.1:50051``).
-Exit codes: 0 success, 1 the server refused the request, 2 bad usage or input,
-3 the server is unreachable, 4 a waited-for run did not succeed.
+Every remote command goes through :class:`~podium.client.PodiumClient`.
+
+Exit codes: 0 success; 1 the server refused the request (every field violation is
+printed; also an RPC the server does not implement); 2 bad usage or input file; 3 the
+server is unreachable or did not answer in time; 4 a run followed with ``--wait`` or
+``--watch`` (or ``runs watch``) did not succeed.
 """
 
 from __future__ import annotations
@@ -16,32 +20,33 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
 import asyncio
+import getpass
 import json
 import sys
-import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
-import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from podium.client.client import DEFAULT_ADDRESS, PodiumClient
 from podium.client.definitions import DefinitionFileError, definition_to_dict, load_definition
-from podium.orchestration.v1 import agent_pb2, event_pb2, run_pb2
-from podium.orchestration.v1 import orchestration_service_pb2 as pb
-from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.client.errors import (
+    DeadlineExceededError,
+    PodiumError,
+    UnavailableError,
+    UnimplementedError,
+)
+from podium.orchestration.v1 import approval_pb2, definition_pb2, event_pb2, run_pb2
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
-
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-
-R = TypeVar("R", bound=Message)
+EXIT_RUN_FAILED = 4
 
 
 class CliError(Exception):
@@ -52,138 +57,82 @@ class CliError(Exception):
         self.code = code
 
 
-def format_rpc_error(error: grpc.RpcError) -> str:
-    """A readable message of a failed call, listing field violations one per line."""
-    code = error.code() if isinstance(error, grpc.Call) else None
-    name = code.name if code is not None else "ERROR"
-    lines = [f"{name}: {error.details() if isinstance(error, grpc.Call) else error}"]
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad = error_details_pb2.BadRequest()
-                detail.Unpack(bad)
-                for violation in bad.field_violations:
-                    lines.append(f"  - {violation.field}: {violation.description}")
-    return "\n".join(lines)
-
-
-def _call(fn: Callable[..., R], request: Message, timeout: float) -> R:
-    try:
-        return fn(request, timeout=timeout)
-    except grpc.RpcError as error:
-        code = error.code() if isinstance(error, grpc.Call) else None
-        exit_code = (
-            EXIT_UNREACHABLE
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-            else EXIT_REFUSED
+def _refusal(error: PodiumError, client: PodiumClient, timeout: float) -> CliError:
+    """The CLI error of a failed call: exit 3 when the server was not reached or did not
+    answer in time, 1 when it refused (every field violation listed)."""
+    address = client.address
+    if isinstance(error, UnavailableError | DeadlineExceededError):
+        if not client.connected():
+            return CliError(
+                f"cannot reach a Podium server at {address} (UNAVAILABLE; retried for up to "
+                f"--timeout {timeout:g} s)\n{error.describe()}",
+                EXIT_UNREACHABLE,
+            )
+        return CliError(f"{error.describe()}\n(server {address})", EXIT_UNREACHABLE)
+    if isinstance(error, UnimplementedError):
+        return CliError(
+            f"the server at {address} does not implement this command yet "
+            f"(an older Podium?)\n{error.describe()}",
+            EXIT_REFUSED,
         )
-        raise CliError(format_rpc_error(error), exit_code) from None
+    return CliError(error.describe(), EXIT_REFUSED)
 
 
-def _print(message: Message | dict[str, Any] | list[Any], output: str) -> None:
-    data = (
-        json_format.MessageToDict(message, preserving_proto_field_name=True)
-        if isinstance(message, Message)
-        else message
-    )
+def _as_data(message: Message) -> Any:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _print(data: Message | dict[str, Any] | list[Any], output: str) -> None:
+    if isinstance(data, Message):
+        data = _as_data(data)
     if output == "yaml":
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
     else:
         print(json.dumps(data, indent=2))
 
 
-def _stub(args: argparse.Namespace) -> tuple[grpc.Channel, pb_grpc.OrchestrationServiceStub]:
-    channel = grpc.insecure_channel(args.address)
-    return channel, pb_grpc.OrchestrationServiceStub(channel)
+def _print_list(messages: Sequence[Message], output: str) -> None:
+    _print([_as_data(m) for m in messages], output)
 
 
-def _load(path: str) -> Any:
+def _load(path: str) -> definition_pb2.Definition:
     try:
         return load_definition(path)
     except DefinitionFileError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    except OSError as exc:
-        raise CliError(f"{path}: {exc.strerror}", EXIT_USAGE) from None
 
 
-def cmd_definitions(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        if args.action == "apply":
-            created = _call(
-                stub.CreateDefinition,
-                pb.CreateDefinitionRequest(definition=_load(args.file)),
-                args.timeout,
-            )
-            d = created.definition
-            if args.output == "text":
-                print(f"definition {d.name} version {d.version} created ({len(d.steps)} steps)")
-            else:
-                _print(created.definition, args.output)
-        elif args.action == "validate":
-            _call(
-                stub.ValidateDefinition,
-                pb.ValidateDefinitionRequest(definition=_load(args.file)),
-                args.timeout,
-            )
-            print(f"{args.file}: valid")
-        elif args.action == "list":
-            token = ""
-            rows: list[Any] = []
-            while True:
-                page = _call(
-                    stub.ListDefinitions,
-                    pb.ListDefinitionsRequest(
-                        page_size=100,
-                        page_token=token,
-                        name_prefix=args.prefix or "",
-                        include_archived=args.all,
-                    ),
-                    args.timeout,
-                )
-                rows.extend(page.definitions)
-                token = page.next_page_token
-                if not token:
-                    break
-            if args.output == "text":
-                print(f"{'NAME':<40} {'VERSION':>7} {'STEPS':>5} ARCHIVED")
-                for d in rows:
-                    print(
-                        f"{d.name:<40} {d.version:>7} {len(d.steps):>5} "
-                        f"{'yes' if d.archived else ''}"
-                    )
-            else:
-                _print(
-                    [json_format.MessageToDict(d, preserving_proto_field_name=True) for d in rows],
-                    args.output,
-                )
-        elif args.action == "get":
-            got = _call(
-                stub.GetDefinition,
-                pb.GetDefinitionRequest(name=args.name, version=args.version),
-                args.timeout,
-            )
-            _print(
-                definition_to_dict(got.definition), "yaml" if args.output == "text" else args.output
-            )
-        elif args.action == "archive":
-            archived = _call(
-                stub.ArchiveDefinition, pb.ArchiveDefinitionRequest(name=args.name), args.timeout
-            )
-            print(f"definition {archived.definition.name} archived")
-    return EXIT_OK
+def _json_arg(text: str | None, what: str) -> dict[str, Any] | None:
+    if not text:
+        return None
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CliError(f"{what}: cannot read {text[1:]}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CliError(f"{what} must be a JSON object: {exc}", EXIT_USAGE) from None
+    if not isinstance(value, dict):
+        raise CliError(f"{what} must be a JSON object", EXIT_USAGE)
+    return value
 
 
-_RUN_EXIT = {"SUCCEEDED": EXIT_OK}
-EXIT_RUN_FAILED = 4
-
-
-def _run_state(run: Any) -> str:
+def _run_state(run: run_pb2.Run) -> str:
     return str(run_pb2.Run.State.Name(run.state)).removeprefix("STATE_")
 
 
-def _print_run(run: Any, output: str) -> None:
+def _event_kind(event: event_pb2.RunEvent) -> str:
+    kind = str(event_pb2.RunEvent.Type.Name(event.type)).removeprefix("TYPE_").lower()
+    return kind.replace("_", ".", 1)
+
+
+def _run_exit(run: run_pb2.Run) -> int:
+    return EXIT_OK if run.state == run_pb2.Run.STATE_SUCCEEDED else EXIT_RUN_FAILED
+
+
+def _print_run(run: run_pb2.Run, output: str) -> None:
     if output != "text":
         _print(run, output)
         return
@@ -201,172 +150,303 @@ def _print_run(run: Any, output: str) -> None:
         print("output: " + json.dumps(json_format.MessageToDict(run.output)))
 
 
-def _wait_run(stub: Any, run_id: str, timeout: float) -> Any:
-    """Poll until the run ends; returns it."""
-    while True:
-        run = _call(stub.GetRun, pb.GetRunRequest(run_id=run_id), timeout).run
-        if run.state in (
-            run_pb2.Run.STATE_SUCCEEDED,
-            run_pb2.Run.STATE_FAILED,
-            run_pb2.Run.STATE_CANCELLED,
-        ):
-            return run
-        time.sleep(0.2)
+async def _watch(client: PodiumClient, run_id: str, output: str) -> run_pb2.Run:
+    """Follow a run to its end: the live rich view, or JSON lines (``{"event": ...}``
+    per event, then ``{"run": ...}``) with ``-o json``. Returns the finished run."""
+    if output != "text":
+        async for event in client.watch_run(run_id):
+            print(json.dumps({"event": _as_data(event)}), flush=True)
+        run = await client.get_run(run_id)
+        print(json.dumps({"run": _as_data(run)}), flush=True)
+        return run
+
+    # Imported here: only --watch needs rich.
+    from rich.console import Console
+    from rich.live import Live
+
+    from podium.client.run_view import RunView
+
+    console = Console(highlight=False)
+    view = RunView(await client.get_run(run_id), console)
+
+    def current() -> RunView:
+        # Running steps' durations grow between events (on the local clock).
+        view.tick(datetime.now(UTC).replace(tzinfo=None))
+        return view
+
+    live = Live(
+        get_renderable=current if console.is_terminal else None,
+        renderable=view,
+        console=console,
+        refresh_per_second=4,
+        auto_refresh=console.is_terminal,
+    )
+    with live:
+        async for event in client.watch_run(run_id):
+            view.apply(event)
+    if not console.is_terminal:
+        console.line()  # rich ends its last render without a newline there
+    run = await client.get_run(run_id)
+    view.finish(run)
+    return run
 
 
-def _json_arg(text: str | None, what: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise CliError(f"{what} must be a JSON object: {exc}", EXIT_USAGE) from None
-    if not isinstance(value, dict):
-        raise CliError(f"{what} must be a JSON object", EXIT_USAGE)
-    return value
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        if args.action == "start":
-            request = pb.StartRunRequest(
-                start=not args.create_only,
-                request_id=args.request_id or "",
-                bypass_cache=args.bypass_cache,
-            )
-            if args.file:
-                request.plan.CopyFrom(_load(args.file))
-            elif args.definition:
-                request.definition.name = args.definition
-                request.definition.version = args.version
-            else:
-                raise CliError("give a definition name or --file PLAN.yaml", EXIT_USAGE)
-            request.input.update(_json_arg(args.input, "--input"))
-            for label in args.label or []:
-                key, _, value = label.partition("=")
-                request.labels[key] = value
-            run = _call(stub.StartRun, request, args.timeout).run
-            if args.wait:
-                run = _wait_run(stub, run.id, args.timeout)
-                _print_run(run, args.output)
-                return _RUN_EXIT.get(_run_state(run), EXIT_RUN_FAILED)
-            if args.output == "text":
-                print(run.id)
-            else:
-                _print(run, args.output)
-        elif args.action == "get":
-            _print_run(
-                _call(stub.GetRun, pb.GetRunRequest(run_id=args.run_id), args.timeout).run,
-                args.output,
-            )
-        elif args.action == "list":
-            listing = pb.ListRunsRequest(
-                page_size=args.limit, definition_name=args.definition or ""
-            )
-            for state in args.state or []:
-                try:
-                    listing.states.append(run_pb2.Run.State.Value("STATE_" + state.upper()))
-                except ValueError:
-                    raise CliError(f"unknown run state {state!r}", EXIT_USAGE) from None
-            runs = _call(stub.ListRuns, listing, args.timeout).runs
-            if args.output == "text":
-                for run in runs:
-                    created = run.create_time.ToDatetime().isoformat(timespec="seconds")
-                    print(
-                        f"{run.id}  {_run_state(run):<10} {created}  "
-                        f"{run.definition_name or '(inline plan)'}"
-                    )
-            else:
-                _print(
-                    [json_format.MessageToDict(r, preserving_proto_field_name=True) for r in runs],
-                    args.output,
-                )
-        elif args.action == "cancel":
-            run = _call(
-                stub.CancelRun,
-                pb.CancelRunRequest(run_id=args.run_id, reason=args.reason or ""),
-                args.timeout,
-            ).run
-            _print_run(run, args.output)
-        elif args.action == "continue":
-            resume = pb.ContinueRunRequest(run_id=args.run_id)
-            resume.input.update(_json_arg(args.input, "--input"))
-            _print_run(_call(stub.ContinueRun, resume, args.timeout).run, args.output)
-        elif args.action == "events":
-            after = args.after
-            while True:
-                page = _call(
-                    stub.ListRunEvents,
-                    pb.ListRunEventsRequest(run_id=args.run_id, after_sequence=after),
-                    args.timeout,
-                )
-                for event in page.events:
-                    if args.output == "text":
-                        kind = str(event_pb2.RunEvent.Type.Name(event.type)).removeprefix("TYPE_")
-                        kind = kind.lower().replace("_", ".", 1)
-                        print(f"#{event.sequence:<4} {kind:<24} {event.step_id}")
-                    else:
-                        print(json_format.MessageToJson(event, indent=None))
-                if not page.next_after_sequence:
-                    break
-                after = page.next_after_sequence
+async def _wait_or_watch(client: PodiumClient, run: run_pb2.Run, args: argparse.Namespace) -> int:
+    """After a command that started a run: ``--watch``, ``--wait``, or print it."""
+    if getattr(args, "watch", False):
+        return _run_exit(await _watch(client, run.id, args.output))
+    if getattr(args, "wait", False):
+        run = await client.wait_run(run.id)
+        _print_run(run, args.output)
+        return _run_exit(run)
+    if args.output == "text":
+        print(run.id)
+    else:
+        _print(run, args.output)
     return EXIT_OK
 
 
-def cmd_agents(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        if args.action == "list":
-            agents = _call(
-                stub.ListAgents,
-                pb.ListAgentsRequest(page_size=500, skill=args.skill or ""),
-                args.timeout,
-            ).agents
-            if args.output == "text":
-                for agent in agents:
-                    print(
-                        f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)}"
-                        f" max={agent.max_concurrency}"
-                    )
-            else:
-                _print(
-                    [
-                        json_format.MessageToDict(a, preserving_proto_field_name=True)
-                        for a in agents
-                    ],
-                    args.output,
-                )
-        elif args.action == "register":
-            agent = agent_pb2.Agent(
-                name=args.name,
-                endpoint=args.endpoint,
-                skills=args.skill or [],
-                max_concurrency=args.max_concurrency,
-                default_timeout_seconds=args.default_timeout,
-            )
-            stored = _call(stub.RegisterAgent, pb.RegisterAgentRequest(agent=agent), args.timeout)
-            print(f"agent {stored.agent.name} registered at {stored.agent.endpoint}")
-        elif args.action == "deregister":
-            _call(stub.DeregisterAgent, pb.DeregisterAgentRequest(name=args.name), args.timeout)
-            print(f"agent {args.name} deregistered")
-    return EXIT_OK
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    channel, stub = _stub(args)
-    with channel:
-        deleted = _call(
-            stub.InvalidateCache,
-            pb.InvalidateCacheRequest(definition_name=args.name, definition_version=args.version),
-            args.timeout,
-        ).deleted
+async def cmd_definitions(client: PodiumClient, args: argparse.Namespace) -> int:
+    if args.action == "apply":
+        created = await client.create_definition(_load(args.file))
         if args.output == "text":
-            which = f"version {args.version}" if args.version else "every version"
-            print(f"{deleted} cached step outputs of {args.name} ({which}) deleted")
+            print(
+                f"definition {created.name} version {created.version} created "
+                f"({len(created.steps)} steps)"
+            )
         else:
-            _print({"deleted": deleted}, args.output)
+            _print(created, args.output)
+    elif args.action == "validate":
+        await client.validate_definition(_load(args.file))
+        if args.output == "text":
+            print(f"{args.file}: valid")
+        else:
+            _print({"valid": True, "file": args.file}, args.output)
+    elif args.action == "list":
+        rows = [
+            d
+            async for d in client.iter_definitions(
+                name_prefix=args.prefix or "", include_archived=args.all
+            )
+        ]
+        if args.output == "text":
+            print(f"{'NAME':<40} {'VERSION':>7} {'STEPS':>5} ARCHIVED")
+            for d in rows:
+                print(
+                    f"{d.name:<40} {d.version:>7} {len(d.steps):>5} {'yes' if d.archived else ''}"
+                )
+        else:
+            _print_list(rows, args.output)
+    elif args.action == "get":
+        got = await client.get_definition(args.name, version=args.version)
+        _print(definition_to_dict(got), "yaml" if args.output == "text" else args.output)
+    elif args.action == "archive":
+        archived = await client.archive_definition(args.name)
+        if args.output == "text":
+            print(f"definition {archived.name} archived")
+        else:
+            _print(archived, args.output)
     return EXIT_OK
+
+
+def _labels(pairs: Sequence[str] | None) -> dict[str, str]:
+    labels = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--label {pair!r}: expected KEY=VALUE", EXIT_USAGE)
+        labels[key] = value
+    return labels
+
+
+async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        if bool(args.file) == bool(args.definition):
+            raise CliError("give a definition name or --file PLAN.yaml (not both)", EXIT_USAGE)
+        if args.create_only and (args.wait or args.watch):
+            raise CliError("--create-only cannot be combined with --wait/--watch", EXIT_USAGE)
+        run = await client.start_run(
+            args.definition,
+            version=args.version,
+            plan=_load(args.file) if args.file else None,
+            input=_json_arg(args.input, "--input"),
+            labels=_labels(args.label),
+            request_id=args.request_id,
+            start=not args.create_only,
+            bypass_cache=args.bypass_cache,
+        )
+        return await _wait_or_watch(client, run, args)
+    if args.action == "get":
+        _print_run(await client.get_run(args.run_id), args.output)
+    elif args.action == "watch":
+        return _run_exit(await _watch(client, args.run_id, args.output))
+    elif args.action == "list":
+        try:
+            page = await client.list_runs(
+                states=args.state or (),
+                definition_name=args.definition or "",
+                labels=_labels(args.label),
+                page_size=args.limit,
+            )
+        except ValueError as exc:
+            raise CliError(f"--state: {exc}", EXIT_USAGE) from None
+        if args.output == "text":
+            for run in page.items:
+                created = run.create_time.ToDatetime().isoformat(timespec="seconds")
+                print(
+                    f"{run.id}  {_run_state(run):<10} {created}  "
+                    f"{run.definition_name or '(inline plan)'}"
+                )
+        else:
+            _print_list(page.items, args.output)
+    elif args.action == "cancel":
+        _print_run(await client.cancel_run(args.run_id, reason=args.reason or ""), args.output)
+    elif args.action == "continue":
+        run = await client.continue_run(args.run_id, input=_json_arg(args.input, "--input"))
+        return await _wait_or_watch(client, run, args)
+    elif args.action == "resume":
+        run = await client.resume_run(args.run_id)
+        return await _wait_or_watch(client, run, args)
+    elif args.action == "events":
+        if args.follow:
+            async for event in client.watch_run(args.run_id, after_sequence=args.after):
+                _print_event(event, args.output)
+            return EXIT_OK
+        after = args.after
+        while True:
+            events, after = await client.list_run_events(args.run_id, after_sequence=after)
+            for event in events:
+                _print_event(event, args.output)
+            if not after:
+                break
+    return EXIT_OK
+
+
+def _print_event(event: event_pb2.RunEvent, output: str) -> None:
+    if output == "text":
+        print(f"#{event.sequence:<4} {_event_kind(event):<24} {event.step_id}", flush=True)
+    else:
+        print(json_format.MessageToJson(event, indent=None), flush=True)
+
+
+def _approval_line(approval: approval_pb2.Approval) -> str:
+    kind = str(approval_pb2.Approval.Kind.Name(approval.kind)).removeprefix("KIND_").lower()
+    state = str(approval_pb2.Approval.State.Name(approval.state)).removeprefix("STATE_")
+    return f"{approval.id}  {state:<9} {kind:<18} run {approval.run_id}  step {approval.step_id}"
+
+
+def _print_approval(approval: approval_pb2.Approval, output: str) -> None:
+    if output != "text":
+        _print(approval, output)
+        return
+    print(_approval_line(approval))
+    if approval.prompt:
+        print(f"  prompt: {approval.prompt}")
+    if approval.HasField("subject") and approval.subject.fields:
+        print("  subject: " + json.dumps(json_format.MessageToDict(approval.subject)))
+    if approval.decision:
+        decision = str(approval_pb2.Decision.Name(approval.decision)).removeprefix("DECISION_")
+        by = f" by {approval.actor}" if approval.actor else ""
+        comment = f": {approval.comment}" if approval.comment else ""
+        print(f"  decided {decision.lower()}{by}{comment}")
+
+
+def _default_actor() -> str:
+    """``PODIUM_ACTOR``, else the OS user name, else empty (the server records none)."""
+    try:
+        return os.environ.get("PODIUM_ACTOR") or getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        return ""
+
+
+_DECISIONS = ("approve", "reject", "retry", "skip", "fail")
+
+
+async def cmd_approvals(client: PodiumClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        try:
+            page = await client.list_approvals(
+                run_id=args.run or "", states=args.state or (), page_size=args.limit
+            )
+        except ValueError as exc:
+            raise CliError(f"--state: {exc}", EXIT_USAGE) from None
+        if args.output == "text":
+            for approval in page.items:
+                print(_approval_line(approval))
+        else:
+            _print_list(page.items, args.output)
+        return EXIT_OK
+    if args.action == "get":
+        _print_approval(await client.get_approval(args.approval_id), args.output)
+        return EXIT_OK
+    decision = args.decision if args.action == "decide" else args.action
+    approval = await client.decide_approval(
+        args.approval_id,
+        decision,
+        comment=args.comment or "",
+        actor=args.actor,
+        input=_json_arg(args.input, "--input"),
+    )
+    _print_approval(approval, args.output)
+    return EXIT_OK
+
+
+async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        agents = (await client.list_agents(skill=args.skill or "", page_size=500)).items
+        if args.output == "text":
+            for agent in agents:
+                print(
+                    f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)}"
+                    f" max={agent.max_concurrency}"
+                )
+        else:
+            _print_list(agents, args.output)
+    elif args.action == "register":
+        stored = await client.register_agent(
+            args.name,
+            args.endpoint,
+            skills=args.skill or (),
+            max_concurrency=args.max_concurrency,
+            default_timeout_seconds=args.default_timeout,
+        )
+        if args.output == "text":
+            print(f"agent {stored.name} registered at {stored.endpoint}")
+        else:
+            _print(stored, args.output)
+    elif args.action == "deregister":
+        await client.deregister_agent(args.name)
+        print(f"agent {args.name} deregistered")
+    return EXIT_OK
+
+
+async def cmd_cache(client: PodiumClient, args: argparse.Namespace) -> int:
+    deleted = await client.invalidate_cache(args.name, definition_version=args.version)
+    if args.output == "text":
+        which = f"version {args.version}" if args.version else "every version"
+        print(f"{deleted} cached step outputs of {args.name} ({which}) deleted")
+    else:
+        _print({"deleted": deleted}, args.output)
+    return EXIT_OK
+
+
+Command = Callable[[PodiumClient, argparse.Namespace], Awaitable[int]]
+
+
+def _remote(command: Command) -> Callable[[argparse.Namespace], int]:
+    """Run an async command with a client of ``--address``, mapping its errors."""
+
+    async def run(args: argparse.Namespace) -> int:
+        async with PodiumClient(args.address, timeout=args.timeout) as client:
+            try:
+                return await command(client, args)
+            except PodiumError as error:
+                raise _refusal(error, client, args.timeout) from None
+
+    def call(args: argparse.Namespace) -> int:
+        return asyncio.run(run(args))
+
+    return call
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -391,9 +471,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _follow_options(parser: argparse.ArgumentParser) -> None:
+    follow = parser.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--watch",
+        action="store_true",
+        help="show live progress until the run ends (step table, progress bar, agent "
+        "output; JSON lines with -o json); exit 0 when it succeeded, 4 otherwise",
+    )
+    follow.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the end and print the run; exit 0 when it succeeded, 4 otherwise",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``podium`` command."""
     parser = argparse.ArgumentParser(
-        prog="podium", description="Podium: durable orchestration of AI agents over gRPC."
+        prog="podium",
+        description="Podium: durable orchestration of AI agents over gRPC.",
+        epilog="exit codes: 0 success, 1 the server refused the request, 2 bad usage or "
+        "input, 3 server unreachable, 4 a waited-for or watched run did not succeed",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -450,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = defs.add_parser("archive", parents=[common], help="archive a definition")
     p.add_argument("name")
     for action in defs.choices.values():
-        action.set_defaults(func=cmd_definitions)
+        action.set_defaults(func=_remote(cmd_definitions))
 
     runs = sub.add_parser("runs", help="start, inspect and control runs").add_subparsers(
         dest="action", required=True
@@ -461,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("definition", nargs="?", help="definition name")
     p.add_argument("--version", type=int, default=0, help="definition version (default: latest)")
     p.add_argument("--file", help="run an inline plan from a YAML/JSON file instead")
-    p.add_argument("--input", help="run input as a JSON object")
+    p.add_argument("--input", help="run input as a JSON object, or @FILE holding one")
     p.add_argument("--label", action="append", help="KEY=VALUE (repeatable)")
     p.add_argument("--request-id", help="idempotency key: a retry returns the same run")
     p.add_argument(
@@ -472,16 +571,21 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="neither read nor fill the step-output cache for this run",
     )
-    p.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait for the end; exit 0 when it succeeded, 4 otherwise",
-    )
+    _follow_options(p)
     p = runs.add_parser("get", parents=[common], help="show a run and its steps")
     p.add_argument("run_id")
+    p = runs.add_parser(
+        "watch",
+        parents=[common],
+        help="show a run's live progress until it ends (exit 4 unless it succeeded)",
+    )
+    p.add_argument("run_id")
     p = runs.add_parser("list", parents=[common], help="list runs, newest first")
-    p.add_argument("--state", action="append", help="created|running|succeeded|failed|cancelled")
+    p.add_argument(
+        "--state", action="append", help="created|running|paused|succeeded|failed|cancelled"
+    )
     p.add_argument("--definition", help="only runs of this definition")
+    p.add_argument("--label", action="append", help="only runs with KEY=VALUE (repeatable)")
     p.add_argument("--limit", type=int, default=50)
     p = runs.add_parser("cancel", parents=[common], help="cancel a run")
     p.add_argument("run_id")
@@ -489,11 +593,54 @@ def build_parser() -> argparse.ArgumentParser:
     p = runs.add_parser("continue", parents=[common], help="start a run created with --create-only")
     p.add_argument("run_id")
     p.add_argument("--input", help="extra input merged over the run's, as a JSON object")
+    _follow_options(p)
+    p = runs.add_parser(
+        "resume",
+        parents=[common],
+        help="re-run the failed, cancelled and skipped steps of a finished run",
+    )
+    p.add_argument("run_id")
+    _follow_options(p)
     p = runs.add_parser("events", parents=[common], help="print a run's event log")
     p.add_argument("run_id")
     p.add_argument("--after", type=int, default=0, help="only events after this sequence")
+    p.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing live events until the run ends"
+    )
     for action in runs.choices.values():
-        action.set_defaults(func=cmd_runs)
+        action.set_defaults(func=_remote(cmd_runs))
+
+    approvals = sub.add_parser(
+        "approvals", help="human approvals: list, show, decide"
+    ).add_subparsers(dest="action", required=True)
+    p = approvals.add_parser("list", parents=[common], help="list approvals (pending by default)")
+    p.add_argument("--run", help="only approvals of this run")
+    p.add_argument("--state", action="append", help="pending|decided|expired|cancelled")
+    p.add_argument("--limit", type=int, default=50)
+    p = approvals.add_parser("get", parents=[common], help="show an approval")
+    p.add_argument("approval_id")
+    decide = argparse.ArgumentParser(add_help=False)
+    decide.add_argument("approval_id")
+    decide.add_argument("--comment", help="why, recorded with the decision")
+    decide.add_argument(
+        "--actor",
+        default=_default_actor(),
+        help="who decides [env PODIUM_ACTOR, default the OS user: %(default)s]",
+    )
+    decide.add_argument(
+        "--input",
+        help="JSON object: extra step input (checkpoint before) or replacement output (after)",
+    )
+    approvals.add_parser("approve", parents=[common, decide], help="approve a checkpoint")
+    approvals.add_parser("reject", parents=[common, decide], help="reject a checkpoint")
+    p = approvals.add_parser(
+        "decide",
+        parents=[common, decide],
+        help="any decision, e.g. retry|skip|fail for a failure review",
+    )
+    p.add_argument("decision", choices=_DECISIONS)
+    for action in approvals.choices.values():
+        action.set_defaults(func=_remote(cmd_approvals))
 
     agents = sub.add_parser("agents", help="manage agents").add_subparsers(
         dest="action", required=True
@@ -509,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = agents.add_parser("deregister", parents=[common], help="remove a registered agent")
     p.add_argument("name")
     for action in agents.choices.values():
-        action.set_defaults(func=cmd_agents)
+        action.set_defaults(func=_remote(cmd_agents))
 
     cache = sub.add_parser("cache", help="manage the step-output cache").add_subparsers(
         dest="action", required=True
@@ -519,12 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="definition name")
     p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
-    p.set_defaults(func=cmd_cache)
+    p.set_defaults(func=_remote(cmd_cache))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``podium`` console script."""
+    """Entry point of the ``podium`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

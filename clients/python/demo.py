@@ -3,8 +3,8 @@
 Starts every example agent (real gRPC servers) in this process, starts ``podium serve``
 as a child process with those agents as static agents (``PODIUM_AGENTS``), applies the
 example definition ``examples/demo.yaml`` (fan-out / fan-in with data passing), starts a
-run, prints its events as they happen and its result, then keeps serving until Ctrl-C
-(or exits at once with ``--exit``).
+run, prints its events as they happen (``PodiumClient.watch_run``) and its result, then
+keeps serving until Ctrl-C (or exits at once with ``--exit``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from podium.client.client import PodiumClient, to_dict
 from podium.client.definitions import parse_definition
 from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import event_pb2, run_pb2
-from podium.orchestration.v1 import orchestration_service_pb2 as pb
-from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-
-TERMINAL = {run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED}
 
 
 def agents_setting(examples: ExampleAgents, names: list[str] | None = None) -> str:
@@ -78,22 +75,6 @@ async def _wait_serving(address: str, process: asyncio.subprocess.Process, wait:
     raise RuntimeError(f"podium serve did not report SERVING within {wait:.0f}s")
 
 
-async def _follow(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str) -> run_pb2.Run:
-    started = time.monotonic()
-    after = 0
-    while True:
-        page = await stub.ListRunEvents(
-            pb.ListRunEventsRequest(run_id=run_id, after_sequence=after)
-        )
-        for event in page.events:
-            print(_event_line(event, started), flush=True)
-            after = event.sequence
-        run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
-        if run.state in TERMINAL and after >= run.last_event_sequence:
-            return run
-        await asyncio.sleep(0.1)
-
-
 async def run_demo(address: str, *, topic: str, language: str, exit_after: bool) -> int:
     """Run the demo; returns the process exit code (0 when the run succeeded)."""
     examples = await serve_examples()
@@ -116,24 +97,22 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
         print(f"podium serving on {address}")
         text = importlib.resources.files("podium.client.examples").joinpath("demo.yaml").read_text()
         definition = parse_definition(text, source="demo.yaml")
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-            created = (
-                await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
-            ).definition
+        async with PodiumClient(address) as client:
+            created = await client.create_definition(definition)
             print(f"definition {created.name} v{created.version}: {len(created.steps)} steps")
-            request = pb.StartRunRequest(definition=pb.DefinitionRef(name=created.name), start=True)
-            request.input.update({"topic": topic, "language": language})
-            run = (await stub.StartRun(request)).run
+            run = await client.start_run(created.name, input={"topic": topic, "language": language})
             print(f"run {run.id} started; events:")
-            run = await _follow(stub, run.id)
+            started = time.monotonic()
+            async for event in client.watch_run(run.id):
+                print(_event_line(event, started), flush=True)
+            run = await client.get_run(run.id)
             print(f"run {run_pb2.Run.State.Name(run.state).removeprefix('STATE_')}")
             for step in run.steps:
                 state = run_pb2.StepRun.State.Name(step.state).removeprefix("STATE_")
                 agent = f"agent={step.agent}"
                 print(f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}")
             print("output:")
-            print(json.dumps(json_format.MessageToDict(run.output), indent=2))
+            print(json.dumps(to_dict(run.output), indent=2))
             code = 0 if run.state == run_pb2.Run.STATE_SUCCEEDED else 1
         if not exit_after:
             print(f"\nPodium keeps serving on {address} (Ctrl-C to stop). Try:")

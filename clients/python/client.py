@@ -1,0 +1,1013 @@
+"""The Podium client: :class:`PodiumClient` (asyncio) and :class:`SyncPodiumClient`.
+
+Both speak ``podium.orchestration.v1.OrchestrationService`` over one gRPC channel and
+return the generated protobuf messages (``Run``, ``RunEvent``, ``Definition``...):
+
+- every call has a deadline (``timeout``, 30 s unless told otherwise), except the
+  streams, which last as long as the run;
+- idempotent calls are retried on UNAVAILABLE with exponential backoff by gRPC itself
+  (a service config on the channel, :class:`RetryPolicy`); ``StartRun``, ``ForkRun`` and
+  ``DecideApproval`` are made idempotent by a ``request_id`` the client generates when
+  the caller gives none, so a retry never creates a second run;
+- failures raise the typed errors of :mod:`podium.client.errors` (``ValidationError``
+  with every field violation, ``NotFoundError``...);
+- :meth:`PodiumClient.watch_run` is an async iterator over a run's events that
+  reconnects after a lost stream or a server restart and resumes after the last
+  sequence it yielded: every event exactly once, in order, until the terminal event.
+
+Example::
+
+    async with PodiumClient("127.0.0.1:50051") as podium:
+        run = await podium.start_run("research-brief", input={"topic": "tea"})
+        async for event in podium.watch_run(run.id):
+            print(event.sequence, RunEvent.Type.Name(event.type))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from podium.client.definitions import _integral_floats, load_definition, parse_definition
+from podium.client.errors import PodiumError, UnavailableError, from_rpc_error, from_status
+from podium.orchestration.v1 import (
+    agent_pb2,
+    approval_pb2,
+    definition_pb2,
+    event_pb2,
+    run_pb2,
+)
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TIMEOUT_SECONDS",
+    "TERMINAL_EVENT_TYPES",
+    "TERMINAL_RUN_STATES",
+    "DefinitionSource",
+    "Page",
+    "PodiumClient",
+    "RetryPolicy",
+    "SyncPodiumClient",
+    "WatchPolicy",
+    "to_dict",
+]
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+"""Where ``podium serve`` listens by default."""
+
+DEFAULT_TIMEOUT_SECONDS = 30.0
+"""Deadline of each unary call unless the client or the call says otherwise."""
+
+SERVICE_NAME = "podium.orchestration.v1.OrchestrationService"
+
+TERMINAL_RUN_STATES = frozenset(
+    {run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED}
+)
+"""Run states that never change (except through ResumeRun, which starts a new attempt)."""
+
+TERMINAL_EVENT_TYPES = frozenset(
+    {
+        event_pb2.RunEvent.TYPE_RUN_COMPLETED,
+        event_pb2.RunEvent.TYPE_RUN_FAILED,
+        event_pb2.RunEvent.TYPE_RUN_CANCELLED,
+    }
+)
+"""Event types after which WatchRun ends."""
+
+# Safe to repeat: reads, upserts, and calls made idempotent by a request_id this client
+# always sets. Not here: CreateDefinition (a retry would store another version),
+# ContinueRun and ResumeRun (no request_id), DeregisterAgent, InvalidateCache.
+IDEMPOTENT_METHODS = (
+    "GetDefinition",
+    "ListDefinitions",
+    "ValidateDefinition",
+    "ArchiveDefinition",
+    "StartRun",
+    "GetRun",
+    "ListRuns",
+    "CancelRun",
+    "ForkRun",
+    "WatchRun",
+    "WatchRuns",
+    "ListRunEvents",
+    "ListDeliverables",
+    "ListApprovals",
+    "GetApproval",
+    "DecideApproval",
+    "RegisterAgent",
+    "ListAgents",
+    "ListWebhookDeliveries",
+)
+
+DefinitionSource = definition_pb2.Definition | Mapping[str, Any] | Path
+"""A definition as a message, a mapping of its fields (YAML short forms allowed), or
+the path of a YAML/JSON file."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How gRPC retries idempotent calls that fail with UNAVAILABLE (server down,
+    starting, or shutting down). The whole sequence of tries stays within the call's
+    deadline.
+
+    Attributes:
+        max_attempts: Tries in all, first included (gRPC caps this at 5).
+        initial_backoff_seconds: Upper bound of the first random delay.
+        max_backoff_seconds: Upper bound of any delay.
+        backoff_multiplier: Growth of the bound after each try.
+    """
+
+    max_attempts: int = 5
+    initial_backoff_seconds: float = 0.2
+    max_backoff_seconds: float = 5.0
+    backoff_multiplier: float = 2.0
+
+    def service_config(self) -> dict[str, Any]:
+        """The gRPC service config (JSON form) applying this policy to the idempotent
+        methods of OrchestrationService."""
+        return {
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": SERVICE_NAME, "method": method} for method in IDEMPOTENT_METHODS
+                    ],
+                    "retryPolicy": {
+                        "maxAttempts": self.max_attempts,
+                        "initialBackoff": f"{self.initial_backoff_seconds}s",
+                        "maxBackoff": f"{self.max_backoff_seconds}s",
+                        "backoffMultiplier": self.backoff_multiplier,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPolicy:
+    """How :meth:`PodiumClient.watch_run` reconnects a lost stream.
+
+    Attributes:
+        initial_backoff_seconds: Upper bound of the first random delay before a reconnect.
+        max_backoff_seconds: Upper bound of any delay.
+        give_up_after_seconds: Raise :class:`~podium.client.errors.UnavailableError`
+            when no stream could be re-established for this long (``None``: never).
+    """
+
+    initial_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 2.0
+    give_up_after_seconds: float | None = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list call.
+
+    Attributes:
+        items: The resources of this page.
+        next_page_token: Pass as ``page_token`` for the next page; empty on the last.
+    """
+
+    items: list[T] = field(default_factory=list)
+    next_page_token: str = ""
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data with the proto field names (``run_id``), e.g.
+    ``Run.output`` or a whole ``Run``. Integral numbers of a ``Struct`` (stored as
+    doubles) come back as ``int``, as JSON would print them."""
+    if isinstance(message, struct_pb2.Struct):
+        return dict(_integral_floats(json_format.MessageToDict(message)))
+    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def _definition(source: DefinitionSource) -> definition_pb2.Definition:
+    if isinstance(source, definition_pb2.Definition):
+        return source
+    if isinstance(source, Path):
+        return load_definition(source)
+    return parse_definition(source)
+
+
+def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if data is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(dict(data))
+    return struct
+
+
+def _enum(wrapper: Any, prefix: str, value: int | str) -> Any:
+    """An enum value from itself or its name, with or without the prefix, any case."""
+    if isinstance(value, int):
+        return value
+    name = value.upper()
+    if not name.startswith(prefix):
+        name = prefix + name
+    try:
+        return wrapper.Value(name)
+    except ValueError:
+        names = ", ".join(n.removeprefix(prefix).lower() for n in wrapper.keys()[1:])
+        raise ValueError(f"unknown value {value!r} (one of: {names})") from None
+
+
+class PodiumClient:
+    """Asyncio client of Podium's OrchestrationService.
+
+    Use as ``async with PodiumClient(address) as client: ...`` or call :meth:`close`.
+    Methods raise :class:`~podium.client.errors.PodiumError` subclasses on failure.
+
+    Args:
+        address: ``HOST:PORT`` of a Podium server.
+        timeout: Default deadline of unary calls in seconds (``None``: no deadline).
+        retry: Retries of idempotent calls on UNAVAILABLE (``None``: no retries).
+        watch: Reconnection of :meth:`watch_run`.
+        credentials: TLS credentials; ``None`` uses a plaintext channel.
+        metadata: Sent with every call (e.g. an ``authorization`` header).
+        options: Extra gRPC channel arguments, applied after the client's own.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT_SECONDS,
+        retry: RetryPolicy | None = RetryPolicy(),
+        watch: WatchPolicy = WatchPolicy(),
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Iterable[tuple[str, str]] = (),
+        options: Iterable[tuple[str, Any]] = (),
+    ) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.watch_policy = watch
+        self._metadata = tuple(metadata)
+        channel_options: list[tuple[str, Any]] = [
+            # A restarted server is found again within a few seconds, not minutes.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 3_000),
+            # Notice half-open connections of long WatchRun streams (the server allows
+            # pings every 10 s).
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.enable_retries", 1 if retry is not None else 0),
+        ]
+        if retry is not None:
+            channel_options.append(("grpc.service_config", json.dumps(retry.service_config())))
+        channel_options.extend(options)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=channel_options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=channel_options)
+        self._stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(
+            self._channel
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def connected(self) -> bool:
+        """Whether the channel is connected to the server now (READY)."""
+        return self._channel.get_state(try_to_connect=False) == grpc.ChannelConnectivity.READY
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close(None)
+
+    async def _unary(
+        self, method: Callable[..., Any], request: Message, timeout: float | None
+    ) -> Any:
+        try:
+            return await method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+
+    # -- Definitions ---------------------------------------------------------------
+
+    async def create_definition(
+        self, definition: DefinitionSource, *, timeout: float | None = None
+    ) -> definition_pb2.Definition:
+        """Store a new version of a named definition; returns it with its version.
+
+        Raises:
+            ValidationError: The definition is invalid (one violation per problem).
+            FailedPreconditionError: The definition is archived.
+        """
+        request = pb.CreateDefinitionRequest(definition=_definition(definition))
+        response = await self._unary(self._stub.CreateDefinition, request, timeout)
+        return response.definition  # type: ignore[no-any-return]
+
+    async def validate_definition(
+        self, definition: DefinitionSource, *, timeout: float | None = None
+    ) -> definition_pb2.Definition:
+        """Check a definition without storing it; returns it normalized.
+
+        Raises:
+            ValidationError: The definition is invalid (one violation per problem).
+        """
+        request = pb.ValidateDefinitionRequest(definition=_definition(definition))
+        response = await self._unary(self._stub.ValidateDefinition, request, timeout)
+        return response.definition  # type: ignore[no-any-return]
+
+    async def get_definition(
+        self, name: str, *, version: int = 0, timeout: float | None = None
+    ) -> definition_pb2.Definition:
+        """A definition's latest version, or ``version``."""
+        request = pb.GetDefinitionRequest(name=name, version=version)
+        response = await self._unary(self._stub.GetDefinition, request, timeout)
+        return response.definition  # type: ignore[no-any-return]
+
+    async def list_definitions(
+        self,
+        *,
+        name_prefix: str = "",
+        include_archived: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[definition_pb2.Definition]:
+        """One page of definitions (latest version of each), ordered by name."""
+        request = pb.ListDefinitionsRequest(
+            name_prefix=name_prefix,
+            include_archived=include_archived,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListDefinitions, request, timeout)
+        return Page(list(response.definitions), response.next_page_token)
+
+    async def iter_definitions(
+        self, *, name_prefix: str = "", include_archived: bool = False
+    ) -> AsyncIterator[definition_pb2.Definition]:
+        """Every definition (latest versions), fetching pages as needed."""
+        token = ""
+        while True:
+            page = await self.list_definitions(
+                name_prefix=name_prefix,
+                include_archived=include_archived,
+                page_size=500,
+                page_token=token,
+            )
+            for definition in page.items:
+                yield definition
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def archive_definition(
+        self, name: str, *, timeout: float | None = None
+    ) -> definition_pb2.Definition:
+        """Archive every version of a definition (new runs are refused); returns the
+        latest version."""
+        request = pb.ArchiveDefinitionRequest(name=name)
+        response = await self._unary(self._stub.ArchiveDefinition, request, timeout)
+        return response.definition  # type: ignore[no-any-return]
+
+    # -- Runs ----------------------------------------------------------------------
+
+    async def start_run(
+        self,
+        definition: str | None = None,
+        *,
+        version: int = 0,
+        plan: DefinitionSource | None = None,
+        input: Mapping[str, Any] | None = None,
+        labels: Mapping[str, str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        start: bool = True,
+        bypass_cache: bool = False,
+        webhook_url: str = "",
+        timeout: float | None = None,
+    ) -> run_pb2.Run:
+        """Create a run of a saved definition (``definition``, ``version``) or of an
+        inline ``plan``, and start it unless ``start`` is false (it then waits for
+        :meth:`continue_run`).
+
+        ``request_id`` makes the call idempotent (a repeat returns the same run); one is
+        generated when omitted, so the client's own retries never start a second run.
+
+        Raises:
+            ValueError: Neither or both of ``definition`` and ``plan`` were given.
+            ValidationError: The plan or the input is invalid.
+            NotFoundError: The definition does not exist.
+        """
+        if (definition is None) == (plan is None):
+            raise ValueError("give exactly one of definition (a name) and plan")
+        request = pb.StartRunRequest(
+            input=_struct(input),
+            metadata=_struct(metadata),
+            labels=dict(labels or {}),
+            request_id=request_id or str(uuid.uuid4()),
+            start=start,
+            bypass_cache=bypass_cache,
+            webhook_url=webhook_url,
+        )
+        if plan is not None:
+            request.plan.CopyFrom(_definition(plan))
+        elif definition is not None:
+            request.definition.CopyFrom(pb.DefinitionRef(name=definition, version=version))
+        response = await self._unary(self._stub.StartRun, request, timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def get_run(self, run_id: str, *, timeout: float | None = None) -> run_pb2.Run:
+        """A run with its steps."""
+        response = await self._unary(self._stub.GetRun, pb.GetRunRequest(run_id=run_id), timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def list_runs(
+        self,
+        *,
+        states: Iterable[run_pb2.Run.State.ValueType | str] = (),
+        definition_name: str = "",
+        labels: Mapping[str, str] | None = None,
+        parent_run_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[run_pb2.Run]:
+        """One page of runs (without their steps), newest first.
+
+        ``states`` are ``Run.State`` values or names (``"failed"``, ``"STATE_FAILED"``).
+
+        Raises:
+            ValueError: An unknown state name.
+        """
+        request = pb.ListRunsRequest(
+            states=[_enum(run_pb2.Run.State, "STATE_", state) for state in states],
+            definition_name=definition_name,
+            labels=dict(labels or {}),
+            parent_run_id=parent_run_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListRuns, request, timeout)
+        return Page(list(response.runs), response.next_page_token)
+
+    async def cancel_run(
+        self, run_id: str, *, reason: str = "", timeout: float | None = None
+    ) -> run_pb2.Run:
+        """Cancel a run: its agent calls are cancelled, no step starts afterwards."""
+        request = pb.CancelRunRequest(run_id=run_id, reason=reason)
+        response = await self._unary(self._stub.CancelRun, request, timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def continue_run(
+        self,
+        run_id: str,
+        *,
+        input: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> run_pb2.Run:
+        """Start a run created with ``start=False``, merging ``input`` over its input."""
+        request = pb.ContinueRunRequest(run_id=run_id, input=_struct(input))
+        response = await self._unary(self._stub.ContinueRun, request, timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def resume_run(self, run_id: str, *, timeout: float | None = None) -> run_pb2.Run:
+        """Re-execute the failed, cancelled and skipped steps of a finished run, keeping
+        the outputs of succeeded ones, as a new run attempt.
+
+        Raises:
+            FailedPreconditionError: The run has not finished.
+        """
+        request = pb.ResumeRunRequest(run_id=run_id)
+        response = await self._unary(self._stub.ResumeRun, request, timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def fork_run(
+        self,
+        run_id: str,
+        step_ids: Iterable[str],
+        *,
+        input: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> run_pb2.Run:
+        """A new run reusing a finished run's outputs upstream of ``step_ids`` and
+        re-executing those steps and their dependents ("rerun from here")."""
+        request = pb.ForkRunRequest(
+            run_id=run_id,
+            step_ids=list(step_ids),
+            input=_struct(input),
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        response = await self._unary(self._stub.ForkRun, request, timeout)
+        return response.run  # type: ignore[no-any-return]
+
+    async def list_run_events(
+        self,
+        run_id: str,
+        *,
+        after_sequence: int = 0,
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> tuple[list[event_pb2.RunEvent], int]:
+        """One page of a run's event log after ``after_sequence``: the events and the
+        sequence to pass next (0 when the log was read to its end)."""
+        request = pb.ListRunEventsRequest(
+            run_id=run_id, after_sequence=after_sequence, page_size=page_size
+        )
+        response = await self._unary(self._stub.ListRunEvents, request, timeout)
+        return list(response.events), response.next_after_sequence
+
+    async def watch_run(
+        self, run_id: str, *, after_sequence: int = 0
+    ) -> AsyncIterator[event_pb2.RunEvent]:
+        """The run's events after ``after_sequence``: the log so far, then live events,
+        ending after the terminal event (run completed, failed or cancelled) that closes
+        the log. A run resumed after it ended (ResumeRun) has more events after a
+        terminal one: the iterator follows them to the end of the latest run attempt.
+
+        A stream lost to UNAVAILABLE (network, server restart, replica shutdown) is
+        re-opened after the last sequence yielded, with backoff (:class:`WatchPolicy`):
+        the iterator yields every event exactly once, in sequence order.
+
+        Raises:
+            NotFoundError: The run does not exist.
+            UnavailableError: No stream could be re-established within
+                ``WatchPolicy.give_up_after_seconds``.
+        """
+        policy = self.watch_policy
+        last = after_sequence
+        backoff = policy.initial_backoff_seconds
+        failing_since: float | None = None
+        while True:
+            call = self._stub.WatchRun(
+                pb.WatchRunRequest(run_id=run_id, after_sequence=last), metadata=self._metadata
+            )
+            ended = False  # by itself or at a terminal event, not by an error
+            failure: PodiumError | None = None
+            try:
+                async for response in call:
+                    event = response.event
+                    if event.sequence <= last:
+                        continue  # never repeat an event, whatever the server sends
+                    last = event.sequence
+                    failing_since = None
+                    backoff = policy.initial_backoff_seconds
+                    yield event
+                    if event.type in TERMINAL_EVENT_TYPES:
+                        break
+                ended = True
+            except grpc.aio.AioRpcError as error:
+                failure = from_rpc_error(error)
+                if not isinstance(failure, UnavailableError):
+                    raise failure from None
+            finally:
+                call.cancel()
+            if ended:
+                # The server ends a stream at a terminal event; the log goes on only
+                # when the run was resumed since. One small read tells.
+                try:
+                    more, _ = await self.list_run_events(run_id, after_sequence=last, page_size=1)
+                except UnavailableError as error:
+                    failure = error
+                else:
+                    if not more:
+                        return
+                    continue
+            assert failure is not None
+            now = time.monotonic()
+            failing_since = now if failing_since is None else failing_since
+            limit = policy.give_up_after_seconds
+            if limit is not None and now - failing_since >= limit:
+                raise failure
+            await asyncio.sleep(random.uniform(backoff / 2, backoff))
+            backoff = min(backoff * 2, policy.max_backoff_seconds)
+
+    async def wait_run(self, run_id: str, *, timeout: float | None = None) -> run_pb2.Run:
+        """Wait until the run ends (watching its events, through a ResumeRun that happens
+        meanwhile) and return it with its steps.
+
+        Args:
+            timeout: Seconds to wait in all (``None``: as long as it takes).
+
+        Raises:
+            DeadlineExceededError: The run had not ended within ``timeout``.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                async for _ in self.watch_run(run_id):
+                    pass
+        except TimeoutError:
+            raise from_status(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"run {run_id} did not end within {timeout} s",
+                None,
+            ) from None
+        return await self.get_run(run_id)
+
+    async def watch_runs(
+        self,
+        *,
+        definition_name: str = "",
+        states: Iterable[run_pb2.Run.State.ValueType | str] = (),
+        labels: Mapping[str, str] | None = None,
+        start_time: float | None = None,
+    ) -> AsyncIterator[event_pb2.RunEvent]:
+        """Events of the organization's runs as they happen (dashboards), filtered by
+        definition, run state after the event, and labels; from ``start_time`` (a POSIX
+        timestamp) when given. The stream does not end on its own and is not resumed
+        after a disconnect (it raises the error).
+        """
+        request = pb.WatchRunsRequest(
+            definition_name=definition_name,
+            states=[_enum(run_pb2.Run.State, "STATE_", state) for state in states],
+            labels=dict(labels or {}),
+        )
+        if start_time is not None:
+            stamp = timestamp_pb2.Timestamp()
+            stamp.FromNanoseconds(int(start_time * 1e9))
+            request.start_time.CopyFrom(stamp)
+        call = self._stub.WatchRuns(request, metadata=self._metadata)
+        try:
+            async for response in call:
+                yield response.event
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from None
+        finally:
+            call.cancel()
+
+    async def list_deliverables(
+        self,
+        run_id: str,
+        *,
+        step_id: str = "",
+        include_data: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[run_pb2.Deliverable]:
+        """One page of the artifacts a run's steps produced (their bytes only with
+        ``include_data``)."""
+        request = pb.ListDeliverablesRequest(
+            run_id=run_id,
+            step_id=step_id,
+            include_data=include_data,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListDeliverables, request, timeout)
+        return Page(list(response.deliverables), response.next_page_token)
+
+    async def list_webhook_deliveries(
+        self,
+        *,
+        run_id: str = "",
+        states: Iterable[pb.WebhookDelivery.State.ValueType | str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[pb.WebhookDelivery]:
+        """One page of webhook deliveries (newest first) and their status."""
+        request = pb.ListWebhookDeliveriesRequest(
+            run_id=run_id,
+            states=[_enum(pb.WebhookDelivery.State, "STATE_", state) for state in states],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListWebhookDeliveries, request, timeout)
+        return Page(list(response.deliveries), response.next_page_token)
+
+    async def invalidate_cache(
+        self, definition_name: str, *, definition_version: int = 0, timeout: float | None = None
+    ) -> int:
+        """Delete the step-cache entries of a definition (of one version, or all when
+        0); returns how many were deleted."""
+        request = pb.InvalidateCacheRequest(
+            definition_name=definition_name, definition_version=definition_version
+        )
+        response = await self._unary(self._stub.InvalidateCache, request, timeout)
+        return int(response.deleted)
+
+    # -- Approvals -----------------------------------------------------------------
+
+    async def list_approvals(
+        self,
+        *,
+        run_id: str = "",
+        states: Iterable[approval_pb2.Approval.State.ValueType | str] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[approval_pb2.Approval]:
+        """One page of approvals, oldest first; pending ones unless ``states`` says
+        otherwise (``"pending"``, ``"decided"``, ``"expired"``, ``"cancelled"``)."""
+        request = pb.ListApprovalsRequest(
+            run_id=run_id,
+            states=[_enum(approval_pb2.Approval.State, "STATE_", state) for state in states],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        response = await self._unary(self._stub.ListApprovals, request, timeout)
+        return Page(list(response.approvals), response.next_page_token)
+
+    async def get_approval(
+        self, approval_id: str, *, timeout: float | None = None
+    ) -> approval_pb2.Approval:
+        """One approval."""
+        request = pb.GetApprovalRequest(approval_id=approval_id)
+        response = await self._unary(self._stub.GetApproval, request, timeout)
+        return response.approval  # type: ignore[no-any-return]
+
+    async def decide_approval(
+        self,
+        approval_id: str,
+        decision: approval_pb2.Decision.ValueType | str,
+        *,
+        comment: str = "",
+        actor: str = "",
+        input: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> approval_pb2.Approval:
+        """Record a decision: ``approve``/``reject`` (checkpoints) or ``retry``/``skip``/
+        ``fail`` (failure reviews), as a ``Decision`` value or name. ``input`` is extra
+        step input (checkpoint before) or a replacement output (after).
+
+        Raises:
+            FailedPreconditionError: The approval was decided already.
+        """
+        request = pb.DecideApprovalRequest(
+            approval_id=approval_id,
+            decision=_enum(approval_pb2.Decision, "DECISION_", decision),
+            comment=comment,
+            actor=actor,
+            input=_struct(input),
+            request_id=request_id or str(uuid.uuid4()),
+        )
+        response = await self._unary(self._stub.DecideApproval, request, timeout)
+        return response.approval  # type: ignore[no-any-return]
+
+    async def approve(
+        self,
+        approval_id: str,
+        *,
+        comment: str = "",
+        actor: str = "",
+        input: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> approval_pb2.Approval:
+        """Approve a checkpoint (:meth:`decide_approval` with ``approve``)."""
+        return await self.decide_approval(
+            approval_id, "approve", comment=comment, actor=actor, input=input, timeout=timeout
+        )
+
+    async def reject(
+        self,
+        approval_id: str,
+        *,
+        comment: str = "",
+        actor: str = "",
+        timeout: float | None = None,
+    ) -> approval_pb2.Approval:
+        """Reject a checkpoint (:meth:`decide_approval` with ``reject``)."""
+        return await self.decide_approval(
+            approval_id, "reject", comment=comment, actor=actor, timeout=timeout
+        )
+
+    # -- Agents --------------------------------------------------------------------
+
+    async def register_agent(
+        self,
+        name: str,
+        endpoint: str,
+        *,
+        skills: Iterable[str] = (),
+        max_concurrency: int = 0,
+        default_timeout_seconds: float = 0.0,
+        labels: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> agent_pb2.Agent:
+        """Register (or update) an agent serving ``podium.agent.v1`` at ``endpoint``."""
+        agent = agent_pb2.Agent(
+            name=name,
+            endpoint=endpoint,
+            skills=list(skills),
+            max_concurrency=max_concurrency,
+            default_timeout_seconds=default_timeout_seconds,
+            labels=dict(labels or {}),
+        )
+        request = pb.RegisterAgentRequest(agent=agent)
+        response = await self._unary(self._stub.RegisterAgent, request, timeout)
+        return response.agent  # type: ignore[no-any-return]
+
+    async def list_agents(
+        self,
+        *,
+        skill: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[agent_pb2.Agent]:
+        """One page of agents (static and registered), optionally offering ``skill``."""
+        request = pb.ListAgentsRequest(skill=skill, page_size=page_size, page_token=page_token)
+        response = await self._unary(self._stub.ListAgents, request, timeout)
+        return Page(list(response.agents), response.next_page_token)
+
+    async def deregister_agent(self, name: str, *, timeout: float | None = None) -> None:
+        """Remove a registered agent."""
+        await self._unary(self._stub.DeregisterAgent, pb.DeregisterAgentRequest(name=name), timeout)
+
+
+# -- The blocking facade ---------------------------------------------------------------
+
+
+class _Blocking(Generic[P, R]):
+    """A :class:`PodiumClient` coroutine method as a blocking :class:`SyncPodiumClient`
+    method with the same parameters and docstring."""
+
+    def __init__(self, method: Callable[Concatenate[PodiumClient, P], Coroutine[Any, Any, R]]):
+        self._method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, obj: SyncPodiumClient, owner: type[Any]) -> Callable[P, R]: ...
+    def __get__(self, obj: SyncPodiumClient | None, owner: type[Any]) -> Self | Callable[P, R]:
+        if obj is None:
+            return self
+        method = self._method
+        client = obj
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            return client._run(method(client._client, *args, **kwargs))
+
+        return call
+
+
+class _BlockingIterator(Generic[P, T]):
+    """A :class:`PodiumClient` async-iterator method as a :class:`SyncPodiumClient`
+    method returning a plain iterator."""
+
+    def __init__(self, method: Callable[Concatenate[PodiumClient, P], AsyncIterator[T]]):
+        self._method = method
+        self.__doc__ = method.__doc__
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, obj: SyncPodiumClient, owner: type[Any]) -> Callable[P, Iterator[T]]: ...
+    def __get__(
+        self, obj: SyncPodiumClient | None, owner: type[Any]
+    ) -> Self | Callable[P, Iterator[T]]:
+        if obj is None:
+            return self
+        method = self._method
+        client = obj
+
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+            return client._iterate(method(client._client, *args, **kwargs))
+
+        return call
+
+
+async def _next(iterator: AsyncIterator[T]) -> T:
+    return await anext(iterator)
+
+
+async def _close(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+async def _connected(client: PodiumClient) -> bool:
+    return client.connected()
+
+
+async def _new_client(address: str, options: dict[str, Any]) -> PodiumClient:
+    return PodiumClient(address, **options)
+
+
+class SyncPodiumClient:
+    """Blocking facade of :class:`PodiumClient`, for scripts and REPLs: the same methods
+    with the same arguments, errors and docstrings, returning results instead of
+    awaitables (and plain iterators for :meth:`watch_run`, :meth:`watch_runs` and
+    :meth:`iter_definitions`).
+
+    It runs an asyncio event loop in a daemon thread of its own, so it also works when
+    called from code that has a running loop. Use it as a context manager or call
+    :meth:`close`.
+
+    Args:
+        address: ``HOST:PORT`` of a Podium server.
+        **options: The keyword arguments of :class:`PodiumClient`.
+    """
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="podium-client", daemon=True
+        )
+        self._thread.start()
+        self._client = self._run(_new_client(address, options))
+        self.address = address
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel and stop the client's thread. Idempotent."""
+        if self._loop.is_closed():
+            return
+        self._run(self._client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def connected(self) -> bool:
+        """Whether the channel is connected to the server now (READY)."""
+        return self._run(_connected(self._client))
+
+    def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
+        if self._loop.is_closed():
+            coroutine.close()
+            raise RuntimeError("the client is closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
+        try:
+            while True:
+                try:
+                    item = self._run(_next(iterator))
+                except StopAsyncIteration:
+                    return
+                yield item
+        finally:
+            if not self._loop.is_closed():
+                self._run(_close(iterator))
+
+    create_definition = _Blocking(PodiumClient.create_definition)
+    validate_definition = _Blocking(PodiumClient.validate_definition)
+    get_definition = _Blocking(PodiumClient.get_definition)
+    list_definitions = _Blocking(PodiumClient.list_definitions)
+    iter_definitions = _BlockingIterator(PodiumClient.iter_definitions)
+    archive_definition = _Blocking(PodiumClient.archive_definition)
+    start_run = _Blocking(PodiumClient.start_run)
+    get_run = _Blocking(PodiumClient.get_run)
+    list_runs = _Blocking(PodiumClient.list_runs)
+    cancel_run = _Blocking(PodiumClient.cancel_run)
+    continue_run = _Blocking(PodiumClient.continue_run)
+    resume_run = _Blocking(PodiumClient.resume_run)
+    fork_run = _Blocking(PodiumClient.fork_run)
+    list_run_events = _Blocking(PodiumClient.list_run_events)
+    watch_run = _BlockingIterator(PodiumClient.watch_run)
+    wait_run = _Blocking(PodiumClient.wait_run)
+    watch_runs = _BlockingIterator(PodiumClient.watch_runs)
+    list_deliverables = _Blocking(PodiumClient.list_deliverables)
+    list_webhook_deliveries = _Blocking(PodiumClient.list_webhook_deliveries)
+    invalidate_cache = _Blocking(PodiumClient.invalidate_cache)
+    list_approvals = _Blocking(PodiumClient.list_approvals)
+    get_approval = _Blocking(PodiumClient.get_approval)
+    decide_approval = _Blocking(PodiumClient.decide_approval)
+    approve = _Blocking(PodiumClient.approve)
+    reject = _Blocking(PodiumClient.reject)
+    register_agent = _Blocking(PodiumClient.register_agent)
+    list_agents = _Blocking(PodiumClient.list_agents)
+    deregister_agent = _Blocking(PodiumClient.deregister_agent)
