@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration node-test clean
+.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration node-deps node-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,9 @@ serve: $(STAMP)
 	$(BIN)/podium serve
 
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
-test: $(STAMP) check
+test: $(STAMP) check node-deps
 	$(BIN)/pytest -q
-	$(MAKE) node-test
+	cd clients/node && npm test
 
 ## check: fast static checks
 check: $(STAMP) lint typecheck check-protos buf-lint
@@ -53,9 +53,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+## node-deps: clients/node's packages (package-lock.json), also used by the Python
+## conformance test (tests/integration/test_conformance.py runs the Node agent)
+node-deps:
+	cd clients/node && npm ci --no-audit --no-fund
+
 ## node-test: the Node.js agent and client (clients/node) against a live podium serve
-node-test: $(STAMP)
-	cd clients/node && npm ci --no-audit --no-fund && npm test
+node-test: $(STAMP) node-deps
+	cd clients/node && npm test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
