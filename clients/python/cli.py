@@ -184,9 +184,10 @@ async def _watch(client: PodiumClient, run_id: str, output: str) -> run_pb2.Run:
     with live:
         async for event in client.watch_run(run_id):
             view.apply(event)
+        run = await client.get_run(run_id)
+        view.sync(run)  # before the last render
     if not console.is_terminal:
         console.line()  # rich ends its last render without a newline there
-    run = await client.get_run(run_id)
     view.finish(run)
     return run
 
@@ -590,7 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = runs.add_parser("cancel", parents=[common], help="cancel a run")
     p.add_argument("run_id")
     p.add_argument("--reason")
-    p = runs.add_parser("continue", parents=[common], help="start a run created with --create-only")
+    p = runs.add_parser(
+        "continue",
+        parents=[common],
+        help="start a run created with --create-only, or give more input to a run waiting "
+        "on a checkpoint or on an agent's question (the answer)",
+    )
     p.add_argument("run_id")
     p.add_argument("--input", help="extra input merged over the run's, as a JSON object")
     _follow_options(p)
