@@ -387,6 +387,7 @@ async def cmd_approvals(client: PodiumClient, args: argparse.Namespace) -> int:
         comment=args.comment or "",
         actor=args.actor,
         input=_json_arg(args.input, "--input"),
+        request_id=args.request_id,
     )
     _print_approval(approval, args.output)
     return EXIT_OK
@@ -636,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "--input",
         help="JSON object: extra step input (checkpoint before) or replacement output (after)",
+    )
+    decide.add_argument(
+        "--request-id",
+        help="idempotency key: the same decision repeated with it succeeds again instead of "
+        "failing with APPROVAL_NOT_PENDING",
     )
     approvals.add_parser("approve", parents=[common, decide], help="approve a checkpoint")
     approvals.add_parser("reject", parents=[common, decide], help="reject a checkpoint")
