@@ -184,9 +184,10 @@ async def _watch(client: PodiumClient, run_id: str, output: str) -> run_pb2.Run:
     with live:
         async for event in client.watch_run(run_id):
             view.apply(event)
+        run = await client.get_run(run_id)
+        view.sync(run)  # before the last render
     if not console.is_terminal:
         console.line()  # rich ends its last render without a newline there
-    run = await client.get_run(run_id)
     view.finish(run)
     return run
 
@@ -386,6 +387,7 @@ async def cmd_approvals(client: PodiumClient, args: argparse.Namespace) -> int:
         comment=args.comment or "",
         actor=args.actor,
         input=_json_arg(args.input, "--input"),
+        request_id=args.request_id,
     )
     _print_approval(approval, args.output)
     return EXIT_OK
@@ -590,7 +592,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = runs.add_parser("cancel", parents=[common], help="cancel a run")
     p.add_argument("run_id")
     p.add_argument("--reason")
-    p = runs.add_parser("continue", parents=[common], help="start a run created with --create-only")
+    p = runs.add_parser(
+        "continue",
+        parents=[common],
+        help="start a run created with --create-only, or give more input to a run waiting "
+        "on a checkpoint or on an agent's question (the answer)",
+    )
     p.add_argument("run_id")
     p.add_argument("--input", help="extra input merged over the run's, as a JSON object")
     _follow_options(p)
@@ -630,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument(
         "--input",
         help="JSON object: extra step input (checkpoint before) or replacement output (after)",
+    )
+    decide.add_argument(
+        "--request-id",
+        help="idempotency key: the same decision repeated with it succeeds again instead of "
+        "failing with APPROVAL_NOT_PENDING",
     )
     approvals.add_parser("approve", parents=[common, decide], help="approve a checkpoint")
     approvals.add_parser("reject", parents=[common, decide], help="reject a checkpoint")

@@ -759,8 +759,13 @@ class PodiumClient:
         ``fail`` (failure reviews), as a ``Decision`` value or name. ``input`` is extra
         step input (checkpoint before) or a replacement output (after).
 
+        ``request_id`` makes the call idempotent: the same decision repeated with the same
+        ``request_id`` returns the decided approval (one is generated when omitted, so
+        the client's own retries are safe).
+
         Raises:
-            FailedPreconditionError: The approval was decided already.
+            FailedPreconditionError: The approval was decided already (reason
+                ``APPROVAL_NOT_PENDING``), by another request or another decision.
         """
         request = pb.DecideApprovalRequest(
             approval_id=approval_id,
@@ -780,11 +785,18 @@ class PodiumClient:
         comment: str = "",
         actor: str = "",
         input: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> approval_pb2.Approval:
         """Approve a checkpoint (:meth:`decide_approval` with ``approve``)."""
         return await self.decide_approval(
-            approval_id, "approve", comment=comment, actor=actor, input=input, timeout=timeout
+            approval_id,
+            "approve",
+            comment=comment,
+            actor=actor,
+            input=input,
+            request_id=request_id,
+            timeout=timeout,
         )
 
     async def reject(
@@ -793,11 +805,17 @@ class PodiumClient:
         *,
         comment: str = "",
         actor: str = "",
+        request_id: str | None = None,
         timeout: float | None = None,
     ) -> approval_pb2.Approval:
         """Reject a checkpoint (:meth:`decide_approval` with ``reject``)."""
         return await self.decide_approval(
-            approval_id, "reject", comment=comment, actor=actor, timeout=timeout
+            approval_id,
+            "reject",
+            comment=comment,
+            actor=actor,
+            request_id=request_id,
+            timeout=timeout,
         )
 
     # -- Agents --------------------------------------------------------------------

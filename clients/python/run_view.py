@@ -5,6 +5,11 @@ finished steps, and the agents' streamed output printed above them line by line.
 terminal the view refreshes in place; otherwise (a pipe, a file, CI) rich prints the
 output lines as they come and the final view once, without control codes.
 
+Human moments are also printed as lines above the view, so a log shows them in order
+and gives the command that answers them: a step awaiting an approval (checkpoint,
+failure review) or an answer (an A2A agent's question), a decision, a run resumed
+(ResumeRun) or continued with more input (ContinueRun).
+
 The view is built from the run's events only (plus one GetRun for the step list), so
 replaying a finished run draws the same picture as watching it live.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.progress_bar import ProgressBar
@@ -64,6 +70,7 @@ class _Step:
     step_id: str
     agent: str
     max_attempts: int
+    depends_on: tuple[str, ...] = ()
     state: int = StepRun.STATE_PENDING
     attempt: int = 0
     start: datetime | None = None
@@ -93,7 +100,8 @@ class RunView:
         self.run_state = run.state
         self._now: datetime | None = None
         self._steps = {
-            step.step_id: _Step(step.step_id, step.agent, step.max_attempts) for step in run.steps
+            step.step_id: _Step(step.step_id, step.agent, step.max_attempts, tuple(step.depends_on))
+            for step in run.steps
         }
 
     def apply(self, event: event_pb2.RunEvent) -> None:
@@ -101,6 +109,23 @@ class RunView:
         self._now = event.time.ToDatetime()
         if event.run_state:
             self.run_state = event.run_state
+        kind = event.type
+        data = to_dict(event.data) if event.HasField("data") else {}
+        if kind == RunEvent.TYPE_RUN_RESUMED:
+            self._resumed()
+            previous = data.get("previous_state")
+            self._notice(
+                None,
+                f"resumed (run attempt {data.get('run_attempt', '?')}"
+                + (f", was {previous})" if previous else ")"),
+            )
+            return
+        if kind == RunEvent.TYPE_RUN_CONTINUED:
+            keys = [str(key) for key in data.get("input_keys") or []]
+            self._notice(
+                None, "continued " + (f"with input {', '.join(keys)}" if keys else "(no input)")
+            )
+            return
         step = self._steps.get(event.step_id) if event.step_id else None
         if step is None:
             return
@@ -108,8 +133,6 @@ class RunView:
             step.state = event.step_state
         if event.attempt:
             step.attempt = event.attempt
-        kind = event.type
-        data = to_dict(event.data) if event.HasField("data") else {}
         if kind == RunEvent.TYPE_STEP_STARTED:
             step.start, step.end, step.detail = event.time.ToDatetime(), None, ""
             if isinstance(data.get("agent"), str) and data["agent"]:
@@ -124,9 +147,9 @@ class RunView:
         elif kind == RunEvent.TYPE_STEP_RETRYING:
             step.detail = f"retrying after {event.error.code}: {event.error.message}"
         elif kind == RunEvent.TYPE_STEP_AWAITING_APPROVAL:
-            step.detail = f"approval {event.approval.approval_id} pending"
+            self._awaiting(step, event, data)
         elif kind == RunEvent.TYPE_APPROVAL_DECIDED:
-            step.detail = f"approval {event.approval.decision.lower()}"
+            self._decided(step, event, data)
         if step.state in _FINISHED_STEP_STATES and kind != RunEvent.TYPE_STEP_OUTPUT_CHUNK:
             step.end = event.time.ToDatetime()
             self._flush(step)
@@ -134,6 +157,73 @@ class RunView:
                 step.detail = f"{event.error.code}: {event.error.message}"
             elif step.state == StepRun.STATE_SUCCEEDED:
                 step.detail = "cached" if step.cached else ""
+
+    def _awaiting(self, step: _Step, event: RunEvent, data: dict[str, Any]) -> None:
+        approval_id = event.approval.approval_id
+        kind = str(data.get("kind") or "")
+        prompt = str(data.get("prompt") or "")
+        if kind == "input_required":
+            step.detail = f"input required: {prompt}" if prompt else "input required"
+            self._notice(
+                step.step_id,
+                f"input required: {prompt or '(no question)'}  [approval {approval_id}; answer "
+                f"with: podium runs continue {self.run_id} --input JSON]",
+            )
+        elif kind == "failure_review":
+            step.detail = f"failure review {approval_id} pending"
+            error = f"{event.error.code}: {event.error.message}" if event.error.code else "failed"
+            self._notice(
+                step.step_id,
+                f"{error}  [failure review {approval_id}; decide with: podium approvals "
+                f"decide {approval_id} retry|skip|fail]",
+            )
+        else:
+            when = kind.removeprefix("checkpoint_") if kind.startswith("checkpoint_") else ""
+            step.detail = f"approval {approval_id} pending"
+            self._notice(
+                step.step_id,
+                f"awaiting approval{f' ({when})' if when else ''}: {prompt or '(no prompt)'}  "
+                f"[approval {approval_id}; podium approvals approve|reject {approval_id}]",
+            )
+
+    def _decided(self, step: _Step, event: RunEvent, data: dict[str, Any]) -> None:
+        decision = event.approval.decision.removeprefix("DECISION_").lower() or "decided"
+        actor = event.approval.actor
+        comment = data.get("comment")
+        if decision == "retry":  # the server gives the step one more attempt
+            step.max_attempts = max(step.max_attempts, step.attempt + 1)
+        text = "decided " + decision + (f" by {actor}" if actor else "")
+        step.detail = text
+        if data.get("expired"):
+            text += " (expired)"
+        if comment:
+            text += f": {comment}"
+        self._notice(step.step_id, f"approval {event.approval.approval_id} {text}")
+
+    def _resumed(self) -> None:
+        """ResumeRun sets the unfinished steps and everything downstream of them back to
+        pending (without a step event each)."""
+        redo = {s.step_id for s in self._steps.values() if s.state != StepRun.STATE_SUCCEEDED}
+        grew = True
+        while grew:
+            more = {
+                s.step_id for s in self._steps.values() if redo.intersection(s.depends_on)
+            } - redo
+            redo |= more
+            grew = bool(more)
+        for step_id in redo:
+            step = self._steps[step_id]
+            self._flush(step)
+            step.state = StepRun.STATE_PENDING
+            step.start = step.end = None
+            step.detail = ""
+            step.cached = False
+            # Each re-run step gets its full attempts again (exact numbers: sync()).
+            step.max_attempts = max(step.max_attempts, step.attempt + 1)
+
+    def _notice(self, step_id: str | None, message: str) -> None:
+        prefix = Text(f"{step_id} │ " if step_id else "run │ ", style="dim")
+        self.console.print(prefix + Text(message, style="bold"), highlight=False, soft_wrap=True)
 
     def _output(self, step: _Step, text: str) -> None:
         *lines, step.pending_output = (step.pending_output + text).split("\n")
@@ -149,6 +239,15 @@ class RunView:
         prefix = Text(f"{step.step_id} │ ", style="dim")
         self.console.print(prefix + Text(line), highlight=False, soft_wrap=True)
 
+    def sync(self, run: run_pb2.Run) -> None:
+        """Take the attempt counts of the run as GetRun returns it at the end (a retry
+        decision or ResumeRun raises ``max_attempts`` without an event saying by how
+        much)."""
+        for got in run.steps:
+            step = self._steps.get(got.step_id)
+            if step is not None:
+                step.attempt, step.max_attempts = got.attempt, got.max_attempts
+
     def tick(self, now: datetime) -> None:
         """Set the time running steps' durations are counted to (live refresh)."""
         self._now = now
@@ -162,7 +261,8 @@ class RunView:
             name = state_name(step.state, StepRun)
             finished = step.state in _FINISHED_STEP_STATES
             done += finished
-            attempts = f"{step.attempt}/{step.max_attempts}" if step.attempt else ""
+            most = max(step.max_attempts, step.attempt)
+            attempts = f"{step.attempt}/{most}" if step.attempt else ""
             end = step.end if finished else self._now
             table.add_row(
                 step.step_id,

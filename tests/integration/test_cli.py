@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 import subprocess
 from pathlib import Path
 
 from podium.client.examples.agents import ExampleAgents
 from tests.integration import client_helpers
+from tests.integration.client_helpers import UUID, normalized, podium, podium_plain
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.processes import PODIUM
 
 bare_server = client_helpers.bare_server  # the fixture, used by name
-
-
-async def podium(*args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run, [PODIUM, *args], capture_output=True, text=True, timeout=120
-    )
 
 
 async def test_apply_start_wait_and_exit_codes(
@@ -151,24 +145,6 @@ output: {
   }
 }
 """
-
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def normalized(text: str) -> str:
-    """Run ids and durations replaced, trailing blanks dropped."""
-    text = UUID.sub("<run id>", text)
-    text = re.sub(r"\b\d\.\ds\b", "#.#s", text)
-    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
-
-
-async def podium_plain(*args: str) -> subprocess.CompletedProcess[str]:
-    """``podium`` in a non-terminal environment of fixed width without colors."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
-    env.update(COLUMNS="100", NO_COLOR="1", TERM="dumb")
-    return await asyncio.to_thread(
-        subprocess.run, [PODIUM, *args], capture_output=True, text=True, timeout=120, env=env
-    )
 
 
 async def test_watch_renders_a_deterministic_run(

@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from podium.client import (
+    FailedPreconditionError,
     NotFoundError,
     PodiumClient,
     UnavailableError,
@@ -26,14 +27,16 @@ from podium.client import (
     to_dict,
 )
 from podium.client.examples.agents import ExampleAgents
-from podium.orchestration.v1 import event_pb2, run_pb2
+from podium.orchestration.v1 import approval_pb2, event_pb2, run_pb2
 from tests.integration import client_helpers
 from tests.integration.conftest import StartServer, static_agents
+from tests.integration.runs_helpers import wait_until
 
 bare_server = client_helpers.bare_server  # the fixture, used by name
 
 RunEvent = event_pb2.RunEvent
 Run = run_pb2.Run
+Approval = approval_pb2.Approval
 DEADLINE_SECONDS = 60.0
 
 
@@ -211,6 +214,110 @@ async def test_watch_run_gives_up_when_no_server_comes_back(
                 async for event in client.watch_run(run.id):
                     if event.type == RunEvent.TYPE_STEP_STARTED:
                         await server.stop(0)
+
+
+async def pending_approval(client: PodiumClient, run_id: str) -> Approval:
+    """The one pending approval of a run, once it exists."""
+    found: list[Approval] = []
+
+    async def check() -> bool:
+        found[:] = (await client.list_approvals(run_id=run_id)).items
+        return len(found) == 1
+
+    await wait_until(check, f"a pending approval of run {run_id}", within=DEADLINE_SECONDS)
+    return found[0]
+
+
+async def test_client_decide_approval_request_id_is_idempotent(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """The same decision with the same request_id returns the decided approval again;
+    another request, or another decision with that request_id, is FAILED_PRECONDITION
+    (APPROVAL_NOT_PENDING). list_approvals filters by state names or values."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with PodiumClient(server.address) as client:
+        plan = {"name": "gate", "steps": [{"id": "a", "agent": "echo", "checkpoint": "before"}]}
+        run = await client.start_run(plan=plan)
+        approval = await pending_approval(client, run.id)
+        assert (approval.kind, approval.state) == (
+            Approval.KIND_CHECKPOINT_BEFORE,
+            Approval.STATE_PENDING,
+        )
+
+        first = await client.approve(approval.id, actor="ann", comment="ok", request_id="r1")
+        again = await client.decide_approval(
+            approval.id, approval_pb2.DECISION_APPROVE, actor="ann", comment="ok", request_id="r1"
+        )
+        assert first.state == Approval.STATE_DECIDED
+        assert (again.id, again.state, again.decision, again.actor, again.decide_time) == (
+            first.id,
+            first.state,
+            approval_pb2.DECISION_APPROVE,
+            "ann",
+            first.decide_time,
+        )
+        for retry in (
+            client.approve(approval.id, actor="ann"),  # a new request_id
+            client.reject(approval.id, actor="ann", request_id="r1"),  # another decision
+        ):
+            with pytest.raises(FailedPreconditionError) as refused:
+                await retry
+            assert refused.value.reason == "APPROVAL_NOT_PENDING"
+        assert (await client.get_approval(approval.id)).decide_time == first.decide_time
+
+        # Pending only by default; decided ones by name or by value.
+        assert (await client.list_approvals(run_id=run.id)).items == []
+        for states in (["decided"], [Approval.STATE_DECIDED], ["PENDING", "STATE_DECIDED"]):
+            listed = await client.list_approvals(run_id=run.id, states=states)
+            assert [a.id for a in listed.items] == [approval.id], states
+        assert (await client.list_approvals(run_id=run.id, states=["expired"])).items == []
+        with pytest.raises(ValueError, match="unknown value 'done'"):
+            await client.list_approvals(states=["done"])
+        assert (await client.wait_run(run.id, timeout=DEADLINE_SECONDS)).state == (
+            Run.STATE_SUCCEEDED
+        )
+
+
+async def test_client_wait_run_and_watch_run_follow_a_resume(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """A run fails and is resumed while it is watched: the iterator goes on past
+    run.failed, through run.resumed, to the new attempt's terminal event. Replaying
+    from 0 afterwards yields the same events; wait_run returns the resumed run's end."""
+    server = await start_server(agents=static_agents(example_agents, "echo", "flaky"))
+    async with PodiumClient(server.address) as client:
+        await client.create_definition(
+            {
+                "name": "resumable",
+                "steps": [
+                    {"id": "ok", "agent": "echo"},
+                    {"id": "bad", "agent": "flaky", "depends_on": ["ok"], "input": {"failures": 1}},
+                    {"id": "after", "agent": "echo", "depends_on": ["bad"]},
+                ],
+            }
+        )
+        run = await client.start_run("resumable")
+        live: list[RunEvent] = []
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            async for event in client.watch_run(run.id):
+                live.append(event)
+                if event.type == RunEvent.TYPE_RUN_FAILED:
+                    resumed = await client.resume_run(run.id)
+                    assert resumed.run_attempt == 2
+        types = [e.type for e in live]
+        assert types.count(RunEvent.TYPE_RUN_FAILED) == 1
+        failed_at = types.index(RunEvent.TYPE_RUN_FAILED)
+        assert types[failed_at + 1] == RunEvent.TYPE_RUN_RESUMED
+        assert types[-1] == RunEvent.TYPE_RUN_COMPLETED
+        assert [e.sequence for e in live] == list(range(1, len(live) + 1))
+        assert live == await whole_log(client, run.id)
+
+        # Replaying from 0 (or from the old terminal event) follows the resume too.
+        assert [e async for e in client.watch_run(run.id)] == live
+        tail = [e async for e in client.watch_run(run.id, after_sequence=live[failed_at].sequence)]
+        assert tail == live[failed_at + 1 :]
+        done = await client.wait_run(run.id, timeout=DEADLINE_SECONDS)
+        assert (done.state, done.run_attempt) == (Run.STATE_SUCCEEDED, 2)
 
 
 async def test_an_rpc_the_server_lacks_raises_unimplemented(bare_server: str) -> None:
