@@ -425,6 +425,7 @@ class RunService:
                     if request.bypass_cache or not caching_requested(plan)
                     else cache_scope(plan, definition_name, definition_version),
                     cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                    bypass_cache=request.bypass_cache,
                 ),
                 trace_context=trace_context,
             )
@@ -445,6 +446,8 @@ class RunService:
         ref: Mapping[str, Any],
         child_input: Any,
         trace_context: Mapping[str, str] | None,
+        *,
+        bypass_cache: bool = False,
     ) -> tuple[str, uuid.UUID | None, str]:
         """Start the child run of a sub-orchestration step.
 
@@ -473,17 +476,18 @@ class RunService:
             labels=dict(plan.labels),
             request_id=None,
             max_parallel=self.effective_max_parallel(plan),
-            bypass_cache=False,
+            bypass_cache=bypass_cache,
             webhook_url=None,
-            # A child run caches like a run of its definition (the parent's
-            # bypass_cache is not passed down).
+            # A child run caches like a run of its definition, unless the parent run
+            # bypasses the cache (then its children do too).
             steps=build_steps(
                 plan,
                 plan_dict,
                 caching_scope=cache_scope(plan, plan.name, plan.version)
-                if caching_requested(plan)
+                if caching_requested(plan) and not bypass_cache
                 else None,
                 cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                bypass_cache=bypass_cache,
             ),
             trace_context=trace_context,
         )
@@ -712,13 +716,16 @@ def build_steps(
     *,
     caching_scope: dict[str, Any] | None = None,
     cache_ttl_seconds: float = 0.0,
+    bypass_cache: bool = False,
 ) -> list[NewStep]:
     """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
     JSON form when the caller has it (converting once is much cheaper than per step).
 
     ``caching_scope`` (None: no step is cached, e.g. ``bypass_cache``) enables the
     step-output cache: each cached step's spec gets its effective policy in
-    ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default."""
+    ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default.
+    ``bypass_cache`` (the run's flag) marks sub-orchestration steps so their child runs
+    bypass the cache too."""
     if plan_dict is None:
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
     step_dicts = plan_dict.get("steps", [])
@@ -740,6 +747,8 @@ def build_steps(
         refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         target = step.WhichOneof("target")
+        if bypass_cache and target == "orchestration":
+            spec["bypass_cache"] = True
         steps.append(
             NewStep(
                 step_id=step.id,

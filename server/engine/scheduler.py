@@ -41,10 +41,10 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import TaskInputRequired
@@ -69,13 +69,21 @@ log = logging.getLogger("podium.scheduler")
 
 _Key = tuple[uuid.UUID, str, int]
 
-StartChild = Callable[
-    [_Key, str, Mapping[str, Any], Any, Mapping[str, str] | None],
-    Awaitable[tuple[str, uuid.UUID | None, str]],
-]
-"""Starts the child run of a sub-orchestration step: (parent run/step/attempt,
-organization, the step's ``orchestration`` ref, child input, trace context) ->
-(status, child id, message); see ``RunService.start_child``."""
+
+class StartChild(Protocol):
+    """Starts the child run of a sub-orchestration step; see ``RunService.start_child``."""
+
+    def __call__(
+        self,
+        parent: _Key,
+        organization_id: str,
+        ref: Mapping[str, Any],
+        child_input: Any,
+        trace_context: Mapping[str, str] | None,
+        *,
+        bypass_cache: bool = False,
+    ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
 
 # Outcome -> (attempt outcome, final step state or None) for the metrics.
 _ATTEMPT_METRICS: dict[str, tuple[str, str | None]] = {
@@ -596,6 +604,7 @@ class Scheduler:
             step.spec["orchestration"],
             resolved,
             step.trace_context,
+            bypass_cache=bool(step.spec.get("bypass_cache")),
         )
         if status == "created":
             log.info(
