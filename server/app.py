@@ -140,11 +140,7 @@ class PodiumServer:
         server = grpc.aio.server(
             options=server_options(self.settings), interceptors=self._interceptors()
         )
-        # RPCs without an implementation are filled in at import time (UNIMPLEMENTED
-        # with a clear message), which mypy cannot see.
-        servicer = OrchestrationServicer(  # type: ignore[abstract]
-            lambda: self.engine, self.settings.organization_id
-        )
+        servicer = OrchestrationServicer(lambda: self.engine, self.settings.organization_id)
         orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

@@ -308,6 +308,14 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
     elif args.action == "resume":
         run = await client.resume_run(args.run_id)
         return await _wait_or_watch(client, run, args)
+    elif args.action == "fork":
+        run = await client.fork_run(
+            args.run_id,
+            args.step,
+            input=_json_arg(args.input, "--input"),
+            request_id=args.request_id,
+        )
+        return await _wait_or_watch(client, run, args)
     elif args.action == "events":
         if args.follow:
             async for event in client.watch_run(args.run_id, after_sequence=args.after):
@@ -607,6 +615,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-run the failed, cancelled and skipped steps of a finished run",
     )
     p.add_argument("run_id")
+    _follow_options(p)
+    p = runs.add_parser(
+        "fork",
+        parents=[common],
+        help="rerun from here: a new run of a finished run that re-executes the given steps "
+        "and everything downstream, reusing the other outputs",
+    )
+    p.add_argument("run_id")
+    p.add_argument(
+        "--step", action="append", required=True, help="a step to re-execute (repeatable)"
+    )
+    p.add_argument("--input", help="replacement run input, as a JSON object (default: the same)")
+    p.add_argument("--request-id", help="idempotency key: repeating the call returns the same run")
     _follow_options(p)
     p = runs.add_parser("events", parents=[common], help="print a run's event log")
     p.add_argument("run_id")

@@ -145,6 +145,13 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         return pb.ResumeRunResponse(run=run)
 
     @unary
+    async def ForkRun(self, request: pb.ForkRunRequest, context: Context) -> pb.ForkRunResponse:
+        run, _ = await self._engine().runs.fork(
+            self._org(context), request, _trace_carrier(context)
+        )
+        return pb.ForkRunResponse(run=run)
+
+    @unary
     async def ListApprovals(
         self, request: pb.ListApprovalsRequest, context: Context
     ) -> pb.ListApprovalsResponse:

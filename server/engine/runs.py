@@ -171,6 +171,7 @@ def run_to_proto(
         run_attempt=run.run_attempt,
         parent_run_id=str(run.parent_run_id) if run.parent_run_id else "",
         parent_step_id=run.parent_step_id or "",
+        forked_from_run_id=str(run.forked_from_run_id) if run.forked_from_run_id else "",
         rollback_hints=run.rollback_hints or [],
         last_event_sequence=run.last_event_sequence,
         max_parallel=run.max_parallel,
@@ -438,6 +439,114 @@ class RunService:
         assert stored is not None
         # An existing run (same request_id) may have another plan: parse its own.
         return run_to_proto(*stored, plan=plan if created else None), not created
+
+    async def fork(
+        self,
+        organization_id: str,
+        request: pb.ForkRunRequest,
+        trace_carrier: Mapping[str, str] | None = None,
+    ) -> tuple[run_pb2.Run, bool]:
+        """ForkRun ("rerun from here"): a new run of a finished run's plan that re-executes
+        ``step_ids`` and everything downstream of them, and copies the outputs of the
+        other succeeded steps. ``input`` replaces the run input (unset: the original).
+        Steps that did not succeed in the source run execute too. Returns (run,
+        existing) like StartRun (``request_id`` makes it idempotent)."""
+        rid = parse_run_id(request.run_id)
+        violations: list[FieldViolation] = []
+        if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
+            violations.append(
+                FieldViolation(
+                    field="request_id", description=f"at most {MAX_REQUEST_ID_LENGTH} characters"
+                )
+            )
+        if request.HasField("input"):
+            size = request.input.ByteSize()
+            if size > MAX_INPUT_BYTES:
+                violations.append(
+                    FieldViolation(
+                        field="input", description=f"{size} bytes; at most {MAX_INPUT_BYTES}"
+                    )
+                )
+            else:
+                violations.extend(json_violations(request.input, "input"))
+        if not request.step_ids:
+            violations.append(
+                FieldViolation(field="step_ids", description="name at least one step to re-run")
+            )
+        if violations:
+            raise InvalidArgument("ForkRun request is invalid", violations=violations)
+        async with storage_errors():
+            stored = await self._repository.get_with_steps(organization_id, rid)
+        if stored is None:
+            raise NotFound(
+                f"run {request.run_id} not found",
+                reason="RUN_NOT_FOUND",
+                metadata={"run_id": request.run_id},
+            )
+        source, steps, _, _ = stored
+        if source.state not in ("succeeded", "failed", "cancelled"):
+            raise FailedPrecondition(
+                f"run {request.run_id} is {source.state}; only a finished run can be forked",
+                reason="RUN_NOT_FINISHED",
+                metadata={"run_id": request.run_id, "state": source.state},
+            )
+        known = {s.step_id for s in steps}
+        unknown = [
+            FieldViolation(field=f"step_ids[{i}]", description=f"run has no step {step_id!r}")
+            for i, step_id in enumerate(request.step_ids)
+            if step_id not in known
+        ]
+        if unknown:
+            raise InvalidArgument("ForkRun names unknown steps", violations=unknown)
+        # Re-execute the named steps and everything downstream; copy the rest that
+        # succeeded.
+        redo = set(request.step_ids)
+        changed = True
+        while changed:
+            changed = False
+            for step in steps:
+                if step.step_id not in redo and redo.intersection(step.depends_on):
+                    redo.add(step.step_id)
+                    changed = True
+        copied = [s.step_id for s in steps if s.state == "succeeded" and s.step_id not in redo]
+        plan = definition_pb2.Definition()
+        json_format.ParseDict(source.plan, plan, ignore_unknown_fields=True)
+        run_input = (
+            normalize_numbers(json_format.MessageToDict(request.input))
+            if request.HasField("input")
+            else source.input
+        )
+        with self.tracing.run_span(trace_carrier, {}) as (_, trace_context):
+            new = NewRun(
+                organization_id=organization_id,
+                definition_name=source.definition_name,
+                definition_version=source.definition_version,
+                plan=source.plan,
+                input=run_input,
+                metadata=source.metadata,
+                labels=source.labels,
+                request_id=request.request_id or None,
+                max_parallel=source.max_parallel,
+                bypass_cache=source.bypass_cache,
+                webhook_url=source.webhook_url,
+                steps=build_steps(
+                    plan,
+                    source.plan,
+                    caching_scope=None
+                    if source.bypass_cache or not caching_requested(plan)
+                    else cache_scope(plan, source.definition_name, source.definition_version),
+                    cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                    bypass_cache=source.bypass_cache,
+                ),
+                trace_context=trace_context,
+                forked_from_run_id=rid,
+                copied_steps=copied,
+            )
+            async with storage_errors():
+                run_id, created = await self._repository.create(new, start=True)
+                result = await self._repository.get_with_steps(organization_id, run_id)
+        assert result is not None
+        return run_to_proto(*result, plan=plan if created else None), not created
 
     async def start_child(
         self,

@@ -79,6 +79,9 @@ class NewRun:
     parent_run_id: uuid.UUID | None = None
     parent_step_id: str | None = None
     depth: int = 0
+    # ForkRun: the finished run to copy outputs from, and the steps to copy.
+    forked_from_run_id: uuid.UUID | None = None
+    copied_steps: Sequence[str] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ class RunRow:
     run_attempt: int
     parent_run_id: uuid.UUID | None
     parent_step_id: str | None
+    forked_from_run_id: uuid.UUID | None
     error: dict[str, Any] | None
     rollback_hints: list[str] | None
     input_tokens: int
@@ -289,6 +293,7 @@ def _run(row: asyncpg.Record) -> RunRow:
         run_attempt=row["run_attempt"],
         parent_run_id=row["parent_run_id"],
         parent_step_id=row["parent_step_id"],
+        forked_from_run_id=row["forked_from_run_id"],
         error=row["error"],
         rollback_hints=row["rollback_hints"],
         input_tokens=row["input_tokens"],
@@ -371,6 +376,7 @@ class RunsRepository:
             run.parent_run_id,
             run.parent_step_id,
             run.depth,
+            run.forked_from_run_id,
         )
         if run_id is None:
             existing = await conn.fetchrow(
@@ -386,8 +392,14 @@ class RunsRepository:
             None,
             None,
             None,
-            {"steps": len(steps)},
+            {"steps": len(steps)}
+            if run.forked_from_run_id is None
+            else {"steps": len(steps), "forked_from_run_id": str(run.forked_from_run_id)},
         )
+        if run.forked_from_run_id is not None:
+            await conn.fetchval(
+                QUERIES["fork_steps"], run_id, run.forked_from_run_id, list(run.copied_steps)
+            )
         if start:
             await conn.fetchval(QUERIES["start_run"], run_id)
         return run_id, True

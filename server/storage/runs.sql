@@ -6,12 +6,13 @@
 -- $1 org, $2 definition_name, $3 definition_version, $4 plan, $5 input, $6 metadata,
 -- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,
 -- $12 steps_remaining, $13 trace_context, $14 parent_run_id, $15 parent_step_id,
--- $16 depth
+-- $16 depth, $17 forked_from_run_id
 INSERT INTO orchestration_runs
     (organization_id, definition_name, definition_version, plan, state, input, metadata,
      labels, request_id, max_parallel, bypass_cache, webhook_url, steps_remaining,
-     trace_context, parent_run_id, parent_step_id, depth)
-VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+     trace_context, parent_run_id, parent_step_id, depth, forked_from_run_id)
+VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+        $17)
 ON CONFLICT (organization_id, request_id) DO NOTHING
 RETURNING id
 
@@ -41,6 +42,10 @@ SELECT podium_start_run($1)
 -- $1 run_id, $2 organization_id
 SELECT id, state, depth FROM orchestration_runs
 WHERE id = $1 AND organization_id = $2 FOR UPDATE
+
+-- fork_steps --
+-- $1 new run id, $2 source run id, $3 step ids to copy (text[])
+SELECT podium_fork_steps($1, $2, $3)
 
 -- continue_run --
 -- $1 run_id, $2 organization_id, $3 input merged over the run's (NULL = none)

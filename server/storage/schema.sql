@@ -72,6 +72,7 @@ CREATE TABLE orchestration_runs (
     last_event_sequence  bigint NOT NULL DEFAULT 0,
     steps_remaining      integer NOT NULL DEFAULT 0 CHECK (steps_remaining >= 0),
     depth                integer NOT NULL DEFAULT 0 CHECK (depth >= 0),
+    forked_from_run_id   uuid REFERENCES orchestration_runs (id) ON DELETE SET NULL,
     created_at           timestamptz NOT NULL DEFAULT now(),
     started_at           timestamptz,
     ended_at             timestamptz,
@@ -336,6 +337,8 @@ COMMENT ON COLUMN orchestration_runs.steps_remaining IS
     'Steps not yet in a terminal state; the run completes when it reaches 0.';
 COMMENT ON COLUMN orchestration_runs.depth IS
     'Nesting depth of a sub-orchestration: 0 for a top-level run, parent depth + 1 for a child.';
+COMMENT ON COLUMN orchestration_runs.forked_from_run_id IS
+    'ForkRun: the finished run whose outputs upstream of the forked steps were copied.';
 
 -- The engine's functions (migrations/0002_engine.sql).
 
@@ -1525,6 +1528,45 @@ BEGIN
                                                  'previous_state', v_state));
     PERFORM podium_refresh_run(p_run);
     RETURN v_state;
+END
+$$;
+
+-- ForkRun: in a new run (created, not started, in the caller's transaction), mark the
+-- steps of p_copy succeeded with the outputs (and inputs) they had in the finished run
+-- p_source, each with a step.completed event naming that run; re-count the others'
+-- dependencies and the steps left. The caller then starts the run, which queues the
+-- re-executed steps whose dependencies are all copied. Returns the steps copied.
+CREATE FUNCTION podium_fork_steps(p_run uuid, p_source uuid, p_copy text[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_step record;
+    v_count integer := 0;
+BEGIN
+    FOR v_step IN
+        UPDATE orchestration_steps s
+           SET state = 'succeeded', output = src.output, input = src.input,
+               queued_at = now(), started_at = now(), ended_at = now()
+          FROM orchestration_steps src
+         WHERE s.run_id = p_run AND s.step_id = ANY (p_copy)
+           AND src.run_id = p_source AND src.step_id = s.step_id AND src.state = 'succeeded'
+        RETURNING s.step_id, s.output, s.position
+    LOOP
+        PERFORM podium_emit_event(p_run, 'step.completed', v_step.step_id, 0, 'succeeded',
+                                  jsonb_build_object('output', v_step.output,
+                                                     'copied_from_run_id', p_source));
+        v_count := v_count + 1;
+    END LOOP;
+    UPDATE orchestration_steps s
+       SET pending_dependencies = (
+               SELECT count(*) FROM orchestration_steps u
+                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
+                  AND u.state <> 'succeeded')
+     WHERE s.run_id = p_run AND s.state = 'pending';
+    UPDATE orchestration_runs
+       SET steps_remaining = (SELECT count(*) FROM orchestration_steps
+                               WHERE run_id = p_run AND state <> 'succeeded')
+     WHERE id = p_run;
+    RETURN v_count;
 END
 $$;
 

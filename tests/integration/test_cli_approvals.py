@@ -419,3 +419,38 @@ def rows(rendered: str) -> dict[str, str]:
         for parts in (line.split() for line in rendered.splitlines())
         if len(parts) >= 2 and parts[0] in ("ok", "bad", "after")
     }
+
+
+async def test_cli_fork_reruns_from_a_step(
+    start_server: StartServer, example_agents: ExampleAgents, tmp_path: Path
+) -> None:
+    """`runs fork RUN --step STEP --input ... --wait`: a new run re-executes the step and
+    what follows it with the new input; the upstream output is copied. Bad usage exits 2,
+    an unknown step 1."""
+    address = await serve(start_server, static_agents(example_agents, "echo"), tmp_path, FORK_PLAN)
+    first = await podium_json(
+        "runs", "start", "forkable", "--input", '{"v": 1}', "--wait", *address
+    )
+    assert first["state"] == "STATE_SUCCEEDED"
+    forked = await podium(
+        "runs", "fork", first["id"], "--step", "twice", "--input", '{"v": 2}', "--wait",
+        "-o", "json", *address,
+    )  # fmt: skip
+    assert forked.returncode == 0, forked.stdout + forked.stderr
+    run = json.loads(forked.stdout)
+    assert run["forked_from_run_id"] == first["id"]
+    steps = {s["step_id"]: s for s in run["steps"]}
+    assert steps["once"]["output"] == {"echo": {"v": 1}}  # copied from the first run
+    assert steps["twice"]["output"] == {"echo": {"v": 2}}
+    usage = await podium("runs", "fork", first["id"], *address)
+    assert usage.returncode == 2
+    unknown = await podium("runs", "fork", first["id"], "--step", "nope", *address)
+    assert unknown.returncode == 1 and "step_ids[0]" in unknown.stderr
+
+
+FORK_PLAN = """\
+name: forkable
+steps:
+  - {id: once, agent: echo, input: {v: '${run.input.v}'}}
+  - {id: twice, agent: echo, depends_on: [once], input: {v: '${run.input.v}'}}
+"""

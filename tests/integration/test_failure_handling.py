@@ -734,3 +734,104 @@ async def test_depth_limit_and_recursion(podium: Connect) -> None:
     mid = await get_run(stub, step_of(run, "t").child_run_id)
     assert step_of(mid, "m").error.code == "MAX_DEPTH_EXCEEDED"
     assert step_of(run, "t").error.code == "CHILD_RUN_FAILED"
+
+
+# ------------------------------------------------------------------------------ fork
+
+
+async def test_fork_reruns_from_a_step_with_new_input(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """ForkRun of a finished run: the named step and everything downstream run again
+    (with the new input); upstream outputs are copied, their agent not called."""
+    _, stub = await podium()
+    steps = [
+        {"id": "a", "agent": "echo", "input": {"v": "${run.input.v}"}},
+        {
+            "id": "b",
+            "agent": "echo",
+            "depends_on": ["a"],
+            "input": {"a": "${steps.a.output.echo.v}", "w": "${run.input.w}"},
+        },
+        {
+            "id": "c",
+            "agent": "echo",
+            "depends_on": ["b"],
+            "input": {"b": "${steps.b.output.echo.w}"},
+        },
+        {"id": "side", "agent": "echo", "input": {"s": 1}},
+    ]
+    first = await wait_for_run(
+        stub, (await start_run(stub, inline=plan(steps), input={"v": 1, "w": "x"})).run.id
+    )
+    assert first.state == Run.STATE_SUCCEEDED
+    calls = example_agents["echo"].stats.calls
+
+    forked = (
+        await stub.ForkRun(
+            pb.ForkRunRequest(
+                run_id=first.id, step_ids=["b"], input=struct({"v": 2, "w": "y"}), request_id="f1"
+            )
+        )
+    ).run
+    assert forked.forked_from_run_id == first.id
+    assert plain(forked.input) == {"v": 2, "w": "y"}
+    again = await stub.ForkRun(pb.ForkRunRequest(run_id=first.id, step_ids=["b"], request_id="f1"))
+    assert again.run.id == forked.id  # request_id: idempotent
+
+    run = await wait_for_run(stub, forked.id)
+    assert run.state == Run.STATE_SUCCEEDED, run
+    # a and side copied (a keeps v=1 although the input changed); b and c ran again.
+    assert plain(step_of(run, "a").output) == {"echo": {"v": 1}}
+    assert not step_of(run, "a").attempts and not step_of(run, "side").attempts
+    assert plain(step_of(run, "b").output) == {"echo": {"a": 1, "w": "y"}}
+    assert plain(step_of(run, "c").output) == {"echo": {"b": "y"}}
+    assert example_agents["echo"].stats.calls == calls + 2
+    copied = [e for e in await all_events(stub, run.id) if event_type(e) == "step.completed"]
+    assert {e.step_id for e in copied if plain(e.data).get("copied_from_run_id") == first.id} == {
+        "a",
+        "side",
+    }
+
+
+async def test_fork_errors_and_a_failed_source(podium: Connect) -> None:
+    _, stub = await podium()
+    started = await start_run(
+        stub, inline=plan([{"id": "slow", "agent": "sleeper", "input": {"seconds": 30}}])
+    )
+    error = await rpc_error(
+        stub.ForkRun(pb.ForkRunRequest(run_id=started.run.id, step_ids=["slow"]))
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(error)[0].reason == "RUN_NOT_FINISHED"
+    await stub.CancelRun(pb.CancelRunRequest(run_id=started.run.id))
+
+    error = await rpc_error(stub.ForkRun(pb.ForkRunRequest(run_id=started.run.id)))
+    assert set(violations(error)) == {"step_ids"}
+    error = await rpc_error(
+        stub.ForkRun(pb.ForkRunRequest(run_id=started.run.id, step_ids=["slow", "nope"]))
+    )
+    assert set(violations(error)) == {"step_ids[1]"}
+
+    # A failed source: the step that failed runs again too, even upstream of the fork.
+    failed = await wait_for_run(
+        stub,
+        (
+            await start_run(
+                stub,
+                inline=plan(
+                    [
+                        {"id": "bad", "agent": "flaky", "input": {"failures": 1}},
+                        {"id": "ok", "agent": "echo"},
+                    ],
+                    execution={"concurrency": {"max_parallel": 2}},
+                ),
+            )
+        ).run.id,
+    )
+    assert failed.state == Run.STATE_FAILED
+    forked = (await stub.ForkRun(pb.ForkRunRequest(run_id=failed.id, step_ids=["ok"]))).run
+    run = await wait_for_run(stub, forked.id)
+    # The flaky agent fails the first attempt of each run: executed again, not copied.
+    assert run.state == Run.STATE_FAILED, run
+    assert [a.error.code for a in step_of(run, "bad").attempts] == ["FLAKY"]
