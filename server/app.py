@@ -232,6 +232,7 @@ class PodiumServer:
         """Point the engine's metrics and spans at this server's."""
         engine.scheduler.instrument(self.metrics, self.tracing)
         engine.runs.instrument(self.metrics, self.tracing)
+        engine.approvals.instrument(self.metrics)
         hub = engine.watch.hub
         self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
         dispatcher = engine.webhooks.dispatcher

@@ -45,6 +45,7 @@ from podium.server.engine.runs import (
 )
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
+from podium.server.telemetry.metrics import Metrics
 
 __all__ = ["ApprovalService", "approval_to_proto"]
 
@@ -118,6 +119,11 @@ class ApprovalService:
 
     def __init__(self, repository: ApprovalsRepository) -> None:
         self._repository = repository
+        self.metrics = Metrics()
+
+    def instrument(self, metrics: Metrics) -> None:
+        """Record into the server's ``metrics`` instead of the private default."""
+        self.metrics = metrics
 
     async def get(self, organization_id: str, approval_id: str) -> approval_pb2.Approval:
         """One approval of the organization."""
@@ -236,7 +242,22 @@ class ApprovalService:
                 reason="NOT_AN_APPROVER",
                 metadata=meta,
             )
+        if status == "ok":
+            await self._count_run_end(row.run_id)
         return approval_to_proto(row)
+
+    async def _count_run_end(self, run_id: uuid.UUID) -> None:
+        """A run waiting on an approval is running, so a decision that leaves it finished
+        is the one that ended it: count it like a completion does."""
+        try:
+            async with storage_errors():
+                end = await self._repository.run_end(run_id)
+        except Exception:  # metrics must not fail a recorded decision
+            return
+        if end is not None and end[0] in ("succeeded", "failed", "cancelled"):
+            state, started, ended = end
+            seconds = (ended - started).total_seconds() if started and ended else None
+            self.metrics.run_ended(state, seconds)
 
     async def expire(self, limit: int = 100) -> int:
         """Apply the default action of expired approvals; returns how many."""

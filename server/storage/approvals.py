@@ -85,6 +85,14 @@ class ApprovalsRepository:
             )
         return status
 
+    async def run_end(
+        self, run_id: uuid.UUID
+    ) -> tuple[str, datetime | None, datetime | None] | None:
+        """The (state, started_at, ended_at) of a run, or None."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["approval_run_end"], run_id)
+        return None if row is None else (row["state"], row["started_at"], row["ended_at"])
+
     async def expire(self, limit: int = 100) -> int:
         """Apply the default action of expired approvals; returns how many."""
         async with self._db.connection() as conn:

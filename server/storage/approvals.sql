@@ -25,3 +25,8 @@ WHERE organization_id = $1
   AND ($4::timestamptz IS NULL OR (created_at, id) > ($4, $5::uuid))
 ORDER BY created_at, id
 LIMIT $6
+
+-- approval_run_end --
+-- The state and times of an approval's run (metrics after a decision ended it).
+-- $1 run id
+SELECT state, started_at, ended_at FROM orchestration_runs WHERE id = $1

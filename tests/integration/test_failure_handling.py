@@ -219,12 +219,22 @@ async def test_notify_human_parks_the_step_and_retry_then_success(
 async def test_failure_review_skip_or_fail(
     podium: Connect, decision: int, run_state: int, step_state: int
 ) -> None:
-    _, stub = await podium()
+    server, stub = await podium()
+    state_name = Run.State.Name(Run.State.ValueType(run_state)).removeprefix("STATE_").lower()
+
+    def runs_total() -> float:
+        value = server.metrics.registry.get_sample_value(
+            "orchestration_runs_total", {"state": state_name}
+        )
+        return value or 0.0
+
     started = await start_run(stub, inline=plan([failing("a", notify_human=True)]))
     approval = await pending_approval(stub, started.run.id)
+    before = runs_total()
     await decide(stub, approval.id, decision, actor="ops")
     run = await wait_for_run(stub, started.run.id)
     assert (run.state, step_of(run, "a").state) == (run_state, step_state)
+    assert runs_total() == before + 1  # the decision ended the run: counted once
     assert step_of(run, "a").error.code == "FLAKY"
     if run_state == Run.STATE_FAILED:
         assert run.error.step_id == "a"
