@@ -1,4 +1,4 @@
-"""The A2A adapter: runs a step attempt on an A2A agent (A2A gRPC binding, protocol 1.0).
+"""The A2A adapter: runs a step attempt on an A2A agent (A2A gRPC binding, 1.0 or 0.3).
 
 :class:`A2AClient` has the call shape of :meth:`AgentClient.execute
 <podium.server.agents.client.AgentClient.execute>`: the same request, deadline, metadata
@@ -36,8 +36,13 @@ already ended (subscribing is refused), ``GetTask`` provides the final snapshot.
 
 The protocol version is read once per endpoint from the agent card: ``GetExtendedAgentCard``
 of ``lf.a2a.v1`` (a 1.0 server that does not publish one still answers with an A2A error,
-which is enough); a server that only speaks ``a2a.v1.A2AService`` (protocol 0.3, told
-apart by its card's ``protocol_version``) fails with ``A2A_VERSION_UNSUPPORTED``.
+which is enough); else ``GetAgentCard`` of ``a2a.v1`` (protocol 0.3, told apart by its
+card's ``protocol_version``). A 0.3 agent gets the same mapping: its calls go through
+:class:`~podium.server.agents.a2a_v03.V03Api`, which converts each request to 0.3 and
+each reply to the 1.0 types with a2a-sdk's compat conversions, so the attempt logic is
+the same. Only difference: 0.3 has no ``ListTasks``, so an attempt cancelled before its
+first event learns its task id from the stream's next event (bounded) to cancel it.
+Another version (e.g. a card saying 2.0) fails with ``A2A_VERSION_UNSUPPORTED``.
 
 Channels are reused per endpoint, as in :class:`AgentClient`.
 """
@@ -54,12 +59,18 @@ from typing import Any, Literal, Protocol, cast
 import grpc
 from a2a.compat.v0_3 import a2a_v0_3_pb2, a2a_v0_3_pb2_grpc
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from a2a.utils.constants import PROTOCOL_VERSION_1_0, VERSION_HEADER
+from a2a.utils.constants import PROTOCOL_VERSION_0_3, PROTOCOL_VERSION_1_0, VERSION_HEADER
 from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from podium.agent.v1 import agent_pb2
+from podium.server.agents.a2a_v03 import (
+    A2AConversionError,
+    V03Api,
+    is_legacy_version,
+    is_v03_a2a_error,
+)
 from podium.server.agents.client import (
     AGENT_PROTOCOL_ERROR,
     CANCELLED,
@@ -95,7 +106,8 @@ A2A_TASK_REJECTED = "A2A_TASK_REJECTED"
 A2A_AUTH_REQUIRED = "A2A_AUTH_REQUIRED"
 """The A2A agent asks for authentication (``TASK_STATE_AUTH_REQUIRED``; not retryable)."""
 A2A_VERSION_UNSUPPORTED = "A2A_VERSION_UNSUPPORTED"
-"""The endpoint speaks an A2A version the adapter does not (0.3; not retryable)."""
+"""The endpoint speaks an A2A version the adapter does not (neither 1.x nor 0.3; not
+retryable)."""
 A2A_NOT_SERVED = "A2A_NOT_SERVED"
 """The endpoint serves no A2A service (neither ``lf.a2a.v1`` nor ``a2a.v1``)."""
 INPUT_REQUIRED = "INPUT_REQUIRED"
@@ -429,19 +441,34 @@ class _Attempt:
 
 
 class _Endpoint:
-    """The channel of one endpoint, its stubs and its detected protocol version."""
+    """The channel of one endpoint, its stubs and its detected protocol version.
 
-    __slots__ = ("a2a", "channel", "legacy", "version")
+    ``a2a`` and ``legacy`` are the raw 1.0 and 0.3 stubs (version detection); ``api`` is
+    what attempts call once the version is known: the 1.0 stub, or a :class:`V03Api`
+    (the same calls and 1.0 types, made on the 0.3 service).
+    """
+
+    __slots__ = ("a2a", "api", "channel", "legacy", "version")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self.channel = channel
         self.a2a = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
         self.legacy = a2a_v0_3_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        self.api: Any = self.a2a
         self.version: str | None = None
+
+    def use(self, version: str) -> str:
+        """Record the detected ``version`` and pick the stub attempts call."""
+        self.version = version
+        self.api = V03Api(self.channel) if is_legacy_version(version) else self.a2a
+        return version
 
 
 def _has_a2a_error(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether a failed call carries an A2A ``ErrorInfo`` (so the A2A service exists)."""
+    """Whether a failed call carries an A2A error (so the A2A service exists): an
+    ``ErrorInfo`` of the A2A domain (1.0), or details naming an A2A error (0.3)."""
+    if is_v03_a2a_error(exc):
+        return True
     status = rpc_status.from_call(cast(grpc.Call, exc))
     if status is None:
         return False
@@ -453,7 +480,8 @@ def _has_a2a_error(exc: grpc.aio.AioRpcError) -> bool:
 
 
 class A2AClient:
-    """Calls A2A agents over the A2A gRPC binding, one reused channel per endpoint.
+    """Calls A2A agents (1.0 or 0.3) over the A2A gRPC binding, one reused channel per
+    endpoint.
 
     Args:
         max_message_bytes: largest message sent or received.
@@ -523,7 +551,8 @@ class A2AClient:
         ``1.0`` when ``lf.a2a.v1.A2AService`` answers ``GetExtendedAgentCard`` (with a
         card, or with an A2A error such as "extended card not configured": the service
         exists); otherwise the ``protocol_version`` of the ``a2a.v1.A2AService`` card
-        (0.3). "" (not cached) when neither service exists.
+        (``0.3``; also when that service exists but gives no card). "" (not cached)
+        when neither service exists. The version also picks the stub attempts call.
 
         Raises:
             grpc.aio.AioRpcError: the agent could not be asked (e.g. UNAVAILABLE).
@@ -540,16 +569,18 @@ class A2AClient:
             if exc.code() is not grpc.StatusCode.UNIMPLEMENTED or _has_a2a_error(exc):
                 if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
-                entry.version = PROTOCOL_VERSION_1_0
-                return entry.version
+                return entry.use(PROTOCOL_VERSION_1_0)
         else:
+            # The lf.a2a.v1 service answered: a 0.3 interface the card may also list
+            # (served as a2a.v1 for older clients) is not the one to use.
             versions = [
                 interface.protocol_version
                 for interface in cast(a2a_pb2.AgentCard, card).supported_interfaces
-                if interface.protocol_binding.upper() == "GRPC" and interface.protocol_version
+                if interface.protocol_binding.upper() == "GRPC"
+                and interface.protocol_version
+                and not is_legacy_version(interface.protocol_version)
             ]
-            entry.version = versions[0] if versions else PROTOCOL_VERSION_1_0
-            return entry.version
+            return entry.use(versions[0] if versions else PROTOCOL_VERSION_1_0)
         try:
             legacy = await entry.legacy.GetAgentCard(
                 a2a_v0_3_pb2.GetAgentCardRequest(), timeout=card_timeout
@@ -567,10 +598,10 @@ class A2AClient:
                     if probe.code() is grpc.StatusCode.UNIMPLEMENTED:
                         # Not cached: the endpoint may yet become an A2A agent.
                         return ""
-            entry.version = "0.3"
-            return entry.version
-        entry.version = cast(a2a_v0_3_pb2.AgentCard, legacy).protocol_version or "0.3"
-        return entry.version
+            return entry.use(PROTOCOL_VERSION_0_3)
+        return entry.use(
+            cast(a2a_v0_3_pb2.AgentCard, legacy).protocol_version or PROTOCOL_VERSION_0_3
+        )
 
     # -- calls
 
@@ -609,12 +640,13 @@ class A2AClient:
             )
         except grpc.aio.AioRpcError as exc:
             return _transport_failure(exc, [])
-        if version and not version.startswith("1."):
+        legacy = is_legacy_version(version)
+        if version and not version.startswith("1.") and not legacy:
             return TaskFailed(
                 code=A2A_VERSION_UNSUPPORTED,
                 message=(
-                    f"the A2A agent at {endpoint} speaks A2A {version} (package a2a.v1); "
-                    "Podium supports A2A 1.0 (lf.a2a.v1.A2AService)"
+                    f"the A2A agent at {endpoint} speaks A2A {version}; Podium supports "
+                    "A2A 1.0 (lf.a2a.v1.A2AService) and 0.3 (a2a.v1.A2AService)"
                 ),
                 retryable=False,
                 origin="protocol",
@@ -626,11 +658,13 @@ class A2AClient:
                 retryable=False,
                 origin="protocol",
             )
-        call_metadata = ((VERSION_HEADER.lower(), PROTOCOL_VERSION_1_0), *metadata)
+        api = entry.api
+        header = PROTOCOL_VERSION_0_3 if legacy else PROTOCOL_VERSION_1_0
+        call_metadata = ((VERSION_HEADER.lower(), header), *metadata)
         attempt = _Attempt(on_progress, on_output_chunk, on_artifact)
         attempt.context_id = request.conversation_id
         attempt.task_id = resume_task_id
-        call: Any = entry.a2a.SendStreamingMessage(
+        call: Any = api.SendStreamingMessage(
             _send_request(request, resume_task_id),
             timeout=max(deadline - loop.time(), 0.001),
             metadata=call_metadata,
@@ -650,7 +684,7 @@ class A2AClient:
                         raise
                     if _has_a2a_error(exc):
                         # Subscribing is refused once the task ended: read its state.
-                        task = await entry.a2a.GetTask(
+                        task = await api.GetTask(
                             a2a_pb2.GetTaskRequest(id=attempt.task_id),
                             timeout=max(deadline - loop.time(), 0.001),
                             metadata=call_metadata,
@@ -677,7 +711,7 @@ class A2AClient:
                     if last_error is not None:
                         raise last_error
                     finished = True
-                    await self._cancel_task(entry, attempt.task_id, call_metadata)
+                    await self._cancel_task(api, attempt.task_id, call_metadata)
                     return TaskFailed(
                         code=AGENT_PROTOCOL_ERROR,
                         message=(
@@ -694,7 +728,7 @@ class A2AClient:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise _DeadlineError
-                call = entry.a2a.SubscribeToTask(
+                call = api.SubscribeToTask(
                     a2a_pb2.SubscribeToTaskRequest(id=attempt.task_id),
                     timeout=remaining,
                     metadata=call_metadata,
@@ -703,7 +737,7 @@ class A2AClient:
         except _DeadlineError:
             finished = True
             call.cancel()
-            await self._cancel_task(entry, attempt.task_id, call_metadata)
+            await self._cancel_task(api, attempt.task_id, call_metadata)
             return TaskFailed(
                 code=DEADLINE_EXCEEDED,
                 message="the A2A task outlived the step's deadline",
@@ -712,10 +746,21 @@ class A2AClient:
                 grpc_status="DEADLINE_EXCEEDED",
                 artifacts=tuple(attempt.files),
             )
+        except A2AConversionError as exc:
+            finished = True
+            call.cancel()
+            await self._cancel_task(api, attempt.task_id, call_metadata)
+            return TaskFailed(
+                code=AGENT_PROTOCOL_ERROR,
+                message=str(exc),
+                retryable=True,
+                origin="protocol",
+                artifacts=tuple(attempt.files),
+            )
         except grpc.aio.AioRpcError as exc:
             finished = True
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                await self._cancel_task(entry, attempt.task_id, call_metadata)
+                await self._cancel_task(api, attempt.task_id, call_metadata)
             return _transport_failure(exc, attempt.files)
         except asyncio.CancelledError:
             task = asyncio.current_task()
@@ -733,24 +778,50 @@ class A2AClient:
         finally:
             if not finished:
                 # Cancelled (or a callback raised): stop the A2A task too. Cancelled
-                # before the first event, its task is found by the context id.
-                call.cancel()
+                # before the first event, its task is found by the context id (1.0:
+                # ListTasks) or, as 0.3 has no ListTasks, by the stream's next event.
                 task_ids = [attempt.task_id] if attempt.task_id else []
+                if not task_ids and legacy:
+                    task_ids = await self._next_task_id(call)
+                call.cancel()
                 if not task_ids:
-                    task_ids = await self._active_tasks(entry, attempt.context_id, call_metadata)
+                    task_ids = await self._active_tasks(api, attempt.context_id, call_metadata)
                 for task_id in task_ids:
-                    await self._cancel_task(entry, task_id, call_metadata)
+                    await self._cancel_task(api, task_id, call_metadata)
         return attempt.outcome()
 
+    async def _next_task_id(self, call: Any) -> list[str]:
+        """The task id of the next events of ``call`` that carry one (bounded by the
+        cancel timeout, best effort: [] when none comes)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._cancel_timeout
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                message = await asyncio.wait_for(call.read(), remaining)
+                if not isinstance(message, a2a_pb2.StreamResponse):
+                    return []
+                kind = message.WhichOneof("payload")
+                if kind == "task":
+                    task_id = message.task.id
+                elif kind in ("status_update", "artifact_update"):
+                    task_id = getattr(message, kind).task_id
+                else:
+                    task_id = ""
+                if task_id:
+                    return [task_id]
+        except (TimeoutError, grpc.aio.AioRpcError, asyncio.CancelledError, A2AConversionError):
+            pass
+        return []
+
     async def _active_tasks(
-        self, entry: _Endpoint, context_id: str, metadata: Sequence[tuple[str, str]]
+        self, api: Any, context_id: str, metadata: Sequence[tuple[str, str]]
     ) -> list[str]:
         """The ids of the context's tasks still submitted or working (``ListTasks``;
         bounded, best effort: [] on any failure)."""
         if not context_id:
             return []
         try:
-            response = await entry.a2a.ListTasks(
+            response = await api.ListTasks(
                 a2a_pb2.ListTasksRequest(context_id=context_id, history_length=0),
                 timeout=self._cancel_timeout,
                 metadata=tuple(metadata),
@@ -763,14 +834,14 @@ class A2AClient:
         return [task.id for task in listed.tasks if task.status.state in active]
 
     async def _cancel_task(
-        self, entry: _Endpoint, task_id: str, metadata: Sequence[tuple[str, str]]
+        self, api: Any, task_id: str, metadata: Sequence[tuple[str, str]]
     ) -> None:
         """Send CancelTask for ``task_id`` (best effort, bounded; never raises)."""
         if not task_id:
             return
         try:
             await asyncio.shield(
-                entry.a2a.CancelTask(
+                api.CancelTask(
                     a2a_pb2.CancelTaskRequest(id=task_id),
                     timeout=self._cancel_timeout,
                     metadata=tuple(metadata),

@@ -1,8 +1,8 @@
 """The one place that chooses how an agent is called: by its protocol.
 
 :class:`AgentDispatcher` holds the :class:`~podium.server.agents.client.AgentClient`
-(``podium.agent.v1``) and the :class:`~podium.server.agents.a2a.A2AClient` (A2A 1.0 over
-gRPC) and routes :meth:`AgentDispatcher.execute` by the agent's stored protocol
+(``podium.agent.v1``) and the :class:`~podium.server.agents.a2a.A2AClient` (A2A 1.0 or
+0.3 over gRPC) and routes :meth:`AgentDispatcher.execute` by the agent's stored protocol
 (``agents.protocol``: ``podium_v1`` or ``a2a``).
 """
 
