@@ -1,9 +1,10 @@
-"""A real A2A 1.0 agent for tests, built with a2a-sdk's server classes.
+"""A real A2A agent for tests, built with a2a-sdk's server classes.
 
-:func:`serve_a2a` starts ``lf.a2a.v1.A2AService`` on 127.0.0.1:0: the SDK's
-``GrpcHandler`` over its ``DefaultRequestHandler`` and ``InMemoryTaskStore``, running
-:class:`ScriptedExecutor`, an ``AgentExecutor`` whose behaviour is chosen by the step
-input's ``mode``:
+:func:`serve_a2a` starts, on 127.0.0.1:0, ``lf.a2a.v1.A2AService`` (A2A 1.0: the SDK's
+``GrpcHandler``) or, with ``version="0.3"``, only ``a2a.v1.A2AService`` (A2A 0.3: the
+SDK's ``CompatGrpcHandler``), over its ``DefaultRequestHandler`` and
+``InMemoryTaskStore``, running :class:`ScriptedExecutor`, an ``AgentExecutor`` whose
+behaviour is chosen by the step input's ``mode``:
 
 - ``ok`` (default): status "thinking" (fraction 0.25), artifact ``answer`` streamed as
   ``Hello, `` + ``world``, status "done writing", completed;
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from a2a.compat.v0_3 import a2a_v0_3_pb2_grpc
+from a2a.compat.v0_3 import a2a_v0_3_pb2, a2a_v0_3_pb2_grpc
 from a2a.compat.v0_3.grpc_handler import CompatGrpcHandler
 from a2a.helpers.proto_helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -40,6 +41,9 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 
 Part = a2a_pb2.Part
+
+VERSIONS = ("1.0", "0.3")
+"""The A2A versions :func:`serve_a2a` can speak (to parametrize tests over)."""
 
 
 @dataclass
@@ -137,9 +141,37 @@ class ScriptedExecutor(AgentExecutor):
         await updater.cancel()
 
 
+async def _cutting(
+    agent: A2AAgent,
+    mode: str,
+    stream: AsyncIterable[Any],
+    context: grpc.aio.ServicerContext[Any, Any],
+) -> AsyncIterable[Any]:
+    """``stream``, ended (as if a proxy closed it) after its first artifact update when
+    ``mode`` is ``cut`` (``reset``: with UNAVAILABLE)."""
+    async for item in stream:
+        yield item
+        if mode in ("cut", "reset") and item.WhichOneof("payload") == "artifact_update":
+            agent.cuts += 1
+            if mode == "reset":
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by proxy")
+            return
+
+
+async def _subscribed(agent: A2AAgent, stream: AsyncIterable[Any]) -> AsyncIterable[Any]:
+    """``stream`` (a subscription), releasing the executor once its snapshot was sent."""
+    agent.subscriptions += 1
+    first = True
+    async for item in stream:
+        yield item
+        if first:
+            first = False
+            agent.resubscribed.set()
+
+
 class CuttingHandler(GrpcHandler):
-    """The SDK's gRPC handler, except that a ``cut`` stream ends (as if a proxy closed
-    it) after its first artifact update (``reset``: with UNAVAILABLE), and a
+    """The SDK's gRPC handler (A2A 1.0), except that a ``cut`` stream ends (as if a
+    proxy closed it) after its first artifact update (``reset``: with UNAVAILABLE), and a
     subscription releases the executor once its snapshot was sent."""
 
     def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
@@ -154,24 +186,46 @@ class CuttingHandler(GrpcHandler):
             if part.WhichOneof("content") == "data":
                 fields = part.data.struct_value.fields
                 mode = fields["mode"].string_value if "mode" in fields else ""
-        async for item in super().SendStreamingMessage(request, context):
+        stream = super().SendStreamingMessage(request, context)
+        async for item in _cutting(self.agent, mode, stream, context):
             yield item
-            if mode in ("cut", "reset") and item.WhichOneof("payload") == "artifact_update":
-                self.agent.cuts += 1
-                if mode == "reset":
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset by proxy")
-                return
 
     async def SubscribeToTask(
         self, request: a2a_pb2.SubscribeToTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterable[a2a_pb2.StreamResponse]:
-        self.agent.subscriptions += 1
-        first = True
-        async for item in super().SubscribeToTask(request, context):
+        async for item in _subscribed(self.agent, super().SubscribeToTask(request, context)):
             yield item
-            if first:
-                first = False
-                self.agent.resubscribed.set()
+
+
+class CuttingCompatHandler(CompatGrpcHandler):
+    """:class:`CuttingHandler` for A2A 0.3: the SDK's ``CompatGrpcHandler``
+    (``a2a.v1.A2AService``) with the same ``cut`` / ``reset`` behaviour."""
+
+    def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    async def SendStreamingMessage(
+        self,
+        request: a2a_v0_3_pb2.SendMessageRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterable[a2a_v0_3_pb2.StreamResponse]:
+        mode = ""
+        for part in request.request.content:
+            if part.WhichOneof("part") == "data":
+                fields = part.data.data.fields
+                mode = fields["mode"].string_value if "mode" in fields else ""
+        stream = super().SendStreamingMessage(request, context)
+        async for item in _cutting(self.agent, mode, stream, context):
+            yield item
+
+    async def TaskSubscription(
+        self,
+        request: a2a_v0_3_pb2.TaskSubscriptionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterable[a2a_v0_3_pb2.StreamResponse]:
+        async for item in _subscribed(self.agent, super().TaskSubscription(request, context)):
+            yield item
 
 
 @dataclass
@@ -180,6 +234,7 @@ class A2AAgent:
 
     server: grpc.aio.Server | None = None
     port: int = 0
+    version: str = "1.0"
     requests: list[Seen] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -213,18 +268,19 @@ def agent_card(version: str = "1.0") -> a2a_pb2.AgentCard:
     )
 
 
-async def serve_a2a(*, legacy_only: bool = False) -> A2AAgent:
-    """Start the test agent (``legacy_only``: serve only the A2A 0.3 service)."""
-    agent = A2AAgent()
+async def serve_a2a(*, version: str = "1.0") -> A2AAgent:
+    """Start the test agent speaking A2A ``version`` (one of :data:`VERSIONS`; ``0.3``
+    serves only ``a2a.v1.A2AService``)."""
+    agent = A2AAgent(version=version)
     handler = DefaultRequestHandler(
         agent_executor=ScriptedExecutor(agent),
         task_store=InMemoryTaskStore(),
-        agent_card=agent_card("0.3" if legacy_only else "1.0"),
+        agent_card=agent_card(version),
     )
     server = grpc.aio.server()
-    if legacy_only:
+    if version == "0.3":
         a2a_v0_3_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            CompatGrpcHandler(handler), server
+            CuttingCompatHandler(agent, handler), server
         )
     else:
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]

@@ -1,4 +1,5 @@
-"""A2AClient against a real A2A 1.0 agent built with a2a-sdk's server classes."""
+"""A2AClient against real A2A agents built with a2a-sdk's server classes: every test
+runs against an A2A 1.0 agent (``lf.a2a.v1``) and an A2A 0.3 one (``a2a.v1`` only)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,18 @@ from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import (
     A2A_TASK_FAILED,
     A2A_TASK_REJECTED,
-    A2A_VERSION_UNSUPPORTED,
     A2AClient,
     TaskInputRequired,
 )
 from podium.server.agents.client import AGENT_UNAVAILABLE, TaskFailed, TaskSucceeded
-from tests.integration.a2a_agents import A2AAgent, serve_a2a
+from tests.integration.a2a_agents import VERSIONS, A2AAgent, serve_a2a
 
 DEADLINE = 30.0
 
 
-@pytest.fixture
-async def a2a_agent() -> AsyncIterator[A2AAgent]:
-    agent = await serve_a2a()
+@pytest.fixture(params=VERSIONS, ids=[f"a2a-{v}" for v in VERSIONS])
+async def a2a_agent(request: pytest.FixtureRequest) -> AsyncIterator[A2AAgent]:
+    agent = await serve_a2a(version=request.param)
     try:
         yield agent
     finally:
@@ -92,7 +92,7 @@ async def test_streams_progress_and_output(client: A2AClient, a2a_agent: A2AAgen
     assert seen.context_id == conversation
     assert seen.input == {"mode": "ok"}
     assert seen.metadata["podium"]["step_id"] == "ask"
-    assert await client.protocol_version(a2a_agent.endpoint) == "1.0"
+    assert await client.protocol_version(a2a_agent.endpoint) == a2a_agent.version
 
 
 async def test_data_artifact_is_the_output(client: A2AClient, a2a_agent: A2AAgent) -> None:
@@ -175,17 +175,6 @@ async def test_cancel_sends_cancel_task(client: A2AClient, a2a_agent: A2AAgent) 
     with pytest.raises(asyncio.CancelledError):
         await task
     assert a2a_agent.cancelled == [a2a_agent.requests[0].task_id]
-
-
-async def test_legacy_agent_fails_clearly(client: A2AClient) -> None:
-    legacy = await serve_a2a(legacy_only=True)
-    try:
-        outcome, _ = await run(client, legacy, {"mode": "ok"})
-    finally:
-        await legacy.stop()
-    assert isinstance(outcome, TaskFailed)
-    assert (outcome.code, outcome.retryable) == (A2A_VERSION_UNSUPPORTED, False)
-    assert "0.3" in outcome.message
 
 
 async def test_unreachable_agent(client: A2AClient) -> None:

@@ -1,5 +1,7 @@
 """Podium runs whose steps target an A2A agent (protocol=a2a), end to end: a real
-Podium server and a real A2A 1.0 agent built with a2a-sdk's server classes."""
+Podium server and a real A2A agent built with a2a-sdk's server classes. Every test runs
+against an A2A 1.0 agent (``lf.a2a.v1``) and an A2A 0.3 one (only ``a2a.v1``, the SDK's
+``CompatGrpcHandler``)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1.approval_pb2 import DECISION_REJECT, Approval
 from podium.orchestration.v1.run_pb2 import Run, StepRun
-from tests.integration.a2a_agents import A2AAgent, serve_a2a
+from tests.integration.a2a_agents import VERSIONS, A2AAgent, serve_a2a
 from tests.integration.conftest import StartServer
 from tests.integration.runs_helpers import (
     all_events,
@@ -37,9 +39,9 @@ if TYPE_CHECKING:
     )
 
 
-@pytest.fixture
-async def a2a_agent() -> AsyncIterator[A2AAgent]:
-    agent = await serve_a2a()
+@pytest.fixture(params=VERSIONS, ids=[f"a2a-{v}" for v in VERSIONS])
+async def a2a_agent(request: pytest.FixtureRequest) -> AsyncIterator[A2AAgent]:
+    agent = await serve_a2a(version=request.param)
     try:
         yield agent
     finally:
