@@ -663,7 +663,7 @@ BEGIN
      WHERE run_id = p_run AND state = 'pending';
     FOR v_child IN
         SELECT c.id, c.organization_id FROM orchestration_runs c
-         WHERE c.parent_run_id = p_run AND c.state IN ('created', 'running')
+         WHERE c.parent_run_id = p_run AND c.state IN ('created', 'running', 'paused')
          ORDER BY c.created_at, c.id
     LOOP
         PERFORM podium_cancel_run(v_child.id, v_child.organization_id,
@@ -832,6 +832,15 @@ BEGIN
             UNION ALL
             SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
              WHERE v_done) e;
+    -- Only a run with a pending approval can end up held by humans (a probe of a
+    -- small partial index; nothing else on the hot path).
+    IF v_state = 'succeeded' AND v_count = 0 AND NOT v_done
+       AND EXISTS (SELECT 1 FROM human_approvals
+                    WHERE run_id = p_run AND state = 'pending') THEN
+        IF podium_pause_if_held(p_run) THEN
+            v_run_state := 'paused';
+        END IF;
+    END IF;
     PERFORM pg_notify('podium_events', p_run::text);
     IF v_count > 0 OR v_state = 'waiting_retry' THEN
         PERFORM pg_notify('podium_work', '');
@@ -1068,11 +1077,43 @@ BEGIN
     RETURNING r.state INTO v_state;
     IF v_remaining = 0 AND v_state = 'succeeded' THEN
         PERFORM podium_emit_event(p_run, 'run.completed', NULL, NULL, NULL, '{}');
+    ELSIF v_remaining > 0 AND v_queued = 0 AND v_state = 'running' THEN
+        IF podium_pause_if_held(p_run) THEN
+            v_state := 'paused';
+        END IF;
     END IF;
     IF v_queued > 0 THEN
         PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN v_state;
+END
+$$;
+
+-- A running run whose remaining steps are all held by a human (awaiting approval, or
+-- pending behind such a step: nothing queued, running or waiting for a retry) becomes
+-- `paused` with a run.paused event. Any decision makes it running again
+-- (podium_decide_approval). The caller holds the run row lock. Returns whether it paused.
+CREATE FUNCTION podium_pause_if_held(p_run uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM orchestration_steps
+                WHERE run_id = p_run AND state IN ('queued', 'running', 'waiting_retry'))
+       OR NOT EXISTS (SELECT 1 FROM orchestration_steps
+                       WHERE run_id = p_run AND state = 'awaiting_approval') THEN
+        RETURN false;
+    END IF;
+    UPDATE orchestration_runs SET state = 'paused', updated_at = now()
+     WHERE id = p_run AND state = 'running';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM podium_emit_event(
+        p_run, 'run.paused', NULL, NULL, NULL,
+        jsonb_build_object('awaiting', (SELECT jsonb_agg(step_id ORDER BY position)
+                                          FROM orchestration_steps
+                                         WHERE run_id = p_run
+                                           AND state = 'awaiting_approval')));
+    RETURN true;
 END
 $$;
 
@@ -1271,6 +1312,9 @@ BEGIN
         'awaiting_approval',
         jsonb_strip_nulls(jsonb_build_object('approval_id', v_approval, 'kind', v_kind,
                                              'prompt', v_prompt, 'error', p_error)));
+    IF podium_pause_if_held(p_run) THEN
+        RETURN 'paused';
+    END IF;
     RETURN 'running';
 END
 $$;
@@ -1322,6 +1366,10 @@ BEGIN
        SET state = p_state, decision = p_decision, actor = p_actor, comment = p_comment,
            request_id = p_request_id, decided_at = now()
      WHERE id = p_approval;
+    -- A decision lets the run go on (podium_refresh_run pauses it again if every
+    -- remaining step is still held).
+    UPDATE orchestration_runs SET state = 'running', updated_at = now()
+     WHERE id = v_run AND state = 'paused';
     UPDATE orchestration_steps SET approval_id = NULL
      WHERE run_id = v_run AND step_id = v_a.step_id;
     PERFORM podium_emit_event(
@@ -1451,7 +1499,7 @@ BEGIN
         PERFORM podium_start_run(p_run);
         RETURN 'started';
     END IF;
-    IF v_state = 'running' AND EXISTS (
+    IF v_state IN ('running', 'paused') AND EXISTS (
            SELECT 1 FROM human_approvals a
             WHERE a.run_id = p_run AND a.state = 'pending'
               AND a.kind IN ('checkpoint_before', 'checkpoint_after', 'input_required')) THEN

@@ -188,7 +188,8 @@ async def test_notify_human_parks_the_step_and_retry_then_success(
     assert approval.step_id == "a"
     assert plain(approval.subject)["error"]["code"] == "FLAKY"
     run = await get_run(stub, started.run.id)
-    assert run.state == Run.STATE_RUNNING
+    # Every remaining step waits on a human: the run is paused.
+    assert run.state == Run.STATE_PAUSED
     assert step_of(run, "a").state == StepRun.STATE_AWAITING_APPROVAL
     assert step_of(run, "a").approval_id == approval.id
 
@@ -205,8 +206,12 @@ async def test_notify_human_parks_the_step_and_retry_then_success(
     step = step_of(run, "a")
     assert [a.number for a in step.attempts] == [1, 2]
     assert plain(step.output) == {"attempt": 2}
-    types = [event_type(e) for e in await all_events(stub, run.id)]
-    assert types.index("step.awaiting_approval") < types.index("approval.decided")
+    events = await all_events(stub, run.id)
+    types = [event_type(e) for e in events]
+    assert types.index("step.awaiting_approval") < types.index("run.paused")
+    assert types.index("run.paused") < types.index("approval.decided")
+    decided_event = events[types.index("approval.decided")]
+    assert decided_event.run_state == Run.STATE_RUNNING  # the decision lets it go on
 
 
 @pytest.mark.parametrize(
@@ -529,6 +534,33 @@ async def _step_attempts(
     run = await get_run(stub, run_id)
     s = step_of(run, step)
     return len(s.attempts) >= n and s.attempts[n - 1].HasField("end_time")
+
+
+async def test_a_run_pauses_when_every_remaining_step_waits_on_a_human(
+    podium: Connect,
+) -> None:
+    """While another step runs, a parked step leaves the run running; once that step
+    completes, only the human is left: run.paused. The decision lets it go on."""
+    _, stub = await podium()
+    started = await start_run(
+        stub,
+        inline=plan(
+            [
+                {"id": "gate", "agent": "echo", "checkpoint": {"when": "WHEN_BEFORE"}},
+                {"id": "busy", "agent": "echo", "input": {"delay": 0.3}},
+            ],
+            execution={"concurrency": {"max_parallel": 2}},
+        ),
+    )
+    approval = await pending_approval(stub, started.run.id)
+    run = await wait_for_run(stub, started.run.id, [Run.STATE_PAUSED])
+    assert step_of(run, "busy").state == StepRun.STATE_SUCCEEDED
+    await decide(stub, approval.id, approval_pb2.DECISION_APPROVE)
+    run = await wait_for_run(stub, started.run.id)
+    assert run.state == Run.STATE_SUCCEEDED
+    types = [event_type(e) for e in await all_events(stub, run.id)]
+    assert types.count("run.paused") == 1
+    assert types.index("run.paused") < types.index("approval.decided")
 
 
 async def test_cancelling_a_run_cancels_its_pending_approval(podium: Connect) -> None:
