@@ -36,6 +36,7 @@ from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import validate_plan
 from podium.server.storage.runs import (
     AttemptRow,
+    CreatedRun,
     DeliverableRow,
     EventRow,
     NewRun,
@@ -239,6 +240,19 @@ def _step_to_proto(
     return out
 
 
+def _created_to_proto(stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
+    """The response of StartRun / ForkRun: the run as ``RunsRepository.create`` returned
+    it, with ``plan`` (the one just stored) when this call created it; an existing run
+    (same request_id) may have another plan, so its own is parsed."""
+    return run_to_proto(
+        stored.run,
+        stored.steps,
+        stored.attempts,
+        stored.deliverables,
+        plan=plan if stored.created else None,
+    )
+
+
 def deliverable_to_proto(d: DeliverableRow) -> run_pb2.Deliverable:
     """The API form of a stored deliverable."""
     out = run_pb2.Deliverable(
@@ -431,14 +445,11 @@ class RunService:
                 trace_context=trace_context,
             )
             async with storage_errors():
-                run_id, created = await self._repository.create(new, start=request.start)
-                stored = await self._repository.get_with_steps(organization_id, run_id)
+                stored = await self._repository.create(new, start=request.start)
             if span.is_recording():
-                span.set_attribute("podium.run_id", str(run_id))
-                span.set_attribute("podium.run.existing", not created)
-        assert stored is not None
-        # An existing run (same request_id) may have another plan: parse its own.
-        return run_to_proto(*stored, plan=plan if created else None), not created
+                span.set_attribute("podium.run_id", str(stored.run.id))
+                span.set_attribute("podium.run.existing", not stored.created)
+        return _created_to_proto(stored, plan), not stored.created
 
     async def fork(
         self,
@@ -543,10 +554,8 @@ class RunService:
                 copied_steps=copied,
             )
             async with storage_errors():
-                run_id, created = await self._repository.create(new, start=True)
-                result = await self._repository.get_with_steps(organization_id, run_id)
-        assert result is not None
-        return run_to_proto(*result, plan=plan if created else None), not created
+                forked = await self._repository.create(new, start=True)
+        return _created_to_proto(forked, plan), not forked.created
 
     async def start_child(
         self,

@@ -23,6 +23,7 @@ from .queries import QUERIES
 __all__ = [
     "AttemptRow",
     "ClaimedStep",
+    "CreatedRun",
     "DeliverableRow",
     "EventRow",
     "FinishedChild",
@@ -276,6 +277,19 @@ class DeliverableRow:
     created_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class CreatedRun:
+    """What :meth:`RunsRepository.create` returns: the run as stored with its steps,
+    attempts and deliverables, and whether this call created it (False: an existing run
+    with the same ``request_id``, in its current state)."""
+
+    run: RunRow
+    steps: list[StepRow]
+    attempts: list[AttemptRow]
+    deliverables: list[DeliverableRow]
+    created: bool
+
+
 def _run(row: asyncpg.Record) -> RunRow:
     return RunRow(
         id=row["id"],
@@ -323,24 +337,113 @@ def _run_states(
     return {(o.run_id, o.step_id, o.attempt): r[0] for o, r in zip(ordered, rows, strict=True)}
 
 
+def _created_run(run: NewRun, row: asyncpg.Record) -> RunRow:
+    """The stored form of ``run`` just created: what the caller sent, with the fields
+    ``podium_create_run`` generated (a new run has no output, error or usage yet)."""
+    return RunRow(
+        id=row["run_id"],
+        organization_id=run.organization_id,
+        definition_name=run.definition_name,
+        definition_version=run.definition_version,
+        plan=dict(run.plan),
+        state=row["state"],
+        input=dict(run.input),
+        output=None,
+        metadata=dict(run.metadata),
+        labels=dict(run.labels),
+        request_id=run.request_id,
+        max_parallel=run.max_parallel,
+        run_attempt=row["run_attempt"],
+        parent_run_id=run.parent_run_id,
+        parent_step_id=run.parent_step_id,
+        forked_from_run_id=run.forked_from_run_id,
+        error=None,
+        rollback_hints=None,
+        input_tokens=0,
+        output_tokens=0,
+        cost_usd=0.0,
+        bypass_cache=run.bypass_cache,
+        webhook_url=run.webhook_url,
+        last_event_sequence=row["last_event_sequence"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        ended_at=None,
+    )
+
+
+def _created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
+    """The stored form of ``run``'s steps just created, in position order: what the
+    caller sent, with the state ``podium_create_run`` returned for each (no step has
+    run yet; a fork's copied steps carry their output and input)."""
+    index = {step_id: i for i, step_id in enumerate(row["step_ids"] or ())}
+    states = row["step_states"]
+    attempts = row["step_attempts"]
+    conversations = row["conversation_ids"]
+    queued = row["queued_at"]
+    started = row["step_started_at"]
+    ended = row["step_ended_at"]
+    inputs = row["step_inputs"]
+    outputs = row["step_outputs"]
+    out = []
+    for s in run.steps:
+        i = index[s.step_id]
+        out.append(
+            StepRow(
+                step_id=s.step_id,
+                position=s.position,
+                state=states[i],
+                agent=s.agent,
+                skill=s.skill,
+                depends_on=list(s.depends_on),
+                spec=dict(s.spec),
+                input=inputs[i],
+                output=outputs[i],
+                error=None,
+                attempt=attempts[i],
+                max_attempts=s.max_attempts,
+                conversation_id=conversations[i],
+                queued_at=queued[i],
+                started_at=started[i],
+                ended_at=ended[i],
+                next_attempt_at=None,
+                cached=False,
+                cache_source_run_id=None,
+                child_run_id=None,
+                approval_id=None,
+                input_tokens=0,
+                output_tokens=0,
+                cost_usd=0.0,
+            )
+        )
+    return out
+
+
 class RunsRepository:
     """SQL access for runs, steps, attempts, events and deliverables."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, run: NewRun, *, start: bool) -> tuple[uuid.UUID, bool]:
-        """Create ``run`` and all its steps in one transaction (and start it).
+    async def create(self, run: NewRun, *, start: bool) -> CreatedRun:
+        """Create ``run`` and all its steps in one call (and start it).
 
-        Returns (run id, created); ``created`` is False when ``request_id`` matched an
-        existing run of the organization, whose id is returned instead.
+        One statement (``podium_create_run``: atomic by itself, one round trip) writes
+        the run, its steps and its events and returns what the rows hold beyond ``run``
+        (ids, states, times, conversations, a fork's copied outputs), from which the
+        stored run is rebuilt without reading it back. When ``request_id`` matches an
+        existing run of the organization, that run is read (``created`` False).
         """
-        async with self._db.transaction() as conn:
-            return await self._insert(conn, run, start=start)
+        async with self._db.connection() as conn:
+            row = await self._insert(conn, run, start=start, return_steps=True)
+        if not row["created"]:
+            found = await self.get_with_steps(run.organization_id, row["run_id"])
+            assert found is not None
+            return CreatedRun(*found, created=False)
+        return CreatedRun(_created_run(run, row), _created_steps(run, row), [], [], True)
 
     async def _insert(
-        self, conn: Connection, run: NewRun, *, start: bool
-    ) -> tuple[uuid.UUID, bool]:
+        self, conn: Connection, run: NewRun, *, start: bool, return_steps: bool
+    ) -> asyncpg.Record:
         steps = [
             {
                 "step_id": s.step_id,
@@ -358,8 +461,8 @@ class RunsRepository:
             }
             for s in run.steps
         ]
-        run_id = await conn.fetchval(
-            QUERIES["insert_run"],
+        row = await conn.fetchrow(
+            QUERIES["create_run"],
             run.organization_id,
             run.definition_name,
             run.definition_version,
@@ -371,38 +474,18 @@ class RunsRepository:
             run.max_parallel,
             run.bypass_cache,
             run.webhook_url,
-            len(steps),
             run.trace_context,
             run.parent_run_id,
             run.parent_step_id,
             run.depth,
             run.forked_from_run_id,
+            list(run.copied_steps),
+            steps,
+            start,
+            return_steps,
         )
-        if run_id is None:
-            existing = await conn.fetchrow(
-                QUERIES["get_run_by_request_id"], run.organization_id, run.request_id
-            )
-            assert existing is not None
-            return existing["id"], False
-        await conn.execute(QUERIES["insert_steps"], run_id, run.organization_id, steps)
-        await conn.fetchval(
-            QUERIES["emit_event"],
-            run_id,
-            "run.created",
-            None,
-            None,
-            None,
-            {"steps": len(steps)}
-            if run.forked_from_run_id is None
-            else {"steps": len(steps), "forked_from_run_id": str(run.forked_from_run_id)},
-        )
-        if run.forked_from_run_id is not None:
-            await conn.fetchval(
-                QUERIES["fork_steps"], run_id, run.forked_from_run_id, list(run.copied_steps)
-            )
-        if start:
-            await conn.fetchval(QUERIES["start_run"], run_id)
-        return run_id, True
+        assert row is not None
+        return row
 
     async def continue_run(
         self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None
@@ -456,7 +539,8 @@ class RunsRepository:
             child = dataclasses.replace(
                 run, parent_run_id=parent_id, parent_step_id=step_id, depth=depth
             )
-            child_id, _ = await self._insert(conn, child, start=True)
+            row = await self._insert(conn, child, start=True, return_steps=False)
+            child_id: uuid.UUID = row["run_id"]
             await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
         return "created", child_id
 

@@ -1,51 +1,22 @@
 -- Runs and steps: creation, reads, and the engine's calls into 0002_engine.sql.
 -- Lock order everywhere: the run row, then its steps (see migrations/0002_engine.sql).
 
--- insert_run --
--- Returns no row when (organization_id, request_id) already exists (idempotent start).
+-- create_run --
+-- A run with its steps, run.created, the copies of a fork, and its start, in one call
+-- (migrations/0006_start_run.sql). One row: created = false when (organization_id,
+-- request_id) already exists (nothing written; run_id is that run).
 -- $1 org, $2 definition_name, $3 definition_version, $4 plan, $5 input, $6 metadata,
 -- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,
--- $12 steps_remaining, $13 trace_context, $14 parent_run_id, $15 parent_step_id,
--- $16 depth, $17 forked_from_run_id
-INSERT INTO orchestration_runs
-    (organization_id, definition_name, definition_version, plan, state, input, metadata,
-     labels, request_id, max_parallel, bypass_cache, webhook_url, steps_remaining,
-     trace_context, parent_run_id, parent_step_id, depth, forked_from_run_id)
-VALUES ($1, $2, $3, $4, 'created', $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-        $17)
-ON CONFLICT (organization_id, request_id) DO NOTHING
-RETURNING id
-
--- insert_steps --
--- $1 run_id, $2 organization_id, $3 steps as a JSON array of objects.
-INSERT INTO orchestration_steps
-    (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
-     pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
-     conversation_id, input_refs, is_sink)
-SELECT $1, s.step_id, $2, s.position, s.state, s.agent, s.skill, s.depends_on,
-       s.pending_dependencies, s.spec, s.max_attempts, s.timeout_seconds,
-       CASE WHEN s.state = 'queued' THEN now() END, gen_random_uuid(), s.input_refs,
-       s.is_sink
-FROM jsonb_to_recordset($3::jsonb) AS s(
-    step_id text, position integer, state text, agent text, skill text,
-    depends_on text[], pending_dependencies integer, spec jsonb, max_attempts integer,
-    timeout_seconds double precision, input_refs text[], is_sink boolean)
-
--- emit_event --
--- $1 run_id, $2 type, $3 step_id, $4 attempt, $5 step_state, $6 payload
-SELECT podium_emit_event($1, $2, $3, $4, $5, $6)
-
--- start_run --
-SELECT podium_start_run($1)
+-- $12 trace_context, $13 parent_run_id, $14 parent_step_id, $15 depth,
+-- $16 forked_from_run_id, $17 steps to copy (text[]), $18 steps as a JSON array of
+-- objects, $19 start, $20 return the steps' state
+SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                                $14, $15, $16, $17, $18, $19, $20)
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
 SELECT id, state, depth FROM orchestration_runs
 WHERE id = $1 AND organization_id = $2 FOR UPDATE
-
--- fork_steps --
--- $1 new run id, $2 source run id, $3 step ids to copy (text[])
-SELECT podium_fork_steps($1, $2, $3)
 
 -- continue_run --
 -- $1 run_id, $2 organization_id, $3 input merged over the run's (NULL = none)
@@ -87,10 +58,6 @@ LIMIT $1
 -- get_run --
 -- $1 run_id, $2 organization_id
 SELECT * FROM orchestration_runs WHERE id = $1 AND organization_id = $2
-
--- get_run_by_request_id --
--- $1 organization_id, $2 request_id
-SELECT * FROM orchestration_runs WHERE organization_id = $1 AND request_id = $2
 
 -- list_steps --
 SELECT run_id, step_id, position, state, agent, skill, depends_on, spec, input, output,

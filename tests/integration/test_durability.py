@@ -424,7 +424,7 @@ async def test_a_stale_attempt_is_fenced_and_a_completion_is_recorded_once(
     db: Database, database_url: str
 ) -> None:
     repo = RunsRepository(db)
-    run_id, _ = await repo.create(new_run("a"), start=True)
+    run_id = (await repo.create(new_run("a"), start=True)).run.id
     (stale,) = await repo.claim("replica-1", 1, lease_seconds=0.5)
     assert stale.attempt == 1
 
@@ -475,7 +475,7 @@ async def test_a_step_that_keeps_losing_its_lease_fails_after_two_extra_attempts
     """Lost leases are retried beyond max_attempts (1 here) twice, then the step fails
     with LEASE_EXPIRED and fails its run, instead of being re-queued forever."""
     repo = RunsRepository(db)
-    run_id, _ = await repo.create(new_run("a"), start=True)
+    run_id = (await repo.create(new_run("a"), start=True)).run.id
 
     async def requeued() -> int | None:
         return await repo.requeue_expired() or None
@@ -494,7 +494,7 @@ async def test_a_step_that_keeps_losing_its_lease_fails_after_two_extra_attempts
 
 async def test_concurrent_completions_of_one_attempt_apply_once(db: Database) -> None:
     repo = RunsRepository(db)
-    run_id, _ = await repo.create(new_run("a", "b"), start=True)
+    run_id = (await repo.create(new_run("a", "b"), start=True)).run.id
     claimed = await repo.claim("replica-1", 2, lease_seconds=30)
     assert sorted(s.step_id for s in claimed) == ["a", "b"]
     for step in claimed:
@@ -506,7 +506,7 @@ async def test_concurrent_completions_of_one_attempt_apply_once(db: Database) ->
 
 async def test_a_completion_after_cancel_run_is_refused(db: Database, database_url: str) -> None:
     repo = RunsRepository(db)
-    run_id, _ = await repo.create(new_run("a", "b"), start=True)
+    run_id = (await repo.create(new_run("a", "b"), start=True)).run.id
     claimed = await repo.claim("replica-1", 1, lease_seconds=0.5)
     assert len(claimed) == 1
     assert await repo.cancel("default", run_id, "operator") == "cancelled"
