@@ -11,6 +11,23 @@ export {
   TERMINAL_RUN_STATES,
   RECONNECT_CODES,
 } from './client.js';
+export {
+  AlreadyExistsError,
+  DeadlineExceededError,
+  FailedPreconditionError,
+  NotFoundError,
+  PermissionDeniedError,
+  PodiumError,
+  ResourceExhaustedError,
+  STATUS_DETAILS_KEY,
+  UnauthenticatedError,
+  UnavailableError,
+  UnimplementedError,
+  ValidationError,
+  decodeStatus,
+  fromServiceError,
+  fromStatus,
+} from './errors.js';
 export { fromStruct, fromValue, toStruct, toValue } from './struct.js';
 export {
   AGENT_PROTOCOL_VERSION,
