@@ -20,8 +20,23 @@
  * convenience: every `google.protobuf.Struct` field (step and run input/output, run
  * metadata, event data, approval subject, decision input) is a plain JS object in both
  * directions. Methods return the resource (`startRun` -> the Run), not the response
- * wrapper. Errors are rejected with grpc-js `ServiceError`s (`error.code` is a
- * `grpc.status`, `error.details` the message).
+ * wrapper.
+ *
+ * Errors: every method rejects (and `watchRun` throws) a {@link PodiumError} subclass
+ * chosen by the status code (`ValidationError` for INVALID_ARGUMENT, `NotFoundError`,
+ * `FailedPreconditionError`, ...; see `errors.js`) with the `google.rpc` details of the
+ * `grpc-status-details-bin` trailer decoded: `code` (a `grpc.status`), `codeName`,
+ * `message`, `reason`, `domain`, `metadata` and `fieldViolations`. The grpc-js
+ * `ServiceError` is its `cause`.
+ *
+ * ```js
+ * try {
+ *   await podium.createDefinition(definition);
+ * } catch (error) {
+ *   if (!(error instanceof ValidationError)) throw error;
+ *   for (const v of error.fieldViolations) console.error(`${v.field}: ${v.description}`);
+ * }
+ * ```
  *
  * @module
  */
@@ -30,6 +45,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import * as grpc from '@grpc/grpc-js';
 
+import { fromServiceError } from './errors.js';
 import { orchestrationPackage } from './protos.js';
 import { fromStruct, toStruct } from './struct.js';
 
@@ -50,6 +66,7 @@ export const RECONNECT_CODES = Object.freeze(
 
 /**
  * @typedef {import('./struct.js').JsonObject} JsonObject
+ * @typedef {import('./errors.js').PodiumError} PodiumError
  *
  * @typedef {object} ClientOptions
  * @property {grpc.ChannelCredentials} [credentials] default: insecure (plaintext)
@@ -68,8 +85,9 @@ export const RECONNECT_CODES = Object.freeze(
  *   giving up and throwing the last error (default 8)
  * @property {number} [initialBackoffMs] first delay before reconnecting (default 200 ms,
  *   doubled each time, capped at 5 s, reset by every received event)
- * @property {(info: { attempt: number, afterSequence: number, error: Error | null }) => void} [onReconnect]
- *   called before each reconnection
+ * @property {(info: { attempt: number, afterSequence: number, error: PodiumError | null }) => void} [onReconnect]
+ *   called before each reconnection (`error`: the status that broke the stream, null
+ *   when it ended cleanly before the terminal event)
  */
 
 /**
@@ -153,12 +171,15 @@ export class PodiumClient {
   }
 
   /**
-   * Call a unary RPC with the client's deadline and metadata.
+   * Call a unary RPC with the client's deadline and metadata. Every method below goes
+   * through here, so they all reject with a {@link PodiumError} subclass (the aborted
+   * `signal` of a call too: a PodiumError with code CANCELLED).
    *
    * @param {string} method e.g. `"GetRun"`
    * @param {object} request
    * @param {CallOptions} [options]
    * @returns {Promise<any>}
+   * @throws {PodiumError} (as a rejection) when the call fails
    */
   call(method, request, options = {}) {
     const deadline = new Date(Date.now() + (options.timeoutMs ?? this.timeoutMs));
@@ -166,7 +187,7 @@ export class PodiumClient {
       const call = this.stub[method](request, this.metadata, { deadline }, (
         /** @type {grpc.ServiceError | null} */ error,
         /** @type {any} */ response,
-      ) => (error ? reject(error) : resolve(response)));
+      ) => (error ? reject(fromServiceError(error)) : resolve(response)));
       options.signal?.addEventListener('abort', () => call.cancel(), { once: true });
     });
   }
@@ -175,7 +196,9 @@ export class PodiumClient {
 
   /**
    * Store a new version of a named definition (`Definition` message; step `input`s are
-   * plain objects). Returns the stored definition with its version.
+   * plain objects). Returns the stored definition with its version. An invalid one
+   * rejects with a `ValidationError` (reason `INVALID_DEFINITION`, every problem in
+   * `fieldViolations`, e.g. `{ field: 'steps[1].depends_on[0]', ... }`).
    *
    * @param {any} definition
    * @param {CallOptions} [options]
@@ -190,7 +213,8 @@ export class PodiumClient {
   }
 
   /**
-   * Check a definition without storing it; rejects with INVALID_ARGUMENT when invalid.
+   * Check a definition without storing it; rejects with a `ValidationError` (reason
+   * `INVALID_DEFINITION`, one `fieldViolations` entry per problem) when invalid.
    *
    * @param {any} definition
    * @param {CallOptions} [options]
@@ -241,7 +265,8 @@ export class PodiumClient {
   }
 
   /**
-   * A run with its steps.
+   * A run with its steps. An unknown run rejects with a `NotFoundError` (reason
+   * `RUN_NOT_FOUND`, `metadata.run_id`).
    *
    * @param {string} runId
    * @param {CallOptions} [options]
@@ -280,6 +305,11 @@ export class PodiumClient {
    * sequence it yielded, so no event is missed or yielded twice. Breaking out of the
    * `for await` loop (or aborting `signal`) cancels the call.
    *
+   * A status that is not worth a reconnection (NOT_FOUND for an unknown run,
+   * PERMISSION_DENIED, ...) is thrown at once as a {@link PodiumError} subclass; after
+   * `maxReconnects` failed attempts in a row the last one is thrown (typically an
+   * `UnavailableError`). Aborting `signal` throws `signal.reason`.
+   *
    * @param {string} runId
    * @param {WatchOptions} [options]
    * @returns {AsyncGenerator<any, void, undefined>}
@@ -290,7 +320,7 @@ export class PodiumClient {
     let failures = 0;
     for (;;) {
       signal?.throwIfAborted();
-      /** @type {Error | null} */
+      /** @type {PodiumError | null} */
       let lastError = null;
       const call = this.stub.WatchRun(
         { run_id: runId, after_sequence: afterSequence },
@@ -313,10 +343,12 @@ export class PodiumClient {
           if (TERMINAL_EVENT_TYPES.has(event.type)) return;
         }
       } catch (error) {
-        const code = /** @type {grpc.ServiceError} */ (error).code;
-        if (signal?.aborted) throw signal.reason ?? error;
-        if (!RECONNECT_CODES.has(code)) throw error;
-        lastError = /** @type {Error} */ (error);
+        if (signal?.aborted) throw signal.reason ?? fromServiceError(error);
+        // Not a gRPC status (e.g. a Struct that cannot be decoded): not a broken stream.
+        if (typeof (/** @type {any} */ (error)?.code) !== 'number') throw error;
+        const typed = fromServiceError(error);
+        if (!RECONNECT_CODES.has(typed.code)) throw typed;
+        lastError = typed;
       } finally {
         signal?.removeEventListener('abort', onAbort);
         call.cancel(); // no-op when the call has ended; stops it when the consumer left
@@ -403,7 +435,10 @@ export class PodiumClient {
   /**
    * Record a decision on an approval. `decision` is a `Decision` name
    * (`"DECISION_APPROVE"`, `"DECISION_REJECT"`, ...); `input` a plain object.
-   * Returns the decided Approval.
+   * Returns the decided Approval. Deciding an approval that is no longer pending
+   * rejects with a `FailedPreconditionError` (reason `APPROVAL_NOT_PENDING`,
+   * `metadata.state` its state); an unknown one with a `NotFoundError`
+   * (`APPROVAL_NOT_FOUND`).
    *
    * @param {string} approvalId
    * @param {string} decision
