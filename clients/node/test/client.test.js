@@ -6,7 +6,13 @@ import { after, before, describe, it } from 'node:test';
 
 import * as grpc from '@grpc/grpc-js';
 
-import { PodiumClient } from '../src/index.js';
+import {
+  FailedPreconditionError,
+  NotFoundError,
+  PodiumClient,
+  PodiumError,
+  ValidationError,
+} from '../src/index.js';
 import { Podium, PythonAgents } from './support/podium.js';
 import { collect, assertWellFormedLog } from './support/events.js';
 
@@ -137,23 +143,116 @@ describe('Node client with the Python example agents', () => {
     assert.equal((await client.getRun(started.id)).state, 'STATE_SUCCEEDED');
   });
 
-  it('rejects an invalid definition with INVALID_ARGUMENT and an unknown run with NOT_FOUND', async () => {
-    await assert.rejects(
-      client.createDefinition({
-        name: 'node-loop',
-        steps: [
-          { id: 'a', agent: 'echo', depends_on: ['b'] },
-          { id: 'b', agent: 'echo', depends_on: ['a'] },
-        ],
-      }),
-      (/** @type {any} */ error) => {
+  it('rejects an invalid definition with a ValidationError naming every field', async () => {
+    const invalid = {
+      name: 'node-invalid',
+      steps: [
+        { id: 'a', agent: 'echo' },
+        { id: 'b', agent: 'echo', depends_on: ['nope'] },
+        { id: 'c', agent: 'echo', depends_on: ['a', 'c'] },
+      ],
+    };
+    for (const attempt of [client.createDefinition(invalid), client.validateDefinition(invalid)]) {
+      await assert.rejects(attempt, (/** @type {any} */ error) => {
+        assert.ok(error instanceof ValidationError, `a ValidationError, not ${error?.name}`);
+        assert.ok(error instanceof PodiumError);
+        assert.ok(error instanceof Error);
+        assert.equal(error.name, 'ValidationError');
         assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
-        assert.match(error.details, /node-loop.*invalid/);
-        // The field violations travel as google.rpc.Status details (BadRequest).
-        assert.equal(error.metadata.get('grpc-status-details-bin').length, 1);
+        assert.equal(error.codeName, 'INVALID_ARGUMENT');
+        assert.match(error.message, /^definition 'node-invalid' is invalid: 2 problem\(s\)$/);
+        assert.equal(error.details, error.message, 'details: the grpc-js name of the message');
+        assert.equal(error.reason, 'INVALID_DEFINITION');
+        assert.equal(error.domain, 'podium.orchestration.v1');
+        assert.deepEqual(
+          error.fieldViolations.map((/** @type {any} */ v) => v.field),
+          ['steps[1].depends_on[0]', 'steps[2].depends_on[1]'],
+        );
+        assert.match(error.fieldViolations[0].description, /unknown step 'nope'/);
+        assert.equal(error.fieldViolations[0].reason, 'UNKNOWN_DEPENDENCY');
+        assert.match(error.describe(), /^INVALID_ARGUMENT: .* \[INVALID_DEFINITION\]\n  - steps\[1\]\.depends_on\[0\]: /);
+        // The grpc-js error is kept, trailers and all.
+        assert.equal(error.cause.code, grpc.status.INVALID_ARGUMENT);
+        assert.equal(error.cause.metadata.get('grpc-status-details-bin').length, 1);
+        return true;
+      });
+    }
+    // An inline plan's paths start at the request field.
+    await assert.rejects(
+      client.startRun({ plan: { name: 'node-plan', steps: [{ id: 'a', agent: 'echo', depends_on: ['z'] }] } }),
+      (/** @type {any} */ error) => {
+        assert.ok(error instanceof ValidationError);
+        assert.deepEqual(error.fieldViolations.map((/** @type {any} */ v) => v.field), ['plan.steps[0].depends_on[0]']);
         return true;
       },
     );
-    await assert.rejects(client.getRun('00000000-0000-0000-0000-000000000000'), { code: grpc.status.NOT_FOUND });
+  });
+
+  it('rejects an unknown run with a NotFoundError, from unary calls and watchRun', async () => {
+    const unknown = '00000000-0000-0000-0000-000000000000';
+    const expected = (/** @type {any} */ error) => {
+      assert.ok(error instanceof NotFoundError, `a NotFoundError, not ${error?.name}`);
+      assert.equal(error.code, grpc.status.NOT_FOUND);
+      assert.equal(error.codeName, 'NOT_FOUND');
+      assert.equal(error.reason, 'RUN_NOT_FOUND');
+      assert.equal(error.domain, 'podium.orchestration.v1');
+      assert.deepEqual(error.metadata, { run_id: unknown });
+      assert.deepEqual(error.fieldViolations, []);
+      assert.ok(error.cause, 'the grpc-js error is the cause');
+      return true;
+    };
+    await assert.rejects(client.getRun(unknown), expected);
+    await assert.rejects(client.cancelRun(unknown), expected);
+    /** @type {unknown[]} */
+    const reconnects = [];
+    await assert.rejects(collect(client.watchRun(unknown, { onReconnect: (i) => reconnects.push(i) })), expected);
+    assert.deepEqual(reconnects, [], 'NOT_FOUND is not retried');
+  });
+
+  it('rejects a second decision on an approval with a FailedPreconditionError', async () => {
+    const started = await client.startRun({
+      plan: {
+        name: 'node-checkpoint',
+        steps: [{ id: 'gate', agent: 'echo', input: { text: 'hi' }, checkpoint: { when: 'WHEN_BEFORE' } }],
+      },
+    });
+    const events = [];
+    for await (const event of client.watchRun(started.id)) {
+      events.push(event);
+      if (event.type !== 'TYPE_STEP_AWAITING_APPROVAL') continue;
+      const { approvals } = await client.listApprovals({ runId: started.id });
+      assert.equal(approvals.length, 1);
+      const [approval] = approvals;
+      const decided = await client.decideApproval(approval.id, 'DECISION_APPROVE', { actor: 'node-test' });
+      assert.equal(decided.state, 'STATE_DECIDED');
+      assert.equal(decided.decision, 'DECISION_APPROVE');
+      await assert.rejects(
+        client.decideApproval(approval.id, 'DECISION_REJECT', { actor: 'node-test' }),
+        (/** @type {any} */ error) => {
+          assert.ok(error instanceof FailedPreconditionError, `a FailedPreconditionError, not ${error?.name}`);
+          assert.equal(error.code, grpc.status.FAILED_PRECONDITION);
+          assert.equal(error.codeName, 'FAILED_PRECONDITION');
+          assert.equal(error.reason, 'APPROVAL_NOT_PENDING');
+          assert.deepEqual(error.metadata, { approval_id: approval.id, state: 'decided' });
+          assert.match(error.message, /is already decided \(approve by node-test\)$/);
+          return true;
+        },
+      );
+    }
+    assertWellFormedLog(events, 'TYPE_RUN_COMPLETED');
+    assert.ok(events.some((e) => e.type === 'TYPE_STEP_AWAITING_APPROVAL'), 'the step waited for the approval');
+    assert.equal((await client.getRun(started.id)).state, 'STATE_SUCCEEDED');
+  });
+
+  it('maps a status without details to its class (an aborted call is CANCELLED)', async () => {
+    const controller = new AbortController();
+    const pending = client.getRun('00000000-0000-0000-0000-000000000000', { signal: controller.signal });
+    controller.abort();
+    await assert.rejects(pending, (/** @type {any} */ error) => {
+      assert.ok(error instanceof PodiumError);
+      assert.equal(error.codeName, 'CANCELLED');
+      assert.equal(error.reason, '');
+      return true;
+    });
   });
 });
