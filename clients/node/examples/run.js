@@ -17,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 
 import { PodiumClient } from '../src/client.js';
+import { PodiumError } from '../src/errors.js';
 
 /** @param {any} event */
 function describe(event) {
@@ -67,9 +68,14 @@ async function main() {
     if (run.error) console.log(`error: ${run.error.code}: ${run.error.message}`);
     return run.state === 'STATE_SUCCEEDED' ? 0 : 4;
   } catch (error) {
-    const e = /** @type {any} */ (error);
-    console.error(e.details ? `podium refused: ${e.details}` : e.message);
-    return e.code !== undefined ? 1 : 2;
+    if (!(error instanceof PodiumError)) {
+      console.error(/** @type {Error} */ (error).message);
+      return 2;
+    }
+    // e.g. "INVALID_ARGUMENT: plan is invalid: 1 problem(s) [INVALID_DEFINITION]" and a
+    // line per field violation.
+    console.error(`podium refused: ${error.describe()}`);
+    return 1;
   } finally {
     podium.close();
   }
