@@ -1228,7 +1228,11 @@ BEGIN
      WHERE s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
        AND s.state = 'running'
        FOR UPDATE;
-    IF NOT FOUND THEN
+    -- A checkpoint_before park gives its attempt number back, so the attempt dispatched
+    -- after the approval runs under the same number: a late copy of the park (a batch
+    -- retried after an unconfirmed commit) must not park that approved attempt again.
+    IF NOT FOUND OR (p_outcome = 'checkpoint_before'
+                     AND coalesce((v_step.spec ->> 'checkpoint_passed')::boolean, false)) THEN
         RETURN NULL;
     END IF;
     UPDATE orchestration_runs

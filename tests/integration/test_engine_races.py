@@ -1,0 +1,167 @@
+"""Races and replays in the engine's SQL state machine, provoked directly against the
+SQL functions on a migrated database (two connections interleaving transactions where a
+race is the point).
+
+What the contract promises: a crash, a restart or a second replica loses nothing and
+duplicates nothing. Here: an outcome committed once is never applied again (the
+completer retries a batch whose commit it could not confirm, relying on the fence), and
+transactions that follow the lock order never wait on each other in a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+import pytest
+
+from podium.server.storage.approvals import ApprovalsRepository
+from podium.server.storage.database import Database
+from podium.server.storage.runs import (
+    ClaimedStep,
+    NewRun,
+    NewStep,
+    RunsRepository,
+    StepOutcome,
+)
+
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
+
+ORG = "default"
+
+
+def new_run(steps: Sequence[tuple[str, Mapping[str, Any]]], name: str = "races") -> NewRun:
+    """A run of independent steps ``(step id, extra spec)`` on an unregistered agent."""
+    return NewRun(
+        organization_id=ORG,
+        definition_name=None,
+        definition_version=None,
+        plan={"name": name},
+        input={},
+        metadata={},
+        labels={},
+        request_id=None,
+        max_parallel=10,
+        bypass_cache=False,
+        webhook_url=None,
+        steps=[
+            NewStep(
+                step_id=step_id,
+                position=i,
+                state="pending",
+                agent="echo",
+                skill=None,
+                depends_on=[],
+                spec={"id": step_id, "agent": "echo", "on_failure": {}, **extra},
+                max_attempts=1,
+                timeout_seconds=None,
+                input_refs=[],
+                is_sink=True,
+            )
+            for i, (step_id, extra) in enumerate(steps)
+        ],
+    )
+
+
+def outcome(step: ClaimedStep, result: str = "succeeded", **fields: Any) -> StepOutcome:
+    return StepOutcome(
+        run_id=step.run_id,
+        step_id=step.step_id,
+        attempt=step.attempt,
+        outcome=result,
+        organization_id=step.organization_id,
+        run_created_at=step.run_created_at,
+        **fields,
+    )
+
+
+@contextlib.asynccontextmanager
+async def connect(url: str) -> AsyncIterator[Conn]:
+    conn: Conn = await asyncpg.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def step_row(db: Database, run_id: uuid.UUID, step_id: str) -> dict[str, Any]:
+    async with db.connection() as conn:
+        row = await conn.fetchrow(
+            "SELECT state, attempt, lease_owner, approval_id FROM orchestration_steps"
+            " WHERE run_id = $1 AND step_id = $2",
+            run_id,
+            step_id,
+        )
+    assert row is not None
+    return dict(row)
+
+
+async def event_types(db: Database, run_id: uuid.UUID) -> list[str]:
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT type FROM orchestration_events WHERE run_id = $1 ORDER BY sequence", run_id
+        )
+    return [r["type"] for r in rows]
+
+
+async def claim_one(repo: RunsRepository, owner: str, run_id: uuid.UUID) -> ClaimedStep:
+    """Claim until the one runnable step of ``run_id`` comes back (other runs' steps
+    claimed on the way are left running)."""
+    for _ in range(20):
+        for step in await repo.claim(owner, 10, lease_seconds=60):
+            if step.run_id == run_id:
+                return step
+    raise AssertionError(f"no runnable step in run {run_id}")
+
+
+# -- fencing: an outcome committed once is never applied again -------------------------
+
+
+async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attempt(
+    db: Database,
+) -> None:
+    """A checkpoint_before park gives its attempt number back, so the attempt dispatched
+    after the approval carries the same number. The completer retries a batch whose
+    commit it could not confirm (a lost connection after COMMIT), trusting the fence:
+    that late copy of the park must be refused, not park the running, approved attempt
+    again (which deleted its attempt row, asked for a second approval and fenced the
+    agent's real result)."""
+    repo, approvals = RunsRepository(db), ApprovalsRepository(db)
+    gate = {"checkpoint": {"when": "WHEN_BEFORE"}}
+    run_id = (await repo.create(new_run([("gate", gate)]), start=True)).run.id
+    parked = await claim_one(repo, "replica-1", run_id)
+    park = outcome(parked, "checkpoint_before", input={"q": 1})
+    assert await repo.complete_one(park) is True
+    (approval,) = await approvals.list(
+        ORG, states=["pending"], run_id=run_id, after=None, limit=10
+    )
+    status = await approvals.decide(
+        ORG, approval.id, decision="approve", actor="ed", comment="", request_id=None, input=None
+    )
+    assert status == "ok"
+    approved = await claim_one(repo, "replica-2", run_id)
+    assert approved.spec.get("checkpoint_passed") is True
+    assert approved.attempt == parked.attempt  # the number was given back
+
+    # The retried copy of the park changes nothing.
+    assert await repo.complete_one(park) is False
+    assert await step_row(db, run_id, "gate") == {
+        "state": "running",
+        "attempt": approved.attempt,
+        "lease_owner": "replica-2",
+        "approval_id": None,
+    }
+    assert (
+        await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10) == []
+    )
+
+    assert await repo.complete_one(outcome(approved, output={"ok": True})) is True
+    run = await repo.get(ORG, run_id)
+    assert run is not None and (run.state, run.output) == ("succeeded", {"gate": {"ok": True}})
+    types = await event_types(db, run_id)
+    assert types.count("step.awaiting_approval") == 1
+    assert types.count("run.completed") == 1
