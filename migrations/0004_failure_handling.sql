@@ -650,6 +650,21 @@ BEGIN
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
     UPDATE human_approvals SET state = 'cancelled'
      WHERE run_id = p_run AND state = 'pending';
+    -- Lock every unfinished descendant (children, theirs, ...) first, in one statement
+    -- in (created_at, id) order, the order claimers and completers lock runs in: the
+    -- depth-first walk below would lock a grandchild before an uncle created earlier.
+    PERFORM 1 FROM orchestration_runs r
+     WHERE r.id IN (WITH RECURSIVE below (id) AS (
+                        SELECT c.id FROM orchestration_runs c
+                         WHERE c.parent_run_id = p_run
+                           AND c.state IN ('created', 'running', 'paused')
+                        UNION
+                        SELECT c.id FROM orchestration_runs c
+                          JOIN below b ON c.parent_run_id = b.id
+                         WHERE c.state IN ('created', 'running', 'paused'))
+                    SELECT below.id FROM below)
+     ORDER BY r.created_at, r.id
+       FOR UPDATE OF r;
     FOR v_child IN
         SELECT c.id, c.organization_id FROM orchestration_runs c
          WHERE c.parent_run_id = p_run AND c.state IN ('created', 'running', 'paused')

@@ -165,3 +165,91 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     types = await event_types(db, run_id)
     assert types.count("step.awaiting_approval") == 1
     assert types.count("run.completed") == 1
+
+
+# -- lock order: parent before child, runs in (created_at, id) order ------------------
+
+
+async def claim_all(
+    repo: RunsRepository, owner: str, count: int
+) -> dict[tuple[uuid.UUID, str], ClaimedStep]:
+    """Claim ``count`` steps (of any run); by (run id, step id)."""
+    claimed: dict[tuple[uuid.UUID, str], ClaimedStep] = {}
+    for _ in range(20):
+        for step in await repo.claim(owner, count - len(claimed), lease_seconds=60):
+            claimed[step.run_id, step.step_id] = step
+        if len(claimed) == count:
+            return claimed
+    raise AssertionError(f"only {sorted(claimed)} became runnable")
+
+
+async def start_child(repo: RunsRepository, step: ClaimedStep, child: NewRun) -> uuid.UUID:
+    """Start ``child`` as the sub-orchestration of the claimed ``step``."""
+    status, child_id = await repo.create_child(
+        (step.run_id, step.step_id, step.attempt), child, max_depth=5
+    )
+    assert status == "created" and child_id is not None
+    return child_id
+
+
+async def blocked_by(conn: Conn, pid: int) -> bool:
+    """Whether some backend waits for a lock ``pid`` holds."""
+    found: bool = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid)))",
+        pid,
+    )
+    return found
+
+
+async def test_cancelling_nested_children_keeps_the_lock_order(
+    db: Database, database_url: str
+) -> None:
+    """CancelRun of a parent cancels its children and theirs. Runs are locked in
+    (created_at, id) order by the claimers and the completers' sorted batches; the
+    cancellation must follow it too, not walk the tree depth first: a grandchild G1
+    created after its uncle C2 was locked before C2, so a batch completing steps of C2
+    then G1 (in order) and the cancellation waited on each other in a cycle, and one
+    of them was aborted as a deadlock (the CancelRun call failed)."""
+    repo = RunsRepository(db)
+    sub = {"orchestration": {"name": "child"}}
+    parent = (await repo.create(new_run([("c1", sub), ("c2", sub)]), start=True)).run.id
+    claimed = await claim_all(repo, "replica-1", 2)
+    c1 = await start_child(repo, claimed[parent, "c1"], new_run([("g", sub)]))
+    c2 = await start_child(repo, claimed[parent, "c2"], new_run([("x1", {}), ("x2", {})]))
+    claimed = await claim_all(repo, "replica-1", 3)
+    x1 = claimed[c2, "x1"]
+    # G1 is created after its uncle C2.
+    g1 = await start_child(repo, claimed[c1, "g"], new_run([("y", {})]))
+    y = (await claim_all(repo, "replica-2", 1))[g1, "y"]
+
+    complete = "SELECT podium_complete_step($1, $2, $3, 'succeeded', '{}', NULL, NULL, NULL, 0, 0, 0)"
+    async with connect(database_url) as batch, connect(database_url) as watcher:
+        # Another replica's completion batch, sorted like the claimers lock runs:
+        # C2 (older) first, then G1.
+        tx = batch.transaction()
+        await tx.start()
+        await batch.fetchval(complete, c2, x1.step_id, x1.attempt)
+        cancel = asyncio.create_task(repo.cancel(ORG, parent, "stop"))
+        pid = batch.get_server_pid()
+        for _ in range(400):
+            if cancel.done() or await blocked_by(watcher, pid):
+                break
+            await asyncio.sleep(0.025)
+        assert not cancel.done(), "the cancellation should wait for the batch's lock on C2"
+        try:
+            await batch.fetchval(complete, g1, y.step_id, y.attempt)
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        finally:
+            state = await cancel
+    assert state == "cancelled"
+
+    states = {}
+    for run_id in (parent, c1, c2, g1):
+        run = await repo.get(ORG, run_id)
+        assert run is not None
+        states[run_id] = run.state
+    # G1's last step completed before the cancellation reached it.
+    assert states == {parent: "cancelled", c1: "cancelled", c2: "cancelled", g1: "succeeded"}
