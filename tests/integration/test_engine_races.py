@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
-import pytest
 
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import Database
@@ -136,9 +135,7 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     parked = await claim_one(repo, "replica-1", run_id)
     park = outcome(parked, "checkpoint_before", input={"q": 1})
     assert await repo.complete_one(park) is True
-    (approval,) = await approvals.list(
-        ORG, states=["pending"], run_id=run_id, after=None, limit=10
-    )
+    (approval,) = await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10)
     status = await approvals.decide(
         ORG, approval.id, decision="approve", actor="ed", comment="", request_id=None, input=None
     )
@@ -155,9 +152,7 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
         "lease_owner": "replica-2",
         "approval_id": None,
     }
-    assert (
-        await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10) == []
-    )
+    assert await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10) == []
 
     assert await repo.complete_one(outcome(approved, output={"ok": True})) is True
     run = await repo.get(ORG, run_id)
@@ -222,7 +217,9 @@ async def test_cancelling_nested_children_keeps_the_lock_order(
     g1 = await start_child(repo, claimed[c1, "g"], new_run([("y", {})]))
     y = (await claim_all(repo, "replica-2", 1))[g1, "y"]
 
-    complete = "SELECT podium_complete_step($1, $2, $3, 'succeeded', '{}', NULL, NULL, NULL, 0, 0, 0)"
+    complete = (
+        "SELECT podium_complete_step($1, $2, $3, 'succeeded', '{}', NULL, NULL, NULL, 0, 0, 0)"
+    )
     async with connect(database_url) as batch, connect(database_url) as watcher:
         # Another replica's completion batch, sorted like the claimers lock runs:
         # C2 (older) first, then G1.
@@ -253,3 +250,58 @@ async def test_cancelling_nested_children_keeps_the_lock_order(
         states[run_id] = run.state
     # G1's last step completed before the cancellation reached it.
     assert states == {parent: "cancelled", c1: "cancelled", c2: "cancelled", g1: "succeeded"}
+
+
+async def test_a_batch_that_fails_a_parent_keeps_the_lock_order(
+    db: Database, database_url: str
+) -> None:
+    """A completion batch is sorted like the claimers lock runs, but failing a run
+    cancels its children, younger runs. A batch failing parent P and going on to run Q,
+    created between P and its child C, locked C before Q; another batch completing
+    steps of Q then C (in order) waited on it in a cycle, and one of the two was aborted
+    as a deadlock. The batch now locks its runs and the failing runs' descendants
+    first, in order."""
+    repo = RunsRepository(db)
+    sub = {"orchestration": {"name": "child"}}
+    parent = (await repo.create(new_run([("sub", sub), ("bad", {})]), start=True)).run.id
+    claimed = await claim_all(repo, "replica-1", 2)
+    other = (await repo.create(new_run([("q1", {}), ("q2", {})]), start=True)).run.id
+    child = await start_child(repo, claimed[parent, "sub"], new_run([("c1", {}), ("c2", {})]))
+    claimed.update(await claim_all(repo, "replica-1", 4))
+    bad, q1, q2, c1 = (
+        claimed[parent, "bad"],
+        claimed[other, "q1"],
+        claimed[other, "q2"],
+        claimed[child, "c1"],
+    )
+
+    complete = (
+        "SELECT podium_complete_step($1, $2, $3, 'succeeded', '{}', NULL, NULL, NULL, 0, 0, 0)"
+    )
+    async with connect(database_url) as batch, connect(database_url) as watcher:
+        # Another replica's batch, sorted: Q (older) first, then C.
+        tx = batch.transaction()
+        await tx.start()
+        await batch.fetchval(complete, other, q1.step_id, q1.attempt)
+        failure = outcome(bad, "failed", error={"code": "BOOM", "message": "for good"})
+        mine = asyncio.create_task(repo.complete([failure, outcome(q2, output={"q2": True})]))
+        pid = batch.get_server_pid()
+        for _ in range(400):
+            if mine.done() or await blocked_by(watcher, pid):
+                break
+            await asyncio.sleep(0.025)
+        assert not mine.done(), "this batch should wait for the other's lock on Q"
+        try:
+            await batch.fetchval(complete, child, c1.step_id, c1.attempt)
+            await tx.commit()
+        except BaseException:
+            await tx.rollback()
+            raise
+        finally:
+            states = await mine
+    assert states == {
+        (parent, "bad", bad.attempt): "failed",
+        (other, "q2", q2.attempt): "succeeded",
+    }
+    runs = [await repo.get(ORG, run_id) for run_id in (parent, other, child)]
+    assert [r.state if r else None for r in runs] == ["failed", "succeeded", "cancelled"]
