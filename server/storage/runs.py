@@ -664,13 +664,24 @@ class RunsRepository:
             )
             for o in ordered
         ]
-        if not any(o.deliverables for o in ordered):
+        # A final failure fails its run, which cancels the run's unfinished descendants:
+        # younger runs, maybe younger than runs later in the batch. Lock them all first,
+        # in the claimers' order (rare: a batch of several runs with a failure in it).
+        failing = {o.run_id for o in ordered if o.outcome == "failed"}
+        lock = bool(failing) and len({o.run_id for o in ordered}) > 1
+        if not lock and not any(o.deliverables for o in ordered):
             # fetchmany, like executemany, is atomic by itself (one implicit
             # transaction, pipelined).
             async with self._db.connection() as conn:
                 rows = await conn.fetchmany(QUERIES["complete_step"], args)
             return _run_states(ordered, rows)
         async with self._db.transaction() as conn:
+            if lock:
+                await conn.execute(
+                    QUERIES["lock_batch_runs"],
+                    list({o.run_id for o in ordered}),
+                    list(failing),
+                )
             rows = await conn.fetchmany(QUERIES["complete_step"], args)
             for o in ordered:
                 if o.deliverables:

@@ -103,6 +103,26 @@ SELECT * FROM podium_claim_steps($1, $2, $3)
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd
 SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
+-- lock_batch_runs --
+-- Before a completion batch that may fail a run: lock the batch's runs and every
+-- unfinished descendant of those that may fail, all at once in (created_at, id) order.
+-- Failing a run cancels its descendants (younger runs), so without this a batch going
+-- on to a run created between a parent and its child would lock runs out of order.
+-- $1 the batch's run ids, $2 those whose outcome may fail them
+SELECT 1 FROM orchestration_runs r
+WHERE r.id = ANY ($1::uuid[])
+   OR r.id IN (WITH RECURSIVE below (id) AS (
+                   SELECT c.id FROM orchestration_runs c
+                   WHERE c.parent_run_id = ANY ($2::uuid[])
+                     AND c.state IN ('created', 'running', 'paused')
+                   UNION
+                   SELECT c.id FROM orchestration_runs c
+                   JOIN below b ON c.parent_run_id = b.id
+                   WHERE c.state IN ('created', 'running', 'paused'))
+               SELECT below.id FROM below)
+ORDER BY r.created_at, r.id
+FOR UPDATE OF r
+
 -- renew_leases --
 -- Extends the leases of the owner's running steps and returns them; an attempt of the
 -- owner that is missing lost its lease (cancelled, failed, or re-queued). Rows locked by

@@ -661,6 +661,21 @@ BEGIN
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
     UPDATE human_approvals SET state = 'cancelled'
      WHERE run_id = p_run AND state = 'pending';
+    -- Lock every unfinished descendant (children, theirs, ...) first, in one statement
+    -- in (created_at, id) order, the order claimers and completers lock runs in: the
+    -- depth-first walk below would lock a grandchild before an uncle created earlier.
+    PERFORM 1 FROM orchestration_runs r
+     WHERE r.id IN (WITH RECURSIVE below (id) AS (
+                        SELECT c.id FROM orchestration_runs c
+                         WHERE c.parent_run_id = p_run
+                           AND c.state IN ('created', 'running', 'paused')
+                        UNION
+                        SELECT c.id FROM orchestration_runs c
+                          JOIN below b ON c.parent_run_id = b.id
+                         WHERE c.state IN ('created', 'running', 'paused'))
+                    SELECT below.id FROM below)
+     ORDER BY r.created_at, r.id
+       FOR UPDATE OF r;
     FOR v_child IN
         SELECT c.id, c.organization_id FROM orchestration_runs c
          WHERE c.parent_run_id = p_run AND c.state IN ('created', 'running', 'paused')
@@ -1228,7 +1243,11 @@ BEGIN
      WHERE s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
        AND s.state = 'running'
        FOR UPDATE;
-    IF NOT FOUND THEN
+    -- A checkpoint_before park gives its attempt number back, so the attempt dispatched
+    -- after the approval runs under the same number: a late copy of the park (a batch
+    -- retried after an unconfirmed commit) must not park that approved attempt again.
+    IF NOT FOUND OR (p_outcome = 'checkpoint_before'
+                     AND coalesce((v_step.spec ->> 'checkpoint_passed')::boolean, false)) THEN
         RETURN NULL;
     END IF;
     UPDATE orchestration_runs
