@@ -94,10 +94,22 @@ class ApprovalsRepository:
         return None if row is None else (row["state"], row["started_at"], row["ended_at"])
 
     async def expire(self, limit: int = 100) -> int:
-        """Apply the default action of expired approvals; returns how many."""
+        """Apply the default action of up to ``limit`` expired approvals, one per
+        transaction; returns how many.
+
+        One at a time: an expiry that fails a run cancels its child runs, which are
+        younger than runs later in a batch, so a multi-run transaction could lock runs
+        out of the (created_at, id) order every other transaction follows. Expiries are
+        rare; a round trip each costs nothing that matters.
+        """
+        done = 0
         async with self._db.connection() as conn:
-            count: int = await conn.fetchval(QUERIES["expire_approvals"], limit)
-        return count
+            while done < limit:
+                count: int = await conn.fetchval(QUERIES["expire_approvals"], 1)
+                if not count:
+                    break
+                done += count
+        return done
 
     async def get(self, organization_id: str, approval_id: uuid.UUID) -> ApprovalRow | None:
         """The approval, or None."""
