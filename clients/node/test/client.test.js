@@ -152,7 +152,9 @@ describe('Node client with the Python example agents', () => {
         { id: 'c', agent: 'echo', depends_on: ['a', 'c'] },
       ],
     };
-    for (const attempt of [client.createDefinition(invalid), client.validateDefinition(invalid)]) {
+    // Functions, not promises: a second promise rejecting before it is awaited would be
+    // an unhandled rejection.
+    for (const attempt of [() => client.createDefinition(invalid), () => client.validateDefinition(invalid)]) {
       await assert.rejects(attempt, (/** @type {any} */ error) => {
         assert.ok(error instanceof ValidationError, `a ValidationError, not ${error?.name}`);
         assert.ok(error instanceof PodiumError);
