@@ -466,7 +466,13 @@ class Scheduler:
             resolved = {**resolved, **extra}  # given with the checkpoint's approval
         checkpoint = step.spec.get("checkpoint") or {}
         if checkpoint.get("when") == "WHEN_BEFORE" and not step.spec.get("checkpoint_passed"):
-            return self._outcome(step, resolved=resolved, park="checkpoint_before")
+            # The claim's task id fences the park (its attempt number is given back).
+            return self._outcome(
+                step,
+                output={"task_id": str(step.task_id)},
+                resolved=resolved,
+                park="checkpoint_before",
+            )
         if "orchestration" in step.spec:
             return await self._run_child(step, resolved)
         cache = self.cache

@@ -40,7 +40,8 @@ TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 # Outcomes whose output is stored (see podium_complete_step / podium_park_step).
 # (input_required: the output is the approval's subject, the agent's question.)
-_WITH_OUTPUT = frozenset({"succeeded", "checkpoint_after", "input_required"})
+# (checkpoint_before: the output is {"task_id": ...}, the fence of the park.)
+_WITH_OUTPUT = frozenset({"succeeded", "checkpoint_after", "input_required", "checkpoint_before"})
 
 
 @dataclass(frozen=True, slots=True)

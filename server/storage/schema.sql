@@ -1212,7 +1212,8 @@ $$;
 -- Record an attempt outcome that parks or skips the step instead of finishing it the
 -- hot way (called by podium_complete_step, which holds the run row lock):
 --   checkpoint_before  the input was resolved, the agent not called: the attempt is
---                      given back and the step waits on a checkpoint_before approval;
+--                      given back and the step waits on a checkpoint_before approval
+--                      (p_output = {"task_id": the claim's task id}, its fence);
 --   checkpoint_after   the agent succeeded: the output is kept and the step waits on a
 --                      checkpoint_after approval before its dependents see it;
 --   review             the last attempt failed and the policy says notify_human: the
@@ -1248,6 +1249,15 @@ BEGIN
     -- retried after an unconfirmed commit) must not park that approved attempt again.
     IF NOT FOUND OR (p_outcome = 'checkpoint_before'
                      AND coalesce((v_step.spec ->> 'checkpoint_passed')::boolean, false)) THEN
+        RETURN NULL;
+    END IF;
+    -- The attempt number alone cannot fence a checkpoint_before park (it is reused, also
+    -- after a ResumeRun that clears checkpoint_passed): the park names the task id of its
+    -- claim (p_output.task_id), and only the attempt row of that claim matches.
+    IF p_outcome = 'checkpoint_before' AND NOT EXISTS (
+           SELECT 1 FROM step_attempts a
+            WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
+              AND a.task_id::text = p_output ->> 'task_id') THEN
         RETURN NULL;
     END IF;
     UPDATE orchestration_runs

@@ -133,7 +133,9 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     gate = {"checkpoint": {"when": "WHEN_BEFORE"}}
     run_id = (await repo.create(new_run([("gate", gate)]), start=True)).run.id
     parked = await claim_one(repo, "replica-1", run_id)
-    park = outcome(parked, "checkpoint_before", input={"q": 1})
+    park = outcome(
+        parked, "checkpoint_before", input={"q": 1}, output={"task_id": str(parked.task_id)}
+    )
     assert await repo.complete_one(park) is True
     (approval,) = await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10)
     status = await approvals.decide(
@@ -160,6 +162,32 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     types = await event_types(db, run_id)
     assert types.count("step.awaiting_approval") == 1
     assert types.count("run.completed") == 1
+
+
+async def test_a_retried_park_does_not_park_the_attempt_of_a_resumed_run(
+    db: Database,
+) -> None:
+    """ResumeRun clears checkpoint_passed and the attempt number is reused: only the
+    task id of the park's claim fences a late copy of it."""
+    repo = RunsRepository(db)
+    gate = {"checkpoint": {"when": "WHEN_BEFORE"}}
+    run_id = (await repo.create(new_run([("gate", gate)]), start=True)).run.id
+    parked = await claim_one(repo, "replica-1", run_id)
+    park = outcome(
+        parked, "checkpoint_before", input={"q": 1}, output={"task_id": str(parked.task_id)}
+    )
+    assert await repo.complete_one(park) is True
+    assert await repo.cancel(ORG, run_id, "stop") == "cancelled"
+    assert await repo.resume(ORG, run_id) == "cancelled"
+    again = await claim_one(repo, "replica-2", run_id)
+    assert (again.attempt, again.task_id != parked.task_id) == (parked.attempt, True)
+
+    assert await repo.complete_one(park) is False  # the old claim's copy: refused
+    assert (await step_row(db, run_id, "gate"))["lease_owner"] == "replica-2"
+    own = outcome(
+        again, "checkpoint_before", input={"q": 2}, output={"task_id": str(again.task_id)}
+    )
+    assert await repo.complete_one(own) is True  # the current claim parks normally
 
 
 # -- lock order: parent before child, runs in (created_at, id) order ------------------
