@@ -754,6 +754,13 @@ class RunService:
             raise NotFound(
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
+        if before == "child":
+            raise FailedPrecondition(
+                f"run {run_id} is the child run of a sub-orchestration; resume its parent run, "
+                "which starts a new child",
+                reason="RUN_IS_CHILD",
+                metadata={"run_id": run_id},
+            )
         if before not in ("failed", "cancelled"):
             raise FailedPrecondition(
                 f"run {run_id} is {before}; only a failed or cancelled run can be resumed",

@@ -1563,18 +1563,24 @@ $$;
 -- steps and every step downstream of them go back to pending (succeeded steps keep
 -- their outputs); attempts keep counting (they fence late results) and each re-run step
 -- gets its full max_attempts again; run_attempt + 1. Returns the run's state before the
--- call (the caller refuses anything but failed or cancelled), NULL when it does not
--- exist.
+-- call (the caller refuses anything but failed or cancelled), 'child' for the child run of
+-- a sub-orchestration (resumed through its parent), NULL when it does not exist.
 CREATE FUNCTION podium_resume_run(p_run uuid, p_org text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_state text;
     v_attempt integer;
+    v_parent uuid;
 BEGIN
-    SELECT state INTO v_state FROM orchestration_runs
+    SELECT state, parent_run_id INTO v_state, v_parent FROM orchestration_runs
      WHERE id = p_run AND organization_id = p_org FOR UPDATE;
     IF NOT FOUND OR v_state NOT IN ('failed', 'cancelled') THEN
         RETURN v_state;
+    END IF;
+    IF v_parent IS NOT NULL THEN
+        -- A child run is re-run through its parent (ResumeRun of the parent starts a new
+        -- child): resumed alone, nobody would wait for it.
+        RETURN 'child';
     END IF;
     WITH RECURSIVE redo (step_id) AS (
         SELECT s.step_id FROM orchestration_steps s

@@ -694,6 +694,14 @@ async def test_child_run_failure_fails_the_step(podium: Connect) -> None:
     assert step.error.code == "CHILD_RUN_FAILED"
     assert step.child_run_id in step.error.message
     assert (await get_run(stub, step.child_run_id)).state == Run.STATE_FAILED
+    # A child is re-run through its parent, never alone.
+    error = await rpc_error(stub.ResumeRun(pb.ResumeRunRequest(run_id=step.child_run_id)))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(error)[0].reason == "RUN_IS_CHILD"
+    resumed = (await stub.ResumeRun(pb.ResumeRunRequest(run_id=run.id))).run
+    again = await wait_for_run(stub, resumed.id)
+    new_child = step_of(again, "sub").child_run_id
+    assert new_child and new_child != step.child_run_id  # the parent started a new child
 
 
 async def test_cancelling_the_parent_cancels_the_child(podium: Connect) -> None:
