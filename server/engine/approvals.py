@@ -37,12 +37,7 @@ from podium.server.engine.errors import (
 )
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.references import normalize_numbers
-from podium.server.engine.runs import (
-    MAX_INPUT_BYTES,
-    MAX_REQUEST_ID_LENGTH,
-    json_violations,
-    parse_run_id,
-)
+from podium.server.engine.runs import MAX_REQUEST_ID_LENGTH, parse_run_id, struct_violations
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
 from podium.server.telemetry.metrics import Metrics
@@ -269,13 +264,7 @@ def _extra_input(
 ) -> dict[str, Any] | None:
     if not struct.fields:
         return None
-    size = struct.ByteSize()
-    if size > MAX_INPUT_BYTES:
-        violations.append(
-            FieldViolation(field="input", description=f"{size} bytes; at most {MAX_INPUT_BYTES}")
-        )
-        return None
-    problems = json_violations(struct, "input")
+    problems = struct_violations(struct, "input")
     if problems:
         violations.extend(problems)
         return None

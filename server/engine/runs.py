@@ -140,6 +140,26 @@ def json_violations(struct: struct_pb2.Struct, field: str, limit: int = 20) -> l
     return found
 
 
+def struct_violations(struct: struct_pb2.Struct, field: str) -> list[FieldViolation]:
+    """The problems of a request Struct (run input, metadata, an approval's input): larger
+    than MAX_INPUT_BYTES serialized, else any value JSON cannot hold."""
+    size = struct.ByteSize()
+    if size > MAX_INPUT_BYTES:
+        return [FieldViolation(field=field, description=f"{size} bytes; at most {MAX_INPUT_BYTES}")]
+    return json_violations(struct, field)
+
+
+def request_id_violations(request_id: str) -> list[FieldViolation]:
+    """An idempotency key longer than MAX_REQUEST_ID_LENGTH, as a field violation."""
+    if len(request_id) <= MAX_REQUEST_ID_LENGTH:
+        return []
+    return [
+        FieldViolation(
+            field="request_id", description=f"at most {MAX_REQUEST_ID_LENGTH} characters"
+        )
+    ]
+
+
 def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
     """``run_id`` as a UUID, or InvalidArgument naming ``field``."""
     try:
@@ -346,27 +366,13 @@ class RunService:
         ``trace_carrier``: the caller's W3C ``traceparent``/``tracestate`` (StartRun call
         metadata); the run joins that trace and stores its context for its steps.
         """
-        violations: list[FieldViolation] = []
-        if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
-            violations.append(
-                FieldViolation(
-                    field="request_id", description=f"at most {MAX_REQUEST_ID_LENGTH} characters"
-                )
-            )
+        violations = request_id_violations(request.request_id)
         if len(request.labels) > MAX_LABELS:
             violations.append(
                 FieldViolation(field="labels", description=f"at most {MAX_LABELS} labels")
             )
-        for key in ("input", "metadata"):
-            size = getattr(request, key).ByteSize()
-            if size > MAX_INPUT_BYTES:
-                violations.append(
-                    FieldViolation(
-                        field=key, description=f"{size} bytes; at most {MAX_INPUT_BYTES}"
-                    )
-                )
-            else:
-                violations.extend(json_violations(getattr(request, key), key))
+        violations.extend(struct_violations(request.input, "input"))
+        violations.extend(struct_violations(request.metadata, "metadata"))
         source = request.WhichOneof("source")
         if source is None:
             violations.append(
@@ -463,23 +469,9 @@ class RunService:
         Steps that did not succeed in the source run execute too. Returns (run,
         existing) like StartRun (``request_id`` makes it idempotent)."""
         rid = parse_run_id(request.run_id)
-        violations: list[FieldViolation] = []
-        if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
-            violations.append(
-                FieldViolation(
-                    field="request_id", description=f"at most {MAX_REQUEST_ID_LENGTH} characters"
-                )
-            )
+        violations = request_id_violations(request.request_id)
         if request.HasField("input"):
-            size = request.input.ByteSize()
-            if size > MAX_INPUT_BYTES:
-                violations.append(
-                    FieldViolation(
-                        field="input", description=f"{size} bytes; at most {MAX_INPUT_BYTES}"
-                    )
-                )
-            else:
-                violations.extend(json_violations(request.input, "input"))
+            violations.extend(struct_violations(request.input, "input"))
         if not request.step_ids:
             violations.append(
                 FieldViolation(field="step_ids", description="name at least one step to re-run")
@@ -714,16 +706,9 @@ class RunService:
         merged over the run's input; steps resolved afterwards (a checkpointed step
         once approved, and every later step) see it."""
         rid = parse_run_id(run_id)
-        if extra_input.ByteSize() > MAX_INPUT_BYTES:
-            raise InvalidArgument(
-                "input too large",
-                violations=[
-                    FieldViolation(field="input", description=f"at most {MAX_INPUT_BYTES} bytes")
-                ],
-            )
-        problems = json_violations(extra_input, "input")
+        problems = struct_violations(extra_input, "input")
         if problems:
-            raise InvalidArgument("input is not valid JSON data", violations=problems)
+            raise InvalidArgument("ContinueRun input is invalid", violations=problems)
         async with storage_errors():
             status = await self._repository.continue_run(
                 organization_id,
