@@ -1045,6 +1045,20 @@ CREATE INDEX orchestration_steps_child_idx
 CREATE INDEX human_approvals_run_pending_idx
     ON human_approvals (run_id) WHERE state = 'pending';
 
+-- Re-count the unfinished dependencies of every pending step of a run from the rows (a
+-- skipped dependency counts as finished). The caller holds the run row lock.
+CREATE FUNCTION podium_recount_dependencies(p_run uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE orchestration_steps s
+       SET pending_dependencies = (
+               SELECT count(*) FROM orchestration_steps u
+                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
+                  AND u.state NOT IN ('succeeded', 'skipped'))
+     WHERE s.run_id = p_run AND s.state = 'pending';
+END
+$$;
+
 -- Re-count every pending step's unfinished dependencies (a skipped dependency counts as
 -- finished: its dependents see a null output), queue those with none left, and complete
 -- the run when no step is left unfinished. The slow path after a skip, an approval or a
@@ -1058,12 +1072,7 @@ DECLARE
     v_remaining integer;
     v_state text;
 BEGIN
-    UPDATE orchestration_steps s
-       SET pending_dependencies = (
-               SELECT count(*) FROM orchestration_steps u
-                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
-                  AND u.state NOT IN ('succeeded', 'skipped'))
-     WHERE s.run_id = p_run AND s.state = 'pending';
+    PERFORM podium_recount_dependencies(p_run);
     FOR v_step IN
         UPDATE orchestration_steps s
            SET state = 'queued', queued_at = clock_timestamp()
@@ -1639,12 +1648,7 @@ BEGIN
                                                      'copied_from_run_id', p_source));
         v_count := v_count + 1;
     END LOOP;
-    UPDATE orchestration_steps s
-       SET pending_dependencies = (
-               SELECT count(*) FROM orchestration_steps u
-                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
-                  AND u.state <> 'succeeded')
-     WHERE s.run_id = p_run AND s.state = 'pending';
+    PERFORM podium_recount_dependencies(p_run);
     UPDATE orchestration_runs
        SET steps_remaining = (SELECT count(*) FROM orchestration_steps
                                WHERE run_id = p_run AND state <> 'succeeded')
