@@ -477,7 +477,7 @@ class Scheduler:
             return await self._run_child(step, resolved)
         cache = self.cache
         policy = cache.policy(step) if cache is not None else None
-        if (step.spec.get("answer") or {}).get("attempt") == step.attempt:
+        if _answer(step) is not None:
             policy = None  # answers an agent's question: its output depends on the answer
         if cache is None or policy is None:
             return await self._call_agent(step, resolved)
@@ -522,9 +522,9 @@ class Scheduler:
             definition_version=step.definition_version or 0,
             skill=step.skill or "",
         )
-        answer = step.spec.get("answer") or {}
+        answer = _answer(step)
         resume_task_id = ""
-        if answer.get("attempt") == step.attempt and answer.get("task_id"):
+        if answer is not None:
             # This attempt answers the agent's question (A2A INPUT_REQUIRED).
             resume_task_id = str(answer["task_id"])
             resolved = answer.get("input") or {}
@@ -841,6 +841,15 @@ class Scheduler:
                 log.warning("lease maintenance failed: %s", exc)
             if self._listener is None and not self._stopping:
                 await self._listen()
+
+
+def _answer(step: ClaimedStep) -> dict[str, Any] | None:
+    """The answer this attempt sends to an A2A agent's question (``spec.answer``, written
+    by the decision for the attempt after the question), or None."""
+    answer = step.spec.get("answer")
+    if isinstance(answer, dict) and answer.get("attempt") == step.attempt and answer.get("task_id"):
+        return answer
+    return None
 
 
 def _deliverables(artifacts: Sequence[agent_pb2.Artifact]) -> list[NewDeliverable]:
