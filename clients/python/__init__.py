@@ -2,7 +2,8 @@
 
 - :class:`PodiumClient` (asyncio) and :class:`SyncPodiumClient` (blocking): the
   OrchestrationService API with deadlines, retries, typed errors and a resuming
-  :meth:`~PodiumClient.watch_run` (module :mod:`podium.client.client`);
+  :meth:`~PodiumClient.watch_run` (modules :mod:`podium.client.client` and
+  :mod:`podium.client.sync_client`; shared policies in :mod:`podium.client.common`);
 - typed errors (:mod:`podium.client.errors`): :class:`PodiumError`,
   :class:`ValidationError` with its :class:`FieldViolation` list, ...;
 - definitions from YAML/JSON (:mod:`podium.client.definitions`):
@@ -19,16 +20,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from podium.client.client import (
+    from podium.client.client import PodiumClient
+    from podium.client.common import (
         DEFAULT_ADDRESS,
         DEFAULT_TIMEOUT_SECONDS,
         TERMINAL_EVENT_TYPES,
         TERMINAL_RUN_STATES,
         DefinitionSource,
         Page,
-        PodiumClient,
         RetryPolicy,
-        SyncPodiumClient,
         WatchPolicy,
         to_dict,
     )
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         UnimplementedError,
         ValidationError,
     )
+    from podium.client.sync_client import SyncPodiumClient
 
 __all__ = [
     "AlreadyExistsError",
@@ -84,19 +85,19 @@ __all__ = [
 ]
 
 _MODULES = {
-    "podium.client.client": (
+    "podium.client.client": ("PodiumClient",),
+    "podium.client.common": (
         "DEFAULT_ADDRESS",
         "DEFAULT_TIMEOUT_SECONDS",
         "TERMINAL_EVENT_TYPES",
         "TERMINAL_RUN_STATES",
         "DefinitionSource",
         "Page",
-        "PodiumClient",
         "RetryPolicy",
-        "SyncPodiumClient",
         "WatchPolicy",
         "to_dict",
     ),
+    "podium.client.sync_client": ("SyncPodiumClient",),
     "podium.client.definitions": (
         "DefinitionFileError",
         "definition_to_dict",

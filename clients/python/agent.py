@@ -57,20 +57,25 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
-import re
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from podium.agent.v1 import agent_pb2, agent_pb2_grpc
+from podium.client.task import (
+    Context,
+    Task,
+    TaskFailed,
+    dict_to_struct,
+    struct_to_dict,
+    value_to_python,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -102,55 +107,12 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 MAX_ERROR_MESSAGE_CHARS: Final = 500
 """Longest error message sent for an unexpected exception."""
 
-_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 _HEALTH_SERVICE_NAME: Final = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 Handler: TypeAlias = Callable[["Task"], Awaitable[dict[str, Any]]]
 """An agent's task function: receives the :class:`Task`, returns the step output."""
 
 _HandlerT = TypeVar("_HandlerT", bound=Handler)
-_Context: TypeAlias = grpc.aio.ServicerContext[
-    agent_pb2.ExecuteTaskRequest, agent_pb2.ExecuteTaskResponse
-]
-
-
-# -- Struct conversion -----------------------------------------------------------------
-
-
-def value_to_python(value: struct_pb2.Value) -> Any:
-    """Convert a ``google.protobuf.Value`` to plain Python.
-
-    Numbers with an integral value become ``int`` (Struct stores every number as a
-    double); other numbers stay ``float``.
-    """
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        return int(number) if number.is_integer() else number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return {key: value_to_python(item) for key, item in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [value_to_python(item) for item in value.list_value.values]
-    return None
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Convert a ``google.protobuf.Struct`` to a plain dict (integral numbers as ``int``)."""
-    return {key: value_to_python(item) for key, item in struct.fields.items()}
-
-
-def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
-    """Convert a dict of JSON values (str, int, float, bool, None, lists, dicts) to a Struct.
-
-    Raises ``ValueError`` or ``TypeError`` for anything else.
-    """
-    struct = struct_pb2.Struct()
-    struct.update(data)
-    return struct
 
 
 # -- Public types ----------------------------------------------------------------------
@@ -168,260 +130,6 @@ class Skill:
     """What the skill does."""
     tags: Sequence[str] = ()
     """Free-form tags."""
-
-
-class TaskFailed(Exception):
-    """Raise from a handler to end the task with ``result.error``.
-
-    ``code`` is a stable UPPER_SNAKE identifier (``"UPSTREAM_TIMEOUT"``); ``retryable``
-    tells Podium whether another attempt may succeed (``False`` skips the remaining
-    attempts).
-    """
-
-    def __init__(self, code: str, message: str, retryable: bool = True) -> None:
-        if not _ERROR_CODE.fullmatch(code):
-            raise ValueError(f"TaskFailed code must be UPPER_SNAKE case, got {code!r}")
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-
-
-class Task:
-    """One step attempt as seen by a handler: the request, and helpers to stream results.
-
-    Request fields are read lazily from the gRPC request, so unused fields cost nothing.
-    Streaming helpers must be awaited; they raise ``RuntimeError`` once the task has
-    ended and ``asyncio.CancelledError`` once the call has been cancelled.
-    """
-
-    __slots__ = (
-        "_agent",
-        "_call_task",
-        "_cancelled",
-        "_context",
-        "_finished",
-        "_input",
-        "_labels",
-        "_lock",
-        "_request",
-        "_usage",
-    )
-
-    def __init__(
-        self,
-        request: agent_pb2.ExecuteTaskRequest,
-        context: _Context,
-        agent: Agent,
-    ) -> None:
-        self._request = request
-        self._context = context
-        self._agent = agent
-        self._call_task = asyncio.current_task()
-        self._input: dict[str, Any] | None = None
-        self._labels: dict[str, str] | None = None
-        self._lock: asyncio.Lock | None = None
-        self._usage: agent_pb2.Usage | None = None
-        self._finished = False
-        self._cancelled = False
-
-    # -- request fields
-
-    @property
-    def request(self) -> agent_pb2.ExecuteTaskRequest:
-        """The raw ``ExecuteTaskRequest``."""
-        return self._request
-
-    @property
-    def task_id(self) -> str:
-        """Unique id of this step attempt (a retry gets a new one)."""
-        return self._request.task_id
-
-    @property
-    def run_id(self) -> str:
-        """Id of the run the step belongs to."""
-        return self._request.run_id
-
-    @property
-    def step_id(self) -> str:
-        """Id of the step inside its definition."""
-        return self._request.step_id
-
-    @property
-    def attempt(self) -> int:
-        """Attempt number, starting at 1."""
-        return self._request.attempt
-
-    @property
-    def conversation_id(self) -> str:
-        """Conversation id of the step, stable across attempts and ContinueRun."""
-        return self._request.conversation_id
-
-    @property
-    def organization_id(self) -> str:
-        """Organization that owns the run."""
-        return self._request.organization_id
-
-    @property
-    def input(self) -> dict[str, Any]:
-        """The step input as a plain dict (integral numbers as ``int``); computed once."""
-        if self._input is None:
-            self._input = struct_to_dict(self._request.input)
-        return self._input
-
-    @property
-    def labels(self) -> dict[str, str]:
-        """Labels of the run."""
-        if self._labels is None:
-            self._labels = dict(self._request.labels)
-        return self._labels
-
-    @property
-    def definition_name(self) -> str:
-        """Name of the definition being executed; empty for an inline plan."""
-        return self._request.definition_name
-
-    @property
-    def definition_version(self) -> int:
-        """Version of the definition being executed; 0 for an inline plan."""
-        return self._request.definition_version
-
-    @property
-    def skill(self) -> str:
-        """The skill the step was routed by; empty when routed by agent name."""
-        return self._request.skill
-
-    @property
-    def metadata(self) -> dict[str, str | bytes]:
-        """The call's metadata (e.g. ``traceparent``); the last value wins for repeated keys."""
-        return dict(self._context.invocation_metadata() or ())
-
-    @property
-    def deadline(self) -> float | None:
-        """Seconds left before the call's deadline (never negative), or ``None`` without one."""
-        remaining = self._context.time_remaining()
-        return None if remaining is None else max(0.0, remaining)
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether the call has been cancelled (by the caller, its deadline, or shutdown)."""
-        if self._cancelled:
-            return True
-        call_task = self._call_task
-        return call_task is not None and call_task.cancelling() > 0
-
-    # -- streaming helpers
-
-    async def progress(self, message: str, fraction: float | None = None) -> None:
-        """Report progress: a status line and the completed fraction in [0, 1].
-
-        ``None`` (or a negative number) means the fraction is unknown; values above 1
-        are clamped to 1.
-        """
-        if fraction is None or math.isnan(fraction) or fraction < 0:
-            fraction = -1.0
-        elif fraction > 1:
-            fraction = 1.0
-        await self._emit(
-            agent_pb2.ExecuteTaskResponse(
-                progress=agent_pb2.Progress(message=message, fraction=fraction)
-            )
-        )
-
-    async def output_chunk(self, text: str) -> None:
-        """Stream a piece of incremental output, such as generated text."""
-        await self._emit(
-            agent_pb2.ExecuteTaskResponse(output_chunk=agent_pb2.OutputChunk(text=text))
-        )
-
-    async def artifact(
-        self,
-        name: str,
-        data: bytes | str | None = None,
-        *,
-        media_type: str = "",
-        uri: str = "",
-        metadata: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Send an artifact: inline ``data`` (``str`` is sent as UTF-8) or a ``uri``.
-
-        ``media_type`` defaults to ``text/plain; charset=utf-8`` for ``str`` data and
-        ``application/octet-stream`` otherwise. An artifact larger than the message limit
-        raises ``ValueError``: store it elsewhere and pass its ``uri``.
-        """
-        if not name:
-            raise ValueError("an artifact needs a name")
-        if data is None and not uri:
-            raise ValueError("an artifact needs data or a uri")
-        if isinstance(data, str):
-            data = data.encode()
-            media_type = media_type or "text/plain; charset=utf-8"
-        response = agent_pb2.ExecuteTaskResponse()
-        artifact = response.artifact
-        artifact.name = name
-        artifact.media_type = media_type or "application/octet-stream"
-        artifact.data = data or b""
-        artifact.uri = uri
-        if metadata:
-            artifact.metadata.update(metadata)
-        size = response.ByteSize()
-        if size > self._agent.max_message_bytes:
-            raise ValueError(
-                f"artifact {name!r} is {size} bytes, over the {self._agent.max_message_bytes}"
-                " byte message limit: store it elsewhere and pass its uri"
-            )
-        await self._emit(response)
-
-    def usage(
-        self,
-        *,
-        model: str = "",
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cost_usd: float = 0.0,
-    ) -> None:
-        """Record model usage, sent with the result; repeated calls add up.
-
-        Tokens and cost accumulate across calls (one per model request, say); ``model``
-        keeps the last non-empty value.
-        """
-        if input_tokens < 0 or output_tokens < 0 or cost_usd < 0:
-            raise ValueError("usage cannot be negative")
-        usage = self._usage
-        if usage is None:
-            usage = self._usage = agent_pb2.Usage()
-        if model:
-            usage.model = model
-        usage.input_tokens += input_tokens
-        usage.output_tokens += output_tokens
-        usage.cost_usd += cost_usd
-
-    async def _emit(self, response: agent_pb2.ExecuteTaskResponse) -> None:
-        if self._finished:
-            raise RuntimeError("the task has ended: nothing more can be streamed")
-        if self.cancelled:
-            raise asyncio.CancelledError()
-        lock = self._lock
-        if lock is None:
-            lock = self._lock = asyncio.Lock()
-        # gRPC accepts one write at a time on a call: concurrent writes would hang.
-        async with lock:
-            await self._context.write(response)
-
-    async def _finish(self, response: agent_pb2.ExecuteTaskResponse) -> None:
-        self._finished = True
-        lock = self._lock
-        if lock is None:
-            await self._context.write(response)
-        else:
-            async with lock:
-                await self._context.write(response)
-
-    def __repr__(self) -> str:
-        return (
-            f"Task(task_id={self.task_id!r}, run_id={self.run_id!r}, "
-            f"step_id={self.step_id!r}, attempt={self.attempt})"
-        )
 
 
 # -- The agent -------------------------------------------------------------------------
@@ -604,7 +312,7 @@ class _Servicer(agent_pb2_grpc.AgentServiceServicer):
         self._card = agent_pb2.GetAgentCardResponse(card=agent.card())
 
     async def ExecuteTask(  # type: ignore[override]
-        self, request: agent_pb2.ExecuteTaskRequest, context: _Context
+        self, request: agent_pb2.ExecuteTaskRequest, context: Context
     ) -> None:
         """Run the handler, streaming its messages, and end with exactly one result."""
         task = Task(request, context, self._agent)
@@ -648,7 +356,7 @@ class _Servicer(agent_pb2_grpc.AgentServiceServicer):
         return response
 
     async def GetAgentCard(
-        self, request: agent_pb2.GetAgentCardRequest, context: _Context
+        self, request: agent_pb2.GetAgentCardRequest, context: Context
     ) -> agent_pb2.GetAgentCardResponse:
         """Return the agent card."""
         return self._card

@@ -26,23 +26,32 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import random
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
+from typing import Any, Self, TypeVar
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
-from podium.client.definitions import _integral_floats, load_definition, parse_definition
+from podium.client.common import (
+    DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT_SECONDS,
+    TERMINAL_EVENT_TYPES,
+    TERMINAL_RUN_STATES,
+    DefinitionSource,
+    Page,
+    RetryPolicy,
+    WatchPolicy,
+    definition_message,
+    enum_value,
+    struct_or_none,
+    to_dict,
+)
 from podium.client.errors import PodiumError, UnavailableError, from_rpc_error, from_status
 from podium.orchestration.v1 import (
     agent_pb2,
@@ -54,6 +63,8 @@ from podium.orchestration.v1 import (
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 
+# The public names of the client, re-exported here for ``podium.client.client`` users;
+# SyncPodiumClient lives in ``podium.client.sync_client``.
 __all__ = [
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT_SECONDS",
@@ -63,172 +74,11 @@ __all__ = [
     "Page",
     "PodiumClient",
     "RetryPolicy",
-    "SyncPodiumClient",
     "WatchPolicy",
     "to_dict",
 ]
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-"""Where ``podium serve`` listens by default."""
-
-DEFAULT_TIMEOUT_SECONDS = 30.0
-"""Deadline of each unary call unless the client or the call says otherwise."""
-
-SERVICE_NAME = "podium.orchestration.v1.OrchestrationService"
-
-TERMINAL_RUN_STATES = frozenset(
-    {run_pb2.Run.STATE_SUCCEEDED, run_pb2.Run.STATE_FAILED, run_pb2.Run.STATE_CANCELLED}
-)
-"""Run states that never change (except through ResumeRun, which starts a new attempt)."""
-
-TERMINAL_EVENT_TYPES = frozenset(
-    {
-        event_pb2.RunEvent.TYPE_RUN_COMPLETED,
-        event_pb2.RunEvent.TYPE_RUN_FAILED,
-        event_pb2.RunEvent.TYPE_RUN_CANCELLED,
-    }
-)
-"""Event types after which WatchRun ends."""
-
-# Safe to repeat: reads, upserts, and calls made idempotent by a request_id this client
-# always sets. Not here: CreateDefinition (a retry would store another version),
-# ContinueRun and ResumeRun (no request_id), DeregisterAgent, InvalidateCache.
-IDEMPOTENT_METHODS = (
-    "GetDefinition",
-    "ListDefinitions",
-    "ValidateDefinition",
-    "ArchiveDefinition",
-    "StartRun",
-    "GetRun",
-    "ListRuns",
-    "CancelRun",
-    "ForkRun",
-    "WatchRun",
-    "WatchRuns",
-    "ListRunEvents",
-    "ListDeliverables",
-    "ListApprovals",
-    "GetApproval",
-    "DecideApproval",
-    "RegisterAgent",
-    "ListAgents",
-    "ListWebhookDeliveries",
-)
-
-DefinitionSource = definition_pb2.Definition | Mapping[str, Any] | Path
-"""A definition as a message, a mapping of its fields (YAML short forms allowed), or
-the path of a YAML/JSON file."""
-
 T = TypeVar("T")
-R = TypeVar("R")
-P = ParamSpec("P")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How gRPC retries idempotent calls that fail with UNAVAILABLE (server down,
-    starting, or shutting down). The whole sequence of tries stays within the call's
-    deadline.
-
-    Attributes:
-        max_attempts: Tries in all, first included (gRPC caps this at 5).
-        initial_backoff_seconds: Upper bound of the first random delay.
-        max_backoff_seconds: Upper bound of any delay.
-        backoff_multiplier: Growth of the bound after each try.
-    """
-
-    max_attempts: int = 5
-    initial_backoff_seconds: float = 0.2
-    max_backoff_seconds: float = 5.0
-    backoff_multiplier: float = 2.0
-
-    def service_config(self) -> dict[str, Any]:
-        """The gRPC service config (JSON form) applying this policy to the idempotent
-        methods of OrchestrationService."""
-        return {
-            "methodConfig": [
-                {
-                    "name": [
-                        {"service": SERVICE_NAME, "method": method} for method in IDEMPOTENT_METHODS
-                    ],
-                    "retryPolicy": {
-                        "maxAttempts": self.max_attempts,
-                        "initialBackoff": f"{self.initial_backoff_seconds}s",
-                        "maxBackoff": f"{self.max_backoff_seconds}s",
-                        "backoffMultiplier": self.backoff_multiplier,
-                        "retryableStatusCodes": ["UNAVAILABLE"],
-                    },
-                }
-            ]
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class WatchPolicy:
-    """How :meth:`PodiumClient.watch_run` reconnects a lost stream.
-
-    Attributes:
-        initial_backoff_seconds: Upper bound of the first random delay before a reconnect.
-        max_backoff_seconds: Upper bound of any delay.
-        give_up_after_seconds: Raise :class:`~podium.client.errors.UnavailableError`
-            when no stream could be re-established for this long (``None``: never).
-    """
-
-    initial_backoff_seconds: float = 0.1
-    max_backoff_seconds: float = 2.0
-    give_up_after_seconds: float | None = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    """One page of a list call.
-
-    Attributes:
-        items: The resources of this page.
-        next_page_token: Pass as ``page_token`` for the next page; empty on the last.
-    """
-
-    items: list[T] = field(default_factory=list)
-    next_page_token: str = ""
-
-
-def to_dict(message: Message) -> dict[str, Any]:
-    """A message as JSON-ready data with the proto field names (``run_id``), e.g.
-    ``Run.output`` or a whole ``Run``. Integral numbers of a ``Struct`` (stored as
-    doubles) come back as ``int``, as JSON would print them."""
-    if isinstance(message, struct_pb2.Struct):
-        return dict(_integral_floats(json_format.MessageToDict(message)))
-    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
-
-
-def _definition(source: DefinitionSource) -> definition_pb2.Definition:
-    if isinstance(source, definition_pb2.Definition):
-        return source
-    if isinstance(source, Path):
-        return load_definition(source)
-    return parse_definition(source)
-
-
-def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
-    if data is None:
-        return None
-    struct = struct_pb2.Struct()
-    struct.update(dict(data))
-    return struct
-
-
-def _enum(wrapper: Any, prefix: str, value: int | str) -> Any:
-    """An enum value from itself or its name, with or without the prefix, any case."""
-    if isinstance(value, int):
-        return value
-    name = value.upper()
-    if not name.startswith(prefix):
-        name = prefix + name
-    try:
-        return wrapper.Value(name)
-    except ValueError:
-        names = ", ".join(n.removeprefix(prefix).lower() for n in wrapper.keys()[1:])
-        raise ValueError(f"unknown value {value!r} (one of: {names})") from None
 
 
 class PodiumClient:
@@ -326,7 +176,7 @@ class PodiumClient:
             ValidationError: The definition is invalid (one violation per problem).
             FailedPreconditionError: The definition is archived.
         """
-        request = pb.CreateDefinitionRequest(definition=_definition(definition))
+        request = pb.CreateDefinitionRequest(definition=definition_message(definition))
         response = await self._unary(self._stub.CreateDefinition, request, timeout)
         return response.definition  # type: ignore[no-any-return]
 
@@ -338,7 +188,7 @@ class PodiumClient:
         Raises:
             ValidationError: The definition is invalid (one violation per problem).
         """
-        request = pb.ValidateDefinitionRequest(definition=_definition(definition))
+        request = pb.ValidateDefinitionRequest(definition=definition_message(definition))
         response = await self._unary(self._stub.ValidateDefinition, request, timeout)
         return response.definition  # type: ignore[no-any-return]
 
@@ -428,8 +278,8 @@ class PodiumClient:
         if (definition is None) == (plan is None):
             raise ValueError("give exactly one of definition (a name) and plan")
         request = pb.StartRunRequest(
-            input=_struct(input),
-            metadata=_struct(metadata),
+            input=struct_or_none(input),
+            metadata=struct_or_none(metadata),
             labels=dict(labels or {}),
             request_id=request_id or str(uuid.uuid4()),
             start=start,
@@ -437,7 +287,7 @@ class PodiumClient:
             webhook_url=webhook_url,
         )
         if plan is not None:
-            request.plan.CopyFrom(_definition(plan))
+            request.plan.CopyFrom(definition_message(plan))
         elif definition is not None:
             request.definition.CopyFrom(pb.DefinitionRef(name=definition, version=version))
         response = await self._unary(self._stub.StartRun, request, timeout)
@@ -467,7 +317,7 @@ class PodiumClient:
             ValueError: An unknown state name.
         """
         request = pb.ListRunsRequest(
-            states=[_enum(run_pb2.Run.State, "STATE_", state) for state in states],
+            states=[enum_value(run_pb2.Run.State, "STATE_", state) for state in states],
             definition_name=definition_name,
             labels=dict(labels or {}),
             parent_run_id=parent_run_id,
@@ -493,7 +343,7 @@ class PodiumClient:
         timeout: float | None = None,
     ) -> run_pb2.Run:
         """Start a run created with ``start=False``, merging ``input`` over its input."""
-        request = pb.ContinueRunRequest(run_id=run_id, input=_struct(input))
+        request = pb.ContinueRunRequest(run_id=run_id, input=struct_or_none(input))
         response = await self._unary(self._stub.ContinueRun, request, timeout)
         return response.run  # type: ignore[no-any-return]
 
@@ -522,7 +372,7 @@ class PodiumClient:
         request = pb.ForkRunRequest(
             run_id=run_id,
             step_ids=list(step_ids),
-            input=_struct(input),
+            input=struct_or_none(input),
             request_id=request_id or str(uuid.uuid4()),
         )
         response = await self._unary(self._stub.ForkRun, request, timeout)
@@ -646,7 +496,7 @@ class PodiumClient:
         """
         request = pb.WatchRunsRequest(
             definition_name=definition_name,
-            states=[_enum(run_pb2.Run.State, "STATE_", state) for state in states],
+            states=[enum_value(run_pb2.Run.State, "STATE_", state) for state in states],
             labels=dict(labels or {}),
         )
         if start_time is not None:
@@ -696,7 +546,7 @@ class PodiumClient:
         """One page of webhook deliveries (newest first) and their status."""
         request = pb.ListWebhookDeliveriesRequest(
             run_id=run_id,
-            states=[_enum(pb.WebhookDelivery.State, "STATE_", state) for state in states],
+            states=[enum_value(pb.WebhookDelivery.State, "STATE_", state) for state in states],
             page_size=page_size,
             page_token=page_token,
         )
@@ -729,7 +579,7 @@ class PodiumClient:
         otherwise (``"pending"``, ``"decided"``, ``"expired"``, ``"cancelled"``)."""
         request = pb.ListApprovalsRequest(
             run_id=run_id,
-            states=[_enum(approval_pb2.Approval.State, "STATE_", state) for state in states],
+            states=[enum_value(approval_pb2.Approval.State, "STATE_", state) for state in states],
             page_size=page_size,
             page_token=page_token,
         )
@@ -769,10 +619,10 @@ class PodiumClient:
         """
         request = pb.DecideApprovalRequest(
             approval_id=approval_id,
-            decision=_enum(approval_pb2.Decision, "DECISION_", decision),
+            decision=enum_value(approval_pb2.Decision, "DECISION_", decision),
             comment=comment,
             actor=actor,
-            input=_struct(input),
+            input=struct_or_none(input),
             request_id=request_id or str(uuid.uuid4()),
         )
         response = await self._unary(self._stub.DecideApproval, request, timeout)
@@ -863,169 +713,3 @@ class PodiumClient:
 
 
 # -- The blocking facade ---------------------------------------------------------------
-
-
-class _Blocking(Generic[P, R]):
-    """A :class:`PodiumClient` coroutine method as a blocking :class:`SyncPodiumClient`
-    method with the same parameters and docstring."""
-
-    def __init__(self, method: Callable[Concatenate[PodiumClient, P], Coroutine[Any, Any, R]]):
-        self._method = method
-        self.__doc__ = method.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
-    @overload
-    def __get__(self, obj: SyncPodiumClient, owner: type[Any]) -> Callable[P, R]: ...
-    def __get__(self, obj: SyncPodiumClient | None, owner: type[Any]) -> Self | Callable[P, R]:
-        if obj is None:
-            return self
-        method = self._method
-        client = obj
-
-        @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> R:
-            return client._run(method(client._client, *args, **kwargs))
-
-        return call
-
-
-class _BlockingIterator(Generic[P, T]):
-    """A :class:`PodiumClient` async-iterator method as a :class:`SyncPodiumClient`
-    method returning a plain iterator."""
-
-    def __init__(self, method: Callable[Concatenate[PodiumClient, P], AsyncIterator[T]]):
-        self._method = method
-        self.__doc__ = method.__doc__
-
-    @overload
-    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
-    @overload
-    def __get__(self, obj: SyncPodiumClient, owner: type[Any]) -> Callable[P, Iterator[T]]: ...
-    def __get__(
-        self, obj: SyncPodiumClient | None, owner: type[Any]
-    ) -> Self | Callable[P, Iterator[T]]:
-        if obj is None:
-            return self
-        method = self._method
-        client = obj
-
-        @functools.wraps(method)
-        def call(*args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
-            return client._iterate(method(client._client, *args, **kwargs))
-
-        return call
-
-
-async def _next(iterator: AsyncIterator[T]) -> T:
-    return await anext(iterator)
-
-
-async def _close(iterator: AsyncIterator[Any]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
-async def _connected(client: PodiumClient) -> bool:
-    return client.connected()
-
-
-async def _new_client(address: str, options: dict[str, Any]) -> PodiumClient:
-    return PodiumClient(address, **options)
-
-
-class SyncPodiumClient:
-    """Blocking facade of :class:`PodiumClient`, for scripts and REPLs: the same methods
-    with the same arguments, errors and docstrings, returning results instead of
-    awaitables (and plain iterators for :meth:`watch_run`, :meth:`watch_runs` and
-    :meth:`iter_definitions`).
-
-    It runs an asyncio event loop in a daemon thread of its own, so it also works when
-    called from code that has a running loop. Use it as a context manager or call
-    :meth:`close`.
-
-    Args:
-        address: ``HOST:PORT`` of a Podium server.
-        **options: The keyword arguments of :class:`PodiumClient`.
-    """
-
-    def __init__(self, address: str = DEFAULT_ADDRESS, **options: Any) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="podium-client", daemon=True
-        )
-        self._thread.start()
-        self._client = self._run(_new_client(address, options))
-        self.address = address
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the channel and stop the client's thread. Idempotent."""
-        if self._loop.is_closed():
-            return
-        self._run(self._client.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def connected(self) -> bool:
-        """Whether the channel is connected to the server now (READY)."""
-        return self._run(_connected(self._client))
-
-    def _run(self, coroutine: Coroutine[Any, Any, R]) -> R:
-        if self._loop.is_closed():
-            coroutine.close()
-            raise RuntimeError("the client is closed")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
-
-    def _iterate(self, iterator: AsyncIterator[T]) -> Iterator[T]:
-        try:
-            while True:
-                try:
-                    item = self._run(_next(iterator))
-                except StopAsyncIteration:
-                    return
-                yield item
-        finally:
-            if not self._loop.is_closed():
-                self._run(_close(iterator))
-
-    create_definition = _Blocking(PodiumClient.create_definition)
-    validate_definition = _Blocking(PodiumClient.validate_definition)
-    get_definition = _Blocking(PodiumClient.get_definition)
-    list_definitions = _Blocking(PodiumClient.list_definitions)
-    iter_definitions = _BlockingIterator(PodiumClient.iter_definitions)
-    archive_definition = _Blocking(PodiumClient.archive_definition)
-    start_run = _Blocking(PodiumClient.start_run)
-    get_run = _Blocking(PodiumClient.get_run)
-    list_runs = _Blocking(PodiumClient.list_runs)
-    cancel_run = _Blocking(PodiumClient.cancel_run)
-    continue_run = _Blocking(PodiumClient.continue_run)
-    resume_run = _Blocking(PodiumClient.resume_run)
-    fork_run = _Blocking(PodiumClient.fork_run)
-    list_run_events = _Blocking(PodiumClient.list_run_events)
-    watch_run = _BlockingIterator(PodiumClient.watch_run)
-    wait_run = _Blocking(PodiumClient.wait_run)
-    watch_runs = _BlockingIterator(PodiumClient.watch_runs)
-    list_deliverables = _Blocking(PodiumClient.list_deliverables)
-    list_webhook_deliveries = _Blocking(PodiumClient.list_webhook_deliveries)
-    invalidate_cache = _Blocking(PodiumClient.invalidate_cache)
-    list_approvals = _Blocking(PodiumClient.list_approvals)
-    get_approval = _Blocking(PodiumClient.get_approval)
-    decide_approval = _Blocking(PodiumClient.decide_approval)
-    approve = _Blocking(PodiumClient.approve)
-    reject = _Blocking(PodiumClient.reject)
-    register_agent = _Blocking(PodiumClient.register_agent)
-    list_agents = _Blocking(PodiumClient.list_agents)
-    deregister_agent = _Blocking(PodiumClient.deregister_agent)

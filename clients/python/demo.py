@@ -22,7 +22,8 @@ import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from podium.client.client import PodiumClient, to_dict
+from podium.client.client import PodiumClient
+from podium.client.common import to_dict
 from podium.client.definitions import parse_definition
 from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import event_pb2, run_pb2

@@ -26,7 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from podium.client.client import to_dict
+from podium.client.common import to_dict
 from podium.orchestration.v1 import event_pb2, run_pb2
 
 __all__ = ["RunView", "state_name"]

@@ -19,7 +19,7 @@ from podium.client import (
     UnimplementedError,
     ValidationError,
 )
-from podium.client.client import IDEMPOTENT_METHODS
+from podium.client.common import IDEMPOTENT_METHODS
 from podium.client.errors import from_status
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 
