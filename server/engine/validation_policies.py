@@ -1,12 +1,14 @@
 """Validation of a definition's policies: labels, the execution policy (concurrency,
-budget, caching, timeouts), failure policies and checkpoints."""
+caching, timeouts), failure policies and checkpoints. Budgets and concurrency keys,
+which the contract specifies but the server does not enforce yet, are refused
+(``NOT_SUPPORTED``) rather than accepted and ignored."""
 
 from __future__ import annotations
 
 import re
 
 from podium.orchestration.v1 import definition_pb2
-from podium.server.engine.references import join_location, scan_references
+from podium.server.engine.references import join_location
 from podium.server.engine.validation_fields import FieldChecker, format_number
 
 __all__ = ["PolicyChecker"]
@@ -54,43 +56,28 @@ class PolicyChecker(FieldChecker):
             concurrency.max_parallel,
             rule="must be positive (0 uses the server default)",
         )
-        self.check_number(
-            "execution.concurrency.max_runs_per_key",
-            concurrency.max_runs_per_key,
-            rule="must not be negative (0 means unlimited)",
-        )
+        # Specified by the contract but not built: refused rather than silently ignored.
         if concurrency.key:
-            scan = scan_references(concurrency.key)
-            for error in scan.errors:
-                self.add("execution.concurrency.key", error.message, "MALFORMED_REFERENCE")
-            for ref in scan.references:
-                if ref.source != "run":
-                    self.add(
-                        "execution.concurrency.key",
-                        f"{ref.raw}: the concurrency key may only reference ${{run.input...}}",
-                        "INVALID_REFERENCE",
-                    )
+            self.not_built("execution.concurrency.key", "concurrency keys")
+        if concurrency.max_runs_per_key:
+            self.not_built("execution.concurrency.max_runs_per_key", "per-key run limits")
         budget = execution.budget
-        self.check_number(
-            "execution.budget.max_tokens",
-            budget.max_tokens,
-            rule="must not be negative (0 means unlimited)",
-        )
-        self.check_number(
-            "execution.budget.max_cost_usd",
-            budget.max_cost_usd,
-            rule="must not be negative (0 means unlimited)",
-        )
-        self.check_enum(
-            "execution.budget.on_exceed",
-            budget.on_exceed,
-            definition_pb2.BudgetPolicy.DESCRIPTOR.enum_types_by_name["OnExceed"],
-        )
+        if budget.max_tokens or budget.max_cost_usd or budget.on_exceed:
+            self.not_built("execution.budget", "run budgets")
         self.check_number("execution.caching.ttl_seconds", execution.caching.ttl_seconds)
         self.check_number(
             "execution.default_timeout_seconds",
             execution.default_timeout_seconds,
             maximum=self.limits.max_timeout_seconds,
+        )
+
+    def not_built(self, path: str, what: str) -> None:
+        """Refuse a field the contract specifies but the server does not enforce yet."""
+        self.add(
+            path,
+            f"{what} are not supported yet: the server would not enforce them; "
+            "leave this field unset",
+            "NOT_SUPPORTED",
         )
 
     def check_failure_policy(self, path: str, policy: definition_pb2.StepFailurePolicy) -> None:
