@@ -37,7 +37,7 @@ from podium.server.engine.errors import (
 )
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.references import normalize_numbers
-from podium.server.engine.runs import MAX_REQUEST_ID_LENGTH, parse_run_id, struct_violations
+from podium.server.engine.requests import MAX_REQUEST_ID_LENGTH, parse_run_id, struct_violations
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
 from podium.server.telemetry.metrics import Metrics

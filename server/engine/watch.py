@@ -55,7 +55,8 @@ from podium.server.engine.errors import (
     NotFound,
     Unavailable,
 )
-from podium.server.engine.runs import event_to_proto, parse_run_id
+from podium.server.engine.mapping import event_to_proto
+from podium.server.engine.requests import parse_run_id
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.hub import EventHub, Watcher
 from podium.server.storage.events import EventsRepository

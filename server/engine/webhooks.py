@@ -24,7 +24,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import ConfigError, SecretValue, Settings, redact_url
 from podium.server.engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
-from podium.server.engine.runs import parse_run_id
+from podium.server.engine.requests import parse_run_id
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.retention import EventRetention, RetentionConfig
 from podium.server.events.webhooks import (

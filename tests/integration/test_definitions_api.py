@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from tests.integration.rpc import error_details, violations
+from tests.integration.rpc import error_details, rpc_error, violations
 
 
 def make_definition(name: str = "research-brief", **extra: object) -> definition_pb2.Definition:
@@ -148,6 +148,59 @@ async def test_every_problem_gets_its_own_violation(
     assert any(field.startswith("steps[2]") and "agent" in desc for field, desc in found.items()), (
         found
     )
+
+
+UNBUILT_EXECUTION = {
+    "budget": {"max_tokens": 5, "on_exceed": "ON_EXCEED_FAIL"},
+    "concurrency": {"max_parallel": 2, "key": "${run.input.topic}", "max_runs_per_key": 1},
+}
+UNBUILT_FIELDS = [
+    "execution.concurrency.key",
+    "execution.concurrency.max_runs_per_key",
+    "execution.budget",
+]
+
+
+def assert_refused_as_not_built(error: grpc.aio.AioRpcError, prefix: str = "") -> None:
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, bad = error_details(error)
+    assert info.reason == "INVALID_DEFINITION"
+    assert [v.field for v in bad.field_violations] == [prefix + f for f in UNBUILT_FIELDS]
+    assert all(v.reason == "NOT_SUPPORTED" for v in bad.field_violations)
+    assert all("not supported yet" in v.description for v in bad.field_violations)
+
+
+async def test_budget_and_concurrency_key_are_refused_until_built(
+    stub: pb_grpc.OrchestrationServiceAsyncStub,
+) -> None:
+    """Nothing enforces budgets or concurrency keys yet, so CreateDefinition,
+    ValidateDefinition and StartRun with an inline plan refuse them, one field
+    violation per field, instead of accepting and ignoring them."""
+    definition = make_definition(execution=UNBUILT_EXECUTION)
+    error = await rpc_error(
+        stub.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition))
+    )
+    assert_refused_as_not_built(error)
+    error = await rpc_error(
+        stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
+    )
+    assert_refused_as_not_built(error)
+    assert list((await stub.ListDefinitions(pb.ListDefinitionsRequest())).definitions) == []
+
+    plan = make_definition(name="", execution=UNBUILT_EXECUTION)
+    error = await rpc_error(stub.StartRun(pb.StartRunRequest(plan=plan, start=True)))
+    assert_refused_as_not_built(error, prefix="plan.")
+    assert list((await stub.ListRuns(pb.ListRunsRequest())).runs) == []
+
+
+async def test_unset_budget_and_concurrency_key_are_accepted(
+    stub: pb_grpc.OrchestrationServiceAsyncStub,
+) -> None:
+    execution = {"budget": {}, "concurrency": {"max_parallel": 2, "key": ""}}
+    response = await stub.ValidateDefinition(
+        pb.ValidateDefinitionRequest(definition=make_definition(execution=execution))
+    )
+    assert response.definition.execution.concurrency.max_parallel == 2
 
 
 async def test_validate_accepts_a_good_definition_without_storing(

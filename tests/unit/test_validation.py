@@ -45,11 +45,11 @@ def only(definition: Definition, **kwargs: Any) -> tuple[str, str]:
     return found[0]
 
 
+# The design's example without its budget and concurrency key (refused until built).
 DESIGN_EXAMPLE: dict[str, Any] = {
     "name": "research-brief",
     "execution": {
-        "concurrency": {"max_parallel": 4, "key": "${run.input.customer}", "max_runs_per_key": 2},
-        "budget": {"max_tokens": 200000, "max_cost_usd": 5.0, "on_exceed": "ON_EXCEED_PAUSE"},
+        "concurrency": {"max_parallel": 4},
         "caching": {"enabled": True, "ttl_seconds": 3600},
     },
     "error_handling": {
@@ -380,16 +380,6 @@ def test_each_malformed_reference_is_one_violation() -> None:
     ]
 
 
-def test_concurrency_key_may_only_reference_run_input() -> None:
-    definition = make(
-        step("a"),
-        execution={"concurrency": {"key": "${steps.a.output.customer}"}},
-    )
-    field, description = only(definition)
-    assert field == "execution.concurrency.key"
-    assert "only reference ${run.input...}" in description
-
-
 def test_non_finite_number_in_input() -> None:
     definition = make(step("a"))
     definition.steps[0].input.get_or_create_struct("limits")["x"] = math.inf
@@ -404,6 +394,62 @@ def test_input_size_limit() -> None:
     assert field == "steps[0].input"
     assert "at most 100" in description
     assert problems(definition, limits=ValidationLimits(max_step_input_bytes=1000)) == []
+
+
+# --------------------------------------------------------------------------- not built
+
+
+UNBUILT = {
+    "budget": {"max_tokens": 200000, "max_cost_usd": 5.0, "on_exceed": "ON_EXCEED_PAUSE"},
+    "concurrency": {"max_parallel": 4, "key": "${run.input.customer}", "max_runs_per_key": 2},
+}
+
+
+def test_budget_and_concurrency_key_are_refused_until_built() -> None:
+    definition = make(step("a"), execution=UNBUILT)
+    violations = validate_definition(definition)
+    assert [(v.field, v.reason) for v in violations] == [
+        ("execution.concurrency.key", "NOT_SUPPORTED"),
+        ("execution.concurrency.max_runs_per_key", "NOT_SUPPORTED"),
+        ("execution.budget", "NOT_SUPPORTED"),
+    ]
+    assert all("not supported yet" in v.description for v in violations)
+
+
+def test_unbuilt_policies_in_an_inline_plan_are_prefixed() -> None:
+    violations = validate_plan(make(step("a"), execution=UNBUILT), field_prefix="plan")
+    assert [v.field for v in violations] == [
+        "plan.execution.concurrency.key",
+        "plan.execution.concurrency.max_runs_per_key",
+        "plan.execution.budget",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("execution", "field"),
+    [
+        ({"budget": {"max_tokens": 5}}, "execution.budget"),
+        ({"budget": {"max_tokens": -5}}, "execution.budget"),
+        ({"budget": {"max_cost_usd": 0.01}}, "execution.budget"),
+        ({"budget": {"max_cost_usd": "NaN"}}, "execution.budget"),
+        ({"budget": {"on_exceed": "ON_EXCEED_FAIL"}}, "execution.budget"),
+        ({"budget": {"on_exceed": 7}}, "execution.budget"),
+        ({"concurrency": {"key": "${steps.a.output.customer}"}}, "execution.concurrency.key"),
+        ({"concurrency": {"max_runs_per_key": -1}}, "execution.concurrency.max_runs_per_key"),
+    ],
+)
+def test_any_unbuilt_value_is_one_violation(execution: dict[str, Any], field: str) -> None:
+    found, description = only(make(step("a"), execution=execution))
+    assert found == field
+    assert "not supported yet" in description
+
+
+def test_unset_budget_and_concurrency_key_are_valid() -> None:
+    execution = {
+        "budget": {"max_tokens": 0, "max_cost_usd": 0, "on_exceed": "ON_EXCEED_UNSPECIFIED"},
+        "concurrency": {"max_parallel": 2, "key": "", "max_runs_per_key": 0},
+    }
+    assert problems(make(step("a"), execution=execution)) == []
 
 
 # --------------------------------------------------------------------------- numbers
@@ -453,31 +499,6 @@ NUMBER_CASES: list[tuple[dict[str, Any], str, str]] = [
         {"execution": {"concurrency": {"max_parallel": -1}}},
         "execution.concurrency.max_parallel",
         "must be positive",
-    ),
-    (
-        {"execution": {"concurrency": {"max_runs_per_key": -1}}},
-        "execution.concurrency.max_runs_per_key",
-        "must not be negative",
-    ),
-    (
-        {"execution": {"budget": {"max_tokens": -5}}},
-        "execution.budget.max_tokens",
-        "must not be negative",
-    ),
-    (
-        {"execution": {"budget": {"max_cost_usd": -0.5}}},
-        "execution.budget.max_cost_usd",
-        "must not be negative",
-    ),
-    (
-        {"execution": {"budget": {"max_cost_usd": "Infinity"}}},
-        "execution.budget.max_cost_usd",
-        "finite",
-    ),
-    (
-        {"execution": {"budget": {"on_exceed": 7}}},
-        "execution.budget.on_exceed",
-        "unknown value 7",
     ),
     (
         {"execution": {"caching": {"ttl_seconds": -1}}},

@@ -83,7 +83,7 @@ class Definition(_message.Message):
 
     @_builtins.property
     def execution(self) -> Global___ExecutionPolicy:
-        """Execution policy: concurrency, budget, caching."""
+        """Execution policy: concurrency, caching, timeouts (budgets are not supported yet)."""
 
     @_builtins.property
     def error_handling(self) -> Global___ErrorHandling:
@@ -138,7 +138,10 @@ class ExecutionPolicy(_message.Message):
 
     @_builtins.property
     def budget(self) -> Global___BudgetPolicy:
-        """Token and cost budget of each run."""
+        """Token and cost budget of each run. Not supported yet: nothing enforces budgets,
+        so a definition or inline plan that sets any field of it is refused with
+        INVALID_ARGUMENT (a field violation on `execution.budget`, reason NOT_SUPPORTED).
+        """
 
     @_builtins.property
     def caching(self) -> Global___CachingPolicy:
@@ -174,9 +177,15 @@ class ConcurrencyPolicy(_message.Message):
     ORCHESTRATION_DEFAULT_MAX_PARALLEL, then 1. Must not be negative.
     """
     key: _builtins.str
-    """Optional concurrency key template, e.g. "${run.input.customer}"."""
+    """Concurrency key template, e.g. "${run.input.customer}". Not supported yet:
+    nothing enforces it, so a non-empty key is refused with INVALID_ARGUMENT (a field
+    violation on `execution.concurrency.key`, reason NOT_SUPPORTED).
+    """
     max_runs_per_key: _builtins.int
-    """Maximum running runs sharing one key value; 0 means unlimited."""
+    """Maximum running runs sharing one key value. Not supported yet: any value but 0 is
+    refused with INVALID_ARGUMENT (a field violation on
+    `execution.concurrency.max_runs_per_key`, reason NOT_SUPPORTED).
+    """
     def __init__(
         self,
         *,
@@ -194,7 +203,10 @@ Global___ConcurrencyPolicy: _TypeAlias = ConcurrencyPolicy  # noqa: Y015
 
 @_typing.final
 class BudgetPolicy(_message.Message):
-    """BudgetPolicy caps the model usage of a run."""
+    """BudgetPolicy would cap the model usage of a run. Not supported yet: the server
+    refuses a definition or inline plan that sets any of its fields (see
+    ExecutionPolicy.budget); the fields are reserved for when budgets are enforced.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

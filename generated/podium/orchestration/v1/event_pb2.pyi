@@ -67,7 +67,7 @@ class RunEvent(_message.Message):
         TYPE_RUN_CANCELLED: RunEvent._Type.ValueType  # 16
         """run.cancelled: the run was cancelled. Terminal."""
         TYPE_RUN_PAUSED: RunEvent._Type.ValueType  # 17
-        """run.paused: every remaining step waits on a human or a budget."""
+        """run.paused: every remaining step waits on a human."""
         TYPE_STEP_CANCELLED: RunEvent._Type.ValueType  # 18
         """step.cancelled: the step was cancelled with its run."""
         TYPE_RUN_RESUMED: RunEvent._Type.ValueType  # 19
@@ -113,7 +113,7 @@ class RunEvent(_message.Message):
     TYPE_RUN_CANCELLED: RunEvent.Type.ValueType  # 16
     """run.cancelled: the run was cancelled. Terminal."""
     TYPE_RUN_PAUSED: RunEvent.Type.ValueType  # 17
-    """run.paused: every remaining step waits on a human or a budget."""
+    """run.paused: every remaining step waits on a human."""
     TYPE_STEP_CANCELLED: RunEvent.Type.ValueType  # 18
     """step.cancelled: the step was cancelled with its run."""
     TYPE_RUN_RESUMED: RunEvent.Type.ValueType  # 19

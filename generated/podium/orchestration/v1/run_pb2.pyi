@@ -42,7 +42,7 @@ class Run(_message.Message):
         STATE_RUNNING: Run._State.ValueType  # 2
         """Steps are executing or queued."""
         STATE_PAUSED: Run._State.ValueType  # 3
-        """A human decision or a budget holds every remaining step."""
+        """A human decision holds every remaining step."""
         STATE_SUCCEEDED: Run._State.ValueType  # 4
         """Every step ended and none failed the run. Terminal."""
         STATE_FAILED: Run._State.ValueType  # 5
@@ -60,7 +60,7 @@ class Run(_message.Message):
     STATE_RUNNING: Run.State.ValueType  # 2
     """Steps are executing or queued."""
     STATE_PAUSED: Run.State.ValueType  # 3
-    """A human decision or a budget holds every remaining step."""
+    """A human decision holds every remaining step."""
     STATE_SUCCEEDED: Run.State.ValueType  # 4
     """Every step ended and none failed the run. Terminal."""
     STATE_FAILED: Run.State.ValueType  # 5

@@ -1,0 +1,97 @@
+"""Plan building: the step rows of a new run (``build_steps``), each with its effective
+failure policy, its cache policy, the steps its input references and whether it is a
+sink."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+
+from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.cache import step_policy
+from podium.server.engine.references import find_references
+from podium.server.storage.runs import NewStep
+
+__all__ = ["build_steps"]
+
+
+def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> dict[str, Any]:
+    """The step's on_failure over the definition's on_step_failure, field by field."""
+    base = plan.error_handling.on_step_failure
+    own = step.on_failure
+    policy: dict[str, Any] = {}
+    for name in ("max_attempts", "notify_human", "allow_skip", "skip_dependents"):
+        if own.HasField(name):
+            policy[name] = getattr(own, name)
+        elif base.HasField(name):
+            policy[name] = getattr(base, name)
+    backoff = {}
+    for name in ("initial_seconds", "multiplier", "max_seconds"):
+        value = getattr(own.backoff, name) or getattr(base.backoff, name)
+        if value:
+            backoff[name] = value
+    if backoff:
+        policy["backoff"] = backoff
+    return policy
+
+
+def build_steps(
+    plan: definition_pb2.Definition,
+    plan_dict: Mapping[str, Any] | None = None,
+    *,
+    caching_scope: dict[str, Any] | None = None,
+    cache_ttl_seconds: float = 0.0,
+    bypass_cache: bool = False,
+) -> list[NewStep]:
+    """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
+    JSON form when the caller has it (converting once is much cheaper than per step).
+
+    ``caching_scope`` (None: no step is cached, e.g. ``bypass_cache``) enables the
+    step-output cache: each cached step's spec gets its effective policy in
+    ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default.
+    ``bypass_cache`` (the run's flag) marks sub-orchestration steps so their child runs
+    bypass the cache too."""
+    if plan_dict is None:
+        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+    step_dicts = plan_dict.get("steps", [])
+    needed_by: set[str] = set()
+    for step in plan.steps:
+        needed_by.update(step.depends_on)
+    steps = []
+    for position, step in enumerate(plan.steps):
+        spec = dict(step_dicts[position])
+        policy = _failure_policy(plan, step)
+        spec["on_failure"] = policy
+        caching = (
+            step_policy(plan, step, caching_scope, cache_ttl_seconds) if caching_scope else None
+        )
+        if caching is None:
+            spec.pop("caching", None)
+        else:
+            spec["caching"] = caching
+        refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})
+        timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
+        target = step.WhichOneof("target")
+        if bypass_cache and target == "orchestration":
+            spec["bypass_cache"] = True
+        steps.append(
+            NewStep(
+                step_id=step.id,
+                position=position,
+                # Every step starts pending; podium_start_run queues those without
+                # dependencies when the run starts (at once, or on ContinueRun).
+                state="pending",
+                agent=step.agent if target == "agent" else None,
+                skill=step.skill if target == "skill" else None,
+                depends_on=list(step.depends_on),
+                spec=spec,
+                max_attempts=max(1, int(policy.get("max_attempts", 1))),
+                timeout_seconds=timeout if timeout and math.isfinite(timeout) else None,
+                input_refs=refs,
+                is_sink=step.id not in needed_by,
+            )
+        )
+    return steps

@@ -1,0 +1,143 @@
+"""Validation of a definition's policies: labels, the execution policy (concurrency,
+caching, timeouts), failure policies and checkpoints. Budgets and concurrency keys,
+which the contract specifies but the server does not enforce yet, are refused
+(``NOT_SUPPORTED``) rather than accepted and ignored."""
+
+from __future__ import annotations
+
+import re
+
+from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.references import join_location
+from podium.server.engine.validation_fields import FieldChecker, format_number
+
+__all__ = ["PolicyChecker"]
+
+LABEL_KEY_PATTERN = re.compile(r"[a-z0-9_./-]+")
+
+_MAX_LABELS = 64
+_MAX_LABEL_KEY = 63
+_MAX_LABEL_VALUE = 256
+
+
+def _quote_key(key: str) -> str:
+    return join_location("", key)
+
+
+class PolicyChecker(FieldChecker):
+    """The checks of a definition's policies (labels, execution, failure, checkpoint)."""
+
+    def check_labels(self, definition: definition_pb2.Definition) -> None:
+        labels = definition.labels
+        if len(labels) > _MAX_LABELS:
+            self.add("labels", f"at most {_MAX_LABELS} labels (got {len(labels)})", "TOO_MANY")
+        for key in sorted(labels):
+            path = f"labels.{_quote_key(key)}"
+            if not key or len(key) > _MAX_LABEL_KEY or not LABEL_KEY_PATTERN.fullmatch(key):
+                self.add(
+                    path,
+                    f"label keys must be 1 to {_MAX_LABEL_KEY} characters of lowercase "
+                    f"letters, digits, '_', '.', '-' and '/'; got '{key}'",
+                    "INVALID_LABEL",
+                )
+            value = labels[key]
+            if len(value) > _MAX_LABEL_VALUE:
+                self.add(
+                    path,
+                    f"label values must be at most {_MAX_LABEL_VALUE} characters "
+                    f"(got {len(value)})",
+                    "INVALID_LABEL",
+                )
+
+    def check_execution(self, execution: definition_pb2.ExecutionPolicy) -> None:
+        concurrency = execution.concurrency
+        self.check_number(
+            "execution.concurrency.max_parallel",
+            concurrency.max_parallel,
+            rule="must be positive (0 uses the server default)",
+        )
+        # Specified by the contract but not built: refused rather than silently ignored.
+        if concurrency.key:
+            self.not_built("execution.concurrency.key", "concurrency keys")
+        if concurrency.max_runs_per_key:
+            self.not_built("execution.concurrency.max_runs_per_key", "per-key run limits")
+        budget = execution.budget
+        if budget.max_tokens or budget.max_cost_usd or budget.on_exceed:
+            self.not_built("execution.budget", "run budgets")
+        self.check_number("execution.caching.ttl_seconds", execution.caching.ttl_seconds)
+        self.check_number(
+            "execution.default_timeout_seconds",
+            execution.default_timeout_seconds,
+            maximum=self.limits.max_timeout_seconds,
+        )
+
+    def not_built(self, path: str, what: str) -> None:
+        """Refuse a field the contract specifies but the server does not enforce yet."""
+        self.add(
+            path,
+            f"{what} are not supported yet: the server would not enforce them; "
+            "leave this field unset",
+            "NOT_SUPPORTED",
+        )
+
+    def check_failure_policy(self, path: str, policy: definition_pb2.StepFailurePolicy) -> None:
+        if policy.HasField("max_attempts"):
+            self.check_number(
+                f"{path}.max_attempts",
+                policy.max_attempts,
+                minimum=1,
+                maximum=self.limits.max_attempts,
+                rule="must be at least 1 (the first attempt counts)",
+            )
+        if policy.HasField("backoff"):
+            backoff = policy.backoff
+            bpath = f"{path}.backoff"
+            initial_ok = self.check_number(f"{bpath}.initial_seconds", backoff.initial_seconds)
+            if backoff.multiplier != 0:
+                self.check_number(
+                    f"{bpath}.multiplier",
+                    backoff.multiplier,
+                    minimum=1,
+                    rule="must be at least 1 (0 uses the default, 2)",
+                )
+            max_ok = self.check_number(f"{bpath}.max_seconds", backoff.max_seconds)
+            if (
+                initial_ok
+                and max_ok
+                and backoff.initial_seconds > 0
+                and backoff.max_seconds > 0
+                and backoff.max_seconds < backoff.initial_seconds
+            ):
+                self.add(
+                    f"{bpath}.max_seconds",
+                    f"must be at least initial_seconds ({format_number(backoff.initial_seconds)}); "
+                    f"got {format_number(backoff.max_seconds)}",
+                    "OUT_OF_RANGE",
+                )
+
+    def check_checkpoint(self, path: str, checkpoint: definition_pb2.CheckpointPolicy) -> None:
+        enums = definition_pb2.CheckpointPolicy.DESCRIPTOR.enum_types_by_name
+        self.check_enum(f"{path}.when", checkpoint.when, enums["When"])
+        self.check_enum(f"{path}.on_expiry", checkpoint.on_expiry, enums["ExpiryAction"])
+        self.check_enum(f"{path}.on_reject", checkpoint.on_reject, enums["RejectAction"])
+        self.check_number(
+            f"{path}.expires_after_seconds",
+            checkpoint.expires_after_seconds,
+            rule="must not be negative (0 means never)",
+        )
+        configured = (
+            checkpoint.prompt
+            or checkpoint.approvers
+            or checkpoint.expires_after_seconds
+            or checkpoint.on_expiry
+            or checkpoint.on_reject
+        )
+        if checkpoint.when == 0 and configured:
+            self.add(
+                f"{path}.when",
+                "when is required (before or after) once a checkpoint is configured",
+                "REQUIRED",
+            )
+        for a, approver in enumerate(checkpoint.approvers):
+            if not approver.strip():
+                self.add(f"{path}.approvers[{a}]", "must not be empty", "REQUIRED")
