@@ -281,3 +281,36 @@ async def test_a_name_that_resolves_to_a_private_address_is_never_connected(
         server.close()
         await server.wait_closed()
     assert contacted == []
+
+
+async def test_the_answer_body_is_never_read() -> None:
+    """Only the status line and head count: a receiver that announces a large body and
+    sends it slowly does not hold the try (nor fill memory)."""
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1024)
+        await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(release.wait(), 10)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        answer = await asyncio.wait_for(
+            post_webhook(
+                parse_webhook_url(f"http://127.0.0.1:{port}/"),
+                b"{}",
+                {},
+                allow_private=True,
+                timeout_seconds=5,
+            ),
+            timeout=2,
+        )
+        assert answer == HttpAnswer(200, "OK")
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
