@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration node-deps node-test clean
+.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint unit integration node-deps node-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,15 @@ test: $(STAMP) check node-deps
 	cd clients/node && npm test
 
 ## check: fast static checks
-check: $(STAMP) lint typecheck check-protos buf-lint
+check: $(STAMP) lint layers typecheck check-protos buf-lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+## layers: the import contracts of [tool.importlinter] in pyproject.toml (import-linter)
+layers: $(STAMP)
+	$(BIN)/python scripts/lint_imports.py
 
 typecheck: $(STAMP)
 	$(BIN)/python scripts/typecheck.py

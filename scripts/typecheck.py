@@ -28,12 +28,12 @@ LINKS = {
 }
 
 
-def build_tree() -> None:
-    """(Re)create the symlink tree."""
-    if TREE.exists():
-        shutil.rmtree(TREE)
+def build_tree(tree: Path = TREE) -> None:
+    """(Re)create the symlink tree in ``tree``."""
+    if tree.exists():
+        shutil.rmtree(tree)
     for link, target in LINKS.items():
-        path = TREE / link
+        path = tree / link
         path.parent.mkdir(parents=True, exist_ok=True)
         path.symlink_to(ROOT / target)
 

@@ -27,13 +27,8 @@ from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.requests import parse_run_id
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.retention import EventRetention, RetentionConfig
-from podium.server.events.webhooks import (
-    DispatcherConfig,
-    WebhookDispatcher,
-    WebhookRefused,
-    WebhookSigner,
-    check_webhook_url_async,
-)
+from podium.server.events.ssrf import WebhookRefused, check_webhook_url_async
+from podium.server.events.webhooks import DispatcherConfig, WebhookDispatcher, WebhookSigner
 from podium.server.storage.database import Database
 from podium.server.storage.webhooks import DeliveryRow, WebhooksRepository
 

@@ -1,5 +1,6 @@
-"""Webhooks: Standard Webhooks signing, the SSRF guard, a minimal HTTP/1.1 client and
-the dispatcher of one replica.
+"""Webhooks: Standard Webhooks signing and the dispatcher of one replica (the SSRF guard
+is :mod:`podium.server.events.ssrf`, the HTTP sender
+:mod:`podium.server.events.webhook_http`).
 
 **Outbox.** Every event appended to ``orchestration_events`` writes one
 ``webhook_deliveries`` row per target (the run's ``webhook_url`` and the
@@ -28,16 +29,14 @@ the body carries the run's ``sequence`` for receivers that need order).
 **Signing** (https://www.standardwebhooks.com/): ``webhook-id`` (the delivery id, the
 same on every try), ``webhook-timestamp`` (unix seconds of this try) and
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>`` where
-the key is the base64 part of ``whsec_<base64>`` (``PODIUM_WEBHOOK_SECRET``). Nothing
-is ever sent unsigned: without a secret there is no dispatcher.
+the key is the base64 part of ``whsec_<base64>`` (``PODIUM_WEBHOOK_SECRET``). The
+signature is computed by ``standardwebhooks``, the specification's reference library.
+Nothing is ever sent unsigned: without a secret there is no dispatcher.
 
-**SSRF guard**: :func:`check_webhook_url` accepts http(s) URLs without user
-information whose host resolves only to public unicast addresses (unless private
-targets are allowed). Each try resolves the host again, checks every address and
-connects to a checked address (never to the name), sending the original ``Host``
-header and TLS server name (SNI, certificate check) - so a name that re-binds to a
-private address after the check is refused at delivery time. Redirects are never
-followed (3xx is a failed try), and only the status line of a response is read.
+**SSRF guard**: each try resolves the host again, checks every address and connects
+to a checked address (never to the name), with the original ``Host`` header and TLS
+server name; redirects are never followed (3xx is a failed try) and only the status
+line of a response is read (:mod:`podium.server.events.webhook_http`).
 """
 
 from __future__ import annotations
@@ -46,22 +45,20 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hashlib
-import hmac
-import ipaddress
 import json
 import logging
 import random
-import socket
 import ssl
 import time
 import uuid
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
+from datetime import UTC, datetime
+
+from standardwebhooks.webhooks import Webhook
 
 from podium.server.config import redact_url
+from podium.server.events.ssrf import WebhookRefused, parse_webhook_url
+from podium.server.events.webhook_http import WebhookSender, describe_failure
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import StorageError
 from podium.server.storage.webhooks import ClaimedDelivery, DeliveryOutcome, WebhooksRepository
@@ -69,16 +66,8 @@ from podium.server.storage.webhooks import ClaimedDelivery, DeliveryOutcome, Web
 __all__ = [
     "CHANNEL",
     "DispatcherConfig",
-    "HttpAnswer",
     "WebhookDispatcher",
-    "WebhookRefused",
     "WebhookSigner",
-    "WebhookTarget",
-    "address_problem",
-    "check_webhook_url",
-    "check_webhook_url_async",
-    "parse_webhook_url",
-    "post_webhook",
     "retry_delay",
     "webhook_key",
 ]
@@ -88,12 +77,7 @@ log = logging.getLogger("podium.webhooks")
 CHANNEL = "podium_webhooks"
 """The channel the outbox trigger notifies when it wrote deliveries."""
 
-MAX_URL_LENGTH = 2048
-_MAX_STATUS_LINE = 8192
 _MAX_ERROR_LENGTH = 300
-_USER_AGENT = "Podium-Webhooks/1"
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # -- signing ---------------------------------------------------------------------------
 
@@ -114,16 +98,14 @@ class WebhookSigner:
     """Signs webhook bodies per Standard Webhooks (module docstring)."""
 
     def __init__(self, secret: str) -> None:
-        self._key = webhook_key(secret)
+        self._webhook = Webhook(webhook_key(secret))
 
     def __repr__(self) -> str:
         return "WebhookSigner(***)"
 
     def sign(self, message_id: str, timestamp: int, body: bytes) -> str:
         """The ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>``."""
-        signed = f"{message_id}.{timestamp}.".encode() + body
-        digest = hmac.new(self._key, signed, hashlib.sha256).digest()
-        return "v1," + base64.b64encode(digest).decode()
+        return self._webhook.sign(message_id, datetime.fromtimestamp(timestamp, UTC), body)
 
     def headers(
         self, message_id: str, body: bytes, *, timestamp: int | None = None
@@ -135,295 +117,6 @@ class WebhookSigner:
             "webhook-timestamp": str(ts),
             "webhook-signature": self.sign(message_id, ts, body),
         }
-
-
-# -- SSRF guard ------------------------------------------------------------------------
-
-
-class WebhookRefused(ValueError):
-    """The URL or an address its host resolves to is not an allowed webhook target."""
-
-
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    """A parsed webhook URL.
-
-    Attributes:
-        host: the host name or IP literal (IDNA-encoded, no brackets).
-        host_header: the ``Host`` header (``host[:port]``, IPv6 in brackets).
-        target: the request target (path and query; fragments are not sent).
-    """
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    host_header: str
-    target: str
-
-
-def parse_webhook_url(url: str) -> WebhookTarget:
-    """Parse and check the form of a webhook URL (no DNS). Raises WebhookRefused."""
-    if not url:
-        raise WebhookRefused("the URL is empty")
-    if len(url) > MAX_URL_LENGTH:
-        raise WebhookRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ch <= " " or ch == "\x7f" for ch in url):
-        raise WebhookRefused("the URL contains spaces or control characters")
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise WebhookRefused(f"the URL is malformed ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise WebhookRefused("only http:// and https:// URLs are allowed")
-    if "@" in parts.netloc:
-        raise WebhookRefused("the URL must not contain user information (user:password@)")
-    host = parts.hostname or ""
-    if not host:
-        raise WebhookRefused("the URL has no host")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise WebhookRefused("the URL's host name is not a valid name") from None
-    if port == 0:
-        raise WebhookRefused("the URL's port must not be 0")
-    if not (parts.path + parts.query).isascii():
-        raise WebhookRefused("the URL's path and query must be ASCII (percent-encode the rest)")
-    default_port = 443 if scheme == "https" else 80
-    literal = _ip_literal(host)
-    shown = f"[{host}]" if isinstance(literal, ipaddress.IPv6Address) else host
-    host_header = shown if port is None or port == default_port else f"{shown}:{port}"
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return WebhookTarget(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port or default_port,
-        host_header=host_header,
-        target=target,
-    )
-
-
-def _ip_literal(host: str) -> Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def address_problem(address: Address) -> str | None:
-    """Why ``address`` is not a public unicast address (e.g. ``"loopback"``), or None.
-
-    IPv6 addresses that embed an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) are
-    judged by the embedded address too.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded: ipaddress.IPv4Address | None = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            problem = address_problem(embedded)
-            if problem is not None:
-                return f"{problem} (embedded in {address})"
-        if address.is_site_local:
-            return "site-local"
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private"
-    if address.is_reserved:
-        return "reserved"
-    if not address.is_global:
-        return "not globally routable"
-    return None
-
-
-def _check_addresses(target: WebhookTarget, addresses: Sequence[str]) -> list[Address]:
-    """The addresses as ip_address objects; WebhookRefused if any is not public."""
-    parsed: list[Address] = []
-    for text in addresses:
-        address = ipaddress.ip_address(text.split("%", 1)[0])
-        problem = address_problem(address)
-        if problem is not None:
-            where = (
-                f"{target.host} is"
-                if _ip_literal(target.host) is not None
-                else f"{target.host} resolves to {address},"
-            )
-            raise WebhookRefused(
-                f"{where} a {problem} address; webhook targets must be public "
-                "(ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS=true allows private ones)"
-            )
-        parsed.append(address)
-    return parsed
-
-
-def _addresses(infos: Sequence[tuple[Any, ...]]) -> list[str]:
-    """Distinct addresses of getaddrinfo results, in their order."""
-    seen: dict[str, None] = {}
-    for info in infos:
-        seen.setdefault(str(info[4][0]), None)
-    return list(seen)
-
-
-def _resolve_error(target: WebhookTarget, exc: OSError) -> WebhookRefused:
-    reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
-    return WebhookRefused(f"cannot resolve {target.host}: {reason}")
-
-
-def check_webhook_url(url: str, *, allow_private: bool) -> None:
-    """Refuse (ValueError, a :class:`WebhookRefused`, with a message naming the
-    problem) a URL that is not http(s), carries user information, does not resolve,
-    or resolves to any non-public address (loopback, link-local, private, unique-local,
-    multicast, unspecified, reserved...) unless ``allow_private``.
-
-    Blocking (DNS): from async code use :func:`check_webhook_url_async`.
-    """
-    target = parse_webhook_url(url)
-    try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _resolve_error(target, exc) from None
-    if not allow_private:
-        _check_addresses(target, _addresses(infos))
-
-
-async def check_webhook_url_async(url: str, *, allow_private: bool) -> None:
-    """:func:`check_webhook_url` resolving without blocking the event loop."""
-    target = parse_webhook_url(url)
-    addresses = await _resolve(target)
-    if not allow_private:
-        _check_addresses(target, addresses)
-
-
-async def _resolve(target: WebhookTarget) -> list[str]:
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _resolve_error(target, exc) from None
-    if not infos:
-        raise WebhookRefused(f"cannot resolve {target.host}: no address")
-    return _addresses(infos)
-
-
-# -- HTTP ------------------------------------------------------------------------------
-
-
-class _ProtocolError(Exception):
-    """The receiver's answer is not HTTP/1.x."""
-
-
-@dataclass(frozen=True, slots=True)
-class HttpAnswer:
-    """The status line of a receiver's answer."""
-
-    status: int
-    reason: str
-
-
-async def post_webhook(
-    target: WebhookTarget,
-    body: bytes,
-    headers: Mapping[str, str],
-    *,
-    allow_private: bool,
-    timeout_seconds: float,
-    ssl_context: ssl.SSLContext | None = None,
-) -> HttpAnswer:
-    """POST ``body`` (JSON) to ``target`` with one HTTP/1.1 request and return the
-    status line of the answer.
-
-    The host is resolved now and every address checked (unless ``allow_private``);
-    the connection goes to a checked address with the original ``Host`` header and TLS
-    server name. ``timeout_seconds`` bounds everything (resolution, connection, answer).
-    Raises WebhookRefused, TimeoutError, OSError (including ssl errors) or
-    ``_ProtocolError``.
-    """
-    request = _request_bytes(target, body, headers)
-    async with asyncio.timeout(timeout_seconds):
-        addresses = await _resolve(target)
-        if not allow_private:
-            _check_addresses(target, addresses)
-        tls = None
-        if target.scheme == "https":
-            tls = ssl_context or ssl.create_default_context()
-        reader, writer = await _connect(target, addresses, tls)
-        try:
-            writer.write(request)
-            await writer.drain()
-            try:
-                line = await reader.readline()
-            except ValueError:  # longer than the stream's limit
-                raise _ProtocolError("the receiver's status line is too long") from None
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-    return _status_line(line)
-
-
-async def _connect(
-    target: WebhookTarget, addresses: Sequence[str], tls: ssl.SSLContext | None
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the first address that accepts one (checked addresses only)."""
-    failure: OSError | None = None
-    for address in addresses:
-        try:
-            return await asyncio.open_connection(
-                address,
-                target.port,
-                ssl=tls,
-                server_hostname=target.host if tls is not None else None,
-                limit=_MAX_STATUS_LINE,
-            )
-        except ssl.SSLError:
-            raise  # the server answered: another address would not do better
-        except OSError as exc:
-            failure = exc
-    assert failure is not None
-    raise failure
-
-
-def _request_bytes(target: WebhookTarget, body: bytes, headers: Mapping[str, str]) -> bytes:
-    lines = [
-        f"POST {target.target} HTTP/1.1",
-        f"Host: {target.host_header}",
-        f"User-Agent: {_USER_AGENT}",
-        "Content-Type: application/json",
-        f"Content-Length: {len(body)}",
-        "Connection: close",
-    ]
-    for name, value in headers.items():
-        if any(ch in name + value for ch in "\r\n"):
-            raise ValueError("header names and values must not contain line breaks")
-        lines.append(f"{name}: {value}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-def _status_line(line: bytes) -> HttpAnswer:
-    if not line:
-        raise _ProtocolError("the receiver closed the connection without answering")
-    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise _ProtocolError("the receiver's answer is not HTTP/1.x")
-    return HttpAnswer(status=int(parts[1]), reason=parts[2].strip() if len(parts) > 2 else "")
 
 
 # -- dispatcher ------------------------------------------------------------------------
@@ -479,7 +172,12 @@ class WebhookDispatcher:
         self._repository = repository
         self._signer = signer
         self.config = config
-        self._ssl = ssl.create_default_context()
+        self._sender = WebhookSender(
+            allow_private=config.allow_private,
+            timeout_seconds=config.timeout_seconds,
+            max_connections=config.concurrency,
+            ssl_context=ssl.create_default_context(),
+        )
         self._rng = random.Random()
         self._wake = asyncio.Event()
         self._saturated = False
@@ -550,6 +248,8 @@ class WebhookDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         self._loops = []
+        with contextlib.suppress(Exception):
+            await self._sender.aclose()
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -637,27 +337,15 @@ class WebhookDispatcher:
             target = parse_webhook_url(delivery.url)
             body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False).encode()
             headers = self._signer.headers(str(delivery.id), body)
-            answer = await post_webhook(
-                target,
-                body,
-                headers,
-                allow_private=self.config.allow_private,
-                timeout_seconds=self.config.timeout_seconds,
-                ssl_context=self._ssl,
-            )
+            answer = await self._sender.post(target, body, headers)
         except WebhookRefused as exc:
             error = f"refused: {exc}"
-        except TimeoutError:
-            error = f"timed out after {self.config.timeout_seconds:g}s"
-        except ssl.SSLError as exc:
-            error = f"TLS error: {exc.reason or exc}"
-        except OSError as exc:
-            error = f"connection failed: {exc.strerror or exc}"
-        except _ProtocolError as exc:
-            error = str(exc)
-        except Exception as exc:  # never leave a delivery leased by a bug: record it
-            log.exception("webhook try %s failed unexpectedly", delivery.id)
-            error = f"internal error: {type(exc).__name__}"
+        except Exception as exc:
+            failure = describe_failure(exc, self.config.timeout_seconds)
+            if failure is None:  # never leave a delivery leased by a bug: record it
+                log.exception("webhook try %s failed unexpectedly", delivery.id)
+                failure = f"internal error: {type(exc).__name__}"
+            error = failure
         else:
             if 200 <= answer.status < 300:
                 self.delivered_total += 1

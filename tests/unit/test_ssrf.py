@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from podium.server.events.webhooks import (
+from podium.server.events.ssrf import (
     WebhookRefused,
     address_problem,
     check_webhook_url,

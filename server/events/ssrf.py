@@ -1,0 +1,217 @@
+"""The SSRF guard of webhook URLs: the form of a URL, then every address its host
+resolves to.
+
+:func:`check_webhook_url` accepts http(s) URLs without user information whose host
+resolves only to public unicast addresses (unless private targets are allowed). The
+sender (:mod:`podium.server.events.webhook_http`) resolves again on each try and checks
+every address with :func:`resolve_checked` before it connects, so a name that re-binds
+to a private address after the check is refused at delivery time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = [
+    "MAX_URL_LENGTH",
+    "WebhookRefused",
+    "WebhookTarget",
+    "address_problem",
+    "check_webhook_url",
+    "check_webhook_url_async",
+    "parse_webhook_url",
+    "resolve_checked",
+]
+
+MAX_URL_LENGTH = 2048
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class WebhookRefused(ValueError):
+    """The URL or an address its host resolves to is not an allowed webhook target."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTarget:
+    """A parsed webhook URL.
+
+    Attributes:
+        host: the host name or IP literal (IDNA-encoded, no brackets).
+        host_header: the ``Host`` header (``host[:port]``, IPv6 in brackets).
+        target: the request target (path and query; fragments are not sent).
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    host_header: str
+    target: str
+
+
+def parse_webhook_url(url: str) -> WebhookTarget:
+    """Parse and check the form of a webhook URL (no DNS). Raises WebhookRefused."""
+    if not url:
+        raise WebhookRefused("the URL is empty")
+    if len(url) > MAX_URL_LENGTH:
+        raise WebhookRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
+    if any(ch <= " " or ch == "\x7f" for ch in url):
+        raise WebhookRefused("the URL contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise WebhookRefused(f"the URL is malformed ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise WebhookRefused("only http:// and https:// URLs are allowed")
+    if "@" in parts.netloc:
+        raise WebhookRefused("the URL must not contain user information (user:password@)")
+    host = parts.hostname or ""
+    if not host:
+        raise WebhookRefused("the URL has no host")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise WebhookRefused("the URL's host name is not a valid name") from None
+    if port == 0:
+        raise WebhookRefused("the URL's port must not be 0")
+    if not (parts.path + parts.query).isascii():
+        raise WebhookRefused("the URL's path and query must be ASCII (percent-encode the rest)")
+    default_port = 443 if scheme == "https" else 80
+    literal = _ip_literal(host)
+    shown = f"[{host}]" if isinstance(literal, ipaddress.IPv6Address) else host
+    host_header = shown if port is None or port == default_port else f"{shown}:{port}"
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return WebhookTarget(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port or default_port,
+        host_header=host_header,
+        target=target,
+    )
+
+
+def _ip_literal(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def address_problem(address: Address) -> str | None:
+    """Why ``address`` is not a public unicast address (e.g. ``"loopback"``), or None.
+
+    IPv6 addresses that embed an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) are
+    judged by the embedded address too.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded: ipaddress.IPv4Address | None = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            problem = address_problem(embedded)
+            if problem is not None:
+                return f"{problem} (embedded in {address})"
+        if address.is_site_local:
+            return "site-local"
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link-local"
+    if address.is_multicast:
+        return "multicast"
+    if address.is_private:
+        return "private"
+    if address.is_reserved:
+        return "reserved"
+    if not address.is_global:
+        return "not globally routable"
+    return None
+
+
+def _check_addresses(host: str, addresses: Sequence[str]) -> list[str]:
+    """The addresses (without IPv6 zone); WebhookRefused if any is not public."""
+    checked: list[str] = []
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%", 1)[0])
+        problem = address_problem(address)
+        if problem is not None:
+            where = (
+                f"{host} is" if _ip_literal(host) is not None else f"{host} resolves to {address},"
+            )
+            raise WebhookRefused(
+                f"{where} a {problem} address; webhook targets must be public "
+                "(ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS=true allows private ones)"
+            )
+        checked.append(text)
+    return checked
+
+
+def _addresses(infos: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Distinct addresses of getaddrinfo results, in their order."""
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.setdefault(str(info[4][0]), None)
+    return list(seen)
+
+
+def _resolve_error(host: str, exc: OSError) -> WebhookRefused:
+    reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else str(exc)
+    return WebhookRefused(f"cannot resolve {host}: {reason}")
+
+
+def check_webhook_url(url: str, *, allow_private: bool) -> None:
+    """Refuse (ValueError, a :class:`WebhookRefused`, with a message naming the
+    problem) a URL that is not http(s), carries user information, does not resolve,
+    or resolves to any non-public address (loopback, link-local, private, unique-local,
+    multicast, unspecified, reserved...) unless ``allow_private``.
+
+    Blocking (DNS): from async code use :func:`check_webhook_url_async`.
+    """
+    target = parse_webhook_url(url)
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _resolve_error(target.host, exc) from None
+    if not allow_private:
+        _check_addresses(target.host, _addresses(infos))
+
+
+async def check_webhook_url_async(url: str, *, allow_private: bool) -> None:
+    """:func:`check_webhook_url` resolving without blocking the event loop."""
+    target = parse_webhook_url(url)
+    await resolve_checked(target.host, target.port, allow_private=allow_private)
+
+
+async def resolve_checked(host: str, port: int, *, allow_private: bool) -> list[str]:
+    """Resolve ``host`` once (without blocking the event loop) and return its distinct
+    addresses, every one of them checked (unless ``allow_private``): the only addresses
+    a webhook connection may go to. Raises WebhookRefused."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _resolve_error(host, exc) from None
+    if not infos:
+        raise WebhookRefused(f"cannot resolve {host}: no address")
+    addresses = _addresses(infos)
+    return addresses if allow_private else _check_addresses(host, addresses)
