@@ -219,9 +219,14 @@ class A2AClient(PooledClient[_Endpoint]):
             cast(a2a_v0_3_pb2.AgentCard, legacy).protocol_version or PROTOCOL_VERSION_0_3
         )
 
-    async def _api(self, endpoint: str, timeout: float) -> tuple[Any, bool] | TaskFailed:  # noqa: ASYNC109
-        """The calls to make for the agent at ``endpoint`` and whether it speaks 0.3,
-        or the failure of an agent that cannot be asked or speaks no A2A we know."""
+    async def _versioned_api(
+        self,
+        endpoint: str,
+        timeout: float,  # noqa: ASYNC109 - bounds the card calls
+    ) -> tuple[Any, bool] | TaskFailed:
+        """The calls to make to the agent at ``endpoint`` (the ``lf.a2a.v1`` stub or a
+        :class:`V03Api`) and whether it speaks 0.3; or the failure of an agent that
+        cannot be asked or speaks no A2A version the adapter knows."""
         try:
             version = await self.protocol_version(
                 endpoint, card_timeout=min(timeout, _CARD_TIMEOUT_SECONDS)
@@ -277,16 +282,16 @@ class A2AClient(PooledClient[_Endpoint]):
             Exception: whatever a callback raised (the task is then cancelled too).
         """
         deadline = asyncio.get_running_loop().time() + timeout
-        api = await self._api(endpoint, timeout)
-        if isinstance(api, TaskFailed):
-            return api
-        calls, legacy = api
+        found = await self._versioned_api(endpoint, timeout)
+        if isinstance(found, TaskFailed):
+            return found
+        api, legacy = found
         header = PROTOCOL_VERSION_0_3 if legacy else PROTOCOL_VERSION_1_0
         state = AttemptState(on_progress, on_output_chunk, on_artifact)
         state.context_id = request.conversation_id
         state.task_id = resume_task_id
         attempt = AttemptCalls(
-            calls,
+            api,
             legacy=legacy,
             state=state,
             deadline=deadline,

@@ -465,6 +465,9 @@ async def test_dispatcher_clients_share_one_channel_per_endpoint() -> None:
             assert await dispatcher.a2a.protocol_version(endpoint) == ""
             assert dispatcher.a2a.channel(endpoint) is channel
             assert dispatcher.channels.endpoints == [endpoint]
+            routed = await dispatcher.execute(endpoint, request(), protocol="a2a", timeout=5)
+            assert isinstance(routed, Failure)
+            assert (routed.code, routed.retryable) == ("A2A_NOT_SERVED", False)
             # A channel discarded by one client is reopened for both.
             await dispatcher.a2a.discard(endpoint)
             assert dispatcher.channels.endpoints == []
