@@ -1,16 +1,17 @@
 """The gRPC client Podium uses to call agents (``podium.agent.v1.AgentService``).
 
-:class:`AgentClient` keeps one ``grpc.aio`` channel per endpoint (created on first use,
-reused by every call, closed by :meth:`AgentClient.close`). :meth:`AgentClient.execute`
-runs one step attempt: it relays the agent's progress, output chunks and artifacts to
-optional callbacks, in stream order, and returns exactly one :data:`TaskOutcome`:
+:class:`AgentClient` calls each endpoint over one reused ``grpc.aio`` channel of an
+:class:`~podium.server.agents.channels.AgentChannels` pool (its own, or the one it shares
+with the A2A client). :meth:`AgentClient.execute` runs one step attempt: it relays the
+agent's progress, output chunks and artifacts to optional callbacks, in stream order,
+and returns exactly one :data:`TaskOutcome`:
 
 - :class:`TaskSucceeded` with the output as a plain dict (integral numbers as ``int``);
 - :class:`TaskFailed` with a stable ``code``, a ``message`` and ``retryable``: the
   agent's own error (``origin="agent"``), a gRPC status (``origin="transport"``:
   ``DEADLINE_EXCEEDED``, ``AGENT_UNAVAILABLE``, ``CANCELLED``, ``AGENT_MESSAGE_TOO_LARGE``,
-  ``AGENT_<STATUS>``), or a
-  broken stream (``origin="protocol"``, ``AGENT_PROTOCOL_ERROR``).
+  ``AGENT_<STATUS>``), or a broken stream (``origin="protocol"``,
+  ``AGENT_PROTOCOL_ERROR``).
 
 Cancelling the task awaiting :meth:`AgentClient.execute` cancels the gRPC call, so the
 agent sees CANCELLED. This module is on the engine's hot path: it does no JSON
@@ -30,6 +31,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from podium.agent.v1 import agent_pb2, agent_pb2_grpc
+from podium.server.agents.channels import DEFAULT_MAX_MESSAGE_BYTES, AgentChannels, PooledClient
 
 __all__ = [
     "AGENT_ERROR",
@@ -47,8 +49,12 @@ __all__ = [
     "TaskOutcome",
     "TaskSucceeded",
     "TaskUsage",
+    "channel_closed",
+    "channel_closed_failure",
     "dict_from_struct",
+    "protocol_failure",
     "struct_from_dict",
+    "transport_failure",
 ]
 
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
@@ -71,7 +77,6 @@ ChunkCallback: TypeAlias = Callable[[agent_pb2.OutputChunk], Awaitable[None] | N
 ArtifactCallback: TypeAlias = Callable[[agent_pb2.Artifact], Awaitable[None] | None]
 """Called with each artifact; may be a plain function or a coroutine function."""
 
-_DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 _MAX_SAFE_INTEGER = 2**53
 
 # gRPC status -> (code, retryable) for failures of the call itself. Unlisted statuses
@@ -232,92 +237,36 @@ def _usage(result: agent_pb2.TaskResult) -> TaskUsage | None:
 # --------------------------------------------------------------------------- client
 
 
-class _Endpoint:
-    """The channel of one endpoint and its stubs."""
+class _Stubs:
+    """The stubs of one endpoint's channel."""
 
-    __slots__ = ("agent", "channel", "health")
+    __slots__ = ("agent", "health")
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self.channel = channel
         self.agent = agent_pb2_grpc.AgentServiceStub(channel)
         self.health = health_pb2_grpc.HealthStub(channel)
 
 
-class AgentClient:
+class AgentClient(PooledClient[_Stubs]):
     """Calls agents over gRPC, one reused channel per endpoint.
 
     Args:
-        max_message_bytes: largest message sent or received (requests with big inputs,
-            results with big outputs or inline artifacts).
-        keepalive_time_seconds: ping interval while calls are active, so a dead agent
-            host is noticed during a long, silent task. Agents' servers accept it by
-            default (gRPC clients send at most two pings without data in between).
-        keepalive_timeout_seconds: how long a ping may go unanswered before the
-            connection is closed (the call then fails with ``AGENT_UNAVAILABLE``).
-        max_reconnect_backoff_seconds: upper bound of the reconnection backoff after an
-            agent went away (gRPC's default, 120 s, would fail calls long after it is back).
-        options: extra channel arguments, appended to (and overriding) the above.
+        channels: the channel pool to use (shared with the A2A client by
+            :class:`~podium.server.agents.dispatch.AgentDispatcher`); by default the
+            client opens its own, and :meth:`close` closes it. Keepalive and reconnection
+            are tuned on the pool (:class:`~podium.server.agents.channels.AgentChannels`).
+        max_message_bytes: largest message sent or received (own pool only).
+        options: extra channel arguments (own pool only).
     """
 
     def __init__(
         self,
         *,
-        max_message_bytes: int = _DEFAULT_MAX_MESSAGE_BYTES,
-        keepalive_time_seconds: float = 30.0,
-        keepalive_timeout_seconds: float = 10.0,
-        max_reconnect_backoff_seconds: float = 5.0,
+        channels: AgentChannels | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
-        self._options: tuple[tuple[str, Any], ...] = (
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.keepalive_time_ms", int(keepalive_time_seconds * 1000)),
-            ("grpc.keepalive_timeout_ms", int(keepalive_timeout_seconds * 1000)),
-            ("grpc.keepalive_permit_without_calls", 0),
-            ("grpc.initial_reconnect_backoff_ms", 500),
-            ("grpc.min_reconnect_backoff_ms", 500),
-            ("grpc.max_reconnect_backoff_ms", int(max_reconnect_backoff_seconds * 1000)),
-            *options,
-        )
-        self._endpoints: dict[str, _Endpoint] = {}
-        self._closed = False
-
-    # -- channels
-
-    def _endpoint(self, endpoint: str) -> _Endpoint:
-        entry = self._endpoints.get(endpoint)
-        if entry is None:
-            if self._closed:
-                raise RuntimeError("AgentClient is closed")
-            entry = _Endpoint(grpc.aio.insecure_channel(endpoint, options=self._options))
-            self._endpoints[endpoint] = entry
-        return entry
-
-    def channel(self, endpoint: str) -> grpc.aio.Channel:
-        """The channel to ``endpoint`` (created on first use, then reused)."""
-        return self._endpoint(endpoint).channel
-
-    @property
-    def endpoints(self) -> list[str]:
-        """Endpoints with an open channel."""
-        return list(self._endpoints)
-
-    async def discard(self, endpoint: str) -> None:
-        """Close the channel to ``endpoint`` (e.g. after the agent was deregistered);
-        calls in flight on it end with a retryable ``CANCELLED`` failure. Unknown
-        endpoints are ignored."""
-        entry = self._endpoints.pop(endpoint, None)
-        if entry is not None:
-            await entry.channel.close(None)
-
-    async def close(self) -> None:
-        """Close every channel (calls in flight end with a retryable ``CANCELLED``
-        failure). Idempotent; the client cannot be used afterwards."""
-        self._closed = True
-        entries = list(self._endpoints.values())
-        self._endpoints.clear()
-        for entry in entries:
-            await entry.channel.close(None)
+        super().__init__(channels, _Stubs, max_message_bytes=max_message_bytes, options=options)
 
     # -- calls
 
@@ -371,7 +320,7 @@ class AgentClient:
                     )
                     finished = True
                     call.cancel()
-                    return _protocol_failure(f"the agent sent {what} after its result", artifacts)
+                    return protocol_failure(f"the agent sent {what} after its result", artifacts)
                 if kind == "result":
                     result = message.result
                 elif kind == "progress":
@@ -393,28 +342,17 @@ class AgentClient:
             finished = True
         except grpc.aio.AioRpcError as exc:
             finished = True
-            return _transport_failure(exc, artifacts)
+            return transport_failure(exc, artifacts)
         except asyncio.CancelledError:
-            # grpc.aio also raises CancelledError when the call itself was cancelled
-            # locally (its channel closed by close() or discard()) while this task was
-            # not: that is a failed attempt, not a cancellation of the caller.
-            task = asyncio.current_task()
-            if call.cancelled() and task is not None and task.cancelling() == 0:
+            if channel_closed(call):
                 finished = True
-                return TaskFailed(
-                    code=CANCELLED,
-                    message="the call was cancelled: the channel to the agent was closed",
-                    retryable=True,
-                    origin="transport",
-                    grpc_status="CANCELLED",
-                    artifacts=tuple(artifacts),
-                )
+                return channel_closed_failure(artifacts)
             raise
         finally:
             if not finished:
                 call.cancel()
         if result is None:
-            return _protocol_failure("the stream ended without a result", artifacts)
+            return protocol_failure("the stream ended without a result", artifacts)
         if result.HasField("error"):
             error = result.error
             return TaskFailed(
@@ -467,7 +405,7 @@ class AgentClient:
                 metadata=tuple(metadata) if metadata else None,
             )
         except grpc.aio.AioRpcError as exc:
-            failure = _transport_failure(exc, [])
+            failure = transport_failure(exc, [])
             raise AgentCallError(
                 failure.message,
                 code=failure.code,
@@ -477,9 +415,13 @@ class AgentClient:
         return response.card
 
 
-def _transport_failure(
-    exc: grpc.aio.AioRpcError, artifacts: list[agent_pb2.Artifact]
+# --------------------------------------------------------------------------- failures
+
+
+def transport_failure(
+    exc: grpc.aio.AioRpcError, artifacts: Sequence[agent_pb2.Artifact]
 ) -> TaskFailed:
+    """The failure of a call that ended with the non-OK status of ``exc``."""
     status = exc.code()
     details = exc.details() or status.name
     if status is grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
@@ -498,11 +440,33 @@ def _transport_failure(
     )
 
 
-def _protocol_failure(message: str, artifacts: list[agent_pb2.Artifact]) -> TaskFailed:
+def protocol_failure(message: str, artifacts: Sequence[agent_pb2.Artifact]) -> TaskFailed:
+    """An ``AGENT_PROTOCOL_ERROR`` failure (retryable): the agent broke the contract."""
     return TaskFailed(
         code=AGENT_PROTOCOL_ERROR,
         message=message,
         retryable=True,
         origin="protocol",
+        artifacts=tuple(artifacts),
+    )
+
+
+def channel_closed(call: grpc.aio.Call) -> bool:
+    """Whether a ``CancelledError`` out of ``call`` means the call was cancelled locally
+    (its channel closed by ``close()`` or ``discard()``) while the awaiting task was not:
+    a failed attempt (:func:`channel_closed_failure`), not a cancellation of the caller.
+    """
+    task = asyncio.current_task()
+    return bool(call.cancelled()) and task is not None and task.cancelling() == 0
+
+
+def channel_closed_failure(artifacts: Sequence[agent_pb2.Artifact]) -> TaskFailed:
+    """The failure of a call whose channel was closed under it (retryable)."""
+    return TaskFailed(
+        code=CANCELLED,
+        message="the call was cancelled: the channel to the agent was closed",
+        retryable=True,
+        origin="transport",
+        grpc_status="CANCELLED",
         artifacts=tuple(artifacts),
     )

@@ -2,8 +2,10 @@
 
 :class:`AgentDispatcher` holds the :class:`~podium.server.agents.client.AgentClient`
 (``podium.agent.v1``) and the :class:`~podium.server.agents.a2a.A2AClient` (A2A 1.0 or
-0.3 over gRPC) and routes :meth:`AgentDispatcher.execute` by the agent's stored protocol
-(``agents.protocol``: ``podium_v1`` or ``a2a``).
+0.3 over gRPC), both on one :class:`~podium.server.agents.channels.AgentChannels` pool
+(one channel per endpoint, whichever protocol calls it), and routes
+:meth:`AgentDispatcher.execute` by the agent's stored protocol (``agents.protocol``:
+``podium_v1`` or ``a2a``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import A2AClient, A2AOutcome
+from podium.server.agents.channels import DEFAULT_MAX_MESSAGE_BYTES, AgentChannels
 from podium.server.agents.client import (
     AgentClient,
     ArtifactCallback,
@@ -23,15 +26,16 @@ __all__ = ["AgentDispatcher"]
 
 
 class AgentDispatcher:
-    """Calls agents through the client of their protocol; both reuse their channels.
+    """Calls agents through the client of their protocol; both use one channel pool.
 
     Args:
         max_message_bytes: largest message sent or received, for both protocols.
     """
 
-    def __init__(self, *, max_message_bytes: int = 4 * 1024 * 1024) -> None:
-        self.podium = AgentClient(max_message_bytes=max_message_bytes)
-        self.a2a = A2AClient(max_message_bytes=max_message_bytes)
+    def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+        self.channels = AgentChannels(max_message_bytes=max_message_bytes)
+        self.podium = AgentClient(channels=self.channels)
+        self.a2a = A2AClient(channels=self.channels)
 
     async def execute(
         self,
@@ -74,6 +78,7 @@ class AgentDispatcher:
         )
 
     async def close(self) -> None:
-        """Close every channel of both clients (idempotent)."""
+        """Close both clients and every channel (idempotent)."""
         await self.podium.close()
         await self.a2a.close()
+        await self.channels.close()

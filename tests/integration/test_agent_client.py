@@ -32,6 +32,7 @@ from podium.server.agents.client import (
     struct_from_dict,
 )
 from podium.server.agents.client import TaskFailed as Failure
+from podium.server.agents.dispatch import AgentDispatcher
 
 Response = agent_pb2.ExecuteTaskResponse
 
@@ -452,6 +453,35 @@ async def test_discard_and_close(client: AgentClient) -> None:
         assert client.endpoints == []
         with pytest.raises(RuntimeError, match="closed"):
             await client.execute(endpoint, request(), timeout=5)
+
+
+async def test_dispatcher_clients_share_one_channel_per_endpoint() -> None:
+    dispatcher = AgentDispatcher()
+    try:
+        async with serving_raw(Scripted([result()])) as endpoint:
+            assert (await dispatcher.podium.execute(endpoint, request(), timeout=5)).ok
+            channel = dispatcher.podium.channel(endpoint)
+            # Not an A2A agent: the A2A client asks over the same channel.
+            assert await dispatcher.a2a.protocol_version(endpoint) == ""
+            assert dispatcher.a2a.channel(endpoint) is channel
+            assert dispatcher.channels.endpoints == [endpoint]
+            routed = await dispatcher.execute(endpoint, request(), protocol="a2a", timeout=5)
+            assert isinstance(routed, Failure)
+            assert (routed.code, routed.retryable) == ("A2A_NOT_SERVED", False)
+            # A channel discarded by one client is reopened for both.
+            await dispatcher.a2a.discard(endpoint)
+            assert dispatcher.channels.endpoints == []
+            assert (await dispatcher.podium.execute(endpoint, request(), timeout=5)).ok
+            reopened = dispatcher.a2a.channel(endpoint)
+            assert reopened is not channel
+            assert dispatcher.podium.channel(endpoint) is reopened
+            assert await dispatcher.a2a.protocol_version(endpoint) == ""
+    finally:
+        await dispatcher.close()
+        await dispatcher.close()  # idempotent
+    assert dispatcher.channels.endpoints == []
+    with pytest.raises(RuntimeError, match="closed"):
+        dispatcher.channels.get("127.0.0.1:1")
 
 
 async def test_message_size_limits_apply_and_are_not_retryable() -> None:
