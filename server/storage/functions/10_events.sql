@@ -2,10 +2,10 @@
 -- change they report, and a NOTIFY podium_events per transaction for the watchers
 -- (server/events/hub.py).
 --
--- Function files are repeatable: the migrator (server/storage/migrations.py) applies
--- this whole file again whenever its text changes, after the numbered migrations. Each
--- statement must therefore be re-runnable: CREATE OR REPLACE FUNCTION (and CREATE OR
--- REPLACE TRIGGER); a function that is removed or renamed is dropped by a migration.
+-- Every file of this directory is repeatable: the migrator (server/storage/migrations.py)
+-- applies a whole file again whenever its text changes, after the numbered migrations.
+-- Each statement must therefore be re-runnable: CREATE OR REPLACE FUNCTION (and CREATE
+-- OR REPLACE TRIGGER); a function that is removed or renamed is dropped by a migration.
 
 -- Append one event to a run's log with the next gap-free sequence and notify
 -- watchers. The caller holds (or takes here) the run row lock, which orders events.
