@@ -1,6 +1,6 @@
 """Human approvals: list, read and decide the checkpoints and failure reviews steps wait
 on. Deciding moves the step on in the same transaction (see
-``migrations/0004_failure_handling.sql``):
+``server/storage/functions/60_approvals.sql``):
 
 =====================  ==========================================================
 kind                   decisions

@@ -28,7 +28,7 @@ a missing path is left out, so "missing" and ``null`` differ. Key order, whitesp
 int/float spelling of the input never change the key; any of the parts does.
 
 **Lookup** (before dispatch, after ``${...}`` references are resolved): one round trip
-to ``podium_cache_lookup`` (``migrations/0005_cache.sql``), which answers ``hit`` (the
+to ``podium_cache_lookup`` (``server/storage/functions/70_cache.sql``), which answers ``hit`` (the
 step is marked ``cached`` with the source run and ``step.cached`` is emitted, in the
 same transaction), ``lead``, ``wait`` or ``stale``. The in-process LRU
 (``ORCHESTRATION_CACHE_MAX_STEP_OUTPUTS``) keeps outputs by key with their version

@@ -1,7 +1,7 @@
 """The event hub of one replica: one ``LISTEN podium_events`` connection, fanned out in
 process to the watchers of WatchRun and WatchRuns.
 
-Every event appended by ``podium_emit_event`` (``migrations/0002_engine.sql``) sends
+Every event appended by ``podium_emit_event`` (``server/storage/functions/10_events.sql``) sends
 ``NOTIFY podium_events, '<run id>'`` when its transaction commits. The payload is the
 run id only, so the hub never carries events: it only **wakes** watchers, and each
 watcher reads the log after its own last sequence. That keeps a watcher's memory

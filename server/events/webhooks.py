@@ -5,7 +5,7 @@ is :mod:`podium.server.events.ssrf`, the HTTP sender
 **Outbox.** Every event appended to ``orchestration_events`` writes one
 ``webhook_deliveries`` row per target (the run's ``webhook_url`` and the
 organization's configured targets) in the same transaction, through the trigger
-``podium_enqueue_webhooks`` (``migrations/0003_webhooks.sql``), which also sends
+``podium_enqueue_webhooks`` (``server/storage/functions/20_webhooks.sql``), which also sends
 ``NOTIFY podium_webhooks``. An event is therefore delivered if and only if it
 committed.
 

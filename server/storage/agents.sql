@@ -1,6 +1,6 @@
 -- Agent registry statements (table agents), each under a "-- name --" header.
 -- server/storage/queries.py loads them with the other query files.
--- Column `source` ('registered' | 'static') comes from migrations/0002_engine.sql.
+-- Column `source`: 'registered' (RegisterAgent) or 'static' (the server configuration).
 
 -- upsert_agent --
 -- Insert or update one agent by (organization_id, name): created_at is kept,

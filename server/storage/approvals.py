@@ -1,6 +1,6 @@
 """Approvals repository: human decisions steps wait on (checkpoints, failure reviews).
 
-The transitions themselves are SQL functions (``migrations/0004_failure_handling.sql``):
+The transitions themselves are SQL functions (``functions/60_approvals.sql``):
 deciding an approval moves its step on (queued, succeeded, skipped or failed) in the same
 transaction, with its events.
 """

@@ -1,4 +1,4 @@
--- Human approvals: checkpoints and failure reviews (migrations/0004_failure_handling.sql).
+-- Human approvals: checkpoints and failure reviews (functions/60_approvals.sql).
 -- Lock order: the run row, then the approval (podium_decide_approval takes both).
 
 -- decide_approval --

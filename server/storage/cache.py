@@ -1,6 +1,6 @@
 """Step-output cache repository: lookups with single flight, stores, invalidation.
 
-The transitions are SQL functions (``migrations/0005_cache.sql``): a lookup is one
+The transitions are SQL functions (``functions/70_cache.sql``): a lookup is one
 round trip whatever its answer (hit, lead, wait, stale), and so is a store.
 """
 

@@ -1,5 +1,5 @@
 -- The step-output cache (step_cache, step_cache_flights): the engine's calls into
--- migrations/0005_cache.sql and InvalidateCache.
+-- functions/70_cache.sql and InvalidateCache.
 
 -- cache_lookup --
 -- $1 organization_id, $2 cache_key, $3 run_id, $4 step_id, $5 attempt,

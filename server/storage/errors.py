@@ -62,8 +62,9 @@ class MigrationError(StorageError):
     """The database schema cannot be brought to the version this code expects.
 
     Raised when an applied migration was edited (checksum mismatch), when the database
-    has a migration this code does not know (it is newer than the code), or when a
-    migration file is malformed.
+    has a migration this code does not know (it is newer than the code), when it was
+    made by the migrations that ``0001_baseline`` replaced (it must be recreated), or
+    when a migration or function file is misnamed.
     """
 
 

@@ -1,7 +1,7 @@
 """Events repository: the reads behind WatchRun and WatchRuns.
 
 Events are written by the state machine (``podium_emit_event`` in
-``migrations/0002_engine.sql``, in the transaction of the change they report); this
+``functions/10_events.sql``, in the transaction of the change they report); this
 module only reads them: a run's log after a sequence, the last sequence of many runs at
 once (the hub's fallback poll), and pages of an organization's events for WatchRuns.
 """

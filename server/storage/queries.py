@@ -1,7 +1,8 @@
 """Named SQL statements, loaded once from the ``*.sql`` files of this package.
 
 ``queries.sql`` holds the general statements, ``runs.sql``, ``agents.sql`` ... one file
-per table group; ``schema.sql`` (the full schema) is not a query file. Each statement
+per table group; the SQL functions (``functions/*.sql``) are not query files: the
+migrator applies them (:mod:`.migrations`). Each statement
 sits under a ``-- name --`` header line; files are split with one regular expression
 and callers use ``QUERIES["name"]`` (names are unique across files). Statements take
 ``$1``-style parameters: SQL is never assembled from strings.
@@ -39,14 +40,11 @@ def parse_queries(text: str) -> dict[str, str]:
     return queries
 
 
-_NOT_QUERIES = frozenset({"schema.sql"})
-
-
 def _load() -> Mapping[str, str]:
     package = importlib.resources.files(__package__ or "podium.server.storage")
     queries: dict[str, str] = {}
     for entry in sorted(package.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql") or entry.name in _NOT_QUERIES:
+        if not entry.name.endswith(".sql"):
             continue
         for name, statement in parse_queries(entry.read_text(encoding="utf-8")).items():
             if name in queries:

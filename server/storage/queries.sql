@@ -6,8 +6,8 @@
 SELECT 1
 
 -- create_schema_migrations --
--- Run by the migrator before anything else (under its advisory lock); the same table
--- is in schema.sql. Multi-statement: execute it without arguments.
+-- Run by the migrator before anything else (under its advisory lock); the migrations
+-- never create it. Multi-statement: execute it without arguments.
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version     integer PRIMARY KEY,
     name        text NOT NULL,
@@ -27,6 +27,35 @@ ORDER BY version
 
 -- record_migration --
 INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+
+-- create_schema_functions --
+-- Run by the migrator after the migrations (under its advisory lock). One row per
+-- function file (server/storage/functions/NN_area.sql, name without .sql).
+CREATE TABLE IF NOT EXISTS schema_functions (
+    name        text PRIMARY KEY,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE schema_functions IS
+    'Applied function files (server/storage/functions/NN_area.sql), with the SHA-256 of '
+    'each; a file is applied again when it changes.';
+
+-- schema_functions_exists --
+SELECT to_regclass('schema_functions') IS NOT NULL
+
+-- list_applied_function_files --
+SELECT name, checksum, applied_at
+FROM schema_functions
+ORDER BY name
+
+-- record_function_file --
+-- $1: name, $2: checksum
+INSERT INTO schema_functions (name, checksum) VALUES ($1, $2)
+ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
+
+-- forget_function_files --
+-- Rows of function files that no longer exist. $1: names
+DELETE FROM schema_functions WHERE name = ANY ($1::text[])
 
 -- migration_try_lock --
 SELECT pg_try_advisory_lock($1)

@@ -1,7 +1,7 @@
 """Runs repository: creating runs with their steps, reading them, and the engine's
 transactional calls (claim, complete, cancel, lease renewal, re-queue).
 
-The state machine itself lives in SQL functions (``migrations/0002_engine.sql``), so
+The state machine itself lives in SQL functions (``server/storage/functions/``), so
 every transition is one round trip and commits with its events.
 """
 

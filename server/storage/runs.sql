@@ -1,9 +1,9 @@
--- Runs and steps: creation, reads, and the engine's calls into 0002_engine.sql.
--- Lock order everywhere: the run row, then its steps (see migrations/0002_engine.sql).
+-- Runs and steps: creation, reads, and the engine's calls into the SQL functions.
+-- Lock order everywhere: the run row, then its steps (see server/storage/functions/30_runs.sql).
 
 -- create_run --
 -- A run with its steps, run.created, the copies of a fork, and its start, in one call
--- (migrations/0006_start_run.sql). One row: created = false when (organization_id,
+-- (podium_create_run, functions/30_runs.sql). One row: created = false when (organization_id,
 -- request_id) already exists (nothing written; run_id is that run).
 -- $1 org, $2 definition_name, $3 definition_version, $4 plan, $5 input, $6 metadata,
 -- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,

@@ -2,7 +2,7 @@
 retention of the event log.
 
 Deliveries are created by the trigger ``podium_enqueue_webhooks``
-(``migrations/0003_webhooks.sql``) in the transaction of each event, one per (event,
+(``functions/20_webhooks.sql``) in the transaction of each event, one per (event,
 target); this module claims them for sending, records outcomes, lists them, and
 prunes old events and finished deliveries.
 """

@@ -1,6 +1,6 @@
 -- Webhooks and retention: the statements of server/storage/webhooks.py.
 -- The outbox (webhook_deliveries) is filled by the trigger podium_enqueue_webhooks
--- (migrations/0003_webhooks.sql) in the transaction of each event.
+-- (server/storage/functions/20_webhooks.sql) in the transaction of each event.
 
 -- lock_webhook_targets --
 -- Serializes the synchronisation of an organization's configured targets (replicas

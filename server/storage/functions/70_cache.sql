@@ -1,29 +1,12 @@
--- 0005_cache: the step-output cache's lookups, stores and single flight.
+-- The step-output cache's lookups, stores and single flight.
 --
--- step_cache (0001) holds successful outputs by (organization, cache key); the key is
+-- step_cache holds successful outputs by (organization, cache key); the key is
 -- computed by the replica (server/engine/cache.py: SHA-256 of a canonical JSON
 -- document). step_cache_flights records, per key, the one step attempt that is calling
 -- the agent for it right now, so identical steps on any replica wait for its output
 -- instead of calling the agent too. A flight is alive while its attempt is running:
 -- no lease of its own, the step's lease covers it (a dead replica's step leaves
 -- 'running' when its lease expires, and the flight is taken over).
-
-CREATE TABLE step_cache_flights (
-    organization_id  text NOT NULL REFERENCES organizations (id),
-    cache_key        text NOT NULL,
-    run_id           uuid NOT NULL REFERENCES orchestration_runs (id) ON DELETE CASCADE,
-    step_id          text NOT NULL,
-    attempt          integer NOT NULL,
-    started_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (organization_id, cache_key)
-);
-COMMENT ON TABLE step_cache_flights IS
-    'Single flight of the step-output cache: the step attempt computing each missing '
-    'key. Alive while that attempt is running; taken over once it is not.';
-
--- InvalidateCache deletes by definition.
-CREATE INDEX step_cache_definition_idx
-    ON step_cache (organization_id, definition_name, definition_version);
 
 -- Look up a cache key for a running step attempt, in one round trip. Returns one row:
 --   'hit'   the entry exists and has not expired: the step is marked cached (fenced
@@ -39,7 +22,7 @@ CREATE INDEX step_cache_definition_idx
 -- lost (its event's sequence number): the other answers commit without waiting for the
 -- WAL flush (a lost flight is taken over, like a dead one; a later synchronous commit
 -- flushes it anyway).
-CREATE FUNCTION podium_cache_lookup(
+CREATE OR REPLACE FUNCTION podium_cache_lookup(
     p_org text, p_key text, p_run uuid, p_step text, p_attempt integer,
     p_known_created timestamptz
 ) RETURNS TABLE (
@@ -130,7 +113,7 @@ $$;
 -- stored entry's created_at (its version), NULL when nothing was stored. Commits without
 -- waiting for the WAL flush: a lost entry is only a later miss, and a hit on it commits
 -- synchronously, which flushes it first.
-CREATE FUNCTION podium_cache_release(
+CREATE OR REPLACE FUNCTION podium_cache_release(
     p_org text, p_key text, p_run uuid, p_step text, p_attempt integer, p_output jsonb,
     p_definition_name text, p_definition_version integer, p_ttl_seconds double precision
 ) RETURNS timestamptz

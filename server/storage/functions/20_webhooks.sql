@@ -1,5 +1,4 @@
--- 0003_webhooks: the webhook outbox is filled in the transaction of each event, and
--- the indexes of the webhook dispatcher and of retention.
+-- The webhook outbox is filled in the transaction of each event.
 --
 -- Every INSERT into orchestration_events (one statement per transition) fires one
 -- statement-level trigger that writes one webhook_deliveries row per (event, target):
@@ -7,32 +6,17 @@
 -- (webhook_targets). The outbox therefore commits, or rolls back, with the events it
 -- carries. Each replica's dispatcher (server/events/webhooks.py) sends the pending
 -- rows, signed per Standard Webhooks.
-
-CREATE TABLE webhook_targets (
-    organization_id  text NOT NULL REFERENCES organizations (id),
-    url              text NOT NULL,
-    source           text NOT NULL DEFAULT 'config' CHECK (source IN ('config')),
-    created_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (organization_id, url)
-);
-COMMENT ON TABLE webhook_targets IS
-    'Webhook URLs receiving every event of an organization''s runs, in addition to a '
-    'run''s own webhook_url. source config: ORCHESTRATION_PROGRESS_WEBHOOK_URL, '
-    'synchronised by each server at start.';
-
--- ListWebhookDeliveries: newest first, keyset on (created_at, id).
-CREATE INDEX webhook_deliveries_list_idx
-    ON webhook_deliveries (organization_id, created_at DESC, id DESC);
--- Retention deletes finished deliveries by age.
-CREATE INDEX webhook_deliveries_finished_idx
-    ON webhook_deliveries (created_at) WHERE state <> 'pending';
+--
+-- The trigger is defined here, next to its function (CREATE OR REPLACE TRIGGER, so the
+-- file stays re-runnable): its REFERENCING clause is part of the function's contract,
+-- and function files are applied after the migrations that create the tables.
 
 -- One delivery per (new event, target), after each INSERT statement on the event log.
 -- The common case, no target at all, costs one query: webhook_targets is empty (it holds
 -- a handful of rows at most) and the runs of the new events (usually one) have no
 -- webhook_url (a primary key probe each, whatever the planner's estimates). A delivery
 -- takes its event's created_at, so listings (newest first) follow the log.
-CREATE FUNCTION podium_enqueue_webhooks() RETURNS trigger
+CREATE OR REPLACE FUNCTION podium_enqueue_webhooks() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM webhook_targets)
@@ -74,7 +58,7 @@ BEGIN
 END
 $$;
 
-CREATE TRIGGER orchestration_events_webhooks
+CREATE OR REPLACE TRIGGER orchestration_events_webhooks
     AFTER INSERT ON orchestration_events
     REFERENCING NEW TABLE AS new_events
     FOR EACH STATEMENT EXECUTE FUNCTION podium_enqueue_webhooks();

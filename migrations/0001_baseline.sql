@@ -1,10 +1,13 @@
--- 0001_initial: the whole seed schema.
+-- 0001_baseline: every table, index, constraint, comment and seed row.
+--
+-- Numbered migrations hold DDL and data changes only; the SQL functions (and the
+-- triggers that call them) live in server/storage/functions/*.sql, applied by the
+-- migrator after the migrations. A landed migration is never edited: its SHA-256 is
+-- in migrations/checksums.txt (tests/unit/test_migration_checksums.py).
 --
 -- Conventions: every table carries organization_id (tenancy); times are timestamptz;
 -- payloads are jsonb; state columns hold lowercase state names guarded by CHECK
 -- constraints; children of a run are deleted with it (ON DELETE CASCADE).
--- Keep server/storage/schema.sql equal to the result of all migrations
--- (tests/integration/test_migrations.py compares the catalogs).
 
 CREATE TABLE organizations (
     id          text PRIMARY KEY,
@@ -62,6 +65,9 @@ CREATE TABLE orchestration_runs (
     started_at           timestamptz,
     ended_at             timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now(),
+    steps_remaining      integer NOT NULL DEFAULT 0 CHECK (steps_remaining >= 0),
+    depth                integer NOT NULL DEFAULT 0 CHECK (depth >= 0),
+    forked_from_run_id   uuid REFERENCES orchestration_runs (id) ON DELETE SET NULL,
     CONSTRAINT orchestration_runs_request_id_key UNIQUE (organization_id, request_id),
     CONSTRAINT orchestration_runs_definition_check
         CHECK ((definition_name IS NULL) = (definition_version IS NULL)),
@@ -73,6 +79,12 @@ COMMENT ON TABLE orchestration_runs IS
     'One execution of a plan (a definition version or an inline plan). plan is a '
     'snapshot, so later definition versions never change a run. request_id makes a '
     'retried StartRun return the same run.';
+COMMENT ON COLUMN orchestration_runs.steps_remaining IS
+    'Steps not yet in a terminal state; the run completes when it reaches 0.';
+COMMENT ON COLUMN orchestration_runs.depth IS
+    'Nesting depth of a sub-orchestration: 0 for a top-level run, parent depth + 1 for a child.';
+COMMENT ON COLUMN orchestration_runs.forked_from_run_id IS
+    'ForkRun: the finished run whose outputs upstream of the forked steps were copied.';
 -- Listing: newest first, keyset on (created_at, id).
 CREATE INDEX orchestration_runs_list_idx
     ON orchestration_runs (organization_id, created_at DESC, id DESC);
@@ -118,12 +130,19 @@ CREATE TABLE orchestration_steps (
     input_tokens          bigint NOT NULL DEFAULT 0,
     output_tokens         bigint NOT NULL DEFAULT 0,
     cost_usd              numeric NOT NULL DEFAULT 0,
+    input_refs            text[] NOT NULL DEFAULT '{}',
+    is_sink               boolean NOT NULL DEFAULT false,
     PRIMARY KEY (run_id, step_id)
 );
 COMMENT ON TABLE orchestration_steps IS
     'The steps of a run, created with it. pending_dependencies counts unfinished '
     'upstream steps; a running step is leased (lease_owner, lease_expires_at) by one '
     'replica, and attempt fences late results from stale attempts.';
+COMMENT ON COLUMN orchestration_steps.input_refs IS
+    'Ids of the steps whose outputs the input references (${steps.ID...}); their outputs '
+    'are returned with the claim so dispatch needs no extra query.';
+COMMENT ON COLUMN orchestration_steps.is_sink IS
+    'No step depends on this one: its output is part of the run output.';
 -- Scheduler claim: oldest queued first; expired leases; retries that are due.
 CREATE INDEX orchestration_steps_queued_idx
     ON orchestration_steps (queued_at) WHERE state = 'queued';
@@ -131,6 +150,12 @@ CREATE INDEX orchestration_steps_lease_idx
     ON orchestration_steps (lease_expires_at) WHERE state = 'running';
 CREATE INDEX orchestration_steps_retry_idx
     ON orchestration_steps (next_attempt_at) WHERE state = 'waiting_retry';
+-- Per-agent concurrency: running steps by agent.
+CREATE INDEX orchestration_steps_running_agent_idx
+    ON orchestration_steps (organization_id, agent) WHERE state = 'running';
+-- The parent's sweep: running steps that wait on a child run.
+CREATE INDEX orchestration_steps_child_idx
+    ON orchestration_steps (child_run_id) WHERE state = 'running' AND child_run_id IS NOT NULL;
 
 CREATE TABLE step_attempts (
     run_id           uuid NOT NULL,
@@ -155,7 +180,8 @@ CREATE TABLE human_approvals (
     run_id           uuid NOT NULL,
     step_id          text NOT NULL,
     kind             text NOT NULL
-        CHECK (kind IN ('checkpoint_before', 'checkpoint_after', 'failure_review')),
+        CHECK (kind IN ('checkpoint_before', 'checkpoint_after', 'failure_review',
+                        'input_required')),
     state            text NOT NULL DEFAULT 'pending'
         CHECK (state IN ('pending', 'decided', 'expired', 'cancelled')),
     prompt           text NOT NULL DEFAULT '',
@@ -176,11 +202,16 @@ CREATE TABLE human_approvals (
 );
 COMMENT ON TABLE human_approvals IS
     'A human decision a step waits for: a checkpoint before/after it, or a failure review.';
+-- (kind input_required: an A2A agent's question, INPUT_REQUIRED, parks its step like an
+-- approval.)
 CREATE INDEX human_approvals_pending_idx
     ON human_approvals (organization_id, created_at) WHERE state = 'pending';
 CREATE INDEX human_approvals_expiry_idx
     ON human_approvals (expires_at) WHERE state = 'pending' AND expires_at IS NOT NULL;
 CREATE INDEX human_approvals_step_idx ON human_approvals (run_id, step_id);
+-- Pending approvals of a run (cancelled with it).
+CREATE INDEX human_approvals_run_pending_idx
+    ON human_approvals (run_id) WHERE state = 'pending';
 
 CREATE TABLE orchestration_events (
     run_id           uuid NOT NULL REFERENCES orchestration_runs (id) ON DELETE CASCADE,
@@ -218,6 +249,22 @@ COMMENT ON TABLE step_cache IS
     'Shared step-output cache. cache_key is the SHA-256 of the canonical JSON of '
     '(definition name+version, organization, step id, agent, resolved input).';
 CREATE INDEX step_cache_expires_idx ON step_cache (expires_at);
+-- InvalidateCache deletes by definition.
+CREATE INDEX step_cache_definition_idx
+    ON step_cache (organization_id, definition_name, definition_version);
+
+CREATE TABLE step_cache_flights (
+    organization_id  text NOT NULL REFERENCES organizations (id),
+    cache_key        text NOT NULL,
+    run_id           uuid NOT NULL REFERENCES orchestration_runs (id) ON DELETE CASCADE,
+    step_id          text NOT NULL,
+    attempt          integer NOT NULL,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, cache_key)
+);
+COMMENT ON TABLE step_cache_flights IS
+    'Single flight of the step-output cache: the step attempt computing each missing '
+    'key. Alive while that attempt is running; taken over once it is not.';
 
 CREATE TABLE agents (
     organization_id          text NOT NULL REFERENCES organizations (id),
@@ -231,6 +278,8 @@ CREATE TABLE agents (
     protocol                 text NOT NULL DEFAULT 'podium_v1',
     created_at               timestamptz NOT NULL DEFAULT now(),
     updated_at               timestamptz NOT NULL DEFAULT now(),
+    source                   text NOT NULL DEFAULT 'registered'
+        CHECK (source IN ('registered', 'static')),
     PRIMARY KEY (organization_id, name)
 );
 COMMENT ON TABLE agents IS
@@ -292,6 +341,24 @@ COMMENT ON TABLE webhook_deliveries IS
 CREATE INDEX webhook_deliveries_due_idx
     ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_run_idx ON webhook_deliveries (run_id);
+-- ListWebhookDeliveries: newest first, keyset on (created_at, id).
+CREATE INDEX webhook_deliveries_list_idx
+    ON webhook_deliveries (organization_id, created_at DESC, id DESC);
+-- Retention deletes finished deliveries by age.
+CREATE INDEX webhook_deliveries_finished_idx
+    ON webhook_deliveries (created_at) WHERE state <> 'pending';
+
+CREATE TABLE webhook_targets (
+    organization_id  text NOT NULL REFERENCES organizations (id),
+    url              text NOT NULL,
+    source           text NOT NULL DEFAULT 'config' CHECK (source IN ('config')),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (organization_id, url)
+);
+COMMENT ON TABLE webhook_targets IS
+    'Webhook URLs receiving every event of an organization''s runs, in addition to a '
+    'run''s own webhook_url. source config: ORCHESTRATION_PROGRESS_WEBHOOK_URL, '
+    'synchronised by each server at start.';
 
 CREATE TABLE api_keys (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),

@@ -1,0 +1,71 @@
+-- The run's event log: gap-free per-run sequences, written in the transaction of the
+-- change they report, and a NOTIFY podium_events per transaction for the watchers
+-- (server/events/hub.py).
+--
+-- Every file of this directory is repeatable: the migrator (server/storage/migrations.py)
+-- applies a whole file again whenever its text changes, after the numbered migrations.
+-- Each statement must therefore be re-runnable: CREATE OR REPLACE FUNCTION (and CREATE
+-- OR REPLACE TRIGGER); a function that is removed or renamed is dropped by a migration.
+
+-- Append one event to a run's log with the next gap-free sequence and notify
+-- watchers. The caller holds (or takes here) the run row lock, which orders events.
+CREATE OR REPLACE FUNCTION podium_emit_event(
+    p_run uuid, p_type text, p_step text, p_attempt integer, p_step_state text,
+    p_payload jsonb
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_org text;
+    v_state text;
+BEGIN
+    UPDATE orchestration_runs
+       SET last_event_sequence = last_event_sequence + 1, updated_at = now()
+     WHERE id = p_run
+    RETURNING last_event_sequence, organization_id, state INTO v_seq, v_org, v_state;
+    -- clock_timestamp(), not now(): a transaction that waited for a lock must not
+    -- stamp its events earlier than events with lower sequences.
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    VALUES (p_run, v_seq, v_org, p_type, p_step, p_attempt, v_state, p_step_state,
+            coalesce(p_payload, '{}'), clock_timestamp());
+    -- The payload is the run id only: PostgreSQL folds identical notifications of one
+    -- transaction into one, and watchers read the log after their last sequence anyway.
+    PERFORM pg_notify('podium_events', p_run::text);
+    RETURN v_seq;
+END
+$$;
+
+-- Append agent stream events (step.progress, step.output_chunk) of one attempt, already
+-- coalesced by the replica, with the run's next sequence numbers. Fenced like a
+-- completion: nothing is written unless the step is still running that attempt.
+CREATE OR REPLACE FUNCTION podium_append_step_events(
+    p_run uuid, p_step text, p_attempt integer, p_types text[], p_payloads jsonb[]
+) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_seq bigint;
+    v_org text;
+    v_count integer := cardinality(p_types);
+BEGIN
+    PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    PERFORM 1 FROM orchestration_steps
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
+    IF NOT FOUND OR v_count = 0 THEN
+        RETURN false;
+    END IF;
+    UPDATE orchestration_runs
+       SET last_event_sequence = last_event_sequence + v_count, updated_at = now()
+     WHERE id = p_run
+    RETURNING last_event_sequence, organization_id INTO v_seq, v_org;
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    SELECT p_run, v_seq - v_count + e.ord, v_org, e.type, p_step, p_attempt, 'running',
+           'running', e.payload, clock_timestamp()
+      FROM unnest(p_types, p_payloads) WITH ORDINALITY AS e(type, payload, ord);
+    PERFORM pg_notify('podium_events', p_run::text);
+    RETURN true;
+END
+$$;

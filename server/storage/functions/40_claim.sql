@@ -1,0 +1,249 @@
+-- The scheduler's claim: runnable steps are leased to a replica, expired leases return
+-- to the queue. Lock order: see 30_runs.sql.
+
+-- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds.
+--
+-- Claimers are serialized by a transaction advisory lock, so the counts they read
+-- (running steps per run and per agent) are exact across replicas. Inside, each
+-- candidate run is locked, its due retries re-queued, and its queued steps taken
+-- FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents' max_concurrency
+-- allow. A skill is routed to the least busy agent offering it. Each claimed step gets
+-- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
+-- step.started event; its resolved-reference outputs come back with it.
+CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+RETURNS TABLE (
+    run_id uuid, step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+    v_step record;
+    v_agent record;
+    v_free integer;
+    v_picked integer := 0;
+    v_used jsonb := '{}';
+    v_attempt integer;
+    v_task uuid;
+    v_started_ids text[];
+    v_started_attempts integer[];
+    v_started_agents text[];
+    v_seq bigint;
+    v_now timestamptz;
+BEGIN
+    IF p_limit <= 0 THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(1886350957, 1);
+    FOR v_run IN
+        SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
+               r.definition_name, r.definition_version, r.created_at, r.started_at,
+               r.trace_context
+          FROM orchestration_runs r
+         WHERE r.state = 'running'
+           AND r.id IN (SELECT q.run_id FROM orchestration_steps q WHERE q.state = 'queued'
+                        UNION
+                        SELECT w.run_id FROM orchestration_steps w
+                         WHERE w.state = 'waiting_retry' AND w.next_attempt_at <= now())
+         ORDER BY r.created_at, r.id
+           FOR UPDATE OF r
+    LOOP
+        EXIT WHEN v_picked >= p_limit;
+        UPDATE orchestration_steps w
+           SET state = 'queued', queued_at = now(), next_attempt_at = NULL
+         WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
+        SELECT v_run.max_parallel - count(*) INTO v_free
+          FROM orchestration_steps x WHERE x.run_id = v_run.id AND x.state = 'running';
+        CONTINUE WHEN v_free <= 0;
+        v_started_ids := '{}';
+        v_started_attempts := '{}';
+        v_started_agents := '{}';
+        FOR v_step IN
+            SELECT s.step_id, s.agent, s.skill, s.input_refs
+              FROM orchestration_steps s
+             WHERE s.run_id = v_run.id AND s.state = 'queued'
+             ORDER BY s.queued_at, s.position
+               FOR UPDATE OF s SKIP LOCKED
+        LOOP
+            EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
+            SELECT NULL::text AS name, NULL::text AS endpoint,
+                   NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
+                   0 AS max_concurrency, 0::bigint AS busy
+              INTO v_agent;
+            IF v_step.skill IS NOT NULL THEN
+                -- The least busy agent offering the skill that has a free slot.
+                SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
+                       c.max_concurrency, c.busy
+                  INTO v_agent
+                  FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
+                               a.max_concurrency,
+                               (SELECT count(*) FROM orchestration_steps b
+                                 WHERE b.state = 'running'
+                                   AND b.organization_id = a.organization_id
+                                   AND b.agent = a.name)
+                               + coalesce((v_used ->> a.name)::integer, 0) AS busy
+                          FROM agents a
+                         WHERE a.organization_id = v_run.organization_id
+                           AND v_step.skill = ANY (a.skills)) c
+                 WHERE c.max_concurrency = 0 OR c.busy < c.max_concurrency
+                 ORDER BY c.busy, c.name
+                 LIMIT 1;
+                IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
+                                          WHERE a.organization_id = v_run.organization_id
+                                            AND v_step.skill = ANY (a.skills)) THEN
+                    CONTINUE;  -- every agent with the skill is full: stays queued
+                END IF;
+            ELSIF v_step.agent IS NOT NULL THEN
+                SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
+                       a.max_concurrency,
+                       CASE WHEN a.max_concurrency > 0 THEN
+                           (SELECT count(*) FROM orchestration_steps b
+                             WHERE b.state = 'running' AND b.organization_id = a.organization_id
+                               AND b.agent = a.name)
+                           + coalesce((v_used ->> a.name)::integer, 0)
+                       ELSE 0 END AS busy
+                  INTO v_agent
+                  FROM agents a
+                 WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
+                IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
+                    CONTINUE;  -- the agent is full: stays queued
+                END IF;
+            END IF;
+            -- clock_timestamp(), not now(): this claim may have waited for the
+            -- completion that made the step runnable; it starts after that ended.
+            v_now := clock_timestamp();
+            -- Unknown agents and skills without agents are claimed anyway: the executor
+            -- fails them with a clear error instead of leaving them queued forever.
+            UPDATE orchestration_steps s
+               SET state = 'running',
+                   attempt = s.attempt + 1,
+                   agent = coalesce(v_agent.name, s.agent),
+                   lease_owner = p_owner,
+                   lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
+                   started_at = coalesce(s.started_at, v_now),
+                   error = NULL
+             WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
+            RETURNING s.attempt INTO v_attempt;
+            INSERT INTO step_attempts
+                (run_id, step_id, attempt, organization_id, agent, started_at)
+            VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
+                    coalesce(v_agent.name, v_step.agent), v_now)
+            RETURNING step_attempts.task_id INTO v_task;
+            IF v_attempt = 1 THEN
+                -- The step's conversation, kept across its attempts (and ContinueRun).
+                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
+                SELECT s.conversation_id, v_run.organization_id, v_run.id, v_step.step_id,
+                       coalesce(v_agent.name, v_step.agent)
+                  FROM orchestration_steps s
+                 WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
+                ON CONFLICT (id) DO NOTHING;
+            END IF;
+            v_started_ids := v_started_ids || v_step.step_id;
+            v_started_attempts := v_started_attempts || v_attempt;
+            v_started_agents := v_started_agents || coalesce(v_agent.name, v_step.agent);
+            IF v_agent.name IS NOT NULL THEN
+                v_used := jsonb_set(v_used, ARRAY[v_agent.name],
+                                    to_jsonb(coalesce((v_used ->> v_agent.name)::integer, 0) + 1));
+            END IF;
+            v_free := v_free - 1;
+            v_picked := v_picked + 1;
+            RETURN QUERY
+            SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
+                   v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
+                   v_agent.protocol::text, v_task, s.conversation_id, s.spec, s.timeout_seconds,
+                   s.max_attempts, v_run.input,
+                   (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
+                      FROM orchestration_steps u
+                     WHERE u.run_id = s.run_id AND u.step_id = ANY (s.input_refs)),
+                   v_run.labels, v_run.definition_name, v_run.definition_version,
+                   v_run.created_at, v_run.started_at, v_run.trace_context
+              FROM orchestration_steps s
+             WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id;
+        END LOOP;
+        IF cardinality(v_started_ids) > 0 THEN
+            -- One step.started event per claimed step, numbered with one run update.
+            UPDATE orchestration_runs
+               SET last_event_sequence = last_event_sequence + cardinality(v_started_ids),
+                   updated_at = now()
+             WHERE id = v_run.id
+            RETURNING last_event_sequence INTO v_seq;
+            INSERT INTO orchestration_events
+                (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+                 step_state, payload, created_at)
+            SELECT v_run.id, v_seq - cardinality(v_started_ids) + e.ord, v_run.organization_id,
+                   'step.started', e.step_id, e.attempt, 'running', 'running',
+                   CASE WHEN e.agent IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object('agent', e.agent) END,
+                   clock_timestamp()
+              FROM unnest(v_started_ids, v_started_attempts, v_started_agents)
+                   WITH ORDINALITY AS e(step_id, attempt, agent, ord);
+            PERFORM pg_notify('podium_events', v_run.id::text);
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- Return steps whose lease expired (their replica died or stalled) to the queue.
+-- Their attempt stays counted; the next claim takes attempt + 1, so a late result of
+-- the expired attempt is fenced. A lost lease is rarely the step's fault, so it may
+-- happen twice beyond max_attempts; a step that keeps losing it (e.g. it crashes its
+-- replica every time) then fails with LEASE_EXPIRED instead of looping forever.
+-- Returns the number of steps re-queued or failed.
+CREATE OR REPLACE FUNCTION podium_requeue_expired(p_limit integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+    v_step record;
+    v_count integer := 0;
+    v_error jsonb := '{"code": "LEASE_EXPIRED", "message": "every attempt lost its lease (the replica executing it stopped renewing)", "retryable": false}';
+BEGIN
+    FOR v_run IN
+        SELECT r.id FROM orchestration_runs r
+         WHERE r.id IN (SELECT e.run_id FROM orchestration_steps e
+                         WHERE e.state = 'running' AND e.lease_expires_at < now()
+                         LIMIT p_limit)
+         ORDER BY r.created_at, r.id
+           FOR UPDATE OF r SKIP LOCKED
+    LOOP
+        FOR v_step IN
+            UPDATE orchestration_steps s
+               SET state = 'queued', queued_at = now(), lease_owner = NULL,
+                   lease_expires_at = NULL
+             WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+               AND s.attempt < s.max_attempts + 2
+            RETURNING s.step_id, s.attempt
+        LOOP
+            UPDATE step_attempts
+               SET ended_at = now(),
+                   error = '{"code": "LEASE_EXPIRED", "message": "the replica executing this attempt stopped renewing its lease", "retryable": true}'
+             WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_emit_event(v_run.id, 'step.queued', v_step.step_id, v_step.attempt,
+                                      'queued', '{"reason": "lease_expired"}');
+            v_count := v_count + 1;
+        END LOOP;
+        FOR v_step IN
+            UPDATE orchestration_steps s
+               SET state = 'failed', ended_at = now(), lease_owner = NULL,
+                   lease_expires_at = NULL, error = v_error
+             WHERE s.run_id = v_run.id AND s.state = 'running' AND s.lease_expires_at < now()
+            RETURNING s.step_id, s.attempt
+        LOOP
+            UPDATE step_attempts SET ended_at = now(), error = v_error
+             WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_emit_event(v_run.id, 'step.failed', v_step.step_id, v_step.attempt,
+                                      'failed', jsonb_build_object('error', v_error));
+            PERFORM podium_fail_run(v_run.id, v_step.step_id, v_error);
+            v_count := v_count + 1;
+            EXIT;  -- the run failed: its other steps are cancelled
+        END LOOP;
+    END LOOP;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('podium_work', '');
+    END IF;
+    RETURN v_count;
+END
+$$;

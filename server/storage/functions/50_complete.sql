@@ -1,0 +1,290 @@
+-- An attempt's outcome: success promotes dependents (the hot path, incremental counts),
+-- failure retries, fails or skips the step (the slow paths re-count from the rows).
+-- Lock order: see 30_runs.sql.
+
+-- Record the outcome of one attempt, fenced: nothing happens unless the step is still
+-- running that attempt (a late result from a stale attempt or a cancelled run changes
+-- nothing; returns NULL). p_outcome: 'succeeded', 'failed' (final), 'retry' (waits
+-- until p_next_attempt_at), or 'checkpoint_before', 'checkpoint_after', 'review',
+-- 'skipped', 'input_required' (see podium_park_step in 60_approvals.sql). Success
+-- promotes dependents whose last dependency this was and completes the run after its
+-- last step; failure fails the run. Returns the run's state afterwards ('succeeded' or
+-- 'failed' when this outcome ended it), NULL when fenced.
+CREATE OR REPLACE FUNCTION podium_complete_step(
+    p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
+    p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
+    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_state text := CASE p_outcome WHEN 'retry' THEN 'waiting_retry' ELSE p_outcome END;
+    v_queued text[];
+    v_count integer;
+    v_done boolean;
+    v_seq bigint;
+    v_org text;
+    v_run_state text;
+BEGIN
+    PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    IF p_outcome NOT IN ('succeeded', 'failed', 'retry') THEN
+        RETURN podium_park_step(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
+                                p_input, p_input_tokens, p_output_tokens, p_cost_usd);
+    END IF;
+    UPDATE orchestration_steps
+       SET state = v_state,
+           output = CASE WHEN v_state = 'succeeded' THEN p_output END,
+           error = p_error,
+           input = coalesce(p_input, input),
+           ended_at = CASE WHEN v_state = 'waiting_retry' THEN NULL ELSE now() END,
+           next_attempt_at = p_next_attempt_at,
+           lease_owner = NULL,
+           lease_expires_at = NULL,
+           input_tokens = input_tokens + p_input_tokens,
+           output_tokens = output_tokens + p_output_tokens,
+           cost_usd = cost_usd + p_cost_usd
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    UPDATE step_attempts SET ended_at = now(), error = p_error
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
+
+    IF v_state = 'failed' THEN
+        UPDATE orchestration_runs
+           SET input_tokens = input_tokens + p_input_tokens,
+               output_tokens = output_tokens + p_output_tokens,
+               cost_usd = cost_usd + p_cost_usd
+         WHERE id = p_run;
+        PERFORM podium_emit_event(p_run, 'step.failed', p_step, p_attempt, v_state,
+                                  jsonb_build_object('error', p_error));
+        PERFORM podium_fail_run(p_run, p_step, p_error);
+        RETURN 'failed';
+    END IF;
+
+    IF v_state = 'succeeded' THEN
+        -- Dependents whose last dependency this was become runnable.
+        WITH promoted AS (
+            UPDATE orchestration_steps d
+               SET pending_dependencies = d.pending_dependencies - 1,
+                   state = CASE WHEN d.pending_dependencies = 1 THEN 'queued' ELSE d.state END,
+                   queued_at = CASE WHEN d.pending_dependencies = 1 THEN clock_timestamp()
+                                    ELSE d.queued_at END
+             WHERE d.run_id = p_run AND d.state = 'pending' AND p_step = ANY (d.depends_on)
+            RETURNING d.step_id, d.state, d.position
+        )
+        SELECT coalesce(array_agg(step_id ORDER BY position) FILTER (WHERE state = 'queued'),
+                        '{}')
+          INTO v_queued FROM promoted;
+    ELSE
+        v_queued := '{}';
+    END IF;
+    v_count := cardinality(v_queued);
+
+    -- One update of the run row: usage, progress, the events' sequence numbers, and
+    -- completion after its last step (output = the outputs of the sink steps).
+    UPDATE orchestration_runs r
+       SET input_tokens = r.input_tokens + p_input_tokens,
+           output_tokens = r.output_tokens + p_output_tokens,
+           cost_usd = r.cost_usd + p_cost_usd,
+           steps_remaining = r.steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END,
+           last_event_sequence = r.last_event_sequence + 1 + v_count
+               + CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 1 ELSE 0 END,
+           state = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 'succeeded'
+                        ELSE r.state END,
+           ended_at = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN now()
+                           ELSE r.ended_at END,
+           output = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN
+                        (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
+                           FROM orchestration_steps s WHERE s.run_id = p_run AND s.is_sink)
+                    ELSE r.output END,
+           updated_at = now()
+     WHERE r.id = p_run
+    RETURNING r.last_event_sequence, r.organization_id, r.state, r.steps_remaining = 0
+         INTO v_seq, v_org, v_run_state, v_done;
+    v_done := v_done AND v_state = 'succeeded';
+
+    -- The events of this transition, numbered after the previous last sequence.
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
+         payload, created_at)
+    SELECT p_run, v_seq - 1 - v_count - CASE WHEN v_done THEN 1 ELSE 0 END + e.ord, v_org,
+           e.type, e.step_id, e.attempt,
+           CASE WHEN e.type = 'run.completed' THEN v_run_state ELSE 'running' END,
+           e.step_state, e.payload, clock_timestamp()
+      FROM (SELECT 1::bigint AS ord,
+                   CASE v_state WHEN 'succeeded' THEN 'step.completed'
+                                ELSE 'step.retrying' END AS type,
+                   p_step AS step_id, p_attempt AS attempt, v_state AS step_state,
+                   CASE v_state
+                       WHEN 'succeeded' THEN jsonb_build_object('output', p_output)
+                       ELSE jsonb_build_object('error', p_error,
+                                               'next_attempt', p_attempt + 1,
+                                               'next_attempt_at', p_next_attempt_at)
+                   END AS payload
+            UNION ALL
+            SELECT 1 + q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
+              FROM unnest(v_queued) WITH ORDINALITY AS q(step_id, ord)
+            UNION ALL
+            SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
+             WHERE v_done) e;
+    -- Only a run with a pending approval can end up held by humans (a probe of a
+    -- small partial index; nothing else on the hot path).
+    IF v_state = 'succeeded' AND v_count = 0 AND NOT v_done
+       AND EXISTS (SELECT 1 FROM human_approvals
+                    WHERE run_id = p_run AND state = 'pending') THEN
+        IF podium_pause_if_held(p_run) THEN
+            v_run_state := 'paused';
+        END IF;
+    END IF;
+    PERFORM pg_notify('podium_events', p_run::text);
+    IF v_count > 0 OR v_state = 'waiting_retry' THEN
+        PERFORM pg_notify('podium_work', '');
+    END IF;
+    RETURN v_run_state;
+END
+$$;
+
+-- Fail one step for good and, with it, the run. The caller holds the run row lock.
+CREATE OR REPLACE FUNCTION podium_fail_step(p_run uuid, p_step text, p_error jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt integer;
+BEGIN
+    UPDATE orchestration_steps
+       SET state = 'failed', ended_at = now(), error = p_error, approval_id = NULL,
+           lease_owner = NULL, lease_expires_at = NULL
+     WHERE run_id = p_run AND step_id = p_step
+    RETURNING attempt INTO v_attempt;
+    PERFORM podium_emit_event(p_run, 'step.failed', p_step, v_attempt, 'failed',
+                              jsonb_build_object('error', p_error));
+    PERFORM podium_fail_run(p_run, p_step, p_error);
+    RETURN 'failed';
+END
+$$;
+
+-- Skip one step (its error kept for operators), then its dependents when its policy
+-- says so, then refresh the run. The caller holds the run row lock and has already
+-- moved the step out of its previous state. Returns the run's state.
+CREATE OR REPLACE FUNCTION podium_skip_step(p_run uuid, p_step text, p_error jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_attempt integer;
+    v_skip_deps boolean;
+BEGIN
+    UPDATE orchestration_steps
+       SET state = 'skipped', ended_at = now(), error = p_error, output = NULL,
+           approval_id = NULL, lease_owner = NULL, lease_expires_at = NULL
+     WHERE run_id = p_run AND step_id = p_step
+    RETURNING attempt, coalesce((spec -> 'on_failure' ->> 'skip_dependents')::boolean, false)
+         INTO v_attempt, v_skip_deps;
+    PERFORM podium_emit_event(p_run, 'step.skipped', p_step, v_attempt, 'skipped',
+                              jsonb_build_object('error', p_error));
+    IF v_skip_deps THEN
+        PERFORM podium_skip_dependents(p_run, p_step);
+    END IF;
+    RETURN podium_refresh_run(p_run);
+END
+$$;
+
+-- Skip every (transitive) dependent of a skipped step whose failure policy says
+-- skip_dependents; they are all still pending. The caller holds the run row lock.
+CREATE OR REPLACE FUNCTION podium_skip_dependents(p_run uuid, p_step text) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_step record;
+    v_count integer := 0;
+    v_error jsonb := jsonb_build_object(
+        'code', 'UPSTREAM_SKIPPED',
+        'message', format('step %s was skipped and its policy skips its dependents', p_step),
+        'retryable', false);
+BEGIN
+    FOR v_step IN
+        WITH RECURSIVE below (step_id) AS (
+            SELECT d.step_id FROM orchestration_steps d
+             WHERE d.run_id = p_run AND p_step = ANY (d.depends_on)
+            UNION
+            SELECT d.step_id FROM orchestration_steps d
+              JOIN below b ON b.step_id = ANY (d.depends_on)
+             WHERE d.run_id = p_run
+        )
+        UPDATE orchestration_steps s
+           SET state = 'skipped', ended_at = now(), error = v_error
+          FROM below b
+         WHERE s.run_id = p_run AND s.step_id = b.step_id AND s.state = 'pending'
+        RETURNING s.step_id, s.attempt, s.position
+    LOOP
+        PERFORM podium_emit_event(p_run, 'step.skipped', v_step.step_id, v_step.attempt,
+                                  'skipped', jsonb_build_object('error', v_error));
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
+-- Re-count the unfinished dependencies of every pending step of a run from the rows (a
+-- skipped dependency counts as finished). The caller holds the run row lock.
+CREATE OR REPLACE FUNCTION podium_recount_dependencies(p_run uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE orchestration_steps s
+       SET pending_dependencies = (
+               SELECT count(*) FROM orchestration_steps u
+                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
+                  AND u.state NOT IN ('succeeded', 'skipped'))
+     WHERE s.run_id = p_run AND s.state = 'pending';
+END
+$$;
+
+-- Re-count every pending step's unfinished dependencies (a skipped dependency counts as
+-- finished: its dependents see a null output), queue those with none left, and complete
+-- the run when no step is left unfinished. The slow path after a skip, an approval or a
+-- resume; the hot path (a plain success) keeps the incremental counts of
+-- podium_complete_step. The caller holds the run row lock. Returns the run's state.
+CREATE OR REPLACE FUNCTION podium_refresh_run(p_run uuid) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_step record;
+    v_queued integer := 0;
+    v_remaining integer;
+    v_state text;
+BEGIN
+    PERFORM podium_recount_dependencies(p_run);
+    FOR v_step IN
+        UPDATE orchestration_steps s
+           SET state = 'queued', queued_at = clock_timestamp()
+         WHERE s.run_id = p_run AND s.state = 'pending' AND s.pending_dependencies = 0
+        RETURNING s.step_id, s.attempt, s.position
+    LOOP
+        PERFORM podium_emit_event(p_run, 'step.queued', v_step.step_id, v_step.attempt,
+                                  'queued', '{}');
+        v_queued := v_queued + 1;
+    END LOOP;
+    SELECT count(*) INTO v_remaining FROM orchestration_steps
+     WHERE run_id = p_run
+       AND state NOT IN ('succeeded', 'skipped', 'failed', 'cancelled');
+    UPDATE orchestration_runs r
+       SET steps_remaining = v_remaining,
+           state = CASE WHEN v_remaining = 0 AND r.state = 'running' THEN 'succeeded'
+                        ELSE r.state END,
+           ended_at = CASE WHEN v_remaining = 0 AND r.state = 'running' THEN now()
+                           ELSE r.ended_at END,
+           output = CASE WHEN v_remaining = 0 AND r.state = 'running' THEN
+                        (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
+                           FROM orchestration_steps s WHERE s.run_id = p_run AND s.is_sink)
+                    ELSE r.output END,
+           updated_at = now()
+     WHERE r.id = p_run
+    RETURNING r.state INTO v_state;
+    IF v_remaining = 0 AND v_state = 'succeeded' THEN
+        PERFORM podium_emit_event(p_run, 'run.completed', NULL, NULL, NULL, '{}');
+    ELSIF v_remaining > 0 AND v_queued = 0 AND v_state = 'running' THEN
+        IF podium_pause_if_held(p_run) THEN
+            v_state := 'paused';
+        END IF;
+    END IF;
+    IF v_queued > 0 THEN
+        PERFORM pg_notify('podium_work', '');
+    END IF;
+    RETURN v_state;
+END
+$$;

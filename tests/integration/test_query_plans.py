@@ -1,0 +1,181 @@
+"""The claim and complete paths use their indexes on a large table.
+
+100,000 steps (10,000 runs of 10 steps, most finished) are inserted set-based and
+analysed; then podium_claim_steps and podium_complete_step run with auto_explain
+logging the plan of every statement they execute (nested statements included) to
+this connection as NOTICEs, with custom plans (the actual parameter values). No plan
+may read orchestration_steps, orchestration_runs or step_attempts with a Seq Scan:
+each call must cost what the rows it touches cost, not the size of the history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+RUNS = 10_000
+STEPS_PER_RUN = 10
+RUNNING_RUNS = 50  # the last ones created; the others succeeded
+
+_BIG_TABLES = frozenset({"orchestration_steps", "orchestration_runs", "step_attempts"})
+
+# Every run of the history: succeeded, or (the last RUNNING_RUNS) running with step s1
+# running (attempt 1, leased), s2-s3 queued, s4 waiting for a retry that is due, and
+# s5-s10 pending on s1. Foreign keys are not checked while inserting
+# (session_replication_role = replica) to keep the setup fast; the rows satisfy them.
+_SETUP = f"""
+SET session_replication_role = replica;
+INSERT INTO orchestration_runs
+    (id, organization_id, plan, state, max_parallel, steps_remaining, created_at,
+     started_at, ended_at)
+SELECT md5('run' || g)::uuid, 'default', '{{}}',
+       CASE WHEN g > {RUNS - RUNNING_RUNS} THEN 'running' ELSE 'succeeded' END, 4,
+       CASE WHEN g > {RUNS - RUNNING_RUNS} THEN {STEPS_PER_RUN} ELSE 0 END,
+       now() - make_interval(secs => {RUNS} - g), now() - make_interval(secs => {RUNS} - g),
+       CASE WHEN g <= {RUNS - RUNNING_RUNS} THEN now() END
+FROM generate_series(1, {RUNS}) g;
+INSERT INTO orchestration_steps
+    (run_id, step_id, organization_id, position, state, agent, depends_on,
+     pending_dependencies, spec, attempt, lease_owner, lease_expires_at, next_attempt_at,
+     queued_at, started_at, ended_at, output, conversation_id)
+SELECT md5('run' || g)::uuid, 's' || k, 'default', k, t.state, 'echo',
+       CASE WHEN t.state = 'pending' THEN ARRAY['s1'] ELSE '{{}}' END,
+       CASE WHEN t.state = 'pending' THEN 1 ELSE 0 END,
+       '{{}}',
+       CASE WHEN t.state IN ('succeeded', 'running', 'waiting_retry') THEN 1 ELSE 0 END,
+       CASE WHEN t.state = 'running' THEN 'replica-a' END,
+       CASE WHEN t.state = 'running' THEN now() + interval '1 hour' END,
+       CASE WHEN t.state = 'waiting_retry' THEN now() - interval '1 second' END,
+       now(), now(), CASE WHEN t.state = 'succeeded' THEN now() END,
+       CASE WHEN t.state = 'succeeded' THEN '{{"ok": true}}'::jsonb END,
+       md5('conversation' || g || '.' || k)::uuid
+FROM generate_series(1, {RUNS}) g, generate_series(1, {STEPS_PER_RUN}) k,
+     LATERAL (SELECT CASE WHEN g <= {RUNS - RUNNING_RUNS} THEN 'succeeded'
+                          WHEN k = 1 THEN 'running'
+                          WHEN k <= 3 THEN 'queued'
+                          WHEN k = 4 THEN 'waiting_retry'
+                          ELSE 'pending' END AS state) t;
+INSERT INTO step_attempts (run_id, step_id, attempt, organization_id, agent)
+SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps WHERE attempt > 0;
+SET session_replication_role = DEFAULT;
+ANALYZE orchestration_runs, orchestration_steps, step_attempts;
+"""
+
+_AUTO_EXPLAIN = """
+LOAD 'auto_explain';
+SET auto_explain.log_min_duration = 0;
+SET auto_explain.log_nested_statements = on;
+SET auto_explain.log_format = json;
+SET auto_explain.log_level = notice;
+SET plan_cache_mode = force_custom_plan;
+"""
+
+_COMPLETE = "SELECT podium_complete_step($1, $2, 1, $3, $4, $5, NULL, $6, 10, 20, 0.001)"
+
+
+def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from _nodes(child)
+
+
+def _outline(node: dict[str, Any], depth: int = 0) -> list[str]:
+    line = "  " * depth + " ".join(
+        str(node[key]) for key in ("Node Type", "Relation Name", "Index Name") if key in node
+    )
+    return [line] + [row for child in node.get("Plans", []) for row in _outline(child, depth + 1)]
+
+
+async def _plans_of(conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object) -> Any:
+    """Run ``query`` in a transaction; return its result and every plan it logged."""
+    messages: list[str] = []
+
+    def listener(_conn: object, message: Any) -> None:
+        messages.append(message.message)
+
+    conn.add_log_listener(listener)
+    try:
+        async with conn.transaction():
+            result = await conn.fetch(query, *args)
+    finally:
+        conn.remove_log_listener(listener)
+    plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
+    return result, plans
+
+
+def _seq_scans(plans: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    for plan in plans:
+        scans = {
+            node["Relation Name"]
+            for node in _nodes(plan["Plan"])
+            if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in _BIG_TABLES
+        }
+        if scans:
+            query = " ".join(plan["Query Text"].split())
+            problems.append(
+                f"Seq Scan on {sorted(scans)} in: {query}\n" + "\n".join(_outline(plan["Plan"]))
+            )
+    return problems
+
+
+def _query_texts(plans: list[dict[str, Any]]) -> str:
+    return "\n".join(" ".join(plan["Query Text"].split()) for plan in plans)
+
+
+@pytest.fixture
+async def big_database(database_url: str) -> Any:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(_SETUP)
+        try:
+            await conn.execute(_AUTO_EXPLAIN)
+        except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
+            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def test_claim_and_complete_use_indexes(
+    big_database: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    conn = big_database
+    assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (RUNS * STEPS_PER_RUN)
+
+    claimed, claim_plans = await _plans_of(
+        conn, "SELECT * FROM podium_claim_steps('replica-b', 20, 60)"
+    )
+    assert len(claimed) == 20  # the oldest running runs: 4 runnable steps each
+
+    newest = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS))
+    older = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 1))
+    succeeded, success_plans = await _plans_of(
+        conn, _COMPLETE, newest, "s1", "succeeded", '{"text": "done"}', None, None
+    )
+    assert succeeded[0][0] == "running"  # s5-s10 are queued now
+    in_a_minute = datetime.now(UTC) + timedelta(minutes=1)
+    retried, retry_plans = await _plans_of(
+        conn, _COMPLETE, older, "s1", "retry", None, '{"code": "X"}', in_a_minute
+    )
+    assert retried[0][0] == "running"
+
+    plans = claim_plans + success_plans + retry_plans
+    texts = _query_texts(plans)
+    for statement in (
+        "FOR UPDATE OF r",  # claim: the candidate runs
+        "FOR UPDATE OF s SKIP LOCKED",  # claim: a run's queued steps
+        "x.state = 'running'",  # claim: a run's running steps
+        "UPDATE orchestration_steps s SET state = 'running'",  # claim: lease a step
+        "AND attempt = p_attempt AND state = 'running'",  # complete: the fenced update
+        "p_step = ANY (d.depends_on)",  # complete: promote dependents
+        "UPDATE step_attempts SET ended_at",  # complete: the attempt
+    ):
+        assert statement in texts, f"no plan logged for the statement with {statement!r}"
+    problems = _seq_scans(plans)
+    assert not problems, "\n\n".join(problems)
