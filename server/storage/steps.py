@@ -12,10 +12,12 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
   ``on_failure.max_attempts``, ``podium_fail_run`` ``rollback.hint``.
 
-Python reads and writes it only through :class:`StepSpec` (storage parses it where rows
-are read), so this module is the one place in Python that spells its keys. Parsing keeps
-values as they are (no type coercion) and keeps unknown keys, so
+Python reads and writes it only through :class:`StepSpec` (storage parses it where the
+engine reads rows: ``ClaimedStep.spec``, ``FinishedChild.spec``), so this module is the
+one place in Python that spells its keys. Parsing keeps values as they are (no type
+coercion: jsonb keeps ``30`` and ``30.0`` apart) and keeps unknown top-level keys, so
 ``StepSpec.from_json(d).to_json() == d`` and the JSON written stays what the SQL reads.
+(``StepRow.spec``, returned by the read RPCs, stays the stored JSON.)
 
 :class:`Outcome` lists what ``podium_complete_step`` accepts as ``p_outcome`` (a test
 compares it with the functions' source); :class:`StepError` is the ``error`` JSON of a
