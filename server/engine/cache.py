@@ -65,6 +65,7 @@ from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.cache import CacheRepository
 from podium.server.storage.errors import StorageError
 from podium.server.storage.runs import ClaimedStep
+from podium.server.storage.steps import CachePolicy, CheckpointWhen
 
 __all__ = [
     "CacheHit",
@@ -74,6 +75,7 @@ __all__ = [
     "cache_key",
     "cache_scope",
     "caching_requested",
+    "checkpoint_when",
     "key_document",
     "step_policy",
 ]
@@ -111,7 +113,7 @@ def step_policy(
     step: definition_pb2.Step,
     scope: dict[str, Any],
     default_ttl_seconds: float,
-) -> dict[str, Any] | None:
+) -> CachePolicy | None:
     """The effective caching policy of ``step`` (stored in its spec), or None when the
     step is not cached."""
     own = step.caching
@@ -119,22 +121,27 @@ def step_policy(
     target = step.WhichOneof("target")
     if not enabled or target not in ("agent", "skill"):
         return None
-    if step.checkpoint.when == definition_pb2.CheckpointPolicy.WHEN_AFTER:
+    if checkpoint_when(step) is CheckpointWhen.AFTER:
         return None  # a human decides on each output: a rejected one must not come back
     ttl = own.ttl_seconds or plan.execution.caching.ttl_seconds or default_ttl_seconds
-    return {
-        "ttl_seconds": float(ttl),
-        "key_paths": list(own.key_paths),
-        "scope": scope,
-        "target": {target: getattr(step, target)},
-    }
+    return CachePolicy(
+        ttl_seconds=float(ttl),
+        key_paths=tuple(own.key_paths),
+        scope=scope,
+        target={target: getattr(step, target)},
+    )
+
+
+def checkpoint_when(step: definition_pb2.Step) -> CheckpointWhen:
+    """The step's checkpoint position as the spec names it."""
+    return CheckpointWhen(definition_pb2.CheckpointPolicy.When.Name(step.checkpoint.when))
 
 
 def key_document(
-    organization_id: str, step_id: str, policy: dict[str, Any], resolved: Any
+    organization_id: str, step_id: str, policy: CachePolicy, resolved: Any
 ) -> dict[str, Any]:
     """The JSON document whose canonical form's SHA-256 is the key (module docstring)."""
-    paths = policy.get("key_paths") or []
+    paths = policy.key_paths
     if paths:
         selected: dict[str, Any] = {}
         for path in paths:
@@ -148,14 +155,14 @@ def key_document(
     return {
         "input": key_input,
         "organization": organization_id,
-        "scope": policy["scope"],
+        "scope": dict(policy.scope),
         "step": step_id,
-        "target": policy["target"],
+        "target": dict(policy.target),
         "v": KEY_VERSION,
     }
 
 
-def cache_key(organization_id: str, step_id: str, policy: dict[str, Any], resolved: Any) -> str:
+def cache_key(organization_id: str, step_id: str, policy: CachePolicy, resolved: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of :func:`key_document`."""
     return sha256_hex(key_document(organization_id, step_id, policy, resolved))
 
@@ -210,17 +217,14 @@ class StepCache:
         self._releases: set[asyncio.Task[None]] = set()
 
     @staticmethod
-    def policy(step: ClaimedStep) -> dict[str, Any] | None:
+    def policy(step: ClaimedStep) -> CachePolicy | None:
         """The step's effective caching policy (set by StartRun), None when the step is
         not cached. A spec without one (a run created before the cache existed keeps
         the author's ``caching`` there) is not cached."""
-        policy = step.spec.get("caching")
-        if isinstance(policy, dict) and "scope" in policy and "target" in policy:
-            return policy
-        return None
+        return step.spec.caching
 
     async def acquire(
-        self, step: ClaimedStep, policy: dict[str, Any], resolved: Any
+        self, step: ClaimedStep, policy: CachePolicy, resolved: Any
     ) -> CacheHit | Flight | None:
         """Look the step up before dispatch, waiting while another attempt computes the
         same key. None: call the agent without caching (this attempt is stale, or the
@@ -267,7 +271,7 @@ class StepCache:
                 if entry is not None:
                     self.lru.discard(lru_key)  # gone or replaced in the table
                 if found.status == "lead":
-                    return Flight(key, step, float(policy.get("ttl_seconds") or 0))
+                    return Flight(key, step, float(policy.ttl_seconds or 0))
                 if found.status == "stale":
                     return None
                 # "wait": another attempt computes it.

@@ -14,11 +14,12 @@ from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import step_policy
 from podium.server.engine.references import find_references
 from podium.server.storage.runs import NewStep
+from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
 
 __all__ = ["build_steps"]
 
 
-def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> dict[str, Any]:
+def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> FailurePolicy:
     """The step's on_failure over the definition's on_step_failure, field by field."""
     base = plan.error_handling.on_step_failure
     own = step.on_failure
@@ -33,9 +34,7 @@ def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) 
         value = getattr(own.backoff, name) or getattr(base.backoff, name)
         if value:
             backoff[name] = value
-    if backoff:
-        policy["backoff"] = backoff
-    return policy
+    return FailurePolicy(**policy, backoff=Backoff(**backoff) if backoff else None)
 
 
 def build_steps(
@@ -62,21 +61,19 @@ def build_steps(
         needed_by.update(step.depends_on)
     steps = []
     for position, step in enumerate(plan.steps):
-        spec = dict(step_dicts[position])
         policy = _failure_policy(plan, step)
-        spec["on_failure"] = policy
-        caching = (
-            step_policy(plan, step, caching_scope, cache_ttl_seconds) if caching_scope else None
-        )
-        if caching is None:
-            spec.pop("caching", None)
-        else:
-            spec["caching"] = caching
-        refs = sorted({r.step_id for r in find_references(spec.get("input", {})) if r.step_id})
-        timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         target = step.WhichOneof("target")
-        if bypass_cache and target == "orchestration":
-            spec["bypass_cache"] = True
+        spec = StepSpec.for_step(
+            step_dicts[position],
+            on_failure=policy,
+            caching=(
+                step_policy(plan, step, caching_scope, cache_ttl_seconds) if caching_scope else None
+            ),
+            bypass_cache=bypass_cache and target == "orchestration",
+        )
+        template = spec.input if spec.input is not None else {}
+        refs = sorted({r.step_id for r in find_references(template) if r.step_id})
+        timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(
                 step_id=step.id,
@@ -88,7 +85,7 @@ def build_steps(
                 skill=step.skill if target == "skill" else None,
                 depends_on=list(step.depends_on),
                 spec=spec,
-                max_attempts=max(1, int(policy.get("max_attempts", 1))),
+                max_attempts=policy.attempts,
                 timeout_seconds=timeout if timeout and math.isfinite(timeout) else None,
                 input_refs=refs,
                 is_sink=step.id not in needed_by,

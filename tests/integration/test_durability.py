@@ -41,6 +41,7 @@ from podium.server.storage.runs import (
     RunsRepository,
     StepOutcome,
 )
+from podium.server.storage.steps import Outcome, StepError, StepSpec
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.durability_helpers import (
     PodiumProcess,
@@ -383,7 +384,7 @@ def new_run(*step_ids: str) -> NewRun:
                 agent="echo",
                 skill=None,
                 depends_on=[],
-                spec={"id": step_id, "agent": "echo", "on_failure": {}},
+                spec=StepSpec.from_json({"id": step_id, "agent": "echo", "on_failure": {}}),
                 max_attempts=1,
                 timeout_seconds=None,
                 input_refs=[],
@@ -394,8 +395,8 @@ def new_run(*step_ids: str) -> NewRun:
     )
 
 
-def outcome(step: ClaimedStep, result: str = "succeeded", **output: Any) -> StepOutcome:
-    error = None if result == "succeeded" else {"code": "BOOM", "message": "late failure"}
+def outcome(step: ClaimedStep, result: Outcome = Outcome.SUCCEEDED, **output: Any) -> StepOutcome:
+    error = None if result == Outcome.SUCCEEDED else StepError("BOOM", "late failure")
     return StepOutcome(
         run_id=step.run_id,
         step_id=step.step_id,
@@ -441,7 +442,7 @@ async def test_a_stale_attempt_is_fenced_and_a_completion_is_recorded_once(
 
     # The late result of attempt 1 (success or failure) changes nothing.
     assert await repo.complete_one(outcome(stale, stale=True)) is False
-    assert await repo.complete_one(outcome(stale, "failed")) is False
+    assert await repo.complete_one(outcome(stale, Outcome.FAILED)) is False
     assert await step_row(db, run_id, "a") == {
         "state": "running",
         "attempt": 2,
@@ -454,7 +455,7 @@ async def test_a_stale_attempt_is_fenced_and_a_completion_is_recorded_once(
     assert await repo.complete_one(outcome(fresh, fresh=True)) is True
     # Exactly once: the same attempt's result again, or any other outcome, is refused.
     assert await repo.complete_one(outcome(fresh, again=True)) is False
-    assert await repo.complete_one(outcome(fresh, "failed")) is False
+    assert await repo.complete_one(outcome(fresh, Outcome.FAILED)) is False
 
     run = await repo.get("default", run_id)
     assert run is not None

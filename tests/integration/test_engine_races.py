@@ -27,6 +27,7 @@ from podium.server.storage.runs import (
     RunsRepository,
     StepOutcome,
 )
+from podium.server.storage.steps import Outcome, StepError, StepSpec
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 
@@ -55,7 +56,9 @@ def new_run(steps: Sequence[tuple[str, Mapping[str, Any]]], name: str = "races")
                 agent="echo",
                 skill=None,
                 depends_on=[],
-                spec={"id": step_id, "agent": "echo", "on_failure": {}, **extra},
+                spec=StepSpec.from_json(
+                    {"id": step_id, "agent": "echo", "on_failure": {}, **extra}
+                ),
                 max_attempts=1,
                 timeout_seconds=None,
                 input_refs=[],
@@ -66,7 +69,7 @@ def new_run(steps: Sequence[tuple[str, Mapping[str, Any]]], name: str = "races")
     )
 
 
-def outcome(step: ClaimedStep, result: str = "succeeded", **fields: Any) -> StepOutcome:
+def outcome(step: ClaimedStep, result: Outcome = Outcome.SUCCEEDED, **fields: Any) -> StepOutcome:
     return StepOutcome(
         run_id=step.run_id,
         step_id=step.step_id,
@@ -134,7 +137,7 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     run_id = (await repo.create(new_run([("gate", gate)]), start=True)).run.id
     parked = await claim_one(repo, "replica-1", run_id)
     park = outcome(
-        parked, "checkpoint_before", input={"q": 1}, output={"task_id": str(parked.task_id)}
+        parked, Outcome.CHECKPOINT_BEFORE, input={"q": 1}, output={"task_id": str(parked.task_id)}
     )
     assert await repo.complete_one(park) is True
     (approval,) = await approvals.list(ORG, states=["pending"], run_id=run_id, after=None, limit=10)
@@ -143,7 +146,7 @@ async def test_a_retried_checkpoint_before_park_does_not_park_the_approved_attem
     )
     assert status == "ok"
     approved = await claim_one(repo, "replica-2", run_id)
-    assert approved.spec.get("checkpoint_passed") is True
+    assert approved.spec.checkpoint_passed is True
     assert approved.attempt == parked.attempt  # the number was given back
 
     # The retried copy of the park changes nothing.
@@ -174,7 +177,7 @@ async def test_a_retried_park_does_not_park_the_attempt_of_a_resumed_run(
     run_id = (await repo.create(new_run([("gate", gate)]), start=True)).run.id
     parked = await claim_one(repo, "replica-1", run_id)
     park = outcome(
-        parked, "checkpoint_before", input={"q": 1}, output={"task_id": str(parked.task_id)}
+        parked, Outcome.CHECKPOINT_BEFORE, input={"q": 1}, output={"task_id": str(parked.task_id)}
     )
     assert await repo.complete_one(park) is True
     assert await repo.cancel(ORG, run_id, "stop") == "cancelled"
@@ -185,7 +188,7 @@ async def test_a_retried_park_does_not_park_the_attempt_of_a_resumed_run(
     assert await repo.complete_one(park) is False  # the old claim's copy: refused
     assert (await step_row(db, run_id, "gate"))["lease_owner"] == "replica-2"
     own = outcome(
-        again, "checkpoint_before", input={"q": 2}, output={"task_id": str(again.task_id)}
+        again, Outcome.CHECKPOINT_BEFORE, input={"q": 2}, output={"task_id": str(again.task_id)}
     )
     assert await repo.complete_one(own) is True  # the current claim parks normally
 
@@ -311,7 +314,7 @@ async def test_a_batch_that_fails_a_parent_keeps_the_lock_order(
         tx = batch.transaction()
         await tx.start()
         await batch.fetchval(complete, other, q1.step_id, q1.attempt)
-        failure = outcome(bad, "failed", error={"code": "BOOM", "message": "for good"})
+        failure = outcome(bad, Outcome.FAILED, error=StepError("BOOM", "for good"))
         mine = asyncio.create_task(repo.complete([failure, outcome(q2, output={"q2": True})]))
         pid = batch.get_server_pid()
         for _ in range(400):

@@ -21,6 +21,7 @@ from podium.server.engine.cache import (
     step_policy,
 )
 from podium.server.storage.runs import ClaimedStep
+from podium.server.storage.steps import CachePolicy, StepSpec
 
 SCOPE = {"definition": "flow", "version": 3}
 POLICY: dict[str, Any] = {
@@ -33,7 +34,13 @@ INPUT = {"query": "tea", "options": {"lang": "fr", "limit": 10}, "tags": ["a", "
 
 
 def key(input: Any = INPUT, *, org: str = "default", step: str = "search", **policy: Any) -> str:
-    return cache_key(org, step, {**POLICY, **policy}, input)
+    return cache_key(org, step, _policy({**POLICY, **policy}), input)
+
+
+def _policy(value: dict[str, Any]) -> CachePolicy:
+    policy = CachePolicy.from_json(value)
+    assert policy is not None
+    return policy
 
 
 def test_the_key_is_the_sha256_of_the_documented_canonical_form() -> None:
@@ -82,7 +89,7 @@ def test_key_paths_select_the_input_that_forms_the_key() -> None:
     assert key({**INPUT, "tags": []}, key_paths=paths) == base  # not a key path
     assert key({**INPUT, "options": {"lang": "fr"}}, key_paths=paths) == base
     assert key({**INPUT, "query": "coffee"}, key_paths=paths) != base
-    document = key_document("default", "search", {**POLICY, "key_paths": paths}, INPUT)
+    document = key_document("default", "search", _policy({**POLICY, "key_paths": paths}), INPUT)
     assert document["input"] == {"query": "tea", "options.lang": "fr"}
     # A missing path is left out, which differs from a null value.
     missing = {k: v for k, v in INPUT.items() if k != "query"}
@@ -111,13 +118,13 @@ def test_effective_policy_step_over_definition_over_server_default() -> None:
     scope = cache_scope(plan, "flow", 1)
     assert scope == {"definition": "flow", "version": 1}
     a, b, c, d, e, f = (step_policy(plan, s, scope, 3600.0) for s in plan.steps)
-    assert a == {
+    assert a is not None and a.to_json() == {
         "ttl_seconds": 600.0,
         "key_paths": [],
         "scope": scope,
         "target": {"agent": "echo"},
     }
-    assert b is not None and b["ttl_seconds"] == 5.0 and b["target"] == {"skill": "summarize"}
+    assert b is not None and b.ttl_seconds == 5.0 and b.target == {"skill": "summarize"}
     assert c is None
     assert d is None  # sub-orchestrations are never cached
     assert e is None  # a human approves each output
@@ -133,9 +140,9 @@ def test_effective_policy_step_over_definition_over_server_default() -> None:
     )
     assert caching_requested(off)
     policy = step_policy(off, off.steps[1], cache_scope(off, None, None), 3600.0)
-    assert policy is not None and policy["ttl_seconds"] == 3600.0
-    assert set(policy["scope"]) == {"plan_sha256"}
-    assert step_policy(off, off.steps[0], policy["scope"], 3600.0) is None
+    assert policy is not None and policy.ttl_seconds == 3600.0
+    assert set(policy.scope) == {"plan_sha256"}
+    assert step_policy(off, off.steps[0], dict(policy.scope), 3600.0) is None
     assert not caching_requested(_plan({"steps": [{"id": "a", "agent": "echo"}]}))
 
 
@@ -160,7 +167,7 @@ def _claimed(spec: dict[str, Any]) -> ClaimedStep:
         protocol=None,
         task_id=uuid.uuid4(),
         conversation_id=uuid.uuid4(),
-        spec=spec,
+        spec=StepSpec.from_json(spec),
         timeout_seconds=None,
         max_attempts=1,
         run_input={},
@@ -173,7 +180,7 @@ def _claimed(spec: dict[str, Any]) -> ClaimedStep:
 
 
 def test_only_an_effective_policy_enables_the_cache_at_dispatch() -> None:
-    assert StepCache.policy(_claimed({"caching": POLICY})) == POLICY
+    assert StepCache.policy(_claimed({"caching": POLICY})) == _policy(POLICY)
     assert StepCache.policy(_claimed({})) is None
     # A run stored before the cache existed keeps the author's form: not cached.
     assert StepCache.policy(_claimed({"caching": {"enabled": True, "ttl_seconds": "60"}})) is None
