@@ -260,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         "Figures: median over the rounds (min-max). Lower is better except */s and ratios;"
-        " * = the two sides' ranges do not overlap."
+        " * = the two sides' ranges do not overlap (with few rounds on a busy machine,"
+        " identical code gets some * too)."
     )
     print()
     print(table(values))
