@@ -142,13 +142,18 @@ def run_once(python: str, checkout: Path, args: Sequence[str], timeout: float) -
     return document
 
 
-def spread(values: Sequence[float]) -> str:
+def spread(values: Sequence[float], rounds: int) -> str:
+    """``median (min-max)``, with ``[n=K]`` when only K of the rounds had the figure
+    (``peak_steps_per_s_500ms_window`` is null when a scenario took under 1 s)."""
     if not values:
         return "-"
     median = statistics.median(values)
-    if len(values) == 1:
-        return _number(median)
-    return f"{_number(median)} ({_number(min(values))}-{_number(max(values))})"
+    text = _number(median)
+    if len(values) > 1:
+        text += f" ({_number(min(values))}-{_number(max(values))})"
+    if len(values) < rounds:
+        text += f" [n={len(values)}]"
+    return text
 
 
 def _number(value: float) -> str:
@@ -161,7 +166,7 @@ def _number(value: float) -> str:
     return f"{value:.3g}"
 
 
-def table(values: dict[str, dict[str, list[float]]]) -> str:
+def table(values: dict[str, dict[str, list[float]]], rounds: int) -> str:
     """Metric | before median (min-max) | after median (min-max) | after / before, the
     last marked ``*`` when both sides have 2+ rounds and their ranges do not overlap."""
     rows = [("metric", "before median (min-max)", "after median (min-max)", "after/before")]
@@ -174,7 +179,7 @@ def table(values: dict[str, dict[str, list[float]]]) -> str:
                 min(after) > max(before) or max(after) < min(before)
             ):
                 ratio += " *"  # the two sides' ranges do not overlap
-        rows.append((metric, spread(before), spread(after), ratio))
+        rows.append((metric, spread(before, rounds), spread(after, rounds), ratio))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [
         "  ".join(
@@ -264,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         " identical code gets some * too)."
     )
     print()
-    print(table(values))
+    print(table(values, args.rounds))
     if args.save:
         summary = {
             "checkouts": {
