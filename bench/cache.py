@@ -4,7 +4,7 @@ Run ``.venv/bin/python bench/cache.py [--database-url URL] [--quick]``; it print
 JSON document on stdout (progress on stderr). See ``bench/README.md``.
 
 A real ``PodiumServer`` runs in this process on a fresh database, with the no-op agent
-of ``bench/engine.py`` in a child process (static agent ``noop``). Every run has one
+of ``bench/harness/agent.py`` in a child process (static agent ``noop``). Every run has one
 step ``s`` (``agent: noop``, input ``{"n": "${run.input.n}"}``). Scenarios, each with
 distinct inputs ``n`` unless said otherwise:
 
@@ -39,14 +39,15 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import asyncpg
 import grpc
 
-from bench.engine import (
-    DEFAULT_SERVER_URL,
-    AgentProcess,
-    CpuMeter,
+from bench.harness.agent import AgentProcess
+from bench.harness.common import DEFAULT_SERVER_URL, latency_summary, progress
+from bench.harness.cpu import CpuMeter
+from bench.harness.server import (
     create_database,
-    latency_summary,
+    drop_database,
     machine_info,
-    progress,
+    podium_server,
+    podium_settings,
 )
 from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
@@ -162,8 +163,6 @@ async def _scenario(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from podium.server.app import PodiumServer
-    from podium.server.config import Settings
     from podium.server.engine.lru import LRUCache
 
     sizes = QUICK if args.quick else FULL
@@ -181,15 +180,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         out["machine"] = await machine_info(admin)
         dbname, dsn = await create_database(admin, args.database_url)
         progress(f"database {dbname}")
-        settings = Settings.from_env(
-            {},
-            database_url=dsn,
-            listen_address="127.0.0.1:0",
-            agents=f"noop={agent.address}",
-            log_level="warning",
-            shutdown_grace_seconds=0.0,
-        )
-        server = PodiumServer(settings)
+        settings = podium_settings(dsn, f"noop={agent.address}")
+        server = podium_server(settings)
         await server.start()
         conn: asyncpg.Connection[Any] = await asyncpg.connect(dsn)
         cpu = CpuMeter(agent, admin, dbname)
@@ -229,7 +221,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await server.stop(0)
         await agent.stop()
         if dbname is not None:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            await drop_database(admin, dbname)
         await admin.close()
     return out
 

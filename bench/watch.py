@@ -10,9 +10,9 @@ Layout:
   child process;
 - a real ``PodiumServer`` in this process, on a fresh database ``podium_bench_<hex>``
   (migrated at start, dropped at the end);
-- the **watchers** in another child process (``--client``), so their CPU and memory are
-  not the server's: N streams over a few channels, each checking that it received
-  sequences 1..N exactly once and ended after the terminal event.
+- the **watchers** in another child process (``bench/harness/watchers.py``), so their
+  CPU and memory are not the server's: N streams over a few channels, each checking
+  that it received sequences 1..N exactly once and ended after the terminal event.
 
 Parts:
 
@@ -42,7 +42,6 @@ import gc
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import uuid
@@ -55,216 +54,23 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import asyncpg
 import grpc
-import psutil
 
-from bench.engine import (
-    CHANNEL_OPTIONS,
-    DEFAULT_SERVER_URL,
+from bench.harness.agent import ExampleAgentsProcess
+from bench.harness.common import CHANNEL_OPTIONS, DEFAULT_SERVER_URL, progress
+from bench.harness.cpu import cpu_seconds, rss_mb
+from bench.harness.server import (
     create_database,
-    latency_summary,
+    drop_database,
     machine_info,
-    progress,
+    podium_server,
+    podium_settings,
 )
-from podium.orchestration.v1 import definition_pb2, event_pb2
+from bench.harness.watchers import ClientProcess, client_main
+from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 
-THIS_FILE = str(Path(__file__).resolve())
-RunEvent = event_pb2.RunEvent
-TERMINAL_EVENTS = frozenset(
-    {RunEvent.TYPE_RUN_COMPLETED, RunEvent.TYPE_RUN_FAILED, RunEvent.TYPE_RUN_CANCELLED}
-)
-PART_TIMEOUT_SECONDS = 600.0
 ALL_PARTS = ("lag", "replay", "slow")
-
-
-def rss_mb(process: psutil.Process | None = None) -> float:
-    """Resident set size of ``process`` (this one by default), in MiB."""
-    return round((process or psutil.Process()).memory_info().rss / 2**20, 1)
-
-
-def cpu_seconds(process: psutil.Process | None = None) -> float:
-    """User + system CPU seconds of ``process`` (this one by default)."""
-    times = (process or psutil.Process()).cpu_times()
-    return float(times.user + times.system)
-
-
-# --------------------------------------------------------------------------- client child
-
-
-async def client_main() -> None:
-    """Child process: open the streams described by one JSON line on stdin, print
-    ``{"ready": ...}`` once every stream received its first message, then one
-    ``{"result": ...}`` line when every stream ended.
-
-    Config: ``address``, ``channels``, ``streams`` (a list of run ids, one stream each),
-    ``read_delay`` (seconds to sleep after each message, for slow consumers).
-    """
-    config = json.loads(sys.stdin.readline())
-    channels = [
-        grpc.aio.insecure_channel(config["address"], options=CHANNEL_OPTIONS)
-        for _ in range(config["channels"])
-    ]
-    stubs: list[pb_grpc.OrchestrationServiceAsyncStub] = [
-        pb_grpc.OrchestrationServiceStub(c) for c in channels
-    ]
-    delay: float = config.get("read_delay", 0.0)
-    streams: list[str] = config["streams"]
-    first = asyncio.Event()
-    waiting_first = len(streams)
-    ready_at: float | None = None
-    lags: list[float] = []
-    anomalies: list[str] = []
-    counts: list[int] = []
-    ends: list[float] = []
-    me = psutil.Process()
-
-    async def one(index: int, run_id: str) -> None:
-        nonlocal waiting_first, ready_at
-        stub = stubs[index % len(stubs)]
-        call = stub.WatchRun(pb.WatchRunRequest(run_id=run_id))
-        expected = 1
-        got_first = False
-        terminal = False
-        async for response in call:
-            now = time.time()
-            event = response.event
-            if event.sequence != expected:
-                anomalies.append(f"{run_id}: got {event.sequence}, expected {expected}")
-            expected = event.sequence + 1
-            if ready_at is not None and event.time.seconds:
-                event_time = event.time.seconds + event.time.nanos * 1e-9
-                if event_time >= ready_at:
-                    lags.append(now - event_time)
-            terminal = event.type in TERMINAL_EVENTS
-            if not got_first:
-                got_first = True
-                waiting_first -= 1
-                if waiting_first == 0:
-                    first.set()
-            if delay:
-                await asyncio.sleep(delay)
-        if not terminal:
-            anomalies.append(f"{run_id}: ended without a terminal event")
-        counts.append(expected - 1)
-        ends.append(time.time())
-
-    started = time.time()
-    cpu0 = cpu_seconds(me)
-    tasks = [asyncio.create_task(one(i, r)) for i, r in enumerate(streams)]
-    waiter = asyncio.create_task(first.wait())
-    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    if first.is_set():
-        ready_at = time.time()
-        print(json.dumps({"ready": round(ready_at - started, 3)}), flush=True)
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    finished = time.time()
-    errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    for channel in channels:
-        await channel.close(None)
-    total = sum(counts)
-    result = {
-        "streams": len(streams),
-        "streams_ok": len(counts),
-        "errors": errors[:5],
-        "error_count": len(errors),
-        "anomalies": anomalies[:5],
-        "anomaly_count": len(anomalies),
-        "events_received": total,
-        "first_event_all_streams_s": round((ready_at or finished) - started, 3),
-        "wall_s": round(finished - started, 3),
-        "last_stream_end_after_ready_s": round(max(ends) - (ready_at or started), 3)
-        if ends
-        else None,
-        "lag_s": latency_summary(lags),
-        "client_cpu_s": round(cpu_seconds(me) - cpu0, 3),
-        "client_rss_mb": rss_mb(me),
-    }
-    print(json.dumps({"result": result}), flush=True)
-
-
-class ClientProcess:
-    """The watchers, in a child process (``--client``)."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.ps = psutil.Process(process.pid)
-
-    @classmethod
-    async def start(
-        cls, address: str, streams: list[str], *, channels: int, read_delay: float = 0.0
-    ) -> ClientProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            THIS_FILE,
-            "--client",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=2**24,
-        )
-        assert process.stdin is not None
-        config = {
-            "address": address,
-            "channels": channels,
-            "streams": streams,
-            "read_delay": read_delay,
-        }
-        process.stdin.write(json.dumps(config).encode() + b"\n")
-        await process.stdin.drain()
-        return cls(process)
-
-    async def line(self) -> dict[str, Any]:
-        """The next JSON line the child prints."""
-        assert self.process.stdout is not None
-        raw = await asyncio.wait_for(self.process.stdout.readline(), PART_TIMEOUT_SECONDS)
-        if not raw:
-            raise RuntimeError("the client process exited early")
-        message: dict[str, Any] = json.loads(raw)
-        return message
-
-    async def wait(self) -> None:
-        await asyncio.wait_for(self.process.wait(), 60)
-
-
-# --------------------------------------------------------------------------- agents child
-
-
-class AgentsProcess:
-    """``python -m podium.client.examples.agents --only sleeper,echo``."""
-
-    def __init__(self, process: asyncio.subprocess.Process, addresses: dict[str, str]) -> None:
-        self.process = process
-        self.addresses = addresses
-
-    @classmethod
-    async def start(cls) -> AgentsProcess:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "podium.client.examples.agents",
-            "--only",
-            "sleeper,echo",
-            "--grace",
-            "0",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        return cls(process, json.loads(line))
-
-    @property
-    def setting(self) -> str:
-        return ",".join(f"{name}={address}" for name, address in self.addresses.items())
-
-    async def stop(self) -> None:
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except TimeoutError:
-                self.process.kill()
-                await self.process.wait()
 
 
 # --------------------------------------------------------------------------- parts
@@ -461,9 +267,6 @@ async def part_slow(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    from podium.server.app import PodiumServer
-    from podium.server.config import Settings
-
     parts = set(args.parts.split(",")) if args.parts else set(ALL_PARTS)
     out: dict[str, Any] = {
         "benchmark": "podium watch",
@@ -471,22 +274,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     admin: asyncpg.Connection[Any] = await asyncpg.connect(args.database_url)
-    agents = await AgentsProcess.start()
+    agents = await ExampleAgentsProcess.start()
     dbname: str | None = None
     server: Any = None
     try:
         out["machine"] = await machine_info(admin)
         dbname, dsn = await create_database(admin, args.database_url)
         progress(f"database {dbname}")
-        settings = Settings.from_env(
-            {},
-            database_url=dsn,
-            listen_address="127.0.0.1:0",
-            agents=agents.setting,
-            log_level="warning",
-            shutdown_grace_seconds=0.0,
-        )
-        server = PodiumServer(settings)
+        settings = podium_settings(dsn, agents.setting)
+        server = podium_server(settings)
         await server.start()
         out["config"] = {
             "poll_interval_seconds": settings.poll_interval_seconds,
@@ -514,7 +310,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             await server.stop(0)
         await agents.stop()
         if dbname is not None:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+            await drop_database(admin, dbname)
         await admin.close()
     out["summary"] = summary(out)
     return out
