@@ -28,7 +28,7 @@ test: $(STAMP) check node-deps
 	cd clients/node && npm test
 
 ## check: fast static checks
-check: $(STAMP) lint layers typecheck check-protos buf-lint
+check: $(STAMP) lint layers typecheck check-protos buf-lint check-config-docs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -68,3 +68,8 @@ node-test: $(STAMP) node-deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
+
+## check-config-docs: docs/configuration.md matches server/config.py (regenerate with
+## .venv/bin/python scripts/gen_config_docs.py)
+check-config-docs: $(STAMP)
+	$(BIN)/python scripts/gen_config_docs.py --check
