@@ -5,14 +5,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every Python package of the dev environment, pinned (`make lock` writes it).
+LOCK := requirements/dev.lock
+UV_VERSION := 0.13.8
+# pytest-xdist workers of `make test` / `make unit` / `make integration` (0: serial).
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 
-.PHONY: run serve test check lint typecheck protos check-protos buf-lint unit integration node-deps node-test clean
+.PHONY: run serve test check lint typecheck protos check-protos buf-lint buf-breaking buf-baseline unit integration node-deps node-test lock clean
 
-$(STAMP): pyproject.toml
+# The pinned packages, then Podium itself without resolving anything more; `pip check`
+# fails when pyproject.toml needs a package the lock lacks (run `make lock`).
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+## lock: re-pin requirements/dev.lock from pyproject.toml (keeps current pins where they
+## still fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed)
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
+		--annotation-style line $(LOCK_FLAGS) -o $(LOCK)
 
 ## run: the demo: example agents + Podium on the embedded PostgreSQL + one run (Ctrl-C to stop)
 run: $(STAMP)
@@ -24,7 +42,7 @@ serve: $(STAMP)
 
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
 test: $(STAMP) check node-deps
-	$(BIN)/pytest -q
+	$(PYTEST)
 	cd clients/node && npm test
 
 ## check: fast static checks
@@ -48,10 +66,10 @@ buf-lint:
 	npx --yes @bufbuild/buf@1.57.0 lint
 
 unit: $(STAMP)
-	$(BIN)/pytest -q tests/unit
+	$(PYTEST) tests/unit
 
 integration: $(STAMP)
-	$(BIN)/pytest -q tests/integration
+	$(PYTEST) tests/integration
 
 ## node-deps: clients/node's packages (package-lock.json), also used by the Python
 ## conformance test (tests/integration/test_conformance.py runs the Node agent)
