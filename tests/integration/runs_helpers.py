@@ -208,6 +208,24 @@ async def wait_for_step(
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def scheduler_passes(
+    stub: OrchestrationServiceAsyncStub, count: int = 2, *, agent: str = "noop"
+) -> None:
+    """Run ``count`` one-step runs of ``agent`` (inline plans) to success, one after the
+    other: the positive signal, instead of a sleep, that something did NOT happen.
+
+    The scheduler claims the oldest queued step first and commits outcomes in order, so
+    when the first run succeeds, every outcome of steps running before this call was
+    committed (a step it wrongly made runnable is queued by then), and when the second
+    succeeds, such a step was claimed before it (its attempt and ``step.started``
+    event are recorded).
+    """
+    for _ in range(count):
+        marker = plan([{"id": "marker", "agent": agent, "input": {}}])
+        run = await wait_for_run(stub, (await start_run(stub, inline=marker)).run.id)
+        assert run.state == Run.STATE_SUCCEEDED, describe(run)
+
+
 def step_of(run: Run, step_id: str) -> StepRun:
     """The step ``step_id`` of a run read with GetRun."""
     for step in run.steps:

@@ -515,7 +515,12 @@ async def test_a_completion_after_cancel_run_is_refused(db: Database, database_u
 
     assert await repo.complete_one(outcome(claimed[0], late=True)) is False
     assert await repo.renew_leases("replica-1", 30) == []
-    await asyncio.sleep(0.6)  # past the lease: a cancelled step is not re-queued
+    async with connect(database_url) as conn:  # past the lease: still not re-queued
+        await conn.execute(
+            "UPDATE orchestration_steps SET lease_expires_at = now() - interval '1 second'"
+            " WHERE run_id = $1",
+            run_id,
+        )
     assert await repo.requeue_expired() == 0
     assert await repo.claim("replica-2", 10, lease_seconds=30) == []
 
