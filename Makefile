@@ -11,6 +11,8 @@ UV_VERSION := 0.13.8
 # pytest-xdist workers of `make test` / `make unit` / `make integration` (0: serial).
 TEST_WORKERS ?= auto
 PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
+BUF := npx --yes @bufbuild/buf@1.57.0
+RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
 .PHONY: run serve test check lint typecheck protos check-protos buf-lint buf-breaking buf-baseline unit integration node-deps node-test lock clean
 
@@ -46,7 +48,7 @@ test: $(STAMP) check node-deps
 	cd clients/node && npm test
 
 ## check: fast static checks
-check: $(STAMP) lint typecheck check-protos buf-lint
+check: $(STAMP) lint typecheck check-protos buf-lint buf-breaking
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -63,7 +65,17 @@ check-protos: $(STAMP)
 	scripts/check_generated.sh
 
 buf-lint:
-	npx --yes @bufbuild/buf@1.57.0 lint
+	$(BUF) lint
+
+## buf-breaking: protos/ must not break the contract of the last release, a buf image
+## in protos/released/ (the highest version there)
+buf-breaking:
+	$(BUF) breaking --against $(RELEASED_PROTOS)
+
+## buf-baseline: at a release, store its contract: make buf-baseline VERSION=v0.2.0
+buf-baseline:
+	@test -n "$(VERSION)" || { echo "usage: make buf-baseline VERSION=vX.Y.Z"; exit 2; }
+	$(BUF) build --exclude-source-info -o protos/released/$(VERSION).binpb
 
 unit: $(STAMP)
 	$(PYTEST) tests/unit
