@@ -5,14 +5,24 @@ share state and never pay for migrations.
 Set ``PODIUM_TEST_DATABASE_URL`` (e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``,
 a superuser on a maintenance database) to use an existing server; otherwise an embedded
 PostgreSQL is started once per session in a temporary directory.
+
+Under pytest-xdist each worker is a session of its own: it migrates its own template
+database (unique name) and, without ``PODIUM_TEST_DATABASE_URL``, starts its own embedded
+PostgreSQL, so workers share nothing but the server of ``PODIUM_TEST_DATABASE_URL``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import linecache
 import os
 import re
+import shutil
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from pathlib import Path
+from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -49,18 +59,81 @@ def unique_database_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:8]}"
 
 
+def _event_loop_of(tb: TracebackType | None) -> asyncio.AbstractEventLoop | None:
+    """The event loop whose frame a traceback passes through (``run_until_complete``)."""
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("self")
+        if isinstance(candidate, asyncio.AbstractEventLoop):
+            return candidate
+        tb = tb.tb_next
+    return None
+
+
+def _await_chain(task: asyncio.Task[object]) -> list[str]:
+    """A task's stack down its ``await`` chain (``Task.print_stack`` shows only the
+    outermost coroutine), one "file, line, function / source" entry per frame."""
+    lines: list[str] = []
+    awaited: object = task.get_coro()
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
+        lines.append(f"    {source}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return lines
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On a pytest-timeout timeout in an async test, add every pending asyncio task's
+    stack to the report: the traceback itself only shows the event loop's select()."""
+    report = yield
+    excinfo = call.excinfo
+    if excinfo is None or not excinfo.errisinstance(pytest.fail.Exception):
+        return report
+    if "from pytest-timeout" not in str(excinfo.value):
+        return report
+    loop = _event_loop_of(excinfo.tb)
+    if loop is not None:
+        lines: list[str] = []
+        for task in asyncio.all_tasks(loop):
+            lines += [f"{task.get_name()}:", *_await_chain(task)]
+        report.sections.append(("asyncio tasks at the timeout", "\n".join(lines)))
+    return report
+
+
+@pytest.fixture
+def embedded_data_dir() -> Iterator[Path]:
+    """A new directory for an embedded PostgreSQL's data, outside pytest's temporary
+    root: pytest makes ``/tmp/pytest-of-<user>`` private (0700) whenever a pytest
+    process starts, which would lock the server's own system user out of a data
+    directory below it (the library opens the path up only when it starts)."""
+    path = Path(tempfile.mkdtemp(prefix="podium-test-pg-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """URL of a PostgreSQL server's maintenance database, as a superuser."""
     url = os.environ.get(TEST_DATABASE_URL_ENV)
     if url:
         yield url
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-postgres"))
+    path = Path(tempfile.mkdtemp(prefix="podium-test-pg-"))  # see embedded_data_dir
+    server = EmbeddedPostgres(path)
     try:
         yield server.start()
     finally:
         server.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""Helpers for run tests through the gRPC API: building definitions and plans, starting
-runs, polling until a run or a step reaches a state, and reading whole event logs.
+"""Helpers of the integration tests' runs: building definitions and plans, starting
+runs through the gRPC API, polling until a run, a step or any condition holds, reading
+whole event logs, and the SQL checks of what the API does not expose (attempts' lease
+history, events per step, the scheduler's LISTEN connections).
 
 No timing assertions: waiting helpers poll every ``POLL_SECONDS`` up to a generous
 deadline and fail with the last state seen, so a slow machine makes tests slower, not red.
@@ -9,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 from google.protobuf import json_format, struct_pb2
 
 from podium.client.agent import struct_to_dict
@@ -23,8 +27,11 @@ if TYPE_CHECKING:
         OrchestrationServiceAsyncStub,
     )
 
+T = TypeVar("T")
+
 POLL_SECONDS = 0.05
-DEADLINE_SECONDS = 20.0
+DEADLINE_SECONDS = 60.0
+"""Generous deadline of every wait: waits poll, and never assert on timing."""
 
 Run = run_pb2.Run
 StepRun = run_pb2.StepRun
@@ -141,6 +148,25 @@ async def wait_until(
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def wait_for(
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    within: float = DEADLINE_SECONDS,
+    interval: float = POLL_SECONDS,
+) -> T:
+    """Poll ``check`` until it returns something truthy (a run, a non-empty list, True),
+    and return that; AssertionError with the last value after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {within:g} s waiting for {what} (last: {last!r})")
+
+
 async def wait_for_run(
     stub: OrchestrationServiceAsyncStub,
     run_id: str,
@@ -182,6 +208,24 @@ async def wait_for_step(
         await asyncio.sleep(POLL_SECONDS)
 
 
+async def scheduler_passes(
+    stub: OrchestrationServiceAsyncStub, count: int = 2, *, agent: str = "noop"
+) -> None:
+    """Run ``count`` one-step runs of ``agent`` (inline plans) to success, one after the
+    other: the positive signal, instead of a sleep, that something did NOT happen.
+
+    The scheduler claims the oldest queued step first and commits outcomes in order, so
+    when the first run succeeds, every outcome of steps running before this call was
+    committed (a step it wrongly made runnable is queued by then), and when the second
+    succeeds, such a step was claimed before it (its attempt and ``step.started``
+    event are recorded).
+    """
+    for _ in range(count):
+        marker = plan([{"id": "marker", "agent": agent, "input": {}}])
+        run = await wait_for_run(stub, (await start_run(stub, inline=marker)).run.id)
+        assert run.state == Run.STATE_SUCCEEDED, describe(run)
+
+
 def step_of(run: Run, step_id: str) -> StepRun:
     """The step ``step_id`` of a run read with GetRun."""
     for step in run.steps:
@@ -193,6 +237,11 @@ def step_of(run: Run, step_id: str) -> StepRun:
 def steps_by_id(run: Run) -> dict[str, StepRun]:
     """The steps of a run by id."""
     return {step.step_id: step for step in run.steps}
+
+
+def step_states(run: Run) -> dict[str, str]:
+    """``{step id: state name}`` of a run, for readable assertion messages."""
+    return {s.step_id: _state_name(StepRun.State, s.state) for s in run.steps}
 
 
 async def all_events(
@@ -220,3 +269,56 @@ def event_type(event: RunEvent) -> str:
 def event_summary(events: Iterable[RunEvent]) -> list[tuple[str, str]]:
     """(type, step id) of each event, in order."""
     return [(event_type(e), e.step_id) for e in events]
+
+
+# -- direct database checks -------------------------------------------------------------
+
+
+async def completed_events(
+    conn: asyncpg.Connection[asyncpg.Record], run_ids: Sequence[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], int]:
+    """``step.completed`` events per (run, step)."""
+    rows = await conn.fetch(
+        "SELECT run_id, step_id, count(*) AS n FROM orchestration_events"
+        " WHERE run_id = ANY($1::uuid[]) AND type = 'step.completed'"
+        " GROUP BY run_id, step_id",
+        list(run_ids),
+    )
+    return {(r["run_id"], r["step_id"]): r["n"] for r in rows}
+
+
+async def event_types(conn: asyncpg.Connection[asyncpg.Record], run_id: uuid.UUID) -> list[str]:
+    """The types of a run's events, in sequence order."""
+    rows = await conn.fetch(
+        "SELECT type FROM orchestration_events WHERE run_id = $1 ORDER BY sequence", run_id
+    )
+    return [r["type"] for r in rows]
+
+
+async def attempts(
+    conn: asyncpg.Connection[asyncpg.Record], run_ids: Sequence[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], list[tuple[int, str | None, bool]]]:
+    """(attempt, error code, ended) of every step attempt, per (run, step), in order."""
+    rows = await conn.fetch(
+        "SELECT run_id, step_id, attempt, error ->> 'code' AS code, ended_at IS NOT NULL AS ended"
+        " FROM step_attempts WHERE run_id = ANY($1::uuid[]) ORDER BY run_id, step_id, attempt",
+        list(run_ids),
+    )
+    out: dict[tuple[uuid.UUID, str], list[tuple[int, str | None, bool]]] = {}
+    for r in rows:
+        out.setdefault((r["run_id"], r["step_id"]), []).append(
+            (r["attempt"], r["code"], r["ended"])
+        )
+    return out
+
+
+async def listener_backends(conn: asyncpg.Connection[asyncpg.Record], database: str) -> list[int]:
+    """Pids of the scheduler's LISTEN backends of ``database``."""
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = $1 AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'"
+        # The watch hub's own listener (podium_events) is not the scheduler's.
+        " AND query <> 'LISTEN \"podium_events\"'",
+        database,
+    )
+    return [r["pid"] for r in rows]

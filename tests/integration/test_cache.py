@@ -23,8 +23,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, static_agents
-from tests.integration.durability_helpers import PodiumProcess, start_podium
-from tests.integration.processes import PODIUM
+from tests.integration.processes import PODIUM, PodiumProcess, start_podium
 from tests.integration.rpc import error_details, violations
 from tests.integration.runs_helpers import (
     all_events,

@@ -43,20 +43,18 @@ from podium.server.storage.runs import (
 )
 from podium.server.storage.steps import Outcome, StepError, StepSpec
 from tests.integration.conftest import StartServer, static_agents
-from tests.integration.durability_helpers import (
-    PodiumProcess,
+from tests.integration.processes import PodiumProcess, start_podium, wait_exit
+from tests.integration.runs_helpers import (
     attempts,
     completed_events,
     definition,
     event_types,
     get_run,
     listener_backends,
-    start_podium,
     start_run,
     step_states,
-    wait_exit,
     wait_for,
-    wait_run_finished,
+    wait_for_run,
     wait_until,
 )
 
@@ -167,7 +165,7 @@ async def test_sigkill_mid_step_then_a_new_server_finishes_the_run_once(
                     )
                 )
             )
-            run_id = (await start_run(stub, "kill-mid-step")).id
+            run_id = (await start_run(stub, "kill-mid-step")).run.id
             await wait_for(lambda: step_running(stub, run_id, "s"), "the sleeper step to run")
         sleeper = examples["sleeper"].stats
         await wait_until(lambda: sleeper.in_flight == 1, "the sleeper agent to be called")
@@ -177,7 +175,7 @@ async def test_sigkill_mid_step_then_a_new_server_finishes_the_run_once(
         second = await start_podium(env, tmp_path / "second.log")
         started.append(second)
         async with stub_for(second.address) as stub:
-            run = await wait_run_finished(stub, run_id)
+            run = await wait_for_run(stub, run_id)
         assert_all_succeeded(run)
         assert run_output(run) == {"c": {"echo": {"slept": 3}}}
         by_id = {s.step_id: s for s in run.steps}
@@ -225,7 +223,7 @@ async def test_a_replica_that_reclaims_its_own_expired_step_still_tracks_it(
                 )
             )
         )
-        run_id = (await start_run(stub, "stall")).id
+        run_id = (await start_run(stub, "stall")).run.id
         rid = uuid.UUID(run_id)
         await wait_until(lambda: sleeper.in_flight == 1, "the sleeper agent to be called")
         await asyncio.sleep(1.5 * lease)
@@ -241,7 +239,7 @@ async def test_a_replica_that_reclaims_its_own_expired_step_still_tracks_it(
             assert await conn.fetchval("SELECT podium_requeue_expired(10)") == 1
         await wait_until(lambda: sleeper.calls == 2, "attempt 2 to reach the agent")
         # Attempt 1 ends (fenced); attempt 2 must stay tracked, renewed, and complete.
-        run = await wait_run_finished(stub, run_id, within=10)
+        run = await wait_for_run(stub, run_id, within=10)
         assert_all_succeeded(run)
         assert await attempts(conn, [rid]) == {
             (rid, "s"): [(1, "LEASE_EXPIRED", True), (2, None, True)]
@@ -278,7 +276,11 @@ async def test_two_replicas_run_50_runs_each_step_completed_once(
         started.extend(pair)
         async with stub_for(pair[0].address) as stub0, stub_for(pair[1].address) as stub1:
             await stub0.CreateDefinition(
-                pb.CreateDefinitionRequest(definition=definition("fan-out", steps, max_parallel=3))
+                pb.CreateDefinitionRequest(
+                    definition=definition(
+                        "fan-out", steps, execution={"concurrency": {"max_parallel": 3}}
+                    )
+                )
             )
             # Sample who holds the leases while the runs execute: step_attempts has no
             # owner column, lease_owner ("host:pid:nonce") is cleared on completion.
@@ -287,9 +289,9 @@ async def test_two_replicas_run_50_runs_each_step_completed_once(
             try:
                 stubs = (stub0, stub1)
                 started_runs = await asyncio.gather(
-                    *(start_run(stubs[i % 2], "fan-out", i=i) for i in range(runs))
+                    *(start_run(stubs[i % 2], "fan-out", input={"i": i}) for i in range(runs))
                 )
-                run_ids = [uuid.UUID(r.id) for r in started_runs]
+                run_ids = [uuid.UUID(r.run.id) for r in started_runs]
 
                 async def all_finished() -> bool:
                     n = await conn.fetchval(
@@ -514,7 +516,12 @@ async def test_a_completion_after_cancel_run_is_refused(db: Database, database_u
 
     assert await repo.complete_one(outcome(claimed[0], late=True)) is False
     assert await repo.renew_leases("replica-1", 30) == []
-    await asyncio.sleep(0.6)  # past the lease: a cancelled step is not re-queued
+    async with connect(database_url) as conn:  # past the lease: still not re-queued
+        await conn.execute(
+            "UPDATE orchestration_steps SET lease_expires_at = now() - interval '1 second'"
+            " WHERE run_id = $1",
+            run_id,
+        )
     assert await repo.requeue_expired() == 0
     assert await repo.claim("replica-2", 10, lease_seconds=30) == []
 
@@ -570,7 +577,7 @@ async def test_a_lost_listen_connection_falls_back_to_the_poll_timer(
             lambda: listener_backends(conn, database), "the scheduler's LISTEN connection"
         )
         await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=three_echoes("poll", 1)))
-        first = (await start_run(stub, "poll")).id
+        first = (await start_run(stub, "poll")).run.id
         await wait_for(lambda: step_running(stub, first, "a"), "step a to run")
 
         assert await conn.fetchval("SELECT pg_terminate_backend($1)", listener)
@@ -578,11 +585,11 @@ async def test_a_lost_listen_connection_falls_back_to_the_poll_timer(
             lambda: "LISTEN connection lost" in caplog.text,
             "the scheduler to notice the lost LISTEN connection",
         )
-        assert_all_succeeded(await wait_run_finished(stub, first))
+        assert_all_succeeded(await wait_for_run(stub, first))
 
         # A run started now is only found by the fallback timer.
-        second = (await start_run(stub, "poll")).id
-        assert_all_succeeded(await wait_run_finished(stub, second))
+        second = (await start_run(stub, "poll")).run.id
+        assert_all_succeeded(await wait_for_run(stub, second))
         assert await listener_backends(conn, database) == [], "LISTEN came back too early"
 
 
@@ -606,8 +613,8 @@ async def test_the_listen_connection_is_re_established(
 
         assert len(await wait_for(new_listener, "a new LISTEN connection")) == 1
         await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=three_echoes("relisten")))
-        run_id = (await start_run(stub, "relisten")).id
-        assert_all_succeeded(await wait_run_finished(stub, run_id))
+        run_id = (await start_run(stub, "relisten")).run.id
+        assert_all_succeeded(await wait_for_run(stub, run_id))
 
 
 # -- 5. Graceful shutdown ---------------------------------------------------------------
@@ -649,7 +656,7 @@ async def test_sigterm_exits_within_the_grace_and_another_server_finishes_the_st
                         definition=definition("long", [{"id": "long", "agent": "slow-once"}])
                     )
                 )
-                run_id = (await start_run(stub, "long")).id
+                run_id = (await start_run(stub, "long")).run.id
                 await wait_for(lambda: step_running(stub, run_id, "long"), "the step to run")
             await wait_until(lambda: agent.stats.in_flight == 1, "the agent to be called")
 
@@ -681,7 +688,7 @@ async def test_sigterm_exits_within_the_grace_and_another_server_finishes_the_st
             second = await start_podium(env, tmp_path / "second.log")
             started.append(second)
             async with stub_for(second.address) as stub:
-                run = await wait_run_finished(stub, run_id)
+                run = await wait_for_run(stub, run_id)
             assert_all_succeeded(run)
             assert run_output(run) == {"long": {"attempt": 2}}
             assert await attempts(conn, [rid]) == {
@@ -709,10 +716,12 @@ async def test_max_parallel_holds_across_two_replicas(
     steps = [{"id": f"s{i:02}", "agent": "sleeper", "input": {"seconds": 0.2}} for i in range(20)]
     async with stub_for(servers[0].address) as stub:
         await stub.CreateDefinition(
-            pb.CreateDefinitionRequest(definition=definition("wide", steps, max_parallel=3))
+            pb.CreateDefinitionRequest(
+                definition=definition("wide", steps, execution={"concurrency": {"max_parallel": 3}})
+            )
         )
-        run_id = (await start_run(stub, "wide")).id
-        run = await wait_run_finished(stub, run_id)
+        run_id = (await start_run(stub, "wide")).run.id
+        run = await wait_for_run(stub, run_id)
     assert_all_succeeded(run)
     claimed = [server.engine.scheduler.claimed_total for server in servers]
     log.info("claimed per replica: %s; max in flight: %d", claimed, sleeper.max_in_flight)
@@ -750,18 +759,18 @@ async def test_an_output_postgres_refuses_does_not_wedge_the_replica(
                 )
             )
             await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=three_echoes("ok")))
-            poison = (await start_run(stub, "poison")).id
+            poison = (await start_run(stub, "poison")).run.id
             await wait_until(lambda: agent.stats.calls == 1, "the poison output")
             # The replica keeps completing other runs ...
-            healthy = (await start_run(stub, "ok")).id
-            assert_all_succeeded(await wait_run_finished(stub, healthy, within=6))
+            healthy = (await start_run(stub, "ok")).run.id
+            assert_all_succeeded(await wait_for_run(stub, healthy, within=6))
             # ... and the bad step ends one way or another (failed, or sanitized output).
-            run = await wait_run_finished(stub, poison, within=6)
+            run = await wait_for_run(stub, poison, within=6)
             if run.state != SUCCEEDED:
                 assert run.state == run_pb2.Run.STATE_FAILED, run
                 assert run.error.step_id == "p", run.error
             # The replica is not wedged: a later run completes too.
-            later = (await start_run(stub, "ok")).id
-            assert_all_succeeded(await wait_run_finished(stub, later, within=6))
+            later = (await start_run(stub, "ok")).run.id
+            assert_all_succeeded(await wait_for_run(stub, later, within=6))
     finally:
         await agent_server.stop(0)

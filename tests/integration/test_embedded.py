@@ -48,11 +48,11 @@ async def _query(dsn: str) -> object:
         await db.close()
 
 
-async def test_start_connect_stop(tmp_path: Path) -> None:
-    server = EmbeddedPostgres(tmp_path / "data")
+async def test_start_connect_stop(embedded_data_dir: Path) -> None:
+    server = EmbeddedPostgres(embedded_data_dir / "data")
     dsn = await asyncio.to_thread(server.start)
     try:
-        assert server.pgdata == (tmp_path / "data" / "pgdata").resolve()
+        assert server.pgdata == (embedded_data_dir / "data" / "pgdata").resolve()
         assert server.start() == dsn  # already started: same server
         pid = server.postmaster_pid
         assert pid is not None
@@ -71,7 +71,7 @@ async def test_start_connect_stop(tmp_path: Path) -> None:
     _assert_no_server_left(server.pgdata)
 
     # The data directory is reused: same cluster, data kept.
-    again = EmbeddedPostgres(tmp_path / "data")
+    again = EmbeddedPostgres(embedded_data_dir / "data")
     dsn = await asyncio.to_thread(again.start)
     try:
         db = await Database.connect(dsn, max_size=1)
@@ -101,10 +101,10 @@ with EmbeddedPostgres(Path(sys.argv[1])) as dsn:
 """
 
 
-async def test_sigterm_leaves_no_server(tmp_path: Path) -> None:
+async def test_sigterm_leaves_no_server(embedded_data_dir: Path) -> None:
     """A process that stops the server on SIGTERM (as `podium serve` does) leaves no
     postgres behind, although the postmaster runs in its own session."""
-    data_dir = tmp_path / "serve"
+    data_dir = embedded_data_dir / "serve"
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",

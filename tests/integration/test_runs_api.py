@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
@@ -38,6 +39,7 @@ from tests.integration.runs_helpers import (
     get_run,
     plain,
     plan,
+    scheduler_passes,
     start_run,
     step_of,
     steps_by_id,
@@ -669,7 +671,7 @@ async def test_created_run_waits_for_continue_which_merges_input(
     created = (await start_run(stub, "later", input={"topic": "t1", "keep": 1}, start=False)).run
     assert created.state == Run.STATE_CREATED
     assert not created.HasField("start_time")
-    await asyncio.sleep(0.5)
+    await scheduler_passes(stub)  # other runs execute meanwhile (noop agent)
     run = await get_run(stub, created.id)
     assert run.state == Run.STATE_CREATED
     assert all(s.attempt == 0 and not s.attempts for s in run.steps), run
@@ -717,10 +719,11 @@ async def test_queue_time_of_a_continued_run_is_not_before_its_start(podium: Con
     stub = await podium()
     inline = plan([{"id": "a", "agent": "echo", "input": {}}])
     created = (await start_run(stub, inline=inline, start=False)).run
-    await asyncio.sleep(0.2)
     await stub.ContinueRun(pb.ContinueRunRequest(run_id=created.id))
     run = await wait_for_run(stub, created.id)
     assert run.state == Run.STATE_SUCCEEDED, run
+    # Two requests, two transactions: a queue_time taken at creation would be earlier.
+    assert ns(run.start_time) > ns(run.create_time)
     assert ns(step_of(run, "a").queue_time) >= ns(run.start_time)
 
 
@@ -754,7 +757,7 @@ async def test_cancel_run_mid_step_cancels_the_agent_call_and_nothing_else_start
     await wait_until(lambda: sleeper.cancellations == 1, "the sleeper to see the cancel", within=10)
     assert sleeper.in_flight == 0
 
-    await asyncio.sleep(0.3)  # give a wrongly scheduled dependent the chance to start
+    await scheduler_passes(stub)  # a wrongly queued dependent would have started by then
     run = await get_run(stub, run_id)
     assert run.state == Run.STATE_CANCELLED
     nap, after = step_of(run, "nap"), step_of(run, "after")
@@ -788,10 +791,10 @@ async def test_cancel_of_a_succeeded_run_is_failed_precondition(podium: Connect)
 
 
 async def test_cancel_during_a_retry_wait_stops_the_retries(
-    podium: Connect, example_agents: ExampleAgents
+    podium: Connect, example_agents: ExampleAgents, database_url: str
 ) -> None:
     """A step WAITING_RETRY shows when its next attempt is due; CancelRun then cancels
-    it and no further attempt reaches the agent."""
+    it and no further attempt reaches the agent, even once that attempt is due."""
     stub = await podium()
     started = await start_run(
         stub,
@@ -814,7 +817,15 @@ async def test_cancel_during_a_retry_wait_stops_the_retries(
     cancelled = (await stub.CancelRun(pb.CancelRunRequest(run_id=run.id))).run
     calls = example_agents["flaky"].stats.calls
     assert step_of(cancelled, "wobble").state == StepRun.STATE_CANCELLED
-    await asyncio.sleep(0.5)
+    conn = await asyncpg.connect(database_url)
+    try:  # the 30 s backoff over: were the step still retrying, it would be claimed now
+        await conn.execute(
+            "UPDATE orchestration_steps SET next_attempt_at = now() WHERE run_id = $1",
+            uuid.UUID(run.id),
+        )
+    finally:
+        await conn.close()
+    await scheduler_passes(stub)
     run = await get_run(stub, run.id)
     assert (run.state, step_of(run, "wobble").state) == (
         Run.STATE_CANCELLED,

@@ -35,18 +35,20 @@ async def check_health(address: str) -> int:
 
 
 @pytest.mark.slow
-async def test_embedded_postgres_serves_and_sigterm_leaves_no_orphan(tmp_path: Path) -> None:
-    env = {"PODIUM_DATA_DIR": str(tmp_path / "data")}
+async def test_embedded_postgres_serves_and_sigterm_leaves_no_orphan(
+    embedded_data_dir: Path,
+) -> None:
+    env = {"PODIUM_DATA_DIR": str(embedded_data_dir / "data")}
     env.pop("PODIUM_DATABASE_URL", None)
     full = {k: v for k, v in os.environ.items() if k != "PODIUM_DATABASE_URL"}
     serve = await asyncio.to_thread(start_serve, {**full, **env})
     try:
         assert await check_health(serve.address) == health_pb2.HealthCheckResponse.SERVING
-        assert postgres_processes(tmp_path / "data"), "embedded postgres should be running"
+        assert postgres_processes(embedded_data_dir / "data"), "embedded postgres should be running"
     finally:
         code = await asyncio.to_thread(serve.terminate)
     assert code == 0, serve.logs
-    assert postgres_processes(tmp_path / "data") == []
+    assert postgres_processes(embedded_data_dir / "data") == []
     messages = [entry.get("message") for entry in serve.logs]
     assert "embedded PostgreSQL stopped" in messages
 
@@ -56,7 +58,7 @@ async def test_embedded_postgres_serves_and_sigterm_leaves_no_orphan(tmp_path: P
         assert await check_health(again.address) == health_pb2.HealthCheckResponse.SERVING
     finally:
         assert await asyncio.to_thread(again.terminate) == 0
-    assert postgres_processes(tmp_path / "data") == []
+    assert postgres_processes(embedded_data_dir / "data") == []
 
 
 @pytest.mark.slow

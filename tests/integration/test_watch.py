@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
@@ -528,9 +529,10 @@ async def test_watch_runs_from_a_start_time_replays_then_tails(podium: Connect) 
 async def test_watch_runs_delivers_an_event_that_commits_late_exactly_once(
     podium: Connect, database_url: str
 ) -> None:
-    """An event written at t but committed 1.5 s later, after an event of another run
-    written after t was delivered (so the stream's cursor moved past t), still arrives,
-    by the re-scan of the window, and nothing is delivered twice."""
+    """An event written at t but committed late (once the stream's tail reads start
+    past t), after an event of another run written after t was delivered (so the
+    stream's cursor moved past t), still arrives, by the re-scan of the window, and
+    nothing is delivered twice."""
     server, stub = await podium()
     await chain(stub, "late", "echo", 1)
     call = await watch_runs(server, stub, definition_name="late")
@@ -547,7 +549,22 @@ async def test_watch_runs_delivers_an_event_that_commits_late_exactly_once(
         fast = (await start_run(stub, "late", start=False)).run.id
         second = await read_events(call, limit=1)
         assert [(e.run_id, event_type(e)) for e in second] == [(fast, "run.created")]
-        await asyncio.sleep(1.5)  # several reads: the tail window is past the event
+        # Commit only once the stream's tail reads start past the event: a read that
+        # began after the event was older than the tail window, and one read more.
+        written = await conn.fetchval(
+            "SELECT created_at FROM orchestration_events WHERE run_id = $1 AND sequence = 2",
+            uuid.UUID(slow),
+        )
+        tail = timedelta(seconds=server.engine.watch.config.org_tail_window_seconds)
+
+        async def past_the_tail() -> bool:
+            return bool(await conn.fetchval("SELECT clock_timestamp() > $1", written + tail))
+
+        await wait_until(past_the_tail, "the event to be older than the tail window")
+        reads = server.engine.watch.org_reads
+        await wait_until(
+            lambda: server.engine.watch.org_reads >= reads + 2, "two more WatchRuns reads"
+        )
         await transaction.commit()
     finally:
         await conn.close()

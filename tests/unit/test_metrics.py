@@ -1,9 +1,9 @@
-"""Telemetry pieces without a server: label bounds, the /metrics endpoint, the tracing
-set-up from the OTel environment, and trace ids in log records."""
+"""Telemetry pieces without a server: label bounds, the tracing set-up from the OTel
+environment, and trace ids in log records (tests/integration/test_metrics_endpoint.py:
+the /metrics endpoint)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -12,7 +12,6 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import generate_latest
 
-from podium.server.telemetry.exposition import MetricsServer
 from podium.server.telemetry.logging import JsonFormatter, TextFormatter, TraceContextFilter
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing, TracingConfigError, tracer_provider_from_env
@@ -39,38 +38,6 @@ def test_each_instance_has_its_own_registry() -> None:
         'orchestration_runs_total{state="succeeded"} 0.0'
         in generate_latest(second.registry).decode()
     )
-
-
-async def _request(address: str, head: bytes) -> bytes:
-    host, _, port = address.rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(head)
-    await writer.drain()
-    answer = await asyncio.wait_for(reader.read(), timeout=5)
-    writer.close()
-    return answer
-
-
-async def test_metrics_endpoint_answers_get_metrics_only() -> None:
-    metrics = Metrics()
-    metrics.cache_hit()
-    server = MetricsServer(metrics.registry, "127.0.0.1:0")
-    await server.start()
-    try:
-        ok = await _request(server.address, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert ok.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"text/plain; version=0.0.4" in ok
-        assert b"orchestration_cache_hits_total 1.0" in ok
-        head = await _request(server.address, b"HEAD /metrics HTTP/1.1\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")
-        missing = await _request(server.address, b"GET / HTTP/1.1\r\n\r\n")
-        assert missing.startswith(b"HTTP/1.1 404")
-        post = await _request(server.address, b"POST /metrics HTTP/1.1\r\n\r\n")
-        assert post.startswith(b"HTTP/1.1 405")
-        huge = await _request(server.address, b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 9000)
-        assert huge.startswith(b"HTTP/1.1 431")
-    finally:
-        await server.stop()
 
 
 def test_tracing_is_off_without_an_otlp_endpoint() -> None:
