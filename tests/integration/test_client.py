@@ -56,8 +56,9 @@ async def whole_log(client: PodiumClient, run_id: str) -> list[RunEvent]:
     events: list[RunEvent] = []
     after = 0
     while True:
-        page, after = await client.list_run_events(run_id, after_sequence=after)
-        events.extend(page)
+        page = await client.list_run_events(run_id, after_sequence=after)
+        events.extend(page.items)
+        after = page.next_after_sequence
         if not after:
             return events
 
