@@ -62,7 +62,7 @@ from podium.server.storage.runs import (
     RunsRepository,
     StepOutcome,
 )
-from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.metrics import ORCHESTRATION_AGENT, Metrics
 from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
@@ -351,7 +351,11 @@ class Scheduler:
 
     async def _execute(self, step: ClaimedStep) -> None:
         started = time.perf_counter()
-        agent = self.metrics.agent_label(step.agent, registered=step.endpoint is not None)
+        agent = self.metrics.agent_label(
+            step.agent,
+            registered=step.endpoint is not None,
+            orchestration="orchestration" in step.spec,
+        )
         attributes = (
             {
                 "podium.run_id": str(step.run_id),
@@ -736,7 +740,10 @@ class Scheduler:
         """Metrics of a committed outcome: the attempt, the step when final, the run when
         this outcome ended it (the commit returned the run's state)."""
         key = (outcome.run_id, outcome.step_id, outcome.attempt)
-        agent, seconds, run_started_at = self._attempt_info.pop(key, ("unregistered", 0.0, None))
+        # Only a sub-orchestration step completes without an entry (its child run ended).
+        agent, seconds, run_started_at = self._attempt_info.pop(
+            key, (ORCHESTRATION_AGENT, 0.0, None)
+        )
         state = states.get(key)
         if state is None:  # fenced, or not recorded at all
             self.metrics.attempt_finished(agent, "stale", seconds, None)
