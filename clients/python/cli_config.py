@@ -11,7 +11,7 @@ from typing import Any
 from podium.client.cli_output import EXIT_OK, EXIT_USAGE, CliError, default_actor, print_data
 from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
 
-COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
+COMPLETION_SHELLS = ("bash", "zsh")
 
 
 @dataclass(frozen=True)
