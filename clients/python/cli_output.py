@@ -30,7 +30,7 @@ from podium.client.errors import (
     UnavailableError,
     UnimplementedError,
 )
-from podium.client.values import message_to_data, plain, struct_to_dict
+from podium.client.values import message_to_data, plain
 from podium.orchestration.v1 import agent_pb2, approval_pb2, definition_pb2, event_pb2, run_pb2
 
 EXIT_OK = 0
@@ -106,8 +106,8 @@ def print_item(kind: str, data: Data, output: str) -> None:
 
 
 def plain_json(struct: Message) -> str:
-    """A Struct as compact JSON text, integral numbers as integers."""
-    return json.dumps(as_data(struct))
+    """A Struct as one line of JSON text (keys sorted), integral numbers as integers."""
+    return json.dumps(as_data(struct), sort_keys=True)
 
 
 # -- arguments -----------------------------------------------------------------------
@@ -217,7 +217,7 @@ def print_approval(approval: approval_pb2.Approval, output: str) -> None:
     if approval.prompt:
         print(f"  prompt: {approval.prompt}")
     if approval.HasField("subject") and approval.subject.fields:
-        print("  subject: " + json.dumps(struct_to_dict(approval.subject)))
+        print("  subject: " + plain_json(approval.subject))
     if approval.decision:
         decision = str(approval_pb2.Decision.Name(approval.decision)).removeprefix("DECISION_")
         by = f" by {approval.actor}" if approval.actor else ""
