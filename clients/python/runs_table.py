@@ -89,9 +89,9 @@ class RunsTable:
         row.last_event = event_kind(event) + (f" {event.step_id}" if event.step_id else "")
         while len(self.rows) > self.limit:
             self.rows.pop(next(reversed(self.rows)))
-        return row if self._shown(row) else None
+        return row if self.shown(row) else None
 
-    def _shown(self, row: _Row) -> bool:
+    def shown(self, row: _Row) -> bool:
         return not self.states or row.state in self.states
 
     @staticmethod
@@ -105,7 +105,7 @@ class RunsTable:
         for column in ("RUN", "STATE", "CREATED", "DEFINITION", "LAST EVENT"):
             table.add_column(column, no_wrap=True)
         for row in self.rows.values():
-            if not self._shown(row):
+            if not self.shown(row):
                 continue
             state = state_name(row.state) if row.state else ""
             table.add_row(
@@ -140,7 +140,7 @@ async def follow_runs(
     console = Console(highlight=False)
     if not console.is_terminal:
         for row in table.rows.values():
-            if table._shown(row):
+            if table.shown(row):
                 print(RunsTable.line(row), flush=True)
         async for event in events:
             changed = table.apply(event)
