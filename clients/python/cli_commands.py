@@ -50,8 +50,9 @@ async def _diff(client: PodiumClient, args: argparse.Namespace) -> int:
         stored = await client.get_definition(local.name)
     except NotFoundError:
         stored = None
-    old = yaml.safe_dump(_authored(stored), sort_keys=False) if stored is not None else ""
-    new = yaml.safe_dump(_authored(local), sort_keys=False)
+    # Sorted keys: the stored document's Struct keys come back in another order.
+    old = yaml.safe_dump(_authored(stored), sort_keys=True) if stored is not None else ""
+    new = yaml.safe_dump(_authored(local), sort_keys=True)
     label = f"{local.name} version {stored.version}" if stored is not None else "(not stored)"
     lines = list(
         difflib.unified_diff(
