@@ -130,7 +130,7 @@ async def test_every_json_command_has_the_one_shape(
         ("definitions", "list"): ([], False),
         ("definitions", "get"): (["shapes"], False),
         ("definitions", "archive"): (["summary"], False),
-        ("runs", "start"): (["shapes", "--input", inputs], False),
+        ("runs", "start"): (["shapes", "--input", inputs, "--metadata", '{"ticket": 42}'], False),
         ("approvals", "list"): (["--state", "pending", "--state", "decided"], False),
         ("approvals", "get"): ([approvals[0]], False),
         ("approvals", "approve"): ([approvals[0]], False),
@@ -179,6 +179,7 @@ async def test_every_json_command_has_the_one_shape(
     assert events[0]["type"] == "TYPE_RUN_CREATED" and "run_id" in events[0]
     watched = seen[("runs", "watch")]
     assert watched[-1]["run"]["id"] == gated[0]
+    assert seen[("runs", "start")][0]["metadata"] == {"ticket": 42}
     assert seen[("agents", "register")][0]["protocol"] == "PROTOCOL_A2A"
     assert seen[("cache", "invalidate")] == [{"deleted": 0}]
     assert seen[("definitions", "diff")][0]["changed"] is False
