@@ -53,7 +53,8 @@ async def _diff(client: PodiumClient, args: argparse.Namespace) -> int:
     # Sorted keys: the stored document's Struct keys come back in another order.
     old = yaml.safe_dump(_authored(stored), sort_keys=True) if stored is not None else ""
     new = yaml.safe_dump(_authored(local), sort_keys=True)
-    label = f"{local.name} version {stored.version}" if stored is not None else "(not stored)"
+    latest = stored.version if stored is not None else 0
+    label = f"{local.name} version {latest}" if stored is not None else "(not stored)"
     lines = list(
         difflib.unified_diff(
             old.splitlines(keepends=True), new.splitlines(keepends=True), label, args.file
@@ -64,14 +65,14 @@ async def _diff(client: PodiumClient, args: argparse.Namespace) -> int:
         print_data(
             {
                 "name": local.name,
-                "latest_version": stored.version if stored is not None else 0,
+                "latest_version": latest,
                 "changed": changed,
                 "diff": "".join(lines),
             },
             args.output,
         )
     elif not changed:
-        print(f"definition {local.name}: no changes against version {stored.version}")  # type: ignore[union-attr]
+        print(f"definition {local.name}: no changes against version {latest}")
     else:
         print("".join(lines), end="")
     return EXIT_REFUSED if changed and args.exit_code else EXIT_OK
