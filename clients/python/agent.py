@@ -47,8 +47,9 @@ How a call runs:
   limit so Podium can avoid queueing.
 
 Input and output are ``google.protobuf.Struct`` on the wire, where every number is a
-double. :attr:`Task.input` converts integral numbers back to ``int`` (``3.0`` -> ``3``);
-integers beyond 2**53 lose precision in transit.
+double. :attr:`Task.input` converts integral numbers back to ``int`` (``3.0`` -> ``3``)
+when they are within 2**53 (the rule of :mod:`podium.client.values`, shared with the
+client and the CLI); integers beyond 2**53 lose precision in transit.
 """
 
 from __future__ import annotations
@@ -68,14 +69,8 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from podium.agent.v1 import agent_pb2, agent_pb2_grpc
-from podium.client.task import (
-    Context,
-    Task,
-    TaskFailed,
-    dict_to_struct,
-    struct_to_dict,
-    value_to_python,
-)
+from podium.client.task import Context, Task, TaskFailed, dict_to_struct
+from podium.client.values import struct_to_dict, value_to_python
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",

@@ -5,9 +5,16 @@
 Every remote command goes through :class:`~podium.client.PodiumClient`.
 
 Exit codes: 0 success; 1 the server refused the request (every field violation is
-printed; also an RPC the server does not implement); 2 bad usage or input file; 3 the
-server is unreachable or did not answer in time; 4 a run followed with ``--wait`` or
-``--watch`` (or ``runs watch``) did not succeed.
+printed; also an RPC the server does not implement; ``definitions diff --exit-code``
+found differences); 2 bad usage or input file; 3 the server is unreachable or did not
+answer in time; 4 a run followed with ``--wait`` or ``--watch`` (or ``runs watch``) did
+not succeed; 130 interrupted (Ctrl-C); 141 the reader of the output went away (a pipe
+into ``head``), printed nothing more.
+
+The parser is in :mod:`podium.client.cli_parser`, the commands in
+:mod:`podium.client.cli_runs` and :mod:`podium.client.cli_commands`, their output in
+:mod:`podium.client.cli_output`, ``config`` and ``completion`` in
+:mod:`podium.client.cli_config`.
 """
 
 from __future__ import annotations
@@ -24,25 +31,44 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 from podium.client.cli_commands import (
-    DECISIONS,
-    EXIT_USAGE,
-    CliError,
     cmd_agents,
     cmd_approvals,
     cmd_cache,
     cmd_definitions,
-    cmd_runs,
-    default_actor,
+    cmd_deliverables,
+    cmd_webhooks,
+)
+from podium.client.cli_config import COMPLETION_SHELLS, cmd_completion, cmd_config, resolve
+from podium.client.cli_output import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CliError,
     refusal,
 )
+from podium.client.cli_parser import add_remote_commands, common_options
+from podium.client.cli_runs import cmd_runs
 from podium.client.client import DEFAULT_ADDRESS, PodiumClient
 from podium.client.errors import PodiumError
 
 Command = Callable[[PodiumClient, argparse.Namespace], Awaitable[int]]
 
+COMMANDS: dict[str, Command] = {
+    "definitions": cmd_definitions,
+    "runs": cmd_runs,
+    "approvals": cmd_approvals,
+    "agents": cmd_agents,
+    "deliverables": cmd_deliverables,
+    "webhooks": cmd_webhooks,
+    "cache": cmd_cache,
+}
+"""The function running each group of remote commands."""
 
-def _remote(command: Command) -> Callable[[argparse.Namespace], int]:
-    """Run an async command with a client of ``--address``, mapping its errors."""
+
+def _remote(group: str) -> Callable[[argparse.Namespace], int]:
+    """Run an async command of ``group`` with a client of the effective address,
+    mapping its errors."""
+    command = COMMANDS[group]
 
     async def run(args: argparse.Namespace) -> int:
         async with PodiumClient(args.address, timeout=args.timeout) as client:
@@ -52,6 +78,7 @@ def _remote(command: Command) -> Callable[[argparse.Namespace], int]:
                 raise refusal(error, client, args.timeout) from None
 
     def call(args: argparse.Namespace) -> int:
+        resolve(args)
         return asyncio.run(run(args))
 
     return call
@@ -79,33 +106,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _follow_options(parser: argparse.ArgumentParser) -> None:
-    follow = parser.add_mutually_exclusive_group()
-    follow.add_argument(
-        "--watch",
-        action="store_true",
-        help="show live progress until the run ends (step table, progress bar, agent "
-        "output; JSON lines with -o json); exit 0 when it succeeded, 4 otherwise",
-    )
-    follow.add_argument(
-        "--wait",
-        action="store_true",
-        help="wait for the end and print the run; exit 0 when it succeeded, 4 otherwise",
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``podium`` command."""
     parser = argparse.ArgumentParser(
         prog="podium",
         description="Podium: durable orchestration of AI agents over gRPC.",
         epilog="exit codes: 0 success, 1 the server refused the request, 2 bad usage or "
-        "input, 3 server unreachable, 4 a waited-for or watched run did not succeed",
+        "input, 3 server unreachable, 4 a waited-for or watched run did not succeed, "
+        "130 interrupted, 141 output pipe closed",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
-        "serve", help="run a Podium server (embedded PostgreSQL unless PODIUM_DATABASE_URL is set)"
+        "serve",
+        help="run a Podium server (embedded PostgreSQL unless PODIUM_DATABASE_URL is set)",
+        epilog="examples:\n  podium serve\n  PODIUM_DATABASE_URL=postgresql://... podium serve "
+        "--listen-address 0.0.0.0:50051",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from podium.server.config import Settings
 
@@ -115,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="start the example agents and a server, run the example definition, keep serving",
+        epilog="examples:\n  podium demo\n  podium demo --topic coffee --language de --exit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument(
         "--listen-address", default=os.environ.get("PODIUM_LISTEN_ADDRESS", DEFAULT_ADDRESS)
@@ -126,179 +145,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--address",
-        default=os.environ.get("PODIUM_ADDRESS", DEFAULT_ADDRESS),
-        help="server address HOST:PORT [env PODIUM_ADDRESS, default %(default)s]",
-    )
-    common.add_argument(
-        "--timeout", type=float, default=30.0, help="deadline of each call in seconds"
-    )
-    common.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text")
+    add_remote_commands(sub, _remote)
 
-    defs = sub.add_parser("definitions", help="manage definitions").add_subparsers(
-        dest="action", required=True
+    config = sub.add_parser(
+        "config",
+        parents=[common_options()],
+        help="show the effective client settings and where each comes from",
+        epilog="examples:\n  podium config\n  PODIUM_ADDRESS=podium:50051 podium config -o json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p = defs.add_parser(
-        "apply", parents=[common], help="create a new version from a YAML/JSON file"
-    )
-    p.add_argument("file")
-    p = defs.add_parser(
-        "validate", parents=[common], help="validate a YAML/JSON file without storing it"
-    )
-    p.add_argument("file")
-    p = defs.add_parser("list", parents=[common], help="list definitions (latest versions)")
-    p.add_argument("--prefix", help="only names starting with this")
-    p.add_argument("--all", action="store_true", help="include archived definitions")
-    p = defs.add_parser("get", parents=[common], help="show a definition")
-    p.add_argument("name")
-    p.add_argument("--version", type=int, default=0, help="version (default: latest)")
-    p = defs.add_parser("archive", parents=[common], help="archive a definition")
-    p.add_argument("name")
-    for action in defs.choices.values():
-        action.set_defaults(func=_remote(cmd_definitions))
+    config.set_defaults(func=cmd_config)
 
-    runs = sub.add_parser("runs", help="start, inspect and control runs").add_subparsers(
-        dest="action", required=True
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        epilog="examples:\n"
+        "  podium completion bash > ~/.local/share/bash-completion/completions/podium\n"
+        "  podium completion zsh > ~/.zfunc/_podium   # with fpath+=~/.zfunc before compinit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p = runs.add_parser(
-        "start", parents=[common], help="start a run of a definition or a plan file"
-    )
-    p.add_argument("definition", nargs="?", help="definition name")
-    p.add_argument("--version", type=int, default=0, help="definition version (default: latest)")
-    p.add_argument("--file", help="run an inline plan from a YAML/JSON file instead")
-    p.add_argument("--input", help="run input as a JSON object, or @FILE holding one")
-    p.add_argument("--label", action="append", help="KEY=VALUE (repeatable)")
-    p.add_argument("--request-id", help="idempotency key: a retry returns the same run")
-    p.add_argument(
-        "--create-only", action="store_true", help="create without starting (continue later)"
-    )
-    p.add_argument(
-        "--bypass-cache",
-        action="store_true",
-        help="neither read nor fill the step-output cache for this run",
-    )
-    _follow_options(p)
-    p = runs.add_parser("get", parents=[common], help="show a run and its steps")
-    p.add_argument("run_id")
-    p = runs.add_parser(
-        "watch",
-        parents=[common],
-        help="show a run's live progress until it ends (exit 4 unless it succeeded)",
-    )
-    p.add_argument("run_id")
-    p = runs.add_parser("list", parents=[common], help="list runs, newest first")
-    p.add_argument(
-        "--state", action="append", help="created|running|paused|succeeded|failed|cancelled"
-    )
-    p.add_argument("--definition", help="only runs of this definition")
-    p.add_argument("--label", action="append", help="only runs with KEY=VALUE (repeatable)")
-    p.add_argument("--limit", type=int, default=50)
-    p = runs.add_parser("cancel", parents=[common], help="cancel a run")
-    p.add_argument("run_id")
-    p.add_argument("--reason")
-    p = runs.add_parser(
-        "continue",
-        parents=[common],
-        help="start a run created with --create-only, or give more input to a run waiting "
-        "on a checkpoint or on an agent's question (the answer)",
-    )
-    p.add_argument("run_id")
-    p.add_argument("--input", help="extra input merged over the run's, as a JSON object")
-    _follow_options(p)
-    p = runs.add_parser(
-        "resume",
-        parents=[common],
-        help="re-run the failed, cancelled and skipped steps of a finished run",
-    )
-    p.add_argument("run_id")
-    _follow_options(p)
-    p = runs.add_parser(
-        "fork",
-        parents=[common],
-        help="rerun from here: a new run of a finished run that re-executes the given steps "
-        "and everything downstream, reusing the other outputs",
-    )
-    p.add_argument("run_id")
-    p.add_argument(
-        "--step", action="append", required=True, help="a step to re-execute (repeatable)"
-    )
-    p.add_argument("--input", help="replacement run input, as a JSON object (default: the same)")
-    p.add_argument("--request-id", help="idempotency key: repeating the call returns the same run")
-    _follow_options(p)
-    p = runs.add_parser("events", parents=[common], help="print a run's event log")
-    p.add_argument("run_id")
-    p.add_argument("--after", type=int, default=0, help="only events after this sequence")
-    p.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing live events until the run ends"
-    )
-    for action in runs.choices.values():
-        action.set_defaults(func=_remote(cmd_runs))
-
-    approvals = sub.add_parser(
-        "approvals", help="human approvals: list, show, decide"
-    ).add_subparsers(dest="action", required=True)
-    p = approvals.add_parser("list", parents=[common], help="list approvals (pending by default)")
-    p.add_argument("--run", help="only approvals of this run")
-    p.add_argument("--state", action="append", help="pending|decided|expired|cancelled")
-    p.add_argument("--limit", type=int, default=50)
-    p = approvals.add_parser("get", parents=[common], help="show an approval")
-    p.add_argument("approval_id")
-    decide = argparse.ArgumentParser(add_help=False)
-    decide.add_argument("approval_id")
-    decide.add_argument("--comment", help="why, recorded with the decision")
-    decide.add_argument(
-        "--actor",
-        default=default_actor(),
-        help="who decides [env PODIUM_ACTOR, default the OS user: %(default)s]",
-    )
-    decide.add_argument(
-        "--input",
-        help="JSON object: extra step input (checkpoint before) or replacement output (after)",
-    )
-    decide.add_argument(
-        "--request-id",
-        help="idempotency key: the same decision repeated with it succeeds again instead of "
-        "failing with APPROVAL_NOT_PENDING",
-    )
-    approvals.add_parser("approve", parents=[common, decide], help="approve a checkpoint")
-    approvals.add_parser("reject", parents=[common, decide], help="reject a checkpoint")
-    p = approvals.add_parser(
-        "decide",
-        parents=[common, decide],
-        help="any decision, e.g. retry|skip|fail for a failure review",
-    )
-    p.add_argument("decision", choices=DECISIONS)
-    for action in approvals.choices.values():
-        action.set_defaults(func=_remote(cmd_approvals))
-
-    agents = sub.add_parser("agents", help="manage agents").add_subparsers(
-        dest="action", required=True
-    )
-    p = agents.add_parser("list", parents=[common], help="list agents")
-    p.add_argument("--skill", help="only agents offering this skill")
-    p = agents.add_parser("register", parents=[common], help="register (or update) an agent")
-    p.add_argument("name")
-    p.add_argument("endpoint", help="HOST:PORT of its podium.agent.v1 server")
-    p.add_argument("--skill", action="append", help="a skill it offers (repeatable)")
-    p.add_argument("--max-concurrency", type=int, default=0)
-    p.add_argument("--default-timeout", type=float, default=0.0)
-    p = agents.add_parser("deregister", parents=[common], help="remove a registered agent")
-    p.add_argument("name")
-    for action in agents.choices.values():
-        action.set_defaults(func=_remote(cmd_agents))
-
-    cache = sub.add_parser("cache", help="manage the step-output cache").add_subparsers(
-        dest="action", required=True
-    )
-    p = cache.add_parser(
-        "invalidate", parents=[common], help="delete the cached step outputs of a definition"
-    )
-    p.add_argument("name", help="definition name")
-    p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
-    p.set_defaults(func=_remote(cmd_cache))
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
+    completion.set_defaults(func=cmd_completion)
     return parser
+
+
+def _silence_stdout() -> None:
+    """After the reader of stdout went away: send what is still buffered nowhere, so
+    the interpreter's final flush does not fail again (the recipe of Python's signal
+    module documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -306,11 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        sys.stdout.flush()
     except CliError as exc:
         print(f"podium: {exc}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     return code
 
 

@@ -44,6 +44,7 @@ from podium.client.common import (
     TERMINAL_EVENT_TYPES,
     TERMINAL_RUN_STATES,
     DefinitionSource,
+    EventPage,
     Page,
     RetryPolicy,
     WatchPolicy,
@@ -71,6 +72,7 @@ __all__ = [
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_RUN_STATES",
     "DefinitionSource",
+    "EventPage",
     "Page",
     "PodiumClient",
     "RetryPolicy",
@@ -168,17 +170,41 @@ class PodiumClient:
     # -- Definitions ---------------------------------------------------------------
 
     async def create_definition(
-        self, definition: DefinitionSource, *, timeout: float | None = None
+        self,
+        definition: DefinitionSource,
+        *,
+        force_new_version: bool = False,
+        timeout: float | None = None,
     ) -> definition_pb2.Definition:
         """Store a new version of a named definition; returns it with its version.
+
+        Idempotent: when the latest version has the same content, it is returned and
+        nothing is stored (``force_new_version`` stores a new version anyway);
+        :meth:`apply_definition` also tells which happened.
 
         Raises:
             ValidationError: The definition is invalid (one violation per problem).
             FailedPreconditionError: The definition is archived.
         """
-        request = pb.CreateDefinitionRequest(definition=definition_message(definition))
+        stored, _ = await self.apply_definition(
+            definition, force_new_version=force_new_version, timeout=timeout
+        )
+        return stored
+
+    async def apply_definition(
+        self,
+        definition: DefinitionSource,
+        *,
+        force_new_version: bool = False,
+        timeout: float | None = None,
+    ) -> tuple[definition_pb2.Definition, bool]:
+        """:meth:`create_definition`, returning also whether a new version was stored
+        (``False``: the latest version had the same content and is returned)."""
+        request = pb.CreateDefinitionRequest(
+            definition=definition_message(definition), force_new_version=force_new_version
+        )
         response = await self._unary(self._stub.CreateDefinition, request, timeout)
-        return response.definition  # type: ignore[no-any-return]
+        return response.definition, not response.existing
 
     async def validate_definition(
         self, definition: DefinitionSource, *, timeout: float | None = None
@@ -384,15 +410,21 @@ class PodiumClient:
         *,
         after_sequence: int = 0,
         page_size: int = 0,
+        page_token: str = "",
         timeout: float | None = None,
-    ) -> tuple[list[event_pb2.RunEvent], int]:
-        """One page of a run's event log after ``after_sequence``: the events and the
-        sequence to pass next (0 when the log was read to its end)."""
+    ) -> EventPage:
+        """One page of a run's event log after ``after_sequence`` (or after the
+        ``next_page_token`` of the previous page), in sequence order. The page's
+        ``next_after_sequence`` is 0 (its token empty) when the log was read to its end.
+        """
+        if page_token:
+            after_sequence = int(page_token)
         request = pb.ListRunEventsRequest(
             run_id=run_id, after_sequence=after_sequence, page_size=page_size
         )
         response = await self._unary(self._stub.ListRunEvents, request, timeout)
-        return list(response.events), response.next_after_sequence
+        following = int(response.next_after_sequence)
+        return EventPage(list(response.events), str(following) if following else "", following)
 
     async def watch_run(
         self, run_id: str, *, after_sequence: int = 0
@@ -443,11 +475,11 @@ class PodiumClient:
                 # The server ends a stream at a terminal event; the log goes on only
                 # when the run was resumed since. One small read tells.
                 try:
-                    more, _ = await self.list_run_events(run_id, after_sequence=last, page_size=1)
+                    more = await self.list_run_events(run_id, after_sequence=last, page_size=1)
                 except UnavailableError as error:
                     failure = error
                 else:
-                    if not more:
+                    if not more.items:
                         return
                     continue
             assert failure is not None
@@ -679,9 +711,15 @@ class PodiumClient:
         max_concurrency: int = 0,
         default_timeout_seconds: float = 0.0,
         labels: Mapping[str, str] | None = None,
+        protocol: agent_pb2.Agent.Protocol.ValueType | str = agent_pb2.Agent.PROTOCOL_UNSPECIFIED,
         timeout: float | None = None,
     ) -> agent_pb2.Agent:
-        """Register (or update) an agent serving ``podium.agent.v1`` at ``endpoint``."""
+        """Register (or update) an agent at ``endpoint``: a ``podium.agent.v1`` server,
+        or an A2A agent with ``protocol="a2a"`` (an ``Agent.Protocol`` value or name).
+
+        Raises:
+            ValueError: An unknown protocol name.
+        """
         agent = agent_pb2.Agent(
             name=name,
             endpoint=endpoint,
@@ -689,6 +727,7 @@ class PodiumClient:
             max_concurrency=max_concurrency,
             default_timeout_seconds=default_timeout_seconds,
             labels=dict(labels or {}),
+            protocol=enum_value(agent_pb2.Agent.Protocol, "PROTOCOL_", protocol),
         )
         request = pb.RegisterAgentRequest(agent=agent)
         response = await self._unary(self._stub.RegisterAgent, request, timeout)

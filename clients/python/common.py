@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from podium.client.definitions import _integral_floats, load_definition, parse_definition
+from podium.client.definitions import load_definition, parse_definition
+from podium.client.values import message_to_data
 from podium.orchestration.v1 import definition_pb2, event_pb2, run_pb2
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_RUN_STATES",
     "DefinitionSource",
+    "EventPage",
     "Page",
     "RetryPolicy",
     "WatchPolicy",
@@ -54,8 +56,9 @@ TERMINAL_EVENT_TYPES = frozenset(
 """Event types after which WatchRun ends."""
 
 # Safe to repeat: reads, upserts, and calls made idempotent by a request_id this client
-# always sets. Not here: CreateDefinition (a retry would store another version),
-# ContinueRun and ResumeRun (no request_id), DeregisterAgent, InvalidateCache.
+# always sets. Not here: CreateDefinition (idempotent by content, but not with
+# force_new_version, and one method config covers both), ContinueRun and ResumeRun (no
+# request_id), DeregisterAgent, InvalidateCache.
 IDEMPOTENT_METHODS = (
     "GetDefinition",
     "ListDefinitions",
@@ -153,13 +156,25 @@ class Page(Generic[T]):
     next_page_token: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class EventPage(Page[event_pb2.RunEvent]):
+    """One page of a run's event log (:meth:`PodiumClient.list_run_events`): a
+    :class:`Page` whose token is the sequence to read after.
+
+    Attributes:
+        next_after_sequence: Pass as ``after_sequence`` (or ``next_page_token`` as
+            ``page_token``) for the next page; 0 when the log was read to its end.
+    """
+
+    next_after_sequence: int = 0
+
+
 def to_dict(message: Message) -> dict[str, Any]:
-    """A message as JSON-ready data with the proto field names (``run_id``), e.g.
-    ``Run.output`` or a whole ``Run``. Integral numbers of a ``Struct`` (stored as
-    doubles) come back as ``int``, as JSON would print them."""
-    if isinstance(message, struct_pb2.Struct):
-        return dict(_integral_floats(json_format.MessageToDict(message)))
-    return dict(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    """A message as JSON-ready data, e.g. ``Run.output`` (its plain fields) or a whole
+    ``Run``: the shape of the CLI's ``-o json`` (:func:`podium.client.values.message_to_data`:
+    proto field names, enums by name, 64-bit integers as numbers, and integral numbers
+    within 2**53 as ``int`` although a ``Struct`` stores them as doubles)."""
+    return message_to_data(message)
 
 
 def definition_message(source: DefinitionSource) -> definition_pb2.Definition:

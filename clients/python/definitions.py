@@ -33,6 +33,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
+from podium.client.values import message_to_data
 from podium.orchestration.v1 import definition_pb2
 
 __all__ = [
@@ -64,7 +65,6 @@ _INT_TYPES = _INT64_TYPES | {
 }
 _FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_MAX_SAFE_INTEGER = 2**53
 
 
 class DefinitionFileError(ValueError):
@@ -161,10 +161,7 @@ def definition_to_dict(definition: definition_pb2.Definition) -> dict[str, Any]:
     ``MessageToDict``, 64-bit integers are numbers and integral numbers inside inputs
     are ints (``3``, not ``3.0``). :func:`parse_definition` reads the result back.
     """
-    as_dict = json_format.MessageToDict(definition, preserving_proto_field_name=True)
-    result = _restore_numbers(as_dict, definition.DESCRIPTOR)
-    assert isinstance(result, dict)
-    return result
+    return message_to_data(definition)
 
 
 # --------------------------------------------------------------------------- YAML
@@ -453,48 +450,3 @@ def _normalize_json(value: Any, path: tuple[_PathPart, ...]) -> Any:
     if isinstance(value, list):
         return [_normalize_json(item, (*path, i)) for i, item in enumerate(value)]
     raise _FieldError(path, f"{_type_name(value)} is not a JSON value")
-
-
-# --------------------------------------------------------------------------- dumping
-
-
-def _restore_numbers(value: Any, descriptor: Descriptor) -> Any:
-    """Undo MessageToDict's JSON-isms: int64 as strings, Struct numbers as floats."""
-    if not isinstance(value, dict):
-        return value
-    result: dict[str, Any] = {}
-    for key, item in value.items():
-        field = descriptor.fields_by_name.get(key)
-        if field is None:
-            result[key] = item
-        elif _is_map(field):
-            value_field = _message_type(field).fields_by_name["value"]
-            result[key] = {k: _restore_single(v, value_field) for k, v in item.items()}
-        elif _is_repeated(field):
-            result[key] = [_restore_single(v, field) for v in item]
-        else:
-            result[key] = _restore_single(item, field)
-    return result
-
-
-def _restore_single(value: Any, field: FieldDescriptor) -> Any:
-    if field.type == FieldDescriptor.TYPE_MESSAGE:
-        message = _message_type(field)
-        if message.full_name in _STRUCT_TYPES:
-            return _integral_floats(value)
-        return _restore_numbers(value, message)
-    if field.type in _INT64_TYPES and isinstance(value, str):
-        return int(value)
-    return value
-
-
-def _integral_floats(value: Any) -> Any:
-    if isinstance(value, float):
-        if math.isfinite(value) and value.is_integer() and abs(value) <= _MAX_SAFE_INTEGER:
-            return int(value)
-        return value
-    if isinstance(value, dict):
-        return {k: _integral_floats(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_integral_floats(v) for v in value]
-    return value

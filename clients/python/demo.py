@@ -19,7 +19,6 @@ import sys
 import time
 
 import grpc
-from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from podium.client.client import PodiumClient
@@ -43,7 +42,7 @@ def _event_line(event: event_pb2.RunEvent, started: float) -> str:
     kind = event_pb2.RunEvent.Type.Name(event.type).removeprefix("TYPE_").lower()
     kind = kind.replace("_", ".", 1)
     detail = ""
-    data = json_format.MessageToDict(event.data) if event.HasField("data") else {}
+    data = to_dict(event.data) if event.HasField("data") else {}
     if "agent" in data:
         detail = f"agent={data['agent']}"
     if event.HasField("progress"):

@@ -156,6 +156,7 @@ class SyncPodiumClient:
                 self._run(_close(iterator))
 
     create_definition = _Blocking(PodiumClient.create_definition)
+    apply_definition = _Blocking(PodiumClient.apply_definition)
     validate_definition = _Blocking(PodiumClient.validate_definition)
     get_definition = _Blocking(PodiumClient.get_definition)
     list_definitions = _Blocking(PodiumClient.list_definitions)

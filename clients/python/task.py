@@ -1,5 +1,6 @@
 """The task a Podium agent's handler receives (:class:`Task`), the error it may raise
-(:class:`TaskFailed`), and Struct conversions. Part of the agent SDK: import these from
+(:class:`TaskFailed`), and the dict-to-Struct conversion (the other way is in
+:mod:`podium.client.values`). Part of the agent SDK: import these from
 :mod:`podium.client.agent`, which re-exports them."""
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import grpc
 from google.protobuf import struct_pb2
 
 from podium.agent.v1 import agent_pb2
+from podium.client.values import struct_to_dict
 
 if TYPE_CHECKING:
     from podium.client.agent import Agent
 
-__all__ = ["Task", "TaskFailed", "dict_to_struct", "struct_to_dict", "value_to_python"]
+__all__ = ["Task", "TaskFailed", "dict_to_struct"]
 
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)*")
 
@@ -29,32 +31,6 @@ Context: TypeAlias = grpc.aio.ServicerContext[
 
 
 # -- Struct conversion -----------------------------------------------------------------
-
-
-def value_to_python(value: struct_pb2.Value) -> Any:
-    """Convert a ``google.protobuf.Value`` to plain Python.
-
-    Numbers with an integral value become ``int`` (Struct stores every number as a
-    double); other numbers stay ``float``.
-    """
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        number = value.number_value
-        return int(number) if number.is_integer() else number
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return {key: value_to_python(item) for key, item in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [value_to_python(item) for item in value.list_value.values]
-    return None
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """Convert a ``google.protobuf.Struct`` to a plain dict (integral numbers as ``int``)."""
-    return {key: value_to_python(item) for key, item in struct.fields.items()}
 
 
 def dict_to_struct(data: Mapping[str, Any]) -> struct_pb2.Struct:

@@ -59,8 +59,12 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def CreateDefinition(
         self, request: pb.CreateDefinitionRequest, context: Context
     ) -> pb.CreateDefinitionResponse:
-        definition = await self._engine().definitions.create(self._org(context), request.definition)
-        return pb.CreateDefinitionResponse(definition=definition)
+        definition, created = await self._engine().definitions.create(
+            self._org(context),
+            request.definition,
+            force_new_version=request.force_new_version,
+        )
+        return pb.CreateDefinitionResponse(definition=definition, existing=not created)
 
     @unary
     async def GetDefinition(

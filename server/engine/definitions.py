@@ -146,20 +146,29 @@ class DefinitionService:
                     queue.append((ref.name, ref.version, [*chain, ref.name]))
         return None
 
-    async def create(self, organization_id: str, definition: Definition) -> Definition:
-        """Validate and store ``definition`` as the next version of its name."""
+    async def create(
+        self, organization_id: str, definition: Definition, *, force_new_version: bool = False
+    ) -> tuple[Definition, bool]:
+        """Validate and store ``definition`` as the next version of its name; unless
+        ``force_new_version``, the latest version is returned instead when it has the same
+        content hash (creating is idempotent). Returns the version and whether it is new."""
         normalized = await self.validate(organization_id, definition)
+        fields: dict[str, Any] = {
+            "description": normalized.description,
+            "spec": definition_to_spec(normalized),
+            "content_hash": definition_hash(normalized),
+        }
         async with storage_errors():
-            record = await self._repository.create(
-                organization_id,
-                normalized.name,
-                description=normalized.description,
-                spec=definition_to_spec(normalized),
-                content_hash=definition_hash(normalized),
-            )
+            if force_new_version:
+                record = await self._repository.create(organization_id, normalized.name, **fields)
+                created = True
+            else:
+                record, created = await self._repository.create_or_reuse(
+                    organization_id, normalized.name, **fields
+                )
         stored = record_to_definition(record)
         self._cache.put((organization_id, record.name, record.version), stored)
-        return stored
+        return stored, created
 
     async def get(
         self, organization_id: str, name: str, version: int = 0, *, fresh: bool = False

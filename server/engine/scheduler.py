@@ -46,7 +46,7 @@ from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
 from podium.server.storage.runs import ClaimedStep, RunsRepository, StepOutcome
 from podium.server.storage.steps import Outcome, StepError
-from podium.server.telemetry.metrics import Metrics
+from podium.server.telemetry.metrics import ORCHESTRATION_AGENT, Metrics
 from podium.server.telemetry.tracing import Tracing
 
 __all__ = ["Scheduler", "SchedulerConfig", "StartChild"]
@@ -271,7 +271,11 @@ class Scheduler:
 
     async def _execute(self, step: ClaimedStep) -> None:
         started = time.perf_counter()
-        agent = self.metrics.agent_label(step.agent, registered=step.endpoint is not None)
+        agent = self.metrics.agent_label(
+            step.agent,
+            registered=step.endpoint is not None,
+            orchestration=step.spec.orchestration is not None,
+        )
         try:
             outcome = await self.executor.execute(step)
         except asyncio.CancelledError:
@@ -348,7 +352,10 @@ class Scheduler:
         """Metrics of a committed outcome: the attempt, the step when final, the run when
         this outcome ended it (the commit returned the run's state)."""
         key = (outcome.run_id, outcome.step_id, outcome.attempt)
-        agent, seconds, run_started_at = self._attempt_info.pop(key, ("unregistered", 0.0, None))
+        # Only a sub-orchestration step completes without an entry (its child run ended).
+        agent, seconds, run_started_at = self._attempt_info.pop(
+            key, (ORCHESTRATION_AGENT, 0.0, None)
+        )
         state = states.get(key)
         if state is None:  # fenced, or not recorded at all
             self.metrics.attempt_finished(agent, "stale", seconds, None)

@@ -75,8 +75,54 @@ class DefinitionsRepository:
             DefinitionArchived: the name is archived.
             StorageError: e.g. the organization does not exist.
         """
+        record, _ = await self._create(
+            organization_id, name, description, spec, content_hash, reuse=False
+        )
+        return record
+
+    async def create_or_reuse(
+        self,
+        organization_id: str,
+        name: str,
+        *,
+        description: str,
+        spec: dict[str, Any],
+        content_hash: str,
+    ) -> tuple[DefinitionRecord, bool]:
+        """Like :meth:`create`, but when the latest version of ``name`` is not archived
+        and has ``content_hash``, return it instead of storing a new one. Returns the
+        record and whether it was created.
+
+        Raises:
+            DefinitionArchived: the name is archived.
+            StorageError: e.g. the organization does not exist.
+        """
+        return await self._create(
+            organization_id, name, description, spec, content_hash, reuse=True
+        )
+
+    async def _create(
+        self,
+        organization_id: str,
+        name: str,
+        description: str,
+        spec: dict[str, Any],
+        content_hash: str,
+        *,
+        reuse: bool,
+    ) -> tuple[DefinitionRecord, bool]:
         async with self._db.transaction() as conn:
             await conn.execute(QUERIES["lock_definition_name"], organization_id, name)
+            if reuse:
+                latest = await conn.fetchrow(
+                    QUERIES["get_latest_definition"], organization_id, name
+                )
+                if (
+                    latest is not None
+                    and not latest["archived"]
+                    and latest["content_hash"] == content_hash
+                ):
+                    return _record(latest), False
             row = await conn.fetchrow(
                 QUERIES["create_definition"],
                 organization_id,
@@ -87,7 +133,7 @@ class DefinitionsRepository:
             )
         if row is None:
             raise DefinitionArchived(f"definition {name!r} is archived")
-        return _record(row)
+        return _record(row), True
 
     async def get(
         self, organization_id: str, name: str, version: int | None = None

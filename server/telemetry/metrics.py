@@ -7,7 +7,8 @@ several servers in one process (tests) never share or collide on series. The
 Label values are bounded: never a run or step id. Agent names come from the agent
 registry, but a plan may name an agent that is not registered (its attempts fail with
 ``AGENT_NOT_FOUND``), so :meth:`Metrics.agent_label` caps the distinct agent values
-(``unregistered`` for names without an endpoint, ``other`` past the cap).
+(``unregistered`` for names without an endpoint, ``other`` past the cap). A
+sub-orchestration step calls no agent: it is counted as ``(orchestration)``.
 
 Counters are per replica: a run is counted by the replica whose transaction ended it
 (the completer that committed its last step or its failure, or the replica that served
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "ATTEMPT_OUTCOMES",
     "DEFAULT_MAX_AGENT_LABELS",
+    "ORCHESTRATION_AGENT",
     "RUN_STATES",
     "WEBHOOK_OUTCOMES",
     "Metrics",
@@ -62,6 +64,8 @@ OTHER_AGENTS = "other"
 """Agent label of agents past :data:`DEFAULT_MAX_AGENT_LABELS`."""
 UNREGISTERED_AGENT = "unregistered"
 """Agent label of a step whose agent (or skill) has no registered endpoint."""
+ORCHESTRATION_AGENT = "(orchestration)"
+"""Agent label of a sub-orchestration step (it runs a child run, not an agent)."""
 
 
 class _WebhookDeliveries(Collector):
@@ -194,10 +198,15 @@ class Metrics:
 
     # -- labels ------------------------------------------------------------------------
 
-    def agent_label(self, agent: str | None, *, registered: bool = True) -> str:
+    def agent_label(
+        self, agent: str | None, *, registered: bool = True, orchestration: bool = False
+    ) -> str:
         """The ``agent`` label value of ``agent``: its name while fewer than
         ``max_agent_labels`` distinct names were seen, else ``other``;
-        ``unregistered`` when it has no endpoint (a name only a plan mentions)."""
+        ``unregistered`` when it has no endpoint (a name only a plan mentions);
+        ``(orchestration)`` for a sub-orchestration step."""
+        if orchestration:
+            return ORCHESTRATION_AGENT
         if not registered or not agent:
             return UNREGISTERED_AGENT
         if agent in self._agents:

@@ -403,7 +403,8 @@ async def test_invalidate_cache_by_definition(
         await _echo_flow(stub, "inv")
         await _echo_flow(stub, "other")
         await _run(stub, "inv", {"q": 1}, version=1)
-        await _echo_flow(stub, "inv")  # version 2: its own entries
+        # version 2 (other content: an unchanged one keeps its version): its own entries
+        await _echo_flow(stub, "inv", description="v2")
         await _run(stub, "inv", {"q": 1}, version=2)
         await _run(stub, "other", {"q": 1})
         assert echo.calls == 3

@@ -389,7 +389,7 @@ async def test_the_view_puts_resumed_steps_back_to_pending(
         run = await client.wait_run((await client.start_run("r")).id)
         await client.resume_run(run.id)
         run = await client.wait_run(run.id)
-        events, _ = await client.list_run_events(run.id, page_size=1000)
+        events = (await client.list_run_events(run.id, page_size=1000)).items
     out = StringIO()
     console = Console(file=out, width=100, no_color=True, force_terminal=False)
     view = RunView(run, console)

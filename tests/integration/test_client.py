@@ -56,8 +56,9 @@ async def whole_log(client: PodiumClient, run_id: str) -> list[RunEvent]:
     events: list[RunEvent] = []
     after = 0
     while True:
-        page, after = await client.list_run_events(run_id, after_sequence=after)
-        events.extend(page)
+        page = await client.list_run_events(run_id, after_sequence=after)
+        events.extend(page.items)
+        after = page.next_after_sequence
         if not after:
             return events
 
@@ -168,6 +169,46 @@ async def test_watch_run_yields_the_whole_log_once_in_order(
         # Resuming from a sequence yields only what follows it.
         tail = [event async for event in client.watch_run(run.id, after_sequence=3)]
         assert tail == events[3:]
+
+
+async def test_event_pages_idempotent_definitions_protocols_and_integers(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with PodiumClient(server.address) as client:
+        # Creating is idempotent by content; apply_definition tells which happened.
+        stored, created = await client.apply_definition(chain("same", "echo", 2))
+        assert (stored.version, created) == (1, True)
+        again, created = await client.apply_definition(chain("same", "echo", 2))
+        assert (again.version, created) == (1, False)
+        assert (await client.create_definition(chain("same", "echo", 2))).version == 1
+        forced = await client.create_definition(chain("same", "echo", 2), force_new_version=True)
+        assert forced.version == 2
+
+        # list_run_events pages like the other list calls.
+        run = await client.wait_run((await client.start_run("same", input={"x": 1})).id)
+        events: list[RunEvent] = []
+        token = ""
+        while True:
+            page = await client.list_run_events(run.id, page_size=2, page_token=token)
+            assert len(page.items) <= 2
+            events.extend(page.items)
+            token = page.next_page_token
+            assert token == (str(page.next_after_sequence) if page.next_after_sequence else "")
+            if not token:
+                break
+        assert [e.sequence for e in events] == list(range(1, run.last_event_sequence + 1))
+
+        # Integers stay integers in to_dict, of a whole run too.
+        data = to_dict(run)
+        assert data["input"] == {"x": 1} and isinstance(data["input"]["x"], int)
+        assert data["last_event_sequence"] == run.last_event_sequence
+
+        # The agent protocol at registration.
+        agent = await client.register_agent("a2a-one", "127.0.0.1:9", protocol="a2a")
+        assert agent.protocol == agent.PROTOCOL_A2A
+        with pytest.raises(ValueError, match="podium_v1, a2a"):
+            await client.register_agent("bad", "127.0.0.1:9", protocol="carrier-pigeon")
 
 
 async def test_watch_run_resumes_after_a_server_restart(

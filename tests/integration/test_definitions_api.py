@@ -215,13 +215,51 @@ async def test_validate_accepts_a_good_definition_without_storing(
     assert list(listed.definitions) == []
 
 
+async def test_create_is_idempotent_unless_a_new_version_is_forced(
+    stub: pb_grpc.OrchestrationServiceAsyncStub,
+) -> None:
+    first = await stub.CreateDefinition(
+        pb.CreateDefinitionRequest(definition=make_definition("same"))
+    )
+    assert (first.definition.version, first.existing) == (1, False)
+    # The same content again: the latest version, nothing stored.
+    again = await stub.CreateDefinition(
+        pb.CreateDefinitionRequest(definition=make_definition("same"))
+    )
+    assert (again.definition.version, again.existing) == (1, True)
+    assert again.definition.content_hash == first.definition.content_hash
+    assert again.definition.create_time == first.definition.create_time
+    forced = await stub.CreateDefinition(
+        pb.CreateDefinitionRequest(definition=make_definition("same"), force_new_version=True)
+    )
+    assert (forced.definition.version, forced.existing) == (2, False)
+    # Other content makes a new version; going back to the first content does too (it
+    # is compared with the latest version only).
+    changed = make_definition("same")
+    changed.description = "changed"
+    assert (
+        await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=changed))
+    ).definition.version == 3
+    back = await stub.CreateDefinition(
+        pb.CreateDefinitionRequest(definition=make_definition("same"))
+    )
+    assert (back.definition.version, back.existing) == (4, False)
+    # An archived name still refuses, same content or not.
+    await stub.ArchiveDefinition(pb.ArchiveDefinitionRequest(name="same"))
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=make_definition("same")))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
 async def test_list_pages_through_latest_versions(
     stub: pb_grpc.OrchestrationServiceAsyncStub,
 ) -> None:
     names = [f"flow-{i:02d}" for i in range(7)]
     for name in names:
         await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=make_definition(name)))
-    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=make_definition("flow-03")))
+    await stub.CreateDefinition(
+        pb.CreateDefinitionRequest(definition=make_definition("flow-03"), force_new_version=True)
+    )
     await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=make_definition("other")))
 
     seen: list[tuple[str, int]] = []

@@ -694,3 +694,30 @@ async def test_health_is_not_serving_while_the_database_is_unreachable(database_
     finally:
         await server.stop(0)
         await proxy.stop()
+
+
+async def test_sub_orchestration_steps_have_an_agent_label_of_their_own(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """A step running a child run calls no agent: it is counted as
+    ``agent="(orchestration)"``, not as an unregistered agent."""
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"), metrics_address="127.0.0.1:0"
+    )
+    before = await scrape(server)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        child = plan([{"id": "c", "agent": "echo"}])
+        child.name = "metrics-child"
+        await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=child))
+        parent = await start_run(
+            stub, inline=plan([{"id": "p", "orchestration": {"name": "metrics-child"}}])
+        )
+        assert (await wait_for_run(stub, parent.run.id)).state == Run.STATE_SUCCEEDED
+    after = await scrape(server)
+    label = "(orchestration)"
+    assert delta(before, after, "orchestration_steps_total", agent=label, state="succeeded") == 1
+    assert delta(before, after, "orchestration_step_attempts_total", agent=label,
+                 outcome="succeeded") == 1  # fmt: skip
+    agents = {dict(labels).get("agent") for _, labels in after}
+    assert "unregistered" not in agents

@@ -100,7 +100,7 @@ async def test_start_run_of_a_saved_definition_and_bypass_cache(db: Database) ->
     runs = services(db)
     definition = inline_plan()
     definition.name = "saved"
-    saved = await runs._definitions.create(ORG, definition)
+    saved, _ = await runs._definitions.create(ORG, definition)
     for bypass in (False, True):
         response, _ = await runs.start(
             ORG,

@@ -25,6 +25,8 @@ def test_agent_labels_are_bounded() -> None:
     assert metrics.agent_label("a") == "a"
     assert metrics.agent_label("typo", registered=False) == "unregistered"
     assert metrics.agent_label(None) == "unregistered"
+    # A sub-orchestration step runs a child run: a bounded label of its own.
+    assert metrics.agent_label(None, registered=False, orchestration=True) == "(orchestration)"
 
 
 def test_each_instance_has_its_own_registry() -> None:

@@ -200,13 +200,19 @@ export class PodiumClient {
    * rejects with a `ValidationError` (reason `INVALID_DEFINITION`, every problem in
    * `fieldViolations`, e.g. `{ field: 'steps[1].depends_on[0]', ... }`).
    *
+   * Idempotent: when the latest version has the same content, the server returns it
+   * instead of storing a new one; `options.forceNewVersion` stores one anyway.
+   *
    * @param {any} definition
-   * @param {CallOptions} [options]
+   * @param {CallOptions & { forceNewVersion?: boolean }} [options]
    */
-  async createDefinition(definition, options) {
+  async createDefinition(definition, options = {}) {
     const response = await this.call(
       'CreateDefinition',
-      { definition: encodeDefinition(definition) },
+      {
+        definition: encodeDefinition(definition),
+        force_new_version: Boolean(options.forceNewVersion),
+      },
       options,
     );
     return decodeDefinition(response.definition);

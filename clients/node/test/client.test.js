@@ -77,6 +77,9 @@ describe('Node client with the Python example agents', () => {
     const stored = await client.createDefinition(RESEARCH);
     assert.equal(stored.version, 1);
     assert.deepEqual(stored.steps[1].input, { query: 'history of ${steps.plan.output.echo.topic}', limit: 2 });
+    // Idempotent by content; forceNewVersion stores a new version anyway.
+    assert.equal((await client.createDefinition(RESEARCH)).version, 1);
+    assert.equal((await client.createDefinition(RESEARCH, { forceNewVersion: true })).version, 2);
 
     const started = await client.startRun({
       definition: { name: 'node-research' },

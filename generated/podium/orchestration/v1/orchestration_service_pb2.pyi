@@ -33,6 +33,9 @@ class CreateDefinitionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEFINITION_FIELD_NUMBER: _builtins.int
+    FORCE_NEW_VERSION_FIELD_NUMBER: _builtins.int
+    force_new_version: _builtins.bool
+    """Store a new version even when the latest version has the same content."""
     @_builtins.property
     def definition(self) -> _definition_pb2.Definition:
         """The definition; output-only fields are ignored."""
@@ -41,10 +44,11 @@ class CreateDefinitionRequest(_message.Message):
         self,
         *,
         definition: _definition_pb2.Definition | None = ...,
+        force_new_version: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "force_new_version", b"force_new_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -57,6 +61,11 @@ class CreateDefinitionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEFINITION_FIELD_NUMBER: _builtins.int
+    EXISTING_FIELD_NUMBER: _builtins.int
+    existing: _builtins.bool
+    """True when the latest version had the same content and was returned instead of
+    storing a new one.
+    """
     @_builtins.property
     def definition(self) -> _definition_pb2.Definition:
         """The stored definition with its version and output-only fields."""
@@ -65,10 +74,11 @@ class CreateDefinitionResponse(_message.Message):
         self,
         *,
         definition: _definition_pb2.Definition | None = ...,
+        existing: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "existing", b"existing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -172,7 +172,10 @@ class OrchestrationServiceServicer:
     """
 
     def CreateDefinition(self, request, context):
-        """CreateDefinition stores a new version of a named definition.
+        """CreateDefinition stores a new version of a named definition. It is idempotent: when
+        the latest version of the name has the same content (the same `content_hash`), that
+        version is returned (`existing` true) and nothing is stored, unless
+        `force_new_version` is set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,7 +40,11 @@ class OrchestrationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OrchestrationServiceAsyncStub: ...
     CreateDefinition: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.CreateDefinitionRequest, _orchestration_service_pb2.CreateDefinitionResponse]
-    """CreateDefinition stores a new version of a named definition."""
+    """CreateDefinition stores a new version of a named definition. It is idempotent: when
+    the latest version of the name has the same content (the same `content_hash`), that
+    version is returned (`existing` true) and nothing is stored, unless
+    `force_new_version` is set.
+    """
     GetDefinition: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetDefinitionRequest, _orchestration_service_pb2.GetDefinitionResponse]
     """GetDefinition returns the latest version of a definition, or a given one."""
     ListDefinitions: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDefinitionsRequest, _orchestration_service_pb2.ListDefinitionsResponse]
@@ -108,7 +112,11 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateDefinition: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.CreateDefinitionRequest, _orchestration_service_pb2.CreateDefinitionResponse]  # type: ignore[assignment]
-    """CreateDefinition stores a new version of a named definition."""
+    """CreateDefinition stores a new version of a named definition. It is idempotent: when
+    the latest version of the name has the same content (the same `content_hash`), that
+    version is returned (`existing` true) and nothing is stored, unless
+    `force_new_version` is set.
+    """
     GetDefinition: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetDefinitionRequest, _orchestration_service_pb2.GetDefinitionResponse]  # type: ignore[assignment]
     """GetDefinition returns the latest version of a definition, or a given one."""
     ListDefinitions: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDefinitionsRequest, _orchestration_service_pb2.ListDefinitionsResponse]  # type: ignore[assignment]
@@ -179,7 +187,11 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_service_pb2.CreateDefinitionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.CreateDefinitionResponse, _abc.Awaitable[_orchestration_service_pb2.CreateDefinitionResponse]]:
-        """CreateDefinition stores a new version of a named definition."""
+        """CreateDefinition stores a new version of a named definition. It is idempotent: when
+        the latest version of the name has the same content (the same `content_hash`), that
+        version is returned (`existing` true) and nothing is stored, unless
+        `force_new_version` is set.
+        """
 
     @_abc_1.abstractmethod
     def GetDefinition(

@@ -1,0 +1,99 @@
+"""The client settings of the ``podium`` CLI, where each comes from (``podium
+config``), and shell completion scripts (``podium completion``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from podium.client.cli_output import EXIT_OK, EXIT_USAGE, CliError, default_actor, print_data
+from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
+
+COMPLETION_SHELLS = ("bash", "zsh")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective client setting: its value and where it came from (``flag``,
+    ``env NAME`` or ``default``)."""
+
+    name: str
+    value: Any
+    source: str
+
+
+def _pick(flag_value: Any, flag: str, env: str, default: Any, convert: Any = str) -> Setting:
+    name = flag.removeprefix("--")
+    if flag_value is not None:
+        return Setting(name, flag_value, f"flag {flag}")
+    text = os.environ.get(env)
+    if text:
+        try:
+            return Setting(name, convert(text), f"env {env}")
+        except ValueError:
+            raise CliError(f"{env}={text!r} is not a valid {name}", EXIT_USAGE) from None
+    return Setting(name, default, "default")
+
+
+def _output(text: str) -> str:
+    if text not in ("text", "json", "yaml"):
+        raise ValueError(text)
+    return text
+
+
+def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
+    """The effective ``address``, ``timeout`` and ``output`` of a command (flag, then
+    environment, then default) and the ``actor`` approvals record."""
+    settings = [
+        _pick(getattr(args, "address", None), "--address", "PODIUM_ADDRESS", DEFAULT_ADDRESS),
+        _pick(
+            getattr(args, "timeout", None),
+            "--timeout",
+            "PODIUM_TIMEOUT",
+            DEFAULT_TIMEOUT_SECONDS,
+            float,
+        ),
+        _pick(getattr(args, "output", None), "--output", "PODIUM_OUTPUT", "text", _output),
+    ]
+    actor = os.environ.get("PODIUM_ACTOR")
+    settings.append(
+        Setting("actor", actor, "env PODIUM_ACTOR")
+        if actor
+        else Setting("actor", default_actor(), "OS user")
+    )
+    return {s.name: s for s in settings}
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """Set ``args.address``, ``args.timeout`` and ``args.output`` to their effective
+    values."""
+    settings = client_settings(args)
+    args.address = settings["address"].value
+    args.timeout = settings["timeout"].value
+    args.output = settings["output"].value
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = client_settings(args)
+    output = settings["output"].value
+    if output != "text":
+        print_data(
+            {s.name: {"value": s.value, "source": s.source} for s in settings.values()}, output
+        )
+        return EXIT_OK
+    for s in settings.values():
+        value = f"{s.value:g}" if isinstance(s.value, float) else str(s.value)
+        print(f"{s.name:<8} {value:<24} ({s.source})")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    # Imported here: only this command needs it.
+    import shtab
+
+    from podium.client.cli import build_parser
+
+    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    return EXIT_OK
