@@ -11,7 +11,7 @@ Layout of one run:
   ``time.time()`` per ``(run_id, step_id, attempt)`` it receives;
 - **baseline**: a bare grpc.aio client in this process calls that agent with N calls in
   flight (the gRPC ceiling of one Python process driving agent calls), plus the same
-  loop with client and agent in one process (the figure DESIGN.md quotes);
+  loop with client and agent in one process (how such microbenchmarks are often run);
 - **engine**: a real ``PodiumServer`` in this process, on a fresh database
   ``podium_bench_<hex>`` (migrated at start, dropped at the end), with the agent as the
   static agent ``noop``; the scenarios start runs through the generated async stub and
@@ -229,7 +229,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "before": await baseline_separate(agent, inflight, seconds)
             }
             baseline["same_process"] = await baseline_same_process(inflight, seconds)
-            # DESIGN.md's figure streams 5 messages per call; measured here for reference.
+            # 5 stream messages per call (a typical agent's shape); measured here for reference.
             baseline["same_process_5_messages"] = await baseline_same_process(inflight, seconds, 5)
             baseline["separate_process_5_messages"] = await baseline_separate(
                 agent, inflight, seconds, 5
@@ -455,7 +455,7 @@ def ratios(out: dict[str, Any]) -> dict[str, Any]:
     result["baseline_used"] = (
         "separate_process: mean of the runs before and after the engine scenarios"
     )
-    result["target"] = ">= 0.6 for the concurrent scenarios (issue)"
+    result["target"] = ">= 0.6 for the concurrent scenarios"
     return result
 
 

@@ -5,44 +5,13 @@
 and callbacks, and the same :class:`TaskSucceeded` / :class:`TaskFailed` outcomes, plus
 :class:`TaskInputRequired` when the A2A task stops in ``TASK_STATE_INPUT_REQUIRED``.
 
-Mapping (``podium.agent.v1`` -> ``lf.a2a.v1.A2AService``):
-
-- ExecuteTask -> ``SendStreamingMessage`` with one user message: the step input as a
-  ``data`` part (``application/json``), ``context_id`` = the step's conversation id, and
-  Podium's ids (run, step, attempt, task, definition, skill, labels) under the message
-  metadata key ``podium``. A continuation (``resume_task_id``) also sets ``task_id``.
-- status updates -> progress: the text parts of the status message (``fraction`` from
-  the status metadata ``fraction`` when it is a number, else -1 = unknown);
-- artifact updates -> output chunks (their text parts, as they stream) and, when the task
-  completes, the output (see :func:`output_from_artifacts`); file parts (``url`` /
-  ``raw``) become Podium artifacts;
-- ``COMPLETED`` -> :class:`TaskSucceeded`; ``FAILED`` -> ``A2A_TASK_FAILED`` (retryable),
-  ``REJECTED`` -> ``A2A_TASK_REJECTED``, ``AUTH_REQUIRED`` -> ``A2A_AUTH_REQUIRED``
-  (neither retryable), ``CANCELED`` (by the agent) -> ``CANCELLED`` (retryable). A
-  status message's metadata may carry ``code`` and ``retryable`` to override these;
-- ``INPUT_REQUIRED`` -> :class:`TaskInputRequired` (task id, context id, the agent's
-  question);
-- a reply that is a single ``Message`` (no task) -> success with the message as output;
-- a gRPC status -> the transport failures of :class:`AgentClient` (same codes);
-- cancelling the awaiting task -> the stream is cancelled and ``CancelTask`` is sent
-  (bounded, best effort); so does a missed deadline.
-
-A stream that ends without a terminal or interrupted state, or breaks with UNAVAILABLE,
-INTERNAL or UNKNOWN (no A2A error) once the task exists, was cut (e.g. a proxy or the
-agent's front end closed it while the task goes on): the adapter re-subscribes with
-``SubscribeToTask``, takes its first ``Task`` as the snapshot and emits only the part of
-each artifact's text it has not emitted yet, then follows the stream. When the task
-already ended (subscribing is refused), ``GetTask`` provides the final snapshot.
-
-The protocol version is read once per endpoint from the agent card: ``GetExtendedAgentCard``
-of ``lf.a2a.v1`` (a 1.0 server that does not publish one still answers with an A2A error,
-which is enough); else ``GetAgentCard`` of ``a2a.v1`` (protocol 0.3, told apart by its
-card's ``protocol_version``). A 0.3 agent gets the same mapping: its calls go through
-:class:`~podium.server.agents.a2a_v03.V03Api`, which converts each request to 0.3 and
-each reply to the 1.0 types with a2a-sdk's compat conversions, so the attempt logic is
-the same. Only difference: 0.3 has no ``ListTasks``, so an attempt cancelled before its
-first event learns its task id from the stream's next event (bounded) to cancel it.
-Another version (e.g. a card saying 2.0) fails with ``A2A_VERSION_UNSUPPORTED``.
+The mapping between ``podium.agent.v1`` and ``lf.a2a.v1.A2AService`` (messages,
+progress, chunks, output, failures, cancellation, questions), the re-subscription after
+a cut stream and the version detection are described in docs/ARCHITECTURE.md, section
+"A2A agents". Details kept here: a continuation (``resume_task_id``) also sets the
+message's ``task_id``; a 1.0 server that publishes no extended card still answers
+``GetExtendedAgentCard`` with an A2A error, which is enough to detect it; a card of
+another version (e.g. 2.0) fails with ``A2A_VERSION_UNSUPPORTED``.
 
 The adapter is split by responsibility: this module (the client: channels, protocol
 version, the entry point), :mod:`.a2a_attempt` (the calls of one attempt: stream,

@@ -1,49 +1,19 @@
 """The step-output cache: keys, policies, lookups with single flight, invalidation.
 
-**Policy.** A definition enables caching with ``execution.caching {enabled,
-ttl_seconds}``; a step overrides it with ``caching {enabled, ttl_seconds, key_paths}``.
-StartRun resolves the effective policy of each step once and stores it in the step's
-``spec["caching"]`` (absent when caching is off for the step or the run was started
-with ``bypass_cache``): ``{"ttl_seconds", "key_paths", "scope", "target"}``. TTL: the
-step's, else the definition's, else ``ORCHESTRATION_CACHE_DEFAULT_TTL_SECONDS`` (0: no
-expiry). Sub-orchestration steps and steps with ``checkpoint: after`` (a human
-decides on each output; a rejected one must not come back from the cache) are never
-cached; ``checkpoint: before`` is compatible (the lookup follows the approval and uses
-the approved input).
+The mechanism (policy, key, lookup, the LRU and the table, single flight through the
+database, durability, TTL, invalidation) is described once in docs/ARCHITECTURE.md,
+section "Step-output cache"; ``tests/unit/test_cache_key.py`` pins the key. What this
+module reads and writes:
 
-**Key.** The SHA-256 (hex) of the canonical JSON (:mod:`.canonical`: sorted keys, no
-whitespace, integral floats as integers, UTF-8) of::
-
-    {"input": <resolved input, or {path: value} of the step's key_paths>,
-     "organization": "<organization id>",
-     "scope": {"definition": "<name>", "version": <n>} | {"plan_sha256": "<hex>"},
-     "step": "<step id>",
-     "target": {"agent": "<name>"} | {"skill": "<name>"},
-     "v": 1}
-
-``scope`` is the saved definition's name and version, or for an inline plan the
-content hash of the plan (:func:`~.canonical.definition_hash`). With ``key_paths``,
-``input`` maps each path (as written) to the value at that path of the resolved input;
-a missing path is left out, so "missing" and ``null`` differ. Key order, whitespace and
-int/float spelling of the input never change the key; any of the parts does.
-
-**Lookup** (before dispatch, after ``${...}`` references are resolved): one round trip
-to ``podium_cache_lookup`` (``server/storage/functions/70_cache.sql``), which answers ``hit`` (the
-step is marked ``cached`` with the source run and ``step.cached`` is emitted, in the
-same transaction), ``lead``, ``wait`` or ``stale``. The in-process LRU
-(``ORCHESTRATION_CACHE_MAX_STEP_OUTPUTS``) keeps outputs by key with their version
-(``created_at``): on a hit whose version matches, the database sends no output back
-(no transfer, no JSON decoding). The table stays the truth, so an entry invalidated or
-replaced on another replica is never served from a stale LRU copy.
-
-**Single flight.** ``lead``: this attempt owns the key's row in
-``step_cache_flights`` and calls the agent; then ``podium_cache_release`` stores a
-successful output (never a failure), leaves the flight and sends ``NOTIFY
-podium_cache``. ``wait``: another running attempt (any replica) owns it; this one
-sleeps until the notification or the fallback timer and looks up again: a hit, or the
-flight if the leader ended without an output (or died: a flight lives only while its
-attempt is ``running``, so the step lease covers it). So concurrent identical steps
-make one agent call; waiters hold their worker slot while they wait.
+- a step's ``spec["caching"]`` (set once by StartRun; absent when the step is never
+  cached or the run bypasses the cache): ``{"ttl_seconds", "key_paths", "scope",
+  "target"}``; ``ttl_seconds`` 0 means no expiry. Sub-orchestration steps and
+  ``checkpoint: after`` steps are never cached (a rejected output must not come back
+  from the cache); ``checkpoint: before`` is compatible (the lookup uses the approved
+  input);
+- ``podium_cache_lookup`` / ``podium_cache_release``
+  (``server/storage/functions/70_cache.sql``): ``hit``, ``lead``, ``wait`` or ``stale``,
+  then the leader's store, which sends ``NOTIFY podium_cache`` to the waiters.
 """
 
 from __future__ import annotations

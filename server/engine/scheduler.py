@@ -1,27 +1,13 @@
 """The scheduler of one replica: its loops.
 
-Loops (all in this process, coordinated with other replicas only through Postgres):
-
-- **claim**: leases runnable steps in batches with one call (``podium_claim_steps``),
-  while this replica has free slots (``ORCHESTRATION_MAX_CONCURRENCY``, else
-  ``PODIUM_WORKER_SLOTS``). It sleeps until woken by ``LISTEN podium_work``, by a
-  completion of its own, or by the fallback timer (``PODIUM_POLL_INTERVAL_SECONDS``):
-  never a busy poll.
-- **execute**: one task per claimed step, run by the :class:`~.executor.StepExecutor`
-  (resolve the input, checkpoint, cache, agent call or child run), which queues the
-  outcome decided by the step's policy (:mod:`.outcomes`). ``LISTEN podium_cancel``
-  cancels the tasks of a cancelled or failed run (the agent sees its call cancelled).
-- **complete**: commits queued outcomes in batches, one transaction per batch
-  (``podium_complete_step`` per outcome: fenced by attempt, promotes dependents,
-  completes or fails the run, appends events).
-- **leases**: renews the leases of this replica's running steps every third of the
-  lease, and returns steps whose lease expired (a dead replica's) to the queue.
-- **stream events**: writes what running attempts streamed (:mod:`.streams`).
-- **sweep**: completes steps whose child run (sub-orchestration) finished, woken by a
-  ``podium_work`` notification with payload ``child`` or the fallback timer, and
-  applies the default action of expired approvals.
-
-A step is executed at least once; its completion is recorded exactly once (fencing).
+What each loop does and the guarantees (a step executed at least once, its completion
+recorded exactly once) are in docs/ARCHITECTURE.md, section "One replica's loops". The
+loops here: **claim** (``podium_claim_steps``), **execute** (one task per claimed step,
+run by :class:`~.executor.StepExecutor`, which queues the outcome decided by
+:mod:`.outcomes`; ``LISTEN podium_cancel`` cancels the tasks of a cancelled or failed
+run), **complete** (``podium_complete_step``, batched), **leases**, **stream events**
+(:mod:`.streams`) and **sweep** (finished child runs, expired approvals). They are
+coordinated with other replicas only through PostgreSQL.
 """
 
 from __future__ import annotations

@@ -1,40 +1,20 @@
 """WatchRun and WatchRuns: resumable streams of run events.
 
 Both read the durable event log (``orchestration_events``); the hub
-(``server/events/hub.py``) only tells them *when* to read. See docs/ARCHITECTURE.md,
-"Watching runs".
+(``server/events/hub.py``) only tells them *when* to read. The reads, the cursors and
+the guarantees are described in docs/ARCHITECTURE.md, section "Watching runs". Names
+used here:
 
-**WatchRun(run_id, after_sequence)** replays the run's events after
-``after_sequence``, tails new ones, and ends after the terminal event (run.completed,
-run.failed, run.cancelled), also when the run had ended before the call. The watcher
-reads pages of at most ``page_size`` events after the last sequence it sent and yields
-them one by one, each yield waiting for the transport, so a slow client holds at most
-one page and is simply resumed from the log; nothing is queued per watcher. Per run,
-events commit in sequence order (the sequence is taken under the run's row lock, held
-to commit), so reading "after the last sequence sent" can never skip one: no gaps, no
-duplicates, on any replica.
-
-Watchers of the same run at the same position share one read (single flight): after a
-notification the 20 watchers of a run cost one query, not 20. A watcher only joins a
-read that started after the wake-up it is handling (the hub's per-run ``epoch``), so a
-shared read never predates the event that woke it.
-
-**WatchRuns(filter)** streams an organization's events across runs, filtered in SQL by
-definition name, labels (contains all) and the run state after the event. Events of
-different runs commit out of ``created_at`` order (``created_at`` is taken when the
-event is written, not at commit), so a plain keyset on ``created_at`` would skip an
-event that commits late. The cursor is therefore a lower bound on ``created_at`` plus,
-per run seen, the last sequence delivered: each read asks for the events with
-``created_at >= low`` minus, per run, those up to the sequence already delivered (per
-run, events become visible in sequence order, so that set is exactly what is new).
-``low`` trails the database time of the previous read by ``org_tail_window_seconds``
-(0.5 s), and once a second a re-scan starts ``org_window_seconds`` (5 s) behind the
-previous re-scan; during a replay from ``start_time`` it is the replay cursor instead.
-Guarantee: every matching event whose transaction commits within 5 s of writing it is
-delivered exactly once per stream (within 0.5 s: at once; later: by the next re-scan),
-in (created_at, run id, sequence) order except for late commits, and per run in
-sequence order; no duplicates within a stream. An event whose transaction stays open
-longer than the window after writing it may be missed (WatchRun has no such limit).
+- **WatchRun** reads pages of at most ``page_size`` events after the last sequence it
+  sent and yields them one by one, so a slow client holds at most one page. Watchers of
+  a run at the same position share one read (single flight); a watcher joins only a
+  read that started after the wake-up it handles (the hub's per-run ``epoch``).
+- **WatchRuns**: the cursor is a lower bound on ``created_at`` plus, per run seen, the
+  last sequence delivered. The bound trails the previous read's database time by
+  ``org_tail_window_seconds`` (0.5 s) and a periodic re-scan starts
+  ``org_window_seconds`` (5 s) behind; during a replay from ``start_time`` it is the
+  replay cursor. An event whose transaction stays open longer than the window after
+  writing it may be missed (WatchRun has no such limit).
 """
 
 from __future__ import annotations

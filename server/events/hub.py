@@ -1,31 +1,16 @@
 """The event hub of one replica: one ``LISTEN podium_events`` connection, fanned out in
 process to the watchers of WatchRun and WatchRuns.
 
-Every event appended by ``podium_emit_event`` (``server/storage/functions/10_events.sql``) sends
-``NOTIFY podium_events, '<run id>'`` when its transaction commits. The payload is the
-run id only, so the hub never carries events: it only **wakes** watchers, and each
-watcher reads the log after its own last sequence. That keeps a watcher's memory
-independent of how far behind it is, and makes delivery correct whatever happened to
-the notifications.
+See docs/ARCHITECTURE.md, section "Watching runs" (the hub, the fallback poll, the
+reconnect). The hub never carries events: ``podium_emit_event``
+(``server/storage/functions/10_events.sql``) sends ``NOTIFY podium_events, '<run id>'``
+and the hub only **wakes** watchers, each of which reads the log after its own last
+sequence. A watcher is a wake flag (an :class:`asyncio.Event`), never a queue.
 
-- **Run watchers** (WatchRun) register under a run id; a notification for that run
-  wakes them. Each carries ``position`` (the last sequence its client was sent).
+- **Run watchers** (WatchRun) register under a run id and carry ``position`` (the last
+  sequence their client was sent); the poll marks ``gone`` those whose run was deleted.
 - **Organization watchers** (WatchRuns) are woken by every notification (the payload
   does not say which organization a run belongs to); they rate-limit their own reads.
-- **Fallback poll**: every ``poll_interval`` seconds, while anyone watches, the hub
-  reads the last sequence of every watched run in one query and wakes the watchers that
-  are behind (and marks ``gone`` those whose run was deleted); organization watchers are
-  woken unconditionally. A lost notification therefore delays an event by at most one
-  poll interval; it is never lost.
-- **Reconnect**: when the LISTEN connection dies it is re-opened with exponential
-  backoff (watchers rely on the poll meanwhile), and every watcher is woken once it is
-  back, since notifications sent in between were missed.
-
-With no watchers the hub does no database work: the LISTEN connection only receives
-notifications, and the poll skips its query.
-
-A watcher is a wake flag (an :class:`asyncio.Event`), never a queue: however many
-notifications arrive, a watcher holds one bit until it reads.
 """
 
 from __future__ import annotations

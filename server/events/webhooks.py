@@ -2,29 +2,11 @@
 is :mod:`podium.server.events.ssrf`, the HTTP sender
 :mod:`podium.server.events.webhook_http`).
 
-**Outbox.** Every event appended to ``orchestration_events`` writes one
-``webhook_deliveries`` row per target (the run's ``webhook_url`` and the
-organization's configured targets) in the same transaction, through the trigger
-``podium_enqueue_webhooks`` (``server/storage/functions/20_webhooks.sql``), which also sends
-``NOTIFY podium_webhooks``. An event is therefore delivered if and only if it
-committed.
-
-**Dispatcher** (:class:`WebhookDispatcher`, one per replica): wakes on ``LISTEN
-podium_webhooks`` or its fallback timer (never a busy poll; with nothing due the timer
-costs one index probe), claims due deliveries with ``FOR UPDATE SKIP LOCKED`` (the
-claim counts the try and leases the row by moving ``next_attempt_at`` past the try's
-deadline, so no other replica takes it meanwhile and a replica that dies mid-try
-leaves it due again), POSTs at most ``concurrency`` at once, and records outcomes in
-batches, fenced by the try number: 2xx is ``delivered``; anything else (status,
-timeout, refused address, connection error) schedules the next try after an
-exponential backoff with jitter (``initial * 4^(try-1)``, capped, times a random
-factor in [0.5, 1]), and after the last try the delivery is ``dead``.
-
-Delivery is **at least once** (a receiver that answers after the lease, or a replica
-that stops between the POST and recording it, causes a second POST with the same
-``webhook-id``: receivers deduplicate on it) and **unordered** (tries of different
-events, even of one run to one target, run concurrently and retry independently;
-the body carries the run's ``sequence`` for receivers that need order).
+The outbox (the trigger ``podium_enqueue_webhooks`` in
+``server/storage/functions/20_webhooks.sql``), the dispatcher's claim, lease and
+batched outcomes are described in docs/ARCHITECTURE.md, section "Webhooks"; what a
+receiver gets, the guarantees (at least once, unordered) and the retry schedule in
+docs/operations.md, section "Webhooks".
 
 **Signing** (https://www.standardwebhooks.com/): ``webhook-id`` (the delivery id, the
 same on every try), ``webhook-timestamp`` (unix seconds of this try) and
@@ -32,11 +14,6 @@ same on every try), ``webhook-timestamp`` (unix seconds of this try) and
 the key is the base64 part of ``whsec_<base64>`` (``PODIUM_WEBHOOK_SECRET``). The
 signature is computed by ``standardwebhooks``, the specification's reference library.
 Nothing is ever sent unsigned: without a secret there is no dispatcher.
-
-**SSRF guard**: each try resolves the host again, checks every address and connects
-to a checked address (never to the name), with the original ``Host`` header and TLS
-server name; redirects are never followed (3xx is a failed try) and only the status
-line of a response is read (:mod:`podium.server.events.webhook_http`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
 """Storage: asyncpg repositories, migrations and the embedded PostgreSQL.
 
-All SQL of the service lives in this package (``queries.sql``); driver exceptions are
-translated into :mod:`.errors` exceptions before they leave it.
+The service's SQL outside the numbered migrations (top-level ``migrations/``) lives in
+this package: named statements in ``*.sql`` (``queries.sql`` for the general ones, one
+file per table group besides, loaded by :mod:`.queries`) and the SQL functions of the
+state machine in ``functions/NN_area.sql`` (applied by :mod:`.migrations`). Driver
+exceptions are translated into :mod:`.errors` exceptions before they leave it.
 """
 
 from .database import Database

@@ -32,10 +32,10 @@ def parse_queries(text: str) -> dict[str, str]:
     queries: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
-            raise ValueError(f"duplicate query name in queries.sql: {name!r}")
+            raise ValueError(f"duplicate query name: {name!r}")
         statement = body.strip()
         if not statement:
-            raise ValueError(f"empty query in queries.sql: {name!r}")
+            raise ValueError(f"empty query: {name!r}")
         queries[name] = statement
     return queries
 

@@ -1,4 +1,4 @@
-"""The grpcurl commands of README.md, run as written against a real server: server
+"""The grpcurl commands of docs/usage.md, run as written against a real server: server
 reflection makes them work without any proto file."""
 
 from __future__ import annotations

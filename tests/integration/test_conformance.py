@@ -1,4 +1,4 @@
-"""Conformance (issue 9, item 6): the scenario of ``tests/conformance/fan-out-approval.json``
+"""Conformance: the scenario of ``tests/conformance/fan-out-approval.json``
 run by the Python client (``PodiumClient``) with the Python example agent and with the
 Node.js example agent (``clients/node/examples/agent.js``, a real ``node`` process).
 The Node client runs the same file in ``clients/node/test/conformance.test.js``; CI runs

@@ -23,8 +23,11 @@ Definition = definition_pb2.Definition
 BudgetPolicy = definition_pb2.BudgetPolicy
 CheckpointPolicy = definition_pb2.CheckpointPolicy
 
-# The example of DESIGN.md ("A definition"), verbatim.
-DESIGN_EXAMPLE = """\
+# A definition using every part of the format in its YAML short forms: concurrency (with
+# the key and max_runs_per_key not built yet), a budget (not built yet), caching, error
+# handling with backoff, a rollback hint, a skill comment, a checkpoint and a
+# sub-orchestration.
+FULL_EXAMPLE = """\
 name: research-brief
 execution:
   concurrency: { max_parallel: 4, key: "${run.input.customer}", max_runs_per_key: 2 }
@@ -56,9 +59,9 @@ def error_of(text: str) -> DefinitionFileError:
     return info.value
 
 
-def test_design_example_loads(tmp_path: Path) -> None:
+def test_full_example_loads(tmp_path: Path) -> None:
     path = tmp_path / "research-brief.yaml"
-    path.write_text(DESIGN_EXAMPLE, encoding="utf-8")
+    path.write_text(FULL_EXAMPLE, encoding="utf-8")
 
     definition = load_definition(path)
 
@@ -307,7 +310,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_definition_to_dict_round_trips_with_plain_numbers() -> None:
-    definition = parse_definition(DESIGN_EXAMPLE)
+    definition = parse_definition(FULL_EXAMPLE)
     definition.version = 2
 
     as_dict = definition_to_dict(definition)

@@ -45,8 +45,9 @@ def only(definition: Definition, **kwargs: Any) -> tuple[str, str]:
     return found[0]
 
 
-# The design's example without its budget and concurrency key (refused until built).
-DESIGN_EXAMPLE: dict[str, Any] = {
+# The definition of test_definition_loader.py's FULL_EXAMPLE as a dict, without its
+# budget and concurrency key (refused until built).
+FULL_EXAMPLE: dict[str, Any] = {
     "name": "research-brief",
     "execution": {
         "concurrency": {"max_parallel": 4},
@@ -83,8 +84,8 @@ DESIGN_EXAMPLE: dict[str, Any] = {
 # --------------------------------------------------------------------------- valid
 
 
-def test_design_example_is_valid() -> None:
-    definition = json_format.ParseDict(DESIGN_EXAMPLE, Definition())
+def test_full_example_is_valid() -> None:
+    definition = json_format.ParseDict(FULL_EXAMPLE, Definition())
     assert validate_definition(definition) == []
 
 
@@ -625,7 +626,7 @@ def test_unknown_agents_and_skills() -> None:
 
 
 def test_referenced_targets() -> None:
-    definition = json_format.ParseDict(DESIGN_EXAMPLE, Definition())
+    definition = json_format.ParseDict(FULL_EXAMPLE, Definition())
     targets = referenced_targets(definition)
     assert targets.agents == {"web-search", "summarizer"}
     assert targets.skills == frozenset()
@@ -675,7 +676,7 @@ def test_violations_are_capped() -> None:
 
 
 def test_normalize_definition_clears_output_only_fields() -> None:
-    definition = json_format.ParseDict(DESIGN_EXAMPLE, Definition())
+    definition = json_format.ParseDict(FULL_EXAMPLE, Definition())
     expected = copy.deepcopy(definition)
     definition.version = 7
     definition.organization_id = "org"
