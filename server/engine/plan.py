@@ -60,8 +60,16 @@ def build_steps(
     for step in plan.steps:
         needed_by.update(step.depends_on)
     steps = []
+    # Most steps have no on_failure of their own: they share the definition's policy
+    # (frozen, so one object serves them all; a 10,000-step plan builds it once).
+    shared_policy: FailurePolicy | None = None
     for position, step in enumerate(plan.steps):
-        policy = _failure_policy(plan, step)
+        if step.HasField("on_failure"):
+            policy = _failure_policy(plan, step)
+        else:
+            if shared_policy is None:
+                shared_policy = _failure_policy(plan, step)
+            policy = shared_policy
         target = step.WhichOneof("target")
         spec = StepSpec.for_step(
             step_dicts[position],

@@ -27,7 +27,7 @@ step and of an attempt.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -365,17 +365,17 @@ class StepSpec:
         """The spec of a new step: the definition's step in protobuf JSON form with its
         effective policies (the author's ``caching`` is replaced by the effective one,
         or dropped when the step is not cached)."""
-        spec = cls.from_json(step_json)
-        extra = spec.extra
+        # Built in one call: dataclasses.replace() of a parsed spec costs more than the
+        # parse itself, and StartRun builds one spec per step of the plan.
+        fields = _spec_fields(step_json)
+        extra = fields["extra"]
         if "caching" in extra:
-            extra = {k: v for k, v in extra.items() if k != "caching"}
-        return replace(
-            spec,
-            on_failure=on_failure,
-            caching=caching,
-            bypass_cache=True if bypass_cache else spec.bypass_cache,
-            extra=extra,
-        )
+            fields["extra"] = {k: v for k, v in extra.items() if k != "caching"}
+        fields["on_failure"] = on_failure
+        fields["caching"] = caching
+        if bypass_cache:
+            fields["bypass_cache"] = True
+        return cls(**fields)
 
     @property
     def failure(self) -> FailurePolicy:
@@ -423,44 +423,45 @@ class StepSpec:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StepSpec:
         """Parse a stored spec; cheap (it runs for every claimed step)."""
-        get = data.get
-        orchestration = get("orchestration")
-        checkpoint = get("checkpoint")
-        on_failure = get("on_failure")
-        rollback = get("rollback")
-        answer = get("answer")
-        depends_on: Sequence[str] | None = get("depends_on")
-        raw_caching = get("caching")
-        caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
-        extra: Json = {}
-        if not _KNOWN.issuperset(data):
-            extra = {k: v for k, v in data.items() if k not in _KNOWN}
-        if raw_caching is not None and caching is None:
-            extra["caching"] = raw_caching
-        return cls(
-            id=get("id"),
-            agent=get("agent"),
-            skill=get("skill"),
-            orchestration=(
-                OrchestrationTarget.from_json(orchestration)
-                if isinstance(orchestration, dict)
-                else None
-            ),
-            depends_on=None if depends_on is None else tuple(depends_on),
-            input=get("input"),
-            checkpoint=CheckpointPolicy.from_json(checkpoint)
-            if isinstance(checkpoint, dict)
-            else None,
-            on_failure=(
-                FailurePolicy.from_json(on_failure) if isinstance(on_failure, dict) else None
-            ),
-            timeout_seconds=get("timeout_seconds"),
-            caching=caching,
-            description=get("description"),
-            rollback=Rollback.from_json(rollback) if isinstance(rollback, dict) else None,
-            bypass_cache=get("bypass_cache"),
-            approved_input=get("approved_input"),
-            checkpoint_passed=get("checkpoint_passed"),
-            answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
-            extra=extra,
-        )
+        return cls(**_spec_fields(data))
+
+
+def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`StepSpec` for the spec JSON ``data``."""
+    get = data.get
+    orchestration = get("orchestration")
+    checkpoint = get("checkpoint")
+    on_failure = get("on_failure")
+    rollback = get("rollback")
+    answer = get("answer")
+    depends_on: Sequence[str] | None = get("depends_on")
+    raw_caching = get("caching")
+    caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
+    extra: Json = {}
+    if not _KNOWN.issuperset(data):
+        extra = {k: v for k, v in data.items() if k not in _KNOWN}
+    if raw_caching is not None and caching is None:
+        extra["caching"] = raw_caching
+    return dict(
+        id=get("id"),
+        agent=get("agent"),
+        skill=get("skill"),
+        orchestration=(
+            OrchestrationTarget.from_json(orchestration)
+            if isinstance(orchestration, dict)
+            else None
+        ),
+        depends_on=None if depends_on is None else tuple(depends_on),
+        input=get("input"),
+        checkpoint=CheckpointPolicy.from_json(checkpoint) if isinstance(checkpoint, dict) else None,
+        on_failure=(FailurePolicy.from_json(on_failure) if isinstance(on_failure, dict) else None),
+        timeout_seconds=get("timeout_seconds"),
+        caching=caching,
+        description=get("description"),
+        rollback=Rollback.from_json(rollback) if isinstance(rollback, dict) else None,
+        bypass_cache=get("bypass_cache"),
+        approved_input=get("approved_input"),
+        checkpoint_passed=get("checkpoint_passed"),
+        answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
+        extra=extra,
+    )
