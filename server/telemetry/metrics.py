@@ -127,8 +127,8 @@ class Metrics:
         # -- steps
         self.steps_total = Counter(
             "orchestration_steps_total",
-            "Steps that reached a final state on this replica (succeeded or failed after "
-            "their last attempt).",
+            "Steps that reached a final state on this replica (succeeded, or failed or "
+            "skipped after their last attempt).",
             ["agent", "state"],
             registry=r,
         )
@@ -230,7 +230,7 @@ class Metrics:
     ) -> None:
         """One attempt ended with ``outcome`` (see :data:`ATTEMPT_OUTCOMES`) after
         ``seconds`` of execution; ``final_state`` is the step's final state when this
-        attempt decided it (``succeeded`` or ``failed``), else None. ``agent`` is a
+        attempt decided it (``succeeded``, ``failed`` or ``skipped``), else None. ``agent`` is a
         value from :meth:`agent_label`."""
         self.step_attempts_total.labels(agent=agent, outcome=outcome).inc()
         if seconds is not None:
