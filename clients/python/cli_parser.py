@@ -272,7 +272,11 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
     )
     p.add_argument("run_id")
     p.add_argument(
-        "--step", action="append", required=True, help="a step to re-execute (repeatable)"
+        "--step",
+        action="append",
+        default=[],
+        help="a step to re-execute (repeatable); with --input alone, the steps whose input "
+        "changes re-execute",
     )
     p.add_argument("--input", help="replacement run input, as a JSON object (default: the same)")
     p.add_argument("--request-id", help="idempotency key: repeating the call returns the same run")

@@ -387,14 +387,15 @@ class PodiumClient:
     async def fork_run(
         self,
         run_id: str,
-        step_ids: Iterable[str],
+        step_ids: Iterable[str] = (),
         *,
         input: Mapping[str, Any] | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
     ) -> run_pb2.Run:
-        """A new run reusing a finished run's outputs upstream of ``step_ids`` and
-        re-executing those steps and their dependents ("rerun from here")."""
+        """A new run of a finished run's plan ("rerun from here") that re-executes
+        ``step_ids``, every step whose input the new ``input`` changes, and their
+        dependents, and copies the other outputs."""
         request = pb.ForkRunRequest(
             run_id=run_id,
             step_ids=list(step_ids),

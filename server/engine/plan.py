@@ -1,22 +1,28 @@
 """Plan building: the step rows of a new run (``build_steps``), each with its effective
 failure policy, its cache policy, the steps its input references and whether it is a
-sink."""
+sink; and which steps a fork re-executes (``fork_redo``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import step_policy
-from podium.server.engine.references import find_references
-from podium.server.storage.runs import NewStep
+from podium.server.engine.references import (
+    MissingReferenceError,
+    ReferenceSyntaxError,
+    find_references,
+    normalize_numbers,
+    resolve,
+)
+from podium.server.storage.runs import NewStep, StepRow
 from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
 
-__all__ = ["build_steps"]
+__all__ = ["build_steps", "fork_redo"]
 
 
 def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> FailurePolicy:
@@ -100,3 +106,51 @@ def build_steps(
             )
         )
     return steps
+
+
+def _downstream(steps: Sequence[StepRow], redo: set[str]) -> set[str]:
+    """``redo`` with every step downstream of one of its steps."""
+    redo = set(redo)
+    changed = True
+    while changed:
+        changed = False
+        for step in steps:
+            if step.step_id not in redo and redo.intersection(step.depends_on):
+                redo.add(step.step_id)
+                changed = True
+    return redo
+
+
+def fork_redo(
+    steps: Sequence[StepRow], forced: set[str], run_input: Any, source_input: Any
+) -> set[str]:
+    """The steps a fork re-executes: ``forced``, each succeeded step whose input resolves
+    differently with ``run_input`` than it did in the source run (or no longer
+    resolves), and everything downstream of them.
+
+    A step kept for copying has only kept steps upstream, so its input resolves from the
+    new run input and the source's outputs, as the executor would resolve it (an
+    approval's extra input included)."""
+    redo = _downstream(steps, forced)
+    if normalize_numbers(run_input) == normalize_numbers(source_input):
+        return redo
+    outputs = {s.step_id: s.output for s in steps if s.state == "succeeded"}
+    while True:
+        changed: set[str] = set()
+        for step in steps:
+            if step.state != "succeeded" or step.step_id in redo:
+                continue
+            template = step.spec.get("input", {})
+            try:
+                resolved = resolve(template, run_input=run_input, step_outputs=outputs)
+            except (MissingReferenceError, ReferenceSyntaxError):
+                changed.add(step.step_id)
+                continue
+            extra = step.spec.get("approved_input")
+            if isinstance(extra, dict) and isinstance(resolved, dict):
+                resolved = {**resolved, **extra}
+            if normalize_numbers(resolved) != normalize_numbers(step.input):
+                changed.add(step.step_id)
+        if not changed:
+            return redo
+        redo = _downstream(steps, redo | changed)

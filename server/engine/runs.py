@@ -34,7 +34,7 @@ from podium.server.engine.mapping import (
     run_to_proto,
 )
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
-from podium.server.engine.plan import build_steps
+from podium.server.engine.plan import build_steps, fork_redo
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
     parse_run_id,
@@ -181,17 +181,21 @@ class RunService:
         trace_carrier: Mapping[str, str] | None = None,
     ) -> tuple[run_pb2.Run, bool]:
         """ForkRun ("rerun from here"): a new run of a finished run's plan that re-executes
-        ``step_ids`` and everything downstream of them, and copies the outputs of the
-        other succeeded steps. ``input`` replaces the run input (unset: the original).
-        Steps that did not succeed in the source run execute too. Returns (run,
-        existing) like StartRun (``request_id`` makes it idempotent)."""
+        ``step_ids``, every step whose input resolves differently with the new ``input``
+        (unset: the original input), and everything downstream of them; it copies the
+        outputs of the other succeeded steps. Steps that did not succeed in the source
+        run execute too. Returns (run, existing) like StartRun (``request_id`` makes it
+        idempotent)."""
         rid = parse_run_id(request.run_id)
         violations = request_id_violations(request.request_id)
         if request.HasField("input"):
             violations.extend(struct_violations(request.input, "input"))
-        if not request.step_ids:
+        if not request.step_ids and not request.HasField("input"):
             violations.append(
-                FieldViolation(field="step_ids", description="name at least one step to re-run")
+                FieldViolation(
+                    field="step_ids",
+                    description="name at least one step to re-run, or give a new input",
+                )
             )
         if violations:
             raise InvalidArgument("ForkRun request is invalid", violations=violations)
@@ -218,24 +222,24 @@ class RunService:
         ]
         if unknown:
             raise InvalidArgument("ForkRun names unknown steps", violations=unknown)
-        # Re-execute the named steps and everything downstream; copy the rest that
-        # succeeded.
-        redo = set(request.step_ids)
-        changed = True
-        while changed:
-            changed = False
-            for step in steps:
-                if step.step_id not in redo and redo.intersection(step.depends_on):
-                    redo.add(step.step_id)
-                    changed = True
-        copied = [s.step_id for s in steps if s.state == "succeeded" and s.step_id not in redo]
-        plan = definition_pb2.Definition()
-        json_format.ParseDict(source.plan, plan, ignore_unknown_fields=True)
         run_input = (
             normalize_numbers(json_format.MessageToDict(request.input))
             if request.HasField("input")
             else source.input
         )
+        # Re-execute the named steps, the steps whose input a new run input changes, and
+        # everything downstream; copy the rest that succeeded.
+        redo = fork_redo(steps, set(request.step_ids), run_input, source.input)
+        copied = [s.step_id for s in steps if s.state == "succeeded" and s.step_id not in redo]
+        if len(copied) == len(steps):
+            raise FailedPrecondition(
+                f"forking run {request.run_id} would re-execute no step: the new input "
+                "changes no step's input; name a step to re-run in step_ids",
+                reason="NOTHING_TO_RERUN",
+                metadata={"run_id": request.run_id},
+            )
+        plan = definition_pb2.Definition()
+        json_format.ParseDict(source.plan, plan, ignore_unknown_fields=True)
         with self.tracing.run_span(trace_carrier, {}) as (_, trace_context):
             new = NewRun(
                 organization_id=organization_id,

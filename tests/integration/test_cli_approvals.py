@@ -425,8 +425,8 @@ async def test_cli_fork_reruns_from_a_step(
     start_server: StartServer, example_agents: ExampleAgents, tmp_path: Path
 ) -> None:
     """`runs fork RUN --step STEP --input ... --wait`: a new run re-executes the step and
-    what follows it with the new input; the upstream output is copied. Bad usage exits 2,
-    an unknown step 1."""
+    what follows it with the new input; the upstream output, whose input did not change,
+    is copied. Neither a step nor an input, or an unknown step, is refused (exit 1)."""
     address = await serve(start_server, static_agents(example_agents, "echo"), tmp_path, FORK_PLAN)
     first = await podium_json(
         "runs", "start", "forkable", "--input", '{"v": 1}', "--wait", *address
@@ -440,10 +440,10 @@ async def test_cli_fork_reruns_from_a_step(
     run = json.loads(forked.stdout)
     assert run["forked_from_run_id"] == first["id"]
     steps = {s["step_id"]: s for s in run["steps"]}
-    assert steps["once"]["output"] == {"echo": {"v": 1}}  # copied from the first run
+    assert steps["once"]["output"] == {"echo": {"k": "fixed"}}  # copied from the first run
     assert steps["twice"]["output"] == {"echo": {"v": 2}}
-    usage = await podium("runs", "fork", first["id"], *address)
-    assert usage.returncode == 2
+    nothing = await podium("runs", "fork", first["id"], *address)
+    assert nothing.returncode == 1 and "step_ids" in nothing.stderr
     unknown = await podium("runs", "fork", first["id"], "--step", "nope", *address)
     assert unknown.returncode == 1 and "step_ids[0]" in unknown.stderr
 
@@ -451,6 +451,6 @@ async def test_cli_fork_reruns_from_a_step(
 FORK_PLAN = """\
 name: forkable
 steps:
-  - {id: once, agent: echo, input: {v: '${run.input.v}'}}
+  - {id: once, agent: echo, input: {k: fixed}}
   - {id: twice, agent: echo, depends_on: [once], input: {v: '${run.input.v}'}}
 """

@@ -792,8 +792,9 @@ async def test_depth_limit_and_recursion(podium: Connect) -> None:
 async def test_fork_reruns_from_a_step_with_new_input(
     podium: Connect, example_agents: ExampleAgents
 ) -> None:
-    """ForkRun of a finished run: the named step and everything downstream run again
-    (with the new input); upstream outputs are copied, their agent not called."""
+    """ForkRun of a finished run: the named step, every step whose input the new run
+    input changes, and everything downstream run again; the other outputs are copied,
+    their agent not called."""
     _, stub = await podium()
     steps = [
         {"id": "a", "agent": "echo", "input": {"v": "${run.input.v}"}},
@@ -831,17 +832,81 @@ async def test_fork_reruns_from_a_step_with_new_input(
 
     run = await wait_for_run(stub, forked.id)
     assert run.state == Run.STATE_SUCCEEDED, run
-    # a and side copied (a keeps v=1 although the input changed); b and c ran again.
-    assert plain(step_of(run, "a").output) == {"echo": {"v": 1}}
-    assert not step_of(run, "a").attempts and not step_of(run, "side").attempts
-    assert plain(step_of(run, "b").output) == {"echo": {"a": 1, "w": "y"}}
+    # a reads run.input.v, which changed: it ran again, and b (named) and c after it;
+    # side does not read the input: copied.
+    assert plain(step_of(run, "a").output) == {"echo": {"v": 2}}
+    assert step_of(run, "a").attempts and not step_of(run, "side").attempts
+    assert plain(step_of(run, "b").output) == {"echo": {"a": 2, "w": "y"}}
     assert plain(step_of(run, "c").output) == {"echo": {"b": "y"}}
-    assert example_agents["echo"].stats.calls == calls + 2
+    assert example_agents["echo"].stats.calls == calls + 3
     copied = [e for e in await all_events(stub, run.id) if event_type(e) == "step.completed"]
     assert {e.step_id for e in copied if plain(e.data).get("copied_from_run_id") == first.id} == {
-        "a",
-        "side",
+        "side"
     }
+
+
+async def test_fork_with_new_input_reruns_only_what_the_input_changes(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """ForkRun with a new input and no step named: a step re-executes when its resolved
+    input differs from the source run's (and everything downstream of it); a step whose
+    input does not change is copied, even downstream of the input's readers when what
+    it reads from them did not change."""
+    _, stub = await podium()
+    steps = [
+        {"id": "topic", "agent": "echo", "input": {"t": "${run.input.topic}"}},
+        {"id": "lang", "agent": "echo", "input": {"l": "${run.input.language}"}},
+        {
+            "id": "write",
+            "agent": "echo",
+            "depends_on": ["topic"],
+            "input": {"about": "${steps.topic.output.echo.t}"},
+        },
+        {
+            "id": "translate",
+            "agent": "echo",
+            "depends_on": ["lang"],
+            "input": {"to": "${steps.lang.output.echo.l}"},
+        },
+        {"id": "fixed", "agent": "echo", "input": {"n": 1}},
+    ]
+    first = await wait_for_run(
+        stub,
+        (
+            await start_run(
+                stub,
+                inline=plan(steps, execution={"concurrency": {"max_parallel": 5}}),
+                input={"topic": "tea", "language": "fr"},
+            )
+        ).run.id,
+    )
+    assert first.state == Run.STATE_SUCCEEDED
+    calls = example_agents["echo"].stats.calls
+    forked = (
+        await stub.ForkRun(
+            pb.ForkRunRequest(run_id=first.id, input=struct({"topic": "coffee", "language": "fr"}))
+        )
+    ).run
+    run = await wait_for_run(stub, forked.id)
+    assert run.state == Run.STATE_SUCCEEDED, run
+    assert plain(step_of(run, "write").output) == {"echo": {"about": "coffee"}}
+    assert example_agents["echo"].stats.calls == calls + 2  # topic and write
+    copied = [e for e in await all_events(stub, run.id) if event_type(e) == "step.completed"]
+    assert {e.step_id for e in copied if plain(e.data).get("copied_from_run_id") == first.id} == {
+        "lang",
+        "translate",
+        "fixed",
+    }
+    # The same input would re-execute nothing: refused, no run created.
+    runs_before = len((await stub.ListRuns(pb.ListRunsRequest())).runs)
+    error = await rpc_error(
+        stub.ForkRun(
+            pb.ForkRunRequest(run_id=first.id, input=struct({"topic": "tea", "language": "fr"}))
+        )
+    )
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_details(error)[0].reason == "NOTHING_TO_RERUN"
+    assert len((await stub.ListRuns(pb.ListRunsRequest())).runs) == runs_before
 
 
 async def test_fork_errors_and_a_failed_source(podium: Connect) -> None:
@@ -857,7 +922,7 @@ async def test_fork_errors_and_a_failed_source(podium: Connect) -> None:
     await stub.CancelRun(pb.CancelRunRequest(run_id=started.run.id))
 
     error = await rpc_error(stub.ForkRun(pb.ForkRunRequest(run_id=started.run.id)))
-    assert set(violations(error)) == {"step_ids"}
+    assert set(violations(error)) == {"step_ids"}  # neither a step nor a new input
     error = await rpc_error(
         stub.ForkRun(pb.ForkRunRequest(run_id=started.run.id, step_ids=["slow", "nope"]))
     )

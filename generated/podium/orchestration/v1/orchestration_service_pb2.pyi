@@ -740,11 +740,16 @@ class ForkRunRequest(_message.Message):
     """Idempotency key, as on StartRun."""
     @_builtins.property
     def step_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Steps to re-execute (with their dependents); the others keep their outputs."""
+        """Steps to re-execute (with their dependents); the others keep their outputs. May be
+        empty when `input` is set.
+        """
 
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Replacement input of the new run; unset keeps the original input."""
+        """Replacement input of the new run; unset keeps the original input. Every step whose
+        input resolves differently with it re-executes too (with its dependents). A fork
+        that would re-execute no step is refused (FAILED_PRECONDITION, NOTHING_TO_RERUN).
+        """
 
     def __init__(
         self,
