@@ -13,6 +13,7 @@ streaming its progress into :class:`~.streams.StreamBuffers`. The result becomes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import TaskInputRequired
-from podium.server.agents.client import TaskFailed, TaskSucceeded
+from podium.server.agents.client import DEADLINE_EXCEEDED, TaskFailed, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import CacheHit, StepCache
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
@@ -155,6 +156,20 @@ class StepExecutor:
         await cache.release(found, outcome.output if outcome.outcome == Outcome.SUCCEEDED else None)
         return outcome
 
+    def _timeout(self, step: ClaimedStep) -> tuple[float, str]:
+        """The deadline of the step's agent call and the setting it comes from (the
+        step's own, the definition's default, the agent's default, the server's)."""
+        if step.timeout_seconds:
+            if step.spec.timeout_seconds:
+                return step.timeout_seconds, "the step's timeout_seconds"
+            return step.timeout_seconds, "the definition's execution.default_timeout_seconds"
+        if step.agent_timeout_seconds:
+            return (
+                step.agent_timeout_seconds,
+                f"agent {step.agent!r}'s default_timeout_seconds",
+            )
+        return self._default_timeout, "the server's ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS"
+
     async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:
         if step.endpoint is None:
             if step.skill:
@@ -164,7 +179,7 @@ class StepExecutor:
                 message = f"agent {step.agent!r} is not registered"
                 error = StepError("AGENT_NOT_FOUND", message, True)
             return self._outcomes.outcome(step, resolved=resolved, error=error)
-        timeout = step.timeout_seconds or step.agent_timeout_seconds or self._default_timeout
+        timeout, timeout_source = self._timeout(step)
         request = agent_pb2.ExecuteTaskRequest(
             task_id=str(step.task_id),
             run_id=str(step.run_id),
@@ -213,6 +228,13 @@ class StepExecutor:
         if isinstance(result, TaskSucceeded):
             return self._outcomes.outcome(
                 step, output=result.output, resolved=resolved, result=result
+            )
+        if isinstance(result, TaskFailed) and result.code == DEADLINE_EXCEEDED:
+            # Say which limit was hit: the transport only knows that a deadline passed.
+            result = dataclasses.replace(
+                result,
+                message=f"step {step.step_id!r} timed out after {timeout:g} s "
+                f"({timeout_source}): {result.message}",
             )
         if isinstance(result, TaskInputRequired):
             # A2A INPUT_REQUIRED: the step parks on an input_required approval; the

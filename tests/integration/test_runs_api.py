@@ -982,30 +982,51 @@ async def test_retries_stop_at_max_attempts(podium: Connect, example_agents: Exa
 
 
 @pytest.mark.parametrize(
-    ("agent_options", "step_extra", "plan_extra"),
+    ("agent_options", "step_extra", "plan_extra", "server_extra", "limit"),
     [
-        pytest.param("", {"timeout_seconds": 0.3}, {}, id="step"),
-        pytest.param("", {}, {"execution": {"default_timeout_seconds": 0.3}}, id="definition"),
-        pytest.param("timeout=0.3", {}, {}, id="agent"),
+        pytest.param(
+            "", {"timeout_seconds": 0.3}, {}, {}, "after 0.3 s (the step's timeout_seconds)",
+            id="step",
+        ),
+        pytest.param(
+            "", {}, {"execution": {"default_timeout_seconds": 0.3}}, {},
+            "after 0.3 s (the definition's execution.default_timeout_seconds)",
+            id="definition",
+        ),
+        pytest.param(
+            "timeout=0.3", {}, {}, {}, "after 0.3 s (agent 'sleeper''s default_timeout_seconds)",
+            id="agent",
+        ),
+        pytest.param(
+            "", {}, {}, {"default_step_timeout_seconds": 0.3},
+            "after 0.3 s (the server's ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS)",
+            id="server",
+        ),
     ],
-)
+)  # fmt: skip
 async def test_step_timeout_is_deadline_exceeded_and_cancels_the_agent_call(
     podium: Connect,
     example_agents: ExampleAgents,
     agent_options: str,
     step_extra: dict[str, Any],
     plan_extra: dict[str, Any],
+    server_extra: dict[str, Any],
+    limit: str,
 ) -> None:
     """A step whose agent outlives its timeout (the step's, else the definition's
-    default, else the agent's) fails DEADLINE_EXCEEDED (retryable, one attempt allowed)
-    and the agent sees its call cancelled."""
-    stub = await podium(agents=agents_setting(example_agents, sleeper=agent_options))
+    default, else the agent's, else the server's) fails DEADLINE_EXCEEDED (retryable,
+    one attempt allowed), the error says which limit and its value, and the agent sees
+    its call cancelled."""
+    stub = await podium(
+        agents=agents_setting(example_agents, sleeper=agent_options), **server_extra
+    )
     nap = {"id": "nap", "agent": "sleeper", "input": {"seconds": 30}, **step_extra}
     started = await start_run(stub, inline=plan([nap], **plan_extra))
     run = await wait_for_run(stub, started.run.id)
     assert run.state == Run.STATE_FAILED, run
     step = step_of(run, "nap")
     assert (step.error.code, step.error.retryable) == ("DEADLINE_EXCEEDED", True)
+    assert step.error.message.startswith(f"step 'nap' timed out {limit}: "), step.error.message
     assert [a.error.code for a in step.attempts] == ["DEADLINE_EXCEEDED"]
     sleeper = example_agents["sleeper"].stats
     await wait_until(lambda: sleeper.cancellations == 1, "the sleeper to see the deadline")
