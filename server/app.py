@@ -30,13 +30,17 @@ import time
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
+from podium.server.api.probes import (
+    HEALTH_SERVICE_NAME,
+    ListingHealthServicer,
+    add_health,
+    add_reflection,
+)
 from podium.server.config import Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
@@ -94,7 +98,7 @@ class PodiumServer:
         exporter); by default one is built from the OTel environment, if it asks for one."""
         self.settings = settings
         self.port = 0
-        self.health = HealthServicer()
+        self.health = ListingHealthServicer()
         self.metrics = Metrics()
         """This replica's metrics (its own registry)."""
         self.tracing = Tracing(tracer_provider)
@@ -142,15 +146,8 @@ class PodiumServer:
         )
         servicer = OrchestrationServicer(lambda: self.engine, self.settings.organization_id)
         orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        add_health(self.health, server)
+        add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)
         try:
             self.port = server.add_insecure_port(self.settings.listen_address)
         except RuntimeError as exc:

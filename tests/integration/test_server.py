@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
@@ -26,6 +27,37 @@ async def test_health_reports_serving_for_server_and_service(channel: grpc.aio.C
     for service in ("", SERVICE):
         response = await health.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_health_list_names_every_service(channel: grpc.aio.Channel) -> None:
+    """Health/List (advertised by the Health descriptor) answers every service with a
+    status, not UNIMPLEMENTED."""
+    health = health_pb2_grpc.HealthStub(channel)
+    listed = await health.List(health_pb2.HealthListRequest())
+    assert {name: s.status for name, s in listed.statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        SERVICE: health_pb2.HealthCheckResponse.SERVING,
+    }
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_is_served_as_v1_and_v1alpha(
+    channel: grpc.aio.Channel, version: str
+) -> None:
+    """Both reflection versions answer (the messages are the same on the wire): list
+    the services, then the file that defines OrchestrationService."""
+    call = channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE),
+    ]
+    answers = [answer async for answer in call(iter(requests))]
+    assert SERVICE in {s.name for s in answers[0].list_services_response.service}
+    assert answers[1].file_descriptor_response.file_descriptor_proto
 
 
 async def test_reflection_lists_services_and_every_rpc(podium_server: PodiumServer) -> None:
