@@ -77,8 +77,13 @@ class Engine:
         )
 
     async def start(self) -> None:
-        """Load the static agents and the global webhook target, then start the watch
-        hub, the webhook sender (with retention) and the scheduler."""
+        """Check the configuration, load the static agents and the global webhook target,
+        then start the watch hub, the webhook sender (with retention) and the scheduler.
+
+        Every check comes before the first write: a replica that refuses to start
+        (ConfigError) leaves the agents and webhook targets of the running ones as they
+        are."""
+        await self.webhooks.check_configuration()
         loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
         if loaded:
             log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})

@@ -77,6 +77,7 @@ class WebhookService:
     def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
         self._settings = settings
         self._repository = WebhooksRepository(db)
+        self._configuration_checked = False
         secret = _secret_text(settings.webhook_secret)
         if settings.progress_webhook_url and secret is None:
             raise ConfigError(
@@ -113,11 +114,11 @@ class WebhookService:
         """Whether webhooks can be delivered (a secret is configured)."""
         return self.dispatcher is not None
 
-    async def start(self) -> None:
-        """Check and store the configured target, then start the dispatcher and
-        retention. Raises ConfigError when the configured URL is refused."""
+    async def check_configuration(self) -> None:
+        """Check the configured target without writing anything (a replica that refuses
+        to start must change nothing shared). Raises ConfigError when it is refused."""
         url = self._settings.progress_webhook_url
-        if url:
+        if url and not self._configuration_checked:
             try:
                 await check_webhook_url_async(
                     url, allow_private=self._settings.allow_private_webhooks
@@ -126,6 +127,13 @@ class WebhookService:
                 raise ConfigError(
                     f"ORCHESTRATION_PROGRESS_WEBHOOK_URL={redact_url(url)!r} is refused: {exc}"
                 ) from None
+        self._configuration_checked = True
+
+    async def start(self) -> None:
+        """Check and store the configured target, then start the dispatcher and
+        retention. Raises ConfigError when the configured URL is refused."""
+        await self.check_configuration()
+        url = self._settings.progress_webhook_url
         sync = await self._repository.replace_configured_targets(
             self._settings.organization_id, [url] if url else []
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
-from podium.server.config import Settings
+from podium.server.config import ConfigError, Settings
 
 SERVICE = "podium.orchestration.v1.OrchestrationService"
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -155,3 +156,43 @@ async def test_watchers_see_not_serving_when_shutdown_starts(database_url: str) 
             await server.stop(0)
         else:
             await stopping
+
+
+async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
+    database_url: str,
+) -> None:
+    """A second replica whose configuration is refused (a loopback webhook URL without
+    ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS) fails to start before writing anything: the
+    running replica's static agents stay registered."""
+    first = PodiumServer(
+        Settings.from_env(
+            {},
+            database_url=database_url,
+            listen_address="127.0.0.1:0",
+            shutdown_grace_seconds=0.0,
+            agents="echo=127.0.0.1:50999",
+        )
+    )
+    await first.start()
+    try:
+        second = PodiumServer(
+            Settings.from_env(
+                {},
+                database_url=database_url,
+                listen_address="127.0.0.1:0",
+                shutdown_grace_seconds=0.0,
+                progress_webhook_url="http://127.0.0.1:9/hook",
+                webhook_secret="whsec_" + base64.b64encode(b"x" * 32).decode(),
+                allow_private_webhooks=False,
+            )
+        )
+        with pytest.raises(ConfigError, match="PROGRESS_WEBHOOK_URL"):
+            await second.start()
+        await second.stop(0)
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            listed = await pb_grpc.OrchestrationServiceStub(channel).ListAgents(
+                pb.ListAgentsRequest()
+            )
+        assert [agent.name for agent in listed.agents] == ["echo"]
+    finally:
+        await first.stop(0)
