@@ -114,14 +114,16 @@ class DefinitionsRepository:
         async with self._db.transaction() as conn:
             await conn.execute(QUERIES["lock_definition_name"], organization_id, name)
             if reuse:
-                latest = await conn.fetchrow(
-                    QUERIES["get_latest_definition"], organization_id, name
-                )
+                head = await conn.fetchrow(QUERIES["latest_definition_head"], organization_id, name)
                 if (
-                    latest is not None
-                    and not latest["archived"]
-                    and latest["content_hash"] == content_hash
+                    head is not None
+                    and not head["archived"]
+                    and head["content_hash"] == content_hash
                 ):
+                    latest = await conn.fetchrow(
+                        QUERIES["get_definition_version"], organization_id, name, head["version"]
+                    )
+                    assert latest is not None  # versions are never deleted
                     return _record(latest), False
             row = await conn.fetchrow(
                 QUERIES["create_definition"],

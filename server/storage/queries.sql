@@ -97,6 +97,15 @@ WHERE organization_id = $1 AND name = $2
 ORDER BY version DESC
 LIMIT 1
 
+-- latest_definition_head --
+-- $1: organization_id, $2: name. What CreateDefinition compares (not the spec, which
+-- may be a 10,000-step document).
+SELECT version, content_hash, archived
+FROM orchestration_definitions
+WHERE organization_id = $1 AND name = $2
+ORDER BY version DESC
+LIMIT 1
+
 -- get_definition_version --
 -- $1: organization_id, $2: name, $3: version
 SELECT organization_id, name, version, description, spec, content_hash, archived,
