@@ -6,7 +6,10 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 
 - ``podium_decide_approval`` sets ``checkpoint_passed`` and ``approved_input`` (approval of
   a ``checkpoint: before``) and ``answer`` (the answer to an A2A agent's question);
-- ``podium_resume_run`` removes those three again;
+- ``podium_sleep_step`` and ``podium_wait_event`` set ``wake_at`` (the deadline of a
+  sleep or a wait, fixed by the first claim), ``podium_wait_event`` and
+  ``podium_send_event`` set ``received_event`` (the event delivered to a wait);
+- ``podium_resume_run`` removes those five again;
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -33,6 +36,7 @@ from typing import Any
 
 __all__ = [
     "Answer",
+    "OnTimeout",
     "Backoff",
     "CachePolicy",
     "CheckpointPolicy",
@@ -43,6 +47,8 @@ __all__ = [
     "Rollback",
     "StepError",
     "StepSpec",
+    "SleepSpec",
+    "WaitForEventSpec",
 ]
 
 Json = dict[str, Any]
@@ -297,6 +303,64 @@ class Rollback:
         return cls(data.get("hint"))
 
 
+@dataclass(frozen=True, slots=True)
+class SleepSpec:
+    """``sleep``: a durable timer, ``seconds`` after the step starts or ``until`` an RFC
+    3339 time (protobuf JSON of a Timestamp); exactly one is set."""
+
+    seconds: float | None = None
+    until: str | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {}
+        _put(out, "seconds", self.seconds)
+        _put(out, "until", self.until)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SleepSpec:
+        return cls(data.get("seconds"), data.get("until"))
+
+
+class OnTimeout(StrEnum):
+    """``WaitForEventStep.OnTimeout`` by its proto enum name, as protobuf JSON spells it."""
+
+    UNSPECIFIED = "ON_TIMEOUT_UNSPECIFIED"
+    FAIL = "ON_TIMEOUT_FAIL"
+    CONTINUE = "ON_TIMEOUT_CONTINUE"
+    SKIP = "ON_TIMEOUT_SKIP"
+
+
+_ON_TIMEOUTS = {t.value: t for t in OnTimeout}
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForEventSpec:
+    """``wait_for_event``: the event ``name``, the correlation ``key`` template (``${...}``
+    unresolved), ``timeout_seconds`` (absent: no limit) and ``on_timeout``."""
+
+    name: str = ""
+    key: str | None = None
+    timeout_seconds: float | None = None
+    on_timeout: OnTimeout | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {"name": self.name}
+        _put(out, "key", self.key)
+        _put(out, "timeout_seconds", self.timeout_seconds)
+        _put(out, "on_timeout", None if self.on_timeout is None else self.on_timeout.value)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> WaitForEventSpec:
+        return cls(
+            name=data.get("name", ""),
+            key=data.get("key"),
+            timeout_seconds=data.get("timeout_seconds"),
+            on_timeout=_ON_TIMEOUTS.get(str(data.get("on_timeout"))),
+        )
+
+
 _KNOWN = frozenset(
     {
         "id",
@@ -315,6 +379,10 @@ _KNOWN = frozenset(
         "approved_input",
         "checkpoint_passed",
         "answer",
+        "sleep",
+        "wait_for_event",
+        "wake_at",
+        "received_event",
     }
 )
 
@@ -349,6 +417,12 @@ class StepSpec:
     checkpoint_passed: bool | None = None
     """The ``checkpoint: before`` was approved: dispatch without parking again."""
     answer: Answer | None = None
+    sleep: SleepSpec | None = None
+    wait_for_event: WaitForEventSpec | None = None
+    wake_at: str | None = None
+    """The deadline of a sleep or a wait (set by the SQL of its first claim)."""
+    received_event: Mapping[str, Any] | None = None
+    """The external event delivered to a wait_for_event step (set by the SQL)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -417,6 +491,12 @@ class StepSpec:
         _put(out, "checkpoint_passed", self.checkpoint_passed)
         if self.answer is not None:
             out["answer"] = self.answer.to_json()
+        if self.sleep is not None:
+            out["sleep"] = self.sleep.to_json()
+        if self.wait_for_event is not None:
+            out["wait_for_event"] = self.wait_for_event.to_json()
+        _put(out, "wake_at", self.wake_at)
+        _put(out, "received_event", self.received_event)
         out.update(self.extra)
         return out
 
@@ -429,6 +509,8 @@ class StepSpec:
         on_failure = get("on_failure")
         rollback = get("rollback")
         answer = get("answer")
+        sleep = get("sleep")
+        wait = get("wait_for_event")
         depends_on: Sequence[str] | None = get("depends_on")
         raw_caching = get("caching")
         caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
@@ -462,5 +544,9 @@ class StepSpec:
             approved_input=get("approved_input"),
             checkpoint_passed=get("checkpoint_passed"),
             answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
+            sleep=SleepSpec.from_json(sleep) if isinstance(sleep, dict) else None,
+            wait_for_event=WaitForEventSpec.from_json(wait) if isinstance(wait, dict) else None,
+            wake_at=get("wake_at"),
+            received_event=get("received_event"),
             extra=extra,
         )
