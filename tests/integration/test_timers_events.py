@@ -6,6 +6,7 @@ What is checked beyond the API (deadlines, events per step) is read from Postgre
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +21,7 @@ from google.protobuf import json_format
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.processes import start_podium
 from tests.integration.rpc import error_details, rpc_error, violations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 WAITING = (StepRun.STATE_WAITING_RETRY,)
+EXAMPLE = Path(__file__).parents[2] / "examples" / "ticket-follow-up.yaml"
 
 
 @pytest.fixture
@@ -317,3 +320,41 @@ async def test_definitions_and_events_are_validated(
         stub.SendEvent(pb.SendEventRequest(event_id="x", name="ok", payload=payload))
     )
     assert "payload.n" in violations(error)
+
+
+async def test_the_example_with_the_cli(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """examples/ticket-follow-up.yaml applied and run with the CLI; the reply is sent
+    with ``podium events send`` (a resend is reported as a duplicate)."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    address = ["--address", server.address]
+    applied = await podium("definitions", "apply", str(EXAMPLE), *address)
+    assert applied.returncode == 0, applied.stderr
+    started = await podium(
+        "runs",
+        "start",
+        "ticket-follow-up",
+        "--input",
+        '{"ticket_id": "T-42"}',
+        "-o",
+        "json",
+        *address,
+    )
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["id"]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        await wait_for_step(stub, run_id, "reply", WAITING)
+        send_args = ("events", "send", "ticket.replied", "--key", "T-42", "--id", "mail-1")
+        sent = await podium(*send_args, "--payload", '{"text": "thanks"}', *address)
+        assert sent.returncode == 0, sent.stderr
+        assert "delivered to 1 waiting steps" in sent.stdout
+        again = await podium(*send_args, "-o", "json", *address)
+        assert json.loads(again.stdout)["duplicate"] is True
+        run = await wait_for_run(stub, run_id)
+    assert run.state == Run.STATE_SUCCEEDED, run
+    follow_up = plain(step_of(run, "follow-up").output)["echo"]
+    assert follow_up["reply"]["payload"] == {"text": "thanks"}
+    bad = await podium("events", "send", "ticket.replied", "--id", "x", "--payload", "[1]")
+    assert bad.returncode == 2
