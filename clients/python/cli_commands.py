@@ -289,6 +289,8 @@ async def cmd_events(client: PodiumClient, args: argparse.Namespace) -> int:
             print(f"event {args.id} was already received: nothing delivered again")
         else:
             print(f"event {args.id} delivered to {sent.delivered_steps} waiting steps")
+        for run_id in sent.triggered_run_ids:
+            print(f"run {run_id} started by an event trigger")
     else:
         print_data(sent, args.output)
     return EXIT_OK

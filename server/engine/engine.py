@@ -14,6 +14,7 @@ from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
+from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
@@ -64,7 +65,9 @@ class Engine:
         self.cache = CacheService(cache_repository, self.definitions, self.step_cache)
         external_events = ExternalEventsRepository(db)
         self.external_events = ExternalEventService(
-            external_events, settings.external_event_retention_seconds
+            external_events,
+            settings.external_event_retention_seconds,
+            EventTriggers(external_events, self.runs.start),
         )
         self.scheduler = Scheduler(
             dsn,

@@ -13,6 +13,7 @@ from google.protobuf import json_format
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.engine.errors import FieldViolation, InvalidArgument
 from podium.server.engine.requests import struct_violations
+from podium.server.engine.triggers import EventTriggers
 from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.telemetry.metrics import Metrics
 
@@ -62,9 +63,15 @@ def send_event_violations(request: pb.SendEventRequest) -> list[FieldViolation]:
 class ExternalEventService:
     """The SendEvent use case."""
 
-    def __init__(self, repository: ExternalEventsRepository, retention_seconds: float) -> None:
+    def __init__(
+        self,
+        repository: ExternalEventsRepository,
+        retention_seconds: float,
+        triggers: EventTriggers | None = None,
+    ) -> None:
         self._repository = repository
         self._retention = retention_seconds
+        self._triggers = triggers
         self.metrics = Metrics()
 
     async def send(
@@ -76,17 +83,20 @@ class ExternalEventService:
                 "invalid event: " + "; ".join(f"{v.field}: {v.description}" for v in violations),
                 violations=violations,
             )
+        payload = json_format.MessageToDict(request.payload)
         sent = await self._repository.send(
-            organization_id,
-            request.event_id,
-            request.name,
-            request.key,
-            json_format.MessageToDict(request.payload),
-            self._retention,
+            organization_id, request.event_id, request.name, request.key, payload, self._retention
         )
+        run_ids: list[str] = []
+        if self._triggers is not None:
+            run_ids = await self._triggers.fire(
+                organization_id, request.event_id, request.name, request.key, payload
+            )
         self.metrics.external_event(duplicate=sent.duplicate, delivered=sent.delivered_steps)
         response = pb.SendEventResponse(
-            duplicate=sent.duplicate, delivered_steps=sent.delivered_steps
+            duplicate=sent.duplicate,
+            delivered_steps=sent.delivered_steps,
+            triggered_run_ids=run_ids,
         )
         response.expire_time.FromDatetime(sent.expires_at)
         return response

@@ -50,6 +50,7 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                 )
             self.check_text("error_handling.rollback.hint", handling.rollback.hint, MAX_DESCRIPTION)
         self.check_steps(definition)
+        self.check_triggers(definition)
 
     # -- steps
 

@@ -1,10 +1,12 @@
-"""Validation of sleep and wait_for_event steps (``engine/timers.py`` runs them)."""
+"""Validation of sleep and wait_for_event steps (``engine/timers.py`` runs them) and of
+a definition's event triggers (``engine/triggers.py``)."""
 
 from __future__ import annotations
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.external_events import EVENT_NAME_PATTERN, MAX_EVENT_KEY
 from podium.server.engine.references import scan_references
+from podium.server.engine.requests import json_violations
 from podium.server.engine.validation_fields import FieldChecker
 
 __all__ = ["MAX_WAIT_SECONDS", "TimerStepChecker"]
@@ -14,6 +16,9 @@ MAX_WAIT_SECONDS = 365 * 24 * 3600.0
 
 # Fields of a Step that mean nothing for a step that calls no agent: refused, not ignored.
 _AGENT_ONLY_FIELDS = ("input", "checkpoint", "caching")
+
+MAX_TRIGGERS = 16
+MAX_PAYLOAD_MATCH_BYTES = 64 * 1024
 
 
 class TimerStepChecker(FieldChecker):
@@ -83,3 +88,44 @@ class TimerStepChecker(FieldChecker):
             wait.on_timeout,
             definition_pb2.WaitForEventStep.DESCRIPTOR.enum_types_by_name["OnTimeout"],
         )
+
+    def check_triggers(self, definition: definition_pb2.Definition) -> None:
+        triggers = definition.triggers
+        if not triggers:
+            return
+        if self.plan:
+            self.add(
+                "triggers",
+                "event triggers start runs of a saved definition: not allowed in an inline plan",
+                "NOT_ALLOWED",
+            )
+            return
+        if len(triggers) > MAX_TRIGGERS:
+            self.add(
+                "triggers", f"at most {MAX_TRIGGERS} triggers (got {len(triggers)})", "TOO_MANY"
+            )
+            return
+        for index, trigger in enumerate(triggers):
+            path = f"triggers[{index}]"
+            if not EVENT_NAME_PATTERN.fullmatch(trigger.event_name):
+                self.add(
+                    f"{path}.event_name",
+                    "required: 1 to 128 characters of letters, digits and _ . : / -",
+                    "INVALID_EVENT_NAME",
+                )
+            if len(trigger.key) > MAX_EVENT_KEY:
+                self.add(
+                    f"{path}.key",
+                    f"at most {MAX_EVENT_KEY} characters (got {len(trigger.key)})",
+                    "TOO_LONG",
+                )
+            size = trigger.payload_match.ByteSize()
+            if size > MAX_PAYLOAD_MATCH_BYTES:
+                self.add(
+                    f"{path}.payload_match",
+                    f"{size} bytes serialized; at most {MAX_PAYLOAD_MATCH_BYTES}",
+                    "TOO_LARGE",
+                )
+            else:
+                for violation in json_violations(trigger.payload_match, f"{path}.payload_match"):
+                    self.add(violation.field, violation.description, "INVALID_VALUE")

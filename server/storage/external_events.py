@@ -12,7 +12,7 @@ from typing import Any
 from .database import Database
 from .queries import QUERIES
 
-__all__ = ["ExternalEventsRepository", "SentEvent", "TimerKey"]
+__all__ = ["ExternalEventsRepository", "SentEvent", "TimerKey", "TriggeredDefinition"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,15 @@ class SentEvent:
     duplicate: bool
     delivered_steps: int
     expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TriggeredDefinition:
+    """The latest version of a definition with an event trigger on an event name."""
+
+    name: str
+    version: int
+    triggers: list[dict[str, Any]]
 
 
 class ExternalEventsRepository:
@@ -103,3 +112,11 @@ class ExternalEventsRepository:
             )
         assert row is not None
         return SentEvent(bool(row["duplicate"]), int(row["delivered"]), row["expires_at"])
+
+    async def trigger_definitions(
+        self, organization_id: str, event_name: str
+    ) -> list[TriggeredDefinition]:
+        """Definitions (latest, unarchived versions) with a trigger on ``event_name``."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["trigger_definitions"], organization_id, event_name)
+        return [TriggeredDefinition(r["name"], r["version"], list(r["triggers"])) for r in rows]

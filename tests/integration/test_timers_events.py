@@ -28,6 +28,7 @@ from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     Run,
     StepRun,
+    definition,
     plain,
     plan,
     start_run,
@@ -358,3 +359,63 @@ async def test_the_example_with_the_cli(
     assert follow_up["reply"]["payload"] == {"text": "thanks"}
     bad = await podium("events", "send", "ticket.replied", "--id", "x", "--payload", "[1]")
     assert bad.returncode == 2
+
+
+async def test_event_triggers_start_one_run_per_definition_and_event_id(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    echo = [{"id": "a", "agent": "echo", "input": {"text": "${run.input.payload.text}"}}]
+    high = definition(
+        "on-high",
+        echo,
+        triggers=[{"event_name": "ticket.replied", "payload_match": {"priority": "high"}}],
+    )
+    keyed = definition("on-t9", echo, triggers=[{"event_name": "ticket.replied", "key": "T-9"}])
+    gone = definition("archived", echo, triggers=[{"event_name": "ticket.replied"}])
+    for d in (high, keyed, gone):
+        await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=d))
+    await stub.ArchiveDefinition(pb.ArchiveDefinitionRequest(name="archived"))
+
+    sent = await send(stub, "t1", "T-9", {"priority": "high", "text": "hi"})
+    assert len(sent.triggered_run_ids) == 2
+    runs = [await wait_for_run(stub, run_id) for run_id in sent.triggered_run_ids]
+    assert sorted(r.definition_name for r in runs) == ["on-high", "on-t9"]
+    for run in runs:
+        assert run.state == Run.STATE_SUCCEEDED, run
+        assert plain(run.input) == {
+            "event_id": "t1",
+            "name": "ticket.replied",
+            "key": "T-9",
+            "payload": {"priority": "high", "text": "hi"},
+        }
+        assert plain(run.output) == {"a": {"echo": {"text": "hi"}}}
+        assert plain(run.metadata) == {
+            "trigger": {"event_id": "t1", "event_name": "ticket.replied"}
+        }
+
+    again = await send(stub, "t1", "T-9", {"priority": "high", "text": "hi"})
+    assert again.duplicate
+    assert sorted(again.triggered_run_ids) == sorted(sent.triggered_run_ids)
+    assert (await send(stub, "t2", "T-1", {"priority": "low"})).triggered_run_ids == []
+    only_high = await send(stub, "t3", "T-1", {"priority": "high", "text": "x"})
+    assert len(only_high.triggered_run_ids) == 1
+    listed = await stub.ListRuns(pb.ListRunsRequest())
+    assert len(listed.runs) == 3
+
+
+async def test_event_triggers_are_validated(stub: OrchestrationServiceAsyncStub) -> None:
+    error = await rpc_error(
+        start_run(
+            stub,
+            inline=plan([{"id": "a", "agent": "echo"}], triggers=[{"event_name": "x"}]),
+        )
+    )
+    assert "plan.triggers" in violations(error)
+    bad = definition(
+        "bad-trigger",
+        [{"id": "a", "agent": "echo"}],
+        triggers=[{"event_name": ""}, {"event_name": "ok", "key": "k" * 600}],
+    )
+    error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=bad)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert {"triggers[0].event_name", "triggers[1].key"} <= set(violations(error))

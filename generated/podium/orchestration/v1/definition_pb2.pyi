@@ -63,6 +63,7 @@ class Definition(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the definition: 1 to 128 characters of [a-z0-9_.-], starting with a
     letter or digit. Unique per organization; versions share the name.
@@ -97,6 +98,15 @@ class Definition(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When this version was created. Output only."""
 
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventTrigger]:
+        """Event triggers: SendEvent starts a run of the latest version of this definition
+        for each received event matching one of them (at most one run per event id, even
+        when several triggers match), with input `{"event_id", "name", "key", "payload"}`
+        and metadata `{"trigger": {"event_id", "event_name"}}`. Only for saved definitions
+        (refused in an inline plan); an archived definition is not triggered. At most 16.
+        """
+
     def __init__(
         self,
         *,
@@ -111,10 +121,11 @@ class Definition(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         archived: _builtins.bool = ...,
         content_hash: _builtins.str = ...,
+        triggers: _abc.Iterable[Global___EventTrigger] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_handling", b"error_handling", "execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "content_hash", b"content_hash", "create_time", b"create_time", "description", b"description", "error_handling", b"error_handling", "execution", b"execution", "labels", b"labels", "name", b"name", "organization_id", b"organization_id", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "content_hash", b"content_hash", "create_time", b"create_time", "description", b"description", "error_handling", b"error_handling", "execution", b"execution", "labels", b"labels", "name", b"name", "organization_id", b"organization_id", "steps", b"steps", "triggers", b"triggers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -810,3 +821,39 @@ class WaitForEventStep(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WaitForEventStep: _TypeAlias = WaitForEventStep  # noqa: Y015
+
+@_typing.final
+class EventTrigger(_message.Message):
+    """EventTrigger subscribes a definition to external events (SendEvent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_MATCH_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    """Event name: 1 to 128 characters of [A-Za-z0-9_.:/-]. Required."""
+    key: _builtins.str
+    """Only events with exactly this key; empty: any key. At most 512 characters."""
+    @_builtins.property
+    def payload_match(self) -> _struct_pb2.Struct:
+        """Filter: only events whose payload contains this JSON: every field given, at any
+        depth, present with an equal value (a list matches when each given element is
+        contained in some element of the event's list), as PostgreSQL's jsonb `@>`.
+        Empty: any payload. At most 64 KiB serialized.
+        """
+
+    def __init__(
+        self,
+        *,
+        event_name: _builtins.str = ...,
+        key: _builtins.str = ...,
+        payload_match: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload_match", b"payload_match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "key", b"key", "payload_match", b"payload_match"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015

@@ -1614,6 +1614,7 @@ class SendEventResponse(_message.Message):
     DUPLICATE_FIELD_NUMBER: _builtins.int
     DELIVERED_STEPS_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TRIGGERED_RUN_IDS_FIELD_NUMBER: _builtins.int
     duplicate: _builtins.bool
     """The event id was already received: this request delivered nothing."""
     delivered_steps: _builtins.int
@@ -1624,16 +1625,26 @@ class SendEventResponse(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Until when the event is kept for steps that start waiting later."""
 
+    @_builtins.property
+    def triggered_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Runs started by the event triggers of definitions (Definition.triggers) matching
+        this event, one per definition. Each is started with a StartRun request id derived
+        from the event id and the definition name, so a resend of the same event id starts
+        no second run of a definition and returns the same runs (it does start the run of a
+        matching definition that has none yet, e.g. after a crash of the first send).
+        """
+
     def __init__(
         self,
         *,
         duplicate: _builtins.bool = ...,
         delivered_steps: _builtins.int = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        triggered_run_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_steps", b"delivered_steps", "duplicate", b"duplicate", "expire_time", b"expire_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_steps", b"delivered_steps", "duplicate", b"duplicate", "expire_time", b"expire_time", "triggered_run_ids", b"triggered_run_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
