@@ -357,6 +357,24 @@ async def test_the_example_with_the_cli(
     assert run.state == Run.STATE_SUCCEEDED, run
     follow_up = plain(step_of(run, "follow-up").output)["echo"]
     assert follow_up["reply"]["payload"] == {"text": "thanks"}
+    triage = await podium(
+        "definitions", "apply", str(EXAMPLE.with_name("ticket-triage.yaml")), *address
+    )
+    assert triage.returncode == 0, triage.stderr
+    urgent = await podium(
+        "events",
+        "send",
+        "ticket.replied",
+        "--key",
+        "T-43",
+        "--id",
+        "mail-7",
+        "--payload",
+        '{"priority": "high", "text": "still broken"}',
+        *address,
+    )
+    assert urgent.returncode == 0, urgent.stderr
+    assert "started by an event trigger" in urgent.stdout
     bad = await podium("events", "send", "ticket.replied", "--id", "x", "--payload", "[1]")
     assert bad.returncode == 2
 
