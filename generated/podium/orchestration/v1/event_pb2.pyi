@@ -76,8 +76,8 @@ class RunEvent(_message.Message):
         """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
         TYPE_STEP_WAITING: RunEvent._Type.ValueType  # 21
         """step.waiting: a sleep or wait_for_event step parked until its deadline or an
-        event; `data` has `until` (RFC 3339, absent when the wait has no limit) and, for a
-        wait, `event` and `key`.
+        event; `data` has `kind` (`sleep` or `wait_for_event`), `until` (RFC 3339, absent
+        when the wait has no limit) and, for a wait, `event` (the name) and `key`.
         """
         TYPE_EVENT_RECEIVED: RunEvent._Type.ValueType  # 22
         """event.received: an external event was delivered to a waiting step; `data` has
@@ -131,8 +131,8 @@ class RunEvent(_message.Message):
     """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
     TYPE_STEP_WAITING: RunEvent.Type.ValueType  # 21
     """step.waiting: a sleep or wait_for_event step parked until its deadline or an
-    event; `data` has `until` (RFC 3339, absent when the wait has no limit) and, for a
-    wait, `event` and `key`.
+    event; `data` has `kind` (`sleep` or `wait_for_event`), `until` (RFC 3339, absent
+    when the wait has no limit) and, for a wait, `event` (the name) and `key`.
     """
     TYPE_EVENT_RECEIVED: RunEvent.Type.ValueType  # 22
     """event.received: an external event was delivered to a waiting step; `data` has
