@@ -82,11 +82,14 @@ class TimerSteps:
         wait = step.spec.wait_for_event
         assert wait is not None
         try:
-            event_key = event_key_text(
-                resolve(wait.key or "", run_input=step.run_input, step_outputs=step.upstream)
-            )
-        except (MissingReferenceError, ValueError) as exc:
+            resolved = resolve(wait.key or "", run_input=step.run_input, step_outputs=step.upstream)
+        except MissingReferenceError as exc:
             error = StepError("MISSING_REFERENCE", f"wait_for_event.key: {exc}", False)
+            return self._outcomes.outcome(step, error=error)
+        try:
+            event_key = event_key_text(resolved)
+        except ValueError as exc:
+            error = StepError("INVALID_EVENT_KEY", f"wait_for_event.key: {exc}", False)
             return self._outcomes.outcome(step, error=error)
         status, event = await self._repository.wait(
             key, step.organization_id, wait.name, event_key, wait.timeout_seconds or 0.0

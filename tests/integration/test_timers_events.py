@@ -437,3 +437,35 @@ async def test_event_triggers_are_validated(stub: OrchestrationServiceAsyncStub)
     error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=bad)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert {"triggers[0].event_name", "triggers[1].key"} <= set(violations(error))
+
+
+async def test_a_key_from_an_upstream_output_and_a_key_that_is_not_text(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    keyed = plan(
+        [
+            {"id": "a", "agent": "echo", "input": {"id": "K-1", "obj": {"x": 1}}},
+            {
+                "id": "w",
+                "depends_on": ["a"],
+                "wait_for_event": {"name": "n", "key": "order-${steps.a.output.echo.id}"},
+            },
+        ]
+    )
+    run_id = (await start_run(stub, inline=keyed)).run.id
+    await wait_for_step(stub, run_id, "w", WAITING)
+    assert (await send(stub, "k1", "order-K-1", name="n")).delivered_steps == 1
+    assert (await wait_for_run(stub, run_id)).state == Run.STATE_SUCCEEDED
+    not_text = plan(
+        [
+            {"id": "a", "agent": "echo", "input": {"obj": {"x": 1}}},
+            {
+                "id": "w",
+                "depends_on": ["a"],
+                "wait_for_event": {"name": "n", "key": "${steps.a.output.echo.obj}"},
+            },
+        ]
+    )
+    failed = await wait_for_run(stub, (await start_run(stub, inline=not_text)).run.id)
+    assert failed.state == Run.STATE_FAILED
+    assert step_of(failed, "w").error.code == "INVALID_EVENT_KEY"

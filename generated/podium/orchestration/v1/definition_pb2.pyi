@@ -797,8 +797,9 @@ class WaitForEventStep(_message.Message):
     """Correlation key template: an event matches when its key equals this, resolved
     when the step starts waiting. May reference `${run.input.PATH}` and
     `${steps.ID.output.PATH}` (ID upstream); a string, number or bool value is used as
-    text (whole numbers without a fraction). Empty: only events with an empty key
-    match. At most 512 characters.
+    text (whole numbers without a fraction); another value (null, an object, a list)
+    fails the step with INVALID_EVENT_KEY, a missing path with MISSING_REFERENCE.
+    Empty: only events with an empty key match. At most 512 characters.
     """
     timeout_seconds: _builtins.float
     """Longest wait in seconds, counted from when the step starts waiting; 0 waits without
