@@ -17,7 +17,8 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 
 Python reads and writes it only through :class:`StepSpec` (storage parses it where the
 engine reads rows: ``ClaimedStep.spec``, ``FinishedChild.spec``), so this module is the
-one place in Python that spells its keys. Parsing keeps values as they are (no type
+one place in Python that spells its top-level keys (those inside ``sleep`` and
+``wait_for_event`` are in :mod:`.step_waits`). Parsing keeps values as they are (no type
 coercion: jsonb keeps ``30`` and ``30.0`` apart) and keeps unknown top-level keys, so
 ``StepSpec.from_json(d).to_json() == d`` and the JSON written stays what the SQL reads.
 (``StepRow.spec``, returned by the read RPCs, stays the stored JSON.)
@@ -34,20 +35,22 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from .step_waits import OnTimeout, SleepSpec, WaitForEventSpec
+
 __all__ = [
     "Answer",
-    "OnTimeout",
     "Backoff",
     "CachePolicy",
     "CheckpointPolicy",
     "CheckpointWhen",
     "FailurePolicy",
     "OrchestrationTarget",
+    "OnTimeout",
     "Outcome",
     "Rollback",
+    "SleepSpec",
     "StepError",
     "StepSpec",
-    "SleepSpec",
     "WaitForEventSpec",
 ]
 
@@ -301,64 +304,6 @@ class Rollback:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Rollback:
         return cls(data.get("hint"))
-
-
-@dataclass(frozen=True, slots=True)
-class SleepSpec:
-    """``sleep``: a durable timer, ``seconds`` after the step starts or ``until`` an RFC
-    3339 time (protobuf JSON of a Timestamp); exactly one is set."""
-
-    seconds: float | None = None
-    until: str | None = None
-
-    def to_json(self) -> Json:
-        out: Json = {}
-        _put(out, "seconds", self.seconds)
-        _put(out, "until", self.until)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> SleepSpec:
-        return cls(data.get("seconds"), data.get("until"))
-
-
-class OnTimeout(StrEnum):
-    """``WaitForEventStep.OnTimeout`` by its proto enum name, as protobuf JSON spells it."""
-
-    UNSPECIFIED = "ON_TIMEOUT_UNSPECIFIED"
-    FAIL = "ON_TIMEOUT_FAIL"
-    CONTINUE = "ON_TIMEOUT_CONTINUE"
-    SKIP = "ON_TIMEOUT_SKIP"
-
-
-_ON_TIMEOUTS = {t.value: t for t in OnTimeout}
-
-
-@dataclass(frozen=True, slots=True)
-class WaitForEventSpec:
-    """``wait_for_event``: the event ``name``, the correlation ``key`` template (``${...}``
-    unresolved), ``timeout_seconds`` (absent: no limit) and ``on_timeout``."""
-
-    name: str = ""
-    key: str | None = None
-    timeout_seconds: float | None = None
-    on_timeout: OnTimeout | None = None
-
-    def to_json(self) -> Json:
-        out: Json = {"name": self.name}
-        _put(out, "key", self.key)
-        _put(out, "timeout_seconds", self.timeout_seconds)
-        _put(out, "on_timeout", None if self.on_timeout is None else self.on_timeout.value)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> WaitForEventSpec:
-        return cls(
-            name=data.get("name", ""),
-            key=data.get("key"),
-            timeout_seconds=data.get("timeout_seconds"),
-            on_timeout=_ON_TIMEOUTS.get(str(data.get("on_timeout"))),
-        )
 
 
 _KNOWN = frozenset(
