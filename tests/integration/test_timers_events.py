@@ -469,3 +469,33 @@ async def test_a_key_from_an_upstream_output_and_a_key_that_is_not_text(
     failed = await wait_for_run(stub, (await start_run(stub, inline=not_text)).run.id)
     assert failed.state == Run.STATE_FAILED
     assert step_of(failed, "w").error.code == "INVALID_EVENT_KEY"
+
+
+async def test_an_event_racing_the_start_of_waits_reaches_each_once(
+    start_server: StartServer, example_agents: ExampleAgents, database_url: str
+) -> None:
+    """Waits starting on two replicas while the event is sent: every step receives it
+    once, whether it was parked (delivered) or not yet (taken from the kept events)."""
+    agents = static_agents(example_agents, "echo")
+    servers = [await start_server(agents=agents), await start_server(agents=agents)]
+    channels = [grpc.aio.insecure_channel(s.address) for s in servers]
+    try:
+        stubs = [pb_grpc.OrchestrationServiceStub(c) for c in channels]
+        starts = [
+            start_run(stubs[i % 2], inline=wait_plan(), input={"ticket": "R"}) for i in range(12)
+        ]
+        started, sent = await asyncio.gather(
+            asyncio.gather(*starts), send(stubs[1], "race", "R", {"n": 1})
+        )
+        assert not sent.duplicate
+        async with connect(database_url) as conn:
+            for response in started:
+                run = await wait_for_run(stubs[0], response.run.id)
+                assert run.state == Run.STATE_SUCCEEDED, run
+                assert plain(step_of(run, "reply").output)["event_id"] == "race"
+                types = await events_of(conn, response.run.id, "reply")
+                assert types.count("event.received") == 1, types
+                assert types.count("step.completed") == 1, types
+    finally:
+        for channel in channels:
+            await channel.close(None)
