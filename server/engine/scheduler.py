@@ -41,7 +41,7 @@ from podium.server.engine.cache import StepCache
 from podium.server.engine.executor import StartChild, StepExecutor
 from podium.server.engine.outcomes import OutcomePolicy, attempt_metrics
 from podium.server.engine.streams import StepKey, StreamBuffers
-from podium.server.engine.timers import TimerSteps
+from podium.server.engine.timers import TimerSteps, is_timer_step
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
@@ -281,6 +281,7 @@ class Scheduler:
             step.agent,
             registered=step.endpoint is not None,
             orchestration=step.spec.orchestration is not None,
+            timer=is_timer_step(step),
         )
         try:
             outcome = await self.executor.execute(step)

@@ -27,6 +27,7 @@ __all__ = [
     "ATTEMPT_OUTCOMES",
     "DEFAULT_MAX_AGENT_LABELS",
     "ORCHESTRATION_AGENT",
+    "TIMER_AGENT",
     "RUN_STATES",
     "WEBHOOK_OUTCOMES",
     "Metrics",
@@ -66,6 +67,8 @@ UNREGISTERED_AGENT = "unregistered"
 """Agent label of a step whose agent (or skill) has no registered endpoint."""
 ORCHESTRATION_AGENT = "(orchestration)"
 """Agent label of a sub-orchestration step (it runs a child run, not an agent)."""
+TIMER_AGENT = "(timer)"
+"""Agent label of a sleep or wait_for_event step (no agent is called)."""
 
 
 class _WebhookDeliveries(Collector):
@@ -220,14 +223,22 @@ class Metrics:
     # -- labels ------------------------------------------------------------------------
 
     def agent_label(
-        self, agent: str | None, *, registered: bool = True, orchestration: bool = False
+        self,
+        agent: str | None,
+        *,
+        registered: bool = True,
+        orchestration: bool = False,
+        timer: bool = False,
     ) -> str:
         """The ``agent`` label value of ``agent``: its name while fewer than
         ``max_agent_labels`` distinct names were seen, else ``other``;
         ``unregistered`` when it has no endpoint (a name only a plan mentions);
-        ``(orchestration)`` for a sub-orchestration step."""
+        ``(orchestration)`` for a sub-orchestration step, ``(timer)`` for a sleep or
+        wait_for_event step."""
         if orchestration:
             return ORCHESTRATION_AGENT
+        if timer:
+            return TIMER_AGENT
         if not registered or not agent:
             return UNREGISTERED_AGENT
         if agent in self._agents:
