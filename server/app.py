@@ -230,6 +230,7 @@ class PodiumServer:
         engine.scheduler.instrument(self.metrics, self.tracing)
         engine.runs.instrument(self.metrics, self.tracing)
         engine.approvals.instrument(self.metrics)
+        engine.external_events.metrics = self.metrics
         hub = engine.watch.hub
         self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
         dispatcher = engine.webhooks.dispatcher

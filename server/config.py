@@ -384,6 +384,14 @@ class Settings:
         "How often each replica runs the retention pass.",
         600.0,
     )
+    external_event_retention_seconds: float = _setting(
+        "PODIUM_EXTERNAL_EVENT_RETENTION_SECONDS",
+        _parse_float(1),
+        "How long an event sent with SendEvent is kept: a wait_for_event step that starts "
+        "waiting within this time after the event was sent still receives it, and the "
+        "event id stays known for idempotency (a resend within it delivers nothing).",
+        86400.0,
+    )
 
     def __post_init__(self) -> None:
         if self.db_pool_min_size > self.db_pool_max_size:

@@ -36,6 +36,7 @@ from podium.client.cli_commands import (
     cmd_cache,
     cmd_definitions,
     cmd_deliverables,
+    cmd_events,
     cmd_webhooks,
 )
 from podium.client.cli_config import COMPLETION_SHELLS, cmd_completion, cmd_config, resolve
@@ -61,6 +62,7 @@ COMMANDS: dict[str, Command] = {
     "deliverables": cmd_deliverables,
     "webhooks": cmd_webhooks,
     "cache": cmd_cache,
+    "events": cmd_events,
 }
 """The function running each group of remote commands."""
 

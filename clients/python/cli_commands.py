@@ -278,3 +278,19 @@ async def cmd_webhooks(client: PodiumClient, args: argparse.Namespace) -> int:
             f"{d.id}  {state:<9} run {d.run_id} #{d.sequence:<4} tries {d.attempts}  {d.url}{error}"
         )
     return EXIT_OK
+
+
+async def cmd_events(client: PodiumClient, args: argparse.Namespace) -> int:
+    sent = await client.send_event(
+        args.name, event_id=args.id, key=args.key, payload=json_arg(args.payload, "--payload")
+    )
+    if args.output == "text":
+        if sent.duplicate:
+            print(f"event {args.id} was already received: nothing delivered again")
+        else:
+            print(f"event {args.id} delivered to {sent.delivered_steps} waiting steps")
+        for run_id in sent.triggered_run_ids:
+            print(f"run {run_id} started by an event trigger")
+    else:
+        print_data(sent, args.output)
+    return EXIT_OK

@@ -462,6 +462,25 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
     p.set_defaults(func=bind("cache"))
 
+    events = sub.add_parser("events", help="send external events").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = _add(
+        events,
+        "send",
+        "send an event to the wait_for_event steps waiting for its name and key",
+        (
+            "podium events send ticket.replied --key T-42 --id mail-981",
+            "podium events send ticket.replied --key T-42 --id mail-982 --payload @reply.json",
+        ),
+        c,
+    )
+    p.add_argument("name", help="event name")
+    p.add_argument("--id", required=True, help="event id: the idempotency key of the event")
+    p.add_argument("--key", default="", help="correlation key (default: empty)")
+    p.add_argument("--payload", help="payload as a JSON object, or @FILE holding one")
+    p.set_defaults(func=bind("events"))
+
 
 def add_remote_commands(parser_group: Group, bind: Bind) -> None:
     """Add the command groups that talk to a server."""

@@ -597,6 +597,31 @@ class PodiumClient:
         response = await self._unary(self._stub.InvalidateCache, request, timeout)
         return int(response.deleted)
 
+    # -- External events -----------------------------------------------------------
+
+    async def send_event(
+        self,
+        name: str,
+        *,
+        event_id: str,
+        key: str = "",
+        payload: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> pb.SendEventResponse:
+        """Send an external event: every ``wait_for_event`` step waiting for ``name`` and
+        ``key`` receives it, and steps that start waiting within the server's retention
+        window too. Idempotent by ``event_id`` (a resend answers ``duplicate`` and
+        delivers nothing), so a retry is safe.
+
+        Raises:
+            ValidationError: A field is invalid (one violation per problem).
+        """
+        request = pb.SendEventRequest(
+            event_id=event_id, name=name, key=key, payload=struct_or_none(payload)
+        )
+        response: pb.SendEventResponse = await self._unary(self._stub.SendEvent, request, timeout)
+        return response
+
     # -- Approvals -----------------------------------------------------------------
 
     async def list_approvals(

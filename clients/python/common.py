@@ -58,7 +58,7 @@ TERMINAL_EVENT_TYPES = frozenset(
 # Safe to repeat: reads, upserts, and calls made idempotent by a request_id this client
 # always sets. Not here: CreateDefinition (idempotent by content, but not with
 # force_new_version, and one method config covers both), ContinueRun and ResumeRun (no
-# request_id), DeregisterAgent, InvalidateCache.
+# request_id), DeregisterAgent, InvalidateCache. SendEvent is idempotent by its event_id.
 IDEMPOTENT_METHODS = (
     "GetDefinition",
     "ListDefinitions",
@@ -79,6 +79,7 @@ IDEMPOTENT_METHODS = (
     "RegisterAgent",
     "ListAgents",
     "ListWebhookDeliveries",
+    "SendEvent",
 )
 
 DefinitionSource = definition_pb2.Definition | Mapping[str, Any] | Path

@@ -150,6 +150,15 @@ class RunView:
             self._awaiting(step, event, data)
         elif kind == RunEvent.TYPE_APPROVAL_DECIDED:
             self._decided(step, event, data)
+        elif kind == RunEvent.TYPE_STEP_WAITING:
+            until = f" until {data['until']}" if data.get("until") else ""
+            if data.get("kind") == "wait_for_event":
+                event_name, key = data.get("event"), data.get("key")
+                step.detail = f"waiting for event {event_name} key {key!r}{until}"
+            else:
+                step.detail = f"sleeping{until}"
+        elif kind == RunEvent.TYPE_EVENT_RECEIVED:
+            step.detail = f"event {data.get('event_id')} received"
         if step.state in _FINISHED_STEP_STATES and kind != RunEvent.TYPE_STEP_OUTPUT_CHUNK:
             step.end = event.time.ToDatetime()
             self._flush(step)

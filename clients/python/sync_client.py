@@ -176,6 +176,7 @@ class SyncPodiumClient:
     list_deliverables = _Blocking(PodiumClient.list_deliverables)
     list_webhook_deliveries = _Blocking(PodiumClient.list_webhook_deliveries)
     invalidate_cache = _Blocking(PodiumClient.invalidate_cache)
+    send_event = _Blocking(PodiumClient.send_event)
     list_approvals = _Blocking(PodiumClient.list_approvals)
     get_approval = _Blocking(PodiumClient.get_approval)
     decide_approval = _Blocking(PodiumClient.decide_approval)

@@ -257,6 +257,14 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         await self._engine().agents.deregister(self._org(context), request.name)
         return pb.DeregisterAgentResponse()
 
+    # -- external events ---------------------------------------------------------------
+
+    @unary
+    async def SendEvent(
+        self, request: pb.SendEventRequest, context: Context
+    ) -> pb.SendEventResponse:
+        return await self._engine().external_events.send(self._org(context), request)
+
 
 def _unimplemented(method: str) -> Callable[..., Any]:
     async def handler(self: OrchestrationServicer, request: Any, context: Context) -> None:

@@ -11,8 +11,10 @@ from podium.server.engine.agents import AgentService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
+from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
+from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
@@ -22,6 +24,7 @@ from podium.server.storage.cache import CacheRepository
 from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
 from podium.server.storage.events import EventsRepository
+from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import RunsRepository
 
 log = logging.getLogger("podium.engine")
@@ -60,6 +63,12 @@ class Engine:
             poll_interval_seconds=settings.poll_interval_seconds,
         )
         self.cache = CacheService(cache_repository, self.definitions, self.step_cache)
+        external_events = ExternalEventsRepository(db)
+        self.external_events = ExternalEventService(
+            external_events,
+            settings.external_event_retention_seconds,
+            EventTriggers(external_events, self.runs.start),
+        )
         self.scheduler = Scheduler(
             dsn,
             runs,
@@ -74,6 +83,7 @@ class Engine:
             start_child=self.runs.start_child,
             approvals=approvals,
             cache=self.step_cache,
+            timers=external_events,
         )
 
     async def start(self) -> None:

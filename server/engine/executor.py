@@ -27,6 +27,7 @@ from podium.server.engine.cache import CacheHit, StepCache
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
+from podium.server.engine.timers import TimerSteps, is_timer_step
 from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
 from podium.server.storage.steps import CheckpointWhen, Outcome, StepError
 from podium.server.telemetry.metrics import Metrics
@@ -64,6 +65,7 @@ class StepExecutor:
         default_timeout_seconds: float,
         start_child: StartChild | None = None,
         cache: StepCache | None = None,
+        timers: TimerSteps | None = None,
     ) -> None:
         self._agents = agents
         self._outcomes = outcomes
@@ -71,6 +73,7 @@ class StepExecutor:
         self._default_timeout = default_timeout_seconds
         self._start_child = start_child
         self.cache = cache
+        self.timers = timers
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -112,6 +115,8 @@ class StepExecutor:
 
     async def _run_step(self, step: ClaimedStep) -> StepOutcome | None:
         spec = step.spec
+        if self.timers is not None and is_timer_step(step):
+            return await self.timers.execute(step)  # sleep, wait_for_event: no agent
         try:
             resolved = resolve(
                 spec.input if spec.input is not None else {},

@@ -86,6 +86,8 @@ def build_steps(
             bypass_cache=bypass_cache and target == "orchestration",
         )
         template = spec.input if spec.input is not None else {}
+        if spec.wait_for_event is not None and spec.wait_for_event.key:
+            template = [template, spec.wait_for_event.key]  # the key's references too
         refs = sorted({r.step_id for r in find_references(template) if r.step_id})
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(

@@ -27,9 +27,11 @@ from podium.server.engine.cache import StepCache
 from podium.server.engine.executor import StartChild, StepExecutor
 from podium.server.engine.outcomes import OutcomePolicy, attempt_metrics
 from podium.server.engine.streams import StepKey, StreamBuffers
+from podium.server.engine.timers import TimerSteps, is_timer_step
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
+from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import ClaimedStep, RunsRepository, StepOutcome
 from podium.server.storage.steps import Outcome, StepError
 from podium.server.telemetry.metrics import ORCHESTRATION_AGENT, Metrics
@@ -66,6 +68,7 @@ class Scheduler:
         start_child: StartChild | None = None,
         approvals: ApprovalsRepository | None = None,
         cache: StepCache | None = None,
+        timers: ExternalEventsRepository | None = None,
     ) -> None:
         self._dsn = dsn
         self._repository = repository
@@ -94,6 +97,7 @@ class Scheduler:
             default_timeout_seconds=config.default_timeout_seconds,
             start_child=start_child,
             cache=cache,
+            timers=None if timers is None else TimerSteps(timers, self._outcomes),
         )
         self.claimed_total = 0
         self.completed_total = 0
@@ -107,6 +111,8 @@ class Scheduler:
         """Record into ``metrics`` and ``tracing`` (the server's) instead of the private
         defaults; call before :meth:`start`."""
         self.metrics = self.executor.metrics = metrics
+        if self.executor.timers is not None:
+            self.executor.timers.metrics = metrics
         self.tracing = self.executor.tracing = tracing
         metrics.track_active_steps(lambda: len(self._inflight))
 
@@ -261,6 +267,7 @@ class Scheduler:
             step.agent,
             registered=step.endpoint is not None,
             orchestration=step.spec.orchestration is not None,
+            timer=is_timer_step(step),
         )
         try:
             outcome = await self.executor.execute(step)

@@ -21,6 +21,7 @@ from podium.server.engine.references import (
 from podium.server.engine.validation_fields import MAX_DESCRIPTION
 from podium.server.engine.validation_graph import DependencyGraph, cycle_text
 from podium.server.engine.validation_policies import PolicyChecker
+from podium.server.engine.validation_timers import TimerStepChecker
 
 __all__ = ["DefinitionValidator"]
 
@@ -30,7 +31,7 @@ _MAX_STEP_ID = 64
 _SUGGEST_MAX_IDS = 500  # beyond this, "did you mean" would cost too much per typo
 
 
-class DefinitionValidator(PolicyChecker):
+class DefinitionValidator(PolicyChecker, TimerStepChecker):
     """Validates a whole definition: its fields, policies and steps."""
 
     # -- the definition
@@ -49,6 +50,7 @@ class DefinitionValidator(PolicyChecker):
                 )
             self.check_text("error_handling.rollback.hint", handling.rollback.hint, MAX_DESCRIPTION)
         self.check_steps(definition)
+        self.check_triggers(definition)
 
     # -- steps
 
@@ -103,7 +105,8 @@ class DefinitionValidator(PolicyChecker):
         if target is None:
             self.add(
                 path,
-                f"step '{step.id}' needs a target: set one of agent, skill or orchestration",
+                f"step '{step.id}' needs a target: set one of agent, skill, orchestration, "
+                "sleep or wait_for_event",
                 "MISSING_TARGET",
             )
         elif target == "agent":
@@ -118,6 +121,8 @@ class DefinitionValidator(PolicyChecker):
                         f"no registered agent offers skill '{step.skill}'",
                         "UNKNOWN_SKILL",
                     )
+        elif target in ("sleep", "wait_for_event"):
+            self.check_timer_step(path, step, target)
         else:
             self.check_orchestration(definition, path, step)
 
@@ -244,6 +249,11 @@ class DefinitionValidator(PolicyChecker):
         graph: DependencyGraph,
     ) -> None:
         for index, step in enumerate(steps):
+            if step.WhichOneof("target") == "wait_for_event":
+                base = f"steps[{index}].wait_for_event.key"
+                for ref in scan_references(step.wait_for_event.key).references:
+                    if ref.source == "steps":
+                        self.check_step_reference(base, index, step, ref, first_index, graph)
             if not step.HasField("input"):
                 continue
             base = f"steps[{index}].input"

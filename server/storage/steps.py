@@ -6,7 +6,10 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 
 - ``podium_decide_approval`` sets ``checkpoint_passed`` and ``approved_input`` (approval of
   a ``checkpoint: before``) and ``answer`` (the answer to an A2A agent's question);
-- ``podium_resume_run`` removes those three again;
+- ``podium_sleep_step`` and ``podium_wait_event`` set ``wake_at`` (the deadline of a
+  sleep or a wait, fixed by the first claim), ``podium_wait_event`` and
+  ``podium_send_event`` set ``received_event`` (the event delivered to a wait);
+- ``podium_resume_run`` removes those five again;
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -14,7 +17,8 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 
 Python reads and writes it only through :class:`StepSpec` (storage parses it where the
 engine reads rows: ``ClaimedStep.spec``, ``FinishedChild.spec``), so this module is the
-one place in Python that spells its keys. Parsing keeps values as they are (no type
+one place in Python that spells its top-level keys (those inside ``sleep`` and
+``wait_for_event`` are in :mod:`.step_waits`). Parsing keeps values as they are (no type
 coercion: jsonb keeps ``30`` and ``30.0`` apart) and keeps unknown top-level keys, so
 ``StepSpec.from_json(d).to_json() == d`` and the JSON written stays what the SQL reads.
 (``StepRow.spec``, returned by the read RPCs, stays the stored JSON.)
@@ -31,6 +35,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from .step_waits import OnTimeout, SleepSpec, WaitForEventSpec
+
 __all__ = [
     "Answer",
     "Backoff",
@@ -39,10 +45,13 @@ __all__ = [
     "CheckpointWhen",
     "FailurePolicy",
     "OrchestrationTarget",
+    "OnTimeout",
     "Outcome",
     "Rollback",
+    "SleepSpec",
     "StepError",
     "StepSpec",
+    "WaitForEventSpec",
 ]
 
 Json = dict[str, Any]
@@ -315,6 +324,10 @@ _KNOWN = frozenset(
         "approved_input",
         "checkpoint_passed",
         "answer",
+        "sleep",
+        "wait_for_event",
+        "wake_at",
+        "received_event",
     }
 )
 
@@ -349,6 +362,12 @@ class StepSpec:
     checkpoint_passed: bool | None = None
     """The ``checkpoint: before`` was approved: dispatch without parking again."""
     answer: Answer | None = None
+    sleep: SleepSpec | None = None
+    wait_for_event: WaitForEventSpec | None = None
+    wake_at: str | None = None
+    """The deadline of a sleep or a wait (set by the SQL of its first claim)."""
+    received_event: Mapping[str, Any] | None = None
+    """The external event delivered to a wait_for_event step (set by the SQL)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -417,6 +436,12 @@ class StepSpec:
         _put(out, "checkpoint_passed", self.checkpoint_passed)
         if self.answer is not None:
             out["answer"] = self.answer.to_json()
+        if self.sleep is not None:
+            out["sleep"] = self.sleep.to_json()
+        if self.wait_for_event is not None:
+            out["wait_for_event"] = self.wait_for_event.to_json()
+        _put(out, "wake_at", self.wake_at)
+        _put(out, "received_event", self.received_event)
         out.update(self.extra)
         return out
 
@@ -434,6 +459,8 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     on_failure = get("on_failure")
     rollback = get("rollback")
     answer = get("answer")
+    sleep = get("sleep")
+    wait = get("wait_for_event")
     depends_on: Sequence[str] | None = get("depends_on")
     raw_caching = get("caching")
     caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
@@ -463,5 +490,9 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         approved_input=get("approved_input"),
         checkpoint_passed=get("checkpoint_passed"),
         answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
+        sleep=SleepSpec.from_json(sleep) if isinstance(sleep, dict) else None,
+        wait_for_event=WaitForEventSpec.from_json(wait) if isinstance(wait, dict) else None,
+        wake_at=get("wake_at"),
+        received_event=get("received_event"),
         extra=extra,
     )

@@ -27,6 +27,7 @@ __all__ = [
     "ATTEMPT_OUTCOMES",
     "DEFAULT_MAX_AGENT_LABELS",
     "ORCHESTRATION_AGENT",
+    "TIMER_AGENT",
     "RUN_STATES",
     "WEBHOOK_OUTCOMES",
     "Metrics",
@@ -66,6 +67,8 @@ UNREGISTERED_AGENT = "unregistered"
 """Agent label of a step whose agent (or skill) has no registered endpoint."""
 ORCHESTRATION_AGENT = "(orchestration)"
 """Agent label of a sub-orchestration step (it runs a child run, not an agent)."""
+TIMER_AGENT = "(timer)"
+"""Agent label of a sleep or wait_for_event step (no agent is called)."""
 
 
 class _WebhookDeliveries(Collector):
@@ -174,6 +177,27 @@ class Metrics:
             "Cacheable steps that were not in the step-output cache.",
             registry=r,
         )
+        # -- timers and external events
+        self.step_waits_total = Counter(
+            "orchestration_step_waits_total",
+            "Claims of sleep and wait_for_event steps on this replica, by kind (sleep, "
+            "wait_for_event) and result: waiting (parked), due (a sleep ended), received "
+            "(an event completed a wait), timeout.",
+            ["kind", "result"],
+            registry=r,
+        )
+        self.external_events_total = Counter(
+            "orchestration_external_events_total",
+            "SendEvent requests on this replica, by result: new or duplicate (event id "
+            "already received).",
+            ["result"],
+            registry=r,
+        )
+        self.event_deliveries_total = Counter(
+            "orchestration_event_deliveries_total",
+            "Waiting steps woken by SendEvent requests on this replica.",
+            registry=r,
+        )
         # -- webhooks
         self._webhook_deliveries = _WebhookDeliveries()
         r.register(self._webhook_deliveries)
@@ -199,14 +223,22 @@ class Metrics:
     # -- labels ------------------------------------------------------------------------
 
     def agent_label(
-        self, agent: str | None, *, registered: bool = True, orchestration: bool = False
+        self,
+        agent: str | None,
+        *,
+        registered: bool = True,
+        orchestration: bool = False,
+        timer: bool = False,
     ) -> str:
         """The ``agent`` label value of ``agent``: its name while fewer than
         ``max_agent_labels`` distinct names were seen, else ``other``;
         ``unregistered`` when it has no endpoint (a name only a plan mentions);
-        ``(orchestration)`` for a sub-orchestration step."""
+        ``(orchestration)`` for a sub-orchestration step, ``(timer)`` for a sleep or
+        wait_for_event step."""
         if orchestration:
             return ORCHESTRATION_AGENT
+        if timer:
+            return TIMER_AGENT
         if not registered or not agent:
             return UNREGISTERED_AGENT
         if agent in self._agents:
@@ -254,6 +286,16 @@ class Metrics:
     def cache_miss(self) -> None:
         """Count a cacheable step that was not in the cache."""
         self.cache_misses_total.inc()
+
+    def step_wait(self, kind: str, result: str) -> None:
+        """A claimed sleep or wait_for_event step came out ``result``."""
+        self.step_waits_total.labels(kind=kind, result=result).inc()
+
+    def external_event(self, *, duplicate: bool, delivered: int) -> None:
+        """One SendEvent: new or duplicate, and the steps it woke."""
+        self.external_events_total.labels(result="duplicate" if duplicate else "new").inc()
+        if delivered and not duplicate:
+            self.event_deliveries_total.inc(delivered)
 
     def track_active_steps(self, read: Callable[[], float]) -> None:
         """Read ``orchestration_active_steps`` from ``read`` at each scrape."""

@@ -151,6 +151,7 @@ async def test_every_json_command_has_the_one_shape(
         ("agents", "list"): ([], False),
         ("agents", "deregister"): (["extra"], False),
         ("cache", "invalidate"): (["shapes"], False),
+        ("events", "send"): (["shape.event", "--id", "e1", "--payload", inputs], False),
         ("config", ): ([], False),
     }  # fmt: skip
     with_output = {

@@ -16,7 +16,9 @@ from podium.server.storage.steps import (
     OrchestrationTarget,
     Outcome,
     Rollback,
+    SleepSpec,
     StepSpec,
+    WaitForEventSpec,
 )
 
 # The functions that take an attempt's outcome (podium_complete_step hands the parking
@@ -86,6 +88,10 @@ async def test_every_spec_key_the_sql_uses_is_in_the_step_spec(db: Database) -> 
         approved_input={},
         checkpoint_passed=True,
         answer=Answer(1, "t", {}),
+        sleep=SleepSpec(seconds=1.0),
+        wait_for_event=WaitForEventSpec("e"),
+        wake_at="2026-01-01T00:00:00Z",
+        received_event={},
     )
     known = set(full.to_json())
     used = set().union(*(_spec_keys(s) for s in (await _sources(db)).values()))

@@ -35,6 +35,7 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "DeregisterAgent": ("deregister_agent", ("agents", "deregister")),
     "InvalidateCache": ("invalidate_cache", ("cache", "invalidate")),
     "ListWebhookDeliveries": ("list_webhook_deliveries", ("webhooks", "deliveries")),
+    "SendEvent": ("send_event", ("events", "send")),
 }
 
 

@@ -27,6 +27,19 @@ def test_agent_labels_are_bounded() -> None:
     assert metrics.agent_label(None) == "unregistered"
     # A sub-orchestration step runs a child run: a bounded label of its own.
     assert metrics.agent_label(None, registered=False, orchestration=True) == "(orchestration)"
+    assert metrics.agent_label(None, registered=False, timer=True) == "(timer)"
+
+
+def test_timer_and_external_event_counters() -> None:
+    metrics = Metrics()
+    metrics.step_wait("sleep", "waiting")
+    metrics.external_event(duplicate=False, delivered=3)
+    metrics.external_event(duplicate=True, delivered=3)  # a resend woke nobody
+    text = generate_latest(metrics.registry).decode()
+    assert 'orchestration_step_waits_total{kind="sleep",result="waiting"} 1.0' in text
+    assert 'orchestration_external_events_total{result="new"} 1.0' in text
+    assert 'orchestration_external_events_total{result="duplicate"} 1.0' in text
+    assert "orchestration_event_deliveries_total 3.0" in text
 
 
 def test_each_instance_has_its_own_registry() -> None:

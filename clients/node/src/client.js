@@ -420,6 +420,26 @@ export class PodiumClient {
     await this.call('DeregisterAgent', { name }, options);
   }
 
+  // -- external events
+
+  /**
+   * Send an external event to the `wait_for_event` steps waiting for its name and key
+   * (and to steps that start waiting within the server's retention window). Idempotent
+   * by `eventId`: a resend delivers nothing and resolves `{duplicate: true, ...}`.
+   * Resolves `{duplicate, delivered_steps, expire_time}`.
+   *
+   * @param {string} name
+   * @param {{ eventId: string, key?: string, payload?: JsonObject }} event
+   * @param {CallOptions} [options]
+   */
+  async sendEvent(name, { eventId, key = '', payload } = { eventId: '' }, options) {
+    return this.call(
+      'SendEvent',
+      { event_id: eventId, name, key, payload: optionalStruct(payload, 'payload') },
+      options,
+    );
+  }
+
   // -- approvals
 
   /**

@@ -193,6 +193,28 @@ describe('Node client with the Python example agents', () => {
     );
   });
 
+  it('sends an event that wakes a waiting step once, idempotent by event id', async () => {
+    const run = await client.startRun({
+      plan: { steps: [{ id: 'reply', wait_for_event: { name: 'node.reply', key: '${run.input.ticket}' } }] },
+      input: { ticket: 'N-1' },
+    });
+    for (;;) {
+      const step = (await client.getRun(run.id)).steps.find((s) => s.step_id === 'reply');
+      if (step.state === 'STATE_WAITING_RETRY') break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const first = await client.sendEvent('node.reply', { eventId: 'node-e1', key: 'N-1', payload: { ok: true } });
+    assert.equal(first.duplicate, false);
+    assert.equal(first.delivered_steps, 1);
+    const again = await client.sendEvent('node.reply', { eventId: 'node-e1', key: 'N-1' });
+    assert.equal(again.duplicate, true);
+    for await (const event of client.watchRun(run.id)) void event;
+    const done = await client.getRun(run.id);
+    assert.equal(done.state, 'STATE_SUCCEEDED');
+    assert.deepEqual(done.steps[0].output.payload, { ok: true });
+    await assert.rejects(client.sendEvent('', { eventId: '' }), ValidationError);
+  });
+
   it('rejects an unknown run with a NotFoundError, from unary calls and watchRun', async () => {
     const unknown = '00000000-0000-0000-0000-000000000000';
     const expected = (/** @type {any} */ error) => {

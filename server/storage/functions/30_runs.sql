@@ -230,7 +230,8 @@ BEGIN
            next_attempt_at = NULL, queued_at = NULL, lease_owner = NULL,
            lease_expires_at = NULL, approval_id = NULL, child_run_id = NULL,
            cached = false, cache_source_run_id = NULL,
-           spec = s.spec - 'checkpoint_passed' - 'approved_input' - 'answer',
+           spec = s.spec - 'checkpoint_passed' - 'approved_input' - 'answer' - 'wake_at'
+                    - 'received_event',
            max_attempts = s.attempt
                + greatest(1, coalesce((s.spec -> 'on_failure' ->> 'max_attempts')::integer, 1))
       FROM redo r

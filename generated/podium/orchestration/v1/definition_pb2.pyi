@@ -63,6 +63,7 @@ class Definition(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ARCHIVED_FIELD_NUMBER: _builtins.int
     CONTENT_HASH_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the definition: 1 to 128 characters of [a-z0-9_.-], starting with a
     letter or digit. Unique per organization; versions share the name.
@@ -97,6 +98,15 @@ class Definition(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When this version was created. Output only."""
 
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___EventTrigger]:
+        """Event triggers: SendEvent starts a run of the latest version of this definition
+        for each received event matching one of them (at most one run per event id, even
+        when several triggers match), with input `{"event_id", "name", "key", "payload"}`
+        and metadata `{"trigger": {"event_id", "event_name"}}`. Only for saved definitions
+        (refused in an inline plan); an archived definition is not triggered. At most 16.
+        """
+
     def __init__(
         self,
         *,
@@ -111,10 +121,11 @@ class Definition(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         archived: _builtins.bool = ...,
         content_hash: _builtins.str = ...,
+        triggers: _abc.Iterable[Global___EventTrigger] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "error_handling", b"error_handling", "execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "content_hash", b"content_hash", "create_time", b"create_time", "description", b"description", "error_handling", b"error_handling", "execution", b"execution", "labels", b"labels", "name", b"name", "organization_id", b"organization_id", "steps", b"steps", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["archived", b"archived", "content_hash", b"content_hash", "create_time", b"create_time", "description", b"description", "error_handling", b"error_handling", "execution", b"execution", "labels", b"labels", "name", b"name", "organization_id", b"organization_id", "steps", b"steps", "triggers", b"triggers", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -605,6 +616,8 @@ class Step(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     SKILL_FIELD_NUMBER: _builtins.int
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
+    SLEEP_FIELD_NUMBER: _builtins.int
+    WAIT_FOR_EVENT_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
@@ -626,6 +639,14 @@ class Step(_message.Message):
     @_builtins.property
     def orchestration(self) -> Global___OrchestrationRef:
         """A definition executed as a child run (sub-orchestration)."""
+
+    @_builtins.property
+    def sleep(self) -> Global___SleepStep:
+        """A durable timer: the step waits, then succeeds; no agent is called."""
+
+    @_builtins.property
+    def wait_for_event(self) -> Global___WaitForEventStep:
+        """Waits for an external event sent with SendEvent; no agent is called."""
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -661,6 +682,8 @@ class Step(_message.Message):
         agent: _builtins.str = ...,
         skill: _builtins.str = ...,
         orchestration: Global___OrchestrationRef | None = ...,
+        sleep: Global___SleepStep | None = ...,
+        wait_for_event: Global___WaitForEventStep | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         input: _struct_pb2.Struct | None = ...,
         checkpoint: Global___CheckpointPolicy | None = ...,
@@ -670,12 +693,168 @@ class Step(_message.Message):
         description: _builtins.str = ...,
         rollback: Global___RollbackPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "target", b"target"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "target", b"target", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration", "sleep", "wait_for_event"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class SleepStep(_message.Message):
+    """SleepStep is a durable timer. The step holds no agent slot and no lease while it
+    waits (its deadline is stored with the run, so a server restart keeps it) and succeeds
+    once the deadline passed, with output `{"slept_until": RFC 3339 time}`. `input`,
+    `checkpoint`, `caching` and `timeout_seconds` are refused on a sleep step.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECONDS_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    seconds: _builtins.float
+    """Seconds to wait, counted from when the step starts (its dependencies are done):
+    more than 0, at most 31,536,000 (a year).
+    """
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Wait until this time; a time in the past succeeds at once."""
+
+    def __init__(
+        self,
+        *,
+        seconds: _builtins.float = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "seconds", b"seconds", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "seconds", b"seconds", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_deadline: _TypeAlias = _typing.Literal["seconds", "until"]  # noqa: Y015
+    _WhichOneofArgType_deadline: _TypeAlias = _typing.Literal["deadline", b"deadline"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_deadline) -> _WhichOneofReturnType_deadline | None: ...
+
+Global___SleepStep: _TypeAlias = SleepStep  # noqa: Y015
+
+@_typing.final
+class WaitForEventStep(_message.Message):
+    """WaitForEventStep waits for an external event (SendEvent) whose name and key match.
+    An event received before the step started waiting also matches while it is kept
+    (PODIUM_EVENT_RETENTION_SECONDS after it was sent); the earliest kept one is taken.
+    Each waiting step receives one event, exactly once. The step holds no agent slot and
+    no lease while it waits. On success its output is `{"event_id", "name", "key",
+    "payload", "received_at"}`. `input`, `checkpoint`, `caching` and `timeout_seconds`
+    are refused on this step (its own `timeout_seconds` below bounds the wait).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _OnTimeout:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _OnTimeoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[WaitForEventStep._OnTimeout.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ON_TIMEOUT_UNSPECIFIED: WaitForEventStep._OnTimeout.ValueType  # 0
+        """FAIL."""
+        ON_TIMEOUT_FAIL: WaitForEventStep._OnTimeout.ValueType  # 1
+        """The step fails with the non-retryable error EVENT_TIMEOUT; its failure policy
+        applies (allow_skip, notify_human).
+        """
+        ON_TIMEOUT_CONTINUE: WaitForEventStep._OnTimeout.ValueType  # 2
+        """The step succeeds with output `{"timed_out": true}`: dependents run."""
+        ON_TIMEOUT_SKIP: WaitForEventStep._OnTimeout.ValueType  # 3
+        """The step is skipped (error EVENT_TIMEOUT); dependents follow
+        `on_failure.skip_dependents`, as for any skipped step.
+        """
+
+    class OnTimeout(_OnTimeout, metaclass=_OnTimeoutEnumTypeWrapper):
+        """What happens when the wait times out."""
+
+    ON_TIMEOUT_UNSPECIFIED: WaitForEventStep.OnTimeout.ValueType  # 0
+    """FAIL."""
+    ON_TIMEOUT_FAIL: WaitForEventStep.OnTimeout.ValueType  # 1
+    """The step fails with the non-retryable error EVENT_TIMEOUT; its failure policy
+    applies (allow_skip, notify_human).
+    """
+    ON_TIMEOUT_CONTINUE: WaitForEventStep.OnTimeout.ValueType  # 2
+    """The step succeeds with output `{"timed_out": true}`: dependents run."""
+    ON_TIMEOUT_SKIP: WaitForEventStep.OnTimeout.ValueType  # 3
+    """The step is skipped (error EVENT_TIMEOUT); dependents follow
+    `on_failure.skip_dependents`, as for any skipped step.
+    """
+
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    ON_TIMEOUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Event name to wait for: 1 to 128 characters of [A-Za-z0-9_.:/-]. Required."""
+    key: _builtins.str
+    """Correlation key template: an event matches when its key equals this, resolved
+    when the step starts waiting. May reference `${run.input.PATH}` and
+    `${steps.ID.output.PATH}` (ID upstream); a string, number or bool value is used as
+    text (whole numbers without a fraction); another value (null, an object, a list)
+    fails the step with INVALID_EVENT_KEY, a missing path with MISSING_REFERENCE.
+    Empty: only events with an empty key match. At most 512 characters.
+    """
+    timeout_seconds: _builtins.float
+    """Longest wait in seconds, counted from when the step starts waiting; 0 waits without
+    a limit. At most 31,536,000 (a year).
+    """
+    on_timeout: Global___WaitForEventStep.OnTimeout.ValueType
+    """What happens on timeout; default FAIL."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+        timeout_seconds: _builtins.float = ...,
+        on_timeout: Global___WaitForEventStep.OnTimeout.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "name", b"name", "on_timeout", b"on_timeout", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitForEventStep: _TypeAlias = WaitForEventStep  # noqa: Y015
+
+@_typing.final
+class EventTrigger(_message.Message):
+    """EventTrigger subscribes a definition to external events (SendEvent)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_MATCH_FIELD_NUMBER: _builtins.int
+    event_name: _builtins.str
+    """Event name: 1 to 128 characters of [A-Za-z0-9_.:/-]. Required."""
+    key: _builtins.str
+    """Only events with exactly this key; empty: any key. At most 512 characters."""
+    @_builtins.property
+    def payload_match(self) -> _struct_pb2.Struct:
+        """Filter: only events whose payload contains this JSON: every field given, at any
+        depth, present with an equal value (a list matches when each given element is
+        contained in some element of the event's list), as PostgreSQL's jsonb `@>`.
+        Empty: any payload. At most 64 KiB serialized.
+        """
+
+    def __init__(
+        self,
+        *,
+        event_name: _builtins.str = ...,
+        key: _builtins.str = ...,
+        payload_match: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload_match", b"payload_match"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "key", b"key", "payload_match", b"payload_match"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventTrigger: _TypeAlias = EventTrigger  # noqa: Y015

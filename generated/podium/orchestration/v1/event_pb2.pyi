@@ -74,6 +74,15 @@ class RunEvent(_message.Message):
         """run.resumed: ResumeRun started a new run attempt of a failed or cancelled run."""
         TYPE_RUN_CONTINUED: RunEvent._Type.ValueType  # 20
         """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
+        TYPE_STEP_WAITING: RunEvent._Type.ValueType  # 21
+        """step.waiting: a sleep or wait_for_event step parked until its deadline or an
+        event; `data` has `kind` (`sleep` or `wait_for_event`), `until` (RFC 3339, absent
+        when the wait has no limit) and, for a wait, `event` (the name) and `key`.
+        """
+        TYPE_EVENT_RECEIVED: RunEvent._Type.ValueType  # 22
+        """event.received: an external event was delivered to a waiting step; `data` has
+        `event_id`, `name` and `key`.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is the lifecycle transition an event reports."""
@@ -120,6 +129,15 @@ class RunEvent(_message.Message):
     """run.resumed: ResumeRun started a new run attempt of a failed or cancelled run."""
     TYPE_RUN_CONTINUED: RunEvent.Type.ValueType  # 20
     """run.continued: ContinueRun gave more input to a run waiting on a checkpoint."""
+    TYPE_STEP_WAITING: RunEvent.Type.ValueType  # 21
+    """step.waiting: a sleep or wait_for_event step parked until its deadline or an
+    event; `data` has `kind` (`sleep` or `wait_for_event`), `until` (RFC 3339, absent
+    when the wait has no limit) and, for a wait, `event` (the name) and `key`.
+    """
+    TYPE_EVENT_RECEIVED: RunEvent.Type.ValueType  # 22
+    """event.received: an external event was delivered to a waiting step; `data` has
+    `event_id`, `name` and `key`.
+    """
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int

@@ -1568,3 +1568,89 @@ class ListWebhookDeliveriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListWebhookDeliveriesResponse: _TypeAlias = ListWebhookDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class SendEventRequest(_message.Message):
+    """SendEventRequest carries one external event."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Unique id chosen by the sender, the idempotency key: 1 to 128 printable characters.
+    A second request with an id already received (within the retention window) changes
+    nothing, whatever its other fields, and answers `duplicate`.
+    """
+    name: _builtins.str
+    """Event name: 1 to 128 characters of [A-Za-z0-9_.:/-]. Required."""
+    key: _builtins.str
+    """Correlation key matched against the waiting steps' resolved `key`; at most 512
+    characters; may be empty.
+    """
+    @_builtins.property
+    def payload(self) -> _struct_pb2.Struct:
+        """Payload given to the steps receiving the event; at most 256 KiB serialized."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        key: _builtins.str = ...,
+        payload: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "key", b"key", "name", b"name", "payload", b"payload"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendEventRequest: _TypeAlias = SendEventRequest  # noqa: Y015
+
+@_typing.final
+class SendEventResponse(_message.Message):
+    """SendEventResponse says what the event did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    DELIVERED_STEPS_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    TRIGGERED_RUN_IDS_FIELD_NUMBER: _builtins.int
+    duplicate: _builtins.bool
+    """The event id was already received: this request delivered nothing."""
+    delivered_steps: _builtins.int
+    """Waiting steps the event was delivered to by the request that first sent it (steps
+    that start waiting later and take it from the retention window are not counted).
+    """
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """Until when the event is kept for steps that start waiting later."""
+
+    @_builtins.property
+    def triggered_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Runs started by the event triggers of definitions (Definition.triggers) matching
+        this event, one per definition. Each is started with a StartRun request id derived
+        from the event id and the definition name, so a resend of the same event id starts
+        no second run of a definition and returns the same runs (it does start the run of a
+        matching definition that has none yet, e.g. after a crash of the first send).
+        """
+
+    def __init__(
+        self,
+        *,
+        duplicate: _builtins.bool = ...,
+        delivered_steps: _builtins.int = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        triggered_run_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivered_steps", b"delivered_steps", "duplicate", b"duplicate", "expire_time", b"expire_time", "triggered_run_ids", b"triggered_run_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendEventResponse: _TypeAlias = SendEventResponse  # noqa: Y015

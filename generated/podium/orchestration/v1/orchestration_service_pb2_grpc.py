@@ -160,6 +160,11 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesResponse.FromString,
                 _registered_method=True)
+        self.SendEvent = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/SendEvent',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -346,6 +351,16 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendEvent(self, request, context):
+        """SendEvent delivers an external event to every wait_for_event step of the caller's
+        organization waiting for its name and key, and keeps it so that steps starting to
+        wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
+        event id: sending the same id again delivers nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -468,6 +483,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListWebhookDeliveries,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesResponse.SerializeToString,
+            ),
+            'SendEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendEvent,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1124,6 +1144,33 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/ListWebhookDeliveries',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListWebhookDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/SendEvent',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

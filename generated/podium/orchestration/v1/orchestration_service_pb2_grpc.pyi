@@ -99,6 +99,12 @@ class OrchestrationServiceStub:
     """InvalidateCache deletes step-cache entries of a definition."""
     ListWebhookDeliveries: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListWebhookDeliveriesRequest, _orchestration_service_pb2.ListWebhookDeliveriesResponse]
     """ListWebhookDeliveries shows the delivery status of webhook events."""
+    SendEvent: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.SendEventRequest, _orchestration_service_pb2.SendEventResponse]
+    """SendEvent delivers an external event to every wait_for_event step of the caller's
+    organization waiting for its name and key, and keeps it so that steps starting to
+    wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
+    event id: sending the same id again delivers nothing.
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -171,6 +177,12 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """InvalidateCache deletes step-cache entries of a definition."""
     ListWebhookDeliveries: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListWebhookDeliveriesRequest, _orchestration_service_pb2.ListWebhookDeliveriesResponse]  # type: ignore[assignment]
     """ListWebhookDeliveries shows the delivery status of webhook events."""
+    SendEvent: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.SendEventRequest, _orchestration_service_pb2.SendEventResponse]  # type: ignore[assignment]
+    """SendEvent delivers an external event to every wait_for_event step of the caller's
+    organization waiting for its name and key, and keeps it so that steps starting to
+    wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
+    event id: sending the same id again delivers nothing.
+    """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestrationService is Podium's API: definitions, runs, progress streams,
@@ -384,5 +396,17 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.ListWebhookDeliveriesResponse, _abc.Awaitable[_orchestration_service_pb2.ListWebhookDeliveriesResponse]]:
         """ListWebhookDeliveries shows the delivery status of webhook events."""
+
+    @_abc_1.abstractmethod
+    def SendEvent(
+        self,
+        request: _orchestration_service_pb2.SendEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.SendEventResponse, _abc.Awaitable[_orchestration_service_pb2.SendEventResponse]]:
+        """SendEvent delivers an external event to every wait_for_event step of the caller's
+        organization waiting for its name and key, and keeps it so that steps starting to
+        wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
+        event id: sending the same id again delivers nothing.
+        """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
