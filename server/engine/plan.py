@@ -1,6 +1,6 @@
 """Plan building: the step rows of a new run (``build_steps``), each with its effective
-failure policy, its cache policy, the steps its input references and whether it is a
-sink."""
+failure policy, its cache policy, the steps its input and its condition reference and
+whether it is a sink."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import step_policy
+from podium.server.engine.conditions import step_mentions
 from podium.server.engine.references import find_references
 from podium.server.storage.runs import NewStep
 from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
@@ -72,7 +73,9 @@ def build_steps(
             bypass_cache=bypass_cache and target == "orchestration",
         )
         template = spec.input if spec.input is not None else {}
-        refs = sorted({r.step_id for r in find_references(template) if r.step_id})
+        refs = {r.step_id for r in find_references(template) if r.step_id}
+        if step.when:
+            refs.update(step_mentions(step.when))  # the claim gives their outputs too
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(
@@ -87,7 +90,7 @@ def build_steps(
                 spec=spec,
                 max_attempts=policy.attempts,
                 timeout_seconds=timeout if timeout and math.isfinite(timeout) else None,
-                input_refs=refs,
+                input_refs=sorted(refs),
                 is_sink=step.id not in needed_by,
             )
         )

@@ -1,5 +1,6 @@
 """Validation of a definition's steps: ids, targets, inputs, dependencies (unknown,
-duplicate, cyclic) and ``${steps...}`` references (known and upstream)."""
+duplicate, cyclic), ``${steps...}`` references (known and upstream) and conditions
+(``when``: CEL that compiles, over known variables and upstream steps)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from podium.orchestration.v1 import definition_pb2
+from podium.server.engine import conditions
 from podium.server.engine.references import (
     Reference,
     join_location,
@@ -94,6 +96,7 @@ class DefinitionValidator(PolicyChecker):
 
         self.check_cycles(steps, graph)
         self.check_references(steps, first_index, graph)
+        self.check_conditions(steps, first_index, graph)
 
     def check_step(
         self, definition: definition_pb2.Definition, index: int, step: definition_pb2.Step
@@ -285,6 +288,45 @@ class DefinitionValidator(PolicyChecker):
                 f"add it to depends_on (directly or through a dependency)",
                 "REFERENCE_NOT_UPSTREAM",
             )
+
+    def check_conditions(
+        self,
+        steps: Sequence[definition_pb2.Step],
+        first_index: dict[str, int],
+        graph: DependencyGraph,
+    ) -> None:
+        """Each ``when``: CEL that compiles, uses known variables and upstream steps."""
+        for index, step in enumerate(steps):
+            if not step.when:
+                continue
+            path = f"steps[{index}].when"
+            mentions, problems = conditions.check_condition(step.when)
+            for problem in problems:
+                self.add(path, problem.describe(), problem.reason)
+            for mention in mentions:
+                line, column = conditions.position(step.when, mention.offset)
+                where = f" (at line {line}, column {column})"
+                target = first_index.get(mention.step_id)
+                if target is None:
+                    self.add(
+                        path,
+                        f"steps.{mention.step_id} references unknown step "
+                        f"'{mention.step_id}'" + _suggest(mention.step_id, first_index) + where,
+                        "UNKNOWN_STEP_REFERENCE",
+                    )
+                elif mention.step_id == step.id:
+                    self.add(
+                        path,
+                        f"step '{step.id}' cannot use its own output in its condition{where}",
+                        "SELF_REFERENCE",
+                    )
+                elif not graph.is_upstream(target, index):
+                    self.add(
+                        path,
+                        f"steps.{mention.step_id} is not upstream of step {step.id}: "
+                        f"add it to depends_on (directly or through a dependency){where}",
+                        "REFERENCE_NOT_UPSTREAM",
+                    )
 
     def struct_to_python(self, path: str, struct: struct_pb2.Struct) -> dict[str, Any]:
         """Convert a Struct to Python, reporting non-finite numbers on the way.

@@ -315,6 +315,7 @@ _KNOWN = frozenset(
         "approved_input",
         "checkpoint_passed",
         "answer",
+        "when",
     }
 )
 
@@ -349,6 +350,8 @@ class StepSpec:
     checkpoint_passed: bool | None = None
     """The ``checkpoint: before`` was approved: dispatch without parking again."""
     answer: Answer | None = None
+    when: str | None = None
+    """The step's condition, a CEL expression (``engine/conditions.py``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -417,6 +420,7 @@ class StepSpec:
         _put(out, "checkpoint_passed", self.checkpoint_passed)
         if self.answer is not None:
             out["answer"] = self.answer.to_json()
+        _put(out, "when", self.when)
         out.update(self.extra)
         return out
 
@@ -462,5 +466,6 @@ class StepSpec:
             approved_input=get("approved_input"),
             checkpoint_passed=get("checkpoint_passed"),
             answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
+            when=get("when"),
             extra=extra,
         )

@@ -11,7 +11,9 @@
 --                      checkpoint_after approval before its dependents see it;
 --   review             the last attempt failed and the policy says notify_human: the
 --                      step waits on a failure_review approval (retry, skip or fail);
---   skipped            the last attempt failed and the policy says allow_skip;
+--   skipped            the last attempt failed and the policy says allow_skip, or the
+--                      step's condition is false (error code CONDITION_FALSE: the
+--                      agent was not called, the attempt is given back);
 --   input_required     an A2A agent asked for more input (INPUT_REQUIRED): the step
 --                      waits on an input_required approval whose subject (p_output) is
 --                      the question and the A2A task id; the answer (DecideApproval
@@ -58,8 +60,10 @@ BEGIN
            output_tokens = output_tokens + p_output_tokens,
            cost_usd = cost_usd + p_cost_usd
      WHERE id = p_run;
-    IF p_outcome = 'checkpoint_before' THEN
-        -- No agent was called: this was not an attempt.
+    IF p_outcome = 'checkpoint_before'
+       OR (p_outcome = 'skipped' AND p_error ->> 'code' = 'CONDITION_FALSE') THEN
+        -- No agent was called: this was not an attempt (a checkpoint, or a step whose
+        -- condition is false).
         DELETE FROM step_attempts
          WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
         UPDATE orchestration_steps

@@ -613,6 +613,7 @@ class Step(_message.Message):
     CACHING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the step, unique in the definition: 1 to 64 characters of [A-Za-z0-9_-]."""
     agent: _builtins.str
@@ -623,6 +624,17 @@ class Step(_message.Message):
     """Timeout of one attempt in seconds; 0 uses the definition, agent, then server default."""
     description: _builtins.str
     """What the step does."""
+    when: _builtins.str
+    """Condition: a CEL expression (https://cel.dev) over `run.input`, `run.id`,
+    `run.labels`, `run.organization_id`, `run.definition.name`,
+    `run.definition.version` and `steps.ID.output` (or `steps["ID"].output`; ID must
+    be upstream, as for `${steps...}` references; a skipped step's output is null).
+    Evaluated when the step is about to run: false skips the step (state SKIPPED,
+    error code CONDITION_FALSE, no attempt used) and its dependents still run; a
+    result that is not a bool or an evaluation error fails the step with the
+    non-retryable error CONDITION_ERROR (its failure policy applies). Empty: always
+    runs. At most 4096 characters.
+    """
     @_builtins.property
     def orchestration(self) -> Global___OrchestrationRef:
         """A definition executed as a child run (sub-orchestration)."""
@@ -669,10 +681,11 @@ class Step(_message.Message):
         caching: Global___StepCachingPolicy | None = ...,
         description: _builtins.str = ...,
         rollback: Global___RollbackPolicy | None = ...,
+        when: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "target", b"target", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "target", b"target", "timeout_seconds", b"timeout_seconds", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
