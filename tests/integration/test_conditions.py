@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
+from podium.client.definitions import load_definition
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ from tests.integration.runs_helpers import (
     all_events,
     create_definition,
     definition,
+    describe,
     event_summary,
     plain,
     plan,
@@ -36,6 +38,8 @@ from tests.integration.runs_helpers import (
     step_states,
     wait_for_run,
 )
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-router.yaml"
 
 if TYPE_CHECKING:
     from podium.orchestration.v1.orchestration_service_pb2_grpc import (
@@ -287,3 +291,30 @@ async def test_the_cli_shows_the_skip_reason(
     shown = await podium_cli("runs", "get", run_id, *address)
     line = next(line for line in shown.stdout.splitlines() if "translate" in line)
     assert "SKIPPED" in line and "CONDITION_FALSE" in line
+
+
+async def test_the_example_definition_routes_and_translates(podium: Connect) -> None:
+    """examples/support-router.yaml: billing or general by category, the join, and the
+    translation only for a language other than English."""
+    _, stub = await podium()
+    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=load_definition(EXAMPLE)))
+    cases = [
+        ({"category": "billing", "text": "charged twice", "language": "de"}, "billing", True),
+        ({"category": "login", "text": "locked out", "language": "en"}, "general", False),
+        ({"category": "login", "text": "locked out"}, "general", False),
+    ]
+    for run_input, branch, translated in cases:
+        started = await start_run(stub, "support-router", input=run_input)
+        run = await wait_for_run(stub, started.run.id)
+        assert run.state == Run.STATE_SUCCEEDED, describe(run)
+        other = "general" if branch == "billing" else "billing"
+        assert step_of(run, branch).state == StepRun.STATE_SUCCEEDED
+        assert step_of(run, other).error.code == "CONDITION_FALSE"
+        reply = plain(step_of(run, "reply").output)["echo"]
+        assert reply[other] is None and run_input["text"] in reply[branch]
+        translate = step_of(run, "translate")
+        if translated:
+            assert translate.state == StepRun.STATE_SUCCEEDED
+            assert plain(translate.output)["target"] == "de"
+        else:
+            assert translate.error.code == "CONDITION_FALSE"
