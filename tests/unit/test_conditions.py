@@ -76,6 +76,8 @@ def test_problems_name_their_position(
         ('steps.a.output.label == "x"', {"a": {"label": "x"}}, True),
         ("run.input.n > 2.5 && run.input.n == 3.0", {}, True),  # numbers compare across types
         ('run.definition.name == "flow" && run.definition.version == 2', {}, True),
+        # && absorbs the error of a field of a skipped (null) output
+        ('steps.a.output != null && steps.a.output.label == "x"', {"a": None}, False),
     ],
 )
 def test_evaluation(source: str, outputs: dict[str, Any], expected: bool) -> None:
