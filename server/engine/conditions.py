@@ -46,6 +46,7 @@ __all__ = [
     "evaluate_condition",
     "position",
     "run_variables",
+    "skipped_by_condition",
     "step_mentions",
 ]
 
@@ -331,3 +332,13 @@ def condition_outcome(step: ClaimedStep, outcomes: OutcomePolicy) -> StepOutcome
     outcome = outcomes.outcome(step, park=Outcome.SKIPPED)
     outcome.error = StepError(CONDITION_FALSE, f"condition {when!r} is false", False)
     return outcome
+
+
+def skipped_by_condition(outcome: StepOutcome) -> bool:
+    """Whether an outcome is a skip by a false condition (not an attempt: the metrics
+    leave it out, as ``podium_park_step`` gives its attempt number back)."""
+    return (
+        outcome.outcome == Outcome.SKIPPED
+        and outcome.error is not None
+        and outcome.error.code == CONDITION_FALSE
+    )

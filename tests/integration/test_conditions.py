@@ -37,7 +37,9 @@ from tests.integration.runs_helpers import (
     step_of,
     step_states,
     wait_for_run,
+    wait_until,
 )
+from tests.integration.test_observability import delta, scrape
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "support-router.yaml"
 
@@ -319,3 +321,25 @@ async def test_the_example_definition_routes_and_translates(podium: Connect) -> 
             assert plain(translate.output)["target"] == "de"
         else:
             assert translate.error.code == "CONDITION_FALSE"
+
+
+async def test_a_condition_skip_is_not_counted_as_an_attempt(podium: Connect) -> None:
+    """/metrics: a step skipped by its condition adds no attempt (no agent was called)."""
+    server, stub = await podium(metrics_address="127.0.0.1:0")
+    before = await scrape(server)
+    steps = [
+        {"id": "no", "agent": "noop", "when": "false"},
+        {"id": "yes", "agent": "echo", "depends_on": ["no"]},
+    ]
+    run = await wait_for_run(stub, (await start_run(stub, inline=plan(steps))).run.id)
+    assert run.state == Run.STATE_SUCCEEDED
+
+    async def counted() -> bool:
+        now = await scrape(server)
+        return delta(before, now, "orchestration_steps_total", agent="echo", state="succeeded") == 1
+
+    await wait_until(counted, "the echo step in /metrics")
+    after = await scrape(server)
+    for outcome in ("succeeded", "failed", "retry"):
+        assert delta(before, after, "orchestration_step_attempts_total", agent="noop",
+                     outcome=outcome) == 0  # fmt: skip
