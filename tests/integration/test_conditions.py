@@ -327,7 +327,7 @@ async def test_a_condition_skip_is_not_counted_as_an_attempt(podium: Connect) ->
     """/metrics: a step skipped by its condition adds no attempt (no agent was called)."""
     server, stub = await podium(metrics_address="127.0.0.1:0")
     before = await scrape(server)
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"id": "no", "agent": "noop", "when": "false"},
         {"id": "yes", "agent": "echo", "depends_on": ["no"]},
     ]
