@@ -3,8 +3,10 @@
 A condition is a CEL expression (the ``common-expression-language`` bindings of the Rust
 ``cel`` crate) over these variables:
 
-- ``run.input`` (the run's input), ``run.id``, ``run.labels``, ``run.organization_id``,
-  ``run.definition.name`` and ``run.definition.version`` (0 and "" for an inline plan);
+- ``run.input`` (the run's input), ``run.id``, ``run.labels``, ``run.metadata`` (given
+  at StartRun; copied into the step's spec at StartRun when the condition reads it),
+  ``run.organization_id``, ``run.definition.name`` and ``run.definition.version`` (0
+  and "" for an inline plan);
 - ``steps.ID.output`` (or ``steps["ID"].output`` for an id that is not a CEL identifier,
   e.g. one with ``-``): the output of an upstream step, null when it was skipped.
 
@@ -48,13 +50,14 @@ __all__ = [
     "run_variables",
     "skipped_by_condition",
     "step_mentions",
+    "uses_run_metadata",
 ]
 
 CONDITION_FALSE = "CONDITION_FALSE"
 CONDITION_ERROR = "CONDITION_ERROR"
 MAX_CONDITION_LENGTH = 4096
 
-RUN_FIELDS = frozenset({"input", "id", "labels", "organization_id", "definition"})
+RUN_FIELDS = frozenset({"input", "id", "labels", "metadata", "organization_id", "definition"})
 # Identifiers that are not variables: literals, reserved words and type names.
 _NOT_VARIABLES = frozenset(
     {"true", "false", "null", "in", "int", "uint", "double", "bool", "string", "bytes"}
@@ -131,9 +134,9 @@ def _string_value(text: str) -> str | None:
     return body[1:-1] if body[0] == body[-1] and body[0] in "'\"" else None
 
 
-def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]]:
-    """The step references of a source that compiles, and its misuses of variables as
-    (message, offset, reason)."""
+def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]], set[str]]:
+    """The step references of a source that compiles, its misuses of variables as
+    (message, offset, reason), and the ``run`` fields it uses."""
     tokens = _tokens(source)
     bound: set[str] = set()
     for i, token in enumerate(tokens[:-3]):
@@ -149,6 +152,7 @@ def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]
             bound.add(tokens[i + 2].text)
     mentions: list[StepMention] = []
     problems: list[tuple[str, int, str]] = []
+    run_fields: set[str] = set()
 
     def at(i: int) -> _Token | None:
         return tokens[i] if 0 <= i < len(tokens) else None
@@ -169,7 +173,9 @@ def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]
             if after is None or after.text != "." or field is None or field.kind != "ident":
                 usage = "use run.FIELD (run.input, run.labels, ...)"
                 problems.append((usage, token.offset, "INVALID_CONDITION"))
-            elif field.text not in RUN_FIELDS:
+            elif field.text in RUN_FIELDS:
+                run_fields.add(field.text)
+            else:
                 fields = ", ".join(f"run.{f}" for f in sorted(RUN_FIELDS))
                 problems.append(
                     (
@@ -199,7 +205,7 @@ def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]
                 "UNKNOWN_CONDITION_VARIABLE",
             )
         )
-    return mentions, problems
+    return mentions, problems, run_fields
 
 
 def _step_mention(tokens: list[_Token], i: int) -> StepMention | None:
@@ -233,7 +239,7 @@ def check_condition(source: str) -> tuple[list[StepMention], list[ConditionProbl
         _compile(source)
     except ValueError as error:
         return [], [_syntax_problem(source, str(error))]
-    mentions, misuses = _analyse(source)
+    mentions, misuses, _ = _analyse(source)
     problems = [
         ConditionProblem(message, *position(source, offset), reason)
         for message, offset, reason in misuses
@@ -244,6 +250,13 @@ def check_condition(source: str) -> tuple[list[StepMention], list[ConditionProbl
 def step_mentions(source: str) -> list[str]:
     """The ids of the steps a (valid) condition references, sorted, without duplicates."""
     return sorted({m.step_id for m in _analyse(source)[0]})
+
+
+def uses_run_metadata(source: str) -> bool:
+    """Whether a (valid) condition reads ``run.metadata``: StartRun then copies the
+    run's metadata into the step's spec (``run_metadata``), since the claim does not
+    return it."""
+    return "metadata" in _analyse(source)[2]
 
 
 _SYNTAX_POSITION = re.compile(r"<input>:(\d+):(\d+): (?:Syntax error: )?([^\n]*)")
@@ -271,12 +284,14 @@ def run_variables(
     organization_id: str,
     definition_name: str | None,
     definition_version: int | None,
+    metadata: Any = None,
 ) -> dict[str, Any]:
     """The ``run`` variable of a condition."""
     return {
         "input": run_input if run_input is not None else {},
         "id": run_id,
         "labels": dict(labels),
+        "metadata": metadata if metadata is not None else {},
         "organization_id": organization_id,
         "definition": {"name": definition_name or "", "version": definition_version or 0},
     }
@@ -323,6 +338,7 @@ def condition_outcome(step: ClaimedStep, outcomes: OutcomePolicy) -> StepOutcome
         organization_id=step.organization_id,
         definition_name=step.definition_name,
         definition_version=step.definition_version,
+        metadata=step.spec.run_metadata,
     )
     try:
         if evaluate_condition(when, run, step.upstream):

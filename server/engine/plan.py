@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import step_policy
-from podium.server.engine.conditions import step_mentions
+from podium.server.engine.conditions import step_mentions, uses_run_metadata
 from podium.server.engine.references import find_references
 from podium.server.storage.runs import NewStep
 from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
@@ -45,6 +46,7 @@ def build_steps(
     caching_scope: dict[str, Any] | None = None,
     cache_ttl_seconds: float = 0.0,
     bypass_cache: bool = False,
+    run_metadata: Mapping[str, Any] | None = None,
 ) -> list[NewStep]:
     """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
     JSON form when the caller has it (converting once is much cheaper than per step).
@@ -53,7 +55,8 @@ def build_steps(
     step-output cache: each cached step's spec gets its effective policy in
     ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default.
     ``bypass_cache`` (the run's flag) marks sub-orchestration steps so their child runs
-    bypass the cache too."""
+    bypass the cache too. ``run_metadata`` (the run's) is copied into the spec of each
+    step whose condition reads ``run.metadata``."""
     if plan_dict is None:
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
     step_dicts = plan_dict.get("steps", [])
@@ -76,6 +79,8 @@ def build_steps(
         refs = {r.step_id for r in find_references(template) if r.step_id}
         if step.when:
             refs.update(step_mentions(step.when))  # the claim gives their outputs too
+            if uses_run_metadata(step.when):
+                spec = replace(spec, run_metadata=dict(run_metadata or {}))
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(

@@ -316,6 +316,7 @@ _KNOWN = frozenset(
         "checkpoint_passed",
         "answer",
         "when",
+        "run_metadata",
     }
 )
 
@@ -352,6 +353,8 @@ class StepSpec:
     answer: Answer | None = None
     when: str | None = None
     """The step's condition, a CEL expression (``engine/conditions.py``)."""
+    run_metadata: Any = None
+    """The run's metadata, copied at StartRun when the condition reads ``run.metadata``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -421,6 +424,7 @@ class StepSpec:
         if self.answer is not None:
             out["answer"] = self.answer.to_json()
         _put(out, "when", self.when)
+        _put(out, "run_metadata", self.run_metadata)
         out.update(self.extra)
         return out
 
@@ -467,5 +471,6 @@ class StepSpec:
             checkpoint_passed=get("checkpoint_passed"),
             answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
             when=get("when"),
+            run_metadata=get("run_metadata"),
             extra=extra,
         )

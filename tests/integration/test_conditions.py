@@ -36,6 +36,7 @@ from tests.integration.runs_helpers import (
     start_run,
     step_of,
     step_states,
+    struct,
     wait_for_run,
     wait_until,
 )
@@ -183,6 +184,27 @@ async def test_conditions_on_run_metadata(podium: Connect) -> None:
     started = await start_run(stub, "meta", labels={"tier": "silver"})
     run = await wait_for_run(stub, started.run.id)
     assert step_states(run) == {"labelled": "STATE_SKIPPED", "unlabelled": "STATE_SUCCEEDED"}
+
+
+async def test_conditions_on_run_metadata_given_at_start(podium: Connect) -> None:
+    """run.metadata (StartRun's free-form metadata) is visible to conditions."""
+    _, stub = await podium()
+    steps = [
+        {"id": "vip", "agent": "echo", "when": 'run.metadata.customer.plan == "enterprise"'},
+        {"id": "all", "agent": "echo", "when": "!has(run.metadata.customer)"},
+    ]
+    for customer, expected in (
+        ({"plan": "enterprise"}, {"vip": "STATE_SUCCEEDED", "all": "STATE_SKIPPED"}),
+        ({"plan": "free"}, {"vip": "STATE_SKIPPED", "all": "STATE_SKIPPED"}),
+    ):
+        request = pb.StartRunRequest(
+            plan=plan(steps), metadata=struct({"customer": customer}), start=True
+        )
+        run = await wait_for_run(stub, (await stub.StartRun(request)).run.id)
+        assert run.state == Run.STATE_SUCCEEDED, describe(run)
+        assert step_states(run) == expected
+    run = await wait_for_run(stub, (await start_run(stub, inline=plan(steps[1:]))).run.id)
+    assert step_states(run) == {"all": "STATE_SUCCEEDED"}
 
 
 async def test_an_evaluation_error_fails_the_step_without_retries(

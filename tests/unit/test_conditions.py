@@ -13,6 +13,7 @@ from podium.server.engine.conditions import (
     evaluate_condition,
     run_variables,
     step_mentions,
+    uses_run_metadata,
 )
 
 RUN = run_variables(
@@ -22,6 +23,7 @@ RUN = run_variables(
     organization_id="acme",
     definition_name="flow",
     definition_version=2,
+    metadata={"customer": {"plan": "enterprise"}},
 )
 
 
@@ -76,6 +78,7 @@ def test_problems_name_their_position(
         ('steps.a.output.label == "x"', {"a": {"label": "x"}}, True),
         ("run.input.n > 2.5 && run.input.n == 3.0", {}, True),  # numbers compare across types
         ('run.definition.name == "flow" && run.definition.version == 2', {}, True),
+        ('run.metadata.customer.plan == "enterprise"', {}, True),
         # && absorbs the error of a field of a skipped (null) output
         ('steps.a.output != null && steps.a.output.label == "x"', {"a": None}, False),
     ],
@@ -95,3 +98,8 @@ def test_evaluation(source: str, outputs: dict[str, Any], expected: bool) -> Non
 def test_evaluation_errors(source: str, text: str) -> None:
     with pytest.raises(ConditionEvaluationError, match=text):
         evaluate_condition(source, RUN, {})
+
+
+def test_only_conditions_reading_run_metadata_get_it() -> None:
+    assert uses_run_metadata("run.metadata.x == 1 || run.input.y")
+    assert not uses_run_metadata('run.input.metadata == 1 && "run.metadata" != ""')

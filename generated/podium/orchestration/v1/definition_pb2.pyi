@@ -626,7 +626,7 @@ class Step(_message.Message):
     """What the step does."""
     when: _builtins.str
     """Condition: a CEL expression (https://cel.dev) over `run.input`, `run.id`,
-    `run.labels`, `run.organization_id`, `run.definition.name`,
+    `run.labels`, `run.metadata`, `run.organization_id`, `run.definition.name`,
     `run.definition.version` and `steps.ID.output` (or `steps["ID"].output`; ID must
     be upstream, as for `${steps...}` references; a skipped step's output is null).
     Evaluated when the step is about to run: false skips the step (state SKIPPED,
