@@ -39,6 +39,7 @@ from podium.server.storage.steps import Outcome, StepError
 __all__ = [
     "CONDITION_ERROR",
     "CONDITION_FALSE",
+    "LOOP_VARIABLES",
     "MAX_CONDITION_LENGTH",
     "ConditionEvaluationError",
     "ConditionProblem",
@@ -63,6 +64,8 @@ _NOT_VARIABLES = frozenset(
     {"true", "false", "null", "in", "int", "uint", "double", "bool", "string", "bytes"}
     | {"list", "map", "type", "null_type", "dyn"}
 )
+# The variables a loop's `until` adds.
+LOOP_VARIABLES = frozenset({"output", "iteration"})
 # Macros whose first argument binds a variable: `list.exists(x, x > 1)`.
 _BINDING_MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 
@@ -134,7 +137,9 @@ def _string_value(text: str) -> str | None:
     return body[1:-1] if body[0] == body[-1] and body[0] in "'\"" else None
 
 
-def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]], set[str]]:
+def _analyse(
+    source: str, extra_variables: frozenset[str] = frozenset()
+) -> tuple[list[StepMention], list[tuple[str, int, str]], set[str]]:
     """The step references of a source that compiles, its misuses of variables as
     (message, offset, reason), and the ``run`` fields it uses."""
     tokens = _tokens(source)
@@ -166,7 +171,7 @@ def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]
         if after is not None and after.text == "(":
             continue  # a function
         name = token.text
-        if name in _NOT_VARIABLES or name in bound:
+        if name in _NOT_VARIABLES or name in bound or name in extra_variables:
             continue
         if name == "run":
             field = at(i + 2)
@@ -200,7 +205,8 @@ def _analyse(source: str) -> tuple[list[StepMention], list[tuple[str, int, str]]
             continue
         problems.append(
             (
-                f"unknown variable '{name}': a condition can use run and steps",
+                f"unknown variable '{name}': use "
+                + ", ".join(sorted({"run", "steps", *extra_variables})),
                 token.offset,
                 "UNKNOWN_CONDITION_VARIABLE",
             )
@@ -228,7 +234,9 @@ def _step_mention(tokens: list[_Token], i: int) -> StepMention | None:
     return None
 
 
-def check_condition(source: str) -> tuple[list[StepMention], list[ConditionProblem]]:
+def check_condition(
+    source: str, extra_variables: frozenset[str] = frozenset()
+) -> tuple[list[StepMention], list[ConditionProblem]]:
     """Compile a condition: the steps it references and what is wrong with it (a syntax
     error, an unknown variable); whether those steps exist and are upstream is the
     caller's check (it knows the graph)."""
@@ -239,7 +247,7 @@ def check_condition(source: str) -> tuple[list[StepMention], list[ConditionProbl
         _compile(source)
     except ValueError as error:
         return [], [_syntax_problem(source, str(error))]
-    mentions, misuses, _ = _analyse(source)
+    mentions, misuses, _ = _analyse(source, extra_variables)
     problems = [
         ConditionProblem(message, *position(source, offset), reason)
         for message, offset, reason in misuses
@@ -249,14 +257,14 @@ def check_condition(source: str) -> tuple[list[StepMention], list[ConditionProbl
 
 def step_mentions(source: str) -> list[str]:
     """The ids of the steps a (valid) condition references, sorted, without duplicates."""
-    return sorted({m.step_id for m in _analyse(source)[0]})
+    return sorted({m.step_id for m in _analyse(source, LOOP_VARIABLES)[0]})
 
 
 def uses_run_metadata(source: str) -> bool:
     """Whether a (valid) condition reads ``run.metadata``: StartRun then copies the
     run's metadata into the step's spec (``run_metadata``), since the claim does not
     return it."""
-    return "metadata" in _analyse(source)[2]
+    return "metadata" in _analyse(source, LOOP_VARIABLES)[2]
 
 
 _SYNTAX_POSITION = re.compile(r"<input>:(\d+):(\d+): (?:Syntax error: )?([^\n]*)")
@@ -298,10 +306,15 @@ def run_variables(
 
 
 def evaluate_condition(
-    source: str, run: Mapping[str, Any], step_outputs: Mapping[str, Any]
+    source: str,
+    run: Mapping[str, Any],
+    step_outputs: Mapping[str, Any],
+    *,
+    extra: Mapping[str, Any] | None = None,
 ) -> bool:
     """Evaluate a condition; ``step_outputs`` maps each upstream step id it may
-    reference to its output (None when skipped).
+    reference to its output (None when skipped); ``extra`` adds variables (a loop's
+    ``until`` has ``output`` and ``iteration``).
 
     Raises:
         ConditionEvaluationError: It did not compile, failed (a missing field, a type
@@ -310,7 +323,7 @@ def evaluate_condition(
     try:
         program = _compile(source)
         steps = {step_id: {"output": output} for step_id, output in step_outputs.items()}
-        result = program.execute({"run": dict(run), "steps": steps})
+        result = program.execute({**(extra or {}), "run": dict(run), "steps": steps})
     except (ValueError, TypeError, RuntimeError, KeyError) as error:
         detail = str(error) or type(error).__name__
         if isinstance(error, KeyError):

@@ -26,6 +26,7 @@ from podium.server.agents.client import TaskFailed, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import CacheHit, StepCache
 from podium.server.engine.conditions import condition_outcome
+from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
@@ -94,6 +95,8 @@ class StepExecutor:
         with self.tracing.step_span(step.trace_context, attributes) as span:
             try:
                 outcome = await self._run_step(step)
+                if outcome is not None and step.spec.loop is not None:
+                    outcome = loop_outcome(step, outcome, self._outcomes)  # another iteration?
             except asyncio.CancelledError:
                 self.tracing.step_result(span, "cancelled", None)
                 raise
@@ -122,7 +125,7 @@ class StepExecutor:
             resolved = resolve(
                 spec.input if spec.input is not None else {},
                 run_input=step.run_input,
-                step_outputs=step.upstream,
+                step_outputs=loop_outputs(step),
             )
         except MissingReferenceError as exc:
             return self._outcomes.outcome(

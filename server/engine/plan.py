@@ -77,10 +77,12 @@ def build_steps(
         )
         template = spec.input if spec.input is not None else {}
         refs = {r.step_id for r in find_references(template) if r.step_id}
-        if step.when:
-            refs.update(step_mentions(step.when))  # the claim gives their outputs too
-            if uses_run_metadata(step.when):
-                spec = replace(spec, run_metadata=dict(run_metadata or {}))
+        expressions = [e for e in (step.when, step.loop.until) if e]
+        for expression in expressions:
+            refs.update(step_mentions(expression))  # the claim gives their outputs too
+        if any(uses_run_metadata(e) for e in expressions):
+            spec = replace(spec, run_metadata=dict(run_metadata or {}))
+        refs.discard(step.id)  # a loop's previous output comes from its spec
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(

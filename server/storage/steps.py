@@ -6,7 +6,9 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 
 - ``podium_decide_approval`` sets ``checkpoint_passed`` and ``approved_input`` (approval of
   a ``checkpoint: before``) and ``answer`` (the answer to an A2A agent's question);
-- ``podium_resume_run`` removes those three again;
+- ``podium_resume_run`` removes those three again, and the loop state below;
+- ``podium_iterate_step`` sets ``loop_iteration`` and ``loop_output`` (an iteration of a
+  loop step);
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -42,6 +44,7 @@ __all__ = [
     "Outcome",
     "Rollback",
     "StepError",
+    "StepLoop",
     "StepSpec",
 ]
 
@@ -67,10 +70,19 @@ class Outcome(StrEnum):
     """The last attempt failed and ``allow_skip``: the step is skipped."""
     INPUT_REQUIRED = "input_required"
     """An A2A agent asked a question: parked until it is answered."""
+    ITERATE = "iterate"
+    """An iteration of a loop step succeeded and its ``until`` does not hold yet: the
+    step is queued again (``podium_iterate_step``)."""
 
 
 WITH_OUTPUT = frozenset(
-    {Outcome.SUCCEEDED, Outcome.CHECKPOINT_AFTER, Outcome.INPUT_REQUIRED, Outcome.CHECKPOINT_BEFORE}
+    {
+        Outcome.SUCCEEDED,
+        Outcome.CHECKPOINT_AFTER,
+        Outcome.INPUT_REQUIRED,
+        Outcome.CHECKPOINT_BEFORE,
+        Outcome.ITERATE,
+    }
 )
 """Outcomes whose output is sent to the database: the agent's output, the question of
 ``input_required`` (the approval's subject), ``{"task_id": ...}`` of ``checkpoint_before``
@@ -317,8 +329,29 @@ _KNOWN = frozenset(
         "answer",
         "when",
         "run_metadata",
+        "loop",
+        "loop_iteration",
+        "loop_output",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StepLoop:
+    """A loop step's ``loop``: ``until`` (CEL; None runs ``max_iterations`` times)."""
+
+    until: str | None = None
+    max_iterations: int | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {}
+        _put(out, "until", self.until)
+        _put(out, "max_iterations", self.max_iterations)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepLoop:
+        return cls(until=data.get("until"), max_iterations=data.get("max_iterations"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +388,11 @@ class StepSpec:
     """The step's condition, a CEL expression (``engine/conditions.py``)."""
     run_metadata: Any = None
     """The run's metadata, copied at StartRun when the condition reads ``run.metadata``."""
+    loop: StepLoop | None = None
+    loop_iteration: int | None = None
+    """Iterations of a loop step completed so far (set by ``podium_iterate_step``)."""
+    loop_output: Any = None
+    """The output of the last completed iteration (set by ``podium_iterate_step``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -425,6 +463,10 @@ class StepSpec:
             out["answer"] = self.answer.to_json()
         _put(out, "when", self.when)
         _put(out, "run_metadata", self.run_metadata)
+        if self.loop is not None:
+            out["loop"] = self.loop.to_json()
+        _put(out, "loop_iteration", self.loop_iteration)
+        _put(out, "loop_output", self.loop_output)
         out.update(self.extra)
         return out
 
@@ -437,6 +479,7 @@ class StepSpec:
         on_failure = get("on_failure")
         rollback = get("rollback")
         answer = get("answer")
+        loop = get("loop")
         depends_on: Sequence[str] | None = get("depends_on")
         raw_caching = get("caching")
         caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
@@ -472,5 +515,8 @@ class StepSpec:
             answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
             when=get("when"),
             run_metadata=get("run_metadata"),
+            loop=StepLoop.from_json(loop) if isinstance(loop, dict) else None,
+            loop_iteration=get("loop_iteration"),
+            loop_output=get("loop_output"),
             extra=extra,
         )

@@ -16,6 +16,7 @@ from podium.server.storage.steps import (
     OrchestrationTarget,
     Outcome,
     Rollback,
+    StepLoop,
     StepSpec,
 )
 
@@ -86,6 +87,11 @@ async def test_every_spec_key_the_sql_uses_is_in_the_step_spec(db: Database) -> 
         approved_input={},
         checkpoint_passed=True,
         answer=Answer(1, "t", {}),
+        when="true",
+        run_metadata={},
+        loop=StepLoop("true", 2),
+        loop_iteration=1,
+        loop_output={},
     )
     known = set(full.to_json())
     used = set().union(*(_spec_keys(s) for s in (await _sources(db)).values()))

@@ -14,6 +14,8 @@
 --   skipped            the last attempt failed and the policy says allow_skip, or the
 --                      step's condition is false (error code CONDITION_FALSE: the
 --                      agent was not called, the attempt is given back);
+--   iterate            an iteration of a loop step succeeded and its `until` does not
+--                      hold yet: podium_iterate_step queues the step again;
 --   input_required     an A2A agent asked for more input (INPUT_REQUIRED): the step
 --                      waits on an input_required approval whose subject (p_output) is
 --                      the question and the A2A task id; the answer (DecideApproval
@@ -34,6 +36,10 @@ DECLARE
     v_prompt text;
     v_expires double precision;
 BEGIN
+    IF p_outcome = 'iterate' THEN  -- a loop step runs again (55_conditions.sql)
+        RETURN podium_iterate_step(p_run, p_step, p_attempt, p_output, p_input,
+                                   p_input_tokens, p_output_tokens, p_cost_usd);
+    END IF;
     SELECT s.organization_id, s.spec, s.conversation_id INTO v_step
       FROM orchestration_steps s
      WHERE s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
