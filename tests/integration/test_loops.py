@@ -8,10 +8,12 @@ reference the previous iteration's output (``${steps.SELF.output}``); the loop e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from podium.client.definitions import load_definition
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from tests.integration.rpc import rpc_error, violations
@@ -31,6 +33,8 @@ from tests.integration.runs_helpers import (
 from tests.integration.test_conditions import Connect, podium
 
 __all__ = ["podium"]  # the fixture, used by name
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "refine-loop.yaml"
 
 
 def growing(until: str, max_iterations: int) -> dict[str, Any]:
@@ -150,3 +154,37 @@ async def test_loop_field_violations(podium: Connect) -> None:
     assert "checkpoint" in found["steps[3].loop"]
     assert "only a loop step" in found["steps[4].input.x"]
     assert "use output" in found["steps[5].loop.until"]
+
+
+async def test_the_example_loop(podium: Connect) -> None:
+    """examples/refine-loop.yaml: three passes (10, 19, 28 words), then the translation
+    of the last one."""
+    _, stub = await podium()
+    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=load_definition(EXAMPLE)))
+    brief = "tea is a drink made from leaves of camellia"
+    run = await wait_for_run(
+        stub, (await start_run(stub, "refine-loop", input={"brief": brief})).run.id
+    )
+    assert run.state == Run.STATE_SUCCEEDED, describe(run)
+    draft = step_of(run, "draft")
+    assert (draft.attempt, plain(draft.output)["word_count"]) == (3, 28)
+    assert plain(step_of(run, "translate").output)["text"].startswith("[fr] ")
+
+
+async def test_retries_apply_per_iteration(podium: Connect) -> None:
+    """An iteration that fails with a retryable error is retried (max_attempts per
+    iteration) and the loop goes on from the iteration it was in."""
+    _, stub = await podium()
+    step = {
+        "id": "flaky",
+        "agent": "flaky",
+        "input": {"failures": 1},
+        "on_failure": {"max_attempts": 2, "backoff": {"initial_seconds": 0.01}},
+        "loop": {"until": "iteration == 2", "max_iterations": 5},
+    }
+    run = await wait_for_run(stub, (await start_run(stub, inline=plan([step]))).run.id)
+    assert run.state == Run.STATE_SUCCEEDED, describe(run)
+    flaky = step_of(run, "flaky")
+    assert [(a.number, a.error.code) for a in flaky.attempts] == [(1, "FLAKY"), (2, ""), (3, "")]
+    assert plain(flaky.output) == {"attempt": 3}
+    assert flaky.max_attempts == 4  # the second iteration had its own two attempts
