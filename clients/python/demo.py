@@ -110,7 +110,11 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
             for step in run.steps:
                 state = run_pb2.StepRun.State.Name(step.state).removeprefix("STATE_")
                 agent = f"agent={step.agent}"
-                print(f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}")
+                skipped = step.state == run_pb2.StepRun.STATE_SKIPPED
+                reason = f"  {step.error.code}" if skipped else ""  # e.g. CONDITION_FALSE
+                print(
+                    f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}{reason}"
+                )
             print("output:")
             print(json.dumps(to_dict(run.output), indent=2))
             code = 0 if run.state == run_pb2.Run.STATE_SUCCEEDED else 1

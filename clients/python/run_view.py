@@ -162,7 +162,8 @@ class RunView:
         if step.state in _FINISHED_STEP_STATES and kind != RunEvent.TYPE_STEP_OUTPUT_CHUNK:
             step.end = event.time.ToDatetime()
             self._flush(step)
-            if step.state == StepRun.STATE_FAILED and event.error.code:
+            if step.state in (StepRun.STATE_FAILED, StepRun.STATE_SKIPPED) and event.error.code:
+                # e.g. CONDITION_FALSE: the step's `when` condition was false
                 step.detail = f"{event.error.code}: {event.error.message}"
             elif step.state == StepRun.STATE_SUCCEEDED:
                 step.detail = "cached" if step.cached else ""

@@ -1,13 +1,15 @@
 """The executor of one claimed step: what happens between its claim and its outcome.
 
-:meth:`StepExecutor.execute` resolves the step's ``${...}`` references (and merges the
-input given with a checkpoint's approval); parks a step with ``checkpoint: before`` on an
-approval of its resolved input instead of dispatching it (no attempt is used); starts the
-child run of a sub-orchestration step (which then waits for it without a lease); consults
-the step-output cache when the step is cached (``engine/cache.py``: a hit completes the
-step without calling the agent); otherwise calls the agent with the step's deadline,
-streaming its progress into :class:`~.streams.StreamBuffers`. The result becomes a
-:class:`StepOutcome` through the step's policy (:mod:`.outcomes`).
+:meth:`StepExecutor.execute` first evaluates the step's condition (``when:``,
+``engine/conditions.py``: false skips it, an error fails it); then it resolves the
+step's ``${...}`` references (and merges the input given with a checkpoint's approval);
+parks a step with ``checkpoint: before`` on an approval of its resolved input instead of
+dispatching it (no attempt is used); starts the child run of a sub-orchestration step
+(which then waits for it without a lease); consults the step-output cache when the step
+is cached (``engine/cache.py``: a hit completes the step without calling the agent);
+otherwise calls the agent with the step's deadline, streaming its progress into
+:class:`~.streams.StreamBuffers`. The result becomes a :class:`StepOutcome` through the
+step's policy (:mod:`.outcomes`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from podium.server.agents.a2a import TaskInputRequired
 from podium.server.agents.client import DEADLINE_EXCEEDED, TaskFailed, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import CacheHit, StepCache
+from podium.server.engine.conditions import condition_outcome
+from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
@@ -95,6 +99,8 @@ class StepExecutor:
         with self.tracing.step_span(step.trace_context, attributes) as span:
             try:
                 outcome = await self._run_step(step)
+                if outcome is not None and step.spec.loop is not None:
+                    outcome = loop_outcome(step, outcome, self._outcomes)  # another iteration?
             except asyncio.CancelledError:
                 self.tracing.step_result(span, "cancelled", None)
                 raise
@@ -115,13 +121,17 @@ class StepExecutor:
 
     async def _run_step(self, step: ClaimedStep) -> StepOutcome | None:
         spec = step.spec
+        if spec.when is not None:  # a condition (``when:``) may skip or fail the step
+            decided = condition_outcome(step, self._outcomes)
+            if decided is not None:
+                return decided
         if self.timers is not None and is_timer_step(step):
             return await self.timers.execute(step)  # sleep, wait_for_event: no agent
         try:
             resolved = resolve(
                 spec.input if spec.input is not None else {},
                 run_input=step.run_input,
-                step_outputs=step.upstream,
+                step_outputs=loop_outputs(step),
             )
         except MissingReferenceError as exc:
             return self._outcomes.outcome(

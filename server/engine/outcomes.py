@@ -41,6 +41,7 @@ _ATTEMPT_METRICS: dict[Outcome, tuple[str, str | None]] = {
     Outcome.REVIEW: ("failed", None),  # the step waits on a failure review
     Outcome.SKIPPED: ("failed", "skipped"),
     Outcome.INPUT_REQUIRED: ("input_required", None),  # the step waits for an answer
+    Outcome.ITERATE: ("succeeded", None),  # a loop's iteration: the step runs again
 }
 
 

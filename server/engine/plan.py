@@ -1,17 +1,19 @@
 """Plan building: the step rows of a new run (``build_steps``), each with its effective
-failure policy, its cache policy, the steps its input references and whether it is a
-sink; and which steps a fork re-executes (``fork_redo``)."""
+failure policy, its cache policy, the steps its input and its condition reference and
+whether it is a sink; and which steps a fork re-executes (``fork_redo``)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import step_policy
+from podium.server.engine.conditions import step_mentions, uses_run_metadata
 from podium.server.engine.references import (
     MissingReferenceError,
     ReferenceSyntaxError,
@@ -50,6 +52,7 @@ def build_steps(
     caching_scope: dict[str, Any] | None = None,
     cache_ttl_seconds: float = 0.0,
     bypass_cache: bool = False,
+    run_metadata: Mapping[str, Any] | None = None,
 ) -> list[NewStep]:
     """The step rows of a new run of ``plan`` (already validated); ``plan_dict`` is its
     JSON form when the caller has it (converting once is much cheaper than per step).
@@ -58,7 +61,8 @@ def build_steps(
     step-output cache: each cached step's spec gets its effective policy in
     ``caching`` (``engine/cache.py``), ``cache_ttl_seconds`` being the server default.
     ``bypass_cache`` (the run's flag) marks sub-orchestration steps so their child runs
-    bypass the cache too."""
+    bypass the cache too. ``run_metadata`` (the run's) is copied into the spec of each
+    step whose condition reads ``run.metadata``."""
     if plan_dict is None:
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
     step_dicts = plan_dict.get("steps", [])
@@ -88,7 +92,13 @@ def build_steps(
         template = spec.input if spec.input is not None else {}
         if spec.wait_for_event is not None and spec.wait_for_event.key:
             template = [template, spec.wait_for_event.key]  # the key's references too
-        refs = sorted({r.step_id for r in find_references(template) if r.step_id})
+        refs = {r.step_id for r in find_references(template) if r.step_id}
+        expressions = [e for e in (step.when, step.loop.until) if e]
+        for expression in expressions:
+            refs.update(step_mentions(expression))  # the claim gives their outputs too
+        if any(uses_run_metadata(e) for e in expressions):
+            spec = replace(spec, run_metadata=dict(run_metadata or {}))
+        refs.discard(step.id)  # a loop's previous output comes from its spec
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(
@@ -103,7 +113,7 @@ def build_steps(
                 spec=spec,
                 max_attempts=policy.attempts,
                 timeout_seconds=timeout if timeout and math.isfinite(timeout) else None,
-                input_refs=refs,
+                input_refs=sorted(refs),
                 is_sink=step.id not in needed_by,
             )
         )

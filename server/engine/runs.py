@@ -164,6 +164,7 @@ class RunService:
                     else cache_scope(plan, definition_name, definition_version),
                     cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
                     bypass_cache=request.bypass_cache,
+                    run_metadata=metadata,
                 ),
                 trace_context=trace_context,
             )
@@ -261,6 +262,7 @@ class RunService:
                     else cache_scope(plan, source.definition_name, source.definition_version),
                     cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
                     bypass_cache=source.bypass_cache,
+                    run_metadata=source.metadata,
                 ),
                 trace_context=trace_context,
                 forked_from_run_id=rid,

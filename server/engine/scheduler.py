@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import StepCache
+from podium.server.engine.conditions import skipped_by_condition
 from podium.server.engine.executor import StartChild, StepExecutor
 from podium.server.engine.outcomes import OutcomePolicy, attempt_metrics
 from podium.server.engine.streams import StepKey, StreamBuffers
@@ -353,8 +354,8 @@ class Scheduler:
         if state is None:  # fenced, or not recorded at all
             self.metrics.attempt_finished(agent, "stale", seconds, None)
             return
-        if outcome.outcome == Outcome.CHECKPOINT_BEFORE:
-            return  # parked before the agent was called: not an attempt
+        if outcome.outcome == Outcome.CHECKPOINT_BEFORE or skipped_by_condition(outcome):
+            return  # parked or skipped before the agent was called: not an attempt
         attempt, final = attempt_metrics(outcome.outcome)
         self.metrics.attempt_finished(agent, attempt, seconds, final)
         if state == "succeeded" or state == "failed":

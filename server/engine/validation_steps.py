@@ -1,5 +1,6 @@
 """Validation of a definition's steps: ids, targets, inputs, dependencies (unknown,
-duplicate, cyclic) and ``${steps...}`` references (known and upstream)."""
+duplicate, cyclic), ``${steps...}`` references (known and upstream) and conditions
+(``when``: CEL that compiles, over known variables and upstream steps)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from podium.orchestration.v1 import definition_pb2
+from podium.server.engine import conditions
+from podium.server.engine.conditions import LOOP_VARIABLES
+from podium.server.engine.loops import MAX_ITERATIONS
 from podium.server.engine.references import (
     Reference,
     join_location,
@@ -96,6 +100,7 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
 
         self.check_cycles(steps, graph)
         self.check_references(steps, first_index, graph)
+        self.check_conditions(steps, first_index, graph)
 
     def check_step(
         self, definition: definition_pb2.Definition, index: int, step: definition_pb2.Step
@@ -150,6 +155,8 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                         f"invalid input path '{key_path}': {error}",
                         "INVALID_PATH",
                     )
+        if step.HasField("loop"):
+            self.check_loop(path, step)
         if step.HasField("input"):
             size = step.input.ByteSize()
             if size > self.limits.max_step_input_bytes:
@@ -159,6 +166,27 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                     f"{self.limits.max_step_input_bytes} are allowed",
                     "INPUT_TOO_LARGE",
                 )
+
+    def check_loop(self, path: str, step: definition_pb2.Step) -> None:
+        iterations = step.loop.max_iterations
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            self.add(
+                f"{path}.loop.max_iterations",
+                f"required: 1 to {MAX_ITERATIONS} (got {iterations})",
+                "INVALID_MAX_ITERATIONS",
+            )
+        if step.WhichOneof("target") == "orchestration":
+            self.add(
+                f"{path}.loop",
+                "loops of sub-orchestration steps are not supported; loop an agent or skill step",
+                "UNSUPPORTED",
+            )
+        if step.HasField("checkpoint"):
+            self.add(
+                f"{path}.loop",
+                "a loop step cannot have a checkpoint (it would be asked at every iteration)",
+                "UNSUPPORTED",
+            )
 
     def check_orchestration(
         self, definition: definition_pb2.Definition, path: str, step: definition_pb2.Step
@@ -285,9 +313,13 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                 "UNKNOWN_STEP_REFERENCE",
             )
         elif ref.step_id == step.id:
-            self.add(
-                path, f"{ref.raw}: step '{step.id}' cannot use its own output", "SELF_REFERENCE"
-            )
+            if not step.HasField("loop"):  # a loop step's own output: the previous iteration's
+                self.add(
+                    path,
+                    f"{ref.raw}: step '{step.id}' cannot use its own output (only a loop step "
+                    "can: its previous iteration's)",
+                    "SELF_REFERENCE",
+                )
         elif not graph.is_upstream(target, index):
             self.add(
                 path,
@@ -295,6 +327,63 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                 f"add it to depends_on (directly or through a dependency)",
                 "REFERENCE_NOT_UPSTREAM",
             )
+
+    def check_conditions(
+        self,
+        steps: Sequence[definition_pb2.Step],
+        first_index: dict[str, int],
+        graph: DependencyGraph,
+    ) -> None:
+        """Each ``when``: CEL that compiles, uses known variables and upstream steps."""
+        for index, step in enumerate(steps):
+            expressions = [(f"steps[{index}].when", step.when, frozenset[str]())]
+            if step.HasField("loop"):
+                until = (f"steps[{index}].loop.until", step.loop.until, LOOP_VARIABLES)
+                expressions.append(until)
+            for path, source, extra in expressions:
+                if source:
+                    self.check_expression(path, source, extra, index, step, first_index, graph)
+
+    def check_expression(
+        self,
+        path: str,
+        source: str,
+        extra: frozenset[str],
+        index: int,
+        step: definition_pb2.Step,
+        first_index: dict[str, int],
+        graph: DependencyGraph,
+    ) -> None:
+        """One CEL expression of a step (``when``, ``loop.until``)."""
+        mentions, problems = conditions.check_condition(source, extra)
+        for problem in problems:
+            self.add(path, problem.describe(), problem.reason)
+        for mention in mentions:
+            line, column = conditions.position(source, mention.offset)
+            where = f" (at line {line}, column {column})"
+            target = first_index.get(mention.step_id)
+            if target is None:
+                self.add(
+                    path,
+                    f"steps.{mention.step_id} references unknown step "
+                    f"'{mention.step_id}'" + _suggest(mention.step_id, first_index) + where,
+                    "UNKNOWN_STEP_REFERENCE",
+                )
+            elif mention.step_id == step.id:
+                self.add(
+                    path,
+                    f"step '{step.id}' cannot use its own output here"
+                    + (" (use output: this iteration's)" if "output" in extra else "")
+                    + where,
+                    "SELF_REFERENCE",
+                )
+            elif not graph.is_upstream(target, index):
+                self.add(
+                    path,
+                    f"steps.{mention.step_id} is not upstream of step {step.id}: "
+                    f"add it to depends_on (directly or through a dependency){where}",
+                    "REFERENCE_NOT_UPSTREAM",
+                )
 
     def struct_to_python(self, path: str, struct: struct_pb2.Struct) -> dict[str, Any]:
         """Convert a Struct to Python, reporting non-finite numbers on the way.

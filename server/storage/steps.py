@@ -9,7 +9,9 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 - ``podium_sleep_step`` and ``podium_wait_event`` set ``wake_at`` (the deadline of a
   sleep or a wait, fixed by the first claim), ``podium_wait_event`` and
   ``podium_send_event`` set ``received_event`` (the event delivered to a wait);
-- ``podium_resume_run`` removes those five again;
+- ``podium_iterate_step`` sets ``loop_iteration`` and ``loop_output`` (an iteration of a
+  loop step);
+- ``podium_resume_run`` removes those seven again;
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -50,6 +52,7 @@ __all__ = [
     "Rollback",
     "SleepSpec",
     "StepError",
+    "StepLoop",
     "StepSpec",
     "WaitForEventSpec",
 ]
@@ -76,10 +79,19 @@ class Outcome(StrEnum):
     """The last attempt failed and ``allow_skip``: the step is skipped."""
     INPUT_REQUIRED = "input_required"
     """An A2A agent asked a question: parked until it is answered."""
+    ITERATE = "iterate"
+    """An iteration of a loop step succeeded and its ``until`` does not hold yet: the
+    step is queued again (``podium_iterate_step``)."""
 
 
 WITH_OUTPUT = frozenset(
-    {Outcome.SUCCEEDED, Outcome.CHECKPOINT_AFTER, Outcome.INPUT_REQUIRED, Outcome.CHECKPOINT_BEFORE}
+    {
+        Outcome.SUCCEEDED,
+        Outcome.CHECKPOINT_AFTER,
+        Outcome.INPUT_REQUIRED,
+        Outcome.CHECKPOINT_BEFORE,
+        Outcome.ITERATE,
+    }
 )
 """Outcomes whose output is sent to the database: the agent's output, the question of
 ``input_required`` (the approval's subject), ``{"task_id": ...}`` of ``checkpoint_before``
@@ -328,8 +340,31 @@ _KNOWN = frozenset(
         "wait_for_event",
         "wake_at",
         "received_event",
+        "when",
+        "run_metadata",
+        "loop",
+        "loop_iteration",
+        "loop_output",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StepLoop:
+    """A loop step's ``loop``: ``until`` (CEL; None runs ``max_iterations`` times)."""
+
+    until: str | None = None
+    max_iterations: int | None = None
+
+    def to_json(self) -> Json:
+        out: Json = {}
+        _put(out, "until", self.until)
+        _put(out, "max_iterations", self.max_iterations)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StepLoop:
+        return cls(until=data.get("until"), max_iterations=data.get("max_iterations"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +403,15 @@ class StepSpec:
     """The deadline of a sleep or a wait (set by the SQL of its first claim)."""
     received_event: Mapping[str, Any] | None = None
     """The external event delivered to a wait_for_event step (set by the SQL)."""
+    when: str | None = None
+    """The step's condition, a CEL expression (``engine/conditions.py``)."""
+    run_metadata: Any = None
+    """The run's metadata, copied at StartRun when the condition reads ``run.metadata``."""
+    loop: StepLoop | None = None
+    loop_iteration: int | None = None
+    """Iterations of a loop step completed so far (set by ``podium_iterate_step``)."""
+    loop_output: Any = None
+    """The output of the last completed iteration (set by ``podium_iterate_step``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -442,6 +486,12 @@ class StepSpec:
             out["wait_for_event"] = self.wait_for_event.to_json()
         _put(out, "wake_at", self.wake_at)
         _put(out, "received_event", self.received_event)
+        _put(out, "when", self.when)
+        _put(out, "run_metadata", self.run_metadata)
+        if self.loop is not None:
+            out["loop"] = self.loop.to_json()
+        _put(out, "loop_iteration", self.loop_iteration)
+        _put(out, "loop_output", self.loop_output)
         out.update(self.extra)
         return out
 
@@ -461,6 +511,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     answer = get("answer")
     sleep = get("sleep")
     wait = get("wait_for_event")
+    loop = get("loop")
     depends_on: Sequence[str] | None = get("depends_on")
     raw_caching = get("caching")
     caching = CachePolicy.from_json(raw_caching) if raw_caching is not None else None
@@ -494,5 +545,10 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         wait_for_event=WaitForEventSpec.from_json(wait) if isinstance(wait, dict) else None,
         wake_at=get("wake_at"),
         received_event=get("received_event"),
+        when=get("when"),
+        run_metadata=get("run_metadata"),
+        loop=StepLoop.from_json(loop) if isinstance(loop, dict) else None,
+        loop_iteration=get("loop_iteration"),
+        loop_output=get("loop_output"),
         extra=extra,
     )

@@ -17,6 +17,7 @@ from podium.server.storage.steps import (
     Outcome,
     Rollback,
     SleepSpec,
+    StepLoop,
     StepSpec,
     WaitForEventSpec,
 )
@@ -92,6 +93,11 @@ async def test_every_spec_key_the_sql_uses_is_in_the_step_spec(db: Database) -> 
         wait_for_event=WaitForEventSpec("e"),
         wake_at="2026-01-01T00:00:00Z",
         received_event={},
+        when="true",
+        run_metadata={},
+        loop=StepLoop("true", 2),
+        loop_iteration=1,
+        loop_output={},
     )
     known = set(full.to_json())
     used = set().union(*(_spec_keys(s) for s in (await _sources(db)).values()))

@@ -196,8 +196,9 @@ $$;
 
 -- ResumeRun: a failed or cancelled run runs again. Its failed, cancelled and skipped
 -- steps and every step downstream of them go back to pending (succeeded steps keep
--- their outputs); attempts keep counting (they fence late results) and each re-run step
--- gets its full max_attempts again; run_attempt + 1. Returns the run's state before the
+-- their outputs; a loop step starts its iterations over); attempts keep counting (they
+-- fence late results) and each re-run step gets its full max_attempts again;
+-- run_attempt + 1. Returns the run's state before the
 -- call (the caller refuses anything but failed or cancelled), 'child' for the child run of
 -- a sub-orchestration (resumed through its parent), NULL when it does not exist.
 CREATE OR REPLACE FUNCTION podium_resume_run(p_run uuid, p_org text) RETURNS text
@@ -231,7 +232,8 @@ BEGIN
            lease_expires_at = NULL, approval_id = NULL, child_run_id = NULL,
            cached = false, cache_source_run_id = NULL,
            spec = s.spec - 'checkpoint_passed' - 'approved_input' - 'answer' - 'wake_at'
-                    - 'received_event',
+                    - 'received_event'
+                    - 'loop_iteration' - 'loop_output',  -- a loop step starts over
            max_attempts = s.attempt
                + greatest(1, coalesce((s.spec -> 'on_failure' ->> 'max_attempts')::integer, 1))
       FROM redo r

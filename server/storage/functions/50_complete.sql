@@ -179,7 +179,8 @@ BEGIN
          INTO v_attempt, v_skip_deps;
     PERFORM podium_emit_event(p_run, 'step.skipped', p_step, v_attempt, 'skipped',
                               jsonb_build_object('error', p_error));
-    IF v_skip_deps THEN
+    -- A step skipped by its condition (CONDITION_FALSE) never skips its dependents.
+    IF v_skip_deps AND coalesce(p_error ->> 'code', '') <> 'CONDITION_FALSE' THEN
         PERFORM podium_skip_dependents(p_run, p_step);
     END IF;
     RETURN podium_refresh_run(p_run);

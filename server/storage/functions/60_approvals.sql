@@ -11,7 +11,11 @@
 --                      checkpoint_after approval before its dependents see it;
 --   review             the last attempt failed and the policy says notify_human: the
 --                      step waits on a failure_review approval (retry, skip or fail);
---   skipped            the last attempt failed and the policy says allow_skip;
+--   skipped            the last attempt failed and the policy says allow_skip, or the
+--                      step's condition is false (error code CONDITION_FALSE: the
+--                      agent was not called, the attempt is given back);
+--   iterate            an iteration of a loop step succeeded and its `until` does not
+--                      hold yet: podium_iterate_step queues the step again;
 --   input_required     an A2A agent asked for more input (INPUT_REQUIRED): the step
 --                      waits on an input_required approval whose subject (p_output) is
 --                      the question and the A2A task id; the answer (DecideApproval
@@ -32,6 +36,10 @@ DECLARE
     v_prompt text;
     v_expires double precision;
 BEGIN
+    IF p_outcome = 'iterate' THEN  -- a loop step runs again (55_conditions.sql)
+        RETURN podium_iterate_step(p_run, p_step, p_attempt, p_output, p_input,
+                                   p_input_tokens, p_output_tokens, p_cost_usd);
+    END IF;
     SELECT s.organization_id, s.spec, s.conversation_id INTO v_step
       FROM orchestration_steps s
      WHERE s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
@@ -58,8 +66,10 @@ BEGIN
            output_tokens = output_tokens + p_output_tokens,
            cost_usd = cost_usd + p_cost_usd
      WHERE id = p_run;
-    IF p_outcome = 'checkpoint_before' THEN
-        -- No agent was called: this was not an attempt.
+    IF p_outcome = 'checkpoint_before'
+       OR (p_outcome = 'skipped' AND p_error ->> 'code' = 'CONDITION_FALSE') THEN
+        -- No agent was called: this was not an attempt (a checkpoint, or a step whose
+        -- condition is false).
         DELETE FROM step_attempts
          WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
         UPDATE orchestration_steps

@@ -626,6 +626,8 @@ class Step(_message.Message):
     CACHING_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    WHEN_FIELD_NUMBER: _builtins.int
+    LOOP_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the step, unique in the definition: 1 to 64 characters of [A-Za-z0-9_-]."""
     agent: _builtins.str
@@ -636,6 +638,17 @@ class Step(_message.Message):
     """Timeout of one attempt in seconds; 0 uses the definition, agent, then server default."""
     description: _builtins.str
     """What the step does."""
+    when: _builtins.str
+    """Condition: a CEL expression (https://cel.dev) over `run.input`, `run.id`,
+    `run.labels`, `run.metadata`, `run.organization_id`, `run.definition.name`,
+    `run.definition.version` and `steps.ID.output` (or `steps["ID"].output`; ID must
+    be upstream, as for `${steps...}` references; a skipped step's output is null).
+    Evaluated when the step is about to run: false skips the step (state SKIPPED,
+    error code CONDITION_FALSE, no attempt used) and its dependents still run; a
+    result that is not a bool or an evaluation error fails the step with the
+    non-retryable error CONDITION_ERROR (its failure policy applies). Empty: always
+    runs. At most 4096 characters.
+    """
     @_builtins.property
     def orchestration(self) -> Global___OrchestrationRef:
         """A definition executed as a child run (sub-orchestration)."""
@@ -675,6 +688,12 @@ class Step(_message.Message):
     def rollback(self) -> Global___RollbackPolicy:
         """Rollback hint of this step, returned (reverse order) when the run fails."""
 
+    @_builtins.property
+    def loop(self) -> Global___StepLoop:
+        """Repeats the step (a bounded loop); agent and skill steps only, not with a
+        checkpoint.
+        """
+
     def __init__(
         self,
         *,
@@ -692,16 +711,56 @@ class Step(_message.Message):
         caching: Global___StepCachingPolicy | None = ...,
         description: _builtins.str = ...,
         rollback: Global___RollbackPolicy | None = ...,
+        when: _builtins.str = ...,
+        loop: Global___StepLoop | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration", "sleep", "wait_for_event"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class StepLoop(_message.Message):
+    """StepLoop runs a step again and again until a condition over its last output holds,
+    at most `max_iterations` times. Each iteration is an attempt of the step (its own
+    retries: `max_attempts` applies per iteration) and a `step.queued` event whose
+    payload holds the iteration number and the previous output; the step's input may
+    reference that previous output as `${steps.ID.output...}` with its own ID (null in
+    the first iteration). The step's output is its last iteration's.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNTIL_FIELD_NUMBER: _builtins.int
+    MAX_ITERATIONS_FIELD_NUMBER: _builtins.int
+    until: _builtins.str
+    """CEL over `output` (this iteration's output), `iteration` (1-based) and the
+    variables of `Step.when`: true ends the loop. Empty: runs `max_iterations` times.
+    A result that is not a bool or an evaluation error fails the step with
+    CONDITION_ERROR.
+    """
+    max_iterations: _builtins.int
+    """Required: 1 to 100. The loop ends after this many iterations even when `until`
+    never held (the step succeeds with its last output).
+    """
+    def __init__(
+        self,
+        *,
+        until: _builtins.str = ...,
+        max_iterations: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_iterations", b"max_iterations", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepLoop: _TypeAlias = StepLoop  # noqa: Y015
 
 @_typing.final
 class SleepStep(_message.Message):
