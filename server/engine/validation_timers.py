@@ -15,7 +15,7 @@ MAX_WAIT_SECONDS = 365 * 24 * 3600.0
 """The longest sleep and the longest wait_for_event timeout: a year."""
 
 # Fields of a Step that mean nothing for a step that calls no agent: refused, not ignored.
-_AGENT_ONLY_FIELDS = ("input", "checkpoint", "caching")
+_AGENT_ONLY_FIELDS = ("input", "checkpoint", "caching", "loop")
 
 MAX_TRIGGERS = 16
 MAX_PAYLOAD_MATCH_BYTES = 64 * 1024
@@ -27,6 +27,7 @@ class TimerStepChecker(FieldChecker):
     def check_timer_step(self, path: str, step: definition_pb2.Step, target: str) -> None:
         present = {"input": step.HasField("input"), "checkpoint": step.HasField("checkpoint")}
         present["caching"] = step.HasField("caching")
+        present["loop"] = step.HasField("loop")  # a loop repeats an agent or skill call
         for name in _AGENT_ONLY_FIELDS:
             if present[name]:
                 self.add(

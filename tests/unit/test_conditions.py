@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from podium.client.definitions import parse_definition
 from podium.server.engine.conditions import (
     ConditionEvaluationError,
     check_condition,
@@ -15,6 +16,7 @@ from podium.server.engine.conditions import (
     step_mentions,
     uses_run_metadata,
 )
+from podium.server.engine.validation import validate_definition
 
 RUN = run_variables(
     run_id="00000000-0000-0000-0000-000000000001",
@@ -103,3 +105,14 @@ def test_evaluation_errors(source: str, text: str) -> None:
 def test_only_conditions_reading_run_metadata_get_it() -> None:
     assert uses_run_metadata("run.metadata.x == 1 || run.input.y")
     assert not uses_run_metadata('run.input.metadata == 1 && "run.metadata" != ""')
+
+
+def test_a_timer_step_cannot_loop() -> None:
+    """A loop repeats an agent or skill call: on a sleep or wait_for_event step it is a
+    field violation, not ignored."""
+    for kind in ({"sleep": {"seconds": 1}}, {"wait_for_event": {"name": "e"}}):
+        definition = parse_definition(
+            {"name": "t", "steps": [{"id": "w", **kind, "loop": {"max_iterations": 2}}]}
+        )
+        fields = {v.field for v in validate_definition(definition)}
+        assert "steps[0].loop" in fields, (kind, fields)
