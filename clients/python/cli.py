@@ -35,6 +35,7 @@ from podium.client.cli_commands import (
     default_actor,
     refusal,
 )
+from podium.client.cli_schedules import add_schedules_parser
 from podium.client.client import DEFAULT_ADDRESS, PodiumClient
 from podium.client.errors import PodiumError
 
@@ -298,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="definition name")
     p.add_argument("--version", type=int, default=0, help="only this version (default: all)")
     p.set_defaults(func=_remote(cmd_cache))
+
+    add_schedules_parser(sub, common, _remote)
     return parser
 
 

@@ -76,6 +76,10 @@ IDEMPOTENT_METHODS = (
     "RegisterAgent",
     "ListAgents",
     "ListWebhookDeliveries",
+    "GetSchedule",
+    "ListSchedules",
+    "PauseSchedule",
+    "ResumeSchedule",
 )
 
 DefinitionSource = definition_pb2.Definition | Mapping[str, Any] | Path
