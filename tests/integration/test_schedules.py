@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +30,7 @@ from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1 import run_pb2, schedule_pb2
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, static_agents
+from tests.integration.processes import start_podium
 from tests.integration.rpc import violations
 from tests.integration.runs_helpers import (
     create_definition,
@@ -517,3 +519,45 @@ async def test_bad_ids_and_start_time_without_start_are_refused(stub: Stub) -> N
     assert "start_time" in violations(info.value)
     # A plain run still starts at once.
     assert (await start_run(stub, "tick")).run.state == run_pb2.Run.STATE_RUNNING
+
+
+# -- a replica killed while ticks fire -------------------------------------------------
+
+
+async def test_a_replica_killed_while_ticks_fire_leaves_no_duplicate_and_no_gap(
+    database_url: str, example_agents: ExampleAgents, tmp_path: Path
+) -> None:
+    env = {
+        "PODIUM_DATABASE_URL": database_url,
+        "PODIUM_AGENTS": static_agents(example_agents, "echo"),
+        "PODIUM_POLL_INTERVAL_SECONDS": "0.2",
+        "PODIUM_SHUTDOWN_GRACE_SECONDS": "0",
+    }
+    first = await start_podium(env, tmp_path / "first.log")
+    second = None
+    try:
+        second = await start_podium(env, tmp_path / "second.log")
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            stub: Stub = pb_grpc.OrchestrationServiceStub(channel)
+            await echo_definition(stub)
+            created = await create(
+                stub,
+                definition_name="tick",
+                interval_seconds=1,
+                overlap_policy=Schedule.OVERLAP_POLICY_ALLOW,
+                catch_up_policy=Schedule.CATCH_UP_POLICY_RUN_ALL,
+            )
+            await wait_until(lambda: _runs_started(stub, created.id, 3), "three ticks")
+            assert first.kill() == -9
+            count = (await get(stub, created.id)).runs_started
+            await wait_until(lambda: _runs_started(stub, created.id, count + 3), "three more ticks")
+            await stub.PauseSchedule(pb.PauseScheduleRequest(schedule_id=created.id))
+    finally:
+        first.cleanup()
+        if second is not None:
+            second.cleanup()
+    runs = await schedule_runs(database_url, created.id)
+    ticks = Counter(tick_of(r["request_id"]) for r in runs)
+    assert set(ticks.values()) == {1}
+    ordered = sorted(ticks)
+    assert all(b - a == timedelta(seconds=1) for a, b in pairwise(ordered))
