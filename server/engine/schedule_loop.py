@@ -18,6 +18,7 @@ import logging
 from podium.server.engine.schedules import ScheduleService
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import StorageError
+from podium.server.telemetry.metrics import Metrics
 
 __all__ = ["MAX_SLEEP_SECONDS", "RECHECK_SECONDS", "ScheduleLoop"]
 
@@ -43,6 +44,11 @@ class ScheduleLoop:
         self._task: asyncio.Task[None] | None = None
         self._listener: DirectConnection | None = None
         self.rounds = 0
+        self.metrics = Metrics()
+
+    def instrument(self, metrics: Metrics) -> None:
+        """Count into the server's ``metrics`` instead of a private default."""
+        self.metrics = metrics
 
     async def start(self) -> None:
         await self._listen()
@@ -98,6 +104,8 @@ class ScheduleLoop:
                 await self._listen()
             started = await self._service.fire_due()
             delayed = await repository.start_delayed_runs(100)
+            self.metrics.scheduled_runs_total.labels(kind="tick").inc(len(started))
+            self.metrics.scheduled_runs_total.labels(kind="delayed").inc(len(delayed))
             if started or delayed:
                 log.info(
                     "scheduled runs started",

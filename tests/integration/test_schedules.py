@@ -141,6 +141,10 @@ async def test_an_interval_schedule_fires_once_per_tick(
         assert len(set(ticks)) == len(ticks)
         assert all(b - a == timedelta(seconds=1) for a, b in pairwise(ticks))
         assert schedule.last_run_id == str(runs[-1]["id"])
+        started = server.metrics.registry.get_sample_value(
+            "orchestration_scheduled_runs_total", {"kind": "tick"}
+        )
+        assert started == len(runs)
         run = await wait_for_run(stub, schedule.last_run_id)
         assert run.state == run_pb2.Run.STATE_SUCCEEDED
         assert dict(run.labels) == {"team": "ops", "podium.schedule_id": created.id}
@@ -434,6 +438,10 @@ async def test_a_delayed_start_survives_a_restart(
         done = await wait_for_run(stub, run.id)
     assert done.state == run_pb2.Run.STATE_SUCCEEDED
     assert done.start_time.ToDatetime(tzinfo=UTC) >= start_at - timedelta(milliseconds=1)
+    delayed = restarted.metrics.registry.get_sample_value(
+        "orchestration_scheduled_runs_total", {"kind": "delayed"}
+    )
+    assert delayed == 1
 
 
 async def test_a_delayed_start_in_the_past_starts_at_once_and_cancel_wins(
