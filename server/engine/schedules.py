@@ -51,6 +51,8 @@ log = logging.getLogger("podium.schedules")
 SCHEDULE_LABEL = "podium.schedule_id"
 """Label carried by every run a schedule starts: its schedule's id."""
 
+MIN_INTERVAL_SECONDS = 1.0
+MAX_INTERVAL_SECONDS = 366 * 86400.0
 MAX_JITTER_SECONDS = 3600.0
 MAX_CATCH_UP_RUNS = 100
 DEFAULT_CATCH_UP_RUNS = 10
@@ -151,8 +153,11 @@ def _violations(schedule: schedule_pb2.Schedule) -> list[FieldViolation]:
             if problem:
                 bad("time_zone", problem)
     else:
-        if not schedule.interval_seconds >= 1:
-            bad("interval_seconds", "must be at least 1 (seconds)")
+        if not MIN_INTERVAL_SECONDS <= schedule.interval_seconds <= MAX_INTERVAL_SECONDS:
+            bad(
+                "interval_seconds",
+                f"must be between {MIN_INTERVAL_SECONDS:g} and {MAX_INTERVAL_SECONDS:g} seconds",
+            )
         if schedule.time_zone:
             bad("time_zone", "applies to `cron` only")
     if not 0 <= schedule.jitter_seconds <= MAX_JITTER_SECONDS:

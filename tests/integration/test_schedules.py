@@ -484,6 +484,10 @@ async def test_a_delayed_start_in_the_past_starts_at_once_and_cancel_wins(
         ({"definition_name": "tick", "interval_seconds": 0}, "schedule.interval_seconds"),
         ({"definition_name": "tick", "interval_seconds": -5}, "schedule.interval_seconds"),
         (
+            {"definition_name": "tick", "interval_seconds": float("inf")},
+            "schedule.interval_seconds",
+        ),
+        (
             {"definition_name": "tick", "interval_seconds": 5, "time_zone": "UTC"},
             "schedule.time_zone",
         ),

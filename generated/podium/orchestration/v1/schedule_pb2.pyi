@@ -152,8 +152,8 @@ class Schedule(_message.Message):
     evaluated in `time_zone`.
     """
     interval_seconds: _builtins.float
-    """A fixed interval in seconds (> 0, at least 1); the first tick is one interval
-    after creation.
+    """A fixed interval in seconds (at least 1, at most 366 days); the first tick is one
+    interval after creation.
     """
     time_zone: _builtins.str
     """IANA time zone of `cron` (such as "Europe/Paris"); empty means UTC. Refused with
