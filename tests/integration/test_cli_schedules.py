@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +11,7 @@ import pytest
 from podium.client.client import PodiumClient
 from podium.client.errors import ValidationError
 from podium.client.examples.agents import ExampleAgents
+from podium.client.sync_client import SyncPodiumClient
 from podium.orchestration.v1 import run_pb2
 from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
@@ -96,3 +98,23 @@ async def test_client_schedule_methods_and_delayed_start(
         assert run.state == run_pb2.Run.STATE_CREATED
         done = await client.wait_run(run.id)
         assert done.state == run_pb2.Run.STATE_SUCCEEDED
+
+
+async def test_sync_client_schedule_methods(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+
+    def use() -> None:
+        with SyncPodiumClient(server.address) as client:
+            client.create_definition(
+                {"name": "sync", "steps": [{"id": "a", "agent": "echo", "input": {"n": 1}}]}
+            )
+            schedule = client.create_schedule("sync", cron="*/5 * * * *")
+            assert client.get_schedule(schedule.id).cron == "*/5 * * * *"
+            assert client.pause_schedule(schedule.id).paused
+            assert not client.resume_schedule(schedule.id).paused
+            assert [s.id for s in client.list_schedules().items] == [schedule.id]
+            client.delete_schedule(schedule.id)
+
+    await asyncio.to_thread(use)
