@@ -41,6 +41,9 @@ CREATE INDEX orchestration_schedules_buffered_idx
     ON orchestration_schedules (buffered_tick_at) WHERE buffered_tick_at IS NOT NULL;
 CREATE INDEX orchestration_schedules_org_idx
     ON orchestration_schedules (organization_id, created_at, id);
+-- Deleting runs (retention) sets last_run_id to NULL: find the rows by index.
+CREATE INDEX orchestration_schedules_last_run_idx
+    ON orchestration_schedules (last_run_id) WHERE last_run_id IS NOT NULL;
 
 -- StartRun.start_time: a run created now (CREATED) that a replica starts at start_at.
 -- The row is deleted when the run starts (or when it is deleted).
