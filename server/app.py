@@ -231,6 +231,7 @@ class PodiumServer:
         engine.runs.instrument(self.metrics, self.tracing)
         engine.approvals.instrument(self.metrics)
         engine.external_events.metrics = self.metrics
+        engine.schedule_loop.instrument(self.metrics)
         hub = engine.watch.hub
         self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
         dispatcher = engine.webhooks.dispatcher

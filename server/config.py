@@ -323,6 +323,13 @@ class Settings:
         "Fallback timer of the scheduler when no notification arrives.",
         1.0,
     )
+    schedule_misfire_grace_seconds: float = _setting(
+        "PODIUM_SCHEDULE_MISFIRE_GRACE_SECONDS",
+        _parse_float(0.0),
+        "A schedule's tick claimed later than this after its fire time (a downtime) is "
+        "missed: its catch-up policy decides whether it still starts a run.",
+        60.0,
+    )
     claim_batch_size: int = _setting(
         "PODIUM_CLAIM_BATCH_SIZE",
         _parse_int(1, 1000),

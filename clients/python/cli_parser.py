@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from podium.client.cli_output import default_actor
+from podium.client.client_schedules import CATCH_UP_POLICIES, OVERLAP_POLICIES
 from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
 
 DECISIONS = ("approve", "reject", "retry", "skip", "fail")
@@ -480,6 +481,57 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--key", default="", help="correlation key (default: empty)")
     p.add_argument("--payload", help="payload as a JSON object, or @FILE holding one")
     p.set_defaults(func=bind("events"))
+    _schedules(sub, c, bind)
+
+
+def _schedules(sub: Group, c: Parents, bind: Bind) -> None:
+    schedules = sub.add_parser(
+        "schedules", help="run definitions on a cron expression or an interval"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = _add(
+        schedules,
+        "create",
+        "create a schedule",
+        (
+            'podium schedules create daily-report --cron "0 9 * * MON-FRI" --time-zone '
+            "Europe/Paris",
+            "podium schedules create heartbeat --every 300 --overlap skip --catch-up run_once",
+        ),
+        c,
+    )
+    p.add_argument("definition", help="definition name")
+    p.add_argument("--version", type=int, default=0, help="definition version (default: latest)")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", help='five-field cron expression, e.g. "0 9 * * MON-FRI"')
+    when.add_argument("--every", type=float, metavar="SECONDS", help="fixed interval")
+    p.add_argument("--time-zone", default="", help="IANA time zone of --cron (default UTC)")
+    p.add_argument("--jitter", type=float, default=0.0, metavar="SECONDS")
+    p.add_argument("--overlap", choices=tuple(OVERLAP_POLICIES), default="skip")
+    p.add_argument("--catch-up", choices=tuple(CATCH_UP_POLICIES), default="skip")
+    p.add_argument(
+        "--max-catch-up-runs", type=int, default=0, help="cap of --catch-up run_all (default 10)"
+    )
+    p.add_argument("--input", help="run input as a JSON object, or @FILE holding one")
+    p.add_argument("--label", action="append", help="KEY=VALUE (repeatable)")
+    p = _add(
+        schedules,
+        "list",
+        "list schedules",
+        ("podium schedules list", "podium schedules list --definition daily-report -o json"),
+        c,
+    )
+    p.add_argument("--definition", default="", help="only schedules of this definition")
+    for action, text in (
+        ("get", "show a schedule and its next fire times"),
+        ("pause", "pause a schedule"),
+        ("resume", "resume a paused schedule (from its next tick)"),
+        ("delete", "delete a schedule (its runs are kept)"),
+    ):
+        _add(schedules, action, text, (f"podium schedules {action} SCHEDULE_ID",), c).add_argument(
+            "schedule_id"
+        )
+    for action_parser in schedules.choices.values():
+        action_parser.set_defaults(func=bind("schedules"))
 
 
 def add_remote_commands(parser_group: Group, bind: Bind) -> None:

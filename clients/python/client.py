@@ -31,6 +31,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -38,6 +39,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
+from podium.client.client_schedules import ScheduleMethods
 from podium.client.common import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT_SECONDS,
@@ -83,7 +85,7 @@ __all__ = [
 T = TypeVar("T")
 
 
-class PodiumClient:
+class PodiumClient(ScheduleMethods):
     """Asyncio client of Podium's OrchestrationService.
 
     Use as ``async with PodiumClient(address) as client: ...`` or call :meth:`close`.
@@ -287,11 +289,13 @@ class PodiumClient:
         start: bool = True,
         bypass_cache: bool = False,
         webhook_url: str = "",
+        start_time: datetime | None = None,
         timeout: float | None = None,
     ) -> run_pb2.Run:
         """Create a run of a saved definition (``definition``, ``version``) or of an
         inline ``plan``, and start it unless ``start`` is false (it then waits for
-        :meth:`continue_run`).
+        :meth:`continue_run`). ``start_time`` (aware) delays the start: the run is
+        created now and started then by the server, also across restarts.
 
         ``request_id`` makes the call idempotent (a repeat returns the same run); one is
         generated when omitted, so the client's own retries never start a second run.
@@ -316,6 +320,8 @@ class PodiumClient:
             request.plan.CopyFrom(definition_message(plan))
         elif definition is not None:
             request.definition.CopyFrom(pb.DefinitionRef(name=definition, version=version))
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
         response = await self._unary(self._stub.StartRun, request, timeout)
         return response.run  # type: ignore[no-any-return]
 

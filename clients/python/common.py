@@ -80,6 +80,10 @@ IDEMPOTENT_METHODS = (
     "ListAgents",
     "ListWebhookDeliveries",
     "SendEvent",
+    "GetSchedule",
+    "ListSchedules",
+    "PauseSchedule",
+    "ResumeSchedule",
 )
 
 DefinitionSource = definition_pb2.Definition | Mapping[str, Any] | Path

@@ -11,8 +11,9 @@ mapping.
 
 The one shape (:func:`message_to_data`) of a message as JSON data: proto field names
 (``run_id``), enums by their full names (``"STATE_SUCCEEDED"``), 64-bit integers as
-numbers, numbers inside Structs by the integer rule, timestamps as RFC 3339 strings,
-durations as ``"1.5s"``, bytes as base64, fields at their default value omitted.
+numbers, numbers inside Structs and double fields by the integer rule, timestamps as
+RFC 3339 strings, durations as ``"1.5s"``, bytes as base64, fields at their default
+value omitted.
 
 This module depends on protobuf only, so the agent SDK can use it without the client.
 """
@@ -41,6 +42,8 @@ MAX_SAFE_INTEGER = 2**53
 _STRUCT_TYPES = frozenset(
     {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 )
+_FLOAT_TYPES = frozenset({FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT})
+
 _INT64_TYPES = frozenset(
     {
         FieldDescriptor.TYPE_INT64,
@@ -128,4 +131,6 @@ def _restore_field(value: Any, field: FieldDescriptor) -> Any:
         return _restore(value, field.message_type)
     if field.type in _INT64_TYPES and isinstance(value, str):
         return int(value)
+    if field.type in _FLOAT_TYPES and isinstance(value, float):
+        return plain_number(value)  # e.g. interval_seconds: 3600, as an author wrote it
     return value

@@ -265,6 +265,50 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     ) -> pb.SendEventResponse:
         return await self._engine().external_events.send(self._org(context), request)
 
+    # -- schedules ---------------------------------------------------------------------
+
+    @unary
+    async def CreateSchedule(
+        self, request: pb.CreateScheduleRequest, context: Context
+    ) -> pb.CreateScheduleResponse:
+        schedule = await self._engine().schedules.create(self._org(context), request.schedule)
+        return pb.CreateScheduleResponse(schedule=schedule)
+
+    @unary
+    async def GetSchedule(
+        self, request: pb.GetScheduleRequest, context: Context
+    ) -> pb.GetScheduleResponse:
+        schedule = await self._engine().schedules.get(self._org(context), request.schedule_id)
+        return pb.GetScheduleResponse(schedule=schedule)
+
+    @unary
+    async def ListSchedules(
+        self, request: pb.ListSchedulesRequest, context: Context
+    ) -> pb.ListSchedulesResponse:
+        schedules, token = await self._engine().schedules.list_page(self._org(context), request)
+        return pb.ListSchedulesResponse(schedules=schedules, next_page_token=token)
+
+    @unary
+    async def PauseSchedule(
+        self, request: pb.PauseScheduleRequest, context: Context
+    ) -> pb.PauseScheduleResponse:
+        schedule = await self._engine().schedules.pause(self._org(context), request.schedule_id)
+        return pb.PauseScheduleResponse(schedule=schedule)
+
+    @unary
+    async def ResumeSchedule(
+        self, request: pb.ResumeScheduleRequest, context: Context
+    ) -> pb.ResumeScheduleResponse:
+        schedule = await self._engine().schedules.resume(self._org(context), request.schedule_id)
+        return pb.ResumeScheduleResponse(schedule=schedule)
+
+    @unary
+    async def DeleteSchedule(
+        self, request: pb.DeleteScheduleRequest, context: Context
+    ) -> pb.DeleteScheduleResponse:
+        await self._engine().schedules.delete(self._org(context), request.schedule_id)
+        return pb.DeleteScheduleResponse()
+
 
 def _unimplemented(method: str) -> Callable[..., Any]:
     async def handler(self: OrchestrationServicer, request: Any, context: Context) -> None:

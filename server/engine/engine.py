@@ -13,7 +13,9 @@ from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.runs import RunService
+from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
+from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
@@ -26,6 +28,7 @@ from podium.server.storage.definitions import DefinitionsRepository
 from podium.server.storage.events import EventsRepository
 from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import RunsRepository
+from podium.server.storage.schedules import SchedulesRepository
 
 log = logging.getLogger("podium.engine")
 
@@ -45,6 +48,10 @@ class Engine:
         )
         runs = RunsRepository(db)
         self.runs = RunService(runs, self.definitions, settings)
+        self.schedules = ScheduleService(
+            SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
+        )
+        self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
         self.agents = AgentService(AgentsRepository(db))
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
@@ -88,7 +95,8 @@ class Engine:
 
     async def start(self) -> None:
         """Check the configuration, load the static agents and the global webhook target,
-        then start the watch hub, the webhook sender (with retention) and the scheduler.
+        then start the watch hub, the webhook sender (with retention), the scheduler and the
+        schedule loop.
 
         Every check comes before the first write: a replica that refuses to start
         (ConfigError) leaves the agents and webhook targets of the running ones as they
@@ -100,11 +108,13 @@ class Engine:
         await self.webhooks.start()
         await self.watch.hub.start()
         await self.scheduler.start()
+        await self.schedule_loop.start()
 
     async def stop(self, grace: float = 0.0) -> None:
         """End the watch streams, stop the scheduler (running steps get ``grace``
         seconds), close agent channels. Webhook tries in flight are given back at once
         (another replica resends them)."""
+        await self.schedule_loop.stop()
         await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)

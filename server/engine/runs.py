@@ -20,6 +20,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import Settings
 from podium.server.engine.cache import cache_scope, caching_requested
 from podium.server.engine.definitions import DefinitionService
+from podium.server.engine.delayed import delayed_start, start_time_violations
 from podium.server.engine.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -98,6 +99,7 @@ class RunService:
                     description="set `definition` (a saved definition) or `plan` (an inline plan)",
                 )
             )
+        violations.extend(start_time_violations(request))
         if violations:
             raise InvalidArgument("StartRun request is invalid", violations=violations)
 
@@ -168,8 +170,12 @@ class RunService:
                 ),
                 trace_context=trace_context,
             )
+            start_at = delayed_start(request)
             async with storage_errors():
-                stored = await self._repository.create(new, start=request.start)
+                if start_at is not None:
+                    stored = await self._repository.create_delayed(new, start_at)
+                else:
+                    stored = await self._repository.create(new, start=request.start)
             if span.is_recording():
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
@@ -335,6 +341,50 @@ class RunService:
                 f"ORCHESTRATION_MAX_DEPTH={self._settings.max_orchestration_depth}"
             )
         return status, child, message
+
+    async def scheduled_run(
+        self,
+        organization_id: str,
+        definition: tuple[str, int],
+        run_input: dict[str, Any],
+        labels: Mapping[str, str],
+        request_id: str,
+    ) -> NewRun:
+        """The run a schedule's tick starts: the definition ``(name, version)`` (0: the
+        latest) with ``run_input``, ``labels`` merged over the definition's, and the
+        tick's ``request_id``. Raises NotFound / FailedPrecondition (archived)."""
+        name, version = definition
+        plan = await self._definitions.get(organization_id, name, version, fresh=True)
+        if plan.archived:
+            raise FailedPrecondition(
+                f"definition {plan.name!r} is archived; new runs are refused",
+                reason="DEFINITION_ARCHIVED",
+                metadata={"name": plan.name},
+            )
+        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        return NewRun(
+            organization_id=organization_id,
+            definition_name=plan.name,
+            definition_version=plan.version,
+            plan=plan_dict,
+            input=run_input,
+            metadata={},
+            labels={**dict(plan.labels), **dict(labels)},
+            request_id=request_id,
+            max_parallel=self.effective_max_parallel(plan),
+            bypass_cache=False,
+            webhook_url=None,
+            steps=build_steps(
+                plan,
+                plan_dict,
+                caching_scope=cache_scope(plan, plan.name, plan.version)
+                if caching_requested(plan)
+                else None,
+                cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                bypass_cache=False,
+            ),
+            trace_context=None,
+        )
 
     def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
         """definition, then ORCHESTRATION_DEFAULT_MAX_PARALLEL, then

@@ -89,6 +89,28 @@ class RunsRepository:
             return CreatedRun(*found, created=False)
         return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True)
 
+    async def create_delayed(self, run: NewRun, start_at: datetime) -> CreatedRun:
+        """Create ``run`` in CREATED and register its delayed start at ``start_at`` (a
+        schedule loop starts it then), in one transaction. Idempotent on
+        ``request_id`` like :meth:`create`."""
+        async with self._db.transaction() as conn:
+            row = await self._insert(conn, run, start=False, return_steps=True)
+            if row["created"]:
+                await conn.execute(QUERIES["delay_run"], row["run_id"], start_at)
+        if not row["created"]:
+            found = await self.get_with_steps(run.organization_id, row["run_id"])
+            assert found is not None
+            return CreatedRun(*found, created=False)
+        return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True)
+
+    async def insert_in(
+        self, conn: Connection, run: NewRun, *, start: bool
+    ) -> tuple[uuid.UUID, bool]:
+        """Create ``run`` on ``conn`` (inside the caller's transaction: a schedule's
+        tick); (run id, whether it was created rather than found by request_id)."""
+        row = await self._insert(conn, run, start=start, return_steps=False)
+        return row["run_id"], bool(row["created"])
+
     async def _insert(
         self, conn: Connection, run: NewRun, *, start: bool, return_steps: bool
     ) -> asyncpg.Record:

@@ -165,6 +165,15 @@ class Metrics:
             "WatchRun and WatchRuns streams open on this replica.",
             registry=r,
         )
+        self.scheduled_runs_total = Counter(
+            "orchestration_scheduled_runs_total",
+            "Runs started by this replica's schedule loop: kind=tick (a schedule's tick) or "
+            "kind=delayed (a StartRun start_time that came due).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("tick", "delayed"):
+            self.scheduled_runs_total.labels(kind=kind)
         # -- step-output cache: defined for dashboards; the cache is not built yet, so
         # both stay at 0 until it lands (it will call cache_hit() / cache_miss()).
         self.cache_hits_total = Counter(

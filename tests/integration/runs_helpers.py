@@ -317,8 +317,9 @@ async def listener_backends(conn: asyncpg.Connection[asyncpg.Record], database: 
     rows = await conn.fetch(
         "SELECT pid FROM pg_stat_activity"
         " WHERE datname = $1 AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN%'"
-        # The watch hub's own listener (podium_events) is not the scheduler's.
-        " AND query <> 'LISTEN \"podium_events\"'",
+        # The watch hub's own listener (podium_events) and the schedule loop's
+        # (podium_schedules) are not the scheduler's.
+        " AND query NOT IN ('LISTEN \"podium_events\"', 'LISTEN \"podium_schedules\"')",
         database,
     )
     return [r["pid"] for r in rows]

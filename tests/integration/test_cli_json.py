@@ -120,6 +120,7 @@ async def test_every_json_command_has_the_one_shape(
     async with PodiumClient(server.address) as client:
         summarized = (await client.start_run("summary")).id
         await client.wait_run(summarized)
+        schedule = (await client.create_schedule("shapes", interval_seconds=3600)).id
     created_only = await start("--create-only")
 
     # Every command with -o: how to run it, and whether it prints a stream.
@@ -152,6 +153,12 @@ async def test_every_json_command_has_the_one_shape(
         ("agents", "deregister"): (["extra"], False),
         ("cache", "invalidate"): (["shapes"], False),
         ("events", "send"): (["shape.event", "--id", "e1", "--payload", inputs], False),
+        ("schedules", "create"): (["shapes", "--every", "3600", "--input", inputs], False),
+        ("schedules", "list"): ([], False),
+        ("schedules", "get"): ([schedule], False),
+        ("schedules", "pause"): ([schedule], False),
+        ("schedules", "resume"): ([schedule], False),
+        ("schedules", "delete"): ([schedule], False),
         ("config", ): ([], False),
     }  # fmt: skip
     with_output = {

@@ -36,6 +36,12 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "InvalidateCache": ("invalidate_cache", ("cache", "invalidate")),
     "ListWebhookDeliveries": ("list_webhook_deliveries", ("webhooks", "deliveries")),
     "SendEvent": ("send_event", ("events", "send")),
+    "CreateSchedule": ("create_schedule", ("schedules", "create")),
+    "GetSchedule": ("get_schedule", ("schedules", "get")),
+    "ListSchedules": ("list_schedules", ("schedules", "list")),
+    "PauseSchedule": ("pause_schedule", ("schedules", "pause")),
+    "ResumeSchedule": ("resume_schedule", ("schedules", "resume")),
+    "DeleteSchedule": ("delete_schedule", ("schedules", "delete")),
 }
 
 

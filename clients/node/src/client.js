@@ -140,6 +140,12 @@ function decodeApproval(approval) {
   return approval;
 }
 
+/** @param {any} schedule */
+function decodeSchedule(schedule) {
+  if (schedule) schedule.input = fromStruct(schedule.input);
+  return schedule;
+}
+
 /** @param {any} value */
 function optionalStruct(value, /** @type {string} */ path) {
   return value === undefined || value === null ? undefined : toStruct(value, path);
@@ -438,6 +444,70 @@ export class PodiumClient {
       { event_id: eventId, name, key, payload: optionalStruct(payload, 'payload') },
       options,
     );
+  }
+
+  // -- schedules
+
+  /**
+   * Create a schedule (a `Schedule` with `definition_name` and `cron` + `time_zone`, or
+   * `interval_seconds`; `input` is a plain object); returns it with its id and
+   * `upcoming_fire_times`. Bad fields reject with a `ValidationError`.
+   *
+   * @param {any} schedule
+   * @param {CallOptions} [options]
+   */
+  async createSchedule(schedule, options) {
+    const request = { schedule: { ...schedule, input: optionalStruct(schedule.input, 'schedule.input') } };
+    return decodeSchedule((await this.call('CreateSchedule', request, options)).schedule);
+  }
+
+  /**
+   * @param {string} scheduleId
+   * @param {CallOptions} [options]
+   */
+  async getSchedule(scheduleId, options) {
+    return decodeSchedule((await this.call('GetSchedule', { schedule_id: scheduleId }, options)).schedule);
+  }
+
+  /**
+   * One page of schedules, oldest first: `{schedules, next_page_token}`.
+   *
+   * @param {{ definitionName?: string, pageSize?: number, pageToken?: string }} [filter]
+   * @param {CallOptions} [options]
+   */
+  async listSchedules({ definitionName = '', pageSize = 0, pageToken = '' } = {}, options) {
+    const request = { definition_name: definitionName, page_size: pageSize, page_token: pageToken };
+    const response = await this.call('ListSchedules', request, options);
+    response.schedules = (response.schedules ?? []).map(decodeSchedule);
+    return response;
+  }
+
+  /**
+   * @param {string} scheduleId
+   * @param {CallOptions} [options]
+   */
+  async pauseSchedule(scheduleId, options) {
+    return decodeSchedule((await this.call('PauseSchedule', { schedule_id: scheduleId }, options)).schedule);
+  }
+
+  /**
+   * Resume a paused schedule (from its next tick after now).
+   *
+   * @param {string} scheduleId
+   * @param {CallOptions} [options]
+   */
+  async resumeSchedule(scheduleId, options) {
+    return decodeSchedule((await this.call('ResumeSchedule', { schedule_id: scheduleId }, options)).schedule);
+  }
+
+  /**
+   * Delete a schedule; the runs it started are kept.
+   *
+   * @param {string} scheduleId
+   * @param {CallOptions} [options]
+   */
+  async deleteSchedule(scheduleId, options) {
+    await this.call('DeleteSchedule', { schedule_id: scheduleId }, options);
   }
 
   // -- approvals

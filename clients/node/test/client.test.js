@@ -106,6 +106,30 @@ describe('Node client with the Python example agents', () => {
     assert.equal(summary.output.sources, 3);
   });
 
+  it('creates, lists, pauses, resumes and deletes a schedule', async () => {
+    const created = await client.createSchedule({
+      definition_name: 'node-research',
+      cron: '0 9 * * MON-FRI',
+      time_zone: 'Europe/Paris',
+      overlap_policy: 'OVERLAP_POLICY_BUFFER_ONE',
+      input: { topic: 'tea' },
+    });
+    assert.equal(created.upcoming_fire_times.length, 5);
+    assert.deepEqual(created.input, { topic: 'tea' });
+    assert.equal((await client.getSchedule(created.id)).overlap_policy, 'OVERLAP_POLICY_BUFFER_ONE');
+    const page = await client.listSchedules({ definitionName: 'node-research' });
+    assert.deepEqual(page.schedules.map((/** @type {any} */ s) => s.id), [created.id]);
+    assert.equal((await client.pauseSchedule(created.id)).paused, true);
+    assert.equal((await client.resumeSchedule(created.id)).paused, false);
+    await client.deleteSchedule(created.id);
+    await assert.rejects(client.getSchedule(created.id), NotFoundError);
+    await assert.rejects(
+      client.createSchedule({ definition_name: 'node-research', cron: '61 * * * *' }),
+      (/** @type {any} */ error) =>
+        error instanceof ValidationError && error.fieldViolations.some((v) => v.field === 'schedule.cron'),
+    );
+  });
+
   it('resumes a watch after a given sequence without repeating events', async () => {
     const started = await client.startRun({ definition: { name: 'node-research' }, input: { topic: 'rice' } });
     const all = await collect(client.watchRun(started.id));

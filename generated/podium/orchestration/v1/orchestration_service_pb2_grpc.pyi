@@ -105,6 +105,20 @@ class OrchestrationServiceStub:
     wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
     event id: sending the same id again delivers nothing.
     """
+    CreateSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.CreateScheduleRequest, _orchestration_service_pb2.CreateScheduleResponse]
+    """CreateSchedule stores a schedule that starts runs of a saved definition on a cron
+    expression or at an interval.
+    """
+    GetSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetScheduleRequest, _orchestration_service_pb2.GetScheduleResponse]
+    """GetSchedule returns a schedule with its next fire times."""
+    ListSchedules: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSchedulesRequest, _orchestration_service_pb2.ListSchedulesResponse]
+    """ListSchedules lists schedules, oldest first, paged."""
+    PauseSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.PauseScheduleRequest, _orchestration_service_pb2.PauseScheduleResponse]
+    """PauseSchedule stops a schedule from firing until it is resumed."""
+    ResumeSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ResumeScheduleRequest, _orchestration_service_pb2.ResumeScheduleResponse]
+    """ResumeSchedule lets a paused schedule fire again, from its next tick after now."""
+    DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteScheduleRequest, _orchestration_service_pb2.DeleteScheduleResponse]
+    """DeleteSchedule deletes a schedule; runs it started are kept."""
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -183,6 +197,20 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
     event id: sending the same id again delivers nothing.
     """
+    CreateSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.CreateScheduleRequest, _orchestration_service_pb2.CreateScheduleResponse]  # type: ignore[assignment]
+    """CreateSchedule stores a schedule that starts runs of a saved definition on a cron
+    expression or at an interval.
+    """
+    GetSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetScheduleRequest, _orchestration_service_pb2.GetScheduleResponse]  # type: ignore[assignment]
+    """GetSchedule returns a schedule with its next fire times."""
+    ListSchedules: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSchedulesRequest, _orchestration_service_pb2.ListSchedulesResponse]  # type: ignore[assignment]
+    """ListSchedules lists schedules, oldest first, paged."""
+    PauseSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.PauseScheduleRequest, _orchestration_service_pb2.PauseScheduleResponse]  # type: ignore[assignment]
+    """PauseSchedule stops a schedule from firing until it is resumed."""
+    ResumeSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ResumeScheduleRequest, _orchestration_service_pb2.ResumeScheduleResponse]  # type: ignore[assignment]
+    """ResumeSchedule lets a paused schedule fire again, from its next tick after now."""
+    DeleteSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteScheduleRequest, _orchestration_service_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
+    """DeleteSchedule deletes a schedule; runs it started are kept."""
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestrationService is Podium's API: definitions, runs, progress streams,
@@ -408,5 +436,55 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         wait later (within PODIUM_EVENT_RETENTION_SECONDS) receive it too. Idempotent by
         event id: sending the same id again delivers nothing.
         """
+
+    @_abc_1.abstractmethod
+    def CreateSchedule(
+        self,
+        request: _orchestration_service_pb2.CreateScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.CreateScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.CreateScheduleResponse]]:
+        """CreateSchedule stores a schedule that starts runs of a saved definition on a cron
+        expression or at an interval.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSchedule(
+        self,
+        request: _orchestration_service_pb2.GetScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.GetScheduleResponse]]:
+        """GetSchedule returns a schedule with its next fire times."""
+
+    @_abc_1.abstractmethod
+    def ListSchedules(
+        self,
+        request: _orchestration_service_pb2.ListSchedulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.ListSchedulesResponse, _abc.Awaitable[_orchestration_service_pb2.ListSchedulesResponse]]:
+        """ListSchedules lists schedules, oldest first, paged."""
+
+    @_abc_1.abstractmethod
+    def PauseSchedule(
+        self,
+        request: _orchestration_service_pb2.PauseScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.PauseScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.PauseScheduleResponse]]:
+        """PauseSchedule stops a schedule from firing until it is resumed."""
+
+    @_abc_1.abstractmethod
+    def ResumeSchedule(
+        self,
+        request: _orchestration_service_pb2.ResumeScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.ResumeScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.ResumeScheduleResponse]]:
+        """ResumeSchedule lets a paused schedule fire again, from its next tick after now."""
+
+    @_abc_1.abstractmethod
+    def DeleteSchedule(
+        self,
+        request: _orchestration_service_pb2.DeleteScheduleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.DeleteScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.DeleteScheduleResponse]]:
+        """DeleteSchedule deletes a schedule; runs it started are kept."""
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
