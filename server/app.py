@@ -36,6 +36,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
 from podium.server.config import Settings, redact_url
 from podium.server.engine.engine import Engine
@@ -222,7 +223,9 @@ class PodiumServer:
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """gRPC metrics always; server spans when tracing is on."""
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-            MetricsInterceptor(self.metrics)
+            MetricsInterceptor(self.metrics),
+            # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
+            MalformedRequestInterceptor(),
         ]
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))
