@@ -160,7 +160,12 @@ class PodiumServer:
         await server.start()
         log.info("gRPC listening", extra={"address": self.address})
         if self.settings.metrics_address is not None:
-            metrics_server = MetricsServer(self.metrics.registry, self.settings.metrics_address)
+            token = self.settings.metrics_token
+            metrics_server = MetricsServer(
+                self.metrics.registry,
+                self.settings.metrics_address,
+                token=token.value if token is not None else None,
+            )
             self.metrics_server = metrics_server
             try:
                 await metrics_server.start()

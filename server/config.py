@@ -166,6 +166,18 @@ def _parse_agent_allow_list(name: str, raw: str) -> AllowList | None:
         raise ConfigError(f"{name}: {exc}") from None
 
 
+def _parse_token(name: str, raw: str) -> SecretValue | None:
+    if raw == "":
+        return None
+    if len(raw) < 16 or not all(33 <= ord(ch) < 127 for ch in raw):
+        raise ConfigError(
+            f"{name}: expected at least 16 printable ASCII characters without spaces (the "
+            'value is not shown); generate one with: python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"'
+        )
+    return SecretValue(raw)
+
+
 def _setting(
     env: str,
     parse: Callable[[str, str], Any],
@@ -211,6 +223,12 @@ class Settings:
         "PODIUM_METRICS_ADDRESS",
         _parse_optional_address,
         "HOST:PORT of the Prometheus /metrics endpoint; unset disables it.",
+    )
+    metrics_token: SecretValue | None = _setting(
+        "PODIUM_METRICS_TOKEN",
+        _parse_token,
+        "Bearer token the /metrics endpoint requires (Authorization: Bearer <token>); "
+        "unset serves metrics to anyone who reaches PODIUM_METRICS_ADDRESS.",
     )
     queue_depth_interval_seconds: float = _setting(
         "PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS",
