@@ -12,9 +12,10 @@ The status travels in trailing metadata (``grpc-message`` and
 ``grpc-status-details-bin``), which gRPC clients cap (8 KiB soft, 16 KiB hard by
 default), so what an error echoes is bounded: the message to ``MAX_MESSAGE_BYTES``
 bytes, each ErrorInfo metadata value and violation field to ``MAX_ECHO_CHARS``
-characters, each description to ``MAX_DESCRIPTION_CHARS``, and the violations to
-``MAX_VIOLATION_BYTES`` serialized, the last one then saying how many more were found.
-The whole status stays under about 5 KiB on the wire.
+characters (the metadata to ``MAX_METADATA_BYTES`` in all), each description to
+``MAX_DESCRIPTION_CHARS``, and the violations to ``MAX_VIOLATION_BYTES`` serialized, the
+last one then saying how many more were found. The whole status stays under 5 KiB on
+the wire (percent-encoded message and base64 details).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def status_code(error: errors.EngineError) -> grpc.StatusCode:
 MAX_MESSAGE_BYTES = 400
 MAX_ECHO_CHARS = 200
 MAX_DESCRIPTION_CHARS = 400
-MAX_METADATA_ENTRIES = 8
-MAX_VIOLATION_BYTES = 2000
+MAX_METADATA_BYTES = 600
+MAX_VIOLATION_BYTES = 1500
 
 
 def _cut(text: str, limit: int) -> str:
@@ -110,10 +111,14 @@ def to_status(error: errors.EngineError) -> status_pb2.Status:
     status = status_pb2.Status(
         code=code.value[0], message=_cut_bytes(error.message, MAX_MESSAGE_BYTES)
     )
-    metadata = {
-        _cut(key, MAX_ECHO_CHARS // 4): _cut(value, MAX_ECHO_CHARS)
-        for key, value in list(error.metadata.items())[:MAX_METADATA_ENTRIES]
-    }
+    metadata: dict[str, str] = {}
+    size = 0
+    for key, value in error.metadata.items():
+        short_key, short_value = _cut(key, MAX_ECHO_CHARS // 4), _cut(value, MAX_ECHO_CHARS)
+        size += len(short_key.encode()) + len(short_value.encode()) + 4
+        if size > MAX_METADATA_BYTES:
+            break
+        metadata[short_key] = short_value
     info = error_details_pb2.ErrorInfo(
         reason=_cut(error.reason, MAX_ECHO_CHARS), domain=ERROR_DOMAIN, metadata=metadata
     )
