@@ -59,6 +59,7 @@ _TYPES = {
     "bool": "boolean",
     "Path": "path",
     "SecretValue": "secret",
+    "AllowList": "networks and hosts",
 }
 
 

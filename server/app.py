@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
 from podium.server.api.probes import (
     HEALTH_SERVICE_NAME,
@@ -156,7 +157,12 @@ class PodiumServer:
         await server.start()
         log.info("gRPC listening", extra={"address": self.address})
         if self.settings.metrics_address is not None:
-            metrics_server = MetricsServer(self.metrics.registry, self.settings.metrics_address)
+            token = self.settings.metrics_token
+            metrics_server = MetricsServer(
+                self.metrics.registry,
+                self.settings.metrics_address,
+                token=token.value if token is not None else None,
+            )
             self.metrics_server = metrics_server
             try:
                 await metrics_server.start()
@@ -219,7 +225,9 @@ class PodiumServer:
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """gRPC metrics always; server spans when tracing is on."""
         interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [
-            MetricsInterceptor(self.metrics)
+            MetricsInterceptor(self.metrics),
+            # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
+            MalformedRequestInterceptor(),
         ]
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))

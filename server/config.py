@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from podium.server.addresses import LOOPBACK, AllowList, parse_allow_list
+
 DEFAULT_ORGANIZATION_ID = "default"
 """Organization of every resource while authentication is off."""
 
@@ -153,6 +155,29 @@ def _parse_webhook_secret(name: str, raw: str) -> SecretValue | None:
     return SecretValue(raw)
 
 
+def _parse_agent_allow_list(name: str, raw: str) -> AllowList | None:
+    if raw.strip() == "":
+        return None
+    if raw.strip().lower() == "none":
+        return AllowList()
+    try:
+        return parse_allow_list(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _parse_token(name: str, raw: str) -> SecretValue | None:
+    if raw == "":
+        return None
+    if len(raw) < 16 or not all(33 <= ord(ch) < 127 for ch in raw):
+        raise ConfigError(
+            f"{name}: expected at least 16 printable ASCII characters without spaces (the "
+            'value is not shown); generate one with: python -c "import secrets; '
+            'print(secrets.token_urlsafe(32))"'
+        )
+    return SecretValue(raw)
+
+
 def _setting(
     env: str,
     parse: Callable[[str, str], Any],
@@ -198,6 +223,12 @@ class Settings:
         "PODIUM_METRICS_ADDRESS",
         _parse_optional_address,
         "HOST:PORT of the Prometheus /metrics endpoint; unset disables it.",
+    )
+    metrics_token: SecretValue | None = _setting(
+        "PODIUM_METRICS_TOKEN",
+        _parse_token,
+        "Bearer token the /metrics endpoint requires (Authorization: Bearer <token>); "
+        "unset serves metrics to anyone who reaches PODIUM_METRICS_ADDRESS.",
     )
     queue_depth_interval_seconds: float = _setting(
         "PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS",
@@ -305,6 +336,17 @@ class Settings:
         "(see server/agents/static.py).",
         "",
     )
+    agent_allowed_networks: AllowList | None = _setting(
+        "PODIUM_AGENT_ALLOWED_NETWORKS",
+        _parse_agent_allow_list,
+        "Non-public agent endpoints Podium may connect to (RegisterAgent, PODIUM_AGENTS, "
+        "every call): comma-separated networks (10.0.0.0/8, ::1), host names "
+        "(agents.internal), domains (.svc.cluster.local) or loopback; none admits none. "
+        "Loopback, link-local (cloud metadata), private, unspecified and reserved "
+        "addresses are refused otherwise. Unset: loopback on the embedded PostgreSQL (a "
+        "local development server), none with PODIUM_DATABASE_URL.",
+        doc_default="unset",
+    )
     worker_slots: int = _setting(
         "PODIUM_WORKER_SLOTS",
         _parse_int(1, 10_000),
@@ -401,11 +443,24 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.agent_allowed_networks, str):  # an override given as text
+            allowed = _parse_agent_allow_list(
+                "PODIUM_AGENT_ALLOWED_NETWORKS", self.agent_allowed_networks
+            )
+            object.__setattr__(self, "agent_allowed_networks", allowed)
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ConfigError(
                 "PODIUM_DB_POOL_MIN_SIZE must not exceed PODIUM_DB_POOL_MAX_SIZE "
                 f"({self.db_pool_min_size} > {self.db_pool_max_size})"
             )
+
+    @property
+    def agent_allow_list(self) -> AllowList:
+        """The non-public agent targets admitted: PODIUM_AGENT_ALLOWED_NETWORKS, or when
+        unset loopback on the embedded PostgreSQL and nothing with a database URL."""
+        if self.agent_allowed_networks is not None:
+            return self.agent_allowed_networks
+        return LOOPBACK if self.database_url is None else AllowList()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

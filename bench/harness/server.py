@@ -62,6 +62,7 @@ def podium_settings(dsn: str, agents: str, **overrides: Any) -> Settings:
         database_url=dsn,
         listen_address="127.0.0.1:0",
         agents=agents,
+        agent_allowed_networks="loopback",  # the benchmark agents listen on 127.0.0.1
         log_level="warning",
         shutdown_grace_seconds=0.0,
         **overrides,

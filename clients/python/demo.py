@@ -81,6 +81,9 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
     env = {
         **os.environ,
         "PODIUM_AGENTS": agents_setting(examples),
+        # The example agents listen on loopback, which the outbound guard refuses
+        # unless allowed.
+        "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
         "PODIUM_LISTEN_ADDRESS": address,
     }
     print(f"example agents: {', '.join(f'{n}@{a}' for n, a in examples.addresses.items())}")

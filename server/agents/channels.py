@@ -16,14 +16,26 @@ long after an agent is back).
 What a client builds on a channel (its stubs, the A2A protocol version it detected) is
 kept by the client itself (:class:`PooledClient`, the base of both clients), keyed by
 endpoint and rebuilt when the pool's channel for that endpoint was replaced.
+
+With an :class:`~podium.server.agents.endpoints.EndpointGuard` (the server always has
+one), :meth:`AgentChannels.connect` runs before every call: it resolves the endpoint,
+checks every address, and keeps (or opens) a channel to one checked address: the
+channel's target is that IP (``ipv4:1.2.3.4:50061``), with the endpoint's host name as
+its ``:authority``, so gRPC never resolves the name itself and a name re-bound after the
+check (DNS rebinding) cannot redirect the call. A channel whose address no longer
+resolves is replaced; the old one is closed once its calls in flight finished (or after
+``retire_grace_seconds``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import grpc
+
+from podium.server.agents.endpoints import EndpointGuard, EndpointRefused, connect_target
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "AgentChannels", "PooledClient"]
 
@@ -47,6 +59,9 @@ class AgentChannels:
         max_reconnect_backoff_seconds: upper bound of the reconnection backoff after an
             agent went away (gRPC's default, 120 s, would fail calls long after it is back).
         options: extra channel arguments, appended to (and overriding) the above.
+        guard: checks endpoints before calls (:meth:`connect`); None (agent clients used
+            on their own, in tests) connects to endpoints as they are.
+        retire_grace_seconds: how long a replaced channel's calls in flight may go on.
     """
 
     def __init__(
@@ -57,6 +72,8 @@ class AgentChannels:
         keepalive_timeout_seconds: float = 10.0,
         max_reconnect_backoff_seconds: float = 5.0,
         options: Sequence[tuple[str, Any]] = (),
+        guard: EndpointGuard | None = None,
+        retire_grace_seconds: float = 3600.0,
     ) -> None:
         self.options: tuple[tuple[str, Any], ...] = (
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -71,20 +88,61 @@ class AgentChannels:
         )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._closed = False
+        self.guard = guard
+        self._retire_grace = retire_grace_seconds
+        self._addresses: dict[str, str] = {}  # endpoint -> the checked address connected
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def get(self, endpoint: str) -> grpc.aio.Channel:
-        """The channel to ``endpoint`` (created on first use, then reused).
+        """The channel to ``endpoint`` (created on first use, then reused; with a guard,
+        the one :meth:`connect` opened).
 
         Raises:
             RuntimeError: the pool is closed.
+            EndpointRefused: with a guard, :meth:`connect` did not check the endpoint.
         """
         channel = self._channels.get(endpoint)
         if channel is None:
             if self._closed:
                 raise RuntimeError("the agent channels are closed")
+            if self.guard is not None:
+                raise EndpointRefused(f"{endpoint} was not checked before the call", transient=True)
             channel = grpc.aio.insecure_channel(endpoint, options=self.options)
             self._channels[endpoint] = channel
         return channel
+
+    async def connect(self, endpoint: str) -> grpc.aio.Channel:
+        """Check ``endpoint`` with the guard (resolving its name now) and return a channel
+        to one of its checked addresses: the current one when its address still
+        resolves, else a new one. Without a guard, :meth:`get`.
+
+        Raises:
+            EndpointRefused: the endpoint or one of its addresses is refused, or its name
+                does not resolve (``transient``).
+            RuntimeError: the pool is closed.
+        """
+        if self.guard is None:
+            return self.get(endpoint)
+        target, addresses = await self.guard.resolve(endpoint)
+        if self._closed:
+            raise RuntimeError("the agent channels are closed")
+        channel = self._channels.get(endpoint)
+        if channel is not None and self._addresses.get(endpoint) in addresses:
+            return channel
+        address = addresses[0]
+        host = f"[{target.host}]" if ":" in target.host else target.host
+        options = (*self.options, ("grpc.default_authority", f"{host}:{target.port}"))
+        fresh = grpc.aio.insecure_channel(connect_target(address, target.port), options=options)
+        self._channels[endpoint] = fresh
+        self._addresses[endpoint] = address
+        if channel is not None:
+            self._retire(channel)
+        return fresh
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        task = asyncio.create_task(channel.close(self._retire_grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @property
     def endpoints(self) -> list[str]:
@@ -101,6 +159,7 @@ class AgentChannels:
         calls in flight on it are cancelled, and the next call opens a new channel.
         Unknown endpoints are ignored."""
         channel = self._channels.pop(endpoint, None)
+        self._addresses.pop(endpoint, None)
         if channel is not None:
             await channel.close(None)
 
@@ -110,8 +169,12 @@ class AgentChannels:
         self._closed = True
         channels = list(self._channels.values())
         self._channels.clear()
+        self._addresses.clear()
         for channel in channels:
             await channel.close(None)
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
 
 class PooledClient(Generic[T]):

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from podium.server.agents.endpoints import endpoint_form_problem
+
 __all__ = [
     "MAX_CONCURRENCY",
     "MAX_ENDPOINT",
@@ -47,10 +49,6 @@ PROTOCOLS = ("podium_v1", "a2a")
 # Names of agents and skills follow the rule of definition names.
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 _LABEL_KEY = re.compile(r"[a-z0-9_./-]+")
-# HOST:PORT with a DNS name, an IPv4 address or a bracketed IPv6 address.
-_HOST_PORT = re.compile(r"(?:\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?):(\d+)")
-# gRPC name-resolver targets (https://github.com/grpc/grpc/blob/master/doc/naming.md).
-_TARGET = re.compile(r"(dns|ipv4|ipv6|unix|unix-abstract|vsock|xds):(\S+)")
 
 _PROTOCOL_ALIASES = {
     "": "podium_v1",
@@ -68,7 +66,8 @@ class StaticAgent:
 
     Attributes:
         name: unique per organization, the rule of definition names.
-        endpoint: gRPC target: ``HOST:PORT`` or e.g. ``dns:///summarizer:443``.
+        endpoint: ``HOST:PORT`` or a gRPC target such as ``dns:///summarizer:443``
+            (the forms of :func:`podium.server.agents.endpoints.parse_endpoint`).
         skills: skill ids offered, in declaration order.
         max_concurrency: most tasks sent at once; 0 means unlimited.
         default_timeout_seconds: step timeout for this agent; 0 uses the server default.
@@ -100,18 +99,10 @@ def _endpoint_problem(endpoint: str) -> str | None:
         return "an endpoint is required: HOST:PORT or a gRPC target"
     if len(endpoint) > MAX_ENDPOINT:
         return f"must be at most {MAX_ENDPOINT} characters (got {len(endpoint)})"
-    match = _HOST_PORT.fullmatch(endpoint)
-    if match is not None:
-        port = int(match.group(2))
-        if not 1 <= port <= 65535:
-            return f"the port must be between 1 and 65535; got '{endpoint}'"
-        return None
-    if _TARGET.fullmatch(endpoint) is not None:
-        return None
-    return (
-        "expected HOST:PORT (e.g. 127.0.0.1:50061) or a gRPC target such as "
-        f"dns:///summarizer:443 or unix:///run/agent.sock; got '{endpoint[:MAX_ENDPOINT]}'"
-    )
+    problem = endpoint_form_problem(endpoint)
+    if problem is not None:
+        return f"{problem}; got '{endpoint}'"
+    return None
 
 
 def _label_key(key: str) -> str:

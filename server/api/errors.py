@@ -4,7 +4,18 @@ Every servicer method is decorated with :func:`unary` or :func:`streaming`: an
 :class:`EngineError` becomes its status code with an ``ErrorInfo`` (stable ``reason``)
 and, for invalid arguments, a ``BadRequest`` listing every field violation. Anything
 else is logged with its traceback and reported as INTERNAL with a generic message:
-clients never see a stack trace.
+clients never see a stack trace. Before the handler runs, every string field of the
+request is checked (:func:`~podium.server.engine.requests.check_request`: no NUL
+character, bounded length).
+
+The status travels in trailing metadata (``grpc-message`` and
+``grpc-status-details-bin``), which gRPC clients cap (8 KiB soft, 16 KiB hard by
+default), so what an error echoes is bounded: the message to ``MAX_MESSAGE_BYTES``
+bytes, each ErrorInfo metadata value and violation field to ``MAX_ECHO_CHARS``
+characters (the metadata to ``MAX_METADATA_BYTES`` in all), each description to
+``MAX_DESCRIPTION_CHARS``, and the violations to ``MAX_VIOLATION_BYTES`` serialized, the
+last one then saying how many more were found. The whole status stays under 5 KiB on
+the wire (percent-encoded message and base64 details).
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from podium.server.engine import errors
+from podium.server.engine.requests import check_request
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +56,77 @@ def status_code(error: errors.EngineError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+MAX_MESSAGE_BYTES = 400
+MAX_ECHO_CHARS = 200
+MAX_DESCRIPTION_CHARS = 400
+MAX_METADATA_BYTES = 600
+MAX_VIOLATION_BYTES = 1500
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, an ellipsis marking the cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cut_bytes(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes (on a character boundary), with an ellipsis."""
+    encoded = text.encode("utf-8")
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode("utf-8", errors="ignore") + "…"
+
+
+def _violations(
+    violations: Sequence[error_details_pb2.BadRequest.FieldViolation],
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """The violations to send: each cut, as many as fit in MAX_VIOLATION_BYTES, then one
+    saying how many more were found."""
+    kept: list[error_details_pb2.BadRequest.FieldViolation] = []
+    size = 0
+    for index, violation in enumerate(violations):
+        short = error_details_pb2.BadRequest.FieldViolation(
+            field=_cut(violation.field, MAX_ECHO_CHARS),
+            description=_cut(violation.description, MAX_DESCRIPTION_CHARS),
+            reason=_cut(violation.reason, MAX_ECHO_CHARS),
+        )
+        size += short.ByteSize() + 3
+        if size > MAX_VIOLATION_BYTES:
+            rest = len(violations) - index
+            kept.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=short.field,
+                    description=f"and {rest} more problem(s) not shown",
+                    reason="MORE_VIOLATIONS",
+                )
+            )
+            break
+        kept.append(short)
+    return kept
+
+
 def to_status(error: errors.EngineError) -> status_pb2.Status:
-    """A ``google.rpc.Status`` carrying ErrorInfo and, when present, BadRequest."""
+    """A ``google.rpc.Status`` carrying ErrorInfo and, when present, BadRequest, every
+    echoed value bounded (see the module docstring)."""
     code = status_code(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
+    status = status_pb2.Status(
+        code=code.value[0], message=_cut_bytes(error.message, MAX_MESSAGE_BYTES)
+    )
+    metadata: dict[str, str] = {}
+    size = 0
+    for key, value in error.metadata.items():
+        short_key, short_value = _cut(key, MAX_ECHO_CHARS // 4), _cut(value, MAX_ECHO_CHARS)
+        size += len(short_key.encode()) + len(short_value.encode()) + 4
+        if size > MAX_METADATA_BYTES:
+            break
+        metadata[short_key] = short_value
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=ERROR_DOMAIN, metadata=dict(error.metadata)
+        reason=_cut(error.reason, MAX_ECHO_CHARS), domain=ERROR_DOMAIN, metadata=metadata
     )
     detail = any_pb2.Any()
     detail.Pack(info)
     status.details.append(detail)
     if isinstance(error, errors.InvalidArgument) and error.violations:
-        bad = error_details_pb2.BadRequest(field_violations=list(error.violations))
+        bad = error_details_pb2.BadRequest(field_violations=_violations(error.violations))
         detail = any_pb2.Any()
         detail.Pack(bad)
         status.details.append(detail)
@@ -107,6 +178,7 @@ def unary(
     @functools.wraps(fn)
     async def wrapper(self: _Servicer, request: _Request, context: _Context) -> _Response:
         try:
+            check_request(request)  # type: ignore[arg-type]
             return await fn(self, request, context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
@@ -126,6 +198,7 @@ def streaming(
         self: _Servicer, request: _Request, context: _Context
     ) -> AsyncIterator[_Response]:
         try:
+            check_request(request)  # type: ignore[arg-type]
             async for item in fn(self, request, context):
                 yield item
         except (grpc.aio.AbortError, grpc.aio.UsageError):

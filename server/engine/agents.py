@@ -4,6 +4,12 @@ static agents of the server configuration (``PODIUM_AGENTS``).
 A registered agent never replaces a static one of the same name (ALREADY_EXISTS) and a
 static agent cannot be deregistered (FAILED_PRECONDITION): the configuration is changed
 instead. Static agents are synchronised once at start with :meth:`AgentService.load_static`.
+
+Endpoints go through the outbound guard (:mod:`podium.server.agents.endpoints`): a
+RegisterAgent endpoint that is refused or does not resolve is a field violation on
+``agent.endpoint``; a refused static agent stops the server with an error naming
+``PODIUM_AGENTS`` (one whose name does not resolve yet is only logged: calls check it
+again).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import logging
 from collections.abc import Sequence
 
 from podium.orchestration.v1 import agent_pb2
+from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
 from podium.server.agents.static import StaticAgent, agent_problems
+from podium.server.config import ConfigError
 from podium.server.engine.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -97,8 +105,9 @@ def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldVio
 class AgentService:
     """Use cases behind the agent RPCs, and the static agents of the configuration."""
 
-    def __init__(self, repository: AgentsRepository) -> None:
+    def __init__(self, repository: AgentsRepository, guard: EndpointGuard | None = None) -> None:
         self._repository = repository
+        self._guard = guard if guard is not None else EndpointGuard()
 
     @property
     def repository(self) -> AgentsRepository:
@@ -114,6 +123,11 @@ class AgentService:
             AlreadyExists: a static agent has that name (reason ``STATIC_AGENT``).
         """
         violations = agent_to_violations(agent)
+        if not violations:
+            try:
+                await self._guard.resolve(agent.endpoint)
+            except EndpointRefused as exc:
+                violations = [FieldViolation(field="agent.endpoint", description=str(exc))]
         if violations:
             raise InvalidArgument(
                 f"agent {agent.name!r} is invalid: {len(violations)} problem(s)",
@@ -205,6 +219,27 @@ class AgentService:
                 ) from exc
         if not deleted:
             raise _not_found(name)
+
+    async def check_static(self, agents: Sequence[StaticAgent]) -> None:
+        """Check the endpoints of static agents with the outbound guard.
+
+        Raises:
+            ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
+                agent and the reason). A name that does not resolve is only logged.
+        """
+        for index, agent in enumerate(agents, start=1):
+            try:
+                await self._guard.resolve(agent.endpoint)
+            except EndpointRefused as exc:
+                if not exc.transient:
+                    raise ConfigError(
+                        f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
+                        f"{agent.endpoint!r}: {exc}"
+                    ) from None
+                _log.warning(
+                    "static agent endpoint does not resolve yet; calls will check it again",
+                    extra={"agent": agent.name, "error": str(exc)},
+                )
 
     async def load_static(
         self, organization_id: str, agents: Sequence[StaticAgent]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from podium.server.agents.dispatch import AgentDispatcher
+from podium.server.agents.endpoints import EndpointGuard
 from podium.server.agents.static import parse_static_agents
 from podium.server.config import ConfigError, Settings
 from podium.server.engine.agents import AgentService
@@ -52,7 +53,9 @@ class Engine:
             SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
         )
         self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
-        self.agents = AgentService(AgentsRepository(db))
+        # The outbound guard of agent endpoints: registration, static agents, every call.
+        guard = EndpointGuard(settings.agent_allow_list)
+        self.agents = AgentService(AgentsRepository(db), guard)
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.
@@ -62,7 +65,9 @@ class Engine:
         # its fallback poll uses the scheduler's fallback timer.
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
         self.watch = WatchService(hub, events)
-        self.agent_client = AgentDispatcher(max_message_bytes=settings.max_message_bytes)
+        self.agent_client = AgentDispatcher(
+            max_message_bytes=settings.max_message_bytes, guard=guard
+        )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(
             cache_repository,
@@ -102,6 +107,7 @@ class Engine:
         (ConfigError) leaves the agents and webhook targets of the running ones as they
         are."""
         await self.webhooks.check_configuration()
+        await self.agents.check_static(self._static_agents)
         loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
         if loaded:
             log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})

@@ -1,5 +1,11 @@
-"""Checks shared by the request handlers (runs, approvals, webhooks, watch): request
-Structs JSON can hold, idempotency keys, run ids."""
+"""Checks shared by the request handlers (runs, approvals, webhooks, watch): the text of
+every string field of a request, request Structs JSON can hold, idempotency keys, run ids.
+
+:func:`request_violations` walks any request message (every RPC's request goes through
+it before its handler runs): each string, repeated string, map key and value, nested
+message and Struct. A string must hold no NUL character (PostgreSQL text and jsonb cannot
+store U+0000) and be at most :func:`max_length` characters; tighter rules of a field
+(names, labels, ids) are checked by its handler afterwards."""
 
 from __future__ import annotations
 
@@ -7,31 +13,171 @@ import math
 import uuid
 
 from google.protobuf import struct_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from podium.server.engine.errors import FieldViolation, InvalidArgument
+from podium.server.engine.references import join_location
 
 __all__ = [
     "MAX_INPUT_BYTES",
     "MAX_REQUEST_ID_LENGTH",
+    "MAX_STRING_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "check_request",
     "json_violations",
+    "max_length",
     "parse_run_id",
     "request_id_violations",
+    "request_violations",
+    "shown",
     "struct_violations",
+    "text_problem",
 ]
 
 MAX_INPUT_BYTES = 1024 * 1024
 MAX_REQUEST_ID_LENGTH = 128
 
+MAX_STRING_LENGTH = 1024
+"""Longest string field of a request (ids, names, tokens, filters, actors...) unless
+:data:`MAX_TEXT_LENGTH` or a tighter rule of the field applies, in characters."""
 
-def json_violations(struct: struct_pb2.Struct, field: str, limit: int = 20) -> list[FieldViolation]:
-    """Values JSON (and so Postgres jsonb) cannot hold: NaN, infinities, NUL characters."""
+MAX_TEXT_LENGTH = 10_000
+"""Longest free-text field of a request (``description``, ``hint``, ``prompt``,
+``comment``, ``reason``), in characters."""
+
+MAX_URL_LENGTH = 2048
+"""Longest URL field of a request (``webhook_url``), in characters."""
+
+_LONGER_FIELDS = {
+    "description": MAX_TEXT_LENGTH,
+    "hint": MAX_TEXT_LENGTH,
+    "prompt": MAX_TEXT_LENGTH,
+    "comment": MAX_TEXT_LENGTH,
+    "reason": MAX_TEXT_LENGTH,
+    "webhook_url": MAX_URL_LENGTH,
+}
+
+_MAX_REQUEST_VIOLATIONS = 100
+_SHOWN = 200
+
+
+def shown(value: str, limit: int = _SHOWN) -> str:
+    """``value`` for an error message: at most ``limit`` characters (an ellipsis marks a
+    cut), control characters escaped, so a caller's value never floods an error."""
+    cut = value[:limit]
+    if any(ch < " " or ch == "\x7f" for ch in cut):
+        cut = cut.encode("unicode_escape").decode("ascii")[:limit]
+    return cut + "…" if len(value) > limit else cut
+
+
+def max_length(field_name: str) -> int:
+    """The most characters the request string field called ``field_name`` may hold."""
+    return _LONGER_FIELDS.get(field_name, MAX_STRING_LENGTH)
+
+
+def text_problem(value: str, maximum: int) -> tuple[str, str] | None:
+    """What is wrong with the text of a string field, as ``(description, reason)``: a NUL
+    character, or more than ``maximum`` characters; None when it is acceptable. The one
+    rule of request strings and of a definition's texts."""
+    if "\x00" in value:
+        return "must not contain NUL characters (U+0000)", "NUL_CHARACTER"
+    if len(value) > maximum:
+        return f"at most {maximum} characters (got {len(value)})", "TOO_LONG"
+    return None
+
+
+def _key_path(path: str, key: str) -> str:
+    # The key goes back to the caller in the field path: control characters escaped,
+    # long keys cut.
+    return join_location(path, shown(key, 64))
+
+
+def request_violations(
+    message: Message, prefix: str = "", limit: int = _MAX_REQUEST_VIOLATIONS
+) -> list[FieldViolation]:
+    """Every string of ``message`` (recursively: nested messages, repeated fields, map
+    keys and values, Structs) that breaks :func:`text_problem` for its field's
+    :func:`max_length`, one violation naming the field per problem (at most ``limit``)."""
+    found: list[FieldViolation] = []
+
+    def text(path: str, name: str, value: str) -> None:
+        problem = text_problem(value, max_length(name))
+        if problem is not None and len(found) < limit:
+            found.append(FieldViolation(field=path, description=problem[0], reason=problem[1]))
+
+    def walk(node: Message, path: str) -> None:
+        if isinstance(node, struct_pb2.Struct):
+            # Numbers are the handlers' business (a definition reports them its own way).
+            found.extend(json_violations(node, path, limit - len(found), numbers=False))
+            return
+        for field, value in node.ListFields():
+            if len(found) >= limit:
+                return
+            here = f"{path}.{field.name}" if path else field.name
+            if field.type == FieldDescriptor.TYPE_STRING:
+                if field.is_repeated:
+                    for index, item in enumerate(value):
+                        text(f"{here}[{index}]", field.name, item)
+                else:
+                    text(here, field.name, value)
+            elif field.type == FieldDescriptor.TYPE_MESSAGE:
+                entry = field.message_type
+                if entry is not None and entry.GetOptions().map_entry:
+                    map_entries(field, value, here)
+                elif field.is_repeated:
+                    for index, item in enumerate(value):
+                        walk(item, f"{here}[{index}]")
+                else:
+                    walk(value, here)
+
+    def map_entries(field: FieldDescriptor, entries: object, path: str) -> None:
+        assert field.message_type is not None
+        value_field = field.message_type.fields_by_name["value"]
+        for key, item in entries.items():  # type: ignore[attr-defined]
+            key_text = str(key)
+            problem = text_problem(key_text, MAX_STRING_LENGTH)
+            entry_path = _key_path(path, key_text)
+            if problem is not None and len(found) < limit:
+                found.append(
+                    FieldViolation(field=path, description=f"key: {problem[0]}", reason=problem[1])
+                )
+                continue
+            if value_field.type == FieldDescriptor.TYPE_STRING:
+                text(entry_path, field.name, item)
+            elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
+                walk(item, entry_path)
+
+    walk(message, prefix)
+    return found[:limit]
+
+
+def check_request(message: Message) -> None:
+    """Raise InvalidArgument (reason ``INVALID_TEXT``) naming every string field of the
+    request that :func:`request_violations` refuses."""
+    violations = request_violations(message)
+    if violations:
+        first = violations[0]
+        raise InvalidArgument(
+            f"{len(violations)} field(s) of the request hold text the server cannot accept; "
+            f"first: {first.field}: {first.description}",
+            reason="INVALID_TEXT",
+            violations=violations,
+        )
+
+
+def json_violations(
+    struct: struct_pb2.Struct, field: str, limit: int = 20, *, numbers: bool = True
+) -> list[FieldViolation]:
+    """Values JSON (and so Postgres jsonb) cannot hold: NUL characters and (unless not
+    ``numbers``) NaN and infinities."""
     found: list[FieldViolation] = []
 
     def walk(value: struct_pb2.Value, path: str) -> None:
         if len(found) >= limit:
             return
         kind = value.WhichOneof("kind")
-        if kind == "number_value" and not math.isfinite(value.number_value):
+        if kind == "number_value" and numbers and not math.isfinite(value.number_value):
             found.append(
                 FieldViolation(
                     field=path, description="numbers must be finite (no NaN or infinity)"
@@ -49,12 +195,14 @@ def json_violations(struct: struct_pb2.Struct, field: str, limit: int = 20) -> l
 
     def fields(node: struct_pb2.Struct, path: str) -> None:
         for key, item in node.fields.items():
+            if len(found) >= limit:
+                return
             if "\x00" in key:
                 found.append(
                     FieldViolation(field=path, description="keys must not contain NUL characters")
                 )
                 continue
-            walk(item, f"{path}.{key}")
+            walk(item, f"{path}.{shown(key, 64)}")
 
     fields(struct, field)
     return found
@@ -86,6 +234,6 @@ def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
         return uuid.UUID(run_id)
     except ValueError:
         raise InvalidArgument(
-            f"{field} must be a run id (a UUID), got {run_id!r}",
+            f"{field} must be a run id (a UUID), got {shown(run_id)!r}",
             violations=[FieldViolation(field=field, description="must be a UUID")],
         ) from None

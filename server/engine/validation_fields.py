@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import EnumDescriptor
 from google.rpc.error_details_pb2 import BadRequest
 
+from podium.server.engine.requests import text_problem
+
 __all__ = ["FieldChecker", "ValidationLimits", "format_number"]
 
 FieldViolation = BadRequest.FieldViolation
@@ -107,8 +109,9 @@ class FieldChecker:
         return True
 
     def check_text(self, path: str, value: str, maximum: int) -> None:
-        if len(value) > maximum:
-            self.add(path, f"at most {maximum} characters (got {len(value)})", "TOO_LONG")
+        problem = text_problem(value, maximum)
+        if problem is not None:
+            self.add(path, *problem)
 
     def check_number(
         self,

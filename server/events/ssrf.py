@@ -5,7 +5,8 @@ resolves to.
 resolves only to public unicast addresses (unless private targets are allowed). The
 sender (:mod:`podium.server.events.webhook_http`) resolves again on each try and checks
 every address with :func:`resolve_checked` before it connects, so a name that re-binds
-to a private address after the check is refused at delivery time.
+to a private address after the check is refused at delivery time. What counts as public
+is :func:`podium.server.addresses.address_problem`, shared with the agents' guard.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from podium.server.addresses import Address, address_problem
+
 __all__ = [
     "MAX_URL_LENGTH",
     "WebhookRefused",
     "WebhookTarget",
-    "address_problem",
     "check_webhook_url",
     "check_webhook_url_async",
     "parse_webhook_url",
@@ -30,8 +32,6 @@ __all__ = [
 ]
 
 MAX_URL_LENGTH = 2048
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class WebhookRefused(ValueError):
@@ -108,44 +108,6 @@ def _ip_literal(host: str) -> Address | None:
         return ipaddress.ip_address(host)
     except ValueError:
         return None
-
-
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-
-def address_problem(address: Address) -> str | None:
-    """Why ``address`` is not a public unicast address (e.g. ``"loopback"``), or None.
-
-    IPv6 addresses that embed an IPv4 one (IPv4-mapped, 6to4, Teredo, NAT64) are
-    judged by the embedded address too.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        embedded: ipaddress.IPv4Address | None = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address.teredo is not None:
-            embedded = address.teredo[1]
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            problem = address_problem(embedded)
-            if problem is not None:
-                return f"{problem} (embedded in {address})"
-        if address.is_site_local:
-            return "site-local"
-    if address.is_unspecified:
-        return "unspecified"
-    if address.is_loopback:
-        return "loopback"
-    if address.is_link_local:
-        return "link-local"
-    if address.is_multicast:
-        return "multicast"
-    if address.is_private:
-        return "private"
-    if address.is_reserved:
-        return "reserved"
-    if not address.is_global:
-        return "not globally routable"
-    return None
 
 
 def _check_addresses(host: str, addresses: Sequence[str]) -> list[str]:

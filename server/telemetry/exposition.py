@@ -4,13 +4,16 @@ A minimal HTTP/1.1 server (``asyncio.start_server``) rather than prometheus-clie
 threaded one: collection then runs on the loop thread, so callback gauges read engine
 state (watchers, steps in flight) without racing the loop, and stopping it is an
 ordinary ``await``. One request per connection; anything but ``GET /metrics`` (or
-``HEAD``) is answered 404/405. Request heads are bounded (8 KiB, 10 s).
+``HEAD``) is answered 404/405. Request heads are bounded (8 KiB, 10 s). With a token
+(``PODIUM_METRICS_TOKEN``) a scrape must send ``Authorization: Bearer <token>``, else
+401 (compared in constant time).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 
 from prometheus_client import CollectorRegistry
@@ -27,8 +30,11 @@ _READ_TIMEOUT_SECONDS = 10.0
 class MetricsServer:
     """Serves ``registry`` at ``http://HOST:PORT/metrics``; ``port`` is the bound port."""
 
-    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, address: str, *, token: str | None = None
+    ) -> None:
         self._registry = registry
+        self._expected = f"Bearer {token}".encode() if token else None
         host, _, port = address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -85,10 +91,18 @@ class MetricsServer:
                 await self._answer(writer, 405, b"method not allowed\n")
                 return
             accept = ""
+            authorization = ""
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 if name.strip().lower() == "accept":
                     accept = value.strip()
+                elif name.strip().lower() == "authorization":
+                    authorization = value.strip()
+            if self._expected is not None and not hmac.compare_digest(
+                authorization.encode("latin-1"), self._expected
+            ):
+                await self._answer(writer, 401, b"unauthorized: send Authorization: Bearer\n")
+                return
             encoder, content_type = choose_encoder(accept)
             body = encoder(self._registry)
             await self._answer(writer, 200, body, content_type, send_body=method == "GET")
@@ -114,12 +128,14 @@ class MetricsServer:
         reason = {
             200: "OK",
             400: "Bad Request",
+            401: "Unauthorized",
             404: "Not Found",
             405: "Method Not Allowed",
             431: "Request Header Fields Too Large",
         }[status]
+        challenge = 'WWW-Authenticate: Bearer realm="metrics"\r\n' if status == 401 else ""
         head = (
-            f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+            f"HTTP/1.1 {status} {reason}\r\n{challenge}Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode("latin-1")
         writer.write(head + body if send_body else head)

@@ -14,12 +14,20 @@ from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import Settings
 
+LOOPBACK_AGENTS = "loopback"
+"""PODIUM_AGENT_ALLOWED_NETWORKS of test servers: the example agents listen on loopback,
+which the outbound guard refuses unless allowed."""
+
 
 @pytest.fixture
 async def podium_server(database_url: str, tmp_path: object) -> AsyncIterator[PodiumServer]:
     """A started server on a free port, stopped (without grace) after the test."""
     settings = Settings.from_env(
-        {}, database_url=database_url, listen_address="127.0.0.1:0", shutdown_grace_seconds=0.0
+        {},
+        database_url=database_url,
+        listen_address="127.0.0.1:0",
+        shutdown_grace_seconds=0.0,
+        agent_allowed_networks=LOOPBACK_AGENTS,
     )
     server = PodiumServer(settings)
     await server.start()
@@ -68,6 +76,7 @@ async def start_server(database_url: str) -> AsyncIterator[StartServer]:
             "shutdown_grace_seconds": 0.0,
             "lease_seconds": 5.0,
             "poll_interval_seconds": 0.2,
+            "agent_allowed_networks": LOOPBACK_AGENTS,
             **overrides,
         }
         server = PodiumServer(Settings.from_env({}, **values))

@@ -69,7 +69,13 @@ class ServeProcess:
 
 def start_serve(env: dict[str, str], *args: str, timeout: float = 120) -> ServeProcess:
     """Start ``podium serve`` with ``env`` (over os.environ) and wait until it serves."""
-    full_env = {**os.environ, "PODIUM_LOG_FORMAT": "json", **env}
+    # Agents of the tests listen on loopback: the outbound guard must admit it.
+    full_env = {
+        **os.environ,
+        "PODIUM_LOG_FORMAT": "json",
+        "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
+        **env,
+    }
     process = subprocess.Popen(
         [PODIUM, "serve", "--listen-address", "127.0.0.1:0", *args],
         env=full_env,
@@ -133,7 +139,12 @@ class PodiumProcess:
 
 def spawn_podium(env: dict[str, str], log_path: Path) -> PodiumProcess:
     """Start ``podium serve`` on a free port with ``env`` over ``os.environ``."""
-    full_env = {**os.environ, "PODIUM_LOG_FORMAT": "json", **env}
+    full_env = {
+        **os.environ,
+        "PODIUM_LOG_FORMAT": "json",
+        "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
+        **env,
+    }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
             [PODIUM, "serve", "--listen-address", "127.0.0.1:0"],

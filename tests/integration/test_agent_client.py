@@ -21,6 +21,7 @@ from grpc_health.v1._async import HealthServicer
 
 from podium.agent.v1 import agent_pb2, agent_pb2_grpc
 from podium.client.agent import Agent, Skill, Task, TaskFailed
+from podium.server.addresses import parse_allow_list
 from podium.server.agents.client import (
     AGENT_PROTOCOL_ERROR,
     AGENT_UNAVAILABLE,
@@ -32,7 +33,8 @@ from podium.server.agents.client import (
     struct_from_dict,
 )
 from podium.server.agents.client import TaskFailed as Failure
-from podium.server.agents.dispatch import AgentDispatcher
+from podium.server.agents.dispatch import AGENT_ENDPOINT_REFUSED, AgentDispatcher
+from podium.server.agents.endpoints import EndpointGuard
 
 Response = agent_pb2.ExecuteTaskResponse
 
@@ -482,6 +484,46 @@ async def test_dispatcher_clients_share_one_channel_per_endpoint() -> None:
     assert dispatcher.channels.endpoints == []
     with pytest.raises(RuntimeError, match="closed"):
         dispatcher.channels.get("127.0.0.1:1")
+
+
+async def test_a_guarded_dispatcher_connects_to_the_checked_address_only() -> None:
+    # "agent.test" exists only in the guard's resolver: a call reaches the agent because
+    # the channel targets the address the guard checked, never the name.
+    answers = {"agent.test": ["127.0.0.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    guard = EndpointGuard(parse_allow_list("127.0.0.1/32"), resolver=resolve)
+    dispatcher = AgentDispatcher(guard=guard)
+    agent = Scripted([result(ok=True)])
+    try:
+        async with serving_raw(agent) as endpoint:
+            named = f"agent.test:{endpoint.rpartition(':')[2]}"
+            assert (await dispatcher.execute(named, request(), timeout=5)).ok
+            channel = dispatcher.channels.get(named)
+            assert (await dispatcher.execute(named, request(), timeout=5)).ok
+            assert dispatcher.channels.get(named) is channel  # reused while it resolves
+            assert len(agent.peers) == 2
+            # DNS rebinding: the name now points inside; refused before any connection.
+            for inside in (["10.9.8.7"], ["127.0.0.1", "169.254.169.254"], ["127.0.0.2"]):
+                answers["agent.test"] = inside
+                refused = await dispatcher.execute(named, request(), timeout=5)
+                assert isinstance(refused, Failure)
+                assert (refused.code, refused.retryable) == (AGENT_ENDPOINT_REFUSED, False)
+                assert "PODIUM_AGENT_ALLOWED_NETWORKS" in refused.message
+            assert len(agent.peers) == 2
+            # An unresolvable name is a retryable unavailability.
+            del answers["agent.test"]
+            answers["other.test"] = []
+            gone = await dispatcher.execute("other.test:1", request(), timeout=5)
+            assert isinstance(gone, Failure) and gone.retryable
+            assert gone.code == "AGENT_UNAVAILABLE"
+            # Refused forms never reach the resolver.
+            sock = await dispatcher.execute("unix:///tmp/agent.sock", request(), timeout=5)
+            assert isinstance(sock, Failure) and sock.code == AGENT_ENDPOINT_REFUSED
+    finally:
+        await dispatcher.close()
 
 
 async def test_message_size_limits_apply_and_are_not_retryable() -> None:

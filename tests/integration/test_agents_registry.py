@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from podium.orchestration.v1 import agent_pb2
+from podium.server.addresses import parse_allow_list
+from podium.server.agents.endpoints import EndpointGuard
 from podium.server.agents.static import StaticAgent, parse_static_agents
 from podium.server.engine.agents import AgentService, agent_to_violations, record_to_agent
 from podium.server.engine.errors import (
@@ -31,9 +33,15 @@ def repo(db: Database) -> AgentsRepository:
     return AgentsRepository(db)
 
 
+async def _everything_is_local(host: str, port: int) -> list[str]:
+    return ["127.0.0.1"]
+
+
 @pytest.fixture
 def service(repo: AgentsRepository) -> AgentService:
-    return AgentService(repo)
+    # Made-up host names resolve to loopback, which the guard admits here.
+    guard = EndpointGuard(parse_allow_list("loopback"), resolver=_everything_is_local)
+    return AgentService(repo, guard)
 
 
 # --------------------------------------------------------------------------- repository
@@ -250,14 +258,31 @@ def test_single_violations(fields: dict[str, Any], field: str) -> None:
         "summarizer.svc.cluster.local:443",
         "[::1]:50061",
         "dns:///summarizer:443",
-        "dns://8.8.8.8/summarizer:443",
-        "ipv4:10.0.0.1:50061,10.0.0.2:50061",
-        "unix:///run/agent.sock",
-        "unix:relative.sock",
+        "ipv4:10.0.0.1:50061",
+        "ipv6:[::1]:50061",
     ],
 )
 def test_accepted_endpoints(endpoint: str) -> None:
     assert agent_to_violations(agent(endpoint=endpoint)) == []
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "dns://8.8.8.8/summarizer:443",  # its own DNS server
+        "ipv4:10.0.0.1:50061,10.0.0.2:50061",  # a list
+        "unix:///run/agent.sock",
+        "unix:relative.sock",
+        "unix-abstract:agent",
+        "vsock:3:50061",
+        "xds:///agents",
+        "2130706433:80",  # 127.0.0.1 as one decimal number
+        "0x7f000001:80",
+        "0177.0.0.1:80",
+    ],
+)
+def test_refused_endpoint_forms(endpoint: str) -> None:
+    assert [v.field for v in agent_to_violations(agent(endpoint=endpoint))] == ["agent.endpoint"]
 
 
 async def test_list_pages_with_tokens_bound_to_the_skill(service: AgentService) -> None:

@@ -121,6 +121,7 @@ async def serve_traced(database_url: str) -> AsyncIterator[ServeTraced]:
             "shutdown_grace_seconds": 0.0,
             "lease_seconds": 5.0,
             "poll_interval_seconds": 0.2,
+            "agent_allowed_networks": "loopback",
             **overrides,
         }
         server = PodiumServer(Settings.from_env({}, **values), tracer_provider=provider)

@@ -18,6 +18,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
+from tests.integration.conftest import LOOPBACK_AGENTS
 
 SERVICE = "podium.orchestration.v1.OrchestrationService"
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -171,6 +172,7 @@ async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
             listen_address="127.0.0.1:0",
             shutdown_grace_seconds=0.0,
             agents="echo=127.0.0.1:50999",
+            agent_allowed_networks=LOOPBACK_AGENTS,
         )
     )
     await first.start()
@@ -181,6 +183,7 @@ async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
                 database_url=database_url,
                 listen_address="127.0.0.1:0",
                 shutdown_grace_seconds=0.0,
+                agent_allowed_networks=LOOPBACK_AGENTS,
                 progress_webhook_url="http://127.0.0.1:9/hook",
                 webhook_secret="whsec_" + base64.b64encode(b"x" * 32).decode(),
                 allow_private_webhooks=False,

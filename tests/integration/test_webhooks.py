@@ -199,7 +199,9 @@ FAST = {
 
 
 def settings(database_url: str, **overrides: Any) -> Settings:
-    return Settings.from_env({}, database_url=database_url, **{**FAST, **overrides})
+    return Settings.from_env(
+        {}, database_url=database_url, agent_allowed_networks="loopback", **{**FAST, **overrides}
+    )
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from podium.server.addresses import address_problem
 from podium.server.events.ssrf import (
     WebhookRefused,
-    address_problem,
     check_webhook_url,
     check_webhook_url_async,
     parse_webhook_url,

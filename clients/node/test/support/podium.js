@@ -97,8 +97,13 @@ export class Podium {
    * @param {string[]} [extraArgs]
    */
   static async start(extraArgs = []) {
+    // The test agents listen on loopback, which the outbound guard refuses unless allowed.
     /** @type {Record<string, string>} */
-    const env = { PODIUM_LOG_FORMAT: 'json', PODIUM_LOG_LEVEL: 'info' };
+    const env = {
+      PODIUM_LOG_FORMAT: 'json',
+      PODIUM_LOG_LEVEL: 'info',
+      PODIUM_AGENT_ALLOWED_NETWORKS: 'loopback',
+    };
     let cleanup = () => {};
     const server = process.env.PODIUM_TEST_DATABASE_URL;
     if (server) {

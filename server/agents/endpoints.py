@@ -1,0 +1,222 @@
+"""The outbound guard of agent endpoints: which hosts Podium may open a gRPC channel to.
+
+An agent endpoint is ``HOST:PORT`` (a DNS name, an IPv4 address or a bracketed IPv6
+address) or one of the gRPC targets ``dns:///HOST:PORT``, ``ipv4:ADDR:PORT`` and
+``ipv6:[ADDR]:PORT`` (:func:`parse_endpoint`). Other targets are refused: ``unix:``
+and ``unix-abstract:`` sockets, ``vsock:``, ``xds:``, a ``dns://`` target naming its own
+DNS server, lists of addresses, and numeric hosts that are not a dotted quad
+(``2130706433``, ``0x7f000001``, ``0177.0.0.1``: resolvers read them as addresses).
+
+:class:`EndpointGuard` resolves the host and checks every address: loopback,
+link-local (the cloud metadata address), private, unique-local, unspecified, multicast
+and reserved addresses are refused (:func:`podium.server.addresses.address_problem`,
+IPv4-mapped and other embedded IPv4 addresses included), as are the names of metadata
+services, unless the operator's allow-list (``PODIUM_AGENT_ALLOWED_NETWORKS``) admits
+the address or the host name. It runs at registration (RegisterAgent), at start for
+static agents (``PODIUM_AGENTS``) and before every call: the agent channel pool
+(:mod:`.channels`) connects to the address just checked, never to the name, so a name
+re-bound to another address after the check (DNS rebinding) cannot redirect a call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from podium.server.addresses import (
+    METADATA_HOSTS,
+    Address,
+    AllowList,
+    address_problem,
+)
+
+__all__ = [
+    "EndpointGuard",
+    "EndpointRefused",
+    "HostPort",
+    "Resolver",
+    "connect_target",
+    "endpoint_form_problem",
+    "parse_endpoint",
+]
+
+Resolver = Callable[[str, int], Awaitable[Sequence[str]]]
+"""``(host, port) -> addresses`` (text, without IPv6 zone); raises OSError."""
+
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?):(\d+)")
+_REFUSED_SCHEMES = ("unix:", "unix-abstract:", "vsock:", "xds:")
+_NUMERIC_HOST = re.compile(r"(0[xX][0-9A-Fa-f]*|[0-9]+)(\.(0[xX][0-9A-Fa-f]*|[0-9]+))*\.?")
+
+
+class EndpointRefused(ValueError):
+    """Podium may not connect to this agent endpoint; the message says why.
+
+    ``transient`` is True when the host could not be resolved (it may resolve later),
+    False when the endpoint or one of its addresses is refused.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A parsed endpoint: ``host`` is a name or an IP literal (no brackets)."""
+
+    host: str
+    port: int
+
+    @property
+    def literal(self) -> Address | None:
+        """The host as an IP address, None for a name."""
+        try:
+            return ipaddress.ip_address(self.host.split("%", 1)[0])
+        except ValueError:
+            return None
+
+
+def parse_endpoint(endpoint: str) -> HostPort:
+    """The host and port of an agent endpoint, or EndpointRefused (see the module)."""
+    lowered = endpoint.lower()
+    if lowered.startswith(_REFUSED_SCHEMES):
+        scheme = lowered.split(":", 1)[0]
+        raise EndpointRefused(
+            f"{scheme}: targets are not allowed: agents are reached over TCP (HOST:PORT)"
+        )
+    rest = endpoint
+    if lowered.startswith("dns:"):
+        rest = endpoint[4:]
+        if rest.startswith("//"):
+            authority, slash, rest = rest[2:].partition("/")
+            if authority or not slash:
+                raise EndpointRefused(
+                    "dns: targets naming their own DNS server are not allowed; use "
+                    "dns:///HOST:PORT or HOST:PORT"
+                )
+    elif lowered.startswith(("ipv4:", "ipv6:")):
+        rest = endpoint[5:]
+        if "," in rest:
+            raise EndpointRefused("lists of addresses are not allowed: give one HOST:PORT")
+    match = _HOST_PORT.fullmatch(rest)
+    if match is None:
+        raise EndpointRefused(
+            "expected HOST:PORT (e.g. agents.example.com:50061), dns:///HOST:PORT, "
+            "ipv4:ADDR:PORT or ipv6:[ADDR]:PORT"
+        )
+    host, port = match.group(1), int(match.group(3))
+    if not 1 <= port <= 65535:
+        raise EndpointRefused(f"the port must be between 1 and 65535; got {port}")
+    if host.startswith("["):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise EndpointRefused(f"[{host}] is not an IPv6 address") from None
+    elif _NUMERIC_HOST.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise EndpointRefused(
+                f"{host!r} is a numeric host that is not a dotted-quad IPv4 address "
+                "(resolvers would read it as an address): write the address as a.b.c.d"
+            ) from None
+    return HostPort(host=host, port=port)
+
+
+def endpoint_form_problem(endpoint: str) -> str | None:
+    """Why the form of ``endpoint`` is refused (no DNS), or None."""
+    try:
+        parse_endpoint(endpoint)
+    except EndpointRefused as exc:
+        return str(exc)
+    return None
+
+
+def connect_target(address: str, port: int) -> str:
+    """The gRPC target of one checked address (``ipv4:1.2.3.4:80``, ``ipv6:[::1]:80``):
+    gRPC connects to it without resolving anything."""
+    if ":" in address:
+        return f"ipv6:[{address}]:{port}"
+    return f"ipv4:{address}:{port}"
+
+
+async def _getaddrinfo(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[str, None] = {}
+    for info in infos:
+        seen.setdefault(str(info[4][0]).split("%", 1)[0], None)
+    return list(seen)
+
+
+class EndpointGuard:
+    """Resolves agent endpoints and admits only allowed addresses (see the module).
+
+    Args:
+        allow: the operator's allow-list (``PODIUM_AGENT_ALLOWED_NETWORKS``).
+        resolver: ``(host, port) -> addresses``; the system resolver by default (tests
+            inject one to re-bind a name).
+    """
+
+    def __init__(self, allow: AllowList | None = None, resolver: Resolver | None = None) -> None:
+        self.allow = allow if allow is not None else AllowList()
+        self._resolve = resolver or _getaddrinfo
+
+    def refusal(self, host: str, address: Address) -> str | None:
+        """Why ``address`` (of ``host``) is refused, or None when it is admitted."""
+        problem = address_problem(address)
+        if problem is None or self.allow.admits_address(address):
+            return None
+        if self.allow.admits_host(host):
+            return None
+        where = host if host == str(address) else f"{host} resolves to {address}, which"
+        return (
+            f"{where} is a {problem} address; agents must be on public addresses unless "
+            "PODIUM_AGENT_ALLOWED_NETWORKS admits it"
+        )
+
+    def check_host(self, target: HostPort) -> None:
+        """The checks that need no DNS: metadata host names, IP literals."""
+        name = target.host.lower().rstrip(".")
+        if name in METADATA_HOSTS and not self.allow.admits_host(name):
+            raise EndpointRefused(
+                f"{target.host} is a cloud metadata service; agents may not use it unless "
+                "PODIUM_AGENT_ALLOWED_NETWORKS names it"
+            )
+        literal = target.literal
+        if literal is not None:
+            problem = self.refusal(target.host, literal)
+            if problem is not None:
+                raise EndpointRefused(problem)
+
+    async def resolve(self, endpoint: str) -> tuple[HostPort, list[str]]:
+        """The endpoint's host and port and its addresses, every one admitted: the only
+        addresses a call to this agent may connect to.
+
+        Raises:
+            EndpointRefused: the form, the host or an address is refused; or the name
+                does not resolve (``transient``).
+        """
+        target = parse_endpoint(endpoint)
+        self.check_host(target)
+        literal = target.literal
+        if literal is not None:
+            return target, [str(literal)]
+        try:
+            addresses = list(await self._resolve(target.host, target.port))
+        except OSError as exc:
+            reason = exc.strerror if isinstance(exc, socket.gaierror) and exc.strerror else exc
+            message = f"cannot resolve {target.host}: {reason}"
+            raise EndpointRefused(message, transient=True) from None
+        if not addresses:
+            raise EndpointRefused(f"cannot resolve {target.host}: no address", transient=True)
+        for text in addresses:
+            problem = self.refusal(target.host, ipaddress.ip_address(text))
+            if problem is not None:
+                raise EndpointRefused(problem)
+        return target, addresses

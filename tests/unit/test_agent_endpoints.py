@@ -1,0 +1,141 @@
+"""The outbound guard of agent endpoints and the operator allow-list, with a fake
+resolver (no DNS, no connection)."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from podium.server.addresses import AllowList, parse_allow_list
+from podium.server.agents.endpoints import (
+    EndpointGuard,
+    EndpointRefused,
+    HostPort,
+    Resolver,
+    connect_target,
+    parse_endpoint,
+)
+from podium.server.config import ConfigError, Settings
+
+
+def resolver(table: dict[str, list[str]]) -> Resolver:
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise OSError(f"no such host {host}")
+        return table[host]
+
+    return resolve
+
+
+NAMES = {
+    "public.example": ["8.8.8.8"],
+    "two.example": ["8.8.8.8", "10.0.0.7"],
+    "inside.example": ["10.1.2.3"],
+    "metadata.google.internal": ["169.254.169.254"],
+    "localhost": ["127.0.0.1", "::1"],
+}
+
+# Every endpoint of the security probe that Podium connected to without a guard.
+PROBE = [
+    "169.254.169.254:80",
+    "10.0.0.1:22",
+    "127.0.0.1:5432",
+    "[::1]:5432",
+    "0.0.0.0:22",
+    "[::ffff:169.254.169.254]:80",
+    "unix:///var/run/docker.sock",
+    "dns:///metadata.google.internal:80",
+    "2130706433:80",
+    "[fd00:ec2::254]:80",
+    "inside.example:50061",
+    "two.example:50061",  # one public address is not enough: every one is checked
+    "localhost:50061",
+]
+
+
+@pytest.mark.parametrize("endpoint", PROBE)
+async def test_non_public_endpoints_are_refused(endpoint: str) -> None:
+    guard = EndpointGuard(AllowList(), resolver=resolver(NAMES))
+    with pytest.raises(EndpointRefused) as refused:
+        await guard.resolve(endpoint)
+    assert not refused.value.transient
+
+
+async def test_public_endpoints_resolve_to_their_checked_addresses() -> None:
+    guard = EndpointGuard(AllowList(), resolver=resolver(NAMES))
+    assert await guard.resolve("public.example:443") == (
+        HostPort("public.example", 443),
+        ["8.8.8.8"],
+    )
+    assert await guard.resolve("dns:///public.example:443") == (
+        HostPort("public.example", 443),
+        ["8.8.8.8"],
+    )
+    assert (await guard.resolve("8.8.4.4:1"))[1] == ["8.8.4.4"]
+    assert (await guard.resolve("ipv6:[2001:4860:4860::8888]:1"))[1] == ["2001:4860:4860::8888"]
+
+
+async def test_an_unresolvable_name_is_transient() -> None:
+    guard = EndpointGuard(AllowList(), resolver=resolver(NAMES))
+    with pytest.raises(EndpointRefused) as refused:
+        await guard.resolve("nowhere.example:1")
+    assert refused.value.transient
+
+
+async def test_the_allow_list_admits_networks_hosts_and_domains() -> None:
+    allow = parse_allow_list("loopback, 10.0.0.0/8, metadata.google.internal, .example")
+    guard = EndpointGuard(allow, resolver=resolver(NAMES))
+    assert (await guard.resolve("127.0.0.1:5432"))[1] == ["127.0.0.1"]
+    assert (await guard.resolve("[::1]:1"))[1] == ["::1"]
+    assert (await guard.resolve("[::ffff:127.0.0.1]:1"))[1] == ["::ffff:7f00:1"]
+    assert (await guard.resolve("localhost:1"))[1] == ["127.0.0.1", "::1"]
+    assert (await guard.resolve("10.0.0.1:22"))[1] == ["10.0.0.1"]
+    assert (await guard.resolve("inside.example:1"))[1] == ["10.1.2.3"]  # by domain
+    assert (await guard.resolve("metadata.google.internal:80"))[1] == ["169.254.169.254"]
+    # Not admitted: another private network, the metadata address by number.
+    for endpoint in ("192.168.1.1:80", "169.254.169.254:80", "[fd00::1]:80"):
+        with pytest.raises(EndpointRefused):
+            await guard.resolve(endpoint)
+
+
+def test_parse_endpoint_forms() -> None:
+    assert parse_endpoint("a.example:1") == HostPort("a.example", 1)
+    assert parse_endpoint("dns:a.example:2") == HostPort("a.example", 2)
+    assert parse_endpoint("ipv4:1.2.3.4:3") == HostPort("1.2.3.4", 3)
+    assert parse_endpoint("[::1]:4").literal == ipaddress.ip_address("::1")
+    for bad in (
+        "a.example",
+        "unix:/x",
+        "dns://1.1.1.1/a:1",
+        "ipv4:1.1.1.1:1,2.2.2.2:1",
+        "017700000001:1",
+        "[zz]:1",
+        "a:0",
+    ):
+        with pytest.raises(EndpointRefused):
+            parse_endpoint(bad)
+
+
+def test_connect_targets_name_one_address() -> None:
+    assert connect_target("1.2.3.4", 80) == "ipv4:1.2.3.4:80"
+    assert connect_target("::1", 80) == "ipv6:[::1]:80"
+
+
+def test_allow_list_setting() -> None:
+    assert str(parse_allow_list("loopback")) == "127.0.0.0/8,::1/128"
+    with pytest.raises(ValueError, match="neither a network"):
+        parse_allow_list("10.0.0.0/33")
+    with pytest.raises(ConfigError, match="PODIUM_AGENT_ALLOWED_NETWORKS"):
+        Settings.from_env({"PODIUM_AGENT_ALLOWED_NETWORKS": "not a host!"})
+    # Unset: loopback for a local server on the embedded PostgreSQL, nothing otherwise.
+    assert Settings.from_env({}).agent_allow_list == parse_allow_list("loopback")
+    with_db = Settings.from_env({"PODIUM_DATABASE_URL": "postgresql://h/db"})
+    assert not with_db.agent_allow_list
+    explicit = Settings.from_env(
+        {"PODIUM_AGENT_ALLOWED_NETWORKS": "none", "PODIUM_DATABASE_URL": "postgresql://h/db"}
+    )
+    assert not explicit.agent_allow_list
+    assert Settings.from_env({}, agent_allowed_networks="10.0.0.0/8").agent_allow_list == (
+        parse_allow_list("10.0.0.0/8")
+    )
