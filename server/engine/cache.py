@@ -199,7 +199,7 @@ class StepCache:
         """Look the step up before dispatch, waiting while another attempt computes the
         same key. None: call the agent without caching (this attempt is stale, or the
         database failed: availability wins over deduplication)."""
-        key = cache_key(step.organization_id, step.step_id, policy, resolved)
+        key = cache_key(step.organization_id, policy.key_step or step.step_id, policy, resolved)
         lru_key = _lru_key(step, key)
         while True:
             entry = self.lru.get(lru_key)

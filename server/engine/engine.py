@@ -11,6 +11,7 @@ from podium.server.engine.agents import AgentService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
+from podium.server.engine.fanout import FanOut
 from podium.server.engine.runs import RunService
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.watch import WatchService
@@ -75,6 +76,7 @@ class Engine:
             approvals=approvals,
             cache=self.step_cache,
         )
+        self.scheduler.executor.fanout = FanOut(runs, settings)
 
     async def start(self) -> None:
         """Check the configuration, load the static agents and the global webhook target,

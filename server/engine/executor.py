@@ -24,6 +24,7 @@ from podium.server.agents.a2a import TaskInputRequired
 from podium.server.agents.client import DEADLINE_EXCEEDED, TaskFailed, TaskSucceeded
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import CacheHit, StepCache
+from podium.server.engine.fanout import FanOut
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
@@ -71,6 +72,9 @@ class StepExecutor:
         self._default_timeout = default_timeout_seconds
         self._start_child = start_child
         self.cache = cache
+        self.fanout: FanOut | None = None
+        """Starts the items of ``for_each`` steps (``engine/fanout.py``); set by the
+        engine."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -112,6 +116,11 @@ class StepExecutor:
 
     async def _run_step(self, step: ClaimedStep) -> StepOutcome | None:
         spec = step.spec
+        if spec.for_each is not None:
+            if self.fanout is None:
+                message = "for_each is not enabled on this replica"
+                return self._outcomes.outcome(step, error=StepError("UNSUPPORTED", message, False))
+            return await self.fanout.start(step, self._outcomes)
         try:
             resolved = resolve(
                 spec.input if spec.input is not None else {},
@@ -292,6 +301,8 @@ class StepExecutor:
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""
+        if child.spec.for_each is not None:
+            return FanOut.finished(child, self._outcomes)
         if child.child_state == "succeeded":
             return self._outcomes.outcome(child, output=child.child_output, resolved=child.input)
         cause = child.child_error or {}

@@ -86,7 +86,7 @@ def build_steps(
             bypass_cache=bypass_cache and target == "orchestration",
         )
         template = spec.input if spec.input is not None else {}
-        refs = sorted({r.step_id for r in find_references(template) if r.step_id})
+        refs = sorted({r.step_id for r in find_references([template, step.for_each]) if r.step_id})
         timeout = step.timeout_seconds or plan.execution.default_timeout_seconds or None
         steps.append(
             NewStep(

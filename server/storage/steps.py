@@ -187,14 +187,19 @@ class CachePolicy:
     """``{"definition": name, "version": n}`` or ``{"plan_sha256": hex}``."""
     target: Mapping[str, Any]
     """``{"agent": name}`` or ``{"skill": name}``."""
+    key_step: str | None = None
+    """The step id the key names instead of the row's (the items of a ``for_each`` step
+    name that step, so identical items share a key)."""
 
     def to_json(self) -> Json:
-        return {
+        out: Json = {
             "ttl_seconds": self.ttl_seconds,
             "key_paths": list(self.key_paths),
             "scope": dict(self.scope),
             "target": dict(self.target),
         }
+        _put(out, "key_step", self.key_step)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> CachePolicy | None:
@@ -207,6 +212,7 @@ class CachePolicy:
             key_paths=tuple(data.get("key_paths") or ()),
             scope=data["scope"],
             target=data["target"],
+            key_step=data.get("key_step"),
         )
 
 
@@ -315,6 +321,8 @@ _KNOWN = frozenset(
         "approved_input",
         "checkpoint_passed",
         "answer",
+        "for_each",
+        "max_parallel",
     }
 )
 
@@ -349,6 +357,10 @@ class StepSpec:
     checkpoint_passed: bool | None = None
     """The ``checkpoint: before`` was approved: dispatch without parking again."""
     answer: Answer | None = None
+    for_each: str | None = None
+    """Dynamic fan-out: the reference to the list of items (``engine/fanout.py``)."""
+    max_parallel: int | None = None
+    """Items of a ``for_each`` step running at once (the run's max_parallel caps it)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -417,6 +429,8 @@ class StepSpec:
         _put(out, "checkpoint_passed", self.checkpoint_passed)
         if self.answer is not None:
             out["answer"] = self.answer.to_json()
+        _put(out, "for_each", self.for_each)
+        _put(out, "max_parallel", self.max_parallel)
         out.update(self.extra)
         return out
 
@@ -463,5 +477,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         approved_input=get("approved_input"),
         checkpoint_passed=get("checkpoint_passed"),
         answer=Answer.from_json(answer) if isinstance(answer, dict) else None,
+        for_each=get("for_each"),
+        max_parallel=get("max_parallel"),
         extra=extra,
     )
