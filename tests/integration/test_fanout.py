@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
+from podium.client.definitions import load_definition
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import approval_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     )
 
 Approval = approval_pb2.Approval
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fan-out.yaml"
 Connect = Callable[..., Awaitable[tuple[PodiumServer, "OrchestrationServiceAsyncStub"]]]
 
 
@@ -339,3 +341,17 @@ async def test_cli_shows_the_step_with_its_child_run(
     got = await podium_cli("runs", "get", child_id.group(1), *address)
     assert "(step each)" in got.stdout
     assert re.search(r"item-1\s+SUCCEEDED", got.stdout), got.stdout
+
+
+async def test_the_example_definition_runs(podium: Connect, example_agents: ExampleAgents) -> None:
+    _, stub = await podium()
+    definition = load_definition(EXAMPLE)
+    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
+    started = await start_run(stub, "fan-out", input={"topic": "green tea"})
+    run = await wait_for_run(stub, started.run.id)
+    assert run.state == Run.STATE_SUCCEEDED, run
+    summaries = items_of(step_of(run, "summarize"))
+    assert len(summaries) == 5 and summaries[0]["summary"]
+    translations = items_of(step_of(run, "translate"))
+    assert len(translations) == 5
+    assert example_agents["summarizer"].stats.max_in_flight <= 2
