@@ -126,7 +126,8 @@ def fork_redo(
 ) -> set[str]:
     """The steps a fork re-executes: ``forced``, each succeeded step whose input resolves
     differently with ``run_input`` than it did in the source run (or no longer
-    resolves), and everything downstream of them.
+    resolves; with a new run input, every ``for_each`` step), and everything downstream
+    of them.
 
     A step kept for copying has only kept steps upstream, so its input resolves from the
     new run input and the source's outputs, as the executor would resolve it (an
@@ -139,6 +140,11 @@ def fork_redo(
         changed: set[str] = set()
         for step in steps:
             if step.state != "succeeded" or step.step_id in redo:
+                continue
+            if step.spec.get("for_each"):
+                # Its items' inputs are not comparable with one stored input: with a new
+                # run input, a fan-out step runs again (the cache answers unchanged items).
+                changed.add(step.step_id)
                 continue
             template = step.spec.get("input", {})
             try:

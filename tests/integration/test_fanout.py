@@ -34,6 +34,7 @@ from tests.integration.runs_helpers import (
     plan,
     start_run,
     step_of,
+    struct,
     wait_for_run,
     wait_until,
 )
@@ -193,6 +194,42 @@ async def test_max_parallel_bounds_the_items_running_at_once(
     assert example_agents["echo"].stats.max_in_flight == 1
 
 
+async def test_cancelling_the_run_cancels_the_items(podium: Connect) -> None:
+    _, stub = await podium()
+    started = await start_run(
+        stub,
+        inline=plan([fan(agent="sleeper", input={"seconds": "${item}"})]),
+        input={"items": [30, 30]},
+    )
+    found: list[str] = []
+
+    async def items_running() -> bool:
+        run = await get_run(stub, started.run.id)
+        found[:] = [step_of(run, "fan").child_run_id]
+        if not found[0]:
+            return False
+        child = await get_run(stub, found[0])
+        return any(s.state == StepRun.STATE_RUNNING for s in child.steps)
+
+    await wait_until(items_running, "an item running")
+    await stub.CancelRun(pb.CancelRunRequest(run_id=started.run.id, reason="enough"))
+    child = await wait_for_run(stub, found[0])
+    assert child.state == Run.STATE_CANCELLED
+    assert {s.state for s in child.steps} == {StepRun.STATE_CANCELLED}
+
+
+async def test_a_fork_with_a_new_input_fans_out_again(podium: Connect) -> None:
+    _, stub = await podium()
+    run = await run_fan(stub, ["a"])
+    assert run.state == Run.STATE_SUCCEEDED, run
+    forked = await stub.ForkRun(
+        pb.ForkRunRequest(run_id=run.id, input=struct({"items": ["b", "c"]}))
+    )
+    again = await wait_for_run(stub, forked.run.id)
+    assert again.state == Run.STATE_SUCCEEDED, again
+    assert [i["echo"]["value"] for i in items_of(step_of(again, "fan"))] == ["b", "c"]
+
+
 # ---------------------------------------------------------------- failure policies
 
 
@@ -274,6 +311,25 @@ async def test_identical_items_share_one_cached_output(
     again = await run_fan(stub, ["y", "x"], step)
     assert items_of(step_of(again, "fan")) == [{"echo": {"value": v}} for v in "yx"]
     assert example_agents["echo"].stats.calls == 2
+
+
+async def test_item_entries_belong_to_the_definition_and_are_invalidated_with_it(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    _, stub = await podium()
+    await create_definition(
+        stub, "fanned", [fan(input={"value": "${item}"})], execution={"caching": {"enabled": True}}
+    )
+    for _ in range(2):
+        run = await wait_for_run(
+            stub, (await start_run(stub, "fanned", input={"items": ["a", "b"]})).run.id
+        )
+        assert run.state == Run.STATE_SUCCEEDED, run
+    assert example_agents["echo"].stats.calls == 2  # the second run hit both
+    request = pb.InvalidateCacheRequest(definition_name="fanned")
+    assert (await stub.InvalidateCache(request)).deleted == 2
+    run = await wait_for_run(stub, (await start_run(stub, "fanned", input={"items": ["a"]})).run.id)
+    assert example_agents["echo"].stats.calls == 3  # computed again
 
 
 # ------------------------------------------------------------------------ refusals
