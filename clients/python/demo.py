@@ -110,7 +110,10 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
             for step in run.steps:
                 state = run_pb2.StepRun.State.Name(step.state).removeprefix("STATE_")
                 agent = f"agent={step.agent}"
-                print(f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}")
+                child = f"  child run {step.child_run_id}" if step.child_run_id else ""
+                print(
+                    f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}{child}"
+                )
             print("output:")
             print(json.dumps(to_dict(run.output), indent=2))
             code = 0 if run.state == run_pb2.Run.STATE_SUCCEEDED else 1
