@@ -12,6 +12,7 @@ from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.fanout import escape_references, item_step_id
 from podium.server.engine.references import resolve
 from podium.server.engine.validation import validate_plan
+from podium.server.storage.steps import StepSpec
 
 
 def test_escaped_item_inputs_resolve_to_themselves() -> None:
@@ -85,3 +86,23 @@ def test_a_for_each_step_needs_an_agent_or_a_skill() -> None:
     step = {k: v for k, v in FAN.items() if k != "agent"}
     step["orchestration"] = {"name": "child"}
     assert _violations([step]).get("steps[0].orchestration") == "FOR_EACH_TARGET"
+
+
+def test_the_spec_keeps_the_fan_out_fields_and_the_key_step() -> None:
+    data = {
+        "id": "fan",
+        "agent": "echo",
+        "for_each": "${run.input.items}",
+        "max_parallel": 2,
+        "caching": {
+            "ttl_seconds": 0.0,
+            "key_paths": [],
+            "scope": {"plan_sha256": "ab"},
+            "target": {"agent": "echo"},
+            "key_step": "fan",
+        },
+    }
+    spec = StepSpec.from_json(data)
+    assert (spec.for_each, spec.max_parallel) == ("${run.input.items}", 2)
+    assert spec.caching is not None and spec.caching.key_step == "fan"
+    assert spec.to_json() == data
