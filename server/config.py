@@ -328,6 +328,13 @@ class Settings:
         "that would start a deeper one fails with MAX_DEPTH_EXCEEDED.",
         5,
     )
+    for_each_max_items: int = _setting(
+        "ORCHESTRATION_FOR_EACH_MAX_ITEMS",
+        _parse_int(1, 1_000_000),
+        "Most items a `for_each` step fans out to; a longer list fails the step with "
+        "FOR_EACH_TOO_MANY_ITEMS (not retried).",
+        10_000,
+    )
     agents: str = _setting(
         "PODIUM_AGENTS",
         lambda name, raw: raw,

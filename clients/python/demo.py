@@ -115,8 +115,10 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
                 agent = f"agent={step.agent}"
                 skipped = step.state == run_pb2.StepRun.STATE_SKIPPED
                 reason = f"  {step.error.code}" if skipped else ""  # e.g. CONDITION_FALSE
+                child = f"  child run {step.child_run_id}" if step.child_run_id else ""
                 print(
-                    f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}{reason}"
+                    f"  {step.step_id:<18} {state:<10} {agent:<18} attempts={step.attempt}"
+                    f"{reason}{child}"
                 )
             print("output:")
             print(json.dumps(to_dict(run.output), indent=2))

@@ -155,10 +155,13 @@ class Flight:
     key: str
     step: ClaimedStep
     ttl_seconds: float
+    definition_name: str | None = None
+    definition_version: int | None = None
+    """The definition the entry belongs to (``podium cache invalidate``)."""
 
     @property
     def lru_key(self) -> _LRUKey:
-        return _lru_key(self.step, self.key)
+        return _lru_key(self.step, self.key, self.definition_name, self.definition_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +172,20 @@ class _Entry:
     expires_at: datetime | None
 
 
-def _lru_key(step: ClaimedStep, key: str) -> _LRUKey:
-    return (step.organization_id, step.definition_name or "", step.definition_version or 0, key)
+def _lru_key(step: ClaimedStep, key: str, name: str | None, version: int | None) -> _LRUKey:
+    return (step.organization_id, name or "", version or 0, key)
+
+
+def _definition(step: ClaimedStep, policy: CachePolicy) -> tuple[str | None, int | None]:
+    """The definition a step's entries belong to: the key's scope names it (the items of
+    a ``for_each`` step run in a child run without a definition of its own, but cache
+    as their step's definition), else the step's run's."""
+    scope = policy.scope
+    name = scope.get("definition")
+    version = scope.get("version")
+    if isinstance(name, str) and isinstance(version, int):
+        return name, version
+    return step.definition_name, step.definition_version
 
 
 class StepCache:
@@ -199,8 +214,9 @@ class StepCache:
         """Look the step up before dispatch, waiting while another attempt computes the
         same key. None: call the agent without caching (this attempt is stale, or the
         database failed: availability wins over deduplication)."""
-        key = cache_key(step.organization_id, step.step_id, policy, resolved)
-        lru_key = _lru_key(step, key)
+        key = cache_key(step.organization_id, policy.key_step or step.step_id, policy, resolved)
+        definition_name, definition_version = _definition(step, policy)
+        lru_key = _lru_key(step, key, definition_name, definition_version)
         while True:
             entry = self.lru.get(lru_key)
             if entry is not None and entry.expires_at is not None:
@@ -241,7 +257,13 @@ class StepCache:
                 if entry is not None:
                     self.lru.discard(lru_key)  # gone or replaced in the table
                 if found.status == "lead":
-                    return Flight(key, step, float(policy.ttl_seconds or 0))
+                    return Flight(
+                        key,
+                        step,
+                        float(policy.ttl_seconds or 0),
+                        definition_name,
+                        definition_version,
+                    )
                 if found.status == "stale":
                     return None
                 # "wait": another attempt computes it.
@@ -272,8 +294,8 @@ class StepCache:
                     step.step_id,
                     step.attempt,
                     output=value,
-                    definition_name=step.definition_name,
-                    definition_version=step.definition_version,
+                    definition_name=flight.definition_name,
+                    definition_version=flight.definition_version,
                     ttl_seconds=flight.ttl_seconds or None,
                 )
             except Exception as exc:  # the cache never fails a step that succeeded

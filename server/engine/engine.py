@@ -13,6 +13,7 @@ from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
+from podium.server.engine.fanout import FanOut
 from podium.server.engine.runs import RunService
 from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -97,6 +98,7 @@ class Engine:
             cache=self.step_cache,
             timers=external_events,
         )
+        self.scheduler.executor.fanout = FanOut(runs, settings)
 
     async def start(self) -> None:
         """Check the configuration, load the static agents and the global webhook target,

@@ -27,6 +27,7 @@ from podium.server.agents.client import DEADLINE_EXCEEDED, TaskFailed, TaskSucce
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.engine.cache import CacheHit, StepCache
 from podium.server.engine.conditions import condition_outcome
+from podium.server.engine.fanout import FanOut
 from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
@@ -78,6 +79,9 @@ class StepExecutor:
         self._start_child = start_child
         self.cache = cache
         self.timers = timers
+        self.fanout: FanOut | None = None
+        """Starts the items of ``for_each`` steps (``engine/fanout.py``); set by the
+        engine."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -127,6 +131,11 @@ class StepExecutor:
                 return decided
         if self.timers is not None and is_timer_step(step):
             return await self.timers.execute(step)  # sleep, wait_for_event: no agent
+        if spec.for_each is not None:
+            if self.fanout is None:
+                message = "for_each is not enabled on this replica"
+                return self._outcomes.outcome(step, error=StepError("UNSUPPORTED", message, False))
+            return await self.fanout.start(step, self._outcomes)
         try:
             resolved = resolve(
                 spec.input if spec.input is not None else {},
@@ -307,6 +316,8 @@ class StepExecutor:
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""
+        if child.spec.for_each is not None:
+            return FanOut.finished(child, self._outcomes)
         if child.child_state == "succeeded":
             return self._outcomes.outcome(child, output=child.child_output, resolved=child.input)
         cause = child.child_error or {}

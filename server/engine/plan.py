@@ -92,7 +92,7 @@ def build_steps(
         template = spec.input if spec.input is not None else {}
         if spec.wait_for_event is not None and spec.wait_for_event.key:
             template = [template, spec.wait_for_event.key]  # the key's references too
-        refs = {r.step_id for r in find_references(template) if r.step_id}
+        refs = {r.step_id for r in find_references([template, step.for_each]) if r.step_id}
         expressions = [e for e in (step.when, step.loop.until) if e]
         for expression in expressions:
             refs.update(step_mentions(expression))  # the claim gives their outputs too
@@ -138,7 +138,8 @@ def fork_redo(
 ) -> set[str]:
     """The steps a fork re-executes: ``forced``, each succeeded step whose input resolves
     differently with ``run_input`` than it did in the source run (or no longer
-    resolves), and everything downstream of them.
+    resolves; with a new run input, every ``for_each`` step), and everything downstream
+    of them.
 
     A step kept for copying has only kept steps upstream, so its input resolves from the
     new run input and the source's outputs, as the executor would resolve it (an
@@ -151,6 +152,11 @@ def fork_redo(
         changed: set[str] = set()
         for step in steps:
             if step.state != "succeeded" or step.step_id in redo:
+                continue
+            if step.spec.get("for_each"):
+                # Its items' inputs are not comparable with one stored input: with a new
+                # run input, a fan-out step runs again (the cache answers unchanged items).
+                changed.add(step.step_id)
                 continue
             template = step.spec.get("input", {})
             try:

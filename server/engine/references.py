@@ -4,7 +4,10 @@ A string value anywhere inside a step's input may reference
 
 - ``${run.input}`` / ``${run.input.PATH}``: the run's input, and
 - ``${steps.ID.output}`` / ``${steps.ID.output.PATH}``: the output of step ``ID``, which
-  must be upstream of the step (validation checks this).
+  must be upstream of the step (validation checks this), and
+- in the input of a ``for_each`` step only, ``${item}`` / ``${item.PATH}`` (the current
+  item) and ``${item_index}`` (its position, from 0), given to :func:`resolve` as
+  ``item``.
 
 ``PATH`` is a sequence of ``.key`` and ``[N]`` segments, e.g.
 ``${steps.search.output.results[0].url}``. A key is any run of characters other than
@@ -49,6 +52,7 @@ __all__ = [
 ]
 
 PathSegment: TypeAlias = str | int
+_Source: TypeAlias = Literal["run", "steps", "item", "item_index"]
 """One step of a path: an object key (``str``) or an array index (``int``)."""
 
 _MAX_SAFE_INTEGER = 2**53
@@ -61,14 +65,15 @@ class Reference:
     """One well-formed ``${...}`` reference found in a value.
 
     Attributes:
-        source: ``"run"`` for ``${run.input...}``, ``"steps"`` for ``${steps.ID.output...}``.
+        source: ``"run"`` for ``${run.input...}``, ``"steps"`` for ``${steps.ID.output...}``,
+            ``"item"`` / ``"item_index"`` for ``${item...}`` / ``${item_index}``.
         step_id: The referenced step for ``"steps"``; ``None`` for ``"run"``.
         path: Keys and indices below ``run.input`` / ``steps.ID.output``.
         location: Field path of the string inside the walked value (``""`` at its root).
         raw: The reference as written, braces included, e.g. ``${run.input.topic}``.
     """
 
-    source: Literal["run", "steps"]
+    source: _Source
     step_id: str | None
     path: tuple[PathSegment, ...]
     location: str
@@ -191,7 +196,7 @@ def _parse_segments(text: str) -> tuple[PathSegment, ...] | str:
 
 @dataclass(frozen=True, slots=True)
 class _ParsedReference:
-    source: Literal["run", "steps"]
+    source: _Source
     step_id: str | None
     path: tuple[PathSegment, ...]
     raw: str
@@ -207,6 +212,8 @@ _Part: TypeAlias = str | _ParsedReference | _ParseError
 
 
 def _root_text(source: str, step_id: str | None) -> str:
+    if source in ("item", "item_index"):
+        return source
     return "run.input" if source == "run" else f"steps.{step_id}.output"
 
 
@@ -234,6 +241,12 @@ def _parse_expression(raw: str) -> _ParsedReference | _ParseError:
                 raw, f"invalid reference {raw}: expected ${{steps.{step_id}.output...}}"
             )
         return _ParsedReference("steps", step_id, segments[3:], raw)
+    if root == "item":
+        return _ParsedReference("item", None, segments[1:], raw)
+    if root == "item_index":
+        if len(segments) > 1:
+            return _ParseError(raw, f"invalid reference {raw}: ${{item_index}} has no path")
+        return _ParsedReference("item_index", None, (), raw)
     return _ParseError(raw, f"invalid reference {raw}: unknown root '{root}', {_USAGE}")
 
 
@@ -415,7 +428,13 @@ def lookup(value: Any, path: Sequence[PathSegment], *, root: str = "") -> Any:
         raise LookupError(error.reason) from None
 
 
-def resolve(value: Any, *, run_input: Any, step_outputs: Mapping[str, Any]) -> Any:
+def resolve(
+    value: Any,
+    *,
+    run_input: Any,
+    step_outputs: Mapping[str, Any],
+    item: tuple[Any, int] | None = None,
+) -> Any:
     """Return ``value`` with every reference replaced.
 
     Containers are rebuilt (the input is not modified), but referenced values are
@@ -426,36 +445,45 @@ def resolve(value: Any, *, run_input: Any, step_outputs: Mapping[str, Any]) -> A
         run_input: The run's input, the root of ``${run.input...}``.
         step_outputs: Output of each finished step by id. A step present with ``None``
             (a skipped step) resolves to null whatever the path.
+        item: The item and its index, for ``${item...}`` and ``${item_index}`` (in a
+            ``for_each`` step's input); None: those references are missing.
 
     Raises:
         MissingReferenceError: A referenced path or step output does not exist.
         ReferenceSyntaxError: A malformed reference (validation rejects these first).
     """
-    return _resolve(value, "", run_input, step_outputs)
+    return _resolve(value, "", run_input, step_outputs, item)
 
 
-def _resolve(value: Any, location: str, run_input: Any, outputs: Mapping[str, Any]) -> Any:
+_Item: TypeAlias = tuple[Any, int] | None
+
+
+def _resolve(
+    value: Any, location: str, run_input: Any, outputs: Mapping[str, Any], item: _Item = None
+) -> Any:
     if isinstance(value, str):
         if "$" not in value:
             return value
-        return _resolve_string(value, location, run_input, outputs)
+        return _resolve_string(value, location, run_input, outputs, item)
     if isinstance(value, Mapping):
         return {
-            key: _resolve(item, join_location(location, str(key)), run_input, outputs)
-            for key, item in value.items()
+            key: _resolve(child, join_location(location, str(key)), run_input, outputs, item)
+            for key, child in value.items()
         }
     if isinstance(value, list | tuple):
         return [
-            _resolve(item, join_location(location, index), run_input, outputs)
-            for index, item in enumerate(value)
+            _resolve(child, join_location(location, index), run_input, outputs, item)
+            for index, child in enumerate(value)
         ]
     return value
 
 
-def _resolve_string(text: str, location: str, run_input: Any, outputs: Mapping[str, Any]) -> Any:
+def _resolve_string(
+    text: str, location: str, run_input: Any, outputs: Mapping[str, Any], item: _Item
+) -> Any:
     parts = _parse_template(text)
     if len(parts) == 1 and isinstance(parts[0], _ParsedReference):
-        return _lookup_reference(parts[0], location, run_input, outputs)
+        return _lookup_reference(parts[0], location, run_input, outputs, item)
     pieces: list[str] = []
     for part in parts:
         if isinstance(part, str):
@@ -463,18 +491,24 @@ def _resolve_string(text: str, location: str, run_input: Any, outputs: Mapping[s
         elif isinstance(part, _ParseError):
             raise ReferenceSyntaxError([MalformedReference(location, part.raw, part.message)])
         else:
-            found = _lookup_reference(part, location, run_input, outputs)
+            found = _lookup_reference(part, location, run_input, outputs, item)
             pieces.append(found if isinstance(found, str) else _compact_json(found))
     return "".join(pieces)
 
 
 def _lookup_reference(
-    ref: _ParsedReference, location: str, run_input: Any, outputs: Mapping[str, Any]
+    ref: _ParsedReference, location: str, run_input: Any, outputs: Mapping[str, Any], item: _Item
 ) -> Any:
     root_text = _root_text(ref.source, ref.step_id)
     try:
         if ref.source == "run":
             return _walk(run_input, ref.path, root_text)
+        if ref.source in ("item", "item_index"):
+            if item is None:
+                raise _PathError(f"{root_text}: only defined in the input of a for_each step")
+            if ref.source == "item_index":
+                return item[1]
+            return _walk(item[0], ref.path, root_text)
         assert ref.step_id is not None
         if ref.step_id not in outputs:
             raise _PathError(

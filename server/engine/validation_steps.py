@@ -22,6 +22,7 @@ from podium.server.engine.references import (
     parse_path,
     scan_references,
 )
+from podium.server.engine.validation_fanout import ITEM_SOURCES, check_for_each
 from podium.server.engine.validation_fields import MAX_DESCRIPTION
 from podium.server.engine.validation_graph import DependencyGraph, cycle_text
 from podium.server.engine.validation_policies import PolicyChecker
@@ -282,6 +283,12 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                 for ref in scan_references(step.wait_for_event.key).references:
                     if ref.source == "steps":
                         self.check_step_reference(base, index, step, ref, first_index, graph)
+            found, for_each = check_for_each(f"steps[{index}]", step)
+            for field, description, reason in found:
+                self.add(field, description, reason)
+            if for_each is not None:
+                base = f"steps[{index}].for_each"
+                self.check_step_reference(base, index, step, for_each, first_index, graph)
             if not step.HasField("input"):
                 continue
             base = f"steps[{index}].input"
@@ -292,6 +299,12 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
             for ref in scan.references:
                 if ref.source == "steps":
                     self.check_step_reference(base, index, step, ref, first_index, graph)
+                elif ref.source in ITEM_SOURCES and not step.for_each:
+                    self.add(
+                        _join(base, ref.location),
+                        f"{ref.raw} is only defined in the input of a for_each step",
+                        "ITEM_OUTSIDE_FOR_EACH",
+                    )
 
     def check_step_reference(
         self,

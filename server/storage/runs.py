@@ -183,7 +183,12 @@ class RunsRepository:
         return state
 
     async def create_child(
-        self, parent_step: tuple[uuid.UUID, str, int], run: NewRun, max_depth: int
+        self,
+        parent_step: tuple[uuid.UUID, str, int],
+        run: NewRun,
+        max_depth: int,
+        *,
+        cap_max_parallel: bool = False,
     ) -> tuple[str, uuid.UUID | None]:
         """Create and start the child run of a sub-orchestration step, linked both ways,
         in one transaction fenced on the parent step's attempt.
@@ -192,6 +197,8 @@ class RunsRepository:
         fields and depth are filled in here). Returns ``("created", child id)``,
         ``("fenced", None)`` when the parent step no longer runs that attempt, or
         ``("too_deep", None)`` when the child would be nested deeper than ``max_depth``.
+        ``cap_max_parallel``: the child's max_parallel is at most the parent run's (the
+        items of a ``for_each`` step).
         """
         parent_id, step_id, attempt = parent_step
         async with self._db.transaction() as conn:
@@ -206,8 +213,15 @@ class RunsRepository:
             depth = int(parent["depth"]) + 1
             if depth > max_depth:
                 return "too_deep", None
+            max_parallel = run.max_parallel
+            if cap_max_parallel:
+                max_parallel = min(max_parallel, int(parent["max_parallel"]))
             child = dataclasses.replace(
-                run, parent_run_id=parent_id, parent_step_id=step_id, depth=depth
+                run,
+                parent_run_id=parent_id,
+                parent_step_id=step_id,
+                depth=depth,
+                max_parallel=max_parallel,
             )
             row = await self._insert(conn, child, start=True, return_steps=False)
             child_id: uuid.UUID = row["run_id"]

@@ -15,7 +15,7 @@ SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $1
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
-SELECT id, state, depth FROM orchestration_runs
+SELECT id, state, depth, max_parallel FROM orchestration_runs
 WHERE id = $1 AND organization_id = $2 FOR UPDATE
 
 -- continue_run --

@@ -208,14 +208,19 @@ class CachePolicy:
     """``{"definition": name, "version": n}`` or ``{"plan_sha256": hex}``."""
     target: Mapping[str, Any]
     """``{"agent": name}`` or ``{"skill": name}``."""
+    key_step: str | None = None
+    """The step id the key names instead of the row's (the items of a ``for_each`` step
+    name that step, so identical items share a key)."""
 
     def to_json(self) -> Json:
-        return {
+        out: Json = {
             "ttl_seconds": self.ttl_seconds,
             "key_paths": list(self.key_paths),
             "scope": dict(self.scope),
             "target": dict(self.target),
         }
+        _put(out, "key_step", self.key_step)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> CachePolicy | None:
@@ -228,6 +233,7 @@ class CachePolicy:
             key_paths=tuple(data.get("key_paths") or ()),
             scope=data["scope"],
             target=data["target"],
+            key_step=data.get("key_step"),
         )
 
 
@@ -345,6 +351,8 @@ _KNOWN = frozenset(
         "loop",
         "loop_iteration",
         "loop_output",
+        "for_each",
+        "max_parallel",
     }
 )
 
@@ -412,6 +420,10 @@ class StepSpec:
     """Iterations of a loop step completed so far (set by ``podium_iterate_step``)."""
     loop_output: Any = None
     """The output of the last completed iteration (set by ``podium_iterate_step``)."""
+    for_each: str | None = None
+    """Dynamic fan-out: the reference to the list of items (``engine/fanout.py``)."""
+    max_parallel: int | None = None
+    """Items of a ``for_each`` step running at once (the run's max_parallel caps it)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -492,6 +504,8 @@ class StepSpec:
             out["loop"] = self.loop.to_json()
         _put(out, "loop_iteration", self.loop_iteration)
         _put(out, "loop_output", self.loop_output)
+        _put(out, "for_each", self.for_each)
+        _put(out, "max_parallel", self.max_parallel)
         out.update(self.extra)
         return out
 
@@ -550,5 +564,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         loop=StepLoop.from_json(loop) if isinstance(loop, dict) else None,
         loop_iteration=get("loop_iteration"),
         loop_output=get("loop_output"),
+        for_each=get("for_each"),
+        max_parallel=get("max_parallel"),
         extra=extra,
     )

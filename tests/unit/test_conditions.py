@@ -116,3 +116,20 @@ def test_a_timer_step_cannot_loop() -> None:
         )
         fields = {v.field for v in validate_definition(definition)}
         assert "steps[0].loop" in fields, (kind, fields)
+
+
+def test_a_for_each_step_cannot_loop() -> None:
+    definition = parse_definition(
+        {
+            "name": "t",
+            "steps": [
+                {
+                    "id": "each",
+                    "agent": "echo",
+                    "for_each": "${run.input.items}",
+                    "loop": {"max_iterations": 2},
+                }
+            ],
+        }
+    )
+    assert "steps[0].loop" in {v.field for v in validate_definition(definition)}

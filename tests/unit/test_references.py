@@ -242,3 +242,31 @@ def test_normalize_numbers() -> None:
     assert type(normalized["b"][3]) is float
     assert normalized["c"] is True
     assert normalize_numbers(float("nan")) != normalize_numbers(float("nan"))
+
+
+# --------------------------------------------------------------------------- items
+
+
+def test_item_references_resolve_only_with_an_item() -> None:
+    template = {"q": "${item.query}", "i": "${item_index}", "all": "${item}", "t": "#${item_index}"}
+    item = ({"query": "tea"}, 4)
+    assert resolve(template, run_input={}, step_outputs={}, item=item) == {
+        "q": "tea",
+        "i": 4,
+        "all": {"query": "tea"},
+        "t": "#4",
+    }
+    with pytest.raises(MissingReferenceError, match="only defined in the input of a for_each"):
+        resolve(template, run_input={}, step_outputs={})
+    with pytest.raises(MissingReferenceError, match=r"item\.nope: key 'nope' not found"):
+        resolve("${item.nope}", run_input={}, step_outputs={}, item=({}, 0))
+
+
+def test_item_references_are_found_and_item_index_has_no_path() -> None:
+    refs = find_references({"a": "${item.x[0]}", "b": "${ item_index }"})
+    assert [(r.source, r.expression) for r in refs] == [
+        ("item", "item.x[0]"),
+        ("item_index", "item_index"),
+    ]
+    scan = scan_references("${item_index.x}")
+    assert scan.errors and "has no path" in scan.errors[0].message

@@ -232,7 +232,8 @@ def _string(task: Task, key: str, default: str | None = None) -> str:
 
 
 def _texts(value: Any) -> list[str]:
-    """The texts of ``input.text``: a string, or a list of strings or objects."""
+    """The texts of ``input.text``: a string, or a list of strings or objects (an
+    object's text field, else the texts of its ``results``, else its JSON)."""
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list):
@@ -248,6 +249,9 @@ def _texts(value: Any) -> list[str]:
                 ),
                 None,
             )
+            if found is None and isinstance(item.get("results"), list):
+                texts.extend(_texts(item["results"]))  # a search's output
+                continue
             texts.append(found if found is not None else json.dumps(item, sort_keys=True))
         else:
             texts.append(item if isinstance(item, str) else json.dumps(item))
@@ -280,7 +284,8 @@ def summarize_agent(name: str = "summarizer", *, max_words: int = 20) -> Example
     """A deterministic "summary" of ``input.text``: its first words and its word count.
 
     ``input.text`` is a string or a list of strings or objects (their ``text``,
-    ``summary``, ``snippet``, ``content`` or ``title``); ``input.max_words`` overrides
+    ``summary``, ``snippet``, ``content`` or ``title``, else the texts of their
+    ``results`` list: a search's output); ``input.max_words`` overrides
     ``max_words``. Streams progress, the summary in two chunks and a ``summary.md``
     artifact, and records usage (``podium-demo``, words in and out, no cost). Output:
     ``{"summary": str, "word_count": int, "sources": int}``.

@@ -628,6 +628,8 @@ class Step(_message.Message):
     ROLLBACK_FIELD_NUMBER: _builtins.int
     WHEN_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
+    FOR_EACH_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Id of the step, unique in the definition: 1 to 64 characters of [A-Za-z0-9_-]."""
     agent: _builtins.str
@@ -648,6 +650,21 @@ class Step(_message.Message):
     result that is not a bool or an evaluation error fails the step with the
     non-retryable error CONDITION_ERROR (its failure policy applies). Empty: always
     runs. At most 4096 characters.
+    """
+    for_each: _builtins.str
+    """Dynamic fan-out: exactly one reference to a list, `${run.input.PATH}` or
+    `${steps.ID.output.PATH}` (ID must be in depends_on). The step then runs once per
+    item, as the steps `item-0`, `item-1`, ... of a child run (same target, failure
+    policy, timeout and caching); `${item}` / `${item.PATH}` and `${item_index}` (from
+    0) are usable in `input`. Its output is `{"items": [...]}`, the items' outputs in
+    order (null for an item skipped by `on_failure.allow_skip`); an empty list succeeds
+    with `{"items": []}`. A value that is not a list fails the step with FOR_EACH_NOT_A_LIST, more
+    items than ORCHESTRATION_FOR_EACH_MAX_ITEMS with FOR_EACH_TOO_MANY_ITEMS (neither
+    retried). Needs an `agent` or `skill` target; not combined with `checkpoint`.
+    """
+    max_parallel: _builtins.int
+    """Items of a `for_each` step running at once; 0 uses the run's max_parallel, which
+    also caps it. Only with `for_each`.
     """
     @_builtins.property
     def orchestration(self) -> Global___OrchestrationRef:
@@ -713,10 +730,12 @@ class Step(_message.Message):
         rollback: Global___RollbackPolicy | None = ...,
         when: _builtins.str = ...,
         loop: Global___StepLoop | None = ...,
+        for_each: _builtins.str = ...,
+        max_parallel: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "id", b"id", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event", "when", b"when"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "for_each", b"for_each", "id", b"id", "input", b"input", "loop", b"loop", "max_parallel", b"max_parallel", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration", "sleep", "wait_for_event"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
