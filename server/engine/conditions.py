@@ -45,8 +45,10 @@ __all__ = [
     "ConditionProblem",
     "StepMention",
     "check_condition",
+    "check_event_filter",
     "condition_outcome",
     "evaluate_condition",
+    "evaluate_event_filter",
     "position",
     "run_variables",
     "skipped_by_condition",
@@ -253,6 +255,50 @@ def check_condition(
         for message, offset, reason in misuses
     ]
     return mentions, problems
+
+
+EVENT_VARIABLES = frozenset({"event"})
+"""The variable of an event trigger's filter: ``event.id``, ``.name``, ``.key``,
+``.payload``."""
+
+
+def check_event_filter(source: str) -> list[ConditionProblem]:
+    """What is wrong with an event trigger's filter: a syntax error, or a variable other
+    than ``event`` (a trigger has no run and no steps yet)."""
+    if len(source) > MAX_CONDITION_LENGTH:
+        message = f"at most {MAX_CONDITION_LENGTH} characters are allowed (got {len(source)})"
+        return [ConditionProblem(message, 1, 1, "CONDITION_TOO_LONG")]
+    mentions, problems = check_condition(source, EVENT_VARIABLES)
+    _, _, run_fields = _analyse(source, EVENT_VARIABLES)
+    if mentions or run_fields:
+        where = mentions[0].offset if mentions else source.find("run")
+        problems.append(
+            ConditionProblem(
+                "a trigger filter reads event.id, event.name, event.key and event.payload "
+                "only (there is no run yet)",
+                *position(source, max(where, 0)),
+                "UNKNOWN_CONDITION_VARIABLE",
+            )
+        )
+    return problems
+
+
+def evaluate_event_filter(source: str, event: Mapping[str, Any]) -> bool:
+    """Evaluate an event trigger's filter over ``event``.
+
+    Raises:
+        ConditionEvaluationError: It failed or its result is not a bool.
+    """
+    try:
+        result = _compile(source).execute({"event": dict(event)})
+    except (ValueError, TypeError, RuntimeError, KeyError) as error:
+        detail = str(error) or type(error).__name__
+        raise ConditionEvaluationError(f"filter {source!r} failed: {detail}") from None
+    if not isinstance(result, bool):
+        raise ConditionEvaluationError(
+            f"filter {source!r} evaluated to {type(result).__name__} {result!r}, not a bool"
+        )
+    return result
 
 
 def step_mentions(source: str) -> list[str]:

@@ -1,11 +1,12 @@
 """Event triggers: SendEvent starts a run of each definition subscribed to the event.
 
-A definition's ``triggers`` (``EventTrigger``: an event name, optionally a key and a
-payload filter) are read from its latest unarchived version when an event arrives. Each
-matching definition gets one run with the event as input, started through the ordinary
-StartRun use case with a request id derived from the event id and the definition name,
-so a resend of the event (or a retry after a crash between storing the event and
-starting the runs) starts nothing new and returns the same runs."""
+A definition's ``triggers`` (``EventTrigger``: an event name, optionally a key, a
+payload to contain and a CEL ``filter`` over the event) are read from its latest
+unarchived version when an event arrives. Each matching definition gets one run with the
+event as input, started through the ordinary StartRun use case with a request id derived
+from the event id and the definition name, so a resend of the event (or a retry after a
+crash between storing the event and starting the runs) starts nothing new and returns
+the same runs."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from google.protobuf import struct_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import run_pb2
+from podium.server.engine.conditions import ConditionEvaluationError, evaluate_event_filter
 from podium.server.engine.errors import EngineError
 from podium.server.storage.external_events import ExternalEventsRepository
 
@@ -52,13 +54,23 @@ def trigger_request_id(event_id: str, definition_name: str) -> str:
     return f"podium-event:{digest[:48]}"
 
 
-def _matches(trigger: Mapping[str, Any], name: str, key: str, payload: Any) -> bool:
+def _matches(trigger: Mapping[str, Any], event_id: str, name: str, key: str, payload: Any) -> bool:
     if trigger.get("event_name") != name:
         return False
     if trigger.get("key") and trigger["key"] != key:
         return False
     match = trigger.get("payload_match")
-    return not match or contains(payload, match)
+    if match and not contains(payload, match):
+        return False
+    source = trigger.get("filter")
+    if not source:
+        return True
+    event = {"id": event_id, "name": name, "key": key, "payload": payload}
+    try:
+        return evaluate_event_filter(source, event)
+    except ConditionEvaluationError as exc:
+        log.warning("event trigger filter failed", extra={"event_id": event_id, "error": str(exc)})
+        return False
 
 
 class EventTriggers:
@@ -76,7 +88,7 @@ class EventTriggers:
         meanwhile) is logged and skipped."""
         run_ids: list[str] = []
         for definition in await self._repository.trigger_definitions(organization_id, name):
-            if not any(_matches(t, name, key, payload) for t in definition.triggers):
+            if not any(_matches(t, event_id, name, key, payload) for t in definition.triggers):
                 continue
             run_input = struct_pb2.Struct()
             run_input.update({"event_id": event_id, "name": name, "key": key, "payload": payload})

@@ -4,6 +4,7 @@ a definition's event triggers (``engine/triggers.py``)."""
 from __future__ import annotations
 
 from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.conditions import check_event_filter
 from podium.server.engine.external_events import EVENT_NAME_PATTERN, MAX_EVENT_KEY
 from podium.server.engine.references import scan_references
 from podium.server.engine.requests import json_violations
@@ -120,6 +121,8 @@ class TimerStepChecker(FieldChecker):
                     f"at most {MAX_EVENT_KEY} characters (got {len(trigger.key)})",
                     "TOO_LONG",
                 )
+            for problem in check_event_filter(trigger.filter) if trigger.filter else ():
+                self.add(f"{path}.filter", problem.describe(), problem.reason)
             size = trigger.payload_match.ByteSize()
             if size > MAX_PAYLOAD_MATCH_BYTES:
                 self.add(

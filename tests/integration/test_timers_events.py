@@ -421,6 +421,41 @@ async def test_event_triggers_start_one_run_per_definition_and_event_id(
     assert len(listed.runs) == 3
 
 
+async def test_an_event_trigger_filter_in_cel(stub: OrchestrationServiceAsyncStub) -> None:
+    """A trigger's CEL filter over the event: only events it holds for start a run; an
+    event on which it fails (a missing field) starts none; a filter that does not
+    compile, or reads anything but ``event``, is a field violation."""
+    echo = [{"id": "a", "agent": "echo", "input": {"n": "${run.input.payload.amount}"}}]
+    big = definition(
+        "on-big-order",
+        echo,
+        triggers=[{"event_name": "order.placed", "filter": "event.payload.amount > 100"}],
+    )
+    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=big))
+    small = await send(stub, "o1", "", {"amount": 20}, name="order.placed")
+    assert small.triggered_run_ids == []
+    missing = await send(stub, "o2", "", {"total": 500}, name="order.placed")
+    assert missing.triggered_run_ids == []  # event.payload.amount: no such key
+    large = await send(stub, "o3", "", {"amount": 250}, name="order.placed")
+    [run_id] = large.triggered_run_ids
+    run = await wait_for_run(stub, run_id)
+    assert run.state == Run.STATE_SUCCEEDED and plain(run.output) == {"a": {"echo": {"n": 250}}}
+
+    bad = definition(
+        "bad-filter",
+        echo,
+        triggers=[
+            {"event_name": "x", "filter": "event.payload.amount >"},
+            {"event_name": "x", "filter": "run.input.amount > 1"},
+            {"event_name": "x", "filter": "steps.a.output == null"},
+        ],
+    )
+    error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=bad)))
+    assert {"triggers[0].filter", "triggers[1].filter", "triggers[2].filter"} <= set(
+        violations(error)
+    )
+
+
 async def test_event_triggers_are_validated(stub: OrchestrationServiceAsyncStub) -> None:
     error = await rpc_error(
         start_run(

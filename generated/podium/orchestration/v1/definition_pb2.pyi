@@ -910,10 +910,17 @@ class EventTrigger(_message.Message):
     EVENT_NAME_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     PAYLOAD_MATCH_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     event_name: _builtins.str
     """Event name: 1 to 128 characters of [A-Za-z0-9_.:/-]. Required."""
     key: _builtins.str
     """Only events with exactly this key; empty: any key. At most 512 characters."""
+    filter: _builtins.str
+    """Filter: a CEL expression (https://cel.dev) over `event.id`, `event.name`,
+    `event.key` and `event.payload`; the trigger fires only when it is true (with
+    `key` and `payload_match`, all must hold). An evaluation error or a result that is
+    not a bool starts no run (logged). Empty: any event. At most 4096 characters.
+    """
     @_builtins.property
     def payload_match(self) -> _struct_pb2.Struct:
         """Filter: only events whose payload contains this JSON: every field given, at any
@@ -928,10 +935,11 @@ class EventTrigger(_message.Message):
         event_name: _builtins.str = ...,
         key: _builtins.str = ...,
         payload_match: _struct_pb2.Struct | None = ...,
+        filter: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload_match", b"payload_match"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "key", b"key", "payload_match", b"payload_match"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_name", b"event_name", "filter", b"filter", "key", b"key", "payload_match", b"payload_match"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
