@@ -221,6 +221,27 @@ class StepOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class CompletedBatch:
+    """What ``RunsRepository.complete`` committed: per (run, step, attempt) the run's
+    state after the outcome (None when fenced); the steps claimed eagerly in the same
+    transaction; whether this replica's claim loop should look for more work."""
+
+    states: dict[tuple[uuid.UUID, str, int], str | None]
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    wake: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EagerClaim:
+    """Claim, in a completion's transaction, up to ``limit`` runnable steps of the runs
+    it completed steps of, for ``owner`` (see ``podium_complete_steps``)."""
+
+    owner: str
+    limit: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class FinishedChild:
     """A step waiting on a child run (sub-orchestration) that has finished."""
 
@@ -408,6 +429,8 @@ def created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
 
 def claimed_step(row: asyncpg.Record) -> ClaimedStep:
     values = dict(row)
+    values.pop("states", None)  # the columns of a completion's summary row
+    values.pop("wake", None)
     values["spec"] = StepSpec.from_json(values["spec"])
     return ClaimedStep(**values)
 

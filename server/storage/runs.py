@@ -16,13 +16,15 @@ from typing import Any
 
 import asyncpg
 
-from .database import Connection, Database
+from .database import Connection, Database, json_dumps
 from .queries import QUERIES
 from .run_records import (
     AttemptRow,
     ClaimedStep,
+    CompletedBatch,
     CreatedRun,
     DeliverableRow,
+    EagerClaim,
     EventRow,
     FinishedChild,
     NewDeliverable,
@@ -43,8 +45,10 @@ from .steps import WITH_OUTPUT, Outcome
 __all__ = [
     "AttemptRow",
     "ClaimedStep",
+    "CompletedBatch",
     "CreatedRun",
     "DeliverableRow",
+    "EagerClaim",
     "EventRow",
     "FinishedChild",
     "NewDeliverable",
@@ -59,11 +63,18 @@ __all__ = [
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
-def _run_states(
-    ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]
-) -> dict[tuple[uuid.UUID, str, int], str | None]:
-    """The run state ``podium_complete_step`` returned for each outcome, by key."""
-    return {(o.run_id, o.step_id, o.attempt): r[0] for o, r in zip(ordered, rows, strict=True)}
+def _json(value: Any) -> str | None:
+    return None if value is None else json_dumps(value)
+
+
+def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -> CompletedBatch:
+    """The claimed rows, then the summary row (``run_id`` NULL) of podium_complete_steps."""
+    summary = rows[-1]
+    states = {
+        (o.run_id, o.step_id, o.attempt): state
+        for o, state in zip(ordered, summary["states"], strict=True)
+    }
+    return CompletedBatch(states, [claimed_step(r) for r in rows[:-1]], bool(summary["wake"]))
 
 
 class RunsRepository:
@@ -283,9 +294,10 @@ class RunsRepository:
         return [claimed_step(r) for r in rows]
 
     async def complete(
-        self, outcomes: Sequence[StepOutcome]
-    ) -> dict[tuple[uuid.UUID, str, int], str | None]:
-        """Record a batch of attempt outcomes in one transaction.
+        self, outcomes: Sequence[StepOutcome], claim: EagerClaim | None = None
+    ) -> CompletedBatch:
+        """Record a batch of attempt outcomes in one transaction (one statement,
+        ``podium_complete_steps``), and with ``claim``, claim the steps it made runnable.
 
         Each is fenced by (step, attempt, state running): a stale one changes nothing.
         The batch is ordered like the claimers lock runs, so concurrent batches cannot
@@ -293,36 +305,36 @@ class RunsRepository:
 
         Returns, per (run, step, attempt), the run's state after the outcome: ``running``,
         ``succeeded`` or ``failed`` when this outcome ended the run, None when it was
-        fenced.
+        fenced; the steps claimed for ``claim.owner`` (leased like any claim's); and
+        whether the caller's claim loop should look for work.
         """
         ordered = sorted(outcomes, key=lambda o: (o.run_created_at, o.run_id, o.step_id))
-        args = [
-            (
-                o.run_id,
-                o.step_id,
-                o.attempt,
-                o.outcome,
-                o.output if o.outcome in WITH_OUTPUT else None,
-                None if o.error is None else o.error.to_json(),
-                o.input,
-                o.next_attempt_at,
-                o.input_tokens,
-                o.output_tokens,
-                o.cost_usd,
-            )
-            for o in ordered
-        ]
+        args = (
+            [o.run_id for o in ordered],
+            [o.step_id for o in ordered],
+            [o.attempt for o in ordered],
+            [str(o.outcome) for o in ordered],
+            [_json(o.output) if o.outcome in WITH_OUTPUT else None for o in ordered],
+            [None if o.error is None else json_dumps(o.error.to_json()) for o in ordered],
+            [_json(o.input) for o in ordered],
+            [o.next_attempt_at for o in ordered],
+            [o.input_tokens for o in ordered],
+            [o.output_tokens for o in ordered],
+            [o.cost_usd for o in ordered],
+            claim.owner if claim else "",
+            claim.limit if claim else 0,
+            claim.lease_seconds if claim else 0.0,
+        )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,
         # in the claimers' order (rare: a batch of several runs with a failure in it).
         failing = {o.run_id for o in ordered if o.outcome == Outcome.FAILED}
         lock = bool(failing) and len({o.run_id for o in ordered}) > 1
         if not lock and not any(o.deliverables for o in ordered):
-            # fetchmany, like executemany, is atomic by itself (one implicit
-            # transaction, pipelined).
+            # One statement is atomic by itself: no BEGIN/COMMIT round trips.
             async with self._db.connection() as conn:
-                rows = await conn.fetchmany(QUERIES["complete_step"], args)
-            return _run_states(ordered, rows)
+                rows = await conn.fetch(QUERIES["complete_steps"], *args)
+            return _completed(ordered, rows)
         async with self._db.transaction() as conn:
             if lock:
                 await conn.execute(
@@ -330,7 +342,7 @@ class RunsRepository:
                     list({o.run_id for o in ordered}),
                     list(failing),
                 )
-            rows = await conn.fetchmany(QUERIES["complete_step"], args)
+            rows = await conn.fetch(QUERIES["complete_steps"], *args)
             for o in ordered:
                 if o.deliverables:
                     await conn.execute(
@@ -357,7 +369,7 @@ class RunsRepository:
                             ]
                         ),
                     )
-        return _run_states(ordered, rows)
+        return _completed(ordered, rows)
 
     async def complete_one(self, outcome: StepOutcome) -> bool:
         """Record one outcome; returns False when it was fenced (stale attempt)."""

@@ -103,6 +103,16 @@ SELECT * FROM podium_claim_steps($1, $2, $3)
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd
 SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
+-- complete_steps --
+-- A completion batch with its eager claim (podium_complete_steps, functions/50_complete.sql):
+-- parallel arrays, one element per outcome, in lock order. JSON values are sent as
+-- encoded text (a list value would otherwise be read as an array dimension).
+-- $1 run_ids, $2 step_ids, $3 attempts, $4 outcomes, $5 outputs, $6 errors, $7 inputs,
+-- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 costs, $12 owner,
+-- $13 how many steps to claim at most, $14 lease seconds
+SELECT * FROM podium_complete_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6::text[]::jsonb[],
+                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14)
+
 -- lock_batch_runs --
 -- Before a completion batch that may fail a run: lock the batch's runs and every
 -- unfinished descendant of those that may fail, all at once in (created_at, id) order.

@@ -1,7 +1,9 @@
 -- The scheduler's claim: runnable steps are leased to a replica, expired leases return
 -- to the queue. Lock order: see 30_runs.sql.
 
--- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds.
+-- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
+-- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
+-- eager claim inside a completion, which holds those runs' locks already).
 --
 -- Claimers are serialized by a transaction advisory lock, so the counts they read
 -- (running steps per run and per agent) are exact across replicas. Inside, each
@@ -10,7 +12,9 @@
 -- allow. A skill is routed to the least busy agent offering it. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it.
-CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+CREATE OR REPLACE FUNCTION podium_claim_steps_of(
+    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
+)
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
     skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
@@ -21,6 +25,7 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_runs refcursor;
     v_run record;
     v_step record;
     v_agent record;
@@ -39,7 +44,8 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(1886350957, 1);
-    FOR v_run IN
+    IF p_runs IS NULL THEN
+        OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
                r.trace_context
@@ -50,9 +56,21 @@ BEGIN
                         SELECT w.run_id FROM orchestration_steps w
                          WHERE w.state = 'waiting_retry' AND w.next_attempt_at <= now())
          ORDER BY r.created_at, r.id
-           FOR UPDATE OF r
+           FOR UPDATE OF r;
+    ELSE
+        -- An eager claim: the runs a completion just locked (see podium_complete_steps).
+        OPEN v_runs FOR
+        SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
+               r.definition_name, r.definition_version, r.created_at, r.started_at,
+               r.trace_context
+          FROM orchestration_runs r
+         WHERE r.id = ANY (p_runs) AND r.state = 'running'
+         ORDER BY r.created_at, r.id
+           FOR UPDATE OF r;
+    END IF;
     LOOP
-        EXIT WHEN v_picked >= p_limit;
+        FETCH v_runs INTO v_run;
+        EXIT WHEN NOT FOUND OR v_picked >= p_limit;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
          WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
@@ -184,7 +202,22 @@ BEGIN
             PERFORM pg_notify('podium_events', v_run.id::text);
         END IF;
     END LOOP;
+    CLOSE v_runs;
 END
+$$;
+
+-- The scheduler's claim over every run with runnable work (podium_claim_steps_of).
+CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+RETURNS TABLE (
+    run_id uuid, step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE sql AS $$
+    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL)
 $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
