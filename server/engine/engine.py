@@ -75,6 +75,7 @@ class Engine:
             approvals=approvals,
             cache=self.step_cache,
         )
+        self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:
         """Load the static agents and the global webhook target, then start the watch

@@ -108,6 +108,9 @@ class Scheduler:
         # Whether the claim loop stopped short of the runnable work (slots or batch size
         # full): a completion that frees slots must then wake it.
         self._claim_saturated = False
+        # Slots promised to claims in flight (the claim loop's, a completion's or a
+        # StartRun's eager claim), so that concurrent claims never exceed the slots.
+        self._reserved = 0
         self._outcomes = OutcomePolicy()
         self._streams = StreamBuffers(repository, config.stream_flush_seconds)
         self.executor = StepExecutor(
@@ -228,10 +231,10 @@ class Scheduler:
         backoff = 0.1
         while not self._stopping:
             self._wake.clear()
-            free = self.config.slots - len(self._inflight)
-            want = min(free, self.config.batch_size)
+            want = min(self._free(), self.config.batch_size)
             claimed: list[ClaimedStep] = []
             if want > 0:
+                self._reserved += want
                 try:
                     claimed = await self._repository.claim(
                         self.owner, want, self.config.lease_seconds
@@ -242,6 +245,8 @@ class Scheduler:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                finally:
+                    self._reserved -= want
                 for step in claimed:
                     self._spawn(step)
                 self.claimed_total += len(claimed)
@@ -250,6 +255,10 @@ class Scheduler:
                 continue  # there may be more runnable work right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._sleep_seconds())
+
+    def _free(self) -> int:
+        """Slots neither executing nor promised to a claim in flight."""
+        return self.config.slots - len(self._inflight) - self._reserved
 
     def _sleep_seconds(self) -> float:
         """Until the fallback timer, or the earliest retry this replica scheduled."""
@@ -343,9 +352,14 @@ class Scheduler:
             # Streamed events of these attempts first, so they precede step.completed;
             # under the lock, so a periodic flush in flight cannot land after the
             # completion (it would be fenced, and its events lost).
-            async with self._streams.lock:
-                await self._streams.flush({(o.run_id, o.step_id, o.attempt) for o in batch})
-                done = await self._commit(batch, self._eager_claim(batch))
+            claim = self._eager_claim(batch)
+            try:
+                async with self._streams.lock:
+                    await self._streams.flush({(o.run_id, o.step_id, o.attempt) for o in batch})
+                    done = await self._commit(batch, claim)
+            finally:
+                if claim is not None:
+                    self._reserved -= claim.limit
             # Steps this batch made runnable, claimed in its transaction: dispatched
             # now, without a NOTIFY, a wake and a claim of their own.
             for step in done.claimed:
@@ -360,15 +374,33 @@ class Scheduler:
             if done.wake or self._claim_saturated:
                 self._wake.set()
 
+    def eager_claim(self) -> EagerClaim | None:
+        """The eager claim of a StartRun served by this replica: up to its free slots,
+        reserved until :meth:`dispatch` is called with it; none while stopping or full."""
+        free = min(self._free(), self.config.batch_size)
+        if self._stopping or free <= 0:
+            return None
+        self._reserved += free
+        return EagerClaim(self.owner, free, self.config.lease_seconds)
+
+    def dispatch(self, claim: EagerClaim, claimed: list[ClaimedStep]) -> None:
+        """Execute the steps ``claim`` (from :meth:`eager_claim`) took, and give back
+        its reservation; call it once per claim, with no steps when the claim failed."""
+        self._reserved -= claim.limit
+        for step in claimed:
+            self._spawn(step)
+        self.claimed_total += len(claimed)
+
     def _eager_claim(self, batch: list[StepOutcome]) -> EagerClaim | None:
-        """The eager claim of a completion batch: as many steps as this replica has slots
-        once the batch's attempts are done; none while stopping."""
+        """The eager claim of a completion batch (reserved): as many steps as this
+        replica has slots once the batch's attempts are done; none while stopping."""
         if self._stopping:
             return None
         finishing = sum(1 for o in batch if (o.run_id, o.step_id, o.attempt) in self._inflight)
-        free = self.config.slots - len(self._inflight) + finishing
+        free = self._free() + finishing
         if free <= 0:
             return None
+        self._reserved += free
         return EagerClaim(self.owner, free, self.config.lease_seconds)
 
     def _record(self, outcome: StepOutcome, states: dict[StepKey, str | None]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -304,6 +304,8 @@ class CreatedRun:
     attempts: list[AttemptRow]
     deliverables: list[DeliverableRow]
     created: bool
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    """Its steps claimed for this replica in the same transaction (eager dispatch)."""
 
 
 def run_row(row: asyncpg.Record) -> RunRow:
@@ -427,10 +429,13 @@ def created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
     return out
 
 
+_CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedStep))
+
+
 def claimed_step(row: asyncpg.Record) -> ClaimedStep:
-    values = dict(row)
-    values.pop("states", None)  # the columns of a completion's summary row
-    values.pop("wake", None)
+    """A claimed step from a row with the claim's columns (and maybe others: a
+    completion's or a StartRun's eager claim returns them with its own)."""
+    values = {name: row[name] for name in _CLAIMED_FIELDS}
     values["spec"] = StepSpec.from_json(values["spec"])
     return ClaimedStep(**values)
 

@@ -83,26 +83,51 @@ class RunsRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, run: NewRun, *, start: bool) -> CreatedRun:
+    async def create(
+        self, run: NewRun, *, start: bool, claim: EagerClaim | None = None
+    ) -> CreatedRun:
         """Create ``run`` and all its steps in one call (and start it).
 
         One statement (``podium_create_run``: atomic by itself, one round trip) writes
         the run, its steps and its events and returns what the rows hold beyond ``run``
         (ids, states, times, conversations, a fork's copied outputs), from which the
-        stored run is rebuilt without reading it back. When ``request_id`` matches an
-        existing run of the organization, that run is read (``created`` False).
+        stored run is rebuilt without reading it back (the steps as created, before any
+        claim). When ``request_id`` matches an existing run of the organization, that
+        run is read (``created`` False). With ``claim`` and ``start``, the same
+        statement claims the run's runnable steps for ``claim.owner``
+        (``CreatedRun.claimed``).
         """
         async with self._db.connection() as conn:
-            row = await self._insert(conn, run, start=start, return_steps=True)
+            if claim is None or not start:
+                row = await self._insert(conn, run, start=start, return_steps=True)
+                claimed = []
+            else:
+                rows = await conn.fetch(
+                    QUERIES["create_run_and_claim"],
+                    *self._create_args(run, start=start, return_steps=True),
+                    claim.owner,
+                    claim.limit,
+                    claim.lease_seconds,
+                )
+                row, claimed = rows[-1], [claimed_step(r) for r in rows[:-1]]
         if not row["created"]:
             found = await self.get_with_steps(run.organization_id, row["run_id"])
             assert found is not None
             return CreatedRun(*found, created=False)
-        return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True)
+        return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True, claimed)
 
     async def _insert(
         self, conn: Connection, run: NewRun, *, start: bool, return_steps: bool
     ) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            QUERIES["create_run"], *self._create_args(run, start=start, return_steps=return_steps)
+        )
+        assert row is not None
+        return row
+
+    @staticmethod
+    def _create_args(run: NewRun, *, start: bool, return_steps: bool) -> tuple[Any, ...]:
+        """The parameters of ``create_run`` ($1-$20)."""
         steps = [
             {
                 "step_id": s.step_id,
@@ -120,8 +145,7 @@ class RunsRepository:
             }
             for s in run.steps
         ]
-        row = await conn.fetchrow(
-            QUERIES["create_run"],
+        return (
             run.organization_id,
             run.definition_name,
             run.definition_version,
@@ -143,8 +167,6 @@ class RunsRepository:
             start,
             return_steps,
         )
-        assert row is not None
-        return row
 
     async def continue_run(
         self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None

@@ -13,6 +13,14 @@
 SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                 $14, $15, $16, $17, $18, $19, $20)
 
+-- create_run_and_claim --
+-- create_run, then the run's runnable steps claimed for this replica in the same
+-- transaction (podium_create_run_and_claim, functions/40_claim.sql): the claimed rows,
+-- then create_run's row. $1-$20 as create_run, $21 owner, $22 claim limit, $23 lease
+SELECT * FROM podium_create_run_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                                          $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                                          $22, $23)
+
 -- lock_run --
 -- $1 run_id, $2 organization_id
 SELECT id, state, depth FROM orchestration_runs

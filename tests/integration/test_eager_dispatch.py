@@ -207,3 +207,31 @@ async def test_an_eager_claim_gives_way_to_a_claimer_holding_the_lock(
     assert batch.claimed == [] and batch.wake
     assert [s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)] == ["b"]
     assert await running(db, run) == {"b": "replica-2"}
+
+
+async def test_start_run_claims_its_first_steps_for_the_replica_that_served_it(
+    db: Database,
+) -> None:
+    repo = RunsRepository(db)
+    fan = [("a", []), ("b", []), ("c", []), ("d", ["a", "b", "c"])]
+
+    created = await repo.create(
+        dag(fan, max_parallel=2), start=True, claim=EagerClaim("replica-1", 10, 60)
+    )
+
+    run = created.run.id
+    assert sorted(s.step_id for s in created.claimed) == ["a", "b"]  # max_parallel 2
+    assert all(s.attempt == 1 and s.run_id == run for s in created.claimed)
+    assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
+    # The response is the run as created; the rest is claimed as usual.
+    assert {s.step_id: s.state for s in created.steps}["a"] == "queued"
+    assert [s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)] == []
+    batch = await repo.complete([done(created.claimed[0])], EagerClaim("replica-2", 10, 60))
+    assert [s.step_id for s in batch.claimed] == ["c"]
+
+    # Not started, or no claim: nothing claimed.
+    later = await repo.create(dag(fan), start=False, claim=EagerClaim("replica-1", 10, 60))
+    assert later.claimed == []
+    plain = await repo.create(dag(fan), start=True)
+    assert plain.claimed == []
+    assert len(await repo.claim("replica-2", 10, lease_seconds=60)) == 3

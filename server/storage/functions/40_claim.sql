@@ -280,3 +280,69 @@ BEGIN
     RETURN v_count;
 END
 $$;
+
+-- StartRun with its eager claim: podium_create_run, then, when it created and started
+-- the run, up to p_claim_limit of its runnable steps claimed for p_owner (the replica
+-- that served the call) in the same transaction, so they need no wake and no claim of
+-- their own. The claimers' lock is only tried: when another transaction holds it, the
+-- steps stay queued for the claimers (podium_start_run has notified them).
+-- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
+-- then podium_create_run's row (the claim's columns NULL).
+CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
+    p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
+    p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
+    p_max_parallel integer, p_bypass_cache boolean, p_webhook_url text,
+    p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
+    p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
+    p_return_steps boolean, p_owner text, p_claim_limit integer,
+    p_lease_seconds double precision
+) RETURNS TABLE (
+    run_id uuid, created boolean, state text, run_attempt integer,
+    last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
+    step_ids text[], step_states text[], step_attempts integer[],
+    conversation_ids uuid[], queued_at timestamptz[], step_started_at timestamptz[],
+    step_ended_at timestamptz[], step_inputs jsonb[], step_outputs jsonb[],
+    step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+BEGIN
+    SELECT * INTO v_run
+      FROM podium_create_run(p_org, p_definition_name, p_definition_version, p_plan,
+                             p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
+                             p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
+                             p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
+                             p_start, p_return_steps) c;
+    IF v_run.created AND p_start AND p_claim_limit > 0
+       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+        RETURN QUERY
+        SELECT c.run_id, NULL::boolean, NULL::text, NULL::integer, NULL::bigint,
+               NULL::timestamptz, NULL::timestamptz, NULL::text[], NULL::text[],
+               NULL::integer[], NULL::uuid[], NULL::timestamptz[], NULL::timestamptz[],
+               NULL::timestamptz[], NULL::jsonb[], NULL::jsonb[],
+               c.step_id, c.attempt, c.organization_id, c.agent, c.skill, c.endpoint,
+               c.agent_timeout_seconds, c.protocol, c.task_id, c.conversation_id, c.spec,
+               c.timeout_seconds, c.max_attempts, c.run_input, c.upstream, c.labels,
+               c.definition_name, c.definition_version, c.run_created_at,
+               c.run_started_at, c.trace_context
+          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
+                                     ARRAY[v_run.run_id]) c;
+    END IF;
+    RETURN QUERY
+    SELECT v_run.run_id, v_run.created, v_run.state, v_run.run_attempt,
+           v_run.last_event_sequence, v_run.created_at, v_run.started_at, v_run.step_ids,
+           v_run.step_states, v_run.step_attempts, v_run.conversation_ids, v_run.queued_at,
+           v_run.step_started_at, v_run.step_ended_at, v_run.step_inputs,
+           v_run.step_outputs,
+           NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
+           NULL::double precision, NULL::text, NULL::uuid, NULL::uuid, NULL::jsonb,
+           NULL::double precision, NULL::integer, NULL::jsonb, NULL::jsonb, NULL::jsonb,
+           NULL::text, NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::jsonb;
+END
+$$;
