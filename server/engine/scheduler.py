@@ -490,10 +490,18 @@ class Scheduler:
         cancelled or failed (a missed ``podium_cancel`` notification), or its lease
         expired and the step was re-queued. Its agent call is cancelled so no work is
         wasted; its result would be refused anyway (fencing). Attempts whose outcome is
-        already waiting for the completer are left alone.
+        already waiting for the completer are left alone (and renewed).
+
+        Only the attempts this replica holds are renewed: a step leased to it by a
+        claim whose answer it never got (the commit went through, the connection did
+        not) expires and runs again instead of staying leased forever.
         """
         watched = [key for key, task in self._inflight.items() if not task.done()]
-        renewed = set(await self._repository.renew_leases(self.owner, self.config.lease_seconds))
+        renewed = set(
+            await self._repository.renew_leases(
+                self.owner, self.config.lease_seconds, list(self._inflight)
+            )
+        )
         for key in watched:
             task = self._inflight.get(key)
             if key not in renewed and task is not None and not task.done():

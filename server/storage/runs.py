@@ -423,12 +423,25 @@ class RunsRepository:
             await conn.executemany(QUERIES["append_step_events"], batches)
 
     async def renew_leases(
-        self, owner: str, lease_seconds: float
+        self,
+        owner: str,
+        lease_seconds: float,
+        held: Sequence[tuple[uuid.UUID, str, int]] | None = None,
     ) -> list[tuple[uuid.UUID, str, int]]:
-        """Extend the leases of ``owner``'s running steps; returns the (run, step,
-        attempt) renewed."""
+        """Extend the leases of ``owner``'s running steps, or with ``held`` of those
+        (run, step, attempt) only; returns the (run, step, attempt) renewed."""
         async with self._db.connection() as conn:
-            rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)
+            if held is None:
+                rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)
+            else:
+                rows = await conn.fetch(
+                    QUERIES["renew_held_leases"],
+                    owner,
+                    lease_seconds,
+                    [k[0] for k in held],
+                    [k[1] for k in held],
+                    [k[2] for k in held],
+                )
         return [(r["run_id"], r["step_id"], r["attempt"]) for r in rows]
 
     async def release_leases(self, owner: str) -> int:

@@ -154,6 +154,22 @@ WHERE (s.run_id, s.step_id) IN (
     FOR UPDATE SKIP LOCKED)
 RETURNING s.run_id, s.step_id, s.attempt
 
+-- renew_held_leases --
+-- renew_leases for the attempts the owner is executing only: a lease whose claim the
+-- owner never saw (an ambiguous commit: the statement committed, its answer was lost)
+-- is not renewed, so it expires and the step runs again.
+-- $1 owner, $2 lease seconds, $3 run ids, $4 step ids, $5 attempts (parallel arrays)
+UPDATE orchestration_steps s
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE (s.run_id, s.step_id) IN (
+    SELECT r.run_id, r.step_id
+    FROM unnest($3::uuid[], $4::text[], $5::integer[]) AS k(run_id, step_id, attempt)
+    JOIN orchestration_steps r
+      ON r.run_id = k.run_id AND r.step_id = k.step_id AND r.attempt = k.attempt
+    WHERE r.state = 'running' AND r.lease_owner = $1
+    FOR UPDATE OF r SKIP LOCKED)
+RETURNING s.run_id, s.step_id, s.attempt
+
 -- release_leases --
 -- On shutdown: let the owner's running steps expire now, so another replica takes
 -- them at its next lease check instead of after a full lease.

@@ -235,3 +235,18 @@ async def test_start_run_claims_its_first_steps_for_the_replica_that_served_it(
     plain = await repo.create(dag(fan), start=True)
     assert plain.claimed == []
     assert len(await repo.claim("replica-2", 10, lease_seconds=60)) == 3
+
+
+async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:
+    """A step claimed for a replica that never saw the answer (an eager claim whose
+    commit went through while its connection failed) is not renewed: it expires and
+    runs again."""
+    repo = RunsRepository(db)
+    run = (await repo.create(dag([("a", []), ("b", [])]), start=True)).run.id
+    claimed = await repo.claim("replica-1", 10, lease_seconds=60)
+    held = [(s.run_id, s.step_id, s.attempt) for s in claimed if s.step_id == "a"]
+
+    assert await repo.renew_leases("replica-1", 60, held) == held
+    assert await repo.renew_leases("replica-1", 60, []) == []
+    assert sorted(k[1] for k in await repo.renew_leases("replica-1", 60)) == ["a", "b"]
+    assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
