@@ -99,6 +99,7 @@ class Engine:
             timers=external_events,
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
+        self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:
         """Check the configuration, load the static agents and the global webhook target,

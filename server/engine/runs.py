@@ -9,9 +9,10 @@ services from ``engine/requests.py``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
 
@@ -44,9 +45,12 @@ from podium.server.engine.requests import (
 )
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import validate_plan
-from podium.server.storage.runs import NewRun, RunsRepository
+from podium.server.storage.runs import CreatedRun, NewRun, RunsRepository
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
+
+if TYPE_CHECKING:
+    from podium.server.engine.scheduler import Scheduler
 
 __all__ = ["MAX_LABELS", "RunService"]
 
@@ -64,6 +68,8 @@ class RunService:
         self._settings = settings
         self.metrics = Metrics()
         self.tracing = Tracing()
+        self.scheduler: Scheduler | None = None
+        """This replica's scheduler: StartRun claims a run's first steps for it."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -175,11 +181,28 @@ class RunService:
                 if start_at is not None:
                     stored = await self._repository.create_delayed(new, start_at)
                 else:
-                    stored = await self._repository.create(new, start=request.start)
+                    stored = await self._create(new, start=request.start)
             if span.is_recording():
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
         return created_to_proto(stored, plan), not stored.created
+
+    async def _create(self, new: NewRun, *, start: bool) -> CreatedRun:
+        """Create the run; when started, its runnable steps are claimed for this
+        replica's scheduler in the same statement and handed to it (eager dispatch),
+        even if the caller is cancelled once the statement is sent."""
+        scheduler = self.scheduler
+        claim = scheduler.eager_claim() if scheduler is not None and start else None
+        if scheduler is None or claim is None:
+            return await self._repository.create(new, start=start)
+        created = asyncio.ensure_future(self._repository.create(new, start=start, claim=claim))
+
+        def dispatch(task: asyncio.Future[CreatedRun]) -> None:
+            ok = not task.cancelled() and task.exception() is None
+            scheduler.dispatch(claim, task.result().claimed if ok else [])
+
+        created.add_done_callback(dispatch)
+        return await asyncio.shield(created)
 
     async def fork(
         self,

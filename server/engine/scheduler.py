@@ -33,7 +33,13 @@ from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import Conflict, StorageError, StorageUnavailable
 from podium.server.storage.external_events import ExternalEventsRepository
-from podium.server.storage.runs import ClaimedStep, RunsRepository, StepOutcome
+from podium.server.storage.runs import (
+    ClaimedStep,
+    CompletedBatch,
+    EagerClaim,
+    RunsRepository,
+    StepOutcome,
+)
 from podium.server.storage.steps import Outcome, StepError
 from podium.server.telemetry.metrics import ORCHESTRATION_AGENT, Metrics
 from podium.server.telemetry.tracing import Tracing
@@ -89,6 +95,12 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._listener: DirectConnection | None = None
         self._stopping = False
+        # Whether the claim loop stopped short of the runnable work (slots or batch size
+        # full): a completion that frees slots must then wake it.
+        self._claim_saturated = False
+        # Slots promised to claims in flight (the claim loop's, a completion's or a
+        # StartRun's eager claim), so that concurrent claims never exceed the slots.
+        self._reserved = 0
         self._outcomes = OutcomePolicy()
         self._streams = StreamBuffers(repository, config.stream_flush_seconds)
         self.executor = StepExecutor(
@@ -212,10 +224,10 @@ class Scheduler:
         backoff = 0.1
         while not self._stopping:
             self._wake.clear()
-            free = self.config.slots - len(self._inflight)
-            want = min(free, self.config.batch_size)
+            want = min(self._free(), self.config.batch_size)
             claimed: list[ClaimedStep] = []
             if want > 0:
+                self._reserved += want
                 try:
                     claimed = await self._repository.claim(
                         self.owner, want, self.config.lease_seconds
@@ -226,13 +238,20 @@ class Scheduler:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
+                finally:
+                    self._reserved -= want
                 for step in claimed:
                     self._spawn(step)
                 self.claimed_total += len(claimed)
+            self._claim_saturated = want <= 0 or len(claimed) == want
             if claimed and len(claimed) == want and len(self._inflight) < self.config.slots:
                 continue  # there may be more runnable work right now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._sleep_seconds())
+
+    def _free(self) -> int:
+        """Slots neither executing nor promised to a claim in flight."""
+        return self.config.slots - len(self._inflight) - self._reserved
 
     def _sleep_seconds(self) -> float:
         """Until the fallback timer, or the earliest retry this replica scheduled."""
@@ -331,16 +350,56 @@ class Scheduler:
             # Streamed events of these attempts first, so they precede step.completed;
             # under the lock, so a periodic flush in flight cannot land after the
             # completion (it would be fenced, and its events lost).
-            async with self._streams.lock:
-                await self._streams.flush({(o.run_id, o.step_id, o.attempt) for o in batch})
-                states = await self._commit(batch)
+            claim = self._eager_claim(batch)
+            try:
+                async with self._streams.lock:
+                    await self._streams.flush({(o.run_id, o.step_id, o.attempt) for o in batch})
+                    done = await self._commit(batch, claim)
+            finally:
+                if claim is not None:
+                    self._reserved -= claim.limit
+            # Steps this batch made runnable, claimed in its transaction: dispatched
+            # now, without a NOTIFY, a wake and a claim of their own.
+            for step in done.claimed:
+                self._spawn(step)
+            self.claimed_total += len(done.claimed)
             for outcome in batch:
-                self._record(outcome, states)
+                self._record(outcome, done.states)
                 self._forget(outcome.run_id, outcome.step_id, outcome.attempt)
                 self._sweeping.discard((outcome.run_id, outcome.step_id, outcome.attempt))
                 self._completions.task_done()
             self.completed_total += len(batch)
-            self._wake.set()
+            if done.wake or self._claim_saturated:
+                self._wake.set()
+
+    def eager_claim(self) -> EagerClaim | None:
+        """The eager claim of a StartRun served by this replica: up to its free slots,
+        reserved until :meth:`dispatch` is called with it; none while stopping or full."""
+        free = min(self._free(), self.config.batch_size)
+        if self._stopping or free <= 0:
+            return None
+        self._reserved += free
+        return EagerClaim(self.owner, free, self.config.lease_seconds)
+
+    def dispatch(self, claim: EagerClaim, claimed: list[ClaimedStep]) -> None:
+        """Execute the steps ``claim`` (from :meth:`eager_claim`) took, and give back
+        its reservation; call it once per claim, with no steps when the claim failed."""
+        self._reserved -= claim.limit
+        for step in claimed:
+            self._spawn(step)
+        self.claimed_total += len(claimed)
+
+    def _eager_claim(self, batch: list[StepOutcome]) -> EagerClaim | None:
+        """The eager claim of a completion batch (reserved): as many steps as this
+        replica has slots once the batch's attempts are done; none while stopping."""
+        if self._stopping:
+            return None
+        finishing = sum(1 for o in batch if (o.run_id, o.step_id, o.attempt) in self._inflight)
+        free = self._free() + finishing
+        if free <= 0:
+            return None
+        self._reserved += free
+        return EagerClaim(self.owner, free, self.config.lease_seconds)
 
     def _record(self, outcome: StepOutcome, states: dict[StepKey, str | None]) -> None:
         """Metrics of a committed outcome: the attempt, the step when final, the run when
@@ -363,33 +422,38 @@ class Scheduler:
                 state, time.time() - run_started_at.timestamp() if run_started_at else None
             )
 
-    async def _commit(self, batch: list[StepOutcome]) -> dict[StepKey, str | None]:
-        """Commit ``batch``; transient failures are retried, a bad outcome is isolated.
+    async def _commit(
+        self, batch: list[StepOutcome], claim: EagerClaim | None = None
+    ) -> CompletedBatch:
+        """Commit ``batch`` (with its eager ``claim``); transient failures are retried, a
+        bad outcome is isolated.
 
         Outages and deadlock victims retry the same batch (outcomes are fenced, so a
         retry after an ambiguous commit changes nothing). Any other failure (an output
         PostgreSQL refuses, e.g. a NUL character) would fail every retry, so the batch
-        is split: each outcome is committed alone, and one that still fails is recorded
-        as a non-retryable INVALID_OUTPUT failure of its step instead.
+        is split: each outcome is committed alone (without an eager claim: the claim
+        loop is woken instead), and one that still fails is recorded as a non-retryable
+        INVALID_OUTPUT failure of its step instead.
 
-        Returns the run state after each outcome (see ``RunsRepository.complete``).
+        Returns the run state after each outcome and the steps claimed (see
+        ``RunsRepository.complete``).
         """
         delay = 0.05
         while True:
             try:
-                return await self._repository.complete(batch)
+                return await self._repository.complete(batch, claim)
             except (StorageUnavailable, Conflict) as exc:
                 log.warning("completion batch failed (%d steps), retrying: %s", len(batch), exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StorageError as exc:
                 if len(batch) == 1:
-                    return await self._reject(batch[0], exc)
+                    return CompletedBatch(await self._reject(batch[0], exc))
                 log.warning("completion batch refused, committing one by one: %s", exc)
                 states: dict[StepKey, str | None] = {}
                 for outcome in batch:
-                    states.update(await self._commit([outcome]))
-                return states
+                    states.update((await self._commit([outcome])).states)
+                return CompletedBatch(states)
 
     async def _reject(self, outcome: StepOutcome, exc: StorageError) -> dict[StepKey, str | None]:
         log.error(
@@ -412,7 +476,7 @@ class Scheduler:
             False,
         )
         try:
-            return await self._repository.complete([outcome])
+            return (await self._repository.complete([outcome])).states
         except StorageError as again:
             # Give up on this outcome; the lease expires and the step runs again.
             log.error("cannot record the failure either: %s", again)
@@ -427,10 +491,18 @@ class Scheduler:
         cancelled or failed (a missed ``podium_cancel`` notification), or its lease
         expired and the step was re-queued. Its agent call is cancelled so no work is
         wasted; its result would be refused anyway (fencing). Attempts whose outcome is
-        already waiting for the completer are left alone.
+        already waiting for the completer are left alone (and renewed).
+
+        Only the attempts this replica holds are renewed: a step leased to it by a
+        claim whose answer it never got (the commit went through, the connection did
+        not) expires and runs again instead of staying leased forever.
         """
         watched = [key for key, task in self._inflight.items() if not task.done()]
-        renewed = set(await self._repository.renew_leases(self.owner, self.config.lease_seconds))
+        renewed = set(
+            await self._repository.renew_leases(
+                self.owner, self.config.lease_seconds, list(self._inflight)
+            )
+        )
         for key in watched:
             task = self._inflight.get(key)
             if key not in renewed and task is not None and not task.done():

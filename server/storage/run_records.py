@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -221,6 +221,27 @@ class StepOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class CompletedBatch:
+    """What ``RunsRepository.complete`` committed: per (run, step, attempt) the run's
+    state after the outcome (None when fenced); the steps claimed eagerly in the same
+    transaction; whether this replica's claim loop should look for more work."""
+
+    states: dict[tuple[uuid.UUID, str, int], str | None]
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    wake: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EagerClaim:
+    """Claim, in a completion's transaction, up to ``limit`` runnable steps of the runs
+    it completed steps of, for ``owner`` (see ``podium_complete_steps``)."""
+
+    owner: str
+    limit: int
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class FinishedChild:
     """A step waiting on a child run (sub-orchestration) that has finished."""
 
@@ -283,6 +304,8 @@ class CreatedRun:
     attempts: list[AttemptRow]
     deliverables: list[DeliverableRow]
     created: bool
+    claimed: list[ClaimedStep] = field(default_factory=list)
+    """Its steps claimed for this replica in the same transaction (eager dispatch)."""
 
 
 def run_row(row: asyncpg.Record) -> RunRow:
@@ -406,8 +429,13 @@ def created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
     return out
 
 
+_CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedStep))
+
+
 def claimed_step(row: asyncpg.Record) -> ClaimedStep:
-    values = dict(row)
+    """A claimed step from a row with the claim's columns (and maybe others: a
+    completion's or a StartRun's eager claim returns them with its own)."""
+    values = {name: row[name] for name in _CLAIMED_FIELDS}
     values["spec"] = StepSpec.from_json(values["spec"])
     return ClaimedStep(**values)
 

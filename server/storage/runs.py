@@ -16,13 +16,15 @@ from typing import Any
 
 import asyncpg
 
-from .database import Connection, Database
+from .database import Connection, Database, json_dumps
 from .queries import QUERIES
 from .run_records import (
     AttemptRow,
     ClaimedStep,
+    CompletedBatch,
     CreatedRun,
     DeliverableRow,
+    EagerClaim,
     EventRow,
     FinishedChild,
     NewDeliverable,
@@ -43,8 +45,10 @@ from .steps import WITH_OUTPUT, Outcome
 __all__ = [
     "AttemptRow",
     "ClaimedStep",
+    "CompletedBatch",
     "CreatedRun",
     "DeliverableRow",
+    "EagerClaim",
     "EventRow",
     "FinishedChild",
     "NewDeliverable",
@@ -59,11 +63,18 @@ __all__ = [
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 
-def _run_states(
-    ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]
-) -> dict[tuple[uuid.UUID, str, int], str | None]:
-    """The run state ``podium_complete_step`` returned for each outcome, by key."""
-    return {(o.run_id, o.step_id, o.attempt): r[0] for o, r in zip(ordered, rows, strict=True)}
+def _json(value: Any) -> str | None:
+    return None if value is None else json_dumps(value)
+
+
+def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -> CompletedBatch:
+    """The claimed rows, then the summary row (``run_id`` NULL) of podium_complete_steps."""
+    summary = rows[-1]
+    states = {
+        (o.run_id, o.step_id, o.attempt): state
+        for o, state in zip(ordered, summary["states"], strict=True)
+    }
+    return CompletedBatch(states, [claimed_step(r) for r in rows[:-1]], bool(summary["wake"]))
 
 
 class RunsRepository:
@@ -72,22 +83,38 @@ class RunsRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, run: NewRun, *, start: bool) -> CreatedRun:
+    async def create(
+        self, run: NewRun, *, start: bool, claim: EagerClaim | None = None
+    ) -> CreatedRun:
         """Create ``run`` and all its steps in one call (and start it).
 
         One statement (``podium_create_run``: atomic by itself, one round trip) writes
         the run, its steps and its events and returns what the rows hold beyond ``run``
         (ids, states, times, conversations, a fork's copied outputs), from which the
-        stored run is rebuilt without reading it back. When ``request_id`` matches an
-        existing run of the organization, that run is read (``created`` False).
+        stored run is rebuilt without reading it back (the steps as created, before any
+        claim). When ``request_id`` matches an existing run of the organization, that
+        run is read (``created`` False). With ``claim`` and ``start``, the same
+        statement claims the run's runnable steps for ``claim.owner``
+        (``CreatedRun.claimed``).
         """
         async with self._db.connection() as conn:
-            row = await self._insert(conn, run, start=start, return_steps=True)
+            if claim is None or not start:
+                row = await self._insert(conn, run, start=start, return_steps=True)
+                claimed = []
+            else:
+                rows = await conn.fetch(
+                    QUERIES["create_run_and_claim"],
+                    *self._create_args(run, start=start, return_steps=True),
+                    claim.owner,
+                    claim.limit,
+                    claim.lease_seconds,
+                )
+                row, claimed = rows[-1], [claimed_step(r) for r in rows[:-1]]
         if not row["created"]:
             found = await self.get_with_steps(run.organization_id, row["run_id"])
             assert found is not None
             return CreatedRun(*found, created=False)
-        return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True)
+        return CreatedRun(created_run(run, row), created_steps(run, row), [], [], True, claimed)
 
     async def create_delayed(self, run: NewRun, start_at: datetime) -> CreatedRun:
         """Create ``run`` in CREATED and register its delayed start at ``start_at`` (a
@@ -114,6 +141,15 @@ class RunsRepository:
     async def _insert(
         self, conn: Connection, run: NewRun, *, start: bool, return_steps: bool
     ) -> asyncpg.Record:
+        row = await conn.fetchrow(
+            QUERIES["create_run"], *self._create_args(run, start=start, return_steps=return_steps)
+        )
+        assert row is not None
+        return row
+
+    @staticmethod
+    def _create_args(run: NewRun, *, start: bool, return_steps: bool) -> tuple[Any, ...]:
+        """The parameters of ``create_run`` ($1-$20)."""
         steps = [
             {
                 "step_id": s.step_id,
@@ -131,8 +167,7 @@ class RunsRepository:
             }
             for s in run.steps
         ]
-        row = await conn.fetchrow(
-            QUERIES["create_run"],
+        return (
             run.organization_id,
             run.definition_name,
             run.definition_version,
@@ -154,8 +189,6 @@ class RunsRepository:
             start,
             return_steps,
         )
-        assert row is not None
-        return row
 
     async def continue_run(
         self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None
@@ -319,9 +352,10 @@ class RunsRepository:
         return [claimed_step(r) for r in rows]
 
     async def complete(
-        self, outcomes: Sequence[StepOutcome]
-    ) -> dict[tuple[uuid.UUID, str, int], str | None]:
-        """Record a batch of attempt outcomes in one transaction.
+        self, outcomes: Sequence[StepOutcome], claim: EagerClaim | None = None
+    ) -> CompletedBatch:
+        """Record a batch of attempt outcomes in one transaction (one statement,
+        ``podium_complete_steps``), and with ``claim``, claim the steps it made runnable.
 
         Each is fenced by (step, attempt, state running): a stale one changes nothing.
         The batch is ordered like the claimers lock runs, so concurrent batches cannot
@@ -329,36 +363,36 @@ class RunsRepository:
 
         Returns, per (run, step, attempt), the run's state after the outcome: ``running``,
         ``succeeded`` or ``failed`` when this outcome ended the run, None when it was
-        fenced.
+        fenced; the steps claimed for ``claim.owner`` (leased like any claim's); and
+        whether the caller's claim loop should look for work.
         """
         ordered = sorted(outcomes, key=lambda o: (o.run_created_at, o.run_id, o.step_id))
-        args = [
-            (
-                o.run_id,
-                o.step_id,
-                o.attempt,
-                o.outcome,
-                o.output if o.outcome in WITH_OUTPUT else None,
-                None if o.error is None else o.error.to_json(),
-                o.input,
-                o.next_attempt_at,
-                o.input_tokens,
-                o.output_tokens,
-                o.cost_usd,
-            )
-            for o in ordered
-        ]
+        args = (
+            [o.run_id for o in ordered],
+            [o.step_id for o in ordered],
+            [o.attempt for o in ordered],
+            [str(o.outcome) for o in ordered],
+            [_json(o.output) if o.outcome in WITH_OUTPUT else None for o in ordered],
+            [None if o.error is None else json_dumps(o.error.to_json()) for o in ordered],
+            [_json(o.input) for o in ordered],
+            [o.next_attempt_at for o in ordered],
+            [o.input_tokens for o in ordered],
+            [o.output_tokens for o in ordered],
+            [o.cost_usd for o in ordered],
+            claim.owner if claim else "",
+            claim.limit if claim else 0,
+            claim.lease_seconds if claim else 0.0,
+        )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,
         # in the claimers' order (rare: a batch of several runs with a failure in it).
         failing = {o.run_id for o in ordered if o.outcome == Outcome.FAILED}
         lock = bool(failing) and len({o.run_id for o in ordered}) > 1
         if not lock and not any(o.deliverables for o in ordered):
-            # fetchmany, like executemany, is atomic by itself (one implicit
-            # transaction, pipelined).
+            # One statement is atomic by itself: no BEGIN/COMMIT round trips.
             async with self._db.connection() as conn:
-                rows = await conn.fetchmany(QUERIES["complete_step"], args)
-            return _run_states(ordered, rows)
+                rows = await conn.fetch(QUERIES["complete_steps"], *args)
+            return _completed(ordered, rows)
         async with self._db.transaction() as conn:
             if lock:
                 await conn.execute(
@@ -366,7 +400,7 @@ class RunsRepository:
                     list({o.run_id for o in ordered}),
                     list(failing),
                 )
-            rows = await conn.fetchmany(QUERIES["complete_step"], args)
+            rows = await conn.fetch(QUERIES["complete_steps"], *args)
             for o in ordered:
                 if o.deliverables:
                     await conn.execute(
@@ -393,7 +427,7 @@ class RunsRepository:
                             ]
                         ),
                     )
-        return _run_states(ordered, rows)
+        return _completed(ordered, rows)
 
     async def complete_one(self, outcome: StepOutcome) -> bool:
         """Record one outcome; returns False when it was fenced (stale attempt)."""
@@ -425,12 +459,25 @@ class RunsRepository:
             await conn.executemany(QUERIES["append_step_events"], batches)
 
     async def renew_leases(
-        self, owner: str, lease_seconds: float
+        self,
+        owner: str,
+        lease_seconds: float,
+        held: Sequence[tuple[uuid.UUID, str, int]] | None = None,
     ) -> list[tuple[uuid.UUID, str, int]]:
-        """Extend the leases of ``owner``'s running steps; returns the (run, step,
-        attempt) renewed."""
+        """Extend the leases of ``owner``'s running steps, or with ``held`` of those
+        (run, step, attempt) only; returns the (run, step, attempt) renewed."""
         async with self._db.connection() as conn:
-            rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)
+            if held is None:
+                rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)
+            else:
+                rows = await conn.fetch(
+                    QUERIES["renew_held_leases"],
+                    owner,
+                    lease_seconds,
+                    [k[0] for k in held],
+                    [k[1] for k in held],
+                    [k[2] for k in held],
+                )
         return [(r["run_id"], r["step_id"], r["attempt"]) for r in rows]
 
     async def release_leases(self, owner: str) -> int:

@@ -13,6 +13,14 @@
 SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                                 $14, $15, $16, $17, $18, $19, $20)
 
+-- create_run_and_claim --
+-- create_run, then the run's runnable steps claimed for this replica in the same
+-- transaction (podium_create_run_and_claim, functions/40_claim.sql): the claimed rows,
+-- then create_run's row. $1-$20 as create_run, $21 owner, $22 claim limit, $23 lease
+SELECT * FROM podium_create_run_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
+                                          $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                                          $22, $23)
+
 -- lock_run --
 -- $1 run_id, $2 organization_id
 SELECT id, state, depth, max_parallel FROM orchestration_runs
@@ -103,6 +111,16 @@ SELECT * FROM podium_claim_steps($1, $2, $3)
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd
 SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 
+-- complete_steps --
+-- A completion batch with its eager claim (podium_complete_steps, functions/50_complete.sql):
+-- parallel arrays, one element per outcome, in lock order. JSON values are sent as
+-- encoded text (a list value would otherwise be read as an array dimension).
+-- $1 run_ids, $2 step_ids, $3 attempts, $4 outcomes, $5 outputs, $6 errors, $7 inputs,
+-- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 costs, $12 owner,
+-- $13 how many steps to claim at most, $14 lease seconds
+SELECT * FROM podium_complete_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6::text[]::jsonb[],
+                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14)
+
 -- lock_batch_runs --
 -- Before a completion batch that may fail a run: lock the batch's runs and every
 -- unfinished descendant of those that may fail, all at once in (created_at, id) order.
@@ -134,6 +152,22 @@ WHERE (s.run_id, s.step_id) IN (
     SELECT r.run_id, r.step_id FROM orchestration_steps r
     WHERE r.state = 'running' AND r.lease_owner = $1
     FOR UPDATE SKIP LOCKED)
+RETURNING s.run_id, s.step_id, s.attempt
+
+-- renew_held_leases --
+-- renew_leases for the attempts the owner is executing only: a lease whose claim the
+-- owner never saw (an ambiguous commit: the statement committed, its answer was lost)
+-- is not renewed, so it expires and the step runs again.
+-- $1 owner, $2 lease seconds, $3 run ids, $4 step ids, $5 attempts (parallel arrays)
+UPDATE orchestration_steps s
+SET lease_expires_at = now() + make_interval(secs => $2)
+WHERE (s.run_id, s.step_id) IN (
+    SELECT r.run_id, r.step_id
+    FROM unnest($3::uuid[], $4::text[], $5::integer[]) AS k(run_id, step_id, attempt)
+    JOIN orchestration_steps r
+      ON r.run_id = k.run_id AND r.step_id = k.step_id AND r.attempt = k.attempt
+    WHERE r.state = 'running' AND r.lease_owner = $1
+    FOR UPDATE OF r SKIP LOCKED)
 RETURNING s.run_id, s.step_id, s.attempt
 
 -- release_leases --

@@ -329,7 +329,7 @@ async def test_a_batch_that_fails_a_parent_keeps_the_lock_order(
             await tx.rollback()
             raise
         finally:
-            states = await mine
+            states = (await mine).states
     assert states == {
         (parent, "bad", bad.attempt): "failed",
         (other, "q2", q2.attempt): "succeeded",

@@ -76,6 +76,12 @@ SET plan_cache_mode = force_custom_plan;
 """
 
 _COMPLETE = "SELECT podium_complete_step($1, $2, 1, $3, $4, $5, NULL, $6, 10, 20, 0.001)"
+# A completion batch of one success with its eager claim.
+_COMPLETE_AND_CLAIM = """
+SELECT * FROM podium_complete_steps(ARRAY[$1]::uuid[], ARRAY['s1'], ARRAY[1], ARRAY['succeeded'],
+    ARRAY['{}'::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::timestamptz],
+    ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[0::numeric], 'replica-a', 10, 60)
+"""
 
 
 def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -164,8 +170,11 @@ async def test_claim_and_complete_use_indexes(
         conn, _COMPLETE, older, "s1", "retry", None, '{"code": "X"}', in_a_minute
     )
     assert retried[0][0] == "running"
+    third = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 2))
+    eager, eager_plans = await _plans_of(conn, _COMPLETE_AND_CLAIM, third)
+    assert len(eager) > 1 and eager[-1]["states"] == ["running"]  # steps claimed, then states
 
-    plans = claim_plans + success_plans + retry_plans
+    plans = claim_plans + success_plans + retry_plans + eager_plans
     texts = _query_texts(plans)
     for statement in (
         "FOR UPDATE OF r",  # claim: the candidate runs
@@ -175,6 +184,7 @@ async def test_claim_and_complete_use_indexes(
         "AND attempt = p_attempt AND state = 'running'",  # complete: the fenced update
         "p_step = ANY (d.depends_on)",  # complete: promote dependents
         "UPDATE step_attempts SET ended_at",  # complete: the attempt
+        "WHERE r.id = ANY (p_runs)",  # the eager claim: the batch's runs
     ):
         assert statement in texts, f"no plan logged for the statement with {statement!r}"
     problems = _seq_scans(plans)

@@ -22,9 +22,10 @@ from podium.server.storage.steps import (
     WaitForEventSpec,
 )
 
-# The functions that take an attempt's outcome (podium_complete_step hands the parking
-# outcomes to podium_park_step).
-OUTCOME_FUNCTIONS = ("podium_complete_step", "podium_park_step")
+# The functions that take an attempt's outcome (podium_record_outcome, behind
+# podium_complete_step and podium_complete_steps, hands the parking outcomes to
+# podium_park_step).
+OUTCOME_FUNCTIONS = ("podium_record_outcome", "podium_park_step")
 
 
 async def _sources(db: Database, names: tuple[str, ...] | None = None) -> dict[str, str]:

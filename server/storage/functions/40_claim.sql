@@ -1,7 +1,9 @@
 -- The scheduler's claim: runnable steps are leased to a replica, expired leases return
 -- to the queue. Lock order: see 30_runs.sql.
 
--- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds.
+-- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
+-- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
+-- eager claim inside a completion, which holds those runs' locks already).
 --
 -- Claimers are serialized by a transaction advisory lock, so the counts they read
 -- (running steps per run and per agent) are exact across replicas. Inside, each
@@ -10,7 +12,9 @@
 -- allow. A skill is routed to the least busy agent offering it. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it.
-CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+CREATE OR REPLACE FUNCTION podium_claim_steps_of(
+    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
+)
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
     skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
@@ -21,6 +25,7 @@ RETURNS TABLE (
 )
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_runs refcursor;
     v_run record;
     v_step record;
     v_agent record;
@@ -39,7 +44,8 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(1886350957, 1);
-    FOR v_run IN
+    IF p_runs IS NULL THEN
+        OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
                r.trace_context
@@ -50,9 +56,21 @@ BEGIN
                         SELECT w.run_id FROM orchestration_steps w
                          WHERE w.state = 'waiting_retry' AND w.next_attempt_at <= now())
          ORDER BY r.created_at, r.id
-           FOR UPDATE OF r
+           FOR UPDATE OF r;
+    ELSE
+        -- An eager claim: the runs a completion just locked (see podium_complete_steps).
+        OPEN v_runs FOR
+        SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
+               r.definition_name, r.definition_version, r.created_at, r.started_at,
+               r.trace_context
+          FROM orchestration_runs r
+         WHERE r.id = ANY (p_runs) AND r.state = 'running'
+         ORDER BY r.created_at, r.id
+           FOR UPDATE OF r;
+    END IF;
     LOOP
-        EXIT WHEN v_picked >= p_limit;
+        FETCH v_runs INTO v_run;
+        EXIT WHEN NOT FOUND OR v_picked >= p_limit;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
          WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
@@ -184,7 +202,22 @@ BEGIN
             PERFORM pg_notify('podium_events', v_run.id::text);
         END IF;
     END LOOP;
+    CLOSE v_runs;
 END
+$$;
+
+-- The scheduler's claim over every run with runnable work (podium_claim_steps_of).
+CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+RETURNS TABLE (
+    run_id uuid, step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE sql AS $$
+    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL)
 $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
@@ -245,5 +278,71 @@ BEGIN
         PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN v_count;
+END
+$$;
+
+-- StartRun with its eager claim: podium_create_run, then, when it created and started
+-- the run, up to p_claim_limit of its runnable steps claimed for p_owner (the replica
+-- that served the call) in the same transaction, so they need no wake and no claim of
+-- their own. The claimers' lock is only tried: when another transaction holds it, the
+-- steps stay queued for the claimers (podium_start_run has notified them).
+-- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
+-- then podium_create_run's row (the claim's columns NULL).
+CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
+    p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
+    p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
+    p_max_parallel integer, p_bypass_cache boolean, p_webhook_url text,
+    p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
+    p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
+    p_return_steps boolean, p_owner text, p_claim_limit integer,
+    p_lease_seconds double precision
+) RETURNS TABLE (
+    run_id uuid, created boolean, state text, run_attempt integer,
+    last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
+    step_ids text[], step_states text[], step_attempts integer[],
+    conversation_ids uuid[], queued_at timestamptz[], step_started_at timestamptz[],
+    step_ended_at timestamptz[], step_inputs jsonb[], step_outputs jsonb[],
+    step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+BEGIN
+    SELECT * INTO v_run
+      FROM podium_create_run(p_org, p_definition_name, p_definition_version, p_plan,
+                             p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
+                             p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
+                             p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
+                             p_start, p_return_steps) c;
+    IF v_run.created AND p_start AND p_claim_limit > 0
+       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+        RETURN QUERY
+        SELECT c.run_id, NULL::boolean, NULL::text, NULL::integer, NULL::bigint,
+               NULL::timestamptz, NULL::timestamptz, NULL::text[], NULL::text[],
+               NULL::integer[], NULL::uuid[], NULL::timestamptz[], NULL::timestamptz[],
+               NULL::timestamptz[], NULL::jsonb[], NULL::jsonb[],
+               c.step_id, c.attempt, c.organization_id, c.agent, c.skill, c.endpoint,
+               c.agent_timeout_seconds, c.protocol, c.task_id, c.conversation_id, c.spec,
+               c.timeout_seconds, c.max_attempts, c.run_input, c.upstream, c.labels,
+               c.definition_name, c.definition_version, c.run_created_at,
+               c.run_started_at, c.trace_context
+          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
+                                     ARRAY[v_run.run_id]) c;
+    END IF;
+    RETURN QUERY
+    SELECT v_run.run_id, v_run.created, v_run.state, v_run.run_attempt,
+           v_run.last_event_sequence, v_run.created_at, v_run.started_at, v_run.step_ids,
+           v_run.step_states, v_run.step_attempts, v_run.conversation_ids, v_run.queued_at,
+           v_run.step_started_at, v_run.step_ended_at, v_run.step_inputs,
+           v_run.step_outputs,
+           NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
+           NULL::double precision, NULL::text, NULL::uuid, NULL::uuid, NULL::jsonb,
+           NULL::double precision, NULL::integer, NULL::jsonb, NULL::jsonb, NULL::jsonb,
+           NULL::text, NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::jsonb;
 END
 $$;

@@ -17,6 +17,29 @@ CREATE OR REPLACE FUNCTION podium_complete_step(
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
+    v_done record;
+BEGIN
+    v_done := podium_record_outcome(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
+                                    p_input, p_next_attempt_at, p_input_tokens,
+                                    p_output_tokens, p_cost_usd);
+    IF v_done.queued > 0 OR v_done.retry THEN
+        PERFORM pg_notify('podium_work', '');
+    END IF;
+    RETURN v_done.run_state;
+END
+$$;
+
+-- podium_complete_step without waking the claimers: run_state as podium_complete_step
+-- returns it, queued = how many steps it made runnable, retry = whether the step now
+-- waits for a retry. The caller decides whether to NOTIFY podium_work.
+CREATE OR REPLACE FUNCTION podium_record_outcome(
+    p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
+    p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
+    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
+    OUT run_state text, OUT queued integer, OUT retry boolean
+)
+LANGUAGE plpgsql AS $$
+DECLARE
     v_state text := CASE p_outcome WHEN 'retry' THEN 'waiting_retry' ELSE p_outcome END;
     v_queued text[];
     v_count integer;
@@ -25,10 +48,13 @@ DECLARE
     v_org text;
     v_run_state text;
 BEGIN
+    queued := 0;
+    retry := false;
     PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
     IF p_outcome NOT IN ('succeeded', 'failed', 'retry') THEN
-        RETURN podium_park_step(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
-                                p_input, p_input_tokens, p_output_tokens, p_cost_usd);
+        run_state := podium_park_step(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
+                                      p_input, p_input_tokens, p_output_tokens, p_cost_usd);
+        RETURN;
     END IF;
     UPDATE orchestration_steps
        SET state = v_state,
@@ -44,7 +70,7 @@ BEGIN
            cost_usd = cost_usd + p_cost_usd
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt AND state = 'running';
     IF NOT FOUND THEN
-        RETURN NULL;
+        RETURN;
     END IF;
     UPDATE step_attempts SET ended_at = now(), error = p_error
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
@@ -58,7 +84,8 @@ BEGIN
         PERFORM podium_emit_event(p_run, 'step.failed', p_step, p_attempt, v_state,
                                   jsonb_build_object('error', p_error));
         PERFORM podium_fail_run(p_run, p_step, p_error);
-        RETURN 'failed';
+        run_state := 'failed';
+        RETURN;
     END IF;
 
     IF v_state = 'succeeded' THEN
@@ -137,10 +164,85 @@ BEGIN
         END IF;
     END IF;
     PERFORM pg_notify('podium_events', p_run::text);
-    IF v_count > 0 OR v_state = 'waiting_retry' THEN
+    run_state := v_run_state;
+    queued := v_count;
+    retry := v_state = 'waiting_retry';
+END
+$$;
+
+-- A completion batch of one replica in one statement, with its eager claim: records each
+-- outcome (podium_record_outcome, in the order given: the caller sorts the batch like
+-- the claimers lock runs), then claims up to p_claim_limit runnable steps of the runs
+-- still running among them for p_owner (podium_claim_steps_of), so the steps this batch
+-- made runnable go straight to the replica that completed it, without a NOTIFY, a wake
+-- and a claim of their own. The eager claim takes the claimers' advisory lock only if
+-- it is free (pg_try_advisory_xact_lock): this transaction already holds run rows, and
+-- a claimer holding the lock may be waiting for one of them; when it is taken, the
+-- steps stay queued for the claimers, woken by NOTIFY podium_work. Limits are those of
+-- the claim, exact across replicas, since every transition to running holds that lock.
+--
+-- NOTIFY podium_work (other replicas' claimers) only when this batch leaves work the
+-- eager claim could not take: steps made runnable without an eager claim, or with one
+-- that reached p_claim_limit (more may be runnable), or a step waiting for a retry.
+-- Rows: one per claimed step (states and wake NULL), then one row with run_id NULL:
+-- states[i] = the run's state after outcome i as podium_complete_step returns it, and
+-- wake = whether this replica's claim loop should look for work (the cases above, or an
+-- agent with max_concurrency exists: a finished step may free a slot of another run's
+-- step, which no completion of that run would claim).
+CREATE OR REPLACE FUNCTION podium_complete_steps(
+    p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
+    p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
+    p_input_tokens bigint[], p_output_tokens bigint[], p_costs numeric[],
+    p_owner text, p_claim_limit integer, p_lease_seconds double precision
+)
+RETURNS TABLE (
+    states text[], wake boolean,
+    run_id uuid, step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_done record;
+    v_states text[] := '{}';
+    v_runs uuid[] := '{}';
+    v_queued integer := 0;
+    v_retry boolean := false;
+    v_eager boolean := false;
+    v_claimed integer := 0;
+    v_wake boolean;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(p_runs), 0) LOOP
+        v_done := podium_record_outcome(p_runs[i], p_steps[i], p_attempts[i], p_outcomes[i],
+                                        p_outputs[i], p_errors[i], p_inputs[i],
+                                        p_next_attempt_at[i], p_input_tokens[i],
+                                        p_output_tokens[i], p_costs[i]);
+        v_states := v_states || v_done.run_state;
+        IF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
+            v_runs := v_runs || p_runs[i];
+        END IF;
+        v_queued := v_queued + v_done.queued;
+        v_retry := v_retry OR v_done.retry;
+    END LOOP;
+    IF p_claim_limit > 0 AND cardinality(v_runs) > 0
+       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+        v_eager := true;
+        RETURN QUERY
+        SELECT NULL::text[], NULL::boolean, c.*
+          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds, v_runs) c;
+        GET DIAGNOSTICS v_claimed = ROW_COUNT;
+    END IF;
+    v_wake := v_retry OR (v_queued > 0 AND (NOT v_eager OR v_claimed >= p_claim_limit));
+    IF v_wake THEN
         PERFORM pg_notify('podium_work', '');
     END IF;
-    RETURN v_run_state;
+    states := v_states;
+    wake := v_wake OR EXISTS (SELECT 1 FROM agents a WHERE a.max_concurrency > 0);
+    run_id := NULL;
+    RETURN NEXT;
 END
 $$;
 

@@ -1,0 +1,252 @@
+"""Eager dispatch: a completion batch claims the steps it made runnable in its own
+transaction (``podium_complete_steps``), within the claim's limits, and other replicas
+still take work through the normal claim.
+
+Provoked directly against the repository on a migrated database, two "replicas" being
+two owners (and, where timing is the point, two connections).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from podium.server.storage.database import Database
+from podium.server.storage.runs import (
+    ClaimedStep,
+    EagerClaim,
+    NewRun,
+    NewStep,
+    RunsRepository,
+    StepOutcome,
+)
+from podium.server.storage.steps import Outcome, StepSpec
+
+ORG = "default"
+
+
+def dag(edges: Sequence[tuple[str, Sequence[str]]], *, max_parallel: int = 10) -> NewRun:
+    """A run of ``(step id, depends_on)`` steps on agent ``echo``, in that order."""
+    return NewRun(
+        organization_id=ORG,
+        definition_name=None,
+        definition_version=None,
+        plan={"name": "eager"},
+        input={},
+        metadata={},
+        labels={},
+        request_id=None,
+        max_parallel=max_parallel,
+        bypass_cache=False,
+        webhook_url=None,
+        steps=[
+            NewStep(
+                step_id=step_id,
+                position=i,
+                state="pending",
+                agent="echo",
+                skill=None,
+                depends_on=list(deps),
+                spec=StepSpec.from_json({"id": step_id, "agent": "echo", "on_failure": {}}),
+                max_attempts=1,
+                timeout_seconds=None,
+                input_refs=[],
+                is_sink=True,
+            )
+            for i, (step_id, deps) in enumerate(edges)
+        ],
+    )
+
+
+def done(step: ClaimedStep) -> StepOutcome:
+    return StepOutcome(
+        run_id=step.run_id,
+        step_id=step.step_id,
+        attempt=step.attempt,
+        outcome=Outcome.SUCCEEDED,
+        organization_id=step.organization_id,
+        run_created_at=step.run_created_at,
+        output={"from": step.step_id},
+    )
+
+
+async def running(db: Database, run_id: uuid.UUID) -> dict[str, str | None]:
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT step_id, lease_owner FROM orchestration_steps"
+            " WHERE run_id = $1 AND state = 'running'",
+            run_id,
+        )
+    return {r["step_id"]: r["lease_owner"] for r in rows}
+
+
+async def test_a_completion_claims_the_step_it_made_runnable(db: Database) -> None:
+    repo = RunsRepository(db)
+    run = (await repo.create(dag([("a", []), ("b", ["a"]), ("c", ["b"])]), start=True)).run.id
+    (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    batch = await repo.complete([done(a)], EagerClaim("replica-1", 10, 60))
+
+    assert batch.states == {(run, "a", 1): "running"}
+    assert [(s.step_id, s.attempt) for s in batch.claimed] == [("b", 1)]
+    assert batch.claimed[0].upstream == {}  # b references nothing
+    assert await running(db, run) == {"b": "replica-1"}
+    assert not batch.wake  # everything it made runnable is claimed: nobody to wake
+    async with db.connection() as conn:
+        types = await conn.fetch(
+            "SELECT type, step_id FROM orchestration_events WHERE run_id = $1 ORDER BY sequence",
+            run,
+        )
+    assert [(t["type"], t["step_id"]) for t in types][-3:] == [
+        ("step.completed", "a"),
+        ("step.queued", "b"),
+        ("step.started", "b"),
+    ]
+    # The eager claim is a claim like any other: fenced, leased, counted.
+    last = await repo.complete([done(batch.claimed[0])], EagerClaim("replica-1", 10, 60))
+    assert [s.step_id for s in last.claimed] == ["c"]
+    final = await repo.complete([done(last.claimed[0])], EagerClaim("replica-1", 10, 60))
+    assert final.states == {(run, "c", 1): "succeeded"} and final.claimed == []
+
+
+async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:
+    """A replica without free slots claims nothing eagerly; one with fewer slots than
+    the promoted steps takes what fits. The rest stays queued and the batch says so
+    (NOTIFY podium_work), so another replica's normal claim takes it."""
+    repo = RunsRepository(db)
+    fan = [("root", []), *[(f"m{i}", ["root"]) for i in range(4)]]
+    run = (await repo.create(dag(fan), start=True)).run.id
+    (root,) = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    batch = await repo.complete([done(root)], EagerClaim("replica-1", 1, 60))
+
+    assert len(batch.claimed) == 1 and batch.wake
+    stolen = await repo.claim("replica-2", 10, lease_seconds=60)
+    assert sorted(s.step_id for s in stolen + batch.claimed) == ["m0", "m1", "m2", "m3"]
+    owners = await running(db, run)
+    assert sorted(str(o) for o in owners.values()) == ["replica-1"] + ["replica-2"] * 3
+
+    # No slots at all: nothing is claimed in the completion.
+    other = (await repo.create(dag([("x", []), ("y", ["x"])]), start=True)).run.id
+    (x,) = await repo.claim("replica-1", 10, lease_seconds=60)
+    full = await repo.complete([done(x)], None)
+    assert full.claimed == [] and full.wake
+    assert [s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)] == ["y"]
+    assert await running(db, other) == {"y": "replica-2"}
+
+
+async def test_eager_claims_keep_max_parallel_and_max_concurrency(db: Database) -> None:
+    """Two replicas completing and claiming eagerly never exceed a run's max_parallel
+    or an agent's max_concurrency (the eager claim counts like the claim)."""
+    repo = RunsRepository(db)
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
+            " VALUES ($1, 'echo', '127.0.0.1:1', 3)",
+            ORG,
+        )
+    fan = [("root", []), *[(f"m{i}", ["root"]) for i in range(6)]]
+    first = (await repo.create(dag(fan, max_parallel=2), start=True)).run.id
+    second = (await repo.create(dag(fan, max_parallel=5), start=True)).run.id
+    roots = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert {s.run_id for s in roots} == {first, second}
+
+    by_owner = {"replica-1": [roots[0]], "replica-2": [roots[1]]}
+    for _ in range(20):
+        for owner, steps in list(by_owner.items()):
+            if not steps:
+                continue
+            batch = await repo.complete([done(steps.pop(0))], EagerClaim(owner, 10, 60))
+            steps.extend(batch.claimed)
+            now_first, now_second = await running(db, first), await running(db, second)
+            assert len(now_first) <= 2
+            assert len(now_first) + len(now_second) <= 3  # the agent's max_concurrency
+        if not any(by_owner.values()):
+            by_owner["replica-1"].extend(await repo.claim("replica-1", 10, lease_seconds=60))
+    for run_id in (first, second):
+        found = await repo.get(ORG, run_id)
+        assert found is not None and found.state == "succeeded"
+
+
+async def test_a_batch_promotes_and_claims_steps_of_several_runs(db: Database) -> None:
+    repo = RunsRepository(db)
+    runs = [
+        (await repo.create(dag([("a", []), ("b", ["a"]), ("c", ["a"])]), start=True)).run.id
+        for _ in range(3)
+    ]
+    roots = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert sorted(s.run_id for s in roots) == sorted(runs)
+
+    batch = await repo.complete([done(s) for s in reversed(roots)], EagerClaim("r", 10, 60))
+
+    assert set(batch.states.values()) == {"running"}
+    assert sorted((s.run_id, s.step_id) for s in batch.claimed) == sorted(
+        (run, step) for run in runs for step in ("b", "c")
+    )
+    assert not batch.wake
+
+
+async def test_an_eager_claim_gives_way_to_a_claimer_holding_the_lock(
+    db: Database, database_url: str
+) -> None:
+    """The completion holds its runs' rows when it would claim; a claimer holding the
+    claim lock may wait for one of them. The completion then claims nothing (no
+    deadlock) and leaves the steps queued for the claimers."""
+    repo = RunsRepository(db)
+    run = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
+    (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(1886350957, 1)")
+            batch = await repo.complete([done(a)], EagerClaim("replica-1", 10, 60))
+    finally:
+        await conn.close()
+    assert batch.claimed == [] and batch.wake
+    assert [s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)] == ["b"]
+    assert await running(db, run) == {"b": "replica-2"}
+
+
+async def test_start_run_claims_its_first_steps_for_the_replica_that_served_it(
+    db: Database,
+) -> None:
+    repo = RunsRepository(db)
+    fan = [("a", []), ("b", []), ("c", []), ("d", ["a", "b", "c"])]
+
+    created = await repo.create(
+        dag(fan, max_parallel=2), start=True, claim=EagerClaim("replica-1", 10, 60)
+    )
+
+    run = created.run.id
+    assert sorted(s.step_id for s in created.claimed) == ["a", "b"]  # max_parallel 2
+    assert all(s.attempt == 1 and s.run_id == run for s in created.claimed)
+    assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
+    # The response is the run as created; the rest is claimed as usual.
+    assert {s.step_id: s.state for s in created.steps}["a"] == "queued"
+    assert [s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)] == []
+    batch = await repo.complete([done(created.claimed[0])], EagerClaim("replica-2", 10, 60))
+    assert [s.step_id for s in batch.claimed] == ["c"]
+
+    # Not started, or no claim: nothing claimed.
+    later = await repo.create(dag(fan), start=False, claim=EagerClaim("replica-1", 10, 60))
+    assert later.claimed == []
+    plain = await repo.create(dag(fan), start=True)
+    assert plain.claimed == []
+    assert len(await repo.claim("replica-2", 10, lease_seconds=60)) == 3
+
+
+async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:
+    """A step claimed for a replica that never saw the answer (an eager claim whose
+    commit went through while its connection failed) is not renewed: it expires and
+    runs again."""
+    repo = RunsRepository(db)
+    run = (await repo.create(dag([("a", []), ("b", [])]), start=True)).run.id
+    claimed = await repo.claim("replica-1", 10, lease_seconds=60)
+    held = [(s.run_id, s.step_id, s.attempt) for s in claimed if s.step_id == "a"]
+
+    assert await repo.renew_leases("replica-1", 60, held) == held
+    assert await repo.renew_leases("replica-1", 60, []) == []
+    assert sorted(k[1] for k in await repo.renew_leases("replica-1", 60)) == ["a", "b"]
+    assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
