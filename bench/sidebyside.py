@@ -98,6 +98,7 @@ async def run_workload(system: System, meter: Meter, workload: str, sizes: Sizes
     wall = time.perf_counter() - t0
     after = await meter.after()
     out = window_figures(before, after, steps, wall)
+    out["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
     if latencies:
         p50 = percentile(latencies, 50)
         out["p50_ms"] = round(1000 * p50, 2)
