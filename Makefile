@@ -16,7 +16,7 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock clean
+.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
 
 # The pinned packages, then Podium itself without resolving anything more; `pip check`
 # fails when pyproject.toml needs a package the lock lacks (run `make lock`).
@@ -35,6 +35,30 @@ lock:
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
 		--annotation-style line $(LOCK_FLAGS) -o $(LOCK)
+
+## bench: the side-by-side benchmark (bench/sidebyside.py: Podium, DBOS, LangGraph and the
+## ceilings) in its own venv .venv-bench with the bench-only extras of requirements/bench.lock;
+## options in BENCH_ARGS, e.g. make bench BENCH_ARGS="--rounds 1 --systems podium,queue"
+BENCH_VENV := .venv-bench
+BENCH_LOCK := requirements/bench.lock
+BENCH_ARGS ?=
+$(BENCH_VENV)/.installed: pyproject.toml $(BENCH_LOCK)
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -r $(BENCH_LOCK)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(BENCH_VENV)/bin/python -m pip check
+	touch $(BENCH_VENV)/.installed
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/sidebyside.py $(BENCH_ARGS)
+
+## bench-lock: re-pin requirements/bench.lock (Podium's dependencies + the bench extra)
+bench-lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	$(BIN)/uv pip compile pyproject.toml --extra bench --universal --python-version 3.11 \
+		--annotation-style line $(LOCK_FLAGS) -o $(BENCH_LOCK)
 
 ## run: the demo: example agents + Podium on the embedded PostgreSQL + one run (Ctrl-C to stop)
 run: $(STAMP)
@@ -99,7 +123,7 @@ node-test: $(STAMP) node-deps
 	cd clients/node && npm test
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
 
 ## check-config-docs: docs/configuration.md matches server/config.py (regenerate with
 ## .venv/bin/python scripts/gen_config_docs.py)

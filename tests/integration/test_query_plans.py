@@ -1,4 +1,5 @@
-"""The claim and complete paths use their indexes on a large table.
+"""The claim and complete paths, and WatchRuns' page query, use their indexes on a
+large table.
 
 100,000 steps (10,000 runs of 10 steps, most finished) are inserted set-based and
 analysed; then podium_claim_steps and podium_complete_step run with auto_explain
@@ -189,3 +190,103 @@ async def test_claim_and_complete_use_indexes(
         assert statement in texts, f"no plan logged for the statement with {statement!r}"
     problems = _seq_scans(plans)
     assert not problems, "\n\n".join(problems)
+
+
+# --------------------------------------------------------------------------- WatchRuns
+
+EVENT_RUNS = 10_000
+EVENTS_PER_RUN = 12  # 120,000 events, all but the last minute's old
+
+# A history of events on tables whose statistics were never gathered (no ANALYZE,
+# autovacuum off for them): what a new deployment's WatchRuns reads before the first
+# autovacuum analyses them.
+_EVENTS_SETUP = f"""
+ALTER TABLE orchestration_runs SET (autovacuum_enabled = false);
+ALTER TABLE orchestration_events SET (autovacuum_enabled = false);
+SET session_replication_role = replica;
+INSERT INTO orchestration_runs
+    (id, organization_id, plan, state, max_parallel, steps_remaining, created_at,
+     started_at, ended_at)
+SELECT md5('run' || g)::uuid, 'default', '{{}}', 'succeeded', 4, 0,
+       now() - make_interval(secs => {EVENT_RUNS} - g), now(), now()
+FROM generate_series(1, {EVENT_RUNS}) g;
+INSERT INTO orchestration_events
+    (run_id, sequence, organization_id, type, step_id, run_state, created_at)
+SELECT md5('run' || g)::uuid, k, 'default', 'step.completed', 's' || k, 'running',
+       now() - make_interval(secs => {EVENT_RUNS} - g)
+FROM generate_series(1, {EVENT_RUNS}) g, generate_series(1, {EVENTS_PER_RUN}) k;
+SET session_replication_role = DEFAULT;
+"""
+
+_EVENT_TABLES = frozenset({"orchestration_events", "orchestration_runs"})
+
+
+async def test_watch_org_events_uses_indexes_without_statistics(database_url: str) -> None:
+    """WatchRuns' page query on 120,000 events whose tables were never analysed, with
+    the plan a long-lived stream keeps (prepared while the tables were still empty, then
+    read again after they filled up): index scans only, no Seq Scan of the events or
+    the runs."""
+    from podium.server.storage.queries import QUERIES
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        try:
+            await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
+        except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
+            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        # As the server runs it: one prepared statement per connection (asyncpg's cache).
+        statement = await conn.prepare(QUERIES["watch_org_events"])
+        recent = [
+            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(EVENT_RUNS - i))
+            for i in range(20)
+        ]
+        arguments: tuple[Any, ...] = (
+            "default",
+            datetime.now(UTC) - timedelta(seconds=5),
+            recent,
+            [EVENTS_PER_RUN] * len(recent),
+            None,
+            [],
+            "{}",
+            100,
+        )
+        # A stream opened on a new database reads the (empty) tables a few times: the
+        # session may then keep a generic plan made for empty tables.
+        for _ in range(8):
+            await statement.fetch(*arguments)
+        await conn.execute(_EVENTS_SETUP)
+        assert await conn.fetchval("SELECT count(*) FROM orchestration_events") == (
+            EVENT_RUNS * EVENTS_PER_RUN
+        )
+        assert not await conn.fetchval(
+            "SELECT coalesce(max(last_analyze), max(last_autoanalyze)) FROM pg_stat_user_tables "
+            "WHERE relname IN ('orchestration_events', 'orchestration_runs')"
+        )
+        messages: list[str] = []
+
+        def listener(_conn: object, message: Any) -> None:
+            messages.append(message.message)
+
+        conn.add_log_listener(listener)
+        try:
+            for _ in range(2):  # the plan it keeps
+                await statement.fetch(*arguments)
+        finally:
+            conn.remove_log_listener(listener)
+        plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
+        assert plans
+        problems = []
+        for plan in plans:
+            scans = {
+                node["Relation Name"]
+                for node in _nodes(plan["Plan"])
+                if node["Node Type"] == "Seq Scan" and node.get("Relation Name") in _EVENT_TABLES
+            }
+            if scans:
+                problems.append(
+                    f"Seq Scan on {sorted(scans)} ({plan['Plan'].get('Actual Total Time')} ms)\n"
+                    + "\n".join(_outline(plan["Plan"]))
+                )
+        assert not problems, "\n\n".join(problems)
+    finally:
+        await conn.close()
