@@ -228,6 +228,18 @@ def print_approval(approval: approval_pb2.Approval, output: str) -> None:
 def agent_line(agent: agent_pb2.Agent) -> str:
     protocol = str(agent_pb2.Agent.Protocol.Name(agent.protocol)).removeprefix("PROTOCOL_")
     limit = str(agent.max_concurrency) if agent.max_concurrency else "unlimited"
-    return f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)} max={limit}" + (
-        f" protocol={protocol.lower()}" if agent.protocol else ""
+    rate = agent.rate_limit
+    return (
+        f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)} max={limit}"
+        + (f" protocol={protocol.lower()}" if agent.protocol else "")
+        + (
+            f" rate={rate.requests_per_period}/{rate.period_seconds:g}s"
+            if rate.requests_per_period
+            else ""
+        )
+        + (
+            f" tokens={rate.tokens_per_period}/{rate.period_seconds:g}s"
+            if rate.tokens_per_period
+            else ""
+        )
     )
