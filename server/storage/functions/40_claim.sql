@@ -36,7 +36,7 @@ DECLARE
     v_started_agents text[];
     v_seq bigint;
     v_now timestamptz;
-    v_held text[] := '{}';  -- agents found at their rate limit by this claim
+    v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -75,12 +75,14 @@ BEGIN
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
-                   0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period
+                   0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
+                   0 AS requests_per_period, 0::bigint AS tokens_per_period
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
-                       c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period
+                       c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
+                       c.requests_per_period, c.tokens_per_period
                   INTO v_agent
                   FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
                                a.max_concurrency, a.rate_period_seconds,
@@ -95,10 +97,11 @@ BEGIN
                            AND v_step.skill = ANY (a.skills)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
-                        OR (NOT c.name = ANY (v_held)
-                            AND podium_rate_free(v_run.organization_id, c.name,
-                                                 c.requests_per_period, c.tokens_per_period,
-                                                 c.rate_period_seconds, clock_timestamp())))
+                        OR coalesce((v_room ->> c.name)::integer,
+                                    podium_rate_room(v_run.organization_id, c.name,
+                                                     c.requests_per_period, c.tokens_per_period,
+                                                     c.rate_period_seconds, clock_timestamp()))
+                           > 0)
                  ORDER BY c.busy, c.name
                  LIMIT 1;
                 IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
@@ -122,13 +125,15 @@ BEGIN
                 IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
                     CONTINUE;  -- the agent is full: stays queued
                 END IF;
-                IF FOUND AND v_agent.rate_period > 0
-                   AND (v_agent.name = ANY (v_held)
-                        OR NOT podium_rate_free(v_run.organization_id, v_agent.name,
-                                                v_agent.requests_per_period,
-                                                v_agent.tokens_per_period, v_agent.rate_period,
-                                                clock_timestamp())) THEN
-                    v_held := v_held || v_agent.name;
+            END IF;
+            IF v_agent.rate_period > 0 THEN
+                IF NOT v_room ? v_agent.name THEN
+                    v_room := v_room || jsonb_build_object(v_agent.name,
+                        podium_rate_room(v_run.organization_id, v_agent.name,
+                                         v_agent.requests_per_period, v_agent.tokens_per_period,
+                                         v_agent.rate_period, clock_timestamp()));
+                END IF;
+                IF (v_room ->> v_agent.name)::integer <= 0 THEN
                     CONTINUE;  -- the agent's rate window is used up: stays queued
                 END IF;
             END IF;
@@ -152,8 +157,11 @@ BEGIN
             VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
                     coalesce(v_agent.name, v_step.agent), v_now)
             RETURNING step_attempts.task_id INTO v_task;
-            IF v_agent.rate_period > 0 THEN
-                PERFORM podium_rate_record_start(v_run.organization_id, v_agent.name, v_now);
+            IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
+                INSERT INTO agent_rate_usage (organization_id, agent, at, requests)
+                VALUES (v_run.organization_id, v_agent.name, v_now, 1);
+                v_room := jsonb_set(v_room, ARRAY[v_agent.name],
+                                    to_jsonb((v_room ->> v_agent.name)::integer - 1));
             END IF;
             IF v_attempt = 1 THEN
                 -- The step's conversation, kept across its attempts (and ContinueRun).

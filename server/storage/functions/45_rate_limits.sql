@@ -22,15 +22,27 @@ LANGUAGE sql STABLE AS $$
        AND u.at > p_now - make_interval(secs => p_period)
 $$;
 
--- Record an attempt started at p_now on a limited agent (called by the claim), and
--- prune that agent's rows older than the longest period (a day).
-CREATE OR REPLACE FUNCTION podium_rate_record_start(p_org text, p_agent text, p_now timestamptz)
-RETURNS void
+-- How many attempts may start now on a limited agent: 0 when its window is used up
+-- (p_requests starts or p_tokens reported tokens in the last p_period seconds), else
+-- the requests left (2^31 - 1 without a request limit). The claim asks once per agent
+-- and counts its own starts down, so a claim reads each window once. Also prunes the
+-- agent's rows older than the longest period (a day).
+CREATE OR REPLACE FUNCTION podium_rate_room(
+    p_org text, p_agent text, p_requests integer, p_tokens bigint, p_period double precision,
+    p_now timestamptz
+) RETURNS integer
 LANGUAGE sql AS $$
     DELETE FROM agent_rate_usage
      WHERE organization_id = p_org AND agent = p_agent AND at < p_now - interval '1 day';
-    INSERT INTO agent_rate_usage (organization_id, agent, at, requests)
-    VALUES (p_org, p_agent, p_now, 1);
+    SELECT CASE
+               WHEN p_period <= 0 THEN 2147483647
+               WHEN p_tokens > 0 AND coalesce(sum(u.tokens), 0) >= p_tokens THEN 0
+               WHEN p_requests > 0 THEN greatest(p_requests - coalesce(sum(u.requests), 0), 0)
+               ELSE 2147483647
+           END::integer
+      FROM agent_rate_usage u
+     WHERE u.organization_id = p_org AND u.agent = p_agent
+       AND u.at > p_now - make_interval(secs => p_period);
 $$;
 
 -- Record the tokens an attempt reported, when its agent has a tokens limit (called by
