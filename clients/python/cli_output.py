@@ -182,6 +182,9 @@ def print_run(run: run_pb2.Run, output: str) -> None:
         state = str(run_pb2.StepRun.State.Name(step.state)).removeprefix("STATE_")
         target = f"child run {step.child_run_id}" if step.child_run_id else step.agent
         error = f"  {step.error.code}: {step.error.message}" if step.error.code else ""
+        if step.waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED:
+            until = step.waiting.until_time.ToDatetime().strftime("%H:%M:%S")
+            error = f"  rate limited by agent {step.waiting.agent} until {until} UTC"
         print(
             f"  {step.step_id:<24} {state:<18} attempt {step.attempt}/{step.max_attempts}"
             f"  {target}{error}"

@@ -14,7 +14,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import agent_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from tests.integration.client_helpers import podium_json
+from tests.integration.client_helpers import podium_json, podium_plain
 from tests.integration.conftest import StartServer
 from tests.integration.rpc import rpc_error, violations
 from tests.integration.runs_helpers import (
@@ -234,3 +234,24 @@ async def test_held_steps_start_when_the_window_frees_without_a_wake(
     assert run.state == Run.STATE_SUCCEEDED, run
     times = starts([run])
     assert_window(times, 1, 1.0)
+
+
+async def test_runs_get_shows_the_rate_limit(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """`podium runs get` prints why a held step waits: the agent and when its window
+    frees."""
+    address, stub = await podium(agents_setting(example_agents, echo="rate=1/60s"))
+    inline = plan([{"id": f"e{i}", "agent": "echo", "input": {}} for i in range(2)])
+    run_id = (await start_run(stub, inline=inline)).run.id
+
+    async def held() -> bool:
+        step = step_of(await get_run(stub, run_id), "e1")
+        return step.waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED
+
+    await wait_until(held, "e1 held by the rate limit")
+    result = await podium_plain("runs", "get", run_id, "--address", address)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "e1" in line)
+    assert "QUEUED" in line and "rate limited by agent echo until" in line, line
+    await stub.CancelRun(pb.CancelRunRequest(run_id=run_id))
