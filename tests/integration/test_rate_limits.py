@@ -252,6 +252,6 @@ async def test_runs_get_shows_the_rate_limit(
     await wait_until(held, "e1 held by the rate limit")
     result = await podium_plain("runs", "get", run_id, "--address", address)
     assert result.returncode == 0, result.stderr
-    line = next(line for line in result.stdout.splitlines() if "e1" in line)
+    line = next(line for line in result.stdout.splitlines() if line.split()[0] == "e1")
     assert "QUEUED" in line and "rate limited by agent echo until" in line, line
     await stub.CancelRun(pb.CancelRunRequest(run_id=run_id))
