@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from podium.client.cli_output import (
 from podium.client.client import PodiumClient
 from podium.client.definitions import definition_to_dict
 from podium.client.errors import NotFoundError
-from podium.orchestration.v1 import definition_pb2, orchestration_service_pb2, run_pb2
+from podium.orchestration.v1 import agent_pb2, definition_pb2, orchestration_service_pb2, run_pb2
 
 DECISIONS = ("approve", "reject", "retry", "skip", "fail")
 
@@ -166,6 +167,7 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
         else:
             print_data(list(agents), args.output)
     elif args.action == "register":
+        rate_limit = agent_rate_limit(args.rate_limit, args.tokens_limit)
         try:
             stored = await client.register_agent(
                 args.name,
@@ -174,6 +176,7 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
                 max_concurrency=args.max_concurrency,
                 default_timeout_seconds=args.default_timeout,
                 protocol=args.protocol,
+                rate_limit=rate_limit,
             )
         except ValueError as exc:
             raise CliError(f"--protocol: {exc}", EXIT_USAGE) from None
@@ -294,3 +297,34 @@ async def cmd_events(client: PodiumClient, args: argparse.Namespace) -> int:
     else:
         print_data(sent, args.output)
     return EXIT_OK
+
+
+_RATE = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", re.IGNORECASE)
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def agent_rate_limit(requests: str | None, tokens: str | None) -> agent_pb2.AgentRateLimit | None:
+    """The rate limit of ``--rate-limit`` / ``--tokens-limit`` (``COUNT/PERIOD``, periods
+    in seconds unless suffixed ``s``, ``m`` or ``h``); None when neither is given."""
+    limit = agent_pb2.AgentRateLimit()
+    periods: set[float] = set()
+    for flag, value in (("--rate-limit", requests), ("--tokens-limit", tokens)):
+        if value is None:
+            continue
+        match = _RATE.fullmatch(value)
+        if match is None:
+            raise CliError(
+                f"{flag}: expected COUNT/PERIOD such as 60/60s, got {value!r}", EXIT_USAGE
+            )
+        count = int(match.group(1))
+        periods.add(float(match.group(2)) * _UNIT_SECONDS[match.group(3).lower()])
+        if flag == "--rate-limit":
+            limit.requests_per_period = count
+        else:
+            limit.tokens_per_period = count
+    if not periods:
+        return None
+    if len(periods) > 1:
+        raise CliError("--rate-limit and --tokens-limit must have the same period", EXIT_USAGE)
+    limit.period_seconds = periods.pop()
+    return limit

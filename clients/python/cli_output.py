@@ -182,6 +182,9 @@ def print_run(run: run_pb2.Run, output: str) -> None:
         state = str(run_pb2.StepRun.State.Name(step.state)).removeprefix("STATE_")
         target = f"child run {step.child_run_id}" if step.child_run_id else step.agent
         error = f"  {step.error.code}: {step.error.message}" if step.error.code else ""
+        if step.waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED:
+            until = step.waiting.until_time.ToDatetime().strftime("%H:%M:%S")
+            error = f"  rate limited by agent {step.waiting.agent} until {until} UTC"
         print(
             f"  {step.step_id:<24} {state:<18} attempt {step.attempt}/{step.max_attempts}"
             f"  {target}{error}"
@@ -228,6 +231,18 @@ def print_approval(approval: approval_pb2.Approval, output: str) -> None:
 def agent_line(agent: agent_pb2.Agent) -> str:
     protocol = str(agent_pb2.Agent.Protocol.Name(agent.protocol)).removeprefix("PROTOCOL_")
     limit = str(agent.max_concurrency) if agent.max_concurrency else "unlimited"
-    return f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)} max={limit}" + (
-        f" protocol={protocol.lower()}" if agent.protocol else ""
+    rate = agent.rate_limit
+    return (
+        f"{agent.name:<24} {agent.endpoint:<28} skills={','.join(agent.skills)} max={limit}"
+        + (f" protocol={protocol.lower()}" if agent.protocol else "")
+        + (
+            f" rate={rate.requests_per_period}/{rate.period_seconds:g}s"
+            if rate.requests_per_period
+            else ""
+        )
+        + (
+            f" tokens={rate.tokens_per_period}/{rate.period_seconds:g}s"
+            if rate.tokens_per_period
+            else ""
+        )
     )

@@ -376,6 +376,7 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
         (
             "podium agents register summarizer 127.0.0.1:50061 --skill summarize",
             "podium agents register helper 127.0.0.1:50070 --protocol a2a --max-concurrency 4",
+            "podium agents register llm 127.0.0.1:50071 --rate-limit 60/60s --tokens-limit 9000/1m",
         ),
         c,
     )
@@ -384,6 +385,16 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--skill", action="append", help="a skill it offers (repeatable)")
     p.add_argument("--max-concurrency", type=int, default=0, help="0: no limit")
     p.add_argument("--default-timeout", type=float, default=0.0, help="seconds; 0: the server's")
+    p.add_argument(
+        "--rate-limit",
+        metavar="COUNT/PERIOD",
+        help="at most COUNT requests per PERIOD (sliding window), e.g. 60/60s, 1000/1h",
+    )
+    p.add_argument(
+        "--tokens-limit",
+        metavar="COUNT/PERIOD",
+        help="at most COUNT reported tokens per PERIOD (the period of --rate-limit if both)",
+    )
     p.add_argument(
         "--protocol",
         default="podium_v1",

@@ -744,10 +744,12 @@ class PodiumClient(ScheduleMethods):
         default_timeout_seconds: float = 0.0,
         labels: Mapping[str, str] | None = None,
         protocol: agent_pb2.Agent.Protocol.ValueType | str = agent_pb2.Agent.PROTOCOL_UNSPECIFIED,
+        rate_limit: agent_pb2.AgentRateLimit | None = None,
         timeout: float | None = None,
     ) -> agent_pb2.Agent:
         """Register (or update) an agent at ``endpoint``: a ``podium.agent.v1`` server,
         or an A2A agent with ``protocol="a2a"`` (an ``Agent.Protocol`` value or name).
+        ``rate_limit``: requests and/or tokens per period (none when omitted).
 
         Raises:
             ValueError: An unknown protocol name.
@@ -761,6 +763,8 @@ class PodiumClient(ScheduleMethods):
             labels=dict(labels or {}),
             protocol=enum_value(agent_pb2.Agent.Protocol, "PROTOCOL_", protocol),
         )
+        if rate_limit is not None:
+            agent.rate_limit.CopyFrom(rate_limit)
         request = pb.RegisterAgentRequest(agent=agent)
         response = await self._unary(self._stub.RegisterAgent, request, timeout)
         return response.agent  # type: ignore[no-any-return]

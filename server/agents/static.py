@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from podium.server.agents.endpoints import endpoint_form_problem
+from podium.server.agents.rate_limits import parse_rate, rate_limit_problems
 
 __all__ = [
     "MAX_CONCURRENCY",
@@ -73,6 +74,8 @@ class StaticAgent:
         default_timeout_seconds: step timeout for this agent; 0 uses the server default.
         labels: free-form key/value pairs.
         protocol: ``podium_v1`` or ``a2a``.
+        requests_per_period, tokens_per_period, rate_period_seconds: the rate limit
+            (:mod:`.rate_limits`); all 0 means none.
     """
 
     name: str
@@ -82,6 +85,9 @@ class StaticAgent:
     default_timeout_seconds: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict)
     protocol: str = "podium_v1"
+    requests_per_period: int = 0
+    tokens_per_period: int = 0
+    rate_period_seconds: float = 0.0
 
 
 # --------------------------------------------------------------------------- rules
@@ -120,6 +126,9 @@ def agent_problems(
     max_concurrency: float,
     default_timeout_seconds: float,
     labels: Mapping[str, str],
+    requests_per_period: float = 0,
+    tokens_per_period: float = 0,
+    rate_period_seconds: float = 0.0,
 ) -> list[tuple[str, str]]:
     """Every problem of an agent entry, as ``(field path, description)`` pairs.
 
@@ -166,6 +175,9 @@ def agent_problems(
                 f"default); got {default_timeout_seconds:g}",
             )
         )
+    problems.extend(
+        rate_limit_problems(requests_per_period, tokens_per_period, rate_period_seconds)
+    )
     if len(labels) > MAX_LABELS:
         problems.append(("labels", f"at most {MAX_LABELS} labels (got {len(labels)})"))
     for key in sorted(labels):
@@ -204,6 +216,8 @@ _COMPACT_OPTIONS = {
     "timeout": "default_timeout_seconds",
     "default_timeout_seconds": "default_timeout_seconds",
     "protocol": "protocol",
+    "rate": "rate",
+    "tokens": "tokens",
 }
 
 _FILE_FIELDS = frozenset(
@@ -215,8 +229,10 @@ _FILE_FIELDS = frozenset(
         "default_timeout_seconds",
         "labels",
         "protocol",
+        "rate_limit",
     }
 )
+_RATE_FIELDS = frozenset({"requests_per_period", "tokens_per_period", "period_seconds"})
 
 
 def parse_static_agents(raw: str) -> list[StaticAgent]:
@@ -231,7 +247,9 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
 
     Options: ``skills`` (``|``-separated skill ids), ``max`` (or ``max_concurrency``;
     0 = unlimited), ``timeout`` (or ``default_timeout_seconds``; 0 = server default) and
-    ``protocol`` (``podium_v1``, the default, or ``a2a``). Spaces around entries, keys
+    ``protocol`` (``podium_v1``, the default, or ``a2a``), ``rate`` (requests per period,
+    ``COUNT/PERIOD`` such as ``60/60s``; periods in ``s``, ``m`` or ``h``) and ``tokens``
+    (tokens per period, the same form and the same period). Spaces around entries, keys
     and values are ignored. An endpoint cannot contain ``,`` or ``;`` in this form.
 
     **File**: ``@/path/to/agents.yaml``, or any value ending in ``.yaml``, ``.yml`` or
@@ -245,6 +263,7 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
           default_timeout_seconds: 30
           labels: {team: research}
           protocol: podium_v1        # or a2a; PROTOCOL_* spellings are accepted too
+          rate_limit: {requests_per_period: 60, tokens_per_period: 100000, period_seconds: 60}
 
     An empty value means no static agents.
 
@@ -273,6 +292,9 @@ def _check(agent: StaticAgent, label: str) -> StaticAgent:
         max_concurrency=agent.max_concurrency,
         default_timeout_seconds=agent.default_timeout_seconds,
         labels=agent.labels,
+        requests_per_period=agent.requests_per_period,
+        tokens_per_period=agent.tokens_per_period,
+        rate_period_seconds=agent.rate_period_seconds,
     )
     if problems:
         details = "; ".join(f"{path}: {description}" for path, description in problems)
@@ -321,6 +343,7 @@ def _parse_compact(text: str) -> list[StaticAgent]:
             if canonical in values:
                 raise ValueError(f"{label}: option {key!r} is given twice")
             values[canonical] = _compact_value(label, key, canonical, value)
+        _compact_rates(label, values)
         agents.append(_check(StaticAgent(name=name, endpoint=endpoint, **values), label))
     return _check_unique(agents)
 
@@ -333,6 +356,11 @@ def _compact_value(label: str, key: str, canonical: str, value: str) -> Any:
             return int(value)
         except ValueError:
             raise ValueError(f"{label}: {key}={value!r} must be a whole number >= 0") from None
+    if canonical in ("rate", "tokens"):
+        try:
+            return parse_rate(value)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {key}: {exc}") from None
     if canonical == "default_timeout_seconds":
         try:
             return float(value)
@@ -342,6 +370,40 @@ def _compact_value(label: str, key: str, canonical: str, value: str) -> Any:
     if protocol is None:
         raise ValueError(f"{label}: {key}={value!r}: expected one of {', '.join(PROTOCOLS)}")
     return protocol
+
+
+def _compact_rates(label: str, values: dict[str, Any]) -> None:
+    """Turn the ``rate`` / ``tokens`` options of ``values`` into the agent's fields."""
+    periods = set()
+    if "rate" in values:
+        values["requests_per_period"], period = values.pop("rate")
+        periods.add(period)
+    if "tokens" in values:
+        values["tokens_per_period"], period = values.pop("tokens")
+        periods.add(period)
+    if len(periods) > 1:
+        raise ValueError(f"{label}: rate and tokens must have the same period")
+    if periods:
+        values["rate_period_seconds"] = periods.pop()
+
+
+def _file_rate(label: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or any(key not in _RATE_FIELDS for key in raw):
+        raise ValueError(
+            f"{label}: rate_limit must be an object with {', '.join(sorted(_RATE_FIELDS))}"
+        )
+    values = {
+        "requests_per_period": raw.get("requests_per_period", 0),
+        "tokens_per_period": raw.get("tokens_per_period", 0),
+        "rate_period_seconds": raw.get("period_seconds", 0),
+    }
+    for key, value in values.items():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{label}: rate_limit: {key} must be a number")
+    values["rate_period_seconds"] = float(values["rate_period_seconds"])
+    return values
 
 
 def _parse_file(location: str) -> list[StaticAgent]:
@@ -425,5 +487,6 @@ def _file_entry(index: int, item: Any) -> StaticAgent:
         default_timeout_seconds=float(timeout),
         labels=dict(labels),
         protocol=protocol,
+        **_file_rate(label, item.get("rate_limit")),
     )
     return _check(agent, label)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from podium.orchestration.v1 import agent_pb2
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
@@ -68,6 +69,10 @@ def record_to_agent(record: AgentRecord) -> Agent:
         source=_SOURCE_TO_PB.get(record.source, Agent.Source.SOURCE_UNSPECIFIED),
         organization_id=record.organization_id,
     )
+    if record.rate_period_seconds > 0:
+        agent.rate_limit.requests_per_period = record.requests_per_period
+        agent.rate_limit.tokens_per_period = record.tokens_per_period
+        agent.rate_limit.period_seconds = record.rate_period_seconds
     agent.create_time.FromDatetime(record.create_time)
     agent.update_time.FromDatetime(record.update_time)
     return agent
@@ -84,6 +89,9 @@ def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldVio
         max_concurrency=agent.max_concurrency,
         default_timeout_seconds=agent.default_timeout_seconds,
         labels=dict(agent.labels),
+        requests_per_period=agent.rate_limit.requests_per_period,
+        tokens_per_period=agent.rate_limit.tokens_per_period,
+        rate_period_seconds=agent.rate_limit.period_seconds,
     )
     violations = [
         FieldViolation(field=f"{prefix}.{path}", description=description)
@@ -146,6 +154,7 @@ class AgentService:
                     labels=dict(agent.labels),
                     protocol=_PROTOCOL_FROM_PB[agent.protocol],
                     source="registered",
+                    **_rate_columns(agent.rate_limit),
                 )
             except StaticAgentConflict as exc:
                 raise AlreadyExists(
@@ -260,6 +269,17 @@ class AgentService:
                 extra={"agents": sync.removed, "organization_id": organization_id},
             )
         return [record_to_agent(record) for record in sync.agents]
+
+
+def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:
+    """The stored rate limit (all 0 when no count is set: no limit)."""
+    if rate.requests_per_period <= 0 and rate.tokens_per_period <= 0:
+        return {"requests_per_period": 0, "tokens_per_period": 0, "rate_period_seconds": 0.0}
+    return {
+        "requests_per_period": rate.requests_per_period,
+        "tokens_per_period": rate.tokens_per_period,
+        "rate_period_seconds": rate.period_seconds,
+    }
 
 
 def _not_found(name: str) -> NotFound:

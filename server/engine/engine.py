@@ -49,14 +49,15 @@ class Engine:
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )
         runs = RunsRepository(db)
-        self.runs = RunService(runs, self.definitions, settings)
+        agents = AgentsRepository(db)
+        self.runs = RunService(runs, self.definitions, settings, agents)
         self.schedules = ScheduleService(
             SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
         )
         self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
         # The outbound guard of agent endpoints: registration, static agents, every call.
         guard = EndpointGuard(settings.agent_allow_list)
-        self.agents = AgentService(AgentsRepository(db), guard)
+        self.agents = AgentService(agents, guard)
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.

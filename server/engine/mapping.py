@@ -26,6 +26,7 @@ __all__ = [
     "deliverable_to_proto",
     "event_to_proto",
     "run_to_proto",
+    "set_rate_waits",
 ]
 
 _RUN_STATES = {
@@ -241,3 +242,15 @@ def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunE
 def _rfc3339(text: str) -> str:
     # Postgres renders timestamptz in JSON as 2026-11-25T13:50:22.123+00:00.
     return datetime.fromisoformat(text).isoformat().replace("+00:00", "Z")
+
+
+def set_rate_waits(run: run_pb2.Run, waits: Mapping[str, tuple[str, datetime | None]]) -> None:
+    """Fill ``StepRun.waiting`` (RATE_LIMITED) of the steps in ``waits`` (by step id:
+    the agent whose window frees first, and when)."""
+    for step in run.steps:
+        held = waits.get(step.step_id)
+        if held is None:
+            continue
+        step.waiting.reason = run_pb2.StepWaiting.Reason.REASON_RATE_LIMITED
+        step.waiting.agent = held[0]
+        _ts(held[1], step.waiting.until_time)

@@ -34,6 +34,7 @@ from podium.server.engine.mapping import (
     deliverable_to_proto,
     event_to_proto,
     run_to_proto,
+    set_rate_waits,
 )
 from podium.server.engine.paging import decode_keyset, keyset_page, page_size
 from podium.server.engine.plan import build_steps, fork_redo
@@ -45,6 +46,7 @@ from podium.server.engine.requests import (
 )
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import validate_plan
+from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.runs import CreatedRun, NewRun, RunsRepository
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
@@ -61,9 +63,14 @@ class RunService:
     """Use cases behind the Run RPCs."""
 
     def __init__(
-        self, repository: RunsRepository, definitions: DefinitionService, settings: Settings
+        self,
+        repository: RunsRepository,
+        definitions: DefinitionService,
+        settings: Settings,
+        agents: AgentsRepository | None = None,
     ) -> None:
         self._repository = repository
+        self._agents = agents
         self._definitions = definitions
         self._settings = settings
         self.metrics = Metrics()
@@ -430,7 +437,15 @@ class RunService:
             raise NotFound(
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
-        return run_to_proto(*found)
+        run = run_to_proto(*found)
+        queued = [s for s in found[1] if s.state == "queued" and (s.agent or s.skill)]
+        if queued and self._agents is not None:
+            async with storage_errors():
+                waits = await self._agents.step_rate_waits(
+                    organization_id, [(s.step_id, s.agent, s.skill) for s in queued]
+                )
+            set_rate_waits(run, waits)
+        return run
 
     async def list_runs(
         self, organization_id: str, request: pb.ListRunsRequest

@@ -56,6 +56,8 @@ class AgentRecord:
         default_timeout_seconds: step timeout for this agent; 0 uses the server default.
         protocol: ``podium_v1`` or ``a2a``.
         source: ``registered`` (RegisterAgent) or ``static`` (server configuration).
+        requests_per_period, tokens_per_period, rate_period_seconds: the rate limit
+            (functions/45_rate_limits.sql); all 0 means none.
     """
 
     organization_id: str
@@ -69,6 +71,9 @@ class AgentRecord:
     source: AgentSource
     create_time: datetime
     update_time: datetime
+    requests_per_period: int = 0
+    tokens_per_period: int = 0
+    rate_period_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +109,12 @@ class StaticAgentFields(Protocol):
     def labels(self) -> Mapping[str, str]: ...
     @property
     def protocol(self) -> str: ...
+    @property
+    def requests_per_period(self) -> int: ...
+    @property
+    def tokens_per_period(self) -> int: ...
+    @property
+    def rate_period_seconds(self) -> float: ...
 
 
 def _record(row: asyncpg.Record) -> AgentRecord:
@@ -119,6 +130,9 @@ def _record(row: asyncpg.Record) -> AgentRecord:
         source=row["source"],
         create_time=row["created_at"],
         update_time=row["updated_at"],
+        requests_per_period=row["requests_per_period"],
+        tokens_per_period=row["tokens_per_period"],
+        rate_period_seconds=row["rate_period_seconds"],
     )
 
 
@@ -131,6 +145,9 @@ class _Fields:
     default_timeout_seconds: float
     labels: Mapping[str, str]
     protocol: str
+    requests_per_period: int = 0
+    tokens_per_period: int = 0
+    rate_period_seconds: float = 0.0
 
 
 class AgentsRepository:
@@ -151,6 +168,9 @@ class AgentsRepository:
         labels: Mapping[str, str] | None = None,
         protocol: str = "podium_v1",
         source: AgentSource = "registered",
+        requests_per_period: int = 0,
+        tokens_per_period: int = 0,
+        rate_period_seconds: float = 0.0,
     ) -> AgentRecord:
         """Insert the agent, or update the one of that name (keeping its creation time
         and bumping its update time).
@@ -160,7 +180,16 @@ class AgentsRepository:
             StorageError: e.g. the organization does not exist.
         """
         fields = _Fields(
-            name, endpoint, skills, max_concurrency, default_timeout_seconds, labels or {}, protocol
+            name,
+            endpoint,
+            skills,
+            max_concurrency,
+            default_timeout_seconds,
+            labels or {},
+            protocol,
+            requests_per_period,
+            tokens_per_period,
+            rate_period_seconds,
         )
         async with self._db.connection() as conn:
             row = await _upsert(conn, organization_id, fields, source)
@@ -192,6 +221,22 @@ class AgentsRepository:
                 QUERIES["list_agents"], organization_id, after_name, skill or None, limit
             )
         return [_record(row) for row in rows]
+
+    async def step_rate_waits(
+        self, organization_id: str, steps: Sequence[tuple[str, str | None, str | None]]
+    ) -> dict[str, tuple[str, datetime | None]]:
+        """Of queued ``(step id, agent, skill)``, those held by rate limits now: every
+        agent that could run it is at its limit. By step id: (the agent whose window frees
+        first, when)."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                QUERIES["step_rate_waits"],
+                organization_id,
+                [step[0] for step in steps],
+                [step[1] for step in steps],
+                [step[2] for step in steps],
+            )
+        return {row["step_id"]: (row["agent"], row["free_at"]) for row in rows}
 
     async def delete(self, organization_id: str, name: str) -> bool:
         """Delete the registered agent ``name``; False when there is none.
@@ -233,6 +278,9 @@ class AgentsRepository:
                     agent.default_timeout_seconds,
                     agent.labels,
                     agent.protocol,
+                    agent.requests_per_period,
+                    agent.tokens_per_period,
+                    agent.rate_period_seconds,
                 )
                 row = await _upsert(conn, organization_id, fields, "static")
                 assert row is not None  # a static upsert always writes
@@ -264,6 +312,9 @@ async def _upsert(
         dict(fields.labels),
         fields.protocol,
         source,
+        fields.requests_per_period,
+        fields.tokens_per_period,
+        float(fields.rate_period_seconds),
     )
 
 

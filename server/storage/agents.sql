@@ -7,11 +7,12 @@
 -- updated_at is bumped. A registered entry never replaces a static one: then no row
 -- is returned (the caller reports the conflict). A static entry replaces anything.
 -- $1: organization_id, $2: name, $3: endpoint, $4: skills, $5: max_concurrency,
--- $6: default_timeout_seconds, $7: labels, $8: protocol, $9: source
+-- $6: default_timeout_seconds, $7: labels, $8: protocol, $9: source,
+-- $10: requests_per_period, $11: tokens_per_period, $12: rate_period_seconds
 INSERT INTO agents AS a
     (organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
-     labels, protocol, source)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     labels, protocol, source, requests_per_period, tokens_per_period, rate_period_seconds)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (organization_id, name) DO UPDATE SET
     endpoint = EXCLUDED.endpoint,
     skills = EXCLUDED.skills,
@@ -20,15 +21,20 @@ ON CONFLICT (organization_id, name) DO UPDATE SET
     labels = EXCLUDED.labels,
     protocol = EXCLUDED.protocol,
     source = EXCLUDED.source,
+    requests_per_period = EXCLUDED.requests_per_period,
+    tokens_per_period = EXCLUDED.tokens_per_period,
+    rate_period_seconds = EXCLUDED.rate_period_seconds,
     updated_at = now()
 WHERE a.source = 'registered' OR EXCLUDED.source = 'static'
 RETURNING organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
-          labels, protocol, source, created_at, updated_at
+          labels, protocol, source, created_at, updated_at, requests_per_period,
+       tokens_per_period, rate_period_seconds
 
 -- get_agent --
 -- $1: organization_id, $2: name
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
-       labels, protocol, source, created_at, updated_at
+       labels, protocol, source, created_at, updated_at, requests_per_period,
+       tokens_per_period, rate_period_seconds
 FROM agents
 WHERE organization_id = $1 AND name = $2
 
@@ -37,7 +43,8 @@ WHERE organization_id = $1 AND name = $2
 -- $1: organization_id, $2: after name (NULL for the first page), $3: skill (NULL for
 -- any), $4: limit
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
-       labels, protocol, source, created_at, updated_at
+       labels, protocol, source, created_at, updated_at, requests_per_period,
+       tokens_per_period, rate_period_seconds
 FROM agents
 WHERE organization_id = $1
   AND ($2::text IS NULL OR name > $2::text)
@@ -75,3 +82,23 @@ WHERE organization_id = $1 AND name = ANY ($2::text[])
 DELETE FROM agents
 WHERE organization_id = $1 AND source = 'static' AND NOT (name = ANY ($2::text[]))
 RETURNING name
+
+-- step_rate_waits --
+-- The queued steps held by rate limits: those whose every candidate agent (the step's
+-- agent, or each agent offering its skill) is at its rate limit now, with the agent
+-- whose window frees first and when (podium_rate_waits).
+-- $1: organization_id, $2: step ids, $3: their agents, $4: their skills (NULL: none)
+SELECT q.step_id, w.agent, w.free_at
+FROM unnest($2::text[], $3::text[], $4::text[]) AS q(step_id, agent, skill)
+CROSS JOIN LATERAL (
+    SELECT array_agg(a.name) AS names
+    FROM agents a
+    WHERE a.organization_id = $1
+      AND CASE WHEN q.skill IS NOT NULL THEN q.skill = ANY (a.skills) ELSE a.name = q.agent END
+) c
+CROSS JOIN LATERAL (
+    SELECT count(*) AS held, min(r.free_at) AS free_at,
+           (array_agg(r.agent ORDER BY r.free_at))[1] AS agent
+    FROM podium_rate_waits($1, c.names) r
+) w
+WHERE w.held > 0 AND w.held = cardinality(c.names)

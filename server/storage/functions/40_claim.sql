@@ -9,7 +9,9 @@
 -- (running steps per run and per agent) are exact across replicas. Inside, each
 -- candidate run is locked, its due retries re-queued, and its queued steps taken
 -- FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents' max_concurrency
--- allow. A skill is routed to the least busy agent offering it. Each claimed step gets
+-- allow and the agents' rate limits (45_rate_limits.sql) have room: a held step stays
+-- queued, its attempts untouched. A skill is routed to the least busy agent offering it
+-- that is under its limits. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it.
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
@@ -39,6 +41,7 @@ DECLARE
     v_started_agents text[];
     v_seq bigint;
     v_now timestamptz;
+    v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -90,15 +93,18 @@ BEGIN
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
-                   0 AS max_concurrency, 0::bigint AS busy
+                   0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
+                   0 AS requests_per_period, 0::bigint AS tokens_per_period
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
-                       c.max_concurrency, c.busy
+                       c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
+                       c.requests_per_period, c.tokens_per_period
                   INTO v_agent
                   FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
-                               a.max_concurrency,
+                               a.max_concurrency, a.rate_period_seconds,
+                               a.requests_per_period, a.tokens_per_period,
                                (SELECT count(*) FROM orchestration_steps b
                                  WHERE b.state = 'running'
                                    AND b.organization_id = a.organization_id
@@ -107,13 +113,19 @@ BEGIN
                           FROM agents a
                          WHERE a.organization_id = v_run.organization_id
                            AND v_step.skill = ANY (a.skills)) c
-                 WHERE c.max_concurrency = 0 OR c.busy < c.max_concurrency
+                 WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
+                   AND (c.rate_period_seconds = 0
+                        OR coalesce((v_room ->> c.name)::integer,
+                                    podium_rate_room(v_run.organization_id, c.name,
+                                                     c.requests_per_period, c.tokens_per_period,
+                                                     c.rate_period_seconds, clock_timestamp()))
+                           > 0)
                  ORDER BY c.busy, c.name
                  LIMIT 1;
                 IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
                                           WHERE a.organization_id = v_run.organization_id
                                             AND v_step.skill = ANY (a.skills)) THEN
-                    CONTINUE;  -- every agent with the skill is full: stays queued
+                    CONTINUE;  -- every agent with the skill is full or limited: stays queued
                 END IF;
             ELSIF v_step.agent IS NOT NULL THEN
                 SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
@@ -123,12 +135,24 @@ BEGIN
                              WHERE b.state = 'running' AND b.organization_id = a.organization_id
                                AND b.agent = a.name)
                            + coalesce((v_used ->> a.name)::integer, 0)
-                       ELSE 0 END AS busy
+                       ELSE 0 END AS busy, a.rate_period_seconds AS rate_period,
+                       a.requests_per_period, a.tokens_per_period
                   INTO v_agent
                   FROM agents a
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
                 IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
                     CONTINUE;  -- the agent is full: stays queued
+                END IF;
+            END IF;
+            IF v_agent.rate_period > 0 THEN
+                IF NOT v_room ? v_agent.name THEN
+                    v_room := v_room || jsonb_build_object(v_agent.name,
+                        podium_rate_room(v_run.organization_id, v_agent.name,
+                                         v_agent.requests_per_period, v_agent.tokens_per_period,
+                                         v_agent.rate_period, clock_timestamp()));
+                END IF;
+                IF (v_room ->> v_agent.name)::integer <= 0 THEN
+                    CONTINUE;  -- the agent's rate window is used up: stays queued
                 END IF;
             END IF;
             -- clock_timestamp(), not now(): this claim may have waited for the
@@ -151,6 +175,12 @@ BEGIN
             VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
                     coalesce(v_agent.name, v_step.agent), v_now)
             RETURNING step_attempts.task_id INTO v_task;
+            IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
+                INSERT INTO agent_rate_usage (organization_id, agent, at, requests)
+                VALUES (v_run.organization_id, v_agent.name, v_now, 1);
+                v_room := jsonb_set(v_room, ARRAY[v_agent.name],
+                                    to_jsonb((v_room ->> v_agent.name)::integer - 1));
+            END IF;
             IF v_attempt = 1 THEN
                 -- The step's conversation, kept across its attempts (and ContinueRun).
                 INSERT INTO conversations (id, organization_id, run_id, step_id, agent)

@@ -51,6 +51,10 @@ BEGIN
     queued := 0;
     retry := false;
     PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    IF p_input_tokens + p_output_tokens > 0 THEN  -- rate limits: 45_rate_limits.sql
+        PERFORM podium_rate_record_tokens(p_run, p_step, p_attempt,
+                                          p_input_tokens + p_output_tokens);
+    END IF;
     IF p_outcome NOT IN ('succeeded', 'failed', 'retry') THEN
         run_state := podium_park_step(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
                                       p_input, p_input_tokens, p_output_tokens, p_cost_usd);

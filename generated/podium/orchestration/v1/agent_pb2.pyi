@@ -104,6 +104,7 @@ class Agent(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ACTIVE_TASKS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the agent, unique per organization: 1 to 128 characters of [a-z0-9_.-]."""
     endpoint: _builtins.str
@@ -136,6 +137,12 @@ class Agent(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When it was last updated. Output only."""
 
+    @_builtins.property
+    def rate_limit(self) -> Global___AgentRateLimit:
+        """Rate limit of the agent, enforced by the claim across replicas: a step held by it
+        stays queued (no attempt used) until the window frees. Unset: no rate limit.
+        """
+
     def __init__(
         self,
         *,
@@ -151,11 +158,49 @@ class Agent(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         active_tasks: _builtins.int = ...,
+        rate_limit: Global___AgentRateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "rate_limit", b"rate_limit", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "create_time", b"create_time", "default_timeout_seconds", b"default_timeout_seconds", "endpoint", b"endpoint", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "organization_id", b"organization_id", "protocol", b"protocol", "skills", b"skills", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "create_time", b"create_time", "default_timeout_seconds", b"default_timeout_seconds", "endpoint", b"endpoint", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "organization_id", b"organization_id", "protocol", b"protocol", "rate_limit", b"rate_limit", "skills", b"skills", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentRateLimit(_message.Message):
+    """AgentRateLimit caps what Podium sends to one agent per period, over a sliding window
+    of `period_seconds`: a step starts only while fewer than `requests_per_period`
+    attempts started on the agent in the last period and fewer than `tokens_per_period`
+    tokens (input + output, as reported by the agent's results) were reported in it.
+    Tokens are known only after a call, so calls in flight can exceed the token limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_PERIOD_FIELD_NUMBER: _builtins.int
+    TOKENS_PER_PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    requests_per_period: _builtins.int
+    """Attempts started per period; 0 means no request limit. At least 0."""
+    tokens_per_period: _builtins.int
+    """Tokens (input + output) reported per period; 0 means no token limit. At least 0."""
+    period_seconds: _builtins.float
+    """Length of the sliding window in seconds: more than 0, at most 86400 (one day).
+    Required when a count is set.
+    """
+    def __init__(
+        self,
+        *,
+        requests_per_period: _builtins.int = ...,
+        tokens_per_period: _builtins.int = ...,
+        period_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_seconds", b"period_seconds", "requests_per_period", b"requests_per_period", "tokens_per_period", b"tokens_per_period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentRateLimit: _TypeAlias = AgentRateLimit  # noqa: Y015

@@ -304,6 +304,7 @@ class StepRun(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     DELIVERABLES_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step in the plan."""
     state: Global___StepRun.State.ValueType
@@ -368,6 +369,12 @@ class StepRun(_message.Message):
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the steps this one depends on."""
 
+    @_builtins.property
+    def waiting(self) -> Global___StepWaiting:
+        """Why a queued step has not started, when Podium knows (GetRun computes it when it
+        reads the run); unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -392,14 +399,68 @@ class StepRun(_message.Message):
         usage: Global___RunUsage | None = ...,
         deliverables: _abc.Iterable[Global___Deliverable] | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
+        waiting: Global___StepWaiting | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "usage", b"usage", "waiting", b"waiting"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "attempt", b"attempt", "attempts", b"attempts", "cache_source_run_id", b"cache_source_run_id", "cached", b"cached", "child_run_id", b"child_run_id", "conversation_id", b"conversation_id", "deliverables", b"deliverables", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "input", b"input", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "attempt", b"attempt", "attempts", b"attempts", "cache_source_run_id", b"cache_source_run_id", "cached", b"cached", "child_run_id", b"child_run_id", "conversation_id", b"conversation_id", "deliverables", b"deliverables", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "input", b"input", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "usage", b"usage", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepRun: _TypeAlias = StepRun  # noqa: Y015
+
+@_typing.final
+class StepWaiting(_message.Message):
+    """StepWaiting tells why a queued step waits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Reason:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[StepWaiting._Reason.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        REASON_UNSPECIFIED: StepWaiting._Reason.ValueType  # 0
+        """Not set."""
+        REASON_RATE_LIMITED: StepWaiting._Reason.ValueType  # 1
+        """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+
+    class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
+        """Reason of the wait."""
+
+    REASON_UNSPECIFIED: StepWaiting.Reason.ValueType  # 0
+    """Not set."""
+    REASON_RATE_LIMITED: StepWaiting.Reason.ValueType  # 1
+    """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+
+    REASON_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    UNTIL_TIME_FIELD_NUMBER: _builtins.int
+    reason: Global___StepWaiting.Reason.ValueType
+    """Why the step waits."""
+    agent: _builtins.str
+    """The agent whose window frees first."""
+    @_builtins.property
+    def until_time(self) -> _timestamp_pb2.Timestamp:
+        """When that window frees; the step starts at the next claim after it (within the
+        scheduler's poll interval), if it is still the next in line.
+        """
+
+    def __init__(
+        self,
+        *,
+        reason: Global___StepWaiting.Reason.ValueType = ...,
+        agent: _builtins.str = ...,
+        until_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["until_time", b"until_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "reason", b"reason", "until_time", b"until_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StepWaiting: _TypeAlias = StepWaiting  # noqa: Y015
 
 @_typing.final
 class StepAttempt(_message.Message):
