@@ -86,7 +86,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                         # A handler writing with ``context.write`` (e.g. Health.Watch) is a
                         # coroutine, not an async generator.
                         await responses
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, GeneratorExit):
+                    # A call cancelled while this generator waits at its ``yield`` is
+                    # closed (GeneratorExit), not cancelled: the same for the caller.
                     code = "CANCELLED"
                     raise
                 except grpc.aio.AbortError:
