@@ -46,6 +46,7 @@ __all__ = [
     "StepMention",
     "check_condition",
     "check_event_filter",
+    "claimed_run_variables",
     "condition_outcome",
     "evaluate_condition",
     "evaluate_event_filter",
@@ -265,10 +266,9 @@ EVENT_VARIABLES = frozenset({"event"})
 def check_event_filter(source: str) -> list[ConditionProblem]:
     """What is wrong with an event trigger's filter: a syntax error, or a variable other
     than ``event`` (a trigger has no run and no steps yet)."""
-    if len(source) > MAX_CONDITION_LENGTH:
-        message = f"at most {MAX_CONDITION_LENGTH} characters are allowed (got {len(source)})"
-        return [ConditionProblem(message, 1, 1, "CONDITION_TOO_LONG")]
     mentions, problems = check_condition(source, EVENT_VARIABLES)
+    if problems:
+        return problems  # too long, a syntax error, or an unknown variable
     _, _, run_fields = _analyse(source, EVENT_VARIABLES)
     if mentions or run_fields:
         where = mentions[0].offset if mentions else source.find("run")
@@ -289,16 +289,7 @@ def evaluate_event_filter(source: str, event: Mapping[str, Any]) -> bool:
     Raises:
         ConditionEvaluationError: It failed or its result is not a bool.
     """
-    try:
-        result = _compile(source).execute({"event": dict(event)})
-    except (ValueError, TypeError, RuntimeError, KeyError) as error:
-        detail = str(error) or type(error).__name__
-        raise ConditionEvaluationError(f"filter {source!r} failed: {detail}") from None
-    if not isinstance(result, bool):
-        raise ConditionEvaluationError(
-            f"filter {source!r} evaluated to {type(result).__name__} {result!r}, not a bool"
-        )
-    return result
+    return _evaluate("filter", source, {"event": dict(event)})
 
 
 def step_mentions(source: str) -> list[str]:
@@ -366,20 +357,41 @@ def evaluate_condition(
         ConditionEvaluationError: It did not compile, failed (a missing field, a type
             error), or its result is not a bool.
     """
+    steps = {step_id: {"output": output} for step_id, output in step_outputs.items()}
+    return _evaluate("condition", source, {**(extra or {}), "run": dict(run), "steps": steps})
+
+
+def _evaluate(kind: str, source: str, variables: Mapping[str, Any]) -> bool:
+    """Run a CEL program over ``variables``; the result must be a bool.
+
+    Raises:
+        ConditionEvaluationError: It did not compile, failed, or gave no bool.
+    """
     try:
-        program = _compile(source)
-        steps = {step_id: {"output": output} for step_id, output in step_outputs.items()}
-        result = program.execute({**(extra or {}), "run": dict(run), "steps": steps})
+        result = _compile(source).execute(dict(variables))
     except (ValueError, TypeError, RuntimeError, KeyError) as error:
         detail = str(error) or type(error).__name__
         if isinstance(error, KeyError):
             detail = f"no such key: {error}"
-        raise ConditionEvaluationError(f"condition {source!r} failed: {detail}") from None
+        raise ConditionEvaluationError(f"{kind} {source!r} failed: {detail}") from None
     if not isinstance(result, bool):
         raise ConditionEvaluationError(
-            f"condition {source!r} evaluated to {type(result).__name__} {result!r}, not a bool"
+            f"{kind} {source!r} evaluated to {type(result).__name__} {result!r}, not a bool"
         )
     return result
+
+
+def claimed_run_variables(step: ClaimedStep) -> dict[str, Any]:
+    """The ``run`` variable of a claimed step's condition or loop."""
+    return run_variables(
+        run_id=str(step.run_id),
+        run_input=step.run_input,
+        labels=step.labels,
+        organization_id=step.organization_id,
+        definition_name=step.definition_name,
+        definition_version=step.definition_version,
+        metadata=step.spec.run_metadata,
+    )
 
 
 def condition_outcome(step: ClaimedStep, outcomes: OutcomePolicy) -> StepOutcome | None:
@@ -390,15 +402,7 @@ def condition_outcome(step: ClaimedStep, outcomes: OutcomePolicy) -> StepOutcome
     when = step.spec.when
     if not when:
         return None
-    run = run_variables(
-        run_id=str(step.run_id),
-        run_input=step.run_input,
-        labels=step.labels,
-        organization_id=step.organization_id,
-        definition_name=step.definition_name,
-        definition_version=step.definition_version,
-        metadata=step.spec.run_metadata,
-    )
+    run = claimed_run_variables(step)
     try:
         if evaluate_condition(when, run, step.upstream):
             return None

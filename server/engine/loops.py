@@ -18,8 +18,8 @@ from typing import Any
 from podium.server.engine.conditions import (
     CONDITION_ERROR,
     ConditionEvaluationError,
+    claimed_run_variables,
     evaluate_condition,
-    run_variables,
 )
 from podium.server.engine.outcomes import OutcomePolicy
 from podium.server.storage.runs import ClaimedStep, StepOutcome
@@ -49,15 +49,7 @@ def loop_outcome(step: ClaimedStep, outcome: StepOutcome, outcomes: OutcomePolic
     if iteration >= (loop.max_iterations or 1):
         return outcome
     if loop.until:
-        run = run_variables(
-            run_id=str(step.run_id),
-            run_input=step.run_input,
-            labels=step.labels,
-            organization_id=step.organization_id,
-            definition_name=step.definition_name,
-            definition_version=step.definition_version,
-            metadata=step.spec.run_metadata,
-        )
+        run = claimed_run_variables(step)
         try:
             done = evaluate_condition(
                 loop.until,
