@@ -16,7 +16,7 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
+.PHONY: run serve test system-deps check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
 
 # The pinned packages, then Podium itself without resolving anything more; `pip check`
 # fails when pyproject.toml needs a package the lock lacks (run `make lock`).
@@ -69,9 +69,13 @@ serve: $(STAMP)
 	$(BIN)/podium serve
 
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
-test: $(STAMP) check node-deps
+test: $(STAMP) check node-deps system-deps
 	$(PYTEST)
 	cd clients/node && npm test
+
+## system-deps: the Debian packages some tests run (PgBouncer), installed when missing
+system-deps:
+	bash scripts/system_deps.sh
 
 ## check: fast static checks
 check: $(STAMP) lint layers typecheck check-protos buf-lint buf-breaking check-config-docs

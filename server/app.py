@@ -177,7 +177,7 @@ class PodiumServer:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
             dsn = await asyncio.to_thread(self._embedded.start)
             log.info("embedded PostgreSQL started", extra={"data_dir": str(self.settings.data_dir)})
-        await self._connect(dsn)
+        await self._connect(dsn, self.settings.database_direct_url or dsn)
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         self._monitor = asyncio.create_task(self._monitor_database(), name="podium-health-monitor")
         if self.metrics_server is not None:
@@ -193,17 +193,21 @@ class PodiumServer:
             },
         )
 
-    async def _connect(self, dsn: str) -> None:
+    async def _connect(self, dsn: str, direct_dsn: str) -> None:
+        """Migrate, open the pool and start the engine. ``dsn`` serves the pool (it may
+        be a transaction pooler); ``direct_dsn`` reaches PostgreSQL itself, for the
+        sessions the migrator's lock and the LISTEN connections need."""
         delay = 0.5
         while True:
             try:
-                applied = await migrate(dsn)
+                applied = await migrate(direct_dsn)
                 if applied:
                     log.info("migrations applied", extra={"migrations": applied})
                 self._db = await Database.connect(
                     dsn,
                     min_size=self.settings.db_pool_min_size,
                     max_size=self.settings.db_pool_max_size,
+                    prepared_statements=self.settings.database_pool_mode == "session",
                 )
                 break
             except StorageUnavailable as exc:
@@ -218,7 +222,7 @@ class PodiumServer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._engine = Engine(self._db, dsn, self.settings)
+        self._engine = Engine(self._db, direct_dsn, self.settings)
         self._instrument(self._engine)
         await self._engine.start()
 

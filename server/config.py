@@ -206,6 +206,21 @@ class Settings:
         _parse_database_url,
         "PostgreSQL URL; unset starts an embedded PostgreSQL in the data directory.",
     )
+    database_direct_url: str | None = _setting(
+        "PODIUM_DATABASE_DIRECT_URL",
+        _parse_database_url,
+        "PostgreSQL URL that bypasses a connection pooler, for what needs a session of "
+        "its own: LISTEN and the migrator's lock. Unset: PODIUM_DATABASE_URL. Required "
+        "with PODIUM_DATABASE_POOL_MODE=transaction.",
+    )
+    database_pool_mode: str = _setting(
+        "PODIUM_DATABASE_POOL_MODE",
+        _parse_choice("session", "transaction"),
+        "How PODIUM_DATABASE_URL pools server connections: session (a direct connection, "
+        "or a pooler in session mode) or transaction (e.g. PgBouncer pool_mode=transaction:"
+        " no named prepared statements on PODIUM_DATABASE_URL).",
+        "session",
+    )
     listen_address: str = _setting(
         "PODIUM_LISTEN_ADDRESS",
         _parse_address,
@@ -455,6 +470,17 @@ class Settings:
                 "PODIUM_AGENT_ALLOWED_NETWORKS", self.agent_allowed_networks
             )
             object.__setattr__(self, "agent_allowed_networks", allowed)
+        if self.database_pool_mode == "transaction" and self.database_direct_url is None:
+            raise ConfigError(
+                "PODIUM_DATABASE_POOL_MODE=transaction needs PODIUM_DATABASE_DIRECT_URL: "
+                "LISTEN and the migrator's lock need a session that a transaction pooler "
+                "does not keep (point it at PostgreSQL itself)"
+            )
+        if self.database_direct_url is not None and self.database_url is None:
+            raise ConfigError(
+                "PODIUM_DATABASE_DIRECT_URL is set without PODIUM_DATABASE_URL "
+                "(the embedded PostgreSQL needs neither)"
+            )
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ConfigError(
                 "PODIUM_DB_POOL_MIN_SIZE must not exceed PODIUM_DB_POOL_MAX_SIZE "

@@ -25,6 +25,8 @@ Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 DirectConnection: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 """A connection outside the pool, as returned by :func:`connect_direct`."""
 
+# asyncpg's default: the prepared statements kept per connection.
+_STATEMENT_CACHE_SIZE = 100
 # How long close() waits for borrowed connections to come back before terminating them.
 _CLOSE_TIMEOUT_SECONDS = 10.0
 
@@ -111,8 +113,14 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         command_timeout: float = 30,
+        prepared_statements: bool = True,
     ) -> Database:
         """Open a pool to ``dsn`` (a ``postgresql://`` URL).
+
+        ``prepared_statements=False`` keeps no named prepared statements on the server
+        (asyncpg's statement cache off: each query is parsed in an unnamed statement),
+        which a transaction pooler needs: the next transaction may run on another
+        server connection, where a named statement does not exist.
 
         Raises:
             StorageUnavailable: the server cannot be reached or refuses the connection
@@ -127,6 +135,7 @@ class Database:
                 command_timeout=command_timeout,
                 init=_init_connection,
                 reset=_keep_session,
+                statement_cache_size=_STATEMENT_CACHE_SIZE if prepared_statements else 0,
             )
         except Exception as exc:
             raise _connect_error(exc) from exc
