@@ -544,13 +544,13 @@ class Settings:
 def redact_url(url: str) -> str:
     """``url`` without its password (and query, which may carry tokens)."""
     parts = urlsplit(url)
-    if parts.password is None and not parts.query:
+    # By hand, not with parts.password/port: a multi-host URL (host1:5432,host2:5432)
+    # has no single port.
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if ":" not in userinfo and not parts.query:
         return url
-    netloc = parts.hostname or ""
-    if parts.username:
-        netloc = f"{parts.username}:***@{netloc}"
-    if parts.port:
-        netloc += f":{parts.port}"
+    user = userinfo.partition(":")[0]
+    netloc = f"{user}:***@{hosts}" if ":" in userinfo else f"{userinfo}{at}{hosts}"
     return parts._replace(netloc=netloc, query="").geturl()
 
 
