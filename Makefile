@@ -16,7 +16,7 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: run serve test system-deps check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
+.PHONY: run serve test system-deps chaos check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
 
 # The pinned packages, then Podium itself without resolving anything more; `pip check`
 # fails when pyproject.toml needs a package the lock lacks (run `make lock`).
@@ -72,6 +72,13 @@ serve: $(STAMP)
 test: $(STAMP) check node-deps system-deps
 	$(PYTEST)
 	cd clients/node && npm test
+
+## chaos: the chaos suite at full size (tests/chaos: kill -9 / SIGSTOP a replica, crash
+## PostgreSQL, kill an agent, restart PgBouncer, fail over the primary, a poison step),
+## printing its table; `make test` runs it with PODIUM_CHAOS_RUNS=20
+CHAOS_RUNS ?= 200
+chaos: $(STAMP) system-deps
+	PODIUM_CHAOS_RUNS=$(CHAOS_RUNS) $(BIN)/pytest -q -p no:xdist tests/chaos
 
 ## system-deps: the Debian packages some tests run (PgBouncer), installed when missing
 system-deps:
