@@ -336,6 +336,14 @@ class Settings:
         "Step timeout when neither the step, the definition nor the agent sets one.",
         300.0,
     )
+    agent_wait_seconds: float = _setting(
+        "PODIUM_AGENT_WAIT_SECONDS",
+        _parse_float(0),
+        "How long a step attempt waits for an unreachable agent to come back before it "
+        "fails with AGENT_UNAVAILABLE, within the attempt's timeout (an agent restart "
+        "then costs no attempt); the step reports the wait as progress. 0: fail at once.",
+        60.0,
+    )
     max_orchestration_depth: int = _setting(
         "ORCHESTRATION_MAX_DEPTH",
         _parse_int(1, 100),

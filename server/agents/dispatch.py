@@ -9,11 +9,24 @@
 outbound guard (:mod:`.endpoints`) and connects to a checked address; a refused endpoint
 fails the attempt with ``AGENT_ENDPOINT_REFUSED`` (not retryable), a name that does not
 resolve with ``AGENT_UNAVAILABLE`` (retryable).
+
+An agent that cannot be reached (its channel is not READY: the agent is down,
+restarting or not there yet) is waited for, up to ``wait_seconds`` and within the
+attempt's timeout, before the call is sent: gRPC reconnects in the background and the
+call goes out once the channel is READY. Without this, a call on a channel in
+TRANSIENT_FAILURE fails at once and an agent restart of a few seconds burns a step's
+attempts. The wait is reported through ``on_progress`` (``waiting for the agent ...``)
+so WatchRun shows why the step is not moving; a channel that becomes ready within
+:data:`QUIET_CONNECT_SECONDS` (a first connection) reports nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
+
+import grpc
 
 from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import A2AClient, A2AOutcome
@@ -28,7 +41,10 @@ from podium.server.agents.client import (
 )
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
 
-__all__ = ["AGENT_ENDPOINT_REFUSED", "AgentDispatcher"]
+__all__ = ["AGENT_ENDPOINT_REFUSED", "QUIET_CONNECT_SECONDS", "AgentDispatcher"]
+
+QUIET_CONNECT_SECONDS = 0.5
+"""A channel that connects within this time is not reported as a wait."""
 
 AGENT_ENDPOINT_REFUSED = "AGENT_ENDPOINT_REFUSED"
 """The outbound guard refused the agent's endpoint or an address it resolves to."""
@@ -41,6 +57,8 @@ class AgentDispatcher:
         max_message_bytes: largest message sent or received, for both protocols.
         guard: the outbound guard checking endpoints before each call (the server's
             always has one); None connects to endpoints as they are.
+        wait_seconds: how long a call waits for an unreachable agent (module doc);
+            0 sends it at once (it then fails fast with ``AGENT_UNAVAILABLE``).
     """
 
     def __init__(
@@ -48,7 +66,9 @@ class AgentDispatcher:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         guard: EndpointGuard | None = None,
+        wait_seconds: float = 0.0,
     ) -> None:
+        self.wait_seconds = wait_seconds
         self.channels = AgentChannels(max_message_bytes=max_message_bytes, guard=guard)
         self.podium = AgentClient(channels=self.channels)
         self.a2a = A2AClient(channels=self.channels)
@@ -73,9 +93,23 @@ class AgentDispatcher:
         ``resume_task_id`` (A2A only) continues that task with the request's input as
         the answer."""
         try:
-            await self.channels.connect(endpoint)
+            channel = await self.channels.connect(endpoint)
         except EndpointRefused as exc:
             return _refused(endpoint, exc)
+        if self.wait_seconds > 0:
+            waited = await self._wait_for_agent(
+                channel, endpoint, min(self.wait_seconds, timeout), on_progress
+            )
+            if waited is None:
+                return TaskFailed(
+                    code=AGENT_UNAVAILABLE,
+                    message=f"the agent at {endpoint} was not reachable for "
+                    f"{min(self.wait_seconds, timeout):g} s",
+                    retryable=True,
+                    origin="transport",
+                    grpc_status="UNAVAILABLE",
+                )
+            timeout = max(timeout - waited, 0.001)
         try:
             return await self._execute(
                 endpoint,
@@ -90,6 +124,36 @@ class AgentDispatcher:
             )
         except EndpointRefused as exc:  # the checked channel was discarded meanwhile
             return _refused(endpoint, exc)
+
+    @staticmethod
+    async def _wait_for_agent(
+        channel: grpc.aio.Channel,
+        endpoint: str,
+        limit: float,
+        on_progress: ProgressCallback | None,
+    ) -> float | None:
+        """Wait until ``channel`` is READY: the seconds waited, or None after ``limit``."""
+        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
+            return 0.0
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(channel.channel_ready(), min(QUIET_CONNECT_SECONDS, limit))
+            return time.monotonic() - started
+        except TimeoutError:
+            pass
+        if on_progress is not None:
+            notice = on_progress(
+                agent_pb2.Progress(
+                    message=f"waiting for the agent at {endpoint} (unreachable)", fraction=-1
+                )
+            )
+            if notice is not None:
+                await notice
+        try:
+            await asyncio.wait_for(channel.channel_ready(), limit - (time.monotonic() - started))
+        except TimeoutError:
+            return None
+        return time.monotonic() - started
 
     async def _execute(
         self,

@@ -68,7 +68,9 @@ class Engine:
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
         self.watch = WatchService(hub, events)
         self.agent_client = AgentDispatcher(
-            max_message_bytes=settings.max_message_bytes, guard=guard
+            max_message_bytes=settings.max_message_bytes,
+            guard=guard,
+            wait_seconds=settings.agent_wait_seconds,
         )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(

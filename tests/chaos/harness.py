@@ -32,9 +32,10 @@ from tests.integration.runs_helpers import create_definition, start_run
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("a", "b", "c", "d")
 LEASE_SECONDS = 2.0
-# An agent restart costs the steps that call it an attempt per try (no waiting for a
-# down agent yet): enough attempts and backoff to ride out a few seconds of it.
-RETRY = {"max_attempts": 20, "backoff": {"initial_seconds": 0.2, "max_seconds": 2.0}}
+# Retries are for faults that fail a call (an agent killed mid-call, a lost lease); an
+# agent that is down between calls is waited for (PODIUM_AGENT_WAIT_SECONDS) and costs
+# no attempt.
+RETRY = {"max_attempts": 3, "backoff": {"initial_seconds": 0.2, "max_seconds": 1.0}}
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
