@@ -42,7 +42,7 @@ from podium.server.api.probes import (
     add_health,
     add_reflection,
 )
-from podium.server.config import Settings, redact_url
+from podium.server.config import ConfigError, Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 from podium.server.storage.database import Database
@@ -53,6 +53,7 @@ from podium.server.storage.runs import RunsRepository
 from podium.server.telemetry.exposition import MetricsServer
 from podium.server.telemetry.interceptors import MetricsInterceptor
 from podium.server.telemetry.metrics import Metrics
+from podium.server.tls import server_credentials
 from podium.server.telemetry.tracing import (
     Tracing,
     TracingConfigError,
@@ -150,12 +151,27 @@ class PodiumServer:
         add_health(self.health, server)
         add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)
         try:
-            self.port = server.add_insecure_port(self.settings.listen_address)
+            tls = self.settings.server_tls()  # read now: the files may have been replaced
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            if tls is None:
+                self.port = server.add_insecure_port(self.settings.listen_address)
+            else:
+                self.port = server.add_secure_port(
+                    self.settings.listen_address, server_credentials(*tls)
+                )
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.settings.listen_address}: {exc}") from None
         self._server = server
         await server.start()
-        log.info("gRPC listening", extra={"address": self.address})
+        log.info(
+            "gRPC listening",
+            extra={
+                "address": self.address,
+                "tls": "off" if tls is None else "mtls" if tls[1] is not None else "on",
+            },
+        )
         if self.settings.metrics_address is not None:
             token = self.settings.metrics_token
             metrics_server = MetricsServer(
