@@ -53,13 +53,13 @@ from podium.server.storage.runs import RunsRepository
 from podium.server.telemetry.exposition import MetricsServer
 from podium.server.telemetry.interceptors import MetricsInterceptor
 from podium.server.telemetry.metrics import Metrics
-from podium.server.tls import server_credentials
 from podium.server.telemetry.tracing import (
     Tracing,
     TracingConfigError,
     server_span_interceptor,
     tracer_provider_from_env,
 )
+from podium.server.tls import server_credentials
 
 log = logging.getLogger("podium.server")
 

@@ -532,7 +532,11 @@ class Settings:
             return None
         try:
             pair = load_key_pair(cert, key)
-            ca = None if client_ca is None else load_ca_bundle("PODIUM_TLS_CLIENT_CA_FILE", client_ca)
+            ca = (
+                None
+                if client_ca is None
+                else load_ca_bundle("PODIUM_TLS_CLIENT_CA_FILE", client_ca)
+            )
         except TlsFileError as exc:
             raise ConfigError(str(exc)) from None
         return pair, ca

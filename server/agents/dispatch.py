@@ -27,6 +27,7 @@ from podium.server.agents.client import (
     TaskFailed,
 )
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
+from podium.server.tls import KeyPair
 
 __all__ = ["AGENT_ENDPOINT_REFUSED", "AgentDispatcher"]
 
@@ -41,6 +42,8 @@ class AgentDispatcher:
         max_message_bytes: largest message sent or received, for both protocols.
         guard: the outbound guard checking endpoints before each call (the server's
             always has one); None connects to endpoints as they are.
+        tls_ca: PEM CA bundle trusted for ``grpcs://`` agents (None: the system's roots).
+        tls_client: the certificate presented to ``grpcs://`` agents (mTLS), if any.
     """
 
     def __init__(
@@ -48,8 +51,12 @@ class AgentDispatcher:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         guard: EndpointGuard | None = None,
+        tls_ca: bytes | None = None,
+        tls_client: KeyPair | None = None,
     ) -> None:
-        self.channels = AgentChannels(max_message_bytes=max_message_bytes, guard=guard)
+        self.channels = AgentChannels(
+            max_message_bytes=max_message_bytes, guard=guard, tls_ca=tls_ca, tls_client=tls_client
+        )
         self.podium = AgentClient(channels=self.channels)
         self.a2a = A2AClient(channels=self.channels)
 

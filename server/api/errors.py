@@ -30,8 +30,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from podium.server.engine import errors
 from podium.server.api.peer_identity import log_client_identity
+from podium.server.engine import errors
 from podium.server.engine.requests import check_request
 
 log = logging.getLogger(__name__)

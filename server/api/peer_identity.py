@@ -14,7 +14,7 @@ it at debug level as ``client identity``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,14 +48,14 @@ class PeerIdentity:
         return self.alternative_names[0] if self.alternative_names else self.common_name
 
 
-def _texts(values: Sequence[bytes] | None) -> list[str]:
+def _texts(values: Iterable[bytes] | None) -> list[str]:
     return [value.decode("utf-8", "replace") for value in (values or ())][:_MAX_NAMES]
 
 
-def identity_from_auth_context(auth: Mapping[str, Sequence[bytes]]) -> PeerIdentity | None:
+def identity_from_auth_context(auth: Mapping[str, Iterable[bytes]]) -> PeerIdentity | None:
     """The identity in a gRPC auth context (``ServicerContext.auth_context()``): None
     unless the transport is TLS and the client presented a certificate gRPC verified."""
-    if b"ssl" not in (auth.get("transport_security_type") or ()):
+    if b"ssl" not in list(auth.get("transport_security_type") or ()):
         return None
     common = _texts(auth.get("x509_common_name"))
     alternatives = tuple(_texts(auth.get("x509_subject_alternative_name")))
