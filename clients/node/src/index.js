@@ -10,6 +10,7 @@ export {
   TERMINAL_EVENT_TYPES,
   TERMINAL_RUN_STATES,
   RECONNECT_CODES,
+  tlsCredentials,
 } from './client.js';
 export {
   AlreadyExistsError,
