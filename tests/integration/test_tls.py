@@ -54,6 +54,7 @@ async def test_a_client_trusting_the_ca_connects(start_server: StartServer, cert
     await reachable(server.address, tls_credentials(certs.ca))
     # The host name form: the certificate names localhost too.
     await reachable(f"localhost:{server.port}", tls_credentials(certs.ca))
+
     # The blocking client takes the same credentials (in a thread: the server runs on
     # this event loop).
     def blocking() -> list[object]:

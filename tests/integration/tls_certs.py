@@ -13,8 +13,9 @@ from scripts.dev_certs import issue, make_ca, write
 @dataclass(frozen=True)
 class Certs:
     """PEM files: ``ca`` signed ``server`` (localhost, 127.0.0.1, ::1), the clients
-    ``alice`` and ``podium`` and ``agent-other-name`` (a server certificate for
-    agents.internal only); ``other_ca`` is an unrelated CA that signed ``mallory``."""
+    ``alice`` and ``podium``, the agent server certificates ``agent-localhost``
+    (localhost only, no IP) and ``agent-other-name`` (agents.internal only);
+    ``other_ca`` is an unrelated CA that signed ``mallory``."""
 
     directory: Path
 
@@ -48,6 +49,8 @@ def make_certs(directory: Path) -> Certs:
         "agent-other-name",
         issue(ca, "agents.internal", names=("agents.internal",), server=True),
     )
+    # No IP address: a call to 127.0.0.1 verifies it only under the name localhost.
+    write(directory, "agent-localhost", issue(ca, "localhost", names=("localhost",), server=True))
     write(directory, "alice", issue(ca, "alice", client=True))
     write(directory, "podium", issue(ca, "podium", client=True))
     write(directory, "mallory", issue(other, "alice", client=True))
