@@ -28,7 +28,7 @@ class Setting:
 
 
 def _pick(flag_value: Any, flag: str, env: str, default: Any, convert: Any = str) -> Setting:
-    name = flag.removeprefix("--")
+    name = flag.removeprefix("--").replace("-", "_")
     if flag_value is not None:
         return Setting(name, flag_value, f"flag {flag}")
     text = os.environ.get(env)
@@ -95,14 +95,14 @@ def resolve(args: argparse.Namespace) -> None:
 def credentials(settings: dict[str, Setting]) -> grpc.ChannelCredentials | None:
     """TLS credentials when ``tls`` is on or a TLS file is given; None (plaintext)
     otherwise. A CA file, else the system's CA roots; a client certificate for mTLS."""
-    ca, cert, key = (settings[name].value for name in ("tls-ca", "tls-cert", "tls-key"))
+    ca, cert, key = (settings[name].value for name in ("tls_ca", "tls_cert", "tls_key"))
     if not (settings["tls"].value or ca or cert or key):
         return None
     if bool(cert) != bool(key):
-        given = "tls-cert" if cert else "tls-key"
+        given = "tls_cert" if cert else "tls_key"
         raise CliError(
             "--tls-cert and --tls-key (env PODIUM_TLS_CERT, PODIUM_TLS_KEY) go together; "
-            f"only {given} is set ({settings[given].source})",
+            f"only --{given.replace('_', '-')} is set ({settings[given].source})",
             EXIT_USAGE,
         )
     try:
@@ -121,6 +121,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in settings.values():
         value = f"{s.value:g}" if isinstance(s.value, float) else str(s.value)
+        value = "unset" if s.value is None else value
         print(f"{s.name:<8} {value:<24} ({s.source})")
     return EXIT_OK
 

@@ -271,7 +271,7 @@ async def test_the_cli_reads_the_tls_environment(start_server: StartServer, cert
         timeout=60,
     )
     config = json.loads(shown.stdout)
-    assert config["tls-ca"] == {"value": str(certs.ca), "source": "env PODIUM_TLS_CA"}
+    assert config["tls_ca"] == {"value": str(certs.ca), "source": "env PODIUM_TLS_CA"}
 
 
 def test_client_tls_files_are_checked() -> None:
