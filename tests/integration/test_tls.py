@@ -146,7 +146,7 @@ def test_bad_tls_files_are_refused_with_the_setting_named(certs: Certs, tmp_path
     secret = certs.key("alice").read_text().splitlines()[1]
     for overrides, pattern in cases:
         with pytest.raises(ConfigError, match=pattern) as refused:
-            Settings.from_env({}, **overrides)  # type: ignore[arg-type]
+            Settings.from_env({}, **overrides)
         assert secret not in str(refused.value)
     unreadable = certs.directory / "unreadable.key"
     shutil.copy(certs.key("server"), unreadable)
