@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -26,6 +28,8 @@ from tests.integration.runs_helpers import plain, plan, start_run, step_of, wait
 from tests.integration.tls_certs import Certs, certs
 
 __all__ = ["certs"]  # the fixture, used by name
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 
 
 @pytest.fixture
@@ -63,16 +67,18 @@ async def tls_agent_process(certs: Certs, tmp_path: Path) -> AsyncIterator[int]:
             await process.wait()
 
 
-async def run_once(address: str, endpoint: str) -> run_pb2.Run:
-    """Register ``echo`` at ``endpoint`` and run one step on it (one attempt)."""
+async def run_once(address: str, endpoint: str | None, agent: str = "echo") -> run_pb2.Run:
+    """Register ``agent`` at ``endpoint`` (None: a static agent) and run one step on it
+    (one attempt)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.OrchestrationServiceStub(channel)
-        await stub.RegisterAgent(
-            pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="echo", endpoint=endpoint))
-        )
+        if endpoint is not None:
+            await stub.RegisterAgent(
+                pb.RegisterAgentRequest(agent=agent_pb2.Agent(name=agent, endpoint=endpoint))
+            )
         step: dict[str, Any] = {
             "id": "a",
-            "agent": "echo",
+            "agent": agent,
             "input": {"word": "secure"},
             "on_failure": {"max_attempts": 1},
         }
@@ -93,6 +99,57 @@ async def test_a_run_on_an_mtls_agent_process_completes(
     run = await run_once(server.address, f"grpcs://localhost:{tls_agent_process}")
     assert run.state == run_pb2.Run.STATE_SUCCEEDED, run
     assert plain(step_of(run, "a").output) == {"echo": {"word": "secure"}}
+    # The same agent as a static agent (PODIUM_AGENTS) of another server.
+    static = await start_server(
+        agents=f"echo=grpcs://localhost:{tls_agent_process}",
+        agent_tls_ca_file=certs.ca,
+        agent_tls_cert_file=certs.cert("podium"),
+        agent_tls_key_file=certs.key("podium"),
+    )
+    run = await run_once(static.address, None)
+    assert run.state == run_pb2.Run.STATE_SUCCEEDED, run
+
+
+async def test_a_run_on_a_node_agent_over_mtls_completes(
+    start_server: StartServer, certs: Certs
+) -> None:
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and clients/node/node_modules are required in CI (make node-deps)")
+        pytest.skip("node or clients/node/node_modules missing (run: make node-deps)")
+    process = await asyncio.create_subprocess_exec(
+        node,
+        str(NODE_DIR / "examples" / "agent.js"),
+        "--tls-cert",
+        str(certs.cert("agent-localhost")),
+        "--tls-key",
+        str(certs.key("agent-localhost")),
+        "--tls-client-ca",
+        str(certs.ca),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        port = int(json.loads(line)["address"].rpartition(":")[2])
+        server = await start_server(
+            agent_tls_ca_file=certs.ca,
+            agent_tls_cert_file=certs.cert("podium"),
+            agent_tls_key_file=certs.key("podium"),
+        )
+        run = await run_once(server.address, f"grpcs://localhost:{port}", "node-text")
+        assert run.state == run_pb2.Run.STATE_SUCCEEDED, run
+        assert plain(step_of(run, "a").output) == {"echo": {"word": "secure"}}
+        # Without Podium's client certificate the Node agent refuses the handshake.
+        plain_server = await start_server(agent_tls_ca_file=certs.ca)
+        refused = await run_once(plain_server.address, f"grpcs://localhost:{port}", "node-text")
+        assert refused.state == run_pb2.Run.STATE_FAILED, refused
+        assert step_of(refused, "a").error.code == "AGENT_UNAVAILABLE"
+    finally:
+        process.terminate()
+        await process.wait()
 
 
 @pytest.mark.parametrize(

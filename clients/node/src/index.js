@@ -4,7 +4,15 @@
  * @module
  */
 
-export { Agent, AgentServer, Task, TaskFailed, runAgent, SERVICE_NAME } from './agent.js';
+export {
+  Agent,
+  AgentServer,
+  Task,
+  TaskFailed,
+  agentServerCredentials,
+  runAgent,
+  SERVICE_NAME,
+} from './agent.js';
 export {
   PodiumClient,
   TERMINAL_EVENT_TYPES,
