@@ -59,7 +59,7 @@ from podium.server.telemetry.tracing import (
     server_span_interceptor,
     tracer_provider_from_env,
 )
-from podium.server.tls import server_credentials
+from podium.server.tls import ReloadingServerCredentials, ServerTls
 
 log = logging.getLogger("podium.server")
 
@@ -108,6 +108,8 @@ class PodiumServer:
         self.metrics_server: MetricsServer | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
+        self.tls: ReloadingServerCredentials | None = None
+        """The gRPC port's TLS credentials, following their files; None in plaintext."""
         self._embedded: EmbeddedPostgres | None = None
         self._db: Database | None = None
         self._engine: Engine | None = None
@@ -158,8 +160,11 @@ class PodiumServer:
             if tls is None:
                 self.port = server.add_insecure_port(self.settings.listen_address)
             else:
+                self.tls = ReloadingServerCredentials(
+                    tls, self._load_server_tls, self.settings.server_tls_files()
+                )
                 self.port = server.add_secure_port(
-                    self.settings.listen_address, server_credentials(*tls)
+                    self.settings.listen_address, self.tls.credentials
                 )
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.settings.listen_address}: {exc}") from None
@@ -237,6 +242,13 @@ class PodiumServer:
         self._engine = Engine(self._db, dsn, self.settings)
         self._instrument(self._engine)
         await self._engine.start()
+
+    def _load_server_tls(self) -> ServerTls:
+        """The TLS files again (a replaced set); raises ConfigError when unusable."""
+        tls = self.settings.server_tls()
+        if tls is None:  # pragma: no cover - the settings do not change
+            raise ConfigError("PODIUM_TLS_CERT_FILE is no longer set")
+        return tls
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """gRPC metrics always; server spans when tracing is on."""

@@ -239,7 +239,8 @@ class Settings:
         "PODIUM_TLS_CERT_FILE",
         _parse_optional_path,
         "PEM certificate chain of the gRPC port; with PODIUM_TLS_KEY_FILE the port serves "
-        "TLS only. Unset: plaintext. Read at start (replace it, then restart).",
+        "TLS only. Unset: plaintext. Replaced files are served to new connections without "
+        "a restart (a set that does not load is logged, the previous one kept).",
     )
     tls_key_file: Path | None = _setting(
         "PODIUM_TLS_KEY_FILE",
@@ -540,6 +541,11 @@ class Settings:
         except TlsFileError as exc:
             raise ConfigError(str(exc)) from None
         return pair, ca
+
+    def server_tls_files(self) -> list[Path]:
+        """The files of :meth:`server_tls` (watched for replacement while serving)."""
+        files = (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+        return [path for path in files if path is not None]
 
     def agent_tls(self) -> tuple[bytes | None, KeyPair | None]:
         """What Podium trusts of TLS agents (None: the system's roots) and the client

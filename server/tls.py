@@ -11,26 +11,38 @@ The files are checked with the standard library's :mod:`ssl` (the same OpenSSL g
 Python wheels do not share, but the same PEM rules): a certificate chain must parse, the
 key must parse without a passphrase and belong to the certificate, a CA bundle must hold
 at least one certificate. Errors name the setting and the file, never its contents.
-The files are read once at start: replacing them takes a restart (see operations.md).
+The server's files are watched: :class:`ReloadingServerCredentials` checks them (one
+``stat`` each) when a client connects, and a replaced set is loaded and served to new
+connections without a restart; a replaced set that does not check out (a key not yet
+matching its new certificate) is logged and the previous one kept. Agent channel files
+are read at start.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 
 __all__ = [
     "MAX_PEM_BYTES",
     "KeyPair",
+    "ReloadingServerCredentials",
+    "ServerTls",
     "TlsFileError",
     "channel_credentials",
     "load_ca_bundle",
     "load_key_pair",
-    "server_credentials",
 ]
+
+log = logging.getLogger("podium.server")
 
 MAX_PEM_BYTES = 1024 * 1024
 """Largest PEM file read (a certificate chain or CA bundle is a few KiB; the system's
@@ -137,16 +149,6 @@ def load_ca_bundle(setting: str, path: Path) -> bytes:
     return data
 
 
-def server_credentials(pair: KeyPair, client_ca: bytes | None) -> grpc.ServerCredentials:
-    """The gRPC server's TLS credentials; with ``client_ca``, mTLS: every client must
-    present a certificate that chains to it, or the handshake fails."""
-    return grpc.ssl_server_credentials(
-        [(pair.private_key, pair.certificate_chain)],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
 def channel_credentials(ca: bytes | None, pair: KeyPair | None) -> grpc.ChannelCredentials:
     """TLS credentials of an outbound channel: trust ``ca`` (None: the system's CA
     roots), present ``pair`` as the client certificate when given."""
@@ -155,3 +157,79 @@ def channel_credentials(ca: bytes | None, pair: KeyPair | None) -> grpc.ChannelC
         private_key=pair.private_key if pair is not None else None,
         certificate_chain=pair.certificate_chain if pair is not None else None,
     )
+
+
+ServerTls = tuple[KeyPair, bytes | None]
+"""The server's certificate and key, and the client CA bundle (None: no mTLS)."""
+
+
+def _signature(files: Sequence[Path]) -> tuple[tuple[int, int, int] | None, ...]:
+    out: list[tuple[int, int, int] | None] = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class ReloadingServerCredentials:
+    """Server credentials that follow their files: when a client connects, gRPC asks
+    :meth:`_fetch` (on one of its own threads) for a new configuration; it returns one
+    only when a file changed (size, mtime or inode) and the new set loads. Whether
+    client certificates are required is fixed at start.
+
+    Args:
+        initial: what the server starts with (already checked).
+        load: reads and checks the files again (raises ValueError naming the setting).
+        files: the files to watch.
+    """
+
+    def __init__(
+        self, initial: ServerTls, load: Callable[[], ServerTls], files: Sequence[Path]
+    ) -> None:
+        self._load = load
+        self._files = tuple(files)
+        self._lock = threading.Lock()
+        self._seen = _signature(self._files)
+        self.reloads = 0
+        """Times a replaced set of files was loaded."""
+        # gRPC documents None as "keep the current configuration"; its stubs omit it.
+        fetch = cast(Callable[[], grpc.ServerCertificateConfiguration], self._fetch)
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(initial),
+            fetch,
+            require_client_authentication=initial[1] is not None,
+        )
+
+    @staticmethod
+    def _configuration(tls: ServerTls) -> grpc.ServerCertificateConfiguration:
+        pair, client_ca = tls
+        return grpc.ssl_server_certificate_configuration(
+            [(pair.private_key, pair.certificate_chain)], root_certificates=client_ca
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            with self._lock:
+                signature = _signature(self._files)
+                if signature == self._seen:
+                    return None
+                self._seen = signature  # a bad set is reported once, not per connection
+                try:
+                    tls = self._load()
+                except ValueError as exc:
+                    log.warning(
+                        "TLS files changed but cannot be used; serving the previous "
+                        "certificate: %s",
+                        exc,
+                    )
+                    return None
+                self.reloads += 1
+                log.info("TLS files reloaded", extra={"reloads": self.reloads})
+                return self._configuration(tls)
+        except Exception:  # never fail a handshake for the reloader's sake
+            log.exception("TLS reload check failed; serving the previous certificate")
+            return None

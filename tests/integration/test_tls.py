@@ -25,6 +25,7 @@ from podium.client import (
 )
 from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
+from scripts.dev_certs import Issued, issue, write
 from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer
 from tests.integration.processes import PODIUM, start_serve
@@ -91,6 +92,33 @@ async def test_mtls_requires_a_certificate_of_the_client_ca(
         await reachable(
             server.address, tls_credentials(certs.ca, certs.cert("mallory"), certs.key("mallory"))
         )
+
+
+async def test_replaced_tls_files_are_served_without_a_restart(
+    start_server: StartServer, certs: Certs, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server(**tls_settings(certs))
+    await reachable(server.address, tls_credentials(certs.ca))
+    # Rotate to a certificate of another CA: new connections get it.
+    other = Issued(certs.other_ca.read_bytes(), certs.key("other-ca").read_bytes())
+    write(
+        certs.directory,
+        "server",
+        issue(other, "localhost", names=("localhost",), ips=("127.0.0.1",), server=True),
+    )
+    await reachable(server.address, tls_credentials(certs.other_ca))
+    with pytest.raises(UnavailableError):
+        await reachable(server.address, tls_credentials(certs.ca))
+    assert server.tls is not None and server.tls.reloads == 1
+    # A key that does not match is refused: the previous certificate stays in service.
+    shutil.copy(certs.key("alice"), certs.key("server"))
+    with caplog.at_level(logging.WARNING, logger="podium.server"):
+        await reachable(server.address, tls_credentials(certs.other_ca))
+        await reachable(server.address, tls_credentials(certs.other_ca))
+    warnings = [r.getMessage() for r in caplog.records if "cannot be used" in r.getMessage()]
+    assert len(warnings) == 1 and "does not belong to the certificate" in warnings[0], warnings
+    assert certs.key("alice").read_text().splitlines()[1] not in caplog.text
+    assert server.tls.reloads == 1
 
 
 async def test_the_handler_sees_the_verified_client_identity(
