@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from podium.client import (
     PodiumClient,
@@ -171,6 +172,21 @@ def test_bad_tls_files_are_refused_with_the_setting_named(certs: Certs, tmp_path
             "PODIUM_AGENT_TLS_KEY_FILE: the key in .*alice.key does not belong",
         ),
     ]
+    key = serialization.load_pem_private_key(certs.key("server").read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
+    cases.append(
+        (
+            {"tls_cert_file": certs.cert("server"), "tls_key_file": encrypted},
+            "PODIUM_TLS_KEY_FILE: .*encrypted.key is an encrypted key",
+        )
+    )
     secret = certs.key("alice").read_text().splitlines()[1]
     for overrides, pattern in cases:
         with pytest.raises(ConfigError, match=pattern) as refused:
