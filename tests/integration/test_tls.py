@@ -130,8 +130,18 @@ async def test_the_handler_sees_the_verified_client_identity(
         await reachable(
             server.address, tls_credentials(certs.ca, certs.cert("alice"), certs.key("alice"))
         )
-    seen = [r for r in caplog.records if r.getMessage() == "client identity"]
-    assert [(r.method, r.common_name) for r in seen] == [("ListDefinitions", "alice")]  # type: ignore[attr-defined]
+        await reachable(
+            server.address, tls_credentials(certs.ca, certs.cert("worker"), certs.key("worker"))
+        )
+    seen = [
+        (r.method, r.common_name, r.alternative_names)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "client identity"
+    ]
+    assert seen == [
+        ("ListDefinitions", "alice", []),
+        ("ListDefinitions", "worker", ["worker.example"]),
+    ]  # type: ignore[attr-defined]
 
 
 async def test_tls_without_client_ca_logs_no_identity(

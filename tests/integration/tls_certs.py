@@ -13,9 +13,10 @@ from scripts.dev_certs import issue, make_ca, write
 @dataclass(frozen=True)
 class Certs:
     """PEM files: ``ca`` signed ``server`` (localhost, 127.0.0.1, ::1), the clients
-    ``alice`` and ``podium``, the agent server certificates ``agent-localhost``
-    (localhost only, no IP) and ``agent-other-name`` (agents.internal only);
-    ``other_ca`` is an unrelated CA that signed ``mallory``."""
+    ``alice``, ``podium`` and ``worker`` (with the DNS name worker.example), and the
+    agent server certificates ``agent-localhost`` (localhost only, no IP) and
+    ``agent-other-name`` (agents.internal only); ``other_ca`` is an unrelated CA that
+    signed ``mallory`` (CN alice)."""
 
     directory: Path
 
@@ -53,6 +54,7 @@ def make_certs(directory: Path) -> Certs:
     write(directory, "agent-localhost", issue(ca, "localhost", names=("localhost",), server=True))
     write(directory, "alice", issue(ca, "alice", client=True))
     write(directory, "podium", issue(ca, "podium", client=True))
+    write(directory, "worker", issue(ca, "worker", names=("worker.example",), client=True))
     write(directory, "mallory", issue(other, "alice", client=True))
     return Certs(directory)
 
