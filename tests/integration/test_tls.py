@@ -141,7 +141,7 @@ async def test_the_handler_sees_the_verified_client_identity(
     assert seen == [
         ("ListDefinitions", "alice", []),
         ("ListDefinitions", "worker", ["worker.example"]),
-    ]  # type: ignore[attr-defined]
+    ]
 
 
 async def test_tls_without_client_ca_logs_no_identity(
