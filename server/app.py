@@ -42,7 +42,7 @@ from podium.server.api.probes import (
     add_health,
     add_reflection,
 )
-from podium.server.config import Settings, redact_url
+from podium.server.config import ConfigError, Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 from podium.server.storage.database import Database
@@ -59,6 +59,7 @@ from podium.server.telemetry.tracing import (
     server_span_interceptor,
     tracer_provider_from_env,
 )
+from podium.server.tls import ReloadingServerCredentials, ServerTls
 
 log = logging.getLogger("podium.server")
 
@@ -107,6 +108,8 @@ class PodiumServer:
         self.metrics_server: MetricsServer | None = None
         self._sampler: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
+        self.tls: ReloadingServerCredentials | None = None
+        """The gRPC port's TLS credentials, following their files; None in plaintext."""
         self._embedded: EmbeddedPostgres | None = None
         self._db: Database | None = None
         self._engine: Engine | None = None
@@ -150,12 +153,30 @@ class PodiumServer:
         add_health(self.health, server)
         add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)
         try:
-            self.port = server.add_insecure_port(self.settings.listen_address)
+            tls = self.settings.server_tls()  # read now: the files may have been replaced
+        except ConfigError as exc:
+            raise StartupError(str(exc)) from None
+        try:
+            if tls is None:
+                self.port = server.add_insecure_port(self.settings.listen_address)
+            else:
+                self.tls = ReloadingServerCredentials(
+                    tls, self._load_server_tls, self.settings.server_tls_files()
+                )
+                self.port = server.add_secure_port(
+                    self.settings.listen_address, self.tls.credentials
+                )
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.settings.listen_address}: {exc}") from None
         self._server = server
         await server.start()
-        log.info("gRPC listening", extra={"address": self.address})
+        log.info(
+            "gRPC listening",
+            extra={
+                "address": self.address,
+                "tls": "off" if tls is None else "mtls" if tls[1] is not None else "on",
+            },
+        )
         if self.settings.metrics_address is not None:
             token = self.settings.metrics_token
             metrics_server = MetricsServer(
@@ -225,6 +246,13 @@ class PodiumServer:
         self._engine = Engine(self._db, direct_dsn, self.settings)
         self._instrument(self._engine)
         await self._engine.start()
+
+    def _load_server_tls(self) -> ServerTls:
+        """The TLS files again (a replaced set); raises ConfigError when unusable."""
+        tls = self.settings.server_tls()
+        if tls is None:  # pragma: no cover - the settings do not change
+            raise ConfigError("PODIUM_TLS_CERT_FILE is no longer set")
+        return tls
 
     def _interceptors(self) -> list[grpc.aio.ServerInterceptor[Any, Any]]:
         """gRPC metrics always; server spans when tracing is on."""

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from podium.server.addresses import LOOPBACK, AllowList, parse_allow_list
+from podium.server.tls import KeyPair, TlsFileError, load_ca_bundle, load_key_pair
 
 DEFAULT_ORGANIZATION_ID = "default"
 """Organization of every resource while authentication is off."""
@@ -116,6 +117,10 @@ def _parse_path(name: str, raw: str) -> Path:
     if not raw:
         raise ConfigError(f"{name}: must not be empty")
     return Path(raw).expanduser()
+
+
+def _parse_optional_path(name: str, raw: str) -> Path | None:
+    return None if raw.strip() == "" else Path(raw).expanduser()
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -244,6 +249,24 @@ class Settings:
         _parse_token,
         "Bearer token the /metrics endpoint requires (Authorization: Bearer <token>); "
         "unset serves metrics to anyone who reaches PODIUM_METRICS_ADDRESS.",
+    )
+    tls_cert_file: Path | None = _setting(
+        "PODIUM_TLS_CERT_FILE",
+        _parse_optional_path,
+        "PEM certificate chain of the gRPC port; with PODIUM_TLS_KEY_FILE the port serves "
+        "TLS only. Unset: plaintext. Replaced files are served to new connections without "
+        "a restart (a set that does not load is logged, the previous one kept).",
+    )
+    tls_key_file: Path | None = _setting(
+        "PODIUM_TLS_KEY_FILE",
+        _parse_optional_path,
+        "PEM private key (unencrypted) of PODIUM_TLS_CERT_FILE; its contents are never logged.",
+    )
+    tls_client_ca_file: Path | None = _setting(
+        "PODIUM_TLS_CLIENT_CA_FILE",
+        _parse_optional_path,
+        "PEM CA bundle that turns on mTLS: every client must present a certificate "
+        "chaining to it (the handshake fails otherwise). Needs PODIUM_TLS_CERT_FILE.",
     )
     queue_depth_interval_seconds: float = _setting(
         "PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS",
@@ -377,6 +400,23 @@ class Settings:
         "local development server), none with PODIUM_DATABASE_URL.",
         doc_default="unset",
     )
+    agent_tls_ca_file: Path | None = _setting(
+        "PODIUM_AGENT_TLS_CA_FILE",
+        _parse_optional_path,
+        "PEM CA bundle trusted for agents reached over TLS (endpoints grpcs://HOST:PORT); "
+        "unset trusts the system's CA roots.",
+    )
+    agent_tls_cert_file: Path | None = _setting(
+        "PODIUM_AGENT_TLS_CERT_FILE",
+        _parse_optional_path,
+        "PEM client certificate Podium presents to TLS agents (mTLS); with "
+        "PODIUM_AGENT_TLS_KEY_FILE.",
+    )
+    agent_tls_key_file: Path | None = _setting(
+        "PODIUM_AGENT_TLS_KEY_FILE",
+        _parse_optional_path,
+        "PEM private key (unencrypted) of PODIUM_AGENT_TLS_CERT_FILE.",
+    )
     worker_slots: int = _setting(
         "PODIUM_WORKER_SLOTS",
         _parse_int(1, 10_000),
@@ -489,11 +529,88 @@ class Settings:
                 "PODIUM_DATABASE_DIRECT_URL is set without PODIUM_DATABASE_URL "
                 "(the embedded PostgreSQL needs neither)"
             )
+        for path_field in _PATH_FIELDS:
+            value = getattr(self, path_field)
+            if isinstance(value, str):  # an override given as text
+                object.__setattr__(self, path_field, _parse_optional_path(path_field, value))
+        # Every TLS file is read and checked now: a bad one stops the start before the
+        # server binds its port or touches the database.
+        self.server_tls()
+        self.agent_tls()
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ConfigError(
                 "PODIUM_DB_POOL_MIN_SIZE must not exceed PODIUM_DB_POOL_MAX_SIZE "
                 f"({self.db_pool_min_size} > {self.db_pool_max_size})"
             )
+
+    def server_tls(self) -> tuple[KeyPair, bytes | None] | None:
+        """The gRPC port's certificate and key and the client CA (mTLS), read from
+        their files now; None without PODIUM_TLS_CERT_FILE (plaintext).
+
+        Raises:
+            ConfigError: half a pair, a client CA without a certificate, or a file that
+                cannot be used (missing, unreadable, not PEM, key not the certificate's).
+        """
+        cert, key, client_ca = self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file
+        if cert is None or key is None:
+            if cert is not None or key is not None:
+                missing = "PODIUM_TLS_KEY_FILE" if key is None else "PODIUM_TLS_CERT_FILE"
+                raise ConfigError(
+                    f"{missing} is required with "
+                    f"{'PODIUM_TLS_CERT_FILE' if key is None else 'PODIUM_TLS_KEY_FILE'}"
+                )
+            if client_ca is not None:
+                raise ConfigError(
+                    "PODIUM_TLS_CLIENT_CA_FILE (mTLS) needs PODIUM_TLS_CERT_FILE and "
+                    "PODIUM_TLS_KEY_FILE: client certificates are only asked for over TLS"
+                )
+            return None
+        try:
+            pair = load_key_pair(cert, key)
+            ca = (
+                None
+                if client_ca is None
+                else load_ca_bundle("PODIUM_TLS_CLIENT_CA_FILE", client_ca)
+            )
+        except TlsFileError as exc:
+            raise ConfigError(str(exc)) from None
+        return pair, ca
+
+    def server_tls_files(self) -> list[Path]:
+        """The files of :meth:`server_tls` (watched for replacement while serving)."""
+        files = (self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file)
+        return [path for path in files if path is not None]
+
+    def agent_tls(self) -> tuple[bytes | None, KeyPair | None]:
+        """What Podium trusts of TLS agents (None: the system's roots) and the client
+        certificate it presents to them (None: none), read from their files now.
+
+        Raises:
+            ConfigError: half a pair, or a file that cannot be used.
+        """
+        cert, key = self.agent_tls_cert_file, self.agent_tls_key_file
+        if (cert is None) != (key is None):
+            missing = "PODIUM_AGENT_TLS_KEY_FILE" if key is None else "PODIUM_AGENT_TLS_CERT_FILE"
+            raise ConfigError(f"{missing} is required: the agent client certificate is a pair")
+        try:
+            ca = (
+                None
+                if self.agent_tls_ca_file is None
+                else load_ca_bundle("PODIUM_AGENT_TLS_CA_FILE", self.agent_tls_ca_file)
+            )
+            pair = (
+                None
+                if cert is None or key is None
+                else load_key_pair(
+                    cert,
+                    key,
+                    cert_setting="PODIUM_AGENT_TLS_CERT_FILE",
+                    key_setting="PODIUM_AGENT_TLS_KEY_FILE",
+                )
+            )
+        except TlsFileError as exc:
+            raise ConfigError(str(exc)) from None
+        return ca, pair
 
     @property
     def agent_allow_list(self) -> AllowList:
@@ -547,6 +664,16 @@ class Settings:
                 value = redact_url(value)
             out[f.metadata["env"]] = "" if value is None else str(value)
         return out
+
+
+_PATH_FIELDS = (
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "agent_tls_ca_file",
+    "agent_tls_cert_file",
+    "agent_tls_key_file",
+)
 
 
 def redact_url(url: str) -> str:

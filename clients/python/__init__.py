@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         ValidationError,
     )
     from podium.client.sync_client import SyncPodiumClient
+    from podium.client.tls import TlsConfigError, agent_server_credentials, tls_credentials
 
 __all__ = [
     "AlreadyExistsError",
@@ -75,14 +76,17 @@ __all__ = [
     "SyncPodiumClient",
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_RUN_STATES",
+    "TlsConfigError",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "ValidationError",
     "WatchPolicy",
+    "agent_server_credentials",
     "definition_to_dict",
     "load_definition",
     "parse_definition",
+    "tls_credentials",
     "to_dict",
 ]
 
@@ -101,6 +105,7 @@ _MODULES = {
         "to_dict",
     ),
     "podium.client.sync_client": ("SyncPodiumClient",),
+    "podium.client.tls": ("TlsConfigError", "agent_server_credentials", "tls_credentials"),
     "podium.client.definitions": (
         "DefinitionFileError",
         "definition_to_dict",

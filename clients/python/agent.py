@@ -221,11 +221,15 @@ class Agent:
             ("grpc.so_reuseport", 0),
         ]
 
-    async def serve(self, address: str = "127.0.0.1:0") -> AgentServer:
+    async def serve(
+        self, address: str = "127.0.0.1:0", *, credentials: grpc.ServerCredentials | None = None
+    ) -> AgentServer:
         """Start a gRPC server for this agent on ``address`` (port 0 picks a free port).
 
         The server also serves ``grpc.health.v1.Health`` (SERVING for ``""`` and the
         AgentService) and server reflection. Returns once it accepts calls.
+        ``credentials`` (:func:`podium.client.tls.agent_server_credentials`) serves TLS
+        only (register the agent as ``grpcs://HOST:PORT``); None serves plaintext.
         """
         if self._handler is None:
             raise RuntimeError(f"agent {self.name!r} has no task function")
@@ -237,7 +241,11 @@ class Agent:
             (SERVICE_NAME, _HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         try:
-            port = server.add_insecure_port(address)
+            port = (
+                server.add_insecure_port(address)
+                if credentials is None
+                else server.add_secure_port(address, credentials)
+            )
         except RuntimeError as exc:
             raise OSError(f"agent {self.name!r} cannot listen on {address}: {exc}") from None
         if port == 0:
@@ -255,15 +263,17 @@ class Agent:
         *,
         grace: float = 5.0,
         on_ready: Callable[[AgentServer], None] | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         """Serve until SIGTERM or SIGINT, then stop gracefully (blocking, for scripts).
 
         ``on_ready`` is called with the running server (e.g. to print its address when
         port 0 was asked for). In-flight tasks get ``grace`` seconds to finish.
+        ``credentials`` serves TLS (see :meth:`serve`).
         """
 
         async def main() -> None:
-            server = await self.serve(address)
+            server = await self.serve(address, credentials=credentials)
             try:
                 if on_ready is not None:
                     on_ready(server)

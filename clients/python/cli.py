@@ -75,7 +75,9 @@ def _remote(group: str) -> Callable[[argparse.Namespace], int]:
     command = COMMANDS[group]
 
     async def run(args: argparse.Namespace) -> int:
-        async with PodiumClient(args.address, timeout=args.timeout) as client:
+        async with PodiumClient(
+            args.address, timeout=args.timeout, credentials=args.credentials
+        ) as client:
             try:
                 return await command(client, args)
             except PodiumError as error:

@@ -8,8 +8,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from podium.client.cli_output import EXIT_OK, EXIT_USAGE, CliError, default_actor, print_data
 from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
+from podium.client.tls import TlsConfigError, tls_credentials
 
 COMPLETION_SHELLS = ("bash", "zsh")
 
@@ -25,7 +28,7 @@ class Setting:
 
 
 def _pick(flag_value: Any, flag: str, env: str, default: Any, convert: Any = str) -> Setting:
-    name = flag.removeprefix("--")
+    name = flag.removeprefix("--").replace("-", "_")
     if flag_value is not None:
         return Setting(name, flag_value, f"flag {flag}")
     text = os.environ.get(env)
@@ -43,9 +46,18 @@ def _output(text: str) -> str:
     return text
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
-    """The effective ``address``, ``timeout`` and ``output`` of a command (flag, then
-    environment, then default) and the ``actor`` approvals record."""
+    """The effective ``address``, ``timeout``, ``output`` and TLS files of a command
+    (flag, then environment, then default) and the ``actor`` approvals record."""
     settings = [
         _pick(getattr(args, "address", None), "--address", "PODIUM_ADDRESS", DEFAULT_ADDRESS),
         _pick(
@@ -56,6 +68,10 @@ def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
             float,
         ),
         _pick(getattr(args, "output", None), "--output", "PODIUM_OUTPUT", "text", _output),
+        _pick(getattr(args, "tls", None), "--tls", "PODIUM_TLS", False, _bool),
+        _pick(getattr(args, "tls_ca", None), "--tls-ca", "PODIUM_TLS_CA", None),
+        _pick(getattr(args, "tls_cert", None), "--tls-cert", "PODIUM_TLS_CERT", None),
+        _pick(getattr(args, "tls_key", None), "--tls-key", "PODIUM_TLS_KEY", None),
     ]
     actor = os.environ.get("PODIUM_ACTOR")
     settings.append(
@@ -67,12 +83,32 @@ def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
 
 
 def resolve(args: argparse.Namespace) -> None:
-    """Set ``args.address``, ``args.timeout`` and ``args.output`` to their effective
-    values."""
+    """Set ``args.address``, ``args.timeout``, ``args.output`` and ``args.credentials``
+    (None: plaintext) to their effective values."""
     settings = client_settings(args)
     args.address = settings["address"].value
     args.timeout = settings["timeout"].value
     args.output = settings["output"].value
+    args.credentials = credentials(settings)
+
+
+def credentials(settings: dict[str, Setting]) -> grpc.ChannelCredentials | None:
+    """TLS credentials when ``tls`` is on or a TLS file is given; None (plaintext)
+    otherwise. A CA file, else the system's CA roots; a client certificate for mTLS."""
+    ca, cert, key = (settings[name].value for name in ("tls_ca", "tls_cert", "tls_key"))
+    if not (settings["tls"].value or ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        given = "tls_cert" if cert else "tls_key"
+        raise CliError(
+            "--tls-cert and --tls-key (env PODIUM_TLS_CERT, PODIUM_TLS_KEY) go together; "
+            f"only --{given.replace('_', '-')} is set ({settings[given].source})",
+            EXIT_USAGE,
+        )
+    try:
+        return tls_credentials(ca or None, cert or None, key or None)
+    except TlsConfigError as exc:
+        raise CliError(f"TLS: {exc}", EXIT_USAGE) from None
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -85,6 +121,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         return EXIT_OK
     for s in settings.values():
         value = f"{s.value:g}" if isinstance(s.value, float) else str(s.value)
+        value = "unset" if s.value is None else value
         print(f"{s.name:<8} {value:<24} ({s.source})")
     return EXIT_OK
 

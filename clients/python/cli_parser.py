@@ -63,7 +63,7 @@ def _follow_options(parser: argparse.ArgumentParser) -> None:
 
 
 def common_options() -> argparse.ArgumentParser:
-    """``--address``, ``--timeout`` and ``-o`` of every remote command. Their defaults
+    """``--address``, ``--timeout``, ``-o`` and ``--tls*`` of every remote command. Their defaults
     are None: :func:`podium.client.cli_config.client_settings` resolves them (flag,
     environment, default) and tells where each came from."""
     common = argparse.ArgumentParser(add_help=False)
@@ -82,6 +82,26 @@ def common_options() -> argparse.ArgumentParser:
         "--output",
         choices=("text", "json", "yaml"),
         help="output format [env PODIUM_OUTPUT, default text]",
+    )
+    common.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        help="connect over TLS, trusting the system's CA roots unless --tls-ca [env "
+        "PODIUM_TLS=true; implied by any --tls-* file]",
+    )
+    common.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="PEM CA bundle the server's certificate chains to [env PODIUM_TLS_CA]",
+    )
+    common.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="PEM client certificate for mTLS, with --tls-key [env PODIUM_TLS_CERT]",
+    )
+    common.add_argument(
+        "--tls-key", metavar="FILE", help="PEM key of --tls-cert [env PODIUM_TLS_KEY]"
     )
     return common
 

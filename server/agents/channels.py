@@ -25,6 +25,13 @@ its ``:authority``, so gRPC never resolves the name itself and a name re-bound a
 check (DNS rebinding) cannot redirect the call. A channel whose address no longer
 resolves is replaced; the old one is closed once its calls in flight finished (or after
 ``retire_grace_seconds``).
+
+An endpoint ``grpcs://HOST:PORT`` gets a TLS channel: it still connects to the checked
+address, and verifies that the agent's certificate names HOST
+(``grpc.ssl_target_name_override``), chaining to ``tls_ca`` (``PODIUM_AGENT_TLS_CA_FILE``,
+else the system's roots); with ``tls_client`` (``PODIUM_AGENT_TLS_CERT_FILE``) Podium
+presents that certificate (mTLS). A failed handshake fails the call with
+``UNAVAILABLE`` (the attempt's ``AGENT_UNAVAILABLE``), like an agent that is down.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 
-from podium.server.agents.endpoints import EndpointGuard, EndpointRefused, connect_target
+from podium.server.agents.endpoints import (
+    EndpointGuard,
+    EndpointRefused,
+    connect_target,
+    parse_endpoint,
+)
+from podium.server.tls import KeyPair, channel_credentials
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "AgentChannels", "PooledClient"]
 
@@ -62,6 +75,8 @@ class AgentChannels:
         guard: checks endpoints before calls (:meth:`connect`); None (agent clients used
             on their own, in tests) connects to endpoints as they are.
         retire_grace_seconds: how long a replaced channel's calls in flight may go on.
+        tls_ca: PEM CA bundle trusted for ``grpcs://`` agents (None: the system's roots).
+        tls_client: the client certificate presented to ``grpcs://`` agents (mTLS).
     """
 
     def __init__(
@@ -74,6 +89,8 @@ class AgentChannels:
         options: Sequence[tuple[str, Any]] = (),
         guard: EndpointGuard | None = None,
         retire_grace_seconds: float = 3600.0,
+        tls_ca: bytes | None = None,
+        tls_client: KeyPair | None = None,
     ) -> None:
         self.options: tuple[tuple[str, Any], ...] = (
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -92,6 +109,14 @@ class AgentChannels:
         self._retire_grace = retire_grace_seconds
         self._addresses: dict[str, str] = {}  # endpoint -> the checked address connected
         self._retiring: set[asyncio.Task[None]] = set()
+        self._tls_ca = tls_ca
+        self._tls_client = tls_client
+        self._tls_credentials: grpc.ChannelCredentials | None = None
+
+    def _credentials(self) -> grpc.ChannelCredentials:
+        if self._tls_credentials is None:
+            self._tls_credentials = channel_credentials(self._tls_ca, self._tls_client)
+        return self._tls_credentials
 
     def get(self, endpoint: str) -> grpc.aio.Channel:
         """The channel to ``endpoint`` (created on first use, then reused; with a guard,
@@ -107,7 +132,17 @@ class AgentChannels:
                 raise RuntimeError("the agent channels are closed")
             if self.guard is not None:
                 raise EndpointRefused(f"{endpoint} was not checked before the call", transient=True)
-            channel = grpc.aio.insecure_channel(endpoint, options=self.options)
+            if endpoint.lower().startswith(("grpc://", "grpcs://")):
+                target = parse_endpoint(endpoint)
+                host = f"[{target.host}]" if ":" in target.host else target.host
+                address = f"{host}:{target.port}"
+                channel = (
+                    grpc.aio.secure_channel(address, self._credentials(), options=self.options)
+                    if target.tls
+                    else grpc.aio.insecure_channel(address, options=self.options)
+                )
+            else:
+                channel = grpc.aio.insecure_channel(endpoint, options=self.options)
             self._channels[endpoint] = channel
         return channel
 
@@ -132,7 +167,13 @@ class AgentChannels:
         address = addresses[0]
         host = f"[{target.host}]" if ":" in target.host else target.host
         options = (*self.options, ("grpc.default_authority", f"{host}:{target.port}"))
-        fresh = grpc.aio.insecure_channel(connect_target(address, target.port), options=options)
+        connect = connect_target(address, target.port)
+        if target.tls:
+            # Connect to the checked address; verify the certificate against the name.
+            options = (*options, ("grpc.ssl_target_name_override", target.host))
+            fresh = grpc.aio.secure_channel(connect, self._credentials(), options=options)
+        else:
+            fresh = grpc.aio.insecure_channel(connect, options=options)
         self._channels[endpoint] = fresh
         self._addresses[endpoint] = address
         if channel is not None:

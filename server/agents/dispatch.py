@@ -10,21 +10,24 @@ outbound guard (:mod:`.endpoints`) and connects to a checked address; a refused 
 fails the attempt with ``AGENT_ENDPOINT_REFUSED`` (not retryable), a name that does not
 resolve with ``AGENT_UNAVAILABLE`` (retryable).
 
-An agent that cannot be reached (its channel is not READY: the agent is down,
-restarting or not there yet) is waited for, up to ``wait_seconds`` and within the
-attempt's timeout, before the call is sent: gRPC reconnects in the background and the
-call goes out once the channel is READY. Without this, a call on a channel in
-TRANSIENT_FAILURE fails at once and an agent restart of a few seconds burns a step's
-attempts. The wait is reported through ``on_progress`` (``waiting for the agent ...``)
-so WatchRun shows why the step is not moving; a channel that becomes ready within
-:data:`QUIET_CONNECT_SECONDS` (a first connection) reports nothing.
+An agent that is not there (the call fails with ``AGENT_UNAVAILABLE`` because its
+connection was refused or could not be made: the agent is down, restarting or not
+deployed yet) is waited for, up to ``wait_seconds`` and within the attempt's timeout:
+gRPC reconnects in the background and the call is sent again once the channel is
+READY. The agent never received the refused call, so this is not a re-execution, and
+an agent restart of a few seconds no longer burns a step's attempts. The wait is
+reported through ``on_progress`` (``waiting for the agent ...``) so WatchRun shows why
+the step is not moving. A TLS handshake failure or a call cut midway is answered at
+once: waiting does not fix a certificate, and a cut call may have done work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -40,11 +43,14 @@ from podium.server.agents.client import (
     TaskFailed,
 )
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
+from podium.server.tls import KeyPair
 
-__all__ = ["AGENT_ENDPOINT_REFUSED", "QUIET_CONNECT_SECONDS", "AgentDispatcher"]
+__all__ = ["AGENT_ENDPOINT_REFUSED", "AgentDispatcher"]
 
-QUIET_CONNECT_SECONDS = 0.5
-"""A channel that connects within this time is not reported as a wait."""
+# Transport failures that say no agent is listening there (gRPC's wording, lower case);
+# anything mentioning TLS is a configuration error, not an absence.
+_ABSENT = ("connection refused", "connect failed", "no route to host", "network is unreachable")
+_TLS = ("ssl", "tls", "handshake", "certificate", "hostname verification")
 
 AGENT_ENDPOINT_REFUSED = "AGENT_ENDPOINT_REFUSED"
 """The outbound guard refused the agent's endpoint or an address it resolves to."""
@@ -59,6 +65,8 @@ class AgentDispatcher:
             always has one); None connects to endpoints as they are.
         wait_seconds: how long a call waits for an unreachable agent (module doc);
             0 sends it at once (it then fails fast with ``AGENT_UNAVAILABLE``).
+        tls_ca: PEM CA bundle trusted for ``grpcs://`` agents (None: the system's roots).
+        tls_client: the certificate presented to ``grpcs://`` agents (mTLS), if any.
     """
 
     def __init__(
@@ -67,9 +75,13 @@ class AgentDispatcher:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         guard: EndpointGuard | None = None,
         wait_seconds: float = 0.0,
+        tls_ca: bytes | None = None,
+        tls_client: KeyPair | None = None,
     ) -> None:
         self.wait_seconds = wait_seconds
-        self.channels = AgentChannels(max_message_bytes=max_message_bytes, guard=guard)
+        self.channels = AgentChannels(
+            max_message_bytes=max_message_bytes, guard=guard, tls_ca=tls_ca, tls_client=tls_client
+        )
         self.podium = AgentClient(channels=self.channels)
         self.a2a = A2AClient(channels=self.channels)
 
@@ -96,51 +108,42 @@ class AgentDispatcher:
             channel = await self.channels.connect(endpoint)
         except EndpointRefused as exc:
             return _refused(endpoint, exc)
-        if self.wait_seconds > 0:
-            waited = await self._wait_for_agent(
-                channel, endpoint, min(self.wait_seconds, timeout), on_progress
-            )
-            if waited is None:
-                return TaskFailed(
-                    code=AGENT_UNAVAILABLE,
-                    message=f"the agent at {endpoint} was not reachable for "
-                    f"{min(self.wait_seconds, timeout):g} s",
-                    retryable=True,
-                    origin="transport",
-                    grpc_status="UNAVAILABLE",
-                )
-            timeout = max(timeout - waited, 0.001)
+        call = functools.partial(
+            self._execute,
+            endpoint,
+            request,
+            protocol=protocol,
+            metadata=metadata,
+            on_progress=on_progress,
+            on_output_chunk=on_output_chunk,
+            on_artifact=on_artifact,
+            resume_task_id=resume_task_id,
+        )
         try:
-            return await self._execute(
-                endpoint,
-                request,
-                protocol=protocol,
-                timeout=timeout,
-                metadata=metadata,
-                on_progress=on_progress,
-                on_output_chunk=on_output_chunk,
-                on_artifact=on_artifact,
-                resume_task_id=resume_task_id,
-            )
+            started = time.monotonic()
+            outcome = await call(timeout=timeout)
+            if self.wait_seconds > 0 and _absent(outcome):
+                limit = min(self.wait_seconds, timeout)
+                outcome = await self._wait_and_retry(
+                    call, channel, endpoint, started, limit, timeout, on_progress, outcome
+                )
+            return outcome
         except EndpointRefused as exc:  # the checked channel was discarded meanwhile
             return _refused(endpoint, exc)
 
     @staticmethod
-    async def _wait_for_agent(
+    async def _wait_and_retry(
+        call: Callable[..., Awaitable[A2AOutcome]],
         channel: grpc.aio.Channel,
         endpoint: str,
+        started: float,
         limit: float,
+        timeout: float,  # noqa: ASYNC109 - the deadline of the attempt
         on_progress: ProgressCallback | None,
-    ) -> float | None:
-        """Wait until ``channel`` is READY: the seconds waited, or None after ``limit``."""
-        if channel.get_state(try_to_connect=True) == grpc.ChannelConnectivity.READY:
-            return 0.0
-        started = time.monotonic()
-        try:
-            await asyncio.wait_for(channel.channel_ready(), min(QUIET_CONNECT_SECONDS, limit))
-            return time.monotonic() - started
-        except TimeoutError:
-            pass
+        outcome: A2AOutcome,
+    ) -> A2AOutcome:
+        """Wait for ``channel`` to be READY and call again, while the agent stays
+        absent and ``limit`` seconds (from ``started``) allow; the last outcome."""
         if on_progress is not None:
             notice = on_progress(
                 agent_pb2.Progress(
@@ -149,11 +152,21 @@ class AgentDispatcher:
             )
             if notice is not None:
                 await notice
-        try:
-            await asyncio.wait_for(channel.channel_ready(), limit - (time.monotonic() - started))
-        except TimeoutError:
-            return None
-        return time.monotonic() - started
+        while _absent(outcome):
+            remaining = limit - (time.monotonic() - started)
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(channel.channel_ready(), remaining)
+            except TimeoutError:
+                assert isinstance(outcome, TaskFailed)
+                return dataclasses.replace(
+                    outcome,
+                    message=f"the agent at {endpoint} was not reachable for {limit:g} s: "
+                    f"{outcome.message}",
+                )
+            outcome = await call(timeout=max(timeout - (time.monotonic() - started), 0.001))
+        return outcome
 
     async def _execute(
         self,
@@ -194,6 +207,16 @@ class AgentDispatcher:
         await self.podium.close()
         await self.a2a.close()
         await self.channels.close()
+
+
+def _absent(outcome: A2AOutcome) -> bool:
+    """Whether ``outcome`` says no agent answered at the endpoint (module doc)."""
+    if not isinstance(outcome, TaskFailed) or outcome.code != AGENT_UNAVAILABLE:
+        return False
+    if outcome.origin != "transport":
+        return False
+    message = outcome.message.lower()
+    return any(m in message for m in _ABSENT) and not any(m in message for m in _TLS)
 
 
 def _refused(endpoint: str, exc: EndpointRefused) -> TaskFailed:

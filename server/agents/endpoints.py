@@ -2,7 +2,9 @@
 
 An agent endpoint is ``HOST:PORT`` (a DNS name, an IPv4 address or a bracketed IPv6
 address) or one of the gRPC targets ``dns:///HOST:PORT``, ``ipv4:ADDR:PORT`` and
-``ipv6:[ADDR]:PORT`` (:func:`parse_endpoint`). Other targets are refused: ``unix:``
+``ipv6:[ADDR]:PORT`` (:func:`parse_endpoint`), all in plaintext; ``grpcs://HOST:PORT``
+is reached over TLS (the certificate must name HOST; ``PODIUM_AGENT_TLS_CA_FILE``),
+``grpc://HOST:PORT`` is plaintext, said explicitly. Other targets are refused: ``unix:``
 and ``unix-abstract:`` sockets, ``vsock:``, ``xds:``, a ``dns://`` target naming its own
 DNS server, lists of addresses, and numeric hosts that are not a dotted quad
 (``2130706433``, ``0x7f000001``, ``0177.0.0.1``: resolvers read them as addresses).
@@ -70,6 +72,8 @@ class HostPort:
 
     host: str
     port: int
+    tls: bool = False
+    """Reached over TLS (``grpcs://``), verifying that the certificate names ``host``."""
 
     @property
     def literal(self) -> Address | None:
@@ -89,7 +93,12 @@ def parse_endpoint(endpoint: str) -> HostPort:
             f"{scheme}: targets are not allowed: agents are reached over TCP (HOST:PORT)"
         )
     rest = endpoint
-    if lowered.startswith("dns:"):
+    tls = lowered.startswith("grpcs://")
+    if tls or lowered.startswith("grpc://"):
+        rest = endpoint.partition("://")[2]
+        if rest.endswith("/"):
+            rest = rest[:-1]
+    elif lowered.startswith("dns:"):
         rest = endpoint[4:]
         if rest.startswith("//"):
             authority, slash, rest = rest[2:].partition("/")
@@ -106,7 +115,7 @@ def parse_endpoint(endpoint: str) -> HostPort:
     if match is None:
         raise EndpointRefused(
             "expected HOST:PORT (e.g. agents.example.com:50061), dns:///HOST:PORT, "
-            "ipv4:ADDR:PORT or ipv6:[ADDR]:PORT"
+            "ipv4:ADDR:PORT, ipv6:[ADDR]:PORT, or grpcs://HOST:PORT for TLS"
         )
     host, port = match.group(1), int(match.group(3))
     if not 1 <= port <= 65535:
@@ -125,7 +134,7 @@ def parse_endpoint(endpoint: str) -> HostPort:
                 f"{host!r} is a numeric host that is not a dotted-quad IPv4 address "
                 "(resolvers would read it as an address): write the address as a.b.c.d"
             ) from None
-    return HostPort(host=host, port=port)
+    return HostPort(host=host, port=port, tls=tls)
 
 
 def endpoint_form_problem(endpoint: str) -> str | None:

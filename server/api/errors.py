@@ -30,6 +30,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from podium.server.api.peer_identity import log_client_identity
 from podium.server.engine import errors
 from podium.server.engine.requests import check_request
 
@@ -179,6 +180,7 @@ def unary(
     async def wrapper(self: _Servicer, request: _Request, context: _Context) -> _Response:
         try:
             check_request(request)  # type: ignore[arg-type]
+            log_client_identity(context, fn.__name__)
             return await fn(self, request, context)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
@@ -199,6 +201,7 @@ def streaming(
     ) -> AsyncIterator[_Response]:
         try:
             check_request(request)  # type: ignore[arg-type]
+            log_client_identity(context, fn.__name__)
             async for item in fn(self, request, context):
                 yield item
         except (grpc.aio.AbortError, grpc.aio.UsageError):

@@ -67,10 +67,14 @@ class Engine:
         # its fallback poll uses the scheduler's fallback timer.
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
         self.watch = WatchService(hub, events)
+        # Raises ConfigError when a TLS file of agent channels became unusable since start.
+        agent_tls_ca, agent_tls_client = settings.agent_tls()
         self.agent_client = AgentDispatcher(
             max_message_bytes=settings.max_message_bytes,
             guard=guard,
             wait_seconds=settings.agent_wait_seconds,
+            tls_ca=agent_tls_ca,
+            tls_client=agent_tls_client,
         )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(

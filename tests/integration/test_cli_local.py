@@ -30,12 +30,19 @@ def test_config_tells_where_each_setting_comes_from(monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("PODIUM_TIMEOUT", raising=False)
     monkeypatch.delenv("PODIUM_OUTPUT", raising=False)
     monkeypatch.setenv("PODIUM_ACTOR", "ana")
-    args = build_parser().parse_args(["config", "--timeout", "5"])
+    monkeypatch.setenv("PODIUM_TLS_CA", "/etc/podium/ca.pem")
+    for name in ("PODIUM_TLS", "PODIUM_TLS_CERT", "PODIUM_TLS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    args = build_parser().parse_args(["config", "--timeout", "5", "--tls"])
     got = {name: (s.value, s.source) for name, s in client_settings(args).items()}
     assert got == {
         "address": ("podium.example:443", "env PODIUM_ADDRESS"),
         "timeout": (5.0, "flag --timeout"),
         "output": ("text", "default"),
+        "tls": (True, "flag --tls"),
+        "tls_ca": ("/etc/podium/ca.pem", "env PODIUM_TLS_CA"),
+        "tls_cert": (None, "default"),
+        "tls_key": (None, "default"),
         "actor": ("ana", "env PODIUM_ACTOR"),
     }
     result = subprocess.run(

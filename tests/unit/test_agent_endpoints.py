@@ -117,6 +117,24 @@ def test_parse_endpoint_forms() -> None:
             parse_endpoint(bad)
 
 
+def test_grpcs_endpoints_ask_for_tls() -> None:
+    assert parse_endpoint("grpcs://agents.example:443") == HostPort("agents.example", 443, tls=True)
+    assert parse_endpoint("GRPCS://[2001:db8::1]:443/").tls
+    assert parse_endpoint("grpc://a.example:1") == HostPort("a.example", 1, tls=False)
+    assert not parse_endpoint("a.example:1").tls
+    for bad in ("grpcs://a.example", "grpcs://dns:///a.example:1", "grpcs://unix:/x", "grpcs://"):
+        with pytest.raises(EndpointRefused):
+            parse_endpoint(bad)
+
+
+async def test_grpcs_endpoints_pass_the_same_guard() -> None:
+    guard = EndpointGuard(resolver=resolver(NAMES))
+    with pytest.raises(EndpointRefused, match="private"):
+        await guard.resolve("grpcs://inside.example:443")
+    target, addresses = await guard.resolve("grpcs://public.example:443")
+    assert (target, addresses) == (HostPort("public.example", 443, tls=True), ["8.8.8.8"])
+
+
 def test_connect_targets_name_one_address() -> None:
     assert connect_target("1.2.3.4", 80) == "ipv4:1.2.3.4:80"
     assert connect_target("::1", 80) == "ipv6:[::1]:80"

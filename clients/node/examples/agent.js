@@ -13,7 +13,10 @@
  * `input.skill`, or `echo`. Run it:
  *
  *     node examples/agent.js [--address 127.0.0.1:0] [--name node-text]
+ *         [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
  *
+ * With `--tls-cert`/`--tls-key` it serves TLS only (register it as `grpcs://HOST:PORT`);
+ * `--tls-client-ca` also requires Podium's client certificate (mTLS).
  * It prints `{"name": ..., "address": ...}` once serving, then serves until Ctrl-C.
  * Register it: `podium agents register node-text ADDRESS --skill echo --skill uppercase`.
  */
@@ -22,7 +25,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
-import { Agent, TaskFailed, runAgent } from '../src/agent.js';
+import { Agent, TaskFailed, agentServerCredentials, runAgent } from '../src/agent.js';
 
 /**
  * @param {import('../src/agent.js').Task} task
@@ -104,10 +107,21 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     options: {
       address: { type: 'string', default: '127.0.0.1:0' },
       name: { type: 'string', default: 'node-text' },
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'tls-client-ca': { type: 'string' },
     },
   });
   const agent = createExampleAgent(values.name);
+  const credentials = values['tls-cert']
+    ? agentServerCredentials({
+        certFile: values['tls-cert'],
+        keyFile: values['tls-key'] ?? '',
+        clientCaFile: values['tls-client-ca'],
+      })
+    : undefined;
   await runAgent(agent, values.address, {
+    credentials,
     onReady: (server) => console.log(JSON.stringify({ name: agent.name, address: server.address })),
   });
 }

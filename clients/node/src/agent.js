@@ -44,6 +44,8 @@
  * @module
  */
 
+import { readFileSync } from 'node:fs';
+
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
@@ -482,9 +484,12 @@ export class Agent {
    * accepts calls.
    *
    * @param {string} [address] `host:port`, default `127.0.0.1:0`
+   * @param {{ credentials?: grpc.ServerCredentials }} [options] `credentials`: serve TLS
+   *   only ({@link agentServerCredentials}; register the agent as `grpcs://HOST:PORT`);
+   *   default plaintext
    * @returns {Promise<AgentServer>}
    */
-  async serve(address = '127.0.0.1:0') {
+  async serve(address = '127.0.0.1:0', { credentials } = {}) {
     const handler = this.#handler;
     if (!handler) throw new Error(`agent ${this.name} has no task function`);
     const server = new grpc.Server(this.serverOptions());
@@ -502,7 +507,7 @@ export class Agent {
     const health = new HealthImplementation({ '': 'SERVING', [SERVICE_NAME]: 'SERVING' });
     health.addToServer(server);
     const port = await new Promise((resolve, reject) => {
-      server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      server.bindAsync(address, credentials ?? grpc.ServerCredentials.createInsecure(), (error, bound) =>
         error ? reject(new Error(`agent ${this.name} cannot listen on ${address}: ${error.message}`)) : resolve(bound),
       );
     });
@@ -605,15 +610,37 @@ export class AgentServer {
  *
  * @param {Agent} agent
  * @param {string} [address]
- * @param {{ graceMs?: number, onReady?: (server: AgentServer) => void }} [options]
+ * @param {{ graceMs?: number, onReady?: (server: AgentServer) => void, credentials?: grpc.ServerCredentials }} [options]
  * @returns {Promise<void>}
  */
-export async function runAgent(agent, address = '127.0.0.1:0', { graceMs = 5000, onReady } = {}) {
-  const server = await agent.serve(address);
+export async function runAgent(
+  agent,
+  address = '127.0.0.1:0',
+  { graceMs = 5000, onReady, credentials } = {},
+) {
+  const server = await agent.serve(address, { credentials });
   onReady?.(server);
   await new Promise((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
   await server.stop(graceMs);
+}
+
+/**
+ * TLS credentials of an agent server, from PEM files: its certificate chain (naming the
+ * host Podium calls) and unencrypted key; with `clientCaFile`, mTLS: only clients
+ * (Podium) presenting a certificate of that CA complete the handshake.
+ *
+ * @param {{ certFile: string, keyFile: string, clientCaFile?: string }} files
+ * @returns {grpc.ServerCredentials}
+ */
+export function agentServerCredentials({ certFile, keyFile, clientCaFile }) {
+  if (!certFile || !keyFile) throw new TypeError('agentServerCredentials: certFile and keyFile are required');
+  const clientCa = clientCaFile ? readFileSync(clientCaFile) : null;
+  return grpc.ServerCredentials.createSsl(
+    clientCa,
+    [{ private_key: readFileSync(keyFile), cert_chain: readFileSync(certFile) }],
+    clientCa !== null,
+  );
 }

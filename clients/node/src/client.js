@@ -41,6 +41,7 @@
  * @module
  */
 
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import * as grpc from '@grpc/grpc-js';
@@ -65,11 +66,28 @@ export const RECONNECT_CODES = Object.freeze(
 );
 
 /**
+ * TLS credentials of a channel to Podium (`new PodiumClient(address, { credentials })`),
+ * from PEM files: the CA bundle the server's certificate chains to (default: the
+ * system's CA roots) and, for mTLS, a client certificate and its unencrypted key.
+ *
+ * @param {{ caFile?: string, certFile?: string, keyFile?: string }} [files]
+ * @returns {grpc.ChannelCredentials}
+ */
+export function tlsCredentials({ caFile, certFile, keyFile } = {}) {
+  if (Boolean(certFile) !== Boolean(keyFile)) {
+    throw new TypeError('tlsCredentials: certFile and keyFile go together');
+  }
+  const read = (/** @type {string | undefined} */ file) => (file ? readFileSync(file) : null);
+  return grpc.credentials.createSsl(read(caFile), read(keyFile), read(certFile));
+}
+
+/**
  * @typedef {import('./struct.js').JsonObject} JsonObject
  * @typedef {import('./errors.js').PodiumError} PodiumError
  *
  * @typedef {object} ClientOptions
- * @property {grpc.ChannelCredentials} [credentials] default: insecure (plaintext)
+ * @property {grpc.ChannelCredentials} [credentials] default: insecure (plaintext); over
+ *   TLS: `tlsCredentials({ caFile, certFile, keyFile })`
  * @property {grpc.ChannelOptions} [channelOptions] extra channel options
  * @property {number} [timeoutMs] deadline of each unary call (default 30 s)
  * @property {grpc.Metadata} [metadata] sent with every call (e.g. an API key)

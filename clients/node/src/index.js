@@ -4,12 +4,21 @@
  * @module
  */
 
-export { Agent, AgentServer, Task, TaskFailed, runAgent, SERVICE_NAME } from './agent.js';
+export {
+  Agent,
+  AgentServer,
+  Task,
+  TaskFailed,
+  agentServerCredentials,
+  runAgent,
+  SERVICE_NAME,
+} from './agent.js';
 export {
   PodiumClient,
   TERMINAL_EVENT_TYPES,
   TERMINAL_RUN_STATES,
   RECONNECT_CODES,
+  tlsCredentials,
 } from './client.js';
 export {
   AlreadyExistsError,

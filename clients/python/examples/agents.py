@@ -23,6 +23,7 @@ factory                   skill           behaviour
 
     python -m podium.client.examples.agents [--host 127.0.0.1] [--port-file PATH]
         [--only echo,sleeper] [--flaky-failures 2]
+        [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 prints one JSON line ``{"echo": "127.0.0.1:41234", ...}`` to stdout once every agent
 serves, writes the same JSON to ``--port-file`` (atomically; removed on exit), and
@@ -46,6 +47,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+import grpc
+
 from podium.client.agent import (
     Agent,
     AgentServer,
@@ -55,6 +58,7 @@ from podium.client.agent import (
     TaskFailed,
     wait_for_shutdown_signal,
 )
+from podium.client.tls import agent_server_credentials
 
 __all__ = [
     "EXAMPLE_FACTORIES",
@@ -535,8 +539,10 @@ async def serve_examples(
     *,
     names: Iterable[str] | None = None,
     flaky_failures: int = 2,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> ExampleAgents:
-    """Start the example agents (all, or those in ``names``) on free ports of ``host``."""
+    """Start the example agents (all, or those in ``names``) on free ports of ``host``;
+    with ``credentials``, over TLS (see :meth:`podium.client.agent.Agent.serve`)."""
     selected = list(EXAMPLE_FACTORIES) if names is None else list(names)
     unknown = sorted(set(selected) - set(EXAMPLE_FACTORIES))
     if unknown:
@@ -549,7 +555,7 @@ async def serve_examples(
     servers: dict[str, AgentServer] = {}
     try:
         for name, agent in agents.items():
-            servers[name] = await agent.serve(f"{bind_host}:0")
+            servers[name] = await agent.serve(f"{bind_host}:0", credentials=credentials)
     except BaseException:
         await asyncio.gather(*(server.stop(None) for server in servers.values()))
         raise
@@ -567,7 +573,14 @@ def _write_atomically(path: Path, text: str) -> None:
 
 async def _serve_until_signal(args: argparse.Namespace) -> None:
     names = [name.strip() for name in args.only.split(",") if name.strip()] if args.only else None
-    examples = await serve_examples(args.host, names=names, flaky_failures=args.flaky_failures)
+    credentials = (
+        None
+        if args.tls_cert is None
+        else agent_server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    )
+    examples = await serve_examples(
+        args.host, names=names, flaky_failures=args.flaky_failures, credentials=credentials
+    )
     port_file: Path | None = args.port_file
     try:
         addresses = json.dumps(examples.addresses, sort_keys=True)
@@ -602,7 +615,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--grace", type=float, default=1.0, help="seconds in-flight tasks get on shutdown"
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this PEM certificate")
+    parser.add_argument("--tls-key", type=Path, help="the PEM key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="with --tls-cert: require client certificates of this CA"
+    )
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        parser.error("--tls-client-ca needs --tls-cert and --tls-key")
     if args.flaky_failures < 0:
         parser.error("--flaky-failures cannot be negative")
     logging.basicConfig(
