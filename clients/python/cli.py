@@ -40,6 +40,7 @@ from podium.client.cli_commands import (
     cmd_webhooks,
 )
 from podium.client.cli_config import COMPLETION_SHELLS, cmd_completion, cmd_config, resolve
+from podium.client.cli_keys import add_keys_command
 from podium.client.cli_output import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -75,7 +76,7 @@ def _remote(group: str) -> Callable[[argparse.Namespace], int]:
     command = COMMANDS[group]
 
     async def run(args: argparse.Namespace) -> int:
-        async with PodiumClient(args.address, timeout=args.timeout) as client:
+        async with PodiumClient(args.address, timeout=args.timeout, api_key=args.api_key) as client:
             try:
                 return await command(client, args)
             except PodiumError as error:
@@ -150,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_remote_commands(sub, _remote)
+    add_keys_command(sub)
 
     config = sub.add_parser(
         "config",

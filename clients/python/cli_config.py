@@ -44,8 +44,8 @@ def _output(text: str) -> str:
 
 
 def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
-    """The effective ``address``, ``timeout`` and ``output`` of a command (flag, then
-    environment, then default) and the ``actor`` approvals record."""
+    """The effective ``address``, ``timeout``, ``output`` and ``api-key`` of a command
+    (flag, then environment, then default) and the ``actor`` approvals record."""
     settings = [
         _pick(getattr(args, "address", None), "--address", "PODIUM_ADDRESS", DEFAULT_ADDRESS),
         _pick(
@@ -56,6 +56,7 @@ def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
             float,
         ),
         _pick(getattr(args, "output", None), "--output", "PODIUM_OUTPUT", "text", _output),
+        _pick(getattr(args, "api_key", None), "--api-key", "PODIUM_API_KEY", ""),
     ]
     actor = os.environ.get("PODIUM_ACTOR")
     settings.append(
@@ -73,11 +74,15 @@ def resolve(args: argparse.Namespace) -> None:
     args.address = settings["address"].value
     args.timeout = settings["timeout"].value
     args.output = settings["output"].value
+    args.api_key = settings["api-key"].value
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     output = settings["output"].value
+    key = settings["api-key"]
+    # Never print a key: its public prefix is enough to recognise it.
+    settings["api-key"] = Setting(key.name, redact_key(key.value), key.source)
     if output != "text":
         print_data(
             {s.name: {"value": s.value, "source": s.source} for s in settings.values()}, output
@@ -87,6 +92,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         value = f"{s.value:g}" if isinstance(s.value, float) else str(s.value)
         print(f"{s.name:<8} {value:<24} ({s.source})")
     return EXIT_OK
+
+
+def redact_key(key: str) -> str:
+    """``pdm_<prefix>_***`` for a key, ``***`` for anything else, "" for none."""
+    if not key:
+        return ""
+    parts = key.split("_")
+    return f"pdm_{parts[1]}_***" if len(parts) >= 3 and parts[0] == "pdm" else "***"
 
 
 def cmd_completion(args: argparse.Namespace) -> int:
