@@ -44,14 +44,31 @@ def add_keys_command(sub: Any) -> None:
         "-o", "--output", choices=("text", "json", "yaml"), default="text", help="output format"
     )
     create = keys.add_parser(
-        "create", parents=[common], help="make a key and print it once (only its hash is kept)"
+        "create",
+        parents=[common],
+        help="make a key and print it once (only its hash is kept)",
+        epilog="examples:\n  podium keys create --org acme --role admin --name ci\n"
+        "  PODIUM_DATABASE_URL=postgresql://podium@db/podium podium keys create --org acme --role agent",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument("--org", required=True, help="organization (created if it does not exist)")
     create.add_argument("--role", required=True, choices=ROLES, help="what the key may call")
     create.add_argument("--name", default="", help="a label shown in listings")
-    listing = keys.add_parser("list", parents=[common], help="list keys (never their secrets)")
+    listing = keys.add_parser(
+        "list",
+        parents=[common],
+        help="list keys (never their secrets)",
+        epilog="examples:\n  podium keys list\n  podium keys list --org acme -o json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     listing.add_argument("--org", help="only this organization's keys")
-    revoke = keys.add_parser("revoke", parents=[common], help="revoke a key by id or prefix")
+    revoke = keys.add_parser(
+        "revoke",
+        parents=[common],
+        help="revoke a key by id or prefix",
+        epilog="examples:\n  podium keys revoke 3f1c2a9b0d4e",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     revoke.add_argument("key", metavar="ID", help="the key's id or prefix (from keys list)")
     for parser, action in ((create, _create), (listing, _list), (revoke, _revoke)):
         parser.set_defaults(func=_command(action))

@@ -180,6 +180,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._identities = identities or {}
 
     async def _principal(self, context: Any, method: str) -> Principal:
+        try:
+            engine = self._engine()  # UNAVAILABLE while starting, key or not
+        except EngineError as exc:
+            await abort(context, exc)
         key, count = bearer_key(context.invocation_metadata())
         if key is None:
             principal = None
@@ -197,7 +201,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await abort_code(context, code_pb2.UNAUTHENTICATED, message, reason)
         else:
             try:
-                checked = await self._engine().api_keys.check(key)
+                checked = await engine.api_keys.check(key)
             except EngineError as exc:
                 await abort(context, exc)
             if checked.record is None:

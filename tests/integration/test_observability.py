@@ -122,6 +122,7 @@ async def serve_traced(database_url: str) -> AsyncIterator[ServeTraced]:
             "lease_seconds": 5.0,
             "poll_interval_seconds": 0.2,
             "agent_allowed_networks": "loopback",
+            "auth": "disabled",  # its tests open channels of their own
             **overrides,
         }
         server = PodiumServer(Settings.from_env({}, **values), tracer_provider=provider)
