@@ -48,7 +48,7 @@ def add_keys_command(sub: Any) -> None:
         parents=[common],
         help="make a key and print it once (only its hash is kept)",
         epilog="examples:\n  podium keys create --org acme --role admin --name ci\n"
-        "  PODIUM_DATABASE_URL=postgresql://podium@db/podium podium keys create --org acme --role agent",
+        "  PODIUM_DATABASE_URL=postgresql://db/podium podium keys create --org a --role agent",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     create.add_argument("--org", required=True, help="organization (created if it does not exist)")
