@@ -212,7 +212,9 @@ CASES: dict[str, Case] = {
         lambda w: w.b.ContinueRun(pb.ContinueRunRequest(run_id=w.run_id, input=struct({"x": 1})))
     ),
     "ResumeRun": _not_found(lambda w: w.b.ResumeRun(pb.ResumeRunRequest(run_id=w.run_id))),
-    "ForkRun": _not_found(lambda w: w.b.ForkRun(pb.ForkRunRequest(run_id=w.run_id, step_ids=["gate"]))),
+    "ForkRun": _not_found(
+        lambda w: w.b.ForkRun(pb.ForkRunRequest(run_id=w.run_id, step_ids=["gate"]))
+    ),
     "WatchRun": lambda w: _stream_not_found(w.b.WatchRun(pb.WatchRunRequest(run_id=w.run_id))),
     "WatchRuns": _watch_runs_sees_nothing,
     "ListRunEvents": _not_found(
