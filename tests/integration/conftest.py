@@ -39,7 +39,7 @@ def _with_key(details: Any, key: str) -> Any:
     return details._replace(metadata=grpc.aio.Metadata(*metadata))
 
 
-class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
     """Sends an API key with every unary call of a channel."""
 
     def __init__(self, key: str) -> None:
@@ -49,7 +49,7 @@ class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
         return await continuation(_with_key(details, self.key), request)
 
 
-class BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class BearerStream(grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
     """Sends an API key with every server-streaming call of a channel."""
 
     def __init__(self, key: str) -> None:
@@ -62,7 +62,8 @@ class BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
 def bearer_channel(address: str, key: str) -> grpc.aio.Channel:
     """An insecure aio channel sending ``key`` with every call (one interceptor per call
     kind: a channel files each interceptor under one kind only)."""
-    return grpc.aio.insecure_channel(address, interceptors=[BearerUnary(key), BearerStream(key)])
+    interceptors: Any = [BearerUnary(key), BearerStream(key)]
+    return grpc.aio.insecure_channel(address, interceptors=interceptors)
 
 
 @pytest.fixture
