@@ -39,7 +39,7 @@ def _with_key(details: Any, key: str) -> Any:
     return details._replace(metadata=grpc.aio.Metadata(*metadata))
 
 
-class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
+class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
     """Sends an API key with every unary call of a channel."""
 
     def __init__(self, key: str) -> None:
@@ -49,7 +49,7 @@ class BearerUnary(grpc.aio.UnaryUnaryClientInterceptor[Any, Any]):
         return await continuation(_with_key(details, self.key), request)
 
 
-class BearerStream(grpc.aio.UnaryStreamClientInterceptor[Any, Any]):
+class BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-arg]
     """Sends an API key with every server-streaming call of a channel."""
 
     def __init__(self, key: str) -> None:
