@@ -56,8 +56,10 @@ def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
             float,
         ),
         _pick(getattr(args, "output", None), "--output", "PODIUM_OUTPUT", "text", _output),
-        _pick(getattr(args, "api_key", None), "--api-key", "PODIUM_API_KEY", ""),
     ]
+    key = _pick(getattr(args, "api_key", None), "--api-key", "PODIUM_API_KEY", "")
+    if key.value:  # shown by `podium config` only when one is given
+        settings.append(key)
     actor = os.environ.get("PODIUM_ACTOR")
     settings.append(
         Setting("actor", actor, "env PODIUM_ACTOR")
@@ -74,15 +76,16 @@ def resolve(args: argparse.Namespace) -> None:
     args.address = settings["address"].value
     args.timeout = settings["timeout"].value
     args.output = settings["output"].value
-    args.api_key = settings["api-key"].value
+    args.api_key = settings["api-key"].value if "api-key" in settings else ""
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     output = settings["output"].value
-    key = settings["api-key"]
-    # Never print a key: its public prefix is enough to recognise it.
-    settings["api-key"] = Setting(key.name, redact_key(key.value), key.source)
+    if "api-key" in settings:
+        # Never print a key: its public prefix is enough to recognise it.
+        key = settings["api-key"]
+        settings["api-key"] = Setting(key.name, redact_key(key.value), key.source)
     if output != "text":
         print_data(
             {s.name: {"value": s.value, "source": s.source} for s in settings.values()}, output

@@ -40,9 +40,7 @@ def add_keys_command(sub: Any) -> None:
     common.add_argument(
         "--database-url", help="PostgreSQL URL of the Podium database [env PODIUM_DATABASE_URL]"
     )
-    common.add_argument(
-        "-o", "--output", choices=("text", "json", "yaml"), default="text", help="output format"
-    )
+
     create = keys.add_parser(
         "create",
         parents=[common],
@@ -62,6 +60,7 @@ def add_keys_command(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     listing.add_argument("--org", help="only this organization's keys")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     revoke = keys.add_parser(
         "revoke",
         parents=[common],
@@ -89,9 +88,6 @@ def _row(record: Any) -> dict[str, Any]:
 
 async def _create(service: Any, args: argparse.Namespace) -> int:
     new = await service.create(args.org, args.role, args.name)
-    if args.output != "text":
-        print_data({"key": new.key, **_row(new.record)}, args.output)
-        return EXIT_OK
     print(new.key)
     print(
         f"key {new.record.prefix} ({new.record.role} of {new.record.organization_id}) created; "
@@ -103,8 +99,8 @@ async def _create(service: Any, args: argparse.Namespace) -> int:
 
 async def _list(service: Any, args: argparse.Namespace) -> int:
     rows = [_row(record) for record in await service.list(args.org)]
-    if args.output != "text":
-        print_data({"keys": rows}, args.output)
+    if args.json:
+        print_data(rows, "json")
         return EXIT_OK
     columns = ("prefix", "name", "organization", "role", "created", "last_used", "revoked", "id")
     print("  ".join(c.upper() for c in columns))

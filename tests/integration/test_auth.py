@@ -261,7 +261,7 @@ async def test_cli_keys_and_api_key(
     key = created.stdout.strip()
     prefix = key.split("_")[1]
     assert key.startswith(f"pdm_{prefix}_") and "shown only this once" in created.stderr
-    listed = await _podium("keys", "list", "--org", "acme", "-o", "json", env=env)
+    listed = await _podium("keys", "list", "--org", "acme", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     assert key.rsplit("_", 1)[1] not in listed.stdout
     assert prefix in listed.stdout and '"role": "operator"' in listed.stdout

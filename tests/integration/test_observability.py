@@ -666,6 +666,7 @@ async def test_health_is_not_serving_while_the_database_is_unreachable(database_
         listen_address="127.0.0.1:0",
         health_check_interval_seconds=0.1,
         poll_interval_seconds=0.2,
+        auth="disabled",
     )
     server = PodiumServer(settings)
     await server.start()
