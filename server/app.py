@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.api.auth import AuthInterceptor
 from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
 from podium.server.api.probes import (
@@ -177,6 +178,12 @@ class PodiumServer:
                 "tls": "off" if tls is None else "mtls" if tls[1] is not None else "on",
             },
         )
+        if not self.settings.auth_required:
+            log.warning(
+                "authentication is disabled: every caller acts as an admin of the "
+                "organization %r (PODIUM_AUTH=required, or a PODIUM_DATABASE_URL, turns it on)",
+                self.settings.organization_id,
+            )
         if self.settings.metrics_address is not None:
             token = self.settings.metrics_token
             metrics_server = MetricsServer(
@@ -261,6 +268,15 @@ class PodiumServer:
             # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
             MalformedRequestInterceptor(),
         ]
+        if self.settings.auth_required:
+            # Before the malformed-request check: an unauthenticated caller learns nothing.
+            interceptors.insert(
+                1,
+                AuthInterceptor(
+                    lambda: self.engine,
+                    {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
+                ),
+            )
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))
         return interceptors

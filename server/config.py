@@ -183,6 +183,26 @@ def _parse_token(name: str, raw: str) -> SecretValue | None:
     return SecretValue(raw)
 
 
+_ROLES = ("admin", "operator", "viewer", "agent")
+
+
+def _parse_mtls_identities(name: str, raw: str) -> tuple[tuple[str, str, str], ...]:
+    """``CN=ORG:ROLE,CN=ORG:ROLE`` -> ((CN, ORG, ROLE), ...)."""
+    identities: dict[str, tuple[str, str]] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        common_name, eq, grant = entry.rpartition("=")
+        organization, colon, role = grant.partition(":")
+        if not eq or not common_name or not colon or not organization or role not in _ROLES:
+            raise ConfigError(
+                f"{name}: {entry!r}: expected CN=ORGANIZATION:ROLE with ROLE one of "
+                f"{', '.join(_ROLES)}, e.g. worker-1=acme:agent"
+            )
+        if common_name in identities:
+            raise ConfigError(f"{name}: {common_name!r} is listed twice")
+        identities[common_name] = (organization, role)
+    return tuple((cn, org, role) for cn, (org, role) in identities.items())
+
+
 def _setting(
     env: str,
     parse: Callable[[str, str], Any],
@@ -317,6 +337,31 @@ class Settings:
         lambda name, raw: raw or DEFAULT_ORGANIZATION_ID,
         "Organization of every request while authentication is off.",
         DEFAULT_ORGANIZATION_ID,
+    )
+    auth: str = _setting(
+        "PODIUM_AUTH",
+        _parse_choice("auto", "required", "disabled"),
+        "API key authentication: required (every OrchestrationService call needs "
+        "'authorization: Bearer <key>'), disabled (every caller acts as an admin of "
+        "PODIUM_DEFAULT_ORGANIZATION) or auto: required when PODIUM_DATABASE_URL is set, "
+        "disabled on the embedded PostgreSQL (podium demo, podium serve without a URL).",
+        "auto",
+    )
+    auth_cache_seconds: float = _setting(
+        "PODIUM_AUTH_CACHE_SECONDS",
+        _parse_float(0),
+        "How long a replica caches the answer for an API key; a revoked key stops "
+        "working within this time.",
+        30.0,
+    )
+    mtls_identities: tuple[tuple[str, str, str], ...] = _setting(
+        "PODIUM_MTLS_IDENTITIES",
+        _parse_mtls_identities,
+        "Client certificate identities accepted without an API key: comma-separated "
+        "CN=ORGANIZATION:ROLE entries, used when a call carries no bearer key and the "
+        "peer presented a verified certificate with that common name (TLS transport).",
+        (),
+        doc_default="",
     )
     default_max_parallel: int | None = _setting(
         "ORCHESTRATION_DEFAULT_MAX_PARALLEL",
@@ -611,6 +656,14 @@ class Settings:
         except TlsFileError as exc:
             raise ConfigError(str(exc)) from None
         return ca, pair
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether OrchestrationService calls need a key: PODIUM_AUTH, or when ``auto``
+        whether a database URL is set (the embedded PostgreSQL is for demos)."""
+        if self.auth == "auto":
+            return self.database_url is not None
+        return self.auth == "required"
 
     @property
     def agent_allow_list(self) -> AllowList:

@@ -227,6 +227,8 @@ async def serve_main(dsn: str, agents: str, port: int) -> None:
         worker_slots=INFLIGHT,
         default_max_parallel=INFLIGHT,
         db_pool_max_size=POOL_SIZE,
+        # The drivers call without keys (the check is one cached lookup per call).
+        auth="disabled",
     )
     server = PodiumServer(settings)
     await server.start()

@@ -40,6 +40,7 @@ from podium.client.cli_commands import (
     cmd_webhooks,
 )
 from podium.client.cli_config import COMPLETION_SHELLS, cmd_completion, cmd_config, resolve
+from podium.client.cli_keys import add_keys_command
 from podium.client.cli_output import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
@@ -76,7 +77,10 @@ def _remote(group: str) -> Callable[[argparse.Namespace], int]:
 
     async def run(args: argparse.Namespace) -> int:
         async with PodiumClient(
-            args.address, timeout=args.timeout, credentials=args.credentials
+            args.address,
+            timeout=args.timeout,
+            credentials=args.credentials,
+            api_key=args.api_key,
         ) as client:
             try:
                 return await command(client, args)
@@ -152,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     add_remote_commands(sub, _remote)
+    add_keys_command(sub)
 
     config = sub.add_parser(
         "config",

@@ -56,7 +56,7 @@ def _bool(text: str) -> bool:
 
 
 def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
-    """The effective ``address``, ``timeout``, ``output`` and TLS files of a command
+    """The effective ``address``, ``timeout``, ``output``, ``api_key`` and TLS files of a command
     (flag, then environment, then default) and the ``actor`` approvals record."""
     settings = [
         _pick(getattr(args, "address", None), "--address", "PODIUM_ADDRESS", DEFAULT_ADDRESS),
@@ -73,6 +73,9 @@ def client_settings(args: argparse.Namespace) -> dict[str, Setting]:
         _pick(getattr(args, "tls_cert", None), "--tls-cert", "PODIUM_TLS_CERT", None),
         _pick(getattr(args, "tls_key", None), "--tls-key", "PODIUM_TLS_KEY", None),
     ]
+    key = _pick(getattr(args, "api_key", None), "--api-key", "PODIUM_API_KEY", "")
+    if key.value:  # shown by `podium config` only when one is given
+        settings.append(key)
     actor = os.environ.get("PODIUM_ACTOR")
     settings.append(
         Setting("actor", actor, "env PODIUM_ACTOR")
@@ -90,6 +93,7 @@ def resolve(args: argparse.Namespace) -> None:
     args.timeout = settings["timeout"].value
     args.output = settings["output"].value
     args.credentials = credentials(settings)
+    args.api_key = settings["api_key"].value if "api_key" in settings else ""
 
 
 def credentials(settings: dict[str, Setting]) -> grpc.ChannelCredentials | None:
@@ -114,6 +118,10 @@ def credentials(settings: dict[str, Setting]) -> grpc.ChannelCredentials | None:
 def cmd_config(args: argparse.Namespace) -> int:
     settings = client_settings(args)
     output = settings["output"].value
+    if "api_key" in settings:
+        # Never print a key: its public prefix is enough to recognise it.
+        key = settings["api_key"]
+        settings["api_key"] = Setting(key.name, redact_key(key.value), key.source)
     if output != "text":
         print_data(
             {s.name: {"value": s.value, "source": s.source} for s in settings.values()}, output
@@ -124,6 +132,14 @@ def cmd_config(args: argparse.Namespace) -> int:
         value = "unset" if s.value is None else value
         print(f"{s.name:<8} {value:<24} ({s.source})")
     return EXIT_OK
+
+
+def redact_key(key: str) -> str:
+    """``pdm_<prefix>_***`` for a key, ``***`` for anything else, "" for none."""
+    if not key:
+        return ""
+    parts = key.split("_")
+    return f"pdm_{parts[1]}_***" if len(parts) >= 3 and parts[0] == "pdm" else "***"
 
 
 def cmd_completion(args: argparse.Namespace) -> int:

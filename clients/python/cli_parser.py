@@ -63,8 +63,8 @@ def _follow_options(parser: argparse.ArgumentParser) -> None:
 
 
 def common_options() -> argparse.ArgumentParser:
-    """``--address``, ``--timeout``, ``-o`` and ``--tls*`` of every remote command. Their defaults
-    are None: :func:`podium.client.cli_config.client_settings` resolves them (flag,
+    """``--address``, ``--timeout``, ``--api-key``, ``-o`` and ``--tls*`` of every remote command.
+    Their defaults are None: :func:`podium.client.cli_config.client_settings` resolves them (flag,
     environment, default) and tells where each came from."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -76,6 +76,10 @@ def common_options() -> argparse.ArgumentParser:
         type=float,
         help="deadline of each call in seconds "
         f"[env PODIUM_TIMEOUT, default {DEFAULT_TIMEOUT_SECONDS:g}]",
+    )
+    common.add_argument(
+        "--api-key",
+        help="API key sent as 'authorization: Bearer <key>' [env PODIUM_API_KEY]",
     )
     common.add_argument(
         "-o",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 import uuid
@@ -85,6 +86,19 @@ __all__ = [
 T = TypeVar("T")
 
 
+API_KEY_ENV = "PODIUM_API_KEY"
+"""The environment variable clients read an API key from when none is given."""
+
+
+def auth_metadata(api_key: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The call metadata carrying ``api_key`` (``PODIUM_API_KEY`` when None; nothing
+    when neither is set). Metadata rather than call credentials: gRPC refuses call
+    credentials on a plaintext channel."""
+    key = os.environ.get(API_KEY_ENV, "") if api_key is None else api_key
+    key = key.strip()
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
 class PodiumClient(ScheduleMethods):
     """Asyncio client of Podium's OrchestrationService.
 
@@ -97,7 +111,10 @@ class PodiumClient(ScheduleMethods):
         retry: Retries of idempotent calls on UNAVAILABLE (``None``: no retries).
         watch: Reconnection of :meth:`watch_run`.
         credentials: TLS credentials; ``None`` uses a plaintext channel.
-        metadata: Sent with every call (e.g. an ``authorization`` header).
+        metadata: Sent with every call.
+        api_key: A Podium API key, sent with every call as ``authorization: Bearer
+            <key>``; ``None`` reads ``PODIUM_API_KEY`` from the environment (unset: no
+            key, for servers with authentication off).
         options: Extra gRPC channel arguments, applied after the client's own.
     """
 
@@ -110,12 +127,13 @@ class PodiumClient(ScheduleMethods):
         watch: WatchPolicy = WatchPolicy(),
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Iterable[tuple[str, str]] = (),
+        api_key: str | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
         self.address = address
         self.timeout = timeout
         self.watch_policy = watch
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) + auth_metadata(api_key)
         channel_options: list[tuple[str, Any]] = [
             # A restarted server is found again within a few seconds, not minutes.
             ("grpc.initial_reconnect_backoff_ms", 200),

@@ -75,6 +75,39 @@ async def _wait_serving(address: str, process: asyncio.subprocess.Process, wait:
     raise RuntimeError(f"podium serve did not report SERVING within {wait:.0f}s")
 
 
+async def _demo_key(env: dict[str, str]) -> str | None:
+    """With a database URL the server requires a key (unless PODIUM_AUTH=disabled):
+    make an admin key of the default organization with ``podium keys create``, unless
+    PODIUM_API_KEY holds one. None: the client's default (PODIUM_API_KEY)."""
+    auth = env.get("PODIUM_AUTH", "auto").lower()
+    if env.get("PODIUM_API_KEY") or auth == "disabled":
+        return None
+    if auth == "auto" and not env.get("PODIUM_DATABASE_URL"):
+        return None
+    org = env.get("PODIUM_DEFAULT_ORGANIZATION") or "default"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "podium.client.cli",
+        "keys",
+        "create",
+        "--org",
+        org,
+        "--role",
+        "admin",
+        "--name",
+        "podium demo",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError("podium keys create failed: cannot make the demo's API key")
+    print(f"made an admin API key of {org} for the demo (podium keys list shows it)")
+    return out.decode().strip()
+
+
 async def run_demo(address: str, *, topic: str, language: str, exit_after: bool) -> int:
     """Run the demo; returns the process exit code (0 when the run succeeded)."""
     examples = await serve_examples()
@@ -100,7 +133,7 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
         print(f"podium serving on {address}")
         text = importlib.resources.files("podium.client.examples").joinpath("demo.yaml").read_text()
         definition = parse_definition(text, source="demo.yaml")
-        async with PodiumClient(address) as client:
+        async with PodiumClient(address, api_key=await _demo_key(env)) as client:
             created = await client.create_definition(definition)
             print(f"definition {created.name} v{created.version}: {len(created.steps)} steps")
             run = await client.start_run(created.name, input={"topic": topic, "language": language})

@@ -15,6 +15,7 @@ from google.rpc import code_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.server.api.auth import organization_of
 from podium.server.api.errors import abort_code, streaming, unary
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
@@ -50,8 +51,8 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         self._organization_id = organization_id
 
     def _org(self, context: Context) -> str:
-        # Authentication is off: every caller acts for the configured organization.
-        return self._organization_id
+        # The caller's organization (api/auth.py); the configured one when auth is off.
+        return organization_of(self._organization_id)
 
     # -- definitions -------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from podium.server.agents.endpoints import EndpointGuard
 from podium.server.agents.static import parse_static_agents
 from podium.server.config import ConfigError, Settings
 from podium.server.engine.agents import AgentService
+from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
@@ -23,6 +24,7 @@ from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
+from podium.server.storage.api_keys import ApiKeysRepository
 from podium.server.storage.approvals import ApprovalsRepository
 from podium.server.storage.cache import CacheRepository
 from podium.server.storage.database import Database
@@ -45,6 +47,7 @@ class Engine:
             self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
         except ValueError as exc:
             raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
+        self.api_keys = ApiKeyService(ApiKeysRepository(db), settings.auth_cache_seconds)
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )

@@ -74,6 +74,8 @@ def start_serve(env: dict[str, str], *args: str, timeout: float = 120) -> ServeP
         **os.environ,
         "PODIUM_LOG_FORMAT": "json",
         "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
+        # Tests of these servers call them without keys; auth tests pass PODIUM_AUTH.
+        "PODIUM_AUTH": "disabled",
         **env,
     }
     process = subprocess.Popen(
@@ -143,6 +145,8 @@ def spawn_podium(env: dict[str, str], log_path: Path) -> PodiumProcess:
         **os.environ,
         "PODIUM_LOG_FORMAT": "json",
         "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
+        # Tests of these servers call them without keys; auth tests pass PODIUM_AUTH.
+        "PODIUM_AUTH": "disabled",
         **env,
     }
     with log_path.open("wb") as log_file:

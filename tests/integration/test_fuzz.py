@@ -23,6 +23,7 @@ from podium.orchestration.v1 import agent_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
+from tests.integration.conftest import bearer_channel
 from tests.integration.runs_helpers import definition
 
 SERVICE = pb.DESCRIPTOR.services_by_name["OrchestrationService"]
@@ -193,12 +194,14 @@ class Target:
 
 
 @pytest.fixture
-async def target(podium_server: PodiumServer, database_url: str) -> AsyncIterator[Target]:
+async def target(
+    podium_server: PodiumServer, database_url: str, admin_key: str
+) -> AsyncIterator[Target]:
     # No step executes (the scheduler is stopped): only the fuzzed requests write, so a
     # refused one must leave every table as it was.
     await podium_server.engine.scheduler.stop(0)
     conn = await asyncpg.connect(database_url)
-    channel = grpc.aio.insecure_channel(podium_server.address)
+    channel = bearer_channel(podium_server.address, admin_key)
     stub = pb_grpc.OrchestrationServiceStub(channel)
     await stub.RegisterAgent(
         pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="echo", endpoint="127.0.0.1:9"))

@@ -122,6 +122,7 @@ async def serve_traced(database_url: str) -> AsyncIterator[ServeTraced]:
             "lease_seconds": 5.0,
             "poll_interval_seconds": 0.2,
             "agent_allowed_networks": "loopback",
+            "auth": "disabled",  # its tests open channels of their own
             **overrides,
         }
         server = PodiumServer(Settings.from_env({}, **values), tracer_provider=provider)
@@ -665,6 +666,7 @@ async def test_health_is_not_serving_while_the_database_is_unreachable(database_
         listen_address="127.0.0.1:0",
         health_check_interval_seconds=0.1,
         poll_interval_seconds=0.2,
+        auth="disabled",
     )
     server = PodiumServer(settings)
     await server.start()

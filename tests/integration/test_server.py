@@ -90,7 +90,9 @@ async def test_reflection_lists_services_and_every_rpc(podium_server: PodiumServ
         assert f"rpc {method.name} (" in described.stdout, method.name
 
 
-async def test_grpcurl_cycle_is_rejected_with_field_violations(podium_server: PodiumServer) -> None:
+async def test_grpcurl_cycle_is_rejected_with_field_violations(
+    podium_server: PodiumServer, admin_key: str
+) -> None:
     body = (
         '{"definition": {"name": "loop", "steps": ['
         '{"id": "a", "agent": "echo", "depends_on": ["b"]},'
@@ -98,7 +100,16 @@ async def test_grpcurl_cycle_is_rejected_with_field_violations(podium_server: Po
     )
     result = await asyncio.to_thread(
         subprocess.run,
-        [GRPCURL, "-plaintext", "-d", body, podium_server.address, f"{SERVICE}/CreateDefinition"],
+        [
+            GRPCURL,
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {admin_key}",
+            "-d",
+            body,
+            podium_server.address,
+            f"{SERVICE}/CreateDefinition",
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -173,6 +184,7 @@ async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
             shutdown_grace_seconds=0.0,
             agents="echo=127.0.0.1:50999",
             agent_allowed_networks=LOOPBACK_AGENTS,
+            auth="disabled",
         )
     )
     await first.start()

@@ -18,9 +18,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from podium.client import (
+    PermissionDeniedError,
     PodiumClient,
     SyncPodiumClient,
     TlsConfigError,
+    UnauthenticatedError,
     UnavailableError,
     tls_credentials,
 )
@@ -93,6 +95,31 @@ async def test_mtls_requires_a_certificate_of_the_client_ca(
         await reachable(
             server.address, tls_credentials(certs.ca, certs.cert("mallory"), certs.key("mallory"))
         )
+
+
+async def test_a_mapped_client_certificate_is_the_callers_principal(
+    start_server: StartServer, certs: Certs
+) -> None:
+    """With authentication on, a verified certificate named in PODIUM_MTLS_IDENTITIES
+    stands for an API key: its organization and role apply; other names need a key."""
+    server = await start_server(
+        **tls_settings(certs, mtls=True),
+        auth="required",
+        mtls_identities=(("alice", "default", "viewer"),),
+    )
+    alice = tls_credentials(certs.ca, certs.cert("alice"), certs.key("alice"))
+    async with PodiumClient(server.address, credentials=alice, api_key="", retry=None) as client:
+        await client.list_definitions()  # a viewer reads
+        with pytest.raises(PermissionDeniedError):  # and starts nothing
+            await client.start_run(plan={"steps": [{"id": "a", "agent": "echo"}]})
+    worker = tls_credentials(certs.ca, certs.cert("worker"), certs.key("worker"))
+    with pytest.raises(UnauthenticatedError):  # verified, but not mapped: a key is needed
+        await reachable_with_key(server.address, worker)
+
+
+async def reachable_with_key(address: str, credentials: grpc.ChannelCredentials) -> None:
+    async with PodiumClient(address, credentials=credentials, api_key="", retry=None) as client:
+        await client.list_definitions()
 
 
 async def test_replaced_tls_files_are_served_without_a_restart(

@@ -90,7 +90,10 @@ export function tlsCredentials({ caFile, certFile, keyFile } = {}) {
  *   TLS: `tlsCredentials({ caFile, certFile, keyFile })`
  * @property {grpc.ChannelOptions} [channelOptions] extra channel options
  * @property {number} [timeoutMs] deadline of each unary call (default 30 s)
- * @property {grpc.Metadata} [metadata] sent with every call (e.g. an API key)
+ * @property {grpc.Metadata} [metadata] sent with every call
+ * @property {string} [apiKey] a Podium API key, sent with every call as
+ *   `authorization: Bearer <key>`; default: the `PODIUM_API_KEY` environment variable
+ *   (unset: no key, for servers with authentication off)
  *
  * @typedef {object} CallOptions
  * @property {number} [timeoutMs] deadline of this call, overriding the client's
@@ -179,7 +182,10 @@ export class PodiumClient {
     const Service = orchestrationPackage().OrchestrationService;
     this.address = address;
     this.timeoutMs = options.timeoutMs ?? 30_000;
-    this.metadata = options.metadata ?? new grpc.Metadata();
+    this.metadata = options.metadata?.clone() ?? new grpc.Metadata();
+    // Per-call metadata, not call credentials: grpc refuses those on plaintext channels.
+    const apiKey = (options.apiKey ?? process.env.PODIUM_API_KEY ?? '').trim();
+    if (apiKey) this.metadata.set('authorization', `Bearer ${apiKey}`);
     /** The underlying grpc-js client (every RPC, raw). */
     this.stub = new Service(address, options.credentials ?? grpc.credentials.createInsecure(), {
       'grpc.max_receive_message_length': 4 * 1024 * 1024,

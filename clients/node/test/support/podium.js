@@ -103,6 +103,8 @@ export class Podium {
       PODIUM_LOG_FORMAT: 'json',
       PODIUM_LOG_LEVEL: 'info',
       PODIUM_AGENT_ALLOWED_NETWORKS: 'loopback',
+      // Tests call without keys; the auth test passes `--auth required` (the flag wins).
+      PODIUM_AUTH: 'disabled',
     };
     let cleanup = () => {};
     const server = process.env.PODIUM_TEST_DATABASE_URL;
@@ -155,6 +157,21 @@ export class Podium {
       '"Podium serving" log line',
     );
     this.address = ready.address;
+  }
+
+  /**
+   * Make an API key with `podium keys create` (straight in the database; needs
+   * `PODIUM_TEST_DATABASE_URL`) and return it.
+   *
+   * @param {string} org
+   * @param {string} role
+   */
+  createKey(org, role) {
+    return execFileSync(PODIUM, ['keys', 'create', '--org', org, '--role', role], {
+      env: { ...process.env, ...this.env },
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
   }
 
   /** SIGTERM the server and start it again on the same address and database. */
