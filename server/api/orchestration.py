@@ -119,7 +119,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
 
     @unary
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        run = await self._engine().runs.get(self._org(context), request.run_id)
+        run = await self._engine().runs.get(self._org(context), request.run_id, request.view)
         return pb.GetRunResponse(run=run)
 
     @unary
@@ -184,6 +184,12 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             self._org(context), request.run_id, request.after_sequence, request.page_size
         )
         return pb.ListRunEventsResponse(events=events, next_after_sequence=after)
+
+    @unary
+    async def GetRunPayload(
+        self, request: pb.GetRunPayloadRequest, context: Context
+    ) -> pb.GetRunPayloadResponse:
+        return await self._engine().payloads.read(self._org(context), request)
 
     @streaming
     async def WatchRun(

@@ -20,7 +20,8 @@ from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.canonical import definition_hash
 from podium.server.engine.errors import FieldViolation, InvalidArgument, NotFound
 from podium.server.engine.lru import LRUCache
-from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.paging import bounded_name_page, decode_token, page_size
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import normalize_definition, validate_definition
 from podium.server.storage.definitions import DefinitionRecord, DefinitionsRepository
@@ -54,6 +55,9 @@ def record_to_definition(record: DefinitionRecord) -> Definition:
 
 class DefinitionService:
     """Use cases behind the Definition RPCs."""
+
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """What one page may take (``sizes.response_budget``; the engine sets it)."""
 
     def __init__(self, repository: DefinitionsRepository, *, cache_size: int = 200) -> None:
         self._repository = repository
@@ -237,8 +241,13 @@ class DefinitionService:
             )
         more = len(records) > size
         records = records[:size]
-        token = encode_token(records[-1].name, filters) if more and records else ""
-        return [record_to_definition(r) for r in records], token
+        return bounded_name_page(
+            [record_to_definition(r) for r in records],
+            [r.name for r in records],
+            more,
+            filters,
+            self.max_response_bytes,
+        )
 
     async def archive(self, organization_id: str, name: str) -> Definition:
         """Archive every version of ``name``; new runs of it are refused."""

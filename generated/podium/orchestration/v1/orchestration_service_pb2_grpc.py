@@ -115,6 +115,11 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.FromString,
                 _registered_method=True)
+        self.GetRunPayload = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/GetRunPayload',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.FromString,
+                _registered_method=True)
         self.ListDeliverables = channel.unary_unary(
                 '/podium.orchestration.v1.OrchestrationService/ListDeliverables',
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListDeliverablesRequest.SerializeToString,
@@ -318,6 +323,15 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRunPayload(self, request, context):
+        """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+        as JSON, one byte range at a time, so a payload too large for a GetRun response
+        stays readable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeliverables(self, request, context):
         """ListDeliverables lists the artifacts produced by a run's steps.
         """
@@ -511,6 +525,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListRunEvents,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.SerializeToString,
+            ),
+            'GetRunPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunPayload,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.SerializeToString,
             ),
             'ListDeliverables': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeliverables,
@@ -1004,6 +1023,33 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/ListRunEvents',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/GetRunPayload',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -81,6 +81,11 @@ class OrchestrationServiceStub:
     """WatchRuns streams the events of an organization's runs, filtered (dashboards)."""
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunEventsRequest, _orchestration_service_pb2.ListRunEventsResponse]
     """ListRunEvents returns a page of a run's event log."""
+    GetRunPayload: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunPayloadRequest, _orchestration_service_pb2.GetRunPayloadResponse]
+    """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+    as JSON, one byte range at a time, so a payload too large for a GetRun response
+    stays readable.
+    """
     ListDeliverables: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDeliverablesRequest, _orchestration_service_pb2.ListDeliverablesResponse]
     """ListDeliverables lists the artifacts produced by a run's steps."""
     ListApprovals: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListApprovalsRequest, _orchestration_service_pb2.ListApprovalsResponse]
@@ -173,6 +178,11 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """WatchRuns streams the events of an organization's runs, filtered (dashboards)."""
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunEventsRequest, _orchestration_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """ListRunEvents returns a page of a run's event log."""
+    GetRunPayload: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunPayloadRequest, _orchestration_service_pb2.GetRunPayloadResponse]  # type: ignore[assignment]
+    """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+    as JSON, one byte range at a time, so a payload too large for a GetRun response
+    stays readable.
+    """
     ListDeliverables: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDeliverablesRequest, _orchestration_service_pb2.ListDeliverablesResponse]  # type: ignore[assignment]
     """ListDeliverables lists the artifacts produced by a run's steps."""
     ListApprovals: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListApprovalsRequest, _orchestration_service_pb2.ListApprovalsResponse]  # type: ignore[assignment]
@@ -352,6 +362,17 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.ListRunEventsResponse, _abc.Awaitable[_orchestration_service_pb2.ListRunEventsResponse]]:
         """ListRunEvents returns a page of a run's event log."""
+
+    @_abc_1.abstractmethod
+    def GetRunPayload(
+        self,
+        request: _orchestration_service_pb2.GetRunPayloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetRunPayloadResponse, _abc.Awaitable[_orchestration_service_pb2.GetRunPayloadResponse]]:
+        """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+        as JSON, one byte range at a time, so a payload too large for a GetRun response
+        stays readable.
+        """
 
     @_abc_1.abstractmethod
     def ListDeliverables(
