@@ -66,9 +66,9 @@ def payload_json(value: Any) -> bytes:
 def _entry_bytes(size: int) -> int:
     """Bytes of one element of a repeated message field holding ``size`` bytes: the
     tag, the length varint and the element."""
-    length = 1
-    while size >= 0x80:
-        size >>= 7
+    length, rest = 1, size
+    while rest >= 0x80:
+        rest >>= 7
         length += 1
     return 1 + length + size
 
