@@ -145,7 +145,11 @@ class PodiumServer:
         server = grpc.aio.server(
             options=server_options(self.settings), interceptors=self._interceptors()
         )
-        servicer = OrchestrationServicer(lambda: self.engine, self.settings.organization_id)
+        servicer = OrchestrationServicer(
+            lambda: self.engine,
+            self.settings.organization_id,
+            self.settings.max_streams_per_connection,
+        )
         orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
         add_health(self.health, server)
         add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)

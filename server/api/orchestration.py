@@ -16,6 +16,7 @@ from google.rpc import code_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.api.errors import abort_code, streaming, unary
+from podium.server.api.streams import StreamLimiter
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 
@@ -45,9 +46,16 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     raises :class:`Unavailable` before that (the RPC then answers UNAVAILABLE).
     """
 
-    def __init__(self, engine: Callable[[], Engine], organization_id: str) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        organization_id: str,
+        max_streams_per_connection: int = 1000,
+    ) -> None:
         self._engine = engine
         self._organization_id = organization_id
+        self.streams = StreamLimiter(max_streams_per_connection)
+        """Open WatchRun / WatchRuns streams per client connection."""
 
     def _org(self, context: Context) -> str:
         # Authentication is off: every caller acts for the configured organization.
@@ -195,18 +203,20 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        events = self._engine().watch.watch_run(
-            self._org(context), request.run_id, request.after_sequence
-        )
-        async for event in events:
-            yield pb.WatchRunResponse(event=event)
+        with self.streams.hold(context.peer()):
+            events = self._engine().watch.watch_run(
+                self._org(context), request.run_id, request.after_sequence
+            )
+            async for event in events:
+                yield pb.WatchRunResponse(event=event)
 
     @streaming
     async def WatchRuns(
         self, request: pb.WatchRunsRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunsResponse]:
-        async for event in self._engine().watch.watch_runs(self._org(context), request):
-            yield pb.WatchRunsResponse(event=event)
+        with self.streams.hold(context.peer()):
+            async for event in self._engine().watch.watch_runs(self._org(context), request):
+                yield pb.WatchRunsResponse(event=event)
 
     @unary
     async def ListDeliverables(

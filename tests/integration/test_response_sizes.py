@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import pytest
@@ -56,7 +56,10 @@ async def _echo_run(stub: OrchestrationServiceAsyncStub) -> str:
 
 
 async def _read_payload(
-    stub: OrchestrationServiceAsyncStub, run_id: str, step_id: str, payload: int
+    stub: OrchestrationServiceAsyncStub,
+    run_id: str,
+    step_id: str,
+    payload: pb.GetRunPayloadRequest.Payload.ValueType,
 ) -> tuple[Any, int]:
     """A payload read through GetRunPayload in 100 kB ranges: its JSON value and size."""
     data, offset, total = b"", 0, -1
@@ -159,7 +162,7 @@ async def test_get_run_payload_refuses_bad_requests(
     stub: OrchestrationServiceAsyncStub,
 ) -> None:
     run_id = await _echo_run(stub)
-    cases = [
+    cases: list[tuple[Any, grpc.StatusCode, str]] = [
         (pb.GetRunPayloadRequest(run_id=run_id), grpc.StatusCode.INVALID_ARGUMENT, "payload"),
         (
             pb.GetRunPayloadRequest(run_id=run_id, step_id="a", payload=Payload.PAYLOAD_PLAN),
@@ -181,7 +184,11 @@ async def test_get_run_payload_refuses_bad_requests(
             grpc.StatusCode.NOT_FOUND,
             "",
         ),
-        (pb.GetRunRequest(run_id=run_id, view=7), grpc.StatusCode.INVALID_ARGUMENT, "view"),
+        (
+            pb.GetRunRequest(run_id=run_id, view=cast(run_pb2.RunView.ValueType, 7)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "view",
+        ),
     ]
     for request, code, field in cases:
         with pytest.raises(grpc.aio.AioRpcError) as failure:

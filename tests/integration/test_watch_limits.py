@@ -1,0 +1,85 @@
+"""The per-connection limit on watch streams (PODIUM_MAX_STREAMS_PER_CONNECTION): a
+real server with a limit of 5, a real client opening streams on one channel (one HTTP/2
+connection). The sixth is refused at once with RESOURCE_EXHAUSTED naming the limit;
+another connection is not affected, and closing a stream frees its place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+
+from podium.client.examples.agents import ExampleAgents
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from tests.integration.conftest import StartServer, static_agents
+from tests.integration.rpc import error_details
+from tests.integration.runs_helpers import RunEvent, plan, start_run
+
+LIMIT = 5
+
+
+async def _first_event(call: Any) -> RunEvent:
+    response = await asyncio.wait_for(call.read(), 20)
+    assert response is not grpc.aio.EOF
+    event: RunEvent = response.event
+    return event
+
+
+async def test_one_stream_past_the_limit_is_refused_with_resource_exhausted(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"), max_streams_per_connection=LIMIT
+    )
+    async with (
+        grpc.aio.insecure_channel(server.address) as channel,
+        # Its own subchannel pool, else both channels share one connection.
+        grpc.aio.insecure_channel(
+            server.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as other,
+    ):
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        # A created run never ends: its streams stay open.
+        run = (await start_run(stub, inline=plan([{"id": "a", "agent": "echo"}]), start=False)).run
+        request = pb.WatchRunRequest(run_id=run.id)
+        calls = [stub.WatchRun(request, timeout=30) for _ in range(LIMIT)]
+        for call in calls:
+            assert (await _first_event(call)).type == RunEvent.TYPE_RUN_CREATED
+
+        refused = stub.WatchRun(request, timeout=30)
+        assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        error = grpc.aio.AioRpcError(
+            await refused.code(),
+            await refused.initial_metadata(),
+            await refused.trailing_metadata(),
+            await refused.details(),
+        )
+        info, _ = error_details(error)
+        assert info.reason == "TOO_MANY_STREAMS" and info.metadata["limit"] == str(LIMIT)
+        # WatchRuns counts against the same limit.
+        org = stub.WatchRuns(pb.WatchRunsRequest(), timeout=30)
+        assert await org.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+        # Another connection has its own limit.
+        elsewhere = pb_grpc.OrchestrationServiceStub(other).WatchRun(request, timeout=30)
+        assert (await _first_event(elsewhere)).type == RunEvent.TYPE_RUN_CREATED
+        elsewhere.cancel()
+
+        # Closing a stream frees its place on the connection.
+        calls[0].cancel()
+        for _ in range(200):
+            again = stub.WatchRun(request, timeout=30)
+            try:
+                assert (await _first_event(again)).type == RunEvent.TYPE_RUN_CREATED
+                break
+            except grpc.aio.AioRpcError as refusal:  # the cancel not yet seen by the server
+                assert refusal.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("a closed stream never freed its place")
+        again.cancel()
+        for call in calls[1:]:
+            call.cancel()
