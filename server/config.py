@@ -276,7 +276,16 @@ class Settings:
         "WatchRun and WatchRuns streams one client connection may hold open at once; "
         "one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS). Open "
         "more connections for more streams.",
-        1000,
+        2000,
+    )
+    max_pending_calls: int = _setting(
+        "PODIUM_MAX_PENDING_CALLS",
+        _parse_int(100, 1_000_000),
+        "Calls a replica has received but not yet started, across connections (a burst "
+        "of new streams waits here for the event loop). gRPC's own default drops calls "
+        "at random past 1,000 (the client sees CANCELLED, nothing is logged); past this "
+        "value, new calls are dropped that way.",
+        10_000,
     )
     db_pool_min_size: int = _setting(
         "PODIUM_DB_POOL_MIN_SIZE", _parse_int(0, 1000), "Minimum database connections.", 1

@@ -50,7 +50,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         self,
         engine: Callable[[], Engine],
         organization_id: str,
-        max_streams_per_connection: int = 1000,
+        max_streams_per_connection: int = 2000,
     ) -> None:
         self._engine = engine
         self._organization_id = organization_id
