@@ -21,6 +21,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1 import run_pb2
+from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.rpc import error_details, violations
 from tests.integration.runs_helpers import Run, RunEvent, plan, start_run, wait_for_run
@@ -206,3 +207,28 @@ async def test_get_run_payload_refuses_bad_requests(
     assert [s["id"] for s in value["steps"]] == ["a", "b", "c"]
     value, _ = await _read_payload(stub, run_id, "", Payload.PAYLOAD_METADATA)
     assert value == {}
+
+
+async def test_cli_prints_a_run_larger_than_the_limit_whole(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """`podium runs get` reads the left-out payloads back; `podium runs payload` prints one."""
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"), max_message_bytes=LIMIT
+    )
+    address = ["--address", server.address]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        run_id = await _echo_run(pb_grpc.OrchestrationServiceStub(channel))
+    shown = await podium("runs", "get", run_id, "-o", "json", *address)
+    assert shown.returncode == 0, shown.stderr
+    run = json.loads(shown.stdout)
+    assert run["input"] == {"text": TEXT}
+    assert run["output"] == {s: {"echo": {"text": TEXT}} for s in "abc"}
+    assert [s["output"] for s in run["steps"]] == [{"echo": {"text": TEXT}}] * 3
+    assert "omitted" not in run and not any("omitted" in s for s in run["steps"])
+    basic = await podium("runs", "get", run_id, "--view", "basic", "-o", "json", *address)
+    assert basic.returncode == 0, basic.stderr
+    assert "input" not in json.loads(basic.stdout)
+    payload = await podium("runs", "payload", run_id, "--step", "b", "-o", "json", *address)
+    assert payload.returncode == 0, payload.stderr
+    assert json.loads(payload.stdout) == {"echo": {"text": TEXT}}
