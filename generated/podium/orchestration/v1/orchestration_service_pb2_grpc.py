@@ -258,14 +258,18 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """GetRun returns a run with its steps.
+        """GetRun returns a run with its steps (RUN_VIEW_FULL by default). A run larger than
+        the server's maximum message size leaves out its largest payloads, named in
+        `omitted`, instead of failing; read them with GetRunPayload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """ListRuns lists runs, newest first, with filters and paging.
+        """ListRuns lists runs, newest first, with filters and paging (RUN_VIEW_BASIC by
+        default). Every list RPC stops a page early, with a next page token, before the
+        response would exceed the server's maximum message size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -303,14 +307,18 @@ class OrchestrationServiceServicer:
 
     def WatchRun(self, request, context):
         """WatchRun replays a run's events after `after_sequence`, then tails live events,
-        and ends after the terminal event.
+        and ends after the terminal event. An event larger than the server's maximum
+        message size comes without its `data` (`data_omitted`). One connection may hold a
+        limited number of WatchRun and WatchRuns streams (PODIUM_MAX_STREAMS_PER_CONNECTION);
+        one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRuns(self, request, context):
-        """WatchRuns streams the events of an organization's runs, filtered (dashboards).
+        """WatchRuns streams the events of an organization's runs, filtered (dashboards);
+        size and stream limits as for WatchRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
