@@ -91,6 +91,16 @@ class DefinitionService:
         )
         if not violations and known:
             violations = await self._recursion(organization_id, definition)
+        # Output-only fields (version, hash, times) make the stored one a little larger.
+        if not violations and definition.ByteSize() > self.max_response_bytes:
+            violations = [
+                _violation(
+                    "definition",
+                    f"the definition is {definition.ByteSize()} bytes serialized; at most "
+                    f"{self.max_response_bytes} (the message limit less 16 KiB), so that "
+                    "GetDefinition can return it",
+                )
+            ]
         if violations:
             raise InvalidArgument(
                 f"definition {definition.name!r} is invalid: {len(violations)} problem(s)",

@@ -24,7 +24,14 @@ from podium.orchestration.v1 import run_pb2
 from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.rpc import error_details, violations
-from tests.integration.runs_helpers import Run, RunEvent, plan, start_run, wait_for_run
+from tests.integration.runs_helpers import (
+    Run,
+    RunEvent,
+    definition,
+    plan,
+    start_run,
+    wait_for_run,
+)
 
 if TYPE_CHECKING:
     from podium.orchestration.v1.orchestration_service_pb2_grpc import (
@@ -232,3 +239,20 @@ async def test_cli_prints_a_run_larger_than_the_limit_whole(
     payload = await podium("runs", "payload", run_id, "--step", "b", "-o", "json", *address)
     assert payload.returncode == 0, payload.stderr
     assert json.loads(payload.stdout) == {"echo": {"text": TEXT}}
+
+
+async def test_a_definition_too_large_to_return_is_refused(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    """CreateDefinition refuses a definition GetDefinition could not return whole."""
+    steps = [{"id": s, "agent": "echo", "input": {"text": "y" * 125_000}} for s in "ab"]
+    request = pb.CreateDefinitionRequest(definition=definition("huge", steps))
+    assert LIMIT - 16 * 1024 < request.ByteSize() < LIMIT
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CreateDefinition(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "GetDefinition" in violations(refused.value)["definition"]
+    smaller = definition("fits", [{"id": "a", "agent": "echo", "input": {"t": "y" * 200_000}}])
+    await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=smaller))
+    got = await stub.GetDefinition(pb.GetDefinitionRequest(name="fits"))
+    assert got.definition.steps[0].input == smaller.steps[0].input
