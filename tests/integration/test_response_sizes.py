@@ -9,6 +9,7 @@ fit and naming them, and GetRunPayload must return each left-out payload intact.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
@@ -256,3 +257,34 @@ async def test_a_definition_too_large_to_return_is_refused(
     await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=smaller))
     got = await stub.GetDefinition(pb.GetDefinitionRequest(name="fits"))
     assert got.definition.steps[0].input == smaller.steps[0].input
+
+
+async def test_an_approval_larger_than_the_limit_leaves_out_its_subject(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    """A checkpoint after a step with a large output: GetApproval and ListApprovals answer
+    without the subject, which stays readable as the step's output."""
+    steps: list[dict[str, Any]] = [
+        {
+            "id": "a",
+            "agent": "echo",
+            "input": {"text": "${run.input.text}"},
+            "checkpoint": {"when": "WHEN_AFTER"},
+        }
+    ]
+    started = await start_run(stub, inline=plan(steps), input={"text": TEXT})
+    for _ in range(300):
+        listed = await stub.ListApprovals(pb.ListApprovalsRequest(run_id=started.run.id))
+        if listed.approvals:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no approval")
+    [approval] = listed.approvals
+    got = (await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval.id))).approval
+    for shown in (approval, got):
+        assert not shown.HasField("subject")
+        assert shown.subject_omitted.field == "subject"
+        assert shown.subject_omitted.size_bytes > 250_000
+    value, _ = await _read_payload(stub, started.run.id, "a", Payload.PAYLOAD_OUTPUT)
+    assert value == {"echo": {"text": TEXT}}
