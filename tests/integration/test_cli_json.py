@@ -277,7 +277,10 @@ async def test_watch_all_filters_by_definition_and_list_watch_updates(
     everything = await follow("runs", "watch", "--all", "--definition", "watched", "-o", "json",
                               *address)  # fmt: skip
     table = await follow("runs", "list", "--watch", *address)
-    await asyncio.sleep(1.0)  # both streams are open (WatchRuns sends live events only)
+    # Both streams are open (WatchRuns sends live events only); a loaded machine takes
+    # seconds to start a CLI process.
+    hub = server.engine.watch.hub
+    await wait_until(lambda: hub.org_watchers == 2, "both WatchRuns streams open")
     async with PodiumClient(server.address) as client:
         ignored = await client.start_run("ignored")
         watched = await client.start_run("watched")
@@ -309,7 +312,8 @@ async def test_a_closed_pipe_ends_quietly_and_unreachable_is_one_message(
         stderr=subprocess.PIPE,
     )
     try:
-        await asyncio.sleep(1.0)  # the stream is open (WatchRuns sends live events only)
+        hub = server.engine.watch.hub  # the stream is open (WatchRuns: live events only)
+        await wait_until(lambda: hub.org_watchers == 1, "the WatchRuns stream open")
         assert reader.stdout is not None and reader.stderr is not None
         plan = {"steps": [{"id": "a", "agent": "echo"}]}
         async with PodiumClient(server.address) as client:
