@@ -36,7 +36,7 @@ async def watch(client: PodiumClient, run_id: str, output: str) -> run_pb2.Run:
     if output != "text":
         async for event in client.watch_run(run_id):
             print_item("event", event, output)
-        run = await client.get_run(run_id)
+        run = await client.get_run(run_id, fill_omitted=True)
         print_item("run", run, output)
         return run
 
@@ -77,7 +77,8 @@ async def _wait_or_watch(client: PodiumClient, run: run_pb2.Run, args: argparse.
     if getattr(args, "watch", False):
         return _run_exit(await watch(client, run.id, args.output))
     if getattr(args, "wait", False):
-        run = await client.wait_run(run.id)
+        # Payloads left out of a run too large for one response are read back.
+        run = await client.fill_omitted(await client.wait_run(run.id))
         print_run(run, args.output)
         return _run_exit(run)
     if args.output == "text":
