@@ -171,7 +171,9 @@ class Approval(_message.Message):
     """Conversation of the step."""
     @_builtins.property
     def subject(self) -> _struct_pb2.Struct:
-        """The step input (before) or output (after), or the error (failure review)."""
+        """The step input (before) or output (after), or the error (failure review). Unset
+        when `subject_omitted` is set.
+        """
 
     @_builtins.property
     def approvers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:

@@ -200,7 +200,9 @@ class RunEvent(_message.Message):
 
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """Free-form data (e.g. the step output on step.completed, the run output on run.completed)."""
+        """Free-form data (e.g. the step output on step.completed). Unset when `data_omitted`
+        is set.
+        """
 
     @_builtins.property
     def data_omitted(self) -> _run_pb2.OmittedPayload:

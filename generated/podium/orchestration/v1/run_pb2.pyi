@@ -178,11 +178,13 @@ class Run(_message.Message):
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Input given at start."""
+        """Input given at start. Unset in RUN_VIEW_BASIC and when listed in `omitted`."""
 
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """Output of the run: the outputs of its sink steps (steps nobody depends on), by step id."""
+        """Output of the run: the outputs of its sink steps (steps nobody depends on), by step id.
+        Unset in RUN_VIEW_BASIC and when listed in `omitted`.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -190,7 +192,9 @@ class Run(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Free-form metadata given at start."""
+        """Free-form metadata given at start. Unset in RUN_VIEW_BASIC and when listed in
+        `omitted`.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -222,7 +226,9 @@ class Run(_message.Message):
 
     @_builtins.property
     def plan(self) -> _definition_pb2.Definition:
-        """The plan executed (the definition version or the inline plan)."""
+        """The plan executed (the definition version or the inline plan). Unset in
+        RUN_VIEW_BASIC and when listed in `omitted`.
+        """
 
     @_builtins.property
     def omitted(self) -> _containers.RepeatedCompositeFieldContainer[Global___OmittedPayload]:
@@ -402,11 +408,13 @@ class StepRun(_message.Message):
     """Pending approval, when awaiting one."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Resolved input of the last attempt."""
+        """Resolved input of the last attempt. Unset in RUN_VIEW_BASIC and when listed in
+        `omitted`.
+        """
 
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """Output, when succeeded."""
+        """Output, when succeeded. Unset in RUN_VIEW_BASIC and when listed in `omitted`."""
 
     @_builtins.property
     def error(self) -> Global___ErrorDetail:
