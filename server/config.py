@@ -322,9 +322,28 @@ class Settings:
     max_message_bytes: int = _setting(
         "PODIUM_MAX_MESSAGE_BYTES",
         _parse_int(1024, 64 * 1024 * 1024),
-        "Maximum gRPC message size, received and sent.",
+        "Maximum gRPC message size, received and sent. Responses are built to fit it: "
+        "a run, event or approval too large leaves out its largest payloads (read them "
+        "with GetRunPayload) and pages stop early (operations.md, Message size limits).",
         4 * 1024 * 1024,
         doc_default="4194304 (4 MiB)",
+    )
+    max_streams_per_connection: int = _setting(
+        "PODIUM_MAX_STREAMS_PER_CONNECTION",
+        _parse_int(1, 100_000),
+        "WatchRun and WatchRuns streams one client connection may hold open at once; "
+        "one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS). Open "
+        "more connections for more streams.",
+        2000,
+    )
+    max_pending_calls: int = _setting(
+        "PODIUM_MAX_PENDING_CALLS",
+        _parse_int(100, 1_000_000),
+        "Calls a replica has received but not yet started, across connections (a burst "
+        "of new streams waits here for the event loop). gRPC's own default drops calls "
+        "at random past 1,000 (the client sees CANCELLED, nothing is logged); past this "
+        "value, new calls are dropped that way.",
+        10_000,
     )
     db_pool_min_size: int = _setting(
         "PODIUM_DB_POOL_MIN_SIZE", _parse_int(0, 1000), "Minimum database connections.", 1

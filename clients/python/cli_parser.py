@@ -212,10 +212,17 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
         runs,
         "get",
         "show a run and its steps (child runs, rollback hints)",
-        ("podium runs get RUN_ID", "podium runs get RUN_ID -o json"),
+        ("podium runs get RUN_ID", "podium runs get RUN_ID -o json --view basic"),
         c,
     )
     p.add_argument("run_id")
+    p.add_argument(
+        "--view",
+        choices=("full", "basic"),
+        default="full",
+        help="full (default): everything, payloads too large for one response read "
+        "separately; basic: no inputs, outputs, metadata or plan",
+    )
     p = _add(
         runs,
         "watch",
@@ -251,6 +258,12 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--definition", help="only runs of this definition")
     p.add_argument("--label", action="append", help="only runs with KEY=VALUE (repeatable)")
     p.add_argument("--limit", type=int, default=50)
+    p.add_argument(
+        "--view",
+        choices=("basic", "full"),
+        default="basic",
+        help="basic (default): no input, output, metadata or plan; full: with them",
+    )
     p.add_argument(
         "--watch",
         action="store_true",
@@ -317,6 +330,24 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--after", type=int, default=0, help="only events after this sequence")
     p.add_argument(
         "-f", "--follow", action="store_true", help="keep printing live events until the run ends"
+    )
+    p = _add(
+        runs,
+        "payload",
+        "print one payload of a run or step whole (read in ranges, however large)",
+        (
+            "podium runs payload RUN_ID --field input",
+            "podium runs payload RUN_ID --step summarize --field output -o yaml",
+        ),
+        c,
+    )
+    p.add_argument("run_id")
+    p.add_argument("--step", default="", help="a step of the run (default: the run itself)")
+    p.add_argument(
+        "--field",
+        choices=("input", "output", "metadata", "plan"),
+        default="output",
+        help="which payload (default: output; metadata and plan of runs only)",
     )
     for action in runs.choices.values():
         action.set_defaults(func=bind("runs"))

@@ -36,7 +36,7 @@ async def watch(client: PodiumClient, run_id: str, output: str) -> run_pb2.Run:
     if output != "text":
         async for event in client.watch_run(run_id):
             print_item("event", event, output)
-        run = await client.get_run(run_id)
+        run = await client.get_run(run_id, fill_omitted=True)
         print_item("run", run, output)
         return run
 
@@ -77,7 +77,8 @@ async def _wait_or_watch(client: PodiumClient, run: run_pb2.Run, args: argparse.
     if getattr(args, "watch", False):
         return _run_exit(await watch(client, run.id, args.output))
     if getattr(args, "wait", False):
-        run = await client.wait_run(run.id)
+        # Payloads left out of a run too large for one response are read back.
+        run = await client.fill_omitted(await client.wait_run(run.id))
         print_run(run, args.output)
         return _run_exit(run)
     if args.output == "text":
@@ -108,28 +109,38 @@ async def _watch_all(client: PodiumClient, args: argparse.Namespace) -> int:
 
 async def _list(client: PodiumClient, args: argparse.Namespace) -> int:
     started = time.time()
+    runs: list[run_pb2.Run] = []
+    token = ""
     try:
-        page = await client.list_runs(
-            states=args.state or (),
-            definition_name=args.definition or "",
-            labels=labels_arg(args.label),
-            page_size=args.limit,
-        )
+        # A page may stop short of --limit (the server's message limit): follow tokens.
+        while len(runs) < args.limit:
+            page = await client.list_runs(
+                states=args.state or (),
+                definition_name=args.definition or "",
+                labels=labels_arg(args.label),
+                page_size=args.limit - len(runs),
+                page_token=token,
+                view=args.view,
+            )
+            runs.extend(page.items)
+            token = page.next_page_token
+            if not token:
+                break
     except ValueError as exc:
         raise CliError(f"--state: {exc}", EXIT_USAGE) from None
     if args.watch:
         from podium.client.runs_table import follow_runs
 
-        return await follow_runs(client, page.items, args, since=started)
+        return await follow_runs(client, runs, args, since=started)
     if args.output == "text":
-        for run in page.items:
+        for run in runs:
             created = run.create_time.ToDatetime().isoformat(timespec="seconds")
             print(
                 f"{run.id}  {run_state(run):<10} {created}  "
                 f"{run.definition_name or '(inline plan)'}"
             )
     else:
-        print_data(list(page.items), args.output)
+        print_data(runs, args.output)
     return EXIT_OK
 
 
@@ -153,7 +164,10 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
         )
         return await _wait_or_watch(client, run, args)
     if args.action == "get":
-        print_run(await client.get_run(args.run_id), args.output)
+        # A full run too large for one response comes without its largest payloads;
+        # they are read back through GetRunPayload.
+        run = await client.get_run(args.run_id, view=args.view, fill_omitted=args.view == "full")
+        print_run(run, args.output)
     elif args.action == "watch":
         if args.all == bool(args.run_id):
             raise CliError("give a run id or --all (not both)", EXIT_USAGE)
@@ -183,6 +197,9 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
             request_id=args.request_id,
         )
         return await _wait_or_watch(client, run, args)
+    elif args.action == "payload":
+        value = await client.get_run_payload(args.run_id, args.field, step_id=args.step)
+        print_data(value, args.output)
     elif args.action == "events":
         if args.follow:
             async for event in client.watch_run(args.run_id, after_sequence=args.after):

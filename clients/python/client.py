@@ -40,6 +40,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
+from podium.client.client_payloads import PayloadMethods
 from podium.client.client_schedules import ScheduleMethods
 from podium.client.common import (
     DEFAULT_ADDRESS,
@@ -99,7 +100,7 @@ def auth_metadata(api_key: str | None = None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-class PodiumClient(ScheduleMethods):
+class PodiumClient(ScheduleMethods, PayloadMethods):
     """Asyncio client of Podium's OrchestrationService.
 
     Use as ``async with PodiumClient(address) as client: ...`` or call :meth:`close`.
@@ -343,10 +344,28 @@ class PodiumClient(ScheduleMethods):
         response = await self._unary(self._stub.StartRun, request, timeout)
         return response.run  # type: ignore[no-any-return]
 
-    async def get_run(self, run_id: str, *, timeout: float | None = None) -> run_pb2.Run:
-        """A run with its steps."""
-        response = await self._unary(self._stub.GetRun, pb.GetRunRequest(run_id=run_id), timeout)
-        return response.run  # type: ignore[no-any-return]
+    async def get_run(
+        self,
+        run_id: str,
+        *,
+        view: run_pb2.RunView.ValueType | str = run_pb2.RUN_VIEW_UNSPECIFIED,
+        fill_omitted: bool = False,
+        timeout: float | None = None,
+    ) -> run_pb2.Run:
+        """A run with its steps. ``view``: ``"basic"`` (no inputs, outputs, metadata or
+        plan) or ``"full"`` (the default). A full run larger than the server's message
+        limit comes without its largest payloads, listed in ``omitted``;
+        ``fill_omitted`` reads them back (:meth:`fill_omitted`).
+
+        Raises:
+            ValueError: An unknown view name.
+        """
+        request = pb.GetRunRequest(
+            run_id=run_id, view=enum_value(run_pb2.RunView, "RUN_VIEW_", view)
+        )
+        response = await self._unary(self._stub.GetRun, request, timeout)
+        run: run_pb2.Run = response.run
+        return await self.fill_omitted(run, timeout=timeout) if fill_omitted else run
 
     async def list_runs(
         self,
@@ -357,9 +376,12 @@ class PodiumClient(ScheduleMethods):
         parent_run_id: str = "",
         page_size: int = 0,
         page_token: str = "",
+        view: run_pb2.RunView.ValueType | str = run_pb2.RUN_VIEW_UNSPECIFIED,
         timeout: float | None = None,
     ) -> Page[run_pb2.Run]:
-        """One page of runs (without their steps), newest first.
+        """One page of runs (without their steps), newest first; ``view`` ``"basic"``
+        (the default: no input, output, metadata or plan) or ``"full"``. A page may hold
+        fewer than ``page_size`` runs (it stops before the server's message limit).
 
         ``states`` are ``Run.State`` values or names (``"failed"``, ``"STATE_FAILED"``).
 
@@ -373,6 +395,7 @@ class PodiumClient(ScheduleMethods):
             parent_run_id=parent_run_id,
             page_size=page_size,
             page_token=page_token,
+            view=enum_value(run_pb2.RunView, "RUN_VIEW_", view),
         )
         response = await self._unary(self._stub.ListRuns, request, timeout)
         return Page(list(response.runs), response.next_page_token)

@@ -72,6 +72,7 @@ IDEMPOTENT_METHODS = (
     "WatchRun",
     "WatchRuns",
     "ListRunEvents",
+    "GetRunPayload",
     "ListDeliverables",
     "ListApprovals",
     "GetApproval",

@@ -164,6 +164,8 @@ class SyncPodiumClient:
     archive_definition = _Blocking(PodiumClient.archive_definition)
     start_run = _Blocking(PodiumClient.start_run)
     get_run = _Blocking(PodiumClient.get_run)
+    get_run_payload = _Blocking(PodiumClient.get_run_payload)
+    fill_omitted = _Blocking(PodiumClient.fill_omitted)
     list_runs = _Blocking(PodiumClient.list_runs)
     cancel_run = _Blocking(PodiumClient.cancel_run)
     continue_run = _Blocking(PodiumClient.continue_run)

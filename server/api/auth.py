@@ -89,6 +89,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ListDefinitions": _VIEWER,
     "ValidateDefinition": _VIEWER | _AGENT,
     "GetRun": _VIEWER | _AGENT,
+    "GetRunPayload": _VIEWER | _AGENT,
     "ListRuns": _VIEWER | _AGENT,
     "WatchRun": _VIEWER | _AGENT,
     "WatchRuns": _VIEWER,

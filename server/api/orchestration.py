@@ -17,6 +17,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.api.auth import organization_of
 from podium.server.api.errors import abort_code, streaming, unary
+from podium.server.api.streams import StreamLimiter
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 
@@ -46,9 +47,16 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     raises :class:`Unavailable` before that (the RPC then answers UNAVAILABLE).
     """
 
-    def __init__(self, engine: Callable[[], Engine], organization_id: str) -> None:
+    def __init__(
+        self,
+        engine: Callable[[], Engine],
+        organization_id: str,
+        max_streams_per_connection: int = 2000,
+    ) -> None:
         self._engine = engine
         self._organization_id = organization_id
+        self.streams = StreamLimiter(max_streams_per_connection)
+        """Open WatchRun / WatchRuns streams per client connection."""
 
     def _org(self, context: Context) -> str:
         # The caller's organization (api/auth.py); the configured one when auth is off.
@@ -120,7 +128,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
 
     @unary
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        run = await self._engine().runs.get(self._org(context), request.run_id)
+        run = await self._engine().runs.get(self._org(context), request.run_id, request.view)
         return pb.GetRunResponse(run=run)
 
     @unary
@@ -186,22 +194,30 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         )
         return pb.ListRunEventsResponse(events=events, next_after_sequence=after)
 
+    @unary
+    async def GetRunPayload(
+        self, request: pb.GetRunPayloadRequest, context: Context
+    ) -> pb.GetRunPayloadResponse:
+        return await self._engine().payloads.read(self._org(context), request)
+
     @streaming
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        events = self._engine().watch.watch_run(
-            self._org(context), request.run_id, request.after_sequence
-        )
-        async for event in events:
-            yield pb.WatchRunResponse(event=event)
+        with self.streams.hold(context.peer()):
+            events = self._engine().watch.watch_run(
+                self._org(context), request.run_id, request.after_sequence
+            )
+            async for event in events:
+                yield pb.WatchRunResponse(event=event)
 
     @streaming
     async def WatchRuns(
         self, request: pb.WatchRunsRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunsResponse]:
-        async for event in self._engine().watch.watch_runs(self._org(context), request):
-            yield pb.WatchRunsResponse(event=event)
+        with self.streams.hold(context.peer()):
+            async for event in self._engine().watch.watch_runs(self._org(context), request):
+                yield pb.WatchRunsResponse(event=event)
 
     @unary
     async def ListDeliverables(

@@ -30,8 +30,9 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from podium.server.engine.paging import decode_token, encode_token
+from podium.server.engine.paging import bounded_name_page, decode_token
 from podium.server.engine.paging import page_size as effective_page_size
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.agents import AgentRecord, AgentsRepository, StaticAgentConflict
 
@@ -112,6 +113,9 @@ def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldVio
 
 class AgentService:
     """Use cases behind the agent RPCs, and the static agents of the configuration."""
+
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """What one page may take (``sizes.response_budget``; the engine sets it)."""
 
     def __init__(self, repository: AgentsRepository, guard: EndpointGuard | None = None) -> None:
         self._repository = repository
@@ -203,8 +207,13 @@ class AgentService:
             )
         more = len(records) > size
         records = records[:size]
-        token = encode_token(records[-1].name, filters) if more and records else ""
-        return [record_to_agent(record) for record in records], token
+        return bounded_name_page(
+            [record_to_agent(record) for record in records],
+            [record.name for record in records],
+            more,
+            filters,
+            self.max_response_bytes,
+        )
 
     async def deregister(self, organization_id: str, name: str) -> None:
         """Remove the registered agent ``name``.

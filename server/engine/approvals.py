@@ -35,9 +35,10 @@ from podium.server.engine.errors import (
     NotFound,
     PermissionDenied,
 )
-from podium.server.engine.paging import decode_keyset, keyset_page, page_size
+from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import MAX_REQUEST_ID_LENGTH, parse_run_id, struct_violations
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES, fit_approval
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
 from podium.server.telemetry.metrics import Metrics
@@ -75,8 +76,9 @@ def _ts(value: Any, target: Timestamp) -> None:
         target.FromDatetime(value)
 
 
-def approval_to_proto(row: ApprovalRow) -> approval_pb2.Approval:
-    """The API form of a stored approval."""
+def approval_to_proto(row: ApprovalRow, max_bytes: int | None = None) -> approval_pb2.Approval:
+    """The API form of a stored approval; with ``max_bytes``, one that takes more
+    leaves out its subject (``subject_omitted``)."""
     out = approval_pb2.Approval(
         id=str(row.id),
         organization_id=row.organization_id,
@@ -96,6 +98,8 @@ def approval_to_proto(row: ApprovalRow) -> approval_pb2.Approval:
     _ts(row.created_at, out.create_time)
     _ts(row.expires_at, out.expire_time)
     _ts(row.decided_at, out.decide_time)
+    if max_bytes is not None and isinstance(row.subject, dict):
+        fit_approval(out, max_bytes, row.subject)
     return out
 
 
@@ -112,8 +116,14 @@ def _approval_id(value: str) -> uuid.UUID:
 class ApprovalService:
     """Use cases behind ListApprovals, GetApproval and DecideApproval."""
 
-    def __init__(self, repository: ApprovalsRepository) -> None:
+    def __init__(
+        self,
+        repository: ApprovalsRepository,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self._repository = repository
+        self.max_response_bytes = max_response_bytes
+        """What one approval or page may take (``sizes.response_budget``)."""
         self.metrics = Metrics()
 
     def instrument(self, metrics: Metrics) -> None:
@@ -131,7 +141,7 @@ class ApprovalService:
                 reason="APPROVAL_NOT_FOUND",
                 metadata={"approval_id": approval_id},
             )
-        return approval_to_proto(row)
+        return approval_to_proto(row, self.max_response_bytes)
 
     async def list(
         self, organization_id: str, request: pb.ListApprovalsRequest
@@ -155,8 +165,13 @@ class ApprovalService:
                 after=after,
                 limit=size + 1,
             )
-        page, token = keyset_page(rows, size, filters)
-        return [approval_to_proto(r) for r in page], token
+        return bounded_keyset_page(
+            rows,
+            size,
+            filters,
+            lambda row: approval_to_proto(row, self.max_response_bytes),
+            self.max_response_bytes,
+        )
 
     async def decide(
         self, organization_id: str, request: pb.DecideApprovalRequest
@@ -239,7 +254,7 @@ class ApprovalService:
             )
         if status == "ok":
             await self._count_run_end(row.run_id)
-        return approval_to_proto(row)
+        return approval_to_proto(row, self.max_response_bytes)
 
     async def _count_run_end(self, run_id: uuid.UUID) -> None:
         """A run waiting on an approval is running, so a decision that leaves it finished

@@ -20,7 +20,8 @@ from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.canonical import definition_hash
 from podium.server.engine.errors import FieldViolation, InvalidArgument, NotFound
 from podium.server.engine.lru import LRUCache
-from podium.server.engine.paging import decode_token, encode_token, page_size
+from podium.server.engine.paging import bounded_name_page, decode_token, page_size
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import normalize_definition, validate_definition
 from podium.server.storage.definitions import DefinitionRecord, DefinitionsRepository
@@ -55,6 +56,9 @@ def record_to_definition(record: DefinitionRecord) -> Definition:
 class DefinitionService:
     """Use cases behind the Definition RPCs."""
 
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """What one page may take (``sizes.response_budget``; the engine sets it)."""
+
     def __init__(self, repository: DefinitionsRepository, *, cache_size: int = 200) -> None:
         self._repository = repository
         self._cache: LRUCache[_CacheKey, Definition] = LRUCache(cache_size)
@@ -87,6 +91,16 @@ class DefinitionService:
         )
         if not violations and known:
             violations = await self._recursion(organization_id, definition)
+        # Output-only fields (version, hash, times) make the stored one a little larger.
+        if not violations and definition.ByteSize() > self.max_response_bytes:
+            violations = [
+                _violation(
+                    "definition",
+                    f"the definition is {definition.ByteSize()} bytes serialized; at most "
+                    f"{self.max_response_bytes} (the message limit less 16 KiB), so that "
+                    "GetDefinition can return it",
+                )
+            ]
         if violations:
             raise InvalidArgument(
                 f"definition {definition.name!r} is invalid: {len(violations)} problem(s)",
@@ -237,8 +251,13 @@ class DefinitionService:
             )
         more = len(records) > size
         records = records[:size]
-        token = encode_token(records[-1].name, filters) if more and records else ""
-        return [record_to_definition(r) for r in records], token
+        return bounded_name_page(
+            [record_to_definition(r) for r in records],
+            [r.name for r in records],
+            more,
+            filters,
+            self.max_response_bytes,
+        )
 
     async def archive(self, organization_id: str, name: str) -> Definition:
         """Archive every version of ``name``; new runs of it are refused."""

@@ -15,12 +15,14 @@ from podium.server.engine.cache import CacheService, StepCache
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
+from podium.server.engine.payloads import PayloadService
 from podium.server.engine.runs import RunService
 from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
+from podium.server.engine.sizes import response_budget
 from podium.server.engine.triggers import EventTriggers
-from podium.server.engine.watch import WatchService
+from podium.server.engine.watch import WatchConfig, WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
@@ -69,7 +71,12 @@ class Engine:
         # One LISTEN podium_events connection per replica, fanned out to the watchers;
         # its fallback poll uses the scheduler's fallback timer.
         hub = EventHub(dsn, events, poll_interval=settings.poll_interval_seconds)
-        self.watch = WatchService(hub, events)
+        budget = response_budget(settings.max_message_bytes)
+        self.watch = WatchService(hub, events, WatchConfig(max_event_bytes=budget))
+        self.payloads = PayloadService(runs, budget)
+        self.approvals.max_response_bytes = budget
+        for service in (self.definitions, self.agents, self.schedules, self.webhooks):
+            service.max_response_bytes = budget
         # Raises ConfigError when a TLS file of agent channels became unusable since start.
         agent_tls_ca, agent_tls_client = settings.agent_tls()
         self.agent_client = AgentDispatcher(

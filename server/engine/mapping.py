@@ -11,6 +11,7 @@ from google.protobuf import json_format, struct_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from podium.orchestration.v1 import definition_pb2, event_pb2, run_pb2
+from podium.server.engine.sizes import fit_event
 from podium.server.storage.runs import (
     AttemptRow,
     CreatedRun,
@@ -87,9 +88,12 @@ def run_to_proto(
     deliverables: list[DeliverableRow] | None = None,
     *,
     plan: definition_pb2.Definition | None = None,
+    basic: bool = False,
 ) -> run_pb2.Run:
     """The API form of a stored run (with its steps when given). ``plan``, when the
-    caller has it, saves parsing the stored plan again."""
+    caller has it, saves parsing the stored plan again. ``basic`` (RUN_VIEW_BASIC)
+    leaves out the large payloads: the run's input, output, metadata and plan, and the
+    steps' inputs and outputs."""
     out = run_pb2.Run(
         id=str(run.id),
         organization_id=run.organization_id,
@@ -107,15 +111,18 @@ def run_to_proto(
         max_parallel=run.max_parallel,
         webhook_url=run.webhook_url or "",
     )
-    _struct(run.input, out.input)
-    _struct(run.output, out.output)
-    _struct(run.metadata, out.metadata)
+    if not basic:
+        _struct(run.input, out.input)
+        _struct(run.output, out.output)
+        _struct(run.metadata, out.metadata)
     _error(run.error, out.error)
     _ts(run.created_at, out.create_time)
     _ts(run.started_at, out.start_time)
     _ts(run.ended_at, out.end_time)
     _usage(run, out.usage)
-    if plan is not None:
+    if basic:
+        pass
+    elif plan is not None:
         out.plan.CopyFrom(plan)
     else:
         json_format.ParseDict(run.plan, out.plan, ignore_unknown_fields=True)
@@ -128,13 +135,15 @@ def run_to_proto(
             files.setdefault(d.step_id or "", []).append(d)
         for step in steps:
             out.steps.append(
-                _step_to_proto(step, by_step.get(step.step_id, []), files.get(step.step_id, []))
+                _step_to_proto(
+                    step, by_step.get(step.step_id, []), files.get(step.step_id, []), basic
+                )
             )
     return out
 
 
 def _step_to_proto(
-    step: StepRow, attempts: list[AttemptRow], files: list[DeliverableRow]
+    step: StepRow, attempts: list[AttemptRow], files: list[DeliverableRow], basic: bool
 ) -> run_pb2.StepRun:
     out = run_pb2.StepRun(
         step_id=step.step_id,
@@ -149,8 +158,9 @@ def _step_to_proto(
         approval_id=str(step.approval_id) if step.approval_id else "",
         depends_on=step.depends_on,
     )
-    _struct(step.input, out.input)
-    _struct(step.output, out.output)
+    if not basic:
+        _struct(step.input, out.input)
+        _struct(step.output, out.output)
     _error(step.error, out.error)
     _ts(step.queued_at, out.queue_time)
     _ts(step.started_at, out.start_time)
@@ -200,8 +210,11 @@ def deliverable_to_proto(d: DeliverableRow) -> run_pb2.Deliverable:
     return out
 
 
-def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunEvent:
-    """The API form of a stored event."""
+def event_to_proto(
+    event: EventRow, definition_name: str = "", *, max_bytes: int | None = None
+) -> event_pb2.RunEvent:
+    """The API form of a stored event; with ``max_bytes``, one that takes more leaves
+    out its ``data`` (``data_omitted``)."""
     out = event_pb2.RunEvent(
         run_id=str(event.run_id),
         sequence=event.sequence,
@@ -236,6 +249,8 @@ def event_to_proto(event: EventRow, definition_name: str = "") -> event_pb2.RunE
     data = {k: v for k, v in payload.items() if k != "error"}
     if data:
         _struct(data, out.data)
+        if max_bytes is not None:
+            fit_event(out, max_bytes, data)
     return out
 
 

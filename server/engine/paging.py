@@ -11,11 +11,14 @@ import binascii
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
+from google.protobuf.message import Message
+
 from podium.server.engine.errors import FieldViolation, InvalidArgument
+from podium.server.engine.sizes import fitting_count
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -111,3 +114,37 @@ def keyset_page(rows: Sequence[_Row], size: int, filters: Any) -> tuple[Sequence
     page = rows[:size]
     last = page[-1]
     return page, encode_token([last.created_at.isoformat(), str(last.id)], filters)
+
+
+_Proto = TypeVar("_Proto", bound=Message)
+
+
+def bounded_keyset_page(
+    rows: Sequence[_Row],
+    size: int,
+    filters: Any,
+    convert: Callable[[_Row], _Proto],
+    max_bytes: int,
+) -> tuple[list[_Proto], str]:
+    """:func:`keyset_page` bounded by bytes as well: the API form (``convert``) of the
+    first ``size`` rows, stopping early before the page would take more than
+    ``max_bytes`` (the next page token then resumes after the last row returned)."""
+    page, token = keyset_page(rows, size, filters)
+    protos = [convert(row) for row in page]
+    count = fitting_count(protos, max_bytes)
+    if count < len(protos):
+        last = page[count - 1]
+        token = encode_token([last.created_at.isoformat(), str(last.id)], filters)
+    return protos[:count], token
+
+
+def bounded_name_page(
+    protos: Sequence[_Proto], names: Sequence[str], more: bool, filters: Any, max_bytes: int
+) -> tuple[list[_Proto], str]:
+    """A name-ordered page (``protos`` and their ``names``; ``more`` when rows follow)
+    bounded by ``max_bytes``: it stops early before it would take more, and the token
+    resumes after the last name returned ("" on the last page)."""
+    count = fitting_count(protos, max_bytes)
+    more = more or count < len(protos)
+    token = encode_token(names[count - 1], filters) if more and count else ""
+    return list(protos[:count]), token

@@ -36,7 +36,7 @@ from podium.server.engine.mapping import (
     run_to_proto,
     set_rate_waits,
 )
-from podium.server.engine.paging import decode_keyset, keyset_page, page_size
+from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.plan import build_steps, fork_redo
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
@@ -44,10 +44,11 @@ from podium.server.engine.requests import (
     request_id_violations,
     struct_violations,
 )
+from podium.server.engine.sizes import fit_run, fitting_count, response_budget
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import validate_plan
 from podium.server.storage.agents import AgentsRepository
-from podium.server.storage.runs import CreatedRun, NewRun, RunsRepository
+from podium.server.storage.runs import CreatedRun, NewRun, RunRow, RunsRepository
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
@@ -77,6 +78,8 @@ class RunService:
         self.tracing = Tracing()
         self.scheduler: Scheduler | None = None
         """This replica's scheduler: StartRun claims a run's first steps for it."""
+        self.max_response_bytes = response_budget(settings.max_message_bytes)
+        """What one run, event or page may take in a response."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -192,7 +195,7 @@ class RunService:
             if span.is_recording():
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
-        return created_to_proto(stored, plan), not stored.created
+        return self._created(stored, plan), not stored.created
 
     async def _create(self, new: NewRun, *, start: bool) -> CreatedRun:
         """Create the run; when started, its runnable steps are claimed for this
@@ -306,7 +309,7 @@ class RunService:
             )
             async with storage_errors():
                 forked = await self._repository.create(new, start=True)
-        return created_to_proto(forked, plan), not forked.created
+        return self._created(forked, plan), not forked.created
 
     async def start_child(
         self,
@@ -416,6 +419,17 @@ class RunService:
             trace_context=None,
         )
 
+    def _created(self, stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
+        """The response of StartRun / ForkRun, fitted to ``max_response_bytes``."""
+        run = created_to_proto(stored, plan)
+        steps = {s.step_id: s for s in stored.steps}
+
+        def source(step_id: str, field: str) -> Any:
+            return getattr(steps[step_id] if step_id else stored.run, field)
+
+        fit_run(run, self.max_response_bytes, source)
+        return run
+
     def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
         """definition, then ORCHESTRATION_DEFAULT_MAX_PARALLEL, then
         ORCHESTRATION_MAX_CONCURRENCY, then 1 (sequential)."""
@@ -428,8 +442,13 @@ class RunService:
 
     # -- reads -----------------------------------------------------------------------
 
-    async def get(self, organization_id: str, run_id: str) -> run_pb2.Run:
-        """The run with its steps, attempts and deliverables."""
+    async def get(
+        self, organization_id: str, run_id: str, view: int = run_pb2.RUN_VIEW_FULL
+    ) -> run_pb2.Run:
+        """The run with its steps, attempts and deliverables, in ``view`` (a
+        ``RunView``; unspecified is FULL); a FULL run too large for one response leaves
+        out its largest payloads (``sizes.fit_run``)."""
+        basic = _is_basic(view, default=run_pb2.RUN_VIEW_FULL)
         rid = parse_run_id(run_id)
         async with storage_errors():
             found = await self._repository.get_with_steps(organization_id, rid)
@@ -437,7 +456,14 @@ class RunService:
             raise NotFound(
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
-        run = run_to_proto(*found)
+        run = run_to_proto(*found, basic=basic)
+        if not basic:
+            stored, steps = found[0], {s.step_id: s for s in found[1]}
+
+            def source(step_id: str, field: str) -> Any:
+                return getattr(steps[step_id] if step_id else stored, field)
+
+            fit_run(run, self.max_response_bytes, source)
         queued = [s for s in found[1] if s.state == "queued" and (s.agent or s.skill)]
         if queued and self._agents is not None:
             async with storage_errors():
@@ -450,7 +476,9 @@ class RunService:
     async def list_runs(
         self, organization_id: str, request: pb.ListRunsRequest
     ) -> tuple[list[run_pb2.Run], str]:
-        """A page of runs (without steps), newest first."""
+        """A page of runs (without steps), newest first, in the request's view
+        (unspecified is BASIC), bounded by ``max_response_bytes``."""
+        basic = _is_basic(request.view, default=run_pb2.RUN_VIEW_BASIC)
         size = page_size(request.page_size)
         states = []
         for i, state in enumerate(request.states):
@@ -481,9 +509,16 @@ class RunService:
                 parent_run_id=parent,
                 after=after,
                 limit=size + 1,
+                payloads=not basic,
             )
-        page, token = keyset_page(rows, size, filters)
-        return [run_to_proto(r) for r in page], token
+
+        def convert(row: RunRow) -> run_pb2.Run:
+            run = run_to_proto(row, basic=basic)
+            if not basic:
+                fit_run(run, self.max_response_bytes, lambda _, field: getattr(row, field))
+            return run
+
+        return bounded_keyset_page(rows, size, filters, convert, self.max_response_bytes)
 
     # -- commands --------------------------------------------------------------------
 
@@ -584,7 +619,10 @@ class RunService:
                 )
             rows = await self._repository.list_events(organization_id, rid, after_sequence, size)
         name = run.definition_name or ""
-        events = [event_to_proto(e, name) for e in rows]
+        events = [event_to_proto(e, name, max_bytes=self.max_response_bytes) for e in rows]
+        count = fitting_count(events, self.max_response_bytes)
+        if count < len(events):  # the page stops early: more follows
+            return events[:count], rows[count - 1].sequence
         more = bool(rows) and len(rows) == size and rows[-1].sequence < run.last_event_sequence
         return events, (rows[-1].sequence if more else 0)
 
@@ -607,5 +645,22 @@ class RunService:
                 after=after,
                 limit=size + 1,
             )
-        page, token = keyset_page(rows, size, filters)
-        return [deliverable_to_proto(d) for d in page], token
+        return bounded_keyset_page(
+            rows, size, filters, deliverable_to_proto, self.max_response_bytes
+        )
+
+
+def _is_basic(view: int, *, default: int) -> bool:
+    """Whether ``view`` (a ``RunView``, ``default`` when unspecified) is BASIC; an
+    unknown value is INVALID_ARGUMENT."""
+    if view not in run_pb2.RunView.values():
+        raise InvalidArgument(
+            "unknown run view",
+            violations=[
+                FieldViolation(
+                    field="view",
+                    description="RUN_VIEW_UNSPECIFIED, RUN_VIEW_BASIC or RUN_VIEW_FULL",
+                )
+            ],
+        )
+    return (view or default) == run_pb2.RUN_VIEW_BASIC

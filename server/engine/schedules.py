@@ -24,7 +24,7 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from podium.server.engine.paging import decode_keyset, keyset_page, page_size
+from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import struct_violations
 from podium.server.engine.runs import MAX_LABELS, RunService
@@ -35,6 +35,7 @@ from podium.server.engine.schedule_times import (
     plan_claim,
     time_zone_error,
 )
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.runs import NewRun
 from podium.server.storage.schedules import (
@@ -197,6 +198,9 @@ def _not_found(schedule_id: str) -> NotFound:
 class ScheduleService:
     """Use cases behind the Schedule RPCs, and the tick claims of the schedule loop."""
 
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """What one page may take (``sizes.response_budget``; the engine sets it)."""
+
     def __init__(
         self, repository: SchedulesRepository, runs: RunService, misfire_grace_seconds: float
     ) -> None:
@@ -296,8 +300,7 @@ class ScheduleService:
                 after=after,
                 limit=size + 1,
             )
-        page, token = keyset_page(rows, size, filters)
-        return [schedule_to_proto(r) for r in page], token
+        return bounded_keyset_page(rows, size, filters, schedule_to_proto, self.max_response_bytes)
 
     async def pause(self, organization_id: str, schedule_id: str) -> schedule_pb2.Schedule:
         """PauseSchedule (pausing a paused schedule changes nothing); a buffered tick is

@@ -37,6 +37,7 @@ from podium.server.engine.errors import (
 )
 from podium.server.engine.mapping import event_to_proto
 from podium.server.engine.requests import parse_run_id
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.hub import EventHub, Watcher
 from podium.server.storage.events import EventsRepository
@@ -81,6 +82,9 @@ class WatchConfig:
     """How often a WatchRuns stream re-scans the whole window."""
     org_min_interval_seconds: float = 0.05
     """Least time between two WatchRuns reads (coalesces bursts of notifications)."""
+    max_event_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """An event taking more leaves out its ``data`` (``RunEvent.data_omitted``), so
+    every stream message stays under the server's message limit."""
 
 
 class WatchService:
@@ -200,7 +204,8 @@ class WatchService:
             rows = await self._repository.run_events(
                 organization_id, run_id, after, self.config.page_size
             )
-        return [event_to_proto(row, name) for row in rows]
+        limit = self.config.max_event_bytes
+        return [event_to_proto(row, name, max_bytes=limit) for row in rows]
 
     # -- WatchRuns ---------------------------------------------------------------------
 
@@ -274,7 +279,7 @@ class WatchService:
                 for row, name in page.events:
                     delivered[row.run_id] = (row.sequence, row.created_at)
                     cursor = max(cursor, row.created_at)
-                    yield event_to_proto(row, name or "")
+                    yield event_to_proto(row, name or "", max_bytes=config.max_event_bytes)
                 if len(page.events) == config.org_page_size:
                     continue
                 # A complete read: every event committed before `now` was seen.

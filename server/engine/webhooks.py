@@ -23,8 +23,9 @@ from typing import Any
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import ConfigError, SecretValue, Settings, redact_url
 from podium.server.engine.errors import FailedPrecondition, FieldViolation, InvalidArgument
-from podium.server.engine.paging import decode_keyset, keyset_page, page_size
+from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.requests import parse_run_id
+from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.retention import EventRetention, RetentionConfig
 from podium.server.events.ssrf import WebhookRefused, check_webhook_url_async
@@ -73,6 +74,9 @@ def _secret_text(secret: SecretValue | str | None) -> str | None:
 class WebhookService:
     """Webhook use cases and the background work of one replica: the dispatcher and
     retention (``server/events/``)."""
+
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """What one page may take (``sizes.response_budget``; the engine sets it)."""
 
     def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
         self._settings = settings
@@ -212,5 +216,4 @@ class WebhookService:
             rows = await self._repository.list_deliveries(
                 organization_id, run_id=run_id, states=states, after=after, limit=size + 1
             )
-        page, token = keyset_page(rows, size, filters)
-        return [delivery_to_proto(r) for r in page], token
+        return bounded_keyset_page(rows, size, filters, delivery_to_proto, self.max_response_bytes)

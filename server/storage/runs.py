@@ -310,11 +310,13 @@ class RunsRepository:
         parent_run_id: uuid.UUID | None,
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
+        payloads: bool = True,
     ) -> list[RunRow]:
-        """Runs newest first, filtered, after the keyset position ``after``."""
+        """Runs newest first, filtered, after the keyset position ``after``. Without
+        ``payloads`` their input, output, metadata and plan are left empty (not read)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
-                QUERIES["list_runs"],
+                QUERIES["list_runs" if payloads else "list_runs_basic"],
                 organization_id,
                 list(states),
                 definition_name,
@@ -325,6 +327,20 @@ class RunsRepository:
                 limit,
             )
         return [run_row(r) for r in rows]
+
+    async def payload(
+        self, organization_id: str, run_id: uuid.UUID, step_id: str | None, field: str
+    ) -> tuple[bool, Any]:
+        """One stored payload (``field`` of the run, or of its step ``step_id``): whether
+        the run (or step) exists, and the value (None when unset)."""
+        async with self._db.connection() as conn:
+            if step_id is None:
+                row = await conn.fetchrow(QUERIES["run_payload"], organization_id, run_id, field)
+            else:
+                row = await conn.fetchrow(
+                    QUERIES["step_payload"], organization_id, run_id, step_id, field
+                )
+        return (False, None) if row is None else (True, row["value"])
 
     async def cancel(self, organization_id: str, run_id: uuid.UUID, reason: str) -> str | None:
         """Cancel the run; returns its state afterwards, or None when it does not exist."""

@@ -98,6 +98,41 @@ WHERE organization_id = $1
 ORDER BY created_at DESC, id DESC
 LIMIT $8
 
+-- list_runs_basic --
+-- list_runs for RUN_VIEW_BASIC: the same rows without their large payloads (input,
+-- output, metadata and plan are never read from their TOAST storage).
+-- $1 org, $2 states, $3 definition_name, $4 labels, $5 parent_run_id,
+-- $6 after created_at, $7 after id, $8 limit
+SELECT id, organization_id, definition_name, definition_version, '{}'::jsonb AS plan,
+       state, '{}'::jsonb AS input, NULL::jsonb AS output, '{}'::jsonb AS metadata,
+       labels, request_id, max_parallel, run_attempt, parent_run_id, parent_step_id,
+       forked_from_run_id, error, rollback_hints, input_tokens, output_tokens, cost_usd,
+       bypass_cache, webhook_url, last_event_sequence, created_at, started_at, ended_at
+FROM orchestration_runs
+WHERE organization_id = $1
+  AND (cardinality($2::text[]) = 0 OR state = ANY ($2::text[]))
+  AND ($3::text IS NULL OR definition_name = $3)
+  AND labels @> $4::jsonb
+  AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $8
+
+-- run_payload --
+-- One payload of a run for GetRunPayload; no row when the run does not exist.
+-- $1 org, $2 run id, $3 field: input | output | metadata | plan
+SELECT CASE $3::text WHEN 'input' THEN input WHEN 'output' THEN output
+                     WHEN 'metadata' THEN metadata WHEN 'plan' THEN plan END AS value
+FROM orchestration_runs
+WHERE organization_id = $1 AND id = $2
+
+-- step_payload --
+-- One payload of a step for GetRunPayload; no row when the step does not exist.
+-- $1 org, $2 run id, $3 step id, $4 field: input | output
+SELECT CASE $4::text WHEN 'input' THEN input WHEN 'output' THEN output END AS value
+FROM orchestration_steps
+WHERE organization_id = $1 AND run_id = $2 AND step_id = $3
+
 -- cancel_run --
 -- $1 run_id, $2 organization_id, $3 reason
 SELECT podium_cancel_run($1, $2, $3)

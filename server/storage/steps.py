@@ -45,6 +45,8 @@ __all__ = [
     "CachePolicy",
     "CheckpointPolicy",
     "CheckpointWhen",
+    "MAX_ERROR_CODE_CHARS",
+    "MAX_ERROR_MESSAGE_CHARS",
     "FailurePolicy",
     "OrchestrationTarget",
     "OnTimeout",
@@ -109,6 +111,12 @@ class CheckpointWhen(StrEnum):
 _WHENS = {w.value: w for w in CheckpointWhen}
 
 
+MAX_ERROR_MESSAGE_CHARS = 4096
+"""Longest error message stored for a step or attempt."""
+MAX_ERROR_CODE_CHARS = 128
+"""Longest error code stored."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepError:
     """The ``error`` of a step or an attempt: a stable UPPER_SNAKE ``code``, a message,
@@ -119,7 +127,15 @@ class StepError:
     retryable: bool = False
 
     def to_json(self) -> Json:
-        return {"code": self.code, "message": self.message, "retryable": self.retryable}
+        """The stored form; a message longer than ``MAX_ERROR_MESSAGE_CHARS`` (an agent's
+        error text is not bounded otherwise) is cut there, saying how much was cut, so
+        a step's errors (one per attempt) never crowd a GetRun response out."""
+        message = self.message
+        if len(message) > MAX_ERROR_MESSAGE_CHARS:
+            cut = len(message) - MAX_ERROR_MESSAGE_CHARS
+            message = f"{message[:MAX_ERROR_MESSAGE_CHARS]}... ({cut} more characters)"
+        code = self.code[:MAX_ERROR_CODE_CHARS]
+        return {"code": code, "message": message, "retryable": self.retryable}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> StepError:

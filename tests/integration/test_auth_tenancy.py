@@ -207,6 +207,11 @@ CASES: dict[str, Case] = {
     "StartRun": _not_found(_start_run),
     "GetRun": _not_found(lambda w: w.b.GetRun(pb.GetRunRequest(run_id=w.run_id))),
     "ListRuns": lambda w: _empty(w.b.ListRuns(pb.ListRunsRequest()), "runs"),
+    "GetRunPayload": _not_found(
+        lambda w: w.b.GetRunPayload(
+            pb.GetRunPayloadRequest(run_id=w.run_id, payload=pb.GetRunPayloadRequest.PAYLOAD_INPUT)
+        )
+    ),
     "CancelRun": _not_found(lambda w: w.b.CancelRun(pb.CancelRunRequest(run_id=w.run_id))),
     "ContinueRun": _not_found(
         lambda w: w.b.ContinueRun(pb.ContinueRunRequest(run_id=w.run_id, input=struct({"x": 1})))

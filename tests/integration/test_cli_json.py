@@ -140,6 +140,7 @@ async def test_every_json_command_has_the_one_shape(
         ("runs", "watch"): ([gated[0]], True),
         ("runs", "get"): ([gated[0]], False),
         ("runs", "events"): ([gated[0]], True),
+        ("runs", "payload"): ([gated[0], "--field", "input"], False),
         ("runs", "list"): ([], False),
         ("runs", "cancel"): ([gated[3]], False),
         ("runs", "resume"): ([gated[3]], False),

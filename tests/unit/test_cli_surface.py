@@ -26,6 +26,7 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "WatchRun": ("watch_run", ("runs", "watch")),
     "WatchRuns": ("watch_runs", ("runs", "watch")),  # runs watch --all, runs list --watch
     "ListRunEvents": ("list_run_events", ("runs", "events")),
+    "GetRunPayload": ("get_run_payload", ("runs", "payload")),
     "ListDeliverables": ("list_deliverables", ("deliverables", "list")),
     "ListApprovals": ("list_approvals", ("approvals", "list")),
     "GetApproval": ("get_approval", ("approvals", "get")),

@@ -304,11 +304,116 @@ export class PodiumClient {
    * A run with its steps. An unknown run rejects with a `NotFoundError` (reason
    * `RUN_NOT_FOUND`, `metadata.run_id`).
    *
+   * `options.view`: `"RUN_VIEW_FULL"` (the default) or `"RUN_VIEW_BASIC"` (no inputs,
+   * outputs, metadata or plan). A full run larger than the server's message limit comes
+   * without its largest payloads, named in `omitted` of the run and of each step;
+   * `options.fillOmitted` reads them back with {@link PodiumClient#getRunPayload}.
+   *
    * @param {string} runId
+   * @param {CallOptions & { view?: string, fillOmitted?: boolean }} [options]
+   */
+  async getRun(runId, options = {}) {
+    const { view = 'RUN_VIEW_UNSPECIFIED', fillOmitted = false, ...callOptions } = options;
+    const run = decodeRun((await this.call('GetRun', { run_id: runId, view }, callOptions)).run);
+    return fillOmitted ? this.fillOmitted(run, callOptions) : run;
+  }
+
+  /**
+   * A page of runs, newest first: `{runs, next_page_token}`. `view` defaults to
+   * `"RUN_VIEW_BASIC"` (no input, output, metadata or plan); a page may hold fewer than
+   * `pageSize` runs when more would exceed the server's message limit.
+   *
+   * @param {{ states?: string[], definitionName?: string, labels?: Record<string, string>,
+   *   parentRunId?: string, pageSize?: number, pageToken?: string, view?: string }} [filter]
    * @param {CallOptions} [options]
    */
-  async getRun(runId, options) {
-    return decodeRun((await this.call('GetRun', { run_id: runId }, options)).run);
+  async listRuns(
+    {
+      states = [],
+      definitionName = '',
+      labels = {},
+      parentRunId = '',
+      pageSize = 0,
+      pageToken = '',
+      view = 'RUN_VIEW_UNSPECIFIED',
+    } = {},
+    options,
+  ) {
+    const response = await this.call(
+      'ListRuns',
+      {
+        states,
+        definition_name: definitionName,
+        labels,
+        parent_run_id: parentRunId,
+        page_size: pageSize,
+        page_token: pageToken,
+        view,
+      },
+      options,
+    );
+    response.runs.forEach(decodeRun);
+    return response;
+  }
+
+  /**
+   * One payload of a run (no `stepId`) or of a step, read whole with GetRunPayload
+   * range by range, as its JSON value (null when unset). `payload`: `"PAYLOAD_INPUT"`,
+   * `"PAYLOAD_OUTPUT"`, `"PAYLOAD_METADATA"` or `"PAYLOAD_PLAN"` (the last two for runs).
+   *
+   * @param {string} runId
+   * @param {string} payload
+   * @param {{ stepId?: string }} [where]
+   * @param {CallOptions} [options]
+   * @returns {Promise<any>}
+   */
+  async getRunPayload(runId, payload, { stepId = '' } = {}, options) {
+    /** @type {Buffer[]} */
+    const parts = [];
+    let offset = 0;
+    for (;;) {
+      const response = await this.call(
+        'GetRunPayload',
+        { run_id: runId, step_id: stepId, payload, offset },
+        options,
+      );
+      parts.push(response.data);
+      if (!response.next_offset) break;
+      offset = response.next_offset;
+    }
+    return JSON.parse(Buffer.concat(parts).toString('utf8'));
+  }
+
+  /**
+   * `run` (from getRun) with the payloads the server left out for its size read back
+   * and put in place; the `omitted` lists are emptied.
+   *
+   * @param {any} run
+   * @param {CallOptions} [options]
+   */
+  async fillOmitted(run, options) {
+    const kinds = /** @type {Record<string, string>} */ ({
+      input: 'PAYLOAD_INPUT',
+      output: 'PAYLOAD_OUTPUT',
+      metadata: 'PAYLOAD_METADATA',
+      plan: 'PAYLOAD_PLAN',
+    });
+    for (const omitted of run.omitted ?? []) {
+      run[omitted.field] = await this.getRunPayload(run.id, kinds[omitted.field], {}, options);
+    }
+    run.omitted = [];
+    for (const step of run.steps ?? []) {
+      for (const omitted of step.omitted ?? []) {
+        step[omitted.field] = await this.getRunPayload(
+          run.id,
+          kinds[omitted.field],
+          { stepId: step.step_id },
+          options,
+        );
+      }
+      step.omitted = [];
+    }
+    return run;
   }
 
   /**

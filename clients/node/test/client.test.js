@@ -104,6 +104,22 @@ describe('Node client with the Python example agents', () => {
       translate: { text: `[fr] ${summary.output.summary}`, target: 'fr' },
     });
     assert.equal(summary.output.sources, 3);
+
+    // Views: BASIC leaves the payloads out; GetRunPayload reads any of them whole.
+    const basic = await client.getRun(started.id, { view: 'RUN_VIEW_BASIC' });
+    assert.equal(basic.input, null);
+    assert.equal(basic.steps.find((/** @type {any} */ s) => s.step_id === 'summarize').output, null);
+    assert.deepEqual(basic.omitted, []);
+    assert.deepEqual(await client.getRunPayload(started.id, 'PAYLOAD_INPUT'), { topic: 'tea' });
+    assert.deepEqual(
+      await client.getRunPayload(started.id, 'PAYLOAD_OUTPUT', { stepId: 'summarize' }),
+      summary.output,
+    );
+    const listed = await client.listRuns({ pageSize: 10 });
+    assert.ok(listed.runs.some((/** @type {any} */ r) => r.id === started.id));
+    assert.ok(listed.runs.every((/** @type {any} */ r) => r.input === null), 'BASIC by default');
+    const full = await client.listRuns({ pageSize: 10, view: 'RUN_VIEW_FULL' });
+    assert.deepEqual(full.runs.find((/** @type {any} */ r) => r.id === started.id).input, { topic: 'tea' });
   });
 
   it('creates, lists, pauses, resumes and deletes a schedule', async () => {

@@ -10,6 +10,7 @@ from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from podium.orchestration.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -145,6 +146,7 @@ class Approval(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     COMMENT_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id."""
     organization_id: _builtins.str
@@ -169,7 +171,9 @@ class Approval(_message.Message):
     """Conversation of the step."""
     @_builtins.property
     def subject(self) -> _struct_pb2.Struct:
-        """The step input (before) or output (after), or the error (failure review)."""
+        """The step input (before) or output (after), or the error (failure review). Unset
+        when `subject_omitted` is set.
+        """
 
     @_builtins.property
     def approvers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -186,6 +190,13 @@ class Approval(_message.Message):
     @_builtins.property
     def decide_time(self) -> _timestamp_pb2.Timestamp:
         """When it was decided."""
+
+    @_builtins.property
+    def subject_omitted(self) -> _run_pb2.OmittedPayload:
+        """Set when `subject` was left out because the approval would make the response
+        larger than the server's maximum message size; the step's input (before) or
+        output (after) is readable with GetRunPayload.
+        """
 
     def __init__(
         self,
@@ -206,10 +217,11 @@ class Approval(_message.Message):
         actor: _builtins.str = ...,
         comment: _builtins.str = ...,
         conversation_id: _builtins.str = ...,
+        subject_omitted: _run_pb2.OmittedPayload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time", "subject", b"subject"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "decide_time", b"decide_time", "expire_time", b"expire_time", "subject", b"subject", "subject_omitted", b"subject_omitted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approvers", b"approvers", "comment", b"comment", "conversation_id", b"conversation_id", "create_time", b"create_time", "decide_time", b"decide_time", "decision", b"decision", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "organization_id", b"organization_id", "prompt", b"prompt", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approvers", b"approvers", "comment", b"comment", "conversation_id", b"conversation_id", "create_time", b"create_time", "decide_time", b"decide_time", "decision", b"decision", "expire_time", b"expire_time", "id", b"id", "kind", b"kind", "organization_id", b"organization_id", "prompt", b"prompt", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "subject", b"subject", "subject_omitted", b"subject_omitted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

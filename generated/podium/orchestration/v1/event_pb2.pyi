@@ -155,6 +155,7 @@ class RunEvent(_message.Message):
     RETRY_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
+    DATA_OMITTED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Run the event belongs to."""
     sequence: _builtins.int
@@ -199,7 +200,17 @@ class RunEvent(_message.Message):
 
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """Free-form data (e.g. the step output on step.completed, the run output on run.completed)."""
+        """Free-form data (e.g. the step output on step.completed). Unset when `data_omitted`
+        is set.
+        """
+
+    @_builtins.property
+    def data_omitted(self) -> _run_pb2.OmittedPayload:
+        """Set when `data` was left out because the event would exceed the server's maximum
+        message size (a step.completed event carrying a large output): `field` is `data`
+        and `size_bytes` the size of the left-out JSON. Read the output with
+        GetRunPayload (the step's, or the run's for run.completed).
+        """
 
     def __init__(
         self,
@@ -220,10 +231,11 @@ class RunEvent(_message.Message):
         retry: Global___RetrySchedule | None = ...,
         data: _struct_pb2.Struct | None = ...,
         definition_name: _builtins.str = ...,
+        data_omitted: _run_pb2.OmittedPayload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "data", b"data", "detail", b"detail", "error", b"error", "output_chunk", b"output_chunk", "progress", b"progress", "retry", b"retry", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "data", b"data", "data_omitted", b"data_omitted", "detail", b"detail", "error", b"error", "output_chunk", b"output_chunk", "progress", b"progress", "retry", b"retry", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt", b"attempt", "data", b"data", "definition_name", b"definition_name", "detail", b"detail", "error", b"error", "organization_id", b"organization_id", "output_chunk", b"output_chunk", "progress", b"progress", "retry", b"retry", "run_id", b"run_id", "run_state", b"run_state", "sequence", b"sequence", "step_id", b"step_id", "step_state", b"step_state", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval", b"approval", "attempt", b"attempt", "data", b"data", "data_omitted", b"data_omitted", "definition_name", b"definition_name", "detail", b"detail", "error", b"error", "organization_id", b"organization_id", "output_chunk", b"output_chunk", "progress", b"progress", "retry", b"retry", "run_id", b"run_id", "run_state", b"run_state", "sequence", b"sequence", "step_id", b"step_id", "step_state", b"step_state", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_detail: _TypeAlias = _typing.Literal["progress", "output_chunk", "approval", "retry"]  # noqa: Y015
     _WhichOneofArgType_detail: _TypeAlias = _typing.Literal["detail", b"detail"]  # noqa: Y015

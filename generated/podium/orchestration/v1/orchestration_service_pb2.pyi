@@ -453,16 +453,23 @@ class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of the run."""
+    view: _run_pb2.RunView.ValueType
+    """How much to return; unspecified means RUN_VIEW_FULL. A FULL response that would
+    exceed the server's maximum message size leaves out its largest payloads (listed
+    in `Run.omitted` and `StepRun.omitted`) instead of failing.
+    """
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        view: _run_pb2.RunView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,6 +531,7 @@ class ListRunsRequest(_message.Message):
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum results per page; 0 means 50, capped at 500."""
     page_token: _builtins.str
@@ -532,6 +540,10 @@ class ListRunsRequest(_message.Message):
     """Only runs of this definition."""
     parent_run_id: _builtins.str
     """Only child runs of this run."""
+    view: _run_pb2.RunView.ValueType
+    """How much of each run to return; unspecified means RUN_VIEW_BASIC (no input,
+    output, metadata or plan).
+    """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.Run.State.ValueType]:
         """Only runs in one of these states."""
@@ -549,10 +561,11 @@ class ListRunsRequest(_message.Message):
         definition_name: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         parent_run_id: _builtins.str = ...,
+        view: _run_pb2.RunView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "states", b"states"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "states", b"states", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,7 +573,11 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
-    """ListRunsResponse is a page of runs (without their steps)."""
+    """ListRunsResponse is a page of runs (without their steps). A page stops early, with a
+    `next_page_token`, when one more run would make the response larger than the
+    server's maximum message size; a single run too large for a page has its largest
+    payloads left out (`Run.omitted`).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1947,3 +1964,106 @@ class DeleteScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteScheduleResponse: _TypeAlias = DeleteScheduleResponse  # noqa: Y015
+
+@_typing.final
+class GetRunPayloadRequest(_message.Message):
+    """GetRunPayloadRequest names one payload and the byte range to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Payload:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _PayloadEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GetRunPayloadRequest._Payload.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PAYLOAD_UNSPECIFIED: GetRunPayloadRequest._Payload.ValueType  # 0
+        """Not allowed."""
+        PAYLOAD_INPUT: GetRunPayloadRequest._Payload.ValueType  # 1
+        """The run's input, or the step's resolved input of its last attempt."""
+        PAYLOAD_OUTPUT: GetRunPayloadRequest._Payload.ValueType  # 2
+        """The run's output, or the step's output."""
+        PAYLOAD_METADATA: GetRunPayloadRequest._Payload.ValueType  # 3
+        """The run's metadata (runs only)."""
+        PAYLOAD_PLAN: GetRunPayloadRequest._Payload.ValueType  # 4
+        """The run's plan (runs only)."""
+
+    class Payload(_Payload, metaclass=_PayloadEnumTypeWrapper):
+        """Payload chooses what to read."""
+
+    PAYLOAD_UNSPECIFIED: GetRunPayloadRequest.Payload.ValueType  # 0
+    """Not allowed."""
+    PAYLOAD_INPUT: GetRunPayloadRequest.Payload.ValueType  # 1
+    """The run's input, or the step's resolved input of its last attempt."""
+    PAYLOAD_OUTPUT: GetRunPayloadRequest.Payload.ValueType  # 2
+    """The run's output, or the step's output."""
+    PAYLOAD_METADATA: GetRunPayloadRequest.Payload.ValueType  # 3
+    """The run's metadata (runs only)."""
+    PAYLOAD_PLAN: GetRunPayloadRequest.Payload.ValueType  # 4
+    """The run's plan (runs only)."""
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Id of the run."""
+    step_id: _builtins.str
+    """Id of a step of the run; empty reads the run's payload."""
+    payload: Global___GetRunPayloadRequest.Payload.ValueType
+    """Which payload; required."""
+    offset: _builtins.int
+    """First byte to return, from 0; at most `total_size_bytes`."""
+    max_bytes: _builtins.int
+    """Maximum bytes to return; 0 means 1 MiB, values above 1 MiB are capped at 1 MiB."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        payload: Global___GetRunPayloadRequest.Payload.ValueType = ...,
+        offset: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_bytes", b"max_bytes", "offset", b"offset", "payload", b"payload", "run_id", b"run_id", "step_id", b"step_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunPayloadRequest: _TypeAlias = GetRunPayloadRequest  # noqa: Y015
+
+@_typing.final
+class GetRunPayloadResponse(_message.Message):
+    """GetRunPayloadResponse is one byte range of a payload's JSON."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Bytes [offset, offset + len(data)) of the payload as compact JSON (UTF-8, keys
+    sorted, no whitespace); the same bytes on every read of an unchanged payload. A
+    range may end inside a multi-byte character: join the ranges before decoding. An
+    unset payload (a step without output yet) is `null`.
+    """
+    total_size_bytes: _builtins.int
+    """Size of the whole JSON in bytes."""
+    next_offset: _builtins.int
+    """Offset of the next range; 0 when `data` reaches the end."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        total_size_bytes: _builtins.int = ...,
+        next_offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "next_offset", b"next_offset", "total_size_bytes", b"total_size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunPayloadResponse: _TypeAlias = GetRunPayloadResponse  # noqa: Y015

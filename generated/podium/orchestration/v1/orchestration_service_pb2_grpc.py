@@ -115,6 +115,11 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.FromString,
                 _registered_method=True)
+        self.GetRunPayload = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/GetRunPayload',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.FromString,
+                _registered_method=True)
         self.ListDeliverables = channel.unary_unary(
                 '/podium.orchestration.v1.OrchestrationService/ListDeliverables',
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListDeliverablesRequest.SerializeToString,
@@ -253,14 +258,18 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """GetRun returns a run with its steps.
+        """GetRun returns a run with its steps (RUN_VIEW_FULL by default). A run larger than
+        the server's maximum message size leaves out its largest payloads, named in
+        `omitted`, instead of failing; read them with GetRunPayload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """ListRuns lists runs, newest first, with filters and paging.
+        """ListRuns lists runs, newest first, with filters and paging (RUN_VIEW_BASIC by
+        default). Every list RPC stops a page early, with a next page token, before the
+        response would exceed the server's maximum message size.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -298,14 +307,18 @@ class OrchestrationServiceServicer:
 
     def WatchRun(self, request, context):
         """WatchRun replays a run's events after `after_sequence`, then tails live events,
-        and ends after the terminal event.
+        and ends after the terminal event. An event larger than the server's maximum
+        message size comes without its `data` (`data_omitted`). One connection may hold a
+        limited number of WatchRun and WatchRuns streams (PODIUM_MAX_STREAMS_PER_CONNECTION);
+        one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRuns(self, request, context):
-        """WatchRuns streams the events of an organization's runs, filtered (dashboards).
+        """WatchRuns streams the events of an organization's runs, filtered (dashboards);
+        size and stream limits as for WatchRun.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +326,15 @@ class OrchestrationServiceServicer:
 
     def ListRunEvents(self, request, context):
         """ListRunEvents returns a page of a run's event log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunPayload(self, request, context):
+        """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+        as JSON, one byte range at a time, so a payload too large for a GetRun response
+        stays readable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -511,6 +533,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListRunEvents,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.SerializeToString,
+            ),
+            'GetRunPayload': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunPayload,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.SerializeToString,
             ),
             'ListDeliverables': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeliverables,
@@ -1004,6 +1031,33 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/ListRunEvents',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListRunEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunPayload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/GetRunPayload',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRunPayloadResponse.FromString,
             options,
             channel_credentials,
             insecure,

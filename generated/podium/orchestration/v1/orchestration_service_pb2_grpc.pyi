@@ -58,9 +58,15 @@ class OrchestrationServiceStub:
     unless `start` is false (seed modes create and execute).
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunRequest, _orchestration_service_pb2.GetRunResponse]
-    """GetRun returns a run with its steps."""
+    """GetRun returns a run with its steps (RUN_VIEW_FULL by default). A run larger than
+    the server's maximum message size leaves out its largest payloads, named in
+    `omitted`, instead of failing; read them with GetRunPayload.
+    """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunsRequest, _orchestration_service_pb2.ListRunsResponse]
-    """ListRuns lists runs, newest first, with filters and paging."""
+    """ListRuns lists runs, newest first, with filters and paging (RUN_VIEW_BASIC by
+    default). Every list RPC stops a page early, with a next page token, before the
+    response would exceed the server's maximum message size.
+    """
     CancelRun: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.CancelRunRequest, _orchestration_service_pb2.CancelRunResponse]
     """CancelRun cancels a run: running agent calls are cancelled, no step starts afterwards."""
     ContinueRun: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ContinueRunRequest, _orchestration_service_pb2.ContinueRunResponse]
@@ -75,12 +81,22 @@ class OrchestrationServiceStub:
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_orchestration_service_pb2.WatchRunRequest, _orchestration_service_pb2.WatchRunResponse]
     """WatchRun replays a run's events after `after_sequence`, then tails live events,
-    and ends after the terminal event.
+    and ends after the terminal event. An event larger than the server's maximum
+    message size comes without its `data` (`data_omitted`). One connection may hold a
+    limited number of WatchRun and WatchRuns streams (PODIUM_MAX_STREAMS_PER_CONNECTION);
+    one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
     """
     WatchRuns: _grpc.UnaryStreamMultiCallable[_orchestration_service_pb2.WatchRunsRequest, _orchestration_service_pb2.WatchRunsResponse]
-    """WatchRuns streams the events of an organization's runs, filtered (dashboards)."""
+    """WatchRuns streams the events of an organization's runs, filtered (dashboards);
+    size and stream limits as for WatchRun.
+    """
     ListRunEvents: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunEventsRequest, _orchestration_service_pb2.ListRunEventsResponse]
     """ListRunEvents returns a page of a run's event log."""
+    GetRunPayload: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunPayloadRequest, _orchestration_service_pb2.GetRunPayloadResponse]
+    """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+    as JSON, one byte range at a time, so a payload too large for a GetRun response
+    stays readable.
+    """
     ListDeliverables: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDeliverablesRequest, _orchestration_service_pb2.ListDeliverablesResponse]
     """ListDeliverables lists the artifacts produced by a run's steps."""
     ListApprovals: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListApprovalsRequest, _orchestration_service_pb2.ListApprovalsResponse]
@@ -150,9 +166,15 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     unless `start` is false (seed modes create and execute).
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunRequest, _orchestration_service_pb2.GetRunResponse]  # type: ignore[assignment]
-    """GetRun returns a run with its steps."""
+    """GetRun returns a run with its steps (RUN_VIEW_FULL by default). A run larger than
+    the server's maximum message size leaves out its largest payloads, named in
+    `omitted`, instead of failing; read them with GetRunPayload.
+    """
     ListRuns: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunsRequest, _orchestration_service_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """ListRuns lists runs, newest first, with filters and paging."""
+    """ListRuns lists runs, newest first, with filters and paging (RUN_VIEW_BASIC by
+    default). Every list RPC stops a page early, with a next page token, before the
+    response would exceed the server's maximum message size.
+    """
     CancelRun: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.CancelRunRequest, _orchestration_service_pb2.CancelRunResponse]  # type: ignore[assignment]
     """CancelRun cancels a run: running agent calls are cancelled, no step starts afterwards."""
     ContinueRun: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ContinueRunRequest, _orchestration_service_pb2.ContinueRunResponse]  # type: ignore[assignment]
@@ -167,12 +189,22 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.WatchRunRequest, _orchestration_service_pb2.WatchRunResponse]  # type: ignore[assignment]
     """WatchRun replays a run's events after `after_sequence`, then tails live events,
-    and ends after the terminal event.
+    and ends after the terminal event. An event larger than the server's maximum
+    message size comes without its `data` (`data_omitted`). One connection may hold a
+    limited number of WatchRun and WatchRuns streams (PODIUM_MAX_STREAMS_PER_CONNECTION);
+    one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
     """
     WatchRuns: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.WatchRunsRequest, _orchestration_service_pb2.WatchRunsResponse]  # type: ignore[assignment]
-    """WatchRuns streams the events of an organization's runs, filtered (dashboards)."""
+    """WatchRuns streams the events of an organization's runs, filtered (dashboards);
+    size and stream limits as for WatchRun.
+    """
     ListRunEvents: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunEventsRequest, _orchestration_service_pb2.ListRunEventsResponse]  # type: ignore[assignment]
     """ListRunEvents returns a page of a run's event log."""
+    GetRunPayload: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunPayloadRequest, _orchestration_service_pb2.GetRunPayloadResponse]  # type: ignore[assignment]
+    """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+    as JSON, one byte range at a time, so a payload too large for a GetRun response
+    stays readable.
+    """
     ListDeliverables: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListDeliverablesRequest, _orchestration_service_pb2.ListDeliverablesResponse]  # type: ignore[assignment]
     """ListDeliverables lists the artifacts produced by a run's steps."""
     ListApprovals: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListApprovalsRequest, _orchestration_service_pb2.ListApprovalsResponse]  # type: ignore[assignment]
@@ -281,7 +313,10 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_service_pb2.GetRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.GetRunResponse, _abc.Awaitable[_orchestration_service_pb2.GetRunResponse]]:
-        """GetRun returns a run with its steps."""
+        """GetRun returns a run with its steps (RUN_VIEW_FULL by default). A run larger than
+        the server's maximum message size leaves out its largest payloads, named in
+        `omitted`, instead of failing; read them with GetRunPayload.
+        """
 
     @_abc_1.abstractmethod
     def ListRuns(
@@ -289,7 +324,10 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_service_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.ListRunsResponse, _abc.Awaitable[_orchestration_service_pb2.ListRunsResponse]]:
-        """ListRuns lists runs, newest first, with filters and paging."""
+        """ListRuns lists runs, newest first, with filters and paging (RUN_VIEW_BASIC by
+        default). Every list RPC stops a page early, with a next page token, before the
+        response would exceed the server's maximum message size.
+        """
 
     @_abc_1.abstractmethod
     def CancelRun(
@@ -334,7 +372,10 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestration_service_pb2.WatchRunResponse], _abc.AsyncIterator[_orchestration_service_pb2.WatchRunResponse]]:
         """WatchRun replays a run's events after `after_sequence`, then tails live events,
-        and ends after the terminal event.
+        and ends after the terminal event. An event larger than the server's maximum
+        message size comes without its `data` (`data_omitted`). One connection may hold a
+        limited number of WatchRun and WatchRuns streams (PODIUM_MAX_STREAMS_PER_CONNECTION);
+        one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS).
         """
 
     @_abc_1.abstractmethod
@@ -343,7 +384,9 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _orchestration_service_pb2.WatchRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestration_service_pb2.WatchRunsResponse], _abc.AsyncIterator[_orchestration_service_pb2.WatchRunsResponse]]:
-        """WatchRuns streams the events of an organization's runs, filtered (dashboards)."""
+        """WatchRuns streams the events of an organization's runs, filtered (dashboards);
+        size and stream limits as for WatchRun.
+        """
 
     @_abc_1.abstractmethod
     def ListRunEvents(
@@ -352,6 +395,17 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.ListRunEventsResponse, _abc.Awaitable[_orchestration_service_pb2.ListRunEventsResponse]]:
         """ListRunEvents returns a page of a run's event log."""
+
+    @_abc_1.abstractmethod
+    def GetRunPayload(
+        self,
+        request: _orchestration_service_pb2.GetRunPayloadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetRunPayloadResponse, _abc.Awaitable[_orchestration_service_pb2.GetRunPayloadResponse]]:
+        """GetRunPayload reads one payload of a run or step (input, output, metadata, plan)
+        as JSON, one byte range at a time, so a payload too large for a GetRun response
+        stays readable.
+        """
 
     @_abc_1.abstractmethod
     def ListDeliverables(

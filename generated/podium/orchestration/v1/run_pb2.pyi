@@ -23,6 +23,40 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RunView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_VIEW_UNSPECIFIED: _RunView.ValueType  # 0
+    """The method's default: RUN_VIEW_FULL for GetRun, RUN_VIEW_BASIC for ListRuns."""
+    RUN_VIEW_BASIC: _RunView.ValueType  # 1
+    """Everything but the large payloads: the run's `input`, `output`, `metadata` and
+    `plan` are empty, and so are each step's `input` and `output` (GetRun). Read them
+    with GetRunPayload or a RUN_VIEW_FULL read.
+    """
+    RUN_VIEW_FULL: _RunView.ValueType  # 2
+    """Everything, except payloads that would make the response larger than the server's
+    maximum message size: those are left out and listed in `omitted`.
+    """
+
+class RunView(_RunView, metaclass=_RunViewEnumTypeWrapper):
+    """RunView chooses how much of a run a read returns (AIP-157)."""
+
+RUN_VIEW_UNSPECIFIED: RunView.ValueType  # 0
+"""The method's default: RUN_VIEW_FULL for GetRun, RUN_VIEW_BASIC for ListRuns."""
+RUN_VIEW_BASIC: RunView.ValueType  # 1
+"""Everything but the large payloads: the run's `input`, `output`, `metadata` and
+`plan` are empty, and so are each step's `input` and `output` (GetRun). Read them
+with GetRunPayload or a RUN_VIEW_FULL read.
+"""
+RUN_VIEW_FULL: RunView.ValueType  # 2
+"""Everything, except payloads that would make the response larger than the server's
+maximum message size: those are left out and listed in `omitted`.
+"""
+Global___RunView: _TypeAlias = RunView  # noqa: Y015
+
 @_typing.final
 class Run(_message.Message):
     """Run is one execution of a definition or of an inline plan."""
@@ -113,6 +147,7 @@ class Run(_message.Message):
     MAX_PARALLEL_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
+    OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
     organization_id: _builtins.str
@@ -143,11 +178,13 @@ class Run(_message.Message):
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Input given at start."""
+        """Input given at start. Unset in RUN_VIEW_BASIC and when listed in `omitted`."""
 
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """Output of the run: the outputs of its sink steps (steps nobody depends on), by step id."""
+        """Output of the run: the outputs of its sink steps (steps nobody depends on), by step id.
+        Unset in RUN_VIEW_BASIC and when listed in `omitted`.
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -155,7 +192,9 @@ class Run(_message.Message):
 
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Free-form metadata given at start."""
+        """Free-form metadata given at start. Unset in RUN_VIEW_BASIC and when listed in
+        `omitted`.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -187,7 +226,17 @@ class Run(_message.Message):
 
     @_builtins.property
     def plan(self) -> _definition_pb2.Definition:
-        """The plan executed (the definition version or the inline plan)."""
+        """The plan executed (the definition version or the inline plan). Unset in
+        RUN_VIEW_BASIC and when listed in `omitted`.
+        """
+
+    @_builtins.property
+    def omitted(self) -> _containers.RepeatedCompositeFieldContainer[Global___OmittedPayload]:
+        """Payloads of this run left out of this response so that it stays under the
+        server's maximum message size (`PODIUM_MAX_MESSAGE_BYTES`), largest first; read
+        each with GetRunPayload. Empty when nothing was left out. Payloads a view leaves
+        out by design (RUN_VIEW_BASIC) are not listed.
+        """
 
     def __init__(
         self,
@@ -217,14 +266,45 @@ class Run(_message.Message):
         max_parallel: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
         forked_from_run_id: _builtins.str = ...,
+        omitted: _abc.Iterable[Global___OmittedPayload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "metadata", b"metadata", "output", b"output", "plan", b"plan", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "omitted", b"omitted", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class OmittedPayload(_message.Message):
+    """OmittedPayload names a payload left out of a response for its size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """The field left out: `input`, `output`, `metadata` or `plan` of a run, `input` or
+    `output` of a step, `data` of an event.
+    """
+    size_bytes: _builtins.int
+    """Size of the payload's JSON in bytes: what GetRunPayload returns for it
+    (`total_size_bytes`).
+    """
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OmittedPayload: _TypeAlias = OmittedPayload  # noqa: Y015
 
 @_typing.final
 class StepRun(_message.Message):
@@ -305,6 +385,7 @@ class StepRun(_message.Message):
     DELIVERABLES_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     WAITING_FIELD_NUMBER: _builtins.int
+    OMITTED_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     """Id of the step in the plan."""
     state: Global___StepRun.State.ValueType
@@ -327,11 +408,13 @@ class StepRun(_message.Message):
     """Pending approval, when awaiting one."""
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
-        """Resolved input of the last attempt."""
+        """Resolved input of the last attempt. Unset in RUN_VIEW_BASIC and when listed in
+        `omitted`.
+        """
 
     @_builtins.property
     def output(self) -> _struct_pb2.Struct:
-        """Output, when succeeded."""
+        """Output, when succeeded. Unset in RUN_VIEW_BASIC and when listed in `omitted`."""
 
     @_builtins.property
     def error(self) -> Global___ErrorDetail:
@@ -375,6 +458,12 @@ class StepRun(_message.Message):
         reads the run); unset otherwise.
         """
 
+    @_builtins.property
+    def omitted(self) -> _containers.RepeatedCompositeFieldContainer[Global___OmittedPayload]:
+        """Payloads of this step (`input`, `output`) left out of this response for its size;
+        read each with GetRunPayload. See Run.omitted.
+        """
+
     def __init__(
         self,
         *,
@@ -400,10 +489,11 @@ class StepRun(_message.Message):
         deliverables: _abc.Iterable[Global___Deliverable] | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         waiting: Global___StepWaiting | None = ...,
+        omitted: _abc.Iterable[Global___OmittedPayload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "error", b"error", "input", b"input", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "usage", b"usage", "waiting", b"waiting"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "attempt", b"attempt", "attempts", b"attempts", "cache_source_run_id", b"cache_source_run_id", "cached", b"cached", "child_run_id", b"child_run_id", "conversation_id", b"conversation_id", "deliverables", b"deliverables", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "input", b"input", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "usage", b"usage", "waiting", b"waiting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "approval_id", b"approval_id", "attempt", b"attempt", "attempts", b"attempts", "cache_source_run_id", b"cache_source_run_id", "cached", b"cached", "child_run_id", b"child_run_id", "conversation_id", b"conversation_id", "deliverables", b"deliverables", "depends_on", b"depends_on", "end_time", b"end_time", "error", b"error", "input", b"input", "max_attempts", b"max_attempts", "next_attempt_time", b"next_attempt_time", "omitted", b"omitted", "output", b"output", "queue_time", b"queue_time", "start_time", b"start_time", "state", b"state", "step_id", b"step_id", "usage", b"usage", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
