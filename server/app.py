@@ -14,6 +14,10 @@ A background monitor pings the database every ``PODIUM_HEALTH_CHECK_INTERVAL_SEC
 and flips Health (the server and the orchestration service) to NOT_SERVING while it is
 unreachable, back to SERVING when it returns.
 
+The web console and HTTP/JSON gateway (``PODIUM_CONSOLE_ADDRESS``, package
+``server/gateway``) run in the same loop and reach this server through its own gRPC
+port, like any client.
+
 Telemetry: Prometheus metrics on ``PODIUM_METRICS_ADDRESS`` (served from the start, so
 a replica waiting for its database is visible), a gRPC interceptor counting RPCs, and
 OpenTelemetry tracing when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (or a tracer provider
@@ -45,6 +49,8 @@ from podium.server.api.probes import (
 from podium.server.config import Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
+from podium.server.gateway.server import Gateway
+from podium.server.gateway.upstream import loopback_target
 from podium.server.storage.database import Database
 from podium.server.storage.embedded import EmbeddedPostgres
 from podium.server.storage.errors import StorageError, StorageUnavailable
@@ -105,6 +111,8 @@ class PodiumServer:
         self.tracing = Tracing(tracer_provider)
         self._owns_tracer_provider = False
         self.metrics_server: MetricsServer | None = None
+        self.gateway: Gateway | None = None
+        """The HTTP/JSON gateway and console, when PODIUM_CONSOLE_ADDRESS is set."""
         self._sampler: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self._embedded: EmbeddedPostgres | None = None
@@ -172,6 +180,9 @@ class PodiumServer:
                 ) from None
             log.info("metrics at /metrics", extra={"address": metrics_server.address})
 
+        if self.settings.console_address is not None:
+            await self._start_gateway(self.settings.console_address)
+
         dsn = self.settings.database_url
         if dsn is None:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
@@ -192,6 +203,22 @@ class PodiumServer:
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    async def _start_gateway(self, address: str) -> None:
+        """Serve the console and HTTP gateway, a client of this server's gRPC port (it
+        answers UNAVAILABLE like any client until the database is ready)."""
+        gateway = Gateway(
+            address,
+            loopback_target(self.address),
+            max_body_bytes=self.settings.console_max_body_bytes,
+            max_message_bytes=self.settings.max_message_bytes,
+        )
+        self.gateway = gateway
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve the console on {address}: {exc}") from None
+        log.info("console and HTTP gateway", extra={"url": gateway.url})
 
     async def _connect(self, dsn: str) -> None:
         delay = 0.5
@@ -316,6 +343,9 @@ class PodiumServer:
                     await task
         deadline = time.monotonic() + grace
         try:
+            if self.gateway is not None:
+                # First: its event streams would otherwise wait on WatchRun streams.
+                await self.gateway.stop()
             if self._engine is not None:
                 # Watch streams never end by themselves: end them first (UNAVAILABLE,
                 # clients reconnect elsewhere) so they do not hold the grace period.

@@ -1,0 +1,154 @@
+""":class:`Gateway`: the routes, served by uvicorn in the current event loop.
+
+Routes:
+
+- ``POST /v1/{method}``: a unary RPC (:mod:`.rpc`);
+- ``GET /v1/runs/{run_id}/events``: WatchRun as Server-Sent Events; ``GET /v1/events``:
+  WatchRuns (:mod:`.sse`);
+- ``POST``/``DELETE /console/session``: sign in and out (:mod:`.console`);
+- ``/static/...`` and every console page (``/``, ``/runs``, ``/runs/{id}``, ...).
+
+uvicorn runs as a task of the server's loop on a socket bound here (so port 0 works
+and a bind error surfaces at start), without its signal handlers (``podium serve``
+owns SIGTERM/SIGINT), access log or lifespan. Limits: the request body
+(``PODIUM_CONSOLE_MAX_BODY_BYTES``), request heads (h11's 16 KiB), open connections
+(:data:`MAX_CONNECTIONS`, 503 past that) and idle keep-alive (5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from podium.server.gateway import console, rpc, sse
+from podium.server.gateway.upstream import Upstream
+
+__all__ = ["Gateway"]
+
+log = logging.getLogger("podium.gateway")
+
+MAX_CONNECTIONS = 1000
+SHUTDOWN_GRACE_SECONDS = 1.0
+"""How long open requests get at stop; event streams are cut (browsers reconnect)."""
+
+CONSOLE_PAGES = (
+    "/",
+    "/login",
+    "/runs",
+    "/runs/{run_id}",
+    "/definitions",
+    "/definitions/{name}",
+    "/approvals",
+    "/agents",
+)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the process's owner handles signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Gateway:
+    """The HTTP/JSON gateway and console on ``address``, forwarding to ``target``."""
+
+    def __init__(
+        self, address: str, target: str, *, max_body_bytes: int, max_message_bytes: int
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        self._host = host.strip("[]")
+        self._port = int(port)
+        self._target = target
+        self._max_body_bytes = max_body_bytes
+        self._max_message_bytes = max_message_bytes
+        self._upstream: Upstream | None = None
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT actually bound (the real port when 0 was asked for)."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The console's URL (a wildcard host shown as the loopback address)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}/"
+
+    def _app(self, upstream: Upstream) -> Starlette:
+        limit = self._max_body_bytes
+
+        async def forward(request: Request) -> Response:
+            return await rpc.forward(request, upstream, limit)
+
+        async def run_events(request: Request) -> Response:
+            return await sse.run_events(request, upstream)
+
+        async def runs_events(request: Request) -> Response:
+            return await sse.runs_events(request, upstream)
+
+        async def create_session(request: Request) -> Response:
+            return await console.create_session(request, upstream)
+
+        routes = [
+            Route("/v1/runs/{run_id}/events", run_events, methods=["GET"]),
+            Route("/v1/events", runs_events, methods=["GET"]),
+            Route("/v1/{method}", forward, methods=["POST"]),
+            Route("/console/session", create_session, methods=["POST"]),
+            Route("/console/session", console.delete_session, methods=["DELETE"]),
+            Route("/static/{name}", console.static_file, methods=["GET", "HEAD"]),
+            *(Route(path, console.page, methods=["GET", "HEAD"]) for path in CONSOLE_PAGES),
+        ]
+        return Starlette(routes=routes)
+
+    async def start(self) -> None:
+        """Bind and serve; raises OSError when the address cannot be bound."""
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.create_server((self._host, self._port), family=family, backlog=128)
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        self._upstream = Upstream(self._target, max_message_bytes=self._max_message_bytes)
+        config = uvicorn.Config(
+            self._app(self._upstream),
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            limit_concurrency=MAX_CONNECTIONS,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
+            ws="none",
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="podium-gateway")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise OSError(f"the console did not start on {self.address}")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        """Stop accepting, give open requests a moment, then close the gRPC channel."""
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True
+            try:
+                await self._task
+            except Exception:  # pragma: no cover - logged, the stop goes on
+                log.exception("the console stopped with an error")
+        if self._upstream is not None:
+            await self._upstream.close()
