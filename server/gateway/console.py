@@ -1,6 +1,7 @@
 """The web console: static files and the session cookie.
 
-The console is ``static/index.html`` with ``console.js`` and ``console.css`` (no
+The console is ``static/index.html`` with ``console.js``, ``graph.js`` (the DAG in
+SVG) and ``console.css`` (no
 build step, no CDN, no library): every page path (``/``, ``/runs/ID``,
 ``/definitions/NAME``, ...) answers the same HTML and the script draws the page from
 the address, so deep links survive a reload. It reads everything through the
@@ -37,7 +38,11 @@ __all__ = ["STATIC_DIR", "delete_session", "page", "create_session", "static_fil
 
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_KEY_CHARS = 512
-_STATIC_FILES = {"console.js": "text/javascript", "console.css": "text/css"}
+_STATIC_FILES = {
+    "console.js": "text/javascript",
+    "graph.js": "text/javascript",
+    "console.css": "text/css",
+}
 
 SECURITY_HEADERS = {
     # Only this origin's own script and style; nothing inline, no frames.
@@ -60,7 +65,7 @@ async def page(request: Request) -> Response:
 
 
 async def static_file(request: Request) -> Response:
-    """``/static/console.js`` and ``/static/console.css``."""
+    """``/static/console.js``, ``graph.js`` and ``console.css``."""
     name = request.path_params["name"]
     media_type = _STATIC_FILES.get(name)
     if media_type is None:
