@@ -38,7 +38,7 @@ log = logging.getLogger("podium.gateway")
 
 MAX_CONNECTIONS = 1000
 SHUTDOWN_GRACE_SECONDS = 1.0
-"""How long open requests get at stop; event streams are cut (browsers reconnect)."""
+"""How long open requests get at stop; event streams end at once (browsers reconnect)."""
 
 CONSOLE_PAGES = (
     "/",
@@ -75,6 +75,7 @@ class Gateway:
         self._upstream: Upstream | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.port = 0
 
     @property
@@ -97,10 +98,10 @@ class Gateway:
             return await rpc.forward(request, upstream, limit)
 
         async def run_events(request: Request) -> Response:
-            return await sse.run_events(request, upstream)
+            return await sse.run_events(request, upstream, self._stopping)
 
         async def runs_events(request: Request) -> Response:
-            return await sse.runs_events(request, upstream)
+            return await sse.runs_events(request, upstream, self._stopping)
 
         async def create_session(request: Request) -> Response:
             return await console.create_session(request, upstream)
@@ -144,6 +145,7 @@ class Gateway:
 
     async def stop(self) -> None:
         """Stop accepting, give open requests a moment, then close the gRPC channel."""
+        self._stopping.set()  # ends the event streams, so connections close cleanly
         if self._server is not None and self._task is not None:
             self._server.should_exit = True
             try:

@@ -54,16 +54,24 @@ def _frame(data: str, *, event_id: int | None = None, event: str | None = None) 
     return ("\n".join(lines) + "\n\n").encode()
 
 
-async def _frames(responses: AsyncIterator[Any], *, with_id: bool) -> AsyncIterator[bytes]:
-    """SSE frames of a watch stream, with keep-alive comments while it is idle."""
+async def _frames(
+    responses: AsyncIterator[Any], stopping: asyncio.Event, *, with_id: bool
+) -> AsyncIterator[bytes]:
+    """SSE frames of a watch stream, with keep-alive comments while it is idle; ends
+    when ``stopping`` is set (the gateway stops: clients reconnect elsewhere or later)."""
     yield f"retry: {RECONNECT_MILLISECONDS}\n\n".encode()
     iterator = aiter(responses)
     pending: asyncio.Future[Any] | None = None
+    stop = asyncio.ensure_future(stopping.wait())
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(iterator))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            done, _ = await asyncio.wait(
+                {pending, stop}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if stop in done:
+                return
             if not done:
                 yield b": keepalive\n\n"
                 continue
@@ -80,6 +88,7 @@ async def _frames(responses: AsyncIterator[Any], *, with_id: bool) -> AsyncItera
             data = json.dumps(json_format.MessageToDict(event), separators=(",", ":"))
             yield _frame(data, event_id=event.sequence if with_id else None)
     finally:
+        stop.cancel()
         if pending is not None:
             pending.cancel()
             with contextlib.suppress(BaseException):
@@ -109,7 +118,7 @@ def _bad_parameter(field: str, description: str) -> Response:
     )
 
 
-async def run_events(request: Request, upstream: Upstream) -> Response:
+async def run_events(request: Request, upstream: Upstream, stopping: asyncio.Event) -> Response:
     """``GET /v1/runs/{run_id}/events``: WatchRun as SSE, resumable by Last-Event-ID."""
     run_id = request.path_params["run_id"]
     field = "Last-Event-ID"
@@ -127,7 +136,7 @@ async def run_events(request: Request, upstream: Upstream) -> Response:
     except UpstreamError as exc:
         return error_response(exc.status)
     watch = upstream.watch_run(pb.WatchRunRequest(run_id=run_id, after_sequence=int(raw)), metadata)
-    return _stream(_frames(watch, with_id=True))
+    return _stream(_frames(watch, stopping, with_id=True))
 
 
 def _state(raw: str) -> int | None:
@@ -140,7 +149,7 @@ def _state(raw: str) -> int | None:
         return None
 
 
-async def runs_events(request: Request, upstream: Upstream) -> Response:
+async def runs_events(request: Request, upstream: Upstream, stopping: asyncio.Event) -> Response:
     """``GET /v1/events``: WatchRuns (live events of the organization's runs) as SSE."""
     params = request.query_params
     watch_request = pb.WatchRunsRequest(definition_name=params.get("definition_name", ""))
@@ -159,4 +168,4 @@ async def runs_events(request: Request, upstream: Upstream) -> Response:
             return _bad_parameter(f"label[{index}]", "expected key=value")
         watch_request.labels[key] = value
     watch = upstream.watch_runs(watch_request, metadata_of(request))
-    return _stream(_frames(watch, with_id=False))
+    return _stream(_frames(watch, stopping, with_id=False))

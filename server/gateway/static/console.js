@@ -74,17 +74,46 @@ function errorBox(error) {
   );
 }
 
-function follow(url, onEvent, onError) {
-  const source = new EventSource(url);
-  source.onmessage = (message) => onEvent(JSON.parse(message.data), message);
-  source.addEventListener("error", (message) => {
-    if (message.data) {
-      source.close();
-      onError?.(JSON.parse(message.data));
-    }
+// An event stream that outlives server restarts. The browser reconnects by itself after
+// a dropped connection (sending Last-Event-ID); when it gives up (an HTTP error while
+// the server starts, or an UNAVAILABLE error message) the stream is opened again after
+// RETRY_MS, resumable ones after the last event seen. onOpen runs on every (re)connect.
+const RETRY_MS = 2000;
+function follow(url, { onEvent, onError, onOpen, resumable = false }) {
+  let lastId = null;
+  let source = null;
+  let stopped = false;
+  let timer = null;
+  const retry = () => {
+    if (!stopped) timer = setTimeout(open, RETRY_MS);
+  };
+  function open() {
+    const separator = url.includes("?") ? "&" : "?";
+    source = new EventSource(
+      resumable && lastId !== null ? `${url}${separator}after_sequence=${lastId}` : url,
+    );
+    source.onopen = () => onOpen?.();
+    source.onmessage = (message) => {
+      if (message.lastEventId) lastId = message.lastEventId;
+      onEvent(JSON.parse(message.data));
+    };
+    source.addEventListener("error", (message) => {
+      if (message.data) {
+        const status = JSON.parse(message.data);
+        source.close();
+        if (status.code === 14) retry();
+        else onError?.(status);
+      } else if (source.readyState === EventSource.CLOSED) {
+        retry();
+      }
+    });
+  }
+  cleanup.push(() => {
+    stopped = true;
+    clearTimeout(timer);
+    source?.close();
   });
-  cleanup.push(() => source.close());
-  return source;
+  open();
 }
 
 function debounce(fn, ms) {
@@ -268,7 +297,7 @@ async function runsPage() {
   await load();
   // Live: every event of a matching run refreshes the list (at most a few times a second).
   const reload = debounce(() => load().catch(() => {}), 250);
-  follow(`/v1/events${watch.toString() ? `?${watch}` : ""}`, reload);
+  follow(`/v1/events${watch.toString() ? `?${watch}` : ""}`, { onEvent: reload, onOpen: reload });
 }
 
 async function runPage(runId) {
@@ -350,9 +379,13 @@ async function runPage(runId) {
 
   async function loadApprovals() {
     const { approvals: pending = [] } = await api("ListApprovals", { runId, states: ["STATE_PENDING"] });
+    // Cards already shown stay as they are (with what was typed in them).
+    const shown = new Map(
+      [...approvals.querySelectorAll(".approval")].map((card) => [card.dataset.approval, card]),
+    );
     approvals.replaceChildren(
       ...(pending.length ? [h("h2", {}, "Pending approvals")] : []),
-      ...pending.map((approval) => approvalCard(approval, () => refresh())),
+      ...pending.map((approval) => shown.get(approval.id) || approvalCard(approval, () => refresh())),
     );
   }
 
@@ -370,7 +403,10 @@ async function runPage(runId) {
   await loadApprovals();
   // The whole log, then live; EventSource resumes with Last-Event-ID after a drop or a
   // server restart, so nothing is shown twice or missed.
-  follow(`/v1/runs/${encodeURIComponent(runId)}/events`, (event) => {
+  const seen = new Set();
+  function onEvent(event) {
+    if (seen.has(event.sequence)) return; // never twice, whatever the reconnects
+    seen.add(event.sequence);
     const step = event.stepId ? ` ${event.stepId}` : "";
     if (event.type === "TYPE_STEP_OUTPUT_CHUNK") {
       let box = outputs.get(event.stepId);
@@ -393,7 +429,15 @@ async function runPage(runId) {
       ),
     );
     if (event.type !== "TYPE_STEP_PROGRESS") refresh();
-  }, (status) => log.append(h("li", { class: "error" }, status.message)));
+  }
+  // The whole log, then live, resumed after the last event seen when the connection
+  // drops or the server restarts (nothing shown twice or missed).
+  follow(`/v1/runs/${encodeURIComponent(runId)}/events`, {
+    onEvent,
+    onError: (status) => log.append(h("li", { class: "error" }, status.message)),
+    onOpen: refresh,
+    resumable: true,
+  });
 }
 
 // -- Approvals ------------------------------------------------------------------------------
@@ -434,10 +478,18 @@ async function approvalsPage() {
   show(h("h1", {}, "Pending approvals"), list);
   async function load() {
     const { approvals = [] } = await api("ListApprovals", { states: ["STATE_PENDING"], pageSize: 100 });
-    list.replaceChildren(...(approvals.length ? approvals.map((a) => approvalCard(a, load)) : [h("p", { class: "muted" }, "Nothing waits for a decision.")]));
+    const shown = new Map(
+      [...list.querySelectorAll(".approval")].map((card) => [card.dataset.approval, card]),
+    );
+    list.replaceChildren(
+      ...(approvals.length
+        ? approvals.map((a) => shown.get(a.id) || approvalCard(a, load))
+        : [h("p", { class: "muted" }, "Nothing waits for a decision.")]),
+    );
   }
   await load();
-  follow("/v1/events", debounce(() => load().catch(() => {}), 250));
+  const reload = debounce(() => load().catch(() => {}), 250);
+  follow("/v1/events", { onEvent: reload, onOpen: reload });
 }
 
 // -- Definitions and agents ------------------------------------------------------------------
