@@ -55,7 +55,6 @@ async def _wait(client: PodiumClient, run_id: str, *states: int) -> None:
 
 
 async def main(out: Path, chromium: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     examples = await serve_examples()
     with tempfile.TemporaryDirectory(prefix="podium-shots-") as data_dir:
         settings = Settings.from_env(
@@ -108,4 +107,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
     args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
     asyncio.run(main(args.out, os.environ.get("CHROMIUM", "/usr/bin/chromium")))
