@@ -37,7 +37,7 @@ __all__ = ["Gateway"]
 log = logging.getLogger("podium.gateway")
 
 MAX_CONNECTIONS = 1000
-SHUTDOWN_GRACE_SECONDS = 1.0
+SHUTDOWN_GRACE_SECONDS = 1
 """How long open requests get at stop; event streams end at once (browsers reconnect)."""
 
 CONSOLE_PAGES = (

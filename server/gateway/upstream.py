@@ -69,7 +69,8 @@ class UpstreamError(Exception):
 def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The rich status of a failed call: ``grpc-status-details-bin`` when the server
     sent one (the API always does), else the bare code and message."""
-    for key, value in error.trailing_metadata() or ():
+    trailing: Any = error.trailing_metadata() or ()
+    for key, value in trailing:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             try:
                 status = status_pb2.Status.FromString(value)
@@ -152,8 +153,8 @@ class Upstream:
         try:
             while True:
                 response = await call.read()
-                if response is grpc.aio.EOF:
-                    return
+                if not isinstance(response, Message):
+                    return  # grpc.aio.EOF
                 yield response
         except grpc.aio.AioRpcError as exc:
             raise UpstreamError(_status_of(exc)) from None
@@ -163,4 +164,4 @@ class Upstream:
 
     async def close(self) -> None:
         """Close the channel (calls in flight are cancelled)."""
-        await self._channel.close()
+        await self._channel.close(None)

@@ -39,7 +39,7 @@ pytestmark = [
 ]
 expect = playwright_api.expect
 
-GATED_STEPS = [
+GATED_STEPS: list[dict[str, Any]] = [
     {"id": "draft", "agent": "echo", "input": {"text": "notes"}},
     {
         "id": "review",
@@ -71,7 +71,7 @@ def _node(page: Any, step_id: str) -> Any:
     return page.locator(f'svg.dag g.node[data-step="{step_id}"]')
 
 
-async def _pending_approval(stub: pb_grpc.OrchestrationServiceStub, run_id: str) -> str:
+async def _pending_approval(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str) -> str:
     found: list[str] = []
 
     async def pending() -> bool:
@@ -93,8 +93,8 @@ async def test_a_running_run_page_updates_its_dag_live(
     )
     assert server.gateway is not None
     async with grpc.aio.insecure_channel(server.address) as channel:
-        stub = pb_grpc.OrchestrationServiceStub(channel)
-        steps = [
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        steps: list[dict[str, Any]] = [
             {"id": "slow", "agent": "sleeper", "input": {"seconds": 2}},
             {"id": "after", "agent": "echo", "dependsOn": ["slow"]},
         ]
@@ -131,7 +131,7 @@ async def test_approving_a_checkpoint_in_the_browser_finishes_the_run(
     )
     assert server.gateway is not None
     async with grpc.aio.insecure_channel(server.address) as channel:
-        stub = pb_grpc.OrchestrationServiceStub(channel)
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
         await create_definition(stub, "browser-gated", GATED_STEPS)
         run = (await start_run(stub, "browser-gated")).run
         approval_id = await _pending_approval(stub, run.id)
@@ -172,7 +172,7 @@ async def test_a_deep_link_follows_the_run_across_a_server_restart(
         assert first.gateway is not None
         console_address = first.gateway.address
         async with grpc.aio.insecure_channel(first.address) as channel:
-            stub = pb_grpc.OrchestrationServiceStub(channel)
+            stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
             await create_definition(stub, "browser-restart", GATED_STEPS)
             run = (await start_run(stub, "browser-restart")).run
             await _pending_approval(stub, run.id)
