@@ -24,7 +24,9 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from google.rpc import code_pb2
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -50,6 +52,21 @@ CONSOLE_PAGES = (
     "/approvals",
     "/agents",
 )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods: a status JSON under /v1/ (like every API answer),
+    plain text elsewhere."""
+    assert isinstance(exc, HTTPException)
+    if not request.url.path.startswith("/v1/"):
+        return Response(f"{exc.detail}\n", status_code=exc.status_code, media_type="text/plain")
+    code = code_pb2.NOT_FOUND if exc.status_code == 404 else code_pb2.UNIMPLEMENTED
+    reason = "NOT_FOUND" if exc.status_code == 404 else "METHOD_NOT_ALLOWED"
+    message = (
+        f"no such endpoint: {request.method} {request.url.path[:200]} (unary RPCs are "
+        "POST /v1/<RPC>; events are GET /v1/runs/<run_id>/events and GET /v1/events)"
+    )
+    return rpc.error_response(rpc.gateway_error(code, message, reason), exc.status_code)
 
 
 class _Server(uvicorn.Server):
@@ -115,7 +132,7 @@ class Gateway:
             Route("/static/{name}", console.static_file, methods=["GET", "HEAD"]),
             *(Route(path, console.page, methods=["GET", "HEAD"]) for path in CONSOLE_PAGES),
         ]
-        return Starlette(routes=routes)
+        return Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
 
     async def start(self) -> None:
         """Bind and serve; raises OSError when the address cannot be bound."""

@@ -120,6 +120,11 @@ async def test_errors_are_google_rpc_status_json_with_field_violations(
     assert broken.status_code == 400
     no_such_rpc = await http.post("/v1/DropDatabase", json={})
     assert no_such_rpc.status_code == 404 and no_such_rpc.json()["code"] == 5
+    wrong_method = await http.get("/v1/GetRun")
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == 12
+    assert "POST /v1/<RPC>" in wrong_method.json()["message"]
+    nowhere = await http.get("/v1/runs/x/y/z")
+    assert nowhere.status_code == 404 and nowhere.json()["code"] == 5
     streaming = await http.post("/v1/WatchRun", json={})
     assert streaming.status_code == 404 and "events" in streaming.json()["message"]
 
