@@ -8,8 +8,10 @@ the event's sequence, ``data`` the ``RunEvent`` in the protobuf JSON mapping. Be
 the stream starts the run is read with GetRun, so an unknown run, a refused key or a
 malformed id is an ordinary JSON error with its HTTP status; a failure after that is
 an ``event: error`` message whose data is the ``google.rpc.Status`` JSON, then the
-stream ends. When the server stops, the stream ends and the browser reconnects after
-``retry`` milliseconds, with ``Last-Event-ID``.
+stream ends. After the run's terminal event (WatchRun's end) comes an ``event: end``
+message: a client stops there instead of reconnecting. When the server stops, the
+stream ends and the browser reconnects after ``retry`` milliseconds, with
+``Last-Event-ID``.
 
 ``GET /v1/events`` is WatchRuns (an organization's live events) with filters
 ``definition_name``, ``state`` (repeatable, e.g. ``STATE_RUNNING`` or ``RUNNING``) and
@@ -78,6 +80,9 @@ async def _frames(
             try:
                 response = pending.result()
             except StopAsyncIteration:
+                # WatchRun ends after the run's terminal event: say so, or a browser's
+                # EventSource would reconnect (and end) every second forever.
+                yield _frame("{}", event="end")
                 return
             except UpstreamError as exc:
                 yield _frame(status_json(exc.status), event="error")

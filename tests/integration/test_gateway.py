@@ -185,6 +185,12 @@ async def test_run_events_are_sse_resumable_with_last_event_id(http: httpx.Async
     by_query = await _sse(http, f"/v1/runs/{run['id']}/events?after_sequence={last - 1}", {}, 1)
     assert by_query == whole[-1:]
 
+    # After the terminal event the stream says it ended (a browser then stops too).
+    async with http.stream(
+        "GET", f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": str(last)}
+    ) as tail:
+        assert await tail.aread() == b"retry: 1000\n\nevent: end\ndata: {}\n\n"
+
     bad = await http.get(f"/v1/runs/{run['id']}/events", headers={"Last-Event-ID": "-1"})
     assert bad.status_code == 400
     assert bad.json()["details"][1]["fieldViolations"][0]["field"] == "Last-Event-ID"

@@ -97,6 +97,8 @@ function follow(url, { onEvent, onError, onOpen, resumable = false }) {
       if (message.lastEventId) lastId = message.lastEventId;
       onEvent(JSON.parse(message.data));
     };
+    // The watched run ended (its terminal event was sent): nothing more will come.
+    source.addEventListener("end", () => source.close());
     source.addEventListener("error", (message) => {
       if (message.data) {
         const status = JSON.parse(message.data);
