@@ -143,21 +143,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-_FIELD_PATTERNS = (
-    re.compile(r'has no field named "([^"]+)"'),
-    re.compile(r"Failed to parse (\w+) field"),
-    re.compile(r'for enum type "[^"]+" at "[^".]+\.([^"]+)"'),
-    re.compile(r'at "[^".]+\.([^"]+)"'),
-)
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)"')
+_AT_PATH = re.compile(r'\bat "?[A-Za-z_][\w]*((?:\.\w+(?:\[\d+\])*)*)"?')
+_PARSE_FIELD = re.compile(r"Failed to parse (\w+) field")
 
 
 def _json_violation_field(message: str) -> str:
-    """The field a ``json_format.ParseError`` names, if any (else ``body``)."""
-    for pattern in _FIELD_PATTERNS:
-        match = pattern.search(message)
-        if match:
-            return match.group(1)
-    return "body"
+    """The field a ``json_format.ParseError`` names, as a path from the request
+    (``definition.steps``, ``states[0]``), else ``body``."""
+    at = _AT_PATH.search(message)
+    path = at.group(1).lstrip(".") if at else ""
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown:
+        return f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    if path:
+        return path
+    # Scalars: "Failed to parse steps field: Failed to parse id field: ..." (protobuf
+    # names the nested fields, without indexes).
+    named = _PARSE_FIELD.findall(message)
+    return ".".join(named) if named else "body"
 
 
 def parse_request(body: bytes, message: Message, content_type: str | None) -> None:
@@ -186,14 +190,35 @@ def parse_request(body: bytes, message: Message, content_type: str | None) -> No
         ) from None
     if not text.strip():
         return
+    name = message.DESCRIPTOR.name
     try:
-        json_format.Parse(text, message)
+        document = json.loads(text)
+    except ValueError as exc:
+        raise BodyError(
+            gateway_error(
+                code_pb2.INVALID_ARGUMENT,
+                "the request body is not JSON",
+                "INVALID_JSON",
+                [("body", str(exc))],
+            )
+        ) from None
+    if not isinstance(document, dict):
+        raise BodyError(
+            gateway_error(
+                code_pb2.INVALID_ARGUMENT,
+                f"the body must be a JSON object (a {name})",
+                "INVALID_JSON",
+                [("body", f"expected a JSON object, got {type(document).__name__}")],
+            )
+        )
+    try:
+        json_format.ParseDict(document, message)
     except json_format.ParseError as exc:
         description = str(exc)
         raise BodyError(
             gateway_error(
                 code_pb2.INVALID_ARGUMENT,
-                f"the body is not a valid {message.DESCRIPTOR.name} in JSON",
+                f"the body is not a valid {name} in JSON",
                 "INVALID_JSON",
                 [(_json_violation_field(description), description)],
             )
