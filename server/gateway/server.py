@@ -145,7 +145,10 @@ class Gateway:
             self._app(self._upstream),
             lifespan="off",
             access_log=False,
+            # Our logging (JSON lines) as configured; only uvicorn's warnings and errors
+            # (its "Started server process" lines would mislead next to ours).
             log_config=None,
+            log_level="warning",
             server_header=False,
             limit_concurrency=MAX_CONNECTIONS,
             timeout_keep_alive=5,

@@ -5,6 +5,8 @@
 
 const main = () => document.getElementById("main");
 let cleanup = []; // closers of the current page (event sources, timers)
+const MAX_LOG_ITEMS = 5000; // a run page shows the last events of a very long log
+const MAX_OUTPUT_CHARS = 200000; // and the tail of each step's streamed output
 
 // -- DOM helpers (text only: nothing from the server is parsed as HTML) ----------------
 function h(tag, attrs, ...children) {
@@ -417,7 +419,8 @@ async function runPage(runId) {
         outputs.set(event.stepId, box);
         outputBox.append(h("h3", {}, event.stepId), box);
       }
-      box.textContent += event.outputChunk?.text || "";
+      // The tail of a long output (a browser tab is not a log store).
+      box.textContent = (box.textContent + (event.outputChunk?.text || "")).slice(-MAX_OUTPUT_CHARS);
       return;
     }
     const detail = event.progress?.message || event.error?.message || event.approval?.decision || "";
@@ -430,6 +433,7 @@ async function runPage(runId) {
         detail ? h("span", { class: "muted" }, ` ${short(detail)}`) : null,
       ),
     );
+    while (log.children.length > MAX_LOG_ITEMS) log.firstChild.remove();
     if (event.type !== "TYPE_STEP_PROGRESS") refresh();
   }
   // The whole log, then live, resumed after the last event seen when the connection
