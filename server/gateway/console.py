@@ -1,10 +1,10 @@
 """The web console: static files and the session cookie.
 
-The console is ``static/index.html`` with ``console.js``, ``graph.js`` (the DAG in
-SVG) and ``console.css`` (no
-build step, no CDN, no library): every page path (``/``, ``/runs/ID``,
-``/definitions/NAME``, ...) answers the same HTML and the script draws the page from
-the address, so deep links survive a reload. It reads everything through the
+The console is ``static/index.html`` with ``common.js`` (DOM, API and event-stream
+helpers), ``graph.js`` (the DAG in SVG), ``pages.js`` and ``console.js`` (routing and
+the pages) and ``console.css`` (no build step, no CDN, no library): every page path
+(``/``, ``/runs/ID``, ``/definitions/NAME``, ...) answers the same HTML and the script
+draws the page from the address, so deep links survive a reload. It reads everything through the
 gateway's own ``/v1/`` endpoints.
 
 Signing in (``POST /console/session`` with ``{"key": "..."}``) checks the API key with
@@ -39,6 +39,8 @@ __all__ = ["STATIC_DIR", "delete_session", "page", "create_session", "static_fil
 STATIC_DIR = Path(__file__).parent / "static"
 MAX_KEY_CHARS = 512
 _STATIC_FILES = {
+    "common.js": "text/javascript",
+    "pages.js": "text/javascript",
     "console.js": "text/javascript",
     "graph.js": "text/javascript",
     "console.css": "text/css",
@@ -65,7 +67,7 @@ async def page(request: Request) -> Response:
 
 
 async def static_file(request: Request) -> Response:
-    """``/static/console.js``, ``graph.js`` and ``console.css``."""
+    """``/static/<name>``: the console's scripts and style sheet, nothing else."""
     name = request.path_params["name"]
     media_type = _STATIC_FILES.get(name)
     if media_type is None:
