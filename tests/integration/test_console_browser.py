@@ -21,6 +21,8 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import Settings
+from podium.server.gateway.server import Gateway
+from tests.integration.auth_proxy import REFUSAL, AuthProxy
 from tests.integration.conftest import LOOPBACK_AGENTS, StartServer, static_agents
 from tests.integration.runs_helpers import create_definition, start_run, wait_for_run, wait_until
 
@@ -234,3 +236,30 @@ async def test_the_console_needs_no_sign_in_while_authentication_is_off(
     await expect(page.locator("#signout")).to_be_visible()
     await page.click("#signout")
     assert [c for c in await page.context.cookies() if c["name"] == "podium_session"] == []
+
+
+async def test_a_wrong_api_key_is_refused_with_a_clear_message(
+    podium_server: PodiumServer, page: Any
+) -> None:
+    key = "pk_test_0123456789abcdef"
+    proxy = AuthProxy(podium_server.address, key)  # stands in for API-key authentication
+    await proxy.start()
+    gateway = Gateway(
+        "127.0.0.1:0", proxy.address, max_body_bytes=1 << 20, max_message_bytes=4 << 20
+    )
+    await gateway.start()
+    try:
+        await page.goto(f"{gateway.url}runs")
+        form = page.locator("form.login")
+        await expect(form).to_be_visible()
+        await form.locator("input[name=key]").fill("pk_wrong_0000000000")
+        await form.locator("button").click()
+        await expect(form.locator(".error")).to_have_text(f"The API key was refused: {REFUSAL}")
+        await form.locator("input[name=key]").fill(key)
+        await form.locator("button").click()
+        await expect(page.locator("main h1")).to_have_text("Runs")
+        await expect(page.locator("p.muted")).to_have_text("No runs match.")
+        assert page.url == f"{gateway.url}runs"
+    finally:
+        await gateway.stop()
+        await proxy.stop()
