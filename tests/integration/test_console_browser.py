@@ -97,12 +97,19 @@ async def test_a_running_run_page_updates_its_dag_live(
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
         steps: list[dict[str, Any]] = [
-            {"id": "slow", "agent": "sleeper", "input": {"seconds": 2}},
+            {"id": "slow", "agent": "sleeper", "input": {"seconds": 3}},
             {"id": "after", "agent": "echo", "dependsOn": ["slow"]},
         ]
         await create_definition(stub, "browser-live", steps)
+        # The runs list shows a run started after it was opened (WatchRuns over SSE).
+        await page.goto(f"{server.gateway.url}runs")
+        await expect(page.locator("p.muted")).to_have_text("No runs match.")
+        await page.evaluate("window.notReloaded = true")
         run = (await start_run(stub, "browser-live")).run
-        await page.goto(f"{server.gateway.url}runs/{run.id}")
+        row = page.locator(f'tr[data-run="{run.id}"]')
+        await expect(row).to_have_attribute("data-state", "STATE_RUNNING")
+        assert await page.evaluate("window.notReloaded") is True
+        await row.locator("a").click()
         await expect(_node(page, "slow")).to_have_attribute("data-state", "RUNNING")
         await expect(_node(page, "after")).to_have_attribute("data-state", "PENDING")
         await page.evaluate("window.notReloaded = true")
