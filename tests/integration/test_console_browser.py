@@ -270,3 +270,26 @@ async def test_a_wrong_api_key_is_refused_with_a_clear_message(
     finally:
         await gateway.stop()
         await proxy.stop()
+
+
+async def test_definitions_show_each_version_and_its_graph(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(stub, "browser-versions", [{"id": "only", "agent": "echo"}])
+        await create_definition(stub, "browser-versions", GATED_STEPS)
+    await page.goto(f"{server.gateway.url}definitions")
+    await page.click("a[href='/definitions/browser-versions']")
+    await expect(page.locator("main h1")).to_have_text("browser-versions v2")
+    await expect(page.locator("svg.dag g.node")).to_have_count(3)
+    await expect(_node(page, "review")).to_contain_text("checkpoint BEFORE")
+    await page.click(".versions a[data-version='1']")
+    await expect(page.locator("main h1")).to_have_text("browser-versions v1")
+    await expect(page.locator("svg.dag g.node")).to_have_count(1)
+    await expect(page.locator(".versions a")).to_have_text(["v2", "v1"])
+    assert page.url.endswith("/definitions/browser-versions?version=1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from podium.client.examples.agents import ExampleAgents
-from podium.server.app import PodiumServer
+from podium.server.app import PodiumServer, StartupError
+from podium.server.config import Settings
 from tests.integration.conftest import StartServer, static_agents
 
 ECHO_DEFINITION = {
@@ -63,6 +65,27 @@ async def _finished_run(http: httpx.AsyncClient) -> dict[str, Any]:
 
 async def test_the_gateway_is_off_unless_configured(podium_server: PodiumServer) -> None:
     assert podium_server.gateway is None
+
+
+async def test_a_console_address_in_use_stops_the_start(database_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = PodiumServer(
+            Settings.from_env(
+                {},
+                database_url=database_url,
+                listen_address="127.0.0.1:0",
+                console_address=address,
+                shutdown_grace_seconds=0.0,
+            )
+        )
+        try:
+            with pytest.raises(StartupError, match=f"cannot serve the console on {address}"):
+                await server.start()
+        finally:
+            await server.stop(0)
 
 
 async def test_unary_rpcs_round_trip_in_the_protobuf_json_mapping(

@@ -84,13 +84,23 @@ async function definitionsPage() {
 async function definitionPage(name) {
   const version = Number(new URLSearchParams(location.search).get("version") || 0);
   const { definition } = await api("GetDefinition", { name, version });
+  // Versions are numbered 1..latest; an older one shown still lists them all.
+  const latest = version ? (await api("GetDefinition", { name })).definition.version : definition.version;
   const versions = h(
     "nav",
     { class: "versions" },
     "Versions: ",
-    Array.from({ length: definition.version ? Math.max(definition.version, version) : 0 }, (_, i) => i + 1)
-      .reverse()
-      .map((v) => h("a", { href: `/definitions/${encodeURIComponent(name)}?version=${v}`, class: v === definition.version ? "active" : "" }, `v${v}`)),
+    Array.from({ length: latest }, (_, i) => latest - i).map((v) =>
+      h(
+        "a",
+        {
+          href: `/definitions/${encodeURIComponent(name)}?version=${v}`,
+          class: v === definition.version ? "active" : "",
+          "data-version": v,
+        },
+        `v${v}`,
+      ),
+    ),
   );
   const nodes = (definition.steps || []).map((step) => ({
     id: step.id,
