@@ -16,7 +16,7 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: run serve test system-deps chaos check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
+.PHONY: browser run serve test system-deps chaos check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
 
 # The pinned packages, then Podium itself without resolving anything more; `pip check`
 # fails when pyproject.toml needs a package the lock lacks (run `make lock`).
@@ -68,8 +68,23 @@ run: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/podium serve
 
+## browser: Debian's chromium for the console's browser tests (tests/integration/
+## test_console_browser.py, which skip without it) and scripts/screenshots.py. Installs
+## only when /usr/bin/chromium is missing and apt-get can run as root; retries while
+## another apt-get holds the dpkg lock; never fails the build (the tests then skip).
+browser:
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make browser: no /usr/bin/chromium and no root apt-get: the browser tests will skip"; \
+	  exit 0; fi; \
+	for try in 1 2 3 4 5 6; do \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    >/dev/null && exit 0; \
+	  echo "make browser: apt-get failed (dpkg lock?), retrying in 20 s"; sleep 20; \
+	done; echo "make browser: chromium not installed: the browser tests will skip"
+
 ## test: every check CI runs: lint, types, layering, contracts, generated code, tests
-test: $(STAMP) check node-deps system-deps
+test: $(STAMP) check node-deps system-deps browser
 	$(PYTEST)
 	cd clients/node && npm test
 

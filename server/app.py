@@ -14,6 +14,10 @@ A background monitor pings the database every ``PODIUM_HEALTH_CHECK_INTERVAL_SEC
 and flips Health (the server and the orchestration service) to NOT_SERVING while it is
 unreachable, back to SERVING when it returns.
 
+The web console and HTTP/JSON gateway (``PODIUM_CONSOLE_ADDRESS``, package
+``server/gateway``) run in the same loop and reach this server through its own gRPC
+port, like any client.
+
 Telemetry: Prometheus metrics on ``PODIUM_METRICS_ADDRESS`` (served from the start, so
 a replica waiting for its database is visible), a gRPC interceptor counting RPCs, and
 OpenTelemetry tracing when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (or a tracer provider
@@ -26,6 +30,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -46,6 +52,8 @@ from podium.server.api.probes import (
 from podium.server.config import ConfigError, Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
+from podium.server.gateway.server import Gateway
+from podium.server.gateway.upstream import loopback_target
 from podium.server.storage.database import Database
 from podium.server.storage.embedded import EmbeddedPostgres
 from podium.server.storage.errors import StorageError, StorageUnavailable
@@ -113,6 +121,11 @@ class PodiumServer:
         self.tracing = Tracing(tracer_provider)
         self._owns_tracer_provider = False
         self.metrics_server: MetricsServer | None = None
+        self.gateway: Gateway | None = None
+        # With TLS on the gRPC port, the gateway's own plaintext unix socket.
+        self._gateway_dir: str | None = None
+        self._gateway_target: str | None = None
+        """The HTTP/JSON gateway and console, when PODIUM_CONSOLE_ADDRESS is set."""
         self._sampler: asyncio.Task[None] | None = None
         self._server: grpc.aio.Server | None = None
         self.tls: ReloadingServerCredentials | None = None
@@ -177,6 +190,13 @@ class PodiumServer:
                 self.port = server.add_secure_port(
                     self.settings.listen_address, self.tls.credentials
                 )
+                if self.settings.console_address is not None:
+                    # The gateway reaches this server over a plaintext unix socket that
+                    # only this user can open, not through the TLS port (which would need
+                    # a client certificate under mTLS); API keys are checked all the same.
+                    self._gateway_dir = tempfile.mkdtemp(prefix="podium-gateway-")
+                    self._gateway_target = f"unix:{self._gateway_dir}/grpc.sock"
+                    server.add_insecure_port(self._gateway_target)
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.settings.listen_address}: {exc}") from None
         self._server = server
@@ -210,6 +230,9 @@ class PodiumServer:
                 ) from None
             log.info("metrics at /metrics", extra={"address": metrics_server.address})
 
+        if self.settings.console_address is not None:
+            await self._start_gateway(self.settings.console_address)
+
         dsn = self.settings.database_url
         if dsn is None:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
@@ -230,6 +253,22 @@ class PodiumServer:
                 "startup_seconds": round(time.perf_counter() - started, 3),
             },
         )
+
+    async def _start_gateway(self, address: str) -> None:
+        """Serve the console and HTTP gateway, a client of this server's gRPC port (it
+        answers UNAVAILABLE like any client until the database is ready)."""
+        gateway = Gateway(
+            address,
+            self._gateway_target or loopback_target(self.address),
+            max_body_bytes=self.settings.console_max_body_bytes,
+            max_message_bytes=self.settings.max_message_bytes,
+        )
+        self.gateway = gateway
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve the console on {address}: {exc}") from None
+        log.info("console and HTTP gateway", extra={"url": gateway.url})
 
     async def _connect(self, dsn: str, direct_dsn: str) -> None:
         """Migrate, open the pool and start the engine. ``dsn`` serves the pool (it may
@@ -374,6 +413,12 @@ class PodiumServer:
                     await task
         deadline = time.monotonic() + grace
         try:
+            if self.gateway is not None:
+                # First: its event streams would otherwise wait on WatchRun streams.
+                await self.gateway.stop()
+            if self._gateway_dir is not None:
+                shutil.rmtree(self._gateway_dir, ignore_errors=True)
+                self._gateway_dir = None
             if self._engine is not None:
                 # Watch streams never end by themselves: end them first (UNAVAILABLE,
                 # clients reconnect elsewhere) so they do not hold the grace period.

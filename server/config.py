@@ -288,6 +288,20 @@ class Settings:
         "PEM CA bundle that turns on mTLS: every client must present a certificate "
         "chaining to it (the handshake fails otherwise). Needs PODIUM_TLS_CERT_FILE.",
     )
+    console_address: str | None = _setting(
+        "PODIUM_CONSOLE_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT of the web console and the HTTP/JSON gateway (POST /v1/<RPC>, "
+        "Server-Sent Events for WatchRun), which forwards every request to this server's "
+        "gRPC address; unset disables it (`podium demo` serves it on 127.0.0.1:50052).",
+    )
+    console_max_body_bytes: int = _setting(
+        "PODIUM_CONSOLE_MAX_BODY_BYTES",
+        _parse_int(1024, 64 * 1024 * 1024),
+        "Largest JSON request body the HTTP gateway accepts (413 past it).",
+        1024 * 1024,
+        doc_default="1048576 (1 MiB)",
+    )
     queue_depth_interval_seconds: float = _setting(
         "PODIUM_QUEUE_DEPTH_INTERVAL_SECONDS",
         _parse_float(0.1),

@@ -52,6 +52,7 @@ from podium.client.cli_parser import add_remote_commands, common_options
 from podium.client.cli_runs import cmd_runs
 from podium.client.cli_schedules import cmd_schedules
 from podium.client.client import DEFAULT_ADDRESS, PodiumClient
+from podium.client.common import DEFAULT_CONSOLE_ADDRESS
 from podium.client.errors import PodiumError
 
 Command = Callable[[PodiumClient, argparse.Namespace], Awaitable[int]]
@@ -111,7 +112,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         run_demo(
-            args.listen_address, topic=args.topic, language=args.language, exit_after=args.exit
+            args.listen_address,
+            topic=args.topic,
+            language=args.language,
+            exit_after=args.exit,
+            console_address=args.console_address,
         )
     )
 
@@ -147,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--listen-address", default=os.environ.get("PODIUM_LISTEN_ADDRESS", DEFAULT_ADDRESS)
+    )
+    demo.add_argument(
+        "--console-address",
+        default=os.environ.get("PODIUM_CONSOLE_ADDRESS", DEFAULT_CONSOLE_ADDRESS),
+        help="HOST:PORT of the web console and HTTP/JSON gateway ('' turns it off)",
     )
     demo.add_argument("--topic", default="tea", help="input.topic of the demo run")
     demo.add_argument("--language", default="fr", help="input.language of the demo run")

@@ -17,6 +17,7 @@ from podium.orchestration.v1 import definition_pb2, event_pb2, run_pb2
 
 __all__ = [
     "DEFAULT_ADDRESS",
+    "DEFAULT_CONSOLE_ADDRESS",
     "DEFAULT_TIMEOUT_SECONDS",
     "IDEMPOTENT_METHODS",
     "SERVICE_NAME",
@@ -35,6 +36,9 @@ __all__ = [
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 """Where ``podium serve`` listens by default."""
+
+DEFAULT_CONSOLE_ADDRESS = "127.0.0.1:50052"
+"""Where ``podium demo`` serves the web console and HTTP/JSON gateway by default."""
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 """Deadline of each unary call unless the client or the call says otherwise."""

@@ -22,7 +22,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from podium.client.client import PodiumClient
-from podium.client.common import to_dict
+from podium.client.common import DEFAULT_CONSOLE_ADDRESS, to_dict
 from podium.client.definitions import parse_definition
 from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import event_pb2, run_pb2
@@ -108,8 +108,23 @@ async def _demo_key(env: dict[str, str]) -> str | None:
     return out.decode().strip()
 
 
-async def run_demo(address: str, *, topic: str, language: str, exit_after: bool) -> int:
-    """Run the demo; returns the process exit code (0 when the run succeeded)."""
+def console_url(console_address: str) -> str:
+    """The console's URL for a HOST:PORT (a wildcard host shown as loopback)."""
+    host, _, port = console_address.rpartition(":")
+    host = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "": "127.0.0.1"}.get(host, host)
+    return f"http://{host}:{port}/"
+
+
+async def run_demo(
+    address: str,
+    *,
+    topic: str,
+    language: str,
+    exit_after: bool,
+    console_address: str = DEFAULT_CONSOLE_ADDRESS,
+) -> int:
+    """Run the demo; returns the process exit code (0 when the run succeeded).
+    ``console_address``: where the server serves the web console ('' for nowhere)."""
     examples = await serve_examples()
     env = {
         **os.environ,
@@ -118,6 +133,7 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
         # unless allowed.
         "PODIUM_AGENT_ALLOWED_NETWORKS": "loopback",
         "PODIUM_LISTEN_ADDRESS": address,
+        "PODIUM_CONSOLE_ADDRESS": console_address,
     }
     print(f"example agents: {', '.join(f'{n}@{a}' for n, a in examples.addresses.items())}")
     process = await asyncio.create_subprocess_exec(
@@ -131,6 +147,8 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
     try:
         await _wait_serving(address, process, wait=180)
         print(f"podium serving on {address}")
+        if console_address:
+            print(f"web console: {console_url(console_address)}")
         text = importlib.resources.files("podium.client.examples").joinpath("demo.yaml").read_text()
         definition = parse_definition(text, source="demo.yaml")
         async with PodiumClient(address, api_key=await _demo_key(env)) as client:
@@ -160,6 +178,11 @@ async def run_demo(address: str, *, topic: str, language: str, exit_after: bool)
             print(f"\nPodium keeps serving on {address} (Ctrl-C to stop). Try:")
             print(f"  grpcurl -plaintext {address} list")
             print(f"  .venv/bin/podium definitions list --address {address}")
+            if console_address:
+                url = console_url(console_address)
+                print(f"  open {url} (the web console), or the HTTP/JSON gateway:")
+                json_type = "-H 'content-type: application/json'"
+                print(f"  curl -s -X POST {url}v1/ListRuns {json_type} -d '{{}}'")
             await stop.wait()
     finally:
         if process.returncode is None:

@@ -105,12 +105,23 @@ async def test_unreachable_server_exit_code() -> None:
 async def test_the_demo_of_make_run_succeeds(database_url: str) -> None:
     """`podium demo` (the README's run command) on the test database: example agents, a
     server process, the demo definition, a successful run with streamed events."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    port, console_port = ports
     result = await asyncio.to_thread(
         subprocess.run,
-        [PODIUM, "demo", "--exit", "--listen-address", f"127.0.0.1:{port}"],
+        [
+            PODIUM,
+            "demo",
+            "--exit",
+            "--listen-address",
+            f"127.0.0.1:{port}",
+            "--console-address",
+            f"127.0.0.1:{console_port}",
+        ],
         capture_output=True,
         text=True,
         timeout=180,
@@ -120,6 +131,8 @@ async def test_the_demo_of_make_run_succeeds(database_url: str) -> None:
     assert "run SUCCEEDED" in result.stdout
     assert "step.output_chunk" in result.stdout and "run.completed" in result.stdout
     assert '"target": "fr"' in result.stdout
+    # The demo serves the web console (on by default there) and says where.
+    assert f"web console: http://127.0.0.1:{console_port}/" in result.stdout
 
 
 WATCH_FLOW = """\

@@ -1,0 +1,289 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright.
+
+Skipped, saying why, when chromium is missing (``make browser`` installs it; CI runs
+it) or when Playwright is not installed. Playwright never downloads a browser here:
+it launches ``/usr/bin/chromium`` (or ``$CHROMIUM``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from podium.client.examples.agents import ExampleAgents
+from podium.orchestration.v1 import approval_pb2, run_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.server.app import PodiumServer
+from podium.server.config import Settings
+from tests.integration.conftest import LOOPBACK_AGENTS, StartServer, static_agents
+from tests.integration.runs_helpers import create_definition, start_run, wait_for_run, wait_until
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="Playwright is not installed (pip install -e '.[dev]')"
+)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which(CHROMIUM) is None,
+        reason=f"no chromium at {CHROMIUM}: run `make browser` (apt-get install chromium) "
+        "or set CHROMIUM to a Chromium binary",
+    ),
+]
+expect = playwright_api.expect
+
+GATED_STEPS: list[dict[str, Any]] = [
+    {"id": "draft", "agent": "echo", "input": {"text": "notes"}},
+    {
+        "id": "review",
+        "agent": "echo",
+        "dependsOn": ["draft"],
+        "checkpoint": {"when": "WHEN_BEFORE", "prompt": "Publish?"},
+    },
+    {"id": "publish", "agent": "echo", "dependsOn": ["review"]},
+]
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            context = await browser.new_context()
+            page = await context.new_page()
+            page.set_default_timeout(20_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            yield page
+            assert errors == [], f"JavaScript errors: {errors}"
+        finally:
+            await browser.close()
+
+
+def _node(page: Any, step_id: str) -> Any:
+    return page.locator(f'svg.dag g.node[data-step="{step_id}"]')
+
+
+async def _pending_approval(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str) -> str:
+    found: list[str] = []
+
+    async def pending() -> bool:
+        answer = await stub.ListApprovals(
+            pb.ListApprovalsRequest(run_id=run_id, states=[approval_pb2.Approval.STATE_PENDING])
+        )
+        found[:] = [approval.id for approval in answer.approvals]
+        return bool(found)
+
+    await wait_until(pending, "a pending approval")
+    return found[0]
+
+
+async def test_a_running_run_page_updates_its_dag_live(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "sleeper", "echo")
+    )
+    assert server.gateway is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        steps: list[dict[str, Any]] = [
+            {"id": "slow", "agent": "sleeper", "input": {"seconds": 3}},
+            {"id": "after", "agent": "echo", "dependsOn": ["slow"]},
+        ]
+        await create_definition(stub, "browser-live", steps)
+        # The runs list shows a run started after it was opened (WatchRuns over SSE).
+        await page.goto(f"{server.gateway.url}runs")
+        await expect(page.locator("p.muted")).to_have_text("No runs match.")
+        await page.evaluate("window.notReloaded = true")
+        run = (await start_run(stub, "browser-live")).run
+        row = page.locator(f'tr[data-run="{run.id}"]')
+        await expect(row).to_have_attribute("data-state", "STATE_RUNNING")
+        assert await page.evaluate("window.notReloaded") is True
+        await row.locator("a").click()
+        await expect(_node(page, "slow")).to_have_attribute("data-state", "RUNNING")
+        await expect(_node(page, "after")).to_have_attribute("data-state", "PENDING")
+        await page.evaluate("window.notReloaded = true")
+        # No reload: the event stream moves the graph, the badge and the log.
+        await expect(_node(page, "after")).to_have_attribute("data-state", "SUCCEEDED")
+        await expect(_node(page, "slow")).to_have_attribute("data-state", "SUCCEEDED")
+        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+        await expect(page.locator("ol.events li").last).to_contain_text("RUN_COMPLETED")
+        assert await page.evaluate("window.notReloaded") is True
+        # The sleeper's progress events were streamed to the log too.
+        assert await page.locator("ol.events li", has_text="STEP_PROGRESS").count() >= 2
+        # The runs list shows it, and a state filter applies.
+        await page.click("header a[data-nav=runs]")
+        await expect(page.locator(f'tr[data-run="{run.id}"]')).to_have_attribute(
+            "data-state", "STATE_SUCCEEDED"
+        )
+        await page.select_option("select[name=state]", "FAILED")
+        await page.click("form.filters button")
+        await expect(page.locator("p.muted")).to_have_text("No runs match.")
+        assert "state=FAILED" in page.url
+
+
+async def test_approving_a_checkpoint_in_the_browser_finishes_the_run(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(stub, "browser-gated", GATED_STEPS)
+        run = (await start_run(stub, "browser-gated")).run
+        approval_id = await _pending_approval(stub, run.id)
+        await page.goto(f"{server.gateway.url}runs/{run.id}")
+        await expect(_node(page, "review")).to_have_attribute("data-state", "AWAITING_APPROVAL")
+        card = page.locator(f'.approval[data-approval="{approval_id}"]')
+        await expect(card).to_contain_text("Publish?")
+        await card.locator("textarea[name=comment]").fill("looks good")
+        await card.locator("button.approve").click()
+        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+        await expect(_node(page, "publish")).to_have_attribute("data-state", "SUCCEEDED")
+        await expect(card).to_have_count(0)
+        decided = await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval_id))
+        assert decided.approval.decision == approval_pb2.DECISION_APPROVE
+        assert decided.approval.comment == "looks good"
+        finished = await wait_for_run(stub, run.id)
+        assert finished.state == run_pb2.Run.STATE_SUCCEEDED
+
+
+async def test_a_deep_link_follows_the_run_across_a_server_restart(
+    database_url: str, example_agents: ExampleAgents, page: Any
+) -> None:
+    def settings(console_address: str) -> Settings:
+        return Settings.from_env(
+            {},
+            database_url=database_url,
+            listen_address="127.0.0.1:0",
+            console_address=console_address,
+            auth="disabled",
+            shutdown_grace_seconds=0.0,
+            poll_interval_seconds=0.2,
+            agent_allowed_networks=LOOPBACK_AGENTS,
+            agents=static_agents(example_agents, "echo"),
+        )
+
+    first = PodiumServer(settings("127.0.0.1:0"))
+    await first.start()
+    try:
+        assert first.gateway is not None
+        console_address = first.gateway.address
+        async with grpc.aio.insecure_channel(first.address) as channel:
+            stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+            await create_definition(stub, "browser-restart", GATED_STEPS)
+            run = (await start_run(stub, "browser-restart")).run
+            await _pending_approval(stub, run.id)
+        url = f"{first.gateway.url}runs/{run.id}"
+        await page.goto(url)
+        await expect(_node(page, "review")).to_have_attribute("data-state", "AWAITING_APPROVAL")
+        await expect(page.locator("ol.events li", has_text="STEP_AWAITING_APPROVAL")).to_have_count(
+            1
+        )
+    finally:
+        await first.stop(0)
+
+    second = PodiumServer(settings(console_address))  # same console port, new gRPC port
+    await second.start()
+    try:
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            approval_id = await _pending_approval(stub, run.id)
+            # The open page reconnects by itself and resumes after the last event seen.
+            await stub.DecideApproval(
+                pb.DecideApprovalRequest(
+                    approval_id=approval_id, decision=approval_pb2.DECISION_APPROVE
+                )
+            )
+            await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+            await expect(page.locator("ol.events li").last).to_contain_text("RUN_COMPLETED")
+            sequences = await page.locator("ol.events li").evaluate_all(
+                "items => items.map(item => Number(item.dataset.sequence))"
+            )
+            assert sequences == sorted(set(sequences)), "an event was shown twice"
+            # And the deep link itself works after the restart (a reload replays the log).
+            await page.reload()
+            await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+            await expect(_node(page, "publish")).to_have_attribute("data-state", "SUCCEEDED")
+            await expect(page.locator("ol.events li")).to_have_count(len(sequences))
+    finally:
+        await second.stop(0)
+
+
+async def test_the_console_needs_no_sign_in_while_authentication_is_off(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    await page.goto(f"{server.gateway.url}agents")
+    await expect(page.locator('tr[data-agent="echo"]')).to_contain_text("echo")
+    await expect(page.locator("form.login")).to_have_count(0)
+    # The sign-in page stores a key in the HttpOnly cookie; scripts cannot read it.
+    await page.goto(f"{server.gateway.url}login")
+    await page.fill("input[name=key]", "pk_test_0123456789abcdef")
+    await page.click("form.login button")
+    await expect(page.locator("main h1")).to_have_text("Runs")
+    cookies = await page.context.cookies()
+    session = [c for c in cookies if c["name"] == "podium_session"]
+    assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
+    assert await page.evaluate("document.cookie") == ""
+    await expect(page.locator("#signout")).to_be_visible()
+    await page.click("#signout")
+    assert [c for c in await page.context.cookies() if c["name"] == "podium_session"] == []
+
+
+async def test_a_wrong_api_key_is_refused_with_a_clear_message(
+    start_server: StartServer, page: Any
+) -> None:
+    server = await start_server(auth="required", console_address="127.0.0.1:0")
+    assert server.gateway is not None
+    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
+    url = server.gateway.url
+    await page.goto(f"{url}runs")
+    form = page.locator("form.login")
+    await expect(form).to_be_visible()
+    await form.locator("input[name=key]").fill("pdm_000000000000_" + "A" * 43)
+    await form.locator("button").click()
+    await expect(form.locator(".error")).to_have_text(
+        "The API key was refused: the API key is not valid"
+    )
+    await form.locator("input[name=key]").fill(key)
+    await form.locator("button").click()
+    await expect(page.locator("main h1")).to_have_text("Runs")
+    await expect(page.locator("p.muted")).to_have_text("No runs match.")
+    assert page.url == f"{url}runs"
+
+
+async def test_definitions_show_each_version_and_its_graph(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(stub, "browser-versions", [{"id": "only", "agent": "echo"}])
+        await create_definition(stub, "browser-versions", GATED_STEPS)
+    await page.goto(f"{server.gateway.url}definitions")
+    await page.click("a[href='/definitions/browser-versions']")
+    await expect(page.locator("main h1")).to_have_text("browser-versions v2")
+    await expect(page.locator("svg.dag g.node")).to_have_count(3)
+    await expect(_node(page, "review")).to_contain_text("checkpoint BEFORE")
+    await page.click(".versions a[data-version='1']")
+    await expect(page.locator("main h1")).to_have_text("browser-versions v1")
+    await expect(page.locator("svg.dag g.node")).to_have_count(1)
+    await expect(page.locator(".versions a")).to_have_text(["v2", "v1"])
+    assert page.url.endswith("/definitions/browser-versions?version=1")
