@@ -16,7 +16,7 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
+.PHONY: run serve test check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock release bench bench-lock clean
 
 # The SDK distribution podium-client (clients/python-client/: the generated contracts,
 # podium.client, the CLI); the server distribution podium (pyproject.toml) depends on it.
@@ -45,6 +45,12 @@ lock:
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml $(UV_SDK) --extra dev --universal \
 		--python-version 3.11 --annotation-style line $(LOCK_FLAGS) -o $(LOCK)
+
+## release: the sdists and wheels of podium-client and podium and the npm tarball
+## podium-client into dist/, checked (twine check), with dist/SHA256SUMS
+## (scripts/release.py; `--set-version X.Y.Z` sets the one version everywhere)
+release: $(STAMP) node-deps
+	$(BIN)/python scripts/release.py
 
 ## bench: the side-by-side benchmark (bench/sidebyside.py: Podium, DBOS, LangGraph and the
 ## ceilings) in its own venv .venv-bench with the bench-only extras of requirements/bench.lock;

@@ -15,17 +15,21 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from podium.server.app import PodiumServer
+from scripts.release import build_python
 
 REPO = Path(__file__).resolve().parents[2]
-SDK = REPO / "clients" / "python-client"
 EXAMPLES = REPO / "docs" / "examples" / "python"
 VERSION = (REPO / "VERSION").read_text().strip()
+
+ROOT_FILES = {"PKG-INFO", "README.md", "VERSION", "pyproject.toml", "setup.cfg"}
+"""What the server's sdist holds besides its packages (nothing of the SDK)."""
 
 SERVER_ONLY = {
     "asyncpg",
@@ -72,9 +76,11 @@ def _metadata(wheel: Path) -> list[str]:
 
 
 def _build(out: Path) -> tuple[Path, Path]:
-    """The sdists and wheels of the SDK and of the server, built from the sdists."""
-    for project in (SDK, REPO):
-        _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, project)
+    """The sdists and wheels of the SDK and of the server (``make release``'s way)."""
+    build_python(out)
+    with tarfile.open(out / f"podium-{VERSION}.tar.gz") as sdist:
+        roots = {name.split("/")[1] for name in sdist.getnames() if "/" in name}
+    assert roots == {"server", "migrations", "podium.egg-info"} | ROOT_FILES, roots
     return _wheel(out, "podium_client"), _wheel(out, "podium")
 
 

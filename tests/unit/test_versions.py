@@ -4,10 +4,13 @@ version, and the server pins the SDK of that same version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tomllib
 from pathlib import Path
+
+from scripts.release import sha256sums, version_problems
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = (REPO / "VERSION").read_text().strip()
@@ -33,3 +36,22 @@ def test_node_package_has_the_version() -> None:
     lock = json.loads((node / "package-lock.json").read_text())
     assert lock["version"] == VERSION
     assert lock["packages"][""]["version"] == VERSION
+
+
+def test_release_script_finds_no_disagreement() -> None:
+    assert version_problems(VERSION) == []
+    assert version_problems("9.9.9") == [
+        "pyproject.toml does not depend on podium-client==9.9.9",
+        f"clients/node/package.json has version {VERSION}",
+        "clients/node/package-lock.json has another version",
+    ]
+
+
+def test_sha256sums_in_the_format_of_sha256sum(tmp_path: Path) -> None:
+    (tmp_path / "b.whl").write_bytes(b"wheel")
+    (tmp_path / "a.tgz").write_bytes(b"")
+    (tmp_path / "SHA256SUMS").write_text("old")
+    assert sha256sums(tmp_path) == (
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  a.tgz\n"
+        f"{hashlib.sha256(b'wheel').hexdigest()}  b.whl\n"
+    )
