@@ -139,7 +139,8 @@ node-test: $(STAMP) node-deps
 	cd clients/node && npm test
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules \
+		dist *.egg-info $(SDK)/*.egg-info $(SDK)/build
 
 ## check-config-docs: docs/configuration.md matches server/config.py (regenerate with
 ## .venv/bin/python scripts/gen_config_docs.py)

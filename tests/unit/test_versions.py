@@ -10,7 +10,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from scripts.release import sha256sums, version_problems
+import pytest
+
+from scripts.release import ReleaseError, build, sha256sums, version_problems
 
 REPO = Path(__file__).resolve().parents[2]
 VERSION = (REPO / "VERSION").read_text().strip()
@@ -55,3 +57,9 @@ def test_sha256sums_in_the_format_of_sha256sum(tmp_path: Path) -> None:
         "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855  a.tgz\n"
         f"{hashlib.sha256(b'wheel').hexdigest()}  b.whl\n"
     )
+
+
+def test_release_refuses_disagreeing_versions_before_building(tmp_path: Path) -> None:
+    with pytest.raises(ReleaseError, match="versions disagree: pyproject.toml"):
+        build("9.9.9", tmp_path / "dist")
+    assert not (tmp_path / "dist").exists()
