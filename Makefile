@@ -16,25 +16,41 @@ PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS)
 BUF := npx --yes @bufbuild/buf@1.57.0
 RELEASED_PROTOS = $(shell ls protos/released/*.binpb | sort -V | tail -n 1)
 
-.PHONY: browser run serve test system-deps chaos check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock bench bench-lock clean
+.PHONY: browser run serve test system-deps chaos check lint layers typecheck protos check-protos buf-lint buf-breaking buf-baseline check-config-docs unit integration node-deps node-test lock release bench bench-lock clean
 
-# The pinned packages, then Podium itself without resolving anything more; `pip check`
-# fails when pyproject.toml needs a package the lock lacks (run `make lock`).
-$(STAMP): pyproject.toml $(LOCK)
+# The SDK distribution podium-client (clients/python-client/: the generated contracts,
+# podium.client, the CLI); the server distribution podium (pyproject.toml) depends on it.
+SDK := clients/python-client
+
+# The pinned packages, then Podium itself, both distributions editable (the SDK's
+# `podium` package and the server's `podium.server` share one namespace), without
+# resolving anything more; `pip check` fails when a pyproject.toml needs a package the
+# lock lacks (run `make lock`).
+$(STAMP): pyproject.toml $(SDK)/pyproject.toml VERSION $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps -e $(SDK) -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+# podium-client is resolved from this checkout, not from an index, and left out of the
+# lock (the STAMP recipe installs it editable).
+UV_SDK := --override requirements/sdk-source.txt --no-emit-package podium-client
 
 ## lock: re-pin requirements/dev.lock from pyproject.toml (keeps current pins where they
 ## still fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed)
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra dev --universal --python-version 3.11 \
-		--annotation-style line $(LOCK_FLAGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(UV_SDK) --extra dev --universal \
+		--python-version 3.11 --annotation-style line $(LOCK_FLAGS) -o $(LOCK)
+
+## release: the sdists and wheels of podium-client and podium and the npm tarball
+## podium-client into dist/, checked (twine check), with dist/SHA256SUMS
+## (scripts/release.py; `--set-version X.Y.Z` sets the one version everywhere)
+release: $(STAMP) node-deps
+	$(BIN)/python scripts/release.py
 
 ## bench: the side-by-side benchmark (bench/sidebyside.py: Podium, DBOS, LangGraph and the
 ## ceilings) in its own venv .venv-bench with the bench-only extras of requirements/bench.lock;
@@ -46,7 +62,7 @@ $(BENCH_VENV)/.installed: pyproject.toml $(BENCH_LOCK)
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet -r $(BENCH_LOCK)
-	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(BENCH_VENV)/bin/python -m pip install --quiet --no-deps -e $(SDK) -e .
 	$(BENCH_VENV)/bin/python -m pip check
 	touch $(BENCH_VENV)/.installed
 
@@ -57,8 +73,8 @@ bench: $(BENCH_VENV)/.installed
 bench-lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	$(BIN)/uv pip compile pyproject.toml --extra bench --universal --python-version 3.11 \
-		--annotation-style line $(LOCK_FLAGS) -o $(BENCH_LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(UV_SDK) --extra bench --universal \
+		--python-version 3.11 --annotation-style line $(LOCK_FLAGS) -o $(BENCH_LOCK)
 
 ## run: the demo: example agents + Podium on the embedded PostgreSQL + one run (Ctrl-C to stop)
 run: $(STAMP)
@@ -149,7 +165,8 @@ node-test: $(STAMP) node-deps
 	cd clients/node && npm test
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache clients/node/node_modules \
+		dist *.egg-info $(SDK)/*.egg-info $(SDK)/build
 
 ## check-config-docs: docs/configuration.md matches server/config.py (regenerate with
 ## .venv/bin/python scripts/gen_config_docs.py)

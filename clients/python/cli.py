@@ -4,6 +4,10 @@
 (``--address`` or ``PODIUM_ADDRESS``, default ``127.0.0.1:50051``).
 Every remote command goes through :class:`~podium.client.PodiumClient`.
 
+The CLI is part of the SDK distribution ``podium-client``; ``serve`` and ``demo`` run
+the server, distribution ``podium``. Without it they exit 2 saying what to install (the
+other commands never need it).
+
 Exit codes: 0 success; 1 the server refused the request (every field violation is
 printed; also an RPC the server does not implement; ``definitions diff --exit-code``
 found differences); 2 bad usage or input file; 3 the server is unreachable or did not
@@ -27,6 +31,8 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import argparse
 import asyncio
+import importlib.metadata
+import importlib.util
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -107,6 +113,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(settings)
 
 
+def server_installed() -> bool:
+    """Whether the server distribution (``podium``, package ``podium.server``) is
+    installed beside this SDK."""
+    return importlib.util.find_spec("podium.server") is not None
+
+
+def _needs_server(args: argparse.Namespace) -> int:
+    try:
+        pin = "==" + importlib.metadata.version("podium-client")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        pin = ""
+    raise CliError(
+        f"`podium {args.command}` runs the Podium server, which is not installed "
+        f"(this is the SDK, podium-client): pip install 'podium{pin}'",
+        EXIT_USAGE,
+    )
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from podium.client.demo import run_demo
 
@@ -121,17 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every ``podium`` command."""
-    parser = argparse.ArgumentParser(
-        prog="podium",
-        description="Podium: durable orchestration of AI agents over gRPC.",
-        epilog="exit codes: 0 success, 1 the server refused the request, 2 bad usage or "
-        "input, 3 server unreachable, 4 a waited-for or watched run did not succeed, "
-        "130 interrupted, 141 output pipe closed",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_server_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``serve``, ``demo`` and ``keys`` (which writes to the database): only when the
+    server is installed."""
     serve = sub.add_parser(
         "serve",
         help="run a Podium server (embedded PostgreSQL unless PODIUM_DATABASE_URL is set)",
@@ -164,9 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--exit", action="store_true", help="stop after the run instead of serving on"
     )
     demo.set_defaults(func=cmd_demo)
+    add_keys_command(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``podium`` command."""
+    parser = argparse.ArgumentParser(
+        prog="podium",
+        description="Podium: durable orchestration of AI agents over gRPC.",
+        epilog="exit codes: 0 success, 1 the server refused the request, 2 bad usage or "
+        "input, 3 server unreachable, 4 a waited-for or watched run did not succeed, "
+        "130 interrupted, 141 output pipe closed",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    if server_installed():
+        _add_server_commands(sub)
+    else:
+        for name in ("serve", "demo", "keys"):
+            stub = sub.add_parser(name, help="needs the server: pip install podium")
+            stub.add_argument("arguments", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            stub.set_defaults(func=_needs_server)
 
     add_remote_commands(sub, _remote)
-    add_keys_command(sub)
 
     config = sub.add_parser(
         "config",

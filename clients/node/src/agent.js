@@ -3,7 +3,7 @@
  * server (the Node twin of `podium.client.agent` in Python).
  *
  * ```js
- * import { Agent, TaskFailed } from '@podium/node/agent';
+ * import { Agent, TaskFailed } from 'podium-client/agent';
  *
  * const agent = new Agent({
  *   name: 'shouter',

@@ -2,7 +2,7 @@
  * A Node.js client of Podium's `podium.orchestration.v1.OrchestrationService`.
  *
  * ```js
- * import { PodiumClient } from '@podium/node/client';
+ * import { PodiumClient } from 'podium-client/client';
  *
  * const podium = new PodiumClient('127.0.0.1:50051');
  * await podium.registerAgent({ name: 'shouter', endpoint: '127.0.0.1:50061', skills: ['uppercase'] });

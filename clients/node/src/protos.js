@@ -1,8 +1,10 @@
 /**
- * Loading Podium's contracts from the repository's `protos/` directory at run time.
+ * Loading Podium's contracts (the `.proto` files) at run time.
  *
  * The `.proto` files are the single source of truth (the Python code is generated from
- * the same files); nothing is generated or copied for Node. `@grpc/proto-loader` parses
+ * the same files). In the repository they are read from `protos/`; the published package
+ * carries a copy in its own `protos/` directory (copied by `npm pack`, see
+ * `scripts/prepack.js`). `@grpc/proto-loader` parses
  * them with these options, which shape every message this library sends or receives:
  *
  * - `keepCase: true`: fields keep their proto names (`run_id`, `after_sequence`), the
@@ -18,21 +20,30 @@
  *
  * `google/protobuf/*.proto` (Struct, Timestamp, Duration) come bundled with protobufjs,
  * so no include directory is needed for them. Set `PODIUM_PROTOS_DIR` to load the
- * contracts from somewhere else (an installed copy of the repository's `protos/`).
+ * contracts from somewhere else.
  *
  * @module
  */
 
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 
-/** Directory holding `podium/...` protos: `PODIUM_PROTOS_DIR` or the repository's `protos/`. */
+const PACKAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/**
+ * Directory holding `podium/...` protos: `PODIUM_PROTOS_DIR`, else the package's own
+ * `protos/` (an installed package), else the repository's `protos/` (a checkout).
+ */
 export const PROTOS_DIR =
   process.env.PODIUM_PROTOS_DIR ||
-  path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'protos');
+  [path.join(PACKAGE_DIR, 'protos'), path.resolve(PACKAGE_DIR, '..', '..', 'protos')].find(
+    (dir) => existsSync(path.join(dir, 'podium', 'agent', 'v1', 'agent.proto')),
+  ) ||
+  path.resolve(PACKAGE_DIR, '..', '..', 'protos');
 
 /** The proto-loader options every message of this library follows (see the module doc). */
 export const LOADER_OPTIONS = Object.freeze({
