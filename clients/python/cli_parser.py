@@ -294,6 +294,19 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument(
         "-f", "--follow", action="store_true", help="keep printing live events until the run ends"
     )
+    p = _add(
+        runs,
+        "export",
+        "print a run's whole history as JSON lines (to archive it before run retention): "
+        '{"run": ...}, then {"event": ...} per event, {"deliverable": ...} per deliverable, '
+        "then the same for each child run",
+        ("podium runs export RUN_ID > run.jsonl",),
+        c,
+    )
+    p.add_argument("run_id")
+    p.add_argument(
+        "--no-data", action="store_true", help="leave out the bytes of inline deliverables"
+    )
     for action in runs.choices.values():
         action.set_defaults(func=bind("runs"))
 

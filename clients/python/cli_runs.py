@@ -133,6 +133,47 @@ async def _list(client: PodiumClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXPORT_MAX_RUNS = 10_000
+"""Runs one ``runs export`` writes at most (a tree larger than this is refused)."""
+
+
+async def export(client: PodiumClient, run_id: str, *, data: bool = True) -> int:
+    """``runs export``: the run, its events and deliverables as JSON lines, then the same
+    for each child run (depth first, in step order). Returns the runs written."""
+    pending = [run_id]
+    seen: set[str] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        if len(seen) >= EXPORT_MAX_RUNS:
+            raise CliError(f"more than {EXPORT_MAX_RUNS} runs in the tree of {run_id}")
+        seen.add(current)
+        run = await client.get_run(current)
+        print_item("run", run, "json")
+        after = 0
+        while True:
+            events = await client.list_run_events(current, after_sequence=after, page_size=1000)
+            for event in events.items:
+                print_item("event", event, "json")
+            after = events.next_after_sequence
+            if not after:
+                break
+        token = ""
+        while True:
+            page = await client.list_deliverables(
+                current, include_data=data, page_size=100, page_token=token
+            )
+            for deliverable in page.items:
+                print_item("deliverable", deliverable, "json")
+            token = page.next_page_token
+            if not token:
+                break
+        children = [s.child_run_id for s in run.steps if s.child_run_id]
+        pending.extend(reversed(children))
+    return len(seen)
+
+
 async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
     if args.action == "start":
         if bool(args.file) == bool(args.definition):
@@ -183,6 +224,8 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
             request_id=args.request_id,
         )
         return await _wait_or_watch(client, run, args)
+    elif args.action == "export":
+        await export(client, args.run_id, data=not args.no_data)
     elif args.action == "events":
         if args.follow:
             async for event in client.watch_run(args.run_id, after_sequence=args.after):
