@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from podium.client.cli_output import (
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_RUN_FAILED,
     EXIT_USAGE,
     CliError,
@@ -147,7 +148,7 @@ async def export(client: PodiumClient, run_id: str, *, data: bool = True) -> int
         if current in seen:
             continue
         if len(seen) >= EXPORT_MAX_RUNS:
-            raise CliError(f"more than {EXPORT_MAX_RUNS} runs in the tree of {run_id}")
+            raise CliError(f"more than {EXPORT_MAX_RUNS} runs under {run_id}", EXIT_REFUSED)
         seen.add(current)
         run = await client.get_run(current)
         print_item("run", run, "json")

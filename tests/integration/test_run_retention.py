@@ -21,7 +21,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.events.retention import EventRetention, RetentionConfig
-from podium.server.storage.database import Database
+from podium.server.storage.database import Connection, Database
 from podium.server.storage.retention import RunRetentionRepository
 from podium.server.storage.webhooks import WebhooksRepository
 from tests.integration.client_helpers import podium
@@ -71,7 +71,7 @@ def _children(run: Run) -> list[str]:
     return [s.child_run_id for s in run.steps if s.child_run_id]
 
 
-async def _age(conn: asyncpg.Connection, run_ids: list[str], days: int) -> None:
+async def _age(conn: Connection, run_ids: list[str], days: int) -> None:
     """Move the end of these runs ``days`` into the past."""
     await conn.execute(
         "UPDATE orchestration_runs SET ended_at = now() - make_interval(days => $2) "
@@ -81,7 +81,7 @@ async def _age(conn: asyncpg.Connection, run_ids: list[str], days: int) -> None:
     )
 
 
-async def _rows(conn: asyncpg.Connection, run_ids: list[str]) -> dict[str, int]:
+async def _rows(conn: Connection, run_ids: list[str]) -> dict[str, int]:
     ids = [uuid.UUID(r) for r in run_ids]
     counts = {
         "orchestration_runs": await conn.fetchval(
