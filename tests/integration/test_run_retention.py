@@ -237,3 +237,32 @@ async def test_export_writes_the_whole_tree_as_json_lines(
     missing = await podium("runs", "export", str(uuid.uuid4()), "--address", server.address)
     assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr
     assert missing.stdout == ""
+
+
+async def test_every_cascade_of_a_run_deletion_has_an_index_and_runs_leave_room_for_hot(
+    db: Database,
+) -> None:
+    """Deleting a run cascades to (or nulls) every row referencing it or its steps: each
+    such foreign key must lead an index, or each deleted run reads a whole table."""
+    async with db.connection() as conn:
+        unindexed = await conn.fetch(
+            """
+            SELECT c.conrelid::regclass::text AS tbl, c.conname
+            FROM pg_constraint c
+            WHERE c.contype = 'f'
+              AND c.confrelid IN ('orchestration_runs'::regclass,
+                                  'orchestration_steps'::regclass)
+              AND NOT EXISTS (
+                  SELECT 1 FROM pg_index i
+                  WHERE i.indrelid = c.conrelid
+                    AND (string_to_array(i.indkey::text, ' ')::int2[])
+                        [1:cardinality(c.conkey)] @> c.conkey
+                    AND (string_to_array(i.indkey::text, ' ')::int2[])
+                        [1:cardinality(c.conkey)] <@ c.conkey)
+            """
+        )
+        options = await conn.fetchval(
+            "SELECT reloptions FROM pg_class WHERE oid = 'orchestration_runs'::regclass"
+        )
+    assert [(r["tbl"], r["conname"]) for r in unindexed] == []
+    assert "fillfactor=80" in options
