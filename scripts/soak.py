@@ -71,6 +71,10 @@ async def sample_database(conn: asyncpg.Connection[asyncpg.Record], name: str) -
     out: dict[str, Any] = {"db_bytes": row["size"], "connections": row["connections"] - 1}
     for table in TABLES:
         out[f"{table}_rows"] = await conn.fetchval(f"SELECT count(*) FROM {table}")
+        out[f"{table}_bytes"] = await conn.fetchval("SELECT pg_table_size($1::regclass)", table)
+        out[f"{table}_index_bytes"] = await conn.fetchval(
+            "SELECT pg_indexes_size($1::regclass)", table
+        )
     return out
 
 
