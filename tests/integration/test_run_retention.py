@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.protobuf import json_format
 
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
@@ -28,6 +29,7 @@ from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.runs_helpers import (
     Run,
+    RunEvent,
     all_events,
     create_definition,
     plan,
@@ -233,6 +235,14 @@ async def test_export_writes_the_whole_tree_as_json_lines(
     assert kinds == ["run", *["event"] * n_parent, "run", *["event"] * len(events[child])]
     exported = [(e["event"]["run_id"], int(e["event"]["sequence"])) for e in lines if "event" in e]
     assert exported == [(r, e.sequence) for r in (tree.id, child) for e in events[r]]
+    # Round trip: each line parses back into the very message the API returns.
+    back_events = [json_format.ParseDict(e["event"], RunEvent()) for e in lines if "event" in e]
+    assert back_events == [e for r in (tree.id, child) for e in events[r]]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        for line in runs:
+            api = (await stub.GetRun(pb.GetRunRequest(run_id=line["id"]))).run
+            assert json_format.ParseDict(line, Run()) == api
 
     missing = await podium("runs", "export", str(uuid.uuid4()), "--address", server.address)
     assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr
