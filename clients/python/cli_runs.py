@@ -138,9 +138,13 @@ EXPORT_MAX_RUNS = 10_000
 """Runs one ``runs export`` writes at most (a tree larger than this is refused)."""
 
 
-async def export(client: PodiumClient, run_id: str, *, data: bool = True) -> int:
-    """``runs export``: the run, its events and deliverables as JSON lines, then the same
-    for each child run (depth first, in step order). Returns the runs written."""
+async def export(
+    client: PodiumClient, run_id: str, *, data: bool = True, output: str = "json"
+) -> int:
+    """``runs export``: the run, its events and deliverables as JSON lines (YAML
+    documents with ``-o yaml``), then the same for each child run (depth first, in step
+    order). Returns the runs written."""
+    fmt = "yaml" if output == "yaml" else "json"
     pending = [run_id]
     seen: set[str] = set()
     while pending:
@@ -151,12 +155,12 @@ async def export(client: PodiumClient, run_id: str, *, data: bool = True) -> int
             raise CliError(f"more than {EXPORT_MAX_RUNS} runs under {run_id}", EXIT_REFUSED)
         seen.add(current)
         run = await client.get_run(current)
-        print_item("run", run, "json")
+        print_item("run", run, fmt)
         after = 0
         while True:
             events = await client.list_run_events(current, after_sequence=after, page_size=1000)
             for event in events.items:
-                print_item("event", event, "json")
+                print_item("event", event, fmt)
             after = events.next_after_sequence
             if not after:
                 break
@@ -166,7 +170,7 @@ async def export(client: PodiumClient, run_id: str, *, data: bool = True) -> int
                 current, include_data=data, page_size=100, page_token=token
             )
             for deliverable in page.items:
-                print_item("deliverable", deliverable, "json")
+                print_item("deliverable", deliverable, fmt)
             token = page.next_page_token
             if not token:
                 break
@@ -226,7 +230,7 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
         )
         return await _wait_or_watch(client, run, args)
     elif args.action == "export":
-        await export(client, args.run_id, data=not args.no_data)
+        await export(client, args.run_id, data=not args.no_data, output=args.output)
     elif args.action == "events":
         if args.follow:
             async for event in client.watch_run(args.run_id, after_sequence=args.after):
