@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Every Python package of the dev environment, pinned (`make lock` writes it).
 LOCK := requirements/dev.lock
+# The runtime packages only, at the dev lock's versions (the container image installs it).
+RUNTIME_LOCK := requirements/runtime.lock
 UV_VERSION := 0.13.8
 # pytest-xdist workers of `make test` / `make unit` / `make integration` (0: serial,
 # auto: one per core). The tests mostly wait on servers and Postgres, so on the 2-core
@@ -38,13 +40,16 @@ $(STAMP): pyproject.toml $(SDK)/pyproject.toml VERSION $(LOCK)
 # lock (the STAMP recipe installs it editable).
 UV_SDK := --override requirements/sdk-source.txt --no-emit-package podium-client
 
-## lock: re-pin requirements/dev.lock from pyproject.toml (keeps current pins where they
-## still fit; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed)
+## lock: re-pin requirements/dev.lock (and runtime.lock, its runtime part) from
+## pyproject.toml (keeps current pins where they still fit; `make lock
+## LOCK_FLAGS=--upgrade` moves everything to the newest allowed)
 lock:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
 	$(BIN)/uv pip compile pyproject.toml $(UV_SDK) --extra dev --universal \
 		--python-version 3.11 --annotation-style line $(LOCK_FLAGS) -o $(LOCK)
+	$(BIN)/uv pip compile pyproject.toml $(UV_SDK) --universal --python-version 3.11 \
+		--annotation-style line --constraint $(LOCK) -o $(RUNTIME_LOCK)
 
 ## release: the sdists and wheels of podium-client and podium and the npm tarball
 ## podium-client into dist/, checked (twine check), with dist/SHA256SUMS

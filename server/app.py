@@ -337,6 +337,7 @@ class PodiumServer:
         engine.approvals.instrument(self.metrics)
         engine.external_events.metrics = self.metrics
         engine.schedule_loop.instrument(self.metrics)
+        engine.webhooks.retention.on_deleted = self.metrics.retention_deleted
         hub = engine.watch.hub
         self.metrics.track_watchers(lambda: hub.run_watchers + hub.org_watchers)
         dispatcher = engine.webhooks.dispatcher

@@ -575,10 +575,26 @@ class Settings:
         "as old, are deleted in the background; 0 keeps everything.",
         168.0,
     )
+    run_retention_days: float = _setting(
+        "PODIUM_RUN_RETENTION_DAYS",
+        _parse_float(0),
+        "Top-level runs that ended longer ago than this are deleted in the background "
+        "with their child runs, steps, attempts, events, conversations and deliverables "
+        "(a tree with a run not ended is kept whole); 0 keeps every run. Fractions are "
+        "allowed. Archive first with `podium runs export`.",
+        0.0,
+    )
+    run_retention_batch_size: int = _setting(
+        "PODIUM_RUN_RETENTION_BATCH_SIZE",
+        _parse_int(1, 10_000),
+        "Top-level runs one run-retention transaction scans and deletes at most.",
+        100,
+    )
     retention_interval_seconds: float = _setting(
         "PODIUM_RETENTION_INTERVAL_SECONDS",
         _parse_float(1),
-        "How often each replica runs the retention pass.",
+        "How often each replica runs the retention pass (runs, events, webhook "
+        "deliveries; one replica at a time).",
         600.0,
     )
     external_event_retention_seconds: float = _setting(

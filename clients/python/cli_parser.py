@@ -349,6 +349,19 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
         default="output",
         help="which payload (default: output; metadata and plan of runs only)",
     )
+    p = _add(
+        runs,
+        "export",
+        "print a run's whole history as JSON lines (to archive it before run retention): "
+        '{"run": ...}, then {"event": ...} per event, {"deliverable": ...} per deliverable, '
+        "then the same for each child run",
+        ("podium runs export RUN_ID > run.jsonl",),
+        c,
+    )
+    p.add_argument("run_id")
+    p.add_argument(
+        "--no-data", action="store_true", help="leave out the bytes of inline deliverables"
+    )
     for action in runs.choices.values():
         action.set_defaults(func=bind("runs"))
 

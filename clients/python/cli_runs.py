@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from podium.client.cli_output import (
     EXIT_OK,
+    EXIT_REFUSED,
     EXIT_RUN_FAILED,
     EXIT_USAGE,
     CliError,
@@ -144,6 +145,51 @@ async def _list(client: PodiumClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+EXPORT_MAX_RUNS = 10_000
+"""Runs one ``runs export`` writes at most (a tree larger than this is refused)."""
+
+
+async def export(
+    client: PodiumClient, run_id: str, *, data: bool = True, output: str = "json"
+) -> int:
+    """``runs export``: the run, its events and deliverables as JSON lines (YAML
+    documents with ``-o yaml``), then the same for each child run (depth first, in step
+    order). Returns the runs written."""
+    fmt = "yaml" if output == "yaml" else "json"
+    pending = [run_id]
+    seen: set[str] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        if len(seen) >= EXPORT_MAX_RUNS:
+            raise CliError(f"more than {EXPORT_MAX_RUNS} runs under {run_id}", EXIT_REFUSED)
+        seen.add(current)
+        run = await client.get_run(current)
+        print_item("run", run, fmt)
+        after = 0
+        while True:
+            events = await client.list_run_events(current, after_sequence=after, page_size=1000)
+            for event in events.items:
+                print_item("event", event, fmt)
+            after = events.next_after_sequence
+            if not after:
+                break
+        token = ""
+        while True:
+            page = await client.list_deliverables(
+                current, include_data=data, page_size=100, page_token=token
+            )
+            for deliverable in page.items:
+                print_item("deliverable", deliverable, fmt)
+            token = page.next_page_token
+            if not token:
+                break
+        children = [s.child_run_id for s in run.steps if s.child_run_id]
+        pending.extend(reversed(children))
+    return len(seen)
+
+
 async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
     if args.action == "start":
         if bool(args.file) == bool(args.definition):
@@ -200,6 +246,8 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
     elif args.action == "payload":
         value = await client.get_run_payload(args.run_id, args.field, step_id=args.step)
         print_data(value, args.output)
+    elif args.action == "export":
+        await export(client, args.run_id, data=not args.no_data, output=args.output)
     elif args.action == "events":
         if args.follow:
             async for event in client.watch_run(args.run_id, after_sequence=args.after):

@@ -31,6 +31,7 @@ from podium.server.events.retention import EventRetention, RetentionConfig
 from podium.server.events.ssrf import WebhookRefused, check_webhook_url_async
 from podium.server.events.webhooks import DispatcherConfig, WebhookDispatcher, WebhookSigner
 from podium.server.storage.database import Database
+from podium.server.storage.retention import RunRetentionRepository
 from podium.server.storage.webhooks import DeliveryRow, WebhooksRepository
 
 __all__ = ["WebhookService", "delivery_to_proto"]
@@ -110,7 +111,10 @@ class WebhookService:
             RetentionConfig(
                 retention_hours=settings.event_retention_hours,
                 interval_seconds=settings.retention_interval_seconds,
+                run_retention_days=settings.run_retention_days,
+                run_batch_size=settings.run_retention_batch_size,
             ),
+            RunRetentionRepository(db),
         )
 
     @property

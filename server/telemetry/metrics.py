@@ -210,6 +210,17 @@ class Metrics:
         # -- webhooks
         self._webhook_deliveries = _WebhookDeliveries()
         r.register(self._webhook_deliveries)
+        # -- retention
+        self.retention_deleted_total = Counter(
+            "orchestration_retention_deleted_total",
+            "Rows deleted by this replica's retention passes, by kind: runs (child runs "
+            "included; their steps, attempts, events... go with them), events, "
+            "webhook_deliveries.",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("runs", "events", "webhook_deliveries"):
+            self.retention_deleted_total.labels(kind=kind)
         # -- gRPC server (names of go-grpc-prometheus)
         self.grpc_server_handled_total = Counter(
             "grpc_server_handled_total",
@@ -287,6 +298,11 @@ class Metrics:
         """Add the totals ``read`` returns (by outcome, monotonic) at each scrape: the
         dispatcher keeps its own counters, so it needs no reference to this object."""
         self._webhook_deliveries.read = read
+
+    def retention_deleted(self, kind: str, count: int) -> None:
+        """A retention batch deleted ``count`` rows of ``kind`` (runs, events,
+        webhook_deliveries)."""
+        self.retention_deleted_total.labels(kind=kind).inc(count)
 
     def cache_hit(self) -> None:
         """Count a step answered from the step-output cache."""

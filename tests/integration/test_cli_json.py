@@ -75,12 +75,13 @@ def check_shape(data: Any, where: str, *, in_struct: bool = False) -> None:
 
 def parse(stdout: str, *, stream: bool) -> list[Any]:
     """The documents of a command's output: one, or one per line of a stream (each an
-    object with a single key, event or run)."""
+    object with a single key: event, run, or deliverable from runs export)."""
     if not stream:
         return [json.loads(stdout)]
     items = [json.loads(line) for line in stdout.splitlines() if line]
     for item in items:
-        assert isinstance(item, dict) and len(item) == 1 and set(item) <= {"event", "run"}
+        assert isinstance(item, dict) and len(item) == 1
+        assert set(item) <= {"event", "run", "deliverable"}
     return items
 
 
@@ -141,6 +142,7 @@ async def test_every_json_command_has_the_one_shape(
         ("runs", "get"): ([gated[0]], False),
         ("runs", "events"): ([gated[0]], True),
         ("runs", "payload"): ([gated[0], "--field", "input"], False),
+        ("runs", "export"): ([summarized], True),
         ("runs", "list"): ([], False),
         ("runs", "cancel"): ([gated[3]], False),
         ("runs", "resume"): ([gated[3]], False),
