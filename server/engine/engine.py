@@ -100,6 +100,7 @@ class Engine:
             timers=external_events,
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
+        self.scheduler.executor.budget_gate = runs.budget_gate
         self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:

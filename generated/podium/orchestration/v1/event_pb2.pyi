@@ -83,6 +83,15 @@ class RunEvent(_message.Message):
         """event.received: an external event was delivered to a waiting step; `data` has
         `event_id`, `name` and `key`.
         """
+        TYPE_RUN_BUDGET_EXCEEDED: RunEvent._Type.ValueType  # 23
+        """run.budget_exceeded: the run's budget is exhausted; `data` has `budget_run_id`,
+        `used_tokens`, `used_cost_usd`, `max_tokens`, `max_cost_usd` and `on_exceed`
+        (`pause`: run.paused and a budget approval follow; `fail`: run.failed).
+        """
+        TYPE_RUN_BUDGET_RAISED: RunEvent._Type.ValueType  # 24
+        """run.budget_raised: a budget approval was approved with new limits; `data` has
+        `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is the lifecycle transition an event reports."""
@@ -137,6 +146,15 @@ class RunEvent(_message.Message):
     TYPE_EVENT_RECEIVED: RunEvent.Type.ValueType  # 22
     """event.received: an external event was delivered to a waiting step; `data` has
     `event_id`, `name` and `key`.
+    """
+    TYPE_RUN_BUDGET_EXCEEDED: RunEvent.Type.ValueType  # 23
+    """run.budget_exceeded: the run's budget is exhausted; `data` has `budget_run_id`,
+    `used_tokens`, `used_cost_usd`, `max_tokens`, `max_cost_usd` and `on_exceed`
+    (`pause`: run.paused and a budget approval follow; `fail`: run.failed).
+    """
+    TYPE_RUN_BUDGET_RAISED: RunEvent.Type.ValueType  # 24
+    """run.budget_raised: a budget approval was approved with new limits; `data` has
+    `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
     """
 
     RUN_ID_FIELD_NUMBER: _builtins.int
