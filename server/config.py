@@ -306,8 +306,7 @@ class Settings:
     quota_monthly_tokens: int = _setting(
         "PODIUM_QUOTA_MONTHLY_TOKENS",
         _parse_int(0),
-        "Tokens (input + output) an organization may use per UTC calendar month (0: no "
-        "quota).",
+        "Tokens (input + output) an organization may use per UTC calendar month (0: no quota).",
         0,
     )
     quota_daily_cost_usd: float = _setting(

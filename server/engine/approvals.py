@@ -313,9 +313,7 @@ def _budget_limits(
         tokens = request.budget_max_tokens
         if not 0 <= tokens <= MAX_TOKENS:
             violations.append(
-                FieldViolation(
-                    field="budget_max_tokens", description=f"must be 0 to {MAX_TOKENS}"
-                )
+                FieldViolation(field="budget_max_tokens", description=f"must be 0 to {MAX_TOKENS}")
             )
     if request.HasField("budget_max_cost_usd"):
         cost = request.budget_max_cost_usd

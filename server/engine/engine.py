@@ -19,6 +19,7 @@ from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.triggers import EventTriggers
+from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
@@ -31,6 +32,7 @@ from podium.server.storage.events import EventsRepository
 from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import RunsRepository
 from podium.server.storage.schedules import SchedulesRepository
+from podium.server.storage.usage import UsageRepository
 
 log = logging.getLogger("podium.engine")
 
@@ -101,6 +103,8 @@ class Engine:
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
+        self.usage = UsageService(UsageRepository(db), settings)
+        self.runs.usage = self.usage
         self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:

@@ -7,7 +7,8 @@ conversation id), in-flight and maximum simultaneous handlers, cancellations.
 ========================  ==============  ===================================================
 factory                   skill           behaviour
 ========================  ==============  ===================================================
-:func:`echo_agent`        ``echo``        ``{"echo": input}``, after ``input.delay`` seconds
+:func:`echo_agent`        ``echo``        ``{"echo": input}``, after ``input.delay`` seconds;
+                                          reports ``input.usage`` as its usage
 :func:`summarize_agent`   ``summarize``   first words + word count of ``input.text``
 :func:`sleeper_agent`     ``sleep``       sleeps ``input.seconds`` (default 1), cancellable
 :func:`flaky_agent`       ``flaky``       fails the first N attempts of each step run
@@ -262,12 +263,25 @@ def _texts(value: Any) -> list[str]:
 
 
 def echo_agent(name: str = "echo", *, max_concurrency: int | None = None) -> ExampleAgent:
-    """Returns ``{"echo": input}``, after sleeping ``input.delay`` seconds when given."""
+    """Returns ``{"echo": input}``, after sleeping ``input.delay`` seconds when given.
+    ``input.usage`` (``{"input_tokens", "output_tokens", "cost_usd", "model"}``, each
+    optional) is reported as the task's usage (tests of accounting and budgets)."""
 
     async def echo(task: Task) -> dict[str, Any]:
         delay = _seconds(task, "delay", 0.0)
         if delay:
             await asyncio.sleep(delay)
+        usage = task.input.get("usage")
+        if isinstance(usage, dict):
+            try:
+                task.usage(
+                    model=str(usage.get("model", "echo-model")),
+                    input_tokens=int(usage.get("input_tokens", 0)),
+                    output_tokens=int(usage.get("output_tokens", 0)),
+                    cost_usd=float(usage.get("cost_usd", 0.0)),
+                )
+            except (TypeError, ValueError) as exc:
+                raise _invalid(f"input.usage: {exc}") from exc
         return {"echo": task.input}
 
     return ExampleAgent(
