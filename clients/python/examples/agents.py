@@ -69,6 +69,7 @@ __all__ = [
     "flaky_agent",
     "main",
     "noop_agent",
+    "report_usage",
     "search_agent",
     "serve_examples",
     "sleeper_agent",
@@ -259,6 +260,23 @@ def _texts(value: Any) -> list[str]:
     return texts
 
 
+def report_usage(task: Task) -> None:
+    """Report ``input.usage`` (``{"input_tokens", "output_tokens", "cost_usd", "model"}``,
+    each optional; model default ``echo-model``) as the task's usage, when given."""
+    usage = task.input.get("usage")
+    if not isinstance(usage, dict):
+        return
+    try:
+        task.usage(
+            model=str(usage.get("model", "echo-model")),
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            cost_usd=float(usage.get("cost_usd", 0.0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"input.usage: {exc}") from exc
+
+
 # -- The agents ------------------------------------------------------------------------
 
 
@@ -271,17 +289,7 @@ def echo_agent(name: str = "echo", *, max_concurrency: int | None = None) -> Exa
         delay = _seconds(task, "delay", 0.0)
         if delay:
             await asyncio.sleep(delay)
-        usage = task.input.get("usage")
-        if isinstance(usage, dict):
-            try:
-                task.usage(
-                    model=str(usage.get("model", "echo-model")),
-                    input_tokens=int(usage.get("input_tokens", 0)),
-                    output_tokens=int(usage.get("output_tokens", 0)),
-                    cost_usd=float(usage.get("cost_usd", 0.0)),
-                )
-            except (TypeError, ValueError) as exc:
-                raise _invalid(f"input.usage: {exc}") from exc
+        report_usage(task)
         return {"echo": task.input}
 
     return ExampleAgent(
@@ -395,6 +403,7 @@ class FlakyAgent(ExampleAgent):
         failures = task.input.get("failures", self.failures)
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
             raise _invalid("input.failures must be a non-negative integer")
+        report_usage(task)  # with the failure too: a failed model call costs as well
         if attempt <= failures:
             fatal = task.input.get("fatal") is True
             raise TaskFailed(
@@ -417,6 +426,7 @@ def flaky_agent(name: str = "flaky", failures: int = 2) -> FlakyAgent:
     Attempts are counted per ``(run_id, step_id)``; the attempt number is the larger of
     that count and the request's ``attempt``. Failures are ``TaskFailed("FLAKY", ...)``,
     retryable unless ``input.fatal`` is true; ``input.failures`` overrides ``failures``.
+    Every attempt reports ``input.usage`` like :func:`echo_agent`.
     """
     return FlakyAgent(name, failures)
 
