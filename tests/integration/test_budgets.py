@@ -6,6 +6,7 @@ steps in flight."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -184,7 +185,7 @@ async def test_parallel_steps_racing_the_limit_overspend_by_at_most_the_steps_in
         run = await get_run(stub, run_id)
         if not any(s.state == StepRun.STATE_RUNNING for s in run.steps):
             break
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     calls = example_agents["echo"].stats.calls
     succeeded = [s for s in run.steps if s.state == StepRun.STATE_SUCCEEDED]
     assert 3 <= calls <= 5, calls
@@ -231,7 +232,7 @@ async def test_child_runs_draw_on_the_parent_budget_and_count_in_its_total(
     for _ in range(100):
         if await child_id():
             break
-        await __import__("asyncio").sleep(0.1)
+        await asyncio.sleep(0.1)
     child = await wait_for_run(stub, await child_id(), [Run.STATE_PAUSED])
     assert child.budget.budget_run_id == parent_id
     assert child.budget.used_tokens == 30 and child.budget.exceeded
