@@ -67,7 +67,9 @@ class RunEvent(_message.Message):
         TYPE_RUN_CANCELLED: RunEvent._Type.ValueType  # 16
         """run.cancelled: the run was cancelled. Terminal."""
         TYPE_RUN_PAUSED: RunEvent._Type.ValueType  # 17
-        """run.paused: every remaining step waits on a human."""
+        """run.paused: every remaining step waits on a human, or the run's budget is reached
+        (`data.budget_approval_id`).
+        """
         TYPE_STEP_CANCELLED: RunEvent._Type.ValueType  # 18
         """step.cancelled: the step was cancelled with its run."""
         TYPE_RUN_RESUMED: RunEvent._Type.ValueType  # 19
@@ -131,7 +133,9 @@ class RunEvent(_message.Message):
     TYPE_RUN_CANCELLED: RunEvent.Type.ValueType  # 16
     """run.cancelled: the run was cancelled. Terminal."""
     TYPE_RUN_PAUSED: RunEvent.Type.ValueType  # 17
-    """run.paused: every remaining step waits on a human."""
+    """run.paused: every remaining step waits on a human, or the run's budget is reached
+    (`data.budget_approval_id`).
+    """
     TYPE_STEP_CANCELLED: RunEvent.Type.ValueType  # 18
     """step.cancelled: the step was cancelled with its run."""
     TYPE_RUN_RESUMED: RunEvent.Type.ValueType  # 19

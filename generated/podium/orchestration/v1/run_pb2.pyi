@@ -42,7 +42,9 @@ class Run(_message.Message):
         STATE_RUNNING: Run._State.ValueType  # 2
         """Steps are executing or queued."""
         STATE_PAUSED: Run._State.ValueType  # 3
-        """A human decision holds every remaining step."""
+        """A human decision holds every remaining step, or the run's budget is reached (a
+        pending approval of kind BUDGET holds the whole run).
+        """
         STATE_SUCCEEDED: Run._State.ValueType  # 4
         """Every step ended and none failed the run. Terminal."""
         STATE_FAILED: Run._State.ValueType  # 5
@@ -60,7 +62,9 @@ class Run(_message.Message):
     STATE_RUNNING: Run.State.ValueType  # 2
     """Steps are executing or queued."""
     STATE_PAUSED: Run.State.ValueType  # 3
-    """A human decision holds every remaining step."""
+    """A human decision holds every remaining step, or the run's budget is reached (a
+    pending approval of kind BUDGET holds the whole run).
+    """
     STATE_SUCCEEDED: Run.State.ValueType  # 4
     """Every step ended and none failed the run. Terminal."""
     STATE_FAILED: Run.State.ValueType  # 5
