@@ -13,7 +13,8 @@
 CREATE OR REPLACE FUNCTION podium_complete_step(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
-    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_model text
+    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
+    p_model text DEFAULT ''
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -35,7 +36,8 @@ $$;
 CREATE OR REPLACE FUNCTION podium_record_outcome(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
-    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_model text,
+    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
+    p_model text DEFAULT '',
     OUT run_state text, OUT queued integer, OUT retry boolean
 )
 LANGUAGE plpgsql AS $$
@@ -61,7 +63,7 @@ BEGIN
             -- The attempt's usage (a parked or skipped step: rare), fenced like the rest.
             UPDATE step_attempts a
                SET input_tokens = p_input_tokens, output_tokens = p_output_tokens,
-                   cost_usd = p_cost_usd, model = p_model
+                   cost_usd = p_cost_usd, model = coalesce(p_model, '')
               FROM orchestration_steps s
              WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
                AND s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
@@ -92,7 +94,7 @@ BEGIN
     END IF;
     UPDATE step_attempts
        SET ended_at = now(), error = p_error, input_tokens = p_input_tokens,
-           output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = p_model
+           output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = coalesce(p_model, '')
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
 
     IF v_state = 'failed' THEN
@@ -217,7 +219,8 @@ CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
     p_input_tokens bigint[], p_output_tokens bigint[], p_costs numeric[],
-    p_owner text, p_claim_limit integer, p_lease_seconds double precision, p_models text[]
+    p_owner text, p_claim_limit integer, p_lease_seconds double precision,
+    p_models text[] DEFAULT NULL
 )
 RETURNS TABLE (
     states text[], wake boolean,

@@ -195,8 +195,8 @@ $$;
 -- it runs; checkpoint_before) or a replacement output (checkpoint_after).
 CREATE OR REPLACE FUNCTION podium_decide_approval(
     p_org text, p_approval uuid, p_decision text, p_actor text, p_comment text,
-    p_request_id text, p_state text, p_input jsonb, p_budget_max_tokens bigint,
-    p_budget_max_cost_usd numeric
+    p_request_id text, p_state text, p_input jsonb, p_budget_max_tokens bigint DEFAULT NULL,
+    p_budget_max_cost_usd numeric DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
