@@ -25,6 +25,7 @@ from tests.integration.runs_helpers import (
     create_definition,
     event_type,
     get_run,
+    plain,
     start_run,
     step_of,
     wait_for_run,
@@ -296,3 +297,85 @@ async def test_budget_validation_and_decision_fields(podium: Connect) -> None:
         )
     )
     assert set(violations(error)) == {"budget_max_cost_usd"}
+
+
+async def test_a_sibling_completion_pauses_the_parent_once_a_child_used_the_budget(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """A parent (budget 15 tokens) runs a child (x -> y -> z, 10 tokens each) beside a slow
+    step `wait` (3 s, no usage) that `late` depends on. The child reaches the shared
+    budget after y and pauses; when `wait` completes, the parent sees the shared budget
+    reached and pauses on its own budget approval before `late` starts. Raising the
+    budget there and approving the child's approval (no new limit needed: the budget is
+    shared) lets both finish."""
+    _, stub = await podium()
+    await create_definition(stub, "gate-kid", [echo("x"), echo("y", "x"), echo("z", "y")])
+    await create_definition(
+        stub,
+        "gate-parent",
+        [
+            {"id": "sub", "orchestration": {"name": "gate-kid"}},
+            {"id": "wait", "agent": "echo", "input": {"delay": 3}},
+            echo("late", "wait"),
+        ],
+        execution={"concurrency": {"max_parallel": 2}, **budget(max_tokens=15)},
+    )
+    parent_id = (await start_run(stub, "gate-parent")).run.id
+    parent = await wait_for_run(stub, parent_id, [Run.STATE_PAUSED])
+    late = step_of(parent, "late")
+    assert late.state == StepRun.STATE_QUEUED and not late.attempts
+    assert parent.budget.exceeded and parent.budget.used_tokens == 20
+    assert tokens(parent.usage) == 0 and tokens(parent.total_usage) == 20
+    seen = [t.step_id for t in example_agents["echo"].stats.tasks]
+    assert sorted(seen) == ["wait", "x", "y"]
+    child = await get_run(stub, step_of(parent, "sub").child_run_id)
+    assert child.state == Run.STATE_PAUSED and child.budget.approval_id
+
+    await stub.DecideApproval(
+        pb.DecideApprovalRequest(
+            approval_id=parent.budget.approval_id,
+            decision=approval_pb2.DECISION_APPROVE,
+            budget_max_tokens=1000,
+        )
+    )
+    await stub.DecideApproval(
+        pb.DecideApprovalRequest(
+            approval_id=child.budget.approval_id, decision=approval_pb2.DECISION_APPROVE
+        )
+    )
+    parent = await wait_for_run(stub, parent_id)
+    assert parent.state == Run.STATE_SUCCEEDED, parent.error
+    assert tokens(parent.total_usage) == 40 and parent.budget.max_tokens == 1000
+    assert len(step_of(parent, "late").attempts) == 1
+
+
+async def test_a_claimed_step_of_a_run_over_budget_is_given_back_before_dispatch(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """A run failed by its budget (on_exceed FAIL) and resumed: its remaining step is
+    claimed (no completion of the run happened since), and the dispatch check gives
+    it back without calling the agent (step.queued, reason budget) and fails the run
+    again with BUDGET_EXCEEDED."""
+    _, stub = await podium()
+    await create_definition(
+        stub,
+        "resumed",
+        [echo("a"), echo("b", "a"), echo("c", "b")],
+        execution=budget(max_tokens=15, on_exceed="ON_EXCEED_FAIL"),
+    )
+    run_id = (await start_run(stub, "resumed")).run.id
+    run = await wait_for_run(stub, run_id)
+    assert run.state == Run.STATE_FAILED and run.error.code == "BUDGET_EXCEEDED"
+    await stub.ResumeRun(pb.ResumeRunRequest(run_id=run_id))
+    run = await wait_for_run(stub, run_id)
+    assert run.state == Run.STATE_FAILED and run.error.code == "BUDGET_EXCEEDED", run.error
+    assert run.run_attempt == 2
+    assert not step_of(run, "c").attempts
+    assert sorted(t.step_id for t in example_agents["echo"].stats.tasks) == ["a", "b"]
+    events = await all_events(stub, run_id)
+    assert any(
+        event_type(e) == "step.queued"
+        and e.step_id == "c"
+        and plain(e.data).get("reason") == "budget"
+        for e in events
+    )

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -28,6 +28,11 @@ from tests.integration.rpc import rpc_error, violations
 from tests.integration.runs_helpers import create_definition, start_run, step_of, wait_for_run
 from tests.integration.test_observability import delta, scrape
 
+if TYPE_CHECKING:
+    from podium.orchestration.v1.orchestration_service_pb2_grpc import (
+        OrchestrationServiceAsyncStub,
+    )
+
 Run = run_pb2.Run
 Dimension = pb.GetUsageRequest.Dimension
 
@@ -44,14 +49,14 @@ def usage(tokens_in: int, tokens_out: int, cost: float, model: str) -> dict[str,
 @pytest.fixture
 async def stub_server(
     start_server: StartServer, example_agents: ExampleAgents
-) -> AsyncIterator[tuple[Any, pb_grpc.OrchestrationServiceStub]]:
+) -> AsyncIterator[tuple[Any, OrchestrationServiceAsyncStub]]:
     server = await start_server(agents=static_agents(example_agents), metrics_address="127.0.0.1:0")
     async with grpc.aio.insecure_channel(server.address) as channel:
         yield server, pb_grpc.OrchestrationServiceStub(channel)
 
 
 async def test_usage_sums_steps_retries_cache_hits_and_child_runs(
-    stub_server: tuple[Any, pb_grpc.OrchestrationServiceStub],
+    stub_server: tuple[Any, OrchestrationServiceAsyncStub],
 ) -> None:
     """A run with a flaky step (3 attempts, each reporting 5+5 tokens: all counted), a
     cached echo step (12+8 tokens, 0.02 USD) and a sub-orchestration whose child reports
@@ -149,11 +154,12 @@ async def test_usage_sums_steps_retries_cache_hits_and_child_runs(
 
 
 async def test_get_usage_refuses_bad_requests(
-    stub_server: tuple[Any, pb_grpc.OrchestrationServiceStub],
+    stub_server: tuple[Any, OrchestrationServiceAsyncStub],
 ) -> None:
     _, stub = stub_server
     bad = pb.GetUsageRequest(
-        group_by=[Dimension.DIMENSION_DAY, Dimension.DIMENSION_DAY, 9], agent="x" * 300
+        group_by=[Dimension.DIMENSION_DAY, Dimension.DIMENSION_DAY, Dimension.ValueType(9)],
+        agent="x" * 300,
     )
     bad.start_time.FromDatetime(datetime.now(UTC))
     bad.end_time.FromDatetime(datetime.now(UTC) - timedelta(days=1))
@@ -234,7 +240,7 @@ async def test_daily_quota_refuses_start_run_across_two_server_processes(
             request_id = str(uuid.uuid4())
             error = await rpc_error(start_run(stub_two, "quota", request_id=request_id))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
-            status = rpc_status.from_call(error)
+            status = rpc_status.from_call(error)  # type: ignore[arg-type]
             assert status is not None
             quota = _quota_failure(status)
             assert [v.subject for v in quota.violations] == ["organization:default"]
@@ -248,7 +254,7 @@ async def test_daily_quota_refuses_start_run_across_two_server_processes(
 
 def _quota_failure(status: status_pb2.Status) -> error_details_pb2.QuotaFailure:
     for detail in status.details:
-        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):  # type: ignore[arg-type]
             quota = error_details_pb2.QuotaFailure()
             detail.Unpack(quota)
             return quota
