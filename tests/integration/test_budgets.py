@@ -21,6 +21,9 @@ from tests.integration.client_helpers import podium_json, podium_plain
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.rpc import rpc_error, violations
 from tests.integration.runs_helpers import (
+    TERMINAL_RUN_STATES as TERMINAL,
+)
+from tests.integration.runs_helpers import (
     all_events,
     create_definition,
     event_type,
@@ -379,3 +382,30 @@ async def test_a_claimed_step_of_a_run_over_budget_is_given_back_before_dispatch
         and plain(e.data).get("reason") == "budget"
         for e in events
     )
+
+
+async def test_steps_in_flight_finish_and_may_end_a_paused_run(
+    podium: Connect, example_agents: ExampleAgents
+) -> None:
+    """Two independent steps, budget 5 tokens: the fast one reaches the budget and the run
+    pauses while the slow one is in flight; that one finishes (its usage counts: the
+    over-spend is the steps in flight) and, being the last step, ends the run, whose
+    budget approval is then cancelled."""
+    _, stub = await podium()
+    await create_definition(
+        stub,
+        "in-flight",
+        [echo("fast"), echo("slow", delay=1.5)],
+        execution={"concurrency": {"max_parallel": 2}, **budget(max_tokens=5)},
+    )
+    run_id = (await start_run(stub, "in-flight")).run.id
+    paused = await wait_for_run(stub, run_id, [Run.STATE_PAUSED, *TERMINAL])
+    assert paused.state == Run.STATE_PAUSED
+    assert step_of(paused, "slow").state == StepRun.STATE_RUNNING
+    approval_id = paused.budget.approval_id
+    run = await wait_for_run(stub, run_id)
+    assert run.state == Run.STATE_SUCCEEDED
+    assert tokens(run.usage) == 20 and run.budget.exceeded and not run.budget.approval_id
+    approval = (await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval_id))).approval
+    assert approval.state == Approval.STATE_CANCELLED
+    assert example_agents["echo"].stats.calls == 2

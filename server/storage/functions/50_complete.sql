@@ -185,9 +185,14 @@ BEGIN
             v_run_state := 'paused';
         END IF;
     END IF;
-    -- A run with a budget (65_budgets.sql): pause or fail it once the budget is reached.
+    -- A run with a budget (65_budgets.sql): pause or fail it once the budget is reached;
+    -- a run paused by its budget whose steps in flight were its last ones ends: its
+    -- budget approval has nothing left to hold.
     IF v_budget IS NOT NULL AND v_run_state = 'running' THEN
         v_run_state := podium_budget_check(p_run, p_step, v_budget, v_run_state);
+    ELSIF v_budget IS NOT NULL AND v_done THEN
+        UPDATE human_approvals SET state = 'cancelled'
+         WHERE run_id = p_run AND state = 'pending' AND kind = 'budget';
     END IF;
     PERFORM pg_notify('podium_events', p_run::text);
     run_state := v_run_state;
