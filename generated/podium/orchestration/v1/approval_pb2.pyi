@@ -59,7 +59,9 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class Approval(_message.Message):
-    """Approval is a human decision a step waits for (checkpoint or failure review)."""
+    """Approval is a human decision a step waits for (checkpoint or failure review), or a
+    run paused by its budget waits for (kind BUDGET).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
