@@ -412,6 +412,31 @@ class Settings:
         _parse_http_url,
         "Webhook receiving every run's lifecycle events.",
     )
+    quota_daily_tokens: int = _setting(
+        "PODIUM_QUOTA_DAILY_TOKENS",
+        _parse_int(0),
+        "Tokens (input + output) an organization may use per UTC day; once reached, "
+        "StartRun is refused with RESOURCE_EXHAUSTED (0: no quota).",
+        0,
+    )
+    quota_monthly_tokens: int = _setting(
+        "PODIUM_QUOTA_MONTHLY_TOKENS",
+        _parse_int(0),
+        "Tokens (input + output) an organization may use per UTC calendar month (0: no quota).",
+        0,
+    )
+    quota_daily_cost_usd: float = _setting(
+        "PODIUM_QUOTA_DAILY_COST_USD",
+        _parse_float(0),
+        "Cost in US dollars an organization may use per UTC day (0: no quota).",
+        0.0,
+    )
+    quota_monthly_cost_usd: float = _setting(
+        "PODIUM_QUOTA_MONTHLY_COST_USD",
+        _parse_float(0),
+        "Cost in US dollars an organization may use per UTC calendar month (0: no quota).",
+        0.0,
+    )
     cache_max_definitions: int = _setting(
         "ORCHESTRATION_CACHE_MAX_DEFINITIONS",
         _parse_int(0),

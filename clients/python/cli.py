@@ -57,6 +57,7 @@ from podium.client.cli_output import (
 from podium.client.cli_parser import add_remote_commands, common_options
 from podium.client.cli_runs import cmd_runs
 from podium.client.cli_schedules import cmd_schedules
+from podium.client.cli_usage import cmd_usage
 from podium.client.client import DEFAULT_ADDRESS, PodiumClient
 from podium.client.common import DEFAULT_CONSOLE_ADDRESS
 from podium.client.errors import PodiumError
@@ -73,6 +74,7 @@ COMMANDS: dict[str, Command] = {
     "cache": cmd_cache,
     "events": cmd_events,
     "schedules": cmd_schedules,
+    "usage": cmd_usage,
 }
 """The function running each group of remote commands."""
 

@@ -153,6 +153,8 @@ async def cmd_approvals(client: PodiumClient, args: argparse.Namespace) -> int:
         actor=args.actor,
         input=json_arg(args.input, "--input"),
         request_id=args.request_id,
+        budget_max_tokens=args.budget_tokens,
+        budget_max_cost_usd=args.budget_cost,
     )
     print_approval(approval, args.output)
     return EXIT_OK

@@ -168,6 +168,43 @@ def event_kind(event: event_pb2.RunEvent) -> str:
     return kind.replace("_", ".", 1)
 
 
+def _tokens(usage: run_pb2.RunUsage) -> str:
+    return (
+        f"{usage.input_tokens + usage.output_tokens} tokens "
+        f"({usage.input_tokens} in, {usage.output_tokens} out), {usage.cost_usd:.6f} USD"
+    )
+
+
+def usage_lines(run: run_pb2.Run) -> list[str]:
+    """The usage (with child runs), what the cache saved, and the budget of a run."""
+    total = run.total_usage if run.HasField("total_usage") else run.usage
+    lines = [f"usage: {_tokens(total)}"]
+    saved = run.saved_usage
+    if saved.input_tokens or saved.output_tokens or saved.cost_usd:
+        lines.append(f"saved by the cache: {_tokens(saved)}")
+    if run.HasField("budget"):
+        b = run.budget
+        limits = ", ".join(
+            part
+            for part in (
+                f"max {b.max_tokens} tokens" if b.max_tokens else "",
+                f"max {b.max_cost_usd:g} USD" if b.max_cost_usd else "",
+            )
+            if part
+        )
+        action = "pause" if b.on_exceed != 2 else "fail"
+        owner = "" if b.budget_run_id == run.id else f" of run {b.budget_run_id}"
+        state = "EXCEEDED" if b.exceeded else "ok"
+        line = (
+            f"budget{owner}: {b.used_tokens} tokens, {b.used_cost_usd:.6f} USD used; "
+            f"{limits or 'no limit'} (on exceed: {action}) {state}"
+        )
+        if b.approval_id:
+            line += f"; approve {b.approval_id} with --budget-tokens/--budget-cost to continue"
+        lines.append(line)
+    return lines
+
+
 def print_run(run: run_pb2.Run, output: str) -> None:
     """A run with its steps; in text also its rollback hints and related runs."""
     if output != "text":
@@ -191,6 +228,8 @@ def print_run(run: run_pb2.Run, output: str) -> None:
         )
     if run.error.code:
         print(f"error: {run.error.code}: {run.error.message}")
+    for line in usage_lines(run):
+        print(line)
     if run.rollback_hints:
         print("rollback hints (undo by hand, most recent first):")
         for hint in run.rollback_hints:

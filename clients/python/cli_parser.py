@@ -399,11 +399,25 @@ def _approvals(sub: Group, c: Parents, bind: Bind) -> None:
         help="idempotency key: the same decision repeated with it succeeds again instead of "
         "failing with APPROVAL_NOT_PENDING",
     )
+    decide.add_argument(
+        "--budget-tokens",
+        type=int,
+        help="a budget approval: the run budget's new max tokens (0: no limit)",
+    )
+    decide.add_argument(
+        "--budget-cost",
+        type=float,
+        metavar="USD",
+        help="a budget approval: the run budget's new max cost in US dollars (0: no limit)",
+    )
     _add(
         approvals,
         "approve",
         "approve a checkpoint",
-        ("podium approvals approve APPROVAL_ID --comment 'looks right'",),
+        (
+            "podium approvals approve APPROVAL_ID --comment 'looks right'",
+            "podium approvals approve APPROVAL_ID --budget-tokens 200000 --budget-cost 5",
+        ),
         [*c, decide],
     )
     _add(
@@ -524,6 +538,32 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--state", action="append", help="pending|delivered|dead")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=bind("webhooks"))
+
+    p = _add(
+        sub,
+        "usage",
+        "model usage of the organization (tokens, cost, cache savings), grouped",
+        (
+            "podium usage",
+            "podium usage --days 7 --by day --by agent",
+            "podium usage --definition research-brief --by model --json",
+        ),
+        c,
+    )
+    p.add_argument("--days", type=float, default=30, help="the last N days (default 30)")
+    p.add_argument("--since", help="start, ISO 8601 (e.g. 2026-12-01); overrides --days")
+    p.add_argument("--until", help="end (exclusive), ISO 8601 (default: now)")
+    p.add_argument("--definition", default="", help="only runs of this definition")
+    p.add_argument("--agent", default="", help="only this agent")
+    p.add_argument("--model", default="", help="only this model")
+    p.add_argument(
+        "--by",
+        action="append",
+        choices=("day", "definition", "agent", "model"),
+        help="group by (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="JSON output (same as -o json)")
+    p.set_defaults(func=bind("usage"))
 
     cache = sub.add_parser("cache", help="manage the step-output cache").add_subparsers(
         dest="action", required=True, metavar="ACTION"

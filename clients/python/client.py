@@ -31,7 +31,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -708,11 +708,15 @@ class PodiumClient(ScheduleMethods, PayloadMethods):
         actor: str = "",
         input: Mapping[str, Any] | None = None,
         request_id: str | None = None,
+        budget_max_tokens: int | None = None,
+        budget_max_cost_usd: float | None = None,
         timeout: float | None = None,
     ) -> approval_pb2.Approval:
         """Record a decision: ``approve``/``reject`` (checkpoints) or ``retry``/``skip``/
         ``fail`` (failure reviews), as a ``Decision`` value or name. ``input`` is extra
         step input (checkpoint before) or a replacement output (after).
+        ``budget_max_tokens`` / ``budget_max_cost_usd``: approving a budget approval, the
+        budget's new limits (None keeps a limit).
 
         ``request_id`` makes the call idempotent: the same decision repeated with the same
         ``request_id`` returns the decided approval (one is generated when omitted, so
@@ -730,8 +734,39 @@ class PodiumClient(ScheduleMethods, PayloadMethods):
             input=struct_or_none(input),
             request_id=request_id or str(uuid.uuid4()),
         )
+        if budget_max_tokens is not None:
+            request.budget_max_tokens = budget_max_tokens
+        if budget_max_cost_usd is not None:
+            request.budget_max_cost_usd = budget_max_cost_usd
         response = await self._unary(self._stub.DecideApproval, request, timeout)
         return response.approval  # type: ignore[no-any-return]
+
+    async def get_usage(
+        self,
+        *,
+        start_time: datetime | None = None,
+        end_time: datetime | None = None,
+        definition_name: str = "",
+        agent: str = "",
+        model: str = "",
+        group_by: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> list[pb.UsageRow]:
+        """The organization's model usage (GetUsage): attempts started in
+        [start_time, end_time) (default: the last 30 days), filtered, grouped by
+        ``group_by`` (``day``, ``definition``, ``agent``, ``model``)."""
+        request = pb.GetUsageRequest(
+            definition_name=definition_name,
+            agent=agent,
+            model=model,
+            group_by=[enum_value(pb.GetUsageRequest.Dimension, "DIMENSION_", g) for g in group_by],
+        )
+        if start_time is not None:
+            request.start_time.FromDatetime(start_time)
+        if end_time is not None:
+            request.end_time.FromDatetime(end_time)
+        response = await self._unary(self._stub.GetUsage, request, timeout)
+        return list(response.rows)
 
     async def approve(
         self,

@@ -181,6 +181,7 @@ class SyncPodiumClient:
     send_event = _Blocking(PodiumClient.send_event)
     list_approvals = _Blocking(PodiumClient.list_approvals)
     get_approval = _Blocking(PodiumClient.get_approval)
+    get_usage = _Blocking(PodiumClient.get_usage)
     decide_approval = _Blocking(PodiumClient.decide_approval)
     approve = _Blocking(PodiumClient.approve)
     reject = _Blocking(PodiumClient.reject)

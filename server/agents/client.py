@@ -226,12 +226,18 @@ def _usage(result: agent_pb2.TaskResult) -> TaskUsage | None:
     if not result.HasField("usage"):
         return None
     usage = result.usage
+    cost = usage.cost_usd
+    # What an agent reports feeds budgets and quotas: negative or non-finite values
+    # count as 0, and the model name is bounded.
     return TaskUsage(
-        model=usage.model,
-        input_tokens=usage.input_tokens,
-        output_tokens=usage.output_tokens,
-        cost_usd=usage.cost_usd,
+        model=usage.model[:_MAX_MODEL_CHARS],
+        input_tokens=max(0, usage.input_tokens),
+        output_tokens=max(0, usage.output_tokens),
+        cost_usd=cost if math.isfinite(cost) and cost > 0 else 0.0,
     )
+
+
+_MAX_MODEL_CHARS = 256
 
 
 # --------------------------------------------------------------------------- client

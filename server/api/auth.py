@@ -90,6 +90,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ValidateDefinition": _VIEWER | _AGENT,
     "GetRun": _VIEWER | _AGENT,
     "GetRunPayload": _VIEWER | _AGENT,
+    "GetUsage": _VIEWER,
     "ListRuns": _VIEWER | _AGENT,
     "WatchRun": _VIEWER | _AGENT,
     "WatchRuns": _VIEWER,

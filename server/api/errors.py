@@ -131,6 +131,19 @@ def to_status(error: errors.EngineError) -> status_pb2.Status:
         detail = any_pb2.Any()
         detail.Pack(bad)
         status.details.append(detail)
+    if isinstance(error, errors.ResourceExhausted) and error.quota_violations:
+        quota = error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=_cut(v.subject, MAX_ECHO_CHARS),
+                    description=_cut(v.description, MAX_DESCRIPTION_CHARS),
+                )
+                for v in error.quota_violations[:8]
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(quota)
+        status.details.append(detail)
     return status
 
 

@@ -326,6 +326,10 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         await self._engine().schedules.delete(self._org(context), request.schedule_id)
         return pb.DeleteScheduleResponse()
 
+    @unary
+    async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:
+        return await self._engine().usage.get_usage(self._org(context), request)
+
 
 def _unimplemented(method: str) -> Callable[..., Any]:
     async def handler(self: OrchestrationServicer, request: Any, context: Context) -> None:

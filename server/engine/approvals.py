@@ -15,11 +15,16 @@ failure_review         retry: one more attempt; skip: the step is skipped; fail:
 input_required         approve: ``input`` is the answer, sent to the A2A agent's task
                        (same task and context ids) by the next attempt; reject: the
                        step fails (and the run)
+budget                 approve (with ``budget_max_tokens`` / ``budget_max_cost_usd``):
+                       the budget's limits are raised and the run goes on (refused
+                       while the budget would stay exhausted); reject: the run fails
+                       with BUDGET_EXCEEDED (``functions/65_budgets.sql``)
 =====================  ==========================================================
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -40,6 +45,7 @@ from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import MAX_REQUEST_ID_LENGTH, parse_run_id, struct_violations
 from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES, fit_approval
 from podium.server.engine.storage_errors import storage_errors
+from podium.server.engine.validation_policies import MAX_COST_USD, MAX_TOKENS
 from podium.server.storage.approvals import ApprovalRow, ApprovalsRepository
 from podium.server.telemetry.metrics import Metrics
 
@@ -53,6 +59,7 @@ _KINDS = {
     "checkpoint_after": approval_pb2.Approval.KIND_CHECKPOINT_AFTER,
     "failure_review": approval_pb2.Approval.KIND_FAILURE_REVIEW,
     "input_required": approval_pb2.Approval.KIND_INPUT_REQUIRED,
+    "budget": approval_pb2.Approval.KIND_BUDGET,
 }
 _STATES = {
     "pending": approval_pb2.Approval.STATE_PENDING,
@@ -205,9 +212,23 @@ class ApprovalService:
                     FieldViolation(field=name, description=f"at most {limit} characters")
                 )
         extra = _extra_input(request.input, violations)
+        budget_tokens, budget_cost = _budget_limits(request, violations)
         if violations:
             raise InvalidArgument("DecideApproval request is invalid", violations=violations)
         assert aid is not None and decision is not None
+        if budget_tokens is not None or budget_cost is not None:
+            async with storage_errors():
+                found = await self._repository.get(organization_id, aid)
+            if found is not None and found.kind != "budget":
+                raise InvalidArgument(
+                    f"approval {request.approval_id} is a {found.kind} approval: only a "
+                    "budget approval takes new budget limits",
+                    violations=[
+                        FieldViolation(field=name, description="only for a budget approval")
+                        for name in ("budget_max_tokens", "budget_max_cost_usd")
+                        if request.HasField(name)
+                    ],
+                )
         async with storage_errors():
             status = await self._repository.decide(
                 organization_id,
@@ -217,6 +238,8 @@ class ApprovalService:
                 comment=request.comment,
                 request_id=request.request_id or None,
                 input=extra,
+                budget_max_tokens=budget_tokens,
+                budget_max_cost_usd=budget_cost,
             )
             row = await self._repository.get(organization_id, aid)
         meta = {"approval_id": request.approval_id}
@@ -252,6 +275,14 @@ class ApprovalService:
                 reason="NOT_AN_APPROVER",
                 metadata=meta,
             )
+        if status == "budget_exceeded":
+            raise FailedPrecondition(
+                f"approving {request.approval_id} leaves the budget exhausted: give a "
+                "budget_max_tokens / budget_max_cost_usd above the usage "
+                f"({_usage_text(row.subject)}), or reject it",
+                reason="BUDGET_STILL_EXCEEDED",
+                metadata=meta,
+            )
         if status == "ok":
             await self._count_run_end(row.run_id)
         return approval_to_proto(row, self.max_response_bytes)
@@ -285,3 +316,33 @@ def _extra_input(
         return None
     value: dict[str, Any] = normalize_numbers(json_format.MessageToDict(struct))
     return value
+
+
+def _budget_limits(
+    request: pb.DecideApprovalRequest, violations: list[FieldViolation]
+) -> tuple[int | None, float | None]:
+    """The new limits of a budget approval (None: not given), checked."""
+    tokens: int | None = None
+    cost: float | None = None
+    if request.HasField("budget_max_tokens"):
+        tokens = request.budget_max_tokens
+        if not 0 <= tokens <= MAX_TOKENS:
+            violations.append(
+                FieldViolation(field="budget_max_tokens", description=f"must be 0 to {MAX_TOKENS}")
+            )
+    if request.HasField("budget_max_cost_usd"):
+        cost = request.budget_max_cost_usd
+        if not (math.isfinite(cost) and 0 <= cost <= MAX_COST_USD):
+            violations.append(
+                FieldViolation(
+                    field="budget_max_cost_usd",
+                    description=f"must be a finite number from 0 to {MAX_COST_USD:g}",
+                )
+            )
+    return tokens, cost
+
+
+def _usage_text(subject: Any) -> str:
+    if not isinstance(subject, dict):
+        return "unknown"
+    return f"{subject.get('used_tokens', 0)} tokens, {subject.get('used_cost_usd', 0)} USD"

@@ -22,6 +22,7 @@ from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.sizes import response_budget
 from podium.server.engine.triggers import EventTriggers
+from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
 from podium.server.engine.webhooks import WebhookService
 from podium.server.events.hub import EventHub
@@ -35,6 +36,7 @@ from podium.server.storage.events import EventsRepository
 from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import RunsRepository
 from podium.server.storage.schedules import SchedulesRepository
+from podium.server.storage.usage import UsageRepository
 
 log = logging.getLogger("podium.engine")
 
@@ -116,6 +118,9 @@ class Engine:
             timers=external_events,
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
+        self.scheduler.executor.budget_gate = runs.budget_gate
+        self.usage = UsageService(UsageRepository(db), settings)
+        self.runs.usage = self.usage
         self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from google.rpc.error_details_pb2 import BadRequest
+from google.rpc.error_details_pb2 import BadRequest, QuotaFailure
 
 FieldViolation = BadRequest.FieldViolation
 """One problem with one request field: ``field`` is a proto field path such as
@@ -67,9 +67,11 @@ class PermissionDenied(EngineError):
 
 @dataclass
 class ResourceExhausted(EngineError):
-    """A limit was reached."""
+    """A limit was reached; ``quota_violations`` (sent as ``google.rpc.QuotaFailure``)
+    names each quota reached."""
 
     reason: str = "RESOURCE_EXHAUSTED"
+    quota_violations: Sequence[QuotaFailure.Violation] = ()
 
 
 @dataclass

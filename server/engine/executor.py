@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from podium.agent.v1 import agent_pb2
@@ -82,6 +82,10 @@ class StepExecutor:
         self.fanout: FanOut | None = None
         """Starts the items of ``for_each`` steps (``engine/fanout.py``); set by the
         engine."""
+        self.budget_gate: Callable[[ClaimedStep], Awaitable[str]] | None = None
+        """Checks the budget of a ``budgeted`` step's run before dispatch
+        (``RunsRepository.budget_gate``: ``ok``, ``paused``, ``failed``, ``stale``); set
+        by the engine."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -131,6 +135,16 @@ class StepExecutor:
                 return decided
         if self.timers is not None and is_timer_step(step):
             return await self.timers.execute(step)  # sleep, wait_for_event: no agent
+        if spec.budgeted and self.budget_gate is not None:
+            # A run over its budget starts nothing more: the attempt is given back and
+            # the run paused or failed (functions/65_budgets.sql, podium_budget_gate).
+            gate = await self.budget_gate(step)
+            if gate != "ok":
+                log.info(
+                    "step held by its run's budget",
+                    extra={"run_id": str(step.run_id), "step_id": step.step_id, "gate": gate},
+                )
+                return None
         if spec.for_each is not None:
             if self.fanout is None:
                 message = "for_each is not enabled on this replica"

@@ -104,6 +104,7 @@ class OutcomePolicy:
                 outcome.input_tokens = result.usage.input_tokens
                 outcome.output_tokens = result.usage.output_tokens
                 outcome.cost_usd = result.usage.cost_usd
+                outcome.model = result.usage.model
             outcome.deliverables = deliverables(result.artifacts)
         if park is not None:
             outcome.outcome = park

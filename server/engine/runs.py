@@ -46,6 +46,7 @@ from podium.server.engine.requests import (
 )
 from podium.server.engine.sizes import fit_run, fitting_count, response_budget
 from podium.server.engine.storage_errors import storage_errors
+from podium.server.engine.usage import UsageService
 from podium.server.engine.validation import validate_plan
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.runs import CreatedRun, NewRun, RunRow, RunsRepository
@@ -80,6 +81,9 @@ class RunService:
         """This replica's scheduler: StartRun claims a run's first steps for it."""
         self.max_response_bytes = response_budget(settings.max_message_bytes)
         """What one run, event or page may take in a response."""
+        self.usage: UsageService | None = None
+        """Quotas (StartRun) and the usage and budget of a run (GetRun); set by the
+        engine."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -118,6 +122,8 @@ class RunService:
         violations.extend(start_time_violations(request))
         if violations:
             raise InvalidArgument("StartRun request is invalid", violations=violations)
+        if self.usage is not None:
+            await self.usage.check_quota(organization_id)
 
         if source == "definition":
             ref = request.definition
@@ -471,6 +477,8 @@ class RunService:
                     organization_id, [(s.step_id, s.agent, s.skill) for s in queued]
                 )
             set_rate_waits(run, waits)
+        if self.usage is not None:
+            await self.usage.fill_run(organization_id, run)
         return run
 
     async def list_runs(

@@ -417,6 +417,7 @@ class Scheduler:
             return  # parked or skipped before the agent was called: not an attempt
         attempt, final = attempt_metrics(outcome.outcome)
         self.metrics.attempt_finished(agent, attempt, seconds, final)
+        self.metrics.usage(agent, outcome.input_tokens, outcome.output_tokens, outcome.cost_usd)
         if state == "succeeded" or state == "failed":
             self.metrics.run_ended(
                 state, time.time() - run_started_at.timestamp() if run_started_at else None

@@ -1,6 +1,6 @@
 """Validation of a definition's policies: labels, the execution policy (concurrency,
-caching, timeouts), failure policies and checkpoints. Budgets and concurrency keys,
-which the contract specifies but the server does not enforce yet, are refused
+budget, caching, timeouts), failure policies and checkpoints. Concurrency keys, which
+the contract specifies but the server does not enforce yet, are refused
 (``NOT_SUPPORTED``) rather than accepted and ignored."""
 
 from __future__ import annotations
@@ -11,9 +11,14 @@ from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.references import join_location
 from podium.server.engine.validation_fields import FieldChecker, format_number
 
-__all__ = ["PolicyChecker"]
+__all__ = ["MAX_COST_USD", "MAX_TOKENS", "PolicyChecker"]
 
 LABEL_KEY_PATTERN = re.compile(r"[a-z0-9_./-]+")
+
+MAX_TOKENS = 10**15
+"""Largest budget in tokens (and new limit of a budget approval)."""
+MAX_COST_USD = 1e9
+"""Largest budget in US dollars."""
 
 _MAX_LABELS = 64
 _MAX_LABEL_KEY = 63
@@ -62,8 +67,15 @@ class PolicyChecker(FieldChecker):
         if concurrency.max_runs_per_key:
             self.not_built("execution.concurrency.max_runs_per_key", "per-key run limits")
         budget = execution.budget
-        if budget.max_tokens or budget.max_cost_usd or budget.on_exceed:
-            self.not_built("execution.budget", "run budgets")
+        self.check_number("execution.budget.max_tokens", budget.max_tokens, maximum=MAX_TOKENS)
+        self.check_number(
+            "execution.budget.max_cost_usd", budget.max_cost_usd, maximum=MAX_COST_USD
+        )
+        self.check_enum(
+            "execution.budget.on_exceed",
+            budget.on_exceed,
+            definition_pb2.BudgetPolicy.OnExceed.DESCRIPTOR,
+        )
         self.check_number("execution.caching.ttl_seconds", execution.caching.ttl_seconds)
         self.check_number(
             "execution.default_timeout_seconds",

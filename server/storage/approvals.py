@@ -68,10 +68,13 @@ class ApprovalsRepository:
         comment: str,
         request_id: str | None,
         input: Mapping[str, Any] | None,
+        budget_max_tokens: int | None = None,
+        budget_max_cost_usd: float | None = None,
     ) -> str:
         """Decide a pending approval; returns the status of ``podium_decide_approval``
         (``ok``, ``unchanged``, ``not_found``, ``already_<state>``, ``invalid_decision``,
-        ``forbidden``)."""
+        ``forbidden``, ``budget_exceeded``). ``budget_max_*``: the new limits of a
+        budget approval (None keeps a limit)."""
         async with self._db.connection() as conn:
             status: str = await conn.fetchval(
                 QUERIES["decide_approval"],
@@ -82,6 +85,8 @@ class ApprovalsRepository:
                 comment,
                 request_id,
                 dict(input) if input else None,
+                budget_max_tokens,
+                budget_max_cost_usd,
             )
         return status
 

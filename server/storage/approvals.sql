@@ -3,8 +3,9 @@
 
 -- decide_approval --
 -- $1 organization_id, $2 approval id, $3 decision, $4 actor, $5 comment, $6 request_id,
--- $7 input (approve: more step input before, replacement output after; NULL = none)
-SELECT podium_decide_approval($1, $2, $3, $4, $5, $6, 'decided', $7)
+-- $7 input (approve: more step input before, replacement output after; NULL = none),
+-- $8, $9 a budget approval's new max tokens and max cost USD (NULL: unchanged)
+SELECT podium_decide_approval($1, $2, $3, $4, $5, $6, 'decided', $7, $8, $9)
 
 -- expire_approvals --
 -- $1 limit

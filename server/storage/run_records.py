@@ -217,6 +217,8 @@ class StepOutcome:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    model: str = ""
+    """The model the agent reported with its usage ('' when none)."""
     deliverables: Sequence[NewDeliverable] = field(default_factory=tuple)
 
 

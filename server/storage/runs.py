@@ -398,6 +398,7 @@ class RunsRepository:
             claim.owner if claim else "",
             claim.limit if claim else 0,
             claim.lease_seconds if claim else 0.0,
+            [o.model for o in ordered],
         )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,
@@ -445,6 +446,16 @@ class RunsRepository:
                     )
         return _completed(ordered, rows)
 
+    async def budget_gate(self, step: ClaimedStep) -> str:
+        """Before dispatching a claimed step of a run with a budget: ``ok`` (room left),
+        else the attempt is given back and the run is ``paused`` or ``failed``;
+        ``stale`` when the claim was fenced (``podium_budget_gate``)."""
+        async with self._db.connection() as conn:
+            status: str = await conn.fetchval(
+                QUERIES["budget_gate"], step.run_id, step.step_id, step.attempt, step.task_id
+            )
+        return status
+
     async def complete_one(self, outcome: StepOutcome) -> bool:
         """Record one outcome; returns False when it was fenced (stale attempt)."""
         async with self._db.transaction() as conn:
@@ -461,6 +472,7 @@ class RunsRepository:
                 outcome.input_tokens,
                 outcome.output_tokens,
                 outcome.cost_usd,
+                outcome.model,
             )
         return state is not None
 

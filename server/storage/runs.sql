@@ -143,8 +143,8 @@ SELECT * FROM podium_claim_steps($1, $2, $3)
 
 -- complete_step --
 -- $1 run_id, $2 step_id, $3 attempt, $4 outcome, $5 output, $6 error, $7 input,
--- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd
-SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+-- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 cost_usd, $12 model
+SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 
 -- complete_steps --
 -- A completion batch with its eager claim (podium_complete_steps, functions/50_complete.sql):
@@ -152,9 +152,9 @@ SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 -- encoded text (a list value would otherwise be read as an array dimension).
 -- $1 run_ids, $2 step_ids, $3 attempts, $4 outcomes, $5 outputs, $6 errors, $7 inputs,
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 costs, $12 owner,
--- $13 how many steps to claim at most, $14 lease seconds
+-- $13 how many steps to claim at most, $14 lease seconds, $15 models ('' none)
 SELECT * FROM podium_complete_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6::text[]::jsonb[],
-                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14)
+                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14, $15)
 
 -- lock_batch_runs --
 -- Before a completion batch that may fail a run: lock the batch's runs and every
@@ -259,3 +259,8 @@ SELECT podium_append_step_events($1, $2, $3, $4, $5)
 SELECT count(*) FROM (
     SELECT 1 FROM orchestration_steps WHERE state = 'queued' LIMIT $1
 ) queued
+
+-- budget_gate --
+-- Before dispatching a step of a run with a budget (functions/65_budgets.sql).
+-- $1 run_id, $2 step_id, $3 attempt, $4 the claim's task_id
+SELECT podium_budget_gate($1, $2, $3, $4)

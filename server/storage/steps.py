@@ -12,6 +12,8 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 - ``podium_iterate_step`` sets ``loop_iteration`` and ``loop_output`` (an iteration of a
   loop step);
 - ``podium_resume_run`` removes those seven again;
+- ``podium_create_run`` sets ``budgeted`` when a budget applies to the run
+  (``functions/65_budgets.sql``);
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -369,6 +371,7 @@ _KNOWN = frozenset(
         "loop_output",
         "for_each",
         "max_parallel",
+        "budgeted",
     }
 )
 
@@ -440,6 +443,9 @@ class StepSpec:
     """Dynamic fan-out: the reference to the list of items (``engine/fanout.py``)."""
     max_parallel: int | None = None
     """Items of a ``for_each`` step running at once (the run's max_parallel caps it)."""
+    budgeted: bool | None = None
+    """Set (true) by ``podium_create_run`` when a budget applies to the step's run (its
+    own or an ancestor's): the executor checks it before dispatch (``podium_budget_gate``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -522,6 +528,7 @@ class StepSpec:
         _put(out, "loop_output", self.loop_output)
         _put(out, "for_each", self.for_each)
         _put(out, "max_parallel", self.max_parallel)
+        _put(out, "budgeted", self.budgeted)
         out.update(self.extra)
         return out
 
@@ -582,5 +589,6 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         loop_output=get("loop_output"),
         for_each=get("for_each"),
         max_parallel=get("max_parallel"),
+        budgeted=get("budgeted"),
         extra=extra,
     )

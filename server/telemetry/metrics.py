@@ -149,6 +149,19 @@ class Metrics:
             ["agent", "outcome"],
             registry=r,
         )
+        self.agent_tokens_total = Counter(
+            "orchestration_agent_tokens_total",
+            "Tokens agents reported with the attempts this replica recorded, by kind "
+            "(input, output).",
+            ["agent", "kind"],
+            registry=r,
+        )
+        self.agent_cost_usd_total = Counter(
+            "orchestration_agent_cost_usd_total",
+            "Cost in US dollars agents reported with the attempts this replica recorded.",
+            ["agent"],
+            registry=r,
+        )
         self.active_steps = Gauge(
             "orchestration_active_steps",
             "Step attempts this replica is executing or committing now.",
@@ -289,6 +302,16 @@ class Metrics:
             self.step_duration_seconds.labels(agent=agent).observe(seconds)
         if final_state is not None:
             self.steps_total.labels(agent=agent, state=final_state).inc()
+
+    def usage(self, agent: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+        """Usage an agent reported with a recorded attempt (``agent`` from
+        :meth:`agent_label`); nothing when it reported none."""
+        if input_tokens > 0:
+            self.agent_tokens_total.labels(agent=agent, kind="input").inc(input_tokens)
+        if output_tokens > 0:
+            self.agent_tokens_total.labels(agent=agent, kind="output").inc(output_tokens)
+        if cost_usd > 0:
+            self.agent_cost_usd_total.labels(agent=agent).inc(cost_usd)
 
     def webhook_delivery(self, outcome: str) -> None:
         """Count one webhook delivery try; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`."""

@@ -207,6 +207,7 @@ CASES: dict[str, Case] = {
     "StartRun": _not_found(_start_run),
     "GetRun": _not_found(lambda w: w.b.GetRun(pb.GetRunRequest(run_id=w.run_id))),
     "ListRuns": lambda w: _empty(w.b.ListRuns(pb.ListRunsRequest()), "runs"),
+    "GetUsage": lambda w: _empty(w.b.GetUsage(pb.GetUsageRequest()), "rows"),
     "GetRunPayload": _not_found(
         lambda w: w.b.GetRunPayload(
             pb.GetRunPayloadRequest(run_id=w.run_id, payload=pb.GetRunPayloadRequest.PAYLOAD_INPUT)

@@ -155,6 +155,7 @@ async def test_every_json_command_has_the_one_shape(
         ("agents", "list"): ([], False),
         ("agents", "deregister"): (["extra"], False),
         ("cache", "invalidate"): (["shapes"], False),
+        ("usage", ): (["--by", "day", "--by", "agent"], False),
         ("events", "send"): (["shape.event", "--id", "e1", "--payload", inputs], False),
         ("schedules", "create"): (["shapes", "--every", "3600", "--input", inputs], False),
         ("schedules", "list"): ([], False),

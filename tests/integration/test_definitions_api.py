@@ -157,7 +157,6 @@ UNBUILT_EXECUTION = {
 UNBUILT_FIELDS = [
     "execution.concurrency.key",
     "execution.concurrency.max_runs_per_key",
-    "execution.budget",
 ]
 
 
@@ -170,10 +169,10 @@ def assert_refused_as_not_built(error: grpc.aio.AioRpcError, prefix: str = "") -
     assert all("not supported yet" in v.description for v in bad.field_violations)
 
 
-async def test_budget_and_concurrency_key_are_refused_until_built(
+async def test_concurrency_key_is_refused_until_built(
     stub: pb_grpc.OrchestrationServiceAsyncStub,
 ) -> None:
-    """Nothing enforces budgets or concurrency keys yet, so CreateDefinition,
+    """Nothing enforces concurrency keys yet (a budget beside them is fine), so CreateDefinition,
     ValidateDefinition and StartRun with an inline plan refuse them, one field
     violation per field, instead of accepting and ignoring them."""
     definition = make_definition(execution=UNBUILT_EXECUTION)

@@ -43,6 +43,7 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "PauseSchedule": ("pause_schedule", ("schedules", "pause")),
     "ResumeSchedule": ("resume_schedule", ("schedules", "resume")),
     "DeleteSchedule": ("delete_schedule", ("schedules", "delete")),
+    "GetUsage": ("get_usage", ("usage",)),
 }
 
 

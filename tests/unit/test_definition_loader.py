@@ -65,11 +65,10 @@ def test_full_example_loads(tmp_path: Path) -> None:
 
     definition = load_definition(path)
 
-    # Budgets and concurrency keys load but are refused until the server enforces them.
+    # Concurrency keys load but are refused until the server enforces them.
     assert [v.field for v in validate_definition(definition)] == [
         "execution.concurrency.key",
         "execution.concurrency.max_runs_per_key",
-        "execution.budget",
     ]
     assert definition.name == "research-brief"
     assert definition.execution.concurrency.max_parallel == 4

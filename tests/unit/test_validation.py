@@ -406,13 +406,12 @@ UNBUILT = {
 }
 
 
-def test_budget_and_concurrency_key_are_refused_until_built() -> None:
+def test_concurrency_key_is_refused_until_built_and_a_budget_is_accepted() -> None:
     definition = make(step("a"), execution=UNBUILT)
     violations = validate_definition(definition)
     assert [(v.field, v.reason) for v in violations] == [
         ("execution.concurrency.key", "NOT_SUPPORTED"),
         ("execution.concurrency.max_runs_per_key", "NOT_SUPPORTED"),
-        ("execution.budget", "NOT_SUPPORTED"),
     ]
     assert all("not supported yet" in v.description for v in violations)
 
@@ -422,19 +421,41 @@ def test_unbuilt_policies_in_an_inline_plan_are_prefixed() -> None:
     assert [v.field for v in violations] == [
         "plan.execution.concurrency.key",
         "plan.execution.concurrency.max_runs_per_key",
-        "plan.execution.budget",
     ]
 
 
 @pytest.mark.parametrize(
     ("execution", "field"),
     [
-        ({"budget": {"max_tokens": 5}}, "execution.budget"),
-        ({"budget": {"max_tokens": -5}}, "execution.budget"),
-        ({"budget": {"max_cost_usd": 0.01}}, "execution.budget"),
-        ({"budget": {"max_cost_usd": "NaN"}}, "execution.budget"),
-        ({"budget": {"on_exceed": "ON_EXCEED_FAIL"}}, "execution.budget"),
-        ({"budget": {"on_exceed": 7}}, "execution.budget"),
+        ({"budget": {"max_tokens": -5}}, "execution.budget.max_tokens"),
+        ({"budget": {"max_tokens": 10**16}}, "execution.budget.max_tokens"),
+        ({"budget": {"max_cost_usd": -0.01}}, "execution.budget.max_cost_usd"),
+        ({"budget": {"max_cost_usd": "NaN"}}, "execution.budget.max_cost_usd"),
+        ({"budget": {"max_cost_usd": "Infinity"}}, "execution.budget.max_cost_usd"),
+        ({"budget": {"on_exceed": 7}}, "execution.budget.on_exceed"),
+    ],
+)
+def test_a_bad_budget_value_is_one_violation(execution: dict[str, Any], field: str) -> None:
+    found, _ = only(make(step("a"), execution=execution))
+    assert found == field
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [
+        {"max_tokens": 5},
+        {"max_cost_usd": 0.01},
+        {"on_exceed": "ON_EXCEED_FAIL"},
+        {"max_tokens": 10**15, "max_cost_usd": 1e9, "on_exceed": "ON_EXCEED_PAUSE"},
+    ],
+)
+def test_a_budget_is_valid(budget: dict[str, Any]) -> None:
+    assert problems(make(step("a"), execution={"budget": budget})) == []
+
+
+@pytest.mark.parametrize(
+    ("execution", "field"),
+    [
         ({"concurrency": {"key": "${steps.a.output.customer}"}}, "execution.concurrency.key"),
         ({"concurrency": {"max_runs_per_key": -1}}, "execution.concurrency.max_runs_per_key"),
     ],

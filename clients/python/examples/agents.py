@@ -7,7 +7,8 @@ conversation id), in-flight and maximum simultaneous handlers, cancellations.
 ========================  ==============  ===================================================
 factory                   skill           behaviour
 ========================  ==============  ===================================================
-:func:`echo_agent`        ``echo``        ``{"echo": input}``, after ``input.delay`` seconds
+:func:`echo_agent`        ``echo``        ``{"echo": input}``, after ``input.delay`` seconds;
+                                          reports ``input.usage`` as its usage
 :func:`summarize_agent`   ``summarize``   first words + word count of ``input.text``
 :func:`sleeper_agent`     ``sleep``       sleeps ``input.seconds`` (default 1), cancellable
 :func:`flaky_agent`       ``flaky``       fails the first N attempts of each step run
@@ -72,6 +73,7 @@ __all__ = [
     "flaky_agent",
     "main",
     "noop_agent",
+    "report_usage",
     "search_agent",
     "serve_examples",
     "sleeper_agent",
@@ -262,16 +264,36 @@ def _texts(value: Any) -> list[str]:
     return texts
 
 
+def report_usage(task: Task) -> None:
+    """Report ``input.usage`` (``{"input_tokens", "output_tokens", "cost_usd", "model"}``,
+    each optional; model default ``echo-model``) as the task's usage, when given."""
+    usage = task.input.get("usage")
+    if not isinstance(usage, dict):
+        return
+    try:
+        task.usage(
+            model=str(usage.get("model", "echo-model")),
+            input_tokens=int(usage.get("input_tokens", 0)),
+            output_tokens=int(usage.get("output_tokens", 0)),
+            cost_usd=float(usage.get("cost_usd", 0.0)),
+        )
+    except (TypeError, ValueError) as exc:
+        raise _invalid(f"input.usage: {exc}") from exc
+
+
 # -- The agents ------------------------------------------------------------------------
 
 
 def echo_agent(name: str = "echo", *, max_concurrency: int | None = None) -> ExampleAgent:
-    """Returns ``{"echo": input}``, after sleeping ``input.delay`` seconds when given."""
+    """Returns ``{"echo": input}``, after sleeping ``input.delay`` seconds when given.
+    ``input.usage`` (``{"input_tokens", "output_tokens", "cost_usd", "model"}``, each
+    optional) is reported as the task's usage (tests of accounting and budgets)."""
 
     async def echo(task: Task) -> dict[str, Any]:
         delay = _seconds(task, "delay", 0.0)
         if delay:
             await asyncio.sleep(delay)
+        report_usage(task)
         return {"echo": task.input}
 
     return ExampleAgent(
@@ -385,6 +407,7 @@ class FlakyAgent(ExampleAgent):
         failures = task.input.get("failures", self.failures)
         if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
             raise _invalid("input.failures must be a non-negative integer")
+        report_usage(task)  # with the failure too: a failed model call costs as well
         if attempt <= failures:
             fatal = task.input.get("fatal") is True
             raise TaskFailed(
@@ -407,6 +430,7 @@ def flaky_agent(name: str = "flaky", failures: int = 2) -> FlakyAgent:
     Attempts are counted per ``(run_id, step_id)``; the attempt number is the larger of
     that count and the request's ``attempt``. Failures are ``TaskFailed("FLAKY", ...)``,
     retryable unless ``input.fatal`` is true; ``input.failures`` overrides ``failures``.
+    Every attempt reports ``input.usage`` like :func:`echo_agent`.
     """
     return FlakyAgent(name, failures)
 

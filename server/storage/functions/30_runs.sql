@@ -41,7 +41,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_run uuid;
     v_count integer := jsonb_array_length(p_steps);
+    v_budget jsonb := p_plan -> 'execution' -> 'budget';
+    v_budget_run uuid;
 BEGIN
+    IF p_parent_run IS NOT NULL THEN  -- a child run draws on its parent's budget
+        SELECT r.budget_run_id INTO v_budget_run FROM orchestration_runs r
+         WHERE r.id = p_parent_run;
+    END IF;
+    IF coalesce((v_budget ->> 'max_tokens')::bigint, 0) = 0
+       AND coalesce((v_budget ->> 'max_cost_usd')::numeric, 0) = 0 THEN
+        v_budget := NULL;  -- no limit: no budget of its own
+    END IF;
     INSERT INTO orchestration_runs
         (organization_id, definition_name, definition_version, plan, state, input,
          metadata, labels, request_id, max_parallel, bypass_cache, webhook_url,
@@ -63,12 +73,29 @@ BEGIN
          WHERE r.organization_id = p_org AND r.request_id = p_request_id;
         RETURN;
     END IF;
+    -- Budgets (65_budgets.sql): the parent's budget if it has one (the outermost budget
+    -- governs), else the run's own. Its steps are marked `budgeted` so the executor
+    -- checks the budget before dispatching them (podium_budget_gate).
+    IF v_budget_run IS NULL AND v_budget IS NOT NULL THEN
+        v_budget_run := v_run;
+        INSERT INTO run_budgets (run_id, organization_id, max_tokens, max_cost_usd, on_exceed)
+        VALUES (v_run, p_org, coalesce((v_budget ->> 'max_tokens')::bigint, 0),
+                coalesce((v_budget ->> 'max_cost_usd')::numeric, 0),
+                CASE WHEN v_budget ->> 'on_exceed' = 'ON_EXCEED_FAIL' THEN 'fail'
+                     ELSE 'pause' END);
+    END IF;
+    IF v_budget_run IS NOT NULL THEN
+        UPDATE orchestration_runs SET budget_run_id = v_budget_run WHERE id = v_run;
+    END IF;
     INSERT INTO orchestration_steps
         (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
          pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
          conversation_id, input_refs, is_sink)
     SELECT v_run, s.step_id, p_org, s.position, s.state, s.agent, s.skill, s.depends_on,
-           s.pending_dependencies, s.spec, s.max_attempts, s.timeout_seconds,
+           s.pending_dependencies,
+           CASE WHEN v_budget_run IS NULL THEN s.spec
+                ELSE s.spec || '{"budgeted": true}'::jsonb END,
+           s.max_attempts, s.timeout_seconds,
            CASE WHEN s.state = 'queued' THEN now() END, gen_random_uuid(), s.input_refs,
            s.is_sink
       FROM jsonb_to_recordset(p_steps) AS s(
@@ -179,7 +206,8 @@ BEGIN
              ORDER BY a.created_at, a.id
         LOOP
             PERFORM podium_decide_approval(p_org, v_answer.id, 'approve', 'ContinueRun', '',
-                                           NULL, 'decided', coalesce(p_input, '{}'::jsonb));
+                                           NULL, 'decided', coalesce(p_input, '{}'::jsonb),
+                                           NULL, NULL);
         END LOOP;
         IF p_input IS NOT NULL AND EXISTS (
                SELECT 1 FROM human_approvals a

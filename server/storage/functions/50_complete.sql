@@ -13,7 +13,8 @@
 CREATE OR REPLACE FUNCTION podium_complete_step(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
-    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric
+    p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
+    p_model text DEFAULT ''
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -21,7 +22,7 @@ DECLARE
 BEGIN
     v_done := podium_record_outcome(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
                                     p_input, p_next_attempt_at, p_input_tokens,
-                                    p_output_tokens, p_cost_usd);
+                                    p_output_tokens, p_cost_usd, p_model);
     IF v_done.queued > 0 OR v_done.retry THEN
         PERFORM pg_notify('podium_work', '');
     END IF;
@@ -36,6 +37,7 @@ CREATE OR REPLACE FUNCTION podium_record_outcome(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
+    p_model text DEFAULT '',
     OUT run_state text, OUT queued integer, OUT retry boolean
 )
 LANGUAGE plpgsql AS $$
@@ -47,17 +49,31 @@ DECLARE
     v_seq bigint;
     v_org text;
     v_run_state text;
+    v_budget uuid;
 BEGIN
     queued := 0;
     retry := false;
-    PERFORM 1 FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    SELECT budget_run_id INTO v_budget FROM orchestration_runs WHERE id = p_run FOR UPDATE;
     IF p_input_tokens + p_output_tokens > 0 THEN  -- rate limits: 45_rate_limits.sql
         PERFORM podium_rate_record_tokens(p_run, p_step, p_attempt,
                                           p_input_tokens + p_output_tokens);
     END IF;
     IF p_outcome NOT IN ('succeeded', 'failed', 'retry') THEN
+        IF p_input_tokens + p_output_tokens > 0 OR p_cost_usd > 0 OR p_model <> '' THEN
+            -- The attempt's usage (a parked or skipped step: rare), fenced like the rest.
+            UPDATE step_attempts a
+               SET input_tokens = p_input_tokens, output_tokens = p_output_tokens,
+                   cost_usd = p_cost_usd, model = coalesce(p_model, '')
+              FROM orchestration_steps s
+             WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
+               AND s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
+               AND s.state = 'running';
+        END IF;
         run_state := podium_park_step(p_run, p_step, p_attempt, p_outcome, p_output, p_error,
                                       p_input, p_input_tokens, p_output_tokens, p_cost_usd);
+        IF v_budget IS NOT NULL AND run_state = 'running' THEN  -- 65_budgets.sql
+            run_state := podium_budget_check(p_run, p_step, v_budget, run_state);
+        END IF;
         RETURN;
     END IF;
     UPDATE orchestration_steps
@@ -76,7 +92,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
-    UPDATE step_attempts SET ended_at = now(), error = p_error
+    UPDATE step_attempts
+       SET ended_at = now(), error = p_error, input_tokens = p_input_tokens,
+           output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = coalesce(p_model, '')
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
 
     IF v_state = 'failed' THEN
@@ -167,6 +185,15 @@ BEGIN
             v_run_state := 'paused';
         END IF;
     END IF;
+    -- A run with a budget (65_budgets.sql): pause or fail it once the budget is reached;
+    -- a run paused by its budget whose steps in flight were its last ones ends: its
+    -- budget approval has nothing left to hold.
+    IF v_budget IS NOT NULL AND v_run_state = 'running' THEN
+        v_run_state := podium_budget_check(p_run, p_step, v_budget, v_run_state);
+    ELSIF v_budget IS NOT NULL AND v_done THEN
+        UPDATE human_approvals SET state = 'cancelled'
+         WHERE run_id = p_run AND state = 'pending' AND kind = 'budget';
+    END IF;
     PERFORM pg_notify('podium_events', p_run::text);
     run_state := v_run_state;
     queued := v_count;
@@ -197,7 +224,8 @@ CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
     p_input_tokens bigint[], p_output_tokens bigint[], p_costs numeric[],
-    p_owner text, p_claim_limit integer, p_lease_seconds double precision
+    p_owner text, p_claim_limit integer, p_lease_seconds double precision,
+    p_models text[] DEFAULT NULL
 )
 RETURNS TABLE (
     states text[], wake boolean,
@@ -223,7 +251,8 @@ BEGIN
         v_done := podium_record_outcome(p_runs[i], p_steps[i], p_attempts[i], p_outcomes[i],
                                         p_outputs[i], p_errors[i], p_inputs[i],
                                         p_next_attempt_at[i], p_input_tokens[i],
-                                        p_output_tokens[i], p_costs[i]);
+                                        p_output_tokens[i], p_costs[i],
+                                        coalesce(p_models[i], ''));
         v_states := v_states || v_done.run_state;
         IF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
             v_runs := v_runs || p_runs[i];

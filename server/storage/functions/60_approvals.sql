@@ -186,12 +186,17 @@ $$;
 --                        retried call);
 --   'not_found', 'already_decided', 'already_expired', 'already_cancelled',
 --   'invalid_decision'   (the decision does not fit the approval's kind),
---   'forbidden'          (the actor is not one of the approvers).
+--   'forbidden'          (the actor is not one of the approvers),
+--   'budget_exceeded'    (approving a budget approval with these limits would leave
+--                        the budget exhausted: 65_budgets.sql).
+-- p_budget_max_tokens, p_budget_max_cost_usd: a budget approval's new limits (NULL keeps
+-- a limit; ignored for other kinds).
 -- p_input: on approval, more input for the step (merged over its resolved input when
 -- it runs; checkpoint_before) or a replacement output (checkpoint_after).
 CREATE OR REPLACE FUNCTION podium_decide_approval(
     p_org text, p_approval uuid, p_decision text, p_actor text, p_comment text,
-    p_request_id text, p_state text, p_input jsonb
+    p_request_id text, p_state text, p_input jsonb, p_budget_max_tokens bigint DEFAULT NULL,
+    p_budget_max_cost_usd numeric DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -218,6 +223,10 @@ BEGIN
        OR p_decision NOT IN ('approve', 'reject', 'retry', 'skip', 'fail') THEN
         RETURN 'invalid_decision';
     END IF;
+    IF v_a.kind = 'budget' AND p_decision = 'approve'
+       AND NOT podium_budget_room(v_run, p_budget_max_tokens, p_budget_max_cost_usd) THEN
+        RETURN 'budget_exceeded';  -- 65_budgets.sql
+    END IF;
     IF p_state = 'decided' AND cardinality(v_a.approvers) > 0
        AND NOT (coalesce(p_actor, '') = ANY (v_a.approvers)) THEN
         RETURN 'forbidden';
@@ -227,9 +236,22 @@ BEGIN
            request_id = p_request_id, decided_at = now()
      WHERE id = p_approval;
     -- A decision lets the run go on (podium_refresh_run pauses it again if every
-    -- remaining step is still held).
+    -- remaining step is still held), unless a budget approval still holds it.
     UPDATE orchestration_runs SET state = 'running', updated_at = now()
-     WHERE id = v_run AND state = 'paused';
+     WHERE id = v_run AND state = 'paused'
+       AND NOT EXISTS (SELECT 1 FROM human_approvals b
+                        WHERE b.run_id = v_run AND b.state = 'pending' AND b.kind = 'budget');
+    IF v_a.kind = 'budget' THEN
+        PERFORM podium_emit_event(
+            v_run, 'approval.decided', v_a.step_id, NULL, NULL,
+            jsonb_strip_nulls(jsonb_build_object(
+                'approval_id', p_approval, 'decision', p_decision, 'actor', p_actor,
+                'comment', nullif(p_comment, ''), 'kind', v_a.kind,
+                'expired', CASE WHEN p_state = 'expired' THEN true END)));
+        PERFORM podium_decide_budget(v_run, v_a.step_id, p_approval, p_decision,
+                                     p_budget_max_tokens, p_budget_max_cost_usd);
+        RETURN 'ok';
+    END IF;
     UPDATE orchestration_steps SET approval_id = NULL
      WHERE run_id = v_run AND step_id = v_a.step_id;
     PERFORM podium_emit_event(
@@ -328,7 +350,7 @@ BEGIN
                v_a.organization_id, v_a.id,
                CASE WHEN v_a.kind = 'failure_review' THEN 'fail'
                     ELSE coalesce(v_a.on_expiry, 'reject') END,
-               'podium', 'expired', NULL, 'expired', NULL) = 'ok' THEN
+               'podium', 'expired', NULL, 'expired', NULL, NULL, NULL) = 'ok' THEN
             v_count := v_count + 1;
         END IF;
     END LOOP;

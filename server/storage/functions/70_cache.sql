@@ -93,6 +93,30 @@ BEGIN
                             NULL::timestamptz;
         RETURN;
     END IF;
+    -- The usage the hit saved: that of the attempt that computed the entry (its last
+    -- attempt; none when its run was deleted). The hit itself reports no usage.
+    WITH saved AS (
+        UPDATE step_attempts a
+           SET cached = true,
+               saved_input_tokens = coalesce(src.input_tokens, 0),
+               saved_output_tokens = coalesce(src.output_tokens, 0),
+               saved_cost_usd = coalesce(src.cost_usd, 0)
+          FROM (SELECT NULL::integer AS n) one
+          LEFT JOIN LATERAL (
+               SELECT x.input_tokens, x.output_tokens, x.cost_usd
+                 FROM step_cache c
+                 JOIN step_attempts x ON x.run_id = c.source_run_id AND x.step_id = c.step_id
+                WHERE c.organization_id = p_org AND c.cache_key = p_key
+                ORDER BY x.attempt DESC LIMIT 1) src ON true
+         WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
+        RETURNING a.saved_input_tokens, a.saved_output_tokens, a.saved_cost_usd
+    )
+    UPDATE orchestration_runs r
+       SET saved_input_tokens = r.saved_input_tokens + saved.saved_input_tokens,
+           saved_output_tokens = r.saved_output_tokens + saved.saved_output_tokens,
+           saved_cost_usd = r.saved_cost_usd + saved.saved_cost_usd
+      FROM saved
+     WHERE r.id = p_run;
     PERFORM podium_emit_event(
         p_run, 'step.cached', p_step, p_attempt, 'running',
         jsonb_build_object('source_run_id', v_entry.source_run_id,

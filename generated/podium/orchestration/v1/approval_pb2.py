@@ -27,19 +27,19 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from podium.orchestration.v1 import run_pb2 as podium_dot_orchestration_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&podium/orchestration/v1/approval.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!podium/orchestration/v1/run.proto\"\xc4\x06\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x34\n\x04kind\x18\x05 \x01(\x0e\x32&.podium.orchestration.v1.Approval.Kind\x12\x36\n\x05state\x18\x06 \x01(\x0e\x32\'.podium.orchestration.v1.Approval.State\x12\x0e\n\x06prompt\x18\x07 \x01(\t\x12(\n\x07subject\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tapprovers\x18\t \x03(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08\x64\x65\x63ision\x18\r \x01(\x0e\x32!.podium.orchestration.v1.Decision\x12\r\n\x05\x61\x63tor\x18\x0e \x01(\t\x12\x0f\n\x07\x63omment\x18\x0f \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x10 \x01(\t\x12@\n\x0fsubject_omitted\x18\x11 \x01(\x0b\x32\'.podium.orchestration.v1.OmittedPayload\"\x85\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16KIND_CHECKPOINT_BEFORE\x10\x01\x12\x19\n\x15KIND_CHECKPOINT_AFTER\x10\x02\x12\x17\n\x13KIND_FAILURE_REVIEW\x10\x03\x12\x17\n\x13KIND_INPUT_REQUIRED\x10\x04\"l\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_DECIDED\x10\x02\x12\x11\n\rSTATE_EXPIRED\x10\x03\x12\x13\n\x0fSTATE_CANCELLED\x10\x04*\x89\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REJECT\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_RETRY\x10\x03\x12\x11\n\rDECISION_SKIP\x10\x04\x12\x11\n\rDECISION_FAIL\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&podium/orchestration/v1/approval.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!podium/orchestration/v1/run.proto\"\xd5\x06\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x0f\n\x07step_id\x18\x04 \x01(\t\x12\x34\n\x04kind\x18\x05 \x01(\x0e\x32&.podium.orchestration.v1.Approval.Kind\x12\x36\n\x05state\x18\x06 \x01(\x0e\x32\'.podium.orchestration.v1.Approval.State\x12\x0e\n\x06prompt\x18\x07 \x01(\t\x12(\n\x07subject\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tapprovers\x18\t \x03(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x64\x65\x63ide_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x08\x64\x65\x63ision\x18\r \x01(\x0e\x32!.podium.orchestration.v1.Decision\x12\r\n\x05\x61\x63tor\x18\x0e \x01(\t\x12\x0f\n\x07\x63omment\x18\x0f \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x10 \x01(\t\x12@\n\x0fsubject_omitted\x18\x11 \x01(\x0b\x32\'.podium.orchestration.v1.OmittedPayload\"\x96\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16KIND_CHECKPOINT_BEFORE\x10\x01\x12\x19\n\x15KIND_CHECKPOINT_AFTER\x10\x02\x12\x17\n\x13KIND_FAILURE_REVIEW\x10\x03\x12\x17\n\x13KIND_INPUT_REQUIRED\x10\x04\x12\x0f\n\x0bKIND_BUDGET\x10\x05\"l\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_DECIDED\x10\x02\x12\x11\n\rSTATE_EXPIRED\x10\x03\x12\x13\n\x0fSTATE_CANCELLED\x10\x04*\x89\x01\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x14\n\x10\x44\x45\x43ISION_APPROVE\x10\x01\x12\x13\n\x0f\x44\x45\x43ISION_REJECT\x10\x02\x12\x12\n\x0e\x44\x45\x43ISION_RETRY\x10\x03\x12\x11\n\rDECISION_SKIP\x10\x04\x12\x11\n\rDECISION_FAIL\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'podium.orchestration.v1.approval_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DECISION']._serialized_start=1005
-  _globals['_DECISION']._serialized_end=1142
+  _globals['_DECISION']._serialized_start=1022
+  _globals['_DECISION']._serialized_end=1159
   _globals['_APPROVAL']._serialized_start=166
-  _globals['_APPROVAL']._serialized_end=1002
+  _globals['_APPROVAL']._serialized_end=1019
   _globals['_APPROVAL_KIND']._serialized_start=759
-  _globals['_APPROVAL_KIND']._serialized_end=892
-  _globals['_APPROVAL_STATE']._serialized_start=894
-  _globals['_APPROVAL_STATE']._serialized_end=1002
+  _globals['_APPROVAL_KIND']._serialized_end=909
+  _globals['_APPROVAL_STATE']._serialized_start=911
+  _globals['_APPROVAL_STATE']._serialized_end=1019
 # @@protoc_insertion_point(module_scope)

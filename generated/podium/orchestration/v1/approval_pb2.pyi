@@ -60,7 +60,9 @@ Global___Decision: _TypeAlias = Decision  # noqa: Y015
 
 @_typing.final
 class Approval(_message.Message):
-    """Approval is a human decision a step waits for (checkpoint or failure review)."""
+    """Approval is a human decision a step waits for (checkpoint or failure review), or a
+    run paused by its budget waits for (kind BUDGET).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -82,6 +84,12 @@ class Approval(_message.Message):
         """An A2A agent asked for more input (INPUT_REQUIRED); `subject` holds its question
         and task id. Approve with `input` (or ContinueRun) to answer; reject fails the step.
         """
+        KIND_BUDGET: Approval._Kind.ValueType  # 5
+        """The run's budget is exhausted (BudgetPolicy); `subject` holds the usage and the
+        limits. Approve with a higher `budget_max_tokens` / `budget_max_cost_usd` to
+        continue (refused with FAILED_PRECONDITION when the budget would still be
+        exhausted); reject to fail the run with BUDGET_EXCEEDED.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper):
         """Kind tells why the approval exists."""
@@ -97,6 +105,12 @@ class Approval(_message.Message):
     KIND_INPUT_REQUIRED: Approval.Kind.ValueType  # 4
     """An A2A agent asked for more input (INPUT_REQUIRED); `subject` holds its question
     and task id. Approve with `input` (or ContinueRun) to answer; reject fails the step.
+    """
+    KIND_BUDGET: Approval.Kind.ValueType  # 5
+    """The run's budget is exhausted (BudgetPolicy); `subject` holds the usage and the
+    limits. Approve with a higher `budget_max_tokens` / `budget_max_cost_usd` to
+    continue (refused with FAILED_PRECONDITION when the budget would still be
+    exhausted); reject to fail the run with BUDGET_EXCEEDED.
     """
 
     class _State:

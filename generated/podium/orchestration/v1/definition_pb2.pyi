@@ -84,7 +84,7 @@ class Definition(_message.Message):
 
     @_builtins.property
     def execution(self) -> Global___ExecutionPolicy:
-        """Execution policy: concurrency, caching, timeouts (budgets are not supported yet)."""
+        """Execution policy: concurrency, budget, caching, timeouts."""
 
     @_builtins.property
     def error_handling(self) -> Global___ErrorHandling:
@@ -149,10 +149,7 @@ class ExecutionPolicy(_message.Message):
 
     @_builtins.property
     def budget(self) -> Global___BudgetPolicy:
-        """Token and cost budget of each run. Not supported yet: nothing enforces budgets,
-        so a definition or inline plan that sets any field of it is refused with
-        INVALID_ARGUMENT (a field violation on `execution.budget`, reason NOT_SUPPORTED).
-        """
+        """Token and cost budget of each run, including its child runs (see BudgetPolicy)."""
 
     @_builtins.property
     def caching(self) -> Global___CachingPolicy:
@@ -214,9 +211,15 @@ Global___ConcurrencyPolicy: _TypeAlias = ConcurrencyPolicy  # noqa: Y015
 
 @_typing.final
 class BudgetPolicy(_message.Message):
-    """BudgetPolicy would cap the model usage of a run. Not supported yet: the server
-    refuses a definition or inline plan that sets any of its fields (see
-    ExecutionPolicy.budget); the fields are reserved for when budgets are enforced.
+    """BudgetPolicy caps the model usage (as reported by agents) of a run and of its child
+    runs (sub-orchestrations and for_each items draw on the outermost budget; a child's
+    own budget applies only when no ancestor has one). When a finished attempt brings the
+    usage to a limit, the run is paused (an approval of kind BUDGET: approve it with a
+    higher limit to continue, reject it to fail the run) or failed (error code
+    BUDGET_EXCEEDED), and event run.budget_exceeded is emitted; no new step of the run
+    starts while the budget is exhausted (a claimed step is given back before its agent is
+    called). Steps already running finish and their usage counts, so a run can end above
+    its limit by at most the usage of the steps in flight when it was reached.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -248,9 +251,9 @@ class BudgetPolicy(_message.Message):
     MAX_COST_USD_FIELD_NUMBER: _builtins.int
     ON_EXCEED_FIELD_NUMBER: _builtins.int
     max_tokens: _builtins.int
-    """Maximum input + output tokens per run; 0 means unlimited."""
+    """Maximum input + output tokens per run; 0 means unlimited. At most 10^15."""
     max_cost_usd: _builtins.float
-    """Maximum cost in US dollars per run; 0 means unlimited."""
+    """Maximum cost in US dollars per run; 0 means unlimited. Finite, at most 10^9."""
     on_exceed: Global___BudgetPolicy.OnExceed.ValueType
     """Action when a limit is exceeded."""
     def __init__(

@@ -67,7 +67,9 @@ class RunEvent(_message.Message):
         TYPE_RUN_CANCELLED: RunEvent._Type.ValueType  # 16
         """run.cancelled: the run was cancelled. Terminal."""
         TYPE_RUN_PAUSED: RunEvent._Type.ValueType  # 17
-        """run.paused: every remaining step waits on a human."""
+        """run.paused: every remaining step waits on a human, or the run's budget is reached
+        (`data.budget_approval_id`).
+        """
         TYPE_STEP_CANCELLED: RunEvent._Type.ValueType  # 18
         """step.cancelled: the step was cancelled with its run."""
         TYPE_RUN_RESUMED: RunEvent._Type.ValueType  # 19
@@ -82,6 +84,15 @@ class RunEvent(_message.Message):
         TYPE_EVENT_RECEIVED: RunEvent._Type.ValueType  # 22
         """event.received: an external event was delivered to a waiting step; `data` has
         `event_id`, `name` and `key`.
+        """
+        TYPE_RUN_BUDGET_EXCEEDED: RunEvent._Type.ValueType  # 23
+        """run.budget_exceeded: the run's budget is exhausted; `data` has `budget_run_id`,
+        `used_tokens`, `used_cost_usd`, `max_tokens`, `max_cost_usd` and `on_exceed`
+        (`pause`: run.paused and a budget approval follow; `fail`: run.failed).
+        """
+        TYPE_RUN_BUDGET_RAISED: RunEvent._Type.ValueType  # 24
+        """run.budget_raised: a budget approval was approved with new limits; `data` has
+        `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
         """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
@@ -122,7 +133,9 @@ class RunEvent(_message.Message):
     TYPE_RUN_CANCELLED: RunEvent.Type.ValueType  # 16
     """run.cancelled: the run was cancelled. Terminal."""
     TYPE_RUN_PAUSED: RunEvent.Type.ValueType  # 17
-    """run.paused: every remaining step waits on a human."""
+    """run.paused: every remaining step waits on a human, or the run's budget is reached
+    (`data.budget_approval_id`).
+    """
     TYPE_STEP_CANCELLED: RunEvent.Type.ValueType  # 18
     """step.cancelled: the step was cancelled with its run."""
     TYPE_RUN_RESUMED: RunEvent.Type.ValueType  # 19
@@ -137,6 +150,15 @@ class RunEvent(_message.Message):
     TYPE_EVENT_RECEIVED: RunEvent.Type.ValueType  # 22
     """event.received: an external event was delivered to a waiting step; `data` has
     `event_id`, `name` and `key`.
+    """
+    TYPE_RUN_BUDGET_EXCEEDED: RunEvent.Type.ValueType  # 23
+    """run.budget_exceeded: the run's budget is exhausted; `data` has `budget_run_id`,
+    `used_tokens`, `used_cost_usd`, `max_tokens`, `max_cost_usd` and `on_exceed`
+    (`pause`: run.paused and a budget approval follow; `fail`: run.failed).
+    """
+    TYPE_RUN_BUDGET_RAISED: RunEvent.Type.ValueType  # 24
+    """run.budget_raised: a budget approval was approved with new limits; `data` has
+    `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
     """
 
     RUN_ID_FIELD_NUMBER: _builtins.int

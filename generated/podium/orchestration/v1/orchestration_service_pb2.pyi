@@ -1198,6 +1198,8 @@ class DecideApprovalRequest(_message.Message):
     ACTOR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    BUDGET_MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    BUDGET_MAX_COST_USD_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     """Id of the approval."""
     decision: _approval_pb2.Decision.ValueType
@@ -1208,6 +1210,14 @@ class DecideApprovalRequest(_message.Message):
     """Who decides."""
     request_id: _builtins.str
     """Idempotency key: repeating a decision with the same key returns the same result."""
+    budget_max_tokens: _builtins.int
+    """Approving a budget approval: the new maximum tokens of the budget (unset keeps
+    it; 0 removes the limit). Refused on other kinds. 0 to 10^15.
+    """
+    budget_max_cost_usd: _builtins.float
+    """Approving a budget approval: the new maximum cost in US dollars (unset keeps it;
+    0 removes the limit). Refused on other kinds. Finite, 0 to 10^9.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Additional input for the step (checkpoint before) or replacement output (after)."""
@@ -1221,12 +1231,21 @@ class DecideApprovalRequest(_message.Message):
         actor: _builtins.str = ...,
         request_id: _builtins.str = ...,
         input: _struct_pb2.Struct | None = ...,
+        budget_max_tokens: _builtins.int | None = ...,
+        budget_max_cost_usd: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_max_cost_usd", b"_budget_max_cost_usd", "_budget_max_tokens", b"_budget_max_tokens", "budget_max_cost_usd", b"budget_max_cost_usd", "budget_max_tokens", b"budget_max_tokens", "input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "approval_id", b"approval_id", "comment", b"comment", "decision", b"decision", "input", b"input", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_max_cost_usd", b"_budget_max_cost_usd", "_budget_max_tokens", b"_budget_max_tokens", "actor", b"actor", "approval_id", b"approval_id", "budget_max_cost_usd", b"budget_max_cost_usd", "budget_max_tokens", b"budget_max_tokens", "comment", b"comment", "decision", b"decision", "input", b"input", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__budget_max_cost_usd: _TypeAlias = _typing.Literal["budget_max_cost_usd"]  # noqa: Y015
+    _WhichOneofArgType__budget_max_cost_usd: _TypeAlias = _typing.Literal["_budget_max_cost_usd", b"_budget_max_cost_usd"]  # noqa: Y015
+    _WhichOneofReturnType__budget_max_tokens: _TypeAlias = _typing.Literal["budget_max_tokens"]  # noqa: Y015
+    _WhichOneofArgType__budget_max_tokens: _TypeAlias = _typing.Literal["_budget_max_tokens", b"_budget_max_tokens"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_max_cost_usd) -> _WhichOneofReturnType__budget_max_cost_usd | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__budget_max_tokens) -> _WhichOneofReturnType__budget_max_tokens | None: ...
 
 Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015
 
@@ -2067,3 +2086,165 @@ class GetRunPayloadResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunPayloadResponse: _TypeAlias = GetRunPayloadResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """GetUsageRequest selects the step attempts whose usage is totalled: those of the
+    organization started in [start_time, end_time), optionally of one definition, agent
+    or model, grouped by the dimensions of `group_by`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Dimension:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _DimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[GetUsageRequest._Dimension.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        DIMENSION_UNSPECIFIED: GetUsageRequest._Dimension.ValueType  # 0
+        """Never used."""
+        DIMENSION_DAY: GetUsageRequest._Dimension.ValueType  # 1
+        """The UTC day the attempt started (YYYY-MM-DD)."""
+        DIMENSION_DEFINITION: GetUsageRequest._Dimension.ValueType  # 2
+        """The definition name of the attempt's run ('' for inline plans)."""
+        DIMENSION_AGENT: GetUsageRequest._Dimension.ValueType  # 3
+        """The agent that ran the attempt."""
+        DIMENSION_MODEL: GetUsageRequest._Dimension.ValueType  # 4
+        """The model the agent reported ('' when none)."""
+
+    class Dimension(_Dimension, metaclass=_DimensionEnumTypeWrapper):
+        """Dimension is a way to group usage."""
+
+    DIMENSION_UNSPECIFIED: GetUsageRequest.Dimension.ValueType  # 0
+    """Never used."""
+    DIMENSION_DAY: GetUsageRequest.Dimension.ValueType  # 1
+    """The UTC day the attempt started (YYYY-MM-DD)."""
+    DIMENSION_DEFINITION: GetUsageRequest.Dimension.ValueType  # 2
+    """The definition name of the attempt's run ('' for inline plans)."""
+    DIMENSION_AGENT: GetUsageRequest.Dimension.ValueType  # 3
+    """The agent that ran the attempt."""
+    DIMENSION_MODEL: GetUsageRequest.Dimension.ValueType  # 4
+    """The model the agent reported ('' when none)."""
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    DEFINITION_NAME_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    definition_name: _builtins.str
+    """Only attempts of runs of this definition."""
+    agent: _builtins.str
+    """Only attempts of this agent."""
+    model: _builtins.str
+    """Only attempts that reported this model."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the range (inclusive); unset means 30 days before `end_time`."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the range (exclusive); unset means now. The range is at most 366 days."""
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___GetUsageRequest.Dimension.ValueType]:
+        """Group by these dimensions (each at most once); empty: one total row."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        definition_name: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        model: _builtins.str = ...,
+        group_by: _abc.Iterable[Global___GetUsageRequest.Dimension.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "definition_name", b"definition_name", "end_time", b"end_time", "group_by", b"group_by", "model", b"model", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """GetUsageResponse holds one row per group (ordered by its keys), at most 10000."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """The groups, or one row with the total when `group_by` is empty (no rows when
+        nothing matched).
+        """
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    """UsageRow is the usage of one group of step attempts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    DEFINITION_NAME_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    STEP_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    SAVED_FIELD_NUMBER: _builtins.int
+    day: _builtins.str
+    """Day (YYYY-MM-DD, UTC) when grouped by day, else empty."""
+    definition_name: _builtins.str
+    """Definition name when grouped by definition, else empty."""
+    agent: _builtins.str
+    """Agent when grouped by agent, else empty."""
+    model: _builtins.str
+    """Model when grouped by model, else empty."""
+    step_attempts: _builtins.int
+    """Step attempts counted (including cache hits)."""
+    cache_hits: _builtins.int
+    """Attempts answered from the step-output cache (no agent call, no usage)."""
+    @_builtins.property
+    def usage(self) -> _run_pb2.RunUsage:
+        """Usage reported by the attempts."""
+
+    @_builtins.property
+    def saved(self) -> _run_pb2.RunUsage:
+        """Usage the cache hits saved: that of the attempts that computed their entries."""
+
+    def __init__(
+        self,
+        *,
+        day: _builtins.str = ...,
+        definition_name: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        model: _builtins.str = ...,
+        usage: _run_pb2.RunUsage | None = ...,
+        step_attempts: _builtins.int = ...,
+        cache_hits: _builtins.int = ...,
+        saved: _run_pb2.RunUsage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saved", b"saved", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "cache_hits", b"cache_hits", "day", b"day", "definition_name", b"definition_name", "model", b"model", "saved", b"saved", "step_attempts", b"step_attempts", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015

@@ -200,6 +200,11 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/GetUsage',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -456,6 +461,13 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Model usage of the organization's step attempts, totalled and grouped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -618,6 +630,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.DeleteSchedule,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1490,6 +1507,33 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/DeleteSchedule',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/GetUsage',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -135,6 +135,8 @@ class OrchestrationServiceStub:
     """ResumeSchedule lets a paused schedule fire again, from its next tick after now."""
     DeleteSchedule: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteScheduleRequest, _orchestration_service_pb2.DeleteScheduleResponse]
     """DeleteSchedule deletes a schedule; runs it started are kept."""
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetUsageRequest, _orchestration_service_pb2.GetUsageResponse]
+    """Model usage of the organization's step attempts, totalled and grouped."""
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -243,6 +245,8 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """ResumeSchedule lets a paused schedule fire again, from its next tick after now."""
     DeleteSchedule: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteScheduleRequest, _orchestration_service_pb2.DeleteScheduleResponse]  # type: ignore[assignment]
     """DeleteSchedule deletes a schedule; runs it started are kept."""
+    GetUsage: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetUsageRequest, _orchestration_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Model usage of the organization's step attempts, totalled and grouped."""
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestrationService is Podium's API: definitions, runs, progress streams,
@@ -540,5 +544,13 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.DeleteScheduleResponse, _abc.Awaitable[_orchestration_service_pb2.DeleteScheduleResponse]]:
         """DeleteSchedule deletes a schedule; runs it started are kept."""
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _orchestration_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetUsageResponse, _abc.Awaitable[_orchestration_service_pb2.GetUsageResponse]]:
+        """Model usage of the organization's step attempts, totalled and grouped."""
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -76,7 +76,9 @@ class Run(_message.Message):
         STATE_RUNNING: Run._State.ValueType  # 2
         """Steps are executing or queued."""
         STATE_PAUSED: Run._State.ValueType  # 3
-        """A human decision holds every remaining step."""
+        """A human decision holds every remaining step, or the run's budget is reached (a
+        pending approval of kind BUDGET holds the whole run).
+        """
         STATE_SUCCEEDED: Run._State.ValueType  # 4
         """Every step ended and none failed the run. Terminal."""
         STATE_FAILED: Run._State.ValueType  # 5
@@ -94,7 +96,9 @@ class Run(_message.Message):
     STATE_RUNNING: Run.State.ValueType  # 2
     """Steps are executing or queued."""
     STATE_PAUSED: Run.State.ValueType  # 3
-    """A human decision holds every remaining step."""
+    """A human decision holds every remaining step, or the run's budget is reached (a
+    pending approval of kind BUDGET holds the whole run).
+    """
     STATE_SUCCEEDED: Run.State.ValueType  # 4
     """Every step ended and none failed the run. Terminal."""
     STATE_FAILED: Run.State.ValueType  # 5
@@ -147,6 +151,9 @@ class Run(_message.Message):
     MAX_PARALLEL_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     FORKED_FROM_RUN_ID_FIELD_NUMBER: _builtins.int
+    TOTAL_USAGE_FIELD_NUMBER: _builtins.int
+    SAVED_USAGE_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
     OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
@@ -231,6 +238,22 @@ class Run(_message.Message):
         """
 
     @_builtins.property
+    def total_usage(self) -> Global___RunUsage:
+        """Model usage of the run and of all its child runs (sub-orchestrations, for_each
+        items), recursively (GetRun only; `usage` is the run's own).
+        """
+
+    @_builtins.property
+    def saved_usage(self) -> Global___RunUsage:
+        """Usage the run's cache hits saved (that of the attempts that computed the cached
+        outputs it reused), including its child runs (GetRun only).
+        """
+
+    @_builtins.property
+    def budget(self) -> Global___RunBudget:
+        """The budget the run draws on, when one applies (GetRun only)."""
+
+    @_builtins.property
     def omitted(self) -> _containers.RepeatedCompositeFieldContainer[Global___OmittedPayload]:
         """Payloads of this run left out of this response so that it stays under the
         server's maximum message size (`PODIUM_MAX_MESSAGE_BYTES`), largest first; read
@@ -266,11 +289,14 @@ class Run(_message.Message):
         max_parallel: _builtins.int = ...,
         webhook_url: _builtins.str = ...,
         forked_from_run_id: _builtins.str = ...,
+        total_usage: Global___RunUsage | None = ...,
+        saved_usage: Global___RunUsage | None = ...,
+        budget: Global___RunBudget | None = ...,
         omitted: _abc.Iterable[Global___OmittedPayload] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "metadata", b"metadata", "output", b"output", "plan", b"plan", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "metadata", b"metadata", "output", b"output", "plan", b"plan", "saved_usage", b"saved_usage", "start_time", b"start_time", "total_usage", b"total_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "omitted", b"omitted", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "omitted", b"omitted", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "saved_usage", b"saved_usage", "start_time", b"start_time", "state", b"state", "steps", b"steps", "total_usage", b"total_usage", "usage", b"usage", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +331,56 @@ class OmittedPayload(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OmittedPayload: _TypeAlias = OmittedPayload  # noqa: Y015
+
+@_typing.final
+class RunBudget(_message.Message):
+    """RunBudget is the state of the budget a run draws on (BudgetPolicy)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUDGET_RUN_ID_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_COST_USD_FIELD_NUMBER: _builtins.int
+    ON_EXCEED_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    USED_COST_USD_FIELD_NUMBER: _builtins.int
+    EXCEEDED_FIELD_NUMBER: _builtins.int
+    APPROVAL_ID_FIELD_NUMBER: _builtins.int
+    budget_run_id: _builtins.str
+    """Run whose budget this is: the run itself, or the ancestor whose budget applies."""
+    max_tokens: _builtins.int
+    """Maximum tokens (0: no limit), as raised by approvals."""
+    max_cost_usd: _builtins.float
+    """Maximum cost in US dollars (0: no limit), as raised by approvals."""
+    on_exceed: _definition_pb2.BudgetPolicy.OnExceed.ValueType
+    """What happens when a limit is reached."""
+    used_tokens: _builtins.int
+    """Tokens (input + output) used by the budget run and all runs drawing on it."""
+    used_cost_usd: _builtins.float
+    """Cost in US dollars used by the budget run and all runs drawing on it."""
+    exceeded: _builtins.bool
+    """Whether a limit is reached (no new step starts)."""
+    approval_id: _builtins.str
+    """The pending budget approval of this run, if it is paused by its budget."""
+    def __init__(
+        self,
+        *,
+        budget_run_id: _builtins.str = ...,
+        max_tokens: _builtins.int = ...,
+        max_cost_usd: _builtins.float = ...,
+        on_exceed: _definition_pb2.BudgetPolicy.OnExceed.ValueType = ...,
+        used_tokens: _builtins.int = ...,
+        used_cost_usd: _builtins.float = ...,
+        exceeded: _builtins.bool = ...,
+        approval_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approval_id", b"approval_id", "budget_run_id", b"budget_run_id", "exceeded", b"exceeded", "max_cost_usd", b"max_cost_usd", "max_tokens", b"max_tokens", "on_exceed", b"on_exceed", "used_cost_usd", b"used_cost_usd", "used_tokens", b"used_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunBudget: _TypeAlias = RunBudget  # noqa: Y015
 
 @_typing.final
 class StepRun(_message.Message):
