@@ -28,6 +28,7 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
+from podium.server.engine.keys import run_keying, waiting_reason
 from podium.server.engine.mapping import (
     RUN_STATE_NAMES,
     created_to_proto,
@@ -145,6 +146,9 @@ class RunService:
             definition_name = definition_version = None
 
         run_input = normalize_numbers(json_format.MessageToDict(request.input))
+        keying = run_keying(
+            plan, run_input, request.priority if request.HasField("priority") else None
+        )
         metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
         labels = {**dict(plan.labels), **dict(request.labels)}
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
@@ -182,6 +186,7 @@ class RunService:
                     run_metadata=metadata,
                 ),
                 trace_context=trace_context,
+                keying=keying,
             )
             start_at = delayed_start(request)
             async with storage_errors():
@@ -335,12 +340,17 @@ class RunService:
         if plan.archived:
             return "archived", None, f"definition {name!r} is archived; new runs are refused"
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        run_input = child_input if isinstance(child_input, dict) else {"value": child_input}
+        try:
+            keying = run_keying(plan, run_input, None)
+        except InvalidArgument as exc:
+            return "invalid_input", None, str(exc.violations[0].description)
         new = NewRun(
             organization_id=organization_id,
             definition_name=plan.name,
             definition_version=plan.version,
             plan=plan_dict,
-            input=child_input if isinstance(child_input, dict) else {"value": child_input},
+            input=run_input,
             metadata={},
             labels=dict(plan.labels),
             request_id=None,
@@ -359,6 +369,7 @@ class RunService:
                 bypass_cache=bypass_cache,
             ),
             trace_context=trace_context,
+            keying=keying,
         )
         async with storage_errors():
             status, child = await self._repository.create_child(
@@ -414,6 +425,7 @@ class RunService:
                 bypass_cache=False,
             ),
             trace_context=None,
+            keying=run_keying(plan, run_input, None),
         )
 
     def effective_max_parallel(self, plan: definition_pb2.Definition) -> int:
@@ -438,6 +450,11 @@ class RunService:
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
         run = run_to_proto(*found)
+        row = found[0]
+        if not row.key_admitted and row.state == "running" and row.concurrency_key is not None:
+            async with storage_errors():
+                running = await self._repository.key_running(organization_id, row.concurrency_key)
+            run.waiting_reason = waiting_reason(row.concurrency_key, running, row.max_runs_per_key)
         queued = [s for s in found[1] if s.state == "queued" and (s.agent or s.skill)]
         if queued and self._agents is not None:
             async with storage_errors():

@@ -1,6 +1,6 @@
 """Validation of a definition's policies: labels, the execution policy (concurrency,
-caching, timeouts), failure policies and checkpoints. Budgets and concurrency keys,
-which the contract specifies but the server does not enforce yet, are refused
+caching, concurrency keys, priority, timeouts), failure policies and checkpoints.
+Budgets, which the contract specifies but the server does not enforce yet, are refused
 (``NOT_SUPPORTED``) rather than accepted and ignored."""
 
 from __future__ import annotations
@@ -8,6 +8,11 @@ from __future__ import annotations
 import re
 
 from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.keys import (
+    MAX_PER_KEY,
+    MAX_PRIORITY,
+    key_template_violations,
+)
 from podium.server.engine.references import join_location
 from podium.server.engine.validation_fields import FieldChecker, format_number
 
@@ -56,11 +61,21 @@ class PolicyChecker(FieldChecker):
             concurrency.max_parallel,
             rule="must be positive (0 uses the server default)",
         )
-        # Specified by the contract but not built: refused rather than silently ignored.
         if concurrency.key:
-            self.not_built("execution.concurrency.key", "concurrency keys")
-        if concurrency.max_runs_per_key:
-            self.not_built("execution.concurrency.max_runs_per_key", "per-key run limits")
+            for path, description, reason in key_template_violations(
+                concurrency.key, "execution.concurrency.key"
+            ):
+                self.add(path, description, reason)
+        for field in ("max_runs_per_key", "max_steps_per_key"):
+            value = getattr(concurrency, field)
+            path = f"execution.concurrency.{field}"
+            if self.check_number(path, value, maximum=MAX_PER_KEY, rule="must not be negative"):
+                if value and not concurrency.key:
+                    self.add(path, f"{field} needs execution.concurrency.key", "KEY_REQUIRED")
+        self.check_number(
+            "execution.priority", execution.priority, maximum=MAX_PRIORITY, rule="must be 0 to 9"
+        )
+        # Specified by the contract but not built: refused rather than silently ignored.
         budget = execution.budget
         if budget.max_tokens or budget.max_cost_usd or budget.on_exceed:
             self.not_built("execution.budget", "run budgets")

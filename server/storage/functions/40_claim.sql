@@ -14,6 +14,19 @@
 -- that is under its limits. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it.
+--
+-- Priorities and fair share: candidate runs are visited by priority (higher first),
+-- then round-robin across shares (a share: the runs of one organization and concurrency
+-- key value at one priority), ranking each run by its position in its share plus the
+-- share's running steps, so the share with the fewest running steps goes first and a
+-- share with thousands of queued steps cannot hold back another's single step beyond
+-- this claim; with several shares in the candidates, one share takes at most
+-- ceil(p_limit / shares) steps per claim. Runs are locked SKIP LOCKED in that order (a
+-- run a completer holds is left to that completer's eager claim, which notifies when it
+-- leaves work). An eager claim (p_runs) leaves a run to the scheduler's claim when
+-- another share of its priority or a higher priority has queued steps (index probes on
+-- orchestration_steps_queued_share_idx). max_steps_per_key holds a step while the
+-- running steps of its run's key value reach it (counted once per key and claim).
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
 )
@@ -42,6 +55,10 @@ DECLARE
     v_seq bigint;
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
+    v_share_cap integer := p_limit;  -- steps one share may take in this claim
+    v_share text;
+    v_taken jsonb := '{}';  -- share -> steps it took in this claim (several shares only)
+    v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -51,21 +68,38 @@ BEGIN
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context
-          FROM orchestration_runs r
-         WHERE r.state = 'running'
-           AND r.id IN (SELECT q.run_id FROM orchestration_steps q WHERE q.state = 'queued'
-                        UNION
-                        SELECT w.run_id FROM orchestration_steps w
-                         WHERE w.state = 'waiting_retry' AND w.next_attempt_at <= now())
-         ORDER BY r.created_at, r.id
-           FOR UPDATE OF r;
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key, c.shares
+          FROM (SELECT o.id, o.priority, o.created_at, o.rn + coalesce(b.busy, 0) AS rank,
+                       count(*) FILTER (WHERE o.rn = 1) OVER () AS shares
+                  FROM (SELECT x.id, x.priority, x.created_at, x.organization_id,
+                               coalesce(x.concurrency_key, '') AS share_key,
+                               row_number() OVER (PARTITION BY x.priority, x.organization_id,
+                                                               x.concurrency_key
+                                                  ORDER BY x.created_at, x.id) AS rn
+                          FROM orchestration_runs x
+                         WHERE x.state = 'running'
+                           AND x.id IN (SELECT q.run_id FROM orchestration_steps q
+                                         WHERE q.state = 'queued'
+                                        UNION
+                                        SELECT w.run_id FROM orchestration_steps w
+                                         WHERE w.state = 'waiting_retry'
+                                           AND w.next_attempt_at <= now())) o
+                  LEFT JOIN (SELECT g.organization_id, g.concurrency_key, g.priority,
+                                    count(*) AS busy
+                               FROM orchestration_steps g WHERE g.state = 'running'
+                              GROUP BY 1, 2, 3) b
+                    ON b.organization_id = o.organization_id
+                   AND b.concurrency_key = o.share_key AND b.priority = o.priority) c
+          JOIN orchestration_runs r ON r.id = c.id
+         ORDER BY c.priority DESC, c.rank, c.created_at, c.id
+           FOR UPDATE OF r SKIP LOCKED;
     ELSE
         -- An eager claim: the runs a completion just locked (see podium_complete_steps).
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key,
+               1::bigint AS shares
           FROM orchestration_runs r
          WHERE r.id = ANY (p_runs) AND r.state = 'running'
          ORDER BY r.created_at, r.id
@@ -74,6 +108,32 @@ BEGIN
     LOOP
         FETCH v_runs INTO v_run;
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
+        IF p_runs IS NOT NULL AND (
+               EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority > v_run.priority)
+            OR EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority = v_run.priority
+                          AND (p.organization_id, p.concurrency_key)
+                              < (v_run.organization_id, coalesce(v_run.concurrency_key, '')))
+            OR EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority = v_run.priority
+                          AND (p.organization_id, p.concurrency_key)
+                              > (v_run.organization_id, coalesce(v_run.concurrency_key, '')))) THEN
+            CONTINUE;  -- another share waits: the scheduler's claim takes turns
+        END IF;
+        IF v_run.shares > 1 THEN
+            v_share_cap := ceil(p_limit::numeric / v_run.shares)::integer;
+            v_share := v_run.priority || chr(31) || v_run.organization_id || chr(31)
+                       || coalesce(v_run.concurrency_key, '');
+            CONTINUE WHEN coalesce((v_taken ->> v_share)::integer, 0) >= v_share_cap;
+        END IF;
+        IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
+            v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
+                v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
+                                            WHERE k.state = 'running'
+                                              AND k.organization_id = v_run.organization_id
+                                              AND k.concurrency_key = v_run.concurrency_key));
+        END IF;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
          WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
@@ -91,6 +151,10 @@ BEGIN
                FOR UPDATE OF s SKIP LOCKED
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
+            EXIT WHEN v_run.shares > 1
+                  AND coalesce((v_taken ->> v_share)::integer, 0) >= v_share_cap;
+            EXIT WHEN v_run.max_steps_per_key > 0
+                  AND (v_key_free ->> v_run.concurrency_key)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
                    0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
@@ -199,6 +263,14 @@ BEGIN
             END IF;
             v_free := v_free - 1;
             v_picked := v_picked + 1;
+            IF v_run.shares > 1 THEN
+                v_taken := jsonb_set(v_taken, ARRAY[v_share],
+                                     to_jsonb(coalesce((v_taken ->> v_share)::integer, 0) + 1));
+            END IF;
+            IF v_run.max_steps_per_key > 0 THEN
+                v_key_free := jsonb_set(v_key_free, ARRAY[v_run.concurrency_key],
+                    to_jsonb((v_key_free ->> v_run.concurrency_key)::integer - 1));
+            END IF;
             RETURN QUERY
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                    v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
@@ -318,6 +390,10 @@ $$;
 -- steps stay queued for the claimers (podium_start_run has notified them).
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
+DROP FUNCTION IF EXISTS podium_create_run_and_claim(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
+    double precision);
 CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
@@ -325,7 +401,7 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
     p_return_steps boolean, p_owner text, p_claim_limit integer,
-    p_lease_seconds double precision
+    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -348,7 +424,7 @@ BEGIN
                              p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
                              p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
                              p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
-                             p_start, p_return_steps) c;
+                             p_start, p_return_steps, p_keying) c;
     IF v_run.created AND p_start AND p_claim_limit > 0
        AND pg_try_advisory_xact_lock(1886350957, 1) THEN
         RETURN QUERY
