@@ -83,6 +83,15 @@ class RunEvent(_message.Message):
         """event.received: an external event was delivered to a waiting step; `data` has
         `event_id`, `name` and `key`.
         """
+        TYPE_RUN_WAITING_FOR_KEY: RunEvent._Type.ValueType  # 23
+        """run.waiting_for_key: the run started but waits for its concurrency key (its
+        definition's max_runs_per_key runs of the key execute); `data` has `key`,
+        `running` and `max_runs_per_key`.
+        """
+        TYPE_RUN_ADMITTED: RunEvent._Type.ValueType  # 24
+        """run.admitted: a run that waited for its concurrency key may execute; `data` has
+        `key`.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is the lifecycle transition an event reports."""
@@ -137,6 +146,15 @@ class RunEvent(_message.Message):
     TYPE_EVENT_RECEIVED: RunEvent.Type.ValueType  # 22
     """event.received: an external event was delivered to a waiting step; `data` has
     `event_id`, `name` and `key`.
+    """
+    TYPE_RUN_WAITING_FOR_KEY: RunEvent.Type.ValueType  # 23
+    """run.waiting_for_key: the run started but waits for its concurrency key (its
+    definition's max_runs_per_key runs of the key execute); `data` has `key`,
+    `running` and `max_runs_per_key`.
+    """
+    TYPE_RUN_ADMITTED: RunEvent.Type.ValueType  # 24
+    """run.admitted: a run that waited for its concurrency key may execute; `data` has
+    `key`.
     """
 
     RUN_ID_FIELD_NUMBER: _builtins.int

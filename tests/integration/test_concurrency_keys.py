@@ -1,0 +1,364 @@
+"""Concurrency keys (max_runs_per_key, max_steps_per_key), run priorities and fair share,
+enforced by the claim and the run admission in SQL, on real servers (two ``podium serve``
+processes where replicas matter), real Postgres and the real example agents."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+
+from podium.client.examples.agents import ExampleAgents, serve_examples
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.orchestration.v1 import run_pb2
+from tests.integration.conftest import StartServer, static_agents
+from tests.integration.processes import PodiumProcess, start_podium
+from tests.integration.rpc import rpc_error, violations
+from tests.integration.runs_helpers import (
+    all_events,
+    create_definition,
+    definition,
+    event_type,
+    get_run,
+    start_run,
+    struct,
+    wait_for_run,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from podium.orchestration.v1.orchestration_service_pb2_grpc import (
+        OrchestrationServiceAsyncStub,
+    )
+
+Run = run_pb2.Run
+KEY = "${run.input.customer}"
+
+
+def keyed(**concurrency: Any) -> dict[str, Any]:
+    """``execution`` of a definition keyed by the input's customer."""
+    return {"concurrency": {"key": KEY, "max_parallel": 8, **concurrency}}
+
+
+def intervals(runs: Iterable[Run]) -> list[tuple[float, float]]:
+    """(start, end) in seconds of every attempt of the runs' steps."""
+    return [
+        (a.start_time.ToNanoseconds() / 1e9, a.end_time.ToNanoseconds() / 1e9)
+        for r in runs
+        for s in r.steps
+        for a in s.attempts
+    ]
+
+
+def run_spans(runs: Iterable[Run]) -> list[tuple[float, float]]:
+    """(first attempt start, last attempt end) of each run."""
+    spans = []
+    for run in runs:
+        times = intervals([run])
+        spans.append((min(t[0] for t in times), max(t[1] for t in times)))
+    return spans
+
+
+def most_at_once(spans: Iterable[tuple[float, float]]) -> int:
+    """The most intervals overlapping at one instant."""
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    best = current = 0
+    for _, delta in edges:  # at equal times an end (-1) sorts before a start (+1)
+        current += delta
+        best = max(best, current)
+    return best
+
+
+@contextlib.asynccontextmanager
+async def echo_agents() -> AsyncIterator[ExampleAgents]:
+    examples = await serve_examples(names=["echo"])
+    try:
+        yield examples
+    finally:
+        await examples.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(
+    database_url: str, agents: str, tmp_path: Path
+) -> AsyncIterator[list[OrchestrationServiceAsyncStub]]:
+    """Two ``podium serve`` processes on the test database, and a stub for each."""
+    env = {
+        "PODIUM_DATABASE_URL": database_url,
+        "PODIUM_AGENTS": agents,
+        "PODIUM_LEASE_SECONDS": "5",
+        "PODIUM_POLL_INTERVAL_SECONDS": "0.2",
+        "PODIUM_SHUTDOWN_GRACE_SECONDS": "0",
+    }
+    started: list[PodiumProcess] = []
+    channels: list[grpc.aio.Channel] = []
+    try:
+        for name in ("r0", "r1"):
+            started.append(await start_podium(env, tmp_path / f"{name}.log"))
+        channels = [grpc.aio.insecure_channel(p.address) for p in started]
+        yield [pb_grpc.OrchestrationServiceStub(c) for c in channels]
+    finally:
+        for channel in channels:
+            await channel.close(None)
+        for serve in started:
+            await asyncio.to_thread(serve.cleanup)
+
+
+async def test_max_runs_per_key_across_two_processes_fifo_per_key(
+    database_url: str, tmp_path: Path
+) -> None:
+    """max_runs_per_key 2, two keys interleaved, runs started alternately on two
+    ``podium serve`` processes: at most 2 runs of a key execute at once (from the
+    attempts' times and from the agent's own log of calls), both keys reach 2, the
+    waiting runs show why (GetRun, run.waiting_for_key) and each key's runs start in
+    the order they were started."""
+    async with (
+        echo_agents() as examples,
+        two_replicas(database_url, static_agents(examples), tmp_path) as stubs,
+    ):
+        steps = [
+            {"id": "a", "agent": "echo", "input": {"delay": 0.3}},
+            {"id": "b", "agent": "echo", "depends_on": ["a"], "input": {"delay": 0.2}},
+        ]
+        await create_definition(stubs[0], "keyed", steps, execution=keyed(max_runs_per_key=2))
+        order: dict[str, list[str]] = defaultdict(list)
+        for i in range(12):
+            customer = ("acme", "globex")[i % 2]
+            started = await start_run(stubs[i % 2], "keyed", input={"customer": customer})
+            order[customer].append(started.run.id)
+            assert started.run.concurrency_key == customer
+        # The third run of acme waits while the first two execute.
+        third = await get_run(stubs[1], order["acme"][2])
+        assert third.state == Run.STATE_RUNNING
+        assert third.waiting_reason == "concurrency key 'acme': 2 of 2 runs running", third
+        assert {s.state for s in third.steps} == {run_pb2.StepRun.STATE_PENDING}
+        runs: dict[str, list[Run]] = {}
+        for customer, ids in order.items():
+            runs[customer] = [await wait_for_run(stubs[0], rid, within=60) for rid in ids]
+        for customer, done in runs.items():
+            assert [r.state for r in done] == [Run.STATE_SUCCEEDED] * 6, customer
+            assert all(not r.waiting_reason for r in done)
+            spans = run_spans(done)
+            assert most_at_once(spans) == 2, (customer, spans)
+            # FIFO per key: each run's first step started after the previous one's.
+            firsts = [s for s, _ in spans]
+            assert firsts == sorted(firsts), (customer, firsts)
+        types = [event_type(e) for e in await all_events(stubs[0], order["acme"][2])]
+        assert types.index("run.waiting_for_key") < types.index("run.admitted")
+        assert types.index("run.admitted") < types.index("step.started")
+        # The agent's own record: calls of one key's runs never overlap beyond 2 runs.
+        seen = [t.run_id for t in examples["echo"].stats.tasks]
+        assert len(seen) == 24
+        for customer, ids in order.items():
+            mine = [r for r in seen if r in ids]
+            # A run's calls are a then b; at most 2 runs are "open" at any call.
+            open_runs: set[str] = set()
+            calls: dict[str, int] = defaultdict(int)
+            for run_id in mine:
+                calls[run_id] += 1
+                open_runs.add(run_id)
+                assert len(open_runs) <= 2, (customer, open_runs)
+                if calls[run_id] == 2:
+                    open_runs.discard(run_id)
+
+
+async def test_max_steps_per_key_holds_steps_of_one_key_only(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """max_steps_per_key 2 over runs of 4 parallel steps: acme's steps (two runs)
+    never run more than 2 at once, globex's run alongside; every step succeeds on its
+    first attempt (a held step uses no attempt)."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        steps = [{"id": f"s{i}", "agent": "echo", "input": {"delay": 0.2}} for i in range(4)]
+        await create_definition(stub, "steps", steps, execution=keyed(max_steps_per_key=2))
+        ids = {
+            "acme": [
+                (await start_run(stub, "steps", input={"customer": "acme"})).run.id
+                for _ in range(2)
+            ],
+            "globex": [(await start_run(stub, "steps", input={"customer": "globex"})).run.id],
+        }
+        runs = {c: [await wait_for_run(stub, r, within=30) for r in rs] for c, rs in ids.items()}
+    for done in runs.values():
+        assert all(r.state == Run.STATE_SUCCEEDED for r in done)
+        assert all(s.attempt == 1 and len(s.attempts) == 1 for r in done for s in r.steps)
+    assert most_at_once(intervals(runs["acme"])) == 2
+    assert most_at_once(intervals(runs["globex"])) == 2
+    everything = intervals(runs["acme"] + runs["globex"])
+    assert most_at_once(everything) >= 3, everything  # the limit is per key, not global
+
+
+async def test_higher_priority_runs_are_claimed_first(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """One worker slot busy with a blocker; then three priority-0 runs and two priority-7
+    runs (StartRun field) and one priority-5 run (definition default): once the slot
+    frees, the steps start 7, 7, 5, then the 0s in start order."""
+    server = await start_server(agents=static_agents(example_agents, "echo"), max_concurrency=1)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        step = [{"id": "a", "agent": "echo", "input": {"delay": 0.05}}]
+        await create_definition(stub, "plain", step)
+        await create_definition(stub, "urgent", step, execution={"priority": 5})
+        await create_definition(
+            stub, "block", [{"id": "a", "agent": "echo", "input": {"delay": 0.8}}]
+        )
+        blocker = await start_run(stub, "block")
+
+        async def start(name: str, priority: int | None) -> str:
+            request = pb.StartRunRequest(input=struct({}), start=True)
+            request.definition.name = name
+            if priority is not None:
+                request.priority = priority
+            return (await stub.StartRun(request)).run.id
+
+        labels = {}
+        for name, priority, label in [
+            ("plain", None, "low1"),
+            ("plain", 7, "high1"),
+            ("plain", 0, "low2"),
+            ("urgent", None, "mid"),
+            ("plain", 7, "high2"),
+            ("plain", None, "low3"),
+        ]:
+            labels[await start(name, priority)] = label
+        got = await get_run(stub, next(r for r, lab in labels.items() if lab == "mid"))
+        assert got.priority == 5
+        await wait_for_run(stub, blocker.run.id, within=30)
+        done = [await wait_for_run(stub, r, within=30) for r in labels]
+    by_start = sorted(done, key=lambda r: r.steps[0].attempts[0].start_time.ToNanoseconds())
+    assert [labels[r.id] for r in by_start] == ["high1", "high2", "mid", "low1", "low2", "low3"]
+
+
+async def test_light_key_is_dispatched_within_one_claim_cycle_under_heavy_load(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """A heavy key with 300 queued one-step runs on 4 worker slots, then one run of a
+    light key: its step starts within a claim cycle of slots freeing (well under a
+    second), while hundreds of the heavy key's steps are still queued."""
+    server = await start_server(agents=static_agents(example_agents, "echo"), max_concurrency=4)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        step = [{"id": "a", "agent": "echo", "input": {"delay": 0.1}}]
+        await create_definition(stub, "fair", step, execution={"concurrency": {"key": KEY}})
+        heavy = [
+            (await start_run(stub, "fair", input={"customer": "heavy"})).run.id for _ in range(300)
+        ]
+        began = time.monotonic()
+        light = (await start_run(stub, "fair", input={"customer": "light"})).run.id
+        light_run = await wait_for_run(stub, light, within=30)
+        waited = time.monotonic() - began
+        heavy_runs = [await get_run(stub, r) for r in heavy]
+    assert light_run.state == Run.STATE_SUCCEEDED
+    light_start = light_run.steps[0].attempts[0].start_time.ToNanoseconds()
+    later = [
+        r
+        for r in heavy_runs
+        if not r.steps[0].attempts
+        or r.steps[0].attempts[0].start_time.ToNanoseconds() > light_start
+    ]
+    assert len(later) >= 100, len(later)  # the heavy key still had hundreds queued
+    assert waited < 1.0, waited
+
+
+async def test_concurrency_fields_are_validated_with_field_violations(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    """Bad keys, limits and priorities are INVALID_ARGUMENT naming the field; a run whose
+    input lacks the key, or with a priority out of range, is refused without a write."""
+    bad = definition(
+        "bad",
+        [{"id": "a", "agent": "echo"}],
+        execution={
+            "concurrency": {
+                "key": "${steps.a.output.x}",
+                "max_runs_per_key": -1,
+                "max_steps_per_key": 10001,
+            },
+            "priority": 10,
+        },
+    )
+    error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=bad)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(error)
+    assert "only reference the run input" in found["execution.concurrency.key"]
+    assert "max_runs_per_key" in str(found) and "execution.concurrency.max_runs_per_key" in found
+    assert "execution.concurrency.max_steps_per_key" in found
+    assert "execution.priority" in found
+    keyless = definition(
+        "keyless",
+        [{"id": "a", "agent": "echo"}],
+        execution={"concurrency": {"max_runs_per_key": 2}},
+    )
+    error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=keyless)))
+    assert (
+        "needs execution.concurrency.key"
+        in violations(error)["execution.concurrency.max_runs_per_key"]
+    )
+    malformed = definition(
+        "malformed", [{"id": "a", "agent": "echo"}], execution=keyed(key="${run.input.")
+    )
+    error = await rpc_error(stub.CreateDefinition(pb.CreateDefinitionRequest(definition=malformed)))
+    assert "execution.concurrency.key" in violations(error)
+
+    await create_definition(
+        stub, "good", [{"id": "a", "agent": "echo"}], execution=keyed(max_runs_per_key=1)
+    )
+    error = await rpc_error(start_run(stub, "good", input={"other": 1}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "customer" in violations(error)["input"]
+    request = pb.StartRunRequest(input=struct({"customer": "a"}), start=True, priority=10)
+    request.definition.name = "good"
+    error = await rpc_error(stub.StartRun(request))
+    assert "must be 0 to 9" in violations(error)["priority"]
+    listed = await stub.ListRuns(pb.ListRunsRequest())
+    assert not listed.runs  # nothing was written
+
+
+@pytest.mark.parametrize("value", [{"id": 7}, 42])
+async def test_a_non_string_key_value_is_its_compact_json(
+    stub: OrchestrationServiceAsyncStub, value: Any
+) -> None:
+    await create_definition(stub, "json-key", [{"id": "a", "agent": "echo"}], execution=keyed())
+    started = await start_run(stub, "json-key", input={"customer": value})
+    expected = '{"id":7}' if isinstance(value, dict) else "42"
+    assert started.run.concurrency_key == expected
+    assert (await get_run(stub, started.run.id)).concurrency_key == expected
+
+
+async def test_cancelling_a_running_run_admits_the_next_waiting_one(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """max_runs_per_key 1: the second run waits; cancelling the first admits it (the
+    trigger on the run's end), and it succeeds."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(
+            stub,
+            "one-at-a-time",
+            [{"id": "a", "agent": "echo", "input": {"delay": 5}}],
+            execution=keyed(max_runs_per_key=1),
+        )
+        first = (await start_run(stub, "one-at-a-time", input={"customer": "c"})).run.id
+        second = (await start_run(stub, "one-at-a-time", input={"customer": "c"})).run.id
+        waiting = await get_run(stub, second)
+        assert waiting.waiting_reason == "concurrency key 'c': 1 of 1 runs running"
+        await stub.CancelRun(pb.CancelRunRequest(run_id=first))
+
+        async def admitted() -> bool:
+            run = await get_run(stub, second)
+            return not run.waiting_reason and any(s.attempts for s in run.steps)
+
+        await wait_until(admitted, "the waiting run admitted", within=10)
+        await stub.CancelRun(pb.CancelRunRequest(run_id=second))
