@@ -35,3 +35,12 @@ CREATE INDEX orchestration_runs_key_waiting_idx
 -- Fair share: is another (priority, organization, key) waiting in the queue?
 CREATE INDEX orchestration_steps_queued_share_idx
     ON orchestration_steps (priority, organization_id, concurrency_key) WHERE state = 'queued';
+
+-- Rate limits per concurrency key: an agent whose rate limit is per key keeps one window
+-- per key value (runs without a key share the window of ''); other agents log ''.
+ALTER TABLE agents ADD COLUMN rate_per_key boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN agents.rate_per_key IS
+    'The rate limit applies to each concurrency key value separately.';
+ALTER TABLE agent_rate_usage ADD COLUMN concurrency_key text NOT NULL DEFAULT '';
+DROP INDEX agent_rate_usage_idx;
+CREATE INDEX agent_rate_usage_idx ON agent_rate_usage (organization_id, agent, concurrency_key, at);

@@ -459,7 +459,9 @@ class RunService:
         if queued and self._agents is not None:
             async with storage_errors():
                 waits = await self._agents.step_rate_waits(
-                    organization_id, [(s.step_id, s.agent, s.skill) for s in queued]
+                    organization_id,
+                    [(s.step_id, s.agent, s.skill) for s in queued],
+                    row.concurrency_key,
                 )
             set_rate_waits(run, waits)
         return run

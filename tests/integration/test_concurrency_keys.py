@@ -362,3 +362,57 @@ async def test_cancelling_a_running_run_admits_the_next_waiting_one(
 
         await wait_until(admitted, "the waiting run admitted", within=10)
         await stub.CancelRun(pb.CancelRunRequest(run_id=second))
+
+
+async def test_rate_limit_per_key_across_two_replicas(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """echo limited to 2 requests per 2 s per key (``rate_per_key=true``), two replicas:
+    each key's starts respect their own window (never 3 in 2 s), while the two keys
+    together start 4 in the first window (the limit is not global); a held step waits
+    with reason RATE_LIMITED and no attempt, and every step succeeds on attempt 1."""
+    agents = ",".join(
+        f"{name}={address}" + (";rate=2/2s;rate_per_key=true" if name == "echo" else "")
+        for name, address in example_agents.addresses.items()
+    )
+    servers = [await start_server(agents=agents) for _ in range(2)]
+    channels = [grpc.aio.insecure_channel(s.address) for s in servers]
+    try:
+        stubs = [pb_grpc.OrchestrationServiceStub(c) for c in channels]
+        listed = await stubs[0].ListAgents(pb.ListAgentsRequest())
+        assert {a.name: a for a in listed.agents}["echo"].rate_limit.per_key
+        await create_definition(
+            stubs[0], "rated", [{"id": "a", "agent": "echo"}], execution=keyed()
+        )
+        ids: dict[str, list[str]] = defaultdict(list)
+        for i in range(8):
+            customer = ("acme", "globex")[i % 2]
+            started = await start_run(stubs[i % 2], "rated", input={"customer": customer})
+            ids[customer].append(started.run.id)
+
+        async def a_held_step() -> bool:
+            for run_id in ids["acme"]:
+                step = (await get_run(stubs[1], run_id)).steps[0]
+                if step.waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED:
+                    return step.attempt == 0
+            return False
+
+        await wait_until(a_held_step, "an acme step held by its key's window", within=10)
+        runs = {
+            c: [await wait_for_run(stubs[0], r, within=30) for r in rs] for c, rs in ids.items()
+        }
+    finally:
+        for channel in channels:
+            await channel.close(None)
+    starts_by_key = {}
+    for customer, done in runs.items():
+        assert all(r.state == Run.STATE_SUCCEEDED for r in done)
+        assert all(r.steps[0].attempt == 1 for r in done)
+        times = sorted(t[0] for t in intervals(done))
+        for i, t in enumerate(times):
+            inside = [u for u in times[i:] if u < t + 2.0]
+            assert len(inside) <= 2, (customer, times)
+        starts_by_key[customer] = times
+    first = min(t[0] for t in starts_by_key.values())
+    together = [t for ts in starts_by_key.values() for t in ts if t < first + 2.0]
+    assert len(together) == 4, starts_by_key

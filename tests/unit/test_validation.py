@@ -406,24 +406,16 @@ UNBUILT = {
 }
 
 
-def test_budget_and_concurrency_key_are_refused_until_built() -> None:
+def test_budget_is_refused_until_built_and_a_concurrency_key_passes() -> None:
     definition = make(step("a"), execution=UNBUILT)
     violations = validate_definition(definition)
-    assert [(v.field, v.reason) for v in violations] == [
-        ("execution.concurrency.key", "NOT_SUPPORTED"),
-        ("execution.concurrency.max_runs_per_key", "NOT_SUPPORTED"),
-        ("execution.budget", "NOT_SUPPORTED"),
-    ]
+    assert [(v.field, v.reason) for v in violations] == [("execution.budget", "NOT_SUPPORTED")]
     assert all("not supported yet" in v.description for v in violations)
 
 
 def test_unbuilt_policies_in_an_inline_plan_are_prefixed() -> None:
     violations = validate_plan(make(step("a"), execution=UNBUILT), field_prefix="plan")
-    assert [v.field for v in violations] == [
-        "plan.execution.concurrency.key",
-        "plan.execution.concurrency.max_runs_per_key",
-        "plan.execution.budget",
-    ]
+    assert [v.field for v in violations] == ["plan.execution.budget"]
 
 
 @pytest.mark.parametrize(
@@ -435,8 +427,6 @@ def test_unbuilt_policies_in_an_inline_plan_are_prefixed() -> None:
         ({"budget": {"max_cost_usd": "NaN"}}, "execution.budget"),
         ({"budget": {"on_exceed": "ON_EXCEED_FAIL"}}, "execution.budget"),
         ({"budget": {"on_exceed": 7}}, "execution.budget"),
-        ({"concurrency": {"key": "${steps.a.output.customer}"}}, "execution.concurrency.key"),
-        ({"concurrency": {"max_runs_per_key": -1}}, "execution.concurrency.max_runs_per_key"),
     ],
 )
 def test_any_unbuilt_value_is_one_violation(execution: dict[str, Any], field: str) -> None:
@@ -688,3 +678,55 @@ def test_normalize_definition_clears_output_only_fields() -> None:
 
     assert normalized == expected
     assert definition.version == 7  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("execution", "field", "reason"),
+    [
+        (
+            {"concurrency": {"key": "${steps.a.output.customer}"}},
+            "execution.concurrency.key",
+            "INVALID_REFERENCE",
+        ),
+        (
+            {"concurrency": {"key": "${run.input"}},
+            "execution.concurrency.key",
+            "MALFORMED_REFERENCE",
+        ),
+        ({"concurrency": {"key": "k" * 257}}, "execution.concurrency.key", "TOO_LONG"),
+        (
+            {"concurrency": {"key": "x", "max_runs_per_key": -1}},
+            "execution.concurrency.max_runs_per_key",
+            "OUT_OF_RANGE",
+        ),
+        (
+            {"concurrency": {"max_runs_per_key": 2}},
+            "execution.concurrency.max_runs_per_key",
+            "KEY_REQUIRED",
+        ),
+        (
+            {"concurrency": {"key": "x", "max_steps_per_key": 10001}},
+            "execution.concurrency.max_steps_per_key",
+            "OUT_OF_RANGE",
+        ),
+        ({"priority": 10}, "execution.priority", "OUT_OF_RANGE"),
+        ({"priority": -1}, "execution.priority", "OUT_OF_RANGE"),
+    ],
+)
+def test_a_bad_concurrency_key_limit_or_priority_is_one_violation(
+    execution: dict[str, Any], field: str, reason: str
+) -> None:
+    violations = validate_definition(make(step("a"), execution=execution))
+    assert [(v.field, v.reason) for v in violations] == [(field, reason)]
+
+
+def test_a_key_with_limits_and_a_priority_is_valid() -> None:
+    execution = {
+        "concurrency": {
+            "key": "tenant-${run.input.org.id}",
+            "max_runs_per_key": 2,
+            "max_steps_per_key": 3,
+        },
+        "priority": 9,
+    }
+    assert validate_definition(make(step("a"), execution=execution)) == []

@@ -59,6 +59,8 @@ DECLARE
     v_share text;
     v_taken jsonb := '{}';  -- share -> steps it took in this claim (several shares only)
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
+    v_run_key text;  -- the run's key value, '' without one (rate windows per key)
+    v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -127,6 +129,7 @@ BEGIN
                        || coalesce(v_run.concurrency_key, '');
             CONTINUE WHEN coalesce((v_taken ->> v_share)::integer, 0) >= v_share_cap;
         END IF;
+        v_run_key := coalesce(v_run.concurrency_key, '');
         IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
             v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
                 v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
@@ -158,17 +161,18 @@ BEGIN
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
                    0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
-                   0 AS requests_per_period, 0::bigint AS tokens_per_period
+                   0 AS requests_per_period, 0::bigint AS tokens_per_period,
+                   false AS rate_per_key
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
                        c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
-                       c.requests_per_period, c.tokens_per_period
+                       c.requests_per_period, c.tokens_per_period, c.rate_per_key
                   INTO v_agent
                   FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
                                a.max_concurrency, a.rate_period_seconds,
-                               a.requests_per_period, a.tokens_per_period,
+                               a.requests_per_period, a.tokens_per_period, a.rate_per_key,
                                (SELECT count(*) FROM orchestration_steps b
                                  WHERE b.state = 'running'
                                    AND b.organization_id = a.organization_id
@@ -179,10 +183,13 @@ BEGIN
                            AND v_step.skill = ANY (a.skills)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
-                        OR coalesce((v_room ->> c.name)::integer,
+                        OR coalesce((v_room ->> (c.name || CASE WHEN c.rate_per_key
+                                                     THEN chr(31) || v_run_key ELSE '' END))::integer,
                                     podium_rate_room(v_run.organization_id, c.name,
                                                      c.requests_per_period, c.tokens_per_period,
-                                                     c.rate_period_seconds, clock_timestamp()))
+                                                     c.rate_period_seconds, clock_timestamp(),
+                                                     CASE WHEN c.rate_per_key THEN v_run_key
+                                                          ELSE '' END))
                            > 0)
                  ORDER BY c.busy, c.name
                  LIMIT 1;
@@ -200,7 +207,7 @@ BEGIN
                                AND b.agent = a.name)
                            + coalesce((v_used ->> a.name)::integer, 0)
                        ELSE 0 END AS busy, a.rate_period_seconds AS rate_period,
-                       a.requests_per_period, a.tokens_per_period
+                       a.requests_per_period, a.tokens_per_period, a.rate_per_key
                   INTO v_agent
                   FROM agents a
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
@@ -209,13 +216,17 @@ BEGIN
                 END IF;
             END IF;
             IF v_agent.rate_period > 0 THEN
-                IF NOT v_room ? v_agent.name THEN
-                    v_room := v_room || jsonb_build_object(v_agent.name,
+                v_window := v_agent.name || CASE WHEN v_agent.rate_per_key
+                                                 THEN chr(31) || v_run_key ELSE '' END;
+                IF NOT v_room ? v_window THEN
+                    v_room := v_room || jsonb_build_object(v_window,
                         podium_rate_room(v_run.organization_id, v_agent.name,
                                          v_agent.requests_per_period, v_agent.tokens_per_period,
-                                         v_agent.rate_period, clock_timestamp()));
+                                         v_agent.rate_period, clock_timestamp(),
+                                         CASE WHEN v_agent.rate_per_key THEN v_run_key
+                                              ELSE '' END));
                 END IF;
-                IF (v_room ->> v_agent.name)::integer <= 0 THEN
+                IF (v_room ->> v_window)::integer <= 0 THEN
                     CONTINUE;  -- the agent's rate window is used up: stays queued
                 END IF;
             END IF;
@@ -240,10 +251,12 @@ BEGIN
                     coalesce(v_agent.name, v_step.agent), v_now)
             RETURNING step_attempts.task_id INTO v_task;
             IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
-                INSERT INTO agent_rate_usage (organization_id, agent, at, requests)
-                VALUES (v_run.organization_id, v_agent.name, v_now, 1);
-                v_room := jsonb_set(v_room, ARRAY[v_agent.name],
-                                    to_jsonb((v_room ->> v_agent.name)::integer - 1));
+                INSERT INTO agent_rate_usage
+                    (organization_id, agent, at, requests, concurrency_key)
+                VALUES (v_run.organization_id, v_agent.name, v_now, 1,
+                        CASE WHEN v_agent.rate_per_key THEN v_run_key ELSE '' END);
+                v_room := jsonb_set(v_room, ARRAY[v_window],
+                                    to_jsonb((v_room ->> v_window)::integer - 1));
             END IF;
             IF v_attempt = 1 THEN
                 -- The step's conversation, kept across its attempts (and ContinueRun).
