@@ -282,6 +282,8 @@ class RunService:
             )
         plan = definition_pb2.Definition()
         json_format.ParseDict(source.plan, plan, ignore_unknown_fields=True)
+        # The fork's key comes from its own input; it keeps the source run's priority.
+        keying = run_keying(plan, run_input, source.priority)
         with self.tracing.run_span(trace_carrier, {}) as (_, trace_context):
             new = NewRun(
                 organization_id=organization_id,
@@ -308,6 +310,7 @@ class RunService:
                 trace_context=trace_context,
                 forked_from_run_id=rid,
                 copied_steps=copied,
+                keying=keying,
             )
             async with storage_errors():
                 forked = await self._repository.create(new, start=True)

@@ -504,6 +504,12 @@ class RunsRepository:
             count: int = await conn.fetchval(QUERIES["count_queued_steps"], limit)
         return count
 
+    async def count_runs_waiting_for_key(self, limit: int) -> int:
+        """Started runs waiting for their concurrency key, counted up to ``limit``."""
+        async with self._db.connection() as conn:
+            count: int = await conn.fetchval(QUERIES["count_runs_waiting_for_key"], limit)
+        return count
+
     async def list_events(
         self, organization_id: str, run_id: uuid.UUID, after_sequence: int, limit: int
     ) -> list[EventRow]:

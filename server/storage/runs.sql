@@ -219,6 +219,13 @@ LIMIT $4
 -- $1 run_id, $2 step_id, $3 attempt, $4 types text[], $5 payloads jsonb[]
 SELECT podium_append_step_events($1, $2, $3, $4, $5)
 
+-- count_runs_waiting_for_key --
+-- Started runs waiting for their concurrency key, counted up to $1 (the metrics gauge; a
+-- probe of the partial index orchestration_runs_key_waiting_idx).
+SELECT count(*) FROM (
+    SELECT 1 FROM orchestration_runs WHERE NOT key_admitted AND state = 'running' LIMIT $1
+) waiting
+
 -- count_queued_steps --
 -- Queued steps of every organization, counted up to $1 (the metrics gauge; a probe of
 -- the partial index orchestration_steps_queued_idx, bounded by the limit).

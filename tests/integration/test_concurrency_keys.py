@@ -19,6 +19,7 @@ from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1 import run_pb2
+from tests.integration.client_helpers import podium, podium_json, podium_plain
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.processes import PodiumProcess, start_podium
 from tests.integration.rpc import rpc_error, violations
@@ -33,6 +34,7 @@ from tests.integration.runs_helpers import (
     wait_for_run,
     wait_until,
 )
+from tests.integration.test_observability import scrape, value
 
 if TYPE_CHECKING:
     from podium.orchestration.v1.orchestration_service_pb2_grpc import (
@@ -339,9 +341,13 @@ async def test_a_non_string_key_value_is_its_compact_json(
 async def test_cancelling_a_running_run_admits_the_next_waiting_one(
     start_server: StartServer, example_agents: ExampleAgents
 ) -> None:
-    """max_runs_per_key 1: the second run waits; cancelling the first admits it (the
-    trigger on the run's end), and it succeeds."""
-    server = await start_server(agents=static_agents(example_agents, "echo"))
+    """max_runs_per_key 1: the second run waits (and the gauge of waiting runs says 1);
+    cancelling the first admits it (the trigger on the run's end): it starts."""
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"),
+        metrics_address="127.0.0.1:0",
+        queue_depth_interval_seconds=0.1,
+    )
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.OrchestrationServiceStub(channel)
         await create_definition(
@@ -354,6 +360,11 @@ async def test_cancelling_a_running_run_admits_the_next_waiting_one(
         second = (await start_run(stub, "one-at-a-time", input={"customer": "c"})).run.id
         waiting = await get_run(stub, second)
         assert waiting.waiting_reason == "concurrency key 'c': 1 of 1 runs running"
+
+        async def gauge_is(expected: float) -> bool:
+            return value(await scrape(server), "orchestration_runs_waiting_for_key") == expected
+
+        await wait_until(lambda: gauge_is(1), "orchestration_runs_waiting_for_key == 1")
         await stub.CancelRun(pb.CancelRunRequest(run_id=first))
 
         async def admitted() -> bool:
@@ -361,6 +372,7 @@ async def test_cancelling_a_running_run_admits_the_next_waiting_one(
             return not run.waiting_reason and any(s.attempts for s in run.steps)
 
         await wait_until(admitted, "the waiting run admitted", within=10)
+        await wait_until(lambda: gauge_is(0), "orchestration_runs_waiting_for_key == 0")
         await stub.CancelRun(pb.CancelRunRequest(run_id=second))
 
 
@@ -416,3 +428,54 @@ async def test_rate_limit_per_key_across_two_replicas(
     first = min(t[0] for t in starts_by_key.values())
     together = [t for ts in starts_by_key.values() for t in ts if t < first + 2.0]
     assert len(together) == 4, starts_by_key
+
+
+async def test_cli_starts_with_a_priority_and_shows_key_priority_and_waiting(
+    start_server: StartServer, example_agents: ExampleAgents, tmp_path: Path
+) -> None:
+    """``runs start --priority`` sets the run's priority; ``runs get`` shows the priority,
+    the key and why a run waits; ``agents register --rate-per-key`` stores per_key."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    address = ["--address", server.address]
+    flow = tmp_path / "keyed.yaml"
+    flow.write_text(
+        "name: cli-keyed\n"
+        "execution:\n"
+        "  concurrency: {key: '${run.input.customer}', max_runs_per_key: 1}\n"
+        "steps:\n"
+        "  - {id: a, agent: echo, input: {delay: 5}}\n"
+    )
+    assert (await podium("definitions", "apply", str(flow), *address)).returncode == 0
+    first = await podium_json(
+        "runs",
+        "start",
+        "cli-keyed",
+        "--input",
+        '{"customer": "acme"}',
+        "--priority",
+        "3",
+        *address,
+    )
+    assert first["priority"] == 3 and first["concurrency_key"] == "acme"
+    second = await podium_json(
+        "runs", "start", "cli-keyed", "--input", '{"customer": "acme"}', *address
+    )
+    shown = await podium_plain("runs", "get", second["id"], *address)
+    assert shown.returncode == 0, shown.stderr
+    assert "priority 0  concurrency key 'acme'" in shown.stdout
+    assert "waiting: concurrency key 'acme': 1 of 1 runs running" in shown.stdout
+    bad = await podium_plain("runs", "start", "cli-keyed", "--priority", "10", *address)
+    assert bad.returncode != 0 and "--priority" in bad.stderr
+    registered = await podium_json(
+        "agents",
+        "register",
+        "llm",
+        "127.0.0.1:1",
+        "--rate-limit",
+        "5/1m",
+        "--rate-per-key",
+        *address,
+    )
+    assert registered["rate_limit"]["per_key"] is True
+    for run in (first, second):
+        await podium("runs", "cancel", run["id"], *address)

@@ -20,8 +20,8 @@
 -- key value at one priority), ranking each run by its position in its share plus the
 -- share's running steps, so the share with the fewest running steps goes first and a
 -- share with thousands of queued steps cannot hold back another's single step beyond
--- this claim; with several shares in the candidates, one share takes at most
--- ceil(p_limit / shares) steps per claim. Runs are locked SKIP LOCKED in that order (a
+-- this claim; with several shares of a priority in the candidates, one share takes at
+-- most ceil(p_limit / shares of its priority) steps per claim. Runs are locked SKIP LOCKED in that order (a
 -- run a completer holds is left to that completer's eager claim, which notifies when it
 -- leaves work). An eager claim (p_runs) leaves a run to the scheduler's claim when
 -- another share of its priority or a higher priority has queued steps (index probes on
@@ -72,7 +72,8 @@ BEGIN
                r.definition_name, r.definition_version, r.created_at, r.started_at,
                r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key, c.shares
           FROM (SELECT o.id, o.priority, o.created_at, o.rn + coalesce(b.busy, 0) AS rank,
-                       count(*) FILTER (WHERE o.rn = 1) OVER () AS shares
+                       count(*) FILTER (WHERE o.rn = 1) OVER (PARTITION BY o.priority)
+                           AS shares
                   FROM (SELECT x.id, x.priority, x.created_at, x.organization_id,
                                coalesce(x.concurrency_key, '') AS share_key,
                                row_number() OVER (PARTITION BY x.priority, x.organization_id,

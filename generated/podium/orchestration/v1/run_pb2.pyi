@@ -151,8 +151,9 @@ class Run(_message.Message):
     priority: _builtins.int
     """Priority of the run, 0 to 9 (higher is claimed first)."""
     waiting_reason: _builtins.str
-    """Why a RUNNING run does not execute, e.g. `concurrency key "acme": 2 of 2 runs
-    running` while it waits for its key (max_runs_per_key); empty otherwise.
+    """Why a RUNNING run does not execute, e.g. `concurrency key 'acme': 2 of 2 runs
+    running` while it waits for its key (max_runs_per_key); empty otherwise. Set by
+    GetRun (not by StartRun or ListRuns: watch for `run.waiting_for_key` instead).
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
