@@ -345,9 +345,7 @@ async def test_keyed_claim_fair_share_and_admission_use_indexes(
         " orchestration_runs WHERE concurrency_key = 'k0' AND key_admitted"
         " AND state = 'running')",
     )
-    assert await conn.fetchval(
-        "SELECT key_admitted FROM orchestration_runs WHERE id = $1", waiting
-    )
+    assert await conn.fetchval("SELECT key_admitted FROM orchestration_runs WHERE id = $1", waiting)
     plans = claim_plans + eager_plans + start_plans + end_plans
     texts = _query_texts(plans)
     for statement in (
