@@ -29,7 +29,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,7 +51,10 @@ from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 
-Stub = pb_grpc.OrchestrationServiceAsyncStub
+if TYPE_CHECKING:
+    from podium.orchestration.v1.orchestration_service_pb2_grpc import (
+        OrchestrationServiceAsyncStub as Stub,
+    )
 
 
 def one_step(name: str, delay: float, *, keyed: bool) -> definition_pb2.Definition:

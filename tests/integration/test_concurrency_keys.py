@@ -127,7 +127,7 @@ async def test_max_runs_per_key_across_two_processes_fifo_per_key(
         two_replicas(database_url, static_agents(examples), tmp_path) as stubs,
     ):
         steps = [
-            {"id": "a", "agent": "echo", "input": {"delay": 0.3}},
+            {"id": "a", "agent": "echo", "input": {"delay": 1.0}},
             {"id": "b", "agent": "echo", "depends_on": ["a"], "input": {"delay": 0.2}},
         ]
         await create_definition(stubs[0], "keyed", steps, execution=keyed(max_runs_per_key=2))
@@ -137,11 +137,12 @@ async def test_max_runs_per_key_across_two_processes_fifo_per_key(
             started = await start_run(stubs[i % 2], "keyed", input={"customer": customer})
             order[customer].append(started.run.id)
             assert started.run.concurrency_key == customer
-        # The third run of acme waits while the first two execute.
-        third = await get_run(stubs[1], order["acme"][2])
-        assert third.state == Run.STATE_RUNNING
-        assert third.waiting_reason == "concurrency key 'acme': 2 of 2 runs running", third
-        assert {s.state for s in third.steps} == {run_pb2.StepRun.STATE_PENDING}
+            if len(order["acme"]) == 3 and customer == "acme":
+                # The third run of acme waits while the first two execute.
+                third = await get_run(stubs[1], order["acme"][2])
+                assert third.state == Run.STATE_RUNNING
+                assert third.waiting_reason == "concurrency key 'acme': 2 of 2 runs running"
+                assert {s.state for s in third.steps} == {run_pb2.StepRun.STATE_PENDING}
         runs: dict[str, list[Run]] = {}
         for customer, ids in order.items():
             runs[customer] = [await wait_for_run(stubs[0], rid, within=60) for rid in ids]

@@ -20,12 +20,11 @@
 -- key value at one priority), ranking each run by its position in its share plus the
 -- share's running steps, so the share with the fewest running steps goes first and a
 -- share with thousands of queued steps cannot hold back another's single step beyond
--- this claim; with several shares of a priority in the candidates, one share takes at
--- most ceil(p_limit / shares of its priority) steps per claim. Runs are locked SKIP LOCKED in that order (a
+-- one claim. Runs are locked SKIP LOCKED in that order (a
 -- run a completer holds is left to that completer's eager claim, which notifies when it
 -- leaves work). An eager claim (p_runs) leaves a run to the scheduler's claim when
 -- another share of its priority or a higher priority has queued steps (index probes on
--- orchestration_steps_queued_share_idx). max_steps_per_key holds a step while the
+-- orchestration_steps_queued_share_idx), and notifies podium_work so that claim runs. max_steps_per_key holds a step while the
 -- running steps of its run's key value reach it (counted once per key and claim).
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
@@ -55,9 +54,6 @@ DECLARE
     v_seq bigint;
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
-    v_share_cap integer := p_limit;  -- steps one share may take in this claim
-    v_share text;
-    v_taken jsonb := '{}';  -- share -> steps it took in this claim (several shares only)
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
     v_run_key text;  -- the run's key value, '' without one (rate windows per key)
     v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
@@ -70,10 +66,8 @@ BEGIN
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key, c.shares
-          FROM (SELECT o.id, o.priority, o.created_at, o.rn + coalesce(b.busy, 0) AS rank,
-                       count(*) FILTER (WHERE o.rn = 1) OVER (PARTITION BY o.priority)
-                           AS shares
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key
+          FROM (SELECT o.id, o.priority, o.created_at, o.rn + coalesce(b.busy, 0) AS rank
                   FROM (SELECT x.id, x.priority, x.created_at, x.organization_id,
                                coalesce(x.concurrency_key, '') AS share_key,
                                row_number() OVER (PARTITION BY x.priority, x.organization_id,
@@ -101,8 +95,7 @@ BEGIN
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key,
-               1::bigint AS shares
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key
           FROM orchestration_runs r
          WHERE r.id = ANY (p_runs) AND r.state = 'running'
          ORDER BY r.created_at, r.id
@@ -122,13 +115,10 @@ BEGIN
                         WHERE p.state = 'queued' AND p.priority = v_run.priority
                           AND (p.organization_id, p.concurrency_key)
                               > (v_run.organization_id, coalesce(v_run.concurrency_key, '')))) THEN
-            CONTINUE;  -- another share waits: the scheduler's claim takes turns
-        END IF;
-        IF v_run.shares > 1 THEN
-            v_share_cap := ceil(p_limit::numeric / v_run.shares)::integer;
-            v_share := v_run.priority || chr(31) || v_run.organization_id || chr(31)
-                       || coalesce(v_run.concurrency_key, '');
-            CONTINUE WHEN coalesce((v_taken ->> v_share)::integer, 0) >= v_share_cap;
+            -- Another share waits: the scheduler's claim takes turns (woken now, as the
+            -- completion that called this counted on its eager claim).
+            PERFORM pg_notify('podium_work', '');
+            CONTINUE;
         END IF;
         v_run_key := coalesce(v_run.concurrency_key, '');
         IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
@@ -155,8 +145,6 @@ BEGIN
                FOR UPDATE OF s SKIP LOCKED
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
-            EXIT WHEN v_run.shares > 1
-                  AND coalesce((v_taken ->> v_share)::integer, 0) >= v_share_cap;
             EXIT WHEN v_run.max_steps_per_key > 0
                   AND (v_key_free ->> v_run.concurrency_key)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
@@ -277,10 +265,6 @@ BEGIN
             END IF;
             v_free := v_free - 1;
             v_picked := v_picked + 1;
-            IF v_run.shares > 1 THEN
-                v_taken := jsonb_set(v_taken, ARRAY[v_share],
-                                     to_jsonb(coalesce((v_taken ->> v_share)::integer, 0) + 1));
-            END IF;
             IF v_run.max_steps_per_key > 0 THEN
                 v_key_free := jsonb_set(v_key_free, ARRAY[v_run.concurrency_key],
                     to_jsonb((v_key_free ->> v_run.concurrency_key)::integer - 1));
