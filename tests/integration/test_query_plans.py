@@ -350,7 +350,7 @@ async def test_keyed_claim_fair_share_and_admission_use_indexes(
     texts = _query_texts(plans)
     for statement in (
         "row_number() OVER",  # claim: the shares' ranks
-        "p.priority > v_run.priority",  # eager claim: a higher priority waits
+        "p.priority > m.priority",  # eager claim: a higher priority waits
         "k.concurrency_key = v_run.concurrency_key",  # max_steps_per_key
         "r.key_admitted AND r.state IN",  # admission: the key's admitted runs
         "NOT w.key_admitted AND w.state = 'running'",  # release: the next waiting run

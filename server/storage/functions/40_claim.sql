@@ -22,9 +22,9 @@
 -- share with thousands of queued steps cannot hold back another's single step beyond
 -- one claim. Runs are locked SKIP LOCKED in that order (a
 -- run a completer holds is left to that completer's eager claim, which notifies when it
--- leaves work). An eager claim (p_runs) leaves a run to the scheduler's claim when
--- another share of its priority or a higher priority has queued steps (index probes on
--- orchestration_steps_queued_share_idx), and notifies podium_work so that claim runs. max_steps_per_key holds a step while the
+-- leaves work). An eager claim (p_runs) becomes the claim over every run when another
+-- share of its runs' priority or a higher priority has queued steps (index probes on
+-- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key holds a step while the
 -- running steps of its run's key value reach it (counted once per key and claim).
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
@@ -62,6 +62,27 @@ BEGIN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(1886350957, 1);
+    -- An eager claim whose runs' shares are not alone in the queue (another share of
+    -- their priority, or a higher priority, has queued steps) becomes the scheduler's
+    -- claim over every run, so the freed slots go by turns. Its SKIP LOCKED keeps the
+    -- lock order safe while this transaction holds the completed runs.
+    IF p_runs IS NOT NULL AND EXISTS (
+           SELECT 1
+             FROM (SELECT DISTINCT r.priority, r.organization_id,
+                          coalesce(r.concurrency_key, '') AS share_key
+                     FROM orchestration_runs r WHERE r.id = ANY (p_runs)) m
+            WHERE EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority > m.priority)
+               OR EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority = m.priority
+                             AND (p.organization_id, p.concurrency_key)
+                                 < (m.organization_id, m.share_key))
+               OR EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority = m.priority
+                             AND (p.organization_id, p.concurrency_key)
+                                 > (m.organization_id, m.share_key))) THEN
+        p_runs := NULL;
+    END IF;
     IF p_runs IS NULL THEN
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
@@ -104,22 +125,6 @@ BEGIN
     LOOP
         FETCH v_runs INTO v_run;
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
-        IF p_runs IS NOT NULL AND (
-               EXISTS (SELECT 1 FROM orchestration_steps p
-                        WHERE p.state = 'queued' AND p.priority > v_run.priority)
-            OR EXISTS (SELECT 1 FROM orchestration_steps p
-                        WHERE p.state = 'queued' AND p.priority = v_run.priority
-                          AND (p.organization_id, p.concurrency_key)
-                              < (v_run.organization_id, coalesce(v_run.concurrency_key, '')))
-            OR EXISTS (SELECT 1 FROM orchestration_steps p
-                        WHERE p.state = 'queued' AND p.priority = v_run.priority
-                          AND (p.organization_id, p.concurrency_key)
-                              > (v_run.organization_id, coalesce(v_run.concurrency_key, '')))) THEN
-            -- Another share waits: the scheduler's claim takes turns (woken now, as the
-            -- completion that called this counted on its eager claim).
-            PERFORM pg_notify('podium_work', '');
-            CONTINUE;
-        END IF;
         v_run_key := coalesce(v_run.concurrency_key, '');
         IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
             v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
