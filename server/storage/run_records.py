@@ -331,7 +331,8 @@ class CreatedRun:
     deliverables: list[DeliverableRow]
     created: bool
     claimed: list[ClaimedStep] = field(default_factory=list)
-    """Its steps claimed for this replica in the same transaction (eager dispatch)."""
+    """Steps claimed for this replica in the same transaction (eager dispatch): its own,
+    or any run's when other shares wait (fair share, 40_claim.sql)."""
 
 
 def run_row(row: asyncpg.Record) -> RunRow:

@@ -435,7 +435,8 @@ async def test_cli_starts_with_a_priority_and_shows_key_priority_and_waiting(
     start_server: StartServer, example_agents: ExampleAgents, tmp_path: Path
 ) -> None:
     """``runs start --priority`` sets the run's priority; ``runs get`` shows the priority,
-    the key and why a run waits; ``agents register --rate-per-key`` stores per_key."""
+    the key and why a run waits, ``runs watch`` the wait; ``agents register
+    --rate-per-key`` stores per_key."""
     server = await start_server(agents=static_agents(example_agents, "echo"))
     address = ["--address", server.address]
     flow = tmp_path / "keyed.yaml"
@@ -480,3 +481,6 @@ async def test_cli_starts_with_a_priority_and_shows_key_priority_and_waiting(
     assert registered["rate_limit"]["per_key"] is True
     for run in (first, second):
         await podium("runs", "cancel", run["id"], *address)
+    # `runs watch` of the finished run replays its log, the wait for the key included.
+    watched = await podium_plain("runs", "watch", second["id"], *address)
+    assert "waiting for concurrency key 'acme' (1 of 1 running)" in watched.stdout, watched
