@@ -154,11 +154,8 @@ UNBUILT_EXECUTION = {
     "budget": {"max_tokens": 5, "on_exceed": "ON_EXCEED_FAIL"},
     "concurrency": {"max_parallel": 2, "key": "${run.input.topic}", "max_runs_per_key": 1},
 }
-UNBUILT_FIELDS = [
-    "execution.concurrency.key",
-    "execution.concurrency.max_runs_per_key",
-    "execution.budget",
-]
+# Concurrency keys are enforced (test_concurrency_keys.py): only the budget is refused.
+UNBUILT_FIELDS = ["execution.budget"]
 
 
 def assert_refused_as_not_built(error: grpc.aio.AioRpcError, prefix: str = "") -> None:
@@ -170,12 +167,12 @@ def assert_refused_as_not_built(error: grpc.aio.AioRpcError, prefix: str = "") -
     assert all("not supported yet" in v.description for v in bad.field_violations)
 
 
-async def test_budget_and_concurrency_key_are_refused_until_built(
+async def test_budget_is_refused_until_built(
     stub: pb_grpc.OrchestrationServiceAsyncStub,
 ) -> None:
-    """Nothing enforces budgets or concurrency keys yet, so CreateDefinition,
-    ValidateDefinition and StartRun with an inline plan refuse them, one field
-    violation per field, instead of accepting and ignoring them."""
+    """Nothing enforces budgets yet, so CreateDefinition, ValidateDefinition and StartRun
+    with an inline plan refuse them (a field violation), instead of accepting and
+    ignoring them; the concurrency key beside it is accepted."""
     definition = make_definition(execution=UNBUILT_EXECUTION)
     error = await rpc_error(
         stub.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition))

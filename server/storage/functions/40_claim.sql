@@ -20,12 +20,13 @@
 -- key value at one priority), ranking each run by its position in its share plus the
 -- share's running steps, so the share with the fewest running steps goes first and a
 -- share with thousands of queued steps cannot hold back another's single step beyond
--- one claim. Runs are locked SKIP LOCKED in that order (a
--- run a completer holds is left to that completer's eager claim, which notifies when it
--- leaves work). An eager claim (p_runs) becomes the claim over every run when another
--- share of its runs' priority or a higher priority has queued steps (index probes on
--- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key holds a step while the
--- running steps of its run's key value reach it (counted once per key and claim).
+-- one claim. Runs are locked SKIP LOCKED in that order (a run a completer holds is left
+-- to that completer, which claims or notifies when it leaves work). An eager claim
+-- (p_runs) becomes the claim over every run when another share of its runs' priority or
+-- a higher priority has queued steps (index probes on
+-- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
+-- holds a step while the running steps of its run's key value reach it (counted once
+-- per key value and claim).
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
 )
