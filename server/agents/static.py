@@ -251,7 +251,8 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
     0 = unlimited), ``timeout`` (or ``default_timeout_seconds``; 0 = server default) and
     ``protocol`` (``podium_v1``, the default, or ``a2a``), ``rate`` (requests per period,
     ``COUNT/PERIOD`` such as ``60/60s``; periods in ``s``, ``m`` or ``h``) and ``tokens``
-    (tokens per period, the same form and the same period). Spaces around entries, keys
+    (tokens per period, the same form and the same period), ``rate_per_key`` (``true``:
+    the limit applies to each concurrency key value separately). Spaces around entries, keys
     and values are ignored. An endpoint cannot contain ``,`` or ``;`` in this form.
 
     **File**: ``@/path/to/agents.yaml``, or any value ending in ``.yaml``, ``.yml`` or
@@ -266,6 +267,7 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
           labels: {team: research}
           protocol: podium_v1        # or a2a; PROTOCOL_* spellings are accepted too
           rate_limit: {requests_per_period: 60, tokens_per_period: 100000, period_seconds: 60}
+          # rate_limit may also say per_key: true (one window per concurrency key value)
 
     An empty value means no static agents.
 
