@@ -484,3 +484,33 @@ async def test_cli_starts_with_a_priority_and_shows_key_priority_and_waiting(
     # `runs watch` of the finished run replays its log, the wait for the key included.
     watched = await podium_plain("runs", "watch", second["id"], *address)
     assert "waiting for concurrency key 'acme' (1 of 1 running)" in watched.stdout, watched
+
+
+async def test_a_resumed_waiting_run_executes_and_shows_no_wait(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """A run cancelled while it waited for its key, then resumed, executes at once (a
+    resumed run is not held back) and GetRun shows no waiting reason."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(
+            stub,
+            "resumable",
+            [{"id": "a", "agent": "echo", "input": {"delay": 5}}],
+            execution=keyed(max_runs_per_key=1),
+        )
+        first = (await start_run(stub, "resumable", input={"customer": "r"})).run.id
+        second = (await start_run(stub, "resumable", input={"customer": "r"})).run.id
+        assert (await get_run(stub, second)).waiting_reason
+        await stub.CancelRun(pb.CancelRunRequest(run_id=second))
+        await wait_for_run(stub, second)
+        await stub.ResumeRun(pb.ResumeRunRequest(run_id=second))
+
+        async def executing() -> bool:
+            run = await get_run(stub, second)
+            return not run.waiting_reason and bool(run.steps[0].attempts)
+
+        await wait_until(executing, "the resumed run executing", within=10)
+        for run_id in (first, second):
+            await stub.CancelRun(pb.CancelRunRequest(run_id=run_id))

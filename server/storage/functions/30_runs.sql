@@ -269,7 +269,8 @@ BEGIN
     UPDATE orchestration_runs
        SET state = 'running', run_attempt = run_attempt + 1, error = NULL, ended_at = NULL,
            rollback_hints = NULL, output = NULL, started_at = coalesce(started_at, now()),
-           updated_at = now()
+           updated_at = now(),
+           key_admitted = true  -- a resumed run is not held by its concurrency key
      WHERE id = p_run
     RETURNING run_attempt INTO v_attempt;
     PERFORM podium_emit_event(p_run, 'run.resumed', NULL, NULL, NULL,
