@@ -18,7 +18,7 @@ import pytest
 from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from podium.orchestration.v1 import run_pb2
+from podium.orchestration.v1 import run_pb2, schedule_pb2
 from tests.integration.client_helpers import podium, podium_json, podium_plain
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.processes import PodiumProcess, start_podium
@@ -514,3 +514,18 @@ async def test_a_resumed_waiting_run_executes_and_shows_no_wait(
         await wait_until(executing, "the resumed run executing", within=10)
         for run_id in (first, second):
             await stub.CancelRun(pb.CancelRunRequest(run_id=run_id))
+
+
+async def test_a_schedule_of_a_keyed_definition_needs_the_key_in_its_input(
+    stub: OrchestrationServiceAsyncStub,
+) -> None:
+    """CreateSchedule resolves the definition's key in the schedule's input: without it,
+    INVALID_ARGUMENT on `schedule.input`; with it, the schedule is stored."""
+    await create_definition(stub, "keyed-tick", [{"id": "a", "agent": "echo"}], execution=keyed())
+    schedule = schedule_pb2.Schedule(definition_name="keyed-tick", interval_seconds=3600)
+    error = await rpc_error(stub.CreateSchedule(pb.CreateScheduleRequest(schedule=schedule)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "customer" in violations(error)["schedule.input"]
+    schedule.input.update({"customer": "acme"})
+    created = await stub.CreateSchedule(pb.CreateScheduleRequest(schedule=schedule))
+    assert created.schedule.id
