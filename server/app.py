@@ -359,10 +359,12 @@ class PodiumServer:
         while True:
             try:
                 depth = await repository.count_queued_steps(QUEUE_DEPTH_LIMIT)
+                waiting = await repository.count_runs_waiting_for_key(QUEUE_DEPTH_LIMIT)
             except StorageError as exc:
                 log.debug("queue depth not sampled: %s", exc)
             else:
                 self.metrics.queue_depth.set(depth)
+                self.metrics.runs_waiting_for_key.set(waiting)
             await asyncio.sleep(self.settings.queue_depth_interval_seconds)
 
     async def _set_health(

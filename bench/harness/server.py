@@ -18,8 +18,15 @@ if TYPE_CHECKING:
     from podium.server.config import Settings
 
 
+DB_PREFIX = os.environ.get("PODIUM_BENCH_DB_PREFIX", "podium_bench_")
+"""Name prefix of the benchmark databases (PODIUM_BENCH_DB_PREFIX: on a shared server,
+each person's own prefix); letters, digits and underscores."""
+
+
 async def create_database(admin: asyncpg.Connection[Any], server_url: str) -> tuple[str, str]:
-    name = f"podium_bench_{secrets.token_hex(4)}"
+    if not DB_PREFIX.replace("_", "").isalnum():
+        raise ValueError(f"PODIUM_BENCH_DB_PREFIX must be letters, digits and _: {DB_PREFIX!r}")
+    name = f"{DB_PREFIX}{secrets.token_hex(4)}"
     await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
     return name, urlunsplit(urlsplit(server_url)._replace(path="/" + name))
 

@@ -170,6 +170,10 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
             print_data(list(agents), args.output)
     elif args.action == "register":
         rate_limit = agent_rate_limit(args.rate_limit, args.tokens_limit)
+        if args.rate_per_key:
+            if rate_limit is None:
+                raise CliError("--rate-per-key needs --rate-limit or --tokens-limit", EXIT_USAGE)
+            rate_limit.per_key = True
         try:
             stored = await client.register_agent(
                 args.name,

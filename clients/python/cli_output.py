@@ -215,6 +215,11 @@ def print_run(run: run_pb2.Run, output: str) -> None:
         print(f"  child of run {run.parent_run_id} (step {run.parent_step_id})")
     if run.forked_from_run_id:
         print(f"  forked from run {run.forked_from_run_id}")
+    if run.concurrency_key or run.priority:
+        key = f"  concurrency key {run.concurrency_key!r}" if run.concurrency_key else ""
+        print(f"  priority {run.priority}{key}")
+    if run.waiting_reason:
+        print(f"  waiting: {run.waiting_reason}")
     for step in run.steps:
         state = str(run_pb2.StepRun.State.Name(step.state)).removeprefix("STATE_")
         target = f"child run {step.child_run_id}" if step.child_run_id else step.agent
@@ -284,4 +289,5 @@ def agent_line(agent: agent_pb2.Agent) -> str:
             if rate.tokens_per_period
             else ""
         )
+        + (" per_key" if rate.per_key else "")
     )

@@ -207,6 +207,13 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
         action="store_true",
         help="neither read nor fill the step-output cache for this run",
     )
+    p.add_argument(
+        "--priority",
+        type=int,
+        choices=range(10),
+        metavar="0-9",
+        help="claimed before lower priorities (default: the definition's, else 0)",
+    )
     _follow_options(p)
     p = _add(
         runs,
@@ -476,6 +483,11 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
         "--tokens-limit",
         metavar="COUNT/PERIOD",
         help="at most COUNT reported tokens per PERIOD (the period of --rate-limit if both)",
+    )
+    p.add_argument(
+        "--rate-per-key",
+        action="store_true",
+        help="apply the rate limit to each concurrency key value separately",
     )
     p.add_argument(
         "--protocol",

@@ -207,6 +207,7 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
             request_id=args.request_id,
             start=not args.create_only,
             bypass_cache=args.bypass_cache,
+            priority=args.priority,
         )
         return await _wait_or_watch(client, run, args)
     if args.action == "get":

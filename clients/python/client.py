@@ -309,12 +309,14 @@ class PodiumClient(ScheduleMethods, PayloadMethods):
         bypass_cache: bool = False,
         webhook_url: str = "",
         start_time: datetime | None = None,
+        priority: int | None = None,
         timeout: float | None = None,
     ) -> run_pb2.Run:
         """Create a run of a saved definition (``definition``, ``version``) or of an
         inline ``plan``, and start it unless ``start`` is false (it then waits for
         :meth:`continue_run`). ``start_time`` (aware) delays the start: the run is
-        created now and started then by the server, also across restarts.
+        created now and started then by the server, also across restarts. ``priority``
+        (0-9, higher claimed first; None: the definition's) orders the claim.
 
         ``request_id`` makes the call idempotent (a repeat returns the same run); one is
         generated when omitted, so the client's own retries never start a second run.
@@ -341,6 +343,8 @@ class PodiumClient(ScheduleMethods, PayloadMethods):
             request.definition.CopyFrom(pb.DefinitionRef(name=definition, version=version))
         if start_time is not None:
             request.start_time.FromDatetime(start_time)
+        if priority is not None:
+            request.priority = priority
         response = await self._unary(self._stub.StartRun, request, timeout)
         return response.run  # type: ignore[no-any-return]
 

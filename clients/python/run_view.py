@@ -120,6 +120,16 @@ class RunView:
                 + (f", was {previous})" if previous else ")"),
             )
             return
+        if kind == RunEvent.TYPE_RUN_WAITING_FOR_KEY:
+            self._notice(
+                None,
+                f"waiting for concurrency key {data.get('key')!r} "
+                f"({data.get('running', '?')} of {data.get('max_runs_per_key', '?')} running)",
+            )
+            return
+        if kind == RunEvent.TYPE_RUN_ADMITTED:
+            self._notice(None, f"admitted by concurrency key {data.get('key')!r}")
+            return
         if kind == RunEvent.TYPE_RUN_CONTINUED:
             keys = [str(key) for key in data.get("input_keys") or []]
             self._notice(

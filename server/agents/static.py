@@ -88,6 +88,7 @@ class StaticAgent:
     requests_per_period: int = 0
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
+    rate_per_key: bool = False
 
 
 # --------------------------------------------------------------------------- rules
@@ -218,6 +219,7 @@ _COMPACT_OPTIONS = {
     "protocol": "protocol",
     "rate": "rate",
     "tokens": "tokens",
+    "rate_per_key": "rate_per_key",
 }
 
 _FILE_FIELDS = frozenset(
@@ -232,7 +234,7 @@ _FILE_FIELDS = frozenset(
         "rate_limit",
     }
 )
-_RATE_FIELDS = frozenset({"requests_per_period", "tokens_per_period", "period_seconds"})
+_RATE_FIELDS = frozenset({"requests_per_period", "tokens_per_period", "period_seconds", "per_key"})
 
 
 def parse_static_agents(raw: str) -> list[StaticAgent]:
@@ -249,7 +251,8 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
     0 = unlimited), ``timeout`` (or ``default_timeout_seconds``; 0 = server default) and
     ``protocol`` (``podium_v1``, the default, or ``a2a``), ``rate`` (requests per period,
     ``COUNT/PERIOD`` such as ``60/60s``; periods in ``s``, ``m`` or ``h``) and ``tokens``
-    (tokens per period, the same form and the same period). Spaces around entries, keys
+    (tokens per period, the same form and the same period), ``rate_per_key`` (``true``:
+    the limit applies to each concurrency key value separately). Spaces around entries, keys
     and values are ignored. An endpoint cannot contain ``,`` or ``;`` in this form.
 
     **File**: ``@/path/to/agents.yaml``, or any value ending in ``.yaml``, ``.yml`` or
@@ -264,6 +267,7 @@ def parse_static_agents(raw: str) -> list[StaticAgent]:
           labels: {team: research}
           protocol: podium_v1        # or a2a; PROTOCOL_* spellings are accepted too
           rate_limit: {requests_per_period: 60, tokens_per_period: 100000, period_seconds: 60}
+          # rate_limit may also say per_key: true (one window per concurrency key value)
 
     An empty value means no static agents.
 
@@ -356,6 +360,10 @@ def _compact_value(label: str, key: str, canonical: str, value: str) -> Any:
             return int(value)
         except ValueError:
             raise ValueError(f"{label}: {key}={value!r} must be a whole number >= 0") from None
+    if canonical == "rate_per_key":
+        if value.lower() not in ("true", "false"):
+            raise ValueError(f"{label}: {key}={value!r} must be true or false")
+        return value.lower() == "true"
     if canonical in ("rate", "tokens"):
         try:
             return parse_rate(value)
@@ -403,6 +411,10 @@ def _file_rate(label: str, raw: Any) -> dict[str, Any]:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"{label}: rate_limit: {key} must be a number")
     values["rate_period_seconds"] = float(values["rate_period_seconds"])
+    per_key = raw.get("per_key", False)
+    if not isinstance(per_key, bool):
+        raise ValueError(f"{label}: rate_limit: per_key must be true or false")
+    values["rate_per_key"] = per_key
     return values
 
 

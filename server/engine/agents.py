@@ -74,6 +74,7 @@ def record_to_agent(record: AgentRecord) -> Agent:
         agent.rate_limit.requests_per_period = record.requests_per_period
         agent.rate_limit.tokens_per_period = record.tokens_per_period
         agent.rate_limit.period_seconds = record.rate_period_seconds
+        agent.rate_limit.per_key = record.rate_per_key
     agent.create_time.FromDatetime(record.create_time)
     agent.update_time.FromDatetime(record.update_time)
     return agent
@@ -283,11 +284,17 @@ class AgentService:
 def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:
     """The stored rate limit (all 0 when no count is set: no limit)."""
     if rate.requests_per_period <= 0 and rate.tokens_per_period <= 0:
-        return {"requests_per_period": 0, "tokens_per_period": 0, "rate_period_seconds": 0.0}
+        return {
+            "requests_per_period": 0,
+            "tokens_per_period": 0,
+            "rate_period_seconds": 0.0,
+            "rate_per_key": False,
+        }
     return {
         "requests_per_period": rate.requests_per_period,
         "tokens_per_period": rate.tokens_per_period,
         "rate_period_seconds": rate.period_seconds,
+        "rate_per_key": rate.per_key,
     }
 
 

@@ -321,9 +321,11 @@ class StepExecutor:
             return None
         if status == "fenced":
             return None
-        code = {"too_deep": "MAX_DEPTH_EXCEEDED", "not_found": "DEFINITION_NOT_FOUND"}.get(
-            status, "DEFINITION_ARCHIVED"
-        )
+        code = {
+            "too_deep": "MAX_DEPTH_EXCEEDED",
+            "not_found": "DEFINITION_NOT_FOUND",
+            "invalid_input": "INVALID_CHILD_INPUT",
+        }.get(status, "DEFINITION_ARCHIVED")
         return self._outcomes.outcome(
             step, resolved=resolved, error=StepError(code, message, False)
         )

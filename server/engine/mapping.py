@@ -110,6 +110,8 @@ def run_to_proto(
         last_event_sequence=run.last_event_sequence,
         max_parallel=run.max_parallel,
         webhook_url=run.webhook_url or "",
+        concurrency_key=run.concurrency_key or "",
+        priority=run.priority,
     )
     if not basic:
         _struct(run.input, out.input)

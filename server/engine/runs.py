@@ -28,6 +28,7 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
+from podium.server.engine.keys import run_keying, waiting_reason
 from podium.server.engine.mapping import (
     RUN_STATE_NAMES,
     created_to_proto,
@@ -154,6 +155,9 @@ class RunService:
             definition_name = definition_version = None
 
         run_input = normalize_numbers(json_format.MessageToDict(request.input))
+        keying = run_keying(
+            plan, run_input, request.priority if request.HasField("priority") else None
+        )
         metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
         labels = {**dict(plan.labels), **dict(request.labels)}
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
@@ -191,6 +195,7 @@ class RunService:
                     run_metadata=metadata,
                 ),
                 trace_context=trace_context,
+                keying=keying,
             )
             start_at = delayed_start(request)
             async with storage_errors():
@@ -286,6 +291,8 @@ class RunService:
             )
         plan = definition_pb2.Definition()
         json_format.ParseDict(source.plan, plan, ignore_unknown_fields=True)
+        # The fork's key comes from its own input; it keeps the source run's priority.
+        keying = run_keying(plan, run_input, source.priority)
         with self.tracing.run_span(trace_carrier, {}) as (_, trace_context):
             new = NewRun(
                 organization_id=organization_id,
@@ -312,6 +319,7 @@ class RunService:
                 trace_context=trace_context,
                 forked_from_run_id=rid,
                 copied_steps=copied,
+                keying=keying,
             )
             async with storage_errors():
                 forked = await self._repository.create(new, start=True)
@@ -344,12 +352,17 @@ class RunService:
         if plan.archived:
             return "archived", None, f"definition {name!r} is archived; new runs are refused"
         plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        run_input = child_input if isinstance(child_input, dict) else {"value": child_input}
+        try:
+            keying = run_keying(plan, run_input, None)
+        except InvalidArgument as exc:
+            return "invalid_input", None, str(exc.violations[0].description)
         new = NewRun(
             organization_id=organization_id,
             definition_name=plan.name,
             definition_version=plan.version,
             plan=plan_dict,
-            input=child_input if isinstance(child_input, dict) else {"value": child_input},
+            input=run_input,
             metadata={},
             labels=dict(plan.labels),
             request_id=None,
@@ -368,6 +381,7 @@ class RunService:
                 bypass_cache=bypass_cache,
             ),
             trace_context=trace_context,
+            keying=keying,
         )
         async with storage_errors():
             status, child = await self._repository.create_child(
@@ -423,6 +437,7 @@ class RunService:
                 bypass_cache=False,
             ),
             trace_context=None,
+            keying=run_keying(plan, run_input, None),
         )
 
     def _created(self, stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
@@ -463,6 +478,11 @@ class RunService:
                 f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
             )
         run = run_to_proto(*found, basic=basic)
+        row = found[0]
+        if not row.key_admitted and row.state == "running" and row.concurrency_key is not None:
+            async with storage_errors():
+                running = await self._repository.key_running(organization_id, row.concurrency_key)
+            run.waiting_reason = waiting_reason(row.concurrency_key, running, row.max_runs_per_key)
         if not basic:
             stored, steps = found[0], {s.step_id: s for s in found[1]}
 
@@ -474,7 +494,9 @@ class RunService:
         if queued and self._agents is not None:
             async with storage_errors():
                 waits = await self._agents.step_rate_waits(
-                    organization_id, [(s.step_id, s.agent, s.skill) for s in queued]
+                    organization_id,
+                    [(s.step_id, s.agent, s.skill) for s in queued],
+                    row.concurrency_key,
                 )
             set_rate_waits(run, waits)
         if self.usage is not None:

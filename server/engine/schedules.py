@@ -224,13 +224,22 @@ class ScheduleService:
                 f"schedule is invalid: {len(violations)} problem(s)", violations=violations
             )
         try:
+            # The schedule's input: a definition's concurrency key must resolve in it.
             await self._runs.scheduled_run(
                 organization_id,
                 (schedule.definition_name, schedule.definition_version),
-                {},
+                normalize_numbers(json_format.MessageToDict(schedule.input)),
                 {},
                 "",
             )
+        except InvalidArgument as exc:
+            raise InvalidArgument(
+                "the schedule's input lacks the definition's concurrency key",
+                violations=[
+                    FieldViolation(field=f"schedule.{v.field}", description=v.description)
+                    for v in exc.violations
+                ],
+            ) from None
         except NotFound:
             raise InvalidArgument(
                 f"definition {schedule.definition_name!r} "

@@ -1,13 +1,17 @@
 """Validation of a definition's policies: labels, the execution policy (concurrency,
-budget, caching, timeouts), failure policies and checkpoints. Concurrency keys, which
-the contract specifies but the server does not enforce yet, are refused
-(``NOT_SUPPORTED``) rather than accepted and ignored."""
+concurrency keys, priority, budget, caching, timeouts), failure policies and
+checkpoints."""
 
 from __future__ import annotations
 
 import re
 
 from podium.orchestration.v1 import definition_pb2
+from podium.server.engine.keys import (
+    MAX_PER_KEY,
+    MAX_PRIORITY,
+    key_template_violations,
+)
 from podium.server.engine.references import join_location
 from podium.server.engine.validation_fields import FieldChecker, format_number
 
@@ -61,11 +65,20 @@ class PolicyChecker(FieldChecker):
             concurrency.max_parallel,
             rule="must be positive (0 uses the server default)",
         )
-        # Specified by the contract but not built: refused rather than silently ignored.
         if concurrency.key:
-            self.not_built("execution.concurrency.key", "concurrency keys")
-        if concurrency.max_runs_per_key:
-            self.not_built("execution.concurrency.max_runs_per_key", "per-key run limits")
+            for path, description, reason in key_template_violations(
+                concurrency.key, "execution.concurrency.key"
+            ):
+                self.add(path, description, reason)
+        for field in ("max_runs_per_key", "max_steps_per_key"):
+            value = getattr(concurrency, field)
+            path = f"execution.concurrency.{field}"
+            if self.check_number(path, value, maximum=MAX_PER_KEY, rule="must not be negative"):
+                if value and not concurrency.key:
+                    self.add(path, f"{field} needs execution.concurrency.key", "KEY_REQUIRED")
+        self.check_number(
+            "execution.priority", execution.priority, maximum=MAX_PRIORITY, rule="must be 0 to 9"
+        )
         budget = execution.budget
         self.check_number("execution.budget.max_tokens", budget.max_tokens, maximum=MAX_TOKENS)
         self.check_number(
@@ -81,15 +94,6 @@ class PolicyChecker(FieldChecker):
             "execution.default_timeout_seconds",
             execution.default_timeout_seconds,
             maximum=self.limits.max_timeout_seconds,
-        )
-
-    def not_built(self, path: str, what: str) -> None:
-        """Refuse a field the contract specifies but the server does not enforce yet."""
-        self.add(
-            path,
-            f"{what} are not supported yet: the server would not enforce them; "
-            "leave this field unset",
-            "NOT_SUPPORTED",
         )
 
     def check_failure_policy(self, path: str, policy: definition_pb2.StepFailurePolicy) -> None:

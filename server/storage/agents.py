@@ -74,6 +74,7 @@ class AgentRecord:
     requests_per_period: int = 0
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
+    rate_per_key: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,8 @@ class StaticAgentFields(Protocol):
     def tokens_per_period(self) -> int: ...
     @property
     def rate_period_seconds(self) -> float: ...
+    @property
+    def rate_per_key(self) -> bool: ...
 
 
 def _record(row: asyncpg.Record) -> AgentRecord:
@@ -133,6 +136,7 @@ def _record(row: asyncpg.Record) -> AgentRecord:
         requests_per_period=row["requests_per_period"],
         tokens_per_period=row["tokens_per_period"],
         rate_period_seconds=row["rate_period_seconds"],
+        rate_per_key=row["rate_per_key"],
     )
 
 
@@ -148,6 +152,7 @@ class _Fields:
     requests_per_period: int = 0
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
+    rate_per_key: bool = False
 
 
 class AgentsRepository:
@@ -171,6 +176,7 @@ class AgentsRepository:
         requests_per_period: int = 0,
         tokens_per_period: int = 0,
         rate_period_seconds: float = 0.0,
+        rate_per_key: bool = False,
     ) -> AgentRecord:
         """Insert the agent, or update the one of that name (keeping its creation time
         and bumping its update time).
@@ -190,6 +196,7 @@ class AgentsRepository:
             requests_per_period,
             tokens_per_period,
             rate_period_seconds,
+            rate_per_key,
         )
         async with self._db.connection() as conn:
             row = await _upsert(conn, organization_id, fields, source)
@@ -223,7 +230,10 @@ class AgentsRepository:
         return [_record(row) for row in rows]
 
     async def step_rate_waits(
-        self, organization_id: str, steps: Sequence[tuple[str, str | None, str | None]]
+        self,
+        organization_id: str,
+        steps: Sequence[tuple[str, str | None, str | None]],
+        concurrency_key: str | None = None,
     ) -> dict[str, tuple[str, datetime | None]]:
         """Of queued ``(step id, agent, skill)``, those held by rate limits now: every
         agent that could run it is at its limit. By step id: (the agent whose window frees
@@ -235,6 +245,7 @@ class AgentsRepository:
                 [step[0] for step in steps],
                 [step[1] for step in steps],
                 [step[2] for step in steps],
+                concurrency_key or "",
             )
         return {row["step_id"]: (row["agent"], row["free_at"]) for row in rows}
 
@@ -281,6 +292,7 @@ class AgentsRepository:
                     agent.requests_per_period,
                     agent.tokens_per_period,
                     agent.rate_period_seconds,
+                    agent.rate_per_key,
                 )
                 row = await _upsert(conn, organization_id, fields, "static")
                 assert row is not None  # a static upsert always writes
@@ -315,6 +327,7 @@ async def _upsert(
         fields.requests_per_period,
         fields.tokens_per_period,
         float(fields.rate_period_seconds),
+        fields.rate_per_key,
     )
 
 

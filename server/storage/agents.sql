@@ -8,11 +8,13 @@
 -- is returned (the caller reports the conflict). A static entry replaces anything.
 -- $1: organization_id, $2: name, $3: endpoint, $4: skills, $5: max_concurrency,
 -- $6: default_timeout_seconds, $7: labels, $8: protocol, $9: source,
--- $10: requests_per_period, $11: tokens_per_period, $12: rate_period_seconds
+-- $10: requests_per_period, $11: tokens_per_period, $12: rate_period_seconds,
+-- $13: rate_per_key
 INSERT INTO agents AS a
     (organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
-     labels, protocol, source, requests_per_period, tokens_per_period, rate_period_seconds)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+     labels, protocol, source, requests_per_period, tokens_per_period, rate_period_seconds,
+     rate_per_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 ON CONFLICT (organization_id, name) DO UPDATE SET
     endpoint = EXCLUDED.endpoint,
     skills = EXCLUDED.skills,
@@ -24,17 +26,18 @@ ON CONFLICT (organization_id, name) DO UPDATE SET
     requests_per_period = EXCLUDED.requests_per_period,
     tokens_per_period = EXCLUDED.tokens_per_period,
     rate_period_seconds = EXCLUDED.rate_period_seconds,
+    rate_per_key = EXCLUDED.rate_per_key,
     updated_at = now()
 WHERE a.source = 'registered' OR EXCLUDED.source = 'static'
 RETURNING organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
           labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds
+       tokens_per_period, rate_period_seconds, rate_per_key
 
 -- get_agent --
 -- $1: organization_id, $2: name
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
        labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds
+       tokens_per_period, rate_period_seconds, rate_per_key
 FROM agents
 WHERE organization_id = $1 AND name = $2
 
@@ -44,7 +47,7 @@ WHERE organization_id = $1 AND name = $2
 -- any), $4: limit
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
        labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds
+       tokens_per_period, rate_period_seconds, rate_per_key
 FROM agents
 WHERE organization_id = $1
   AND ($2::text IS NULL OR name > $2::text)
@@ -87,7 +90,8 @@ RETURNING name
 -- The queued steps held by rate limits: those whose every candidate agent (the step's
 -- agent, or each agent offering its skill) is at its rate limit now, with the agent
 -- whose window frees first and when (podium_rate_waits).
--- $1: organization_id, $2: step ids, $3: their agents, $4: their skills (NULL: none)
+-- $1: organization_id, $2: step ids, $3: their agents, $4: their skills (NULL: none),
+-- $5: the run's concurrency key value ('' without one: the window of per-key limits)
 SELECT q.step_id, w.agent, w.free_at
 FROM unnest($2::text[], $3::text[], $4::text[]) AS q(step_id, agent, skill)
 CROSS JOIN LATERAL (
@@ -99,6 +103,6 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT count(*) AS held, min(r.free_at) AS free_at,
            (array_agg(r.agent ORDER BY r.free_at))[1] AS agent
-    FROM podium_rate_waits($1, c.names) r
+    FROM podium_rate_waits($1, c.names, $5) r
 ) w
 WHERE w.held > 0 AND w.held = cardinality(c.names)

@@ -27,6 +27,7 @@ __all__ = [
     "NewDeliverable",
     "NewRun",
     "NewStep",
+    "RunKeying",
     "RunRow",
     "StepOutcome",
     "StepRow",
@@ -79,6 +80,26 @@ class NewRun:
     # ForkRun: the finished run to copy outputs from, and the steps to copy.
     forked_from_run_id: uuid.UUID | None = None
     copied_steps: Sequence[str] = ()
+    keying: RunKeying | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunKeying:
+    """A run's concurrency key value (None: no key), its limits and its priority, as
+    StartRun resolved them (``podium_create_run``'s ``p_keying``)."""
+
+    key: str | None = None
+    priority: int = 0
+    max_runs_per_key: int = 0
+    max_steps_per_key: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "priority": self.priority,
+            "max_runs_per_key": self.max_runs_per_key,
+            "max_steps_per_key": self.max_steps_per_key,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +133,11 @@ class RunRow:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    concurrency_key: str | None = None
+    priority: int = 0
+    max_runs_per_key: int = 0
+    # False while the run waits for its concurrency key (max_runs_per_key).
+    key_admitted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +333,8 @@ class CreatedRun:
     deliverables: list[DeliverableRow]
     created: bool
     claimed: list[ClaimedStep] = field(default_factory=list)
-    """Its steps claimed for this replica in the same transaction (eager dispatch)."""
+    """Steps claimed for this replica in the same transaction (eager dispatch): its own,
+    or any run's when other shares wait (fair share, 40_claim.sql)."""
 
 
 def run_row(row: asyncpg.Record) -> RunRow:
@@ -339,6 +366,10 @@ def run_row(row: asyncpg.Record) -> RunRow:
         created_at=row["created_at"],
         started_at=row["started_at"],
         ended_at=row["ended_at"],
+        concurrency_key=row.get("concurrency_key"),
+        priority=row.get("priority", 0),
+        max_runs_per_key=row.get("max_runs_per_key", 0),
+        key_admitted=row.get("key_admitted", True),
     )
 
 
@@ -381,6 +412,9 @@ def created_run(run: NewRun, row: asyncpg.Record) -> RunRow:
         created_at=row["created_at"],
         started_at=row["started_at"],
         ended_at=None,
+        concurrency_key=run.keying.key if run.keying else None,
+        priority=run.keying.priority if run.keying else 0,
+        max_runs_per_key=run.keying.max_runs_per_key if run.keying else 0,
     )
 
 

@@ -149,7 +149,7 @@ class RunsRepository:
 
     @staticmethod
     def _create_args(run: NewRun, *, start: bool, return_steps: bool) -> tuple[Any, ...]:
-        """The parameters of ``create_run`` ($1-$20)."""
+        """The parameters of ``create_run`` ($1-$21)."""
         steps = [
             {
                 "step_id": s.step_id,
@@ -188,7 +188,13 @@ class RunsRepository:
             steps,
             start,
             return_steps,
+            run.keying.to_json() if run.keying else None,
         )
+
+    async def key_running(self, organization_id: str, key: str) -> int:
+        """How many admitted runs of concurrency key value ``key`` are unfinished."""
+        async with self._db.connection() as conn:
+            return int(await conn.fetchval(QUERIES["key_running"], organization_id, key))
 
     async def continue_run(
         self, organization_id: str, run_id: uuid.UUID, input: Mapping[str, Any] | None
@@ -524,6 +530,12 @@ class RunsRepository:
         """Queued steps of every organization, counted up to ``limit``."""
         async with self._db.connection() as conn:
             count: int = await conn.fetchval(QUERIES["count_queued_steps"], limit)
+        return count
+
+    async def count_runs_waiting_for_key(self, limit: int) -> int:
+        """Started runs waiting for their concurrency key, counted up to ``limit``."""
+        async with self._db.connection() as conn:
+            count: int = await conn.fetchval(QUERIES["count_runs_waiting_for_key"], limit)
         return count
 
     async def list_events(

@@ -9,17 +9,18 @@
 -- $7 labels, $8 request_id, $9 max_parallel, $10 bypass_cache, $11 webhook_url,
 -- $12 trace_context, $13 parent_run_id, $14 parent_step_id, $15 depth,
 -- $16 forked_from_run_id, $17 steps to copy (text[]), $18 steps as a JSON array of
--- objects, $19 start, $20 return the steps' state
+-- objects, $19 start, $20 return the steps' state, $21 keying (concurrency key value,
+-- limits and priority as JSON, or NULL)
 SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
-                                $14, $15, $16, $17, $18, $19, $20)
+                                $14, $15, $16, $17, $18, $19, $20, $21)
 
 -- create_run_and_claim --
 -- create_run, then the run's runnable steps claimed for this replica in the same
 -- transaction (podium_create_run_and_claim, functions/40_claim.sql): the claimed rows,
--- then create_run's row. $1-$20 as create_run, $21 owner, $22 claim limit, $23 lease
+-- then create_run's row. $1-$21 as create_run, $22 owner, $23 claim limit, $24 lease
 SELECT * FROM podium_create_run_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                                          $13, $14, $15, $16, $17, $18, $19, $20, $21,
-                                          $22, $23)
+                                          $13, $14, $15, $16, $17, $18, $19, $20, $22,
+                                          $23, $24, $21)
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
@@ -253,6 +254,13 @@ LIMIT $4
 -- $1 run_id, $2 step_id, $3 attempt, $4 types text[], $5 payloads jsonb[]
 SELECT podium_append_step_events($1, $2, $3, $4, $5)
 
+-- count_runs_waiting_for_key --
+-- Started runs waiting for their concurrency key, counted up to $1 (the metrics gauge; a
+-- probe of the partial index orchestration_runs_key_waiting_idx).
+SELECT count(*) FROM (
+    SELECT 1 FROM orchestration_runs WHERE NOT key_admitted AND state = 'running' LIMIT $1
+) waiting
+
 -- count_queued_steps --
 -- Queued steps of every organization, counted up to $1 (the metrics gauge; a probe of
 -- the partial index orchestration_steps_queued_idx, bounded by the limit).
@@ -264,3 +272,10 @@ SELECT count(*) FROM (
 -- Before dispatching a step of a run with a budget (functions/65_budgets.sql).
 -- $1 run_id, $2 step_id, $3 attempt, $4 the claim's task_id
 SELECT podium_budget_gate($1, $2, $3, $4)
+
+-- key_running --
+-- The admitted unfinished runs of a concurrency key value (GetRun's waiting reason).
+-- $1 organization_id, $2 key
+SELECT count(*) FROM orchestration_runs
+WHERE organization_id = $1 AND concurrency_key = $2 AND key_admitted
+  AND state IN ('running', 'paused')

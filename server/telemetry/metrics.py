@@ -173,6 +173,12 @@ class Metrics:
             "seconds, capped; the same value on every replica).",
             registry=r,
         )
+        self.runs_waiting_for_key = Gauge(
+            "orchestration_runs_waiting_for_key",
+            "Started runs waiting for their concurrency key (max_runs_per_key), all "
+            "organizations (sampled with orchestration_queue_depth, capped).",
+            registry=r,
+        )
         self.watchers = Gauge(
             "orchestration_watchers",
             "WatchRun and WatchRuns streams open on this replica.",

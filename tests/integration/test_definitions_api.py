@@ -9,7 +9,7 @@ from google.protobuf import json_format
 from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from tests.integration.rpc import error_details, rpc_error, violations
+from tests.integration.rpc import error_details, violations
 
 
 def make_definition(name: str = "research-brief", **extra: object) -> definition_pb2.Definition:
@@ -150,46 +150,25 @@ async def test_every_problem_gets_its_own_violation(
     )
 
 
-UNBUILT_EXECUTION = {
+POLICIES = {
     "budget": {"max_tokens": 5, "on_exceed": "ON_EXCEED_FAIL"},
     "concurrency": {"max_parallel": 2, "key": "${run.input.topic}", "max_runs_per_key": 1},
 }
-UNBUILT_FIELDS = [
-    "execution.concurrency.key",
-    "execution.concurrency.max_runs_per_key",
-]
 
 
-def assert_refused_as_not_built(error: grpc.aio.AioRpcError, prefix: str = "") -> None:
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    info, bad = error_details(error)
-    assert info.reason == "INVALID_DEFINITION"
-    assert [v.field for v in bad.field_violations] == [prefix + f for f in UNBUILT_FIELDS]
-    assert all(v.reason == "NOT_SUPPORTED" for v in bad.field_violations)
-    assert all("not supported yet" in v.description for v in bad.field_violations)
-
-
-async def test_concurrency_key_is_refused_until_built(
+async def test_a_budget_and_a_concurrency_key_are_accepted(
     stub: pb_grpc.OrchestrationServiceAsyncStub,
 ) -> None:
-    """Nothing enforces concurrency keys yet (a budget beside them is fine), so CreateDefinition,
-    ValidateDefinition and StartRun with an inline plan refuse them, one field
-    violation per field, instead of accepting and ignoring them."""
-    definition = make_definition(execution=UNBUILT_EXECUTION)
-    error = await rpc_error(
-        stub.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition))
-    )
-    assert_refused_as_not_built(error)
-    error = await rpc_error(
-        stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
-    )
-    assert_refused_as_not_built(error)
-    assert list((await stub.ListDefinitions(pb.ListDefinitionsRequest())).definitions) == []
-
-    plan = make_definition(name="", execution=UNBUILT_EXECUTION)
-    error = await rpc_error(stub.StartRun(pb.StartRunRequest(plan=plan, start=True)))
-    assert_refused_as_not_built(error, prefix="plan.")
-    assert list((await stub.ListRuns(pb.ListRunsRequest())).runs) == []
+    """Both are enforced (test_budgets.py, test_concurrency_keys.py): a definition with
+    them validates and is stored with them."""
+    definition = make_definition(execution=POLICIES)
+    await stub.ValidateDefinition(pb.ValidateDefinitionRequest(definition=definition))
+    stored = (
+        await stub.CreateDefinition(pb.CreateDefinitionRequest(definition=definition))
+    ).definition
+    assert stored.execution.budget.max_tokens == 5
+    assert stored.execution.concurrency.key == "${run.input.topic}"
+    assert stored.execution.concurrency.max_runs_per_key == 1
 
 
 async def test_unset_budget_and_concurrency_key_are_accepted(

@@ -290,3 +290,71 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
         assert not problems, "\n\n".join(problems)
     finally:
         await conn.close()
+
+
+# A keyed history: the running runs get two key values, priorities and step limits
+# (copied onto their steps as StartRun does), so the claim ranks shares, counts a key's
+# running steps, and the eager claim probes for other shares' queued steps.
+_KEYED = """
+UPDATE orchestration_runs
+   SET concurrency_key = 'k' || (abs(hashtext(id::text)) % 2), max_steps_per_key = 50,
+       max_runs_per_key = 1000, priority = abs(hashtext(id::text)) % 3
+ WHERE state = 'running';
+UPDATE orchestration_steps s
+   SET concurrency_key = r.concurrency_key, priority = r.priority
+  FROM orchestration_runs r
+ WHERE r.id = s.run_id AND r.state = 'running';
+ANALYZE orchestration_runs, orchestration_steps;
+"""
+
+
+async def test_keyed_claim_fair_share_and_admission_use_indexes(
+    big_database: asyncpg.Connection[asyncpg.Record],
+) -> None:
+    """With concurrency keys, priorities and max_steps_per_key on the running runs, the
+    claim (ranking shares), the eager claim (probing other shares' queued steps), and the
+    admission of a keyed run at start and at the end of another read no big table with a
+    Seq Scan."""
+    conn = big_database
+    await conn.execute(_KEYED)
+    claimed, claim_plans = await _plans_of(
+        conn, "SELECT * FROM podium_claim_steps('replica-b', 20, 60)"
+    )
+    assert len(claimed) == 20
+    priorities = await conn.fetch(
+        "SELECT DISTINCT r.priority FROM orchestration_runs r WHERE r.id = ANY ($1::uuid[])",
+        [row["run_id"] for row in claimed],
+    )
+    assert {row["priority"] for row in priorities} == {2}  # the highest priority first
+    third = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 2))
+    _, eager_plans = await _plans_of(conn, _COMPLETE_AND_CLAIM, third)
+    # Admission: a created keyed run started over its key's limit waits; ending an
+    # admitted run of the key admits it (the trigger).
+    waiting = await conn.fetchval(
+        "INSERT INTO orchestration_runs (organization_id, plan, state, concurrency_key,"
+        " max_runs_per_key, steps_remaining) VALUES ('default', '{}', 'created', 'k0', 1, 0)"
+        " RETURNING id"
+    )
+    _, start_plans = await _plans_of(conn, "SELECT podium_start_run($1)", waiting)
+    assert not await conn.fetchval(
+        "SELECT key_admitted FROM orchestration_runs WHERE id = $1", waiting
+    )
+    _, end_plans = await _plans_of(
+        conn,
+        "UPDATE orchestration_runs SET state = 'cancelled' WHERE id IN (SELECT id FROM"
+        " orchestration_runs WHERE concurrency_key = 'k0' AND key_admitted"
+        " AND state = 'running')",
+    )
+    assert await conn.fetchval("SELECT key_admitted FROM orchestration_runs WHERE id = $1", waiting)
+    plans = claim_plans + eager_plans + start_plans + end_plans
+    texts = _query_texts(plans)
+    for statement in (
+        "row_number() OVER",  # claim: the shares' ranks
+        "p.priority > m.priority",  # eager claim: a higher priority waits
+        "k.concurrency_key = v_run.concurrency_key",  # max_steps_per_key
+        "r.key_admitted AND r.state IN",  # admission: the key's admitted runs
+        "NOT w.key_admitted AND w.state = 'running'",  # release: the next waiting run
+    ):
+        assert statement in texts, f"no plan logged for the statement with {statement!r}"
+    problems = _seq_scans(plans)
+    assert not problems, "\n\n".join(problems)

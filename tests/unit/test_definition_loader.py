@@ -65,11 +65,9 @@ def test_full_example_loads(tmp_path: Path) -> None:
 
     definition = load_definition(path)
 
-    # Concurrency keys load but are refused until the server enforces them.
-    assert [v.field for v in validate_definition(definition)] == [
-        "execution.concurrency.key",
-        "execution.concurrency.max_runs_per_key",
-    ]
+    # Budgets and concurrency keys load, and are valid.
+    assert validate_definition(definition) == []
+    assert definition.execution.concurrency.max_runs_per_key == 2
     assert definition.name == "research-brief"
     assert definition.execution.concurrency.max_parallel == 4
     assert definition.execution.budget.max_tokens == 200_000

@@ -98,3 +98,25 @@ def test_cli_rate_flags() -> None:
         agent_rate_limit("30/1m", "90000/30s")
     with pytest.raises(CliError, match="COUNT/PERIOD"):
         agent_rate_limit("thirty", None)
+
+
+def test_static_agents_take_a_rate_limit_per_key(tmp_path: Path) -> None:
+    (compact,) = parse_static_agents("llm=127.0.0.1:1;rate=5/1m;rate_per_key=true")
+    assert compact.rate_per_key and compact.requests_per_period == 5
+    (default,) = parse_static_agents("llm=127.0.0.1:1;rate=5/1m")
+    assert not default.rate_per_key
+    with pytest.raises(ValueError, match="must be true or false"):
+        parse_static_agents("llm=127.0.0.1:1;rate=5/1m;rate_per_key=yes")
+    path = tmp_path / "agents.yaml"
+    path.write_text(
+        "- name: llm\n  endpoint: 127.0.0.1:1\n"
+        "  rate_limit: {requests_per_period: 10, period_seconds: 30, per_key: true}\n"
+    )
+    (agent,) = parse_static_agents(str(path))
+    assert agent.rate_per_key
+    path.write_text(
+        "- name: llm\n  endpoint: 127.0.0.1:1\n"
+        "  rate_limit: {requests_per_period: 10, period_seconds: 30, per_key: 1}\n"
+    )
+    with pytest.raises(ValueError, match="per_key must be true or false"):
+        parse_static_agents(str(path))

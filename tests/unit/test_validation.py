@@ -397,31 +397,18 @@ def test_input_size_limit() -> None:
     assert problems(definition, limits=ValidationLimits(max_step_input_bytes=1000)) == []
 
 
-# --------------------------------------------------------------------------- not built
+# --------------------------------------------------------------------------- budgets, keys
 
 
-UNBUILT = {
+POLICIES = {
     "budget": {"max_tokens": 200000, "max_cost_usd": 5.0, "on_exceed": "ON_EXCEED_PAUSE"},
     "concurrency": {"max_parallel": 4, "key": "${run.input.customer}", "max_runs_per_key": 2},
 }
 
 
-def test_concurrency_key_is_refused_until_built_and_a_budget_is_accepted() -> None:
-    definition = make(step("a"), execution=UNBUILT)
-    violations = validate_definition(definition)
-    assert [(v.field, v.reason) for v in violations] == [
-        ("execution.concurrency.key", "NOT_SUPPORTED"),
-        ("execution.concurrency.max_runs_per_key", "NOT_SUPPORTED"),
-    ]
-    assert all("not supported yet" in v.description for v in violations)
-
-
-def test_unbuilt_policies_in_an_inline_plan_are_prefixed() -> None:
-    violations = validate_plan(make(step("a"), execution=UNBUILT), field_prefix="plan")
-    assert [v.field for v in violations] == [
-        "plan.execution.concurrency.key",
-        "plan.execution.concurrency.max_runs_per_key",
-    ]
+def test_a_budget_and_a_concurrency_key_are_valid_together() -> None:
+    assert validate_definition(make(step("a"), execution=POLICIES)) == []
+    assert validate_plan(make(step("a"), execution=POLICIES), field_prefix="plan") == []
 
 
 @pytest.mark.parametrize(
@@ -451,19 +438,6 @@ def test_a_bad_budget_value_is_one_violation(execution: dict[str, Any], field: s
 )
 def test_a_budget_is_valid(budget: dict[str, Any]) -> None:
     assert problems(make(step("a"), execution={"budget": budget})) == []
-
-
-@pytest.mark.parametrize(
-    ("execution", "field"),
-    [
-        ({"concurrency": {"key": "${steps.a.output.customer}"}}, "execution.concurrency.key"),
-        ({"concurrency": {"max_runs_per_key": -1}}, "execution.concurrency.max_runs_per_key"),
-    ],
-)
-def test_any_unbuilt_value_is_one_violation(execution: dict[str, Any], field: str) -> None:
-    found, description = only(make(step("a"), execution=execution))
-    assert found == field
-    assert "not supported yet" in description
 
 
 def test_unset_budget_and_concurrency_key_are_valid() -> None:
@@ -709,3 +683,55 @@ def test_normalize_definition_clears_output_only_fields() -> None:
 
     assert normalized == expected
     assert definition.version == 7  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    ("execution", "field", "reason"),
+    [
+        (
+            {"concurrency": {"key": "${steps.a.output.customer}"}},
+            "execution.concurrency.key",
+            "INVALID_REFERENCE",
+        ),
+        (
+            {"concurrency": {"key": "${run.input"}},
+            "execution.concurrency.key",
+            "MALFORMED_REFERENCE",
+        ),
+        ({"concurrency": {"key": "k" * 257}}, "execution.concurrency.key", "TOO_LONG"),
+        (
+            {"concurrency": {"key": "x", "max_runs_per_key": -1}},
+            "execution.concurrency.max_runs_per_key",
+            "OUT_OF_RANGE",
+        ),
+        (
+            {"concurrency": {"max_runs_per_key": 2}},
+            "execution.concurrency.max_runs_per_key",
+            "KEY_REQUIRED",
+        ),
+        (
+            {"concurrency": {"key": "x", "max_steps_per_key": 10001}},
+            "execution.concurrency.max_steps_per_key",
+            "OUT_OF_RANGE",
+        ),
+        ({"priority": 10}, "execution.priority", "OUT_OF_RANGE"),
+        ({"priority": -1}, "execution.priority", "OUT_OF_RANGE"),
+    ],
+)
+def test_a_bad_concurrency_key_limit_or_priority_is_one_violation(
+    execution: dict[str, Any], field: str, reason: str
+) -> None:
+    violations = validate_definition(make(step("a"), execution=execution))
+    assert [(v.field, v.reason) for v in violations] == [(field, reason)]
+
+
+def test_a_key_with_limits_and_a_priority_is_valid() -> None:
+    execution = {
+        "concurrency": {
+            "key": "tenant-${run.input.org.id}",
+            "max_runs_per_key": 2,
+            "max_steps_per_key": 3,
+        },
+        "priority": 9,
+    }
+    assert validate_definition(make(step("a"), execution=execution)) == []

@@ -22,13 +22,16 @@
 -- One row: the run's generated fields, then, when p_return_steps, what its steps hold
 -- that the caller did not send, as parallel arrays in no particular order (step_ids[i]
 -- is the step of every other array's [i]; NULL arrays without p_return_steps).
+DROP FUNCTION IF EXISTS podium_create_run(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean);
 CREATE OR REPLACE FUNCTION podium_create_run(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
     p_max_parallel integer, p_bypass_cache boolean, p_webhook_url text,
     p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
-    p_return_steps boolean
+    p_return_steps boolean, p_keying jsonb DEFAULT NULL
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -43,6 +46,8 @@ DECLARE
     v_count integer := jsonb_array_length(p_steps);
     v_budget jsonb := p_plan -> 'execution' -> 'budget';
     v_budget_run uuid;
+    v_key text := p_keying ->> 'key';
+    v_priority smallint := coalesce((p_keying ->> 'priority')::smallint, 0);
 BEGIN
     IF p_parent_run IS NOT NULL THEN  -- a child run draws on its parent's budget
         SELECT r.budget_run_id INTO v_budget_run FROM orchestration_runs r
@@ -56,11 +61,14 @@ BEGIN
         (organization_id, definition_name, definition_version, plan, state, input,
          metadata, labels, request_id, max_parallel, bypass_cache, webhook_url,
          steps_remaining, trace_context, parent_run_id, parent_step_id, depth,
-         forked_from_run_id)
+         forked_from_run_id, concurrency_key, priority, max_runs_per_key,
+         max_steps_per_key)
     VALUES (p_org, p_definition_name, p_definition_version, p_plan, 'created', p_input,
             p_metadata, p_labels, p_request_id, p_max_parallel, p_bypass_cache,
             p_webhook_url, v_count, p_trace_context, p_parent_run, p_parent_step, p_depth,
-            p_forked_from)
+            p_forked_from, v_key, v_priority,
+            coalesce((p_keying ->> 'max_runs_per_key')::integer, 0),
+            coalesce((p_keying ->> 'max_steps_per_key')::integer, 0))
     ON CONFLICT (organization_id, request_id) DO NOTHING
     RETURNING id INTO v_run;
     IF v_run IS NULL THEN
@@ -90,14 +98,14 @@ BEGIN
     INSERT INTO orchestration_steps
         (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
          pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
-         conversation_id, input_refs, is_sink)
+         conversation_id, input_refs, is_sink, concurrency_key, priority)
     SELECT v_run, s.step_id, p_org, s.position, s.state, s.agent, s.skill, s.depends_on,
            s.pending_dependencies,
            CASE WHEN v_budget_run IS NULL THEN s.spec
                 ELSE s.spec || '{"budgeted": true}'::jsonb END,
            s.max_attempts, s.timeout_seconds,
            CASE WHEN s.state = 'queued' THEN now() END, gen_random_uuid(), s.input_refs,
-           s.is_sink
+           s.is_sink, coalesce(v_key, ''), v_priority
       FROM jsonb_to_recordset(p_steps) AS s(
            step_id text, position integer, state text, agent text, skill text,
            depends_on text[], pending_dependencies integer, spec jsonb,
@@ -131,21 +139,41 @@ BEGIN
 END
 $$;
 
--- Move a created run to running: run.started, then queue every step without
--- dependencies (steps are created pending) with a step.queued event each.
+-- Move a created run to running: run.started, then, when its concurrency key admits it
+-- (podium_key_admits, 46_keys.sql), queue every step without dependencies (steps are
+-- created pending) with a step.queued event each; otherwise the run waits for its key
+-- (key_admitted false, run.waiting_for_key) with its steps pending.
 CREATE OR REPLACE FUNCTION podium_start_run(p_run uuid) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_run record;
+BEGIN
+    UPDATE orchestration_runs
+       SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
+     WHERE id = p_run AND state = 'created'
+    RETURNING organization_id, concurrency_key, max_runs_per_key INTO v_run;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM podium_emit_event(p_run, 'run.started', NULL, NULL, NULL, '{}');
+    IF v_run.max_runs_per_key > 0 AND v_run.concurrency_key IS NOT NULL
+       AND NOT podium_key_admits(p_run, v_run.organization_id, v_run.concurrency_key,
+                                 v_run.max_runs_per_key) THEN
+        RETURN true;
+    END IF;
+    PERFORM podium_queue_root_steps(p_run);
+    RETURN true;
+END
+$$;
+
+-- Queue every pending step of a running run without unfinished dependencies, with a
+-- step.queued event each (numbered with one run update); NOTIFY when there are any.
+CREATE OR REPLACE FUNCTION podium_queue_root_steps(p_run uuid) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     v_base bigint;
     v_count integer;
 BEGIN
-    UPDATE orchestration_runs
-       SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-     WHERE id = p_run AND state = 'created';
-    IF NOT FOUND THEN
-        RETURN false;
-    END IF;
-    PERFORM podium_emit_event(p_run, 'run.started', NULL, NULL, NULL, '{}');
     UPDATE orchestration_steps
        SET state = 'queued', queued_at = clock_timestamp()
      WHERE run_id = p_run AND state = 'pending' AND pending_dependencies = 0;
@@ -163,7 +191,7 @@ BEGIN
         PERFORM pg_notify('podium_events', p_run::text);
         PERFORM pg_notify('podium_work', '');
     END IF;
-    RETURN true;
+    RETURN v_count;
 END
 $$;
 
@@ -269,7 +297,8 @@ BEGIN
     UPDATE orchestration_runs
        SET state = 'running', run_attempt = run_attempt + 1, error = NULL, ended_at = NULL,
            rollback_hints = NULL, output = NULL, started_at = coalesce(started_at, now()),
-           updated_at = now()
+           updated_at = now(),
+           key_admitted = true  -- a resumed run is not held by its concurrency key
      WHERE id = p_run
     RETURNING run_attempt INTO v_attempt;
     PERFORM podium_emit_event(p_run, 'run.resumed', NULL, NULL, NULL,

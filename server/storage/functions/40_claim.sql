@@ -14,6 +14,19 @@
 -- that is under its limits. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it.
+--
+-- Priorities and fair share: candidate runs are visited by priority (higher first),
+-- then round-robin across shares (a share: the runs of one organization and concurrency
+-- key value at one priority), ranking each run by its position in its share plus the
+-- share's running steps, so the share with the fewest running steps goes first and a
+-- share with thousands of queued steps cannot hold back another's single step beyond
+-- one claim. Runs are locked SKIP LOCKED in that order (a run a completer holds is left
+-- to that completer, which claims or notifies when it leaves work). An eager claim
+-- (p_runs) becomes the claim over every run when another share of its runs' priority or
+-- a higher priority has queued steps (index probes on
+-- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
+-- holds a step while the running steps of its run's key value reach it (counted once
+-- per key value and claim).
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
 )
@@ -42,30 +55,69 @@ DECLARE
     v_seq bigint;
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
+    v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
+    v_run_key text;  -- the run's key value, '' without one (rate windows per key)
+    v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
     PERFORM pg_advisory_xact_lock(1886350957, 1);
+    -- An eager claim whose runs' shares are not alone in the queue (another share of
+    -- their priority, or a higher priority, has queued steps) becomes the scheduler's
+    -- claim over every run, so the freed slots go by turns. Its SKIP LOCKED keeps the
+    -- lock order safe while this transaction holds the completed runs.
+    IF p_runs IS NOT NULL AND EXISTS (
+           SELECT 1
+             FROM (SELECT DISTINCT r.priority, r.organization_id,
+                          coalesce(r.concurrency_key, '') AS share_key
+                     FROM orchestration_runs r WHERE r.id = ANY (p_runs)) m
+            WHERE EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority > m.priority)
+               OR EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority = m.priority
+                             AND (p.organization_id, p.concurrency_key)
+                                 < (m.organization_id, m.share_key))
+               OR EXISTS (SELECT 1 FROM orchestration_steps p
+                           WHERE p.state = 'queued' AND p.priority = m.priority
+                             AND (p.organization_id, p.concurrency_key)
+                                 > (m.organization_id, m.share_key))) THEN
+        p_runs := NULL;
+    END IF;
     IF p_runs IS NULL THEN
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context
-          FROM orchestration_runs r
-         WHERE r.state = 'running'
-           AND r.id IN (SELECT q.run_id FROM orchestration_steps q WHERE q.state = 'queued'
-                        UNION
-                        SELECT w.run_id FROM orchestration_steps w
-                         WHERE w.state = 'waiting_retry' AND w.next_attempt_at <= now())
-         ORDER BY r.created_at, r.id
-           FOR UPDATE OF r;
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key
+          FROM (SELECT o.id, o.priority, o.created_at, o.rn + coalesce(b.busy, 0) AS rank
+                  FROM (SELECT x.id, x.priority, x.created_at, x.organization_id,
+                               coalesce(x.concurrency_key, '') AS share_key,
+                               row_number() OVER (PARTITION BY x.priority, x.organization_id,
+                                                               x.concurrency_key
+                                                  ORDER BY x.created_at, x.id) AS rn
+                          FROM orchestration_runs x
+                         WHERE x.state = 'running'
+                           AND x.id IN (SELECT q.run_id FROM orchestration_steps q
+                                         WHERE q.state = 'queued'
+                                        UNION
+                                        SELECT w.run_id FROM orchestration_steps w
+                                         WHERE w.state = 'waiting_retry'
+                                           AND w.next_attempt_at <= now())) o
+                  LEFT JOIN (SELECT g.organization_id, g.concurrency_key, g.priority,
+                                    count(*) AS busy
+                               FROM orchestration_steps g WHERE g.state = 'running'
+                              GROUP BY 1, 2, 3) b
+                    ON b.organization_id = o.organization_id
+                   AND b.concurrency_key = o.share_key AND b.priority = o.priority) c
+          JOIN orchestration_runs r ON r.id = c.id
+         ORDER BY c.priority DESC, c.rank, c.created_at, c.id
+           FOR UPDATE OF r SKIP LOCKED;
     ELSE
         -- An eager claim: the runs a completion just locked (see podium_complete_steps).
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context
+               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key
           FROM orchestration_runs r
          WHERE r.id = ANY (p_runs) AND r.state = 'running'
          ORDER BY r.created_at, r.id
@@ -74,6 +126,14 @@ BEGIN
     LOOP
         FETCH v_runs INTO v_run;
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
+        v_run_key := coalesce(v_run.concurrency_key, '');
+        IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
+            v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
+                v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
+                                            WHERE k.state = 'running'
+                                              AND k.organization_id = v_run.organization_id
+                                              AND k.concurrency_key = v_run.concurrency_key));
+        END IF;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
          WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
@@ -91,20 +151,23 @@ BEGIN
                FOR UPDATE OF s SKIP LOCKED
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
+            EXIT WHEN v_run.max_steps_per_key > 0
+                  AND (v_key_free ->> v_run.concurrency_key)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
                    0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
-                   0 AS requests_per_period, 0::bigint AS tokens_per_period
+                   0 AS requests_per_period, 0::bigint AS tokens_per_period,
+                   false AS rate_per_key
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
                        c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
-                       c.requests_per_period, c.tokens_per_period
+                       c.requests_per_period, c.tokens_per_period, c.rate_per_key
                   INTO v_agent
                   FROM (SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
                                a.max_concurrency, a.rate_period_seconds,
-                               a.requests_per_period, a.tokens_per_period,
+                               a.requests_per_period, a.tokens_per_period, a.rate_per_key,
                                (SELECT count(*) FROM orchestration_steps b
                                  WHERE b.state = 'running'
                                    AND b.organization_id = a.organization_id
@@ -115,10 +178,13 @@ BEGIN
                            AND v_step.skill = ANY (a.skills)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
-                        OR coalesce((v_room ->> c.name)::integer,
+                        OR coalesce((v_room ->> (c.name || CASE WHEN c.rate_per_key
+                                                     THEN chr(31) || v_run_key ELSE '' END))::integer,
                                     podium_rate_room(v_run.organization_id, c.name,
                                                      c.requests_per_period, c.tokens_per_period,
-                                                     c.rate_period_seconds, clock_timestamp()))
+                                                     c.rate_period_seconds, clock_timestamp(),
+                                                     CASE WHEN c.rate_per_key THEN v_run_key
+                                                          ELSE '' END))
                            > 0)
                  ORDER BY c.busy, c.name
                  LIMIT 1;
@@ -136,7 +202,7 @@ BEGIN
                                AND b.agent = a.name)
                            + coalesce((v_used ->> a.name)::integer, 0)
                        ELSE 0 END AS busy, a.rate_period_seconds AS rate_period,
-                       a.requests_per_period, a.tokens_per_period
+                       a.requests_per_period, a.tokens_per_period, a.rate_per_key
                   INTO v_agent
                   FROM agents a
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
@@ -145,13 +211,17 @@ BEGIN
                 END IF;
             END IF;
             IF v_agent.rate_period > 0 THEN
-                IF NOT v_room ? v_agent.name THEN
-                    v_room := v_room || jsonb_build_object(v_agent.name,
+                v_window := v_agent.name || CASE WHEN v_agent.rate_per_key
+                                                 THEN chr(31) || v_run_key ELSE '' END;
+                IF NOT v_room ? v_window THEN
+                    v_room := v_room || jsonb_build_object(v_window,
                         podium_rate_room(v_run.organization_id, v_agent.name,
                                          v_agent.requests_per_period, v_agent.tokens_per_period,
-                                         v_agent.rate_period, clock_timestamp()));
+                                         v_agent.rate_period, clock_timestamp(),
+                                         CASE WHEN v_agent.rate_per_key THEN v_run_key
+                                              ELSE '' END));
                 END IF;
-                IF (v_room ->> v_agent.name)::integer <= 0 THEN
+                IF (v_room ->> v_window)::integer <= 0 THEN
                     CONTINUE;  -- the agent's rate window is used up: stays queued
                 END IF;
             END IF;
@@ -176,10 +246,12 @@ BEGIN
                     coalesce(v_agent.name, v_step.agent), v_now)
             RETURNING step_attempts.task_id INTO v_task;
             IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
-                INSERT INTO agent_rate_usage (organization_id, agent, at, requests)
-                VALUES (v_run.organization_id, v_agent.name, v_now, 1);
-                v_room := jsonb_set(v_room, ARRAY[v_agent.name],
-                                    to_jsonb((v_room ->> v_agent.name)::integer - 1));
+                INSERT INTO agent_rate_usage
+                    (organization_id, agent, at, requests, concurrency_key)
+                VALUES (v_run.organization_id, v_agent.name, v_now, 1,
+                        CASE WHEN v_agent.rate_per_key THEN v_run_key ELSE '' END);
+                v_room := jsonb_set(v_room, ARRAY[v_window],
+                                    to_jsonb((v_room ->> v_window)::integer - 1));
             END IF;
             IF v_attempt = 1 THEN
                 -- The step's conversation, kept across its attempts (and ContinueRun).
@@ -199,6 +271,10 @@ BEGIN
             END IF;
             v_free := v_free - 1;
             v_picked := v_picked + 1;
+            IF v_run.max_steps_per_key > 0 THEN
+                v_key_free := jsonb_set(v_key_free, ARRAY[v_run.concurrency_key],
+                    to_jsonb((v_key_free ->> v_run.concurrency_key)::integer - 1));
+            END IF;
             RETURN QUERY
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                    v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
@@ -318,6 +394,10 @@ $$;
 -- steps stay queued for the claimers (podium_start_run has notified them).
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
+DROP FUNCTION IF EXISTS podium_create_run_and_claim(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
+    double precision);
 CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
@@ -325,7 +405,7 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
     p_return_steps boolean, p_owner text, p_claim_limit integer,
-    p_lease_seconds double precision
+    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -348,7 +428,7 @@ BEGIN
                              p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
                              p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
                              p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
-                             p_start, p_return_steps) c;
+                             p_start, p_return_steps, p_keying) c;
     IF v_run.created AND p_start AND p_claim_limit > 0
        AND pg_try_advisory_xact_lock(1886350957, 1) THEN
         RETURN QUERY

@@ -182,6 +182,7 @@ class AgentRateLimit(_message.Message):
     REQUESTS_PER_PERIOD_FIELD_NUMBER: _builtins.int
     TOKENS_PER_PERIOD_FIELD_NUMBER: _builtins.int
     PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    PER_KEY_FIELD_NUMBER: _builtins.int
     requests_per_period: _builtins.int
     """Attempts started per period; 0 means no request limit. At least 0."""
     tokens_per_period: _builtins.int
@@ -190,16 +191,23 @@ class AgentRateLimit(_message.Message):
     """Length of the sliding window in seconds: more than 0, at most 86400 (one day).
     Required when a count is set.
     """
+    per_key: _builtins.bool
+    """Apply the limit to each concurrency key value separately (the definitions'
+    `execution.concurrency.key` of the runs calling the agent): one window per key
+    value; steps of runs without a key share one window. False: one window for the
+    agent.
+    """
     def __init__(
         self,
         *,
         requests_per_period: _builtins.int = ...,
         tokens_per_period: _builtins.int = ...,
         period_seconds: _builtins.float = ...,
+        per_key: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_seconds", b"period_seconds", "requests_per_period", b"requests_per_period", "tokens_per_period", b"tokens_per_period"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["per_key", b"per_key", "period_seconds", b"period_seconds", "requests_per_period", b"requests_per_period", "tokens_per_period", b"tokens_per_period"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

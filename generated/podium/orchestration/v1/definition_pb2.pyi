@@ -141,8 +141,13 @@ class ExecutionPolicy(_message.Message):
     BUDGET_FIELD_NUMBER: _builtins.int
     CACHING_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     default_timeout_seconds: _builtins.float
     """Default step timeout in seconds; 0 uses the agent's default, then the server's."""
+    priority: _builtins.int
+    """Default priority of runs of this definition, 0 (the default) to 9: the claim takes
+    the queued steps of higher-priority runs first. StartRunRequest.priority overrides it.
+    """
     @_builtins.property
     def concurrency(self) -> Global___ConcurrencyPolicy:
         """Concurrency limits of each run."""
@@ -162,10 +167,11 @@ class ExecutionPolicy(_message.Message):
         budget: Global___BudgetPolicy | None = ...,
         caching: Global___CachingPolicy | None = ...,
         default_timeout_seconds: _builtins.float = ...,
+        priority: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -180,19 +186,30 @@ class ConcurrencyPolicy(_message.Message):
     MAX_PARALLEL_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     MAX_RUNS_PER_KEY_FIELD_NUMBER: _builtins.int
+    MAX_STEPS_PER_KEY_FIELD_NUMBER: _builtins.int
     max_parallel: _builtins.int
     """Maximum steps of one run executing at once; 0 uses
     ORCHESTRATION_DEFAULT_MAX_PARALLEL, then 1. Must not be negative.
     """
     key: _builtins.str
-    """Concurrency key template, e.g. "${run.input.customer}". Not supported yet:
-    nothing enforces it, so a non-empty key is refused with INVALID_ARGUMENT (a field
-    violation on `execution.concurrency.key`, reason NOT_SUPPORTED).
+    """Concurrency key template over the run input, e.g. "${run.input.customer}" (only
+    `${run.input...}` references; text around them is kept). Computed once at StartRun
+    and stored on the run (Run.concurrency_key); at most 256 characters. Runs sharing a
+    key value share max_runs_per_key, max_steps_per_key and the rate limits of agents
+    limited per key; the claim also shares steps round-robin across key values.
+    Requires max_runs_per_key or max_steps_per_key.
     """
     max_runs_per_key: _builtins.int
-    """Maximum running runs sharing one key value. Not supported yet: any value but 0 is
-    refused with INVALID_ARGUMENT (a field violation on
-    `execution.concurrency.max_runs_per_key`, reason NOT_SUPPORTED).
+    """Maximum runs sharing one key value that execute at once, across every replica; 0
+    means unlimited. A started run over the limit stays RUNNING with its steps PENDING
+    and Run.waiting_reason set (event `run.waiting_for_key`) until an earlier run of
+    its key ends; waiting runs are admitted by priority, then in start order. Requires
+    `key`; at most 10000.
+    """
+    max_steps_per_key: _builtins.int
+    """Maximum steps executing at once across the runs sharing one key value (every
+    replica); 0 means unlimited. A held step stays QUEUED; its
+    attempts are not used. Requires `key`; at most 10000.
     """
     def __init__(
         self,
@@ -200,10 +217,11 @@ class ConcurrencyPolicy(_message.Message):
         max_parallel: _builtins.int = ...,
         key: _builtins.str = ...,
         max_runs_per_key: _builtins.int = ...,
+        max_steps_per_key: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "max_parallel", b"max_parallel", "max_runs_per_key", b"max_runs_per_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "max_parallel", b"max_parallel", "max_runs_per_key", b"max_runs_per_key", "max_steps_per_key", b"max_steps_per_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

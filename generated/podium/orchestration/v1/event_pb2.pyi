@@ -94,6 +94,15 @@ class RunEvent(_message.Message):
         """run.budget_raised: a budget approval was approved with new limits; `data` has
         `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
         """
+        TYPE_RUN_WAITING_FOR_KEY: RunEvent._Type.ValueType  # 25
+        """run.waiting_for_key: the run started but waits for its concurrency key (its
+        definition's max_runs_per_key runs of the key execute); `data` has `key`,
+        `running` and `max_runs_per_key`.
+        """
+        TYPE_RUN_ADMITTED: RunEvent._Type.ValueType  # 26
+        """run.admitted: a run that waited for its concurrency key may execute; `data` has
+        `key`.
+        """
 
     class Type(_Type, metaclass=_TypeEnumTypeWrapper):
         """Type is the lifecycle transition an event reports."""
@@ -159,6 +168,15 @@ class RunEvent(_message.Message):
     TYPE_RUN_BUDGET_RAISED: RunEvent.Type.ValueType  # 24
     """run.budget_raised: a budget approval was approved with new limits; `data` has
     `budget_run_id`, `max_tokens`, `max_cost_usd` and `approval_id`.
+    """
+    TYPE_RUN_WAITING_FOR_KEY: RunEvent.Type.ValueType  # 25
+    """run.waiting_for_key: the run started but waits for its concurrency key (its
+    definition's max_runs_per_key runs of the key execute); `data` has `key`,
+    `running` and `max_runs_per_key`.
+    """
+    TYPE_RUN_ADMITTED: RunEvent.Type.ValueType  # 26
+    """run.admitted: a run that waited for its concurrency key may execute; `data` has
+    `key`.
     """
 
     RUN_ID_FIELD_NUMBER: _builtins.int

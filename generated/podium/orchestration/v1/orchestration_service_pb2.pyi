@@ -355,6 +355,7 @@ class StartRunRequest(_message.Message):
     BYPASS_CACHE_FIELD_NUMBER: _builtins.int
     WEBHOOK_URL_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (AIP-155): a retried StartRun with the same key returns the same run.
     Unique per organization; at most 128 characters.
@@ -367,6 +368,10 @@ class StartRunRequest(_message.Message):
     """Bypass the step-output cache for this run (lookups and stores)."""
     webhook_url: _builtins.str
     """Webhook URL receiving this run's events."""
+    priority: _builtins.int
+    """Priority of the run, 0 to 9 (higher is claimed first); unset uses the definition's
+    `execution.priority`.
+    """
     @_builtins.property
     def definition(self) -> Global___DefinitionRef:
         """A saved definition."""
@@ -407,13 +412,19 @@ class StartRunRequest(_message.Message):
         bypass_cache: _builtins.bool = ...,
         webhook_url: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
+        priority: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["definition", b"definition", "input", b"input", "metadata", b"metadata", "plan", b"plan", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "definition", b"definition", "input", b"input", "metadata", b"metadata", "plan", b"plan", "priority", b"priority", "source", b"source", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bypass_cache", b"bypass_cache", "definition", b"definition", "input", b"input", "labels", b"labels", "metadata", b"metadata", "plan", b"plan", "request_id", b"request_id", "source", b"source", "start", b"start", "start_time", b"start_time", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "bypass_cache", b"bypass_cache", "definition", b"definition", "input", b"input", "labels", b"labels", "metadata", b"metadata", "plan", b"plan", "priority", b"priority", "request_id", b"request_id", "source", b"source", "start", b"start", "start_time", b"start_time", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["definition", "plan"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___StartRunRequest: _TypeAlias = StartRunRequest  # noqa: Y015

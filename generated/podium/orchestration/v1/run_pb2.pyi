@@ -154,6 +154,9 @@ class Run(_message.Message):
     TOTAL_USAGE_FIELD_NUMBER: _builtins.int
     SAVED_USAGE_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_KEY_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    WAITING_REASON_FIELD_NUMBER: _builtins.int
     OMITTED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id (UUID)."""
@@ -182,6 +185,17 @@ class Run(_message.Message):
     forked_from_run_id: _builtins.str
     """Finished run this run was forked from (ForkRun): its outputs upstream of the forked
     steps were copied into this run.
+    """
+    concurrency_key: _builtins.str
+    """Value of the definition's concurrency key for this run (`execution.concurrency.key`
+    over the run input, computed at StartRun); empty without a key.
+    """
+    priority: _builtins.int
+    """Priority of the run, 0 to 9 (higher is claimed first)."""
+    waiting_reason: _builtins.str
+    """Why a RUNNING run does not execute, e.g. `concurrency key 'acme': 2 of 2 runs
+    running` while it waits for its key (max_runs_per_key); empty otherwise. Set by
+    GetRun (not by StartRun or ListRuns: watch for `run.waiting_for_key` instead).
     """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
@@ -292,11 +306,14 @@ class Run(_message.Message):
         total_usage: Global___RunUsage | None = ...,
         saved_usage: Global___RunUsage | None = ...,
         budget: Global___RunBudget | None = ...,
+        concurrency_key: _builtins.str = ...,
+        priority: _builtins.int = ...,
+        waiting_reason: _builtins.str = ...,
         omitted: _abc.Iterable[Global___OmittedPayload] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "input", b"input", "metadata", b"metadata", "output", b"output", "plan", b"plan", "saved_usage", b"saved_usage", "start_time", b"start_time", "total_usage", b"total_usage", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "omitted", b"omitted", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "saved_usage", b"saved_usage", "start_time", b"start_time", "state", b"state", "steps", b"steps", "total_usage", b"total_usage", "usage", b"usage", "webhook_url", b"webhook_url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "concurrency_key", b"concurrency_key", "create_time", b"create_time", "definition_name", b"definition_name", "definition_version", b"definition_version", "end_time", b"end_time", "error", b"error", "forked_from_run_id", b"forked_from_run_id", "id", b"id", "input", b"input", "labels", b"labels", "last_event_sequence", b"last_event_sequence", "max_parallel", b"max_parallel", "metadata", b"metadata", "omitted", b"omitted", "organization_id", b"organization_id", "output", b"output", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "plan", b"plan", "priority", b"priority", "request_id", b"request_id", "rollback_hints", b"rollback_hints", "run_attempt", b"run_attempt", "saved_usage", b"saved_usage", "start_time", b"start_time", "state", b"state", "steps", b"steps", "total_usage", b"total_usage", "usage", b"usage", "waiting_reason", b"waiting_reason", "webhook_url", b"webhook_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
