@@ -15,7 +15,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,28 @@ def json_arg(text: str | None, what: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise CliError(f"{what} must be a JSON object", EXIT_USAGE)
     return value
+
+
+_RELATIVE = re.compile(r"\+(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def time_arg(text: str | None, option: str) -> datetime | None:
+    """An aware datetime from ISO 8601 (UTC when it names no zone) or ``+N[smhd]``
+    (from now); None for an empty value."""
+    if not text:
+        return None
+    relative = _RELATIVE.fullmatch(text)
+    if relative is not None:
+        seconds = float(relative.group(1)) * _UNITS[relative.group(2)]
+        return datetime.now(UTC) + timedelta(seconds=seconds)
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"{option}: not an ISO 8601 date or time, nor +N[smhd]: {text!r}", EXIT_USAGE
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def labels_arg(pairs: Sequence[str] | None) -> dict[str, str]:

@@ -188,6 +188,7 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
             'podium runs start research-brief --input \'{"topic": "tea"}\' --watch',
             "podium runs start --file plan.yaml --input @input.json --wait -o json",
             "podium runs start research-brief --label team=ops --metadata '{\"ticket\": 42}'",
+            "podium runs start nightly-report --start-at 2026-12-24T06:00:00+01:00",
         ),
         c,
     )
@@ -213,6 +214,12 @@ def _runs(sub: Group, c: Parents, bind: Bind) -> None:
         choices=range(10),
         metavar="0-9",
         help="claimed before lower priorities (default: the definition's, else 0)",
+    )
+    p.add_argument(
+        "--start-at",
+        metavar="TIME",
+        help="start later: ISO 8601 (UTC unless it names a zone) or +N[smhd] from now; the "
+        "run waits in CREATED until then",
     )
     _follow_options(p)
     p = _add(

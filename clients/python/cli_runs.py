@@ -22,6 +22,7 @@ from podium.client.cli_output import (
     print_item,
     print_run,
     run_state,
+    time_arg,
 )
 from podium.client.client import PodiumClient
 from podium.orchestration.v1 import run_pb2
@@ -208,6 +209,7 @@ async def cmd_runs(client: PodiumClient, args: argparse.Namespace) -> int:
             start=not args.create_only,
             bypass_cache=args.bypass_cache,
             priority=args.priority,
+            start_time=time_arg(args.start_at, "--start-at"),
         )
         return await _wait_or_watch(client, run, args)
     if args.action == "get":

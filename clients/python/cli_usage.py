@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
-from podium.client.cli_output import EXIT_OK, EXIT_USAGE, CliError, print_data
+from podium.client.cli_output import EXIT_OK, EXIT_USAGE, CliError, print_data, time_arg
 from podium.client.client import PodiumClient
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 
 __all__ = ["cmd_usage", "usage_table"]
 
 _COLUMNS = ("day", "definition", "agent", "model")
-
-
-def _time(text: str | None, option: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"{option}: not an ISO 8601 date or time: {text!r}", EXIT_USAGE) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def usage_table(rows: list[pb.UsageRow], by: list[str]) -> list[str]:
@@ -56,8 +46,8 @@ def usage_table(rows: list[pb.UsageRow], by: list[str]) -> list[str]:
 
 
 async def cmd_usage(client: PodiumClient, args: argparse.Namespace) -> int:
-    end = _time(args.until, "--until")
-    start = _time(args.since, "--since")
+    end = time_arg(args.until, "--until")
+    start = time_arg(args.since, "--since")
     if start is None:
         if not 0 < args.days <= 366:
             raise CliError("--days: between 0 and 366", EXIT_USAGE)

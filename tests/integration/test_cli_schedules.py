@@ -118,3 +118,36 @@ async def test_sync_client_schedule_methods(
             client.delete_schedule(schedule.id)
 
     await asyncio.to_thread(use)
+
+
+async def test_runs_start_at_delays_a_run(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    address = ["--address", server.address]
+    async with PodiumClient(server.address) as client:
+        await client.create_definition(
+            {"name": "later", "steps": [{"id": "a", "agent": "echo", "input": {"n": 1}}]}
+        )
+        before = datetime.now(UTC)
+        later = await podium(
+            "runs", "start", "later", "--start-at", "+1h", "-o", "json", *address
+        )  # fmt: skip
+        assert later.returncode == 0, later.stderr
+        run_id = json.loads(later.stdout)["id"]
+        run = await client.get_run(run_id)
+        assert run.state == run_pb2.Run.STATE_CREATED  # waits for its start time
+        # An explicit time with a zone is accepted too.
+        at = (before + timedelta(days=2)).replace(microsecond=0)
+        explicit = await podium(
+            "runs", "start", "later", "--start-at", at.isoformat(), "-o", "json", *address
+        )  # fmt: skip
+        assert explicit.returncode == 0, explicit.stderr
+        # A time in the past starts at once.
+        now = await podium(
+            "runs", "start", "later", "--start-at", "2020-01-01T00:00:00", "--wait", *address
+        )  # fmt: skip
+        assert now.returncode == 0, now.stderr
+        assert (await client.get_run(run_id)).state == run_pb2.Run.STATE_CREATED
+    bad = await podium("runs", "start", "later", "--start-at", "tomorrow", *address)
+    assert bad.returncode == 2 and "--start-at" in bad.stderr
