@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Literal, cast
 
 from google.rpc.error_details_pb2 import QuotaFailure
 
@@ -80,15 +81,15 @@ class UsageService:
     ) -> pb.GetUsageResponse:
         """The organization's usage, filtered and grouped (see GetUsageRequest)."""
         violations: list[FieldViolation] = []
-        end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
-        start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+        end = _timestamp(request, "end_time", violations)
+        start = _timestamp(request, "start_time", violations)
         end = end or datetime.now(UTC)
         start = start or end - _DEFAULT_RANGE
-        if start >= end:
+        if not violations and start >= end:
             violations.append(
                 FieldViolation(field="start_time", description="must be before end_time")
             )
-        elif end - start > _MAX_RANGE:
+        elif not violations and end - start > _MAX_RANGE:
             violations.append(
                 FieldViolation(field="start_time", description="the range is at most 366 days")
             )
@@ -170,3 +171,19 @@ class UsageService:
                 metadata={"organization_id": organization_id},
                 quota_violations=reached,
             )
+
+
+def _timestamp(
+    request: pb.GetUsageRequest,
+    field: Literal["start_time", "end_time"],
+    violations: list[FieldViolation],
+) -> datetime | None:
+    """The request's ``field`` as an aware datetime; None when unset or invalid (then
+    with a violation: nanos out of 0..999999999, or seconds beyond year 1..9999)."""
+    if not request.HasField(field):
+        return None
+    try:
+        return cast(datetime, getattr(request, field).ToDatetime(UTC))
+    except (ValueError, OverflowError, OSError):
+        violations.append(FieldViolation(field=field, description="not a valid timestamp"))
+        return None

@@ -170,6 +170,13 @@ async def test_get_usage_refuses_bad_requests(
     long.start_time.FromDatetime(datetime.now(UTC) - timedelta(days=400))
     error = await rpc_error(stub.GetUsage(long))
     assert set(violations(error)) == {"start_time"}
+    # Timestamps that are not timestamps (found by the fuzz: nanos -1 was INTERNAL).
+    broken = pb.GetUsageRequest()
+    broken.start_time.nanos = -1
+    broken.end_time.seconds = 10**15
+    error = await rpc_error(stub.GetUsage(broken))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error)) == {"start_time", "end_time"}
 
 
 async def test_usage_cli_table_and_json(
