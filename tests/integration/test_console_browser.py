@@ -347,3 +347,51 @@ async def test_the_usage_page_and_a_run_page_show_the_usage_agents_reported(
         "Usage 17 in · 13 out · $0.0210"
     )
     await expect(page.locator(".run-usage .budget")).to_have_count(0)
+
+
+async def test_a_run_paused_by_its_budget_shows_it_and_a_raised_budget_finishes_it(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    """a -> b -> c, 10 tokens each, budget 15 tokens: the paused run's page shows the
+    budget exceeded (20 / 15 tokens) with a link to its budget approval, whose card takes
+    a higher limit; approving with 100 tokens finishes the run (30 / 100, not exceeded)."""
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    ten = {"input_tokens": 6, "output_tokens": 4, "cost_usd": 0.01, "model": "m"}
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo", "input": {"usage": ten}},
+        {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": ten}},
+        {"id": "c", "agent": "echo", "dependsOn": ["b"], "input": {"usage": ten}},
+    ]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(
+            stub, "browser-budget", steps, execution={"budget": {"max_tokens": 15}}
+        )
+        run = (await start_run(stub, "browser-budget")).run
+        paused = await wait_for_run(stub, run.id, [run_pb2.Run.STATE_PAUSED])
+        approval_id = paused.budget.approval_id
+        assert approval_id
+        await page.goto(f"{server.gateway.url}runs/{run.id}")
+        budget = page.locator(".run-usage .budget")
+        await expect(budget).to_have_attribute("data-exceeded", "true")
+        await expect(budget).to_contain_text("20 / 15 tokens")
+        await expect(budget.locator(".flag")).to_have_text("EXCEEDED")
+        # The link goes to the budget approval's card, further down this page.
+        card = page.locator(f"#approval-{approval_id}")
+        await expect(card).to_contain_text("BUDGET")
+        await page.set_viewport_size({"width": 1000, "height": 300})
+        await expect(card).not_to_be_in_viewport()
+        await page.click(f'a.budget-approval[data-approval="{approval_id}"]')
+        assert page.url.endswith(f"/runs/{run.id}")
+        await expect(card).to_be_in_viewport()
+        await card.locator("input[name=budgetMaxTokens]").fill("100")
+        await card.locator("button.approve").click()
+        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+        await expect(budget).to_have_attribute("data-exceeded", "false")
+        await expect(budget).to_contain_text("30 / 100 tokens")
+        await expect(page.locator("a.budget-approval")).to_have_count(0)
+        finished = await wait_for_run(stub, run.id)
+        assert finished.budget.max_tokens == 100

@@ -94,11 +94,11 @@ function runUsage(run) {
     parts.push(
       h(
         "p",
-        { class: `budget${budget.exceeded ? " exceeded" : ""}`, "data-exceeded": Boolean(budget.exceeded) },
+        { class: `budget${budget.exceeded ? " exceeded" : ""}`, "data-exceeded": String(Boolean(budget.exceeded)) },
         h("strong", {}, "Budget "),
         limits.join(" · "),
         ` · on exceed ${short(budget.onExceed).replace("ON_EXCEED_", "").toLowerCase() || "pause"}`,
-        budget.exceeded ? h("span", { class: "badge state-failed" }, "EXCEEDED") : null,
+        budget.exceeded ? h("span", { class: "flag" }, "EXCEEDED") : null,
         budget.budgetRunId && budget.budgetRunId !== run.id
           ? [" · drawn from ", h("a", { href: `/runs/${budget.budgetRunId}` }, budget.budgetRunId.slice(0, 8))]
           : null,
