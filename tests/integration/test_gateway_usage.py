@@ -86,9 +86,7 @@ async def test_get_usage_refusals_are_400_with_the_field(http: httpx.AsyncClient
     assert too_long.status_code == 400
     assert too_long.json()["code"] == 3
     assert _violations(too_long.json()) == {"start_time": "the range is at most 366 days"}
-    twice = await http.post(
-        "/v1/GetUsage", json={"groupBy": ["DIMENSION_DAY", "DIMENSION_DAY"]}
-    )
+    twice = await http.post("/v1/GetUsage", json={"groupBy": ["DIMENSION_DAY", "DIMENSION_DAY"]})
     assert twice.status_code == 400
     assert set(_violations(twice.json())) == {"group_by[1]"}
     unknown = await http.post("/v1/GetUsage", json={"groupBy": ["DIMENSION_PLANET"]})
