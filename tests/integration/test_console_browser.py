@@ -395,3 +395,23 @@ async def test_a_run_paused_by_its_budget_shows_it_and_a_raised_budget_finishes_
         await expect(page.locator("a.budget-approval")).to_have_count(0)
         finished = await wait_for_run(stub, run.id)
         assert finished.budget.max_tokens == 100
+
+
+async def test_the_usage_page_asks_for_a_key_and_comes_back_to_itself(
+    start_server: StartServer, page: Any
+) -> None:
+    """With authentication on, /usage shows the sign-in form (GetUsage answered
+    UNAUTHENTICATED); a viewer's key brings the page back, its choices intact."""
+    server = await start_server(auth="required", console_address="127.0.0.1:0")
+    assert server.gateway is not None
+    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
+    await page.goto(f"{server.gateway.url}usage?days=1&by=definition")
+    form = page.locator("form.login")
+    await expect(form).to_be_visible()
+    await form.locator("input[name=key]").fill(key)
+    await form.locator("button").click()
+    await expect(page.locator("main h1")).to_have_text("Usage")
+    await expect(page.locator('table.usage[data-by="definition"]')).to_be_visible()
+    await expect(page.locator("select[name=days]")).to_have_value("1")
+    await expect(page.locator("main p.muted").last).to_have_text("No step attempts in this range.")
+    await expect(page.locator("table.usage tfoot [data-col=input]")).to_have_text("0")
