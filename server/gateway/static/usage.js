@@ -79,8 +79,15 @@ async function usagePage() {
 
 // The run page's usage: its total with child runs, what its cache hits saved, its budget.
 function runUsage(run) {
+  const ownDiffers = tokensOf(run.usage) !== tokensOf(run.totalUsage); // child runs used some
   const parts = [
-    h("p", { class: "usage-total" }, h("strong", {}, "Usage "), usageText(run.totalUsage), run.usage && tokensOf(run.usage) !== tokensOf(run.totalUsage) ? h("span", { class: "muted" }, ` (this run alone: ${usageText(run.usage)})`) : null),
+    h(
+      "p",
+      { class: "usage-total" },
+      h("strong", {}, "Usage "),
+      usageText(run.totalUsage),
+      ownDiffers ? h("span", { class: "muted" }, ` (this run alone: ${usageText(run.usage)})`) : null,
+    ),
   ];
   if (tokensOf(run.savedUsage) || Number(run.savedUsage?.costUsd || 0)) {
     parts.push(h("p", { class: "usage-saved" }, h("strong", {}, "Saved by cache hits "), usageText(run.savedUsage)));
