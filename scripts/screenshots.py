@@ -2,8 +2,9 @@
 
 Starts the example agents and a Podium server with the console in this process
 (PODIUM_DATABASE_URL if set, else the embedded PostgreSQL in a temporary directory),
-runs the demo definition plus one run held at a checkpoint, and photographs the main
-pages in Debian's chromium (/usr/bin/chromium, or CHROMIUM=path) through Playwright:
+runs the demo definition plus one run held at a checkpoint (its first step reports model
+usage, for the usage page), and photographs the main pages in Debian's chromium
+(/usr/bin/chromium, or CHROMIUM=path) through Playwright:
 
     .venv/bin/python scripts/screenshots.py [--out docs/images]
 """
@@ -33,7 +34,9 @@ description: Draft release notes, wait for a human, publish them.
 steps:
   - id: draft
     agent: echo
-    input: { text: "${run.input.version} is out" }
+    input:
+      text: "${run.input.version} is out"
+      usage: { input_tokens: 1840, output_tokens: 412, cost_usd: 0.0031, model: "gpt-4o-mini" }
   - id: review
     agent: echo
     depends_on: [draft]
@@ -87,6 +90,7 @@ async def main(out: Path, chromium: str) -> None:
                 "console-approval.png": f"/runs/{held.id}",
                 "console-definition.png": f"/definitions/{demo.name}",
                 "console-agents.png": "/agents",
+                "console-usage.png": "/usage?days=30&by=agent",
             }
             async with async_playwright() as playwright:
                 browser = await playwright.chromium.launch(executable_path=chromium)

@@ -1,8 +1,8 @@
 """The web console: static files and the session cookie.
 
 The console is ``static/index.html`` with ``common.js`` (DOM, API and event-stream
-helpers), ``graph.js`` (the DAG in SVG), ``pages.js`` and ``console.js`` (routing and
-the pages) and ``console.css`` (no build step, no CDN, no library): every page path
+helpers), ``graph.js`` (the DAG in SVG), ``pages.js``, ``usage.js`` and ``console.js`` (routing
+and the pages) and ``console.css`` (no build step, no CDN, no library): every page path
 (``/``, ``/runs/ID``, ``/definitions/NAME``, ...) answers the same HTML and the script
 draws the page from the address, so deep links survive a reload. It reads everything through the
 gateway's own ``/v1/`` endpoints.
@@ -41,6 +41,7 @@ MAX_KEY_CHARS = 512
 _STATIC_FILES = {
     "common.js": "text/javascript",
     "pages.js": "text/javascript",
+    "usage.js": "text/javascript",
     "console.js": "text/javascript",
     "graph.js": "text/javascript",
     "console.css": "text/css",

@@ -51,6 +51,7 @@ CONSOLE_PAGES = (
     "/definitions/{name}",
     "/approvals",
     "/agents",
+    "/usage",
 )
 
 

@@ -287,3 +287,131 @@ async def test_definitions_show_each_version_and_its_graph(
     await expect(page.locator("svg.dag g.node")).to_have_count(1)
     await expect(page.locator(".versions a")).to_have_text(["v2", "v1"])
     assert page.url.endswith("/definitions/browser-versions?version=1")
+
+
+async def test_the_usage_page_and_a_run_page_show_the_usage_agents_reported(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    """Two echo steps report 12+8 tokens (0.02 USD, model m-large) and 5+5 tokens
+    (0.001 USD, model m-small): /usage grouped by agent shows echo's 17+13 tokens over 2
+    attempts, by model one row each, the totals agree, the address keeps the choice across
+    a reload; the run page shows the run's total usage."""
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    large = {"input_tokens": 12, "output_tokens": 8, "cost_usd": 0.02, "model": "m-large"}
+    small = {"input_tokens": 5, "output_tokens": 5, "cost_usd": 0.001, "model": "m-small"}
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        steps: list[dict[str, Any]] = [
+            {"id": "a", "agent": "echo", "input": {"usage": large}},
+            {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": small}},
+        ]
+        await create_definition(stub, "browser-usage", steps)
+        run = (await start_run(stub, "browser-usage")).run
+        finished = await wait_for_run(stub, run.id)
+        assert finished.state == run_pb2.Run.STATE_SUCCEEDED
+
+    await page.goto(f"{server.gateway.url}runs")
+    await page.click("header a[data-nav=usage]")
+    await expect(page.locator("main h1")).to_have_text("Usage")
+    await expect(page.locator("header a[data-nav=usage]")).to_have_class("active")
+    await page.select_option("select[name=by]", "agent")
+    table = page.locator('table.usage[data-by="agent"]')
+    echo = table.locator('tbody tr[data-key="echo"]')
+    await expect(echo.locator("[data-col=input]")).to_have_text("17")
+    await expect(echo.locator("[data-col=output]")).to_have_text("13")
+    await expect(echo.locator("[data-col=cost]")).to_have_text("$0.0210")
+    await expect(echo.locator("[data-col=attempts]")).to_have_text("2")
+    await expect(table.locator("tbody tr")).to_have_count(1)
+    assert "by=agent" in page.url
+    # Grouped by model: one row per model, the total unchanged.
+    await page.select_option("select[name=by]", "model")
+    table = page.locator('table.usage[data-by="model"]')
+    await expect(table.locator("tbody tr")).to_have_count(2)
+    await expect(table.locator('tr[data-key="m-large"] [data-col=input]')).to_have_text("12")
+    await expect(table.locator('tr[data-key="m-small"] [data-col=output]')).to_have_text("5")
+    await expect(table.locator("tfoot [data-col=input]")).to_have_text("17")
+    await expect(table.locator("tfoot [data-col=cost]")).to_have_text("$0.0210")
+    # The deep link keeps the range and grouping after a reload.
+    await page.select_option("select[name=days]", "7")
+    await expect(page.locator('select[name="days"]')).to_have_value("7")
+    await page.reload()
+    await expect(page.locator('table.usage[data-by="model"] tbody tr')).to_have_count(2)
+    await expect(page.locator("select[name=days]")).to_have_value("7")
+    assert page.url.endswith("/usage?days=7&by=model")
+    # The run page: the total usage of the run (no budget, no cache hit: neither shown).
+    await page.goto(f"{server.gateway.url}runs/{run.id}")
+    await expect(page.locator(".run-usage .usage-total")).to_have_text(
+        "Usage 17 in · 13 out · $0.0210"
+    )
+    await expect(page.locator(".run-usage .budget")).to_have_count(0)
+
+
+async def test_a_run_paused_by_its_budget_shows_it_and_a_raised_budget_finishes_it(
+    start_server: StartServer, example_agents: ExampleAgents, page: Any
+) -> None:
+    """a -> b -> c, 10 tokens each, budget 15 tokens: the paused run's page shows the
+    budget exceeded (20 / 15 tokens) with a link to its budget approval, whose card takes
+    a higher limit; approving with 100 tokens finishes the run (30 / 100, not exceeded)."""
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
+    )
+    assert server.gateway is not None
+    ten = {"input_tokens": 6, "output_tokens": 4, "cost_usd": 0.01, "model": "m"}
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo", "input": {"usage": ten}},
+        {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": ten}},
+        {"id": "c", "agent": "echo", "dependsOn": ["b"], "input": {"usage": ten}},
+    ]
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(
+            stub, "browser-budget", steps, execution={"budget": {"max_tokens": 15}}
+        )
+        run = (await start_run(stub, "browser-budget")).run
+        paused = await wait_for_run(stub, run.id, [run_pb2.Run.STATE_PAUSED])
+        approval_id = paused.budget.approval_id
+        assert approval_id
+        await page.goto(f"{server.gateway.url}runs/{run.id}")
+        budget = page.locator(".run-usage .budget")
+        await expect(budget).to_have_attribute("data-exceeded", "true")
+        await expect(budget).to_contain_text("20 / 15 tokens")
+        await expect(budget.locator(".flag")).to_have_text("EXCEEDED")
+        # The link goes to the budget approval's card, further down this page.
+        card = page.locator(f"#approval-{approval_id}")
+        await expect(card).to_contain_text("BUDGET")
+        await page.set_viewport_size({"width": 1000, "height": 300})
+        await expect(card).not_to_be_in_viewport()
+        await page.click(f'a.budget-approval[data-approval="{approval_id}"]')
+        assert page.url.endswith(f"/runs/{run.id}")
+        await expect(card).to_be_in_viewport()
+        await card.locator("input[name=budgetMaxTokens]").fill("100")
+        await card.locator("button.approve").click()
+        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+        await expect(budget).to_have_attribute("data-exceeded", "false")
+        await expect(budget).to_contain_text("30 / 100 tokens")
+        await expect(page.locator("a.budget-approval")).to_have_count(0)
+        finished = await wait_for_run(stub, run.id)
+        assert finished.budget.max_tokens == 100
+
+
+async def test_the_usage_page_asks_for_a_key_and_comes_back_to_itself(
+    start_server: StartServer, page: Any
+) -> None:
+    """With authentication on, /usage shows the sign-in form (GetUsage answered
+    UNAUTHENTICATED); a viewer's key brings the page back, its choices intact."""
+    server = await start_server(auth="required", console_address="127.0.0.1:0")
+    assert server.gateway is not None
+    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
+    await page.goto(f"{server.gateway.url}usage?days=1&by=definition")
+    form = page.locator("form.login")
+    await expect(form).to_be_visible()
+    await form.locator("input[name=key]").fill(key)
+    await form.locator("button").click()
+    await expect(page.locator("main h1")).to_have_text("Usage")
+    await expect(page.locator('table.usage[data-by="definition"]')).to_be_visible()
+    await expect(page.locator("select[name=days]")).to_have_value("1")
+    await expect(page.locator("main p.muted").last).to_have_text("No step attempts in this range.")
+    await expect(page.locator("table.usage tfoot [data-col=input]")).to_have_text("0")

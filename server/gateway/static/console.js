@@ -11,6 +11,7 @@ const routes = [
   [/^\/definitions$/, definitionsPage],
   [/^\/definitions\/([^/]+)$/, definitionPage],
   [/^\/agents$/, agentsPage],
+  [/^\/usage$/, usagePage],
   [/^\/login$/, () => signIn("")],
 ];
 
@@ -211,6 +212,7 @@ async function runPage(runId) {
         current.parentRunId ? [" · parent ", h("a", { href: `/runs/${current.parentRunId}` }, current.parentRunId.slice(0, 8))] : "",
       ),
       current.error ? h("p", { class: "error" }, `${current.error.code}: ${current.error.message}`) : "",
+      runUsage(current),
     );
     const nodes = (current.steps || []).map((step) => ({
       id: step.stepId,

@@ -6,9 +6,15 @@ function approvalCard(approval, after) {
   const comment = h("textarea", { name: "comment", rows: 2, placeholder: "comment (optional)" });
   const answer = h("input", { name: "answer", placeholder: "answer (optional)" });
   const status = h("p", { class: "error", hidden: true });
+  // A budget approval is approved with higher limits (left empty: unchanged).
+  const budget = approval.kind === "KIND_BUDGET";
+  const maxTokens = budget ? h("input", { name: "budgetMaxTokens", type: "number", min: 0, step: 1, placeholder: "new max tokens" }) : null;
+  const maxCost = budget ? h("input", { name: "budgetMaxCostUsd", type: "number", min: 0, step: "any", placeholder: "new max cost (USD)" }) : null;
   async function decide(decision) {
     const request = { approvalId: approval.id, decision, comment: comment.value };
     if (answer.value) request.input = { answer: answer.value };
+    if (maxTokens?.value) request.budgetMaxTokens = maxTokens.value;
+    if (maxCost?.value) request.budgetMaxCostUsd = Number(maxCost.value);
     try {
       await api("DecideApproval", request);
       after();
@@ -18,12 +24,13 @@ function approvalCard(approval, after) {
   }
   return h(
     "div",
-    { class: "approval", "data-approval": approval.id },
+    { class: "approval", id: `approval-${approval.id}`, "data-approval": approval.id },
     h("p", {}, h("strong", {}, short(approval.kind)), ` step ${approval.stepId} of run `, h("a", { href: `/runs/${approval.runId}` }, approval.runId.slice(0, 8))),
     approval.prompt ? h("p", {}, approval.prompt) : null,
     approval.subject ? h("pre", {}, JSON.stringify(approval.subject, null, 2)) : null,
     comment,
     answer,
+    budget ? h("div", { class: "buttons" }, maxTokens, maxCost) : null,
     h(
       "div",
       { class: "buttons" },
