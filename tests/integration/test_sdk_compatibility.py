@@ -52,6 +52,9 @@ OFFLINE_SIGNS = (
     "Max retries exceeded",
     "Temporary failure in name resolution",
     "Network is unreachable",
+    "NameResolutionError",
+    "ConnectTimeoutError",
+    "Could not fetch URL",
 )
 """pip's words for a registry it cannot reach with a cache that lacks the package."""
 
@@ -140,10 +143,11 @@ def _run(*command: str | Path, cwd: Path = REPO, timeout: float = 300) -> str:
         timeout=timeout,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
-    if result.returncode != 0 and any(sign in result.stderr for sign in OFFLINE_SIGNS):
+    offline = [line for line in result.stderr.splitlines() if any(s in line for s in OFFLINE_SIGNS)]
+    if result.returncode != 0 and offline:
         pytest.skip(
-            f"the package index is not reachable and pip's cache lacks a package: "
-            f"{result.stderr.strip().splitlines()[-1]}"
+            "the package index is not reachable and pip's cache lacks a package "
+            f"({' '.join(map(str, command[3:]))[:200]}): {offline[-1][:300]}"
         )
     assert result.returncode == 0, f"{command}: {result.stdout}\n{result.stderr}"
     return result.stdout
@@ -178,6 +182,16 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
+def _pins(lock: str) -> dict[str, str]:
+    """``name==version`` of each package of a uv lock, by lower-case name."""
+    pins = {}
+    for line in lock.splitlines():
+        requirement = line.split("#")[0].split(";")[0].strip()
+        if "==" in requirement:
+            pins[requirement.split("==")[0].lower()] = requirement
+    return pins
+
+
 def _build_old_venv(root: Path) -> Path:
     """A venv with the release's ``podium`` (no deps) and its client's dependencies."""
     commit = _release_commit()
@@ -189,6 +203,7 @@ def _build_old_venv(root: Path) -> Path:
         tar.extractall(source, filter="data")
     lock = root / "release.lock"
     lock.write_text(_git("show", f"{commit}:requirements/dev.lock") + "\n")
+    pins = _pins(lock.read_text())
     _run(
         sys.executable,
         "-m",
@@ -205,7 +220,7 @@ def _build_old_venv(root: Path) -> Path:
     _run(sys.executable, "-m", "venv", venv)
     pip = (venv / "bin" / "python", "-m", "pip", "install", "--quiet")
     _run(*pip, "--no-deps", wheel)
-    _run(*pip, "-c", lock, *CLIENT_DEPENDENCIES)
+    _run(*pip, "-c", lock, *(pins[name.lower()] for name in CLIENT_DEPENDENCIES))
     return venv / "bin" / "python"
 
 
