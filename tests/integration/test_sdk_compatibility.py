@@ -1,5 +1,5 @@
 """The previous release's Python SDK against the current server (docs/clients.md,
-"Compatibility"): the source of the commit that froze ``protos/released/v0.1.0.binpb``
+"Versions and compatibility"): the source of the commit that froze ``protos/released/v0.1.0.binpb``
 is taken from git, its ``podium`` distribution (the SDK was part of it then) is built
 and installed with ``--no-deps`` into a fresh venv beside exactly the packages its
 client and agent SDK import, pinned by that commit's lock. A script in that venv then
@@ -215,7 +215,11 @@ def _build_old_venv(root: Path) -> Path:
         root / "dist",
         source,
     )
-    (wheel,) = (root / "dist").glob("podium-0.1.0-*.whl")
+    wheels = sorted((root / "dist").glob("podium-*.whl"))
+    assert [w.name for w in wheels] == [f"podium-{RELEASED[1:]}-py3-none-any.whl"], (
+        f"{commit} does not build the {RELEASED} release: {wheels}"
+    )
+    wheel = wheels[0]
     venv = root / "venv"
     _run(sys.executable, "-m", "venv", venv)
     pip = (venv / "bin" / "python", "-m", "pip", "install", "--quiet")
