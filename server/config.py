@@ -15,6 +15,7 @@ import binascii
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,24 @@ def _parse_path(name: str, raw: str) -> Path:
     if not raw:
         raise ConfigError(f"{name}: must not be empty")
     return Path(raw).expanduser()
+
+
+_START_RATE = re.compile(r"(\d+)/(\d+(?:\.\d+)?)([smhd]?)")
+_RATE_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _parse_start_rate(name: str, raw: str) -> tuple[int, float] | None:
+    """``N/PERIOD`` (PERIOD: seconds, or a number with s, m, h or d) -> (N, seconds)."""
+    if raw == "":
+        return None
+    match = _START_RATE.fullmatch(raw.strip())
+    if match is None:
+        raise ConfigError(f"{name}={raw!r}: expected N/PERIOD, e.g. 100/1s or 6000/1m")
+    count = int(match.group(1))
+    seconds = float(match.group(2)) * _RATE_UNITS[match.group(3)]
+    if count < 1 or not 1 <= seconds <= 86400:
+        raise ConfigError(f"{name}={raw!r}: N must be at least 1, PERIOD 1 s to 1 d")
+    return count, seconds
 
 
 def _parse_optional_path(name: str, raw: str) -> Path | None:
@@ -411,6 +430,13 @@ class Settings:
         "ORCHESTRATION_PROGRESS_WEBHOOK_URL",
         _parse_http_url,
         "Webhook receiving every run's lifecycle events.",
+    )
+    start_run_rate: tuple[int, float] | None = _setting(
+        "PODIUM_START_RUN_RATE",
+        _parse_start_rate,
+        "At most N StartRun calls per organization per period, e.g. 100/1s or 6000/1m "
+        "(fixed windows counted in the database, across replicas); past it StartRun is "
+        "RESOURCE_EXHAUSTED with RetryInfo. Unset: no limit.",
     )
     quota_daily_tokens: int = _setting(
         "PODIUM_QUOTA_DAILY_TOKENS",

@@ -144,6 +144,12 @@ def to_status(error: errors.EngineError) -> status_pb2.Status:
         detail = any_pb2.Any()
         detail.Pack(quota)
         status.details.append(detail)
+    if isinstance(error, errors.ResourceExhausted) and error.retry_after_seconds is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        detail = any_pb2.Any()
+        detail.Pack(retry)
+        status.details.append(detail)
     return status
 
 

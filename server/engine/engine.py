@@ -21,6 +21,7 @@ from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.sizes import response_budget
+from podium.server.engine.start_rate import StartRateLimiter
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
@@ -36,6 +37,7 @@ from podium.server.storage.events import EventsRepository
 from podium.server.storage.external_events import ExternalEventsRepository
 from podium.server.storage.runs import RunsRepository
 from podium.server.storage.schedules import SchedulesRepository
+from podium.server.storage.start_rate import StartRateRepository
 from podium.server.storage.usage import UsageRepository
 
 log = logging.getLogger("podium.engine")
@@ -121,6 +123,9 @@ class Engine:
         self.scheduler.executor.budget_gate = runs.budget_gate
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
+        if settings.start_run_rate is not None:
+            limit, window = settings.start_run_rate
+            self.runs.start_rate = StartRateLimiter(StartRateRepository(db), limit, window)
         self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:

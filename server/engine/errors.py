@@ -68,10 +68,13 @@ class PermissionDenied(EngineError):
 @dataclass
 class ResourceExhausted(EngineError):
     """A limit was reached; ``quota_violations`` (sent as ``google.rpc.QuotaFailure``)
-    names each quota reached."""
+    names each quota reached, ``retry_after_seconds`` (``google.rpc.RetryInfo``) when
+    the limit frees."""
 
     reason: str = "RESOURCE_EXHAUSTED"
     quota_violations: Sequence[QuotaFailure.Violation] = ()
+    retry_after_seconds: float | None = None
+    """When trying again may succeed (sent as ``google.rpc.RetryInfo``)."""
 
 
 @dataclass

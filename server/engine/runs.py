@@ -46,6 +46,7 @@ from podium.server.engine.requests import (
     struct_violations,
 )
 from podium.server.engine.sizes import fit_run, fitting_count, response_budget
+from podium.server.engine.start_rate import StartRateLimiter
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.usage import UsageService
 from podium.server.engine.validation import validate_plan
@@ -82,6 +83,8 @@ class RunService:
         """This replica's scheduler: StartRun claims a run's first steps for it."""
         self.max_response_bytes = response_budget(settings.max_message_bytes)
         """What one run, event or page may take in a response."""
+        self.start_rate: StartRateLimiter | None = None
+        """The per-organization StartRun rate limit, when PODIUM_START_RUN_RATE is set."""
         self.usage: UsageService | None = None
         """Quotas (StartRun) and the usage and budget of a run (GetRun); set by the
         engine."""
@@ -123,6 +126,8 @@ class RunService:
         violations.extend(start_time_violations(request))
         if violations:
             raise InvalidArgument("StartRun request is invalid", violations=violations)
+        if self.start_rate is not None:
+            await self.start_rate.check(organization_id)
         if self.usage is not None:
             await self.usage.check_quota(organization_id)
 
