@@ -38,9 +38,19 @@ Several servers may start at once: :func:`migrate` holds a session-level advisor
 (:data:`MIGRATION_LOCK_ID`) on its own connection for the whole call, so each
 migration and each function file is applied once. It refuses to run (raising
 :class:`~.errors.MigrationError`) when an applied migration's file changed, when the
-database has a migration this code does not know (the database is newer than the
-code), when a missing migration is older than an applied one, or when the database
-was made by the migrations that ``0001_baseline`` replaced (it must be recreated).
+database has a migration this code does not know that is not an expand step (the
+database is newer than the code), when a missing migration is older than an applied
+one, or when the database was made by the migrations that ``0001_baseline`` replaced
+(it must be recreated).
+
+Rolling upgrades (expand/contract): a migration marked ``-- podium: expand`` in its
+leading comments is one older code can run beside; the marker is recorded with it
+(``schema_migrations.expand``). A database ahead of this code by expand steps only is
+run on as it is: nothing is applied, and its function files (a newer release's) are
+left alone. Each function file records the Podium version that applied it
+(``schema_functions.podium_version``): a newer version's files are never replaced by
+an older version's. The two columns are the migrator's own bookkeeping, added by it
+(``upgrade_schema_bookkeeping``), not by a numbered migration.
 
 A migration runs inside a transaction: it cannot use ``CREATE INDEX CONCURRENTLY`` or
 other statements that refuse to run in one.
@@ -49,6 +59,7 @@ other statements that refuse to run in one.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.resources
 import logging
 import re
@@ -127,6 +138,9 @@ class Migration:
     name: str
     sql: str
     checksum: str
+    expand: bool = False
+    """Marked ``-- podium: expand`` in its leading comments: code that predates it runs
+    against the database after it (rolling upgrades, module doc)."""
 
 
 @dataclass(frozen=True)
@@ -170,11 +184,13 @@ def load_migrations() -> list[Migration]:
             raise MigrationError(
                 f"migration file {file_name!r} is not named NNNN_lowercase_name.sql"
             )
+        sql = data.decode("utf-8")
         migration = Migration(
             version=int(match.group(1)),
             name=file_name.removesuffix(".sql"),
-            sql=data.decode("utf-8"),
+            sql=sql,
             checksum=hashlib.sha256(data).hexdigest(),
+            expand=is_expand(sql),
         )
         if migration.version in migrations:
             other = migrations[migration.version].name
@@ -206,11 +222,42 @@ def load_function_files() -> list[FunctionFile]:
     return files
 
 
+def is_expand(sql: str) -> bool:
+    """Whether a migration's leading comment lines mark it ``-- podium: expand``."""
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            return False
+        if stripped.removeprefix("--").strip() == "podium: expand":
+            return True
+    return False
+
+
+def code_version() -> tuple[int, ...]:
+    """This Podium's version as numbers (``0.1.0`` -> (0, 1, 0)); (0,) when unknown."""
+    try:
+        text = importlib.metadata.version("podium")
+    except importlib.metadata.PackageNotFoundError:
+        return (0,)
+    return _version_tuple(text)
+
+
+def _version_tuple(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for part in (text or "0").split("."):
+        digits = re.match(r"\d+", part)
+        parts.append(int(digits.group()) if digits else 0)
+    return tuple(parts)
+
+
 @dataclass(frozen=True)
 class _Applied:
     version: int
     name: str
     checksum: str
+    expand: bool = False
 
 
 async def _applied_migrations(conn: DirectConnection) -> list[_Applied] | None:
@@ -218,19 +265,38 @@ async def _applied_migrations(conn: DirectConnection) -> list[_Applied] | None:
     if not await conn.fetchval(QUERIES["schema_migrations_exists"]):
         return None
     rows = await conn.fetch(QUERIES["list_applied_migrations"])
-    return [_Applied(row["version"], row["name"], row["checksum"]) for row in rows]
+    return [_Applied(row["version"], row["name"], row["checksum"], row["expand"]) for row in rows]
 
 
-async def _applied_function_files(conn: DirectConnection) -> dict[str, str]:
-    """Checksum by name of the function files applied (none before the table exists)."""
+async def _applied_function_files(conn: DirectConnection) -> dict[str, tuple[str, str | None]]:
+    """(checksum, Podium version that applied it) by name of the function files applied
+    (none before the table exists)."""
     if not await conn.fetchval(QUERIES["schema_functions_exists"]):
         return {}
     rows = await conn.fetch(QUERIES["list_applied_function_files"])
-    return {row["name"]: row["checksum"] for row in rows}
+    return {row["name"]: (row["checksum"], row["podium_version"]) for row in rows}
+
+
+def _ahead(migrations: Sequence[Migration], applied: Sequence[_Applied]) -> list[str]:
+    """The applied migrations this code does not know, when every one of them is an
+    expand step (the database is ahead, and this code may run on it); raise when one
+    is not."""
+    known = {migration.version for migration in migrations}
+    unknown = [row for row in applied if row.version not in known]
+    refused = [row.name for row in unknown if not row.expand]
+    if refused:
+        latest = migrations[-1].name if migrations else "none"
+        raise MigrationError(
+            f"the database has migration {', '.join(refused)}, which this code does not "
+            f"know (its latest is {latest}) and which is not an expand step older code "
+            "can run beside: the database is newer than this Podium version; upgrade Podium"
+        )
+    return [row.name for row in unknown]
 
 
 def _pending(migrations: Sequence[Migration], applied: Sequence[_Applied]) -> list[Migration]:
-    """The migrations to apply, after checking the applied ones against the files."""
+    """The migrations to apply, after checking the applied ones against the files
+    (applied migrations this code does not know were checked by :func:`_ahead`)."""
     known = {migration.version: migration for migration in migrations}
     for row in applied:
         if row.name in _SQUASHED:
@@ -238,12 +304,7 @@ def _pending(migrations: Sequence[Migration], applied: Sequence[_Applied]) -> li
     for row in applied:
         migration = known.get(row.version)
         if migration is None:
-            latest = migrations[-1].name if migrations else "none"
-            raise MigrationError(
-                f"the database has migration {row.name} (version {row.version}), which "
-                f"this code does not know (its latest is {latest}): the database is "
-                "newer than this Podium version; upgrade Podium"
-            )
+            continue
         if migration.checksum != row.checksum or migration.name != row.name:
             raise MigrationError(
                 f"migration {migration.name} changed after it was applied (recorded as "
@@ -251,7 +312,7 @@ def _pending(migrations: Sequence[Migration], applied: Sequence[_Applied]) -> li
                 f"{migration.checksum[:12]} in the file): migrations are forward-only, "
                 "add a new one instead"
             )
-    applied_versions = {row.version for row in applied}
+    applied_versions = {row.version for row in applied if row.version in known}
     pending = [m for m in migrations if m.version not in applied_versions]
     if pending and applied_versions and pending[0].version < max(applied_versions):
         raise MigrationError(
@@ -262,10 +323,20 @@ def _pending(migrations: Sequence[Migration], applied: Sequence[_Applied]) -> li
 
 
 def _changed(
-    files: Sequence[FunctionFile], applied: dict[str, str], everything: bool
+    files: Sequence[FunctionFile], applied: dict[str, tuple[str, str | None]], everything: bool
 ) -> list[FunctionFile]:
     """The function files to apply: all of them, or those whose text changed."""
-    return [f for f in files if everything or applied.get(f.name) != f.checksum]
+    return [f for f in files if everything or applied.get(f.name, ("", None))[0] != f.checksum]
+
+
+def _newer_functions(applied: dict[str, tuple[str, str | None]]) -> str | None:
+    """The Podium version that applied the database's function files, when it is newer
+    than this code (its files must not be replaced by older ones); else None."""
+    versions = [version for _, version in applied.values() if version]
+    if not versions:
+        return None
+    newest = max(versions, key=_version_tuple)
+    return newest if _version_tuple(newest) > code_version() else None
 
 
 async def _apply_migrations(conn: DirectConnection, pending: Sequence[Migration]) -> None:
@@ -278,6 +349,7 @@ async def _apply_migrations(conn: DirectConnection, pending: Sequence[Migration]
                 migration.version,
                 migration.name,
                 migration.checksum,
+                migration.expand,
             )
         _logger.info(
             "applied migration %s in %.0f ms",
@@ -291,11 +363,15 @@ async def _apply_function_files(
 ) -> None:
     """Apply ``files`` and forget the records of removed files, in one transaction."""
     started = time.monotonic()
+    version = ".".join(str(part) for part in code_version())
     async with conn.transaction():
         for function_file in files:
             await conn.execute(function_file.sql)
             await conn.execute(
-                QUERIES["record_function_file"], function_file.name, function_file.checksum
+                QUERIES["record_function_file"],
+                function_file.name,
+                function_file.checksum,
+                version,
             )
         if stale:
             await conn.execute(QUERIES["forget_function_files"], list(stale))
@@ -339,14 +415,28 @@ async def migrate(dsn: str) -> list[str]:
             if applied is None:
                 await conn.execute(QUERIES["create_schema_migrations"])
                 applied = []
-            pending = _pending(migrations, applied)
-            await _apply_migrations(conn, pending)
             if not await conn.fetchval(QUERIES["schema_functions_exists"]):
                 await conn.execute(QUERIES["create_schema_functions"])
+            await conn.execute(QUERIES["upgrade_schema_bookkeeping"])
+            ahead = _ahead(migrations, applied)
+            pending = _pending(migrations, applied)
+            await _apply_migrations(conn, pending)
             applied_files = await _applied_function_files(conn)
-            changed = _changed(function_files, applied_files, everything=bool(pending))
-            names = {f.name for f in function_files}
-            stale = sorted(name for name in applied_files if name not in names)
+            newer = _newer_functions(applied_files)
+            if ahead or newer:
+                # A newer Podium migrated this database (rolling upgrade): run on its
+                # schema and leave its function files alone.
+                _logger.warning(
+                    "the database schema is ahead of this Podium version (%s); running "
+                    "on it without changing its functions",
+                    ", ".join(ahead) if ahead else f"function files of Podium {newer}",
+                )
+                changed: list[FunctionFile] = []
+                stale: list[str] = []
+            else:
+                changed = _changed(function_files, applied_files, everything=bool(pending))
+                names = {f.name for f in function_files}
+                stale = sorted(name for name in applied_files if name not in names)
             if changed or stale:
                 await _apply_function_files(conn, changed, stale)
             done = [m.name for m in pending] + [f.unit for f in changed]
@@ -371,8 +461,12 @@ async def pending_migrations(dsn: str) -> list[str]:
         with translate_errors():
             applied = await _applied_migrations(conn)
             applied_files = await _applied_function_files(conn)
+        ahead = _ahead(migrations, applied or [])
         pending = _pending(migrations, applied or [])
-        changed = _changed(function_files, applied_files, everything=bool(pending))
+        if ahead or _newer_functions(applied_files):
+            changed: list[FunctionFile] = []
+        else:
+            changed = _changed(function_files, applied_files, everything=bool(pending))
         return [m.name for m in pending] + [f.unit for f in changed]
     finally:
         await _close(conn)

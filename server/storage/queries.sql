@@ -17,16 +17,26 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 COMMENT ON TABLE schema_migrations IS
     'Applied migrations (migrations/NNNN_name.sql), with the SHA-256 of each file.';
 
+-- upgrade_schema_bookkeeping --
+-- The migrator's own columns, added after its tables were first made (idempotent, under
+-- its lock): whether an applied migration is an expand step that older code runs
+-- beside, and which Podium version applied each function file. Multi-statement.
+ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS expand boolean NOT NULL DEFAULT false;
+ALTER TABLE schema_functions ADD COLUMN IF NOT EXISTS podium_version text;
+
 -- schema_migrations_exists --
 SELECT to_regclass('schema_migrations') IS NOT NULL
 
 -- list_applied_migrations --
-SELECT version, name, checksum, applied_at
-FROM schema_migrations
+-- `expand` through to_jsonb: a database whose bookkeeping predates the column reads too.
+SELECT version, name, checksum, applied_at,
+       coalesce((to_jsonb(m) ->> 'expand')::boolean, false) AS expand
+FROM schema_migrations m
 ORDER BY version
 
 -- record_migration --
-INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)
+-- $1 version, $2 name, $3 checksum, $4 expand step
+INSERT INTO schema_migrations (version, name, checksum, expand) VALUES ($1, $2, $3, $4)
 
 -- create_schema_functions --
 -- Run by the migrator after the migrations (under its advisory lock). One row per
@@ -44,14 +54,15 @@ COMMENT ON TABLE schema_functions IS
 SELECT to_regclass('schema_functions') IS NOT NULL
 
 -- list_applied_function_files --
-SELECT name, checksum, applied_at
-FROM schema_functions
+SELECT name, checksum, applied_at, to_jsonb(f) ->> 'podium_version' AS podium_version
+FROM schema_functions f
 ORDER BY name
 
 -- record_function_file --
--- $1: name, $2: checksum
-INSERT INTO schema_functions (name, checksum) VALUES ($1, $2)
-ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
+-- $1: name, $2: checksum, $3: the Podium version applying it
+INSERT INTO schema_functions (name, checksum, podium_version) VALUES ($1, $2, $3)
+ON CONFLICT (name) DO UPDATE
+SET checksum = excluded.checksum, podium_version = excluded.podium_version, applied_at = now()
 
 -- forget_function_files --
 -- Rows of function files that no longer exist. $1: names
