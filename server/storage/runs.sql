@@ -101,14 +101,19 @@ LIMIT $8
 
 -- list_runs_basic --
 -- list_runs for RUN_VIEW_BASIC: the same rows without their large payloads (input,
--- output, metadata and plan are never read from their TOAST storage).
+-- output, metadata and plan are never read from their TOAST storage). Every other
+-- column is listed: a new column of orchestration_runs belongs here too
+-- (test_response_sizes.py checks it).
 -- $1 org, $2 states, $3 definition_name, $4 labels, $5 parent_run_id,
 -- $6 after created_at, $7 after id, $8 limit
 SELECT id, organization_id, definition_name, definition_version, '{}'::jsonb AS plan,
        state, '{}'::jsonb AS input, NULL::jsonb AS output, '{}'::jsonb AS metadata,
        labels, request_id, max_parallel, run_attempt, parent_run_id, parent_step_id,
        forked_from_run_id, error, rollback_hints, input_tokens, output_tokens, cost_usd,
-       bypass_cache, webhook_url, last_event_sequence, created_at, started_at, ended_at
+       bypass_cache, webhook_url, last_event_sequence, created_at, started_at, ended_at,
+       trace_context, updated_at, steps_remaining, depth, saved_input_tokens,
+       saved_output_tokens, saved_cost_usd, budget_run_id, concurrency_key, priority,
+       max_runs_per_key, max_steps_per_key, key_admitted
 FROM orchestration_runs
 WHERE organization_id = $1
   AND (cardinality($2::text[]) = 0 OR state = ANY ($2::text[]))

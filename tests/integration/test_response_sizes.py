@@ -14,6 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, cast
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import json_format
@@ -22,6 +23,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1 import run_pb2
+from podium.server.storage.queries import QUERIES
 from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer, static_agents
 from tests.integration.rpc import error_details, violations
@@ -288,3 +290,24 @@ async def test_an_approval_larger_than_the_limit_leaves_out_its_subject(
         assert shown.subject_omitted.size_bytes > 250_000
     value, _ = await _read_payload(stub, started.run.id, "a", Payload.PAYLOAD_OUTPUT)
     assert value == {"echo": {"text": TEXT}}
+
+
+async def test_the_basic_list_reads_every_run_column_but_the_payloads(database_url: str) -> None:
+    """list_runs_basic names its columns (to skip the payloads' TOAST reads): a column
+    it forgets comes back as its default in ListRuns' default view (a concurrency key
+    and priority were lost that way), so it must list every other column."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        columns = {
+            row["column_name"]
+            for row in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = 'orchestration_runs'"
+            )
+        }
+        statement = await conn.prepare(QUERIES["list_runs_basic"])
+        listed = {attribute.name for attribute in statement.get_attributes()}
+    finally:
+        await conn.close()
+    assert columns - listed == set()
+    assert listed == columns
