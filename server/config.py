@@ -406,6 +406,14 @@ class Settings:
         "working within this time.",
         30.0,
     )
+    routing_policy_cache_seconds: float = _setting(
+        "PODIUM_ROUTING_POLICY_CACHE_SECONDS",
+        _parse_float(0),
+        "How long a replica caches an organization's routing policy (StartRun and the "
+        "check before each dispatch); the replica that takes an UpdateRoutingPolicy sees "
+        "it at once, the others within this time.",
+        5.0,
+    )
     mtls_identities: tuple[tuple[str, str, str], ...] = _setting(
         "PODIUM_MTLS_IDENTITIES",
         _parse_mtls_identities,

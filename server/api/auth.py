@@ -101,6 +101,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ListAgents": _VIEWER,
     "ListWebhookDeliveries": _VIEWER,
     "GetSchedule": _VIEWER,
+    "GetRoutingPolicy": _VIEWER,
     "ListSchedules": _VIEWER,
     # Operating runs: operators (and agents for starting runs and sending events).
     "StartRun": _OPERATOR | _AGENT,
@@ -120,6 +121,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ArchiveDefinition": _ADMIN,
     "RegisterAgent": _ADMIN,
     "DeregisterAgent": _ADMIN,
+    "UpdateRoutingPolicy": _ADMIN,
 }
 """RPC name -> the roles that may call it. An RPC missing here is refused to every role
 (``tests/unit/test_auth.py`` checks that every RPC of the contract is listed)."""

@@ -326,6 +326,22 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         await self._engine().schedules.delete(self._org(context), request.schedule_id)
         return pb.DeleteScheduleResponse()
 
+    # -- routing policy ----------------------------------------------------------------
+
+    @unary
+    async def GetRoutingPolicy(
+        self, request: pb.GetRoutingPolicyRequest, context: Context
+    ) -> pb.GetRoutingPolicyResponse:
+        policy = await self._engine().policies.get(self._org(context))
+        return pb.GetRoutingPolicyResponse(policy=policy)
+
+    @unary
+    async def UpdateRoutingPolicy(
+        self, request: pb.UpdateRoutingPolicyRequest, context: Context
+    ) -> pb.UpdateRoutingPolicyResponse:
+        policy = await self._engine().policies.update(self._org(context), request)
+        return pb.UpdateRoutingPolicyResponse(policy=policy)
+
     @unary
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:
         return await self._engine().usage.get_usage(self._org(context), request)

@@ -16,6 +16,7 @@ from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
 from podium.server.engine.payloads import PayloadService
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.runs import RunService
 from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -35,6 +36,7 @@ from podium.server.storage.database import Database
 from podium.server.storage.definitions import DefinitionsRepository
 from podium.server.storage.events import EventsRepository
 from podium.server.storage.external_events import ExternalEventsRepository
+from podium.server.storage.policies import PolicyRepository
 from podium.server.storage.runs import RunsRepository
 from podium.server.storage.schedules import SchedulesRepository
 from podium.server.storage.start_rate import StartRateRepository
@@ -60,6 +62,9 @@ class Engine:
         runs = RunsRepository(db)
         agents = AgentsRepository(db)
         self.runs = RunService(runs, self.definitions, settings, agents)
+        self.policies = RoutingPolicies(PolicyRepository(db), settings.routing_policy_cache_seconds)
+        self.definitions.policies = self.policies
+        self.runs.policies = self.policies
         self.schedules = ScheduleService(
             SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
         )
@@ -121,6 +126,7 @@ class Engine:
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
+        self.scheduler.executor.routing = self.policies
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
         if settings.start_run_rate is not None:

@@ -30,6 +30,7 @@ from podium.server.engine.conditions import condition_outcome
 from podium.server.engine.fanout import FanOut
 from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
@@ -86,6 +87,9 @@ class StepExecutor:
         """Checks the budget of a ``budgeted`` step's run before dispatch
         (``RunsRepository.budget_gate``: ``ok``, ``paused``, ``failed``, ``stale``); set
         by the engine."""
+        self.routing: RoutingPolicies | None = None
+        """Checks an agent or skill step against the routing policies before dispatch
+        (``engine/policies.py``); set by the engine."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -135,6 +139,20 @@ class StepExecutor:
                 return decided
         if self.timers is not None and is_timer_step(step):
             return await self.timers.execute(step)  # sleep, wait_for_event: no agent
+        approval = False
+        if self.routing is not None and spec.orchestration is None and (step.agent or step.skill):
+            # Against the current policy: it may have changed since StartRun.
+            verdict = await self.routing.gate(
+                step.organization_id, step.agent, step.skill, spec.routing
+            )
+            if verdict.refusal is not None:
+                log.info(
+                    "step refused by the routing policy",
+                    extra={"run_id": str(step.run_id), "step_id": step.step_id},
+                )
+                error = StepError("POLICY_DENIED", verdict.refusal, False)
+                return self._outcomes.outcome(step, error=error)
+            approval = verdict.approval
         if spec.budgeted and self.budget_gate is not None:
             # A run over its budget starts nothing more: the attempt is given back and
             # the run paused or failed (functions/65_budgets.sql, podium_budget_gate).
@@ -163,7 +181,9 @@ class StepExecutor:
         extra = spec.approved_input
         if isinstance(extra, dict) and isinstance(resolved, dict):
             resolved = {**resolved, **extra}  # given with the checkpoint's approval
-        if spec.checkpoint_when is CheckpointWhen.BEFORE and not spec.checkpoint_passed:
+        before = spec.checkpoint_when is CheckpointWhen.BEFORE or approval
+        if before and not spec.checkpoint_passed:
+            # A checkpoint, or an agent of the routing policy's approval_agents.
             # The claim's task id fences the park (its attempt number is given back).
             return self._outcomes.outcome(
                 step,

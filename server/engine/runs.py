@@ -39,6 +39,7 @@ from podium.server.engine.mapping import (
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.plan import build_steps, fork_redo
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
     parse_run_id,
@@ -88,6 +89,8 @@ class RunService:
         self.usage: UsageService | None = None
         """Quotas (StartRun) and the usage and budget of a run (GetRun); set by the
         engine."""
+        self.policies: RoutingPolicies | None = None
+        """The organizations' routing policies, checked at StartRun; set by the engine."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -158,6 +161,18 @@ class RunService:
                     violations=found,
                 )
             definition_name = definition_version = None
+        if self.policies is not None:
+            # Against the current policy: it may have changed since the definition was
+            # saved. A saved definition's violations name its steps (`steps[i].agent`).
+            refused = await self.policies.plan_violations(
+                organization_id, plan, "plan" if source == "plan" else ""
+            )
+            if refused:
+                raise InvalidArgument(
+                    f"the routing policy refuses {len(refused)} step(s) of the plan",
+                    reason="POLICY_DENIED",
+                    violations=refused,
+                )
 
         run_input = normalize_numbers(json_format.MessageToDict(request.input))
         keying = run_keying(

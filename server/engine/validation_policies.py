@@ -15,7 +15,7 @@ from podium.server.engine.keys import (
 from podium.server.engine.references import join_location
 from podium.server.engine.validation_fields import FieldChecker, format_number
 
-__all__ = ["MAX_COST_USD", "MAX_TOKENS", "PolicyChecker"]
+__all__ = ["MAX_COST_USD", "MAX_ROUTING_NAMES", "MAX_TOKENS", "PolicyChecker"]
 
 LABEL_KEY_PATTERN = re.compile(r"[a-z0-9_./-]+")
 
@@ -23,6 +23,9 @@ MAX_TOKENS = 10**15
 """Largest budget in tokens (and new limit of a budget approval)."""
 MAX_COST_USD = 1e9
 """Largest budget in US dollars."""
+
+MAX_ROUTING_NAMES = 1000
+"""Most names in one list of ``execution.routing`` (and of a RoutingPolicy)."""
 
 _MAX_LABELS = 64
 _MAX_LABEL_KEY = 63
@@ -95,6 +98,16 @@ class PolicyChecker(FieldChecker):
             execution.default_timeout_seconds,
             maximum=self.limits.max_timeout_seconds,
         )
+        routing = execution.routing
+        for field in ("allowed_agents", "denied_agents", "allowed_skills", "denied_skills"):
+            names = getattr(routing, field)
+            path = f"execution.routing.{field}"
+            if len(names) > MAX_ROUTING_NAMES:
+                self.add(path, f"at most {MAX_ROUTING_NAMES} names (got {len(names)})", "TOO_MANY")
+                continue
+            what = "skill name" if "skill" in field else "agent name"
+            for i, name in enumerate(names):
+                self.check_name(f"{path}[{i}]", name, what)
 
     def check_failure_policy(self, path: str, policy: definition_pb2.StepFailurePolicy) -> None:
         if policy.HasField("max_attempts"):

@@ -347,6 +347,7 @@ _KNOWN = frozenset(
         "id",
         "agent",
         "skill",
+        "routing",
         "orchestration",
         "depends_on",
         "input",
@@ -446,6 +447,10 @@ class StepSpec:
     budgeted: bool | None = None
     """Set (true) by ``podium_create_run`` when a budget applies to the step's run (its
     own or an ancestor's): the executor checks it before dispatch (``podium_budget_gate``)."""
+    routing: Mapping[str, Any] | None = None
+    """The definition's ``execution.routing`` (protobuf JSON), copied at StartRun onto its
+    agent and skill steps when it is set: the executor checks the agent a skill is routed
+    to against it (``engine/policies.py``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -529,6 +534,7 @@ class StepSpec:
         _put(out, "for_each", self.for_each)
         _put(out, "max_parallel", self.max_parallel)
         _put(out, "budgeted", self.budgeted)
+        _put(out, "routing", self.routing)
         out.update(self.extra)
         return out
 
@@ -590,5 +596,6 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         for_each=get("for_each"),
         max_parallel=get("max_parallel"),
         budgeted=get("budgeted"),
+        routing=get("routing"),
         extra=extra,
     )

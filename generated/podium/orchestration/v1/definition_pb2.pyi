@@ -142,6 +142,7 @@ class ExecutionPolicy(_message.Message):
     CACHING_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
     default_timeout_seconds: _builtins.float
     """Default step timeout in seconds; 0 uses the agent's default, then the server's."""
     priority: _builtins.int
@@ -160,6 +161,12 @@ class ExecutionPolicy(_message.Message):
     def caching(self) -> Global___CachingPolicy:
         """Step-output caching."""
 
+    @_builtins.property
+    def routing(self) -> Global___RoutingRules:
+        """Agents and skills the runs of this definition may use, on top of the organization's
+        RoutingPolicy: it can only narrow it (an agent or skill must pass both).
+        """
+
     def __init__(
         self,
         *,
@@ -168,14 +175,62 @@ class ExecutionPolicy(_message.Message):
         caching: Global___CachingPolicy | None = ...,
         default_timeout_seconds: _builtins.float = ...,
         priority: _builtins.int = ...,
+        routing: Global___RoutingRules | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds", "priority", b"priority", "routing", b"routing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionPolicy: _TypeAlias = ExecutionPolicy  # noqa: Y015
+
+@_typing.final
+class RoutingRules(_message.Message):
+    """RoutingRules narrow which agents and skills the steps of a definition may target.
+    A name must be on an allow list when that list is not empty, and on no deny list.
+    Checked at CreateDefinition, ValidateDefinition and StartRun (a step naming a refused
+    agent or skill is a field violation), and again before each dispatch (the agent a
+    skill is routed to must pass the agent lists, or the step fails with POLICY_DENIED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_AGENTS_FIELD_NUMBER: _builtins.int
+    DENIED_AGENTS_FIELD_NUMBER: _builtins.int
+    ALLOWED_SKILLS_FIELD_NUMBER: _builtins.int
+    DENIED_SKILLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allowed_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the steps may call; empty allows every agent the organization allows."""
+
+    @_builtins.property
+    def denied_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the steps may not call."""
+
+    @_builtins.property
+    def allowed_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skills the steps may target; empty allows every skill the organization allows."""
+
+    @_builtins.property
+    def denied_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skills the steps may not target."""
+
+    def __init__(
+        self,
+        *,
+        allowed_agents: _abc.Iterable[_builtins.str] | None = ...,
+        denied_agents: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_skills: _abc.Iterable[_builtins.str] | None = ...,
+        denied_skills: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_agents", b"allowed_agents", "allowed_skills", b"allowed_skills", "denied_agents", b"denied_agents", "denied_skills", b"denied_skills"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingRules: _TypeAlias = RoutingRules  # noqa: Y015
 
 @_typing.final
 class ConcurrencyPolicy(_message.Message):
