@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from podium.client.cli_output import default_actor
+from podium.client.client_policy import POLICY_LISTS
 from podium.client.client_schedules import CATCH_UP_POLICIES, OVERLAP_POLICIES
 from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
 
@@ -620,6 +621,41 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--payload", help="payload as a JSON object, or @FILE holding one")
     p.set_defaults(func=bind("events"))
     _schedules(sub, c, bind)
+    _policy(sub, c, bind)
+
+
+def _policy(sub: Group, c: Parents, bind: Bind) -> None:
+    policy = sub.add_parser(
+        "policy", help="the organization's routing policy: allowed agents and skills, approvals"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add(policy, "get", "show the routing policy", ("podium policy get -o json",), c)
+    p = _add(
+        policy,
+        "set",
+        "replace the lists given (the others are kept); admins only",
+        (
+            "podium policy set --deny-agent legacy-writer --deny-skill shell",
+            "podium policy set --allow-agent echo --allow-agent summarizer",
+            "podium policy set --require-approval payments --clear denied_skills",
+        ),
+        c,
+    )
+    for flag, what in (
+        ("--allow-agent", "the agents steps may call (empty list: all)"),
+        ("--deny-agent", "agents steps may not call"),
+        ("--allow-skill", "the skills steps may target (empty list: all)"),
+        ("--deny-skill", "skills steps may not target"),
+        ("--require-approval", "agents whose steps wait for an approval before dispatch"),
+    ):
+        p.add_argument(flag, action="append", metavar="NAME", help=f"{what}; repeatable")
+    p.add_argument(
+        "--clear",
+        action="append",
+        choices=POLICY_LISTS,
+        help="empty this list (repeatable)",
+    )
+    for action_parser in policy.choices.values():
+        action_parser.set_defaults(func=bind("policy"))
 
 
 def _schedules(sub: Group, c: Parents, bind: Bind) -> None:

@@ -16,6 +16,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import approval_pb2, policy_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from tests.integration.client_helpers import podium, podium_json
 from tests.integration.conftest import StartServer, bearer_channel, static_agents
 from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
@@ -187,3 +188,40 @@ async def test_approval_agents_wait_for_a_decision(admin: Stub) -> None:
     run = await wait_for_run(admin, run_id)
     assert run.state == State.STATE_SUCCEEDED
     assert step_of(run, "a").attempt == 1
+
+
+async def test_cli_sets_the_policy_and_approves_a_gated_step(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    address = ["--address", server.address]
+    usage = await podium("policy", "set", *address)
+    assert usage.returncode == 2 and "at least one list" in usage.stderr
+    made = await podium(
+        "policy", "set", "--deny-agent", "noop", "--deny-skill", "shell",
+        "--require-approval", "echo", *address,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "denied_agents:    noop" in made.stdout
+    cleared = await podium_json("policy", "set", "--clear", "denied_skills", *address)
+    assert cleared["denied_agents"] == ["noop"] and "denied_skills" not in cleared
+    assert (await podium_json("policy", "get", *address))["revision"] == 2
+    # The gated step waits for `podium approvals approve`.
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        started = await stub.StartRun(
+            pb.StartRunRequest(plan=plan([{"id": "a", "agent": "echo"}]), start=True)
+        )
+        await _approve_with_the_cli(address, started.run.id)
+        assert (await wait_for_run(stub, started.run.id)).state == State.STATE_SUCCEEDED
+
+
+async def _approve_with_the_cli(address: list[str], run_id: str) -> None:
+
+    async def pending() -> list[Any]:
+        found: list[Any] = await podium_json("approvals", "list", "--run", run_id, *address)
+        return found
+
+    approvals = await wait_for(pending, "the approval of step a")
+    approved = await podium("approvals", "approve", approvals[0]["id"], "--actor", "ed", *address)
+    assert approved.returncode == 0, approved.stderr

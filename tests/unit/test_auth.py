@@ -38,6 +38,7 @@ def test_every_rpc_has_a_permission_entry() -> None:
         "ArchiveDefinition",
         "RegisterAgent",
         "DeregisterAgent",
+        "UpdateRoutingPolicy",
     }
 
 
