@@ -639,6 +639,37 @@ export class PodiumClient {
     await this.call('DeleteSchedule', { schedule_id: scheduleId }, options);
   }
 
+  // -- routing policy
+
+  /**
+   * The organization's routing policy: `allowed_agents`, `denied_agents`,
+   * `allowed_skills`, `denied_skills`, `approval_agents` (empty when never set),
+   * `revision` and `update_time`.
+   *
+   * @param {CallOptions} [options]
+   */
+  async getRoutingPolicy(options) {
+    return (await this.call('GetRoutingPolicy', {}, options)).policy;
+  }
+
+  /**
+   * Replace the lists given, by their proto names (an empty array clears one, a list
+   * left out is kept); admins only. Returns the policy; bad names reject with a
+   * `ValidationError`.
+   *
+   * @param {{ allowed_agents?: string[], denied_agents?: string[], allowed_skills?: string[],
+   *   denied_skills?: string[], approval_agents?: string[] }} lists
+   * @param {CallOptions} [options]
+   */
+  async updateRoutingPolicy(lists, options) {
+    const paths = Object.entries(lists)
+      .filter(([, value]) => value !== undefined)
+      .map(([name]) => name);
+    if (paths.length === 0) throw new TypeError('updateRoutingPolicy: give at least one list');
+    const request = { policy: lists, update_mask: { paths } };
+    return (await this.call('UpdateRoutingPolicy', request, options)).policy;
+  }
+
   // -- approvals
 
   /**

@@ -146,6 +146,21 @@ describe('Node client with the Python example agents', () => {
     );
   });
 
+  it('reads and updates the routing policy', async () => {
+    const set = await client.updateRoutingPolicy({ denied_skills: ['shell'] });
+    assert.deepEqual(set.denied_skills, ['shell']);
+    assert.deepEqual(set.denied_agents, []);
+    const read = await client.getRoutingPolicy();
+    assert.deepEqual(read.denied_skills, ['shell']);
+    await assert.rejects(
+      client.updateRoutingPolicy({ denied_agents: ['Not A Name'] }),
+      (/** @type {any} */ error) =>
+        error instanceof ValidationError &&
+        error.fieldViolations.some((v) => v.field === 'policy.denied_agents[0]'),
+    );
+    await client.updateRoutingPolicy({ denied_skills: [] });
+  });
+
   it('resumes a watch after a given sequence without repeating events', async () => {
     const started = await client.startRun({ definition: { name: 'node-research' }, input: { topic: 'rice' } });
     const all = await collect(client.watchRun(started.id));
