@@ -1,4 +1,5 @@
 -- 0011_policies: per-organization routing policies (GetRoutingPolicy / UpdateRoutingPolicy).
+-- podium: expand
 --
 -- One row per organization that ever set its policy; no row means every agent and skill
 -- is allowed and no agent needs an approval. Empty allow lists allow everything.
