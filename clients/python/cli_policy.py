@@ -53,5 +53,12 @@ async def cmd_policy(client: PodiumClient, args: argparse.Namespace) -> int:
         lists[name] = []
     if not lists:
         raise CliError("give at least one list to set, or --clear LIST", EXIT_USAGE)
-    _print_policy(await client.update_routing_policy(**lists), args.output)
+    policy = await client.update_routing_policy(
+        allowed_agents=lists.get("allowed_agents"),
+        denied_agents=lists.get("denied_agents"),
+        allowed_skills=lists.get("allowed_skills"),
+        denied_skills=lists.get("denied_skills"),
+        approval_agents=lists.get("approval_agents"),
+    )
+    _print_policy(policy, args.output)
     return EXIT_OK

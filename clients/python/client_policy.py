@@ -67,8 +67,9 @@ class PolicyMethods:
         if not lists:
             raise ValueError(f"give at least one of {', '.join(POLICY_LISTS)}")
         request = pb.UpdateRoutingPolicyRequest(
-            policy=policy_pb2.RoutingPolicy(**lists),
-            update_mask=field_mask_pb2.FieldMask(paths=list(lists)),
+            update_mask=field_mask_pb2.FieldMask(paths=list(lists))
         )
+        for name, values in lists.items():
+            getattr(request.policy, name).extend(values)
         response = await self._unary(self._stub.UpdateRoutingPolicy, request, timeout)
         return response.policy  # type: ignore[no-any-return]

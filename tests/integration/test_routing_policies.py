@@ -6,11 +6,12 @@ update. The cross-organization case is in test_auth_tenancy.py."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import field_mask_pb2
 
 from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import approval_pb2, policy_pb2, run_pb2
@@ -34,30 +35,46 @@ StepState = run_pb2.StepRun.State
 
 
 async def _set(stub: Stub, *paths: str, **lists: list[str]) -> policy_pb2.RoutingPolicy:
-    mask = field_mask_pb2.FieldMask(paths=list(paths)) if paths else None
-    response = await stub.UpdateRoutingPolicy(
-        pb.UpdateRoutingPolicyRequest(policy=policy_pb2.RoutingPolicy(**lists), update_mask=mask)
-    )
-    return response.policy
+    request = pb.UpdateRoutingPolicyRequest()
+    request.update_mask.paths.extend(paths)
+    for name, values in lists.items():
+        getattr(request.policy, name).extend(values)
+    response = await stub.UpdateRoutingPolicy(request)
+    policy: policy_pb2.RoutingPolicy = response.policy
+    return policy
+
+
+@dataclass
+class Stubs:
+    """An admin's and a viewer's stub of one server (default organization)."""
+
+    admin: Stub
+    viewer: Stub
 
 
 @pytest.fixture
-async def admin(start_server: StartServer, example_agents: ExampleAgents) -> Any:
-    server = await start_server(
-        auth="required", agents=static_agents(example_agents, "echo", "noop")
-    )
+async def stubs(start_server: StartServer, example_agents: ExampleAgents) -> AsyncIterator[Stubs]:
+    agents = static_agents(example_agents, "echo", "noop")
+    server = await start_server(auth="required", agents=agents)
     key = (await server.engine.api_keys.create("default", "admin", "a")).key
     viewer = (await server.engine.api_keys.create("default", "viewer", "v")).key
     async with (
         bearer_channel(server.address, key) as channel,
         bearer_channel(server.address, viewer) as viewer_channel,
     ):
-        stub = pb_grpc.OrchestrationServiceStub(channel)
-        stub.viewer = pb_grpc.OrchestrationServiceStub(viewer_channel)
-        yield stub
+        yield Stubs(
+            pb_grpc.OrchestrationServiceStub(channel),
+            pb_grpc.OrchestrationServiceStub(viewer_channel),
+        )
 
 
-async def test_get_and_update_with_a_mask(admin: Stub) -> None:
+@pytest.fixture
+def admin(stubs: Stubs) -> Stub:
+    return stubs.admin
+
+
+async def test_get_and_update_with_a_mask(stubs: Stubs) -> None:
+    admin = stubs.admin
     empty = (await admin.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy
     assert empty.revision == 0 and not empty.denied_agents and not empty.HasField("update_time")
     first = await _set(admin, denied_agents=["noop", "noop"], allowed_skills=["echo"])
@@ -75,14 +92,14 @@ async def test_get_and_update_with_a_mask(admin: Stub) -> None:
     assert set(violations(error)) == {"update_mask.paths[0]", "policy.denied_agents[0]"}
     assert (await admin.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy.revision == 2
     # A viewer reads but cannot update.
-    assert (await admin.viewer.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy == second
-    error = await rpc_error(_set(admin.viewer, denied_agents=[]))
+    assert (await stubs.viewer.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy == second
+    error = await rpc_error(_set(stubs.viewer, denied_agents=[]))
     assert error.code() is grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_refused_agents_and_skills_are_field_violations(admin: Stub) -> None:
     await _set(admin, denied_agents=["noop"], denied_skills=["summarize"])
-    steps = [
+    steps: list[dict[str, Any]] = [
         {"id": "a", "agent": "echo"},
         {"id": "b", "agent": "noop"},
         {"id": "c", "skill": "summarize"},
@@ -168,7 +185,10 @@ async def test_skill_routed_to_a_refused_agent_fails_at_dispatch(admin: Stub) ->
 
 async def test_approval_agents_wait_for_a_decision(admin: Stub) -> None:
     await _set(admin, approval_agents=["echo"])
-    steps = [{"id": "a", "agent": "echo", "input": {"q": 1}}, {"id": "b", "agent": "noop"}]
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo", "input": {"q": 1}},
+        {"id": "b", "agent": "noop"},
+    ]
     started = await admin.StartRun(pb.StartRunRequest(plan=plan(steps), start=True))
     run_id = started.run.id
     run = await wait_for_step(admin, run_id, "a", {StepState.STATE_AWAITING_APPROVAL})
