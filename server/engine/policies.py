@@ -37,24 +37,11 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.engine.errors import FieldViolation, InvalidArgument
 from podium.server.engine.lru import LRUCache
 from podium.server.engine.storage_errors import storage_errors
-from podium.server.engine.validation_fields import MAX_NAME, NAME_PATTERN, describe_name_rule
-from podium.server.engine.validation_policies import MAX_ROUTING_NAMES
+from podium.server.engine.validation_fields import MAX_NAME
+from podium.server.engine.validation_policies import ROUTING_LISTS, name_list_violations
 from podium.server.storage.policies import PolicyRecord, PolicyRepository
 
-__all__ = [
-    "LISTS",
-    "MAX_POLICY_NAMES",
-    "DispatchVerdict",
-    "RoutingPolicies",
-    "Rules",
-    "routing_rules_violations",
-]
-
-LISTS = ("allowed_agents", "denied_agents", "allowed_skills", "denied_skills", "approval_agents")
-"""The lists of a RoutingPolicy (the paths UpdateRoutingPolicy's update_mask takes)."""
-
-MAX_POLICY_NAMES = MAX_ROUTING_NAMES
-"""Most names in one list."""
+__all__ = ["DispatchVerdict", "RoutingPolicies", "Rules"]
 
 _CACHED_ORGANIZATIONS = 10_000
 
@@ -111,37 +98,6 @@ def _is_empty(rules: definition_pb2.RoutingRules) -> bool:
     )
 
 
-def routing_rules_violations(
-    policy: policy_pb2.RoutingPolicy, path: str, names: Sequence[str]
-) -> list[FieldViolation]:
-    """The problems of the lists ``names`` of ``policy``: too many names, or a name
-    that is not a valid agent or skill name (``path.list[i]``)."""
-    violations: list[FieldViolation] = []
-    for name in names:
-        values = getattr(policy, name)
-        field = f"{path}.{name}" if path else name
-        if len(values) > MAX_POLICY_NAMES:
-            violations.append(
-                FieldViolation(
-                    field=field,
-                    description=f"at most {MAX_POLICY_NAMES} names (got {len(values)})",
-                    reason="TOO_MANY",
-                )
-            )
-            continue
-        what = "skill name" if "skill" in name else "agent name"
-        for i, value in enumerate(values):
-            if not value or len(value) > MAX_NAME or not NAME_PATTERN.fullmatch(value):
-                violations.append(
-                    FieldViolation(
-                        field=f"{field}[{i}]",
-                        description=f"{describe_name_rule(what)}; got '{value[:MAX_NAME]}'",
-                        reason="INVALID_NAME",
-                    )
-                )
-    return violations
-
-
 @dataclass(frozen=True, slots=True)
 class DispatchVerdict:
     """What the policy says about a claimed step: refused (``refusal``), needs an
@@ -195,17 +151,20 @@ class RoutingPolicies:
         violations: list[FieldViolation] = []
         paths = list(request.update_mask.paths)
         for i, path in enumerate(paths):
-            if path not in LISTS:
+            if path not in ROUTING_LISTS:
                 violations.append(
                     FieldViolation(
                         field=f"update_mask.paths[{i}]",
                         description=f"unknown or output-only field '{path[:MAX_NAME]}'; "
-                        f"expected one of {', '.join(LISTS)}",
+                        f"expected one of {', '.join(ROUTING_LISTS)}",
                         reason="INVALID_UPDATE_MASK",
                     )
                 )
-        names = [p for p in LISTS if p in paths] if paths else list(LISTS)
-        violations.extend(routing_rules_violations(request.policy, "policy", names))
+        names = [p for p in ROUTING_LISTS if p in paths] if paths else list(ROUTING_LISTS)
+        violations.extend(
+            FieldViolation(field=field, description=description, reason=reason)
+            for field, description, reason in name_list_violations(request.policy, "policy", names)
+        )
         if violations:
             raise InvalidArgument(
                 "UpdateRoutingPolicy request is invalid",
