@@ -201,15 +201,12 @@ class RoutingPolicies:
     ) -> list[FieldViolation]:
         """A violation per agent or skill step of ``plan`` that the organization's
         current policy or the plan's own ``execution.routing`` refuses."""
-        targets = [s for s in plan.steps if s.WhichOneof("target") in ("agent", "skill")]
-        if not targets:
-            return []
         record = await self.current(organization_id)
         rules = [Rules.of("the organization's routing policy", record)]
         if not _is_empty(plan.execution.routing):
             rules.append(Rules.of("the definition's execution.routing", plan.execution.routing))
         if record.revision == 0 and len(rules) == 1:
-            return []
+            return []  # nothing to refuse: no step is looked at
         at = f"{prefix}." if prefix else ""
         violations = []
         for index, step in enumerate(plan.steps):
