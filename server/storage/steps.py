@@ -13,7 +13,8 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
   loop step);
 - ``podium_resume_run`` removes those seven again;
 - ``podium_create_run`` sets ``budgeted`` when a budget applies to the run
-  (``functions/65_budgets.sql``);
+  (``functions/65_budgets.sql``); ``build_steps`` sets ``routing`` (the definition's
+  ``execution.routing``, read by the executor only; ``engine/policies.py``);
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
