@@ -22,6 +22,7 @@ from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.sizes import response_budget
 from podium.server.engine.start_rate import StartRateLimiter
+from podium.server.engine.step_credentials import StepCredentials
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
@@ -53,7 +54,9 @@ class Engine:
             self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
         except ValueError as exc:
             raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
-        self.api_keys = ApiKeyService(ApiKeysRepository(db), settings.auth_cache_seconds)
+        keys = ApiKeysRepository(db)
+        self.api_keys = ApiKeyService(keys, settings.auth_cache_seconds)
+        self.step_credentials = StepCredentials(keys)
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )
@@ -121,6 +124,9 @@ class Engine:
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
+        self.scheduler.executor.start_plan = self.runs.start_plan
+        if settings.step_credentials:
+            self.scheduler.executor.credentials = self.step_credentials
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
         if settings.start_run_rate is not None:

@@ -31,6 +31,7 @@ from podium.server.engine.fanout import FanOut
 from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
+from podium.server.engine.step_credentials import StepAttemptRef, StepCredentials
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
 from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
@@ -40,7 +41,7 @@ from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
 
-__all__ = ["StartChild", "StepExecutor"]
+__all__ = ["StartChild", "StartPlan", "StepExecutor"]
 
 
 class StartChild(Protocol):
@@ -56,6 +57,31 @@ class StartChild(Protocol):
         *,
         bypass_cache: bool = False,
     ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+class StartPlan(Protocol):
+    """Starts the child run of a plan step from its planner's output; see
+    ``RunService.start_plan``."""
+
+    def __call__(
+        self,
+        parent: StepKey,
+        organization_id: str,
+        planned: Any,
+        child_input: Any,
+        trace_context: Mapping[str, str] | None,
+    ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+_CHILD_ERRORS = {
+    "too_deep": "MAX_DEPTH_EXCEEDED",
+    "not_found": "DEFINITION_NOT_FOUND",
+    "invalid_input": "INVALID_CHILD_INPUT",
+    "invalid_plan": "INVALID_PLAN",
+    "plan_too_large": "PLAN_TOO_LARGE",
+}
+"""The error code of a child run that could not start, by ``start_child`` /
+``start_plan`` status (any other: DEFINITION_ARCHIVED)."""
 
 
 class StepExecutor:
@@ -86,6 +112,14 @@ class StepExecutor:
         """Checks the budget of a ``budgeted`` step's run before dispatch
         (``RunsRepository.budget_gate``: ``ok``, ``paused``, ``failed``, ``stale``); set
         by the engine."""
+        self.start_plan: StartPlan | None = None
+        """Starts the child run of a ``plan`` step (``RunService.start_plan``); set by
+        the engine."""
+        self.credentials: StepCredentials | None = None
+        """Issues the step credential of each agent call (PODIUM_STEP_CREDENTIALS); set
+        by the engine."""
+        self.podium_address = ""
+        """Sent with each agent call as ``podium_address``; set by the server."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -191,7 +225,8 @@ class StepExecutor:
         except BaseException:
             cache.release_later(found)
             raise
-        await cache.release(found, outcome.output if outcome.outcome == Outcome.SUCCEEDED else None)
+        succeeded = outcome is not None and outcome.outcome == Outcome.SUCCEEDED
+        await cache.release(found, outcome.output if outcome is not None and succeeded else None)
         return outcome
 
     def _timeout(self, step: ClaimedStep) -> tuple[float, str]:
@@ -208,7 +243,7 @@ class StepExecutor:
             )
         return self._default_timeout, "the server's ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS"
 
-    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:
+    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome | None:
         if step.endpoint is None:
             if step.skill:
                 message = f"no registered agent offers skill {step.skill!r}"
@@ -229,7 +264,12 @@ class StepExecutor:
             definition_name=step.definition_name or "",
             definition_version=step.definition_version or 0,
             skill=step.skill or "",
+            podium_address=self.podium_address,
         )
+        if self.credentials is not None:
+            # Valid while this attempt runs (engine/step_credentials.py); never logged.
+            ref = StepAttemptRef(step.organization_id, step.run_id, step.step_id, step.attempt)
+            request.credential = await self.credentials.issue(ref) or ""
         answer = step.spec.answer_for(step.attempt)
         resume_task_id = ""
         if answer is not None:
@@ -264,6 +304,8 @@ class StepExecutor:
                     output_tokens=result.usage.output_tokens if result.usage else None,
                 )
         if isinstance(result, TaskSucceeded):
+            if step.spec.plan is not None:
+                return await self._run_plan(step, resolved, result)
             return self._outcomes.outcome(
                 step, output=result.output, resolved=resolved, result=result
             )
@@ -321,14 +363,38 @@ class StepExecutor:
             return None
         if status == "fenced":
             return None
-        code = {
-            "too_deep": "MAX_DEPTH_EXCEEDED",
-            "not_found": "DEFINITION_NOT_FOUND",
-            "invalid_input": "INVALID_CHILD_INPUT",
-        }.get(status, "DEFINITION_ARCHIVED")
+        code = _CHILD_ERRORS.get(status, "DEFINITION_ARCHIVED")
         return self._outcomes.outcome(
             step, resolved=resolved, error=StepError(code, message, False)
         )
+
+    async def _run_plan(
+        self, step: ClaimedStep, resolved: Any, planner: TaskSucceeded
+    ) -> StepOutcome | None:
+        """A plan step's planner answered: start its output (a definition) as the step's
+        child run; None when it started (the step waits for it, as a sub-orchestration
+        does) or the attempt is stale. An invalid plan fails the step (not retried)."""
+        if self.start_plan is None:
+            message = "plan steps are not enabled on this replica"
+            error = StepError("UNSUPPORTED", message, False)
+            return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
+        status, child, message = await self.start_plan(
+            (step.run_id, step.step_id, step.attempt),
+            step.organization_id,
+            planner.output,
+            resolved,
+            step.trace_context,
+        )
+        if status == "created":
+            log.info(
+                "planned child run started",
+                extra={"run_id": str(step.run_id), "step_id": step.step_id, "child": str(child)},
+            )
+            return None
+        if status == "fenced":
+            return None
+        error = StepError(_CHILD_ERRORS.get(status, "INVALID_PLAN"), message, False)
+        return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""

@@ -267,6 +267,43 @@ class RunsRepository:
             await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
         return "created", child_id
 
+    async def create_linked(
+        self, parent_step: tuple[uuid.UUID, str, int], run: NewRun, max_depth: int, max_runs: int
+    ) -> tuple[str, CreatedRun | None]:
+        """Create and start a run an agent started with its step credential: a child run
+        of that step (the step does not wait for it), in one transaction fenced on the
+        step's attempt. Returns ``("created", run)`` (``created`` False on a known
+        ``request_id``), ``("fenced", None)`` when the step no longer runs that attempt,
+        ``("too_deep", None)`` past ``max_depth`` or ``("too_many", None)`` when the step
+        already started ``max_runs`` runs."""
+        parent_id, step_id, attempt = parent_step
+        async with self._db.transaction() as conn:
+            parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, run.organization_id)
+            if parent is None or parent["state"] != "running":
+                return "fenced", None
+            if (
+                await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt)
+                is None
+            ):
+                return "fenced", None
+            depth = int(parent["depth"]) + 1
+            if depth > max_depth:
+                return "too_deep", None
+            started = await conn.fetchval(QUERIES["count_step_children"], parent_id, step_id)
+            if int(started) >= max_runs:
+                return "too_many", None
+            child = dataclasses.replace(
+                run, parent_run_id=parent_id, parent_step_id=step_id, depth=depth
+            )
+            row = await self._insert(conn, child, start=True, return_steps=True)
+        if not row["created"]:
+            found = await self.get_with_steps(run.organization_id, row["run_id"])
+            assert found is not None
+            return "created", CreatedRun(*found, created=False)
+        return "created", CreatedRun(
+            created_run(child, row), created_steps(child, row), [], [], True
+        )
+
     async def finished_children(self, limit: int = 100) -> list[FinishedChild]:
         """Steps waiting on a child run that has finished (see ``finished_children``)."""
         async with self._db.connection() as conn:
@@ -317,6 +354,7 @@ class RunsRepository:
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
         payloads: bool = True,
+        parent_step_id: str | None = None,
     ) -> list[RunRow]:
         """Runs newest first, filtered, after the keyset position ``after``. Without
         ``payloads`` their input, output, metadata and plan are left empty (not read)."""
@@ -331,6 +369,7 @@ class RunsRepository:
                 after[0] if after else None,
                 after[1] if after else None,
                 limit,
+                parent_step_id,
             )
         return [run_row(r) for r in rows]
 

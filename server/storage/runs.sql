@@ -42,6 +42,11 @@ SELECT 1 FROM orchestration_steps
 WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND state = 'running'
 FOR UPDATE
 
+-- count_step_children --
+-- How many child runs step $2 of run $1 has started (finished ones too).
+-- $1 run_id, $2 step_id
+SELECT count(*) FROM orchestration_runs WHERE parent_run_id = $1 AND parent_step_id = $2
+
 -- link_child_run --
 -- The parent step waits on its child run: no lease (nothing executes on a replica);
 -- the schedulers' sweep completes it when the child finishes.
@@ -87,7 +92,8 @@ ORDER BY step_id, attempt
 -- Newest first, keyset on (created_at, id). Empty filters match everything.
 -- $1 org, $2 states (text[], empty = any), $3 definition_name (NULL = any),
 -- $4 labels (jsonb containment), $5 parent_run_id (NULL = any),
--- $6 after created_at (NULL = first page), $7 after id, $8 limit
+-- $6 after created_at (NULL = first page), $7 after id, $8 limit,
+-- $9 parent_step_id (NULL = any)
 SELECT *
 FROM orchestration_runs
 WHERE organization_id = $1
@@ -95,6 +101,7 @@ WHERE organization_id = $1
   AND ($3::text IS NULL OR definition_name = $3)
   AND labels @> $4::jsonb
   AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($9::text IS NULL OR parent_step_id = $9)
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $8
@@ -105,7 +112,7 @@ LIMIT $8
 -- column is listed: a new column of orchestration_runs belongs here too
 -- (test_response_sizes.py checks it).
 -- $1 org, $2 states, $3 definition_name, $4 labels, $5 parent_run_id,
--- $6 after created_at, $7 after id, $8 limit
+-- $6 after created_at, $7 after id, $8 limit, $9 parent_step_id
 SELECT id, organization_id, definition_name, definition_version, '{}'::jsonb AS plan,
        state, '{}'::jsonb AS input, NULL::jsonb AS output, '{}'::jsonb AS metadata,
        labels, request_id, max_parallel, run_attempt, parent_run_id, parent_step_id,
@@ -120,6 +127,7 @@ WHERE organization_id = $1
   AND ($3::text IS NULL OR definition_name = $3)
   AND labels @> $4::jsonb
   AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($9::text IS NULL OR parent_step_id = $9)
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $8

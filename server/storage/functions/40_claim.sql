@@ -360,6 +360,8 @@ BEGIN
                SET ended_at = now(),
                    error = '{"code": "LEASE_EXPIRED", "message": "the replica executing this attempt stopped renewing its lease", "retryable": true}'
              WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_cancel_step_children(v_run.id, v_step.step_id,
+                                                'the step attempt that started it lost its lease');
             PERFORM podium_emit_event(v_run.id, 'step.queued', v_step.step_id, v_step.attempt,
                                       'queued', '{"reason": "lease_expired"}');
             v_count := v_count + 1;

@@ -50,6 +50,7 @@ DECLARE
     v_org text;
     v_run_state text;
     v_budget uuid;
+    v_credential boolean;
 BEGIN
     queued := 0;
     retry := false;
@@ -95,7 +96,11 @@ BEGIN
     UPDATE step_attempts
        SET ended_at = now(), error = p_error, input_tokens = p_input_tokens,
            output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = coalesce(p_model, '')
-     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt
+    RETURNING credential_hash IS NOT NULL INTO v_credential;
+    IF v_credential THEN  -- runs its agent started end with the attempt (30_runs.sql)
+        PERFORM podium_cancel_step_children(p_run, p_step, 'the step attempt that started it ended');
+    END IF;
 
     IF v_state = 'failed' THEN
         UPDATE orchestration_runs
