@@ -192,6 +192,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: Context
     ) -> pb.ListRunEventsResponse:
+        await self._engine().runs.check_scope(self._org(context), request.run_id, step_scope())
         events, after = await self._engine().runs.list_events(
             self._org(context), request.run_id, request.after_sequence, request.page_size
         )
@@ -201,6 +202,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def GetRunPayload(
         self, request: pb.GetRunPayloadRequest, context: Context
     ) -> pb.GetRunPayloadResponse:
+        await self._engine().runs.check_scope(self._org(context), request.run_id, step_scope())
         return await self._engine().payloads.read(self._org(context), request)
 
     @streaming

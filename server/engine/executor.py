@@ -266,8 +266,9 @@ class StepExecutor:
             skill=step.skill or "",
             podium_address=self.podium_address,
         )
-        if self.credentials is not None:
+        if self.credentials is not None and step.protocol != "a2a":
             # Valid while this attempt runs (engine/step_credentials.py); never logged.
+            # (An A2A message has no field for it: A2A agents get none.)
             ref = StepAttemptRef(step.organization_id, step.run_id, step.step_id, step.attempt)
             request.credential = await self.credentials.issue(ref) or ""
         answer = step.spec.answer_for(step.attempt)
