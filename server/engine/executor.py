@@ -348,7 +348,7 @@ class StepExecutor:
             return self._outcomes.outcome(
                 step, resolved=resolved, error=StepError("UNSUPPORTED", message, False)
             )
-        status, child, message = await self._start_child(
+        started = await self._start_child(
             (step.run_id, step.step_id, step.attempt),
             step.organization_id,
             target.to_json(),
@@ -356,6 +356,18 @@ class StepExecutor:
             step.trace_context,
             bypass_cache=bool(step.spec.bypass_cache),
         )
+        return self._child_started(step, resolved, started, None)
+
+    def _child_started(
+        self,
+        step: ClaimedStep,
+        resolved: Any,
+        started: tuple[str, uuid.UUID | None, str],
+        planner: TaskSucceeded | None,
+    ) -> StepOutcome | None:
+        """None when the child run ``started`` (the step waits for it) or the attempt was
+        stale; otherwise the step fails (not retried) with why the child did not start."""
+        status, child, message = started
         if status == "created":
             log.info(
                 "child run started",
@@ -366,7 +378,7 @@ class StepExecutor:
             return None
         code = _CHILD_ERRORS.get(status, "DEFINITION_ARCHIVED")
         return self._outcomes.outcome(
-            step, resolved=resolved, error=StepError(code, message, False)
+            step, resolved=resolved, result=planner, error=StepError(code, message, False)
         )
 
     async def _run_plan(
@@ -379,23 +391,14 @@ class StepExecutor:
             message = "plan steps are not enabled on this replica"
             error = StepError("UNSUPPORTED", message, False)
             return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
-        status, child, message = await self.start_plan(
+        started = await self.start_plan(
             (step.run_id, step.step_id, step.attempt),
             step.organization_id,
             planner.output,
             resolved,
             step.trace_context,
         )
-        if status == "created":
-            log.info(
-                "planned child run started",
-                extra={"run_id": str(step.run_id), "step_id": step.step_id, "child": str(child)},
-            )
-            return None
-        if status == "fenced":
-            return None
-        error = StepError(_CHILD_ERRORS.get(status, "INVALID_PLAN"), message, False)
-        return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
+        return self._child_started(step, resolved, started, planner)
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""

@@ -239,19 +239,14 @@ class RunsRepository:
         ``cap_max_parallel``: the child's max_parallel is at most the parent run's (the
         items of a ``for_each`` step).
         """
-        parent_id, step_id, attempt = parent_step
+        parent_id, step_id, _ = parent_step
         async with self._db.transaction() as conn:
-            parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, run.organization_id)
-            if parent is None or parent["state"] != "running":
-                return "fenced", None
-            if (
-                await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt)
-                is None
-            ):
-                return "fenced", None
+            status, parent = await self._lock_parent_step(
+                conn, parent_step, run.organization_id, max_depth
+            )
+            if parent is None:
+                return status, None
             depth = int(parent["depth"]) + 1
-            if depth > max_depth:
-                return "too_deep", None
             max_parallel = run.max_parallel
             if cap_max_parallel:
                 max_parallel = min(max_parallel, int(parent["max_parallel"]))
@@ -267,6 +262,27 @@ class RunsRepository:
             await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
         return "created", child_id
 
+    @staticmethod
+    async def _lock_parent_step(
+        conn: Connection,
+        parent_step: tuple[uuid.UUID, str, int],
+        organization_id: str,
+        max_depth: int,
+    ) -> tuple[str, asyncpg.Record | None]:
+        """Lock the parent run, then its step, fenced on the attempt (the lock order):
+        ``("ok", parent run row)``, or ``("fenced", None)`` when the step no longer runs
+        that attempt, ``("too_deep", None)`` when a child would be deeper than
+        ``max_depth``."""
+        parent_id, step_id, attempt = parent_step
+        parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, organization_id)
+        if parent is None or parent["state"] != "running":
+            return "fenced", None
+        if await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt) is None:
+            return "fenced", None
+        if int(parent["depth"]) + 1 > max_depth:
+            return "too_deep", None
+        return "ok", parent
+
     async def create_linked(
         self, parent_step: tuple[uuid.UUID, str, int], run: NewRun, max_depth: int, max_runs: int
     ) -> tuple[str, CreatedRun | None]:
@@ -276,19 +292,14 @@ class RunsRepository:
         ``request_id``), ``("fenced", None)`` when the step no longer runs that attempt,
         ``("too_deep", None)`` past ``max_depth`` or ``("too_many", None)`` when the step
         already started ``max_runs`` runs."""
-        parent_id, step_id, attempt = parent_step
+        parent_id, step_id, _ = parent_step
         async with self._db.transaction() as conn:
-            parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, run.organization_id)
-            if parent is None or parent["state"] != "running":
-                return "fenced", None
-            if (
-                await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt)
-                is None
-            ):
-                return "fenced", None
+            status, parent = await self._lock_parent_step(
+                conn, parent_step, run.organization_id, max_depth
+            )
+            if parent is None:
+                return status, None
             depth = int(parent["depth"]) + 1
-            if depth > max_depth:
-                return "too_deep", None
             started = await conn.fetchval(QUERIES["count_step_children"], parent_id, step_id)
             if int(started) >= max_runs:
                 return "too_many", None
