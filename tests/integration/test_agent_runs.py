@@ -26,7 +26,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, bearer_channel
-from tests.integration.rpc import error_details, rpc_error
+from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     Run,
     StepRun,
@@ -80,7 +80,9 @@ async def setup(start_server: StartServer) -> AsyncIterator[Setup]:
         name: await agent.serve("127.0.0.1:0") for name, agent in agents.items()
     }
     setting = ",".join(f"{name}={server.address}" for name, server in servers.items())
-    server = await start_server(auth="required", agents=setting, max_orchestration_depth=2)
+    server = await start_server(
+        auth="required", agents=setting, max_orchestration_depth=2, max_runs_per_step=2
+    )
     key = await server.engine.api_keys.create(server.settings.organization_id, "admin", "t")
     channel = bearer_channel(server.address, key.key)
     try:
@@ -126,6 +128,8 @@ async def test_an_agent_starts_a_linked_child_run_on_the_parents_budget(
     assert (child.parent_run_id, child.parent_step_id) == (run.id, "orchestrate")
     assert [r.id for r in await children(stub, run.id, "orchestrate")] == [child.id]
     assert await children(stub, run.id, "other") == []
+    error = await rpc_error(stub.ListRuns(pb.ListRunsRequest(parent_step_id="orchestrate")))
+    assert violations(error) == {"parent_step_id": "set parent_run_id with it"}
     connection = await asyncpg.connect(database_url)
     try:
         budget = await connection.fetchval(
@@ -192,6 +196,11 @@ async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
             start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}]), start=False)
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # ORCHESTRATION_MAX_RUNS_PER_STEP=2: a second run, not a third.
+        await start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}]))
+        error = await rpc_error(start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}])))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert error_details(error)[0].reason == "STEP_RUN_LIMIT"
 
         # Another organization sees neither the child run nor the credential's runs.
         other = await setup.server.engine.api_keys.create("other-org", "admin", "t")
