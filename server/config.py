@@ -503,14 +503,6 @@ class Settings:
         "that would start a deeper one fails with MAX_DEPTH_EXCEEDED.",
         5,
     )
-    step_credentials: bool = _setting(
-        "PODIUM_STEP_CREDENTIALS",
-        _parse_bool,
-        "Send every agent call of a step a credential (ExecuteTaskRequest.credential) "
-        "with which the agent may start child runs of the step while its attempt runs "
-        "(docs/agents.md); costs one write per agent call. false: none is sent.",
-        True,
-    )
     agent_callback_address: str | None = _setting(
         "PODIUM_AGENT_CALLBACK_ADDRESS",
         _parse_optional_address,

@@ -172,8 +172,8 @@ class Task:
     @property
     def credential(self) -> str:
         """The step credential: a bearer token for Podium's API, valid while this attempt
-        runs, that starts child runs of the step (empty when the server sends none). A
-        secret: never log it."""
+        runs, that starts child runs of the step (empty from a server without step
+        credentials). A secret: never log it."""
         return self._request.credential
 
     @property
@@ -190,15 +190,12 @@ class Task:
         (e.g. ``credentials`` for TLS). Use as ``async with task.podium() as podium:``.
 
         Raises:
-            RuntimeError: The server sent no credential, or no address is known.
+            RuntimeError: The task has no credential, or no address is known.
         """
         from podium.client.client import PodiumClient  # the agent SDK needs it only here
 
         if not self.credential:
-            raise RuntimeError(
-                "this task has no step credential (the server runs with "
-                "PODIUM_STEP_CREDENTIALS=false)"
-            )
+            raise RuntimeError("this task has no step credential (an older Podium server?)")
         target = address or self.podium_address or os.environ.get("PODIUM_ADDRESS", "")
         if not target:
             raise RuntimeError(

@@ -125,8 +125,6 @@ class Engine:
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
         self.scheduler.executor.start_plan = self.runs.start_plan
-        if settings.step_credentials:
-            self.scheduler.executor.credentials = self.step_credentials
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
         if settings.start_run_rate is not None:

@@ -31,7 +31,6 @@ from podium.server.engine.fanout import FanOut
 from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
-from podium.server.engine.step_credentials import StepAttemptRef, StepCredentials
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
 from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
@@ -115,9 +114,6 @@ class StepExecutor:
         self.start_plan: StartPlan | None = None
         """Starts the child run of a ``plan`` step (``RunService.start_plan``); set by
         the engine."""
-        self.credentials: StepCredentials | None = None
-        """Issues the step credential of each agent call (PODIUM_STEP_CREDENTIALS); set
-        by the engine."""
         self.podium_address = ""
         """Sent with each agent call as ``podium_address``; set by the server."""
         self.metrics = Metrics()
@@ -266,11 +262,9 @@ class StepExecutor:
             skill=step.skill or "",
             podium_address=self.podium_address,
         )
-        if self.credentials is not None and step.protocol != "a2a":
-            # Valid while this attempt runs (engine/step_credentials.py); never logged.
-            # (An A2A message has no field for it: A2A agents get none.)
-            ref = StepAttemptRef(step.organization_id, step.run_id, step.step_id, step.attempt)
-            request.credential = await self.credentials.issue(ref) or ""
+        if step.credential:
+            # Made by the claim, valid while this attempt runs (engine/step_credentials.py).
+            request.credential = step.credential
         answer = step.spec.answer_for(step.attempt)
         resume_task_id = ""
         if answer is not None:

@@ -109,17 +109,6 @@ class ApiKeysRepository:
         async with self._db.connection() as conn:
             await conn.execute(QUERIES["touch_api_key"], key_id, at)
 
-    async def set_step_credential(
-        self, run_id: uuid.UUID, step_id: str, attempt: int, credential_hash: str
-    ) -> bool:
-        """Store the hash of the attempt's credential; False when the step no longer runs
-        that attempt."""
-        async with self._db.connection() as conn:
-            row = await conn.fetchval(
-                QUERIES["set_step_credential"], run_id, step_id, attempt, credential_hash
-            )
-        return row is not None
-
     async def find_step_credential(self, credential_hash: str) -> StepAttemptRef | None:
         """The running step attempt whose credential hash is ``credential_hash``."""
         async with self._db.connection() as conn:

@@ -38,16 +38,6 @@ RETURNING id, organization_id, name, key_prefix, role, created_at, last_used_at,
 -- Record a use of key $1 ($2: the time); callers throttle this (once a minute a key).
 UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2);
 
--- set_step_credential --
--- Store the hash of a step attempt's credential, fenced: only while the step runs that
--- attempt (no row: the attempt is stale).
--- $1: run_id, $2: step_id, $3: attempt, $4: credential_hash
-UPDATE step_attempts a SET credential_hash = $4
-FROM orchestration_steps s
-WHERE a.run_id = $1 AND a.step_id = $2 AND a.attempt = $3 AND a.ended_at IS NULL
-  AND s.run_id = $1 AND s.step_id = $2 AND s.attempt = $3 AND s.state = 'running'
-RETURNING a.attempt;
-
 -- find_step_credential --
 -- The step attempt whose credential hash is $1, while the step runs it and no child run
 -- of its own holds it (the unique index on credential_hash); no row otherwise.

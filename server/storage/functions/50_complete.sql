@@ -225,6 +225,9 @@ $$;
 -- wake = whether this replica's claim loop should look for work (the cases above, or an
 -- agent with max_concurrency exists: a finished step may free a slot of another run's
 -- step, which no completion of that run would claim).
+DROP FUNCTION IF EXISTS podium_complete_steps(
+    uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
+    bigint[], numeric[], text, integer, double precision, text[]);
 CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
@@ -239,7 +242,7 @@ RETURNS TABLE (
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
     definition_name text, definition_version integer, run_created_at timestamptz,
-    run_started_at timestamptz, trace_context jsonb
+    run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE plpgsql AS $$
 DECLARE

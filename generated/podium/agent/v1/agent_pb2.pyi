@@ -83,8 +83,7 @@ class ExecuteTaskRequest(_message.Message):
     <credential>`), valid only while this attempt runs: it is refused once the attempt
     ends (result, retry, lease lost, run cancelled). It acts for the run's organization
     and may only start runs, which become child runs of this step (cancelled when the
-    attempt ends), and read, watch and list those runs. A secret: never log it. Empty
-    when the server hands out no credentials (PODIUM_STEP_CREDENTIALS=false).
+    attempt ends), and read, watch and list those runs. A secret: never log it.
     """
     podium_address: _builtins.str
     """The address at which the agent reaches Podium's OrchestrationService with
