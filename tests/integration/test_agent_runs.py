@@ -11,6 +11,7 @@ with its violations; the depth limit holds.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -171,8 +172,9 @@ async def test_child_runs_end_with_the_parent_run_and_with_the_attempt(setup: Se
 
 
 async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
-    setup: Setup,
+    setup: Setup, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     stub, holder = setup.stub, setup.holder
     started = await start_run(stub, inline=plan([{"id": "h", "agent": "holder"}]))
     await asyncio.wait_for(holder.started.wait(), 30)
@@ -219,6 +221,8 @@ async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
         info, _ = error_details(error)
         assert info.reason == "STEP_CREDENTIAL_INVALID"
         assert credential not in (error.details() or "")
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "call refused" in logged and credential[4:] not in logged
 
 
 async def test_a_plan_step_runs_its_planners_definition(setup: Setup) -> None:
@@ -281,3 +285,30 @@ async def test_plans_nest_no_deeper_than_the_limit(setup: Setup) -> None:
     error = step_of(grandchild, "inner").error
     assert error.code == "MAX_DEPTH_EXCEEDED", grandchild
     assert "ORCHESTRATION_MAX_DEPTH=2" in error.message
+
+
+async def test_agent_started_runs_nest_no_deeper_than_the_limit(setup: Setup) -> None:
+    stub = setup.stub
+
+    def orchestrate(levels: int) -> dict[str, Any]:
+        """Orchestrators starting orchestrators, ``levels`` deep, each waiting."""
+        if levels == 0:
+            return {"plan": child_plan("echo", {}), "wait": True}
+        inner = child_plan("orchestrator", orchestrate(levels - 1))
+        return {"plan": inner, "wait": True}
+
+    # ORCHESTRATION_MAX_DEPTH=2: runs at depth 1 and 2 start, the one at depth 3 does not.
+    started = await start_run(
+        stub, inline=plan([{"id": "o", "agent": "orchestrator", "input": orchestrate(2)}])
+    )
+    top = await wait_for_run(stub, started.run.id)
+    assert top.state == Run.STATE_SUCCEEDED, describe(top)
+    first = plain(step_of(top, "o").output)
+    assert first["state"] == "STATE_SUCCEEDED"
+    depth_1 = await get_run(stub, first["run_id"])
+    second = plain(step_of(depth_1, "work").output)
+    assert second["state"] == "STATE_FAILED"
+    depth_2 = await get_run(stub, second["run_id"])
+    assert depth_2.parent_run_id == depth_1.id
+    error = step_of(depth_2, "work").error
+    assert "MAX_DEPTH_EXCEEDED" in error.message, describe(depth_2)
