@@ -33,7 +33,7 @@ from podium.server.engine.outcomes import OutcomePolicy, deliverables
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
-from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
+from podium.server.storage.runs import AttemptUsage, ClaimedStep, FinishedChild, StepOutcome
 from podium.server.storage.steps import CheckpointWhen, Outcome, StepError
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
@@ -69,6 +69,7 @@ class StartPlan(Protocol):
         planned: Any,
         child_input: Any,
         trace_context: Mapping[str, str] | None,
+        usage: AttemptUsage | None = None,
     ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
 
 
@@ -385,12 +386,16 @@ class StepExecutor:
             message = "plan steps are not enabled on this replica"
             error = StepError("UNSUPPORTED", message, False)
             return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
+        used = planner.usage
         started = await self.start_plan(
             (step.run_id, step.step_id, step.attempt),
             step.organization_id,
             planner.output,
             resolved,
             step.trace_context,
+            None
+            if used is None
+            else (used.input_tokens, used.output_tokens, used.cost_usd, used.model),
         )
         return self._child_started(step, resolved, started, planner)
 

@@ -53,7 +53,13 @@ from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.usage import UsageService
 from podium.server.engine.validation import validate_plan
 from podium.server.storage.agents import AgentsRepository
-from podium.server.storage.runs import CreatedRun, NewRun, RunRow, RunsRepository
+from podium.server.storage.runs import (
+    AttemptUsage,
+    CreatedRun,
+    NewRun,
+    RunRow,
+    RunsRepository,
+)
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
@@ -420,11 +426,13 @@ class RunService:
         planned: Any,
         child_input: Any,
         trace_context: Mapping[str, str] | None,
+        usage: AttemptUsage | None = None,
     ) -> tuple[str, uuid.UUID | None, str]:
         """Start the child run of a ``plan`` step: ``planned`` is its planner's output,
-        the JSON of a Definition, validated as an inline plan. Returns (status, child
-        id, message) like :meth:`start_child`, or ``invalid_plan`` (the message lists
-        each violation with its field path) or ``plan_too_large``
+        the JSON of a Definition, validated as an inline plan; ``usage`` the planner's,
+        recorded on the attempt when the child starts. Returns (status, child id,
+        message) like :meth:`start_child`, or ``invalid_plan`` (the message lists each
+        violation with its field path) or ``plan_too_large``
         (ORCHESTRATION_MAX_PLAN_STEPS)."""
         plan = definition_pb2.Definition()
         if not isinstance(planned, dict):
@@ -447,7 +455,14 @@ class RunService:
             problems = "; ".join(f"{v.field}: {v.description}" for v in found)
             return "invalid_plan", None, f"the plan is invalid ({len(found)}): {problems}"
         return await self._start_child_run(
-            parent, organization_id, plan, None, child_input, trace_context, bypass_cache=False
+            parent,
+            organization_id,
+            plan,
+            None,
+            child_input,
+            trace_context,
+            bypass_cache=False,
+            usage=usage,
         )
 
     async def _start_child_run(
@@ -460,6 +475,7 @@ class RunService:
         trace_context: Mapping[str, str] | None,
         *,
         bypass_cache: bool,
+        usage: AttemptUsage | None = None,
     ) -> tuple[str, uuid.UUID | None, str]:
         """Create the child run of step ``parent`` executing ``plan`` (a saved
         ``definition`` (name, version), or None for a planned one)."""
@@ -498,7 +514,7 @@ class RunService:
         )
         async with storage_errors():
             status, child = await self._repository.create_child(
-                parent, new, self._settings.max_orchestration_depth
+                parent, new, self._settings.max_orchestration_depth, usage=usage
             )
         message = ""
         if status == "too_deep":

@@ -44,6 +44,7 @@ from .steps import WITH_OUTPUT, Outcome
 
 __all__ = [
     "AttemptRow",
+    "AttemptUsage",
     "ClaimedStep",
     "CompletedBatch",
     "CreatedRun",
@@ -75,6 +76,10 @@ def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -
         for o, state in zip(ordered, summary["states"], strict=True)
     }
     return CompletedBatch(states, [claimed_step(r) for r in rows[:-1]], bool(summary["wake"]))
+
+
+AttemptUsage = tuple[int, int, float, str]
+"""Usage of an attempt: input tokens, output tokens, cost in USD, model."""
 
 
 class RunsRepository:
@@ -228,6 +233,7 @@ class RunsRepository:
         max_depth: int,
         *,
         cap_max_parallel: bool = False,
+        usage: AttemptUsage | None = None,
     ) -> tuple[str, uuid.UUID | None]:
         """Create and start the child run of a sub-orchestration step, linked both ways,
         in one transaction fenced on the parent step's attempt.
@@ -237,7 +243,9 @@ class RunsRepository:
         ``("fenced", None)`` when the parent step no longer runs that attempt, or
         ``("too_deep", None)`` when the child would be nested deeper than ``max_depth``.
         ``cap_max_parallel``: the child's max_parallel is at most the parent run's (the
-        items of a ``for_each`` step).
+        items of a ``for_each`` step). ``usage``: what the parent attempt used so far (a
+        plan step's planner), added to the attempt, its step and its run, since the
+        attempt stays open until the child ends.
         """
         parent_id, step_id, _ = parent_step
         async with self._db.transaction() as conn:
@@ -260,6 +268,10 @@ class RunsRepository:
             row = await self._insert(conn, child, start=True, return_steps=False)
             child_id: uuid.UUID = row["run_id"]
             await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
+            if usage is not None:
+                await conn.execute(
+                    QUERIES["add_attempt_usage"], parent_id, step_id, parent_step[2], *usage
+                )
         return "created", child_id
 
     @staticmethod

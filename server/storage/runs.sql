@@ -55,6 +55,26 @@ UPDATE orchestration_steps
 SET child_run_id = $3, lease_owner = NULL, lease_expires_at = NULL
 WHERE run_id = $1 AND step_id = $2
 
+-- add_attempt_usage --
+-- Usage of an attempt that stays open (a plan step's planner, whose child run started):
+-- added to the attempt, its step and its run (the completion adds what follows).
+-- $1 run_id, $2 step_id, $3 attempt, $4 input tokens, $5 output tokens, $6 cost, $7 model
+WITH attempt AS (
+    UPDATE step_attempts
+       SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+           cost_usd = cost_usd + $6, model = $7
+     WHERE run_id = $1 AND step_id = $2 AND attempt = $3
+), step AS (
+    UPDATE orchestration_steps
+       SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+           cost_usd = cost_usd + $6
+     WHERE run_id = $1 AND step_id = $2
+)
+UPDATE orchestration_runs
+   SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+       cost_usd = cost_usd + $6
+ WHERE id = $1
+
 -- finished_children --
 -- Steps waiting on a child run that has finished, for the sweep to complete (each
 -- completion is fenced on the attempt, so two replicas sweeping at once do no harm).

@@ -225,9 +225,13 @@ async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
     assert "call refused" in logged and credential[4:] not in logged
 
 
-async def test_a_plan_step_runs_its_planners_definition(setup: Setup) -> None:
+async def test_a_plan_step_runs_its_planners_definition(setup: Setup, database_url: str) -> None:
     stub = setup.stub
-    planned = {"agents": ["echo", "echo"], "input": "${run.input.topic}"}
+    planned = {
+        "agents": ["echo", "echo"],
+        "input": "${run.input.topic}",
+        "usage": {"input_tokens": 30, "output_tokens": 4, "cost_usd": 0.5},
+    }
     started = await start_run(
         stub,
         inline=plan([{"id": "p", "plan": {"agent": "planner"}, "input": planned}]),
@@ -243,6 +247,19 @@ async def test_a_plan_step_runs_its_planners_definition(setup: Setup) -> None:
     # The child's output (its sink step-2's) becomes the step's output.
     assert plain(step.output) == plain(child.output)
     assert plain(step.output) == {"step-2": {"echo": {"value": {"echo": {"value": "agents"}}}}}
+    # The planner's usage stays on the step's attempt, its step and its run.
+    assert (step.usage.input_tokens, step.usage.output_tokens) == (30, 4)
+    assert (run.usage.input_tokens, run.usage.cost_usd) == (30, 0.5)
+    connection = await asyncpg.connect(database_url)
+    try:
+        attempt = await connection.fetchrow(
+            "SELECT input_tokens, model, ended_at IS NOT NULL AS ended FROM step_attempts"
+            " WHERE run_id = $1::uuid AND step_id = 'p'",
+            run.id,
+        )
+    finally:
+        await connection.close()
+    assert attempt is not None and tuple(attempt) == (30, "echo-model", True)
 
 
 async def test_an_invalid_plan_fails_the_step_with_its_violations(setup: Setup) -> None:

@@ -12,7 +12,8 @@ keeps the attempt running afterwards (the child run is cancelled when the attemp
 
 :func:`planner_agent` is the planner of a ``plan`` step: from ``input.agents`` (agent
 names) it writes a chain, one step per agent, the first given ``input.input`` and each
-next one the previous step's output; ``input.plan``, when given, is returned as it is.
+next one the previous step's output; ``input.plan``, when given, is returned as it is;
+``input.usage`` is reported as the planner's usage (as by the echo example agent).
 
 As a process: ``python -m podium.client.examples.orchestrator [--port N]`` serves both
 on 127.0.0.1 and prints ``{"orchestrator": "127.0.0.1:PORT", "planner": ...}``.
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from podium.client.agent import Agent, Skill, Task, TaskFailed, wait_for_shutdown_signal
+from podium.client.examples.agents import report_usage
 from podium.client.values import message_to_data
 from podium.orchestration.v1 import run_pb2
 
@@ -67,6 +69,7 @@ def planner_agent(name: str = "planner") -> Agent:
     """The planner of a ``plan`` step (module docstring)."""
 
     async def plan(task: Task) -> dict[str, Any]:
+        report_usage(task)  # input.usage, as the echo agent reports it
         given = task.input.get("plan")
         if isinstance(given, dict):
             return given

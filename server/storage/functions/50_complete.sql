@@ -63,8 +63,10 @@ BEGIN
         IF p_input_tokens + p_output_tokens > 0 OR p_cost_usd > 0 OR p_model <> '' THEN
             -- The attempt's usage (a parked or skipped step: rare), fenced like the rest.
             UPDATE step_attempts a
-               SET input_tokens = p_input_tokens, output_tokens = p_output_tokens,
-                   cost_usd = p_cost_usd, model = coalesce(p_model, '')
+               SET input_tokens = a.input_tokens + p_input_tokens,
+                   output_tokens = a.output_tokens + p_output_tokens,
+                   cost_usd = a.cost_usd + p_cost_usd,
+                   model = coalesce(nullif(p_model, ''), a.model)
               FROM orchestration_steps s
              WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
                AND s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
@@ -93,9 +95,11 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Added: a plan step's attempt holds its planner's usage already (add_attempt_usage).
     UPDATE step_attempts
-       SET ended_at = now(), error = p_error, input_tokens = p_input_tokens,
-           output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = coalesce(p_model, '')
+       SET ended_at = now(), error = p_error, input_tokens = input_tokens + p_input_tokens,
+           output_tokens = output_tokens + p_output_tokens, cost_usd = cost_usd + p_cost_usd,
+           model = coalesce(nullif(p_model, ''), model)
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt
     RETURNING credential_hash IS NOT NULL INTO v_credential;
     IF v_credential THEN  -- runs its agent started end with the attempt (30_runs.sql)
