@@ -23,6 +23,7 @@ from podium.server.engine.cache import cache_scope, caching_requested
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.delayed import delayed_start, start_time_violations
 from podium.server.engine.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -256,6 +257,11 @@ class RunService:
                 f"ORCHESTRATION_MAX_RUNS_PER_STEP={self._settings.max_runs_per_step} runs",
                 reason="STEP_RUN_LIMIT",
                 metadata=metadata,
+            )
+        if status == "request_id_taken":
+            raise AlreadyExists(
+                "the request_id is taken by another run of the organization; use another",
+                reason="REQUEST_ID_TAKEN",
             )
         if stored is None:
             raise FailedPrecondition(

@@ -302,8 +302,9 @@ class RunsRepository:
         of that step (the step does not wait for it), in one transaction fenced on the
         step's attempt. Returns ``("created", run)`` (``created`` False on a known
         ``request_id``), ``("fenced", None)`` when the step no longer runs that attempt,
-        ``("too_deep", None)`` past ``max_depth`` or ``("too_many", None)`` when the step
-        already started ``max_runs`` runs."""
+        ``("too_deep", None)`` past ``max_depth``, ``("too_many", None)`` when the step
+        already started ``max_runs`` runs, or ``("request_id_taken", None)`` when the
+        ``request_id`` names a run that is not a child of the step."""
         parent_id, step_id, _ = parent_step
         async with self._db.transaction() as conn:
             status, parent = await self._lock_parent_step(
@@ -322,6 +323,8 @@ class RunsRepository:
         if not row["created"]:
             found = await self.get_with_steps(run.organization_id, row["run_id"])
             assert found is not None
+            if (found[0].parent_run_id, found[0].parent_step_id) != (parent_id, step_id):
+                return "request_id_taken", None  # by a run the step may not see
             return "created", CreatedRun(*found, created=False)
         return "created", CreatedRun(
             created_run(child, row), created_steps(child, row), [], [], True

@@ -176,13 +176,16 @@ async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     stub, holder = setup.stub, setup.holder
-    started = await start_run(stub, inline=plan([{"id": "h", "agent": "holder"}]))
+    started = await start_run(
+        stub, inline=plan([{"id": "h", "agent": "holder"}]), request_id="admin-run"
+    )
     await asyncio.wait_for(holder.started.wait(), 30)
     credential = holder.credentials[0]
     assert credential.startswith("pds_")
     async with bearer_channel(setup.server.address, credential) as channel:
         as_step = pb_grpc.OrchestrationServiceStub(channel)
-        child = await start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}]))
+        echo = plan([{"id": "e", "agent": "echo"}])
+        child = await start_run(as_step, inline=echo, request_id="mine")
         assert child.run.parent_run_id == started.run.id
         assert child.run.parent_step_id == "h"
         done = await wait_for_run(as_step, child.run.id)  # it reads its own child runs
@@ -198,6 +201,12 @@ async def test_the_credential_is_scoped_to_its_step_and_ends_with_the_attempt(
             start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}]), start=False)
         )
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # A request_id names its own run again, never another run of the organization.
+        again = await start_run(as_step, inline=echo, request_id="mine")
+        assert again.existing and again.run.id == child.run.id
+        error = await rpc_error(start_run(as_step, inline=echo, request_id="admin-run"))
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert started.run.id not in (error.details() or "")
         # ORCHESTRATION_MAX_RUNS_PER_STEP=2: a second run, not a third.
         await start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}]))
         error = await rpc_error(start_run(as_step, inline=plan([{"id": "e", "agent": "echo"}])))
