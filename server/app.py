@@ -324,15 +324,16 @@ class PodiumServer:
             # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
             MalformedRequestInterceptor(),
         ]
-        if self.settings.auth_required:
-            # Before the malformed-request check: an unauthenticated caller learns nothing.
-            interceptors.insert(
-                1,
-                AuthInterceptor(
-                    lambda: self.engine,
-                    {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
-                ),
-            )
+        # Before the malformed-request check: an unauthenticated caller learns nothing.
+        # With authentication off it checks only step credentials (api/auth.py).
+        interceptors.insert(
+            1,
+            AuthInterceptor(
+                lambda: self.engine,
+                {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
+                steps_only=not self.settings.auth_required,
+            ),
+        )
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))
         return interceptors

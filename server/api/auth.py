@@ -19,8 +19,9 @@
    servicer scopes the call to the principal's organization (:func:`organization_of`).
 
 Keys never appear in a message, a log line or a metric: refusals name the reason, never
-the key. The interceptor is installed only when authentication is on
-(``Settings.auth_required``); without it every call acts for
+the key. With authentication off (``Settings.auth_required`` false) the interceptor is
+installed with ``steps_only``: it checks only calls that bring a step credential (so
+runs agents start stay linked to their steps), and every other call acts for
 ``PODIUM_DEFAULT_ORGANIZATION``.
 """
 
@@ -194,9 +195,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self,
         engine: Callable[[], Engine],
         identities: Mapping[str, tuple[str, str]] | None = None,
+        *,
+        steps_only: bool = False,
     ) -> None:
         self._engine = engine
         self._identities = identities or {}
+        self._steps_only = steps_only
 
     async def _principal(self, context: Any, method: str) -> Principal:
         try:
@@ -274,6 +278,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         full_method = handler_call_details.method
         if handler is None or not full_method.startswith(_PREFIX):
             return handler  # Health, reflection and unknown methods are not checked.
+        if self._steps_only:  # authentication off: only step credentials are checked
+            key, _ = bearer_key(handler_call_details.invocation_metadata)
+            if key is None or not is_step_credential(key):
+                return handler
         method = full_method.removeprefix(_PREFIX)
         deserializer = handler.request_deserializer
         serializer = handler.response_serializer

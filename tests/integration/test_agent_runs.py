@@ -338,3 +338,29 @@ async def test_agent_started_runs_nest_no_deeper_than_the_limit(setup: Setup) ->
     assert depth_2.parent_run_id == depth_1.id
     error = step_of(depth_2, "work").error
     assert "MAX_DEPTH_EXCEEDED" in error.message, describe(depth_2)
+
+
+async def test_agent_started_runs_are_linked_with_authentication_off(
+    start_server: StartServer,
+) -> None:
+    orchestrator = await orchestrator_agent().serve("127.0.0.1:0")
+    echo = await echo_agent().serve("127.0.0.1:0")
+    try:
+        agents = f"orchestrator={orchestrator.address},echo={echo.address}"
+        server = await start_server(agents=agents)  # PODIUM_AUTH=disabled
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            step_input = {"plan": child_plan("echo", {"n": 1}), "wait": True}
+            started = await start_run(
+                stub, inline=plan([{"id": "o", "agent": "orchestrator", "input": step_input}])
+            )
+            run = await wait_for_run(stub, started.run.id)
+            assert run.state == Run.STATE_SUCCEEDED, describe(run)
+            child = await get_run(stub, plain(step_of(run, "o").output)["run_id"])
+            assert (child.parent_run_id, child.parent_step_id) == (run.id, "o")
+            # A made-up credential is refused even so; no credential acts as before.
+            fake = [("authorization", "Bearer pds_" + "0" * 64)]
+            error = await rpc_error(stub.GetRun(pb.GetRunRequest(run_id=run.id), metadata=fake))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await asyncio.gather(orchestrator.stop(0), echo.stop(0))
