@@ -12,6 +12,7 @@ from podium.server.engine.agents import AgentService
 from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
+from podium.server.engine.child_runs import ChildRuns
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
@@ -63,6 +64,9 @@ class Engine:
         runs = RunsRepository(db)
         agents = AgentsRepository(db)
         self.runs = RunService(runs, self.definitions, settings, agents)
+        self.child_runs = ChildRuns(
+            runs, self.definitions, settings, self.runs.effective_max_parallel
+        )
         self.schedules = ScheduleService(
             SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
         )
@@ -117,14 +121,14 @@ class Engine:
                 poll_interval_seconds=settings.poll_interval_seconds,
                 default_timeout_seconds=settings.default_step_timeout_seconds,
             ),
-            start_child=self.runs.start_child,
+            start_child=self.child_runs.start_child,
             approvals=approvals,
             cache=self.step_cache,
             timers=external_events,
         )
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
-        self.scheduler.executor.start_plan = self.runs.start_plan
+        self.scheduler.executor.start_plan = self.child_runs.start_plan
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
         if settings.start_run_rate is not None:

@@ -44,7 +44,7 @@ __all__ = ["StartChild", "StartPlan", "StepExecutor"]
 
 
 class StartChild(Protocol):
-    """Starts the child run of a sub-orchestration step; see ``RunService.start_child``."""
+    """Starts the child run of a sub-orchestration step; see ``ChildRuns.start_child``."""
 
     def __call__(
         self,
@@ -60,7 +60,7 @@ class StartChild(Protocol):
 
 class StartPlan(Protocol):
     """Starts the child run of a plan step from its planner's output; see
-    ``RunService.start_plan``."""
+    ``ChildRuns.start_plan``."""
 
     def __call__(
         self,
@@ -113,7 +113,7 @@ class StepExecutor:
         (``RunsRepository.budget_gate``: ``ok``, ``paused``, ``failed``, ``stale``); set
         by the engine."""
         self.start_plan: StartPlan | None = None
-        """Starts the child run of a ``plan`` step (``RunService.start_plan``); set by
+        """Starts the child run of a ``plan`` step (``ChildRuns.start_plan``); set by
         the engine."""
         self.podium_address = ""
         """Sent with each agent call as ``podium_address``; set by the server."""
