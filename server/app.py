@@ -72,6 +72,9 @@ from podium.server.tls import ReloadingServerCredentials, ServerTls
 
 log = logging.getLogger("podium.server")
 
+_WILDCARDS = ("", "0.0.0.0", "[::]", "::")
+"""Listen hosts that are no address an agent could call back."""
+
 QUEUE_DEPTH_LIMIT = 100_000
 """The queue-depth gauge counts at most this many queued steps (a bounded query)."""
 
@@ -300,6 +303,10 @@ class PodiumServer:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         self._engine = Engine(self._db, direct_dsn, self.settings)
+        # Where agents reach this server with their step credentials.
+        self._engine.scheduler.executor.podium_address = self.settings.agent_callback_address or (
+            "" if self.settings.listen_address.rpartition(":")[0] in _WILDCARDS else self.address
+        )
         self._instrument(self._engine)
         await self._engine.start()
 
@@ -317,15 +324,16 @@ class PodiumServer:
             # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
             MalformedRequestInterceptor(),
         ]
-        if self.settings.auth_required:
-            # Before the malformed-request check: an unauthenticated caller learns nothing.
-            interceptors.insert(
-                1,
-                AuthInterceptor(
-                    lambda: self.engine,
-                    {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
-                ),
-            )
+        # Before the malformed-request check: an unauthenticated caller learns nothing.
+        # With authentication off it checks only step credentials (api/auth.py).
+        interceptors.insert(
+            1,
+            AuthInterceptor(
+                lambda: self.engine,
+                {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
+                steps_only=not self.settings.auth_required,
+            ),
+        )
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))
         return interceptors

@@ -511,6 +511,27 @@ class Settings:
         "that would start a deeper one fails with MAX_DEPTH_EXCEEDED.",
         5,
     )
+    agent_callback_address: str | None = _setting(
+        "PODIUM_AGENT_CALLBACK_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT at which agents reach this server's gRPC API, sent with every agent "
+        "call (ExecuteTaskRequest.podium_address). Unset: the listen address, unless its "
+        "host is a wildcard (then none is sent).",
+    )
+    max_runs_per_step: int = _setting(
+        "ORCHESTRATION_MAX_RUNS_PER_STEP",
+        _parse_int(1, 100_000),
+        "Most runs an agent may start with one step attempt's credential; StartRun "
+        "answers RESOURCE_EXHAUSTED (STEP_RUN_LIMIT) past it.",
+        100,
+    )
+    max_plan_steps: int = _setting(
+        "ORCHESTRATION_MAX_PLAN_STEPS",
+        _parse_int(1, 100_000),
+        "Most steps in the definition a `plan` step's planner returns; a larger plan fails "
+        "the step with PLAN_TOO_LARGE (not retried).",
+        100,
+    )
     for_each_max_items: int = _setting(
         "ORCHESTRATION_FOR_EACH_MAX_ITEMS",
         _parse_int(1, 1_000_000),

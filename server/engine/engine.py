@@ -12,6 +12,7 @@ from podium.server.engine.agents import AgentService
 from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
+from podium.server.engine.child_runs import ChildRuns
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
@@ -23,6 +24,7 @@ from podium.server.engine.scheduler import Scheduler, SchedulerConfig
 from podium.server.engine.schedules import ScheduleService
 from podium.server.engine.sizes import response_budget
 from podium.server.engine.start_rate import StartRateLimiter
+from podium.server.engine.step_credentials import StepCredentials
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
@@ -55,7 +57,9 @@ class Engine:
             self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
         except ValueError as exc:
             raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
-        self.api_keys = ApiKeyService(ApiKeysRepository(db), settings.auth_cache_seconds)
+        keys = ApiKeysRepository(db)
+        self.api_keys = ApiKeyService(keys, settings.auth_cache_seconds)
+        self.step_credentials = StepCredentials(keys)
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )
@@ -65,6 +69,9 @@ class Engine:
         self.policies = RoutingPolicies(PolicyRepository(db), settings.routing_policy_cache_seconds)
         self.definitions.policies = self.policies
         self.runs.policies = self.policies
+        self.child_runs = ChildRuns(
+            runs, self.definitions, settings, self.runs.effective_max_parallel
+        )
         self.schedules = ScheduleService(
             SchedulesRepository(db, runs), self.runs, settings.schedule_misfire_grace_seconds
         )
@@ -119,7 +126,7 @@ class Engine:
                 poll_interval_seconds=settings.poll_interval_seconds,
                 default_timeout_seconds=settings.default_step_timeout_seconds,
             ),
-            start_child=self.runs.start_child,
+            start_child=self.child_runs.start_child,
             approvals=approvals,
             cache=self.step_cache,
             timers=external_events,
@@ -127,6 +134,7 @@ class Engine:
         self.scheduler.executor.fanout = FanOut(runs, settings)
         self.scheduler.executor.budget_gate = runs.budget_gate
         self.scheduler.executor.routing = self.policies
+        self.scheduler.executor.start_plan = self.child_runs.start_plan
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
         if settings.start_run_rate is not None:

@@ -34,18 +34,18 @@ from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
-from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
+from podium.server.storage.runs import AttemptUsage, ClaimedStep, FinishedChild, StepOutcome
 from podium.server.storage.steps import CheckpointWhen, Outcome, StepError
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
 
-__all__ = ["StartChild", "StepExecutor"]
+__all__ = ["StartChild", "StartPlan", "StepExecutor"]
 
 
 class StartChild(Protocol):
-    """Starts the child run of a sub-orchestration step; see ``RunService.start_child``."""
+    """Starts the child run of a sub-orchestration step; see ``ChildRuns.start_child``."""
 
     def __call__(
         self,
@@ -57,6 +57,32 @@ class StartChild(Protocol):
         *,
         bypass_cache: bool = False,
     ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+class StartPlan(Protocol):
+    """Starts the child run of a plan step from its planner's output; see
+    ``ChildRuns.start_plan``."""
+
+    def __call__(
+        self,
+        parent: StepKey,
+        organization_id: str,
+        planned: Any,
+        child_input: Any,
+        trace_context: Mapping[str, str] | None,
+        usage: AttemptUsage | None = None,
+    ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+_CHILD_ERRORS = {
+    "too_deep": "MAX_DEPTH_EXCEEDED",
+    "not_found": "DEFINITION_NOT_FOUND",
+    "invalid_input": "INVALID_CHILD_INPUT",
+    "invalid_plan": "INVALID_PLAN",
+    "plan_too_large": "PLAN_TOO_LARGE",
+}
+"""The error code of a child run that could not start, by ``start_child`` /
+``start_plan`` status (any other: DEFINITION_ARCHIVED)."""
 
 
 class StepExecutor:
@@ -90,6 +116,11 @@ class StepExecutor:
         self.routing: RoutingPolicies | None = None
         """Checks an agent or skill step against the routing policies before dispatch
         (``engine/policies.py``); set by the engine."""
+        self.start_plan: StartPlan | None = None
+        """Starts the child run of a ``plan`` step (``ChildRuns.start_plan``); set by
+        the engine."""
+        self.podium_address = ""
+        """Sent with each agent call as ``podium_address``; set by the server."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -211,7 +242,8 @@ class StepExecutor:
         except BaseException:
             cache.release_later(found)
             raise
-        await cache.release(found, outcome.output if outcome.outcome == Outcome.SUCCEEDED else None)
+        succeeded = outcome is not None and outcome.outcome == Outcome.SUCCEEDED
+        await cache.release(found, outcome.output if outcome is not None and succeeded else None)
         return outcome
 
     def _timeout(self, step: ClaimedStep) -> tuple[float, str]:
@@ -228,7 +260,7 @@ class StepExecutor:
             )
         return self._default_timeout, "the server's ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS"
 
-    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:
+    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome | None:
         if step.endpoint is None:
             if step.skill:
                 message = f"no registered agent offers skill {step.skill!r}"
@@ -249,7 +281,11 @@ class StepExecutor:
             definition_name=step.definition_name or "",
             definition_version=step.definition_version or 0,
             skill=step.skill or "",
+            podium_address=self.podium_address,
         )
+        if step.credential:
+            # Made by the claim, valid while this attempt runs (engine/step_credentials.py).
+            request.credential = step.credential
         answer = step.spec.answer_for(step.attempt)
         resume_task_id = ""
         if answer is not None:
@@ -284,6 +320,8 @@ class StepExecutor:
                     output_tokens=result.usage.output_tokens if result.usage else None,
                 )
         if isinstance(result, TaskSucceeded):
+            if step.spec.plan is not None:
+                return await self._run_plan(step, resolved, result)
             return self._outcomes.outcome(
                 step, output=result.output, resolved=resolved, result=result
             )
@@ -325,7 +363,7 @@ class StepExecutor:
             return self._outcomes.outcome(
                 step, resolved=resolved, error=StepError("UNSUPPORTED", message, False)
             )
-        status, child, message = await self._start_child(
+        started = await self._start_child(
             (step.run_id, step.step_id, step.attempt),
             step.organization_id,
             target.to_json(),
@@ -333,6 +371,18 @@ class StepExecutor:
             step.trace_context,
             bypass_cache=bool(step.spec.bypass_cache),
         )
+        return self._child_started(step, resolved, started, None)
+
+    def _child_started(
+        self,
+        step: ClaimedStep,
+        resolved: Any,
+        started: tuple[str, uuid.UUID | None, str],
+        planner: TaskSucceeded | None,
+    ) -> StepOutcome | None:
+        """None when the child run ``started`` (the step waits for it) or the attempt was
+        stale; otherwise the step fails (not retried) with why the child did not start."""
+        status, child, message = started
         if status == "created":
             log.info(
                 "child run started",
@@ -341,14 +391,33 @@ class StepExecutor:
             return None
         if status == "fenced":
             return None
-        code = {
-            "too_deep": "MAX_DEPTH_EXCEEDED",
-            "not_found": "DEFINITION_NOT_FOUND",
-            "invalid_input": "INVALID_CHILD_INPUT",
-        }.get(status, "DEFINITION_ARCHIVED")
+        code = _CHILD_ERRORS.get(status, "DEFINITION_ARCHIVED")
         return self._outcomes.outcome(
-            step, resolved=resolved, error=StepError(code, message, False)
+            step, resolved=resolved, result=planner, error=StepError(code, message, False)
         )
+
+    async def _run_plan(
+        self, step: ClaimedStep, resolved: Any, planner: TaskSucceeded
+    ) -> StepOutcome | None:
+        """A plan step's planner answered: start its output (a definition) as the step's
+        child run; None when it started (the step waits for it, as a sub-orchestration
+        does) or the attempt is stale. An invalid plan fails the step (not retried)."""
+        if self.start_plan is None:
+            message = "plan steps are not enabled on this replica"
+            error = StepError("UNSUPPORTED", message, False)
+            return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
+        used = planner.usage
+        started = await self.start_plan(
+            (step.run_id, step.step_id, step.attempt),
+            step.organization_id,
+            planner.output,
+            resolved,
+            step.trace_context,
+            None
+            if used is None
+            else (used.input_tokens, used.output_tokens, used.cost_usd, used.model),
+        )
+        return self._child_started(step, resolved, started, planner)
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""

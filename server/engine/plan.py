@@ -112,7 +112,9 @@ def build_steps(
                 # Every step starts pending; podium_start_run queues those without
                 # dependencies when the run starts (at once, or on ContinueRun).
                 state="pending",
-                agent=step.agent if target == "agent" else None,
+                agent=step.agent
+                if target == "agent"
+                else (step.plan.agent if target == "plan" else None),
                 skill=step.skill if target == "skill" else None,
                 depends_on=list(step.depends_on),
                 spec=spec,

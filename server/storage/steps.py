@@ -52,6 +52,7 @@ __all__ = [
     "MAX_ERROR_MESSAGE_CHARS",
     "FailurePolicy",
     "OrchestrationTarget",
+    "PlanTarget",
     "OnTimeout",
     "Outcome",
     "Rollback",
@@ -311,6 +312,21 @@ class OrchestrationTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanTarget:
+    """``plan``: the planner agent whose output (a definition) a plan step runs as its
+    child run."""
+
+    agent: str
+
+    def to_json(self) -> Json:
+        return {"agent": self.agent}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanTarget:
+        return cls(agent=str(data.get("agent", "")))
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """``answer``, written by the decision on an ``input_required`` approval: the input
     that attempt ``attempt`` sends to the A2A task ``task_id`` (which asked for it)."""
@@ -350,6 +366,7 @@ _KNOWN = frozenset(
         "skill",
         "routing",
         "orchestration",
+        "plan",
         "depends_on",
         "input",
         "checkpoint",
@@ -408,6 +425,7 @@ class StepSpec:
     agent: str | None = None
     skill: str | None = None
     orchestration: OrchestrationTarget | None = None
+    plan: PlanTarget | None = None
     depends_on: tuple[str, ...] | None = None
     input: Any = None
     """The step's input template (``${...}`` references unresolved)."""
@@ -503,6 +521,8 @@ class StepSpec:
         _put(out, "skill", self.skill)
         if self.orchestration is not None:
             out["orchestration"] = self.orchestration.to_json()
+        if self.plan is not None:
+            out["plan"] = self.plan.to_json()
         _put(out, "depends_on", None if self.depends_on is None else list(self.depends_on))
         _put(out, "input", self.input)
         if self.checkpoint is not None:
@@ -549,6 +569,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :class:`StepSpec` for the spec JSON ``data``."""
     get = data.get
     orchestration = get("orchestration")
+    plan = get("plan")
     checkpoint = get("checkpoint")
     on_failure = get("on_failure")
     rollback = get("rollback")
@@ -573,6 +594,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(orchestration, dict)
             else None
         ),
+        plan=PlanTarget.from_json(plan) if isinstance(plan, dict) else None,
         depends_on=None if depends_on is None else tuple(depends_on),
         input=get("input"),
         checkpoint=CheckpointPolicy.from_json(checkpoint) if isinstance(checkpoint, dict) else None,

@@ -545,6 +545,7 @@ class ListRunsRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum results per page; 0 means 50, capped at 500."""
     page_token: _builtins.str
@@ -556,6 +557,11 @@ class ListRunsRequest(_message.Message):
     view: _run_pb2.RunView.ValueType
     """How much of each run to return; unspecified means RUN_VIEW_BASIC (no input,
     output, metadata or plan).
+    """
+    parent_step_id: _builtins.str
+    """Only child runs started by this step of `parent_run_id` (required with it): its
+    sub-orchestration, for_each items, plan, and the runs its agent started with its
+    credential.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.Run.State.ValueType]:
@@ -575,10 +581,11 @@ class ListRunsRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         parent_run_id: _builtins.str = ...,
         view: _run_pb2.RunView.ValueType = ...,
+        parent_step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "states", b"states", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "states", b"states", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
