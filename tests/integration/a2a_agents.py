@@ -20,25 +20,37 @@ behaviour is chosen by the step input's ``mode``:
 
 ``A2AAgent.requests`` records each request context (task id, context id, metadata,
 input) seen by the executor.
+
+:func:`serve_a2a_http` serves the same agent on an HTTP binding (``JSONRPC`` or
+``HTTP+JSON``: a2a-sdk's Starlette routes under uvicorn, on 127.0.0.1:0), with its agent
+card at ``/.well-known/agent-card.json`` listing that interface; ``cut`` ends the event
+stream after the first artifact update there too (:class:`CuttingRequestHandler`), and
+``A2AAgent.card_reads`` counts the card's reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+import contextlib
+import socket
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import uvicorn
 from a2a.compat.v0_3 import a2a_v0_3_pb2, a2a_v0_3_pb2_grpc
 from a2a.compat.v0_3.grpc_handler import CompatGrpcHandler
 from a2a.helpers.proto_helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import json_format, struct_pb2
+from starlette.applications import Starlette
 
 Part = a2a_pb2.Part
 
@@ -103,6 +115,14 @@ class ScriptedExecutor(AgentExecutor):
         await updater.start_work(
             updater.new_agent_message([Part(text="thinking")], metadata={"fraction": 0.25})
         )
+        if mode == "status_fraction":
+            # The fraction in the status update's own metadata, not the message's.
+            await updater.update_status(
+                a2a_pb2.TASK_STATE_WORKING,
+                updater.new_agent_message([Part(text="halfway")]),
+                metadata={"fraction": 0.5},
+            )
+            await updater.complete()
         if mode == "ok":
             await updater.add_artifact([Part(text="Hello, ")], artifact_id="answer", name="answer")
             await updater.add_artifact(
@@ -228,6 +248,53 @@ class CuttingCompatHandler(CompatGrpcHandler):
             yield item
 
 
+def _mode(message: a2a_pb2.Message) -> str:
+    for part in message.parts:
+        if part.WhichOneof("content") == "data":
+            fields = part.data.struct_value.fields
+            return fields["mode"].string_value if "mode" in fields else ""
+    return ""
+
+
+class CuttingRequestHandler(DefaultRequestHandler):
+    """The SDK's request handler under the HTTP routes, with :class:`CuttingHandler`'s
+    ``cut`` behaviour: the event stream ends after its first artifact update, and a
+    subscription releases the executor once its first event was sent."""
+
+    def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    async def on_message_send_stream(
+        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Any]:
+        mode = _mode(params.message)
+        async for event in super().on_message_send_stream(params, context):
+            yield event
+            if mode == "cut" and isinstance(event, a2a_pb2.TaskArtifactUpdateEvent):
+                self.agent.cuts += 1
+                return
+
+    async def on_subscribe_to_task(
+        self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Any]:
+        self.agent.subscriptions += 1
+        first = True
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
+            if first:
+                first = False
+                self.agent.resubscribed.set()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers (the test process keeps its own)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class A2AAgent:
     """A running test A2A agent."""
@@ -235,6 +302,10 @@ class A2AAgent:
     server: grpc.aio.Server | None = None
     port: int = 0
     version: str = "1.0"
+    binding: str = "GRPC"
+    http: _Uvicorn | None = None
+    http_task: asyncio.Task[None] | None = None
+    card_reads: int = 0
     requests: list[Seen] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -246,20 +317,32 @@ class A2AAgent:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def card_url(self) -> str:
+        return f"{self.base_url}/.well-known/agent-card.json"
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(0)
+        if self.http is not None and self.http_task is not None:
+            self.http.should_exit = True
+            self.http.force_exit = True
+            await self.http_task
 
 
-def agent_card(version: str = "1.0") -> a2a_pb2.AgentCard:
+def agent_card(
+    version: str = "1.0", binding: str = "GRPC", url: str = "127.0.0.1"
+) -> a2a_pb2.AgentCard:
     return a2a_pb2.AgentCard(
         name="scripted",
         description="a scripted A2A test agent",
         version="1.0.0",
         supported_interfaces=[
-            a2a_pb2.AgentInterface(
-                url="127.0.0.1", protocol_binding="GRPC", protocol_version=version
-            )
+            a2a_pb2.AgentInterface(url=url, protocol_binding=binding, protocol_version=version)
         ],
         capabilities=a2a_pb2.AgentCapabilities(streaming=True),
         default_input_modes=["application/json"],
@@ -289,4 +372,48 @@ async def serve_a2a(*, version: str = "1.0") -> A2AAgent:
     agent.port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     agent.server = server
+    return agent
+
+
+HTTP_BINDINGS = ("JSONRPC", "HTTP+JSON")
+"""The HTTP bindings :func:`serve_a2a_http` serves (to parametrize tests over)."""
+
+
+async def serve_a2a_http(binding: str, *, card_binding: str | None = None) -> A2AAgent:
+    """Start the test agent (A2A 1.0) on the HTTP ``binding`` (one of
+    :data:`HTTP_BINDINGS`) under uvicorn on 127.0.0.1:0, its card at
+    ``/.well-known/agent-card.json``. ``card_binding`` lists another binding on the
+    card instead (a card naming one Podium cannot call)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    agent = A2AAgent(version="1.0", binding=binding, port=port)
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/a2a" if binding == "JSONRPC" else f"{base}/rest"
+    card = agent_card("1.0", card_binding or binding, url)
+    handler = CuttingRequestHandler(
+        agent,
+        agent_executor=ScriptedExecutor(agent),
+        task_store=InMemoryTaskStore(),
+        agent_card=card,
+    )
+    routes = (
+        create_jsonrpc_routes(handler, "/a2a")
+        if binding == "JSONRPC"
+        else create_rest_routes(handler, path_prefix="/rest")
+    )
+
+    async def count_card(served: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
+        agent.card_reads += 1
+        return served
+
+    app = Starlette(routes=[*create_agent_card_routes(card, card_modifier=count_card), *routes])
+    server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    agent.http = server
+    agent.http_task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if agent.http_task.done():
+            await agent.http_task
+        await asyncio.sleep(0.01)
     return agent
