@@ -306,6 +306,7 @@ class A2AAgent:
     http: _Uvicorn | None = None
     http_task: asyncio.Task[None] | None = None
     card_reads: int = 0
+    card_port: int = 0
     requests: list[Seen] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -319,7 +320,7 @@ class A2AAgent:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://127.0.0.1:{self.card_port or self.port}"
 
     @property
     def card_url(self) -> str:
@@ -379,14 +380,38 @@ HTTP_BINDINGS = ("JSONRPC", "HTTP+JSON")
 """The HTTP bindings :func:`serve_a2a_http` serves (to parametrize tests over)."""
 
 
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def _serve_http(
+    agent: A2AAgent, sock: socket.socket, card: a2a_pb2.AgentCard, routes: list[Any]
+) -> None:
+    """Serve ``routes`` and ``card`` (counting its reads) under uvicorn on ``sock``."""
+
+    async def count_card(served: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
+        agent.card_reads += 1
+        return served
+
+    app = Starlette(routes=[*create_agent_card_routes(card, card_modifier=count_card), *routes])
+    server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    agent.http = server
+    agent.http_task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if agent.http_task.done():
+            await agent.http_task
+        await asyncio.sleep(0.01)
+
+
 async def serve_a2a_http(binding: str, *, card_binding: str | None = None) -> A2AAgent:
     """Start the test agent (A2A 1.0) on the HTTP ``binding`` (one of
     :data:`HTTP_BINDINGS`) under uvicorn on 127.0.0.1:0, its card at
     ``/.well-known/agent-card.json``. ``card_binding`` lists another binding on the
     card instead (a card naming one Podium cannot call)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock = _bound_socket()
     port = sock.getsockname()[1]
     agent = A2AAgent(version="1.0", binding=binding, port=port)
     base = f"http://127.0.0.1:{port}"
@@ -403,17 +428,15 @@ async def serve_a2a_http(binding: str, *, card_binding: str | None = None) -> A2
         if binding == "JSONRPC"
         else create_rest_routes(handler, path_prefix="/rest")
     )
+    await _serve_http(agent, sock, card, list(routes))
+    return agent
 
-    async def count_card(served: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
-        agent.card_reads += 1
-        return served
 
-    app = Starlette(routes=[*create_agent_card_routes(card, card_modifier=count_card), *routes])
-    server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    agent.http = server
-    agent.http_task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if agent.http_task.done():
-            await agent.http_task
-        await asyncio.sleep(0.01)
+async def serve_a2a_card(version: str = "1.0") -> A2AAgent:
+    """The gRPC test agent of :func:`serve_a2a`, with its card also served over HTTP
+    (``base_url``), listing its gRPC interface."""
+    agent = await serve_a2a(version=version)
+    sock = _bound_socket()
+    agent.card_port = sock.getsockname()[1]
+    await _serve_http(agent, sock, agent_card(version, "GRPC", agent.endpoint), [])
     return agent
