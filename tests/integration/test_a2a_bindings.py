@@ -13,9 +13,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 
 from podium.agent.v1 import agent_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.orchestration.v1.agent_pb2 import Agent
+from podium.orchestration.v1.run_pb2 import Run, StepRun
 from podium.server.addresses import LOOPBACK
 from podium.server.agents.a2a import A2A_NOT_SERVED, TaskInputRequired
 from podium.server.agents.a2a_http import A2ACards
@@ -27,6 +32,19 @@ from tests.integration.a2a_agents import (
     A2AAgent,
     serve_a2a_card,
     serve_a2a_http,
+)
+from tests.integration.conftest import StartServer
+from tests.integration.rpc import violations
+from tests.integration.runs_helpers import (
+    all_events,
+    event_type,
+    plain,
+    plan,
+    start_run,
+    step_of,
+    struct,
+    wait_for_run,
+    wait_for_step,
 )
 
 DEADLINE = 30.0
@@ -143,9 +161,7 @@ async def test_failed_keeps_the_agent_code(
     assert (outcome.code, outcome.message, outcome.retryable) == ("BAD_INPUT", "boom", False)
 
 
-async def test_input_required_then_resume(
-    dispatcher: AgentDispatcher, a2a_agent: A2AAgent
-) -> None:
+async def test_input_required_then_resume(dispatcher: AgentDispatcher, a2a_agent: A2AAgent) -> None:
     conversation = str(uuid.uuid4())
     outcome, _ = await run(
         dispatcher, a2a_agent.card_url, {"mode": "input"}, conversation_id=conversation
@@ -175,9 +191,7 @@ async def test_cancel_sends_cancel_task(dispatcher: AgentDispatcher, a2a_agent: 
     assert a2a_agent.cancelled == [a2a_agent.requests[0].task_id]
 
 
-async def test_deadline_cancels_the_task(
-    dispatcher: AgentDispatcher, a2a_agent: A2AAgent
-) -> None:
+async def test_deadline_cancels_the_task(dispatcher: AgentDispatcher, a2a_agent: A2AAgent) -> None:
     outcome, _ = await run(dispatcher, a2a_agent.card_url, {"mode": "slow"}, timeout=2.0)
     assert isinstance(outcome, TaskFailed), outcome
     assert outcome.code == "DEADLINE_EXCEEDED"
@@ -242,3 +256,98 @@ async def test_agent_down(dispatcher: AgentDispatcher) -> None:
     outcome, _ = await run(dispatcher, url, {"mode": "ok"})
     assert isinstance(outcome, TaskFailed), outcome
     assert (outcome.code, outcome.retryable) == (AGENT_UNAVAILABLE, True)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+async def test_register_by_card_url_then_run_input_required(start_server: StartServer) -> None:
+    """RegisterAgent with a card URL reads the card (skills from it), and a run on the
+    JSON-RPC agent parks on its question and completes with ContinueRun's answer."""
+    agent = await serve_a2a_http("JSONRPC")
+    server = await start_server()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            registered = (
+                await stub.RegisterAgent(
+                    pb.RegisterAgentRequest(
+                        agent=Agent(
+                            name="remote", endpoint=agent.card_url, protocol=Agent.PROTOCOL_A2A
+                        )
+                    )
+                )
+            ).agent
+            assert (registered.endpoint, list(registered.skills)) == (agent.card_url, ["scripted"])
+            assert agent.card_reads == 1
+            inline = plan([{"id": "ask", "skill": "scripted", "input": {"mode": "input"}}])
+            run = (await start_run(stub, inline=inline)).run
+            await wait_for_step(stub, run.id, "ask", [StepRun.STATE_AWAITING_APPROVAL])
+            await stub.ContinueRun(
+                pb.ContinueRunRequest(run_id=run.id, input=struct({"city": "Oslo"}))
+            )
+            done = await wait_for_run(stub, run.id)
+            assert done.state == Run.STATE_SUCCEEDED, done
+            step = step_of(done, "ask")
+            assert plain(step.output) == {"city": "Oslo"}
+            first, second = agent.requests
+            assert (second.task_id, second.context_id) == (first.task_id, step.conversation_id)
+            # The card read at registration serves the calls (no re-read within 300 s).
+            assert agent.card_reads == 1
+    finally:
+        await agent.stop()
+
+
+async def test_register_refuses_unusable_card_urls(start_server: StartServer) -> None:
+    unusable = await serve_a2a_http("JSONRPC", card_binding="WEBSOCKET")
+    down = await serve_a2a_http("JSONRPC")
+    down_url = down.card_url
+    await down.stop()
+    server = await start_server()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            cases = {
+                unusable.card_url: "lists no interface Podium can call",
+                down_url: "cannot read the agent card",
+                "ftp://example.com/card.json": "expected HOST:PORT",
+                "http://user:pw@example.com/": "user information",
+            }
+            for url, reason in cases.items():
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await stub.RegisterAgent(
+                        pb.RegisterAgentRequest(
+                            agent=Agent(name="remote", endpoint=url, protocol=Agent.PROTOCOL_A2A)
+                        )
+                    )
+                assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, url
+                assert reason in violations(refused.value)["agent.endpoint"], url
+            # A card URL is for A2A agents only.
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RegisterAgent(
+                    pb.RegisterAgentRequest(agent=Agent(name="remote", endpoint=unusable.card_url))
+                )
+            assert "only A2A agents" in violations(refused.value)["agent.endpoint"]
+            listed = await stub.ListAgents(pb.ListAgentsRequest())
+            assert [a.name for a in listed.agents] == []
+    finally:
+        await unusable.stop()
+
+
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_static_agent_by_card_url_streams(start_server: StartServer, binding: str) -> None:
+    agent = await _serve(binding)
+    try:
+        server = await start_server(agents=f"scripted={agent.card_url};protocol=a2a")
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            inline = plan([{"id": "ask", "agent": "scripted", "input": {"mode": "ok"}}])
+            run = await wait_for_run(stub, (await start_run(stub, inline=inline)).run.id)
+            assert run.state == Run.STATE_SUCCEEDED, run
+            assert plain(step_of(run, "ask").output) == {"text": "Hello, world"}
+            events = await all_events(stub, run.id)
+            chunks = [e.output_chunk.text for e in events if event_type(e) == "step.output_chunk"]
+            assert "".join(chunks) == "Hello, world"
+            assert agent.requests[0].context_id == step_of(run, "ask").conversation_id
+    finally:
+        await agent.stop()
