@@ -9,8 +9,12 @@ to the agent, re-subscription after a cut stream."""
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -351,3 +355,74 @@ async def test_static_agent_by_card_url_streams(start_server: StartServer, bindi
             assert agent.requests[0].context_id == step_of(run, "ask").conversation_id
     finally:
         await agent.stop()
+
+
+# --------------------------------------------------------------------------- the example
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "python" / "a2a_agent.py"
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 free (the example serves gRPC on P + 1)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+        return int(port)
+    raise AssertionError("no two free consecutive ports")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["jsonrpc", "rest", "grpc"])
+async def test_the_documented_example_agent(start_server: StartServer, kind: str) -> None:
+    """docs/examples/python/a2a_agent.py in its own process on each binding, registered
+    by its card URL as docs/a2a.md shows: the answer, the progress fraction of the
+    status update's metadata, and its question answered with ContinueRun."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        kind,
+        "127.0.0.1",
+        str(_free_port_pair()),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), DEADLINE)
+        card_url = json.loads(line)["card_url"]
+        server = await start_server()
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            registered = await stub.RegisterAgent(
+                pb.RegisterAgentRequest(
+                    agent=Agent(name="shouter", endpoint=card_url, protocol=Agent.PROTOCOL_A2A)
+                )
+            )
+            assert list(registered.agent.skills) == ["shout"]
+            inline = plan([{"id": "ask", "skill": "shout", "input": {"text": "hi"}}])
+            run = await wait_for_run(stub, (await start_run(stub, inline=inline)).run.id)
+            assert run.state == Run.STATE_SUCCEEDED, run
+            assert plain(step_of(run, "ask").output) == {"text": "HI!"}
+            progress = [
+                (e.progress.message, e.progress.fraction)
+                for e in await all_events(stub, run.id)
+                if event_type(e) == "step.progress"
+            ]
+            assert progress == [("shouting", 0.5)]
+
+            inline = plan([{"id": "ask", "skill": "shout", "input": {}}])
+            asking = (await start_run(stub, inline=inline)).run
+            await wait_for_step(stub, asking.id, "ask", [StepRun.STATE_AWAITING_APPROVAL])
+            await stub.ContinueRun(
+                pb.ContinueRunRequest(run_id=asking.id, input=struct({"text": "later"}))
+            )
+            answered = await wait_for_run(stub, asking.id)
+            assert plain(step_of(answered, "ask").output) == {"text": "LATER!"}
+    finally:
+        process.terminate()
+        await process.wait()
