@@ -348,7 +348,9 @@ def agent_card(
         capabilities=a2a_pb2.AgentCapabilities(streaming=True),
         default_input_modes=["application/json"],
         default_output_modes=["text/plain"],
-        skills=[a2a_pb2.AgentSkill(id="scripted", name="scripted", description="tests")],
+        skills=[
+            a2a_pb2.AgentSkill(id="scripted", name="scripted", description="tests", tags=["test"])
+        ],
     )
 
 
@@ -406,27 +408,31 @@ async def _serve_http(
         await asyncio.sleep(0.01)
 
 
-async def serve_a2a_http(binding: str, *, card_binding: str | None = None) -> A2AAgent:
-    """Start the test agent (A2A 1.0) on the HTTP ``binding`` (one of
-    :data:`HTTP_BINDINGS`) under uvicorn on 127.0.0.1:0, its card at
-    ``/.well-known/agent-card.json``. ``card_binding`` lists another binding on the
-    card instead (a card naming one Podium cannot call)."""
+async def serve_a2a_http(
+    binding: str, *, version: str = "1.0", card_binding: str | None = None
+) -> A2AAgent:
+    """Start the test agent on the HTTP ``binding`` (one of :data:`HTTP_BINDINGS`) under
+    uvicorn on 127.0.0.1:0, its card at ``/.well-known/agent-card.json``, its interface
+    listed as A2A ``version`` (``0.3``: the SDK's 0.3 compatibility routes answer too).
+    ``card_binding`` lists another binding on the card instead (a card naming one
+    Podium cannot call)."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    agent = A2AAgent(version="1.0", binding=binding, port=port)
+    agent = A2AAgent(version=version, binding=binding, port=port)
     base = f"http://127.0.0.1:{port}"
     url = f"{base}/a2a" if binding == "JSONRPC" else f"{base}/rest"
-    card = agent_card("1.0", card_binding or binding, url)
+    card = agent_card(version, card_binding or binding, url)
     handler = CuttingRequestHandler(
         agent,
         agent_executor=ScriptedExecutor(agent),
         task_store=InMemoryTaskStore(),
         agent_card=card,
     )
+    legacy = version == "0.3"
     routes = (
-        create_jsonrpc_routes(handler, "/a2a")
+        create_jsonrpc_routes(handler, "/a2a", enable_v0_3_compat=legacy)
         if binding == "JSONRPC"
-        else create_rest_routes(handler, path_prefix="/rest")
+        else create_rest_routes(handler, path_prefix="/rest", enable_v0_3_compat=legacy)
     )
     await _serve_http(agent, sock, card, list(routes))
     return agent

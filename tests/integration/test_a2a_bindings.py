@@ -212,6 +212,34 @@ async def test_cut_stream_resubscribes_without_duplicates(
     assert (a2a_agent.cuts, a2a_agent.subscriptions) == (1, 1)
 
 
+@pytest.mark.parametrize("binding", HTTP_BINDINGS)
+async def test_a2a_0_3_over_http(dispatcher: AgentDispatcher, binding: str) -> None:
+    """A card listing an A2A 0.3 HTTP interface: a2a-sdk's 0.3 transports, the same
+    behaviour (streaming, a question answered on the same task)."""
+    agent = await serve_a2a_http(binding, version="0.3")
+    try:
+        outcome, recorder = await run(dispatcher, agent.card_url, {"mode": "ok"})
+        assert isinstance(outcome, TaskSucceeded), outcome
+        assert outcome.output == {"text": "Hello, world"}
+        assert "".join(recorder.chunks) == "Hello, world"
+        conversation = str(uuid.uuid4())
+        asked, _ = await run(
+            dispatcher, agent.card_url, {"mode": "input"}, conversation_id=conversation
+        )
+        assert isinstance(asked, TaskInputRequired), asked
+        answered, _ = await run(
+            dispatcher,
+            agent.card_url,
+            {"city": "Rome"},
+            conversation_id=conversation,
+            resume_task_id=asked.task_id,
+        )
+        assert isinstance(answered, TaskSucceeded), answered
+        assert answered.output == {"city": "Rome"}
+    finally:
+        await agent.stop()
+
+
 async def test_card_is_read_again_once_old() -> None:
     agent = await serve_a2a_http("JSONRPC")
     guard = EndpointGuard(LOOPBACK)

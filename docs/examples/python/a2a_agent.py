@@ -86,7 +86,9 @@ def card(binding: str, url: str) -> a2a_pb2.AgentCard:
         capabilities=a2a_pb2.AgentCapabilities(streaming=True),
         default_input_modes=["application/json"],
         default_output_modes=["text/plain"],
-        skills=[a2a_pb2.AgentSkill(id="shout", name="Shout", description="upper case!")],
+        skills=[
+            a2a_pb2.AgentSkill(id="shout", name="Shout", description="upper case!", tags=["demo"])
+        ],
     )
 
 
