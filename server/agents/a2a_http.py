@@ -42,8 +42,8 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any, NoReturn, cast
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 import httpcore
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("podium.agents.a2a")
+T = TypeVar("T")
 
 SUPPORTED_BINDINGS = (
     TransportProtocol.GRPC,
@@ -540,6 +541,15 @@ def _context(timeout: float, metadata: Sequence[tuple[str, str]]) -> ClientCallC
     return ClientCallContext(timeout=max(timeout, 0.001), service_parameters=dict(metadata))
 
 
+async def _unary(call: Awaitable[T], timeout: float) -> T:  # noqa: ASYNC109
+    """The answer of a unary call within ``timeout``, its errors translated."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await call
+    except Exception as exc:
+        _raise(exc)
+
+
 class HttpStream:
     """A stream of an HTTP binding with the part of a grpc.aio stream call the attempt
     loop uses: :meth:`read` returns the next ``StreamResponse`` or None at the end, and
@@ -648,11 +658,9 @@ class HttpApi:
         timeout: float,  # noqa: ASYNC109
         metadata: Sequence[tuple[str, str]],
     ) -> a2a_pb2.Task:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.client.get_task(request, context=_context(timeout, metadata))
-        except Exception as exc:
-            _raise(exc)
+        return await _unary(
+            self.client.get_task(request, context=_context(timeout, metadata)), timeout
+        )
 
     async def CancelTask(
         self,
@@ -661,11 +669,9 @@ class HttpApi:
         timeout: float,  # noqa: ASYNC109
         metadata: Sequence[tuple[str, str]],
     ) -> a2a_pb2.Task:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.client.cancel_task(request, context=_context(timeout, metadata))
-        except Exception as exc:
-            _raise(exc)
+        return await _unary(
+            self.client.cancel_task(request, context=_context(timeout, metadata)), timeout
+        )
 
     async def ListTasks(
         self,
@@ -674,8 +680,6 @@ class HttpApi:
         timeout: float,  # noqa: ASYNC109
         metadata: Sequence[tuple[str, str]],
     ) -> a2a_pb2.ListTasksResponse:
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.client.list_tasks(request, context=_context(timeout, metadata))
-        except Exception as exc:
-            _raise(exc)
+        return await _unary(
+            self.client.list_tasks(request, context=_context(timeout, metadata)), timeout
+        )

@@ -253,12 +253,7 @@ def _absent(outcome: A2AOutcome) -> bool:
 
 def _card_failure(endpoint: str, exc: CardUnavailable) -> TaskFailed:
     if exc.transient:
-        return TaskFailed(
-            code=AGENT_UNAVAILABLE,
-            message=f"the A2A agent at {endpoint} cannot be reached: {exc}",
-            retryable=True,
-            origin="transport",
-        )
+        return _unreachable(endpoint, exc)
     return TaskFailed(
         code=A2A_NOT_SERVED,
         message=f"the A2A agent at {endpoint} cannot be called: {exc}",
@@ -267,14 +262,19 @@ def _card_failure(endpoint: str, exc: CardUnavailable) -> TaskFailed:
     )
 
 
+def _unreachable(endpoint: str, exc: Exception) -> TaskFailed:
+    """A retryable ``AGENT_UNAVAILABLE``: the agent may be reachable later."""
+    return TaskFailed(
+        code=AGENT_UNAVAILABLE,
+        message=f"the agent at {endpoint} cannot be reached: {exc}",
+        retryable=True,
+        origin="transport",
+    )
+
+
 def _refused(endpoint: str, exc: EndpointRefused) -> TaskFailed:
     if exc.transient:
-        return TaskFailed(
-            code=AGENT_UNAVAILABLE,
-            message=f"the agent at {endpoint} cannot be reached: {exc}",
-            retryable=True,
-            origin="transport",
-        )
+        return _unreachable(endpoint, exc)
     return TaskFailed(
         code=AGENT_ENDPOINT_REFUSED,
         message=f"Podium refuses to connect to the agent at {endpoint}: {exc}",

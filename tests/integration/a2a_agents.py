@@ -18,6 +18,7 @@ behaviour is chosen by the step input's ``mode``:
   update; ``c`` is streamed once a client re-subscribed; completed;
 - ``reset``: as ``cut``, but the stream ends with UNAVAILABLE (a connection reset).
 
+:func:`request` and :class:`Recorder` are the calling side's helpers.
 ``A2AAgent.requests`` records each request context (task id, context id, metadata,
 input) seen by the executor.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +54,8 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 from starlette.applications import Starlette
 
+from podium.agent.v1 import agent_pb2
+
 Part = a2a_pb2.Part
 
 VERSIONS = ("1.0", "0.3")
@@ -66,6 +70,36 @@ class Seen:
     context_id: str
     metadata: dict[str, Any]
     input: dict[str, Any]
+
+
+def request(
+    input: dict[str, Any], conversation_id: str | None = None
+) -> agent_pb2.ExecuteTaskRequest:
+    """A step attempt's request to an A2A agent (a new conversation unless given)."""
+    req = agent_pb2.ExecuteTaskRequest(
+        task_id=str(uuid.uuid4()),
+        run_id=str(uuid.uuid4()),
+        step_id="ask",
+        attempt=1,
+        conversation_id=conversation_id or str(uuid.uuid4()),
+        organization_id="default",
+    )
+    req.input.update(input)
+    return req
+
+
+class Recorder:
+    """The progress and output chunks of an attempt, as its callbacks received them."""
+
+    def __init__(self) -> None:
+        self.progress: list[tuple[str, float]] = []
+        self.chunks: list[str] = []
+
+    def on_progress(self, progress: agent_pb2.Progress) -> None:
+        self.progress.append((progress.message, progress.fraction))
+
+    def on_chunk(self, chunk: agent_pb2.OutputChunk) -> None:
+        self.chunks.append(chunk.text)
 
 
 def _input(context: RequestContext) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from typing import Any
 import grpc
 import pytest
 
-from podium.agent.v1 import agent_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.orchestration.v1.agent_pb2 import Agent
@@ -34,6 +33,8 @@ from podium.server.agents.endpoints import EndpointGuard
 from tests.integration.a2a_agents import (
     HTTP_BINDINGS,
     A2AAgent,
+    Recorder,
+    request,
     serve_a2a_card,
     serve_a2a_http,
 )
@@ -78,38 +79,13 @@ async def dispatcher() -> AsyncIterator[AgentDispatcher]:
         await calls.close()
 
 
-def request(input: dict[str, Any], conversation_id: str = "") -> agent_pb2.ExecuteTaskRequest:
-    req = agent_pb2.ExecuteTaskRequest(
-        task_id=str(uuid.uuid4()),
-        run_id=str(uuid.uuid4()),
-        step_id="ask",
-        attempt=1,
-        conversation_id=conversation_id or str(uuid.uuid4()),
-        organization_id="default",
-    )
-    req.input.update(input)
-    return req
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.progress: list[tuple[str, float]] = []
-        self.chunks: list[str] = []
-
-    def on_progress(self, progress: agent_pb2.Progress) -> None:
-        self.progress.append((progress.message, progress.fraction))
-
-    def on_chunk(self, chunk: agent_pb2.OutputChunk) -> None:
-        self.chunks.append(chunk.text)
-
-
 async def run(
     dispatcher: AgentDispatcher, url: str, input: dict[str, Any], **kwargs: Any
 ) -> tuple[Any, Recorder]:
     recorder = Recorder()
     outcome = await dispatcher.execute(
         url,
-        request(input, kwargs.pop("conversation_id", "")),
+        request(input, kwargs.pop("conversation_id", None)),
         protocol="a2a",
         timeout=kwargs.pop("timeout", DEADLINE),
         on_progress=recorder.on_progress,
