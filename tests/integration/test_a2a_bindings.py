@@ -257,6 +257,34 @@ async def test_guard_refuses_a_loopback_card_url() -> None:
         await agent.stop()
 
 
+async def test_connections_go_to_the_checked_address() -> None:
+    """A card URL's name is resolved by the guard and the connection made to the
+    address it checked (``agent.podium.test`` resolves nowhere else); once the name
+    re-binds to an address the guard refuses, the next card read is refused."""
+    agent = await serve_a2a_http("JSONRPC")
+    table = {"agent.podium.test": ["127.0.0.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return table[host]
+
+    guard = EndpointGuard(LOOPBACK, resolver=resolve)
+    calls = AgentDispatcher(guard=guard, cards=A2ACards(guard, refresh_seconds=0))
+    url = agent.card_url.replace("127.0.0.1", "agent.podium.test")
+    try:
+        outcome, _ = await run(calls, url, {"mode": "data"})
+        assert isinstance(outcome, TaskSucceeded), outcome
+        assert agent.card_reads == 1
+        table["agent.podium.test"] = ["10.0.0.1"]
+        refused, _ = await run(calls, url, {"mode": "data"})
+        assert isinstance(refused, TaskFailed), refused
+        assert refused.code == AGENT_ENDPOINT_REFUSED
+        assert "10.0.0.1, which is a private address" in refused.message
+        assert agent.card_reads == 1
+    finally:
+        await calls.close()
+        await agent.stop()
+
+
 async def test_agent_down(dispatcher: AgentDispatcher) -> None:
     agent = await serve_a2a_http("JSONRPC")
     url = agent.card_url
