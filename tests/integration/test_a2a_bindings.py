@@ -38,6 +38,7 @@ from tests.integration.a2a_agents import (
     serve_a2a_card,
     serve_a2a_http,
 )
+from tests.integration.client_helpers import podium
 from tests.integration.conftest import StartServer
 from tests.integration.rpc import violations
 from tests.integration.runs_helpers import (
@@ -413,7 +414,7 @@ def _free_port_pair() -> int:
 @pytest.mark.parametrize("kind", ["jsonrpc", "rest", "grpc"])
 async def test_the_documented_example_agent(start_server: StartServer, kind: str) -> None:
     """docs/examples/python/a2a_agent.py in its own process on each binding, registered
-    by its card URL as docs/a2a.md shows: the answer, the progress fraction of the
+    by its card URL with the CLI as docs/a2a.md shows: the answer, the progress fraction of the
     status update's metadata, and its question answered with ContinueRun."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -430,12 +431,17 @@ async def test_the_documented_example_agent(start_server: StartServer, kind: str
         server = await start_server()
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.OrchestrationServiceStub(channel)
-            registered = await stub.RegisterAgent(
-                pb.RegisterAgentRequest(
-                    agent=Agent(name="shouter", endpoint=card_url, protocol=Agent.PROTOCOL_A2A)
-                )
+            registered = await podium(
+                "agents", "register", "shouter", card_url, "--protocol", "a2a",
+                "--address", server.address,
+            )  # fmt: skip
+            assert registered.returncode == 0, registered.stderr
+            (agent,) = (await stub.ListAgents(pb.ListAgentsRequest())).agents
+            assert (agent.name, agent.endpoint, list(agent.skills)) == (
+                "shouter",
+                card_url,
+                ["shout"],
             )
-            assert list(registered.agent.skills) == ["shout"]
             inline = plan([{"id": "ask", "skill": "shout", "input": {"text": "hi"}}])
             run = await wait_for_run(stub, (await start_run(stub, inline=inline)).run.id)
             assert run.state == Run.STATE_SUCCEEDED, run
