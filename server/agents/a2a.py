@@ -289,16 +289,20 @@ class A2AClient(PooledClient[_Endpoint]):
         (:meth:`A2ACards.binding <podium.server.agents.a2a_http.A2ACards.binding>`):
         the same attempt loop, through a2a-sdk's client (:class:`HttpApi`)."""
         deadline = asyncio.get_running_loop().time() + timeout
-        return await self._attempt(
-            HttpApi(self.cards.client(url)),
-            binding.legacy,
-            binding.url,
-            request,
-            deadline=deadline,
-            metadata=metadata,
-            state=AttemptState(on_progress, on_output_chunk, on_artifact),
-            resume_task_id=resume_task_id,
-        )
+        api = HttpApi(self.cards.client(url))
+        try:
+            return await self._attempt(
+                api,
+                binding.legacy,
+                binding.url,
+                request,
+                deadline=deadline,
+                metadata=metadata,
+                state=AttemptState(on_progress, on_output_chunk, on_artifact),
+                resume_task_id=resume_task_id,
+            )
+        finally:
+            await asyncio.shield(api.close())
 
     async def _attempt(
         self,

@@ -613,6 +613,13 @@ class HttpStream:
         """Never cancelled by a closing channel (there is none)."""
         return False
 
+    async def aclose(self) -> None:
+        """:meth:`cancel`, then wait until the stream's response is closed."""
+        self.cancel()
+        pending = self._pending if self._pending is not None else self._closing
+        if pending is not None:
+            await asyncio.wait([pending])
+
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark the outcome of a read nobody awaits any more as seen (no asyncio warning)."""
@@ -626,10 +633,17 @@ class HttpApi:
     ``timeout`` and ``metadata`` as grpc.aio's), made with an a2a-sdk ``Client`` over
     JSON-RPC or HTTP+JSON; ``metadata`` is sent as HTTP headers."""
 
-    __slots__ = ("client",)
+    __slots__ = ("client", "streams")
 
     def __init__(self, client: Client) -> None:
         self.client = client
+        self.streams: list[HttpStream] = []
+
+    async def close(self) -> None:
+        """End the streams still open (their HTTP responses are closed now rather than
+        when collected): the attempt has its outcome."""
+        for stream in self.streams:
+            await stream.aclose()
 
     def SendStreamingMessage(
         self,
@@ -639,7 +653,8 @@ class HttpApi:
         metadata: Sequence[tuple[str, str]],
     ) -> HttpStream:
         events = self.client.send_message(request, context=_context(timeout, metadata))
-        return HttpStream(events, timeout)
+        self.streams.append(HttpStream(events, timeout))
+        return self.streams[-1]
 
     def SubscribeToTask(
         self,
@@ -649,7 +664,8 @@ class HttpApi:
         metadata: Sequence[tuple[str, str]],
     ) -> HttpStream:
         events = self.client.subscribe(request, context=_context(timeout, metadata))
-        return HttpStream(events, timeout)
+        self.streams.append(HttpStream(events, timeout))
+        return self.streams[-1]
 
     async def GetTask(
         self,

@@ -115,14 +115,20 @@ class AgentDispatcher:
         its card lists (:mod:`.a2a_http`): a gRPC one as any gRPC endpoint, an HTTP one
         through :meth:`A2AClient.execute_card`."""
         if protocol == "a2a" and is_card_url(endpoint):
+            started = time.monotonic()
             try:
-                binding = await self.a2a.cards.binding(endpoint)
-                if not binding.grpc and self.channels.guard is not None:
-                    await self.channels.guard.resolve_url(binding.url)
+                # A card read (first call, or an old card) counts in the attempt's time.
+                async with asyncio.timeout(timeout):
+                    binding = await self.a2a.cards.binding(endpoint)
+                    if not binding.grpc and self.channels.guard is not None:
+                        await self.channels.guard.resolve_url(binding.url)
             except EndpointRefused as exc:
                 return _refused(endpoint, exc)
             except CardUnavailable as exc:
                 return _card_failure(endpoint, exc)
+            except TimeoutError:
+                return _unreachable(endpoint, TimeoutError("its agent card was not read in time"))
+            timeout = max(timeout - (time.monotonic() - started), 0.001)
             if not binding.grpc:
                 return await self.a2a.execute_card(
                     endpoint,
