@@ -504,6 +504,14 @@ class Settings:
         "then costs no attempt); the step reports the wait as progress. 0: fail at once.",
         60.0,
     )
+    a2a_card_refresh_seconds: float = _setting(
+        "PODIUM_A2A_CARD_REFRESH_SECONDS",
+        _parse_float(1),
+        "How old the agent card of an A2A agent registered by its card's URL may get "
+        "before a call reads it again (and picks its binding again); a failed re-read "
+        "keeps the last card.",
+        300.0,
+    )
     max_orchestration_depth: int = _setting(
         "ORCHESTRATION_MAX_DEPTH",
         _parse_int(1, 100),

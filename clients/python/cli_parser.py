@@ -473,12 +473,18 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
         (
             "podium agents register summarizer 127.0.0.1:50061 --skill summarize",
             "podium agents register helper 127.0.0.1:50070 --protocol a2a --max-concurrency 4",
+            "podium agents register planner https://planner.example.com/.well-known/agent-card.json"
+            " --protocol a2a",
             "podium agents register llm 127.0.0.1:50071 --rate-limit 60/60s --tokens-limit 9000/1m",
         ),
         c,
     )
     p.add_argument("name")
-    p.add_argument("endpoint", help="HOST:PORT of its gRPC server")
+    p.add_argument(
+        "endpoint",
+        help="HOST:PORT of its gRPC server; an A2A agent (--protocol a2a) also by its agent "
+        "card's http(s) URL",
+    )
     p.add_argument("--skill", action="append", help="a skill it offers (repeatable)")
     p.add_argument("--max-concurrency", type=int, default=0, help="0: no limit")
     p.add_argument("--default-timeout", type=float, default=0.0, help="seconds; 0: the server's")

@@ -7,9 +7,12 @@ instead. Static agents are synchronised once at start with :meth:`AgentService.l
 
 Endpoints go through the outbound guard (:mod:`podium.server.agents.endpoints`): a
 RegisterAgent endpoint that is refused or does not resolve is a field violation on
-``agent.endpoint``; a refused static agent stops the server with an error naming
-``PODIUM_AGENTS`` (one whose name does not resolve yet is only logged: calls check it
-again).
+``agent.endpoint``, and so is the card URL of an A2A agent whose card cannot be read
+or lists no interface Podium calls (:mod:`podium.server.agents.a2a_http`; the card's
+skill ids are the agent's skills when RegisterAgent gives none); a refused static
+agent stops the server with an error naming ``PODIUM_AGENTS`` (one whose name does not
+resolve yet is only logged: calls check it again; a static agent's card is read by its
+first call).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from podium.orchestration.v1 import agent_pb2
+from podium.server.agents.a2a_http import A2ACards, CardUnavailable, is_card_url
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
-from podium.server.agents.static import StaticAgent, agent_problems
+from podium.server.agents.static import MAX_SKILLS, StaticAgent, agent_problems, skill_id_problem
 from podium.server.config import ConfigError
 from podium.server.engine.errors import (
     AlreadyExists,
@@ -94,6 +98,7 @@ def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldVio
         requests_per_period=agent.rate_limit.requests_per_period,
         tokens_per_period=agent.rate_limit.tokens_per_period,
         rate_period_seconds=agent.rate_limit.period_seconds,
+        protocol=_PROTOCOL_FROM_PB.get(agent.protocol, "podium_v1"),
     )
     violations = [
         FieldViolation(field=f"{prefix}.{path}", description=description)
@@ -118,9 +123,15 @@ class AgentService:
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     """What one page may take (``sizes.response_budget``; the engine sets it)."""
 
-    def __init__(self, repository: AgentsRepository, guard: EndpointGuard | None = None) -> None:
+    def __init__(
+        self,
+        repository: AgentsRepository,
+        guard: EndpointGuard | None = None,
+        cards: A2ACards | None = None,
+    ) -> None:
         self._repository = repository
         self._guard = guard if guard is not None else EndpointGuard()
+        self._cards = cards if cards is not None else A2ACards(self._guard)
 
     @property
     def repository(self) -> AgentsRepository:
@@ -136,10 +147,14 @@ class AgentService:
             AlreadyExists: a static agent has that name (reason ``STATIC_AGENT``).
         """
         violations = agent_to_violations(agent)
+        skills = list(agent.skills)
         if not violations:
             try:
-                await self._guard.resolve(agent.endpoint)
-            except EndpointRefused as exc:
+                if is_card_url(agent.endpoint):
+                    skills = await self._read_card(agent.endpoint, skills)
+                else:
+                    await self._guard.resolve(agent.endpoint)
+            except (EndpointRefused, CardUnavailable) as exc:
                 violations = [FieldViolation(field="agent.endpoint", description=str(exc))]
         if violations:
             raise InvalidArgument(
@@ -153,7 +168,7 @@ class AgentService:
                     organization_id,
                     agent.name,
                     endpoint=agent.endpoint,
-                    skills=list(agent.skills),
+                    skills=skills,
                     max_concurrency=agent.max_concurrency,
                     default_timeout_seconds=agent.default_timeout_seconds,
                     labels=dict(agent.labels),
@@ -166,6 +181,27 @@ class AgentService:
                     str(exc), reason="STATIC_AGENT", metadata={"name": exc.name}
                 ) from exc
         return record_to_agent(record)
+
+    async def _read_card(self, url: str, skills: builtins.list[str]) -> builtins.list[str]:
+        """Read the card of the A2A agent at ``url`` (through the outbound guard), check
+        that it lists an interface Podium calls and that its address is admitted, and
+        keep it for the calls; the skills to store: ``skills``, or when empty the ids of
+        the card's skills (those that are valid skill ids, at most ``MAX_SKILLS``).
+
+        Raises:
+            EndpointRefused: the URL, the interface's or an address is refused.
+            CardUnavailable: the card cannot be read or lists no interface Podium calls.
+        """
+        card = await self._cards.fetch(url)
+        binding = (await self._cards.remember(url, card)).binding
+        if binding.grpc:
+            await self._guard.resolve(binding.url)
+        else:
+            await self._guard.resolve_url(binding.url)
+        if skills:
+            return skills
+        ids = list(dict.fromkeys(skill.id for skill in card.skills))
+        return [skill for skill in ids if skill_id_problem(skill) is None][:MAX_SKILLS]
 
     async def get(self, organization_id: str, name: str) -> Agent:
         """The agent called ``name``.
@@ -248,7 +284,10 @@ class AgentService:
         """
         for index, agent in enumerate(agents, start=1):
             try:
-                await self._guard.resolve(agent.endpoint)
+                if is_card_url(agent.endpoint):
+                    await self._guard.resolve_url(agent.endpoint)
+                else:
+                    await self._guard.resolve(agent.endpoint)
             except EndpointRefused as exc:
                 if not exc.transient:
                     raise ConfigError(

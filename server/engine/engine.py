@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from podium.server.agents.a2a_http import A2ACards
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard
 from podium.server.agents.static import parse_static_agents
@@ -78,7 +79,14 @@ class Engine:
         self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
         # The outbound guard of agent endpoints: registration, static agents, every call.
         guard = EndpointGuard(settings.agent_allow_list)
-        self.agents = AgentService(agents, guard)
+        # Raises ConfigError when a TLS file of agent channels became unusable since start.
+        agent_tls_ca, agent_tls_client = settings.agent_tls()
+        # The cards of A2A agents registered by URL: read at registration, kept for the
+        # calls (the dispatcher closes it).
+        a2a_cards = A2ACards(
+            guard, refresh_seconds=settings.a2a_card_refresh_seconds, tls_ca=agent_tls_ca
+        )
+        self.agents = AgentService(agents, guard, a2a_cards)
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.
@@ -93,14 +101,13 @@ class Engine:
         self.approvals.max_response_bytes = budget
         for service in (self.definitions, self.agents, self.schedules, self.webhooks):
             service.max_response_bytes = budget
-        # Raises ConfigError when a TLS file of agent channels became unusable since start.
-        agent_tls_ca, agent_tls_client = settings.agent_tls()
         self.agent_client = AgentDispatcher(
             max_message_bytes=settings.max_message_bytes,
             guard=guard,
             wait_seconds=settings.agent_wait_seconds,
             tls_ca=agent_tls_ca,
             tls_client=agent_tls_client,
+            cards=a2a_cards,
         )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(
