@@ -3,7 +3,8 @@ static agents of the server configuration (``PODIUM_AGENTS``).
 
 A registered agent never replaces a static one of the same name (ALREADY_EXISTS) and a
 static agent cannot be deregistered (FAILED_PRECONDITION): the configuration is changed
-instead. Static agents are synchronised once at start with :meth:`AgentService.load_static`.
+instead. Static agents are declared by each replica at start and belong to the replicas
+that declare them (:mod:`podium.server.engine.replicas`).
 
 Endpoints go through the outbound guard (:mod:`podium.server.agents.endpoints`): a
 RegisterAgent endpoint that is refused or does not resolve is a field violation on
@@ -259,26 +260,6 @@ class AgentService:
                     "static agent endpoint does not resolve yet; calls will check it again",
                     extra={"agent": agent.name, "error": str(exc)},
                 )
-
-    async def load_static(
-        self, organization_id: str, agents: Sequence[StaticAgent]
-    ) -> builtins.list[Agent]:
-        """Make ``agents`` (parsed from ``PODIUM_AGENTS``) the organization's static
-        agents: upsert them, take over registered agents of the same names, and delete
-        static agents no longer configured, in one transaction. Returns them by name."""
-        async with storage_errors():
-            sync = await self._repository.replace_static(organization_id, agents)
-        for name in sync.took_over:
-            _log.warning(
-                "static agent replaces a registered agent of the same name",
-                extra={"agent": name, "organization_id": organization_id},
-            )
-        if sync.removed:
-            _log.info(
-                "static agents removed from the configuration were deleted",
-                extra={"agents": sync.removed, "organization_id": organization_id},
-            )
-        return [record_to_agent(record) for record in sync.agents]
 
 
 def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
 from podium.server.engine.payloads import PayloadService
+from podium.server.engine.replicas import ReplicaPresence
 from podium.server.engine.runs import RunService
 from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -127,34 +128,50 @@ class Engine:
             limit, window = settings.start_run_rate
             self.runs.start_rate = StartRateLimiter(StartRateRepository(db), limit, window)
         self.runs.scheduler = self.scheduler
+        # This replica's row, keyed by its lease owner id, and the static agents it declares.
+        self.replica = ReplicaPresence(
+            agents,
+            self.scheduler.owner,
+            organization_id=settings.organization_id,
+            group=settings.agent_group,
+            agents=self._static_agents,
+            lease_seconds=settings.lease_seconds,
+        )
 
     async def start(self) -> None:
-        """Check the configuration, load the static agents and the global webhook target,
-        then start the watch hub, the webhook sender (with retention), the scheduler and the
-        schedule loop.
+        """Check the configuration, declare this replica and its static agents, store the
+        global webhook target, then start the watch hub, the webhook sender (with
+        retention), the scheduler, the schedule loop and the replica's renewal.
 
         Every check comes before the first write: a replica that refuses to start
         (ConfigError) leaves the agents and webhook targets of the running ones as they
-        are."""
+        are, and one that fails after declaring withdraws again."""
         await self.webhooks.check_configuration()
         await self.agents.check_static(self._static_agents)
-        loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
-        if loaded:
-            log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
-        await self.webhooks.start()
-        await self.watch.hub.start()
-        await self.scheduler.start()
-        await self.schedule_loop.start()
+        try:
+            loaded = await self.replica.join()
+            if loaded:
+                log.info("static agents declared", extra={"agents": [a.name for a in loaded]})
+            await self.webhooks.start()
+            await self.watch.hub.start()
+            await self.scheduler.start()
+            await self.schedule_loop.start()
+            self.replica.start()
+        except BaseException:
+            await self.replica.leave()
+            raise
 
     async def stop(self, grace: float = 0.0) -> None:
         """End the watch streams, stop the scheduler (running steps get ``grace``
-        seconds), close agent channels. Webhook tries in flight are given back at once
-        (another replica resends them)."""
+        seconds), close agent channels, then withdraw this replica (deleting the static
+        agents no other live replica declares). Webhook tries in flight are given back
+        at once (another replica resends them)."""
         await self.schedule_loop.stop()
         await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)
         await self.agent_client.close()
+        await self.replica.leave()
 
     async def healthy(self) -> bool:
         """Whether the database answers."""
