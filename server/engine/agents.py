@@ -37,7 +37,7 @@ from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.agents import AgentRecord, AgentsRepository, StaticAgentConflict
 
-__all__ = ["AgentService", "agent_to_violations", "record_to_agent"]
+__all__ = ["AgentService", "agent_to_violations", "check_static_agents", "record_to_agent"]
 
 Agent = agent_pb2.Agent
 
@@ -240,26 +240,27 @@ class AgentService:
         if not deleted:
             raise _not_found(name)
 
-    async def check_static(self, agents: Sequence[StaticAgent]) -> None:
-        """Check the endpoints of static agents with the outbound guard.
 
-        Raises:
-            ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
-                agent and the reason). A name that does not resolve is only logged.
-        """
-        for index, agent in enumerate(agents, start=1):
-            try:
-                await self._guard.resolve(agent.endpoint)
-            except EndpointRefused as exc:
-                if not exc.transient:
-                    raise ConfigError(
-                        f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
-                        f"{agent.endpoint!r}: {exc}"
-                    ) from None
-                _log.warning(
-                    "static agent endpoint does not resolve yet; calls will check it again",
-                    extra={"agent": agent.name, "error": str(exc)},
-                )
+async def check_static_agents(agents: Sequence[StaticAgent], guard: EndpointGuard) -> None:
+    """Check the endpoints of static agents with the outbound guard.
+
+    Raises:
+        ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
+            agent and the reason). A name that does not resolve is only logged.
+    """
+    for index, agent in enumerate(agents, start=1):
+        try:
+            await guard.resolve(agent.endpoint)
+        except EndpointRefused as exc:
+            if not exc.transient:
+                raise ConfigError(
+                    f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
+                    f"{agent.endpoint!r}: {exc}"
+                ) from None
+            _log.warning(
+                "static agent endpoint does not resolve yet; calls will check it again",
+                extra={"agent": agent.name, "error": str(exc)},
+            )
 
 
 def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard
-from podium.server.agents.static import parse_static_agents
+from podium.server.agents.static import StaticAgent, parse_static_agents
 from podium.server.config import ConfigError, Settings
-from podium.server.engine.agents import AgentService
+from podium.server.engine.agents import AgentService, check_static_agents
 from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
@@ -26,7 +27,7 @@ from podium.server.engine.start_rate import StartRateLimiter
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
-from podium.server.engine.webhooks import WebhookService
+from podium.server.engine.webhooks import WebhookService, check_webhook_configuration
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.api_keys import ApiKeysRepository
@@ -44,16 +45,35 @@ from podium.server.storage.usage import UsageRepository
 log = logging.getLogger("podium.engine")
 
 
+async def check_configuration(settings: Settings) -> list[StaticAgent]:
+    """Every check of the settings that needs no database: the static agents (parsed,
+    endpoints through the outbound guard), the webhook target and its secret, the TLS
+    files of agent channels. ``PodiumServer`` runs it before it touches the database, so
+    a replica that refuses its configuration writes nothing shared (not even a
+    migration). Returns the static agents.
+
+    Raises:
+        ConfigError: the first refused setting, named.
+    """
+    try:
+        agents = parse_static_agents(settings.agents) if settings.agents else []
+    except ValueError as exc:
+        raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
+    await check_webhook_configuration(settings)
+    settings.agent_tls()
+    await check_static_agents(agents, EndpointGuard(settings.agent_allow_list))
+    return agents
+
+
 class Engine:
     """Owns the services and the scheduler of one Podium replica. The API calls into it."""
 
-    def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, dsn: str, settings: Settings, static_agents: Sequence[StaticAgent]
+    ) -> None:
+        """``static_agents``: what :func:`check_configuration` returned."""
         self.db = db
         self.settings = settings
-        try:
-            self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
-        except ValueError as exc:
-            raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
         self.api_keys = ApiKeyService(ApiKeysRepository(db), settings.auth_cache_seconds)
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
@@ -134,20 +154,16 @@ class Engine:
             self.scheduler.owner,
             organization_id=settings.organization_id,
             group=settings.agent_group,
-            agents=self._static_agents,
+            agents=static_agents,
             lease_seconds=settings.lease_seconds,
         )
 
     async def start(self) -> None:
-        """Check the configuration, declare this replica and its static agents, store the
-        global webhook target, then start the watch hub, the webhook sender (with
-        retention), the scheduler, the schedule loop and the replica's renewal.
-
-        Every check comes before the first write: a replica that refuses to start
-        (ConfigError) leaves the agents and webhook targets of the running ones as they
-        are, and one that fails after declaring withdraws again."""
-        await self.webhooks.check_configuration()
-        await self.agents.check_static(self._static_agents)
+        """Declare this replica and its static agents, store the global webhook target,
+        then start the watch hub, the webhook sender (with retention), the scheduler, the
+        schedule loop and the replica's renewal. The configuration was checked before
+        (:func:`check_configuration`); a replica that fails after declaring withdraws
+        again."""
         try:
             loaded = await self.replica.join()
             if loaded:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -211,3 +212,31 @@ async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
         assert [agent.name for agent in listed.agents] == ["echo"]
     finally:
         await first.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"agents": "echo=127.0.0.1:50999;max=x"}, "PODIUM_AGENTS: entry 1"),
+        ({"agents": "echo=127.0.0.1:50999"}, "PODIUM_AGENTS: entry 1 \\('echo'\\): endpoint"),
+        ({"progress_webhook_url": "https://hooks.example.com/x"}, "PODIUM_WEBHOOK_SECRET"),
+    ],
+    ids=["malformed-agents", "refused-agent-endpoint", "webhook-without-secret"],
+)
+async def test_a_refused_configuration_writes_nothing_not_even_a_migration(
+    empty_database_url: str, settings: dict[str, str], refusal: str
+) -> None:
+    server = PodiumServer(
+        Settings.from_env(
+            {}, database_url=empty_database_url, listen_address="127.0.0.1:0", **settings
+        )
+    )
+    with pytest.raises(ConfigError, match=refusal):
+        await server.start()
+    await server.stop(0)
+    conn = await asyncpg.connect(empty_database_url)
+    try:
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    assert tables == 0
