@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -19,7 +18,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
-from tests.integration.conftest import LOOPBACK_AGENTS
+from tests.integration.conftest import LOOPBACK_AGENTS, public_tables
 
 SERVICE = "podium.orchestration.v1.OrchestrationService"
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -234,9 +233,4 @@ async def test_a_refused_configuration_writes_nothing_not_even_a_migration(
     with pytest.raises(ConfigError, match=refusal):
         await server.start()
     await server.stop(0)
-    conn = await asyncpg.connect(empty_database_url)
-    try:
-        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-    finally:
-        await conn.close()
-    assert tables == 0
+    assert await public_tables(empty_database_url) == 0
