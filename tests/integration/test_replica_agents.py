@@ -67,13 +67,11 @@ async def test_static_agents_go_only_when_no_live_replica_declares_them(
             "alpha": "127.0.0.1:50902",
             "echo": "127.0.0.1:50903",
         }
-        # The second restarts with another configuration: echo stays (the first declares
-        # it, with its own endpoint again), beta comes.
-        await stop(second)
-        assert await static_agents(database_url) == {
-            "alpha": "127.0.0.1:50902",
-            "echo": "127.0.0.1:50901",
-        }
+        # The second crashes: once its row expires, echo is the first's again (nothing
+        # the crashed replica declared outlives it).
+        second.kill()
+        await wait_for_agents(database_url, {"alpha": "127.0.0.1:50902", "echo": "127.0.0.1:50901"})
+        # It comes back with another configuration: beta comes, echo stays.
         second = await replica(database_url, tmp_path, "second-again", "beta=127.0.0.1:50904")
         assert set(await static_agents(database_url)) == {"alpha", "beta", "echo"}
 
