@@ -9,15 +9,16 @@
 -- renewal). Every change takes one transaction advisory lock, then agent rows in
 -- (organization, name) order.
 
--- Whether a declaration's owner has a live replica.
-CREATE OR REPLACE FUNCTION podium_static_owner_live(p_owner text) RETURNS boolean
+-- The declaration owners that have a live replica: each live replica and its group.
+CREATE OR REPLACE FUNCTION podium_live_static_owners() RETURNS text[]
 LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (
-        SELECT 1 FROM replicas r
-        WHERE r.expires_at > now()
-          AND (p_owner = 'replica:' || r.id
-               OR (r.agent_group <> '' AND p_owner = 'group:' || r.agent_group))
-    )
+    SELECT coalesce(array_agg(o.owner), '{}')
+    FROM replicas r
+    CROSS JOIN LATERAL (
+        VALUES ('replica:' || r.id),
+               (CASE WHEN r.agent_group <> '' THEN 'group:' || r.agent_group END)
+    ) AS o (owner)
+    WHERE r.expires_at > now() AND o.owner IS NOT NULL
 $$;
 
 -- Make the agents row of (p_org, p_name) what its newest declaration says, taking over
@@ -91,19 +92,20 @@ RETURNS TABLE (agent_organization text, agent_name text, agent_change text)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_gone record;
+    v_live text[] := podium_live_static_owners();
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM replicas r WHERE r.expires_at <= now())
        AND NOT EXISTS (
-           SELECT 1 FROM static_agent_declarations d
-           WHERE NOT podium_static_owner_live(d.owner)) THEN
+           SELECT 1 FROM static_agent_declarations d WHERE NOT (d.owner = ANY (v_live))) THEN
         RETURN;  -- the renewal's common case: nothing to prune, no lock taken
     END IF;
     PERFORM pg_advisory_xact_lock(1634166126, hashtext('podium static agents'));
+    v_live := podium_live_static_owners();  -- again, under the lock
     DELETE FROM replicas r WHERE r.expires_at <= now();
     FOR v_gone IN
         WITH gone AS (
             DELETE FROM static_agent_declarations d
-            WHERE NOT podium_static_owner_live(d.owner)
+            WHERE NOT (d.owner = ANY (v_live))
             RETURNING d.organization_id, d.name
         )
         SELECT DISTINCT g.organization_id, g.name FROM gone g ORDER BY 1, 2
