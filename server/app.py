@@ -40,6 +40,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.agents.static import StaticAgent
 from podium.server.api.auth import AuthInterceptor
 from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
@@ -50,7 +51,7 @@ from podium.server.api.probes import (
     add_reflection,
 )
 from podium.server.config import ConfigError, Settings, redact_url
-from podium.server.engine.engine import Engine
+from podium.server.engine.engine import Engine, check_configuration
 from podium.server.engine.errors import Unavailable
 from podium.server.gateway.server import Gateway
 from podium.server.gateway.upstream import loopback_target
@@ -135,6 +136,7 @@ class PodiumServer:
         """The gRPC port's TLS credentials, following their files; None in plaintext."""
         self._embedded: EmbeddedPostgres | None = None
         self._db: Database | None = None
+        self._static_agents: list[StaticAgent] = []
         self._engine: Engine | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -236,6 +238,9 @@ class PodiumServer:
         if self.settings.console_address is not None:
             await self._start_gateway(self.settings.console_address)
 
+        # Every setting is checked before the first database write (migrations included):
+        # a replica that refuses its configuration changes nothing shared.
+        self._static_agents = await check_configuration(self.settings)
         dsn = self.settings.database_url
         if dsn is None:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
@@ -302,7 +307,7 @@ class PodiumServer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._engine = Engine(self._db, direct_dsn, self.settings)
+        self._engine = Engine(self._db, direct_dsn, self.settings, self._static_agents)
         # Where agents reach this server with their step credentials.
         self._engine.scheduler.executor.podium_address = self.settings.agent_callback_address or (
             "" if self.settings.listen_address.rpartition(":")[0] in _WILDCARDS else self.address

@@ -114,6 +114,16 @@ def _parse_choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _parse_agent_group(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", value):
+        raise ConfigError(
+            f"{name}={raw!r}: expected 1 to 128 lowercase letters, digits, '_', '.' and "
+            "'-', starting with a letter or digit"
+        )
+    return value
+
+
 def _parse_path(name: str, raw: str) -> Path:
     if not raw:
         raise ConfigError(f"{name}: must not be empty")
@@ -553,6 +563,15 @@ class Settings:
         "Static agents: name=host:port;skills=a|b;max=4;timeout=30;protocol=a2a entries "
         "separated by commas (options optional), or @/path/agents.yaml "
         "(see server/agents/static.py).",
+        "",
+    )
+    agent_group: str = _setting(
+        "PODIUM_AGENT_GROUP",
+        _parse_agent_group,
+        "Name of the group of replicas that declares PODIUM_AGENTS together: the group's "
+        "static agents are those its last started replica declared, kept while any "
+        "replica of the group runs. Unset: each replica declares its own, and a static "
+        "agent is removed when no running replica declares it.",
         "",
     )
     agent_allowed_networks: AllowList | None = _setting(

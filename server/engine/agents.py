@@ -3,7 +3,8 @@ static agents of the server configuration (``PODIUM_AGENTS``).
 
 A registered agent never replaces a static one of the same name (ALREADY_EXISTS) and a
 static agent cannot be deregistered (FAILED_PRECONDITION): the configuration is changed
-instead. Static agents are synchronised once at start with :meth:`AgentService.load_static`.
+instead. Static agents are declared by each replica at start and belong to the replicas
+that declare them (:mod:`podium.server.engine.replicas`).
 
 Endpoints go through the outbound guard (:mod:`podium.server.agents.endpoints`): a
 RegisterAgent endpoint that is refused or does not resolve is a field violation on
@@ -40,7 +41,7 @@ from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.agents import AgentRecord, AgentsRepository, StaticAgentConflict
 
-__all__ = ["AgentService", "agent_to_violations", "record_to_agent"]
+__all__ = ["AgentService", "agent_to_violations", "check_static_agents", "record_to_agent"]
 
 Agent = agent_pb2.Agent
 
@@ -275,49 +276,30 @@ class AgentService:
         if not deleted:
             raise _not_found(name)
 
-    async def check_static(self, agents: Sequence[StaticAgent]) -> None:
-        """Check the endpoints of static agents with the outbound guard.
 
-        Raises:
-            ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
-                agent and the reason). A name that does not resolve is only logged.
-        """
-        for index, agent in enumerate(agents, start=1):
-            try:
-                if is_card_url(agent.endpoint):
-                    await self._guard.resolve_url(agent.endpoint)
-                else:
-                    await self._guard.resolve(agent.endpoint)
-            except EndpointRefused as exc:
-                if not exc.transient:
-                    raise ConfigError(
-                        f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
-                        f"{agent.endpoint!r}: {exc}"
-                    ) from None
-                _log.warning(
-                    "static agent endpoint does not resolve yet; calls will check it again",
-                    extra={"agent": agent.name, "error": str(exc)},
-                )
+async def check_static_agents(agents: Sequence[StaticAgent], guard: EndpointGuard) -> None:
+    """Check the endpoints of static agents with the outbound guard.
 
-    async def load_static(
-        self, organization_id: str, agents: Sequence[StaticAgent]
-    ) -> builtins.list[Agent]:
-        """Make ``agents`` (parsed from ``PODIUM_AGENTS``) the organization's static
-        agents: upsert them, take over registered agents of the same names, and delete
-        static agents no longer configured, in one transaction. Returns them by name."""
-        async with storage_errors():
-            sync = await self._repository.replace_static(organization_id, agents)
-        for name in sync.took_over:
+    Raises:
+        ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
+            agent and the reason). A name that does not resolve is only logged.
+    """
+    for index, agent in enumerate(agents, start=1):
+        try:
+            if is_card_url(agent.endpoint):
+                await guard.resolve_url(agent.endpoint)
+            else:
+                await guard.resolve(agent.endpoint)
+        except EndpointRefused as exc:
+            if not exc.transient:
+                raise ConfigError(
+                    f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
+                    f"{agent.endpoint!r}: {exc}"
+                ) from None
             _log.warning(
-                "static agent replaces a registered agent of the same name",
-                extra={"agent": name, "organization_id": organization_id},
+                "static agent endpoint does not resolve yet; calls will check it again",
+                extra={"agent": agent.name, "error": str(exc)},
             )
-        if sync.removed:
-            _log.info(
-                "static agents removed from the configuration were deleted",
-                extra={"agents": sync.removed, "organization_id": organization_id},
-            )
-        return [record_to_agent(record) for record in sync.agents]
 
 
 def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from podium.server.agents.a2a_http import A2ACards
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard
-from podium.server.agents.static import parse_static_agents
+from podium.server.agents.static import StaticAgent, parse_static_agents
 from podium.server.config import ConfigError, Settings
-from podium.server.engine.agents import AgentService
+from podium.server.engine.agents import AgentService, check_static_agents
 from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
@@ -19,6 +20,7 @@ from podium.server.engine.external_events import ExternalEventService
 from podium.server.engine.fanout import FanOut
 from podium.server.engine.payloads import PayloadService
 from podium.server.engine.policies import RoutingPolicies
+from podium.server.engine.replicas import ReplicaPresence
 from podium.server.engine.runs import RunService
 from podium.server.engine.schedule_loop import ScheduleLoop
 from podium.server.engine.scheduler import Scheduler, SchedulerConfig
@@ -29,7 +31,7 @@ from podium.server.engine.step_credentials import StepCredentials
 from podium.server.engine.triggers import EventTriggers
 from podium.server.engine.usage import UsageService
 from podium.server.engine.watch import WatchConfig, WatchService
-from podium.server.engine.webhooks import WebhookService
+from podium.server.engine.webhooks import WebhookService, check_webhook_configuration
 from podium.server.events.hub import EventHub
 from podium.server.storage.agents import AgentsRepository
 from podium.server.storage.api_keys import ApiKeysRepository
@@ -48,16 +50,35 @@ from podium.server.storage.usage import UsageRepository
 log = logging.getLogger("podium.engine")
 
 
+async def check_configuration(settings: Settings) -> list[StaticAgent]:
+    """Every check of the settings that needs no database: the static agents (parsed,
+    endpoints through the outbound guard), the webhook target and its secret, the TLS
+    files of agent channels. ``PodiumServer`` runs it before it touches the database, so
+    a replica that refuses its configuration writes nothing shared (not even a
+    migration). Returns the static agents.
+
+    Raises:
+        ConfigError: the first refused setting, named.
+    """
+    try:
+        agents = parse_static_agents(settings.agents) if settings.agents else []
+    except ValueError as exc:
+        raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
+    await check_webhook_configuration(settings)
+    settings.agent_tls()
+    await check_static_agents(agents, EndpointGuard(settings.agent_allow_list))
+    return agents
+
+
 class Engine:
     """Owns the services and the scheduler of one Podium replica. The API calls into it."""
 
-    def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, dsn: str, settings: Settings, static_agents: Sequence[StaticAgent]
+    ) -> None:
+        """``static_agents``: what :func:`check_configuration` returned."""
         self.db = db
         self.settings = settings
-        try:
-            self._static_agents = parse_static_agents(settings.agents) if settings.agents else []
-        except ValueError as exc:
-            raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
         keys = ApiKeysRepository(db)
         self.api_keys = ApiKeyService(keys, settings.auth_cache_seconds)
         self.step_credentials = StepCredentials(keys)
@@ -148,34 +169,46 @@ class Engine:
             limit, window = settings.start_run_rate
             self.runs.start_rate = StartRateLimiter(StartRateRepository(db), limit, window)
         self.runs.scheduler = self.scheduler
+        # This replica's row, keyed by its lease owner id, and the static agents it declares.
+        self.replica = ReplicaPresence(
+            agents,
+            self.scheduler.owner,
+            organization_id=settings.organization_id,
+            group=settings.agent_group,
+            agents=static_agents,
+            lease_seconds=settings.lease_seconds,
+        )
 
     async def start(self) -> None:
-        """Check the configuration, load the static agents and the global webhook target,
-        then start the watch hub, the webhook sender (with retention), the scheduler and the
-        schedule loop.
-
-        Every check comes before the first write: a replica that refuses to start
-        (ConfigError) leaves the agents and webhook targets of the running ones as they
-        are."""
-        await self.webhooks.check_configuration()
-        await self.agents.check_static(self._static_agents)
-        loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
-        if loaded:
-            log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
-        await self.webhooks.start()
-        await self.watch.hub.start()
-        await self.scheduler.start()
-        await self.schedule_loop.start()
+        """Declare this replica and its static agents, store the global webhook target,
+        then start the watch hub, the webhook sender (with retention), the scheduler, the
+        schedule loop and the replica's renewal. The configuration was checked before
+        (:func:`check_configuration`); a replica that fails after declaring withdraws
+        again."""
+        try:
+            loaded = await self.replica.join()
+            if loaded:
+                log.info("static agents declared", extra={"agents": [a.name for a in loaded]})
+            await self.webhooks.start()
+            await self.watch.hub.start()
+            await self.scheduler.start()
+            await self.schedule_loop.start()
+            self.replica.start()
+        except BaseException:
+            await self.replica.leave()
+            raise
 
     async def stop(self, grace: float = 0.0) -> None:
         """End the watch streams, stop the scheduler (running steps get ``grace``
-        seconds), close agent channels. Webhook tries in flight are given back at once
-        (another replica resends them)."""
+        seconds), close agent channels, then withdraw this replica (deleting the static
+        agents no other live replica declares). Webhook tries in flight are given back
+        at once (another replica resends them)."""
         await self.schedule_loop.stop()
         await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)
         await self.agent_client.close()
+        await self.replica.leave()
 
     async def healthy(self) -> bool:
         """Whether the database answers."""

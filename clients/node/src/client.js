@@ -167,6 +167,18 @@ function decodeSchedule(schedule) {
   return schedule;
 }
 
+/**
+ * A `google.protobuf.Timestamp` for a Date (undefined leaves the field unset).
+ *
+ * @param {Date | undefined} date
+ */
+function optionalTimestamp(date) {
+  if (date === undefined) return undefined;
+  const ms = date.getTime();
+  const seconds = Math.floor(ms / 1000);
+  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 };
+}
+
 /** @param {any} value */
 function optionalStruct(value, /** @type {string} */ path) {
   return value === undefined || value === null ? undefined : toStruct(value, path);
@@ -573,6 +585,35 @@ export class PodiumClient {
       { event_id: eventId, name, key, payload: optionalStruct(payload, 'payload') },
       options,
     );
+  }
+
+  // -- usage
+
+  /**
+   * The organization's model usage (GetUsage): the attempts started in
+   * [`startTime`, `endTime`) (default: the last 30 days), filtered by definition, agent
+   * or model, grouped by `groupBy` (`'day'`, `'definition'`, `'agent'`, `'model'`).
+   * Resolves the rows (`UsageRow`: the group's `day` / `definition_name` / `agent` /
+   * `model`, `usage`, `step_attempts`, `cache_hits`, `saved`). A bad range or
+   * dimension rejects with a `ValidationError`.
+   *
+   * @param {{ startTime?: Date, endTime?: Date, definitionName?: string, agent?: string,
+   *   model?: string, groupBy?: ('day' | 'definition' | 'agent' | 'model')[] }} [query]
+   * @param {CallOptions} [options]
+   */
+  async getUsage(
+    { startTime, endTime, definitionName = '', agent = '', model = '', groupBy = [] } = {},
+    options,
+  ) {
+    const request = {
+      start_time: optionalTimestamp(startTime),
+      end_time: optionalTimestamp(endTime),
+      definition_name: definitionName,
+      agent,
+      model,
+      group_by: groupBy.map((dimension) => `DIMENSION_${dimension.toUpperCase()}`),
+    };
+    return (await this.call('GetUsage', request, options)).rows ?? [];
   }
 
   // -- schedules
