@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
 
 from podium.server.app import PodiumServer, StartupError
 from podium.server.config import ConfigError, Settings
@@ -38,12 +40,26 @@ async def _serve(settings: Settings) -> None:
         await server.stop()
 
 
+def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``PODIUM_EVENT_LOOP`` names, for ``asyncio.Runner``: uvloop's when
+    it is installed (every platform but Windows), else asyncio's (None)."""
+    if event_loop != "uvloop":
+        return None
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def serve(settings: Settings) -> int:
     """Run the server in the foreground; returns the process exit code."""
     configure_logging(settings.log_level, settings.log_format)
     log.info("starting Podium", extra={"settings": settings.describe()})
     try:
-        asyncio.run(_serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(_serve(settings))
     except (StartupError, StorageError, ConfigError) as exc:
         log.error("cannot start: %s", exc)
         print(f"podium: cannot start: {exc}", file=sys.stderr)
