@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import signal
 import sys
 from collections.abc import Callable
 
+from podium.client.agent import event_loop_factory
 from podium.server.app import PodiumServer, StartupError
 from podium.server.config import ConfigError, Settings
 from podium.server.storage.errors import StorageError
@@ -42,15 +42,9 @@ async def _serve(settings: Settings) -> None:
 
 def loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop ``PODIUM_EVENT_LOOP`` names, for ``asyncio.Runner``: uvloop's when
-    it is installed (every platform but Windows), else asyncio's (None)."""
-    if event_loop != "uvloop":
-        return None
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
+    it is installed (every platform but Windows), else asyncio's (None); the agent SDK's
+    choice (``podium.client.agent``), made by the setting."""
+    return event_loop_factory(uvloop=event_loop == "uvloop")
 
 
 def serve(settings: Settings) -> int:

@@ -135,6 +135,15 @@ def _seq_scans(plans: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+async def _explain_kept_plans(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """auto_explain on ``conn`` with the plan cache as the server runs it (generic plans
+    once they are not worse); skips the test where auto_explain cannot be loaded."""
+    try:
+        await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
+    except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
+        pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+
+
 def _query_texts(plans: list[dict[str, Any]]) -> str:
     return "\n".join(" ".join(plan["Query Text"].split()) for plan in plans)
 
@@ -234,10 +243,7 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
 
     conn = await asyncpg.connect(database_url)
     try:
-        try:
-            await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
-        except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
-            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        await _explain_kept_plans(conn)
         # As the server runs it: one prepared statement per connection (asyncpg's cache).
         statement = await conn.prepare(QUERIES["watch_org_events"])
         recent = [
@@ -381,10 +387,7 @@ async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
     Seq Scan of the steps, runs or attempts."""
     conn = await asyncpg.connect(database_url)
     try:
-        try:
-            await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
-        except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
-            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        await _explain_kept_plans(conn)
         await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while empty
         for _ in range(8):  # a replica's first claims, on the empty tables
             assert await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)") == []
