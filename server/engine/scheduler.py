@@ -50,6 +50,8 @@ log = logging.getLogger("podium.scheduler")
 
 _STARTED_HERE_MAX = 1024
 """Runs :meth:`Scheduler.dispatch` remembers until their start's notification comes."""
+_PARKED_SECONDS = 0.02
+"""How long a run's start notification may wait for the StartRun claims in flight."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,9 @@ class Scheduler:
         # claim here when a StartRun of this replica claimed every queued step of that
         # run in the transaction that queued them (:meth:`dispatch`). It may come before
         # or after that claim's answer: before, it is parked while StartRun claims are
-        # in flight (``_starting``) and wakes the claim loop once none is, unless it
-        # was such a run's; after, the run is found in ``_started_here`` (bounded).
+        # in flight (``_starting``, at most _PARKED_SECONDS) and then wakes the claim
+        # loop unless it was such a run's; after, the run is found in ``_started_here``
+        # (bounded).
         self._starting = 0
         self._parked: set[str] = set()
         self._started_here: dict[str, None] = {}
@@ -182,8 +185,17 @@ class Scheduler:
         elif self._started_here.pop(str(payload), False) is None:
             return  # a run whose queued steps a StartRun here claimed
         elif self._starting and payload:
-            self._parked.add(str(payload))  # maybe such a run, whose answer is on its way
+            # Maybe such a run, whose claim's answer is on its way: held until then, and
+            # at most _PARKED_SECONDS (StartRun claims may follow each other without end).
+            if not self._parked:
+                asyncio.get_running_loop().call_later(_PARKED_SECONDS, self._release_parked)
+            self._parked.add(str(payload))
         else:
+            self._wake.set()
+
+    def _release_parked(self) -> None:
+        if self._parked:
+            self._parked.clear()
             self._wake.set()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
