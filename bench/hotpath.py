@@ -23,7 +23,8 @@ Workloads (each on the no-op agent in a child process, as in ``bench/engine.py``
 
 The script imports Podium from the interpreter running it, so the same file measures
 another checkout: ``/path/to/other/.venv/bin/python bench/hotpath.py``. ``--uvloop``
-runs the server on uvloop (``pip install uvloop`` first; not a dependency).
+runs the server on uvloop, as ``podium serve`` does by default (``PODIUM_EVENT_LOOP``;
+without the flag, on asyncio's loop, which every checkout has).
 
 Commits and round trips: every engine statement is one autocommit transaction, so
 commits per step are the round trips per step plus the replica's timers; a reading of
@@ -248,7 +249,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    if "--uvloop" in sys.argv:  # the server's event loop on uvloop (installed by hand)
+    if "--uvloop" in sys.argv:  # the server's event loop on uvloop
         sys.argv.remove("--uvloop")
         importlib.import_module("uvloop").install()
     asyncio.run(main())

@@ -259,6 +259,8 @@ class PodiumServer:
             extra={
                 "address": self.address,
                 "startup_seconds": round(time.perf_counter() - started, 3),
+                # uvloop or asyncio (PODIUM_EVENT_LOOP)
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             },
         )
 

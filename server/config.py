@@ -356,6 +356,14 @@ class Settings:
         "Log format: auto, json or text; auto is JSON when stderr is not a terminal.",
         "auto",
     )
+    event_loop: str = _setting(
+        "PODIUM_EVENT_LOOP",
+        _parse_choice("uvloop", "asyncio"),
+        "The server's event loop: uvloop (faster: shorter step hand-offs, less CPU per "
+        "step) or asyncio (the standard library's); uvloop falls back to asyncio where it "
+        "is not installed (Windows).",
+        "uvloop",
+    )
     shutdown_grace_seconds: float = _setting(
         "PODIUM_SHUTDOWN_GRACE_SECONDS",
         _parse_float(0),

@@ -254,4 +254,9 @@ async def serve_main(dsn: str, agents: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    # The event loop `podium serve` runs on (PODIUM_EVENT_LOOP, uvloop by default).
+    from podium.server.config import Settings
+    from podium.server.main import loop_factory
+
+    with asyncio.Runner(loop_factory=loop_factory(Settings.from_env().event_loop)) as runner:
+        runner.run(serve_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -296,8 +296,16 @@ class RunService:
         created = asyncio.ensure_future(self._repository.create(new, start=start, claim=claim))
 
         def dispatch(task: asyncio.Future[CreatedRun]) -> None:
-            ok = not task.cancelled() and task.exception() is None
-            scheduler.dispatch(claim, task.result().claimed if ok else [])
+            if task.cancelled() or task.exception() is not None:
+                scheduler.dispatch(claim, [])
+                return
+            stored = task.result()
+            run_id = stored.run.id
+            mine = sum(1 for s in stored.claimed if s.run_id == run_id)
+            queued = sum(1 for s in stored.steps if s.state == "queued")
+            scheduler.dispatch(
+                claim, stored.claimed, run_id if stored.created and 0 < queued == mine else None
+            )
 
         created.add_done_callback(dispatch)
         return await asyncio.shield(created)

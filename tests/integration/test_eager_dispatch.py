@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
+import grpc
 
+from podium.client.examples.agents import ExampleAgents
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.storage.database import Database
 from podium.server.storage.runs import (
     ClaimedStep,
@@ -23,6 +28,8 @@ from podium.server.storage.runs import (
     StepOutcome,
 )
 from podium.server.storage.steps import Outcome, StepSpec
+from tests.integration.conftest import StartServer, static_agents
+from tests.integration.runs_helpers import Run, plan, start_run, wait_for_run
 
 ORG = "default"
 
@@ -235,6 +242,43 @@ async def test_start_run_claims_its_first_steps_for_the_replica_that_served_it(
     plain = await repo.create(dag(fan), start=True)
     assert plain.claimed == []
     assert len(await repo.claim("replica-2", 10, lease_seconds=60)) == 3
+
+
+async def test_the_start_of_a_run_start_run_claimed_wakes_no_claim(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """The start's NOTIFY podium_work names the run: the replica whose StartRun claimed
+    every queued step of it claims nothing more for it, while a run started without an
+    eager claim (ContinueRun) still wakes the claim loop (the fallback timer is a minute
+    away, so only the notification can start it in time)."""
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"), poll_interval_seconds=60.0
+    )
+    scheduler = server.engine.scheduler
+    repository: Any = scheduler._repository
+    real_claim = repository.claim
+    claims = 0
+
+    async def counted_claim(*args: Any, **kwargs: Any) -> list[ClaimedStep]:
+        nonlocal claims
+        claims += 1
+        result: list[ClaimedStep] = await real_claim(*args, **kwargs)
+        return result
+
+    repository.claim = counted_claim
+    one_step = plan([{"id": "only", "agent": "echo", "input": {"x": 1}}])
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        for _ in range(3):
+            run = await wait_for_run(stub, (await start_run(stub, inline=one_step)).run.id)
+            assert run.state == Run.STATE_SUCCEEDED
+        assert claims == 0
+
+        created = await start_run(stub, inline=one_step, start=False)
+        await stub.ContinueRun(pb.ContinueRunRequest(run_id=created.run.id))
+        run = await wait_for_run(stub, created.run.id)
+        assert run.state == Run.STATE_SUCCEEDED
+        assert claims >= 1
 
 
 async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:

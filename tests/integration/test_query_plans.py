@@ -7,6 +7,10 @@ logging the plan of every statement they execute (nested statements included) to
 this connection as NOTICEs, with custom plans (the actual parameter values). No plan
 may read orchestration_steps, orchestration_runs or step_attempts with a Seq Scan:
 each call must cost what the rows it touches cost, not the size of the history.
+
+The plans must also hold without fresh statistics: the claim (with a completion's eager
+claim) and WatchRuns' page query run again on histories whose tables were never
+analysed, with the plans a connection made while the tables were still empty.
 """
 
 from __future__ import annotations
@@ -131,6 +135,15 @@ def _seq_scans(plans: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+async def _explain_kept_plans(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """auto_explain on ``conn`` with the plan cache as the server runs it (generic plans
+    once they are not worse); skips the test where auto_explain cannot be loaded."""
+    try:
+        await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
+    except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
+        pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+
+
 def _query_texts(plans: list[dict[str, Any]]) -> str:
     return "\n".join(" ".join(plan["Query Text"].split()) for plan in plans)
 
@@ -230,10 +243,7 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
 
     conn = await asyncpg.connect(database_url)
     try:
-        try:
-            await conn.execute(_AUTO_EXPLAIN + "SET plan_cache_mode = auto;")
-        except (asyncpg.UndefinedFileError, asyncpg.InsufficientPrivilegeError) as exc:
-            pytest.skip(f"auto_explain cannot be loaded on this server: {exc}")
+        await _explain_kept_plans(conn)
         # As the server runs it: one prepared statement per connection (asyncpg's cache).
         statement = await conn.prepare(QUERIES["watch_org_events"])
         recent = [
@@ -358,3 +368,55 @@ async def test_keyed_claim_fair_share_and_admission_use_indexes(
         assert statement in texts, f"no plan logged for the statement with {statement!r}"
     problems = _seq_scans(plans)
     assert not problems, "\n\n".join(problems)
+
+
+# ------------------------------------------------------- the claim without statistics
+
+# The history of test_claim_and_complete_use_indexes on tables whose statistics were
+# never gathered (no ANALYZE, autovacuum off for them).
+_SETUP_UNANALYSED = "".join(
+    f"ALTER TABLE {table} SET (autovacuum_enabled = false);\n" for table in sorted(_BIG_TABLES)
+) + _SETUP.replace("ANALYZE orchestration_runs, orchestration_steps, step_attempts;", "")
+
+
+async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
+    """The claim (its candidate query over every run with runnable work, then a run's
+    steps) and a completion with its eager claim, on 100,000 steps whose tables were
+    never analysed, with the plans a replica's connection keeps: made while the tables
+    were empty (a new deployment's first claims), then used after they filled up. No
+    Seq Scan of the steps, runs or attempts."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _explain_kept_plans(conn)
+        await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while empty
+        for _ in range(8):  # a replica's first claims, on the empty tables
+            assert await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)") == []
+        await conn.execute(_SETUP_UNANALYSED)
+        await conn.execute("SET auto_explain.log_min_duration = 0")
+        assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (
+            RUNS * STEPS_PER_RUN
+        )
+        assert not await conn.fetchval(
+            "SELECT coalesce(max(last_analyze), max(last_autoanalyze)) FROM pg_stat_user_tables "
+            "WHERE relname = ANY ($1::text[])",
+            sorted(_BIG_TABLES),
+        )
+        claimed, claim_plans = await _plans_of(
+            conn, "SELECT * FROM podium_claim_steps('replica-b', 20, 60)"
+        )
+        assert len(claimed) == 20  # the oldest running runs: 4 runnable steps each
+        third = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 2))
+        eager, eager_plans = await _plans_of(conn, _COMPLETE_AND_CLAIM, third)
+        assert len(eager) > 1 and eager[-1]["states"] == ["running"]
+        plans = claim_plans + eager_plans
+        texts = _query_texts(plans)
+        for statement in (
+            "row_number() OVER",  # claim: the candidate runs, ranked by share
+            "FOR UPDATE OF s SKIP LOCKED",  # claim: a run's queued steps
+            "WHERE r.id = ANY (p_runs)",  # the eager claim: the batch's runs
+        ):
+            assert statement in texts, f"no plan logged for the statement with {statement!r}"
+        problems = _seq_scans(plans)
+        assert not problems, "\n\n".join(problems)
+    finally:
+        await conn.close()

@@ -92,6 +92,22 @@ async def test_two_servers_starting_together_apply_each_migration_once(
     assert len(applied_logs) == 1, "exactly one of the two servers applies the migrations"
 
 
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_runs_on_the_event_loop_of_its_setting(
+    empty_database_url: str, setting: str | None, loop: str
+) -> None:
+    env = {"PODIUM_DATABASE_URL": empty_database_url}
+    if setting is not None:
+        env["PODIUM_EVENT_LOOP"] = setting
+    serve = await asyncio.to_thread(start_serve, env)
+    try:
+        assert await check_health(serve.address) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        assert await asyncio.to_thread(serve.terminate) == 0
+    serving = [e for e in serve.logs if e.get("message") == "Podium serving"]
+    assert [e["event_loop"] for e in serving] == [loop]
+
+
 def test_bad_setting_exits_with_a_clear_message() -> None:
     result = subprocess.run(
         [PODIUM, "serve", "--listen-address", "nowhere"], capture_output=True, text=True, timeout=60

@@ -57,6 +57,7 @@ from podium.client.agent import (
     Skill,
     Task,
     TaskFailed,
+    event_loop_factory,
     wait_for_shutdown_signal,
 )
 from podium.client.tls import agent_server_credentials
@@ -655,7 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
-        asyncio.run(_serve_until_signal(args))
+        # On uvloop when it is installed, as Agent.run does.
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_serve_until_signal(args))
     except ValueError as exc:
         parser.error(str(exc))
     return 0

@@ -167,7 +167,9 @@ END
 $$;
 
 -- Queue every pending step of a running run without unfinished dependencies, with a
--- step.queued event each (numbered with one run update); NOTIFY when there are any.
+-- step.queued event each (numbered with one run update); NOTIFY podium_work when there
+-- are any, with the run's id as the payload: the replica whose StartRun claimed them all
+-- in the same transaction (podium_create_run_and_claim) skips that wake-up.
 CREATE OR REPLACE FUNCTION podium_queue_root_steps(p_run uuid) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -189,7 +191,7 @@ BEGIN
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
     IF v_count > 0 THEN
         PERFORM pg_notify('podium_events', p_run::text);
-        PERFORM pg_notify('podium_work', '');
+        PERFORM pg_notify('podium_work', p_run::text);
     END IF;
     RETURN v_count;
 END
