@@ -80,8 +80,11 @@ def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -
 class RunsRepository:
     """SQL access for runs, steps, attempts, events and deliverables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, max_running_steps_per_org: int = 0) -> None:
+        """``max_running_steps_per_org``: every claim's cap on an organization's running
+        steps (``PODIUM_MAX_RUNNING_STEPS_PER_ORG``, 0: none; ``podium_claim_steps_of``)."""
         self._db = db
+        self._org_cap = max_running_steps_per_org
 
     async def create(
         self, run: NewRun, *, start: bool, claim: EagerClaim | None = None
@@ -108,6 +111,7 @@ class RunsRepository:
                     claim.owner,
                     claim.limit,
                     claim.lease_seconds,
+                    self._org_cap,
                 )
                 row, claimed = rows[-1], [claimed_step(r) for r in rows[:-1]]
         if not row["created"]:
@@ -370,7 +374,9 @@ class RunsRepository:
         """Lease up to ``limit`` runnable steps to ``owner`` (one transaction)."""
         # One statement (a function call) is atomic on its own: no BEGIN/COMMIT trips.
         async with self._db.connection() as conn:
-            rows = await conn.fetch(QUERIES["claim_steps"], owner, limit, lease_seconds)
+            rows = await conn.fetch(
+                QUERIES["claim_steps"], owner, limit, lease_seconds, self._org_cap
+            )
         return [claimed_step(r) for r in rows]
 
     async def complete(
@@ -405,6 +411,7 @@ class RunsRepository:
             claim.limit if claim else 0,
             claim.lease_seconds if claim else 0.0,
             [o.model for o in ordered],
+            self._org_cap,
         )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,

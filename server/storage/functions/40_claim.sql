@@ -1,34 +1,74 @@
 -- The scheduler's claim: runnable steps are leased to a replica, expired leases return
 -- to the queue. Lock order: see 30_runs.sql.
 
+-- The claim's locks. No lock serializes every claim: claims of different replicas run
+-- at once, each locking candidate runs and their queued steps FOR UPDATE SKIP LOCKED
+-- (a run's max_parallel is counted under its row lock). A count shared by several runs
+-- is read under a transaction advisory lock of its own, taken only when a limit applies,
+-- just before the count is read and held to commit, so it is exact across replicas:
+--   1886350959  one agent of an organization (max_concurrency and its rate windows)
+--   1886350960  one concurrency key value of an organization (max_steps_per_key)
+--   1886350961  one organization (p_org_cap, PODIUM_MAX_RUNNING_STEPS_PER_ORG)
+-- A claim acquires these in no fixed order, so it waits for one only while it holds
+-- none (and only the scheduler's claim waits: an eager claim holds a completion's run
+-- rows); otherwise it only tries, and a step whose lock another claim holds stays
+-- queued (that claim is deciding for the same agent, key or organization), with a
+-- NOTIFY podium_work so the claimers look again once it committed. A holder of one of
+-- these locks never waits for another, so no cycle can form.
+-- Returns whether this transaction holds the lock now.
+CREATE OR REPLACE FUNCTION podium_claim_lock(p_class integer, p_name text, p_wait boolean)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_wait THEN
+        PERFORM pg_advisory_xact_lock(p_class, hashtext(p_name));
+        RETURN true;
+    END IF;
+    RETURN pg_try_advisory_xact_lock(p_class, hashtext(p_name));
+END
+$$;
+
+-- The running steps that occupy an organization's share of PODIUM_MAX_RUNNING_STEPS_PER_ORG:
+-- every running step but a sub-orchestration's, which waits for its child run without
+-- executing anything (counting it would let a parent hold the slot its child needs).
+CREATE OR REPLACE FUNCTION podium_org_running(p_org text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::integer FROM orchestration_steps s
+     WHERE s.state = 'running' AND s.organization_id = p_org AND s.child_run_id IS NULL
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
--- eager claim inside a completion, which holds those runs' locks already).
+-- eager claim inside a completion or StartRun, which holds those runs' locks already).
 --
--- Claimers are serialized by a transaction advisory lock, so the counts they read
--- (running steps per run and per agent) are exact across replicas. Inside, each
--- candidate run is locked, its due retries re-queued, and its queued steps taken
--- FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents' max_concurrency
--- allow and the agents' rate limits (45_rate_limits.sql) have room: a held step stays
--- queued, its attempts untouched. A skill is routed to the least busy agent offering it
--- that is under its limits. Each claimed step gets
+-- Each candidate run is locked (SKIP LOCKED), its due retries re-queued, and its queued
+-- steps taken FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents'
+-- max_concurrency allow and the agents' rate limits (45_rate_limits.sql) have room: a
+-- held step stays queued, its attempts untouched. A skill is routed to the least busy
+-- agent offering it that is under its limits. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
--- step.started event; its resolved-reference outputs come back with it.
+-- step.started event; its resolved-reference outputs come back with it. The counts shared
+-- by several runs are read under the locks described above (podium_claim_lock).
 --
 -- Priorities and fair share: candidate runs are visited by priority (higher first),
 -- then round-robin across shares (a share: the runs of one organization and concurrency
 -- key value at one priority), ranking each run by its position in its share plus the
 -- share's running steps, so the share with the fewest running steps goes first and a
 -- share with thousands of queued steps cannot hold back another's single step beyond
--- one claim. Runs are locked SKIP LOCKED in that order (a run a completer holds is left
--- to that completer, which claims or notifies when it leaves work). An eager claim
--- (p_runs) becomes the claim over every run when another share of its runs' priority or
--- a higher priority has queued steps (index probes on
+-- one claim. Runs are locked SKIP LOCKED in that order (a run a completer or another
+-- claim holds is left to it; a completer claims or notifies when it leaves work). An
+-- eager claim (p_runs) becomes the claim over every run when another share of its runs'
+-- priority or a higher priority has queued steps (index probes on
 -- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
--- holds a step while the running steps of its run's key value reach it (counted once
--- per key value and claim).
+-- holds a step while the running steps of its run's key value reach it, p_org_cap
+-- (PODIUM_MAX_RUNNING_STEPS_PER_ORG, 0: none) while its organization's running steps
+-- (podium_org_running) reach it; both are counted once per claim under their lock and
+-- decremented by each start. Organizations at their cap are left out of the candidate
+-- runs, so their queue costs the claim nothing.
+DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
-    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
+    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[],
+    p_org_cap integer DEFAULT 0
 )
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
@@ -56,13 +96,20 @@ DECLARE
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
+    v_org_free jsonb := '{}';  -- organization -> steps it may still start (p_org_cap)
     v_run_key text;  -- the run's key value, '' without one (rate windows per key)
     v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
+    v_cap integer := greatest(coalesce(p_org_cap, 0), 0);
+    v_wait boolean := p_runs IS NULL;  -- only the scheduler's claim waits for a lock
+    v_locks jsonb := '{}';  -- lock name -> held (true) or refused (false) in this claim
+    v_held integer := 0;  -- locks of podium_claim_lock held
+    v_lock text;
+    v_ok boolean;
+    v_contended boolean := false;  -- a step stayed queued behind another claim's lock
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(1886350957, 1);
     -- An eager claim whose runs' shares are not alone in the queue (another share of
     -- their priority, or a higher priority, has queued steps) becomes the scheduler's
     -- claim over every run, so the freed slots go by turns. Its SKIP LOCKED keeps the
@@ -102,7 +149,11 @@ BEGIN
                                         UNION
                                         SELECT w.run_id FROM orchestration_steps w
                                          WHERE w.state = 'waiting_retry'
-                                           AND w.next_attempt_at <= now())) o
+                                           AND w.next_attempt_at <= now())
+                           AND (v_cap = 0 OR x.organization_id NOT IN (
+                                    SELECT f.organization_id FROM orchestration_steps f
+                                     WHERE f.state = 'running' AND f.child_run_id IS NULL
+                                     GROUP BY 1 HAVING count(*) >= v_cap))) o
                   LEFT JOIN (SELECT g.organization_id, g.concurrency_key, g.priority,
                                     count(*) AS busy
                                FROM orchestration_steps g WHERE g.state = 'running'
@@ -127,12 +178,44 @@ BEGIN
         FETCH v_runs INTO v_run;
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
         v_run_key := coalesce(v_run.concurrency_key, '');
-        IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
-            v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
-                v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
-                                            WHERE k.state = 'running'
-                                              AND k.organization_id = v_run.organization_id
-                                              AND k.concurrency_key = v_run.concurrency_key));
+        IF v_cap > 0 THEN
+            v_lock := 'o' || chr(31) || v_run.organization_id;
+            IF NOT v_locks ? v_lock THEN
+                v_ok := podium_claim_lock(1886350961, v_run.organization_id,
+                                          v_wait AND v_held = 0);
+                v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
+                IF v_ok THEN
+                    v_held := v_held + 1;
+                    v_org_free := v_org_free || jsonb_build_object(v_run.organization_id,
+                        v_cap - podium_org_running(v_run.organization_id));
+                END IF;
+            END IF;
+            IF NOT (v_locks ->> v_lock)::boolean THEN
+                v_contended := true;
+                CONTINUE;
+            END IF;
+            CONTINUE WHEN (v_org_free ->> v_run.organization_id)::integer <= 0;
+        END IF;
+        IF v_run.max_steps_per_key > 0 THEN
+            v_lock := 'k' || chr(31) || v_run.organization_id || chr(31) || v_run.concurrency_key;
+            IF NOT v_locks ? v_lock THEN
+                v_ok := podium_claim_lock(1886350960,
+                                          v_run.organization_id || chr(31) || v_run.concurrency_key,
+                                          v_wait AND v_held = 0);
+                v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
+                IF v_ok THEN
+                    v_held := v_held + 1;
+                    v_key_free := v_key_free || jsonb_build_object(v_lock,
+                        v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
+                                                    WHERE k.state = 'running'
+                                                      AND k.organization_id = v_run.organization_id
+                                                      AND k.concurrency_key = v_run.concurrency_key));
+                END IF;
+            END IF;
+            IF NOT (v_locks ->> v_lock)::boolean THEN
+                v_contended := true;
+                CONTINUE;
+            END IF;
         END IF;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
@@ -152,7 +235,9 @@ BEGIN
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
             EXIT WHEN v_run.max_steps_per_key > 0
-                  AND (v_key_free ->> v_run.concurrency_key)::integer <= 0;
+                  AND (v_key_free ->> ('k' || chr(31) || v_run.organization_id || chr(31)
+                                       || v_run.concurrency_key))::integer <= 0;
+            EXIT WHEN v_cap > 0 AND (v_org_free ->> v_run.organization_id)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
                    0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
@@ -160,6 +245,25 @@ BEGIN
                    false AS rate_per_key
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
+                -- Lock every limited agent offering the skill (a refused one is left out).
+                FOR v_lock IN
+                    SELECT a.name FROM agents a
+                     WHERE a.organization_id = v_run.organization_id
+                       AND v_step.skill = ANY (a.skills)
+                       AND (a.max_concurrency > 0 OR a.rate_period_seconds > 0)
+                       AND NOT v_locks ? ('a' || chr(31) || a.name)
+                     ORDER BY a.name
+                LOOP
+                    v_ok := podium_claim_lock(1886350959,
+                                              v_run.organization_id || chr(31) || v_lock,
+                                              v_wait AND v_held = 0);
+                    v_locks := v_locks || jsonb_build_object('a' || chr(31) || v_lock, v_ok);
+                    IF v_ok THEN
+                        v_held := v_held + 1;
+                    ELSE
+                        v_contended := true;
+                    END IF;
+                END LOOP;
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
                        c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
@@ -175,7 +279,9 @@ BEGIN
                                + coalesce((v_used ->> a.name)::integer, 0) AS busy
                           FROM agents a
                          WHERE a.organization_id = v_run.organization_id
-                           AND v_step.skill = ANY (a.skills)) c
+                           AND v_step.skill = ANY (a.skills)
+                           AND ((a.max_concurrency = 0 AND a.rate_period_seconds = 0)
+                                OR (v_locks ->> ('a' || chr(31) || a.name))::boolean)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
                         OR coalesce((v_room ->> (c.name || CASE WHEN c.rate_per_key
@@ -191,23 +297,42 @@ BEGIN
                 IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
                                           WHERE a.organization_id = v_run.organization_id
                                             AND v_step.skill = ANY (a.skills)) THEN
-                    CONTINUE;  -- every agent with the skill is full or limited: stays queued
+                    CONTINUE;  -- every agent with the skill is full, limited or locked
                 END IF;
             ELSIF v_step.agent IS NOT NULL THEN
                 SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
-                       a.max_concurrency,
-                       CASE WHEN a.max_concurrency > 0 THEN
-                           (SELECT count(*) FROM orchestration_steps b
-                             WHERE b.state = 'running' AND b.organization_id = a.organization_id
-                               AND b.agent = a.name)
-                           + coalesce((v_used ->> a.name)::integer, 0)
-                       ELSE 0 END AS busy, a.rate_period_seconds AS rate_period,
+                       a.max_concurrency, 0::bigint AS busy, a.rate_period_seconds AS rate_period,
                        a.requests_per_period, a.tokens_per_period, a.rate_per_key
                   INTO v_agent
                   FROM agents a
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
-                IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
-                    CONTINUE;  -- the agent is full: stays queued
+                IF v_agent.name IS NOT NULL
+                   AND (v_agent.max_concurrency > 0 OR v_agent.rate_period > 0) THEN
+                    v_lock := 'a' || chr(31) || v_agent.name;
+                    IF NOT v_locks ? v_lock THEN
+                        v_ok := podium_claim_lock(1886350959,
+                                                  v_run.organization_id || chr(31) || v_agent.name,
+                                                  v_wait AND v_held = 0);
+                        v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
+                        IF v_ok THEN
+                            v_held := v_held + 1;
+                        END IF;
+                    END IF;
+                    IF NOT (v_locks ->> v_lock)::boolean THEN
+                        v_contended := true;
+                        CONTINUE;  -- another claim decides for this agent: stays queued
+                    END IF;
+                END IF;
+                IF v_agent.name IS NOT NULL AND v_agent.max_concurrency > 0 THEN
+                    -- Counted after the agent's lock was taken: exact across replicas.
+                    SELECT count(*) + coalesce((v_used ->> v_agent.name)::integer, 0)
+                      INTO v_agent.busy
+                      FROM orchestration_steps b
+                     WHERE b.state = 'running' AND b.organization_id = v_run.organization_id
+                       AND b.agent = v_agent.name;
+                    IF v_agent.busy >= v_agent.max_concurrency THEN
+                        CONTINUE;  -- the agent is full: stays queued
+                    END IF;
                 END IF;
             END IF;
             IF v_agent.rate_period > 0 THEN
@@ -272,8 +397,13 @@ BEGIN
             v_free := v_free - 1;
             v_picked := v_picked + 1;
             IF v_run.max_steps_per_key > 0 THEN
-                v_key_free := jsonb_set(v_key_free, ARRAY[v_run.concurrency_key],
-                    to_jsonb((v_key_free ->> v_run.concurrency_key)::integer - 1));
+                v_lock := 'k' || chr(31) || v_run.organization_id || chr(31) || v_run.concurrency_key;
+                v_key_free := jsonb_set(v_key_free, ARRAY[v_lock],
+                    to_jsonb((v_key_free ->> v_lock)::integer - 1));
+            END IF;
+            IF v_cap > 0 THEN
+                v_org_free := jsonb_set(v_org_free, ARRAY[v_run.organization_id],
+                    to_jsonb((v_org_free ->> v_run.organization_id)::integer - 1));
             END IF;
             RETURN QUERY
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
@@ -309,11 +439,20 @@ BEGIN
         END IF;
     END LOOP;
     CLOSE v_runs;
+    IF v_contended THEN
+        -- Steps stayed queued behind another claim's lock: look again once it committed.
+        PERFORM pg_notify('podium_work', '');
+    END IF;
 END
 $$;
 
+
 -- The scheduler's claim over every run with runnable work (podium_claim_steps_of).
-CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+DROP FUNCTION IF EXISTS podium_claim_steps(text, integer, double precision);
+CREATE OR REPLACE FUNCTION podium_claim_steps(
+    p_owner text, p_limit integer, p_lease_seconds double precision,
+    p_org_cap integer DEFAULT 0
+)
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
     skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
@@ -323,7 +462,7 @@ RETURNS TABLE (
     run_started_at timestamptz, trace_context jsonb
 )
 LANGUAGE sql AS $$
-    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL)
+    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL, p_org_cap)
 $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
@@ -390,14 +529,19 @@ $$;
 -- StartRun with its eager claim: podium_create_run, then, when it created and started
 -- the run, up to p_claim_limit of its runnable steps claimed for p_owner (the replica
 -- that served the call) in the same transaction, so they need no wake and no claim of
--- their own. The claimers' lock is only tried: when another transaction holds it, the
--- steps stay queued for the claimers (podium_start_run has notified them).
+-- their own. Like every eager claim it only tries the claim's locks: a step whose
+-- agent, key or organization another claim is deciding for stays queued for the
+-- claimers (podium_start_run has notified them). p_org_cap: as podium_claim_steps_of.
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
 DROP FUNCTION IF EXISTS podium_create_run_and_claim(
     text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
     uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
     double precision);
+DROP FUNCTION IF EXISTS podium_create_run_and_claim(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
+    double precision, jsonb);
 CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
@@ -405,7 +549,8 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
     p_return_steps boolean, p_owner text, p_claim_limit integer,
-    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL
+    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL,
+    p_org_cap integer DEFAULT 0
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -429,8 +574,7 @@ BEGIN
                              p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
                              p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
                              p_start, p_return_steps, p_keying) c;
-    IF v_run.created AND p_start AND p_claim_limit > 0
-       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+    IF v_run.created AND p_start AND p_claim_limit > 0 THEN
         RETURN QUERY
         SELECT c.run_id, NULL::boolean, NULL::text, NULL::integer, NULL::bigint,
                NULL::timestamptz, NULL::timestamptz, NULL::text[], NULL::text[],
@@ -442,7 +586,7 @@ BEGIN
                c.definition_name, c.definition_version, c.run_created_at,
                c.run_started_at, c.trace_context
           FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
-                                     ARRAY[v_run.run_id]) c;
+                                     ARRAY[v_run.run_id], p_org_cap) c;
     END IF;
     RETURN QUERY
     SELECT v_run.run_id, v_run.created, v_run.state, v_run.run_attempt,
