@@ -195,6 +195,12 @@ class RunsRepository:
             run.keying.to_json() if run.keying else None,
         )
 
+    async def org_running(self, organization_id: str) -> int:
+        """How many steps of the organization run now, as the claim counts them against
+        ``max_running_steps_per_org``."""
+        async with self._db.connection() as conn:
+            return int(await conn.fetchval(QUERIES["org_running"], organization_id))
+
     async def key_running(self, organization_id: str, key: str) -> int:
         """How many admitted runs of concurrency key value ``key`` are unfinished."""
         async with self._db.connection() as conn:

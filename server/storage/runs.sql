@@ -281,6 +281,11 @@ SELECT count(*) FROM (
 -- $1 run_id, $2 step_id, $3 attempt, $4 the claim's task_id
 SELECT podium_budget_gate($1, $2, $3, $4)
 
+-- org_running --
+-- The running steps that count against PODIUM_MAX_RUNNING_STEPS_PER_ORG (GetRun's
+-- waiting reason; the claim counts them with the same function). $1 organization_id
+SELECT podium_org_running($1)
+
 -- key_running --
 -- The admitted unfinished runs of a concurrency key value (GetRun's waiting reason).
 -- $1 organization_id, $2 key

@@ -86,7 +86,6 @@ DECLARE
     v_agent record;
     v_free integer;
     v_picked integer := 0;
-    v_used jsonb := '{}';
     v_attempt integer;
     v_task uuid;
     v_started_ids text[];
@@ -275,8 +274,7 @@ BEGIN
                                (SELECT count(*) FROM orchestration_steps b
                                  WHERE b.state = 'running'
                                    AND b.organization_id = a.organization_id
-                                   AND b.agent = a.name)
-                               + coalesce((v_used ->> a.name)::integer, 0) AS busy
+                                   AND b.agent = a.name) AS busy
                           FROM agents a
                          WHERE a.organization_id = v_run.organization_id
                            AND v_step.skill = ANY (a.skills)
@@ -324,9 +322,9 @@ BEGIN
                     END IF;
                 END IF;
                 IF v_agent.name IS NOT NULL AND v_agent.max_concurrency > 0 THEN
-                    -- Counted after the agent's lock was taken: exact across replicas.
-                    SELECT count(*) + coalesce((v_used ->> v_agent.name)::integer, 0)
-                      INTO v_agent.busy
+                    -- Counted after the agent's lock was taken: exact across replicas
+                    -- (the steps this claim started count: it sees its own writes).
+                    SELECT count(*) INTO v_agent.busy
                       FROM orchestration_steps b
                      WHERE b.state = 'running' AND b.organization_id = v_run.organization_id
                        AND b.agent = v_agent.name;
@@ -390,10 +388,6 @@ BEGIN
             v_started_ids := v_started_ids || v_step.step_id;
             v_started_attempts := v_started_attempts || v_attempt;
             v_started_agents := v_started_agents || coalesce(v_agent.name, v_step.agent);
-            IF v_agent.name IS NOT NULL THEN
-                v_used := jsonb_set(v_used, ARRAY[v_agent.name],
-                                    to_jsonb(coalesce((v_used ->> v_agent.name)::integer, 0) + 1));
-            END IF;
             v_free := v_free - 1;
             v_picked := v_picked + 1;
             IF v_run.max_steps_per_key > 0 THEN
