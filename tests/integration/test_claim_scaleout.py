@@ -20,7 +20,8 @@ from podium.orchestration.v1 import agent_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.storage.database import Database
-from podium.server.storage.runs import RunsRepository
+from podium.server.storage.events import EventsRepository
+from podium.server.storage.runs import EagerClaim, RunsRepository
 from tests.integration.conftest import StartServer, bearer_channel, static_agents
 from tests.integration.runs_helpers import (
     create_definition,
@@ -169,10 +170,10 @@ async def test_three_replicas_keep_an_agents_max_concurrency(
                 )
             )
         )
-        steps = [
-            {"id": f"s{i}", "agent": "capped", "input": {"seconds": 0.05}} for i in range(4)
-        ]
-        await create_definition(stub, "hammer", steps, execution={"concurrency": {"max_parallel": 4}})
+        steps = [{"id": f"s{i}", "agent": "capped", "input": {"seconds": 0.05}} for i in range(4)]
+        await create_definition(
+            stub, "hammer", steps, execution={"concurrency": {"max_parallel": 4}}
+        )
         runs = [(await start_run(stub, "hammer")).run.id for _ in range(15)]
         finished = [await wait_for_run(stub, r, within=120) for r in runs]
     assert all(r.state == run_pb2.Run.STATE_SUCCEEDED for r in finished)
@@ -229,3 +230,37 @@ async def test_an_organizations_cap_across_two_replicas_with_fair_share(
         r for r in heavy_runs if r.steps[0].attempts[0].start_time.ToNanoseconds() > light_start
     ]
     assert len(later) >= 20, len(later)  # the heavy organization still had most queued
+
+
+async def test_notify_only_when_a_replica_listens_or_work_is_left(
+    db: Database, database_url: str
+) -> None:
+    """A NOTIFY costs its transaction a database-wide lock at commit: StartRun whose
+    steps its own replica claimed sends none while nobody watches the organization;
+    podium_events once a hub registered it; podium_work when steps are left queued."""
+    repo = RunsRepository(db)
+    heard: list[tuple[str, str]] = []
+    listener = await asyncpg.connect(database_url)
+    try:
+        for channel in ("podium_events", "podium_work"):
+            await listener.add_listener(
+                channel, lambda _c, _p, channel, payload: heard.append((channel, payload))
+            )
+        claim = EagerClaim("replica-1", 10, 60)
+        first = await repo.create(dag([("a", []), ("b", ["a"])]), start=True, claim=claim)
+        assert [s.step_id for s in first.claimed] == ["a"]
+        await asyncio.sleep(0.5)
+        assert heard == []
+
+        await EventsRepository(db).listen("hub-1", [ORG], 30, every=False)
+        second = await repo.create(dag([("a", [])]), start=True, claim=claim)
+        await wait_until(lambda: bool(heard), within=5, what="a notification")
+        assert heard == [("podium_events", str(second.run.id))]
+
+        heard.clear()
+        await EventsRepository(db).listen("hub-1", [], 30, every=True)
+        await repo.create(dag([("a", []), ("b", [])]), start=True, claim=EagerClaim("r", 1, 60))
+        await wait_until(lambda: bool(heard), within=5, what="a notification")
+        assert heard == [("podium_work", "")]  # b is left queued; nobody watches
+    finally:
+        await listener.close()

@@ -429,7 +429,7 @@ BEGIN
                    clock_timestamp()
               FROM unnest(v_started_ids, v_started_attempts, v_started_agents)
                    WITH ORDINALITY AS e(step_id, attempt, agent, ord);
-            PERFORM pg_notify('podium_events', v_run.id::text);
+            PERFORM podium_notify_events(v_run.id, v_run.organization_id);
         END IF;
     END LOOP;
     CLOSE v_runs;
@@ -525,7 +525,10 @@ $$;
 -- that served the call) in the same transaction, so they need no wake and no claim of
 -- their own. Like every eager claim it only tries the claim's locks: a step whose
 -- agent, key or organization another claim is deciding for stays queued for the
--- claimers (podium_start_run has notified them). p_org_cap: as podium_claim_steps_of.
+-- claimers. NOTIFY podium_work (the claimers) only when the run still has queued steps
+-- after the claim: a StartRun whose steps all went to its replica sends no NOTIFY
+-- (podium.defer_work_notify holds back podium_queue_root_steps'). p_org_cap: as
+-- podium_claim_steps_of.
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
 DROP FUNCTION IF EXISTS podium_create_run_and_claim(
@@ -562,12 +565,16 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
 BEGIN
+    IF p_start AND p_claim_limit > 0 THEN
+        PERFORM set_config('podium.defer_work_notify', 'on', true);
+    END IF;
     SELECT * INTO v_run
       FROM podium_create_run(p_org, p_definition_name, p_definition_version, p_plan,
                              p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
                              p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
                              p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
                              p_start, p_return_steps, p_keying) c;
+    PERFORM set_config('podium.defer_work_notify', '', true);
     IF v_run.created AND p_start AND p_claim_limit > 0 THEN
         RETURN QUERY
         SELECT c.run_id, NULL::boolean, NULL::text, NULL::integer, NULL::bigint,
@@ -581,6 +588,11 @@ BEGIN
                c.run_started_at, c.trace_context
           FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
                                      ARRAY[v_run.run_id], p_org_cap) c;
+    END IF;
+    IF p_start AND p_claim_limit > 0 AND EXISTS (
+           SELECT 1 FROM orchestration_steps s
+            WHERE s.run_id = v_run.run_id AND s.state = 'queued') THEN
+        PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN QUERY
     SELECT v_run.run_id, v_run.created, v_run.state, v_run.run_attempt,

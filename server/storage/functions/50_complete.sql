@@ -194,7 +194,7 @@ BEGIN
         UPDATE human_approvals SET state = 'cancelled'
          WHERE run_id = p_run AND state = 'pending' AND kind = 'budget';
     END IF;
-    PERFORM pg_notify('podium_events', p_run::text);
+    PERFORM podium_notify_events(p_run, v_org);
     run_state := v_run_state;
     queued := v_count;
     retry := v_state = 'waiting_retry';
