@@ -101,14 +101,14 @@ class Replica:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if process.returncode is not None:
-                    raise RuntimeError(f"podium serve exited: {log.read_text()[-2000:]}")
+                    raise RuntimeError(f"podium serve exited (its log: {log})")
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
                     if reply.status == health_pb2.HealthCheckResponse.SERVING:
                         return cls(process, log, address)
                 await asyncio.sleep(0.1)
         process.kill()
-        raise RuntimeError(f"podium serve did not start: {log.read_text()[-2000:]}")
+        raise RuntimeError(f"podium serve did not start (its log: {log})")
 
     def cpu_seconds(self) -> float:
         with contextlib.suppress(psutil.Error):
