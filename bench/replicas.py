@@ -1,10 +1,11 @@
 """Scale-out benchmark: steps/s of 1, 2 and 4 ``podium serve`` replicas on one database.
 
 Run ``.venv/bin/python bench/replicas.py [--database-url URL] [--runs 200] [--replicas
-1,2,4] [--podium LABEL=PATH ...]``; it prints ONE JSON document on stdout, then a table
-on stderr (progress on stderr too). ``--podium`` names the ``podium`` executables to
-compare in one sitting (e.g. ``before=/path/of/main/.venv/bin/podium``), each label on
-every replica count, interleaved (default: this checkout's). See ``bench/README.md``.
+1,2,4] [--rounds N] [--podium LABEL=PATH ...]``; it prints ONE JSON document on stdout,
+then a table on stderr (progress on stderr too). ``--podium`` names the ``podium``
+executables to compare in one sitting (e.g. ``before=/path/of/main/.venv/bin/podium``),
+each label on every replica count, interleaved, the order alternating between rounds
+(default: this checkout's). See ``bench/README.md``.
 
 Layout of one (label, replica count) round, on a fresh database
 (``PODIUM_BENCH_DB_PREFIX`` + hex, dropped after):
@@ -374,6 +375,7 @@ async def main() -> None:
     parser.add_argument("--replicas", default="1,2,4")
     parser.add_argument("--base-port", type=int, default=21100)
     parser.add_argument("--podium", action="append", default=[], metavar="LABEL=PATH")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every (count, label)")
     args = parser.parse_args()
     podiums = [tuple(p.split("=", 1)) for p in args.podium] or [("this", PODIUM)]
     counts = [int(c) for c in args.replicas.split(",")]
@@ -383,8 +385,9 @@ async def main() -> None:
     try:
         out: dict[str, Any] = {"machine": await machine_info(admin), "rounds": rounds}
         with tempfile.TemporaryDirectory(prefix="podium-replicas-") as tmp:
-            for count in counts:
-                for label, podium in podiums:
+            for count, turn in [(c, t) for c in counts for t in range(args.rounds)]:
+                # Alternate which label goes first, so the machine's drift favours none.
+                for label, podium in podiums[:: -1 if turn % 2 else 1]:
                     progress(f"{label}: {count} replica(s), {args.runs} runs x {args.steps} steps")
                     result = await one_round(args, admin, agent, label, podium, count, Path(tmp))
                     progress(
