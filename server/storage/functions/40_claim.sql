@@ -15,16 +15,25 @@
 -- queued (that claim is deciding for the same agent, key or organization), with a
 -- NOTIFY podium_work so the claimers look again once it committed. A holder of one of
 -- these locks never waits for another, so no cycle can form.
--- Returns whether this transaction holds the lock now.
-CREATE OR REPLACE FUNCTION podium_claim_lock(p_class integer, p_name text, p_wait boolean)
-RETURNS boolean
+-- p_locks: the claim's locks so far, 'classid:name' -> held (true) or refused (false);
+-- p_lock: the one it needs now. Returns p_locks with p_lock's entry: waited for when
+-- p_wait and no lock of p_locks is held, otherwise only tried (once per claim).
+DROP FUNCTION IF EXISTS podium_claim_lock(integer, text, boolean);
+CREATE OR REPLACE FUNCTION podium_claim_lock(p_locks jsonb, p_lock text, p_wait boolean)
+RETURNS jsonb
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_class integer := split_part(p_lock, ':', 1)::integer;
+    v_key integer := hashtext(substr(p_lock, position(':' IN p_lock) + 1));
 BEGIN
-    IF p_wait THEN
-        PERFORM pg_advisory_xact_lock(p_class, hashtext(p_name));
-        RETURN true;
+    IF p_locks ? p_lock THEN
+        RETURN p_locks;
     END IF;
-    RETURN pg_try_advisory_xact_lock(p_class, hashtext(p_name));
+    IF p_wait AND NOT EXISTS (SELECT 1 FROM jsonb_each(p_locks) e WHERE e.value = 'true') THEN
+        PERFORM pg_advisory_xact_lock(v_class, v_key);
+        RETURN p_locks || jsonb_build_object(p_lock, true);
+    END IF;
+    RETURN p_locks || jsonb_build_object(p_lock, pg_try_advisory_xact_lock(v_class, v_key));
 END
 $$;
 
@@ -100,10 +109,8 @@ DECLARE
     v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
     v_cap integer := greatest(coalesce(p_org_cap, 0), 0);
     v_wait boolean := p_runs IS NULL;  -- only the scheduler's claim waits for a lock
-    v_locks jsonb := '{}';  -- lock name -> held (true) or refused (false) in this claim
-    v_held integer := 0;  -- locks of podium_claim_lock held
+    v_locks jsonb := '{}';  -- 'classid:name' -> held (true) or refused (false) in this claim
     v_lock text;
-    v_ok boolean;
     v_contended boolean := false;  -- a step stayed queued behind another claim's lock
 BEGIN
     IF p_limit <= 0 THEN
@@ -178,42 +185,31 @@ BEGIN
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
         v_run_key := coalesce(v_run.concurrency_key, '');
         IF v_cap > 0 THEN
-            v_lock := 'o' || chr(31) || v_run.organization_id;
-            IF NOT v_locks ? v_lock THEN
-                v_ok := podium_claim_lock(1886350961, v_run.organization_id,
-                                          v_wait AND v_held = 0);
-                v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
-                IF v_ok THEN
-                    v_held := v_held + 1;
-                    v_org_free := v_org_free || jsonb_build_object(v_run.organization_id,
-                        v_cap - podium_org_running(v_run.organization_id));
-                END IF;
-            END IF;
+            v_lock := '1886350961:' || v_run.organization_id;
+            v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
             IF NOT (v_locks ->> v_lock)::boolean THEN
                 v_contended := true;
                 CONTINUE;
+            END IF;
+            IF NOT v_org_free ? v_run.organization_id THEN  -- counted once the lock is held
+                v_org_free := v_org_free || jsonb_build_object(v_run.organization_id,
+                    v_cap - podium_org_running(v_run.organization_id));
             END IF;
             CONTINUE WHEN (v_org_free ->> v_run.organization_id)::integer <= 0;
         END IF;
         IF v_run.max_steps_per_key > 0 THEN
-            v_lock := 'k' || chr(31) || v_run.organization_id || chr(31) || v_run.concurrency_key;
-            IF NOT v_locks ? v_lock THEN
-                v_ok := podium_claim_lock(1886350960,
-                                          v_run.organization_id || chr(31) || v_run.concurrency_key,
-                                          v_wait AND v_held = 0);
-                v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
-                IF v_ok THEN
-                    v_held := v_held + 1;
-                    v_key_free := v_key_free || jsonb_build_object(v_lock,
-                        v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
-                                                    WHERE k.state = 'running'
-                                                      AND k.organization_id = v_run.organization_id
-                                                      AND k.concurrency_key = v_run.concurrency_key));
-                END IF;
-            END IF;
+            v_lock := '1886350960:' || v_run.organization_id || chr(31) || v_run.concurrency_key;
+            v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
             IF NOT (v_locks ->> v_lock)::boolean THEN
                 v_contended := true;
                 CONTINUE;
+            END IF;
+            IF NOT v_key_free ? v_lock THEN
+                v_key_free := v_key_free || jsonb_build_object(v_lock,
+                    v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
+                                                WHERE k.state = 'running'
+                                                  AND k.organization_id = v_run.organization_id
+                                                  AND k.concurrency_key = v_run.concurrency_key));
             END IF;
         END IF;
         UPDATE orchestration_steps w
@@ -234,7 +230,7 @@ BEGIN
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
             EXIT WHEN v_run.max_steps_per_key > 0
-                  AND (v_key_free ->> ('k' || chr(31) || v_run.organization_id || chr(31)
+                  AND (v_key_free ->> ('1886350960:' || v_run.organization_id || chr(31)
                                        || v_run.concurrency_key))::integer <= 0;
             EXIT WHEN v_cap > 0 AND (v_org_free ->> v_run.organization_id)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
@@ -246,22 +242,15 @@ BEGIN
             IF v_step.skill IS NOT NULL THEN
                 -- Lock every limited agent offering the skill (a refused one is left out).
                 FOR v_lock IN
-                    SELECT a.name FROM agents a
+                    SELECT '1886350959:' || a.organization_id || chr(31) || a.name
+                      FROM agents a
                      WHERE a.organization_id = v_run.organization_id
                        AND v_step.skill = ANY (a.skills)
                        AND (a.max_concurrency > 0 OR a.rate_period_seconds > 0)
-                       AND NOT v_locks ? ('a' || chr(31) || a.name)
                      ORDER BY a.name
                 LOOP
-                    v_ok := podium_claim_lock(1886350959,
-                                              v_run.organization_id || chr(31) || v_lock,
-                                              v_wait AND v_held = 0);
-                    v_locks := v_locks || jsonb_build_object('a' || chr(31) || v_lock, v_ok);
-                    IF v_ok THEN
-                        v_held := v_held + 1;
-                    ELSE
-                        v_contended := true;
-                    END IF;
+                    v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
+                    v_contended := v_contended OR NOT (v_locks ->> v_lock)::boolean;
                 END LOOP;
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
@@ -279,7 +268,8 @@ BEGIN
                          WHERE a.organization_id = v_run.organization_id
                            AND v_step.skill = ANY (a.skills)
                            AND ((a.max_concurrency = 0 AND a.rate_period_seconds = 0)
-                                OR (v_locks ->> ('a' || chr(31) || a.name))::boolean)) c
+                                OR (v_locks ->> ('1886350959:' || a.organization_id
+                                                 || chr(31) || a.name))::boolean)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
                         OR coalesce((v_room ->> (c.name || CASE WHEN c.rate_per_key
@@ -306,16 +296,8 @@ BEGIN
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
                 IF v_agent.name IS NOT NULL
                    AND (v_agent.max_concurrency > 0 OR v_agent.rate_period > 0) THEN
-                    v_lock := 'a' || chr(31) || v_agent.name;
-                    IF NOT v_locks ? v_lock THEN
-                        v_ok := podium_claim_lock(1886350959,
-                                                  v_run.organization_id || chr(31) || v_agent.name,
-                                                  v_wait AND v_held = 0);
-                        v_locks := v_locks || jsonb_build_object(v_lock, v_ok);
-                        IF v_ok THEN
-                            v_held := v_held + 1;
-                        END IF;
-                    END IF;
+                    v_lock := '1886350959:' || v_run.organization_id || chr(31) || v_agent.name;
+                    v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
                     IF NOT (v_locks ->> v_lock)::boolean THEN
                         v_contended := true;
                         CONTINUE;  -- another claim decides for this agent: stays queued
@@ -391,7 +373,8 @@ BEGIN
             v_free := v_free - 1;
             v_picked := v_picked + 1;
             IF v_run.max_steps_per_key > 0 THEN
-                v_lock := 'k' || chr(31) || v_run.organization_id || chr(31) || v_run.concurrency_key;
+                v_lock := '1886350960:' || v_run.organization_id || chr(31)
+                          || v_run.concurrency_key;
                 v_key_free := jsonb_set(v_key_free, ARRAY[v_lock],
                     to_jsonb((v_key_free ->> v_lock)::integer - 1));
             END IF;
