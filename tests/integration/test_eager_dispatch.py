@@ -196,8 +196,8 @@ async def test_an_eager_claim_gives_way_to_a_claimer_holding_the_agents_lock(
     claims nothing for that agent (no deadlock) and leaves the step queued for the
     claimers."""
     repo = RunsRepository(db)
-    async with db.connection() as conn:
-        await conn.execute(
+    async with db.connection() as pooled:
+        await pooled.execute(
             "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
             " VALUES ($1, 'echo', '127.0.0.1:1', 3)",
             ORG,
