@@ -18,7 +18,6 @@
 -- p_locks: the claim's locks so far, 'classid:name' -> held (true) or refused (false);
 -- p_lock: the one it needs now. Returns p_locks with p_lock's entry: waited for when
 -- p_wait and no lock of p_locks is held, otherwise only tried (once per claim).
-DROP FUNCTION IF EXISTS podium_claim_lock(integer, text, boolean);
 CREATE OR REPLACE FUNCTION podium_claim_lock(p_locks jsonb, p_lock text, p_wait boolean)
 RETURNS jsonb
 LANGUAGE plpgsql AS $$
