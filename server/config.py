@@ -641,6 +641,14 @@ class Settings:
         "Steps claimed per scheduler round trip.",
         32,
     )
+    max_running_steps_per_org: int = _setting(
+        "PODIUM_MAX_RUNNING_STEPS_PER_ORG",
+        _parse_int(0),
+        "At most this many steps of one organization execute at once, across every "
+        "replica (counted in the claim; a sub-orchestration step waiting for its child "
+        "run does not count). Steps past it stay queued. 0: no cap.",
+        0,
+    )
     allow_private_webhooks: bool = _setting(
         "ORCHESTRATION_ALLOW_PRIVATE_WEBHOOKS",
         _parse_bool,

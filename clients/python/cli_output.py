@@ -251,6 +251,8 @@ def print_run(run: run_pb2.Run, output: str) -> None:
         if step.waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED:
             until = step.waiting.until_time.ToDatetime().strftime("%H:%M:%S")
             error = f"  rate limited by agent {step.waiting.agent} until {until} UTC"
+        elif step.waiting.reason == run_pb2.StepWaiting.REASON_ORGANIZATION_LIMIT:
+            error = "  waiting: the organization's running steps are at the server's cap"
         print(
             f"  {step.step_id:<24} {state:<18} attempt {step.attempt}/{step.max_attempts}"
             f"  {target}{error}"

@@ -85,7 +85,7 @@ class Engine:
         self.definitions = DefinitionService(
             DefinitionsRepository(db), cache_size=settings.cache_max_definitions
         )
-        runs = RunsRepository(db)
+        runs = RunsRepository(db, max_running_steps_per_org=settings.max_running_steps_per_org)
         agents = AgentsRepository(db)
         self.runs = RunService(runs, self.definitions, settings, agents)
         self.policies = RoutingPolicies(PolicyRepository(db), settings.routing_policy_cache_seconds)

@@ -27,6 +27,7 @@ __all__ = [
     "deliverable_to_proto",
     "event_to_proto",
     "run_to_proto",
+    "set_organization_waits",
     "set_rate_waits",
 ]
 
@@ -259,6 +260,14 @@ def event_to_proto(
 def _rfc3339(text: str) -> str:
     # Postgres renders timestamptz in JSON as 2026-11-25T13:50:22.123+00:00.
     return datetime.fromisoformat(text).isoformat().replace("+00:00", "Z")
+
+
+def set_organization_waits(run: run_pb2.Run) -> None:
+    """Fill ``StepRun.waiting`` (ORGANIZATION_LIMIT) of the run's queued steps that have
+    no other reason: the organization has as many steps running as the server allows."""
+    for step in run.steps:
+        if step.state == run_pb2.StepRun.STATE_QUEUED and not step.HasField("waiting"):
+            step.waiting.reason = run_pb2.StepWaiting.Reason.REASON_ORGANIZATION_LIMIT
 
 
 def set_rate_waits(run: run_pb2.Run, waits: Mapping[str, tuple[str, datetime | None]]) -> None:

@@ -36,6 +36,7 @@ from podium.server.engine.mapping import (
     deliverable_to_proto,
     event_to_proto,
     run_to_proto,
+    set_organization_waits,
     set_rate_waits,
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
@@ -514,6 +515,12 @@ class RunService:
                     row.concurrency_key,
                 )
             set_rate_waits(run, waits)
+        cap = self._settings.max_running_steps_per_org
+        if cap > 0 and any(s.state == "queued" for s in found[1]):
+            async with storage_errors():
+                at_cap = await self._repository.org_running(organization_id) >= cap
+            if at_cap:
+                set_organization_waits(run)
         if self.usage is not None:
             await self.usage.fill_run(organization_id, run)
         return run

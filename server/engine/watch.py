@@ -124,8 +124,9 @@ class WatchService:
                 "after_sequence must not be negative",
                 violations=[FieldViolation(field="after_sequence", description="must be >= 0")],
             )
-        with self.hub.watch_run(rid) as watcher:
+        with self.hub.watch_run(rid, organization_id) as watcher:
             # Registered before the first read: a notification from now on wakes us.
+            await self.hub.register(organization_id)
             async with storage_errors():
                 head = await self._repository.run_head(organization_id, rid)
             if head is None:
@@ -236,7 +237,8 @@ class WatchService:
         previous: datetime | None = None  # database time of the previous read
         previous_rescan: datetime | None = None  # ... of the previous re-scan
         next_rescan = 0.0  # monotonic time the next re-scan is due
-        with self.hub.watch_org() as watcher:
+        with self.hub.watch_org(organization_id) as watcher:
+            await self.hub.register(organization_id)
             while True:
                 watcher.clear()
                 last_read = time.monotonic()

@@ -11,6 +11,11 @@ sequence. A watcher is a wake flag (an :class:`asyncio.Event`), never a queue.
   sequence their client was sent); the poll marks ``gone`` those whose run was deleted.
 - **Organization watchers** (WatchRuns) are woken by every notification (the payload
   does not say which organization a run belongs to); they rate-limit their own reads.
+- **Listening organizations**: transitions notify only for organizations some replica
+  watches (``event_listeners``, ``podium_notify_events``). :meth:`EventHub.register`
+  records a watcher's organization before its first read (one round trip for the first
+  watcher of an organization on this replica) and the poll refreshes the rows of the
+  organizations still watched and drops the others.
 """
 
 from __future__ import annotations
@@ -59,13 +64,29 @@ class Watcher:
         closed: the hub stopped; the watcher should end its stream.
     """
 
-    __slots__ = ("_entry", "_flag", "_hub", "closed", "gone", "position", "run_id")
+    __slots__ = (
+        "_entry",
+        "_flag",
+        "_hub",
+        "closed",
+        "gone",
+        "organization_id",
+        "position",
+        "run_id",
+    )
 
-    def __init__(self, hub: EventHub, run_id: str | None, entry: _RunEntry | None) -> None:
+    def __init__(
+        self,
+        hub: EventHub,
+        run_id: str | None,
+        entry: _RunEntry | None,
+        organization_id: str | None = None,
+    ) -> None:
         self._hub = hub
         self._entry = entry
         self._flag = asyncio.Event()
         self.run_id = run_id
+        self.organization_id = organization_id
         self.position = 0
         self.gone = False
         self.closed = False
@@ -137,6 +158,10 @@ class EventHub:
         self._reconnect_max = reconnect_max_seconds
         self._runs: dict[str, _RunEntry] = {}
         self._orgs: set[Watcher] = set()
+        self.replica = uuid.uuid4().hex
+        """This hub's name in ``event_listeners``."""
+        self._watched: dict[str, int] = {}  # organization -> its watchers here
+        self._registered: set[str] = set()  # organizations with a row of this hub
         self._conn: DirectConnection | None = None
         self._lost = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -193,34 +218,76 @@ class EventHub:
         for watcher in self._all_watchers():
             watcher.closed = True
             watcher.wake()
+        if self._registered:
+            with contextlib.suppress(StorageError):
+                await self._repository.listen(self.replica, [], 0.0, every=True)
+            self._registered.clear()
 
     # -- registration ------------------------------------------------------------------
 
-    def watch_run(self, run_id: uuid.UUID | str) -> Watcher:
-        """Register a watcher of one run; woken on each notification for it."""
+    def watch_run(self, run_id: uuid.UUID | str, organization_id: str | None = None) -> Watcher:
+        """Register a watcher of one run (of ``organization_id``: see :meth:`register`);
+        woken on each notification for it."""
         key = str(run_id)
         entry = self._runs.get(key)
         if entry is None:
             entry = self._runs[key] = _RunEntry()
-        watcher = Watcher(self, key, entry)
+        watcher = Watcher(self, key, entry, organization_id)
         watcher.closed = self._stopping
         entry.watchers.add(watcher)
+        self._count(watcher, 1)
         return watcher
 
-    def watch_org(self) -> Watcher:
+    def watch_org(self, organization_id: str | None = None) -> Watcher:
         """Register an organization watcher; woken on every notification."""
-        watcher = Watcher(self, None, None)
+        watcher = Watcher(self, None, None, organization_id)
         watcher.closed = self._stopping
         self._orgs.add(watcher)
+        self._count(watcher, 1)
         return watcher
+
+    async def register(self, organization_id: str) -> None:
+        """Make sure transitions of the organization's runs notify (``event_listeners``)
+        before a watcher of it reads: the first watcher of an organization on this
+        replica writes its row (one round trip), later ones find it. A transition that
+        committed while the row was being written may not notify: the poll covers it.
+        A database error is logged (the poll covers the watcher meanwhile)."""
+        if organization_id in self._registered:
+            return
+        try:
+            await self._repository.listen(
+                self.replica, [organization_id], self._listen_seconds, every=False
+            )
+        except StorageError as exc:
+            log.warning("cannot register as a listener of %s: %s", organization_id, exc)
+            return
+        self._registered.add(organization_id)
+
+    @property
+    def _listen_seconds(self) -> float:
+        # The poll refreshes the rows every interval; a few missed polls keep them.
+        return max(30.0, 5 * self.poll_interval)
+
+    def _count(self, watcher: Watcher, delta: int) -> None:
+        org = watcher.organization_id
+        if org is None:
+            return
+        left = self._watched.get(org, 0) + delta
+        if left > 0:
+            self._watched[org] = left
+        else:
+            self._watched.pop(org, None)
 
     def _remove(self, watcher: Watcher) -> None:
         if watcher.run_id is None:
-            self._orgs.discard(watcher)
+            if watcher in self._orgs:
+                self._orgs.discard(watcher)
+                self._count(watcher, -1)
             return
         entry = self._runs.get(watcher.run_id)
-        if entry is not None:
+        if entry is not None and watcher in entry.watchers:
             entry.watchers.discard(watcher)
+            self._count(watcher, -1)
             if not entry.watchers:
                 del self._runs[watcher.run_id]
 
@@ -303,9 +370,14 @@ class EventHub:
                 log.exception("event poll crashed")
 
     async def poll(self) -> None:
-        """One fallback pass: wake organization watchers, and the run watchers whose
-        run has events past their position (or was deleted: ``gone``). No query when
-        nobody watches a run."""
+        """One fallback pass: refresh this replica's ``event_listeners`` rows (drop
+        those of organizations nobody watches here any more), wake organization
+        watchers, and the run watchers whose run has events past their position (or
+        was deleted: ``gone``). No query when nobody watches and no row is left."""
+        if self._watched or self._registered:
+            watched = list(self._watched)
+            await self._repository.listen(self.replica, watched, self._listen_seconds, every=True)
+            self._registered = set(watched)
         for watcher in list(self._orgs):
             watcher.wake()
         if not self._runs:

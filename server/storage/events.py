@@ -65,6 +65,17 @@ class EventsRepository:
             )
         return [EventRow(**dict(r)) for r in rows]
 
+    async def listen(
+        self, replica: str, organization_ids: Sequence[str], seconds: float, *, every: bool
+    ) -> None:
+        """Record that ``replica`` watches the events of ``organization_ids`` for
+        ``seconds`` (``every``: those are all it watches; its other rows go), so that
+        transitions of their runs send NOTIFY podium_events."""
+        async with self._db.connection() as conn:
+            await conn.execute(
+                QUERIES["listen_events"], replica, list(organization_ids), seconds, every
+            )
+
     async def last_sequences(self, run_ids: Sequence[str]) -> dict[str, int]:
         """The last event sequence of each existing run of ``run_ids`` (ids as text)."""
         async with self._db.connection() as conn:

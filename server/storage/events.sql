@@ -9,6 +9,12 @@ SELECT id, definition_name, state, last_event_sequence
 FROM orchestration_runs
 WHERE id = $1 AND organization_id = $2
 
+-- listen_events --
+-- The event hub: this replica watches these organizations for a while
+-- (podium_listen_events, functions/10_events.sql). $1 replica, $2 organization ids,
+-- $3 seconds, $4 whether $2 is every organization it watches
+SELECT podium_listen_events($1, $2, $3, $4)
+
 -- watch_last_sequences --
 -- The hub's fallback poll: the last sequence of every watched run, in one round trip.
 -- A run missing from the answer was deleted.

@@ -85,8 +85,11 @@ AttemptUsage = tuple[int, int, float, str]
 class RunsRepository:
     """SQL access for runs, steps, attempts, events and deliverables."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, max_running_steps_per_org: int = 0) -> None:
+        """``max_running_steps_per_org``: every claim's cap on an organization's running
+        steps (``PODIUM_MAX_RUNNING_STEPS_PER_ORG``, 0: none; ``podium_claim_steps_of``)."""
         self._db = db
+        self._org_cap = max_running_steps_per_org
 
     async def create(
         self, run: NewRun, *, start: bool, claim: EagerClaim | None = None
@@ -113,6 +116,7 @@ class RunsRepository:
                     claim.owner,
                     claim.limit,
                     claim.lease_seconds,
+                    self._org_cap,
                 )
                 row, claimed = rows[-1], [claimed_step(r) for r in rows[:-1]]
         if not row["created"]:
@@ -195,6 +199,12 @@ class RunsRepository:
             return_steps,
             run.keying.to_json() if run.keying else None,
         )
+
+    async def org_running(self, organization_id: str) -> int:
+        """How many steps of the organization run now, as the claim counts them against
+        ``max_running_steps_per_org``."""
+        async with self._db.connection() as conn:
+            return int(await conn.fetchval(QUERIES["org_running"], organization_id))
 
     async def key_running(self, organization_id: str, key: str) -> int:
         """How many admitted runs of concurrency key value ``key`` are unfinished."""
@@ -435,7 +445,9 @@ class RunsRepository:
         """Lease up to ``limit`` runnable steps to ``owner`` (one transaction)."""
         # One statement (a function call) is atomic on its own: no BEGIN/COMMIT trips.
         async with self._db.connection() as conn:
-            rows = await conn.fetch(QUERIES["claim_steps"], owner, limit, lease_seconds)
+            rows = await conn.fetch(
+                QUERIES["claim_steps"], owner, limit, lease_seconds, self._org_cap
+            )
         return [claimed_step(r) for r in rows]
 
     async def complete(
@@ -470,6 +482,7 @@ class RunsRepository:
             claim.limit if claim else 0,
             claim.lease_seconds if claim else 0.0,
             [o.model for o in ordered],
+            self._org_cap,
         )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,

@@ -17,10 +17,11 @@ SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $1
 -- create_run_and_claim --
 -- create_run, then the run's runnable steps claimed for this replica in the same
 -- transaction (podium_create_run_and_claim, functions/40_claim.sql): the claimed rows,
--- then create_run's row. $1-$21 as create_run, $22 owner, $23 claim limit, $24 lease
+-- then create_run's row. $1-$21 as create_run, $22 owner, $23 claim limit, $24 lease,
+-- $25 cap on an organization's running steps (0: none)
 SELECT * FROM podium_create_run_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                                           $13, $14, $15, $16, $17, $18, $19, $20, $22,
-                                          $23, $24, $21)
+                                          $23, $24, $21, $25)
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
@@ -172,8 +173,8 @@ WHERE organization_id = $1 AND run_id = $2 AND step_id = $3
 SELECT podium_cancel_run($1, $2, $3)
 
 -- claim_steps --
--- $1 owner, $2 limit, $3 lease seconds
-SELECT * FROM podium_claim_steps($1, $2, $3)
+-- $1 owner, $2 limit, $3 lease seconds, $4 cap on an organization's running steps (0: none)
+SELECT * FROM podium_claim_steps($1, $2, $3, $4)
 
 -- complete_step --
 -- $1 run_id, $2 step_id, $3 attempt, $4 outcome, $5 output, $6 error, $7 input,
@@ -186,9 +187,11 @@ SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 -- encoded text (a list value would otherwise be read as an array dimension).
 -- $1 run_ids, $2 step_ids, $3 attempts, $4 outcomes, $5 outputs, $6 errors, $7 inputs,
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 costs, $12 owner,
--- $13 how many steps to claim at most, $14 lease seconds, $15 models ('' none)
+-- $13 how many steps to claim at most, $14 lease seconds, $15 models ('' none),
+-- $16 cap on an organization's running steps (0: none)
 SELECT * FROM podium_complete_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6::text[]::jsonb[],
-                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14, $15)
+                                    $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14, $15,
+                                    $16)
 
 -- lock_batch_runs --
 -- Before a completion batch that may fail a run: lock the batch's runs and every
@@ -305,6 +308,11 @@ SELECT count(*) FROM (
 -- Before dispatching a step of a run with a budget (functions/65_budgets.sql).
 -- $1 run_id, $2 step_id, $3 attempt, $4 the claim's task_id
 SELECT podium_budget_gate($1, $2, $3, $4)
+
+-- org_running --
+-- The running steps that count against PODIUM_MAX_RUNNING_STEPS_PER_ORG (GetRun's
+-- waiting reason; the claim counts them with the same function). $1 organization_id
+SELECT podium_org_running($1)
 
 -- key_running --
 -- The admitted unfinished runs of a concurrency key value (GetRun's waiting reason).

@@ -195,19 +195,29 @@ async def test_a_batch_promotes_and_claims_steps_of_several_runs(db: Database) -
     assert not batch.wake
 
 
-async def test_an_eager_claim_gives_way_to_a_claimer_holding_the_lock(
+async def test_an_eager_claim_gives_way_to_a_claimer_holding_the_agents_lock(
     db: Database, database_url: str
 ) -> None:
-    """The completion holds its runs' rows when it would claim; a claimer holding the
-    claim lock may wait for one of them. The completion then claims nothing (no
-    deadlock) and leaves the steps queued for the claimers."""
+    """The completion holds its runs' rows when it would claim; a claim holding the lock
+    of a limited agent (40_claim.sql) may wait for one of them. The completion then
+    claims nothing for that agent (no deadlock) and leaves the step queued for the
+    claimers."""
     repo = RunsRepository(db)
+    async with db.connection() as pooled:
+        await pooled.execute(
+            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
+            " VALUES ($1, 'echo', '127.0.0.1:1', 3)",
+            ORG,
+        )
     run = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
     (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
     conn = await asyncpg.connect(database_url)
     try:
         async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(1886350957, 1)")
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(1886350959, hashtext($1 || chr(31) || 'echo'))",
+                ORG,
+            )
             batch = await repo.complete([done(a)], EagerClaim("replica-1", 10, 60))
     finally:
         await conn.close()

@@ -1,11 +1,56 @@
 -- The run's event log: gap-free per-run sequences, written in the transaction of the
 -- change they report, and a NOTIFY podium_events per transaction for the watchers
--- (server/events/hub.py).
+-- (server/events/hub.py), sent only for organizations a replica watches.
 --
 -- Every file of this directory is repeatable: the migrator (server/storage/migrations.py)
 -- applies a whole file again whenever its text changes, after the numbered migrations.
 -- Each statement must therefore be re-runnable: CREATE OR REPLACE FUNCTION (and CREATE
 -- OR REPLACE TRIGGER); a function that is removed or renamed is dropped by a migration.
+
+-- Whether a replica watches the organization's events now: its event hub keeps a row in
+-- event_listeners while it has WatchRun/WatchRuns watchers of the organization.
+CREATE OR REPLACE FUNCTION podium_events_watched(p_org text) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM event_listeners l
+                    WHERE l.organization_id = p_org AND l.expires_at > now())
+$$;
+
+-- NOTIFY podium_events, '<run id>' when a replica watches the run's organization
+-- (p_org, or the run's). A NOTIFY makes its transaction take a database-wide lock at
+-- commit, one transaction at a time: nobody watching, nobody pays it.
+CREATE OR REPLACE FUNCTION podium_notify_events(p_run uuid, p_org text DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF podium_events_watched(coalesce(p_org, (SELECT r.organization_id
+                                                FROM orchestration_runs r
+                                               WHERE r.id = p_run))) THEN
+        PERFORM pg_notify('podium_events', p_run::text);
+    END IF;
+END
+$$;
+
+-- The event hub of replica p_replica watches organizations p_orgs for p_seconds more
+-- (p_all: p_orgs are all it watches, its other rows are removed). Rows long expired
+-- (replicas that stopped without removing theirs) are removed on the way, SKIP LOCKED.
+CREATE OR REPLACE FUNCTION podium_listen_events(
+    p_replica text, p_orgs text[], p_seconds double precision, p_all boolean
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_all THEN
+        DELETE FROM event_listeners
+         WHERE replica = p_replica AND NOT organization_id = ANY (p_orgs);
+        DELETE FROM event_listeners
+         WHERE ctid IN (SELECT l.ctid FROM event_listeners l
+                         WHERE l.expires_at < now() - interval '1 hour'
+                           FOR UPDATE SKIP LOCKED);
+    END IF;
+    INSERT INTO event_listeners (organization_id, replica, expires_at)
+    SELECT o, p_replica, now() + make_interval(secs => p_seconds) FROM unnest(p_orgs) o
+    ON CONFLICT (organization_id, replica) DO UPDATE SET expires_at = excluded.expires_at;
+END
+$$;
 
 -- Append one event to a run's log with the next gap-free sequence and notify
 -- watchers. The caller holds (or takes here) the run row lock, which orders events.
@@ -32,7 +77,7 @@ BEGIN
             coalesce(p_payload, '{}'), clock_timestamp());
     -- The payload is the run id only: PostgreSQL folds identical notifications of one
     -- transaction into one, and watchers read the log after their last sequence anyway.
-    PERFORM pg_notify('podium_events', p_run::text);
+    PERFORM podium_notify_events(p_run, v_org);
     RETURN v_seq;
 END
 $$;
@@ -65,7 +110,7 @@ BEGIN
     SELECT p_run, v_seq - v_count + e.ord, v_org, e.type, p_step, p_attempt, 'running',
            'running', e.payload, clock_timestamp()
       FROM unnest(p_types, p_payloads) WITH ORDINALITY AS e(type, payload, ord);
-    PERFORM pg_notify('podium_events', p_run::text);
+    PERFORM podium_notify_events(p_run, v_org);
     RETURN true;
 END
 $$;

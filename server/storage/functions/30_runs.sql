@@ -167,9 +167,11 @@ END
 $$;
 
 -- Queue every pending step of a running run without unfinished dependencies, with a
--- step.queued event each (numbered with one run update); NOTIFY podium_work when there
--- are any, with the run's id as the payload: the replica whose StartRun claimed them all
--- in the same transaction (podium_create_run_and_claim) skips that wake-up.
+-- step.queued event each (numbered with one run update); NOTIFY when there are any,
+-- unless the transaction set podium.defer_work_notify (podium_create_run_and_claim,
+-- which notifies podium_work itself only when its eager claim leaves work). The
+-- podium_work payload is the run's id: the replica whose StartRun claimed every
+-- queued step of the run in the same transaction skips that wake-up.
 CREATE OR REPLACE FUNCTION podium_queue_root_steps(p_run uuid) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -190,8 +192,10 @@ BEGIN
     GET DIAGNOSTICS v_count = ROW_COUNT;
     UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
     IF v_count > 0 THEN
-        PERFORM pg_notify('podium_events', p_run::text);
-        PERFORM pg_notify('podium_work', p_run::text);
+        PERFORM podium_notify_events(p_run);
+        IF coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
+            PERFORM pg_notify('podium_work', p_run::text);
+        END IF;
     END IF;
     RETURN v_count;
 END

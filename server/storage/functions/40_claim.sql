@@ -1,38 +1,87 @@
 -- The scheduler's claim: runnable steps are leased to a replica, expired leases return
 -- to the queue. Lock order: see 30_runs.sql.
 
+-- The claim's locks. No lock serializes every claim: claims of different replicas run
+-- at once, each locking candidate runs and their queued steps FOR UPDATE SKIP LOCKED
+-- (a run's max_parallel is counted under its row lock). A count shared by several runs
+-- is read under a transaction advisory lock of its own, taken only when a limit applies,
+-- just before the count is read and held to commit, so it is exact across replicas:
+--   1886350959  one agent of an organization (max_concurrency and its rate windows)
+--   1886350960  one concurrency key value of an organization (max_steps_per_key)
+--   1886350961  one organization (p_org_cap, PODIUM_MAX_RUNNING_STEPS_PER_ORG)
+-- A claim acquires these in no fixed order, so it waits for one only while it holds
+-- none (and only the scheduler's claim waits: an eager claim holds a completion's run
+-- rows); otherwise it only tries, and a step whose lock another claim holds stays
+-- queued (that claim is deciding for the same agent, key or organization), with a
+-- NOTIFY podium_work so the claimers look again once it committed. A holder of one of
+-- these locks never waits for another, so no cycle can form.
+-- p_locks: the claim's locks so far, 'classid:name' -> held (true) or refused (false);
+-- p_lock: the one it needs now. Returns p_locks with p_lock's entry: waited for when
+-- p_wait and no lock of p_locks is held, otherwise only tried (once per claim).
+CREATE OR REPLACE FUNCTION podium_claim_lock(p_locks jsonb, p_lock text, p_wait boolean)
+RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_class integer := split_part(p_lock, ':', 1)::integer;
+    v_key integer := hashtext(substr(p_lock, position(':' IN p_lock) + 1));
+BEGIN
+    IF p_locks ? p_lock THEN
+        RETURN p_locks;
+    END IF;
+    IF p_wait AND NOT EXISTS (SELECT 1 FROM jsonb_each(p_locks) e WHERE e.value = 'true') THEN
+        PERFORM pg_advisory_xact_lock(v_class, v_key);
+        RETURN p_locks || jsonb_build_object(p_lock, true);
+    END IF;
+    RETURN p_locks || jsonb_build_object(p_lock, pg_try_advisory_xact_lock(v_class, v_key));
+END
+$$;
+
+-- The running steps that occupy an organization's share of PODIUM_MAX_RUNNING_STEPS_PER_ORG:
+-- every running step but a sub-orchestration's, which waits for its child run without
+-- executing anything (counting it would let a parent hold the slot its child needs).
+CREATE OR REPLACE FUNCTION podium_org_running(p_org text) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT count(*)::integer FROM orchestration_steps s
+     WHERE s.state = 'running' AND s.organization_id = p_org AND s.child_run_id IS NULL
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
--- eager claim inside a completion, which holds those runs' locks already).
+-- eager claim inside a completion or StartRun, which holds those runs' locks already).
 --
--- Claimers are serialized by a transaction advisory lock, so the counts they read
--- (running steps per run and per agent) are exact across replicas. Inside, each
--- candidate run is locked, its due retries re-queued, and its queued steps taken
--- FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents' max_concurrency
--- allow and the agents' rate limits (45_rate_limits.sql) have room: a held step stays
--- queued, its attempts untouched. A skill is routed to the least busy agent offering it
--- that is under its limits. Each claimed step gets
+-- Each candidate run is locked (SKIP LOCKED), its due retries re-queued, and its queued
+-- steps taken FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents'
+-- max_concurrency allow and the agents' rate limits (45_rate_limits.sql) have room: a
+-- held step stays queued, its attempts untouched. A skill is routed to the least busy
+-- agent offering it that is under its limits. Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
--- step.started event; its resolved-reference outputs come back with it.
+-- step.started event; its resolved-reference outputs come back with it. The counts shared
+-- by several runs are read under the locks described above (podium_claim_lock).
 --
 -- Priorities and fair share: candidate runs are visited by priority (higher first),
 -- then round-robin across shares (a share: the runs of one organization and concurrency
 -- key value at one priority), ranking each run by its position in its share plus the
 -- share's running steps, so the share with the fewest running steps goes first and a
 -- share with thousands of queued steps cannot hold back another's single step beyond
--- one claim. Runs are locked SKIP LOCKED in that order (a run a completer holds is left
--- to that completer, which claims or notifies when it leaves work). An eager claim
--- (p_runs) becomes the claim over every run when another share of its runs' priority or
--- a higher priority has queued steps (index probes on
+-- one claim. Runs are locked SKIP LOCKED in that order (a run a completer or another
+-- claim holds is left to it; a completer claims or notifies when it leaves work). An
+-- eager claim (p_runs) becomes the claim over every run when another share of its runs'
+-- priority or a higher priority has queued steps (index probes on
 -- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
 -- holds a step while the running steps of its run's key value reach it (counted once
 -- per key value and claim). An agent step's attempt gets its step credential here
 -- (credential: 'pds_' and 244 random bits of two gen_random_uuid(); only its SHA-256 is
 -- stored, in step_attempts.credential_hash), so issuing it costs no round trip; A2A
 -- agents get none (server/engine/step_credentials.py).
+-- p_org_cap
+-- (PODIUM_MAX_RUNNING_STEPS_PER_ORG, 0: none) while its organization's running steps
+-- (podium_org_running) reach it; both are counted once per claim under their lock and
+-- decremented by each start. Organizations at their cap are left out of the candidate
+-- runs, so their queue costs the claim nothing.
 DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
-    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
+    p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[],
+    p_org_cap integer DEFAULT 0
 )
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
@@ -50,7 +99,6 @@ DECLARE
     v_agent record;
     v_free integer;
     v_picked integer := 0;
-    v_used jsonb := '{}';
     v_attempt integer;
     v_task uuid;
     v_credential text;
@@ -61,13 +109,18 @@ DECLARE
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
+    v_org_free jsonb := '{}';  -- organization -> steps it may still start (p_org_cap)
     v_run_key text;  -- the run's key value, '' without one (rate windows per key)
     v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
+    v_cap integer := greatest(coalesce(p_org_cap, 0), 0);
+    v_wait boolean := p_runs IS NULL;  -- only the scheduler's claim waits for a lock
+    v_locks jsonb := '{}';  -- 'classid:name' -> held (true) or refused (false) in this claim
+    v_lock text;
+    v_contended boolean := false;  -- a step stayed queued behind another claim's lock
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
-    PERFORM pg_advisory_xact_lock(1886350957, 1);
     -- An eager claim whose runs' shares are not alone in the queue (another share of
     -- their priority, or a higher priority, has queued steps) becomes the scheduler's
     -- claim over every run, so the freed slots go by turns. Its SKIP LOCKED keeps the
@@ -107,7 +160,11 @@ BEGIN
                                         UNION
                                         SELECT w.run_id FROM orchestration_steps w
                                          WHERE w.state = 'waiting_retry'
-                                           AND w.next_attempt_at <= now())) o
+                                           AND w.next_attempt_at <= now())
+                           AND (v_cap = 0 OR x.organization_id NOT IN (
+                                    SELECT f.organization_id FROM orchestration_steps f
+                                     WHERE f.state = 'running' AND f.child_run_id IS NULL
+                                     GROUP BY 1 HAVING count(*) >= v_cap))) o
                   LEFT JOIN (SELECT g.organization_id, g.concurrency_key, g.priority,
                                     count(*) AS busy
                                FROM orchestration_steps g WHERE g.state = 'running'
@@ -132,12 +189,33 @@ BEGIN
         FETCH v_runs INTO v_run;
         EXIT WHEN NOT FOUND OR v_picked >= p_limit;
         v_run_key := coalesce(v_run.concurrency_key, '');
-        IF v_run.max_steps_per_key > 0 AND NOT v_key_free ? v_run.concurrency_key THEN
-            v_key_free := v_key_free || jsonb_build_object(v_run.concurrency_key,
-                v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
-                                            WHERE k.state = 'running'
-                                              AND k.organization_id = v_run.organization_id
-                                              AND k.concurrency_key = v_run.concurrency_key));
+        IF v_cap > 0 THEN
+            v_lock := '1886350961:' || v_run.organization_id;
+            v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
+            IF NOT (v_locks ->> v_lock)::boolean THEN
+                v_contended := true;
+                CONTINUE;
+            END IF;
+            IF NOT v_org_free ? v_run.organization_id THEN  -- counted once the lock is held
+                v_org_free := v_org_free || jsonb_build_object(v_run.organization_id,
+                    v_cap - podium_org_running(v_run.organization_id));
+            END IF;
+            CONTINUE WHEN (v_org_free ->> v_run.organization_id)::integer <= 0;
+        END IF;
+        IF v_run.max_steps_per_key > 0 THEN
+            v_lock := '1886350960:' || v_run.organization_id || chr(31) || v_run.concurrency_key;
+            v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
+            IF NOT (v_locks ->> v_lock)::boolean THEN
+                v_contended := true;
+                CONTINUE;
+            END IF;
+            IF NOT v_key_free ? v_lock THEN
+                v_key_free := v_key_free || jsonb_build_object(v_lock,
+                    v_run.max_steps_per_key - (SELECT count(*) FROM orchestration_steps k
+                                                WHERE k.state = 'running'
+                                                  AND k.organization_id = v_run.organization_id
+                                                  AND k.concurrency_key = v_run.concurrency_key));
+            END IF;
         END IF;
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
@@ -157,7 +235,9 @@ BEGIN
         LOOP
             EXIT WHEN v_free <= 0 OR v_picked >= p_limit;
             EXIT WHEN v_run.max_steps_per_key > 0
-                  AND (v_key_free ->> v_run.concurrency_key)::integer <= 0;
+                  AND (v_key_free ->> ('1886350960:' || v_run.organization_id || chr(31)
+                                       || v_run.concurrency_key))::integer <= 0;
+            EXIT WHEN v_cap > 0 AND (v_org_free ->> v_run.organization_id)::integer <= 0;
             SELECT NULL::text AS name, NULL::text AS endpoint,
                    NULL::double precision AS default_timeout_seconds, NULL::text AS protocol,
                    0 AS max_concurrency, 0::bigint AS busy, 0::double precision AS rate_period,
@@ -165,6 +245,18 @@ BEGIN
                    false AS rate_per_key
               INTO v_agent;
             IF v_step.skill IS NOT NULL THEN
+                -- Lock every limited agent offering the skill (a refused one is left out).
+                FOR v_lock IN
+                    SELECT '1886350959:' || a.organization_id || chr(31) || a.name
+                      FROM agents a
+                     WHERE a.organization_id = v_run.organization_id
+                       AND v_step.skill = ANY (a.skills)
+                       AND (a.max_concurrency > 0 OR a.rate_period_seconds > 0)
+                     ORDER BY a.name
+                LOOP
+                    v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
+                    v_contended := v_contended OR NOT (v_locks ->> v_lock)::boolean;
+                END LOOP;
                 -- The least busy agent offering the skill that has a free slot.
                 SELECT c.name, c.endpoint, c.default_timeout_seconds, c.protocol,
                        c.max_concurrency, c.busy, c.rate_period_seconds AS rate_period,
@@ -176,11 +268,13 @@ BEGIN
                                (SELECT count(*) FROM orchestration_steps b
                                  WHERE b.state = 'running'
                                    AND b.organization_id = a.organization_id
-                                   AND b.agent = a.name)
-                               + coalesce((v_used ->> a.name)::integer, 0) AS busy
+                                   AND b.agent = a.name) AS busy
                           FROM agents a
                          WHERE a.organization_id = v_run.organization_id
-                           AND v_step.skill = ANY (a.skills)) c
+                           AND v_step.skill = ANY (a.skills)
+                           AND ((a.max_concurrency = 0 AND a.rate_period_seconds = 0)
+                                OR (v_locks ->> ('1886350959:' || a.organization_id
+                                                 || chr(31) || a.name))::boolean)) c
                  WHERE (c.max_concurrency = 0 OR c.busy < c.max_concurrency)
                    AND (c.rate_period_seconds = 0
                         OR coalesce((v_room ->> (c.name || CASE WHEN c.rate_per_key
@@ -196,23 +290,34 @@ BEGIN
                 IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
                                           WHERE a.organization_id = v_run.organization_id
                                             AND v_step.skill = ANY (a.skills)) THEN
-                    CONTINUE;  -- every agent with the skill is full or limited: stays queued
+                    CONTINUE;  -- every agent with the skill is full, limited or locked
                 END IF;
             ELSIF v_step.agent IS NOT NULL THEN
                 SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
-                       a.max_concurrency,
-                       CASE WHEN a.max_concurrency > 0 THEN
-                           (SELECT count(*) FROM orchestration_steps b
-                             WHERE b.state = 'running' AND b.organization_id = a.organization_id
-                               AND b.agent = a.name)
-                           + coalesce((v_used ->> a.name)::integer, 0)
-                       ELSE 0 END AS busy, a.rate_period_seconds AS rate_period,
+                       a.max_concurrency, 0::bigint AS busy, a.rate_period_seconds AS rate_period,
                        a.requests_per_period, a.tokens_per_period, a.rate_per_key
                   INTO v_agent
                   FROM agents a
                  WHERE a.organization_id = v_run.organization_id AND a.name = v_step.agent;
-                IF FOUND AND v_agent.max_concurrency > 0 AND v_agent.busy >= v_agent.max_concurrency THEN
-                    CONTINUE;  -- the agent is full: stays queued
+                IF v_agent.name IS NOT NULL
+                   AND (v_agent.max_concurrency > 0 OR v_agent.rate_period > 0) THEN
+                    v_lock := '1886350959:' || v_run.organization_id || chr(31) || v_agent.name;
+                    v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
+                    IF NOT (v_locks ->> v_lock)::boolean THEN
+                        v_contended := true;
+                        CONTINUE;  -- another claim decides for this agent: stays queued
+                    END IF;
+                END IF;
+                IF v_agent.name IS NOT NULL AND v_agent.max_concurrency > 0 THEN
+                    -- Counted after the agent's lock was taken: exact across replicas
+                    -- (the steps this claim started count: it sees its own writes).
+                    SELECT count(*) INTO v_agent.busy
+                      FROM orchestration_steps b
+                     WHERE b.state = 'running' AND b.organization_id = v_run.organization_id
+                       AND b.agent = v_agent.name;
+                    IF v_agent.busy >= v_agent.max_concurrency THEN
+                        CONTINUE;  -- the agent is full: stays queued
+                    END IF;
                 END IF;
             END IF;
             IF v_agent.rate_period > 0 THEN
@@ -278,15 +383,17 @@ BEGIN
             v_started_ids := v_started_ids || v_step.step_id;
             v_started_attempts := v_started_attempts || v_attempt;
             v_started_agents := v_started_agents || coalesce(v_agent.name, v_step.agent);
-            IF v_agent.name IS NOT NULL THEN
-                v_used := jsonb_set(v_used, ARRAY[v_agent.name],
-                                    to_jsonb(coalesce((v_used ->> v_agent.name)::integer, 0) + 1));
-            END IF;
             v_free := v_free - 1;
             v_picked := v_picked + 1;
             IF v_run.max_steps_per_key > 0 THEN
-                v_key_free := jsonb_set(v_key_free, ARRAY[v_run.concurrency_key],
-                    to_jsonb((v_key_free ->> v_run.concurrency_key)::integer - 1));
+                v_lock := '1886350960:' || v_run.organization_id || chr(31)
+                          || v_run.concurrency_key;
+                v_key_free := jsonb_set(v_key_free, ARRAY[v_lock],
+                    to_jsonb((v_key_free ->> v_lock)::integer - 1));
+            END IF;
+            IF v_cap > 0 THEN
+                v_org_free := jsonb_set(v_org_free, ARRAY[v_run.organization_id],
+                    to_jsonb((v_org_free ->> v_run.organization_id)::integer - 1));
             END IF;
             RETURN QUERY
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
@@ -318,16 +425,24 @@ BEGIN
                    clock_timestamp()
               FROM unnest(v_started_ids, v_started_attempts, v_started_agents)
                    WITH ORDINALITY AS e(step_id, attempt, agent, ord);
-            PERFORM pg_notify('podium_events', v_run.id::text);
+            PERFORM podium_notify_events(v_run.id, v_run.organization_id);
         END IF;
     END LOOP;
     CLOSE v_runs;
+    IF v_contended THEN
+        -- Steps stayed queued behind another claim's lock: look again once it committed.
+        PERFORM pg_notify('podium_work', '');
+    END IF;
 END
 $$;
 
+
 -- The scheduler's claim over every run with runnable work (podium_claim_steps_of).
 DROP FUNCTION IF EXISTS podium_claim_steps(text, integer, double precision);
-CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
+CREATE OR REPLACE FUNCTION podium_claim_steps(
+    p_owner text, p_limit integer, p_lease_seconds double precision,
+    p_org_cap integer DEFAULT 0
+)
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
     skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
@@ -337,7 +452,7 @@ RETURNS TABLE (
     run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE sql AS $$
-    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL)
+    SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL, p_org_cap)
 $$;
 
 -- Return steps whose lease expired (their replica died or stalled) to the queue.
@@ -406,8 +521,12 @@ $$;
 -- StartRun with its eager claim: podium_create_run, then, when it created and started
 -- the run, up to p_claim_limit of its runnable steps claimed for p_owner (the replica
 -- that served the call) in the same transaction, so they need no wake and no claim of
--- their own. The claimers' lock is only tried: when another transaction holds it, the
--- steps stay queued for the claimers (podium_start_run has notified them).
+-- their own. Like every eager claim it only tries the claim's locks: a step whose
+-- agent, key or organization another claim is deciding for stays queued for the
+-- claimers. NOTIFY podium_work (the claimers) only when the run still has queued steps
+-- after the claim: a StartRun whose steps all went to its replica sends no NOTIFY
+-- (podium.defer_work_notify holds back podium_queue_root_steps'). p_org_cap: as
+-- podium_claim_steps_of.
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
 DROP FUNCTION IF EXISTS podium_create_run_and_claim(
@@ -425,7 +544,8 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_trace_context jsonb, p_parent_run uuid, p_parent_step text, p_depth integer,
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
     p_return_steps boolean, p_owner text, p_claim_limit integer,
-    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL
+    p_lease_seconds double precision, p_keying jsonb DEFAULT NULL,
+    p_org_cap integer DEFAULT 0
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -443,14 +563,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
 BEGIN
+    IF p_start AND p_claim_limit > 0 THEN
+        PERFORM set_config('podium.defer_work_notify', 'on', true);
+    END IF;
     SELECT * INTO v_run
       FROM podium_create_run(p_org, p_definition_name, p_definition_version, p_plan,
                              p_input, p_metadata, p_labels, p_request_id, p_max_parallel,
                              p_bypass_cache, p_webhook_url, p_trace_context, p_parent_run,
                              p_parent_step, p_depth, p_forked_from, p_copy, p_steps,
                              p_start, p_return_steps, p_keying) c;
-    IF v_run.created AND p_start AND p_claim_limit > 0
-       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+    PERFORM set_config('podium.defer_work_notify', '', true);
+    IF v_run.created AND p_start AND p_claim_limit > 0 THEN
         RETURN QUERY
         SELECT c.run_id, NULL::boolean, NULL::text, NULL::integer, NULL::bigint,
                NULL::timestamptz, NULL::timestamptz, NULL::text[], NULL::text[],
@@ -462,7 +585,12 @@ BEGIN
                c.definition_name, c.definition_version, c.run_created_at,
                c.run_started_at, c.trace_context, c.credential
           FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
-                                     ARRAY[v_run.run_id]) c;
+                                     ARRAY[v_run.run_id], p_org_cap) c;
+    END IF;
+    IF p_start AND p_claim_limit > 0 AND EXISTS (
+           SELECT 1 FROM orchestration_steps s
+            WHERE s.run_id = v_run.run_id AND s.state = 'queued') THEN
+        PERFORM pg_notify('podium_work', v_run.run_id::text);
     END IF;
     RETURN QUERY
     SELECT v_run.run_id, v_run.created, v_run.state, v_run.run_attempt,

@@ -203,23 +203,25 @@ BEGIN
         UPDATE human_approvals SET state = 'cancelled'
          WHERE run_id = p_run AND state = 'pending' AND kind = 'budget';
     END IF;
-    PERFORM pg_notify('podium_events', p_run::text);
+    PERFORM podium_notify_events(p_run, v_org);
     run_state := v_run_state;
     queued := v_count;
     retry := v_state = 'waiting_retry';
 END
 $$;
 
+DROP FUNCTION IF EXISTS podium_complete_steps(
+    uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
+    bigint[], numeric[], text, integer, double precision, text[]);
 -- A completion batch of one replica in one statement, with its eager claim: records each
 -- outcome (podium_record_outcome, in the order given: the caller sorts the batch like
 -- the claimers lock runs), then claims up to p_claim_limit runnable steps of the runs
 -- still running among them for p_owner (podium_claim_steps_of), so the steps this batch
 -- made runnable go straight to the replica that completed it, without a NOTIFY, a wake
--- and a claim of their own. The eager claim takes the claimers' advisory lock only if
--- it is free (pg_try_advisory_xact_lock): this transaction already holds run rows, and
--- a claimer holding the lock may be waiting for one of them; when it is taken, the
--- steps stay queued for the claimers, woken by NOTIFY podium_work. Limits are those of
--- the claim, exact across replicas, since every transition to running holds that lock.
+-- and a claim of their own. Like every eager claim it only tries the claim's locks
+-- (40_claim.sql): this transaction already holds run rows; a step whose agent, key or
+-- organization another claim is deciding for stays queued for the claimers. Limits are
+-- those of the claim, exact across replicas. p_org_cap: as podium_claim_steps_of.
 --
 -- NOTIFY podium_work (other replicas' claimers) only when this batch leaves work the
 -- eager claim could not take: steps made runnable without an eager claim, or with one
@@ -237,7 +239,7 @@ CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
     p_input_tokens bigint[], p_output_tokens bigint[], p_costs numeric[],
     p_owner text, p_claim_limit integer, p_lease_seconds double precision,
-    p_models text[] DEFAULT NULL
+    p_models text[] DEFAULT NULL, p_org_cap integer DEFAULT 0
 )
 RETURNS TABLE (
     states text[], wake boolean,
@@ -272,12 +274,12 @@ BEGIN
         v_queued := v_queued + v_done.queued;
         v_retry := v_retry OR v_done.retry;
     END LOOP;
-    IF p_claim_limit > 0 AND cardinality(v_runs) > 0
-       AND pg_try_advisory_xact_lock(1886350957, 1) THEN
+    IF p_claim_limit > 0 AND cardinality(v_runs) > 0 THEN
         v_eager := true;
         RETURN QUERY
         SELECT NULL::text[], NULL::boolean, c.*
-          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds, v_runs) c;
+          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds, v_runs,
+                                     p_org_cap) c;
         GET DIAGNOSTICS v_claimed = ROW_COUNT;
     END IF;
     v_wake := v_retry OR (v_queued > 0 AND (NOT v_eager OR v_claimed >= p_claim_limit));

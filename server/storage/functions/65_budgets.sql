@@ -140,7 +140,7 @@ BEGIN
                                                AND a.kind = 'budget') THEN
         RETURN podium_budget_exceeded(p_run, p_step, v_budget, v);
     END IF;
-    PERFORM pg_notify('podium_events', p_run::text);
+    PERFORM podium_notify_events(p_run);
     RETURN (SELECT state FROM orchestration_runs WHERE id = p_run);
 END
 $$;

@@ -608,6 +608,10 @@ class StepWaiting(_message.Message):
         """Not set."""
         REASON_RATE_LIMITED: StepWaiting._Reason.ValueType  # 1
         """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+        REASON_ORGANIZATION_LIMIT: StepWaiting._Reason.ValueType  # 2
+        """The run's organization has as many steps running as the server allows one
+        organization (`PODIUM_MAX_RUNNING_STEPS_PER_ORG`); the step starts when one ends.
+        """
 
     class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
         """Reason of the wait."""
@@ -616,6 +620,10 @@ class StepWaiting(_message.Message):
     """Not set."""
     REASON_RATE_LIMITED: StepWaiting.Reason.ValueType  # 1
     """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+    REASON_ORGANIZATION_LIMIT: StepWaiting.Reason.ValueType  # 2
+    """The run's organization has as many steps running as the server allows one
+    organization (`PODIUM_MAX_RUNNING_STEPS_PER_ORG`); the step starts when one ends.
+    """
 
     REASON_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
@@ -623,11 +631,11 @@ class StepWaiting(_message.Message):
     reason: Global___StepWaiting.Reason.ValueType
     """Why the step waits."""
     agent: _builtins.str
-    """The agent whose window frees first."""
+    """The agent whose window frees first (REASON_RATE_LIMITED)."""
     @_builtins.property
     def until_time(self) -> _timestamp_pb2.Timestamp:
-        """When that window frees; the step starts at the next claim after it (within the
-        scheduler's poll interval), if it is still the next in line.
+        """When that window frees (REASON_RATE_LIMITED); the step starts at the next claim
+        after it (within the scheduler's poll interval), if it is still the next in line.
         """
 
     def __init__(
