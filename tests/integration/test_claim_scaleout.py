@@ -259,8 +259,11 @@ async def test_notify_only_when_a_replica_listens_or_work_is_left(
 
         heard.clear()
         await EventsRepository(db).listen("hub-1", [], 30, every=True)
-        await repo.create(dag([("a", []), ("b", [])]), start=True, claim=EagerClaim("r", 1, 60))
+        third = await repo.create(
+            dag([("a", []), ("b", [])]), start=True, claim=EagerClaim("r", 1, 60)
+        )
         await wait_until(lambda: bool(heard), within=5, what="a notification")
-        assert heard == [("podium_work", "")]  # b is left queued; nobody watches
+        # b is left queued; nobody watches. The payload names the run.
+        assert heard == [("podium_work", str(third.run.id))]
     finally:
         await listener.close()
