@@ -183,6 +183,7 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
                 default_timeout_seconds=args.default_timeout,
                 protocol=args.protocol,
                 rate_limit=rate_limit,
+                lazy=args.lazy,
             )
         except ValueError as exc:
             raise CliError(f"--protocol: {exc}", EXIT_USAGE) from None

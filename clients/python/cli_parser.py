@@ -470,7 +470,8 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
         "register",
         "register (or update) an agent",
         (
-            "podium agents register summarizer 127.0.0.1:50061 --skill summarize",
+            "podium agents register summarizer 127.0.0.1:50061",
+            "podium agents register summarizer 127.0.0.1:50061 --skill summarize --lazy",
             "podium agents register helper 127.0.0.1:50070 --protocol a2a --max-concurrency 4",
             "podium agents register llm 127.0.0.1:50071 --rate-limit 60/60s --tokens-limit 9000/1m",
         ),
@@ -478,9 +479,23 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     )
     p.add_argument("name")
     p.add_argument("endpoint", help="HOST:PORT of its gRPC server")
-    p.add_argument("--skill", action="append", help="a skill it offers (repeatable)")
-    p.add_argument("--max-concurrency", type=int, default=0, help="0: no limit")
-    p.add_argument("--default-timeout", type=float, default=0.0, help="seconds; 0: the server's")
+    p.add_argument(
+        "--skill", action="append", help="a skill it offers (repeatable); default: its card's"
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, default=0, help="at most its card's; 0: its card's"
+    )
+    p.add_argument(
+        "--default-timeout",
+        type=float,
+        default=0.0,
+        help="seconds; 0: its card's, else the server's",
+    )
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="register it even if it does not answer yet; its card is read when it does",
+    )
     p.add_argument(
         "--rate-limit",
         metavar="COUNT/PERIOD",

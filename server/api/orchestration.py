@@ -252,7 +252,9 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: Context
     ) -> pb.RegisterAgentResponse:
-        agent = await self._engine().agents.register(self._org(context), request.agent)
+        agent = await self._engine().agents.register(
+            self._org(context), request.agent, lazy=request.lazy
+        )
         return pb.RegisterAgentResponse(agent=agent)
 
     @unary

@@ -66,7 +66,17 @@ class Engine:
         self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
         # The outbound guard of agent endpoints: registration, static agents, every call.
         guard = EndpointGuard(settings.agent_allow_list)
-        self.agents = AgentService(agents, guard)
+        # Raises ConfigError when a TLS file of agent channels became unusable since start.
+        agent_tls_ca, agent_tls_client = settings.agent_tls()
+        self.agent_client = AgentDispatcher(
+            max_message_bytes=settings.max_message_bytes,
+            guard=guard,
+            wait_seconds=settings.agent_wait_seconds,
+            tls_ca=agent_tls_ca,
+            tls_client=agent_tls_client,
+        )
+        # Cards (RegisterAgent, static agents) and health go through the dispatcher.
+        self.agents = AgentService(agents, guard, self.agent_client)
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.
@@ -81,15 +91,6 @@ class Engine:
         self.approvals.max_response_bytes = budget
         for service in (self.definitions, self.agents, self.schedules, self.webhooks):
             service.max_response_bytes = budget
-        # Raises ConfigError when a TLS file of agent channels became unusable since start.
-        agent_tls_ca, agent_tls_client = settings.agent_tls()
-        self.agent_client = AgentDispatcher(
-            max_message_bytes=settings.max_message_bytes,
-            guard=guard,
-            wait_seconds=settings.agent_wait_seconds,
-            tls_ca=agent_tls_ca,
-            tls_client=agent_tls_client,
-        )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(
             cache_repository,
@@ -123,28 +124,31 @@ class Engine:
         self.scheduler.executor.budget_gate = runs.budget_gate
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
+        self.runs.unavailable_agents = self.agents.unavailable
         if settings.start_run_rate is not None:
             limit, window = settings.start_run_rate
             self.runs.start_rate = StartRateLimiter(StartRateRepository(db), limit, window)
         self.runs.scheduler = self.scheduler
 
     async def start(self) -> None:
-        """Check the configuration, load the static agents and the global webhook target,
-        then start the watch hub, the webhook sender (with retention), the scheduler and the
-        schedule loop.
+        """Check the configuration, load the static agents (with what their cards say)
+        and the global webhook target, then start the watch hub, the webhook sender (with
+        retention), the scheduler, the schedule loop and the agents' health watch.
 
         Every check comes before the first write: a replica that refuses to start
         (ConfigError) leaves the agents and webhook targets of the running ones as they
         are."""
         await self.webhooks.check_configuration()
         await self.agents.check_static(self._static_agents)
-        loaded = await self.agents.load_static(self.settings.organization_id, self._static_agents)
+        static = await self.agents.discover_static(self._static_agents)
+        loaded = await self.agents.load_static(self.settings.organization_id, static)
         if loaded:
             log.info("static agents loaded", extra={"agents": [a.name for a in loaded]})
         await self.webhooks.start()
         await self.watch.hub.start()
         await self.scheduler.start()
         await self.schedule_loop.start()
+        self.agents.start_health()
 
     async def stop(self, grace: float = 0.0) -> None:
         """End the watch streams, stop the scheduler (running steps get ``grace``
@@ -154,6 +158,7 @@ class Engine:
         await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)
+        await self.agents.stop_health()
         await self.agent_client.close()
 
     async def healthy(self) -> bool:

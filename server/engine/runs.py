@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
@@ -35,6 +35,8 @@ from podium.server.engine.mapping import (
     deliverable_to_proto,
     event_to_proto,
     run_to_proto,
+    running_agents,
+    set_agent_waits,
     set_rate_waits,
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
@@ -88,6 +90,12 @@ class RunService:
         self.usage: UsageService | None = None
         """Quotas (StartRun) and the usage and budget of a run (GetRun); set by the
         engine."""
+        self.unavailable_agents: (
+            Callable[[str, Sequence[str]], Awaitable[Collection[str]]] | None
+        ) = None
+        """Of an organization's agents, those this replica sees not serving
+        (``AgentService.unavailable``): GetRun says why their running steps wait; set by
+        the engine."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -504,6 +512,10 @@ class RunService:
                     row.concurrency_key,
                 )
             set_rate_waits(run, waits)
+        attempts_on = running_agents(run)
+        if attempts_on and self.unavailable_agents is not None:
+            down = await self.unavailable_agents(organization_id, sorted(set(attempts_on.values())))
+            set_agent_waits(run, {s: a for s, a in attempts_on.items() if a in down})
         if self.usage is not None:
             await self.usage.fill_run(organization_id, run)
         return run

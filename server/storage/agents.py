@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import asyncpg
@@ -75,6 +75,8 @@ class AgentRecord:
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
     rate_per_key: bool = False
+    card_read_at: datetime | None = None
+    """When the agent's card was read (None: not yet, or an A2A agent)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ class StaticAgentFields(Protocol):
     def rate_period_seconds(self) -> float: ...
     @property
     def rate_per_key(self) -> bool: ...
+    @property
+    def card_read(self) -> bool: ...
 
 
 def _record(row: asyncpg.Record) -> AgentRecord:
@@ -137,6 +141,7 @@ def _record(row: asyncpg.Record) -> AgentRecord:
         tokens_per_period=row["tokens_per_period"],
         rate_period_seconds=row["rate_period_seconds"],
         rate_per_key=row["rate_per_key"],
+        card_read_at=row["card_read_at"],
     )
 
 
@@ -153,6 +158,7 @@ class _Fields:
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
     rate_per_key: bool = False
+    card_read: bool = False
 
 
 class AgentsRepository:
@@ -177,9 +183,11 @@ class AgentsRepository:
         tokens_per_period: int = 0,
         rate_period_seconds: float = 0.0,
         rate_per_key: bool = False,
+        card_read: bool = False,
     ) -> AgentRecord:
         """Insert the agent, or update the one of that name (keeping its creation time
-        and bumping its update time).
+        and bumping its update time). ``card_read``: the values come from the agent's
+        card (``card_read_at`` is set to now), else it is NULL.
 
         Raises:
             StaticAgentConflict: a registered upsert hit a static agent of that name.
@@ -197,6 +205,7 @@ class AgentsRepository:
             tokens_per_period,
             rate_period_seconds,
             rate_per_key,
+            card_read,
         )
         async with self._db.connection() as conn:
             row = await _upsert(conn, organization_id, fields, source)
@@ -228,6 +237,49 @@ class AgentsRepository:
                 QUERIES["list_agents"], organization_id, after_name, skill or None, limit
             )
         return [_record(row) for row in rows]
+
+    async def watched_endpoints(self) -> builtins.list[str]:
+        """The endpoints of every ``podium_v1`` agent, of every organization."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["watched_agent_endpoints"])
+        return [row["endpoint"] for row in rows]
+
+    async def endpoints(
+        self, organization_id: str, names: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        """(endpoint, protocol) of the named agents that exist, by name."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["agent_endpoints"], organization_id, list(names))
+        return {row["name"]: (row["endpoint"], row["protocol"]) for row in rows}
+
+    async def awaiting_card(self, endpoint: str) -> builtins.list[AgentRecord]:
+        """The ``podium_v1`` agents at ``endpoint`` whose card was not read yet, of every
+        organization."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["agents_awaiting_card"], endpoint)
+        return [_record(row) for row in rows]
+
+    async def set_card(
+        self,
+        record: AgentRecord,
+        *,
+        skills: Sequence[str],
+        max_concurrency: int,
+        default_timeout_seconds: float,
+    ) -> bool:
+        """Store the values a card gave ``record`` (read with :meth:`awaiting_card`);
+        False when another replica did it first or the agent changed since."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                QUERIES["set_agent_card"],
+                record.organization_id,
+                record.name,
+                record.update_time,
+                list(skills),
+                max_concurrency,
+                float(default_timeout_seconds),
+            )
+        return row is not None
 
     async def step_rate_waits(
         self,
@@ -293,6 +345,7 @@ class AgentsRepository:
                     agent.tokens_per_period,
                     agent.rate_period_seconds,
                     agent.rate_per_key,
+                    agent.card_read,
                 )
                 row = await _upsert(conn, organization_id, fields, "static")
                 assert row is not None  # a static upsert always writes
@@ -328,6 +381,7 @@ async def _upsert(
         fields.tokens_per_period,
         float(fields.rate_period_seconds),
         fields.rate_per_key,
+        datetime.now(UTC) if fields.card_read else None,
     )
 
 

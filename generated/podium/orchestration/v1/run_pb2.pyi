@@ -547,8 +547,8 @@ class StepRun(_message.Message):
 
     @_builtins.property
     def waiting(self) -> Global___StepWaiting:
-        """Why a queued step has not started, when Podium knows (GetRun computes it when it
-        reads the run); unset otherwise.
+        """Why a queued step has not started, or why a running step's attempt waits, when
+        Podium knows (GetRun computes it when it reads the run); unset otherwise.
         """
 
     @_builtins.property
@@ -594,7 +594,7 @@ Global___StepRun: _TypeAlias = StepRun  # noqa: Y015
 
 @_typing.final
 class StepWaiting(_message.Message):
-    """StepWaiting tells why a queued step waits."""
+    """StepWaiting tells why a queued or running step waits."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -608,6 +608,11 @@ class StepWaiting(_message.Message):
         """Not set."""
         REASON_RATE_LIMITED: StepWaiting._Reason.ValueType  # 1
         """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+        REASON_AGENT_UNAVAILABLE: StepWaiting._Reason.ValueType  # 2
+        """The agent of the running step is not serving (Agent.health, as the replica
+        answering sees it): the attempt waits for it, keeping its attempt number, up to
+        PODIUM_AGENT_WAIT_SECONDS within the step's timeout.
+        """
 
     class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
         """Reason of the wait."""
@@ -616,6 +621,11 @@ class StepWaiting(_message.Message):
     """Not set."""
     REASON_RATE_LIMITED: StepWaiting.Reason.ValueType  # 1
     """Every agent that could run the step is at its rate limit (Agent.rate_limit)."""
+    REASON_AGENT_UNAVAILABLE: StepWaiting.Reason.ValueType  # 2
+    """The agent of the running step is not serving (Agent.health, as the replica
+    answering sees it): the attempt waits for it, keeping its attempt number, up to
+    PODIUM_AGENT_WAIT_SECONDS within the step's timeout.
+    """
 
     REASON_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
@@ -623,11 +633,14 @@ class StepWaiting(_message.Message):
     reason: Global___StepWaiting.Reason.ValueType
     """Why the step waits."""
     agent: _builtins.str
-    """The agent whose window frees first."""
+    """The agent whose window frees first (RATE_LIMITED), or the agent waited for
+    (AGENT_UNAVAILABLE).
+    """
     @_builtins.property
     def until_time(self) -> _timestamp_pb2.Timestamp:
         """When that window frees; the step starts at the next claim after it (within the
-        scheduler's poll interval), if it is still the next in line.
+        scheduler's poll interval), if it is still the next in line. Unset for
+        AGENT_UNAVAILABLE.
         """
 
     def __init__(
