@@ -148,19 +148,32 @@ class AgentDispatcher:
             resume_task_id=resume_task_id,
         )
         native = protocol != "a2a"
+        waited_from: float | None = None  # when this attempt began to wait for the agent
         try:
             started = time.monotonic()
             if native:
                 self.health.watch(endpoint)
                 known = self.health.health(endpoint)
-                if self.wait_seconds > 0 and known.state == "not_serving":
+                if (
+                    self.wait_seconds > 0
+                    and known.state == "not_serving"
+                    and not _tls(known.message)
+                ):
                     # Known to be down: wait for it before the call, not after a failure.
+                    waited_from = started
                     await _notify(on_progress, endpoint, f"not serving: {known.message}")
                     await self.health.wait_serving(endpoint, min(self.wait_seconds, timeout))
             outcome = await call(timeout=max(timeout - (time.monotonic() - started), 0.001))
             if self.wait_seconds > 0:
                 outcome = await self._wait_and_retry(
-                    call, channel, endpoint, started, timeout, on_progress, outcome, native
+                    call,
+                    channel,
+                    endpoint,
+                    (started, waited_from),
+                    timeout,
+                    on_progress,
+                    outcome,
+                    native,
                 )
             return outcome
         except EndpointRefused as exc:  # the checked channel was discarded meanwhile
@@ -182,7 +195,7 @@ class AgentDispatcher:
         call: Callable[..., Awaitable[A2AOutcome]],
         channel: grpc.aio.Channel,
         endpoint: str,
-        started: float,
+        times: tuple[float, float | None],
         timeout: float,  # noqa: ASYNC109 - the deadline of the attempt
         on_progress: ProgressCallback | None,
         outcome: A2AOutcome,
@@ -190,16 +203,18 @@ class AgentDispatcher:
     ) -> A2AOutcome:
         """While the agent is not there (:meth:`_gone`), wait for it (its health SERVING,
         or for an unreachable one its channel READY) and call again, at most
-        ``wait_seconds`` from the first failure and within the attempt's ``timeout``
-        (from ``started``); the last outcome."""
+        ``wait_seconds`` from the first wait (``times``: when the attempt started, when
+        it began to wait before its call or None) and within the attempt's ``timeout``;
+        the last outcome."""
+        started, waited_from = times
         limit: float | None = None
-        waited_from = started
         while (reason := await self._gone(outcome, endpoint, native)) is not None:
             now = time.monotonic()
-            if limit is None:
-                limit = min(self.wait_seconds, timeout - (now - started))
+            if waited_from is None:
                 waited_from = now
                 await _notify(on_progress, endpoint, reason)
+            if limit is None:
+                limit = min(self.wait_seconds, timeout - (waited_from - started))
             remaining = limit - (now - waited_from)
             try:
                 if remaining <= 0:
@@ -267,7 +282,13 @@ def _absent(outcome: A2AOutcome) -> bool:
     if outcome.origin != "transport":
         return False
     message = outcome.message.lower()
-    return any(m in message for m in _ABSENT) and not any(m in message for m in _TLS)
+    return any(m in message for m in _ABSENT) and not _tls(message)
+
+
+def _tls(message: str) -> bool:
+    """Whether a failure's message is about TLS (waiting for the agent does not help)."""
+    lowered = message.lower()
+    return any(m in lowered for m in _TLS)
 
 
 def _cut(outcome: A2AOutcome) -> bool:
@@ -277,7 +298,7 @@ def _cut(outcome: A2AOutcome) -> bool:
         return False
     if outcome.grpc_status != "UNAVAILABLE":
         return False
-    return not any(m in outcome.message.lower() for m in _TLS)
+    return not _tls(outcome.message)
 
 
 async def _notify(on_progress: ProgressCallback | None, endpoint: str, reason: str) -> None:

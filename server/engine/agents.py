@@ -52,7 +52,12 @@ from podium.server.engine.paging import bounded_name_page, decode_token
 from podium.server.engine.paging import page_size as effective_page_size
 from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
-from podium.server.storage.agents import AgentRecord, AgentsRepository, StaticAgentConflict
+from podium.server.storage.agents import (
+    AgentRecord,
+    AgentsRepository,
+    StaticAgentConflict,
+    static_conflict,
+)
 
 __all__ = ["HEALTH_SYNC_SECONDS", "AgentService", "agent_to_violations", "record_to_agent"]
 
@@ -197,6 +202,13 @@ class AgentService:
         protocol = _PROTOCOL_FROM_PB.get(agent.protocol, "podium_v1")
         card_read = False
         if not violations and protocol == "podium_v1" and not lazy:
+            async with storage_errors():
+                existing = await self._repository.get(organization_id, agent.name)
+            if existing is not None and existing.source == "static":
+                conflict = static_conflict(agent.name, "register")  # before calling the agent
+                raise AlreadyExists(
+                    str(conflict), reason="STATIC_AGENT", metadata={"name": conflict.name}
+                )
             agent, violations = await self._discover(agent)
             card_read = True
         if violations:

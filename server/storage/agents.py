@@ -27,6 +27,7 @@ __all__ = [
     "StaticAgentConflict",
     "StaticAgentFields",
     "StaticAgentsSync",
+    "static_conflict",
 ]
 
 AgentSource = Literal["registered", "static"]
@@ -210,7 +211,7 @@ class AgentsRepository:
         async with self._db.connection() as conn:
             row = await _upsert(conn, organization_id, fields, source)
         if row is None:
-            raise _static_conflict(name, "register")
+            raise static_conflict(name, "register")
         return _record(row)
 
     async def get(self, organization_id: str, name: str) -> AgentRecord | None:
@@ -311,7 +312,7 @@ class AgentsRepository:
             row = await conn.fetchrow(QUERIES["delete_registered_agent"], organization_id, name)
         assert row is not None  # a SELECT of two scalar subqueries: always one row
         if not row["deleted"] and row["source"] == "static":
-            raise _static_conflict(name, "deregister")
+            raise static_conflict(name, "deregister")
         return bool(row["deleted"])
 
     async def replace_static(
@@ -385,7 +386,8 @@ async def _upsert(
     )
 
 
-def _static_conflict(name: str, action: Literal["register", "deregister"]) -> StaticAgentConflict:
+def static_conflict(name: str, action: Literal["register", "deregister"]) -> StaticAgentConflict:
+    """The conflict of registering or deregistering the static agent ``name``."""
     if action == "register":
         message = (
             f"agent {name!r} is declared in the server configuration (PODIUM_AGENTS); "

@@ -72,7 +72,9 @@ async def world(
             pb.CreateDefinitionRequest(definition=definition("wait-a", [wait]))
         )
         await a.RegisterAgent(
-            pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:9"))
+            pb.RegisterAgentRequest(
+                agent=agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:9"), lazy=True
+            )
         )
         run = await a.StartRun(
             pb.StartRunRequest(definition=pb.DefinitionRef(name="flow-a"), start=True)
@@ -165,7 +167,9 @@ async def _validate_definition(w: World) -> None:
 async def _register_agent(w: World) -> None:
     # B's "reg-a" is B's own; A's stays as it was (checked by the snapshot).
     agent = agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:10")
-    assert (await w.b.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent.name == "reg-a"
+    assert (
+        await w.b.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))
+    ).agent.name == "reg-a"
 
 
 async def _send_event(w: World) -> None:

@@ -204,13 +204,13 @@ async def test_register_round_trip_and_cli_flags(
         endpoint="127.0.0.1:9",
         rate_limit=agent_pb2.AgentRateLimit(requests_per_period=60, period_seconds=60),
     )
-    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent
+    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))).agent
     assert stored.rate_limit == agent.rate_limit
     agent.ClearField("rate_limit")
-    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent
+    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))).agent
     assert not stored.HasField("rate_limit")
 
-    args = ["agents", "register", "cli-llm", "127.0.0.1:9", "--address", address]
+    args = ["agents", "register", "cli-llm", "127.0.0.1:9", "--lazy", "--address", address]
     data = await podium_json(*args, "--rate-limit", "30/1m", "--tokens-limit", "90000/60s")
     assert data["rate_limit"] == {
         "requests_per_period": 30,
