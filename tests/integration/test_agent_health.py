@@ -62,7 +62,7 @@ async def agent_named(stub: pb_grpc.OrchestrationServiceAsyncStub, name: str) ->
 
 
 async def health_is(
-    stub: pb_grpc.OrchestrationServiceAsyncStub, name: str, state: int
+    stub: pb_grpc.OrchestrationServiceAsyncStub, name: str, state: Health.State.ValueType
 ) -> agent_pb2.Agent:
     async def reached() -> bool:
         return (await agent_named(stub, name)).health.state == state
