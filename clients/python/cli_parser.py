@@ -467,6 +467,14 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--skill", help="only agents offering this skill")
     p = _add(
         agents,
+        "get",
+        "one agent, with its health",
+        ("podium agents get summarizer", "podium agents get summarizer -o json"),
+        c,
+    )
+    p.add_argument("name")
+    p = _add(
+        agents,
         "register",
         "register (or update) an agent",
         (

@@ -852,6 +852,12 @@ class PodiumClient(ScheduleMethods, PayloadMethods):
         response = await self._unary(self._stub.RegisterAgent, request, timeout)
         return response.agent  # type: ignore[no-any-return]
 
+    async def get_agent(self, name: str, *, timeout: float | None = None) -> agent_pb2.Agent:
+        """The agent ``name``, with its health as the answering replica sees it."""
+        request = pb.GetAgentRequest(name=name)
+        response = await self._unary(self._stub.GetAgent, request, timeout)
+        return response.agent  # type: ignore[no-any-return]
+
     async def list_agents(
         self,
         *,

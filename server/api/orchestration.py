@@ -270,6 +270,11 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
 
     @unary
+    async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
+        agent = await self._engine().agents.get(self._org(context), request.name)
+        return pb.GetAgentResponse(agent=agent)
+
+    @unary
     async def DeregisterAgent(
         self, request: pb.DeregisterAgentRequest, context: Context
     ) -> pb.DeregisterAgentResponse:

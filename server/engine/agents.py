@@ -423,15 +423,21 @@ class AgentService:
             await asyncio.gather(task, return_exceptions=True)
 
     async def get(self, organization_id: str, name: str) -> Agent:
-        """The agent called ``name``.
+        """The agent called ``name``, with its health (GetAgent).
 
         Raises:
+            InvalidArgument: ``name`` is empty.
             NotFound: there is none (reason ``AGENT_NOT_FOUND``).
         """
+        if not name:
+            raise InvalidArgument(
+                "name is required",
+                violations=[FieldViolation(field="name", description="an agent name is required")],
+            )
         record = await self.get_record(organization_id, name)
         if record is None:
             raise _not_found(name)
-        return record_to_agent(record)
+        return record_to_agent(record, self._health(record))
 
     async def get_record(self, organization_id: str, name: str) -> AgentRecord | None:
         """The stored agent called ``name``, or None (for the step executor)."""

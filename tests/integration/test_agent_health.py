@@ -23,7 +23,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
-from tests.integration.client_helpers import podium_json
+from tests.integration.client_helpers import podium_json, podium_plain
 from tests.integration.conftest import LOOPBACK_AGENTS, StartServer
 from tests.integration.pg_cluster import free_port
 from tests.integration.rpc import error_details, rpc_error, violations
@@ -108,9 +108,15 @@ async def test_register_takes_what_is_not_given_from_the_card(start_server: Star
             names = [a.name for a in (await stub.ListAgents(pb.ListAgentsRequest())).agents]
             assert names == ["bare", "narrow"]
 
-            # Each replica watches the agents' health.
+            # Each replica watches the agents' health; ListAgents and GetAgent show it.
             listed = await health_is(stub, "bare", Health.STATE_SERVING)
             assert listed.health.HasField("since_time") and not listed.health.message
+            got = (await stub.GetAgent(pb.GetAgentRequest(name="bare"))).agent
+            assert got.health.state == Health.STATE_SERVING and list(got.skills) == ["sleep", "nap"]
+            error = await rpc_error(stub.GetAgent(pb.GetAgentRequest(name="nobody")))
+            assert error.code() is grpc.StatusCode.NOT_FOUND
+            error = await rpc_error(stub.GetAgent(pb.GetAgentRequest()))
+            assert list(violations(error)) == ["name"]
     finally:
         await served.stop(0)
 
@@ -253,6 +259,8 @@ async def test_a_step_waits_for_an_agent_that_is_down_without_using_attempts(
             killed = time.monotonic()
             down = await health_is(stub, "worker", Health.STATE_NOT_SERVING)
             assert down.health.message
+            shown = await podium_plain("agents", "get", "worker", "--address", server.address)
+            assert "health=not_serving" in shown.stdout, shown
 
             async def step_waits() -> bool:
                 run = await get_run(stub, run_id)

@@ -246,6 +246,7 @@ CASES: dict[str, Case] = {
     ),
     "RegisterAgent": _register_agent,
     "ListAgents": lambda w: _empty(w.b.ListAgents(pb.ListAgentsRequest()), "agents"),
+    "GetAgent": _not_found(lambda w: w.b.GetAgent(pb.GetAgentRequest(name="reg-a"))),
     "DeregisterAgent": _not_found(
         lambda w: w.b.DeregisterAgent(pb.DeregisterAgentRequest(name="echo"))
     ),
