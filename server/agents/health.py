@@ -11,6 +11,9 @@ polling. The call goes through the outbound guard like every agent call
 - Each endpoint has a :class:`Health`: ``unknown`` until the first answer, then
   ``serving`` or ``not_serving`` (the agent says so, or cannot be reached: the message
   says why) and since when.
+- An agent that answers NOT_SERVING has its watch ended at once (an agent shutting
+  down waits for its calls in flight, a watch included) and asked again every
+  ``recheck_seconds``.
 - When the watch fails (the agent is down), the next one waits for the channel to
   connect (``wait_for_ready``: gRPC's reconnect backoff of the pool, 0.5 s up to 5 s),
   so a down agent costs no polling of our own.
@@ -85,6 +88,9 @@ class AgentHealthMonitor:
             service.
         retry_seconds: pause before watching again after the watch could not start for
             another reason than an unreachable agent (e.g. a refused endpoint).
+        recheck_seconds: pause before watching again an agent that answered NOT_SERVING
+            (its watch is ended at once: an agent shutting down waits for the calls in
+            flight, and a watch never ends by itself).
     """
 
     def __init__(
@@ -94,11 +100,13 @@ class AgentHealthMonitor:
         on_serving: Callable[[str], Awaitable[None]] | None = None,
         poll_seconds: float = 5.0,
         retry_seconds: float = 5.0,
+        recheck_seconds: float = 1.0,
     ) -> None:
         self._channels = channels
         self.on_serving = on_serving
         self._poll = poll_seconds
         self._retry = retry_seconds
+        self._recheck = recheck_seconds
         self._watches: dict[str, _Watch] = {}
         self._closed = False
 
@@ -206,11 +214,14 @@ class AgentHealthMonitor:
                     wait_for_ready = False
                     if response.status == _SERVING:
                         await self._set(endpoint, watch, "serving", "")
-                    else:
-                        status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-                        await self._set(endpoint, watch, "not_serving", f"the agent says {status}")
-                # The agent ended the watch (it should not): watch again after a pause.
-                await asyncio.sleep(self._retry)
+                        continue
+                    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                    await self._set(endpoint, watch, "not_serving", f"the agent says {status}")
+                    # An agent shutting down waits for its calls in flight, this one
+                    # included: end it, and ask again after a pause.
+                    call.cancel()
+                    break
+                await asyncio.sleep(self._recheck)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
                     await self._poll_card(endpoint, watch, channel)

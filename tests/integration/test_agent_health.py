@@ -117,6 +117,13 @@ async def test_register_takes_what_is_not_given_from_the_card(start_server: Star
             assert error.code() is grpc.StatusCode.NOT_FOUND
             error = await rpc_error(stub.GetAgent(pb.GetAgentRequest()))
             assert list(violations(error)) == ["name"]
+
+            # The watch ends when the agent says NOT_SERVING: it does not hold the
+            # agent's graceful stop for its whole grace period.
+            began = time.monotonic()
+            await served.stop(5.0)
+            assert time.monotonic() - began < 3
+            await health_is(stub, "bare", Health.STATE_NOT_SERVING)
     finally:
         await served.stop(0)
 
