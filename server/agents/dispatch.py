@@ -21,7 +21,9 @@ the step is not moving. A TLS handshake failure is answered at once: waiting doe
 fix a certificate.
 
 ``podium.agent.v1`` agents are also watched (:class:`~.health.AgentHealthMonitor`,
-``health``): a call to an agent known to be NOT_SERVING waits for it first, and a call
+``health``). Once an agent was seen serving (an agent that never served is rather
+misconfigured, e.g. TLS, and its calls fail as above), a call to it while it is known
+to be NOT_SERVING waits for it first, and a call
 cut midway by the agent going away (``UNAVAILABLE`` after the call started: the agent
 was stopped or killed) is sent again, within the same attempt, once the agent serves
 again, when a health check right after the cut fails (an agent that still answers its
@@ -151,14 +153,10 @@ class AgentDispatcher:
         waited_from: float | None = None  # when this attempt began to wait for the agent
         try:
             started = time.monotonic()
+            known = self.health.health(endpoint)
             if native:
                 self.health.watch(endpoint)
-                known = self.health.health(endpoint)
-                if (
-                    self.wait_seconds > 0
-                    and known.state == "not_serving"
-                    and not _tls(known.message)
-                ):
+                if self.wait_seconds > 0 and known.state == "not_serving" and known.was_serving:
                     # Known to be down: wait for it before the call, not after a failure.
                     waited_from = started
                     await _notify(on_progress, endpoint, f"not serving: {known.message}")
@@ -173,21 +171,23 @@ class AgentDispatcher:
                     timeout,
                     on_progress,
                     outcome,
-                    native,
+                    native and known.was_serving,
                 )
             return outcome
         except EndpointRefused as exc:  # the checked channel was discarded meanwhile
             return _refused(endpoint, exc)
 
-    async def _gone(self, outcome: A2AOutcome, endpoint: str, native: bool) -> str | None:
+    async def _gone(self, outcome: A2AOutcome, endpoint: str, watched: bool) -> str | None:
         """Why ``outcome`` says the agent is not there (module doc), or None: it was
-        unreachable, or (``podium.agent.v1``) its call was cut and its health check now
-        fails."""
+        unreachable, or (``watched``: a ``podium.agent.v1`` agent seen serving) its call
+        was cut and its health check now fails."""
         if _absent(outcome):
             return "unreachable"
-        if native and _cut(outcome) and not await self.podium.check_health(endpoint, 1.0):
-            assert isinstance(outcome, TaskFailed)
-            return f"its call was cut: {outcome.message}"
+        if watched and _cut(outcome):
+            # An agent that answers (even without a health service) keeps the failure.
+            if not await self.podium.check_health(endpoint, 1.0, if_unimplemented=True):
+                assert isinstance(outcome, TaskFailed)
+                return f"its call was cut: {outcome.message}"
         return None
 
     async def _wait_and_retry(
@@ -199,7 +199,7 @@ class AgentDispatcher:
         timeout: float,  # noqa: ASYNC109 - the deadline of the attempt
         on_progress: ProgressCallback | None,
         outcome: A2AOutcome,
-        native: bool,
+        watched: bool,
     ) -> A2AOutcome:
         """While the agent is not there (:meth:`_gone`), wait for it (its health SERVING,
         or for an unreachable one its channel READY) and call again, at most
@@ -208,7 +208,7 @@ class AgentDispatcher:
         the last outcome."""
         started, waited_from = times
         limit: float | None = None
-        while (reason := await self._gone(outcome, endpoint, native)) is not None:
+        while (reason := await self._gone(outcome, endpoint, watched)) is not None:
             now = time.monotonic()
             if waited_from is None:
                 waited_from = now

@@ -59,11 +59,15 @@ class Health:
         state: ``unknown``, ``serving`` or ``not_serving``.
         since: when the endpoint entered ``state``.
         message: why it is not serving; empty otherwise.
+        was_serving: whether the endpoint has been serving since it is watched: an
+            agent that is ``not_serving`` then is down (an outage to wait for), not
+            misconfigured (e.g. a TLS endpoint called in plaintext never serves).
     """
 
     state: HealthState
     since: datetime
     message: str = ""
+    was_serving: bool = False
 
 
 class _Watch:
@@ -183,7 +187,8 @@ class AgentHealthMonitor:
         if watch.health.state == state and watch.health.message == message:
             return
         became_serving = state == "serving" and watch.health.state != "serving"
-        watch.health = Health(state, datetime.now(UTC), message)
+        was_serving = watch.health.was_serving or state == "serving"
+        watch.health = Health(state, datetime.now(UTC), message, was_serving)
         watch.changed.set()
         log.info(
             "agent health changed",

@@ -69,7 +69,8 @@ CARD_TIMEOUT_SECONDS = 5.0
 """Deadline of the GetAgentCard call of RegisterAgent and of a lazy agent's discovery."""
 
 STATIC_CARD_TIMEOUT_SECONDS = 2.0
-"""Deadline of each static agent's GetAgentCard call at start."""
+"""Deadline of each static agent's GetAgentCard call at start, and of a lazy
+registration's."""
 
 Agent = agent_pb2.Agent
 
@@ -201,7 +202,7 @@ class AgentService:
                 violations = [FieldViolation(field="agent.endpoint", description=str(exc))]
         protocol = _PROTOCOL_FROM_PB.get(agent.protocol, "podium_v1")
         card_read = False
-        if not violations and protocol == "podium_v1" and not lazy:
+        if not violations and protocol == "podium_v1":
             async with storage_errors():
                 existing = await self._repository.get(organization_id, agent.name)
             if existing is not None and existing.source == "static":
@@ -209,8 +210,12 @@ class AgentService:
                 raise AlreadyExists(
                     str(conflict), reason="STATIC_AGENT", metadata={"name": conflict.name}
                 )
-            agent, violations = await self._discover(agent)
-            card_read = True
+            try:
+                agent, violations = await self._discover(agent, lazy)
+                card_read = True
+            except FailedPrecondition:
+                if not lazy:
+                    raise
         if violations:
             raise InvalidArgument(
                 f"agent {agent.name!r} is invalid: {len(violations)} problem(s)",
@@ -238,16 +243,20 @@ class AgentService:
                 ) from exc
         return record_to_agent(record, self._health(record))
 
-    async def _discover(self, agent: Agent) -> tuple[Agent, builtins.list[FieldViolation]]:
-        """``agent`` with the values its card gives (module doc), and the contradictions.
+    async def _discover(
+        self, agent: Agent, lazy: bool
+    ) -> tuple[Agent, builtins.list[FieldViolation]]:
+        """``agent`` with the values its card gives (module doc), and the contradictions;
+        ``lazy`` waits less for the card (the caller stores the agent without it).
 
         Raises:
             FailedPrecondition: the agent does not answer (``AGENT_NOT_ANSWERING``).
         """
         if self._dispatcher is None:
             return agent, []
+        timeout = STATIC_CARD_TIMEOUT_SECONDS if lazy else CARD_TIMEOUT_SECONDS
         try:
-            card = await self._dispatcher.read_card(agent.endpoint, timeout=CARD_TIMEOUT_SECONDS)
+            card = await self._dispatcher.read_card(agent.endpoint, timeout=timeout)
         except (AgentCallError, EndpointRefused) as exc:
             code = exc.code if isinstance(exc, AgentCallError) else "AGENT_ENDPOINT_REFUSED"
             raise FailedPrecondition(
@@ -394,12 +403,18 @@ class AgentService:
         return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(agents, start=1))))
 
     async def sync_health(self) -> None:
-        """Watch the health of exactly the ``podium_v1`` endpoints of the table."""
+        """Watch the health of exactly the ``podium_v1`` endpoints of the table, and read
+        the pending cards of those serving (a card read that failed when the agent
+        became serving is tried again here)."""
         if self._dispatcher is None:
             return
         async with storage_errors():
             endpoints = await self._repository.watched_endpoints()
-        self._dispatcher.health.keep(endpoints)
+        monitor = self._dispatcher.health
+        monitor.keep(endpoints)
+        for endpoint, pending in endpoints.items():
+            if pending and monitor.health(endpoint).state == "serving":
+                await self.discover_lazy(endpoint)
 
     def start_health(self, interval: float = HEALTH_SYNC_SECONDS) -> None:
         """Start the loop of :meth:`sync_health` (every ``interval`` seconds)."""

@@ -239,11 +239,12 @@ class AgentsRepository:
             )
         return [_record(row) for row in rows]
 
-    async def watched_endpoints(self) -> builtins.list[str]:
-        """The endpoints of every ``podium_v1`` agent, of every organization."""
+    async def watched_endpoints(self) -> dict[str, bool]:
+        """The endpoints of every ``podium_v1`` agent, of every organization, and whether
+        an agent there waits for its card."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(QUERIES["watched_agent_endpoints"])
-        return [row["endpoint"] for row in rows]
+        return {row["endpoint"]: row["pending"] for row in rows}
 
     async def endpoints(
         self, organization_id: str, names: Sequence[str]

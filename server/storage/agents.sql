@@ -110,8 +110,12 @@ WHERE w.held > 0 AND w.held = cardinality(c.names)
 
 -- watched_agent_endpoints --
 -- The endpoints of every podium.agent.v1 agent of every organization: what a replica
--- watches the health of (engine/agent_health.py).
-SELECT DISTINCT endpoint FROM agents WHERE protocol = 'podium_v1'
+-- watches the health of (engine/agents.py), and whether an agent there waits for its
+-- card.
+SELECT endpoint, bool_or(card_read_at IS NULL) AS pending
+FROM agents
+WHERE protocol = 'podium_v1'
+GROUP BY endpoint
 
 -- agents_awaiting_card --
 -- The podium.agent.v1 agents at an endpoint whose card was not read yet (lazy

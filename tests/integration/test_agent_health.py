@@ -108,6 +108,12 @@ async def test_register_takes_what_is_not_given_from_the_card(start_server: Star
             names = [a.name for a in (await stub.ListAgents(pb.ListAgentsRequest())).agents]
             assert names == ["bare", "narrow"]
 
+            # Lazy changes nothing for an agent that answers.
+            eager = agent_pb2.Agent(name="eager", endpoint=served.address)
+            request = pb.RegisterAgentRequest(agent=eager, lazy=True)
+            stored = (await stub.RegisterAgent(request)).agent
+            assert list(stored.skills) == ["sleep", "nap"] and stored.HasField("card_time")
+
             # Each replica watches the agents' health; ListAgents and GetAgent show it.
             listed = await health_is(stub, "bare", Health.STATE_SERVING)
             assert listed.health.HasField("since_time") and not listed.health.message

@@ -1299,10 +1299,11 @@ class RegisterAgentRequest(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     LAZY_FIELD_NUMBER: _builtins.int
     lazy: _builtins.bool
-    """Register a podium.agent.v1 agent that does not answer yet: it is stored with the
-    values given, and its card is read when it first answers (Agent.card_time is set
-    then; given values that contradict the card are narrowed to it, with a warning in
-    the server log). Ignored for A2A agents.
+    """Register a podium.agent.v1 agent even if it does not answer (within 2 s): it is
+    then stored with the values given, and its card is read when it first answers
+    (Agent.card_time is set then; given values that contradict the card are narrowed
+    to it, with a warning in the server log). An agent that answers is registered as
+    without `lazy`. Ignored for A2A agents.
     """
     @_builtins.property
     def agent(self) -> _agent_pb2.Agent:
