@@ -122,6 +122,11 @@ class AgentHealthMonitor:
         return watch.health if watch is not None else Health("unknown", datetime.now(UTC))
 
     @property
+    def not_serving(self) -> set[str]:
+        """The watched endpoints that are not serving now."""
+        return {e for e, w in self._watches.items() if w.health.state == "not_serving"}
+
+    @property
     def watched(self) -> list[str]:
         """The endpoints being watched."""
         return list(self._watches)

@@ -296,17 +296,20 @@ class AgentService:
         return monitor.health(record.endpoint)
 
     async def unavailable(self, organization_id: str, names: Sequence[str]) -> dict[str, Health]:
-        """Of the agents ``names``, those this replica sees not serving, by name."""
+        """Of the agents ``names``, those this replica sees not serving, by name (no
+        query while every watched agent serves)."""
         if self._dispatcher is None or not names:
+            return {}
+        down = self._dispatcher.health.not_serving
+        if not down:
             return {}
         async with storage_errors():
             found = await self._repository.endpoints(organization_id, names)
-        out: dict[str, Health] = {}
-        for name, (endpoint, protocol) in found.items():
-            health = self._dispatcher.health.health(endpoint)
-            if protocol == "podium_v1" and health.state == "not_serving":
-                out[name] = health
-        return out
+        return {
+            name: self._dispatcher.health.health(endpoint)
+            for name, (endpoint, protocol) in found.items()
+            if protocol == "podium_v1" and endpoint in down
+        }
 
     async def discover_lazy(self, endpoint: str) -> None:
         """Read the card of the agents at ``endpoint`` whose card was not read yet (lazy
