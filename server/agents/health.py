@@ -239,7 +239,7 @@ class AgentHealthMonitor:
                 detail = (exc.details() or exc.code().name).lower()
                 await self._set(endpoint, watch, "not_serving", f"unreachable: {detail}")
                 if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                    await asyncio.sleep(self._retry)
+                    await asyncio.sleep(self._recheck)  # e.g. cancelled by a stopping agent
                 # Next, wait for the channel to connect again (gRPC's reconnect backoff).
                 wait_for_ready = True
 
