@@ -238,9 +238,11 @@ class AgentHealthMonitor:
                     continue
                 detail = (exc.details() or exc.code().name).lower()
                 await self._set(endpoint, watch, "not_serving", f"unreachable: {detail}")
-                if exc.code() is not grpc.StatusCode.UNAVAILABLE:
-                    await asyncio.sleep(self._recheck)  # e.g. cancelled by a stopping agent
-                # Next, wait for the channel to connect again (gRPC's reconnect backoff).
+                # Next, wait for the channel to connect again (gRPC's reconnect backoff);
+                # a stopping agent may still hold the connection and refuse calls on it,
+                # hence a short pause first.
+                pause = 0.25 if exc.code() is grpc.StatusCode.UNAVAILABLE else self._recheck
+                await asyncio.sleep(pause)
                 wait_for_ready = True
 
     async def _poll_card(self, endpoint: str, watch: _Watch, channel: grpc.aio.Channel) -> None:

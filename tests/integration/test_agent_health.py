@@ -8,6 +8,7 @@ of using its attempts."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 import sys
 import time
@@ -235,12 +236,13 @@ async def listening(port: int) -> None:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 async def test_a_step_waits_for_an_agent_that_is_down_without_using_attempts(
-    start_server: StartServer, tmp_path: Path
+    start_server: StartServer, tmp_path: Path, stop: signal.Signals
 ) -> None:
-    """The agent process is killed mid-run and comes back 5 s later: with one attempt
-    per step the run still succeeds; while it is down ListAgents shows it NOT_SERVING
-    and the running step says it waits for it."""
+    """The agent process is killed (or stopped: NOT_SERVING first) mid-run and comes
+    back 5 s later: with one attempt per step the run still succeeds; while it is down
+    ListAgents shows it NOT_SERVING and the running step says it waits for it."""
     port = free_port()
     log = tmp_path / "calls.log"
     process = spawn_agent(port, log)
@@ -267,7 +269,7 @@ async def test_a_step_waits_for_an_agent_that_is_down_without_using_attempts(
             await create_definition(stub, "outage", steps)
             run_id = (await start_run(stub, "outage")).run.id
             await asyncio.sleep(1.2)  # s2 is running
-            process.kill()
+            process.send_signal(stop)
             process.wait()
             killed = time.monotonic()
             down = await health_is(stub, "worker", Health.STATE_NOT_SERVING)
