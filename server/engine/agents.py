@@ -291,7 +291,7 @@ class AgentService:
             return None
         monitor = self._dispatcher.health
         if record.protocol != "podium_v1":
-            return Health("unknown", record.update_time, "A2A agents are not watched")
+            return Health("unknown", record.update_time)  # A2A agents are not watched
         monitor.watch(record.endpoint)
         return monitor.health(record.endpoint)
 
