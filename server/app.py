@@ -40,6 +40,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.agents.static import StaticAgent
 from podium.server.api.auth import AuthInterceptor
 from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
@@ -50,7 +51,7 @@ from podium.server.api.probes import (
     add_reflection,
 )
 from podium.server.config import ConfigError, Settings, redact_url
-from podium.server.engine.engine import Engine
+from podium.server.engine.engine import Engine, check_configuration
 from podium.server.engine.errors import Unavailable
 from podium.server.gateway.server import Gateway
 from podium.server.gateway.upstream import loopback_target
@@ -71,6 +72,9 @@ from podium.server.telemetry.tracing import (
 from podium.server.tls import ReloadingServerCredentials, ServerTls
 
 log = logging.getLogger("podium.server")
+
+_WILDCARDS = ("", "0.0.0.0", "[::]", "::")
+"""Listen hosts that are no address an agent could call back."""
 
 QUEUE_DEPTH_LIMIT = 100_000
 """The queue-depth gauge counts at most this many queued steps (a bounded query)."""
@@ -132,6 +136,7 @@ class PodiumServer:
         """The gRPC port's TLS credentials, following their files; None in plaintext."""
         self._embedded: EmbeddedPostgres | None = None
         self._db: Database | None = None
+        self._static_agents: list[StaticAgent] = []
         self._engine: Engine | None = None
         self._monitor: asyncio.Task[None] | None = None
         self._stopping = False
@@ -233,6 +238,9 @@ class PodiumServer:
         if self.settings.console_address is not None:
             await self._start_gateway(self.settings.console_address)
 
+        # Every setting is checked before the first database write (migrations included):
+        # a replica that refuses its configuration changes nothing shared.
+        self._static_agents = await check_configuration(self.settings)
         dsn = self.settings.database_url
         if dsn is None:
             self._embedded = EmbeddedPostgres(self.settings.data_dir)
@@ -299,7 +307,11 @@ class PodiumServer:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        self._engine = Engine(self._db, direct_dsn, self.settings)
+        self._engine = Engine(self._db, direct_dsn, self.settings, self._static_agents)
+        # Where agents reach this server with their step credentials.
+        self._engine.scheduler.executor.podium_address = self.settings.agent_callback_address or (
+            "" if self.settings.listen_address.rpartition(":")[0] in _WILDCARDS else self.address
+        )
         self._instrument(self._engine)
         await self._engine.start()
 
@@ -317,15 +329,16 @@ class PodiumServer:
             # Last: the others see its INVALID_ARGUMENT for undecodable request bytes.
             MalformedRequestInterceptor(),
         ]
-        if self.settings.auth_required:
-            # Before the malformed-request check: an unauthenticated caller learns nothing.
-            interceptors.insert(
-                1,
-                AuthInterceptor(
-                    lambda: self.engine,
-                    {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
-                ),
-            )
+        # Before the malformed-request check: an unauthenticated caller learns nothing.
+        # With authentication off it checks only step credentials (api/auth.py).
+        interceptors.insert(
+            1,
+            AuthInterceptor(
+                lambda: self.engine,
+                {cn: (org, role) for cn, org, role in self.settings.mtls_identities},
+                steps_only=not self.settings.auth_required,
+            ),
+        )
         if self.tracing.enabled:
             interceptors.insert(0, server_span_interceptor(self.tracing))
         return interceptors

@@ -114,6 +114,16 @@ def _parse_choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+def _parse_agent_group(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,127}", value):
+        raise ConfigError(
+            f"{name}={raw!r}: expected 1 to 128 lowercase letters, digits, '_', '.' and "
+            "'-', starting with a letter or digit"
+        )
+    return value
+
+
 def _parse_path(name: str, raw: str) -> Path:
     if not raw:
         raise ConfigError(f"{name}: must not be empty")
@@ -406,6 +416,14 @@ class Settings:
         "working within this time.",
         30.0,
     )
+    routing_policy_cache_seconds: float = _setting(
+        "PODIUM_ROUTING_POLICY_CACHE_SECONDS",
+        _parse_float(0),
+        "How long a replica caches an organization's routing policy (StartRun and the "
+        "check before each dispatch); the replica that takes an UpdateRoutingPolicy sees "
+        "it at once, the others within this time.",
+        5.0,
+    )
     mtls_identities: tuple[tuple[str, str, str], ...] = _setting(
         "PODIUM_MTLS_IDENTITIES",
         _parse_mtls_identities,
@@ -497,12 +515,41 @@ class Settings:
         "attempt); the step reports the wait as progress. 0: fail at once.",
         60.0,
     )
+    a2a_card_refresh_seconds: float = _setting(
+        "PODIUM_A2A_CARD_REFRESH_SECONDS",
+        _parse_float(1),
+        "How old the agent card of an A2A agent registered by its card's URL may get "
+        "before a call reads it again (and picks its binding again); a failed re-read "
+        "keeps the last card.",
+        300.0,
+    )
     max_orchestration_depth: int = _setting(
         "ORCHESTRATION_MAX_DEPTH",
         _parse_int(1, 100),
         "Deepest nesting of sub-orchestrations (a child run of a child run ...); a step "
         "that would start a deeper one fails with MAX_DEPTH_EXCEEDED.",
         5,
+    )
+    agent_callback_address: str | None = _setting(
+        "PODIUM_AGENT_CALLBACK_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT at which agents reach this server's gRPC API, sent with every agent "
+        "call (ExecuteTaskRequest.podium_address). Unset: the listen address, unless its "
+        "host is a wildcard (then none is sent).",
+    )
+    max_runs_per_step: int = _setting(
+        "ORCHESTRATION_MAX_RUNS_PER_STEP",
+        _parse_int(1, 100_000),
+        "Most runs an agent may start with one step attempt's credential; StartRun "
+        "answers RESOURCE_EXHAUSTED (STEP_RUN_LIMIT) past it.",
+        100,
+    )
+    max_plan_steps: int = _setting(
+        "ORCHESTRATION_MAX_PLAN_STEPS",
+        _parse_int(1, 100_000),
+        "Most steps in the definition a `plan` step's planner returns; a larger plan fails "
+        "the step with PLAN_TOO_LARGE (not retried).",
+        100,
     )
     for_each_max_items: int = _setting(
         "ORCHESTRATION_FOR_EACH_MAX_ITEMS",
@@ -517,6 +564,15 @@ class Settings:
         "Static agents: name=host:port;skills=a|b;max=4;timeout=30;protocol=a2a entries "
         "separated by commas (options optional), or @/path/agents.yaml "
         "(see server/agents/static.py).",
+        "",
+    )
+    agent_group: str = _setting(
+        "PODIUM_AGENT_GROUP",
+        _parse_agent_group,
+        "Name of the group of replicas that declares PODIUM_AGENTS together: the group's "
+        "static agents are those its last started replica declared, kept while any "
+        "replica of the group runs. Unset: each replica declares its own, and a static "
+        "agent is removed when no running replica declares it.",
         "",
     )
     agent_allowed_networks: AllowList | None = _setting(

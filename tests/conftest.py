@@ -79,9 +79,12 @@ def _await_chain(task: asyncio.Task[object]) -> list[str]:
         if frame is None:
             break
         code = frame.f_code
-        source = linecache.getline(code.co_filename, frame.f_lineno).strip()
-        lines.append(f'  File "{code.co_filename}", line {frame.f_lineno}, in {code.co_name}')
-        lines.append(f"    {source}")
+        # f_lineno is None while a frame runs no line (e.g. between instructions of a
+        # generator's setup): the entry then goes without its source.
+        lineno = frame.f_lineno
+        lines.append(f'  File "{code.co_filename}", line {lineno or "?"}, in {code.co_name}')
+        if lineno is not None:
+            lines.append(f"    {linecache.getline(code.co_filename, lineno).strip()}")
         awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
     return lines
 

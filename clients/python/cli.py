@@ -55,6 +55,7 @@ from podium.client.cli_output import (
     refusal,
 )
 from podium.client.cli_parser import add_remote_commands, common_options
+from podium.client.cli_policy import cmd_policy
 from podium.client.cli_runs import cmd_runs
 from podium.client.cli_schedules import cmd_schedules
 from podium.client.cli_usage import cmd_usage
@@ -75,6 +76,7 @@ COMMANDS: dict[str, Command] = {
     "events": cmd_events,
     "schedules": cmd_schedules,
     "usage": cmd_usage,
+    "policy": cmd_policy,
 }
 """The function running each group of remote commands."""
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TypeAlias
 
 from podium.client.cli_output import default_actor
+from podium.client.client_policy import POLICY_LISTS
 from podium.client.client_schedules import CATCH_UP_POLICIES, OVERLAP_POLICIES
 from podium.client.common import DEFAULT_ADDRESS, DEFAULT_TIMEOUT_SECONDS
 
@@ -481,28 +482,40 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
             "podium agents register summarizer 127.0.0.1:50061",
             "podium agents register summarizer 127.0.0.1:50061 --skill summarize --lazy",
             "podium agents register helper 127.0.0.1:50070 --protocol a2a --max-concurrency 4",
+            "podium agents register planner https://planner.example.com/.well-known/agent-card.json"
+            " --protocol a2a",
             "podium agents register llm 127.0.0.1:50071 --rate-limit 60/60s --tokens-limit 9000/1m",
         ),
         c,
     )
     p.add_argument("name")
-    p.add_argument("endpoint", help="HOST:PORT of its gRPC server")
     p.add_argument(
-        "--skill", action="append", help="a skill it offers (repeatable); default: its card's"
+        "endpoint",
+        help="HOST:PORT of its gRPC server; an A2A agent (--protocol a2a) also by its agent "
+        "card's http(s) URL",
     )
     p.add_argument(
-        "--max-concurrency", type=int, default=0, help="at most its card's; 0: its card's"
+        "--skill",
+        action="append",
+        help="a skill it offers (repeatable); default: a native agent's card's",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=0,
+        help="a native agent's: at most its card's, 0: its card's; an A2A agent's: 0: no limit",
     )
     p.add_argument(
         "--default-timeout",
         type=float,
         default=0.0,
-        help="seconds; 0: its card's, else the server's",
+        help="seconds; 0: a native agent's card's, else the server's",
     )
     p.add_argument(
         "--lazy",
         action="store_true",
-        help="register it even if it does not answer yet; its card is read when it does",
+        help="register a native agent even if it does not answer yet; its card is read when "
+        "it does",
     )
     p.add_argument(
         "--rate-limit",
@@ -643,6 +656,41 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--payload", help="payload as a JSON object, or @FILE holding one")
     p.set_defaults(func=bind("events"))
     _schedules(sub, c, bind)
+    _policy(sub, c, bind)
+
+
+def _policy(sub: Group, c: Parents, bind: Bind) -> None:
+    policy = sub.add_parser(
+        "policy", help="the organization's routing policy: allowed agents and skills, approvals"
+    ).add_subparsers(dest="action", required=True, metavar="ACTION")
+    _add(policy, "get", "show the routing policy", ("podium policy get -o json",), c)
+    p = _add(
+        policy,
+        "set",
+        "replace the lists given (the others are kept); admins only",
+        (
+            "podium policy set --deny-agent legacy-writer --deny-skill shell",
+            "podium policy set --allow-agent echo --allow-agent summarizer",
+            "podium policy set --require-approval payments --clear denied_skills",
+        ),
+        c,
+    )
+    for flag, what in (
+        ("--allow-agent", "the agents steps may call (empty list: all)"),
+        ("--deny-agent", "agents steps may not call"),
+        ("--allow-skill", "the skills steps may target (empty list: all)"),
+        ("--deny-skill", "skills steps may not target"),
+        ("--require-approval", "agents whose steps wait for an approval before dispatch"),
+    ):
+        p.add_argument(flag, action="append", metavar="NAME", help=f"{what}; repeatable")
+    p.add_argument(
+        "--clear",
+        action="append",
+        choices=POLICY_LISTS,
+        help="empty this list (repeatable)",
+    )
+    for action_parser in policy.choices.values():
+        action_parser.set_defaults(func=bind("policy"))
 
 
 def _schedules(sub: Group, c: Parents, bind: Bind) -> None:

@@ -41,6 +41,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 
 from podium.client.client_payloads import PayloadMethods
+from podium.client.client_policy import PolicyMethods
 from podium.client.client_schedules import ScheduleMethods
 from podium.client.common import (
     DEFAULT_ADDRESS,
@@ -100,7 +101,7 @@ def auth_metadata(api_key: str | None = None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),) if key else ()
 
 
-class PodiumClient(ScheduleMethods, PayloadMethods):
+class PodiumClient(ScheduleMethods, PayloadMethods, PolicyMethods):
     """Asyncio client of Podium's OrchestrationService.
 
     Use as ``async with PodiumClient(address) as client: ...`` or call :meth:`close`.

@@ -195,3 +195,5 @@ class SyncPodiumClient:
     pause_schedule = _Blocking(PodiumClient.pause_schedule)
     resume_schedule = _Blocking(PodiumClient.resume_schedule)
     delete_schedule = _Blocking(PodiumClient.delete_schedule)
+    get_routing_policy = _Blocking(PodiumClient.get_routing_policy)
+    update_routing_policy = _Blocking(PodiumClient.update_routing_policy)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -19,6 +20,7 @@ from podium.client.values import struct_to_dict
 
 if TYPE_CHECKING:
     from podium.client.agent import Agent
+    from podium.client.client import PodiumClient
 
 __all__ = ["Task", "TaskFailed", "dict_to_struct"]
 
@@ -166,6 +168,41 @@ class Task:
     def skill(self) -> str:
         """The skill the step was routed by; empty when routed by agent name."""
         return self._request.skill
+
+    @property
+    def credential(self) -> str:
+        """The step credential: a bearer token for Podium's API, valid while this attempt
+        runs, that starts child runs of the step (empty from a server without step
+        credentials). A secret: never log it."""
+        return self._request.credential
+
+    @property
+    def podium_address(self) -> str:
+        """Where Podium's API is reached with :attr:`credential` (empty when the server
+        does not say)."""
+        return self._request.podium_address
+
+    def podium(self, address: str | None = None, **options: Any) -> PodiumClient:
+        """A :class:`~podium.client.client.PodiumClient` acting with this attempt's
+        credential: runs it starts are child runs of the step (cancelled when the
+        attempt ends), and it reads only those. ``address`` defaults to
+        :attr:`podium_address`, then ``PODIUM_ADDRESS``; ``options`` go to the client
+        (e.g. ``credentials`` for TLS). Use as ``async with task.podium() as podium:``.
+
+        Raises:
+            RuntimeError: The task has no credential, or no address is known.
+        """
+        from podium.client.client import PodiumClient  # the agent SDK needs it only here
+
+        if not self.credential:
+            raise RuntimeError("this task has no step credential (an older Podium server?)")
+        target = address or self.podium_address or os.environ.get("PODIUM_ADDRESS", "")
+        if not target:
+            raise RuntimeError(
+                "no Podium address: pass one, or set PODIUM_AGENT_CALLBACK_ADDRESS on the "
+                "server or PODIUM_ADDRESS here"
+            )
+        return PodiumClient(target, api_key=self.credential, **options)
 
     @property
     def metadata(self) -> dict[str, str | bytes]:

@@ -45,6 +45,7 @@ from podium.server.agents.a2a_events import (
     TaskInputRequired,
     output_from_artifacts,
 )
+from podium.server.agents.a2a_http import A2ACards, Binding, HttpApi
 from podium.server.agents.a2a_v03 import V03Api, is_legacy_version
 from podium.server.agents.channels import DEFAULT_MAX_MESSAGE_BYTES, AgentChannels, PooledClient
 from podium.server.agents.client import (
@@ -113,6 +114,8 @@ class A2AClient(PooledClient[_Endpoint]):
         max_message_bytes: largest message sent or received (own pool only).
         options: extra channel arguments (own pool only).
         cancel_timeout_seconds: how long a ``CancelTask`` sent on cancellation may take.
+        cards: the cards of agents registered by URL and their HTTP clients (closed
+            by :meth:`close`); by default the client makes its own, without a guard.
     """
 
     def __init__(
@@ -122,9 +125,11 @@ class A2AClient(PooledClient[_Endpoint]):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         options: Sequence[tuple[str, Any]] = (),
         cancel_timeout_seconds: float = _CANCEL_TIMEOUT_SECONDS,
+        cards: A2ACards | None = None,
     ) -> None:
         super().__init__(channels, _Endpoint, max_message_bytes=max_message_bytes, options=options)
         self._cancel_timeout = cancel_timeout_seconds
+        self.cards = cards if cards is not None else A2ACards()
 
     # -- version
 
@@ -255,8 +260,65 @@ class A2AClient(PooledClient[_Endpoint]):
         if isinstance(found, TaskFailed):
             return found
         api, legacy = found
+        return await self._attempt(
+            api,
+            legacy,
+            endpoint,
+            request,
+            deadline=deadline,
+            metadata=metadata,
+            state=AttemptState(on_progress, on_output_chunk, on_artifact),
+            resume_task_id=resume_task_id,
+        )
+
+    async def execute_card(
+        self,
+        url: str,
+        binding: Binding,
+        request: agent_pb2.ExecuteTaskRequest,
+        *,
+        timeout: float,  # noqa: ASYNC109 - the deadline of the whole attempt
+        metadata: Sequence[tuple[str, str]] = (),
+        on_progress: ProgressCallback | None = None,
+        on_output_chunk: ChunkCallback | None = None,
+        on_artifact: ArtifactCallback | None = None,
+        resume_task_id: str = "",
+    ) -> A2AOutcome:
+        """:meth:`execute` on the HTTP interface (``JSONRPC`` or ``HTTP+JSON``)
+        ``binding`` chosen from the card of the agent registered as ``url``
+        (:meth:`A2ACards.binding <podium.server.agents.a2a_http.A2ACards.binding>`):
+        the same attempt loop, through a2a-sdk's client (:class:`HttpApi`)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        api = HttpApi(self.cards.client(url))
+        try:
+            return await self._attempt(
+                api,
+                binding.legacy,
+                binding.url,
+                request,
+                deadline=deadline,
+                metadata=metadata,
+                state=AttemptState(on_progress, on_output_chunk, on_artifact),
+                resume_task_id=resume_task_id,
+            )
+        finally:
+            await asyncio.shield(api.close())
+
+    async def _attempt(
+        self,
+        api: Any,
+        legacy: bool,
+        endpoint: str,
+        request: agent_pb2.ExecuteTaskRequest,
+        *,
+        deadline: float,
+        metadata: Sequence[tuple[str, str]],
+        state: AttemptState,
+        resume_task_id: str,
+    ) -> A2AOutcome:
+        """One attempt's calls on ``api`` (a gRPC stub, a :class:`V03Api` or an
+        :class:`HttpApi`): the same loop on every binding and version."""
         header = PROTOCOL_VERSION_0_3 if legacy else PROTOCOL_VERSION_1_0
-        state = AttemptState(on_progress, on_output_chunk, on_artifact)
         state.context_id = request.conversation_id
         state.task_id = resume_task_id
         attempt = AttemptCalls(
@@ -269,3 +331,8 @@ class A2AClient(PooledClient[_Endpoint]):
             endpoint=endpoint,
         )
         return await attempt.run(send_request(request, resume_task_id))
+
+    async def close(self) -> None:
+        """Close the channels (own pool only) and the card clients."""
+        await super().close()
+        await self.cards.close()

@@ -6,8 +6,8 @@ events of a stream (:meth:`AttemptState.consume`) or a task snapshot
 (:meth:`AttemptState.snapshot`) and relays them to the attempt's callbacks:
 
 - status updates -> progress: the text parts of the status message (``fraction`` from
-  the status metadata ``fraction`` when it is a number, else -1 = unknown), each new
-  text once;
+  the number under ``fraction`` in the status message's metadata, else in the status
+  update's own metadata, else -1 = unknown), each new text once;
 - artifact updates -> output chunks (their text parts, as they stream; after a snapshot
   only the text not emitted yet) and Podium artifacts (file parts: ``url`` / ``raw``);
 
@@ -193,6 +193,14 @@ def _file_artifacts(artifact: a2a_pb2.Artifact) -> list[agent_pb2.Artifact]:
     return files
 
 
+def _fraction(metadata: struct_pb2.Struct) -> float | None:
+    """The number under ``fraction`` in ``metadata``, or None."""
+    value = metadata.fields.get("fraction")
+    if value is not None and value.WhichOneof("kind") == "number_value":
+        return value.number_value
+    return None
+
+
 # --------------------------------------------------------------------------- attempt
 
 
@@ -238,7 +246,12 @@ class AttemptState:
             if pending is not None:
                 await pending
 
-    async def _status(self, status: a2a_pb2.TaskStatus) -> None:
+    async def _status(
+        self, status: a2a_pb2.TaskStatus, metadata: struct_pb2.Struct | None = None
+    ) -> None:
+        """Take ``status`` as the task's state; its message's text is progress, with the
+        ``fraction`` of the message's metadata, else of the status update's own
+        ``metadata`` (``TaskUpdater.update_status(metadata=...)``)."""
         self.state = status.state
         # The message of the latest status only (a final status without one must not
         # report an older progress line as its message).
@@ -247,12 +260,14 @@ class AttemptState:
             text = _text(status.message.parts)
             if text and text != self.last_progress and status.state not in _TERMINAL:
                 self.last_progress = text
-                fraction = -1.0
-                value = status.message.metadata.fields.get("fraction")
-                if value is not None and value.WhichOneof("kind") == "number_value":
-                    fraction = value.number_value
+                fraction = _fraction(status.message.metadata)
+                if fraction is None and metadata is not None:
+                    fraction = _fraction(metadata)
+                if fraction is None:
+                    fraction = -1.0
                 await self._call(
-                    self.on_progress, agent_pb2.Progress(message=text, fraction=fraction)
+                    self.on_progress,
+                    agent_pb2.Progress(message=text, fraction=fraction),
                 )
 
     async def _emit_artifact(self, artifact: a2a_pb2.Artifact) -> None:
@@ -325,7 +340,7 @@ class AttemptState:
                 update = message.status_update
                 self.task_id = update.task_id or self.task_id
                 self.context_id = update.context_id or self.context_id
-                await self._status(update.status)
+                await self._status(update.status, update.metadata)
             elif kind == "artifact_update":
                 update_a = message.artifact_update
                 self.task_id = update_a.task_id or self.task_id

@@ -1,4 +1,5 @@
-"""The one place that chooses how an agent is called: by its protocol.
+"""The one place that chooses how an agent is called: by its protocol (and, for an A2A
+agent registered by its card's URL, by the binding its card lists).
 
 :class:`AgentDispatcher` holds the :class:`~podium.server.agents.client.AgentClient`
 (``podium.agent.v1``) and the :class:`~podium.server.agents.a2a.A2AClient` (A2A 1.0 or
@@ -43,7 +44,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from podium.agent.v1 import agent_pb2
-from podium.server.agents.a2a import A2AClient, A2AOutcome
+from podium.server.agents.a2a import A2A_NOT_SERVED, A2AClient, A2AOutcome
+from podium.server.agents.a2a_http import A2ACards, CardUnavailable, is_card_url
 from podium.server.agents.channels import DEFAULT_MAX_MESSAGE_BYTES, AgentChannels
 from podium.server.agents.client import (
     AGENT_UNAVAILABLE,
@@ -79,6 +81,8 @@ class AgentDispatcher:
             0 sends it at once (it then fails fast with ``AGENT_UNAVAILABLE``).
         tls_ca: PEM CA bundle trusted for ``grpcs://`` agents (None: the system's roots).
         tls_client: the certificate presented to ``grpcs://`` agents (mTLS), if any.
+        cards: the cards of A2A agents registered by URL (:mod:`.a2a_http`), closed by
+            :meth:`close`; by default one with ``guard`` and ``tls_ca``.
     """
 
     def __init__(
@@ -89,13 +93,17 @@ class AgentDispatcher:
         wait_seconds: float = 0.0,
         tls_ca: bytes | None = None,
         tls_client: KeyPair | None = None,
+        cards: A2ACards | None = None,
     ) -> None:
         self.wait_seconds = wait_seconds
         self.channels = AgentChannels(
             max_message_bytes=max_message_bytes, guard=guard, tls_ca=tls_ca, tls_client=tls_client
         )
         self.podium = AgentClient(channels=self.channels)
-        self.a2a = A2AClient(channels=self.channels)
+        self.a2a = A2AClient(
+            channels=self.channels,
+            cards=cards if cards is not None else A2ACards(guard, tls_ca=tls_ca),
+        )
         self.health = AgentHealthMonitor(self.channels)
         """The health of ``podium.agent.v1`` endpoints (every endpoint called is watched)."""
 
@@ -133,7 +141,37 @@ class AgentDispatcher:
         :meth:`AgentClient.execute`, or a
         :class:`~podium.server.agents.a2a.TaskInputRequired` from an A2A agent.
         ``resume_task_id`` (A2A only) continues that task with the request's input as
-        the answer."""
+        the answer. An A2A ``endpoint`` that is a card URL is called on the interface
+        its card lists (:mod:`.a2a_http`): a gRPC one as any gRPC endpoint, an HTTP one
+        through :meth:`A2AClient.execute_card`."""
+        if protocol == "a2a" and is_card_url(endpoint):
+            started = time.monotonic()
+            try:
+                # A card read (first call, or an old card) counts in the attempt's time.
+                async with asyncio.timeout(timeout):
+                    binding = await self.a2a.cards.binding(endpoint)
+                    if not binding.grpc and self.channels.guard is not None:
+                        await self.channels.guard.resolve_url(binding.url)
+            except EndpointRefused as exc:
+                return _refused(endpoint, exc)
+            except CardUnavailable as exc:
+                return _card_failure(endpoint, exc)
+            except TimeoutError:
+                return _unreachable(endpoint, TimeoutError("its agent card was not read in time"))
+            timeout = max(timeout - (time.monotonic() - started), 0.001)
+            if not binding.grpc:
+                return await self.a2a.execute_card(
+                    endpoint,
+                    binding,
+                    request,
+                    timeout=timeout,
+                    metadata=metadata,
+                    on_progress=on_progress,
+                    on_output_chunk=on_output_chunk,
+                    on_artifact=on_artifact,
+                    resume_task_id=resume_task_id,
+                )
+            endpoint = binding.url
         try:
             channel = await self.channels.connect(endpoint)
         except EndpointRefused as exc:
@@ -312,14 +350,30 @@ async def _notify(on_progress: ProgressCallback | None, endpoint: str, reason: s
         await notice
 
 
+def _card_failure(endpoint: str, exc: CardUnavailable) -> TaskFailed:
+    if exc.transient:
+        return _unreachable(endpoint, exc)
+    return TaskFailed(
+        code=A2A_NOT_SERVED,
+        message=f"the A2A agent at {endpoint} cannot be called: {exc}",
+        retryable=False,
+        origin="protocol",
+    )
+
+
+def _unreachable(endpoint: str, exc: Exception) -> TaskFailed:
+    """A retryable ``AGENT_UNAVAILABLE``: the agent may be reachable later."""
+    return TaskFailed(
+        code=AGENT_UNAVAILABLE,
+        message=f"the agent at {endpoint} cannot be reached: {exc}",
+        retryable=True,
+        origin="transport",
+    )
+
+
 def _refused(endpoint: str, exc: EndpointRefused) -> TaskFailed:
     if exc.transient:
-        return TaskFailed(
-            code=AGENT_UNAVAILABLE,
-            message=f"the agent at {endpoint} cannot be reached: {exc}",
-            retryable=True,
-            origin="transport",
-        )
+        return _unreachable(endpoint, exc)
     return TaskFailed(
         code=AGENT_ENDPOINT_REFUSED,
         message=f"Podium refuses to connect to the agent at {endpoint}: {exc}",

@@ -18,6 +18,12 @@ the address or the host name. It runs at registration (RegisterAgent), at start 
 static agents (``PODIUM_AGENTS``) and before every call: the agent channel pool
 (:mod:`.channels`) connects to the address just checked, never to the name, so a name
 re-bound to another address after the check (DNS rebinding) cannot redirect a call.
+
+A2A agents may also be reached over HTTP (their agent card's URL, then the JSON-RPC or
+HTTP+JSON interface it lists): :meth:`EndpointGuard.resolve_url` checks such a URL's
+form with :func:`podium.server.outbound_http.parse_http_url` (the webhooks' rules) and
+its host as above, and :meth:`EndpointGuard.addresses` is the guard of every HTTP
+connection (:class:`podium.server.outbound_http.GuardedBackend`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from podium.server.addresses import (
     AllowList,
     address_problem,
 )
+from podium.server.outbound_http import HttpTarget, UrlRefused, parse_http_url
 
 __all__ = [
     "EndpointGuard",
@@ -212,10 +219,36 @@ class EndpointGuard:
                 does not resolve (``transient``).
         """
         target = parse_endpoint(endpoint)
+        return target, await self.admitted(target)
+
+    async def resolve_url(self, url: str) -> tuple[HttpTarget, list[str]]:
+        """:meth:`resolve` for an agent reached over HTTP (an A2A agent card or
+        interface URL, http:// or https://): the URL's parts and its admitted addresses.
+
+        Raises:
+            EndpointRefused: the URL's form (:func:`parse_http_url`), its host or an
+                address is refused; or the name does not resolve (``transient``).
+        """
+        try:
+            target = parse_http_url(url)
+        except UrlRefused as exc:
+            raise EndpointRefused(str(exc)) from None
+        return target, await self.admitted(HostPort(host=target.host, port=target.port))
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The admitted addresses of ``host`` (an
+        :data:`~podium.server.outbound_http.AddressGuard`: what an HTTP connection to an
+        agent may connect to). Raises EndpointRefused."""
+        literal = host.strip("[]")
+        return await self.admitted(HostPort(host=literal, port=port))
+
+    async def admitted(self, target: HostPort) -> list[str]:
+        """The addresses of ``target``'s host, every one admitted. Raises
+        EndpointRefused (``transient`` when the name does not resolve)."""
         self.check_host(target)
         literal = target.literal
         if literal is not None:
-            return target, [str(literal)]
+            return [str(literal)]
         try:
             addresses = list(await self._resolve(target.host, target.port))
         except OSError as exc:
@@ -228,4 +261,4 @@ class EndpointGuard:
             problem = self.refusal(target.host, ipaddress.ip_address(text))
             if problem is not None:
                 raise EndpointRefused(problem)
-        return target, addresses
+        return addresses

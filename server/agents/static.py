@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from podium.server.agents.a2a_http import card_location, is_card_url
 from podium.server.agents.endpoints import endpoint_form_problem
 from podium.server.agents.rate_limits import parse_rate, rate_limit_problems
+from podium.server.outbound_http import UrlRefused
 
 __all__ = [
     "MAX_CONCURRENCY",
@@ -33,6 +35,7 @@ __all__ = [
     "agent_problems",
     "normalize_protocol",
     "parse_static_agents",
+    "skill_id_problem",
 ]
 
 MAX_NAME = 128
@@ -104,11 +107,22 @@ def _name_rule(what: str) -> str:
     )
 
 
-def _endpoint_problem(endpoint: str) -> str | None:
+def _endpoint_problem(endpoint: str, protocol: str) -> str | None:
     if not endpoint:
         return "an endpoint is required: HOST:PORT or a gRPC target"
     if len(endpoint) > MAX_ENDPOINT:
         return f"must be at most {MAX_ENDPOINT} characters (got {len(endpoint)})"
+    if is_card_url(endpoint):
+        if protocol != "a2a":
+            return (
+                "an http(s) URL is an A2A agent card's URL: only A2A agents (protocol a2a) "
+                f"are registered by URL; got '{endpoint}'"
+            )
+        try:
+            card_location(endpoint)
+        except UrlRefused as exc:
+            return f"{exc}; got '{endpoint}'"
+        return None
     problem = endpoint_form_problem(endpoint)
     if problem is not None:
         return f"{problem}; got '{endpoint}'"
@@ -122,6 +136,13 @@ def _label_key(key: str) -> str:
     return "`" + key.replace("`", "``") + "`"
 
 
+def skill_id_problem(skill: str) -> str | None:
+    """Why ``skill`` is not a valid skill id, or None."""
+    if not skill or len(skill) > MAX_NAME or not _NAME.fullmatch(skill):
+        return f"{_name_rule('skill ids')}; got '{skill[:MAX_NAME]}'"
+    return None
+
+
 def agent_problems(
     *,
     name: str,
@@ -133,8 +154,12 @@ def agent_problems(
     requests_per_period: float = 0,
     tokens_per_period: float = 0,
     rate_period_seconds: float = 0.0,
+    protocol: str = "podium_v1",
 ) -> list[tuple[str, str]]:
     """Every problem of an agent entry, as ``(field path, description)`` pairs.
+
+    The endpoint is a gRPC target, or for an A2A agent (``protocol`` ``a2a``) also an
+    http(s) URL of its agent card (:mod:`.a2a_http`).
 
     Paths are relative to the agent (``name``, ``skills[1]``, ``labels.team``); an empty
     list means the entry is valid. Used for RegisterAgent and for ``PODIUM_AGENTS``.
@@ -144,7 +169,7 @@ def agent_problems(
         problems.append(("name", "an agent name is required"))
     elif len(name) > MAX_NAME or not _NAME.fullmatch(name):
         problems.append(("name", f"{_name_rule('agent names')}; got '{name[:MAX_NAME]}'"))
-    endpoint_problem = _endpoint_problem(endpoint)
+    endpoint_problem = _endpoint_problem(endpoint, protocol)
     if endpoint_problem is not None:
         problems.append(("endpoint", endpoint_problem))
     if len(skills) > MAX_SKILLS:
@@ -152,8 +177,9 @@ def agent_problems(
     seen: set[str] = set()
     for index, skill in enumerate(skills[:MAX_SKILLS]):
         path = f"skills[{index}]"
-        if not skill or len(skill) > MAX_NAME or not _NAME.fullmatch(skill):
-            problems.append((path, f"{_name_rule('skill ids')}; got '{skill[:MAX_NAME]}'"))
+        problem = skill_id_problem(skill)
+        if problem is not None:
+            problems.append((path, problem))
         elif skill in seen:
             problems.append((path, f"duplicate skill '{skill}'"))
         seen.add(skill)
@@ -302,6 +328,7 @@ def _check(agent: StaticAgent, label: str) -> StaticAgent:
         requests_per_period=agent.requests_per_period,
         tokens_per_period=agent.tokens_per_period,
         rate_period_seconds=agent.rate_period_seconds,
+        protocol=agent.protocol,
     )
     if problems:
         details = "; ".join(f"{path}: {description}" for path, description in problems)

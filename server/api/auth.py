@@ -5,19 +5,23 @@
 
 1. the caller's :class:`Principal` comes from the ``authorization: Bearer <key>``
    metadata (an API key, checked by the engine's
-   :class:`~podium.server.engine.api_keys.ApiKeyService`), or, without a bearer key,
+   :class:`~podium.server.engine.api_keys.ApiKeyService`, or a step credential
+   ``pds_...`` an agent received with its task, checked by
+   :class:`~podium.server.engine.step_credentials.StepCredentials` on every call: role
+   ``step``, scoped to its step attempt), or, without a bearer key,
    from a verified client certificate listed in ``PODIUM_MTLS_IDENTITIES``
    (:func:`certificate_principal`);
 2. none, a malformed, unknown or revoked key: UNAUTHENTICATED with an ``ErrorInfo``
    reason (``API_KEY_MISSING``, ``API_KEY_MALFORMED``, ``API_KEY_INVALID``,
-   ``API_KEY_REVOKED``);
+   ``API_KEY_REVOKED``, ``STEP_CREDENTIAL_INVALID``);
 3. a role without the RPC in :data:`PERMISSIONS`: PERMISSION_DENIED (``ROLE_NOT_ALLOWED``);
 4. otherwise the principal is set in :data:`current_principal` for the handler, and the
    servicer scopes the call to the principal's organization (:func:`organization_of`).
 
 Keys never appear in a message, a log line or a metric: refusals name the reason, never
-the key. The interceptor is installed only when authentication is on
-(``Settings.auth_required``); without it every call acts for
+the key. With authentication off (``Settings.auth_required`` false) the interceptor is
+installed with ``steps_only``: it checks only calls that bring a step credential (so
+runs agents start stay linked to their steps), and every other call acts for
 ``PODIUM_DEFAULT_ORGANIZATION``.
 """
 
@@ -37,6 +41,7 @@ from podium.server.api.errors import abort, abort_code
 from podium.server.engine.api_keys import Check
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import EngineError
+from podium.server.engine.step_credentials import StepAttemptRef, is_step_credential
 
 __all__ = [
     "PERMISSIONS",
@@ -45,6 +50,7 @@ __all__ = [
     "certificate_principal",
     "current_principal",
     "organization_of",
+    "step_scope",
 ]
 
 log = logging.getLogger(__name__)
@@ -58,12 +64,14 @@ _PREFIX = f"/{_SERVICE}/"
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: an organization and a role. ``via`` says how it was proven
-    (``api_key`` or ``certificate``); ``key_prefix`` names the key (never its secret)."""
+    (``api_key``, ``step_credential`` or ``certificate``); ``key_prefix`` names the key
+    (never its secret); ``step`` is the attempt of a step credential."""
 
     organization_id: str
     role: str
     via: str
     key_prefix: str = ""
+    step: StepAttemptRef | None = None
 
 
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
@@ -78,23 +86,32 @@ def organization_of(default: str) -> str:
     return default if principal is None else principal.organization_id
 
 
+def step_scope() -> StepAttemptRef | None:
+    """The step attempt of a call made with a step credential (its runs are child runs
+    of that step, and it sees only those), None for every other caller."""
+    principal = current_principal.get()
+    return None if principal is None else principal.step
+
+
 _VIEWER = frozenset({"viewer", "operator", "admin"})
 _OPERATOR = frozenset({"operator", "admin"})
 _ADMIN = frozenset({"admin"})
 _AGENT = frozenset({"agent"})
+_STEP = frozenset({"step"})
 
 PERMISSIONS: Mapping[str, frozenset[str]] = {
-    # Reading: every role but agent reads everything of its organization.
+    # Reading: every role but agent reads everything of its organization; a step
+    # credential (role step) only the child runs of its step (the servicer scopes it).
     "GetDefinition": _VIEWER | _AGENT,
     "ListDefinitions": _VIEWER,
     "ValidateDefinition": _VIEWER | _AGENT,
-    "GetRun": _VIEWER | _AGENT,
-    "GetRunPayload": _VIEWER | _AGENT,
+    "GetRun": _VIEWER | _AGENT | _STEP,
+    "GetRunPayload": _VIEWER | _AGENT | _STEP,
     "GetUsage": _VIEWER,
-    "ListRuns": _VIEWER | _AGENT,
-    "WatchRun": _VIEWER | _AGENT,
+    "ListRuns": _VIEWER | _AGENT | _STEP,
+    "WatchRun": _VIEWER | _AGENT | _STEP,
     "WatchRuns": _VIEWER,
-    "ListRunEvents": _VIEWER | _AGENT,
+    "ListRunEvents": _VIEWER | _AGENT | _STEP,
     "ListDeliverables": _VIEWER | _AGENT,
     "ListApprovals": _VIEWER,
     "GetApproval": _VIEWER,
@@ -102,9 +119,10 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "GetAgent": _VIEWER,
     "ListWebhookDeliveries": _VIEWER,
     "GetSchedule": _VIEWER,
+    "GetRoutingPolicy": _VIEWER,
     "ListSchedules": _VIEWER,
     # Operating runs: operators (and agents for starting runs and sending events).
-    "StartRun": _OPERATOR | _AGENT,
+    "StartRun": _OPERATOR | _AGENT | _STEP,
     "CancelRun": _OPERATOR,
     "ContinueRun": _OPERATOR,
     "ResumeRun": _OPERATOR,
@@ -121,6 +139,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ArchiveDefinition": _ADMIN,
     "RegisterAgent": _ADMIN,
     "DeregisterAgent": _ADMIN,
+    "UpdateRoutingPolicy": _ADMIN,
 }
 """RPC name -> the roles that may call it. An RPC missing here is refused to every role
 (``tests/unit/test_auth.py`` checks that every RPC of the contract is listed)."""
@@ -164,6 +183,7 @@ _MISSING = (
     "this call needs an API key: send the metadata 'authorization: Bearer <key>' "
     "(podium keys create makes one; clients take --api-key or PODIUM_API_KEY)"
 )
+_STEP_INVALID = "STEP_CREDENTIAL_INVALID"
 _REFUSALS = {
     Check.MALFORMED: "the API key is malformed (expected pdm_<prefix>_<secret>)",
     Check.UNKNOWN: "the API key is not valid",
@@ -178,9 +198,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self,
         engine: Callable[[], Engine],
         identities: Mapping[str, tuple[str, str]] | None = None,
+        *,
+        steps_only: bool = False,
     ) -> None:
         self._engine = engine
         self._identities = identities or {}
+        self._steps_only = steps_only
 
     async def _principal(self, context: Any, method: str) -> Principal:
         try:
@@ -202,6 +225,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     )
                 )
                 await abort_code(context, code_pb2.UNAUTHENTICATED, message, reason)
+        elif is_step_credential(key):
+            try:
+                step = await engine.step_credentials.check(key)
+            except EngineError as exc:
+                await abort(context, exc)
+            if step is None:
+                log.info("call refused", extra={"method": method, "reason": _STEP_INVALID})
+                await abort_code(
+                    context,
+                    code_pb2.UNAUTHENTICATED,
+                    "the step credential is not valid: its step attempt has ended, or it "
+                    "was never issued",
+                    _STEP_INVALID,
+                )
+            principal = Principal(
+                organization_id=step.organization_id, role="step", via="step_credential", step=step
+            )
         else:
             try:
                 checked = await engine.api_keys.check(key)
@@ -241,6 +281,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         full_method = handler_call_details.method
         if handler is None or not full_method.startswith(_PREFIX):
             return handler  # Health, reflection and unknown methods are not checked.
+        if self._steps_only:  # authentication off: only step credentials are checked
+            key, _ = bearer_key(handler_call_details.invocation_metadata)
+            if key is None or not is_step_credential(key):
+                return handler
         method = full_method.removeprefix(_PREFIX)
         deserializer = handler.request_deserializer
         serializer = handler.response_serializer

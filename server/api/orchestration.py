@@ -15,7 +15,7 @@ from google.rpc import code_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from podium.server.api.auth import organization_of
+from podium.server.api.auth import organization_of, step_scope
 from podium.server.api.errors import abort_code, streaming, unary
 from podium.server.api.streams import StreamLimiter
 from podium.server.engine.engine import Engine
@@ -121,19 +121,22 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         # INVALID_ARGUMENT on webhook_url for a refused target (SSRF guard), or
         # FAILED_PRECONDITION when webhooks are off (no PODIUM_WEBHOOK_SECRET).
         await engine.webhooks.check_url(request.webhook_url)
+        # With a step credential the run becomes a child run of the credential's step.
         run, existing = await engine.runs.start(
-            self._org(context), request, _trace_carrier(context)
+            self._org(context), request, _trace_carrier(context), parent=step_scope()
         )
         return pb.StartRunResponse(run=run, existing=existing)
 
     @unary
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
-        run = await self._engine().runs.get(self._org(context), request.run_id, request.view)
+        runs = self._engine().runs
+        await runs.check_scope(self._org(context), request.run_id, step_scope())
+        run = await runs.get(self._org(context), request.run_id, request.view)
         return pb.GetRunResponse(run=run)
 
     @unary
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
-        runs, token = await self._engine().runs.list_runs(self._org(context), request)
+        runs, token = await self._engine().runs.list_runs(self._org(context), request, step_scope())
         return pb.ListRunsResponse(runs=runs, next_page_token=token)
 
     @unary
@@ -189,6 +192,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def ListRunEvents(
         self, request: pb.ListRunEventsRequest, context: Context
     ) -> pb.ListRunEventsResponse:
+        await self._engine().runs.check_scope(self._org(context), request.run_id, step_scope())
         events, after = await self._engine().runs.list_events(
             self._org(context), request.run_id, request.after_sequence, request.page_size
         )
@@ -198,12 +202,14 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def GetRunPayload(
         self, request: pb.GetRunPayloadRequest, context: Context
     ) -> pb.GetRunPayloadResponse:
+        await self._engine().runs.check_scope(self._org(context), request.run_id, step_scope())
         return await self._engine().payloads.read(self._org(context), request)
 
     @streaming
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: Context
     ) -> AsyncIterator[pb.WatchRunResponse]:
+        await self._engine().runs.check_scope(self._org(context), request.run_id, step_scope())
         with self.streams.hold(context.peer()):
             events = self._engine().watch.watch_run(
                 self._org(context), request.run_id, request.after_sequence
@@ -332,6 +338,22 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     ) -> pb.DeleteScheduleResponse:
         await self._engine().schedules.delete(self._org(context), request.schedule_id)
         return pb.DeleteScheduleResponse()
+
+    # -- routing policy ----------------------------------------------------------------
+
+    @unary
+    async def GetRoutingPolicy(
+        self, request: pb.GetRoutingPolicyRequest, context: Context
+    ) -> pb.GetRoutingPolicyResponse:
+        policy = await self._engine().policies.get(self._org(context))
+        return pb.GetRoutingPolicyResponse(policy=policy)
+
+    @unary
+    async def UpdateRoutingPolicy(
+        self, request: pb.UpdateRoutingPolicyRequest, context: Context
+    ) -> pb.UpdateRoutingPolicyResponse:
+        policy = await self._engine().policies.update(self._org(context), request)
+        return pb.UpdateRoutingPolicyResponse(policy=policy)
 
     @unary
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.GetUsageResponse:

@@ -3,22 +3,27 @@ static agents of the server configuration (``PODIUM_AGENTS``).
 
 A registered agent never replaces a static one of the same name (ALREADY_EXISTS) and a
 static agent cannot be deregistered (FAILED_PRECONDITION): the configuration is changed
-instead. Static agents are synchronised once at start with :meth:`AgentService.load_static`.
+instead. Static agents are declared by each replica at start and belong to the replicas
+that declare them (:mod:`podium.server.engine.replicas`).
 
 Endpoints go through the outbound guard (:mod:`podium.server.agents.endpoints`): a
 RegisterAgent endpoint that is refused or does not resolve is a field violation on
-``agent.endpoint``; a refused static agent stops the server with an error naming
-``PODIUM_AGENTS`` (one whose name does not resolve yet is only logged: calls check it
-again).
+``agent.endpoint``, and so is the card URL of an A2A agent whose card cannot be read
+or lists no interface Podium calls (:mod:`podium.server.agents.a2a_http`; the card's
+skill ids are the agent's skills when RegisterAgent gives none); a refused static
+agent stops the server with an error naming ``PODIUM_AGENTS`` (one whose name does not
+resolve yet is only logged: calls check it again; an A2A static agent's card is read by
+its first call).
 
 ``podium.agent.v1`` agents are discovered (``agents/discovery.py``): RegisterAgent reads
 the agent's card through the dispatcher (so through the outbound guard) and takes the
 skills, max concurrency and default timeout not given from it; an agent that does not
 answer is FAILED_PRECONDITION (``AGENT_NOT_ANSWERING``) unless the registration is
-``lazy``. Static agents read their cards at start; one that does not answer is stored as
-configured. Either way a stored agent whose card was not read gets it the first time
-the replica's health watch sees it serving (:meth:`AgentService.discover_lazy`, the
-monitor's ``on_serving``). Every replica watches the health of every ``podium_v1``
+``lazy``. Static agents read their cards at start, before any database write
+(:func:`discover_static_agents`); one that does not answer is stored as configured.
+Either way a stored agent whose card was not read gets it the first time the replica's
+health watch sees it serving (:meth:`AgentService.discover_lazy`, the monitor's
+``on_serving``). Every replica watches the health of every ``podium_v1``
 endpoint of the table (:meth:`AgentService.sync_health`, every
 :data:`HEALTH_SYNC_SECONDS`, and at once for agents it registers, lists or calls);
 ListAgents shows it.
@@ -34,12 +39,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from podium.orchestration.v1 import agent_pb2
+from podium.server.agents.a2a_http import A2ACards, CardUnavailable, is_card_url
 from podium.server.agents.client import AgentCallError
 from podium.server.agents.discovery import merge_card
 from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
 from podium.server.agents.health import Health
-from podium.server.agents.static import StaticAgent, agent_problems
+from podium.server.agents.static import MAX_SKILLS, StaticAgent, agent_problems, skill_id_problem
 from podium.server.config import ConfigError
 from podium.server.engine.errors import (
     AlreadyExists,
@@ -59,7 +65,14 @@ from podium.server.storage.agents import (
     static_conflict,
 )
 
-__all__ = ["HEALTH_SYNC_SECONDS", "AgentService", "agent_to_violations", "record_to_agent"]
+__all__ = [
+    "HEALTH_SYNC_SECONDS",
+    "AgentService",
+    "agent_to_violations",
+    "check_static_agents",
+    "discover_static_agents",
+    "record_to_agent",
+]
 
 HEALTH_SYNC_SECONDS = 15.0
 """How often a replica re-reads which endpoints to watch (agents registered or removed
@@ -140,6 +153,7 @@ def agent_to_violations(agent: Agent, *, prefix: str = "agent") -> list[FieldVio
         requests_per_period=agent.rate_limit.requests_per_period,
         tokens_per_period=agent.rate_limit.tokens_per_period,
         rate_period_seconds=agent.rate_limit.period_seconds,
+        protocol=_PROTOCOL_FROM_PB.get(agent.protocol, "podium_v1"),
     )
     violations = [
         FieldViolation(field=f"{prefix}.{path}", description=description)
@@ -168,10 +182,12 @@ class AgentService:
         self,
         repository: AgentsRepository,
         guard: EndpointGuard | None = None,
+        cards: A2ACards | None = None,
         dispatcher: AgentDispatcher | None = None,
     ) -> None:
         self._repository = repository
         self._guard = guard if guard is not None else EndpointGuard()
+        self._cards = cards if cards is not None else A2ACards(self._guard)
         self._dispatcher = dispatcher
         self._sync_task: asyncio.Task[None] | None = None
         if dispatcher is not None:
@@ -195,10 +211,14 @@ class AgentService:
             AlreadyExists: a static agent has that name (reason ``STATIC_AGENT``).
         """
         violations = agent_to_violations(agent)
+        skills = list(agent.skills)
         if not violations:
             try:
-                await self._guard.resolve(agent.endpoint)
-            except EndpointRefused as exc:
+                if is_card_url(agent.endpoint):
+                    skills = await self._read_card(agent.endpoint, skills)
+                else:
+                    await self._guard.resolve(agent.endpoint)
+            except (EndpointRefused, CardUnavailable) as exc:
                 violations = [FieldViolation(field="agent.endpoint", description=str(exc))]
         protocol = _PROTOCOL_FROM_PB.get(agent.protocol, "podium_v1")
         card_read = False
@@ -212,6 +232,7 @@ class AgentService:
                 )
             try:
                 agent, violations = await self._discover(agent, lazy)
+                skills = list(agent.skills)
                 card_read = True
             except FailedPrecondition:
                 if not lazy:
@@ -228,7 +249,7 @@ class AgentService:
                     organization_id,
                     agent.name,
                     endpoint=agent.endpoint,
-                    skills=list(agent.skills),
+                    skills=skills,
                     max_concurrency=agent.max_concurrency,
                     default_timeout_seconds=agent.default_timeout_seconds,
                     labels=dict(agent.labels),
@@ -242,6 +263,27 @@ class AgentService:
                     str(exc), reason="STATIC_AGENT", metadata={"name": exc.name}
                 ) from exc
         return record_to_agent(record, self._health(record))
+
+    async def _read_card(self, url: str, skills: builtins.list[str]) -> builtins.list[str]:
+        """Read the card of the A2A agent at ``url`` (through the outbound guard), check
+        that it lists an interface Podium calls and that its address is admitted, and
+        keep it for the calls; the skills to store: ``skills``, or when empty the ids of
+        the card's skills (those that are valid skill ids, at most ``MAX_SKILLS``).
+
+        Raises:
+            EndpointRefused: the URL, the interface's or an address is refused.
+            CardUnavailable: the card cannot be read or lists no interface Podium calls.
+        """
+        card = await self._cards.fetch(url)
+        binding = (await self._cards.remember(url, card)).binding
+        if binding.grpc:
+            await self._guard.resolve(binding.url)
+        else:
+            await self._guard.resolve_url(binding.url)
+        if skills:
+            return skills
+        ids = list(dict.fromkeys(skill.id for skill in card.skills))
+        return [skill for skill in ids if skill_id_problem(skill) is None][:MAX_SKILLS]
 
     async def _discover(
         self, agent: Agent, lazy: bool
@@ -358,53 +400,6 @@ class AgentService:
                     default_timeout_seconds=values.default_timeout_seconds,
                 )
 
-    async def discover_static(self, agents: Sequence[StaticAgent]) -> builtins.list[StaticAgent]:
-        """``agents`` (from ``PODIUM_AGENTS``) with what the cards of the ``podium_v1``
-        ones that answer now give them (module doc); the others as configured, their
-        cards read when they serve.
-
-        Raises:
-            ConfigError: an entry contradicts its agent's card (the message names
-                ``PODIUM_AGENTS``, the entry and the field).
-        """
-        if self._dispatcher is None:
-            return list(agents)
-        dispatcher = self._dispatcher
-
-        async def one(index: int, agent: StaticAgent) -> StaticAgent:
-            if agent.protocol != "podium_v1":
-                return agent
-            try:
-                card = await dispatcher.read_card(
-                    agent.endpoint, timeout=STATIC_CARD_TIMEOUT_SECONDS
-                )
-            except (AgentCallError, EndpointRefused) as exc:
-                _log.info(
-                    "static agent does not answer yet; its card is read when it serves",
-                    extra={"agent": agent.name, "error": str(exc)},
-                )
-                return agent
-            values, problems = merge_card(
-                card,
-                skills=agent.skills,
-                max_concurrency=agent.max_concurrency,
-                default_timeout_seconds=agent.default_timeout_seconds,
-            )
-            if problems:
-                path, description = problems[0]
-                raise ConfigError(
-                    f"PODIUM_AGENTS: entry {index} ({agent.name!r}): {path}: {description}"
-                )
-            return dataclasses.replace(
-                agent,
-                skills=values.skills,
-                max_concurrency=values.max_concurrency,
-                default_timeout_seconds=values.default_timeout_seconds,
-                card_read=True,
-            )
-
-        return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(agents, start=1))))
-
     async def sync_health(self) -> None:
         """Watch the health of exactly the ``podium_v1`` endpoints of the table, and read
         the pending cards of those serving (a card read that failed when the agent
@@ -518,46 +513,75 @@ class AgentService:
         if not deleted:
             raise _not_found(name)
 
-    async def check_static(self, agents: Sequence[StaticAgent]) -> None:
-        """Check the endpoints of static agents with the outbound guard.
 
-        Raises:
-            ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
-                agent and the reason). A name that does not resolve is only logged.
-        """
-        for index, agent in enumerate(agents, start=1):
-            try:
-                await self._guard.resolve(agent.endpoint)
-            except EndpointRefused as exc:
-                if not exc.transient:
-                    raise ConfigError(
-                        f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
-                        f"{agent.endpoint!r}: {exc}"
-                    ) from None
-                _log.warning(
-                    "static agent endpoint does not resolve yet; calls will check it again",
-                    extra={"agent": agent.name, "error": str(exc)},
-                )
+async def check_static_agents(agents: Sequence[StaticAgent], guard: EndpointGuard) -> None:
+    """Check the endpoints of static agents with the outbound guard.
 
-    async def load_static(
-        self, organization_id: str, agents: Sequence[StaticAgent]
-    ) -> builtins.list[Agent]:
-        """Make ``agents`` (parsed from ``PODIUM_AGENTS``) the organization's static
-        agents: upsert them, take over registered agents of the same names, and delete
-        static agents no longer configured, in one transaction. Returns them by name."""
-        async with storage_errors():
-            sync = await self._repository.replace_static(organization_id, agents)
-        for name in sync.took_over:
+    Raises:
+        ConfigError: an endpoint is refused (the message names ``PODIUM_AGENTS``, the
+            agent and the reason). A name that does not resolve is only logged.
+    """
+    for index, agent in enumerate(agents, start=1):
+        try:
+            if is_card_url(agent.endpoint):
+                await guard.resolve_url(agent.endpoint)
+            else:
+                await guard.resolve(agent.endpoint)
+        except EndpointRefused as exc:
+            if not exc.transient:
+                raise ConfigError(
+                    f"PODIUM_AGENTS: entry {index} ({agent.name!r}): endpoint "
+                    f"{agent.endpoint!r}: {exc}"
+                ) from None
             _log.warning(
-                "static agent replaces a registered agent of the same name",
-                extra={"agent": name, "organization_id": organization_id},
+                "static agent endpoint does not resolve yet; calls will check it again",
+                extra={"agent": agent.name, "error": str(exc)},
             )
-        if sync.removed:
+
+
+async def discover_static_agents(
+    agents: Sequence[StaticAgent], dispatcher: AgentDispatcher
+) -> list[StaticAgent]:
+    """``agents`` (from ``PODIUM_AGENTS``) with what the cards of the ``podium_v1`` ones
+    that answer now give them (module doc), read through ``dispatcher``; the others as
+    configured, their cards read when they serve.
+
+    Raises:
+        ConfigError: an entry contradicts its agent's card (the message names
+            ``PODIUM_AGENTS``, the entry and the field).
+    """
+
+    async def one(index: int, agent: StaticAgent) -> StaticAgent:
+        if agent.protocol != "podium_v1":
+            return agent
+        try:
+            card = await dispatcher.read_card(agent.endpoint, timeout=STATIC_CARD_TIMEOUT_SECONDS)
+        except (AgentCallError, EndpointRefused) as exc:
             _log.info(
-                "static agents removed from the configuration were deleted",
-                extra={"agents": sync.removed, "organization_id": organization_id},
+                "static agent does not answer yet; its card is read when it serves",
+                extra={"agent": agent.name, "error": str(exc)},
             )
-        return [record_to_agent(record) for record in sync.agents]
+            return agent
+        values, problems = merge_card(
+            card,
+            skills=agent.skills,
+            max_concurrency=agent.max_concurrency,
+            default_timeout_seconds=agent.default_timeout_seconds,
+        )
+        if problems:
+            path, description = problems[0]
+            raise ConfigError(
+                f"PODIUM_AGENTS: entry {index} ({agent.name!r}): {path}: {description}"
+            )
+        return dataclasses.replace(
+            agent,
+            skills=values.skills,
+            max_concurrency=values.max_concurrency,
+            default_timeout_seconds=values.default_timeout_seconds,
+            card_read=True,
+        )
+
+    return list(await asyncio.gather(*(one(i, a) for i, a in enumerate(agents, start=1))))
 
 
 def _rate_columns(rate: agent_pb2.AgentRateLimit) -> dict[str, Any]:

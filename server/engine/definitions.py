@@ -21,6 +21,7 @@ from podium.server.engine.canonical import definition_hash
 from podium.server.engine.errors import FieldViolation, InvalidArgument, NotFound
 from podium.server.engine.lru import LRUCache
 from podium.server.engine.paging import bounded_name_page, decode_token, page_size
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.validation import normalize_definition, validate_definition
@@ -62,6 +63,9 @@ class DefinitionService:
     def __init__(self, repository: DefinitionsRepository, *, cache_size: int = 200) -> None:
         self._repository = repository
         self._cache: LRUCache[_CacheKey, Definition] = LRUCache(cache_size)
+        self.policies: RoutingPolicies | None = None
+        """The organizations' routing policies (steps naming refused agents or skills are
+        violations); set by the engine."""
 
     @property
     def cache(self) -> LRUCache[_CacheKey, Definition]:
@@ -89,6 +93,8 @@ class DefinitionService:
             definition,
             known_definitions=lambda name, version: name in known or name == definition.name,
         )
+        if self.policies is not None:
+            violations.extend(await self.policies.plan_violations(organization_id, definition))
         if not violations and known:
             violations = await self._recursion(organization_id, definition)
         # Output-only fields (version, hash, times) make the stored one a little larger.

@@ -7,10 +7,12 @@ loop of any replica starts it when the database's clock reaches ``start_time``
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.engine.errors import FieldViolation
+from podium.server.engine.requests import timestamp_value
 
 __all__ = ["delayed_start", "start_time_violations"]
 
@@ -31,10 +33,8 @@ def start_time_violations(request: pb.StartRunRequest) -> list[FieldViolation]:
                 "without starting it)",
             )
         )
-    ts = request.start_time
-    if not 0 <= ts.nanos < 1_000_000_000 or ts.seconds < 0:
-        found.append(FieldViolation(field="start_time", description="not a valid timestamp"))
-    elif ts.seconds - datetime.now(UTC).timestamp() > MAX_DELAY_SECONDS:
+    start_at = timestamp_value(request, "start_time", found, after_epoch=True)
+    if start_at is not None and start_at.timestamp() - time.time() > MAX_DELAY_SECONDS:
         found.append(
             FieldViolation(field="start_time", description="at most 10 years in the future")
         )

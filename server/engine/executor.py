@@ -30,21 +30,22 @@ from podium.server.engine.conditions import condition_outcome
 from podium.server.engine.fanout import FanOut
 from podium.server.engine.loops import loop_outcome, loop_outputs
 from podium.server.engine.outcomes import OutcomePolicy, deliverables
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import MissingReferenceError, resolve
 from podium.server.engine.streams import StepKey, StreamBuffers
 from podium.server.engine.timers import TimerSteps, is_timer_step
-from podium.server.storage.runs import ClaimedStep, FinishedChild, StepOutcome
+from podium.server.storage.runs import AttemptUsage, ClaimedStep, FinishedChild, StepOutcome
 from podium.server.storage.steps import CheckpointWhen, Outcome, StepError
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
 log = logging.getLogger("podium.scheduler")
 
-__all__ = ["StartChild", "StepExecutor"]
+__all__ = ["StartChild", "StartPlan", "StepExecutor"]
 
 
 class StartChild(Protocol):
-    """Starts the child run of a sub-orchestration step; see ``RunService.start_child``."""
+    """Starts the child run of a sub-orchestration step; see ``ChildRuns.start_child``."""
 
     def __call__(
         self,
@@ -56,6 +57,32 @@ class StartChild(Protocol):
         *,
         bypass_cache: bool = False,
     ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+class StartPlan(Protocol):
+    """Starts the child run of a plan step from its planner's output; see
+    ``ChildRuns.start_plan``."""
+
+    def __call__(
+        self,
+        parent: StepKey,
+        organization_id: str,
+        planned: Any,
+        child_input: Any,
+        trace_context: Mapping[str, str] | None,
+        usage: AttemptUsage | None = None,
+    ) -> Awaitable[tuple[str, uuid.UUID | None, str]]: ...
+
+
+_CHILD_ERRORS = {
+    "too_deep": "MAX_DEPTH_EXCEEDED",
+    "not_found": "DEFINITION_NOT_FOUND",
+    "invalid_input": "INVALID_CHILD_INPUT",
+    "invalid_plan": "INVALID_PLAN",
+    "plan_too_large": "PLAN_TOO_LARGE",
+}
+"""The error code of a child run that could not start, by ``start_child`` /
+``start_plan`` status (any other: DEFINITION_ARCHIVED)."""
 
 
 class StepExecutor:
@@ -86,6 +113,14 @@ class StepExecutor:
         """Checks the budget of a ``budgeted`` step's run before dispatch
         (``RunsRepository.budget_gate``: ``ok``, ``paused``, ``failed``, ``stale``); set
         by the engine."""
+        self.routing: RoutingPolicies | None = None
+        """Checks an agent or skill step against the routing policies before dispatch
+        (``engine/policies.py``); set by the engine."""
+        self.start_plan: StartPlan | None = None
+        """Starts the child run of a ``plan`` step (``ChildRuns.start_plan``); set by
+        the engine."""
+        self.podium_address = ""
+        """Sent with each agent call as ``podium_address``; set by the server."""
         self.metrics = Metrics()
         self.tracing = Tracing()
 
@@ -135,6 +170,20 @@ class StepExecutor:
                 return decided
         if self.timers is not None and is_timer_step(step):
             return await self.timers.execute(step)  # sleep, wait_for_event: no agent
+        approval = False
+        if self.routing is not None and spec.orchestration is None and (step.agent or step.skill):
+            # Against the current policy: it may have changed since StartRun.
+            verdict = await self.routing.gate(
+                step.organization_id, step.agent, step.skill, spec.routing
+            )
+            if verdict.refusal is not None:
+                log.info(
+                    "step refused by the routing policy",
+                    extra={"run_id": str(step.run_id), "step_id": step.step_id},
+                )
+                error = StepError("POLICY_DENIED", verdict.refusal, False)
+                return self._outcomes.outcome(step, error=error)
+            approval = verdict.approval
         if spec.budgeted and self.budget_gate is not None:
             # A run over its budget starts nothing more: the attempt is given back and
             # the run paused or failed (functions/65_budgets.sql, podium_budget_gate).
@@ -163,7 +212,9 @@ class StepExecutor:
         extra = spec.approved_input
         if isinstance(extra, dict) and isinstance(resolved, dict):
             resolved = {**resolved, **extra}  # given with the checkpoint's approval
-        if spec.checkpoint_when is CheckpointWhen.BEFORE and not spec.checkpoint_passed:
+        before = spec.checkpoint_when is CheckpointWhen.BEFORE or approval
+        if before and not spec.checkpoint_passed:
+            # A checkpoint, or an agent of the routing policy's approval_agents.
             # The claim's task id fences the park (its attempt number is given back).
             return self._outcomes.outcome(
                 step,
@@ -191,7 +242,8 @@ class StepExecutor:
         except BaseException:
             cache.release_later(found)
             raise
-        await cache.release(found, outcome.output if outcome.outcome == Outcome.SUCCEEDED else None)
+        succeeded = outcome is not None and outcome.outcome == Outcome.SUCCEEDED
+        await cache.release(found, outcome.output if outcome is not None and succeeded else None)
         return outcome
 
     def _timeout(self, step: ClaimedStep) -> tuple[float, str]:
@@ -208,7 +260,7 @@ class StepExecutor:
             )
         return self._default_timeout, "the server's ORCHESTRATION_DEFAULT_STEP_TIMEOUT_SECONDS"
 
-    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome:
+    async def _call_agent(self, step: ClaimedStep, resolved: Any) -> StepOutcome | None:
         if step.endpoint is None:
             if step.skill:
                 message = f"no registered agent offers skill {step.skill!r}"
@@ -229,7 +281,11 @@ class StepExecutor:
             definition_name=step.definition_name or "",
             definition_version=step.definition_version or 0,
             skill=step.skill or "",
+            podium_address=self.podium_address,
         )
+        if step.credential:
+            # Made by the claim, valid while this attempt runs (engine/step_credentials.py).
+            request.credential = step.credential
         answer = step.spec.answer_for(step.attempt)
         resume_task_id = ""
         if answer is not None:
@@ -264,6 +320,8 @@ class StepExecutor:
                     output_tokens=result.usage.output_tokens if result.usage else None,
                 )
         if isinstance(result, TaskSucceeded):
+            if step.spec.plan is not None:
+                return await self._run_plan(step, resolved, result)
             return self._outcomes.outcome(
                 step, output=result.output, resolved=resolved, result=result
             )
@@ -305,7 +363,7 @@ class StepExecutor:
             return self._outcomes.outcome(
                 step, resolved=resolved, error=StepError("UNSUPPORTED", message, False)
             )
-        status, child, message = await self._start_child(
+        started = await self._start_child(
             (step.run_id, step.step_id, step.attempt),
             step.organization_id,
             target.to_json(),
@@ -313,6 +371,18 @@ class StepExecutor:
             step.trace_context,
             bypass_cache=bool(step.spec.bypass_cache),
         )
+        return self._child_started(step, resolved, started, None)
+
+    def _child_started(
+        self,
+        step: ClaimedStep,
+        resolved: Any,
+        started: tuple[str, uuid.UUID | None, str],
+        planner: TaskSucceeded | None,
+    ) -> StepOutcome | None:
+        """None when the child run ``started`` (the step waits for it) or the attempt was
+        stale; otherwise the step fails (not retried) with why the child did not start."""
+        status, child, message = started
         if status == "created":
             log.info(
                 "child run started",
@@ -321,14 +391,33 @@ class StepExecutor:
             return None
         if status == "fenced":
             return None
-        code = {
-            "too_deep": "MAX_DEPTH_EXCEEDED",
-            "not_found": "DEFINITION_NOT_FOUND",
-            "invalid_input": "INVALID_CHILD_INPUT",
-        }.get(status, "DEFINITION_ARCHIVED")
+        code = _CHILD_ERRORS.get(status, "DEFINITION_ARCHIVED")
         return self._outcomes.outcome(
-            step, resolved=resolved, error=StepError(code, message, False)
+            step, resolved=resolved, result=planner, error=StepError(code, message, False)
         )
+
+    async def _run_plan(
+        self, step: ClaimedStep, resolved: Any, planner: TaskSucceeded
+    ) -> StepOutcome | None:
+        """A plan step's planner answered: start its output (a definition) as the step's
+        child run; None when it started (the step waits for it, as a sub-orchestration
+        does) or the attempt is stale. An invalid plan fails the step (not retried)."""
+        if self.start_plan is None:
+            message = "plan steps are not enabled on this replica"
+            error = StepError("UNSUPPORTED", message, False)
+            return self._outcomes.outcome(step, resolved=resolved, result=planner, error=error)
+        used = planner.usage
+        started = await self.start_plan(
+            (step.run_id, step.step_id, step.attempt),
+            step.organization_id,
+            planner.output,
+            resolved,
+            step.trace_context,
+            None
+            if used is None
+            else (used.input_tokens, used.output_tokens, used.cost_usd, used.model),
+        )
+        return self._child_started(step, resolved, started, planner)
 
     def child_finished(self, child: FinishedChild) -> StepOutcome:
         """The outcome of a step whose child run finished: its output, or a failure."""

@@ -159,9 +159,11 @@ class FanOut:
                 on_failure=spec.on_failure,
                 timeout_seconds=spec.timeout_seconds,
                 caching=caching,
+                routing=spec.routing,  # the definition's rules apply to each item
             )
             plan_step = item.to_json()
             plan_step.pop("caching", None)  # the effective policy, not the author's form
+            plan_step.pop("routing", None)  # engine state, not a field of Step
             plan_steps.append(plan_step)
             rows.append(
                 NewStep(

@@ -73,6 +73,9 @@ def build_steps(
     # Most steps have no on_failure of their own: they share the definition's policy
     # (frozen, so one object serves them all; a 10,000-step plan builds it once).
     shared_policy: FailurePolicy | None = None
+    # The definition's routing rules, for the executor's check of the agent a skill is
+    # routed to (engine/policies.py).
+    routing = plan_dict.get("execution", {}).get("routing") or None
     for position, step in enumerate(plan.steps):
         if step.HasField("on_failure"):
             policy = _failure_policy(plan, step)
@@ -89,6 +92,8 @@ def build_steps(
             ),
             bypass_cache=bypass_cache and target == "orchestration",
         )
+        if routing is not None and target in ("agent", "skill"):
+            spec = replace(spec, routing=routing)
         template = spec.input if spec.input is not None else {}
         if spec.wait_for_event is not None and spec.wait_for_event.key:
             template = [template, spec.wait_for_event.key]  # the key's references too
@@ -107,7 +112,9 @@ def build_steps(
                 # Every step starts pending; podium_start_run queues those without
                 # dependencies when the run starts (at once, or on ContinueRun).
                 state="pending",
-                agent=step.agent if target == "agent" else None,
+                agent=step.agent
+                if target == "agent"
+                else (step.plan.agent if target == "plan" else None),
                 skill=step.skill if target == "skill" else None,
                 depends_on=list(step.depends_on),
                 spec=spec,

@@ -1,5 +1,6 @@
 """Checks shared by the request handlers (runs, approvals, webhooks, watch): the text of
-every string field of a request, request Structs JSON can hold, idempotency keys, run ids.
+every string field of a request, request Structs JSON can hold, idempotency keys, run ids,
+timestamps.
 
 :func:`request_violations` walks any request message (every RPC's request goes through
 it before its handler runs): each string, repeated string, map key and value, nested
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import math
 import uuid
+from datetime import UTC, datetime
+from typing import cast
 
 from google.protobuf import struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
@@ -33,6 +36,7 @@ __all__ = [
     "shown",
     "struct_violations",
     "text_problem",
+    "timestamp_value",
 ]
 
 MAX_INPUT_BYTES = 1024 * 1024
@@ -237,3 +241,26 @@ def parse_run_id(run_id: str, field: str = "run_id") -> uuid.UUID:
             f"{field} must be a run id (a UUID), got {shown(run_id)!r}",
             violations=[FieldViolation(field=field, description="must be a UUID")],
         ) from None
+
+
+def timestamp_value(
+    message: Message,
+    field: str,
+    violations: list[FieldViolation],
+    *,
+    after_epoch: bool = False,
+) -> datetime | None:
+    """The ``google.protobuf.Timestamp`` field ``field`` of ``message`` as an aware UTC
+    datetime; None when it is unset, or invalid (then a violation ``not a valid
+    timestamp`` on ``field`` is appended): nanos outside 0..999,999,999, seconds outside
+    the years 1..9999, or before 1970 with ``after_epoch``."""
+    if not message.HasField(field):
+        return None
+    timestamp = getattr(message, field)
+    if not (after_epoch and timestamp.seconds < 0):
+        try:
+            return cast(datetime, timestamp.ToDatetime(tzinfo=UTC))
+        except (ValueError, OverflowError, OSError):
+            pass
+    violations.append(FieldViolation(field=field, description="not a valid timestamp"))
+    return None

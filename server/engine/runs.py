@@ -10,7 +10,6 @@ services from ``engine/requests.py``.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,12 @@ from podium.server.engine.cache import cache_scope, caching_requested
 from podium.server.engine.definitions import DefinitionService
 from podium.server.engine.delayed import delayed_start, start_time_violations
 from podium.server.engine.errors import (
+    AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from podium.server.engine.keys import run_keying, waiting_reason
 from podium.server.engine.mapping import (
@@ -41,6 +42,7 @@ from podium.server.engine.mapping import (
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
 from podium.server.engine.plan import build_steps, fork_redo
+from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
     parse_run_id,
@@ -49,11 +51,17 @@ from podium.server.engine.requests import (
 )
 from podium.server.engine.sizes import fit_run, fitting_count, response_budget
 from podium.server.engine.start_rate import StartRateLimiter
+from podium.server.engine.step_credentials import StepAttemptRef
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.engine.usage import UsageService
 from podium.server.engine.validation import validate_plan
 from podium.server.storage.agents import AgentsRepository
-from podium.server.storage.runs import CreatedRun, NewRun, RunRow, RunsRepository
+from podium.server.storage.runs import (
+    CreatedRun,
+    NewRun,
+    RunRow,
+    RunsRepository,
+)
 from podium.server.telemetry.metrics import Metrics
 from podium.server.telemetry.tracing import Tracing
 
@@ -96,6 +104,8 @@ class RunService:
         """Of an organization's agents, those this replica sees not serving
         (``AgentService.unavailable``): GetRun says why their running steps wait; set by
         the engine."""
+        self.policies: RoutingPolicies | None = None
+        """The organizations' routing policies, checked at StartRun; set by the engine."""
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -110,13 +120,24 @@ class RunService:
         organization_id: str,
         request: pb.StartRunRequest,
         trace_carrier: Mapping[str, str] | None = None,
+        parent: StepAttemptRef | None = None,
     ) -> tuple[run_pb2.Run, bool]:
         """Create (and unless ``start`` is false, start) a run; see StartRunRequest.
 
         ``trace_carrier``: the caller's W3C ``traceparent``/``tracestate`` (StartRun call
         metadata); the run joins that trace and stores its context for its steps.
+        ``parent``: the step attempt whose credential the caller holds; the run becomes a
+        child run of that step (started at once, never delayed).
         """
         violations = request_id_violations(request.request_id)
+        if parent is not None and (not request.start or request.HasField("start_time")):
+            violations.append(
+                FieldViolation(
+                    field="start" if not request.start else "start_time",
+                    description="a run started with a step credential starts at once: set "
+                    "`start` true, without `start_time`",
+                )
+            )
         if len(request.labels) > MAX_LABELS:
             violations.append(
                 FieldViolation(field="labels", description=f"at most {MAX_LABELS} labels")
@@ -166,6 +187,18 @@ class RunService:
                     violations=found,
                 )
             definition_name = definition_version = None
+        if self.policies is not None:
+            # Against the current policy: it may have changed since the definition was
+            # saved. A saved definition's violations name its steps (`steps[i].agent`).
+            refused = await self.policies.plan_violations(
+                organization_id, plan, "plan" if source == "plan" else ""
+            )
+            if refused:
+                raise InvalidArgument(
+                    f"the routing policy refuses {len(refused)} step(s) of the plan",
+                    reason="POLICY_DENIED",
+                    violations=refused,
+                )
 
         run_input = normalize_numbers(json_format.MessageToDict(request.input))
         keying = run_keying(
@@ -212,7 +245,9 @@ class RunService:
             )
             start_at = delayed_start(request)
             async with storage_errors():
-                if start_at is not None:
+                if parent is not None:
+                    stored = await self._create_linked(parent, new)
+                elif start_at is not None:
                     stored = await self._repository.create_delayed(new, start_at)
                 else:
                     stored = await self._create(new, start=request.start)
@@ -220,6 +255,43 @@ class RunService:
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
         return self._created(stored, plan), not stored.created
+
+    async def _create_linked(self, parent: StepAttemptRef, new: NewRun) -> CreatedRun:
+        """Create the run as a child of the step attempt ``parent``, or raise."""
+        status, stored = await self._repository.create_linked(
+            (parent.run_id, parent.step_id, parent.attempt),
+            new,
+            self._settings.max_orchestration_depth,
+            self._settings.max_runs_per_step,
+        )
+        metadata = {"run_id": str(parent.run_id), "step_id": parent.step_id}
+        if status == "too_deep":
+            raise FailedPrecondition(
+                "the run would nest child runs deeper than "
+                f"ORCHESTRATION_MAX_DEPTH={self._settings.max_orchestration_depth}",
+                reason="MAX_DEPTH_EXCEEDED",
+                metadata=metadata,
+            )
+        if status == "too_many":
+            raise ResourceExhausted(
+                f"step {parent.step_id!r} already started "
+                f"ORCHESTRATION_MAX_RUNS_PER_STEP={self._settings.max_runs_per_step} runs",
+                reason="STEP_RUN_LIMIT",
+                metadata=metadata,
+            )
+        if status == "request_id_taken":
+            raise AlreadyExists(
+                "the request_id is taken by another run of the organization; use another",
+                reason="REQUEST_ID_TAKEN",
+            )
+        if stored is None:
+            raise FailedPrecondition(
+                f"step {parent.step_id!r} of run {parent.run_id} no longer runs attempt "
+                f"{parent.attempt}",
+                reason="STEP_ATTEMPT_ENDED",
+                metadata=metadata,
+            )
+        return stored
 
     async def _create(self, new: NewRun, *, start: bool) -> CreatedRun:
         """Create the run; when started, its runnable steps are claimed for this
@@ -338,76 +410,6 @@ class RunService:
                 forked = await self._repository.create(new, start=True)
         return self._created(forked, plan), not forked.created
 
-    async def start_child(
-        self,
-        parent: tuple[uuid.UUID, str, int],
-        organization_id: str,
-        ref: Mapping[str, Any],
-        child_input: Any,
-        trace_context: Mapping[str, str] | None,
-        *,
-        bypass_cache: bool = False,
-    ) -> tuple[str, uuid.UUID | None, str]:
-        """Start the child run of a sub-orchestration step.
-
-        ``parent`` is the (run, step, attempt) waiting on it; ``ref`` the step's
-        ``orchestration`` ({name, version}; version 0 or absent = the latest). Returns
-        (status, child id, message): ``created``; ``fenced`` (the parent attempt is
-        stale); ``too_deep`` (ORCHESTRATION_MAX_DEPTH); ``not_found`` or ``archived``
-        (the definition).
-        """
-        name = str(ref.get("name", ""))
-        version = int(ref.get("version", 0) or 0)
-        try:
-            plan = await self._definitions.get(organization_id, name, version, fresh=True)
-        except NotFound as exc:
-            return "not_found", None, str(exc)
-        if plan.archived:
-            return "archived", None, f"definition {name!r} is archived; new runs are refused"
-        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
-        run_input = child_input if isinstance(child_input, dict) else {"value": child_input}
-        try:
-            keying = run_keying(plan, run_input, None)
-        except InvalidArgument as exc:
-            return "invalid_input", None, str(exc.violations[0].description)
-        new = NewRun(
-            organization_id=organization_id,
-            definition_name=plan.name,
-            definition_version=plan.version,
-            plan=plan_dict,
-            input=run_input,
-            metadata={},
-            labels=dict(plan.labels),
-            request_id=None,
-            max_parallel=self.effective_max_parallel(plan),
-            bypass_cache=bypass_cache,
-            webhook_url=None,
-            # A child run caches like a run of its definition, unless the parent run
-            # bypasses the cache (then its children do too).
-            steps=build_steps(
-                plan,
-                plan_dict,
-                caching_scope=cache_scope(plan, plan.name, plan.version)
-                if caching_requested(plan) and not bypass_cache
-                else None,
-                cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
-                bypass_cache=bypass_cache,
-            ),
-            trace_context=trace_context,
-            keying=keying,
-        )
-        async with storage_errors():
-            status, child = await self._repository.create_child(
-                parent, new, self._settings.max_orchestration_depth
-            )
-        message = ""
-        if status == "too_deep":
-            message = (
-                f"starting {name!r} would nest sub-orchestrations deeper than "
-                f"ORCHESTRATION_MAX_DEPTH={self._settings.max_orchestration_depth}"
-            )
-        return status, child, message
-
     async def scheduled_run(
         self,
         organization_id: str,
@@ -520,11 +522,43 @@ class RunService:
             await self.usage.fill_run(organization_id, run)
         return run
 
+    async def check_scope(
+        self, organization_id: str, run_id: str, scope: StepAttemptRef | None
+    ) -> None:
+        """NotFound unless run ``run_id`` is a child run of the step credential's step
+        (``scope``); nothing to check without one."""
+        if scope is None:
+            return
+        rid = parse_run_id(run_id)
+        async with storage_errors():
+            row = await self._repository.get(organization_id, rid)
+        if row is None or row.parent_run_id != scope.run_id or row.parent_step_id != scope.step_id:
+            raise NotFound(
+                f"run {run_id} not found", reason="RUN_NOT_FOUND", metadata={"run_id": run_id}
+            )
+
     async def list_runs(
-        self, organization_id: str, request: pb.ListRunsRequest
+        self,
+        organization_id: str,
+        request: pb.ListRunsRequest,
+        scope: StepAttemptRef | None = None,
     ) -> tuple[list[run_pb2.Run], str]:
         """A page of runs (without steps), newest first, in the request's view
-        (unspecified is BASIC), bounded by ``max_response_bytes``."""
+        (unspecified is BASIC), bounded by ``max_response_bytes``. ``scope``: a step
+        credential's attempt, which lists only the child runs of its step."""
+        if scope is not None:
+            scoped = pb.ListRunsRequest()
+            scoped.CopyFrom(request)
+            scoped.parent_run_id = str(scope.run_id)
+            scoped.parent_step_id = scope.step_id
+            request = scoped
+        if request.parent_step_id and not request.parent_run_id:
+            raise InvalidArgument(
+                "parent_step_id needs parent_run_id",
+                violations=[
+                    FieldViolation(field="parent_step_id", description="set parent_run_id with it")
+                ],
+            )
         basic = _is_basic(request.view, default=run_pb2.RUN_VIEW_BASIC)
         size = page_size(request.page_size)
         states = []
@@ -540,12 +574,14 @@ class RunService:
         parent = (
             parse_run_id(request.parent_run_id, "parent_run_id") if request.parent_run_id else None
         )
-        filters = {
+        filters: dict[str, Any] = {
             "states": sorted(states),
             "definition": request.definition_name,
             "labels": dict(sorted(request.labels.items())),
             "parent": request.parent_run_id,
         }
+        if request.parent_step_id:  # (tokens of lists without it stay as they were)
+            filters["parent_step"] = request.parent_step_id
         after = decode_keyset(request.page_token, filters)
         async with storage_errors():
             rows = await self._repository.list_runs(
@@ -557,6 +593,7 @@ class RunService:
                 after=after,
                 limit=size + 1,
                 payloads=not basic,
+                parent_step_id=request.parent_step_id or None,
             )
 
         def convert(row: RunRow) -> run_pb2.Run:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Literal, cast
 
 from google.rpc.error_details_pb2 import QuotaFailure
 
@@ -21,6 +20,7 @@ from podium.orchestration.v1 import definition_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.config import Settings
 from podium.server.engine.errors import FieldViolation, InvalidArgument, ResourceExhausted
+from podium.server.engine.requests import timestamp_value
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.storage.usage import UsageRepository, UsageTotals
 
@@ -81,8 +81,8 @@ class UsageService:
     ) -> pb.GetUsageResponse:
         """The organization's usage, filtered and grouped (see GetUsageRequest)."""
         violations: list[FieldViolation] = []
-        end = _timestamp(request, "end_time", violations)
-        start = _timestamp(request, "start_time", violations)
+        end = timestamp_value(request, "end_time", violations)
+        start = timestamp_value(request, "start_time", violations)
         end = end or datetime.now(UTC)
         start = start or end - _DEFAULT_RANGE
         if not violations and start >= end:
@@ -171,19 +171,3 @@ class UsageService:
                 metadata={"organization_id": organization_id},
                 quota_violations=reached,
             )
-
-
-def _timestamp(
-    request: pb.GetUsageRequest,
-    field: Literal["start_time", "end_time"],
-    violations: list[FieldViolation],
-) -> datetime | None:
-    """The request's ``field`` as an aware datetime; None when unset or invalid (then
-    with a violation: nanos out of 0..999999999, or seconds beyond year 1..9999)."""
-    if not request.HasField(field):
-        return None
-    try:
-        return cast(datetime, getattr(request, field).ToDatetime(UTC))
-    except (ValueError, OverflowError, OSError):
-        violations.append(FieldViolation(field=field, description="not a valid timestamp"))
-        return None

@@ -68,6 +68,8 @@ def referenced_targets(definition: definition_pb2.Definition) -> DefinitionTarge
         target = step.WhichOneof("target")
         if target == "agent":
             agents.add(step.agent)
+        elif target == "plan":
+            agents.add(step.plan.agent)
         elif target == "skill":
             skills.add(step.skill)
         elif target == "orchestration":

@@ -35,11 +35,12 @@ def check_for_each(
         return violations, None
     field = f"{path}.for_each"
     target = step.WhichOneof("target")
-    if target == "orchestration":
+    if target in ("orchestration", "plan"):
         violations.append(
             (
-                f"{path}.orchestration",
-                "a for_each step runs an agent or a skill per item, not a sub-orchestration",
+                f"{path}.{target}",
+                "a for_each step runs an agent or a skill per item, not a sub-orchestration "
+                "or a plan",
                 "FOR_EACH_TARGET",
             )
         )

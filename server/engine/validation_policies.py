@@ -5,6 +5,8 @@ checkpoints."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.keys import (
@@ -13,9 +15,22 @@ from podium.server.engine.keys import (
     key_template_violations,
 )
 from podium.server.engine.references import join_location
-from podium.server.engine.validation_fields import FieldChecker, format_number
+from podium.server.engine.validation_fields import (
+    MAX_NAME,
+    NAME_PATTERN,
+    FieldChecker,
+    describe_name_rule,
+    format_number,
+)
 
-__all__ = ["MAX_COST_USD", "MAX_TOKENS", "PolicyChecker"]
+__all__ = [
+    "MAX_COST_USD",
+    "MAX_ROUTING_NAMES",
+    "MAX_TOKENS",
+    "ROUTING_LISTS",
+    "PolicyChecker",
+    "name_list_violations",
+]
 
 LABEL_KEY_PATTERN = re.compile(r"[a-z0-9_./-]+")
 
@@ -24,9 +39,43 @@ MAX_TOKENS = 10**15
 MAX_COST_USD = 1e9
 """Largest budget in US dollars."""
 
+MAX_ROUTING_NAMES = 1000
+"""Most names in one list of ``execution.routing`` (and of a RoutingPolicy)."""
+
 _MAX_LABELS = 64
 _MAX_LABEL_KEY = 63
 _MAX_LABEL_VALUE = 256
+
+
+ROUTING_LISTS = (
+    "allowed_agents",
+    "denied_agents",
+    "allowed_skills",
+    "denied_skills",
+    "approval_agents",
+)
+"""The lists of a RoutingPolicy; a definition's RoutingRules has the first four."""
+
+
+def name_list_violations(
+    message: Any, path: str, fields: Sequence[str]
+) -> list[tuple[str, str, str]]:
+    """(field, description, reason) per problem of the name lists ``fields`` of
+    ``message`` (routing rules or a policy): too many names, or a name that is not a
+    valid agent or skill name."""
+    found: list[tuple[str, str, str]] = []
+    for field in fields:
+        names = getattr(message, field)
+        at = f"{path}.{field}"
+        if len(names) > MAX_ROUTING_NAMES:
+            found.append((at, f"at most {MAX_ROUTING_NAMES} names (got {len(names)})", "TOO_MANY"))
+            continue
+        what = "skill name" if "skill" in field else "agent name"
+        for i, name in enumerate(names):
+            if not name or len(name) > MAX_NAME or not NAME_PATTERN.fullmatch(name):
+                rule = describe_name_rule(what)
+                found.append((f"{at}[{i}]", f"{rule}; got '{name[:MAX_NAME]}'", "INVALID_NAME"))
+    return found
 
 
 def _quote_key(key: str) -> str:
@@ -95,6 +144,10 @@ class PolicyChecker(FieldChecker):
             execution.default_timeout_seconds,
             maximum=self.limits.max_timeout_seconds,
         )
+        for path, description, reason in name_list_violations(
+            execution.routing, "execution.routing", ROUTING_LISTS[:4]
+        ):
+            self.add(path, description, reason)
 
     def check_failure_policy(self, path: str, policy: definition_pb2.StepFailurePolicy) -> None:
         if policy.HasField("max_attempts"):

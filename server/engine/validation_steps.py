@@ -112,7 +112,7 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
             self.add(
                 path,
                 f"step '{step.id}' needs a target: set one of agent, skill, orchestration, "
-                "sleep or wait_for_event",
+                "sleep, wait_for_event or plan",
                 "MISSING_TARGET",
             )
         elif target == "agent":
@@ -129,6 +129,11 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                     )
         elif target in ("sleep", "wait_for_event"):
             self.check_timer_step(path, step, target)
+        elif target == "plan":
+            agent = step.plan.agent
+            if self.check_name(f"{path}.plan.agent", agent, "plan.agent") and self.known_agents:
+                if not self.known_agents(agent):
+                    self.add(f"{path}.plan.agent", f"unknown agent '{agent}'", "UNKNOWN_AGENT")
         else:
             self.check_orchestration(definition, path, step)
 
@@ -176,10 +181,11 @@ class DefinitionValidator(PolicyChecker, TimerStepChecker):
                 f"required: 1 to {MAX_ITERATIONS} (got {iterations})",
                 "INVALID_MAX_ITERATIONS",
             )
-        if step.WhichOneof("target") == "orchestration":
+        if step.WhichOneof("target") in ("orchestration", "plan"):
             self.add(
                 f"{path}.loop",
-                "loops of sub-orchestration steps are not supported; loop an agent or skill step",
+                "loops of sub-orchestration and plan steps are not supported; loop an agent "
+                "or skill step",
                 "UNSUPPORTED",
             )
         if step.HasField("checkpoint"):

@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from podium.orchestration.v1 import event_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
@@ -36,7 +36,7 @@ from podium.server.engine.errors import (
     Unavailable,
 )
 from podium.server.engine.mapping import event_to_proto
-from podium.server.engine.requests import parse_run_id
+from podium.server.engine.requests import parse_run_id, timestamp_value
 from podium.server.engine.sizes import DEFAULT_MAX_RESPONSE_BYTES
 from podium.server.engine.storage_errors import storage_errors
 from podium.server.events.hub import EventHub, Watcher
@@ -220,17 +220,10 @@ class WatchService:
         Unavailable (the database, or this replica stopping).
         """
         states = _states(request)
-        since: datetime | None = None
-        if request.HasField("start_time"):
-            try:
-                since = request.start_time.ToDatetime(tzinfo=UTC)
-            except (ValueError, OverflowError):
-                raise InvalidArgument(
-                    "start_time is out of range",
-                    violations=[
-                        FieldViolation(field="start_time", description="not a valid timestamp")
-                    ],
-                ) from None
+        violations: list[FieldViolation] = []
+        since = timestamp_value(request, "start_time", violations)
+        if violations:
+            raise InvalidArgument("start_time is out of range", violations=violations)
         definition_name = request.definition_name or None
         labels: Mapping[str, str] = dict(request.labels)
         config = self.config

@@ -34,7 +34,7 @@ from podium.server.storage.database import Database
 from podium.server.storage.retention import RunRetentionRepository
 from podium.server.storage.webhooks import DeliveryRow, WebhooksRepository
 
-__all__ = ["WebhookService", "delivery_to_proto"]
+__all__ = ["WebhookService", "check_webhook_configuration", "delivery_to_proto"]
 
 log = logging.getLogger("podium.webhooks")
 
@@ -72,6 +72,32 @@ def _secret_text(secret: SecretValue | str | None) -> str | None:
     return secret.value if isinstance(secret, SecretValue) else secret
 
 
+def _signing_secret(settings: Settings) -> str | None:
+    """The webhook secret; raises ConfigError when a target is configured without one."""
+    secret = _secret_text(settings.webhook_secret)
+    if settings.progress_webhook_url and secret is None:
+        raise ConfigError(
+            "ORCHESTRATION_PROGRESS_WEBHOOK_URL is set but PODIUM_WEBHOOK_SECRET is not: "
+            "webhooks are always signed (Standard Webhooks); set PODIUM_WEBHOOK_SECRET to "
+            "whsec_<base64 of 32 random bytes> and give it to the receiver"
+        )
+    return secret
+
+
+async def check_webhook_configuration(settings: Settings) -> None:
+    """Check the configured target (its secret, then the URL like a per-run one) without
+    touching the database. Raises ConfigError when it is refused."""
+    _signing_secret(settings)
+    url = settings.progress_webhook_url
+    if url:
+        try:
+            await check_webhook_url_async(url, allow_private=settings.allow_private_webhooks)
+        except WebhookRefused as exc:
+            raise ConfigError(
+                f"ORCHESTRATION_PROGRESS_WEBHOOK_URL={redact_url(url)!r} is refused: {exc}"
+            ) from None
+
+
 class WebhookService:
     """Webhook use cases and the background work of one replica: the dispatcher and
     retention (``server/events/``)."""
@@ -82,14 +108,7 @@ class WebhookService:
     def __init__(self, db: Database, dsn: str, settings: Settings) -> None:
         self._settings = settings
         self._repository = WebhooksRepository(db)
-        self._configuration_checked = False
-        secret = _secret_text(settings.webhook_secret)
-        if settings.progress_webhook_url and secret is None:
-            raise ConfigError(
-                "ORCHESTRATION_PROGRESS_WEBHOOK_URL is set but PODIUM_WEBHOOK_SECRET is not: "
-                "webhooks are always signed (Standard Webhooks); set PODIUM_WEBHOOK_SECRET to "
-                "whsec_<base64 of 32 random bytes> and give it to the receiver"
-            )
+        secret = _signing_secret(settings)
         self.dispatcher: WebhookDispatcher | None = None
         if secret is not None:
             self.dispatcher = WebhookDispatcher(
@@ -122,25 +141,10 @@ class WebhookService:
         """Whether webhooks can be delivered (a secret is configured)."""
         return self.dispatcher is not None
 
-    async def check_configuration(self) -> None:
-        """Check the configured target without writing anything (a replica that refuses
-        to start must change nothing shared). Raises ConfigError when it is refused."""
-        url = self._settings.progress_webhook_url
-        if url and not self._configuration_checked:
-            try:
-                await check_webhook_url_async(
-                    url, allow_private=self._settings.allow_private_webhooks
-                )
-            except WebhookRefused as exc:
-                raise ConfigError(
-                    f"ORCHESTRATION_PROGRESS_WEBHOOK_URL={redact_url(url)!r} is refused: {exc}"
-                ) from None
-        self._configuration_checked = True
-
     async def start(self) -> None:
-        """Check and store the configured target, then start the dispatcher and
-        retention. Raises ConfigError when the configured URL is refused."""
-        await self.check_configuration()
+        """Store the configured target (checked by :func:`check_webhook_configuration`
+        before the server touched the database), then start the dispatcher and
+        retention."""
         url = self._settings.progress_webhook_url
         sync = await self._repository.replace_configured_targets(
             self._settings.organization_id, [url] if url else []

@@ -6,7 +6,9 @@ resolves only to public unicast addresses (unless private targets are allowed). 
 sender (:mod:`podium.server.events.webhook_http`) resolves again on each try and checks
 every address with :func:`resolve_checked` before it connects, so a name that re-binds
 to a private address after the check is refused at delivery time. What counts as public
-is :func:`podium.server.addresses.address_problem`, shared with the agents' guard.
+is :func:`podium.server.addresses.address_problem`, shared with the agents' guard; the
+form of a URL is :func:`podium.server.outbound_http.parse_http_url`, shared with A2A
+agents reached over HTTP.
 """
 
 from __future__ import annotations
@@ -15,11 +17,10 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from podium.server.addresses import Address, address_problem
+from podium.server.outbound_http import MAX_URL_LENGTH, HttpTarget, UrlRefused, parse_http_url
 
 __all__ = [
     "MAX_URL_LENGTH",
@@ -31,76 +32,22 @@ __all__ = [
     "resolve_checked",
 ]
 
-MAX_URL_LENGTH = 2048
 
-
-class WebhookRefused(ValueError):
+class WebhookRefused(UrlRefused):
     """The URL or an address its host resolves to is not an allowed webhook target."""
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookTarget:
-    """A parsed webhook URL.
-
-    Attributes:
-        host: the host name or IP literal (IDNA-encoded, no brackets).
-        host_header: the ``Host`` header (``host[:port]``, IPv6 in brackets).
-        target: the request target (path and query; fragments are not sent).
-    """
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    host_header: str
-    target: str
+WebhookTarget = HttpTarget
+"""A parsed webhook URL (:class:`~podium.server.outbound_http.HttpTarget`)."""
 
 
 def parse_webhook_url(url: str) -> WebhookTarget:
-    """Parse and check the form of a webhook URL (no DNS). Raises WebhookRefused."""
-    if not url:
-        raise WebhookRefused("the URL is empty")
-    if len(url) > MAX_URL_LENGTH:
-        raise WebhookRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ch <= " " or ch == "\x7f" for ch in url):
-        raise WebhookRefused("the URL contains spaces or control characters")
+    """Parse and check the form of a webhook URL (no DNS;
+    :func:`~podium.server.outbound_http.parse_http_url`). Raises WebhookRefused."""
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise WebhookRefused(f"the URL is malformed ({exc})") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise WebhookRefused("only http:// and https:// URLs are allowed")
-    if "@" in parts.netloc:
-        raise WebhookRefused("the URL must not contain user information (user:password@)")
-    host = parts.hostname or ""
-    if not host:
-        raise WebhookRefused("the URL has no host")
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise WebhookRefused("the URL's host name is not a valid name") from None
-    if port == 0:
-        raise WebhookRefused("the URL's port must not be 0")
-    if not (parts.path + parts.query).isascii():
-        raise WebhookRefused("the URL's path and query must be ASCII (percent-encode the rest)")
-    default_port = 443 if scheme == "https" else 80
-    literal = _ip_literal(host)
-    shown = f"[{host}]" if isinstance(literal, ipaddress.IPv6Address) else host
-    host_header = shown if port is None or port == default_port else f"{shown}:{port}"
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return WebhookTarget(
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=port or default_port,
-        host_header=host_header,
-        target=target,
-    )
+        return parse_http_url(url)
+    except UrlRefused as exc:
+        raise WebhookRefused(str(exc)) from None
 
 
 def _ip_literal(host: str) -> Address | None:

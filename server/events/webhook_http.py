@@ -2,8 +2,9 @@
 to addresses the SSRF guard approved.
 
 httpcore (the engine under httpx) writes the request and parses the answer (h11). Its
-public network-backend hook is where the guard sits: :class:`_GuardedBackend`'s
-``connect_tcp`` resolves the URL's host once, checks every address
+public network-backend hook is where the guard sits:
+:class:`~podium.server.outbound_http.GuardedBackend` (shared with A2A agents over HTTP)
+resolves the URL's host once, checks every address
 (:func:`~podium.server.events.ssrf.resolve_checked`) and opens the TCP connection to a
 checked address, never to the name. The URL keeps the host name, so the ``Host``
 header, the TLS server name (SNI) and the certificate check are the host's. A name that
@@ -18,14 +19,16 @@ resolves and checks again), and only the status line is kept (the body is never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
 import httpcore
 
 from podium.server.events.ssrf import WebhookTarget, resolve_checked
+from podium.server.outbound_http import GuardedBackend
 
 __all__ = ["HttpAnswer", "WebhookSender", "describe_failure", "post_webhook"]
 
@@ -38,51 +41,6 @@ class HttpAnswer:
 
     status: int
     reason: str
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    """Connects to the checked addresses of a host, in the resolver's order: the first
-    that accepts a connection is used. TLS is started by httpcore on the returned
-    stream, with the URL's host name."""
-
-    def __init__(self, *, allow_private: bool) -> None:
-        self._allow_private = allow_private
-        self._tcp = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await resolve_checked(host, port, allow_private=self._allow_private)
-        failure: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in addresses:
-            try:
-                return await self._tcp.connect_tcp(
-                    address,
-                    port,
-                    timeout=timeout,
-                    local_address=local_address,
-                    socket_options=socket_options,
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failure = exc
-        assert failure is not None
-        raise failure
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise httpcore.UnsupportedProtocol("webhooks are never sent over a Unix socket")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._tcp.sleep(seconds)
 
 
 class WebhookSender:
@@ -104,7 +62,9 @@ class WebhookSender:
             max_keepalive_connections=0,
             http1=True,
             http2=False,
-            network_backend=_GuardedBackend(allow_private=allow_private),
+            network_backend=GuardedBackend(
+                functools.partial(resolve_checked, allow_private=allow_private)
+            ),
         )
 
     async def __aenter__(self) -> WebhookSender:

@@ -1,9 +1,11 @@
 """Agents repository: the agent registry (table ``agents``).
 
 An agent is either *registered* (RegisterAgent) or *static* (declared in the server
-configuration and synchronised at start with :meth:`AgentsRepository.replace_static`).
-Configuration wins: a registered agent never replaces a static one and cannot be used
-to delete one, while a static declaration takes over a registered agent of its name.
+configuration of a replica with :meth:`AgentsRepository.declare_static`, and kept while
+a live replica, or a live replica of the declaring group, declares it: table
+``replicas``, ``functions/90_static_agents.sql``). Configuration wins: a registered
+agent never replaces a static one and cannot be used to delete one, while a static
+declaration takes over a registered agent of its name.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "AgentRecord",
     "AgentSource",
     "AgentsRepository",
+    "ReplicaRenewal",
     "StaticAgentConflict",
     "StaticAgentFields",
     "StaticAgentsSync",
@@ -82,21 +85,38 @@ class AgentRecord:
 
 @dataclass(frozen=True)
 class StaticAgentsSync:
-    """What :meth:`AgentsRepository.replace_static` changed.
+    """What :meth:`AgentsRepository.declare_static` changed.
 
     Attributes:
-        agents: the static agents now stored, ordered by name.
-        removed: names of static agents deleted because they are no longer configured.
+        agents: the declared agents as stored now (the newest declaration of each
+            name), ordered by name.
+        removed: ``(organization, name)`` of static agents deleted because no live
+            replica declares them any more.
         took_over: names of registered agents replaced by a static declaration.
     """
 
     agents: list[AgentRecord]
-    removed: list[str]
+    removed: list[tuple[str, str]]
     took_over: list[str]
 
 
+@dataclass(frozen=True)
+class ReplicaRenewal:
+    """What :meth:`AgentsRepository.renew_replica` did.
+
+    Attributes:
+        renewed: False when the replica's row had lapsed (expired or pruned): it must
+            declare its agents again.
+        removed: ``(organization, name)`` of static agents deleted because only expired
+            replicas declared them.
+    """
+
+    renewed: bool
+    removed: list[tuple[str, str]]
+
+
 class StaticAgentFields(Protocol):
-    """What :meth:`AgentsRepository.replace_static` reads from each agent
+    """What :meth:`AgentsRepository.declare_static` reads from each agent
     (``podium.server.agents.static.StaticAgent`` fits)."""
 
     @property
@@ -316,50 +336,85 @@ class AgentsRepository:
             raise static_conflict(name, "deregister")
         return bool(row["deleted"])
 
-    async def replace_static(
-        self, organization_id: str, agents: Sequence[StaticAgentFields]
+    async def declare_static(
+        self,
+        organization_id: str,
+        agents: Sequence[StaticAgentFields],
+        *,
+        replica: str,
+        group: str = "",
+        lease_seconds: float,
+        rejoin: bool = False,
     ) -> StaticAgentsSync:
-        """Make ``agents`` the organization's static agents, in one transaction.
+        """Hold ``replica``'s row for ``lease_seconds`` and declare ``agents`` in the
+        organization as its own, or as its ``group``'s (replacing the group's previous
+        set), in one transaction (``podium_declare_static_agents``).
 
-        Each is upserted as ``static`` (taking over a registered agent of the same name);
-        static agents not in ``agents`` are deleted. Concurrent calls for one
-        organization (replicas starting together) are serialized.
+        Each agent row follows the newest live declaration of its name (taking over a
+        registered agent of that name); static agents no live replica declares any more
+        are deleted. With ``rejoin`` (the row had lapsed), a group whose declarations
+        are still there keeps them. Concurrent calls (replicas starting together) are
+        serialized.
         """
-        ordered = sorted(agents, key=lambda agent: agent.name)
-        names = [agent.name for agent in ordered]
-        stored: builtins.list[AgentRecord] = []
+        specs = [_spec(agent) for agent in sorted(agents, key=lambda agent: agent.name)]
+        names = [spec["name"] for spec in specs]
         async with self._db.transaction() as conn:
-            await conn.execute(QUERIES["lock_static_agents"], organization_id)
-            sources = {
-                row["name"]: row["source"]
-                for row in await conn.fetch(QUERIES["find_agent_sources"], organization_id, names)
-            }
-            for agent in ordered:
-                fields = _Fields(
-                    agent.name,
-                    agent.endpoint,
-                    agent.skills,
-                    agent.max_concurrency,
-                    agent.default_timeout_seconds,
-                    agent.labels,
-                    agent.protocol,
-                    agent.requests_per_period,
-                    agent.tokens_per_period,
-                    agent.rate_period_seconds,
-                    agent.rate_per_key,
-                    agent.card_read,
-                )
-                row = await _upsert(conn, organization_id, fields, "static")
-                assert row is not None  # a static upsert always writes
-                stored.append(_record(row))
-            removed = await conn.fetch(
-                QUERIES["delete_unlisted_static_agents"], organization_id, names
+            changes = await conn.fetch(
+                QUERIES["declare_static_agents"],
+                replica,
+                group,
+                organization_id,
+                float(lease_seconds),
+                specs,
+                rejoin,
             )
+            rows = await conn.fetch(QUERIES["get_agents_named"], organization_id, names)
         return StaticAgentsSync(
-            agents=stored,
-            removed=sorted(row["name"] for row in removed),
-            took_over=[name for name in names if sources.get(name) == "registered"],
+            agents=[_record(row) for row in rows],
+            removed=_removed(changes),
+            took_over=[row["agent_name"] for row in changes if row["agent_change"] == "took_over"],
         )
+
+    async def renew_replica(self, replica: str, lease_seconds: float) -> ReplicaRenewal:
+        """Extend ``replica``'s row by ``lease_seconds`` while it is live, then remove the
+        static agents only expired replicas declared."""
+        async with self._db.transaction() as conn:
+            renewed = await conn.fetchval(QUERIES["renew_replica"], replica, float(lease_seconds))
+            changes = await conn.fetch(QUERIES["prune_static_agents"])
+        return ReplicaRenewal(renewed=bool(renewed), removed=_removed(changes))
+
+    async def withdraw_replica(self, replica: str) -> builtins.list[tuple[str, str]]:
+        """Delete ``replica``'s row (it stops) and the static agents no live replica
+        declares any more; returns those as ``(organization, name)``."""
+        async with self._db.transaction() as conn:
+            changes = await conn.fetch(QUERIES["withdraw_replica"], replica)
+        return _removed(changes)
+
+
+def _spec(agent: StaticAgentFields) -> dict[str, object]:
+    """A declaration's ``spec`` (what ``podium_sync_static_agent`` reads)."""
+    return {
+        "name": agent.name,
+        "endpoint": agent.endpoint,
+        "skills": list(agent.skills),
+        "max_concurrency": agent.max_concurrency,
+        "default_timeout_seconds": float(agent.default_timeout_seconds),
+        "labels": dict(agent.labels),
+        "protocol": agent.protocol,
+        "requests_per_period": agent.requests_per_period,
+        "tokens_per_period": agent.tokens_per_period,
+        "rate_period_seconds": float(agent.rate_period_seconds),
+        "rate_per_key": agent.rate_per_key,
+        "card_read": agent.card_read,
+    }
+
+
+def _removed(changes: Sequence[asyncpg.Record]) -> builtins.list[tuple[str, str]]:
+    return [
+        (row["agent_organization"], row["agent_name"])
+        for row in changes
+        if row["agent_change"] == "removed"
+    ]
 
 
 async def _upsert(

@@ -69,23 +69,39 @@ WITH deleted AS (
 SELECT EXISTS (SELECT 1 FROM deleted) AS deleted,
        (SELECT source FROM agents WHERE organization_id = $1 AND name = $2) AS source
 
--- lock_static_agents --
--- Serializes replacements of an organization's static agents (replicas starting at
--- once) until the transaction ends. $1: organization_id
-SELECT pg_advisory_xact_lock(1634166126, hashtext($1))
+-- declare_static_agents --
+-- A replica's start: its row and its static agents (functions/90_static_agents.sql).
+-- $1: replica id, $2: agent group ('' for none), $3: organization_id, $4: lease seconds,
+-- $5: the agents (JSON array of declaration specs), $6: rejoin (its row had lapsed)
+SELECT agent_organization, agent_name, agent_change
+FROM podium_declare_static_agents($1, $2, $3, $4, $5, $6)
 
--- find_agent_sources --
--- Sources of the named agents that exist. $1: organization_id, $2: names
-SELECT name, source
+-- get_agents_named --
+-- The named agents that exist, by name. $1: organization_id, $2: names
+SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+       labels, protocol, source, created_at, updated_at, requests_per_period,
+       tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
 FROM agents
 WHERE organization_id = $1 AND name = ANY ($2::text[])
+ORDER BY name
 
--- delete_unlisted_static_agents --
--- Removes the static agents of an organization that are no longer configured.
--- $1: organization_id, $2: names still configured
-DELETE FROM agents
-WHERE organization_id = $1 AND source = 'static' AND NOT (name = ANY ($2::text[]))
-RETURNING name
+-- renew_replica --
+-- Extends a live replica's row; false when it had lapsed (expired or pruned).
+-- $1: replica id, $2: lease seconds
+WITH renewed AS (
+    UPDATE replicas SET expires_at = now() + make_interval(secs => $2)
+    WHERE id = $1 AND expires_at > now()
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM renewed)
+
+-- prune_static_agents --
+-- Removes expired replicas and the static agents only they declared.
+SELECT agent_organization, agent_name, agent_change FROM podium_prune_static_agents()
+
+-- withdraw_replica --
+-- A replica's clean stop. $1: replica id
+SELECT agent_organization, agent_name, agent_change FROM podium_withdraw_replica($1)
 
 -- step_rate_waits --
 -- The queued steps held by rate limits: those whose every candidate agent (the step's

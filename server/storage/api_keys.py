@@ -1,4 +1,5 @@
-"""API keys repository (table ``api_keys``): only hashes of keys are stored.
+"""API keys repository (table ``api_keys``): only hashes of keys are stored; and the
+step credentials of step attempts (``step_attempts.credential_hash``), hashes too.
 
 A key is made and hashed by the engine (:mod:`podium.server.engine.api_keys`); this
 module stores the hash, the public prefix, the organization and the role, and finds a
@@ -17,7 +18,7 @@ import asyncpg
 from .database import Database
 from .queries import QUERIES
 
-__all__ = ["ROLES", "ApiKeyRecord", "ApiKeysRepository", "Role"]
+__all__ = ["ROLES", "ApiKeyRecord", "ApiKeysRepository", "Role", "StepAttemptRef"]
 
 Role = Literal["admin", "operator", "viewer", "agent"]
 """What a key may call (column ``api_keys.role``; the permission table is in
@@ -38,6 +39,16 @@ class ApiKeyRecord:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepAttemptRef:
+    """The step attempt a step credential belongs to."""
+
+    organization_id: str
+    run_id: uuid.UUID
+    step_id: str
+    attempt: int
 
 
 def _record(row: asyncpg.Record) -> ApiKeyRecord:
@@ -97,3 +108,13 @@ class ApiKeysRepository:
         """Set the key's ``last_used_at`` to ``at`` (callers throttle this)."""
         async with self._db.connection() as conn:
             await conn.execute(QUERIES["touch_api_key"], key_id, at)
+
+    async def find_step_credential(self, credential_hash: str) -> StepAttemptRef | None:
+        """The running step attempt whose credential hash is ``credential_hash``."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["find_step_credential"], credential_hash)
+        if row is None:
+            return None
+        return StepAttemptRef(
+            row["organization_id"], row["run_id"], row["step_id"], int(row["attempt"])
+        )

@@ -37,3 +37,12 @@ RETURNING id, organization_id, name, key_prefix, role, created_at, last_used_at,
 -- touch_api_key --
 -- Record a use of key $1 ($2: the time); callers throttle this (once a minute a key).
 UPDATE api_keys SET last_used_at = $2 WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2);
+
+-- find_step_credential --
+-- The step attempt whose credential hash is $1, while the step runs it and no child run
+-- of its own holds it (the unique index on credential_hash); no row otherwise.
+SELECT a.organization_id, a.run_id, a.step_id, a.attempt
+FROM step_attempts a
+JOIN orchestration_steps s ON s.run_id = a.run_id AND s.step_id = a.step_id
+WHERE a.credential_hash = $1 AND a.ended_at IS NULL
+  AND s.attempt = a.attempt AND s.state = 'running' AND s.child_run_id IS NULL;

@@ -210,6 +210,9 @@ class ClaimedStep:
     run_started_at: datetime | None = None
     trace_context: dict[str, str] | None = None
     """The run's W3C trace context (``traceparent``/``tracestate``) stored at StartRun."""
+    credential: str | None = field(default=None, repr=False)
+    """The attempt's step credential (a secret, never in a repr or a log line), made by
+    the claim for agent steps; None for the others and for A2A agents."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,9 +474,9 @@ _CLAIMED_FIELDS = tuple(f.name for f in fields(ClaimedStep))
 def claimed_step(row: asyncpg.Record) -> ClaimedStep:
     """A claimed step from a row with the claim's columns (and maybe others: a
     completion's or a StartRun's eager claim returns them with its own)."""
-    values = {name: row[name] for name in _CLAIMED_FIELDS}
+    values = {name: row[name] for name in _CLAIMED_FIELDS if name != "credential"}
     values["spec"] = StepSpec.from_json(values["spec"])
-    return ClaimedStep(**values)
+    return ClaimedStep(**values, credential=row.get("credential"))
 
 
 def finished_child(row: asyncpg.Record) -> FinishedChild:

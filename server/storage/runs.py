@@ -44,6 +44,7 @@ from .steps import WITH_OUTPUT, Outcome
 
 __all__ = [
     "AttemptRow",
+    "AttemptUsage",
     "ClaimedStep",
     "CompletedBatch",
     "CreatedRun",
@@ -75,6 +76,10 @@ def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -
         for o, state in zip(ordered, summary["states"], strict=True)
     }
     return CompletedBatch(states, [claimed_step(r) for r in rows[:-1]], bool(summary["wake"]))
+
+
+AttemptUsage = tuple[int, int, float, str]
+"""Usage of an attempt: input tokens, output tokens, cost in USD, model."""
 
 
 class RunsRepository:
@@ -228,6 +233,7 @@ class RunsRepository:
         max_depth: int,
         *,
         cap_max_parallel: bool = False,
+        usage: AttemptUsage | None = None,
     ) -> tuple[str, uuid.UUID | None]:
         """Create and start the child run of a sub-orchestration step, linked both ways,
         in one transaction fenced on the parent step's attempt.
@@ -237,21 +243,18 @@ class RunsRepository:
         ``("fenced", None)`` when the parent step no longer runs that attempt, or
         ``("too_deep", None)`` when the child would be nested deeper than ``max_depth``.
         ``cap_max_parallel``: the child's max_parallel is at most the parent run's (the
-        items of a ``for_each`` step).
+        items of a ``for_each`` step). ``usage``: what the parent attempt used so far (a
+        plan step's planner), added to the attempt, its step and its run, since the
+        attempt stays open until the child ends.
         """
-        parent_id, step_id, attempt = parent_step
+        parent_id, step_id, _ = parent_step
         async with self._db.transaction() as conn:
-            parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, run.organization_id)
-            if parent is None or parent["state"] != "running":
-                return "fenced", None
-            if (
-                await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt)
-                is None
-            ):
-                return "fenced", None
+            status, parent = await self._lock_parent_step(
+                conn, parent_step, run.organization_id, max_depth
+            )
+            if parent is None:
+                return status, None
             depth = int(parent["depth"]) + 1
-            if depth > max_depth:
-                return "too_deep", None
             max_parallel = run.max_parallel
             if cap_max_parallel:
                 max_parallel = min(max_parallel, int(parent["max_parallel"]))
@@ -265,7 +268,67 @@ class RunsRepository:
             row = await self._insert(conn, child, start=True, return_steps=False)
             child_id: uuid.UUID = row["run_id"]
             await conn.execute(QUERIES["link_child_run"], parent_id, step_id, child_id)
+            if usage is not None:
+                await conn.execute(
+                    QUERIES["add_attempt_usage"], parent_id, step_id, parent_step[2], *usage
+                )
         return "created", child_id
+
+    @staticmethod
+    async def _lock_parent_step(
+        conn: Connection,
+        parent_step: tuple[uuid.UUID, str, int],
+        organization_id: str,
+        max_depth: int,
+    ) -> tuple[str, asyncpg.Record | None]:
+        """Lock the parent run, then its step, fenced on the attempt (the lock order):
+        ``("ok", parent run row)``, or ``("fenced", None)`` when the step no longer runs
+        that attempt, ``("too_deep", None)`` when a child would be deeper than
+        ``max_depth``."""
+        parent_id, step_id, attempt = parent_step
+        parent = await conn.fetchrow(QUERIES["lock_run"], parent_id, organization_id)
+        if parent is None or parent["state"] != "running":
+            return "fenced", None
+        if await conn.fetchval(QUERIES["lock_running_step"], parent_id, step_id, attempt) is None:
+            return "fenced", None
+        if int(parent["depth"]) + 1 > max_depth:
+            return "too_deep", None
+        return "ok", parent
+
+    async def create_linked(
+        self, parent_step: tuple[uuid.UUID, str, int], run: NewRun, max_depth: int, max_runs: int
+    ) -> tuple[str, CreatedRun | None]:
+        """Create and start a run an agent started with its step credential: a child run
+        of that step (the step does not wait for it), in one transaction fenced on the
+        step's attempt. Returns ``("created", run)`` (``created`` False on a known
+        ``request_id``), ``("fenced", None)`` when the step no longer runs that attempt,
+        ``("too_deep", None)`` past ``max_depth``, ``("too_many", None)`` when the step
+        already started ``max_runs`` runs, or ``("request_id_taken", None)`` when the
+        ``request_id`` names a run that is not a child of the step."""
+        parent_id, step_id, _ = parent_step
+        async with self._db.transaction() as conn:
+            status, parent = await self._lock_parent_step(
+                conn, parent_step, run.organization_id, max_depth
+            )
+            if parent is None:
+                return status, None
+            depth = int(parent["depth"]) + 1
+            started = await conn.fetchval(QUERIES["count_step_children"], parent_id, step_id)
+            if int(started) >= max_runs:
+                return "too_many", None
+            child = dataclasses.replace(
+                run, parent_run_id=parent_id, parent_step_id=step_id, depth=depth
+            )
+            row = await self._insert(conn, child, start=True, return_steps=True)
+        if not row["created"]:
+            found = await self.get_with_steps(run.organization_id, row["run_id"])
+            assert found is not None
+            if (found[0].parent_run_id, found[0].parent_step_id) != (parent_id, step_id):
+                return "request_id_taken", None  # by a run the step may not see
+            return "created", CreatedRun(*found, created=False)
+        return "created", CreatedRun(
+            created_run(child, row), created_steps(child, row), [], [], True
+        )
 
     async def finished_children(self, limit: int = 100) -> list[FinishedChild]:
         """Steps waiting on a child run that has finished (see ``finished_children``)."""
@@ -317,6 +380,7 @@ class RunsRepository:
         after: tuple[datetime, uuid.UUID] | None,
         limit: int,
         payloads: bool = True,
+        parent_step_id: str | None = None,
     ) -> list[RunRow]:
         """Runs newest first, filtered, after the keyset position ``after``. Without
         ``payloads`` their input, output, metadata and plan are left empty (not read)."""
@@ -331,6 +395,7 @@ class RunsRepository:
                 after[0] if after else None,
                 after[1] if after else None,
                 limit,
+                parent_step_id,
             )
         return [run_row(r) for r in rows]
 

@@ -42,6 +42,11 @@ SELECT 1 FROM orchestration_steps
 WHERE run_id = $1 AND step_id = $2 AND attempt = $3 AND state = 'running'
 FOR UPDATE
 
+-- count_step_children --
+-- How many child runs step $2 of run $1 has started (finished ones too).
+-- $1 run_id, $2 step_id
+SELECT count(*) FROM orchestration_runs WHERE parent_run_id = $1 AND parent_step_id = $2
+
 -- link_child_run --
 -- The parent step waits on its child run: no lease (nothing executes on a replica);
 -- the schedulers' sweep completes it when the child finishes.
@@ -49,6 +54,26 @@ FOR UPDATE
 UPDATE orchestration_steps
 SET child_run_id = $3, lease_owner = NULL, lease_expires_at = NULL
 WHERE run_id = $1 AND step_id = $2
+
+-- add_attempt_usage --
+-- Usage of an attempt that stays open (a plan step's planner, whose child run started):
+-- added to the attempt, its step and its run (the completion adds what follows).
+-- $1 run_id, $2 step_id, $3 attempt, $4 input tokens, $5 output tokens, $6 cost, $7 model
+WITH attempt AS (
+    UPDATE step_attempts
+       SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+           cost_usd = cost_usd + $6, model = $7
+     WHERE run_id = $1 AND step_id = $2 AND attempt = $3
+), step AS (
+    UPDATE orchestration_steps
+       SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+           cost_usd = cost_usd + $6
+     WHERE run_id = $1 AND step_id = $2
+)
+UPDATE orchestration_runs
+   SET input_tokens = input_tokens + $4, output_tokens = output_tokens + $5,
+       cost_usd = cost_usd + $6
+ WHERE id = $1
 
 -- finished_children --
 -- Steps waiting on a child run that has finished, for the sweep to complete (each
@@ -87,7 +112,8 @@ ORDER BY step_id, attempt
 -- Newest first, keyset on (created_at, id). Empty filters match everything.
 -- $1 org, $2 states (text[], empty = any), $3 definition_name (NULL = any),
 -- $4 labels (jsonb containment), $5 parent_run_id (NULL = any),
--- $6 after created_at (NULL = first page), $7 after id, $8 limit
+-- $6 after created_at (NULL = first page), $7 after id, $8 limit,
+-- $9 parent_step_id (NULL = any)
 SELECT *
 FROM orchestration_runs
 WHERE organization_id = $1
@@ -95,6 +121,7 @@ WHERE organization_id = $1
   AND ($3::text IS NULL OR definition_name = $3)
   AND labels @> $4::jsonb
   AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($9::text IS NULL OR parent_step_id = $9)
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $8
@@ -105,7 +132,7 @@ LIMIT $8
 -- column is listed: a new column of orchestration_runs belongs here too
 -- (test_response_sizes.py checks it).
 -- $1 org, $2 states, $3 definition_name, $4 labels, $5 parent_run_id,
--- $6 after created_at, $7 after id, $8 limit
+-- $6 after created_at, $7 after id, $8 limit, $9 parent_step_id
 SELECT id, organization_id, definition_name, definition_version, '{}'::jsonb AS plan,
        state, '{}'::jsonb AS input, NULL::jsonb AS output, '{}'::jsonb AS metadata,
        labels, request_id, max_parallel, run_attempt, parent_run_id, parent_step_id,
@@ -120,6 +147,7 @@ WHERE organization_id = $1
   AND ($3::text IS NULL OR definition_name = $3)
   AND labels @> $4::jsonb
   AND ($5::uuid IS NULL OR parent_run_id = $5)
+  AND ($9::text IS NULL OR parent_step_id = $9)
   AND ($6::timestamptz IS NULL OR (created_at, id) < ($6, $7::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $8

@@ -13,7 +13,8 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
   loop step);
 - ``podium_resume_run`` removes those seven again;
 - ``podium_create_run`` sets ``budgeted`` when a budget applies to the run
-  (``functions/65_budgets.sql``);
+  (``functions/65_budgets.sql``); ``build_steps`` sets ``routing`` (the definition's
+  ``execution.routing``, read by the executor only; ``engine/policies.py``);
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_ERROR_MESSAGE_CHARS",
     "FailurePolicy",
     "OrchestrationTarget",
+    "PlanTarget",
     "OnTimeout",
     "Outcome",
     "Rollback",
@@ -310,6 +312,21 @@ class OrchestrationTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class PlanTarget:
+    """``plan``: the planner agent whose output (a definition) a plan step runs as its
+    child run."""
+
+    agent: str
+
+    def to_json(self) -> Json:
+        return {"agent": self.agent}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PlanTarget:
+        return cls(agent=str(data.get("agent", "")))
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """``answer``, written by the decision on an ``input_required`` approval: the input
     that attempt ``attempt`` sends to the A2A task ``task_id`` (which asked for it)."""
@@ -347,7 +364,9 @@ _KNOWN = frozenset(
         "id",
         "agent",
         "skill",
+        "routing",
         "orchestration",
+        "plan",
         "depends_on",
         "input",
         "checkpoint",
@@ -406,6 +425,7 @@ class StepSpec:
     agent: str | None = None
     skill: str | None = None
     orchestration: OrchestrationTarget | None = None
+    plan: PlanTarget | None = None
     depends_on: tuple[str, ...] | None = None
     input: Any = None
     """The step's input template (``${...}`` references unresolved)."""
@@ -446,6 +466,10 @@ class StepSpec:
     budgeted: bool | None = None
     """Set (true) by ``podium_create_run`` when a budget applies to the step's run (its
     own or an ancestor's): the executor checks it before dispatch (``podium_budget_gate``)."""
+    routing: Mapping[str, Any] | None = None
+    """The definition's ``execution.routing`` (protobuf JSON), copied at StartRun onto its
+    agent and skill steps when it is set: the executor checks the agent a skill is routed
+    to against it (``engine/policies.py``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -497,6 +521,8 @@ class StepSpec:
         _put(out, "skill", self.skill)
         if self.orchestration is not None:
             out["orchestration"] = self.orchestration.to_json()
+        if self.plan is not None:
+            out["plan"] = self.plan.to_json()
         _put(out, "depends_on", None if self.depends_on is None else list(self.depends_on))
         _put(out, "input", self.input)
         if self.checkpoint is not None:
@@ -529,6 +555,7 @@ class StepSpec:
         _put(out, "for_each", self.for_each)
         _put(out, "max_parallel", self.max_parallel)
         _put(out, "budgeted", self.budgeted)
+        _put(out, "routing", self.routing)
         out.update(self.extra)
         return out
 
@@ -542,6 +569,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :class:`StepSpec` for the spec JSON ``data``."""
     get = data.get
     orchestration = get("orchestration")
+    plan = get("plan")
     checkpoint = get("checkpoint")
     on_failure = get("on_failure")
     rollback = get("rollback")
@@ -566,6 +594,7 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(orchestration, dict)
             else None
         ),
+        plan=PlanTarget.from_json(plan) if isinstance(plan, dict) else None,
         depends_on=None if depends_on is None else tuple(depends_on),
         input=get("input"),
         checkpoint=CheckpointPolicy.from_json(checkpoint) if isinstance(checkpoint, dict) else None,
@@ -590,5 +619,6 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         for_each=get("for_each"),
         max_parallel=get("max_parallel"),
         budgeted=get("budgeted"),
+        routing=get("routing"),
         extra=extra,
     )

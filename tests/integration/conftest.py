@@ -12,9 +12,12 @@ tests open channels of their own; the auth tests are in ``test_auth*.py``.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
@@ -24,6 +27,9 @@ from podium.client.examples.agents import ExampleAgents, serve_examples
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import Settings
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
+"""The Node.js package (clients/node): its client, agent SDK and examples."""
 
 LOOPBACK_AGENTS = "loopback"
 """PODIUM_AGENT_ALLOWED_NETWORKS of test servers: the example agents listen on loopback,
@@ -57,6 +63,31 @@ class BearerStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[type-
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         return await continuation(_with_key(details, self.key), request)
+
+
+async def public_tables(database_url: str) -> int:
+    """How many tables the database's public schema holds (0: nothing was written, not
+    even a migration)."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        )
+    finally:
+        await connection.close()
+    return count
+
+
+@pytest.fixture
+def node() -> str:
+    """The ``node`` executable, with clients/node's packages installed; the test is
+    skipped without them (and fails in CI, where ``make node-deps`` ran)."""
+    found = shutil.which("node")
+    if found is None or not (NODE_DIR / "node_modules").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("node and clients/node/node_modules are required in CI (make node-deps)")
+        pytest.skip("node or clients/node/node_modules missing (run: make node-deps)")
+    return found
 
 
 def bearer_channel(address: str, key: str) -> grpc.aio.Channel:

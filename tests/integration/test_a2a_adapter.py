@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from podium.agent.v1 import agent_pb2
 from podium.server.agents.a2a import (
     A2A_TASK_FAILED,
     A2A_TASK_REJECTED,
@@ -18,7 +17,7 @@ from podium.server.agents.a2a import (
     TaskInputRequired,
 )
 from podium.server.agents.client import AGENT_UNAVAILABLE, TaskFailed, TaskSucceeded
-from tests.integration.a2a_agents import VERSIONS, A2AAgent, serve_a2a
+from tests.integration.a2a_agents import VERSIONS, A2AAgent, Recorder, request, serve_a2a
 
 DEADLINE = 30.0
 
@@ -39,33 +38,6 @@ async def client() -> AsyncIterator[A2AClient]:
         yield a2a
     finally:
         await a2a.close()
-
-
-def request(
-    input: dict[str, Any], conversation_id: str | None = None
-) -> agent_pb2.ExecuteTaskRequest:
-    req = agent_pb2.ExecuteTaskRequest(
-        task_id=str(uuid.uuid4()),
-        run_id=str(uuid.uuid4()),
-        step_id="ask",
-        attempt=1,
-        conversation_id=conversation_id or str(uuid.uuid4()),
-        organization_id="default",
-    )
-    req.input.update(input)
-    return req
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.progress: list[tuple[str, float]] = []
-        self.chunks: list[str] = []
-
-    def on_progress(self, progress: agent_pb2.Progress) -> None:
-        self.progress.append((progress.message, progress.fraction))
-
-    def on_chunk(self, chunk: agent_pb2.OutputChunk) -> None:
-        self.chunks.append(chunk.text)
 
 
 async def run(client: A2AClient, agent: A2AAgent, input: dict[str, Any], **kwargs: Any):

@@ -20,7 +20,11 @@ from podium.server.engine.errors import (
     InvalidArgument,
     NotFound,
 )
-from podium.server.storage.agents import AgentsRepository, StaticAgentConflict
+from podium.server.storage.agents import (
+    AgentsRepository,
+    StaticAgentConflict,
+    StaticAgentsSync,
+)
 from podium.server.storage.database import Database
 from podium.server.storage.errors import StorageError
 
@@ -99,11 +103,30 @@ async def test_delete(repo: AgentsRepository) -> None:
     assert await repo.get(ORG, "gone") is None
 
 
-async def test_replace_static_upserts_takes_over_and_removes(repo: AgentsRepository) -> None:
+async def declare(
+    repo: AgentsRepository,
+    replica: str,
+    agents: list[StaticAgent],
+    *,
+    group: str = "",
+    lease_seconds: float = 60.0,
+    rejoin: bool = False,
+) -> StaticAgentsSync:
+    return await repo.declare_static(
+        ORG, agents, replica=replica, group=group, lease_seconds=lease_seconds, rejoin=rejoin
+    )
+
+
+async def names(repo: AgentsRepository) -> list[tuple[str, str, str]]:
+    return [(r.name, r.endpoint, r.source) for r in await repo.list(ORG, limit=100)]
+
+
+async def test_declare_static_upserts_takes_over_and_removes(repo: AgentsRepository) -> None:
     await repo.upsert(ORG, "shared", endpoint="registered:1", skills=["a"])
     await repo.upsert(ORG, "mine", endpoint="registered:2")
-    sync = await repo.replace_static(
-        ORG,
+    sync = await declare(
+        repo,
+        "r1",
         [
             StaticAgent("zeta", "z:1"),
             StaticAgent("shared", "static:1", skills=("b",), max_concurrency=2),
@@ -117,36 +140,100 @@ async def test_replace_static_upserts_takes_over_and_removes(repo: AgentsReposit
     assert shared is not None
     assert (shared.endpoint, shared.skills, shared.source) == ("static:1", ("b",), "static")
 
-    sync = await repo.replace_static(ORG, [StaticAgent("zeta", "z:2", protocol="a2a")])
+    # r1 restarted as r2 with another configuration: r2's declaration is the newest, and
+    # what only r1 declared goes when r1 stops.
+    sync = await declare(repo, "r2", [StaticAgent("zeta", "z:2", protocol="a2a")])
     assert [(r.name, r.endpoint, r.protocol) for r in sync.agents] == [("zeta", "z:2", "a2a")]
-    assert sync.removed == ["old", "shared"] and sync.took_over == []
-    assert [r.name for r in await repo.list(ORG, limit=10)] == ["mine", "zeta"]
+    assert sync.removed == [] and sync.took_over == []
+    assert [n for n, _, _ in await names(repo)] == ["mine", "old", "shared", "zeta"]
+    assert await repo.withdraw_replica("r1") == [(ORG, "old"), (ORG, "shared")]
+    assert await names(repo) == [("mine", "registered:2", "registered"), ("zeta", "z:2", "static")]
 
-    sync = await repo.replace_static(ORG, [])
-    assert sync.removed == ["zeta"]
-    assert [(r.name, r.source) for r in await repo.list(ORG, limit=10)] == [("mine", "registered")]
+    assert await repo.withdraw_replica("r2") == [(ORG, "zeta")]
+    assert await names(repo) == [("mine", "registered:2", "registered")]
 
 
-async def test_replace_static_is_one_transaction(repo: AgentsRepository) -> None:
-    await repo.replace_static(ORG, [StaticAgent("keep", "k:1")])
+async def test_an_agent_stays_while_any_live_replica_declares_it(repo: AgentsRepository) -> None:
+    """Two replicas declare one name differently: the newest declaration is stored;
+    when its replica stops the other's comes back, and the agent goes with the last."""
+    await declare(repo, "r1", [StaticAgent("echo", "a:1")])
+    await declare(repo, "r2", [StaticAgent("echo", "b:2", max_concurrency=3)])
+    assert await names(repo) == [("echo", "b:2", "static")]
+    assert await repo.withdraw_replica("r2") == []
+    assert await names(repo) == [("echo", "a:1", "static")]
+    stored = await repo.get(ORG, "echo")
+    assert stored is not None and stored.max_concurrency == 0
+    assert await repo.withdraw_replica("r1") == [(ORG, "echo")]
+    assert await names(repo) == []
+
+
+async def test_a_dead_replicas_agents_go_when_its_row_expires(repo: AgentsRepository) -> None:
+    await declare(
+        repo,
+        "dead",
+        [StaticAgent("only-dead", "d:1"), StaticAgent("both", "b:1")],
+        lease_seconds=0.5,
+    )
+    await declare(repo, "live", [StaticAgent("both", "b:1")])
+    renewal = await repo.renew_replica("live", 60)
+    assert renewal.renewed and renewal.removed == []
+    await asyncio.sleep(0.6)  # "dead" never renews
+    renewal = await repo.renew_replica("live", 60)
+    assert renewal.renewed and renewal.removed == [(ORG, "only-dead")]
+    assert [n for n, _, _ in await names(repo)] == ["both"]
+    # The dead replica's row is gone: renewing it says so, and it must declare again.
+    assert not (await repo.renew_replica("dead", 60)).renewed
+
+
+async def test_a_groups_agents_are_its_last_replicas_set(repo: AgentsRepository) -> None:
+    await declare(repo, "a", [StaticAgent("x", "x:1"), StaticAgent("y", "y:1")], group="blue")
+    # A newer replica of the group declares another set: it is the group's now.
+    sync = await declare(repo, "b", [StaticAgent("x", "x:2")], group="blue")
+    assert sync.removed == [(ORG, "y")]
+    assert await names(repo) == [("x", "x:2", "static")]
+    # A replica of the group that rejoins after its row lapsed keeps the group's set.
+    await declare(repo, "a", [StaticAgent("z", "z:1")], group="blue", rejoin=True)
+    assert await names(repo) == [("x", "x:2", "static")]
+    # The group's agents stay while any replica of the group runs.
+    assert await repo.withdraw_replica("b") == []
+    assert await repo.withdraw_replica("a") == [(ORG, "x")]
+    assert await names(repo) == []
+
+
+async def test_static_agents_nobody_declares_are_replaced_at_start(
+    repo: AgentsRepository,
+) -> None:
+    """Static agents stored by a version before replicas declared them belong to no one:
+    the first replica to start keeps those it declares and removes the others."""
+    await repo.upsert(ORG, "legacy", endpoint="l:1", source="static")
+    await repo.upsert(ORG, "kept", endpoint="k:1", source="static")
+    sync = await declare(repo, "r1", [StaticAgent("kept", "k:2")])
+    assert sync.removed == [(ORG, "legacy")]
+    assert await names(repo) == [("kept", "k:2", "static")]
+
+
+async def test_declare_static_is_one_transaction(repo: AgentsRepository) -> None:
+    await declare(repo, "r1", [StaticAgent("keep", "k:1")])
     with pytest.raises(StorageError, match="max_concurrency"):  # the CHECK constraint
-        await repo.replace_static(
-            ORG, [StaticAgent("new", "n:1"), StaticAgent("z-bad", "b:1", max_concurrency=-1)]
+        await declare(
+            repo, "r2", [StaticAgent("new", "n:1"), StaticAgent("z-bad", "b:1", max_concurrency=-1)]
         )
     assert [r.name for r in await repo.list(ORG, limit=10)] == ["keep"]
+    assert not (await repo.renew_replica("r2", 60)).renewed  # its row was not written
 
 
-async def test_concurrent_static_replacements_serialize(repo: AgentsRepository) -> None:
+async def test_concurrent_declarations_serialize(repo: AgentsRepository) -> None:
     configs = [[StaticAgent(f"agent-{i}-{j}", f"h:{j + 1}") for j in range(5)] for i in range(4)]
-    await asyncio.gather(*(repo.replace_static(ORG, config) for config in configs))
-    names = [r.name for r in await repo.list(ORG, limit=100)]
-    assert names in [[a.name for a in config] for config in configs]
+    await asyncio.gather(*(declare(repo, f"r{i}", config) for i, config in enumerate(configs)))
+    assert [r.name for r in await repo.list(ORG, limit=100)] == sorted(
+        agent.name for config in configs for agent in config
+    )
 
 
 async def test_registered_agents_never_replace_or_delete_static_ones(
     repo: AgentsRepository,
 ) -> None:
-    await repo.replace_static(ORG, [StaticAgent("fixed", "f:1")])
+    await declare(repo, "r1", [StaticAgent("fixed", "f:1")])
     with pytest.raises(StaticAgentConflict, match="PODIUM_AGENTS") as info:
         await repo.upsert(ORG, "fixed", endpoint="elsewhere:1")
     assert info.value.name == "fixed"
@@ -325,9 +412,13 @@ async def test_deregister(service: AgentService) -> None:
 
 async def test_static_agents_win_over_registered_ones(service: AgentService) -> None:
     await service.register(ORG, agent(name="taken", endpoint="registered:1"))
-    loaded = await service.load_static(
-        ORG, parse_static_agents("taken=static:1;skills=s;max=2,other=o:1;timeout=5")
+    sync = await service.repository.declare_static(
+        ORG,
+        parse_static_agents("taken=static:1;skills=s;max=2,other=o:1;timeout=5"),
+        replica="r1",
+        lease_seconds=60,
     )
+    loaded = [record_to_agent(record) for record in sync.agents]
     assert [(a.name, a.endpoint, a.source) for a in loaded] == [
         ("other", "o:1", Agent.Source.SOURCE_STATIC),
         ("taken", "static:1", Agent.Source.SOURCE_STATIC),
@@ -348,8 +439,8 @@ async def test_static_agents_win_over_registered_ones(service: AgentService) -> 
         ("other", Agent.Source.SOURCE_STATIC),
         ("taken", Agent.Source.SOURCE_STATIC),
     ]
-    # Dropped from the configuration: gone at the next start, the name is free again.
-    await service.load_static(ORG, [])
+    # Its only replica stopped: gone, the name is free again.
+    await service.repository.withdraw_replica("r1")
     assert (await service.register(ORG, agent(name="taken"))).source == (
         Agent.Source.SOURCE_REGISTERED
     )

@@ -21,7 +21,7 @@ import pytest
 from google.protobuf import json_format
 
 from podium.client.examples.agents import ExampleAgents
-from podium.orchestration.v1 import agent_pb2, approval_pb2, schedule_pb2
+from podium.orchestration.v1 import agent_pb2, approval_pb2, policy_pb2, schedule_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from tests.integration.conftest import StartServer, bearer_channel, static_agents
@@ -88,6 +88,10 @@ async def world(
             )
         )
         await a.SendEvent(pb.SendEventRequest(event_id="evt-a", name="other", key="k"))
+        # A denies agent "x": B's definitions may still use it (_create_definition).
+        await a.UpdateRoutingPolicy(
+            pb.UpdateRoutingPolicyRequest(policy=policy_pb2.RoutingPolicy(denied_agents=["x"]))
+        )
         approvals: list[approval_pb2.Approval] = []
 
         async def pending() -> bool:
@@ -191,6 +195,19 @@ async def _create_schedule(w: World) -> None:
     assert "not found" in (caught.value.details() or "")
 
 
+async def _get_routing_policy(w: World) -> None:
+    # B's own policy: never set, not A's.
+    policy = (await w.b.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy
+    assert policy.revision == 0 and not policy.denied_agents, policy
+
+
+async def _update_routing_policy(w: World) -> None:
+    # B's own policy (a first revision); A's row stays as it was (the snapshot).
+    update = pb.UpdateRoutingPolicyRequest(policy=policy_pb2.RoutingPolicy(denied_agents=["y"]))
+    policy = (await w.b.UpdateRoutingPolicy(update)).policy
+    assert policy.revision == 1 and list(policy.denied_agents) == ["y"], policy
+
+
 async def _empty(call: Awaitable[Any], field: str) -> None:
     response = await call
     assert list(getattr(response, field)) == [], response
@@ -272,10 +289,12 @@ CASES: dict[str, Case] = {
     "DeleteSchedule": _not_found(
         lambda w: w.b.DeleteSchedule(pb.DeleteScheduleRequest(schedule_id=w.schedule_id))
     ),
+    "GetRoutingPolicy": _get_routing_policy,
+    "UpdateRoutingPolicy": _update_routing_policy,
 }
 
 
-B_WRITES = {"CreateDefinition", "RegisterAgent", "SendEvent"}
+B_WRITES = {"CreateDefinition", "RegisterAgent", "SendEvent", "UpdateRoutingPolicy"}
 """Cases that make B objects (in B) named like A's: they run after the reads."""
 
 
@@ -333,6 +352,7 @@ async def test_another_organizations_objects_are_not_found_and_untouched(world: 
         "orchestration_schedules",
         "external_events",
         "webhook_deliveries",
+        "routing_policies",
     ):
         assert before.get(table), f"A has no {table} rows: the snapshot would prove nothing"
     failures = []

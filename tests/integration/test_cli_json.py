@@ -164,6 +164,8 @@ async def test_every_json_command_has_the_one_shape(
         ("schedules", "pause"): ([schedule], False),
         ("schedules", "resume"): ([schedule], False),
         ("schedules", "delete"): ([schedule], False),
+        ("policy", "set"): (["--deny-skill", "shell", "--require-approval", "nobody"], False),
+        ("policy", "get"): ([], False),
         ("config", ): ([], False),
     }  # fmt: skip
     with_output = {
@@ -196,6 +198,7 @@ async def test_every_json_command_has_the_one_shape(
     assert seen[("agents", "register")][0]["protocol"] == "PROTOCOL_A2A"
     assert seen[("cache", "invalidate")] == [{"deleted": 0}]
     assert seen[("definitions", "diff")][0]["changed"] is False
+    assert seen[("policy", "get")][0]["denied_skills"] == ["shell"]
     listed = seen[("deliverables", "list")][0]
     assert [d["name"] for d in listed] == ["summary.md"]
     assert listed[0]["size_bytes"] > 0

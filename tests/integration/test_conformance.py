@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -28,7 +26,6 @@ from podium.server.app import PodiumServer
 REPO = Path(__file__).resolve().parents[2]
 SCENARIO = json.loads((REPO / "tests" / "conformance" / "fan-out-approval.json").read_text())
 NODE_AGENT = REPO / "clients" / "node" / "examples" / "agent.js"
-NODE_MODULES = REPO / "clients" / "node" / "node_modules"
 
 Type = event_pb2.RunEvent.Type
 
@@ -40,13 +37,8 @@ def instantiate(impl: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def node_agent() -> AsyncIterator[str]:
+async def node_agent(node: str) -> AsyncIterator[str]:
     """The Node.js example agent as a real process; yields its address."""
-    node = shutil.which("node")
-    if node is None or not NODE_MODULES.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("node and clients/node/node_modules are required in CI (make node-deps)")
-        pytest.skip("node or clients/node/node_modules missing (run: make node-deps)")
     process = await asyncio.create_subprocess_exec(
         node,
         str(NODE_AGENT),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -67,6 +68,38 @@ async def page() -> AsyncIterator[Any]:
             await browser.close()
 
 
+@dataclass(frozen=True)
+class Console:
+    """A server's console and a stub of the server (:func:`console`)."""
+
+    url: str
+    """The console's base URL (ends with ``/``)."""
+    stub: pb_grpc.OrchestrationServiceAsyncStub
+
+
+@pytest.fixture
+async def console(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> AsyncIterator[Console]:
+    """A server with the console, authentication off and the echo and sleeper example
+    agents, with a stub of its gRPC port."""
+    server = await start_server(
+        console_address="127.0.0.1:0", agents=static_agents(example_agents, "sleeper", "echo")
+    )
+    assert server.gateway is not None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield Console(server.gateway.url, pb_grpc.OrchestrationServiceStub(channel))
+
+
+@pytest.fixture
+async def secured_console(start_server: StartServer) -> tuple[str, str]:
+    """A server with the console and authentication on: its URL and a viewer's key."""
+    server = await start_server(auth="required", console_address="127.0.0.1:0")
+    assert server.gateway is not None
+    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
+    return server.gateway.url, key
+
+
 def _node(page: Any, step_id: str) -> Any:
     return page.locator(f'svg.dag g.node[data-step="{step_id}"]')
 
@@ -85,77 +118,65 @@ async def _pending_approval(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id:
     return found[0]
 
 
-async def test_a_running_run_page_updates_its_dag_live(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
-) -> None:
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "sleeper", "echo")
+async def test_a_running_run_page_updates_its_dag_live(console: Console, page: Any) -> None:
+    stub = console.stub
+    steps: list[dict[str, Any]] = [
+        {"id": "slow", "agent": "sleeper", "input": {"seconds": 3}},
+        {"id": "after", "agent": "echo", "dependsOn": ["slow"]},
+    ]
+    await create_definition(stub, "browser-live", steps)
+    # The runs list shows a run started after it was opened (WatchRuns over SSE).
+    await page.goto(f"{console.url}runs")
+    await expect(page.locator("p.muted")).to_have_text("No runs match.")
+    await page.evaluate("window.notReloaded = true")
+    run = (await start_run(stub, "browser-live")).run
+    row = page.locator(f'tr[data-run="{run.id}"]')
+    await expect(row).to_have_attribute("data-state", "STATE_RUNNING")
+    assert await page.evaluate("window.notReloaded") is True
+    await row.locator("a").click()
+    await expect(_node(page, "slow")).to_have_attribute("data-state", "RUNNING")
+    await expect(_node(page, "after")).to_have_attribute("data-state", "PENDING")
+    await page.evaluate("window.notReloaded = true")
+    # No reload: the event stream moves the graph, the badge and the log.
+    await expect(_node(page, "after")).to_have_attribute("data-state", "SUCCEEDED")
+    await expect(_node(page, "slow")).to_have_attribute("data-state", "SUCCEEDED")
+    await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+    await expect(page.locator("ol.events li").last).to_contain_text("RUN_COMPLETED")
+    assert await page.evaluate("window.notReloaded") is True
+    # The sleeper's progress events were streamed to the log too.
+    assert await page.locator("ol.events li", has_text="STEP_PROGRESS").count() >= 2
+    # The runs list shows it, and a state filter applies.
+    await page.click("header a[data-nav=runs]")
+    await expect(page.locator(f'tr[data-run="{run.id}"]')).to_have_attribute(
+        "data-state", "STATE_SUCCEEDED"
     )
-    assert server.gateway is not None
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-        steps: list[dict[str, Any]] = [
-            {"id": "slow", "agent": "sleeper", "input": {"seconds": 3}},
-            {"id": "after", "agent": "echo", "dependsOn": ["slow"]},
-        ]
-        await create_definition(stub, "browser-live", steps)
-        # The runs list shows a run started after it was opened (WatchRuns over SSE).
-        await page.goto(f"{server.gateway.url}runs")
-        await expect(page.locator("p.muted")).to_have_text("No runs match.")
-        await page.evaluate("window.notReloaded = true")
-        run = (await start_run(stub, "browser-live")).run
-        row = page.locator(f'tr[data-run="{run.id}"]')
-        await expect(row).to_have_attribute("data-state", "STATE_RUNNING")
-        assert await page.evaluate("window.notReloaded") is True
-        await row.locator("a").click()
-        await expect(_node(page, "slow")).to_have_attribute("data-state", "RUNNING")
-        await expect(_node(page, "after")).to_have_attribute("data-state", "PENDING")
-        await page.evaluate("window.notReloaded = true")
-        # No reload: the event stream moves the graph, the badge and the log.
-        await expect(_node(page, "after")).to_have_attribute("data-state", "SUCCEEDED")
-        await expect(_node(page, "slow")).to_have_attribute("data-state", "SUCCEEDED")
-        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
-        await expect(page.locator("ol.events li").last).to_contain_text("RUN_COMPLETED")
-        assert await page.evaluate("window.notReloaded") is True
-        # The sleeper's progress events were streamed to the log too.
-        assert await page.locator("ol.events li", has_text="STEP_PROGRESS").count() >= 2
-        # The runs list shows it, and a state filter applies.
-        await page.click("header a[data-nav=runs]")
-        await expect(page.locator(f'tr[data-run="{run.id}"]')).to_have_attribute(
-            "data-state", "STATE_SUCCEEDED"
-        )
-        await page.select_option("select[name=state]", "FAILED")
-        await page.click("form.filters button")
-        await expect(page.locator("p.muted")).to_have_text("No runs match.")
-        assert "state=FAILED" in page.url
+    await page.select_option("select[name=state]", "FAILED")
+    await page.click("form.filters button")
+    await expect(page.locator("p.muted")).to_have_text("No runs match.")
+    assert "state=FAILED" in page.url
 
 
 async def test_approving_a_checkpoint_in_the_browser_finishes_the_run(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
+    console: Console, page: Any
 ) -> None:
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
-    )
-    assert server.gateway is not None
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-        await create_definition(stub, "browser-gated", GATED_STEPS)
-        run = (await start_run(stub, "browser-gated")).run
-        approval_id = await _pending_approval(stub, run.id)
-        await page.goto(f"{server.gateway.url}runs/{run.id}")
-        await expect(_node(page, "review")).to_have_attribute("data-state", "AWAITING_APPROVAL")
-        card = page.locator(f'.approval[data-approval="{approval_id}"]')
-        await expect(card).to_contain_text("Publish?")
-        await card.locator("textarea[name=comment]").fill("looks good")
-        await card.locator("button.approve").click()
-        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
-        await expect(_node(page, "publish")).to_have_attribute("data-state", "SUCCEEDED")
-        await expect(card).to_have_count(0)
-        decided = await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval_id))
-        assert decided.approval.decision == approval_pb2.DECISION_APPROVE
-        assert decided.approval.comment == "looks good"
-        finished = await wait_for_run(stub, run.id)
-        assert finished.state == run_pb2.Run.STATE_SUCCEEDED
+    stub = console.stub
+    await create_definition(stub, "browser-gated", GATED_STEPS)
+    run = (await start_run(stub, "browser-gated")).run
+    approval_id = await _pending_approval(stub, run.id)
+    await page.goto(f"{console.url}runs/{run.id}")
+    await expect(_node(page, "review")).to_have_attribute("data-state", "AWAITING_APPROVAL")
+    card = page.locator(f'.approval[data-approval="{approval_id}"]')
+    await expect(card).to_contain_text("Publish?")
+    await card.locator("textarea[name=comment]").fill("looks good")
+    await card.locator("button.approve").click()
+    await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+    await expect(_node(page, "publish")).to_have_attribute("data-state", "SUCCEEDED")
+    await expect(card).to_have_count(0)
+    decided = await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval_id))
+    assert decided.approval.decision == approval_pb2.DECISION_APPROVE
+    assert decided.approval.comment == "looks good"
+    finished = await wait_for_run(stub, run.id)
+    assert finished.state == run_pb2.Run.STATE_SUCCEEDED
 
 
 async def test_a_deep_link_follows_the_run_across_a_server_restart(
@@ -221,17 +242,13 @@ async def test_a_deep_link_follows_the_run_across_a_server_restart(
 
 
 async def test_the_console_needs_no_sign_in_while_authentication_is_off(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
+    console: Console, page: Any
 ) -> None:
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
-    )
-    assert server.gateway is not None
-    await page.goto(f"{server.gateway.url}agents")
+    await page.goto(f"{console.url}agents")
     await expect(page.locator('tr[data-agent="echo"]')).to_contain_text("echo")
     await expect(page.locator("form.login")).to_have_count(0)
     # The sign-in page stores a key in the HttpOnly cookie; scripts cannot read it.
-    await page.goto(f"{server.gateway.url}login")
+    await page.goto(f"{console.url}login")
     await page.fill("input[name=key]", "pk_test_0123456789abcdef")
     await page.click("form.login button")
     await expect(page.locator("main h1")).to_have_text("Runs")
@@ -245,12 +262,9 @@ async def test_the_console_needs_no_sign_in_while_authentication_is_off(
 
 
 async def test_a_wrong_api_key_is_refused_with_a_clear_message(
-    start_server: StartServer, page: Any
+    secured_console: tuple[str, str], page: Any
 ) -> None:
-    server = await start_server(auth="required", console_address="127.0.0.1:0")
-    assert server.gateway is not None
-    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
-    url = server.gateway.url
+    url, key = secured_console
     await page.goto(f"{url}runs")
     form = page.locator("form.login")
     await expect(form).to_be_visible()
@@ -266,18 +280,11 @@ async def test_a_wrong_api_key_is_refused_with_a_clear_message(
     assert page.url == f"{url}runs"
 
 
-async def test_definitions_show_each_version_and_its_graph(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
-) -> None:
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
-    )
-    assert server.gateway is not None
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-        await create_definition(stub, "browser-versions", [{"id": "only", "agent": "echo"}])
-        await create_definition(stub, "browser-versions", GATED_STEPS)
-    await page.goto(f"{server.gateway.url}definitions")
+async def test_definitions_show_each_version_and_its_graph(console: Console, page: Any) -> None:
+    stub = console.stub
+    await create_definition(stub, "browser-versions", [{"id": "only", "agent": "echo"}])
+    await create_definition(stub, "browser-versions", GATED_STEPS)
+    await page.goto(f"{console.url}definitions")
     await page.click("a[href='/definitions/browser-versions']")
     await expect(page.locator("main h1")).to_have_text("browser-versions v2")
     await expect(page.locator("svg.dag g.node")).to_have_count(3)
@@ -290,30 +297,25 @@ async def test_definitions_show_each_version_and_its_graph(
 
 
 async def test_the_usage_page_and_a_run_page_show_the_usage_agents_reported(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
+    console: Console, page: Any
 ) -> None:
     """Two echo steps report 12+8 tokens (0.02 USD, model m-large) and 5+5 tokens
     (0.001 USD, model m-small): /usage grouped by agent shows echo's 17+13 tokens over 2
     attempts, by model one row each, the totals agree, the address keeps the choice across
     a reload; the run page shows the run's total usage."""
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
-    )
-    assert server.gateway is not None
     large = {"input_tokens": 12, "output_tokens": 8, "cost_usd": 0.02, "model": "m-large"}
     small = {"input_tokens": 5, "output_tokens": 5, "cost_usd": 0.001, "model": "m-small"}
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-        steps: list[dict[str, Any]] = [
-            {"id": "a", "agent": "echo", "input": {"usage": large}},
-            {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": small}},
-        ]
-        await create_definition(stub, "browser-usage", steps)
-        run = (await start_run(stub, "browser-usage")).run
-        finished = await wait_for_run(stub, run.id)
-        assert finished.state == run_pb2.Run.STATE_SUCCEEDED
+    stub = console.stub
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo", "input": {"usage": large}},
+        {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": small}},
+    ]
+    await create_definition(stub, "browser-usage", steps)
+    run = (await start_run(stub, "browser-usage")).run
+    finished = await wait_for_run(stub, run.id)
+    assert finished.state == run_pb2.Run.STATE_SUCCEEDED
 
-    await page.goto(f"{server.gateway.url}runs")
+    await page.goto(f"{console.url}runs")
     await page.click("header a[data-nav=usage]")
     await expect(page.locator("main h1")).to_have_text("Usage")
     await expect(page.locator("header a[data-nav=usage]")).to_have_class("active")
@@ -342,7 +344,7 @@ async def test_the_usage_page_and_a_run_page_show_the_usage_agents_reported(
     await expect(page.locator("select[name=days]")).to_have_value("7")
     assert page.url.endswith("/usage?days=7&by=model")
     # The run page: the total usage of the run (no budget, no cache hit: neither shown).
-    await page.goto(f"{server.gateway.url}runs/{run.id}")
+    await page.goto(f"{console.url}runs/{run.id}")
     await expect(page.locator(".run-usage .usage-total")).to_have_text(
         "Usage 17 in · 13 out · $0.0210"
     )
@@ -350,62 +352,53 @@ async def test_the_usage_page_and_a_run_page_show_the_usage_agents_reported(
 
 
 async def test_a_run_paused_by_its_budget_shows_it_and_a_raised_budget_finishes_it(
-    start_server: StartServer, example_agents: ExampleAgents, page: Any
+    console: Console, page: Any
 ) -> None:
     """a -> b -> c, 10 tokens each, budget 15 tokens: the paused run's page shows the
     budget exceeded (20 / 15 tokens) with a link to its budget approval, whose card takes
     a higher limit; approving with 100 tokens finishes the run (30 / 100, not exceeded)."""
-    server = await start_server(
-        console_address="127.0.0.1:0", agents=static_agents(example_agents, "echo")
-    )
-    assert server.gateway is not None
     ten = {"input_tokens": 6, "output_tokens": 4, "cost_usd": 0.01, "model": "m"}
     steps: list[dict[str, Any]] = [
         {"id": "a", "agent": "echo", "input": {"usage": ten}},
         {"id": "b", "agent": "echo", "dependsOn": ["a"], "input": {"usage": ten}},
         {"id": "c", "agent": "echo", "dependsOn": ["b"], "input": {"usage": ten}},
     ]
-    async with grpc.aio.insecure_channel(server.address) as channel:
-        stub: pb_grpc.OrchestrationServiceAsyncStub = pb_grpc.OrchestrationServiceStub(channel)
-        await create_definition(
-            stub, "browser-budget", steps, execution={"budget": {"max_tokens": 15}}
-        )
-        run = (await start_run(stub, "browser-budget")).run
-        paused = await wait_for_run(stub, run.id, [run_pb2.Run.STATE_PAUSED])
-        approval_id = paused.budget.approval_id
-        assert approval_id
-        await page.goto(f"{server.gateway.url}runs/{run.id}")
-        budget = page.locator(".run-usage .budget")
-        await expect(budget).to_have_attribute("data-exceeded", "true")
-        await expect(budget).to_contain_text("20 / 15 tokens")
-        await expect(budget.locator(".flag")).to_have_text("EXCEEDED")
-        # The link goes to the budget approval's card, further down this page.
-        card = page.locator(f"#approval-{approval_id}")
-        await expect(card).to_contain_text("BUDGET")
-        await page.set_viewport_size({"width": 1000, "height": 300})
-        await expect(card).not_to_be_in_viewport()
-        await page.click(f'a.budget-approval[data-approval="{approval_id}"]')
-        assert page.url.endswith(f"/runs/{run.id}")
-        await expect(card).to_be_in_viewport()
-        await card.locator("input[name=budgetMaxTokens]").fill("100")
-        await card.locator("button.approve").click()
-        await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
-        await expect(budget).to_have_attribute("data-exceeded", "false")
-        await expect(budget).to_contain_text("30 / 100 tokens")
-        await expect(page.locator("a.budget-approval")).to_have_count(0)
-        finished = await wait_for_run(stub, run.id)
-        assert finished.budget.max_tokens == 100
+    stub = console.stub
+    await create_definition(stub, "browser-budget", steps, execution={"budget": {"max_tokens": 15}})
+    run = (await start_run(stub, "browser-budget")).run
+    paused = await wait_for_run(stub, run.id, [run_pb2.Run.STATE_PAUSED])
+    approval_id = paused.budget.approval_id
+    assert approval_id
+    await page.goto(f"{console.url}runs/{run.id}")
+    budget = page.locator(".run-usage .budget")
+    await expect(budget).to_have_attribute("data-exceeded", "true")
+    await expect(budget).to_contain_text("20 / 15 tokens")
+    await expect(budget.locator(".flag")).to_have_text("EXCEEDED")
+    # The link goes to the budget approval's card, further down this page.
+    card = page.locator(f"#approval-{approval_id}")
+    await expect(card).to_contain_text("BUDGET")
+    await page.set_viewport_size({"width": 1000, "height": 300})
+    await expect(card).not_to_be_in_viewport()
+    await page.click(f'a.budget-approval[data-approval="{approval_id}"]')
+    assert page.url.endswith(f"/runs/{run.id}")
+    await expect(card).to_be_in_viewport()
+    await card.locator("input[name=budgetMaxTokens]").fill("100")
+    await card.locator("button.approve").click()
+    await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
+    await expect(budget).to_have_attribute("data-exceeded", "false")
+    await expect(budget).to_contain_text("30 / 100 tokens")
+    await expect(page.locator("a.budget-approval")).to_have_count(0)
+    finished = await wait_for_run(stub, run.id)
+    assert finished.budget.max_tokens == 100
 
 
 async def test_the_usage_page_asks_for_a_key_and_comes_back_to_itself(
-    start_server: StartServer, page: Any
+    secured_console: tuple[str, str], page: Any
 ) -> None:
     """With authentication on, /usage shows the sign-in form (GetUsage answered
     UNAUTHENTICATED); a viewer's key brings the page back, its choices intact."""
-    server = await start_server(auth="required", console_address="127.0.0.1:0")
-    assert server.gateway is not None
-    key = (await server.engine.api_keys.create("default", "viewer", "console")).key
-    await page.goto(f"{server.gateway.url}usage?days=1&by=definition")
+    url, key = secured_console
+    await page.goto(f"{url}usage?days=1&by=definition")
     form = page.locator("form.login")
     await expect(form).to_be_visible()
     await form.locator("input[name=key]").fill(key)

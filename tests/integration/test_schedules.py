@@ -534,6 +534,13 @@ async def test_bad_ids_and_start_time_without_start_are_refused(stub: Stub) -> N
         await stub.StartRun(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "start_time" in violations(info.value)
+    # A start time before 1970 is not a delay (the check shared with GetUsage, WatchRuns).
+    request = pb.StartRunRequest(start=True)
+    request.definition.name = "tick"
+    request.start_time.seconds = -1
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.StartRun(request)
+    assert violations(info.value) == {"start_time": "not a valid timestamp"}
     # A plain run still starts at once.
     assert (await start_run(stub, "tick")).run.state == run_pb2.Run.STATE_RUNNING
 

@@ -18,7 +18,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
-from tests.integration.conftest import LOOPBACK_AGENTS
+from tests.integration.conftest import LOOPBACK_AGENTS, public_tables
 
 SERVICE = "podium.orchestration.v1.OrchestrationService"
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -211,3 +211,26 @@ async def test_a_replica_refusing_its_configuration_changes_nothing_shared(
         assert [agent.name for agent in listed.agents] == ["echo"]
     finally:
         await first.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"agents": "echo=127.0.0.1:50999;max=x"}, "PODIUM_AGENTS: entry 1"),
+        ({"agents": "echo=127.0.0.1:50999"}, "PODIUM_AGENTS: entry 1 \\('echo'\\): endpoint"),
+        ({"progress_webhook_url": "https://hooks.example.com/x"}, "PODIUM_WEBHOOK_SECRET"),
+    ],
+    ids=["malformed-agents", "refused-agent-endpoint", "webhook-without-secret"],
+)
+async def test_a_refused_configuration_writes_nothing_not_even_a_migration(
+    empty_database_url: str, settings: dict[str, str], refusal: str
+) -> None:
+    server = PodiumServer(
+        Settings.from_env(
+            {}, database_url=empty_database_url, listen_address="127.0.0.1:0", **settings
+        )
+    )
+    with pytest.raises(ConfigError, match=refusal):
+        await server.start()
+    await server.stop(0)
+    assert await public_tables(empty_database_url) == 0

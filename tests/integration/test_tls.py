@@ -12,7 +12,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import asyncpg
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -30,21 +29,11 @@ from podium.server.app import PodiumServer
 from podium.server.config import ConfigError, Settings
 from scripts.dev_certs import Issued, issue, write
 from tests.integration.client_helpers import podium
-from tests.integration.conftest import StartServer
+from tests.integration.conftest import NODE_DIR, StartServer, public_tables
 from tests.integration.processes import PODIUM, start_serve
-from tests.integration.tls_certs import Certs, certs
+from tests.integration.tls_certs import Certs, certs, tls_settings
 
 __all__ = ["certs"]  # the fixture, used by name
-
-REPO = Path(__file__).resolve().parents[2]
-NODE_DIR = REPO / "clients" / "node"
-
-
-def tls_settings(certs: Certs, *, mtls: bool = False) -> dict[str, Path]:
-    values = {"tls_cert_file": certs.cert("server"), "tls_key_file": certs.key("server")}
-    if mtls:
-        values["tls_client_ca_file"] = certs.ca
-    return values
 
 
 async def reachable(address: str, credentials: grpc.ChannelCredentials | None) -> None:
@@ -251,14 +240,7 @@ async def test_a_key_replaced_after_the_settings_stops_the_start(
     finally:
         await server.stop(0)
     assert server.port == 0  # never bound
-    connection = await asyncpg.connect(empty_database_url)
-    try:
-        tables = await connection.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        )
-    finally:
-        await connection.close()
-    assert tables == 0
+    assert await public_tables(empty_database_url) == 0
 
 
 async def test_podium_serve_refuses_bad_tls_before_migrating(
@@ -282,14 +264,7 @@ async def test_podium_serve_refuses_bad_tls_before_migrating(
     assert done.returncode == 2, done.stderr
     assert "PODIUM_TLS_KEY_FILE: the key in" in done.stderr
     assert certs.key("alice").read_text().splitlines()[1] not in done.stderr + done.stdout
-    connection = await asyncpg.connect(empty_database_url)
-    try:
-        tables = await connection.fetchval(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        )
-    finally:
-        await connection.close()
-    assert tables == 0
+    assert await public_tables(empty_database_url) == 0
 
 
 async def test_the_cli_over_tls_and_mtls_against_podium_serve(
@@ -379,12 +354,9 @@ try {
 """
 
 
-async def test_the_node_client_over_mtls(start_server: StartServer, certs: Certs) -> None:
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("node and clients/node/node_modules are required in CI (make node-deps)")
-        pytest.skip("node or clients/node/node_modules missing (run: make node-deps)")
+async def test_the_node_client_over_mtls(
+    start_server: StartServer, certs: Certs, node: str
+) -> None:
     server = await start_server(**tls_settings(certs, mtls=True))
 
     async def run(*files: Path) -> dict[str, object]:

@@ -5,11 +5,6 @@ another name, or a missing client certificate fails the step at once with a clea
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import shutil
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,48 +18,25 @@ from podium.client.examples.agents import serve_examples
 from podium.orchestration.v1 import agent_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from tests.integration.conftest import StartServer
+from tests.integration.conftest import NODE_DIR, StartServer
 from tests.integration.runs_helpers import plain, plan, start_run, step_of, wait_for_run
-from tests.integration.tls_certs import Certs, certs
+from tests.integration.tls_certs import Certs, agent_mtls_settings, certs, mtls_agent_process
 
 __all__ = ["certs"]  # the fixture, used by name
-
-NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 
 
 @pytest.fixture
 async def tls_agent_process(certs: Certs, tmp_path: Path) -> AsyncIterator[int]:
     """The echo example agent as its own process, serving mTLS with a certificate for
     localhost only; yields its port."""
-    port_file = tmp_path / "agents.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "podium.client.examples.agents",
-        "--only",
-        "echo",
-        "--port-file",
-        str(port_file),
-        "--tls-cert",
-        str(certs.cert("agent-localhost")),
-        "--tls-key",
-        str(certs.key("agent-localhost")),
-        "--tls-client-ca",
-        str(certs.ca),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        yield int(json.loads(line)["echo"].rpartition(":")[2])
-        process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, stderr.decode()
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+    command = (sys.executable, "-m", "podium.client.examples.agents", "--only", "echo")
+    port_file = ("--port-file", str(tmp_path / "agents.json"))
+    async with mtls_agent_process(certs, *command, *port_file, address_key="echo") as (
+        process,
+        port,
+    ):
+        yield port
+    assert process.returncode == 0
 
 
 async def run_once(address: str, endpoint: str | None, agent: str = "echo") -> run_pb2.Run:
@@ -91,11 +63,7 @@ async def run_once(address: str, endpoint: str | None, agent: str = "echo") -> r
 async def test_a_run_on_an_mtls_agent_process_completes(
     start_server: StartServer, certs: Certs, tls_agent_process: int
 ) -> None:
-    server = await start_server(
-        agent_tls_ca_file=certs.ca,
-        agent_tls_cert_file=certs.cert("podium"),
-        agent_tls_key_file=certs.key("podium"),
-    )
+    server = await start_server(**agent_mtls_settings(certs))
     # The guard resolves localhost to 127.0.0.1 and connects there; the certificate
     # (no IP address in it) is verified against the name localhost.
     run = await run_once(server.address, f"grpcs://localhost:{tls_agent_process}")
@@ -103,44 +71,18 @@ async def test_a_run_on_an_mtls_agent_process_completes(
     assert plain(step_of(run, "a").output) == {"echo": {"word": "secure"}}
     # The same agent as a static agent (PODIUM_AGENTS) of another server.
     static = await start_server(
-        agents=f"echo=grpcs://localhost:{tls_agent_process}",
-        agent_tls_ca_file=certs.ca,
-        agent_tls_cert_file=certs.cert("podium"),
-        agent_tls_key_file=certs.key("podium"),
+        agents=f"echo=grpcs://localhost:{tls_agent_process}", **agent_mtls_settings(certs)
     )
     run = await run_once(static.address, None)
     assert run.state == run_pb2.Run.STATE_SUCCEEDED, run
 
 
 async def test_a_run_on_a_node_agent_over_mtls_completes(
-    start_server: StartServer, certs: Certs
+    start_server: StartServer, certs: Certs, node: str
 ) -> None:
-    node = shutil.which("node")
-    if node is None or not (NODE_DIR / "node_modules").is_dir():
-        if os.environ.get("CI"):
-            pytest.fail("node and clients/node/node_modules are required in CI (make node-deps)")
-        pytest.skip("node or clients/node/node_modules missing (run: make node-deps)")
-    process = await asyncio.create_subprocess_exec(
-        node,
-        str(NODE_DIR / "examples" / "agent.js"),
-        "--tls-cert",
-        str(certs.cert("agent-localhost")),
-        "--tls-key",
-        str(certs.key("agent-localhost")),
-        "--tls-client-ca",
-        str(certs.ca),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        line = await asyncio.wait_for(process.stdout.readline(), 60)
-        port = int(json.loads(line)["address"].rpartition(":")[2])
-        server = await start_server(
-            agent_tls_ca_file=certs.ca,
-            agent_tls_cert_file=certs.cert("podium"),
-            agent_tls_key_file=certs.key("podium"),
-        )
+    agent = str(NODE_DIR / "examples" / "agent.js")
+    async with mtls_agent_process(certs, node, agent, address_key="address") as (_, port):
+        server = await start_server(**agent_mtls_settings(certs))
         run = await run_once(server.address, f"grpcs://localhost:{port}", "node-text")
         assert run.state == run_pb2.Run.STATE_SUCCEEDED, run
         assert plain(step_of(run, "a").output) == {"echo": {"word": "secure"}}
@@ -149,9 +91,6 @@ async def test_a_run_on_a_node_agent_over_mtls_completes(
         refused = await run_once(plain_server.address, f"grpcs://localhost:{port}", "node-text")
         assert refused.state == run_pb2.Run.STATE_FAILED, refused
         assert step_of(refused, "a").error.code == "AGENT_UNAVAILABLE"
-    finally:
-        process.terminate()
-        await process.wait()
 
 
 @pytest.mark.parametrize(

@@ -588,7 +588,8 @@ async def test_watch_runs_delivers_an_event_that_commits_late_exactly_once(
 
 async def test_watch_errors(podium: Connect) -> None:
     """NOT_FOUND for an unknown run; INVALID_ARGUMENT (with the field) for a malformed
-    id, a negative after_sequence, one past the log, an unknown state."""
+    id, a negative after_sequence, one past the log, an unknown state, a start time that
+    is not a timestamp."""
     _, stub = await podium()
     await chain(stub, "errs", "echo", 1)
     run = (await start_run(stub, "errs", start=False)).run
@@ -614,6 +615,12 @@ async def test_watch_errors(podium: Connect) -> None:
     )
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert set(violations(error)) == {"states[1]"}
+
+    broken = pb.WatchRunsRequest()
+    broken.start_time.nanos = -1
+    error = await rpc_error(stub.WatchRuns(broken))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(error) == {"start_time": "not a valid timestamp"}
 
 
 async def test_watching_a_run_whose_events_were_pruned_ends_with_a_clear_error(

@@ -31,7 +31,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.config import ConfigError, SecretValue, Settings
 from podium.server.engine.errors import FailedPrecondition, InvalidArgument
-from podium.server.engine.webhooks import WebhookService
+from podium.server.engine.webhooks import WebhookService, check_webhook_configuration
 from podium.server.events.retention import EventRetention, RetentionConfig, RetentionResult
 from podium.server.storage.database import Database
 from podium.server.storage.webhooks import WebhooksRepository
@@ -534,16 +534,11 @@ async def test_a_bad_configured_url_is_a_startup_error(db: Database, database_ur
             database_url,
             settings(database_url, webhook_secret=None, progress_webhook_url="http://8.8.8.8/"),
         )
-    service = WebhookService(
-        db,
-        database_url,
-        settings(
-            database_url, allow_private_webhooks=False, progress_webhook_url="http://127.0.0.1/x"
-        ),
+    refused = settings(
+        database_url, allow_private_webhooks=False, progress_webhook_url="http://127.0.0.1/x"
     )
     with pytest.raises(ConfigError, match=r"PROGRESS_WEBHOOK_URL=.*127\.0\.0\.1.*loopback"):
-        await service.start()
-    assert await WebhooksRepository(db).list_targets(ORG) == []
+        await check_webhook_configuration(refused)
 
 
 async def test_check_url_is_the_start_run_check(db: Database, database_url: str) -> None:

@@ -25,7 +25,17 @@ def test_every_rpc_has_a_permission_entry() -> None:
     assert sorted(PERMISSIONS) == sorted(RPCS), "give each new RPC its roles in PERMISSIONS"
     for rpc, roles in PERMISSIONS.items():
         assert "admin" in roles or roles == {"agent"}, rpc
-        assert roles <= set(ROLES), rpc
+        assert roles <= {*ROLES, "step"}, rpc
+    # A step credential (role step, never stored as a key's role) starts runs and reads
+    # them (the servicer limits it to its step's child runs).
+    assert {rpc for rpc, roles in PERMISSIONS.items() if "step" in roles} == {
+        "StartRun",
+        "GetRun",
+        "GetRunPayload",
+        "ListRuns",
+        "ListRunEvents",
+        "WatchRun",
+    }
     # Viewers only read: nothing that changes state.
     viewer = {rpc for rpc, roles in PERMISSIONS.items() if "viewer" in roles}
     assert all(rpc.startswith(("Get", "List", "Watch", "Validate")) for rpc in viewer), viewer
@@ -38,6 +48,7 @@ def test_every_rpc_has_a_permission_entry() -> None:
         "ArchiveDefinition",
         "RegisterAgent",
         "DeregisterAgent",
+        "UpdateRoutingPolicy",
     }
 
 

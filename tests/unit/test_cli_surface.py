@@ -45,6 +45,8 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "ResumeSchedule": ("resume_schedule", ("schedules", "resume")),
     "DeleteSchedule": ("delete_schedule", ("schedules", "delete")),
     "GetUsage": ("get_usage", ("usage",)),
+    "GetRoutingPolicy": ("get_routing_policy", ("policy", "get")),
+    "UpdateRoutingPolicy": ("update_routing_policy", ("policy", "set")),
 }
 
 

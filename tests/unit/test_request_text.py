@@ -1,10 +1,12 @@
-"""The text checks of every request (engine/requests.py) and the bounds of what an error
-sends back (api/errors.py), without a server."""
+"""The text checks of every request (engine/requests.py), its timestamps, and the bounds
+of what an error sends back (api/errors.py), without a server."""
 
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 
+import pytest
 from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
@@ -16,6 +18,7 @@ from podium.server.engine.requests import (
     MAX_TEXT_LENGTH,
     request_violations,
     shown,
+    timestamp_value,
 )
 
 
@@ -100,3 +103,40 @@ def test_a_long_violation_list_ends_with_a_count() -> None:
     # Few violations are sent as they are.
     status = to_status(InvalidArgument("bad", violations=violations[:3]))
     assert status.details[1].Unpack(bad) and list(bad.field_violations) == violations[:3]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "after_epoch"),
+    [
+        (0, -1, False),  # nanos below 0
+        (0, 1_000_000_000, False),  # nanos past 999,999,999
+        (10**15, 0, False),  # after the year 9999
+        (-(10**12), 0, False),  # before the year 1
+        (-1, 0, True),  # before 1970 where that is refused (StartRun.start_time)
+    ],
+)
+def test_an_invalid_timestamp_is_one_field_violation(
+    seconds: int, nanos: int, after_epoch: bool
+) -> None:
+    request = pb.WatchRunsRequest()
+    request.start_time.seconds = seconds
+    request.start_time.nanos = nanos
+    found: list[FieldViolation] = []
+    assert timestamp_value(request, "start_time", found, after_epoch=after_epoch) is None
+    assert [(v.field, v.description) for v in found] == [("start_time", "not a valid timestamp")]
+
+
+def test_a_valid_timestamp_is_an_aware_datetime_and_unset_is_none() -> None:
+    found: list[FieldViolation] = []
+    assert timestamp_value(pb.WatchRunsRequest(), "start_time", found) is None
+    request = pb.WatchRunsRequest()
+    request.start_time.seconds = -1
+    assert timestamp_value(request, "start_time", found) == datetime(
+        1969, 12, 31, 23, 59, 59, tzinfo=UTC
+    )
+    request.start_time.seconds = 1_700_000_000
+    request.start_time.nanos = 5000
+    assert timestamp_value(request, "start_time", found, after_epoch=True) == datetime(
+        2023, 11, 14, 22, 13, 20, 5, tzinfo=UTC
+    )
+    assert found == []

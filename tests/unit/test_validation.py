@@ -222,6 +222,18 @@ def test_missing_target() -> None:
             "steps[0].orchestration.version",
             "must not be negative",
         ),
+        ({"plan": {}}, "steps[0].plan.agent", "plan.agent is required"),
+        ({"plan": {"agent": "Planner!"}}, "steps[0].plan.agent", "lowercase letters"),
+        (
+            {"plan": {"agent": "planner"}, "loop": {"max_iterations": 2}},
+            "steps[0].loop",
+            "loops of sub-orchestration and plan steps are not supported",
+        ),
+        (
+            {"plan": {"agent": "planner"}, "for_each": "${run.input.items}"},
+            "steps[0].plan",
+            "not a sub-orchestration or a plan",
+        ),
     ],
 )
 def test_invalid_targets(target: dict[str, Any], field: str, expected: str) -> None:
@@ -626,6 +638,14 @@ def test_referenced_targets() -> None:
     assert targets.agents == {"web-search", "summarizer"}
     assert targets.skills == frozenset()
     assert targets.definitions == {("translate-flow", 0)}
+
+
+def test_a_plan_step_names_its_planner_agent() -> None:
+    definition = make({"id": "p", "plan": {"agent": "planner"}})
+    assert problems(definition) == []
+    assert referenced_targets(definition).agents == {"planner"}
+    found = only(definition, known_agents=lambda name: name != "planner")
+    assert found == ("steps[0].plan.agent", "unknown agent 'planner'")
 
 
 # --------------------------------------------------------------------------- reporting

@@ -167,6 +167,18 @@ function decodeSchedule(schedule) {
   return schedule;
 }
 
+/**
+ * A `google.protobuf.Timestamp` for a Date (undefined leaves the field unset).
+ *
+ * @param {Date | undefined} date
+ */
+function optionalTimestamp(date) {
+  if (date === undefined) return undefined;
+  const ms = date.getTime();
+  const seconds = Math.floor(ms / 1000);
+  return { seconds, nanos: (ms - seconds * 1000) * 1_000_000 };
+}
+
 /** @param {any} value */
 function optionalStruct(value, /** @type {string} */ path) {
   return value === undefined || value === null ? undefined : toStruct(value, path);
@@ -588,6 +600,35 @@ export class PodiumClient {
     );
   }
 
+  // -- usage
+
+  /**
+   * The organization's model usage (GetUsage): the attempts started in
+   * [`startTime`, `endTime`) (default: the last 30 days), filtered by definition, agent
+   * or model, grouped by `groupBy` (`'day'`, `'definition'`, `'agent'`, `'model'`).
+   * Resolves the rows (`UsageRow`: the group's `day` / `definition_name` / `agent` /
+   * `model`, `usage`, `step_attempts`, `cache_hits`, `saved`). A bad range or
+   * dimension rejects with a `ValidationError`.
+   *
+   * @param {{ startTime?: Date, endTime?: Date, definitionName?: string, agent?: string,
+   *   model?: string, groupBy?: ('day' | 'definition' | 'agent' | 'model')[] }} [query]
+   * @param {CallOptions} [options]
+   */
+  async getUsage(
+    { startTime, endTime, definitionName = '', agent = '', model = '', groupBy = [] } = {},
+    options,
+  ) {
+    const request = {
+      start_time: optionalTimestamp(startTime),
+      end_time: optionalTimestamp(endTime),
+      definition_name: definitionName,
+      agent,
+      model,
+      group_by: groupBy.map((dimension) => `DIMENSION_${dimension.toUpperCase()}`),
+    };
+    return (await this.call('GetUsage', request, options)).rows ?? [];
+  }
+
   // -- schedules
 
   /**
@@ -650,6 +691,37 @@ export class PodiumClient {
    */
   async deleteSchedule(scheduleId, options) {
     await this.call('DeleteSchedule', { schedule_id: scheduleId }, options);
+  }
+
+  // -- routing policy
+
+  /**
+   * The organization's routing policy: `allowed_agents`, `denied_agents`,
+   * `allowed_skills`, `denied_skills`, `approval_agents` (empty when never set),
+   * `revision` and `update_time`.
+   *
+   * @param {CallOptions} [options]
+   */
+  async getRoutingPolicy(options) {
+    return (await this.call('GetRoutingPolicy', {}, options)).policy;
+  }
+
+  /**
+   * Replace the lists given, by their proto names (an empty array clears one, a list
+   * left out is kept); admins only. Returns the policy; bad names reject with a
+   * `ValidationError`.
+   *
+   * @param {{ allowed_agents?: string[], denied_agents?: string[], allowed_skills?: string[],
+   *   denied_skills?: string[], approval_agents?: string[] }} lists
+   * @param {CallOptions} [options]
+   */
+  async updateRoutingPolicy(lists, options) {
+    const paths = Object.entries(lists)
+      .filter(([, value]) => value !== undefined)
+      .map(([name]) => name);
+    if (paths.length === 0) throw new TypeError('updateRoutingPolicy: give at least one list');
+    const request = { policy: lists, update_mask: { paths } };
+    return (await this.call('UpdateRoutingPolicy', request, options)).policy;
   }
 
   // -- approvals

@@ -122,6 +122,45 @@ describe('Node client with the Python example agents', () => {
     assert.deepEqual(full.runs.find((/** @type {any} */ r) => r.id === started.id).input, { topic: 'tea' });
   });
 
+  it('reads usage grouped by agent and model, and refuses a backwards range', async () => {
+    await client.createDefinition({
+      name: 'node-usage',
+      steps: [
+        {
+          id: 'call',
+          agent: 'echo',
+          input: { usage: { input_tokens: 30, output_tokens: 12, cost_usd: 0.5, model: 'node-model' } },
+        },
+      ],
+    });
+    const started = await client.startRun({ definition: { name: 'node-usage' } });
+    await collect(client.watchRun(started.id));
+    const rows = await client.getUsage({ definitionName: 'node-usage', groupBy: ['agent', 'model'] });
+    assert.equal(rows.length, 1);
+    assert.equal(rows[0].agent, 'echo');
+    assert.equal(rows[0].model, 'node-model');
+    assert.equal(rows[0].definition_name, '', 'not grouped by definition');
+    assert.deepEqual(
+      [rows[0].usage.input_tokens, rows[0].usage.output_tokens, rows[0].usage.cost_usd],
+      [30, 12, 0.5],
+    );
+    assert.equal(rows[0].step_attempts, 1);
+    // A range that ends before now: nothing of this test's run.
+    const before = await client.getUsage({
+      definitionName: 'node-usage',
+      endTime: new Date(Date.now() - 3_600_000),
+    });
+    assert.deepEqual(before, []);
+    await assert.rejects(
+      client.getUsage({ startTime: new Date(), endTime: new Date(Date.now() - 60_000) }),
+      (error) => {
+        assert.ok(error instanceof ValidationError);
+        assert.deepEqual(error.fieldViolations.map((v) => v.field), ['start_time']);
+        return true;
+      },
+    );
+  });
+
   it('creates, lists, pauses, resumes and deletes a schedule', async () => {
     const created = await client.createSchedule({
       definition_name: 'node-research',
@@ -144,6 +183,21 @@ describe('Node client with the Python example agents', () => {
       (/** @type {any} */ error) =>
         error instanceof ValidationError && error.fieldViolations.some((v) => v.field === 'schedule.cron'),
     );
+  });
+
+  it('reads and updates the routing policy', async () => {
+    const set = await client.updateRoutingPolicy({ denied_skills: ['shell'] });
+    assert.deepEqual(set.denied_skills, ['shell']);
+    assert.deepEqual(set.denied_agents, []);
+    const read = await client.getRoutingPolicy();
+    assert.deepEqual(read.denied_skills, ['shell']);
+    await assert.rejects(
+      client.updateRoutingPolicy({ denied_agents: ['Not A Name'] }),
+      (/** @type {any} */ error) =>
+        error instanceof ValidationError &&
+        error.fieldViolations.some((v) => v.field === 'policy.denied_agents[0]'),
+    );
+    await client.updateRoutingPolicy({ denied_skills: [] });
   });
 
   it('resumes a watch after a given sequence without repeating events', async () => {

@@ -119,7 +119,9 @@ async function definitionPage(name) {
         ? `skill ${step.skill}`
         : step.orchestration
           ? `runs ${step.orchestration.name}`
-          : "",
+          : step.plan
+            ? `planned by ${step.plan.agent}`
+            : "",
     detail: [
       step.forEach ? "for each" : "",
       step.when ? "conditional" : "",

@@ -376,6 +376,30 @@ BEGIN
 END
 $$;
 
+-- Cancel the unfinished child runs step p_step of run p_run started (the runs its agent
+-- started with the attempt's step credential: they end with the attempt that started
+-- them), with their descendants. The caller holds the run row lock (parent before
+-- child). Returns how many it cancelled.
+CREATE OR REPLACE FUNCTION podium_cancel_step_children(p_run uuid, p_step text, p_reason text)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_child record;
+    v_count integer := 0;
+BEGIN
+    FOR v_child IN
+        SELECT c.id, c.organization_id FROM orchestration_runs c
+         WHERE c.parent_run_id = p_run AND c.parent_step_id = p_step
+           AND c.state IN ('created', 'running', 'paused')
+         ORDER BY c.created_at, c.id
+    LOOP
+        PERFORM podium_cancel_run(v_child.id, v_child.organization_id, p_reason);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+
 -- Cancel every unfinished step of a run (the caller holds the run row lock), with a
 -- step.cancelled event each carrying the state the run is moving to, written
 -- set-based so a large run costs one statement; also cancel its pending approvals and

@@ -26,7 +26,11 @@
 -- a higher priority has queued steps (index probes on
 -- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
 -- holds a step while the running steps of its run's key value reach it (counted once
--- per key value and claim).
+-- per key value and claim). An agent step's attempt gets its step credential here
+-- (credential: 'pds_' and 244 random bits of two gen_random_uuid(); only its SHA-256 is
+-- stored, in step_attempts.credential_hash), so issuing it costs no round trip; A2A
+-- agents get none (server/engine/step_credentials.py).
+DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[]
 )
@@ -36,7 +40,7 @@ RETURNS TABLE (
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
     definition_name text, definition_version integer, run_created_at timestamptz,
-    run_started_at timestamptz, trace_context jsonb
+    run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -49,6 +53,7 @@ DECLARE
     v_used jsonb := '{}';
     v_attempt integer;
     v_task uuid;
+    v_credential text;
     v_started_ids text[];
     v_started_attempts integer[];
     v_started_agents text[];
@@ -240,10 +245,18 @@ BEGIN
                    error = NULL
              WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
             RETURNING s.attempt INTO v_attempt;
+            v_credential := NULL;
+            IF (v_step.agent IS NOT NULL OR v_step.skill IS NOT NULL)
+               AND v_agent.protocol IS DISTINCT FROM 'a2a' THEN
+                v_credential := 'pds_' || replace(gen_random_uuid()::text, '-', '')
+                                || replace(gen_random_uuid()::text, '-', '');
+            END IF;
             INSERT INTO step_attempts
-                (run_id, step_id, attempt, organization_id, agent, started_at)
+                (run_id, step_id, attempt, organization_id, agent, started_at,
+                 credential_hash)
             VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
-                    coalesce(v_agent.name, v_step.agent), v_now)
+                    coalesce(v_agent.name, v_step.agent), v_now,
+                    encode(sha256(convert_to(v_credential, 'UTF8')), 'hex'))
             RETURNING step_attempts.task_id INTO v_task;
             IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
                 INSERT INTO agent_rate_usage
@@ -284,7 +297,7 @@ BEGIN
                       FROM orchestration_steps u
                      WHERE u.run_id = s.run_id AND u.step_id = ANY (s.input_refs)),
                    v_run.labels, v_run.definition_name, v_run.definition_version,
-                   v_run.created_at, v_run.started_at, v_run.trace_context
+                   v_run.created_at, v_run.started_at, v_run.trace_context, v_credential
               FROM orchestration_steps s
              WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id;
         END LOOP;
@@ -313,6 +326,7 @@ END
 $$;
 
 -- The scheduler's claim over every run with runnable work (podium_claim_steps_of).
+DROP FUNCTION IF EXISTS podium_claim_steps(text, integer, double precision);
 CREATE OR REPLACE FUNCTION podium_claim_steps(p_owner text, p_limit integer, p_lease_seconds double precision)
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
@@ -320,7 +334,7 @@ RETURNS TABLE (
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
     definition_name text, definition_version integer, run_created_at timestamptz,
-    run_started_at timestamptz, trace_context jsonb
+    run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE sql AS $$
     SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL)
@@ -360,6 +374,8 @@ BEGIN
                SET ended_at = now(),
                    error = '{"code": "LEASE_EXPIRED", "message": "the replica executing this attempt stopped renewing its lease", "retryable": true}'
              WHERE run_id = v_run.id AND step_id = v_step.step_id AND attempt = v_step.attempt;
+            PERFORM podium_cancel_step_children(v_run.id, v_step.step_id,
+                                                'the step attempt that started it lost its lease');
             PERFORM podium_emit_event(v_run.id, 'step.queued', v_step.step_id, v_step.attempt,
                                       'queued', '{"reason": "lease_expired"}');
             v_count := v_count + 1;
@@ -398,6 +414,10 @@ DROP FUNCTION IF EXISTS podium_create_run_and_claim(
     text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
     uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
     double precision);
+DROP FUNCTION IF EXISTS podium_create_run_and_claim(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
+    double precision, jsonb);
 CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
@@ -417,7 +437,7 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
     definition_name text, definition_version integer, run_created_at timestamptz,
-    run_started_at timestamptz, trace_context jsonb
+    run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -440,7 +460,7 @@ BEGIN
                c.agent_timeout_seconds, c.protocol, c.task_id, c.conversation_id, c.spec,
                c.timeout_seconds, c.max_attempts, c.run_input, c.upstream, c.labels,
                c.definition_name, c.definition_version, c.run_created_at,
-               c.run_started_at, c.trace_context
+               c.run_started_at, c.trace_context, c.credential
           FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds,
                                      ARRAY[v_run.run_id]) c;
     END IF;
@@ -453,6 +473,7 @@ BEGIN
            NULL::text, NULL::integer, NULL::text, NULL::text, NULL::text, NULL::text,
            NULL::double precision, NULL::text, NULL::uuid, NULL::uuid, NULL::jsonb,
            NULL::double precision, NULL::integer, NULL::jsonb, NULL::jsonb, NULL::jsonb,
-           NULL::text, NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::jsonb;
+           NULL::text, NULL::integer, NULL::timestamptz, NULL::timestamptz, NULL::jsonb,
+           NULL::text;
 END
 $$;

@@ -50,6 +50,7 @@ DECLARE
     v_org text;
     v_run_state text;
     v_budget uuid;
+    v_credential boolean;
 BEGIN
     queued := 0;
     retry := false;
@@ -62,8 +63,10 @@ BEGIN
         IF p_input_tokens + p_output_tokens > 0 OR p_cost_usd > 0 OR p_model <> '' THEN
             -- The attempt's usage (a parked or skipped step: rare), fenced like the rest.
             UPDATE step_attempts a
-               SET input_tokens = p_input_tokens, output_tokens = p_output_tokens,
-                   cost_usd = p_cost_usd, model = coalesce(p_model, '')
+               SET input_tokens = a.input_tokens + p_input_tokens,
+                   output_tokens = a.output_tokens + p_output_tokens,
+                   cost_usd = a.cost_usd + p_cost_usd,
+                   model = coalesce(nullif(p_model, ''), a.model)
               FROM orchestration_steps s
              WHERE a.run_id = p_run AND a.step_id = p_step AND a.attempt = p_attempt
                AND s.run_id = p_run AND s.step_id = p_step AND s.attempt = p_attempt
@@ -92,10 +95,16 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    -- Added: a plan step's attempt holds its planner's usage already (add_attempt_usage).
     UPDATE step_attempts
-       SET ended_at = now(), error = p_error, input_tokens = p_input_tokens,
-           output_tokens = p_output_tokens, cost_usd = p_cost_usd, model = coalesce(p_model, '')
-     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt;
+       SET ended_at = now(), error = p_error, input_tokens = input_tokens + p_input_tokens,
+           output_tokens = output_tokens + p_output_tokens, cost_usd = cost_usd + p_cost_usd,
+           model = coalesce(nullif(p_model, ''), model)
+     WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt
+    RETURNING credential_hash IS NOT NULL INTO v_credential;
+    IF v_credential THEN  -- runs its agent started end with the attempt (30_runs.sql)
+        PERFORM podium_cancel_step_children(p_run, p_step, 'the step attempt that started it ended');
+    END IF;
 
     IF v_state = 'failed' THEN
         UPDATE orchestration_runs
@@ -220,6 +229,9 @@ $$;
 -- wake = whether this replica's claim loop should look for work (the cases above, or an
 -- agent with max_concurrency exists: a finished step may free a slot of another run's
 -- step, which no completion of that run would claim).
+DROP FUNCTION IF EXISTS podium_complete_steps(
+    uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
+    bigint[], numeric[], text, integer, double precision, text[]);
 CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
@@ -234,7 +246,7 @@ RETURNS TABLE (
     task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
     max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
     definition_name text, definition_version integer, run_created_at timestamptz,
-    run_started_at timestamptz, trace_context jsonb
+    run_started_at timestamptz, trace_context jsonb, credential text
 )
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -29,6 +29,8 @@ export async function main(): Promise<string> {
   try {
     const run = await podium.startRun({ definition: { name: 'shout' }, input: { text: 'hi' } });
     for await (const event of podium.watchRun(run.id)) console.log(event.sequence, event.type);
+    const usage = await podium.getUsage({ startTime: new Date(0), groupBy: ['agent', 'model'] });
+    console.log(usage.length);
     return JSON.stringify((await podium.getRun(run.id)).output);
   } catch (error) {
     if (error instanceof ValidationError) return error.fieldViolations.map((v) => v.field).join();

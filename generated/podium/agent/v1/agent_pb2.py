@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpodium/agent/v1/agent.proto\x12\x0fpodium.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xe5\x02\n\x12\x45xecuteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\x17\n\x0forganization_id\x18\x06 \x01(\t\x12&\n\x05input\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12?\n\x06labels\x18\x08 \x03(\x0b\x32/.podium.agent.v1.ExecuteTaskRequest.LabelsEntry\x12\x17\n\x0f\x64\x65\x66inition_name\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\n \x01(\x05\x12\r\n\x05skill\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x13\x45xecuteTaskResponse\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.podium.agent.v1.ProgressH\x00\x12\x34\n\x0coutput_chunk\x18\x02 \x01(\x0b\x32\x1c.podium.agent.v1.OutputChunkH\x00\x12-\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x19.podium.agent.v1.ArtifactH\x00\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1b.podium.agent.v1.TaskResultH\x00\x42\x07\n\x05\x65vent\"-\n\x08Progress\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\x1b\n\x0bOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"r\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x96\x01\n\nTaskResult\x12)\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.podium.agent.v1.TaskErrorH\x00\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.podium.agent.v1.UsageB\t\n\x07outcome\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"U\n\x05Usage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"\x15\n\x13GetAgentCardRequest\"@\n\x14GetAgentCardResponse\x12(\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x1a.podium.agent.v1.AgentCard\"\xbb\x01\n\tAgentCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12&\n\x06skills\x18\x04 \x03(\x0b\x32\x16.podium.agent.v1.Skill\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x18\n\x10protocol_version\x18\x06 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x07 \x01(\x01\"D\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t2\xc7\x01\n\x0c\x41gentService\x12Z\n\x0b\x45xecuteTask\x12#.podium.agent.v1.ExecuteTaskRequest\x1a$.podium.agent.v1.ExecuteTaskResponse0\x01\x12[\n\x0cGetAgentCard\x12$.podium.agent.v1.GetAgentCardRequest\x1a%.podium.agent.v1.GetAgentCardResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpodium/agent/v1/agent.proto\x12\x0fpodium.agent.v1\x1a\x1cgoogle/protobuf/struct.proto\"\x91\x03\n\x12\x45xecuteTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0f\n\x07step_id\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x17\n\x0f\x63onversation_id\x18\x05 \x01(\t\x12\x17\n\x0forganization_id\x18\x06 \x01(\t\x12&\n\x05input\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12?\n\x06labels\x18\x08 \x03(\x0b\x32/.podium.agent.v1.ExecuteTaskRequest.LabelsEntry\x12\x17\n\x0f\x64\x65\x66inition_name\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66inition_version\x18\n \x01(\x05\x12\r\n\x05skill\x18\x0b \x01(\t\x12\x12\n\ncredential\x18\x0c \x01(\t\x12\x16\n\x0epodium_address\x18\r \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe1\x01\n\x13\x45xecuteTaskResponse\x12-\n\x08progress\x18\x01 \x01(\x0b\x32\x19.podium.agent.v1.ProgressH\x00\x12\x34\n\x0coutput_chunk\x18\x02 \x01(\x0b\x32\x1c.podium.agent.v1.OutputChunkH\x00\x12-\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x19.podium.agent.v1.ArtifactH\x00\x12-\n\x06result\x18\x04 \x01(\x0b\x32\x1b.podium.agent.v1.TaskResultH\x00\x42\x07\n\x05\x65vent\"-\n\x08Progress\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\"\x1b\n\x0bOutputChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\"r\n\x08\x41rtifact\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0b\n\x03uri\x18\x04 \x01(\t\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x96\x01\n\nTaskResult\x12)\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12+\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1a.podium.agent.v1.TaskErrorH\x00\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.podium.agent.v1.UsageB\t\n\x07outcome\"=\n\tTaskError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\tretryable\x18\x03 \x01(\x08\"U\n\x05Usage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x14\n\x0cinput_tokens\x18\x02 \x01(\x03\x12\x15\n\routput_tokens\x18\x03 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x04 \x01(\x01\"\x15\n\x13GetAgentCardRequest\"@\n\x14GetAgentCardResponse\x12(\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x1a.podium.agent.v1.AgentCard\"\xbb\x01\n\tAgentCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12&\n\x06skills\x18\x04 \x03(\x0b\x32\x16.podium.agent.v1.Skill\x12\x17\n\x0fmax_concurrency\x18\x05 \x01(\x05\x12\x18\n\x10protocol_version\x18\x06 \x01(\t\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x07 \x01(\x01\"D\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t2\xc7\x01\n\x0c\x41gentService\x12Z\n\x0b\x45xecuteTask\x12#.podium.agent.v1.ExecuteTaskRequest\x1a$.podium.agent.v1.ExecuteTaskResponse0\x01\x12[\n\x0cGetAgentCard\x12$.podium.agent.v1.GetAgentCardRequest\x1a%.podium.agent.v1.GetAgentCardResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +35,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTETASKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_EXECUTETASKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_EXECUTETASKREQUEST']._serialized_start=79
-  _globals['_EXECUTETASKREQUEST']._serialized_end=436
-  _globals['_EXECUTETASKREQUEST_LABELSENTRY']._serialized_start=391
-  _globals['_EXECUTETASKREQUEST_LABELSENTRY']._serialized_end=436
-  _globals['_EXECUTETASKRESPONSE']._serialized_start=439
-  _globals['_EXECUTETASKRESPONSE']._serialized_end=664
-  _globals['_PROGRESS']._serialized_start=666
-  _globals['_PROGRESS']._serialized_end=711
-  _globals['_OUTPUTCHUNK']._serialized_start=713
-  _globals['_OUTPUTCHUNK']._serialized_end=740
-  _globals['_ARTIFACT']._serialized_start=742
-  _globals['_ARTIFACT']._serialized_end=856
-  _globals['_TASKRESULT']._serialized_start=859
-  _globals['_TASKRESULT']._serialized_end=1009
-  _globals['_TASKERROR']._serialized_start=1011
-  _globals['_TASKERROR']._serialized_end=1072
-  _globals['_USAGE']._serialized_start=1074
-  _globals['_USAGE']._serialized_end=1159
-  _globals['_GETAGENTCARDREQUEST']._serialized_start=1161
-  _globals['_GETAGENTCARDREQUEST']._serialized_end=1182
-  _globals['_GETAGENTCARDRESPONSE']._serialized_start=1184
-  _globals['_GETAGENTCARDRESPONSE']._serialized_end=1248
-  _globals['_AGENTCARD']._serialized_start=1251
-  _globals['_AGENTCARD']._serialized_end=1438
-  _globals['_SKILL']._serialized_start=1440
-  _globals['_SKILL']._serialized_end=1508
-  _globals['_AGENTSERVICE']._serialized_start=1511
-  _globals['_AGENTSERVICE']._serialized_end=1710
+  _globals['_EXECUTETASKREQUEST']._serialized_end=480
+  _globals['_EXECUTETASKREQUEST_LABELSENTRY']._serialized_start=435
+  _globals['_EXECUTETASKREQUEST_LABELSENTRY']._serialized_end=480
+  _globals['_EXECUTETASKRESPONSE']._serialized_start=483
+  _globals['_EXECUTETASKRESPONSE']._serialized_end=708
+  _globals['_PROGRESS']._serialized_start=710
+  _globals['_PROGRESS']._serialized_end=755
+  _globals['_OUTPUTCHUNK']._serialized_start=757
+  _globals['_OUTPUTCHUNK']._serialized_end=784
+  _globals['_ARTIFACT']._serialized_start=786
+  _globals['_ARTIFACT']._serialized_end=900
+  _globals['_TASKRESULT']._serialized_start=903
+  _globals['_TASKRESULT']._serialized_end=1053
+  _globals['_TASKERROR']._serialized_start=1055
+  _globals['_TASKERROR']._serialized_end=1116
+  _globals['_USAGE']._serialized_start=1118
+  _globals['_USAGE']._serialized_end=1203
+  _globals['_GETAGENTCARDREQUEST']._serialized_start=1205
+  _globals['_GETAGENTCARDREQUEST']._serialized_end=1226
+  _globals['_GETAGENTCARDRESPONSE']._serialized_start=1228
+  _globals['_GETAGENTCARDRESPONSE']._serialized_end=1292
+  _globals['_AGENTCARD']._serialized_start=1295
+  _globals['_AGENTCARD']._serialized_end=1482
+  _globals['_SKILL']._serialized_start=1484
+  _globals['_SKILL']._serialized_end=1552
+  _globals['_AGENTSERVICE']._serialized_start=1555
+  _globals['_AGENTSERVICE']._serialized_end=1754
 # @@protoc_insertion_point(module_scope)

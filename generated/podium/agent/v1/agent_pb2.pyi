@@ -56,6 +56,8 @@ class ExecuteTaskRequest(_message.Message):
     DEFINITION_NAME_FIELD_NUMBER: _builtins.int
     DEFINITION_VERSION_FIELD_NUMBER: _builtins.int
     SKILL_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    PODIUM_ADDRESS_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Unique id of this step attempt; a retried attempt gets a new task id."""
     run_id: _builtins.str
@@ -76,6 +78,17 @@ class ExecuteTaskRequest(_message.Message):
     """Version of the definition being executed; 0 for an inline plan."""
     skill: _builtins.str
     """The skill the step asked for when it was routed by skill; empty otherwise."""
+    credential: _builtins.str
+    """A bearer credential for Podium's OrchestrationService (`authorization: Bearer
+    <credential>`), valid only while this attempt runs: it is refused once the attempt
+    ends (result, retry, lease lost, run cancelled). It acts for the run's organization
+    and may only start runs, which become child runs of this step (cancelled when the
+    attempt ends), and read, watch and list those runs. A secret: never log it.
+    """
+    podium_address: _builtins.str
+    """The address at which the agent reaches Podium's OrchestrationService with
+    `credential` (HOST:PORT, PODIUM_AGENT_CALLBACK_ADDRESS); empty when not configured.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """The step input with every `${...}` reference resolved."""
@@ -98,10 +111,12 @@ class ExecuteTaskRequest(_message.Message):
         definition_name: _builtins.str = ...,
         definition_version: _builtins.int = ...,
         skill: _builtins.str = ...,
+        credential: _builtins.str = ...,
+        podium_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "conversation_id", b"conversation_id", "definition_name", b"definition_name", "definition_version", b"definition_version", "input", b"input", "labels", b"labels", "organization_id", b"organization_id", "run_id", b"run_id", "skill", b"skill", "step_id", b"step_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "conversation_id", b"conversation_id", "credential", b"credential", "definition_name", b"definition_name", "definition_version", b"definition_version", "input", b"input", "labels", b"labels", "organization_id", b"organization_id", "podium_address", b"podium_address", "run_id", b"run_id", "skill", b"skill", "step_id", b"step_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -37,7 +37,9 @@ class Agent(_message.Message):
         PROTOCOL_PODIUM_V1: Agent._Protocol.ValueType  # 1
         """podium.agent.v1.AgentService over gRPC."""
         PROTOCOL_A2A: Agent._Protocol.ValueType  # 2
-        """An A2A agent (gRPC binding)."""
+        """An A2A agent: over the gRPC binding at a gRPC target, or registered by its agent
+        card's URL, over the gRPC, JSON-RPC or HTTP+JSON binding the card lists.
+        """
 
     class Protocol(_Protocol, metaclass=_ProtocolEnumTypeWrapper):
         """Protocol tells how Podium talks to the agent."""
@@ -47,7 +49,9 @@ class Agent(_message.Message):
     PROTOCOL_PODIUM_V1: Agent.Protocol.ValueType  # 1
     """podium.agent.v1.AgentService over gRPC."""
     PROTOCOL_A2A: Agent.Protocol.ValueType  # 2
-    """An A2A agent (gRPC binding)."""
+    """An A2A agent: over the gRPC binding at a gRPC target, or registered by its agent
+    card's URL, over the gRPC, JSON-RPC or HTTP+JSON binding the card lists.
+    """
 
     class _Source:
         ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -110,7 +114,13 @@ class Agent(_message.Message):
     name: _builtins.str
     """Name of the agent, unique per organization: 1 to 128 characters of [a-z0-9_.-]."""
     endpoint: _builtins.str
-    """gRPC target, e.g. "127.0.0.1:50061" or "dns:///summarizer:443"."""
+    """gRPC target, e.g. "127.0.0.1:50061" or "dns:///summarizer:443"; for PROTOCOL_A2A
+    also the http(s) URL of the agent's card
+    ("https://host/.well-known/agent-card.json", or "https://host", to which the
+    well-known path is appended). RegisterAgent reads such a card: an unreadable card
+    or one listing no binding Podium calls is a violation on this field, and the card's
+    skill ids become `skills` when none are given.
+    """
     max_concurrency: _builtins.int
     """Maximum tasks Podium sends at once; 0 means unlimited. For a podium.agent.v1 agent,
     0 takes the card's `max_concurrency`; a value given may be lower than the card's,

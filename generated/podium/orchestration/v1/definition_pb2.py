@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(podium/orchestration/v1/definition.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x04\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12?\n\x06labels\x18\x04 \x03(\x0b\x32/.podium.orchestration.v1.Definition.LabelsEntry\x12;\n\texecution\x18\x05 \x01(\x0b\x32(.podium.orchestration.v1.ExecutionPolicy\x12>\n\x0e\x65rror_handling\x18\x06 \x01(\x0b\x32&.podium.orchestration.v1.ErrorHandling\x12,\n\x05steps\x18\x07 \x03(\x0b\x32\x1d.podium.orchestration.v1.Step\x12\x17\n\x0forganization_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61rchived\x18\n \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x0b \x01(\t\x12\x37\n\x08triggers\x18\x0c \x03(\x0b\x32%.podium.orchestration.v1.EventTrigger\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf5\x01\n\x0f\x45xecutionPolicy\x12?\n\x0b\x63oncurrency\x18\x01 \x01(\x0b\x32*.podium.orchestration.v1.ConcurrencyPolicy\x12\x35\n\x06\x62udget\x18\x02 \x01(\x0b\x32%.podium.orchestration.v1.BudgetPolicy\x12\x37\n\x07\x63\x61\x63hing\x18\x03 \x01(\x0b\x32&.podium.orchestration.v1.CachingPolicy\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\"k\n\x11\x43oncurrencyPolicy\x12\x14\n\x0cmax_parallel\x18\x01 \x01(\x05\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x18\n\x10max_runs_per_key\x18\x03 \x01(\x05\x12\x19\n\x11max_steps_per_key\x18\x04 \x01(\x05\"\xcb\x01\n\x0c\x42udgetPolicy\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x02 \x01(\x01\x12\x41\n\ton_exceed\x18\x03 \x01(\x0e\x32..podium.orchestration.v1.BudgetPolicy.OnExceed\"N\n\x08OnExceed\x12\x19\n\x15ON_EXCEED_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_EXCEED_PAUSE\x10\x01\x12\x12\n\x0eON_EXCEED_FAIL\x10\x02\"5\n\rCachingPolicy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"]\n\x11StepCachingPolicy\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x11\n\tkey_paths\x18\x03 \x03(\tB\n\n\x08_enabled\"\x8f\x01\n\rErrorHandling\x12\x43\n\x0fon_step_failure\x18\x01 \x01(\x0b\x32*.podium.orchestration.v1.StepFailurePolicy\x12\x39\n\x08rollback\x18\x02 \x01(\x0b\x32\'.podium.orchestration.v1.RollbackPolicy\"\xfe\x01\n\x11StepFailurePolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x37\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32&.podium.orchestration.v1.BackoffPolicy\x12\x19\n\x0cnotify_human\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\nallow_skip\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0fskip_dependents\x18\x05 \x01(\x08H\x03\x88\x01\x01\x42\x0f\n\r_max_attemptsB\x0f\n\r_notify_humanB\r\n\x0b_allow_skipB\x12\n\x10_skip_dependents\"Q\n\rBackoffPolicy\x12\x17\n\x0finitial_seconds\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\x13\n\x0bmax_seconds\x18\x03 \x01(\x01\"\x1e\n\x0eRollbackPolicy\x12\x0c\n\x04hint\x18\x01 \x01(\t\"1\n\x10OrchestrationRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xaa\x04\n\x10\x43heckpointPolicy\x12<\n\x04when\x18\x01 \x01(\x0e\x32..podium.orchestration.v1.CheckpointPolicy.When\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x11\n\tapprovers\x18\x03 \x03(\t\x12\x1d\n\x15\x65xpires_after_seconds\x18\x04 \x01(\x01\x12I\n\ton_expiry\x18\x05 \x01(\x0e\x32\x36.podium.orchestration.v1.CheckpointPolicy.ExpiryAction\x12I\n\ton_reject\x18\x06 \x01(\x0e\x32\x36.podium.orchestration.v1.CheckpointPolicy.RejectAction\"=\n\x04When\x12\x14\n\x10WHEN_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWHEN_BEFORE\x10\x01\x12\x0e\n\nWHEN_AFTER\x10\x02\"]\n\x0cRejectAction\x12\x1d\n\x19REJECT_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12REJECT_ACTION_FAIL\x10\x01\x12\x16\n\x12REJECT_ACTION_SKIP\x10\x02\"b\n\x0c\x45xpiryAction\x12\x1d\n\x19\x45XPIRY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XPIRY_ACTION_APPROVE\x10\x01\x12\x18\n\x14\x45XPIRY_ACTION_REJECT\x10\x02\"\xc4\x05\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x05\x61gent\x18\x02 \x01(\tH\x00\x12\x0f\n\x05skill\x18\x03 \x01(\tH\x00\x12\x42\n\rorchestration\x18\x04 \x01(\x0b\x32).podium.orchestration.v1.OrchestrationRefH\x00\x12\x33\n\x05sleep\x18\x0e \x01(\x0b\x32\".podium.orchestration.v1.SleepStepH\x00\x12\x43\n\x0ewait_for_event\x18\x0f \x01(\x0b\x32).podium.orchestration.v1.WaitForEventStepH\x00\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12=\n\ncheckpoint\x18\x07 \x01(\x0b\x32).podium.orchestration.v1.CheckpointPolicy\x12>\n\non_failure\x18\x08 \x01(\x0b\x32*.podium.orchestration.v1.StepFailurePolicy\x12\x17\n\x0ftimeout_seconds\x18\t \x01(\x01\x12;\n\x07\x63\x61\x63hing\x18\n \x01(\x0b\x32*.podium.orchestration.v1.StepCachingPolicy\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12\x39\n\x08rollback\x18\x0c \x01(\x0b\x32\'.podium.orchestration.v1.RollbackPolicy\x12\x0c\n\x04when\x18\r \x01(\t\x12/\n\x04loop\x18\x10 \x01(\x0b\x32!.podium.orchestration.v1.StepLoop\x12\x10\n\x08\x66or_each\x18\x11 \x01(\t\x12\x14\n\x0cmax_parallel\x18\x12 \x01(\rB\x08\n\x06target\"1\n\x08StepLoop\x12\r\n\x05until\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\"W\n\tSleepStep\x12\x11\n\x07seconds\x18\x01 \x01(\x01H\x00\x12+\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08\x64\x65\x61\x64line\"\xfb\x01\n\x10WaitForEventStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12G\n\non_timeout\x18\x04 \x01(\x0e\x32\x33.podium.orchestration.v1.WaitForEventStep.OnTimeout\"j\n\tOnTimeout\x12\x1a\n\x16ON_TIMEOUT_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_TIMEOUT_FAIL\x10\x01\x12\x17\n\x13ON_TIMEOUT_CONTINUE\x10\x02\x12\x13\n\x0fON_TIMEOUT_SKIP\x10\x03\"o\n\x0c\x45ventTrigger\x12\x12\n\nevent_name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12.\n\rpayload_match\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(podium/orchestration/v1/definition.proto\x12\x17podium.orchestration.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x04\n\nDefinition\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12?\n\x06labels\x18\x04 \x03(\x0b\x32/.podium.orchestration.v1.Definition.LabelsEntry\x12;\n\texecution\x18\x05 \x01(\x0b\x32(.podium.orchestration.v1.ExecutionPolicy\x12>\n\x0e\x65rror_handling\x18\x06 \x01(\x0b\x32&.podium.orchestration.v1.ErrorHandling\x12,\n\x05steps\x18\x07 \x03(\x0b\x32\x1d.podium.orchestration.v1.Step\x12\x17\n\x0forganization_id\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61rchived\x18\n \x01(\x08\x12\x14\n\x0c\x63ontent_hash\x18\x0b \x01(\t\x12\x37\n\x08triggers\x18\x0c \x03(\x0b\x32%.podium.orchestration.v1.EventTrigger\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x0f\x45xecutionPolicy\x12?\n\x0b\x63oncurrency\x18\x01 \x01(\x0b\x32*.podium.orchestration.v1.ConcurrencyPolicy\x12\x35\n\x06\x62udget\x18\x02 \x01(\x0b\x32%.podium.orchestration.v1.BudgetPolicy\x12\x37\n\x07\x63\x61\x63hing\x18\x03 \x01(\x0b\x32&.podium.orchestration.v1.CachingPolicy\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x04 \x01(\x01\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x36\n\x07routing\x18\x06 \x01(\x0b\x32%.podium.orchestration.v1.RoutingRules\"l\n\x0cRoutingRules\x12\x16\n\x0e\x61llowed_agents\x18\x01 \x03(\t\x12\x15\n\rdenied_agents\x18\x02 \x03(\t\x12\x16\n\x0e\x61llowed_skills\x18\x03 \x03(\t\x12\x15\n\rdenied_skills\x18\x04 \x03(\t\"k\n\x11\x43oncurrencyPolicy\x12\x14\n\x0cmax_parallel\x18\x01 \x01(\x05\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x18\n\x10max_runs_per_key\x18\x03 \x01(\x05\x12\x19\n\x11max_steps_per_key\x18\x04 \x01(\x05\"\xcb\x01\n\x0c\x42udgetPolicy\x12\x12\n\nmax_tokens\x18\x01 \x01(\x03\x12\x14\n\x0cmax_cost_usd\x18\x02 \x01(\x01\x12\x41\n\ton_exceed\x18\x03 \x01(\x0e\x32..podium.orchestration.v1.BudgetPolicy.OnExceed\"N\n\x08OnExceed\x12\x19\n\x15ON_EXCEED_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_EXCEED_PAUSE\x10\x01\x12\x12\n\x0eON_EXCEED_FAIL\x10\x02\"5\n\rCachingPolicy\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"]\n\x11StepCachingPolicy\x12\x14\n\x07\x65nabled\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\x12\x11\n\tkey_paths\x18\x03 \x03(\tB\n\n\x08_enabled\"\x8f\x01\n\rErrorHandling\x12\x43\n\x0fon_step_failure\x18\x01 \x01(\x0b\x32*.podium.orchestration.v1.StepFailurePolicy\x12\x39\n\x08rollback\x18\x02 \x01(\x0b\x32\'.podium.orchestration.v1.RollbackPolicy\"\xfe\x01\n\x11StepFailurePolicy\x12\x19\n\x0cmax_attempts\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x37\n\x07\x62\x61\x63koff\x18\x02 \x01(\x0b\x32&.podium.orchestration.v1.BackoffPolicy\x12\x19\n\x0cnotify_human\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x17\n\nallow_skip\x18\x04 \x01(\x08H\x02\x88\x01\x01\x12\x1c\n\x0fskip_dependents\x18\x05 \x01(\x08H\x03\x88\x01\x01\x42\x0f\n\r_max_attemptsB\x0f\n\r_notify_humanB\r\n\x0b_allow_skipB\x12\n\x10_skip_dependents\"Q\n\rBackoffPolicy\x12\x17\n\x0finitial_seconds\x18\x01 \x01(\x01\x12\x12\n\nmultiplier\x18\x02 \x01(\x01\x12\x13\n\x0bmax_seconds\x18\x03 \x01(\x01\"\x1e\n\x0eRollbackPolicy\x12\x0c\n\x04hint\x18\x01 \x01(\t\"1\n\x10OrchestrationRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\xaa\x04\n\x10\x43heckpointPolicy\x12<\n\x04when\x18\x01 \x01(\x0e\x32..podium.orchestration.v1.CheckpointPolicy.When\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x11\n\tapprovers\x18\x03 \x03(\t\x12\x1d\n\x15\x65xpires_after_seconds\x18\x04 \x01(\x01\x12I\n\ton_expiry\x18\x05 \x01(\x0e\x32\x36.podium.orchestration.v1.CheckpointPolicy.ExpiryAction\x12I\n\ton_reject\x18\x06 \x01(\x0e\x32\x36.podium.orchestration.v1.CheckpointPolicy.RejectAction\"=\n\x04When\x12\x14\n\x10WHEN_UNSPECIFIED\x10\x00\x12\x0f\n\x0bWHEN_BEFORE\x10\x01\x12\x0e\n\nWHEN_AFTER\x10\x02\"]\n\x0cRejectAction\x12\x1d\n\x19REJECT_ACTION_UNSPECIFIED\x10\x00\x12\x16\n\x12REJECT_ACTION_FAIL\x10\x01\x12\x16\n\x12REJECT_ACTION_SKIP\x10\x02\"b\n\x0c\x45xpiryAction\x12\x1d\n\x19\x45XPIRY_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45XPIRY_ACTION_APPROVE\x10\x01\x12\x18\n\x14\x45XPIRY_ACTION_REJECT\x10\x02\"\xf7\x05\n\x04Step\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x05\x61gent\x18\x02 \x01(\tH\x00\x12\x0f\n\x05skill\x18\x03 \x01(\tH\x00\x12\x42\n\rorchestration\x18\x04 \x01(\x0b\x32).podium.orchestration.v1.OrchestrationRefH\x00\x12\x33\n\x05sleep\x18\x0e \x01(\x0b\x32\".podium.orchestration.v1.SleepStepH\x00\x12\x43\n\x0ewait_for_event\x18\x0f \x01(\x0b\x32).podium.orchestration.v1.WaitForEventStepH\x00\x12\x31\n\x04plan\x18\x13 \x01(\x0b\x32!.podium.orchestration.v1.PlanStepH\x00\x12\x12\n\ndepends_on\x18\x05 \x03(\t\x12&\n\x05input\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12=\n\ncheckpoint\x18\x07 \x01(\x0b\x32).podium.orchestration.v1.CheckpointPolicy\x12>\n\non_failure\x18\x08 \x01(\x0b\x32*.podium.orchestration.v1.StepFailurePolicy\x12\x17\n\x0ftimeout_seconds\x18\t \x01(\x01\x12;\n\x07\x63\x61\x63hing\x18\n \x01(\x0b\x32*.podium.orchestration.v1.StepCachingPolicy\x12\x13\n\x0b\x64\x65scription\x18\x0b \x01(\t\x12\x39\n\x08rollback\x18\x0c \x01(\x0b\x32\'.podium.orchestration.v1.RollbackPolicy\x12\x0c\n\x04when\x18\r \x01(\t\x12/\n\x04loop\x18\x10 \x01(\x0b\x32!.podium.orchestration.v1.StepLoop\x12\x10\n\x08\x66or_each\x18\x11 \x01(\t\x12\x14\n\x0cmax_parallel\x18\x12 \x01(\rB\x08\n\x06target\"\x19\n\x08PlanStep\x12\r\n\x05\x61gent\x18\x01 \x01(\t\"1\n\x08StepLoop\x12\r\n\x05until\x18\x01 \x01(\t\x12\x16\n\x0emax_iterations\x18\x02 \x01(\x05\"W\n\tSleepStep\x12\x11\n\x07seconds\x18\x01 \x01(\x01H\x00\x12+\n\x05until\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x42\n\n\x08\x64\x65\x61\x64line\"\xfb\x01\n\x10WaitForEventStep\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x03 \x01(\x01\x12G\n\non_timeout\x18\x04 \x01(\x0e\x32\x33.podium.orchestration.v1.WaitForEventStep.OnTimeout\"j\n\tOnTimeout\x12\x1a\n\x16ON_TIMEOUT_UNSPECIFIED\x10\x00\x12\x13\n\x0fON_TIMEOUT_FAIL\x10\x01\x12\x17\n\x13ON_TIMEOUT_CONTINUE\x10\x02\x12\x13\n\x0fON_TIMEOUT_SKIP\x10\x03\"o\n\x0c\x45ventTrigger\x12\x12\n\nevent_name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12.\n\rpayload_match\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,45 +40,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEFINITION_LABELSENTRY']._serialized_start=606
   _globals['_DEFINITION_LABELSENTRY']._serialized_end=651
   _globals['_EXECUTIONPOLICY']._serialized_start=654
-  _globals['_EXECUTIONPOLICY']._serialized_end=899
-  _globals['_CONCURRENCYPOLICY']._serialized_start=901
-  _globals['_CONCURRENCYPOLICY']._serialized_end=1008
-  _globals['_BUDGETPOLICY']._serialized_start=1011
-  _globals['_BUDGETPOLICY']._serialized_end=1214
-  _globals['_BUDGETPOLICY_ONEXCEED']._serialized_start=1136
-  _globals['_BUDGETPOLICY_ONEXCEED']._serialized_end=1214
-  _globals['_CACHINGPOLICY']._serialized_start=1216
-  _globals['_CACHINGPOLICY']._serialized_end=1269
-  _globals['_STEPCACHINGPOLICY']._serialized_start=1271
-  _globals['_STEPCACHINGPOLICY']._serialized_end=1364
-  _globals['_ERRORHANDLING']._serialized_start=1367
-  _globals['_ERRORHANDLING']._serialized_end=1510
-  _globals['_STEPFAILUREPOLICY']._serialized_start=1513
-  _globals['_STEPFAILUREPOLICY']._serialized_end=1767
-  _globals['_BACKOFFPOLICY']._serialized_start=1769
-  _globals['_BACKOFFPOLICY']._serialized_end=1850
-  _globals['_ROLLBACKPOLICY']._serialized_start=1852
-  _globals['_ROLLBACKPOLICY']._serialized_end=1882
-  _globals['_ORCHESTRATIONREF']._serialized_start=1884
-  _globals['_ORCHESTRATIONREF']._serialized_end=1933
-  _globals['_CHECKPOINTPOLICY']._serialized_start=1936
-  _globals['_CHECKPOINTPOLICY']._serialized_end=2490
-  _globals['_CHECKPOINTPOLICY_WHEN']._serialized_start=2234
-  _globals['_CHECKPOINTPOLICY_WHEN']._serialized_end=2295
-  _globals['_CHECKPOINTPOLICY_REJECTACTION']._serialized_start=2297
-  _globals['_CHECKPOINTPOLICY_REJECTACTION']._serialized_end=2390
-  _globals['_CHECKPOINTPOLICY_EXPIRYACTION']._serialized_start=2392
-  _globals['_CHECKPOINTPOLICY_EXPIRYACTION']._serialized_end=2490
-  _globals['_STEP']._serialized_start=2493
-  _globals['_STEP']._serialized_end=3201
-  _globals['_STEPLOOP']._serialized_start=3203
-  _globals['_STEPLOOP']._serialized_end=3252
-  _globals['_SLEEPSTEP']._serialized_start=3254
-  _globals['_SLEEPSTEP']._serialized_end=3341
-  _globals['_WAITFOREVENTSTEP']._serialized_start=3344
-  _globals['_WAITFOREVENTSTEP']._serialized_end=3595
-  _globals['_WAITFOREVENTSTEP_ONTIMEOUT']._serialized_start=3489
-  _globals['_WAITFOREVENTSTEP_ONTIMEOUT']._serialized_end=3595
-  _globals['_EVENTTRIGGER']._serialized_start=3597
-  _globals['_EVENTTRIGGER']._serialized_end=3708
+  _globals['_EXECUTIONPOLICY']._serialized_end=955
+  _globals['_ROUTINGRULES']._serialized_start=957
+  _globals['_ROUTINGRULES']._serialized_end=1065
+  _globals['_CONCURRENCYPOLICY']._serialized_start=1067
+  _globals['_CONCURRENCYPOLICY']._serialized_end=1174
+  _globals['_BUDGETPOLICY']._serialized_start=1177
+  _globals['_BUDGETPOLICY']._serialized_end=1380
+  _globals['_BUDGETPOLICY_ONEXCEED']._serialized_start=1302
+  _globals['_BUDGETPOLICY_ONEXCEED']._serialized_end=1380
+  _globals['_CACHINGPOLICY']._serialized_start=1382
+  _globals['_CACHINGPOLICY']._serialized_end=1435
+  _globals['_STEPCACHINGPOLICY']._serialized_start=1437
+  _globals['_STEPCACHINGPOLICY']._serialized_end=1530
+  _globals['_ERRORHANDLING']._serialized_start=1533
+  _globals['_ERRORHANDLING']._serialized_end=1676
+  _globals['_STEPFAILUREPOLICY']._serialized_start=1679
+  _globals['_STEPFAILUREPOLICY']._serialized_end=1933
+  _globals['_BACKOFFPOLICY']._serialized_start=1935
+  _globals['_BACKOFFPOLICY']._serialized_end=2016
+  _globals['_ROLLBACKPOLICY']._serialized_start=2018
+  _globals['_ROLLBACKPOLICY']._serialized_end=2048
+  _globals['_ORCHESTRATIONREF']._serialized_start=2050
+  _globals['_ORCHESTRATIONREF']._serialized_end=2099
+  _globals['_CHECKPOINTPOLICY']._serialized_start=2102
+  _globals['_CHECKPOINTPOLICY']._serialized_end=2656
+  _globals['_CHECKPOINTPOLICY_WHEN']._serialized_start=2400
+  _globals['_CHECKPOINTPOLICY_WHEN']._serialized_end=2461
+  _globals['_CHECKPOINTPOLICY_REJECTACTION']._serialized_start=2463
+  _globals['_CHECKPOINTPOLICY_REJECTACTION']._serialized_end=2556
+  _globals['_CHECKPOINTPOLICY_EXPIRYACTION']._serialized_start=2558
+  _globals['_CHECKPOINTPOLICY_EXPIRYACTION']._serialized_end=2656
+  _globals['_STEP']._serialized_start=2659
+  _globals['_STEP']._serialized_end=3418
+  _globals['_PLANSTEP']._serialized_start=3420
+  _globals['_PLANSTEP']._serialized_end=3445
+  _globals['_STEPLOOP']._serialized_start=3447
+  _globals['_STEPLOOP']._serialized_end=3496
+  _globals['_SLEEPSTEP']._serialized_start=3498
+  _globals['_SLEEPSTEP']._serialized_end=3585
+  _globals['_WAITFOREVENTSTEP']._serialized_start=3588
+  _globals['_WAITFOREVENTSTEP']._serialized_end=3839
+  _globals['_WAITFOREVENTSTEP_ONTIMEOUT']._serialized_start=3733
+  _globals['_WAITFOREVENTSTEP_ONTIMEOUT']._serialized_end=3839
+  _globals['_EVENTTRIGGER']._serialized_start=3841
+  _globals['_EVENTTRIGGER']._serialized_end=3952
 # @@protoc_insertion_point(module_scope)

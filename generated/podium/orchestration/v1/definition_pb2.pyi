@@ -142,6 +142,7 @@ class ExecutionPolicy(_message.Message):
     CACHING_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    ROUTING_FIELD_NUMBER: _builtins.int
     default_timeout_seconds: _builtins.float
     """Default step timeout in seconds; 0 uses the agent's default, then the server's."""
     priority: _builtins.int
@@ -160,6 +161,12 @@ class ExecutionPolicy(_message.Message):
     def caching(self) -> Global___CachingPolicy:
         """Step-output caching."""
 
+    @_builtins.property
+    def routing(self) -> Global___RoutingRules:
+        """Agents and skills the runs of this definition may use, on top of the organization's
+        RoutingPolicy: it can only narrow it (an agent or skill must pass both).
+        """
+
     def __init__(
         self,
         *,
@@ -168,14 +175,62 @@ class ExecutionPolicy(_message.Message):
         caching: Global___CachingPolicy | None = ...,
         default_timeout_seconds: _builtins.float = ...,
         priority: _builtins.int = ...,
+        routing: Global___RoutingRules | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "routing", b"routing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds", "priority", b"priority"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "caching", b"caching", "concurrency", b"concurrency", "default_timeout_seconds", b"default_timeout_seconds", "priority", b"priority", "routing", b"routing"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecutionPolicy: _TypeAlias = ExecutionPolicy  # noqa: Y015
+
+@_typing.final
+class RoutingRules(_message.Message):
+    """RoutingRules narrow which agents and skills the steps of a definition may target.
+    A name must be on an allow list when that list is not empty, and on no deny list.
+    Checked at CreateDefinition, ValidateDefinition and StartRun (a step naming a refused
+    agent or skill is a field violation), and again before each dispatch (the agent a
+    skill is routed to must pass the agent lists, or the step fails with POLICY_DENIED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOWED_AGENTS_FIELD_NUMBER: _builtins.int
+    DENIED_AGENTS_FIELD_NUMBER: _builtins.int
+    ALLOWED_SKILLS_FIELD_NUMBER: _builtins.int
+    DENIED_SKILLS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allowed_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the steps may call; empty allows every agent the organization allows."""
+
+    @_builtins.property
+    def denied_agents(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Agents the steps may not call."""
+
+    @_builtins.property
+    def allowed_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skills the steps may target; empty allows every skill the organization allows."""
+
+    @_builtins.property
+    def denied_skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Skills the steps may not target."""
+
+    def __init__(
+        self,
+        *,
+        allowed_agents: _abc.Iterable[_builtins.str] | None = ...,
+        denied_agents: _abc.Iterable[_builtins.str] | None = ...,
+        allowed_skills: _abc.Iterable[_builtins.str] | None = ...,
+        denied_skills: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_agents", b"allowed_agents", "allowed_skills", b"allowed_skills", "denied_agents", b"denied_agents", "denied_skills", b"denied_skills"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingRules: _TypeAlias = RoutingRules  # noqa: Y015
 
 @_typing.final
 class ConcurrencyPolicy(_message.Message):
@@ -639,6 +694,7 @@ class Step(_message.Message):
     ORCHESTRATION_FIELD_NUMBER: _builtins.int
     SLEEP_FIELD_NUMBER: _builtins.int
     WAIT_FOR_EVENT_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
@@ -700,6 +756,10 @@ class Step(_message.Message):
         """Waits for an external event sent with SendEvent; no agent is called."""
 
     @_builtins.property
+    def plan(self) -> Global___PlanStep:
+        """A planner agent writes the definition the step executes as a child run."""
+
+    @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the steps that must finish before this one starts."""
 
@@ -741,6 +801,7 @@ class Step(_message.Message):
         orchestration: Global___OrchestrationRef | None = ...,
         sleep: Global___SleepStep | None = ...,
         wait_for_event: Global___WaitForEventStep | None = ...,
+        plan: Global___PlanStep | None = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
         input: _struct_pb2.Struct | None = ...,
         checkpoint: Global___CheckpointPolicy | None = ...,
@@ -754,15 +815,45 @@ class Step(_message.Message):
         for_each: _builtins.str = ...,
         max_parallel: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "input", b"input", "loop", b"loop", "on_failure", b"on_failure", "orchestration", b"orchestration", "plan", b"plan", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "wait_for_event", b"wait_for_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "for_each", b"for_each", "id", b"id", "input", b"input", "loop", b"loop", "max_parallel", b"max_parallel", "on_failure", b"on_failure", "orchestration", b"orchestration", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event", "when", b"when"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "caching", b"caching", "checkpoint", b"checkpoint", "depends_on", b"depends_on", "description", b"description", "for_each", b"for_each", "id", b"id", "input", b"input", "loop", b"loop", "max_parallel", b"max_parallel", "on_failure", b"on_failure", "orchestration", b"orchestration", "plan", b"plan", "rollback", b"rollback", "skill", b"skill", "sleep", b"sleep", "target", b"target", "timeout_seconds", b"timeout_seconds", "wait_for_event", b"wait_for_event", "when", b"when"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration", "sleep", "wait_for_event"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent", "skill", "orchestration", "sleep", "wait_for_event", "plan"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class PlanStep(_message.Message):
+    """PlanStep calls a planner agent with the step's input; its output must be a
+    definition (the JSON form of `Definition`, at least one step). Podium validates it as
+    an inline plan (a problem fails the step with the non-retryable error INVALID_PLAN,
+    whose message lists each violation with its field path, e.g. `plan.steps[1].agent`),
+    then executes it as a child run of the step (nested at most ORCHESTRATION_MAX_DEPTH
+    deep, at most ORCHESTRATION_MAX_PLAN_STEPS steps, else PLAN_TOO_LARGE); the child's
+    input is the step's input and its output becomes the step's output. Not combined
+    with `loop` or `for_each`; its output is never cached.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """Required: name of the registered planner agent."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanStep: _TypeAlias = PlanStep  # noqa: Y015
 
 @_typing.final
 class StepLoop(_message.Message):

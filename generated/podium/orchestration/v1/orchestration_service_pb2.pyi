@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -14,6 +15,7 @@ from podium.orchestration.v1 import agent_pb2 as _agent_pb2
 from podium.orchestration.v1 import approval_pb2 as _approval_pb2
 from podium.orchestration.v1 import definition_pb2 as _definition_pb2
 from podium.orchestration.v1 import event_pb2 as _event_pb2
+from podium.orchestration.v1 import policy_pb2 as _policy_pb2
 from podium.orchestration.v1 import run_pb2 as _run_pb2
 from podium.orchestration.v1 import schedule_pb2 as _schedule_pb2
 import builtins as _builtins
@@ -543,6 +545,7 @@ class ListRunsRequest(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
     VIEW_FIELD_NUMBER: _builtins.int
+    PARENT_STEP_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum results per page; 0 means 50, capped at 500."""
     page_token: _builtins.str
@@ -554,6 +557,11 @@ class ListRunsRequest(_message.Message):
     view: _run_pb2.RunView.ValueType
     """How much of each run to return; unspecified means RUN_VIEW_BASIC (no input,
     output, metadata or plan).
+    """
+    parent_step_id: _builtins.str
+    """Only child runs started by this step of `parent_run_id` (required with it): its
+    sub-orchestration, for_each items, plan, and the runs its agent started with its
+    credential.
     """
     @_builtins.property
     def states(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.Run.State.ValueType]:
@@ -573,10 +581,11 @@ class ListRunsRequest(_message.Message):
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         parent_run_id: _builtins.str = ...,
         view: _run_pb2.RunView.ValueType = ...,
+        parent_step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "states", b"states", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["definition_name", b"definition_name", "labels", b"labels", "page_size", b"page_size", "page_token", b"page_token", "parent_run_id", b"parent_run_id", "parent_step_id", b"parent_step_id", "states", b"states", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2320,3 +2329,101 @@ class UsageRow(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class GetRoutingPolicyRequest(_message.Message):
+    """GetRoutingPolicyRequest reads the caller's organization's routing policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingPolicyRequest: _TypeAlias = GetRoutingPolicyRequest  # noqa: Y015
+
+@_typing.final
+class GetRoutingPolicyResponse(_message.Message):
+    """GetRoutingPolicyResponse holds the routing policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.RoutingPolicy:
+        """The organization's policy."""
+
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.RoutingPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutingPolicyResponse: _TypeAlias = GetRoutingPolicyResponse  # noqa: Y015
+
+@_typing.final
+class UpdateRoutingPolicyRequest(_message.Message):
+    """UpdateRoutingPolicyRequest sets lists of the caller's organization's routing policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.RoutingPolicy:
+        """The new lists; output-only fields are ignored."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The lists to replace, by field name (`allowed_agents`, `denied_agents`,
+        `allowed_skills`, `denied_skills`, `approval_agents`); empty replaces all five.
+        Other paths are refused.
+        """
+
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.RoutingPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRoutingPolicyRequest: _TypeAlias = UpdateRoutingPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRoutingPolicyResponse(_message.Message):
+    """UpdateRoutingPolicyResponse holds the updated policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POLICY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def policy(self) -> _policy_pb2.RoutingPolicy:
+        """The organization's policy after the update."""
+
+    def __init__(
+        self,
+        *,
+        policy: _policy_pb2.RoutingPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["policy", b"policy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateRoutingPolicyResponse: _TypeAlias = UpdateRoutingPolicyResponse  # noqa: Y015

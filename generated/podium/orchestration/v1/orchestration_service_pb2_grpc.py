@@ -210,6 +210,16 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.GetRoutingPolicy = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/GetRoutingPolicy',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyResponse.FromString,
+                _registered_method=True)
+        self.UpdateRoutingPolicy = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/UpdateRoutingPolicy',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -480,6 +490,22 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutingPolicy(self, request, context):
+        """GetRoutingPolicy returns the caller's organization's routing policy (empty lists
+        when none was set: every agent and skill allowed, no approval gate).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRoutingPolicy(self, request, context):
+        """UpdateRoutingPolicy replaces the lists of the organization's routing policy named
+        by `update_mask` (all of them when it is empty). Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -652,6 +678,16 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutingPolicy,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyResponse.SerializeToString,
+            ),
+            'UpdateRoutingPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRoutingPolicy,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1578,6 +1614,60 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/GetUsage',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/GetRoutingPolicy',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetRoutingPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRoutingPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/UpdateRoutingPolicy',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateRoutingPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -139,6 +139,14 @@ class OrchestrationServiceStub:
     """DeleteSchedule deletes a schedule; runs it started are kept."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetUsageRequest, _orchestration_service_pb2.GetUsageResponse]
     """Model usage of the organization's step attempts, totalled and grouped."""
+    GetRoutingPolicy: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRoutingPolicyRequest, _orchestration_service_pb2.GetRoutingPolicyResponse]
+    """GetRoutingPolicy returns the caller's organization's routing policy (empty lists
+    when none was set: every agent and skill allowed, no approval gate).
+    """
+    UpdateRoutingPolicy: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.UpdateRoutingPolicyRequest, _orchestration_service_pb2.UpdateRoutingPolicyResponse]
+    """UpdateRoutingPolicy replaces the lists of the organization's routing policy named
+    by `update_mask` (all of them when it is empty). Admins only.
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -251,6 +259,14 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """DeleteSchedule deletes a schedule; runs it started are kept."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetUsageRequest, _orchestration_service_pb2.GetUsageResponse]  # type: ignore[assignment]
     """Model usage of the organization's step attempts, totalled and grouped."""
+    GetRoutingPolicy: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRoutingPolicyRequest, _orchestration_service_pb2.GetRoutingPolicyResponse]  # type: ignore[assignment]
+    """GetRoutingPolicy returns the caller's organization's routing policy (empty lists
+    when none was set: every agent and skill allowed, no approval gate).
+    """
+    UpdateRoutingPolicy: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.UpdateRoutingPolicyRequest, _orchestration_service_pb2.UpdateRoutingPolicyResponse]  # type: ignore[assignment]
+    """UpdateRoutingPolicy replaces the lists of the organization's routing policy named
+    by `update_mask` (all of them when it is empty). Admins only.
+    """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestrationService is Podium's API: definitions, runs, progress streams,
@@ -564,5 +580,25 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.GetUsageResponse, _abc.Awaitable[_orchestration_service_pb2.GetUsageResponse]]:
         """Model usage of the organization's step attempts, totalled and grouped."""
+
+    @_abc_1.abstractmethod
+    def GetRoutingPolicy(
+        self,
+        request: _orchestration_service_pb2.GetRoutingPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetRoutingPolicyResponse, _abc.Awaitable[_orchestration_service_pb2.GetRoutingPolicyResponse]]:
+        """GetRoutingPolicy returns the caller's organization's routing policy (empty lists
+        when none was set: every agent and skill allowed, no approval gate).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateRoutingPolicy(
+        self,
+        request: _orchestration_service_pb2.UpdateRoutingPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.UpdateRoutingPolicyResponse, _abc.Awaitable[_orchestration_service_pb2.UpdateRoutingPolicyResponse]]:
+        """UpdateRoutingPolicy replaces the lists of the organization's routing policy named
+        by `update_mask` (all of them when it is empty). Admins only.
+        """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,4 +1,4 @@
--- 0011_discovery: when Podium read a podium.agent.v1 agent's card (GetAgentCard).
+-- 0014_discovery: when Podium read a podium.agent.v1 agent's card (GetAgentCard).
 -- podium: expand
 --
 -- RegisterAgent and the static agents take the skills, max concurrency and default

@@ -1,0 +1,247 @@
+"""Routing policies (GetRoutingPolicy / UpdateRoutingPolicy): refused agents and skills
+are field violations at CreateDefinition and StartRun (against the current policy),
+the executor checks again before dispatch (POLICY_DENIED), approval_agents park steps
+until DecideApproval, a definition's execution.routing only narrows, a viewer cannot
+update. The cross-organization case is in test_auth_tenancy.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+
+from podium.client.examples.agents import ExampleAgents
+from podium.orchestration.v1 import approval_pb2, policy_pb2, run_pb2
+from podium.orchestration.v1 import orchestration_service_pb2 as pb
+from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from tests.integration.client_helpers import podium, podium_json
+from tests.integration.conftest import StartServer, bearer_channel, static_agents
+from tests.integration.rpc import error_details, rpc_error, violations
+from tests.integration.runs_helpers import (
+    definition,
+    plan,
+    step_of,
+    wait_for,
+    wait_for_run,
+    wait_for_step,
+)
+
+Stub = Any
+State = run_pb2.Run.State
+StepState = run_pb2.StepRun.State
+
+
+async def _set(stub: Stub, *paths: str, **lists: list[str]) -> policy_pb2.RoutingPolicy:
+    request = pb.UpdateRoutingPolicyRequest()
+    request.update_mask.paths.extend(paths)
+    for name, values in lists.items():
+        getattr(request.policy, name).extend(values)
+    response = await stub.UpdateRoutingPolicy(request)
+    policy: policy_pb2.RoutingPolicy = response.policy
+    return policy
+
+
+@dataclass
+class Stubs:
+    """An admin's and a viewer's stub of one server (default organization)."""
+
+    admin: Stub
+    viewer: Stub
+
+
+@pytest.fixture
+async def stubs(start_server: StartServer, example_agents: ExampleAgents) -> AsyncIterator[Stubs]:
+    agents = static_agents(example_agents, "echo", "noop")
+    server = await start_server(auth="required", agents=agents)
+    key = (await server.engine.api_keys.create("default", "admin", "a")).key
+    viewer = (await server.engine.api_keys.create("default", "viewer", "v")).key
+    async with (
+        bearer_channel(server.address, key) as channel,
+        bearer_channel(server.address, viewer) as viewer_channel,
+    ):
+        yield Stubs(
+            pb_grpc.OrchestrationServiceStub(channel),
+            pb_grpc.OrchestrationServiceStub(viewer_channel),
+        )
+
+
+@pytest.fixture
+def admin(stubs: Stubs) -> Stub:
+    return stubs.admin
+
+
+async def test_get_and_update_with_a_mask(stubs: Stubs) -> None:
+    admin = stubs.admin
+    empty = (await admin.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy
+    assert empty.revision == 0 and not empty.denied_agents and not empty.HasField("update_time")
+    first = await _set(admin, denied_agents=["noop", "noop"], allowed_skills=["echo"])
+    assert list(first.denied_agents) == ["noop"] and list(first.allowed_skills) == ["echo"]
+    assert first.revision == 1 and first.HasField("update_time")
+    # A mask replaces only the lists it names.
+    second = await _set(admin, "approval_agents", approval_agents=["echo"], denied_agents=["x"])
+    assert list(second.denied_agents) == ["noop"] and list(second.approval_agents) == ["echo"]
+    assert second.revision == 2
+    read = (await admin.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy
+    assert read == second
+    # Bad masks and names are field violations; nothing changes.
+    error = await rpc_error(_set(admin, "revision", "denied_agents", denied_agents=["Bad Name"]))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error)) == {"update_mask.paths[0]", "policy.denied_agents[0]"}
+    assert (await admin.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy.revision == 2
+    # A viewer reads but cannot update.
+    assert (await stubs.viewer.GetRoutingPolicy(pb.GetRoutingPolicyRequest())).policy == second
+    error = await rpc_error(_set(stubs.viewer, denied_agents=[]))
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_refused_agents_and_skills_are_field_violations(admin: Stub) -> None:
+    await _set(admin, denied_agents=["noop"], denied_skills=["summarize"])
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo"},
+        {"id": "b", "agent": "noop"},
+        {"id": "c", "skill": "summarize"},
+        {"id": "d", "agent": "not-registered-yet"},  # unknown agents stay allowed
+    ]
+    error = await rpc_error(
+        admin.CreateDefinition(pb.CreateDefinitionRequest(definition=definition("flow", steps)))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    found = violations(error)
+    assert set(found) == {"steps[1].agent", "steps[2].skill"}
+    assert "denied by the organization's routing policy" in found["steps[1].agent"]
+    # An inline plan too, under `plan.`; no run is written.
+    error = await rpc_error(admin.StartRun(pb.StartRunRequest(plan=plan(steps), start=True)))
+    assert set(violations(error)) == {"plan.steps[1].agent", "plan.steps[2].skill"}
+    assert error_details(error)[0].reason == "POLICY_DENIED"
+    assert not (await admin.ListRuns(pb.ListRunsRequest())).runs
+    # An allow list refuses what it does not name.
+    await _set(admin, allowed_agents=["echo"])
+    error = await rpc_error(
+        admin.ValidateDefinition(
+            pb.ValidateDefinitionRequest(definition=definition("flow", steps[:1] + steps[3:]))
+        )
+    )
+    assert "not on the allowed_agents list" in violations(error)["steps[1].agent"]
+
+
+async def test_policy_changed_after_the_definition_was_saved(admin: Stub) -> None:
+    flow = definition("flow", [{"id": "a", "agent": "echo"}, {"id": "b", "agent": "noop"}])
+    await admin.CreateDefinition(pb.CreateDefinitionRequest(definition=flow))
+    await _set(admin, denied_agents=["noop"])
+    error = await rpc_error(
+        admin.StartRun(pb.StartRunRequest(definition=pb.DefinitionRef(name="flow"), start=True))
+    )
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(error)) == {"steps[1].agent"}
+    await _set(admin, denied_agents=[])
+    started = await admin.StartRun(
+        pb.StartRunRequest(definition=pb.DefinitionRef(name="flow"), start=True)
+    )
+    assert (await wait_for_run(admin, started.run.id)).state == State.STATE_SUCCEEDED
+
+
+async def test_dispatch_rechecks_the_current_policy(admin: Stub) -> None:
+    steps = [
+        {"id": "w", "wait_for_event": {"name": "go", "key": "k"}},
+        {"id": "b", "agent": "noop", "depends_on": ["w"], "input": {"text": "x"}},
+    ]
+    started = await admin.StartRun(pb.StartRunRequest(plan=plan(steps), start=True))
+    await wait_for_step(admin, started.run.id, "w", {StepState.STATE_WAITING_RETRY})
+    await _set(admin, denied_agents=["noop"])  # while the run waits
+    await admin.SendEvent(pb.SendEventRequest(event_id="e1", name="go", key="k"))
+    run = await wait_for_run(admin, started.run.id)
+    assert run.state == State.STATE_FAILED
+    failed = step_of(run, "b")
+    assert failed.error.code == "POLICY_DENIED" and not failed.error.retryable
+    assert "noop" in failed.error.message
+
+
+async def test_skill_routed_to_a_refused_agent_fails_at_dispatch(admin: Stub) -> None:
+    # The definition narrows the organization's policy: echo offers skill "echo", and
+    # the definition denies agent echo, so the routed step is refused.
+    flow = definition(
+        "narrow",
+        [{"id": "s", "skill": "echo"}],
+        execution={"routing": {"denied_agents": ["echo"], "allowed_skills": ["echo"]}},
+    )
+    await admin.CreateDefinition(pb.CreateDefinitionRequest(definition=flow))
+    started = await admin.StartRun(
+        pb.StartRunRequest(definition=pb.DefinitionRef(name="narrow"), start=True)
+    )
+    run = await wait_for_run(admin, started.run.id)
+    error = step_of(run, "s").error
+    assert run.state == State.STATE_FAILED and error.code == "POLICY_DENIED"
+    assert "execution.routing" in error.message
+    # The definition's allow list refuses a skill it does not name.
+    other = definition(
+        "narrow2", [{"id": "s", "skill": "noop"}], execution={"routing": {"allowed_skills": ["x"]}}
+    )
+    error2 = await rpc_error(admin.CreateDefinition(pb.CreateDefinitionRequest(definition=other)))
+    assert "definition's execution.routing" in violations(error2)["steps[0].skill"]
+
+
+async def test_approval_agents_wait_for_a_decision(admin: Stub) -> None:
+    await _set(admin, approval_agents=["echo"])
+    steps: list[dict[str, Any]] = [
+        {"id": "a", "agent": "echo", "input": {"q": 1}},
+        {"id": "b", "agent": "noop"},
+    ]
+    started = await admin.StartRun(pb.StartRunRequest(plan=plan(steps), start=True))
+    run_id = started.run.id
+    run = await wait_for_step(admin, run_id, "a", {StepState.STATE_AWAITING_APPROVAL})
+
+    async def pending() -> list[approval_pb2.Approval]:
+        listed = await admin.ListApprovals(pb.ListApprovalsRequest(run_id=run_id))
+        return list(listed.approvals)
+
+    approvals = await wait_for(pending, "the approval of step a")
+    assert [a.step_id for a in approvals] == ["a"]
+    assert step_of(run, "a").attempt == 0  # the agent was not called
+    await admin.DecideApproval(
+        pb.DecideApprovalRequest(
+            approval_id=approvals[0].id, decision=approval_pb2.DECISION_APPROVE, actor="ops"
+        )
+    )
+    run = await wait_for_run(admin, run_id)
+    assert run.state == State.STATE_SUCCEEDED
+    assert step_of(run, "a").attempt == 1
+
+
+async def test_cli_sets_the_policy_and_approves_a_gated_step(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    address = ["--address", server.address]
+    usage = await podium("policy", "set", *address)
+    assert usage.returncode == 2 and "at least one list" in usage.stderr
+    made = await podium(
+        "policy", "set", "--deny-agent", "noop", "--deny-skill", "shell",
+        "--require-approval", "echo", *address,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "denied_agents:    noop" in made.stdout
+    cleared = await podium_json("policy", "set", "--clear", "denied_skills", *address)
+    assert cleared["denied_agents"] == ["noop"] and "denied_skills" not in cleared
+    assert (await podium_json("policy", "get", *address))["revision"] == 2
+    # The gated step waits for `podium approvals approve`.
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        started = await stub.StartRun(
+            pb.StartRunRequest(plan=plan([{"id": "a", "agent": "echo"}]), start=True)
+        )
+        await _approve_with_the_cli(address, started.run.id)
+        assert (await wait_for_run(stub, started.run.id)).state == State.STATE_SUCCEEDED
+
+
+async def _approve_with_the_cli(address: list[str], run_id: str) -> None:
+
+    async def pending() -> list[Any]:
+        found: list[Any] = await podium_json("approvals", "list", "--run", run_id, *address)
+        return found
+
+    approvals = await wait_for(pending, "the approval of step a")
+    approved = await podium("approvals", "approve", approvals[0]["id"], "--actor", "ed", *address)
+    assert approved.returncode == 0, approved.stderr
