@@ -517,9 +517,10 @@ class Settings:
     agent_wait_seconds: float = _setting(
         "PODIUM_AGENT_WAIT_SECONDS",
         _parse_float(0),
-        "How long a step attempt waits for an unreachable agent to come back before it "
-        "fails with AGENT_UNAVAILABLE, within the attempt's timeout (an agent restart "
-        "then costs no attempt); the step reports the wait as progress. 0: fail at once.",
+        "How long a step attempt waits for an agent that is down (unreachable, NOT_SERVING, "
+        "or gone under a running call) to come back before it fails with "
+        "AGENT_UNAVAILABLE, within the attempt's timeout (an agent restart then costs no "
+        "attempt); the step reports the wait as progress. 0: fail at once.",
         60.0,
     )
     a2a_card_refresh_seconds: float = _setting(

@@ -137,8 +137,10 @@ class Agent:
 
     ``max_concurrency`` (``None`` or 0: no limit) bounds the handlers running at once on
     each server started by :meth:`serve`; extra calls wait for a slot. The card
-    announces it. ``on_cancel`` is called (synchronously) with the :class:`Task` whose
-    handler was cancelled by the caller, a deadline or shutdown.
+    announces it, and ``default_timeout_seconds`` (0: none), the step timeout Podium
+    uses for steps that set none (Podium reads both when the agent is registered).
+    ``on_cancel`` is called (synchronously) with the :class:`Task` whose handler was
+    cancelled by the caller, a deadline or shutdown.
     """
 
     def __init__(
@@ -149,6 +151,7 @@ class Agent:
         description: str = "",
         skills: Iterable[Skill] = (),
         max_concurrency: int | None = None,
+        default_timeout_seconds: float = 0.0,
         handler: Handler | None = None,
         on_cancel: Callable[[Task], None] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -159,11 +162,14 @@ class Agent:
             raise ValueError("max_concurrency cannot be negative")
         if max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
+        if not 0 <= default_timeout_seconds <= 86_400:
+            raise ValueError("default_timeout_seconds must be between 0 and 86400")
         self.name = name
         self.version = version
         self.description = description
         self.skills: tuple[Skill, ...] = tuple(skills)
         self.max_concurrency = max_concurrency or 0
+        self.default_timeout_seconds = default_timeout_seconds
         self.max_message_bytes = max_message_bytes
         self.on_cancel = on_cancel
         self._handler: Handler | None = None
@@ -204,6 +210,7 @@ class Agent:
             ],
             max_concurrency=self.max_concurrency,
             protocol_version=PROTOCOL_VERSION,
+            default_timeout_seconds=self.default_timeout_seconds,
         )
 
     def server_options(self) -> list[tuple[str, Any]]:

@@ -168,6 +168,14 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
                 print(agent_line(agent))
         else:
             print_data(list(agents), args.output)
+    elif args.action == "get":
+        agent = await client.get_agent(args.name)
+        if args.output == "text":
+            print(agent_line(agent))
+            if agent.health.message:
+                print(f"  {agent.health.message}")
+        else:
+            print_data(agent, args.output)
     elif args.action == "register":
         rate_limit = agent_rate_limit(args.rate_limit, args.tokens_limit)
         if args.rate_per_key:
@@ -183,6 +191,7 @@ async def cmd_agents(client: PodiumClient, args: argparse.Namespace) -> int:
                 default_timeout_seconds=args.default_timeout,
                 protocol=args.protocol,
                 rate_limit=rate_limit,
+                lazy=args.lazy,
             )
         except ValueError as exc:
             raise CliError(f"--protocol: {exc}", EXIT_USAGE) from None

@@ -298,6 +298,11 @@ def print_approval(approval: approval_pb2.Approval, output: str) -> None:
         print(f"  decided {decision.lower()}{by}{comment}")
 
 
+def _card_pending(agent: agent_pb2.Agent) -> bool:
+    """A podium.agent.v1 agent whose card Podium has not read yet (lazy registration)."""
+    return agent.protocol != agent.PROTOCOL_A2A and not agent.HasField("card_time")
+
+
 def agent_line(agent: agent_pb2.Agent) -> str:
     protocol = str(agent_pb2.Agent.Protocol.Name(agent.protocol)).removeprefix("PROTOCOL_")
     limit = str(agent.max_concurrency) if agent.max_concurrency else "unlimited"
@@ -316,4 +321,13 @@ def agent_line(agent: agent_pb2.Agent) -> str:
             else ""
         )
         + (" per_key" if rate.per_key else "")
+        + (
+            " health="
+            + str(agent_pb2.AgentHealth.State.Name(agent.health.state))
+            .removeprefix("STATE_")
+            .lower()
+            if agent.health.state
+            else ""
+        )
+        + (" card=pending" if _card_pending(agent) else "")
     )

@@ -468,10 +468,19 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
     p.add_argument("--skill", help="only agents offering this skill")
     p = _add(
         agents,
+        "get",
+        "one agent, with its health",
+        ("podium agents get summarizer", "podium agents get summarizer -o json"),
+        c,
+    )
+    p.add_argument("name")
+    p = _add(
+        agents,
         "register",
         "register (or update) an agent",
         (
-            "podium agents register summarizer 127.0.0.1:50061 --skill summarize",
+            "podium agents register summarizer 127.0.0.1:50061",
+            "podium agents register summarizer 127.0.0.1:50061 --skill summarize --lazy",
             "podium agents register helper 127.0.0.1:50070 --protocol a2a --max-concurrency 4",
             "podium agents register planner https://planner.example.com/.well-known/agent-card.json"
             " --protocol a2a",
@@ -485,9 +494,29 @@ def _others(sub: Group, c: Parents, bind: Bind) -> None:
         help="HOST:PORT of its gRPC server; an A2A agent (--protocol a2a) also by its agent "
         "card's http(s) URL",
     )
-    p.add_argument("--skill", action="append", help="a skill it offers (repeatable)")
-    p.add_argument("--max-concurrency", type=int, default=0, help="0: no limit")
-    p.add_argument("--default-timeout", type=float, default=0.0, help="seconds; 0: the server's")
+    p.add_argument(
+        "--skill",
+        action="append",
+        help="a skill it offers (repeatable); default: a native agent's card's",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=0,
+        help="a native agent's: at most its card's, 0: its card's; an A2A agent's: 0: no limit",
+    )
+    p.add_argument(
+        "--default-timeout",
+        type=float,
+        default=0.0,
+        help="seconds; 0: a native agent's card's, else the server's",
+    )
+    p.add_argument(
+        "--lazy",
+        action="store_true",
+        help="register a native agent even if it does not answer yet; its card is read when "
+        "it does",
+    )
     p.add_argument(
         "--rate-limit",
         metavar="COUNT/PERIOD",

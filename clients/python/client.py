@@ -826,11 +826,14 @@ class PodiumClient(ScheduleMethods, PayloadMethods, PolicyMethods):
         labels: Mapping[str, str] | None = None,
         protocol: agent_pb2.Agent.Protocol.ValueType | str = agent_pb2.Agent.PROTOCOL_UNSPECIFIED,
         rate_limit: agent_pb2.AgentRateLimit | None = None,
+        lazy: bool = False,
         timeout: float | None = None,
     ) -> agent_pb2.Agent:
         """Register (or update) an agent at ``endpoint``: a ``podium.agent.v1`` server,
         or an A2A agent with ``protocol="a2a"`` (an ``Agent.Protocol`` value or name).
-        ``rate_limit``: requests and/or tokens per period (none when omitted).
+        ``rate_limit``: requests and/or tokens per period (none when omitted). A
+        ``podium.agent.v1`` agent must answer: what is not given comes from its card;
+        ``lazy`` registers one that does not answer yet (its card is read when it does).
 
         Raises:
             ValueError: An unknown protocol name.
@@ -846,8 +849,14 @@ class PodiumClient(ScheduleMethods, PayloadMethods, PolicyMethods):
         )
         if rate_limit is not None:
             agent.rate_limit.CopyFrom(rate_limit)
-        request = pb.RegisterAgentRequest(agent=agent)
+        request = pb.RegisterAgentRequest(agent=agent, lazy=lazy)
         response = await self._unary(self._stub.RegisterAgent, request, timeout)
+        return response.agent  # type: ignore[no-any-return]
+
+    async def get_agent(self, name: str, *, timeout: float | None = None) -> agent_pb2.Agent:
+        """The agent ``name``, with its health as the answering replica sees it."""
+        request = pb.GetAgentRequest(name=name)
+        response = await self._unary(self._stub.GetAgent, request, timeout)
         return response.agent  # type: ignore[no-any-return]
 
     async def list_agents(

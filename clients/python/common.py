@@ -83,6 +83,7 @@ IDEMPOTENT_METHODS = (
     "DecideApproval",
     "RegisterAgent",
     "ListAgents",
+    "GetAgent",
     "ListWebhookDeliveries",
     "SendEvent",
     "GetSchedule",

@@ -187,6 +187,7 @@ class SyncPodiumClient:
     reject = _Blocking(PodiumClient.reject)
     register_agent = _Blocking(PodiumClient.register_agent)
     list_agents = _Blocking(PodiumClient.list_agents)
+    get_agent = _Blocking(PodiumClient.get_agent)
     deregister_agent = _Blocking(PodiumClient.deregister_agent)
     create_schedule = _Blocking(PodiumClient.create_schedule)
     get_schedule = _Blocking(PodiumClient.get_schedule)

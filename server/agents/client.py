@@ -381,15 +381,18 @@ class AgentClient(PooledClient[_Stubs]):
         endpoint: str,
         timeout: float = 2.0,  # noqa: ASYNC109 - the gRPC deadline of the call
         service: str = "",
+        *,
+        if_unimplemented: bool = False,
     ) -> bool:
         """Whether the agent's ``grpc.health.v1.Health`` answers SERVING for ``service``
-        ("" is the whole server) within ``timeout`` seconds; False on any failure."""
+        ("" is the whole server) within ``timeout`` seconds; False on any failure, but
+        ``if_unimplemented`` when the agent answers that it serves no health service."""
         try:
             response = await self._endpoint(endpoint).health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
-        except grpc.aio.AioRpcError:
-            return False
+        except grpc.aio.AioRpcError as exc:
+            return if_unimplemented and exc.code() is grpc.StatusCode.UNIMPLEMENTED
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def get_card(

@@ -18,8 +18,19 @@ gRPC reconnects in the background and the call is sent again once the channel is
 READY. The agent never received the refused call, so this is not a re-execution, and
 an agent restart of a few seconds no longer burns a step's attempts. The wait is
 reported through ``on_progress`` (``waiting for the agent ...``) so WatchRun shows why
-the step is not moving. A TLS handshake failure or a call cut midway is answered at
-once: waiting does not fix a certificate, and a cut call may have done work.
+the step is not moving. A TLS handshake failure is answered at once: waiting does not
+fix a certificate.
+
+``podium.agent.v1`` agents are also watched (:class:`~.health.AgentHealthMonitor`,
+``health``). Once an agent was seen serving (an agent that never served is rather
+misconfigured, e.g. TLS, and its calls fail as above), a call to it while it is known
+to be NOT_SERVING waits for it first, and a call
+cut midway by the agent going away (``UNAVAILABLE`` after the call started: the agent
+was stopped or killed) is sent again, within the same attempt, once the agent serves
+again, when a health check right after the cut fails (an agent that still answers its
+health check keeps the failure). The agent may have done part of the cut task: it sees
+the same task id again, as it would see the step again on a retry. Both waits share the
+bound above.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from podium.server.agents.client import (
     TaskFailed,
 )
 from podium.server.agents.endpoints import EndpointGuard, EndpointRefused
+from podium.server.agents.health import AgentHealthMonitor
 from podium.server.tls import KeyPair
 
 __all__ = ["AGENT_ENDPOINT_REFUSED", "AgentDispatcher"]
@@ -92,6 +104,24 @@ class AgentDispatcher:
             channels=self.channels,
             cards=cards if cards is not None else A2ACards(guard, tls_ca=tls_ca),
         )
+        self.health = AgentHealthMonitor(self.channels)
+        """The health of ``podium.agent.v1`` endpoints (every endpoint called is watched)."""
+
+    async def read_card(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the gRPC deadline of the call
+    ) -> agent_pb2.AgentCard:
+        """The card of the ``podium.agent.v1`` agent at ``endpoint`` (``GetAgentCard``),
+        through the outbound guard.
+
+        Raises:
+            EndpointRefused: the guard refused the endpoint, or its name does not resolve.
+            AgentCallError: the call failed (e.g. ``AGENT_UNAVAILABLE``: nothing answers).
+        """
+        await self.channels.connect(endpoint)
+        return await self.podium.get_card(endpoint, timeout=timeout)
 
     async def execute(
         self,
@@ -157,50 +187,85 @@ class AgentDispatcher:
             on_artifact=on_artifact,
             resume_task_id=resume_task_id,
         )
+        native = protocol != "a2a"
+        waited_from: float | None = None  # when this attempt began to wait for the agent
         try:
             started = time.monotonic()
-            outcome = await call(timeout=timeout)
-            if self.wait_seconds > 0 and _absent(outcome):
-                limit = min(self.wait_seconds, timeout)
+            known = self.health.health(endpoint)
+            if native:
+                self.health.watch(endpoint)
+                if self.wait_seconds > 0 and known.state == "not_serving" and known.was_serving:
+                    # Known to be down: wait for it before the call, not after a failure.
+                    waited_from = started
+                    await _notify(on_progress, endpoint, f"not serving: {known.message}")
+                    await self.health.wait_serving(endpoint, min(self.wait_seconds, timeout))
+            outcome = await call(timeout=max(timeout - (time.monotonic() - started), 0.001))
+            if self.wait_seconds > 0:
                 outcome = await self._wait_and_retry(
-                    call, channel, endpoint, started, limit, timeout, on_progress, outcome
+                    call,
+                    channel,
+                    endpoint,
+                    (started, waited_from),
+                    timeout,
+                    on_progress,
+                    outcome,
+                    native and known.was_serving,
                 )
             return outcome
         except EndpointRefused as exc:  # the checked channel was discarded meanwhile
             return _refused(endpoint, exc)
 
-    @staticmethod
+    async def _gone(self, outcome: A2AOutcome, endpoint: str, watched: bool) -> str | None:
+        """Why ``outcome`` says the agent is not there (module doc), or None: it was
+        unreachable, or (``watched``: a ``podium.agent.v1`` agent seen serving) its call
+        was cut and its health check now fails."""
+        if _absent(outcome):
+            return "unreachable"
+        if watched and _cut(outcome):
+            # An agent that answers (even without a health service) keeps the failure.
+            if not await self.podium.check_health(endpoint, 1.0, if_unimplemented=True):
+                assert isinstance(outcome, TaskFailed)
+                return f"its call was cut: {outcome.message}"
+        return None
+
     async def _wait_and_retry(
+        self,
         call: Callable[..., Awaitable[A2AOutcome]],
         channel: grpc.aio.Channel,
         endpoint: str,
-        started: float,
-        limit: float,
+        times: tuple[float, float | None],
         timeout: float,  # noqa: ASYNC109 - the deadline of the attempt
         on_progress: ProgressCallback | None,
         outcome: A2AOutcome,
+        watched: bool,
     ) -> A2AOutcome:
-        """Wait for ``channel`` to be READY and call again, while the agent stays
-        absent and ``limit`` seconds (from ``started``) allow; the last outcome."""
-        if on_progress is not None:
-            notice = on_progress(
-                agent_pb2.Progress(
-                    message=f"waiting for the agent at {endpoint} (unreachable)", fraction=-1
-                )
-            )
-            if notice is not None:
-                await notice
-        while _absent(outcome):
-            remaining = limit - (time.monotonic() - started)
+        """While the agent is not there (:meth:`_gone`), wait for it (its health SERVING,
+        or for an unreachable one its channel READY) and call again, at most
+        ``wait_seconds`` from the first wait (``times``: when the attempt started, when
+        it began to wait before its call or None) and within the attempt's ``timeout``;
+        the last outcome."""
+        started, waited_from = times
+        limit: float | None = None
+        while (reason := await self._gone(outcome, endpoint, watched)) is not None:
+            now = time.monotonic()
+            if waited_from is None:
+                waited_from = now
+                await _notify(on_progress, endpoint, reason)
+            if limit is None:
+                limit = min(self.wait_seconds, timeout - (waited_from - started))
+            remaining = limit - (now - waited_from)
             try:
                 if remaining <= 0:
                     raise TimeoutError
-                await asyncio.wait_for(channel.channel_ready(), remaining)
+                if reason == "unreachable":
+                    await asyncio.wait_for(channel.channel_ready(), remaining)
+                elif not await self.health.wait_serving(endpoint, remaining):
+                    raise TimeoutError
             except TimeoutError:
                 assert isinstance(outcome, TaskFailed)
                 return dataclasses.replace(
                     outcome,
-                    message=f"the agent at {endpoint} was not reachable for {limit:g} s: "
+                    message=f"the agent at {endpoint} was not reachable for {max(limit, 0):g} s: "
                     f"{outcome.message}",
                 )
             outcome = await call(timeout=max(timeout - (time.monotonic() - started), 0.001))
@@ -241,7 +306,8 @@ class AgentDispatcher:
         )
 
     async def close(self) -> None:
-        """Close both clients and every channel (idempotent)."""
+        """Stop the health watches, close both clients and every channel (idempotent)."""
+        await self.health.close()
         await self.podium.close()
         await self.a2a.close()
         await self.channels.close()
@@ -254,7 +320,34 @@ def _absent(outcome: A2AOutcome) -> bool:
     if outcome.origin != "transport":
         return False
     message = outcome.message.lower()
-    return any(m in message for m in _ABSENT) and not any(m in message for m in _TLS)
+    return any(m in message for m in _ABSENT) and not _tls(message)
+
+
+def _tls(message: str) -> bool:
+    """Whether a failure's message is about TLS (waiting for the agent does not help)."""
+    lowered = message.lower()
+    return any(m in lowered for m in _TLS)
+
+
+def _cut(outcome: A2AOutcome) -> bool:
+    """Whether ``outcome`` is a call that ended with ``UNAVAILABLE`` midway (the agent's
+    connection went away: it was stopped or killed), not a TLS failure."""
+    if not isinstance(outcome, TaskFailed) or outcome.origin != "transport":
+        return False
+    if outcome.grpc_status != "UNAVAILABLE":
+        return False
+    return not _tls(outcome.message)
+
+
+async def _notify(on_progress: ProgressCallback | None, endpoint: str, reason: str) -> None:
+    """Report a wait for the agent as the step's progress (module doc)."""
+    if on_progress is None:
+        return
+    notice = on_progress(
+        agent_pb2.Progress(message=f"waiting for the agent at {endpoint} ({reason})", fraction=-1)
+    )
+    if notice is not None:
+        await notice
 
 
 def _card_failure(endpoint: str, exc: CardUnavailable) -> TaskFailed:

@@ -79,6 +79,8 @@ class StaticAgent:
         protocol: ``podium_v1`` or ``a2a``.
         requests_per_period, tokens_per_period, rate_period_seconds: the rate limit
             (:mod:`.rate_limits`); all 0 means none.
+        card_read: whether skills, max concurrency and timeout were merged with the
+            agent's card (``agents/discovery.py``, at start); False as parsed.
     """
 
     name: str
@@ -92,6 +94,7 @@ class StaticAgent:
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
     rate_per_key: bool = False
+    card_read: bool = False
 
 
 # --------------------------------------------------------------------------- rules

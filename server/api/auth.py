@@ -116,6 +116,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "ListApprovals": _VIEWER,
     "GetApproval": _VIEWER,
     "ListAgents": _VIEWER,
+    "GetAgent": _VIEWER,
     "ListWebhookDeliveries": _VIEWER,
     "GetSchedule": _VIEWER,
     "GetRoutingPolicy": _VIEWER,

@@ -258,7 +258,9 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
     async def RegisterAgent(
         self, request: pb.RegisterAgentRequest, context: Context
     ) -> pb.RegisterAgentResponse:
-        agent = await self._engine().agents.register(self._org(context), request.agent)
+        agent = await self._engine().agents.register(
+            self._org(context), request.agent, lazy=request.lazy
+        )
         return pb.RegisterAgentResponse(agent=agent)
 
     @unary
@@ -272,6 +274,11 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             skill=request.skill,
         )
         return pb.ListAgentsResponse(agents=agents, next_page_token=token)
+
+    @unary
+    async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
+        agent = await self._engine().agents.get(self._org(context), request.name)
+        return pb.GetAgentResponse(agent=agent)
 
     @unary
     async def DeregisterAgent(

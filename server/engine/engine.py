@@ -10,7 +10,11 @@ from podium.server.agents.dispatch import AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard
 from podium.server.agents.static import StaticAgent, parse_static_agents
 from podium.server.config import ConfigError, Settings
-from podium.server.engine.agents import AgentService, check_static_agents
+from podium.server.engine.agents import (
+    AgentService,
+    check_static_agents,
+    discover_static_agents,
+)
 from podium.server.engine.api_keys import ApiKeyService
 from podium.server.engine.approvals import ApprovalService
 from podium.server.engine.cache import CacheService, StepCache
@@ -52,10 +56,11 @@ log = logging.getLogger("podium.engine")
 
 async def check_configuration(settings: Settings) -> list[StaticAgent]:
     """Every check of the settings that needs no database: the static agents (parsed,
-    endpoints through the outbound guard), the webhook target and its secret, the TLS
-    files of agent channels. ``PodiumServer`` runs it before it touches the database, so
-    a replica that refuses its configuration writes nothing shared (not even a
-    migration). Returns the static agents.
+    endpoints through the outbound guard, native ones merged with the cards of those that
+    answer), the webhook target and its secret, the TLS files of agent channels.
+    ``PodiumServer`` runs it before it touches the database, so a replica that refuses
+    its configuration writes nothing shared (not even a migration). Returns the static
+    agents.
 
     Raises:
         ConfigError: the first refused setting, named.
@@ -65,9 +70,22 @@ async def check_configuration(settings: Settings) -> list[StaticAgent]:
     except ValueError as exc:
         raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
     await check_webhook_configuration(settings)
-    settings.agent_tls()
-    await check_static_agents(agents, EndpointGuard(settings.agent_allow_list))
-    return agents
+    tls_ca, tls_client = settings.agent_tls()
+    guard = EndpointGuard(settings.agent_allow_list)
+    await check_static_agents(agents, guard)
+    if not any(agent.protocol == "podium_v1" for agent in agents):
+        return agents
+    # Native static agents take what their cards say; one that contradicts it is refused.
+    dispatcher = AgentDispatcher(
+        max_message_bytes=settings.max_message_bytes,
+        guard=guard,
+        tls_ca=tls_ca,
+        tls_client=tls_client,
+    )
+    try:
+        return await discover_static_agents(agents, dispatcher)
+    finally:
+        await dispatcher.close()
 
 
 class Engine:
@@ -107,7 +125,17 @@ class Engine:
         a2a_cards = A2ACards(
             guard, refresh_seconds=settings.a2a_card_refresh_seconds, tls_ca=agent_tls_ca
         )
-        self.agents = AgentService(agents, guard, a2a_cards)
+        self.agent_client = AgentDispatcher(
+            max_message_bytes=settings.max_message_bytes,
+            guard=guard,
+            wait_seconds=settings.agent_wait_seconds,
+            tls_ca=agent_tls_ca,
+            tls_client=agent_tls_client,
+            cards=a2a_cards,
+        )
+        # Native agents' cards (RegisterAgent, static agents) and health go through the
+        # dispatcher.
+        self.agents = AgentService(agents, guard, a2a_cards, self.agent_client)
         approvals = ApprovalsRepository(db)
         self.approvals = ApprovalService(approvals)
         # Raises ConfigError when a webhook URL is configured without a secret.
@@ -122,14 +150,6 @@ class Engine:
         self.approvals.max_response_bytes = budget
         for service in (self.definitions, self.agents, self.schedules, self.webhooks):
             service.max_response_bytes = budget
-        self.agent_client = AgentDispatcher(
-            max_message_bytes=settings.max_message_bytes,
-            guard=guard,
-            wait_seconds=settings.agent_wait_seconds,
-            tls_ca=agent_tls_ca,
-            tls_client=agent_tls_client,
-            cards=a2a_cards,
-        )
         cache_repository = CacheRepository(db)
         self.step_cache = StepCache(
             cache_repository,
@@ -165,6 +185,7 @@ class Engine:
         self.scheduler.executor.start_plan = self.child_runs.start_plan
         self.usage = UsageService(UsageRepository(db), settings)
         self.runs.usage = self.usage
+        self.runs.unavailable_agents = self.agents.unavailable
         if settings.start_run_rate is not None:
             limit, window = settings.start_run_rate
             self.runs.start_rate = StartRateLimiter(StartRateRepository(db), limit, window)
@@ -182,9 +203,9 @@ class Engine:
     async def start(self) -> None:
         """Declare this replica and its static agents, store the global webhook target,
         then start the watch hub, the webhook sender (with retention), the scheduler, the
-        schedule loop and the replica's renewal. The configuration was checked before
-        (:func:`check_configuration`); a replica that fails after declaring withdraws
-        again."""
+        schedule loop, the replica's renewal and the agents' health watch. The
+        configuration was checked before (:func:`check_configuration`, which read the
+        static agents' cards); a replica that fails after declaring withdraws again."""
         try:
             loaded = await self.replica.join()
             if loaded:
@@ -194,7 +215,9 @@ class Engine:
             await self.scheduler.start()
             await self.schedule_loop.start()
             self.replica.start()
+            self.agents.start_health()
         except BaseException:
+            await self.agents.stop_health()
             await self.replica.leave()
             raise
 
@@ -207,6 +230,7 @@ class Engine:
         await self.webhooks.stop()
         await self.watch.hub.stop()
         await self.scheduler.stop(grace)
+        await self.agents.stop_health()
         await self.agent_client.close()
         await self.replica.leave()
 

@@ -280,3 +280,25 @@ def set_rate_waits(run: run_pb2.Run, waits: Mapping[str, tuple[str, datetime | N
         step.waiting.reason = run_pb2.StepWaiting.Reason.REASON_RATE_LIMITED
         step.waiting.agent = held[0]
         _ts(held[1], step.waiting.until_time)
+
+
+def running_agents(run: run_pb2.Run) -> dict[str, str]:
+    """The agent of each running step's current attempt, by step id."""
+    out: dict[str, str] = {}
+    for step in run.steps:
+        if step.state != run_pb2.StepRun.State.STATE_RUNNING:
+            continue
+        agent = step.attempts[-1].agent if step.attempts else step.agent
+        if agent:
+            out[step.step_id] = agent
+    return out
+
+
+def set_agent_waits(run: run_pb2.Run, waiting: Mapping[str, str]) -> None:
+    """Fill ``StepRun.waiting`` (AGENT_UNAVAILABLE) of the running steps in ``waiting``
+    (by step id: the agent that is not serving)."""
+    for step in run.steps:
+        agent = waiting.get(step.step_id)
+        if agent is not None:
+            step.waiting.reason = run_pb2.StepWaiting.Reason.REASON_AGENT_UNAVAILABLE
+            step.waiting.agent = agent

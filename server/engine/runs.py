@@ -10,7 +10,7 @@ services from ``engine/requests.py``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format, struct_pb2
@@ -36,6 +36,8 @@ from podium.server.engine.mapping import (
     deliverable_to_proto,
     event_to_proto,
     run_to_proto,
+    running_agents,
+    set_agent_waits,
     set_organization_waits,
     set_rate_waits,
 )
@@ -97,6 +99,12 @@ class RunService:
         self.usage: UsageService | None = None
         """Quotas (StartRun) and the usage and budget of a run (GetRun); set by the
         engine."""
+        self.unavailable_agents: (
+            Callable[[str, Sequence[str]], Awaitable[Collection[str]]] | None
+        ) = None
+        """Of an organization's agents, those this replica sees not serving
+        (``AgentService.unavailable``): GetRun says why their running steps wait; set by
+        the engine."""
         self.policies: RoutingPolicies | None = None
         """The organizations' routing policies, checked at StartRun; set by the engine."""
 
@@ -521,6 +529,10 @@ class RunService:
                 at_cap = await self._repository.org_running(organization_id) >= cap
             if at_cap:
                 set_organization_waits(run)
+        attempts_on = running_agents(run)
+        if attempts_on and self.unavailable_agents is not None:
+            down = await self.unavailable_agents(organization_id, sorted(set(attempts_on.values())))
+            set_agent_waits(run, {s: a for s, a in attempts_on.items() if a in down})
         if self.usage is not None:
             await self.usage.fill_run(organization_id, run)
         return run

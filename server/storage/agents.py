@@ -13,7 +13,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 import asyncpg
@@ -30,6 +30,7 @@ __all__ = [
     "StaticAgentConflict",
     "StaticAgentFields",
     "StaticAgentsSync",
+    "static_conflict",
 ]
 
 AgentSource = Literal["registered", "static"]
@@ -78,6 +79,8 @@ class AgentRecord:
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
     rate_per_key: bool = False
+    card_read_at: datetime | None = None
+    """When the agent's card was read (None: not yet, or an A2A agent)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ class StaticAgentFields(Protocol):
     def rate_period_seconds(self) -> float: ...
     @property
     def rate_per_key(self) -> bool: ...
+    @property
+    def card_read(self) -> bool: ...
 
 
 def _record(row: asyncpg.Record) -> AgentRecord:
@@ -157,6 +162,7 @@ def _record(row: asyncpg.Record) -> AgentRecord:
         tokens_per_period=row["tokens_per_period"],
         rate_period_seconds=row["rate_period_seconds"],
         rate_per_key=row["rate_per_key"],
+        card_read_at=row["card_read_at"],
     )
 
 
@@ -173,6 +179,7 @@ class _Fields:
     tokens_per_period: int = 0
     rate_period_seconds: float = 0.0
     rate_per_key: bool = False
+    card_read: bool = False
 
 
 class AgentsRepository:
@@ -197,9 +204,11 @@ class AgentsRepository:
         tokens_per_period: int = 0,
         rate_period_seconds: float = 0.0,
         rate_per_key: bool = False,
+        card_read: bool = False,
     ) -> AgentRecord:
         """Insert the agent, or update the one of that name (keeping its creation time
-        and bumping its update time).
+        and bumping its update time). ``card_read``: the values come from the agent's
+        card (``card_read_at`` is set to now), else it is NULL.
 
         Raises:
             StaticAgentConflict: a registered upsert hit a static agent of that name.
@@ -217,11 +226,12 @@ class AgentsRepository:
             tokens_per_period,
             rate_period_seconds,
             rate_per_key,
+            card_read,
         )
         async with self._db.connection() as conn:
             row = await _upsert(conn, organization_id, fields, source)
         if row is None:
-            raise _static_conflict(name, "register")
+            raise static_conflict(name, "register")
         return _record(row)
 
     async def get(self, organization_id: str, name: str) -> AgentRecord | None:
@@ -248,6 +258,50 @@ class AgentsRepository:
                 QUERIES["list_agents"], organization_id, after_name, skill or None, limit
             )
         return [_record(row) for row in rows]
+
+    async def watched_endpoints(self) -> dict[str, bool]:
+        """The endpoints of every ``podium_v1`` agent, of every organization, and whether
+        an agent there waits for its card."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["watched_agent_endpoints"])
+        return {row["endpoint"]: row["pending"] for row in rows}
+
+    async def endpoints(
+        self, organization_id: str, names: Sequence[str]
+    ) -> dict[str, tuple[str, str]]:
+        """(endpoint, protocol) of the named agents that exist, by name."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["agent_endpoints"], organization_id, list(names))
+        return {row["name"]: (row["endpoint"], row["protocol"]) for row in rows}
+
+    async def awaiting_card(self, endpoint: str) -> builtins.list[AgentRecord]:
+        """The ``podium_v1`` agents at ``endpoint`` whose card was not read yet, of every
+        organization."""
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(QUERIES["agents_awaiting_card"], endpoint)
+        return [_record(row) for row in rows]
+
+    async def set_card(
+        self,
+        record: AgentRecord,
+        *,
+        skills: Sequence[str],
+        max_concurrency: int,
+        default_timeout_seconds: float,
+    ) -> bool:
+        """Store the values a card gave ``record`` (read with :meth:`awaiting_card`);
+        False when another replica did it first or the agent changed since."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                QUERIES["set_agent_card"],
+                record.organization_id,
+                record.name,
+                record.update_time,
+                list(skills),
+                max_concurrency,
+                float(default_timeout_seconds),
+            )
+        return row is not None
 
     async def step_rate_waits(
         self,
@@ -279,7 +333,7 @@ class AgentsRepository:
             row = await conn.fetchrow(QUERIES["delete_registered_agent"], organization_id, name)
         assert row is not None  # a SELECT of two scalar subqueries: always one row
         if not row["deleted"] and row["source"] == "static":
-            raise _static_conflict(name, "deregister")
+            raise static_conflict(name, "deregister")
         return bool(row["deleted"])
 
     async def declare_static(
@@ -351,6 +405,7 @@ def _spec(agent: StaticAgentFields) -> dict[str, object]:
         "tokens_per_period": agent.tokens_per_period,
         "rate_period_seconds": float(agent.rate_period_seconds),
         "rate_per_key": agent.rate_per_key,
+        "card_read": agent.card_read,
     }
 
 
@@ -383,10 +438,12 @@ async def _upsert(
         fields.tokens_per_period,
         float(fields.rate_period_seconds),
         fields.rate_per_key,
+        datetime.now(UTC) if fields.card_read else None,
     )
 
 
-def _static_conflict(name: str, action: Literal["register", "deregister"]) -> StaticAgentConflict:
+def static_conflict(name: str, action: Literal["register", "deregister"]) -> StaticAgentConflict:
+    """The conflict of registering or deregistering the static agent ``name``."""
     if action == "register":
         message = (
             f"agent {name!r} is declared in the server configuration (PODIUM_AGENTS); "

@@ -9,12 +9,12 @@
 -- $1: organization_id, $2: name, $3: endpoint, $4: skills, $5: max_concurrency,
 -- $6: default_timeout_seconds, $7: labels, $8: protocol, $9: source,
 -- $10: requests_per_period, $11: tokens_per_period, $12: rate_period_seconds,
--- $13: rate_per_key
+-- $13: rate_per_key, $14: card_read_at (NULL: the card was not read)
 INSERT INTO agents AS a
     (organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
      labels, protocol, source, requests_per_period, tokens_per_period, rate_period_seconds,
-     rate_per_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+     rate_per_key, card_read_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT (organization_id, name) DO UPDATE SET
     endpoint = EXCLUDED.endpoint,
     skills = EXCLUDED.skills,
@@ -27,17 +27,18 @@ ON CONFLICT (organization_id, name) DO UPDATE SET
     tokens_per_period = EXCLUDED.tokens_per_period,
     rate_period_seconds = EXCLUDED.rate_period_seconds,
     rate_per_key = EXCLUDED.rate_per_key,
+    card_read_at = EXCLUDED.card_read_at,
     updated_at = now()
 WHERE a.source = 'registered' OR EXCLUDED.source = 'static'
 RETURNING organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
           labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds, rate_per_key
+          tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
 
 -- get_agent --
 -- $1: organization_id, $2: name
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
        labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds, rate_per_key
+       tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
 FROM agents
 WHERE organization_id = $1 AND name = $2
 
@@ -47,7 +48,7 @@ WHERE organization_id = $1 AND name = $2
 -- any), $4: limit
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
        labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds, rate_per_key
+       tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
 FROM agents
 WHERE organization_id = $1
   AND ($2::text IS NULL OR name > $2::text)
@@ -79,7 +80,7 @@ FROM podium_declare_static_agents($1, $2, $3, $4, $5, $6)
 -- The named agents that exist, by name. $1: organization_id, $2: names
 SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
        labels, protocol, source, created_at, updated_at, requests_per_period,
-       tokens_per_period, rate_period_seconds, rate_per_key
+       tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
 FROM agents
 WHERE organization_id = $1 AND name = ANY ($2::text[])
 ORDER BY name
@@ -122,3 +123,40 @@ CROSS JOIN LATERAL (
     FROM podium_rate_waits($1, c.names, $5) r
 ) w
 WHERE w.held > 0 AND w.held = cardinality(c.names)
+
+-- watched_agent_endpoints --
+-- The endpoints of every podium.agent.v1 agent of every organization: what a replica
+-- watches the health of (engine/agents.py), and whether an agent there waits for its
+-- card.
+SELECT endpoint, bool_or(card_read_at IS NULL) AS pending
+FROM agents
+WHERE protocol = 'podium_v1'
+GROUP BY endpoint
+
+-- agents_awaiting_card --
+-- The podium.agent.v1 agents at an endpoint whose card was not read yet (lazy
+-- registrations, static agents that did not answer at start), every organization.
+-- $1: endpoint
+SELECT organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
+       labels, protocol, source, created_at, updated_at, requests_per_period,
+       tokens_per_period, rate_period_seconds, rate_per_key, card_read_at
+FROM agents
+WHERE endpoint = $1 AND protocol = 'podium_v1' AND card_read_at IS NULL
+
+-- set_agent_card --
+-- Store what the card gave an agent that was waiting for it; nothing when another
+-- replica did it first or the agent changed meanwhile (updated_at differs).
+-- $1: organization_id, $2: name, $3: updated_at read, $4: skills, $5: max_concurrency,
+-- $6: default_timeout_seconds
+UPDATE agents
+SET skills = $4, max_concurrency = $5, default_timeout_seconds = $6,
+    card_read_at = now(), updated_at = now()
+WHERE organization_id = $1 AND name = $2 AND updated_at = $3 AND card_read_at IS NULL
+RETURNING name
+
+-- agent_endpoints --
+-- Endpoint and protocol of the named agents that exist (GetRun: the health of the
+-- agents of running steps). $1: organization_id, $2: names
+SELECT name, endpoint, protocol
+FROM agents
+WHERE organization_id = $1 AND name = ANY ($2::text[])

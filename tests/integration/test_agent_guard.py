@@ -54,7 +54,9 @@ async def test_the_allow_list_admits_loopback_agents(start_server: StartServer) 
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.OrchestrationServiceStub(channel)
         await stub.RegisterAgent(
-            pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="local", endpoint="127.0.0.1:9"))
+            pb.RegisterAgentRequest(
+                agent=agent_pb2.Agent(name="local", endpoint="127.0.0.1:9"), lazy=True
+            )
         )
         error = await rpc_error(
             stub.RegisterAgent(

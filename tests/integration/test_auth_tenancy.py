@@ -72,7 +72,9 @@ async def world(
             pb.CreateDefinitionRequest(definition=definition("wait-a", [wait]))
         )
         await a.RegisterAgent(
-            pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:9"))
+            pb.RegisterAgentRequest(
+                agent=agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:9"), lazy=True
+            )
         )
         run = await a.StartRun(
             pb.StartRunRequest(definition=pb.DefinitionRef(name="flow-a"), start=True)
@@ -169,7 +171,9 @@ async def _validate_definition(w: World) -> None:
 async def _register_agent(w: World) -> None:
     # B's "reg-a" is B's own; A's stays as it was (checked by the snapshot).
     agent = agent_pb2.Agent(name="reg-a", endpoint="127.0.0.1:10")
-    assert (await w.b.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent.name == "reg-a"
+    assert (
+        await w.b.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))
+    ).agent.name == "reg-a"
 
 
 async def _send_event(w: World) -> None:
@@ -259,6 +263,7 @@ CASES: dict[str, Case] = {
     ),
     "RegisterAgent": _register_agent,
     "ListAgents": lambda w: _empty(w.b.ListAgents(pb.ListAgentsRequest()), "agents"),
+    "GetAgent": _not_found(lambda w: w.b.GetAgent(pb.GetAgentRequest(name="reg-a"))),
     "DeregisterAgent": _not_found(
         lambda w: w.b.DeregisterAgent(pb.DeregisterAgentRequest(name="echo"))
     ),

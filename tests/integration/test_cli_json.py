@@ -153,6 +153,7 @@ async def test_every_json_command_has_the_one_shape(
         ("webhooks", "deliveries"): ([], False),
         ("agents", "register"): (["extra", "127.0.0.1:9", "--protocol", "a2a"], False),
         ("agents", "list"): ([], False),
+        ("agents", "get"): (["extra"], False),
         ("agents", "deregister"): (["extra"], False),
         ("cache", "invalidate"): (["shapes"], False),
         ("usage", ): (["--by", "day", "--by", "agent"], False),

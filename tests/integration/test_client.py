@@ -131,7 +131,7 @@ async def test_definitions_runs_and_typed_errors(
             await client.start_run()
 
         # Agents.
-        agent = await client.register_agent("extra", "127.0.0.1:1", skills=["x"])
+        agent = await client.register_agent("extra", "127.0.0.1:1", skills=["x"], lazy=True)
         assert agent.name == "extra"
         assert "extra" in [a.name for a in (await client.list_agents(skill="x")).items]
         await client.deregister_agent("extra")

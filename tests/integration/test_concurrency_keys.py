@@ -513,6 +513,7 @@ async def test_cli_starts_with_a_priority_and_shows_key_priority_and_waiting(
         "register",
         "llm",
         "127.0.0.1:1",
+        "--lazy",
         "--rate-limit",
         "5/1m",
         "--rate-per-key",

@@ -206,7 +206,9 @@ async def target(
     channel = bearer_channel(podium_server.address, admin_key)
     stub = pb_grpc.OrchestrationServiceStub(channel)
     await stub.RegisterAgent(
-        pb.RegisterAgentRequest(agent=agent_pb2.Agent(name="echo", endpoint="127.0.0.1:9"))
+        pb.RegisterAgentRequest(
+            agent=agent_pb2.Agent(name="echo", endpoint="127.0.0.1:9"), lazy=True
+        )
     )
     await stub.CreateDefinition(
         pb.CreateDefinitionRequest(definition=definition("echo", [{"id": "s", "agent": "echo"}]))

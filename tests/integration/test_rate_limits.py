@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import pytest
 
-from podium.client.examples.agents import ExampleAgents
+from podium.client.examples.agents import ExampleAgents, summarize_agent
 from podium.orchestration.v1 import agent_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
@@ -150,19 +150,21 @@ async def test_tokens_limit_waits_for_reported_usage_to_leave_the_window(
 async def test_skill_routes_around_an_agent_at_its_limit(
     podium: Connect, example_agents: ExampleAgents
 ) -> None:
-    """Two agents offer `summarize`; echo (first by name) allows 1 request per minute:
-    the first step goes to echo, the next ones to the summarizer instead of waiting."""
-    setting = agents_setting(
-        example_agents, echo="skills=summarize;rate=1/60s", summarizer="skills=summarize"
-    )
-    _, stub = await podium(setting)
-    agents = []
-    for _ in range(3):
-        inline = plan([{"id": "s", "skill": "summarize", "input": {"text": "a b"}}])
-        run = await wait_for_run(stub, (await start_run(stub, inline=inline)).run.id)
-        assert run.state == Run.STATE_SUCCEEDED, run
-        agents.append(step_of(run, "s").agent)
-    assert agents == ["echo", "summarizer", "summarizer"]
+    """Two agents offer `summarize`; brief (first by name) allows 1 request per minute:
+    the first step goes to brief, the next ones to the summarizer instead of waiting."""
+    brief = await summarize_agent("brief").serve("127.0.0.1:0")
+    try:
+        setting = agents_setting(example_agents, summarizer="skills=summarize")
+        _, stub = await podium(f"brief={brief.address};rate=1/60s,{setting}")
+        agents = []
+        for _ in range(3):
+            inline = plan([{"id": "s", "skill": "summarize", "input": {"text": "a b"}}])
+            run = await wait_for_run(stub, (await start_run(stub, inline=inline)).run.id)
+            assert run.state == Run.STATE_SUCCEEDED, run
+            agents.append(step_of(run, "s").agent)
+    finally:
+        await brief.stop(0)
+    assert agents == ["brief", "summarizer", "summarizer"]
 
 
 @pytest.mark.parametrize(
@@ -204,13 +206,13 @@ async def test_register_round_trip_and_cli_flags(
         endpoint="127.0.0.1:9",
         rate_limit=agent_pb2.AgentRateLimit(requests_per_period=60, period_seconds=60),
     )
-    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent
+    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))).agent
     assert stored.rate_limit == agent.rate_limit
     agent.ClearField("rate_limit")
-    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent))).agent
+    stored = (await stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent, lazy=True))).agent
     assert not stored.HasField("rate_limit")
 
-    args = ["agents", "register", "cli-llm", "127.0.0.1:9", "--address", address]
+    args = ["agents", "register", "cli-llm", "127.0.0.1:9", "--lazy", "--address", address]
     data = await podium_json(*args, "--rate-limit", "30/1m", "--tokens-limit", "90000/60s")
     assert data["rate_limit"] == {
         "requests_per_period": 30,

@@ -46,7 +46,9 @@ async def run_once(address: str, endpoint: str | None, agent: str = "echo") -> r
         stub = pb_grpc.OrchestrationServiceStub(channel)
         if endpoint is not None:
             await stub.RegisterAgent(
-                pb.RegisterAgentRequest(agent=agent_pb2.Agent(name=agent, endpoint=endpoint))
+                pb.RegisterAgentRequest(
+                    agent=agent_pb2.Agent(name=agent, endpoint=endpoint), lazy=True
+                )
             )
         step: dict[str, Any] = {
             "id": "a",

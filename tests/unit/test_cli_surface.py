@@ -33,6 +33,7 @@ SURFACE: dict[str, tuple[str, tuple[str, ...]]] = {
     "DecideApproval": ("decide_approval", ("approvals", "decide")),
     "RegisterAgent": ("register_agent", ("agents", "register")),
     "ListAgents": ("list_agents", ("agents", "list")),
+    "GetAgent": ("get_agent", ("agents", "get")),
     "DeregisterAgent": ("deregister_agent", ("agents", "deregister")),
     "InvalidateCache": ("invalidate_cache", ("cache", "invalidate")),
     "ListWebhookDeliveries": ("list_webhook_deliveries", ("webhooks", "deliveries")),

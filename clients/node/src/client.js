@@ -539,12 +539,25 @@ export class PodiumClient {
   /**
    * Register or update an agent (`Agent` message: `name`, `endpoint`, `skills`,
    * `max_concurrency`, `default_timeout_seconds`, `labels`). Returns the stored agent.
+   * A podium.agent.v1 agent must answer (what is not given comes from its card);
+   * `{ lazy: true }` registers one that does not answer yet.
    *
    * @param {any} agent
-   * @param {CallOptions} [options]
+   * @param {CallOptions & { lazy?: boolean }} [options]
    */
   async registerAgent(agent, options) {
-    return (await this.call('RegisterAgent', { agent }, options)).agent;
+    const { lazy = false, ...callOptions } = options ?? {};
+    return (await this.call('RegisterAgent', { agent, lazy }, callOptions)).agent;
+  }
+
+  /**
+   * One agent, with its health (`health.state`, `health.since_time`, `health.message`).
+   *
+   * @param {string} name
+   * @param {CallOptions} [options]
+   */
+  async getAgent(name, options) {
+    return (await this.call('GetAgent', { name }, options)).agent;
   }
 
   /**

@@ -1,4 +1,4 @@
--- Static agents (PODIUM_AGENTS) and the replicas that declare them (migration 0011).
+-- Static agents (PODIUM_AGENTS) and the replicas that declare them (migration 0013).
 --
 -- A replica declares its static agents at start (podium_declare_static_agents), owned by
 -- itself (`replica:<id>`) or by its agent group (`group:<name>`): a group's declarations
@@ -46,7 +46,7 @@ BEGIN
     INSERT INTO agents AS a
         (organization_id, name, endpoint, skills, max_concurrency, default_timeout_seconds,
          labels, protocol, source, requests_per_period, tokens_per_period,
-         rate_period_seconds, rate_per_key)
+         rate_period_seconds, rate_per_key, card_read_at)
     VALUES (
         p_org, p_name, v_spec ->> 'endpoint',
         ARRAY(SELECT jsonb_array_elements_text(v_spec -> 'skills')),
@@ -56,7 +56,8 @@ BEGIN
         (v_spec ->> 'requests_per_period')::integer,
         (v_spec ->> 'tokens_per_period')::bigint,
         (v_spec ->> 'rate_period_seconds')::double precision,
-        (v_spec ->> 'rate_per_key')::boolean)
+        (v_spec ->> 'rate_per_key')::boolean,
+        CASE WHEN (v_spec ->> 'card_read')::boolean THEN now() END)
     ON CONFLICT (organization_id, name) DO UPDATE SET
         endpoint = EXCLUDED.endpoint,
         skills = EXCLUDED.skills,
@@ -69,15 +70,17 @@ BEGIN
         tokens_per_period = EXCLUDED.tokens_per_period,
         rate_period_seconds = EXCLUDED.rate_period_seconds,
         rate_per_key = EXCLUDED.rate_per_key,
+        card_read_at = EXCLUDED.card_read_at,
         updated_at = now()
     WHERE (a.endpoint, a.skills, a.max_concurrency, a.default_timeout_seconds, a.labels,
            a.protocol, a.source, a.requests_per_period, a.tokens_per_period,
-           a.rate_period_seconds, a.rate_per_key)
+           a.rate_period_seconds, a.rate_per_key, a.card_read_at IS NULL)
           IS DISTINCT FROM
           (EXCLUDED.endpoint, EXCLUDED.skills, EXCLUDED.max_concurrency,
            EXCLUDED.default_timeout_seconds, EXCLUDED.labels, EXCLUDED.protocol, 'static',
            EXCLUDED.requests_per_period, EXCLUDED.tokens_per_period,
-           EXCLUDED.rate_period_seconds, EXCLUDED.rate_per_key);
+           EXCLUDED.rate_period_seconds, EXCLUDED.rate_per_key,
+           EXCLUDED.card_read_at IS NULL);
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -121,7 +124,8 @@ END
 $$;
 
 -- A replica starts (or rejoins after its row lapsed): hold its row for p_lease seconds
--- and declare p_agents (a JSON array of agent objects: name, endpoint, skills, ...) in
+-- and declare p_agents (a JSON array of agent objects: name, endpoint, skills, ...,
+-- card_read: the values come from the agent's card, which sets card_read_at) in
 -- p_org as its own, or as its group's when p_group is set (replacing the group's
 -- previous set there). Static agents of p_org that nothing declares (stored by a
 -- version before 0011) are removed unless declared now. A rejoining replica of a group

@@ -409,6 +409,7 @@ class AgentCard(_message.Message):
     SKILLS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    DEFAULT_TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the agent, e.g. "summarizer"."""
     version: _builtins.str
@@ -419,6 +420,10 @@ class AgentCard(_message.Message):
     """Number of tasks the agent accepts at once; 0 means no limit announced."""
     protocol_version: _builtins.str
     """Version of this protocol the agent speaks, e.g. "podium.agent.v1"."""
+    default_timeout_seconds: _builtins.float
+    """Step timeout in seconds the agent suggests for its tasks (Podium uses it for steps
+    that set none); 0 means none announced. At least 0, at most 86400.
+    """
     @_builtins.property
     def skills(self) -> _containers.RepeatedCompositeFieldContainer[Global___Skill]:
         """Skills the agent offers; steps can be routed by skill id."""
@@ -432,10 +437,11 @@ class AgentCard(_message.Message):
         skills: _abc.Iterable[Global___Skill] | None = ...,
         max_concurrency: _builtins.int = ...,
         protocol_version: _builtins.str = ...,
+        default_timeout_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "max_concurrency", b"max_concurrency", "name", b"name", "protocol_version", b"protocol_version", "skills", b"skills", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_timeout_seconds", b"default_timeout_seconds", "description", b"description", "max_concurrency", b"max_concurrency", "name", b"name", "protocol_version", b"protocol_version", "skills", b"skills", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#podium/orchestration/v1/agent.proto\x12\x17podium.orchestration.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x05\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06skills\x18\x03 \x03(\t\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x05 \x01(\x01\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.podium.orchestration.v1.Agent.LabelsEntry\x12\x39\n\x08protocol\x18\x07 \x01(\x0e\x32\'.podium.orchestration.v1.Agent.Protocol\x12\x35\n\x06source\x18\x08 \x01(\x0e\x32%.podium.orchestration.v1.Agent.Source\x12\x17\n\x0forganization_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63tive_tasks\x18\x0c \x01(\x05\x12;\n\nrate_limit\x18\r \x01(\x0b\x32\'.podium.orchestration.v1.AgentRateLimit\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_PODIUM_V1\x10\x01\x12\x10\n\x0cPROTOCOL_A2A\x10\x02\"J\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11SOURCE_REGISTERED\x10\x01\x12\x11\n\rSOURCE_STATIC\x10\x02\"q\n\x0e\x41gentRateLimit\x12\x1b\n\x13requests_per_period\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_period\x18\x02 \x01(\x03\x12\x16\n\x0eperiod_seconds\x18\x03 \x01(\x01\x12\x0f\n\x07per_key\x18\x04 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#podium/orchestration/v1/agent.proto\x12\x17podium.orchestration.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x06\n\x05\x41gent\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0e\n\x06skills\x18\x03 \x03(\t\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\x05\x12\x1f\n\x17\x64\x65\x66\x61ult_timeout_seconds\x18\x05 \x01(\x01\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.podium.orchestration.v1.Agent.LabelsEntry\x12\x39\n\x08protocol\x18\x07 \x01(\x0e\x32\'.podium.orchestration.v1.Agent.Protocol\x12\x35\n\x06source\x18\x08 \x01(\x0e\x32%.podium.orchestration.v1.Agent.Source\x12\x17\n\x0forganization_id\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x63tive_tasks\x18\x0c \x01(\x05\x12;\n\nrate_limit\x18\r \x01(\x0b\x32\'.podium.orchestration.v1.AgentRateLimit\x12\x34\n\x06health\x18\x0e \x01(\x0b\x32$.podium.orchestration.v1.AgentHealth\x12-\n\tcard_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x16\n\x12PROTOCOL_PODIUM_V1\x10\x01\x12\x10\n\x0cPROTOCOL_A2A\x10\x02\"J\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x15\n\x11SOURCE_REGISTERED\x10\x01\x12\x11\n\rSOURCE_STATIC\x10\x02\"\xe6\x01\n\x0b\x41gentHealth\x12\x39\n\x05state\x18\x01 \x01(\x0e\x32*.podium.orchestration.v1.AgentHealth.State\x12.\n\nsince_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x03 \x01(\t\"[\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_UNKNOWN\x10\x01\x12\x11\n\rSTATE_SERVING\x10\x02\x12\x15\n\x11STATE_NOT_SERVING\x10\x03\"q\n\x0e\x41gentRateLimit\x12\x1b\n\x13requests_per_period\x18\x01 \x01(\x05\x12\x19\n\x11tokens_per_period\x18\x02 \x01(\x03\x12\x16\n\x0eperiod_seconds\x18\x03 \x01(\x01\x12\x0f\n\x07per_key\x18\x04 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_LABELSENTRY']._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENT']._serialized_start=98
-  _globals['_AGENT']._serialized_end=794
-  _globals['_AGENT_LABELSENTRY']._serialized_start=593
-  _globals['_AGENT_LABELSENTRY']._serialized_end=638
-  _globals['_AGENT_PROTOCOL']._serialized_start=640
-  _globals['_AGENT_PROTOCOL']._serialized_end=718
-  _globals['_AGENT_SOURCE']._serialized_start=720
-  _globals['_AGENT_SOURCE']._serialized_end=794
-  _globals['_AGENTRATELIMIT']._serialized_start=796
-  _globals['_AGENTRATELIMIT']._serialized_end=909
+  _globals['_AGENT']._serialized_end=895
+  _globals['_AGENT_LABELSENTRY']._serialized_start=694
+  _globals['_AGENT_LABELSENTRY']._serialized_end=739
+  _globals['_AGENT_PROTOCOL']._serialized_start=741
+  _globals['_AGENT_PROTOCOL']._serialized_end=819
+  _globals['_AGENT_SOURCE']._serialized_start=821
+  _globals['_AGENT_SOURCE']._serialized_end=895
+  _globals['_AGENTHEALTH']._serialized_start=898
+  _globals['_AGENTHEALTH']._serialized_end=1128
+  _globals['_AGENTHEALTH_STATE']._serialized_start=1037
+  _globals['_AGENTHEALTH_STATE']._serialized_end=1128
+  _globals['_AGENTRATELIMIT']._serialized_start=1130
+  _globals['_AGENTRATELIMIT']._serialized_end=1243
 # @@protoc_insertion_point(module_scope)

@@ -109,6 +109,8 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ACTIVE_TASKS_FIELD_NUMBER: _builtins.int
     RATE_LIMIT_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    CARD_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name of the agent, unique per organization: 1 to 128 characters of [a-z0-9_.-]."""
     endpoint: _builtins.str
@@ -120,9 +122,15 @@ class Agent(_message.Message):
     skill ids become `skills` when none are given.
     """
     max_concurrency: _builtins.int
-    """Maximum tasks Podium sends at once; 0 means unlimited."""
+    """Maximum tasks Podium sends at once; 0 means unlimited. For a podium.agent.v1 agent,
+    0 takes the card's `max_concurrency`; a value given may be lower than the card's,
+    not higher.
+    """
     default_timeout_seconds: _builtins.float
-    """Default step timeout in seconds for this agent; 0 uses the server default."""
+    """Default step timeout in seconds for this agent; 0 uses the server default. For a
+    podium.agent.v1 agent, 0 takes the card's `default_timeout_seconds`; a value given
+    overrides it.
+    """
     protocol: Global___Agent.Protocol.ValueType
     """Protocol spoken."""
     source: Global___Agent.Source.ValueType
@@ -133,7 +141,10 @@ class Agent(_message.Message):
     """Tasks currently executing on the agent. Output only."""
     @_builtins.property
     def skills(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Skills offered, used by steps routed by skill."""
+        """Skills offered, used by steps routed by skill. For a podium.agent.v1 agent,
+        RegisterAgent reads them from the agent's card when none are given; given ones
+        narrow the card's (each must be one of them).
+        """
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -153,6 +164,19 @@ class Agent(_message.Message):
         stays queued (no attempt used) until the window frees. Unset: no rate limit.
         """
 
+    @_builtins.property
+    def health(self) -> Global___AgentHealth:
+        """Availability of the agent as the replica answering sees it (podium.agent.v1
+        agents; A2A agents stay STATE_UNKNOWN). Output only.
+        """
+
+    @_builtins.property
+    def card_time(self) -> _timestamp_pb2.Timestamp:
+        """When Podium read the agent's card (GetAgentCard) and took the values not given from
+        it; unset while a lazy registration waits for the agent to answer, and for A2A
+        agents. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -169,14 +193,85 @@ class Agent(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         active_tasks: _builtins.int = ...,
         rate_limit: Global___AgentRateLimit | None = ...,
+        health: Global___AgentHealth | None = ...,
+        card_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "rate_limit", b"rate_limit", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["card_time", b"card_time", "create_time", b"create_time", "health", b"health", "rate_limit", b"rate_limit", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "create_time", b"create_time", "default_timeout_seconds", b"default_timeout_seconds", "endpoint", b"endpoint", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "organization_id", b"organization_id", "protocol", b"protocol", "rate_limit", b"rate_limit", "skills", b"skills", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_tasks", b"active_tasks", "card_time", b"card_time", "create_time", b"create_time", "default_timeout_seconds", b"default_timeout_seconds", "endpoint", b"endpoint", "health", b"health", "labels", b"labels", "max_concurrency", b"max_concurrency", "name", b"name", "organization_id", b"organization_id", "protocol", b"protocol", "rate_limit", b"rate_limit", "skills", b"skills", "source", b"source", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class AgentHealth(_message.Message):
+    """AgentHealth is what one Podium replica knows of an agent's availability: each replica
+    watches the `grpc.health.v1.Health` service of the agents it knows (Health.Watch on
+    the agent's channel) and keeps its own view. A step whose agent is not serving waits
+    for it instead of using attempts (StepWaiting.REASON_AGENT_UNAVAILABLE).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[AgentHealth._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: AgentHealth._State.ValueType  # 0
+        """Never used."""
+        STATE_UNKNOWN: AgentHealth._State.ValueType  # 1
+        """Not known yet: the replica has not heard from the agent since it started
+        watching it, or does not watch it (A2A agents).
+        """
+        STATE_SERVING: AgentHealth._State.ValueType  # 2
+        """The agent's health service answers SERVING."""
+        STATE_NOT_SERVING: AgentHealth._State.ValueType  # 3
+        """The agent answers NOT_SERVING (e.g. it is shutting down) or cannot be reached."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """State is the agent's availability."""
+
+    STATE_UNSPECIFIED: AgentHealth.State.ValueType  # 0
+    """Never used."""
+    STATE_UNKNOWN: AgentHealth.State.ValueType  # 1
+    """Not known yet: the replica has not heard from the agent since it started
+    watching it, or does not watch it (A2A agents).
+    """
+    STATE_SERVING: AgentHealth.State.ValueType  # 2
+    """The agent's health service answers SERVING."""
+    STATE_NOT_SERVING: AgentHealth.State.ValueType  # 3
+    """The agent answers NOT_SERVING (e.g. it is shutting down) or cannot be reached."""
+
+    STATE_FIELD_NUMBER: _builtins.int
+    SINCE_TIME_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    state: Global___AgentHealth.State.ValueType
+    """Current state."""
+    message: _builtins.str
+    """Why the agent is not serving, e.g. "unreachable: connection refused"; empty
+    otherwise.
+    """
+    @_builtins.property
+    def since_time(self) -> _timestamp_pb2.Timestamp:
+        """Since when the agent has been in this state (as seen by this replica)."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___AgentHealth.State.ValueType = ...,
+        since_time: _timestamp_pb2.Timestamp | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since_time", b"since_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "since_time", b"since_time", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentHealth: _TypeAlias = AgentHealth  # noqa: Y015
 
 @_typing.final
 class AgentRateLimit(_message.Message):

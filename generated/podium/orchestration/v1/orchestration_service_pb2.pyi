@@ -1295,11 +1295,25 @@ Global___DecideApprovalResponse: _TypeAlias = DecideApprovalResponse  # noqa: Y0
 
 @_typing.final
 class RegisterAgentRequest(_message.Message):
-    """RegisterAgentRequest registers or updates an agent."""
+    """RegisterAgentRequest registers or updates an agent. A podium.agent.v1 agent must
+    answer GetAgentCard (through the outbound guard) unless `lazy` is set: its skills,
+    max concurrency and default timeout come from the card when not given, and given
+    values that contradict the card are refused (INVALID_ARGUMENT, a violation on the
+    field). An agent that does not answer is FAILED_PRECONDITION (reason
+    AGENT_NOT_ANSWERING, with the error in its metadata).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
+    LAZY_FIELD_NUMBER: _builtins.int
+    lazy: _builtins.bool
+    """Register a podium.agent.v1 agent even if it does not answer (within 2 s): it is
+    then stored with the values given, and its card is read when it first answers
+    (Agent.card_time is set then; given values that contradict the card are narrowed
+    to it, with a warning in the server log). An agent that answers is registered as
+    without `lazy`. Ignored for A2A agents.
+    """
     @_builtins.property
     def agent(self) -> _agent_pb2.Agent:
         """The agent; output-only fields are ignored."""
@@ -1308,10 +1322,11 @@ class RegisterAgentRequest(_message.Message):
         self,
         *,
         agent: _agent_pb2.Agent | None = ...,
+        lazy: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "lazy", b"lazy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1398,6 +1413,52 @@ class ListAgentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
+
+@_typing.final
+class GetAgentRequest(_message.Message):
+    """GetAgentRequest names an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the agent."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentRequest: _TypeAlias = GetAgentRequest  # noqa: Y015
+
+@_typing.final
+class GetAgentResponse(_message.Message):
+    """GetAgentResponse returns an agent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def agent(self) -> _agent_pb2.Agent:
+        """The agent, with its health."""
+
+    def __init__(
+        self,
+        *,
+        agent: _agent_pb2.Agent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAgentResponse: _TypeAlias = GetAgentResponse  # noqa: Y015
 
 @_typing.final
 class DeregisterAgentRequest(_message.Message):

@@ -150,6 +150,11 @@ class OrchestrationServiceStub:
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsRequest.SerializeToString,
                 response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsResponse.FromString,
                 _registered_method=True)
+        self.GetAgent = channel.unary_unary(
+                '/podium.orchestration.v1.OrchestrationService/GetAgent',
+                request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentRequest.SerializeToString,
+                response_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentResponse.FromString,
+                _registered_method=True)
         self.DeregisterAgent = channel.unary_unary(
                 '/podium.orchestration.v1.OrchestrationService/DeregisterAgent',
                 request_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeregisterAgentRequest.SerializeToString,
@@ -397,6 +402,13 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAgent(self, request, context):
+        """GetAgent returns one agent, with its health as the replica answering sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeregisterAgent(self, request, context):
         """DeregisterAgent removes a registered agent.
         """
@@ -606,6 +618,11 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.ListAgents,
                     request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsRequest.FromString,
                     response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsResponse.SerializeToString,
+            ),
+            'GetAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAgent,
+                    request_deserializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentRequest.FromString,
+                    response_serializer=podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentResponse.SerializeToString,
             ),
             'DeregisterAgent': grpc.unary_unary_rpc_method_handler(
                     servicer.DeregisterAgent,
@@ -1273,6 +1290,33 @@ class OrchestrationService:
             '/podium.orchestration.v1.OrchestrationService/ListAgents',
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsRequest.SerializeToString,
             podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/podium.orchestration.v1.OrchestrationService/GetAgent',
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentRequest.SerializeToString,
+            podium_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -109,6 +109,8 @@ class OrchestrationServiceStub:
     """RegisterAgent registers or updates an agent endpoint."""
     ListAgents: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListAgentsRequest, _orchestration_service_pb2.ListAgentsResponse]
     """ListAgents lists registered and static agents."""
+    GetAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetAgentRequest, _orchestration_service_pb2.GetAgentResponse]
+    """GetAgent returns one agent, with its health as the replica answering sees it."""
     DeregisterAgent: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeregisterAgentRequest, _orchestration_service_pb2.DeregisterAgentResponse]
     """DeregisterAgent removes a registered agent."""
     InvalidateCache: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.InvalidateCacheRequest, _orchestration_service_pb2.InvalidateCacheResponse]
@@ -227,6 +229,8 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """RegisterAgent registers or updates an agent endpoint."""
     ListAgents: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListAgentsRequest, _orchestration_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
     """ListAgents lists registered and static agents."""
+    GetAgent: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetAgentRequest, _orchestration_service_pb2.GetAgentResponse]  # type: ignore[assignment]
+    """GetAgent returns one agent, with its health as the replica answering sees it."""
     DeregisterAgent: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeregisterAgentRequest, _orchestration_service_pb2.DeregisterAgentResponse]  # type: ignore[assignment]
     """DeregisterAgent removes a registered agent."""
     InvalidateCache: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.InvalidateCacheRequest, _orchestration_service_pb2.InvalidateCacheResponse]  # type: ignore[assignment]
@@ -474,6 +478,14 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_orchestration_service_pb2.ListAgentsResponse, _abc.Awaitable[_orchestration_service_pb2.ListAgentsResponse]]:
         """ListAgents lists registered and static agents."""
+
+    @_abc_1.abstractmethod
+    def GetAgent(
+        self,
+        request: _orchestration_service_pb2.GetAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.GetAgentResponse, _abc.Awaitable[_orchestration_service_pb2.GetAgentResponse]]:
+        """GetAgent returns one agent, with its health as the replica answering sees it."""
 
     @_abc_1.abstractmethod
     def DeregisterAgent(

@@ -547,8 +547,8 @@ class StepRun(_message.Message):
 
     @_builtins.property
     def waiting(self) -> Global___StepWaiting:
-        """Why a queued step has not started, when Podium knows (GetRun computes it when it
-        reads the run); unset otherwise.
+        """Why a queued step has not started, or why a running step's attempt waits, when
+        Podium knows (GetRun computes it when it reads the run); unset otherwise.
         """
 
     @_builtins.property
@@ -594,7 +594,7 @@ Global___StepRun: _TypeAlias = StepRun  # noqa: Y015
 
 @_typing.final
 class StepWaiting(_message.Message):
-    """StepWaiting tells why a queued step waits."""
+    """StepWaiting tells why a queued or running step waits."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -612,6 +612,11 @@ class StepWaiting(_message.Message):
         """The run's organization has as many steps running as the server allows one
         organization (`PODIUM_MAX_RUNNING_STEPS_PER_ORG`); the step starts when one ends.
         """
+        REASON_AGENT_UNAVAILABLE: StepWaiting._Reason.ValueType  # 3
+        """The agent of the running step is not serving (Agent.health, as the replica
+        answering sees it): the attempt waits for it, keeping its attempt number, up to
+        PODIUM_AGENT_WAIT_SECONDS within the step's timeout.
+        """
 
     class Reason(_Reason, metaclass=_ReasonEnumTypeWrapper):
         """Reason of the wait."""
@@ -624,6 +629,11 @@ class StepWaiting(_message.Message):
     """The run's organization has as many steps running as the server allows one
     organization (`PODIUM_MAX_RUNNING_STEPS_PER_ORG`); the step starts when one ends.
     """
+    REASON_AGENT_UNAVAILABLE: StepWaiting.Reason.ValueType  # 3
+    """The agent of the running step is not serving (Agent.health, as the replica
+    answering sees it): the attempt waits for it, keeping its attempt number, up to
+    PODIUM_AGENT_WAIT_SECONDS within the step's timeout.
+    """
 
     REASON_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
@@ -631,11 +641,14 @@ class StepWaiting(_message.Message):
     reason: Global___StepWaiting.Reason.ValueType
     """Why the step waits."""
     agent: _builtins.str
-    """The agent whose window frees first (REASON_RATE_LIMITED)."""
+    """The agent whose window frees first (REASON_RATE_LIMITED), or the agent waited for
+    (REASON_AGENT_UNAVAILABLE).
+    """
     @_builtins.property
     def until_time(self) -> _timestamp_pb2.Timestamp:
         """When that window frees (REASON_RATE_LIMITED); the step starts at the next claim
         after it (within the scheduler's poll interval), if it is still the next in line.
+        Unset for other reasons.
         """
 
     def __init__(
