@@ -28,7 +28,9 @@ to be NOT_SERVING waits for it first, and a call
 cut midway by the agent going away (``UNAVAILABLE`` after the call started: the agent
 was stopped or killed) is sent again, within the same attempt, once the agent serves
 again, when a health check right after the cut fails (an agent that still answers its
-health check keeps the failure). The agent may have done part of the cut task: it sees
+health check keeps the failure). That happens once per attempt: a call cut again fails
+the attempt, so a step that brings its agent down each time (a poison step) ends after
+its attempts instead of waiting on the agent forever. The agent may have done part of the cut task: it sees
 the same task id again, as it would see the step again on a retry. Both waits share the
 bound above.
 """
@@ -246,7 +248,14 @@ class AgentDispatcher:
         the last outcome."""
         started, waited_from = times
         limit: float | None = None
+        cut_once = False
         while (reason := await self._gone(outcome, endpoint, watched)) is not None:
+            if reason != "unreachable":
+                if cut_once:
+                    # Cut twice: the step itself may bring its agent down (a poison
+                    # step), so the attempt fails and its retries stay bounded.
+                    return outcome
+                cut_once = True
             now = time.monotonic()
             if waited_from is None:
                 waited_from = now
