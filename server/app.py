@@ -16,7 +16,9 @@ unreachable, back to SERVING when it returns.
 
 The web console and HTTP/JSON gateway (``PODIUM_CONSOLE_ADDRESS``, package
 ``server/gateway``) run in the same loop and reach this server through its own gRPC
-port, like any client.
+port, like any client; so does A2A's JSON-RPC binding (``PODIUM_A2A_HTTP_ADDRESS``).
+``lf.a2a.v1.A2AService`` (Podium as an A2A agent, ``api/a2a.py``) is served on the
+gRPC port beside OrchestrationService.
 
 Telemetry: Prometheus metrics on ``PODIUM_METRICS_ADDRESS`` (served from the start, so
 a replica waiting for its database is visible), a gRPC interceptor counting RPCs, and
@@ -36,10 +38,13 @@ import time
 from typing import Any
 
 import grpc
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.utils.constants import PROTOCOL_VERSION_1_0
 from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
+from podium.server.api.a2a import A2A_SERVICE_NAME, A2AServicer, PodiumRequestHandler
 from podium.server.api.auth import AuthInterceptor
 from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
@@ -52,6 +57,7 @@ from podium.server.api.probes import (
 from podium.server.config import ConfigError, Settings, redact_url
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
+from podium.server.gateway.a2a import a2a_routes
 from podium.server.gateway.server import Gateway
 from podium.server.gateway.upstream import loopback_target
 from podium.server.storage.database import Database
@@ -122,6 +128,8 @@ class PodiumServer:
         self._owns_tracer_provider = False
         self.metrics_server: MetricsServer | None = None
         self.gateway: Gateway | None = None
+        self.a2a_gateway: Gateway | None = None
+        """Podium as an A2A agent over JSON-RPC, when PODIUM_A2A_HTTP_ADDRESS is set."""
         # With TLS on the gRPC port, the gateway's own plaintext unix socket.
         self._gateway_dir: str | None = None
         self._gateway_target: str | None = None
@@ -174,8 +182,14 @@ class PodiumServer:
             self.settings.max_streams_per_connection,
         )
         orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
+        a2a_handler = PodiumRequestHandler(
+            lambda: self.engine, self.settings.organization_id, self._a2a_interfaces
+        )
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            A2AServicer(a2a_handler), server
+        )
         add_health(self.health, server)
-        add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)
+        add_reflection((SERVICE_NAME, A2A_SERVICE_NAME, HEALTH_SERVICE_NAME), server)
         try:
             tls = self.settings.server_tls()  # read now: the files may have been replaced
         except ConfigError as exc:
@@ -232,6 +246,8 @@ class PodiumServer:
 
         if self.settings.console_address is not None:
             await self._start_gateway(self.settings.console_address)
+        if self.settings.a2a_http_address is not None:
+            await self._start_a2a_gateway(self.settings.a2a_http_address)
 
         dsn = self.settings.database_url
         if dsn is None:
@@ -269,6 +285,45 @@ class PodiumServer:
         except OSError as exc:
             raise StartupError(f"cannot serve the console on {address}: {exc}") from None
         log.info("console and HTTP gateway", extra={"url": gateway.url})
+
+    async def _start_a2a_gateway(self, address: str) -> None:
+        """Serve A2A's JSON-RPC binding, a client of this server's A2AService."""
+
+        def url() -> str:
+            assert self.a2a_gateway is not None
+            return self.a2a_gateway.url
+
+        gateway = Gateway(
+            address,
+            self._gateway_target or loopback_target(self.address),
+            max_body_bytes=self.settings.console_max_body_bytes,
+            max_message_bytes=self.settings.max_message_bytes,
+            routes=lambda _, upstream: a2a_routes(upstream.channel, url),
+        )
+        self.a2a_gateway = gateway
+        try:
+            await gateway.start()
+        except OSError as exc:
+            raise StartupError(f"cannot serve A2A JSON-RPC on {address}: {exc}") from None
+        log.info("A2A JSON-RPC", extra={"url": gateway.url})
+
+    def _a2a_interfaces(self) -> list[a2a_pb2.AgentInterface]:
+        """The A2A bindings of the agent card: gRPC on the listen address, JSON-RPC
+        when served."""
+        interfaces = [
+            a2a_pb2.AgentInterface(
+                url=self.address, protocol_binding="GRPC", protocol_version=PROTOCOL_VERSION_1_0
+            )
+        ]
+        if self.a2a_gateway is not None:
+            interfaces.append(
+                a2a_pb2.AgentInterface(
+                    url=self.a2a_gateway.url,
+                    protocol_binding="JSONRPC",
+                    protocol_version=PROTOCOL_VERSION_1_0,
+                )
+            )
+        return interfaces
 
     async def _connect(self, dsn: str, direct_dsn: str) -> None:
         """Migrate, open the pool and start the engine. ``dsn`` serves the pool (it may
@@ -416,9 +471,10 @@ class PodiumServer:
                     await task
         deadline = time.monotonic() + grace
         try:
-            if self.gateway is not None:
-                # First: its event streams would otherwise wait on WatchRun streams.
-                await self.gateway.stop()
+            for gateway in (self.gateway, self.a2a_gateway):
+                if gateway is not None:
+                    # First: its event streams would otherwise wait on WatchRun streams.
+                    await gateway.stop()
             if self._gateway_dir is not None:
                 shutil.rmtree(self._gateway_dir, ignore_errors=True)
                 self._gateway_dir = None

@@ -314,6 +314,13 @@ class Settings:
         "Server-Sent Events for WatchRun), which forwards every request to this server's "
         "gRPC address; unset disables it (`podium demo` serves it on 127.0.0.1:50052).",
     )
+    a2a_http_address: str | None = _setting(
+        "PODIUM_A2A_HTTP_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT of Podium as an A2A agent over JSON-RPC (POST /, the agent card at "
+        "/.well-known/agent-card.json), forwarding every call to lf.a2a.v1.A2AService on "
+        "this server's gRPC address (always served there); unset disables it.",
+    )
     console_max_body_bytes: int = _setting(
         "PODIUM_CONSOLE_MAX_BODY_BYTES",
         _parse_int(1024, 64 * 1024 * 1024),
