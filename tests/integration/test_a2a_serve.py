@@ -5,9 +5,14 @@ definition over A2A (Podium registered as an A2A agent of itself)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -338,6 +343,31 @@ async def test_jsonrpc_binding(podium: Podium) -> None:
             headers={"A2A-Version": "1.0"},
         )
         assert refused.status_code == 401, refused.text
+
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "examples" / "python" / "a2a_client.py"
+
+
+async def test_the_documented_example_runs(podium: Podium) -> None:
+    assert podium.server.a2a_gateway is not None
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(EXAMPLE),
+        podium.server.a2a_gateway.url,
+        "greet",
+        '{"who": "gus"}',
+        env={**os.environ, "PODIUM_API_KEY": podium.key},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    assert lines[0] == {"skills": ["gated", "greet"]}
+    assert lines[-2]["state"] == "TASK_STATE_COMPLETED" and lines[-2]["podium"]["event"] == (
+        "run.completed"
+    )
+    assert "gus" in json.dumps(lines[-1]["output"])
 
 
 async def test_a_podium_step_calls_a_podium_definition_over_a2a(
