@@ -204,8 +204,11 @@ class PodiumServer:
                 self.port = server.add_secure_port(
                     self.settings.listen_address, self.tls.credentials
                 )
-                if self.settings.console_address is not None:
-                    # The gateway reaches this server over a plaintext unix socket that
+                if (
+                    self.settings.console_address is not None
+                    or self.settings.a2a_http_address is not None
+                ):
+                    # The gateways reach this server over a plaintext unix socket that
                     # only this user can open, not through the TLS port (which would need
                     # a client certificate under mTLS); API keys are checked all the same.
                     self._gateway_dir = tempfile.mkdtemp(prefix="podium-gateway-")
@@ -298,7 +301,9 @@ class PodiumServer:
             self._gateway_target or loopback_target(self.address),
             max_body_bytes=self.settings.console_max_body_bytes,
             max_message_bytes=self.settings.max_message_bytes,
-            routes=lambda _, upstream: a2a_routes(upstream.channel, url),
+            routes=lambda _, upstream: a2a_routes(
+                upstream.channel, url, self.settings.console_max_body_bytes
+            ),
         )
         self.a2a_gateway = gateway
         try:

@@ -324,7 +324,8 @@ class Settings:
     console_max_body_bytes: int = _setting(
         "PODIUM_CONSOLE_MAX_BODY_BYTES",
         _parse_int(1024, 64 * 1024 * 1024),
-        "Largest JSON request body the HTTP gateway accepts (413 past it).",
+        "Largest JSON request body the HTTP gateway and A2A's JSON-RPC binding accept "
+        "(413 past it).",
         1024 * 1024,
         doc_default="1048576 (1 MiB)",
     )

@@ -12,8 +12,9 @@ Errors: the A2A errors of the gRPC status (``ErrorInfo`` domain ``a2a-protocol.o
 become the same JSON-RPC errors; INVALID_ARGUMENT is InvalidParams (with its field
 violations), NOT_FOUND TaskNotFound; a refused key (401), a refused role (403), a
 rate limit (429) and an unavailable server (503) are HTTP statuses, since JSON-RPC has
-no error for them. Only the ``Authorization`` header is forwarded (never the console's
-cookie: another page on the same site could send it).
+no error for them. Request bodies are limited as the console's
+(``PODIUM_CONSOLE_MAX_BODY_BYTES``). Only the ``Authorization`` header is forwarded
+(never the console's cookie: another page on the same site could send it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from podium.server.gateway.rpc import HTTP_STATUS
+from podium.server.gateway.rpc import HTTP_STATUS, BodyError, error_response, read_body
 from podium.server.gateway.upstream import UNARY_TIMEOUT_SECONDS, status_of
 
 __all__ = ["A2A_DOMAIN", "ForwardingRequestHandler", "a2a_routes"]
@@ -227,10 +228,24 @@ def public_card(url: str) -> a2a_pb2.AgentCard:
     )
 
 
-def a2a_routes(channel: grpc.aio.Channel, url: Callable[[], str]) -> list[Route]:
-    """The JSON-RPC endpoint (``POST /``) and the agent card; ``url`` is the endpoint's
-    own URL (known once bound)."""
+def a2a_routes(
+    channel: grpc.aio.Channel, url: Callable[[], str], max_body_bytes: int
+) -> list[Route]:
+    """The JSON-RPC endpoint (``POST /``, bodies up to ``max_body_bytes``: 413 past that)
+    and the agent card; ``url`` is the endpoint's own URL (known once bound)."""
     handler = ForwardingRequestHandler(channel)
+    (rpc_route,) = create_jsonrpc_routes(handler, "/")
+    dispatch = rpc_route.endpoint
+
+    async def jsonrpc(request: Request) -> Response:
+        try:
+            body = await read_body(request, max_body_bytes)
+        except BodyError as exc:
+            return error_response(exc.status, exc.http_status)
+        request._body = body  # Starlette's cache of the body, where the SDK reads it
+        response: Response = await dispatch(request)
+        return response
+
     stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
 
     async def agent_card(request: Request) -> Response:
@@ -253,5 +268,5 @@ def a2a_routes(channel: grpc.aio.Channel, url: Callable[[], str]) -> list[Route]
 
     return [
         Route(AGENT_CARD_WELL_KNOWN_PATH, agent_card, methods=["GET"]),
-        *create_jsonrpc_routes(handler, "/"),
+        Route("/", jsonrpc, methods=["POST"]),
     ]
