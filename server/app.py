@@ -35,6 +35,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -42,6 +43,7 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from a2a.utils.constants import PROTOCOL_VERSION_1_0
 from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
+from starlette.routing import Route
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
 from podium.server.api.a2a import A2A_SERVICE_NAME, A2AServicer, PodiumRequestHandler
@@ -59,7 +61,7 @@ from podium.server.engine.engine import Engine
 from podium.server.engine.errors import Unavailable
 from podium.server.gateway.a2a import a2a_routes
 from podium.server.gateway.server import Gateway
-from podium.server.gateway.upstream import loopback_target
+from podium.server.gateway.upstream import Upstream, loopback_target
 from podium.server.storage.database import Database
 from podium.server.storage.embedded import EmbeddedPostgres
 from podium.server.storage.errors import StorageError, StorageUnavailable
@@ -273,21 +275,31 @@ class PodiumServer:
             },
         )
 
-    async def _start_gateway(self, address: str) -> None:
-        """Serve the console and HTTP gateway, a client of this server's gRPC port (it
-        answers UNAVAILABLE like any client until the database is ready)."""
-        gateway = Gateway(
+    def _gateway(
+        self, address: str, routes: Callable[[Gateway, Upstream], list[Route]] | None = None
+    ) -> Gateway:
+        """A gateway on ``address``, a client of this server's gRPC port (it answers
+        UNAVAILABLE like any client until the database is ready)."""
+        return Gateway(
             address,
             self._gateway_target or loopback_target(self.address),
             max_body_bytes=self.settings.console_max_body_bytes,
             max_message_bytes=self.settings.max_message_bytes,
+            routes=routes,
         )
-        self.gateway = gateway
+
+    @staticmethod
+    async def _serve_gateway(gateway: Gateway, address: str, what: str) -> None:
         try:
             await gateway.start()
         except OSError as exc:
-            raise StartupError(f"cannot serve the console on {address}: {exc}") from None
-        log.info("console and HTTP gateway", extra={"url": gateway.url})
+            raise StartupError(f"cannot serve {what} on {address}: {exc}") from None
+        log.info("serving %s", what, extra={"url": gateway.url})
+
+    async def _start_gateway(self, address: str) -> None:
+        """Serve the console and HTTP gateway."""
+        self.gateway = self._gateway(address)
+        await self._serve_gateway(self.gateway, address, "the console")
 
     async def _start_a2a_gateway(self, address: str) -> None:
         """Serve A2A's JSON-RPC binding, a client of this server's A2AService."""
@@ -296,21 +308,13 @@ class PodiumServer:
             assert self.a2a_gateway is not None
             return self.a2a_gateway.url
 
-        gateway = Gateway(
+        self.a2a_gateway = self._gateway(
             address,
-            self._gateway_target or loopback_target(self.address),
-            max_body_bytes=self.settings.console_max_body_bytes,
-            max_message_bytes=self.settings.max_message_bytes,
-            routes=lambda _, upstream: a2a_routes(
+            lambda _, upstream: a2a_routes(
                 upstream.channel, url, self.settings.console_max_body_bytes
             ),
         )
-        self.a2a_gateway = gateway
-        try:
-            await gateway.start()
-        except OSError as exc:
-            raise StartupError(f"cannot serve A2A JSON-RPC on {address}: {exc}") from None
-        log.info("A2A JSON-RPC", extra={"url": gateway.url})
+        await self._serve_gateway(self.a2a_gateway, address, "A2A JSON-RPC")
 
     def _a2a_interfaces(self) -> list[a2a_pb2.AgentInterface]:
         """The A2A bindings of the agent card: gRPC on the listen address, JSON-RPC

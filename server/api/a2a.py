@@ -43,6 +43,7 @@ from podium.server.api.a2a_tasks import (
 )
 from podium.server.api.auth import organization_of
 from podium.server.api.errors import streaming, unary
+from podium.server.engine.approvals import DECISIONS
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import EngineError, FailedPrecondition, NotFound
 
@@ -53,13 +54,6 @@ A2A_SERVICE_NAME = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name
 MAX_SKILLS = 1000
 """The agent card lists at most this many definitions (by name) as skills."""
 
-_DECISIONS = {
-    "approve": approval_pb2.DECISION_APPROVE,
-    "reject": approval_pb2.DECISION_REJECT,
-    "retry": approval_pb2.DECISION_RETRY,
-    "skip": approval_pb2.DECISION_SKIP,
-    "fail": approval_pb2.DECISION_FAIL,
-}
 _MODES = ("start", "create", "continue", "resume")
 _START_FIELDS = {
     "input": "message.parts",
@@ -271,9 +265,9 @@ class PodiumRequestHandler(RequestHandler):
         """The answer to a paused run's question: decide its pending approval (the one
         named by ``podium.approval_id``, else the first)."""
         decision = _string(options, "decision") or "approve"
-        if decision not in _DECISIONS:
+        if decision not in DECISIONS:
             raise invalid_params(
-                "message.metadata.podium.decision", f"one of {', '.join(_DECISIONS)}"
+                "message.metadata.podium.decision", f"one of {', '.join(DECISIONS)}"
             )
         approval_id = _string(options, "approval_id")
         if not approval_id:
@@ -287,7 +281,7 @@ class PodiumRequestHandler(RequestHandler):
             self._org(),
             pb.DecideApprovalRequest(
                 approval_id=approval_id,
-                decision=_DECISIONS[decision],
+                decision=DECISIONS[decision],
                 comment=_string(options, "comment"),
                 actor="a2a",
                 request_id=message.message_id,
