@@ -41,11 +41,16 @@ from podium.server.api.a2a_tasks import (
     task_id_of,
     task_state,
 )
-from podium.server.api.auth import organization_of
+from podium.server.api.auth import PERMISSIONS, current_principal, organization_of
 from podium.server.api.errors import streaming, unary
 from podium.server.engine.approvals import DECISIONS
 from podium.server.engine.engine import Engine
-from podium.server.engine.errors import EngineError, FailedPrecondition, NotFound
+from podium.server.engine.errors import (
+    EngineError,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+)
 
 __all__ = ["A2A_SERVICE_NAME", "A2AServicer", "PodiumRequestHandler"]
 
@@ -212,10 +217,13 @@ class PodiumRequestHandler(RequestHandler):
             run = await engine.runs.get(org, run_id, run_pb2.RUN_VIEW_BASIC)
             after = run.last_event_sequence
             if mode == "resume":
+                _require("ResumeRun")
                 await engine.runs.resume(org, run_id)
             elif run.state == run_pb2.Run.STATE_PAUSED:
+                _require("DecideApproval")
                 await self._decide(run, message, options, run_input)
             else:
+                _require("ContinueRun")
                 await engine.runs.continue_(org, run_id, run_input)
         except EngineError as exc:
             raise a2a_error(exc, _DECIDE_FIELDS) from None
@@ -404,6 +412,18 @@ def _version() -> str:
         return importlib.metadata.version("podium")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a source tree
         return "0"
+
+
+def _require(rpc: str) -> None:
+    """A message that does what ``rpc`` does needs a role that may call it (an agent
+    key may start tasks, as it may start runs, but not decide or resume them)."""
+    principal = current_principal.get()
+    if principal is not None and principal.role not in PERMISSIONS[rpc]:
+        raise PermissionDenied(
+            f"the role {principal.role!r} may not {rpc.removesuffix('Run').lower()} a task "
+            f"(what {rpc} does)",
+            reason="ROLE_NOT_ALLOWED",
+        )
 
 
 def _no_tenant(tenant: str) -> None:

@@ -124,16 +124,17 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "RegisterAgent": _ADMIN,
     "DeregisterAgent": _ADMIN,
     # lf.a2a.v1.A2AService (Podium as an A2A agent, api/a2a.py): a task is a run, so
-    # reading tasks is reading runs, and sending a message starts, continues, decides
-    # or resumes one (an agent key may, as it may start runs).
+    # reading tasks is reading runs and cancelling one is CancelRun; a message starts a
+    # run (StartRun's roles), and one that continues, decides or resumes a task also
+    # needs ContinueRun's, DecideApproval's or ResumeRun's (checked by the handler).
     "GetExtendedAgentCard": _VIEWER | _AGENT,
     "GetTask": _VIEWER | _AGENT,
     "ListTasks": _VIEWER | _AGENT,
     "SubscribeToTask": _VIEWER | _AGENT,
     "SendMessage": _OPERATOR | _AGENT,
     "SendStreamingMessage": _OPERATOR | _AGENT,
-    "CancelTask": _OPERATOR | _AGENT,
-    # Push notifications are not offered (UnsupportedOperation); roles as if they were.
+    "CancelTask": _OPERATOR,
+    # Push notifications are not offered (PushNotificationNotSupported); roles as if they were.
     "CreateTaskPushNotificationConfig": _OPERATOR | _AGENT,
     "GetTaskPushNotificationConfig": _VIEWER | _AGENT,
     "ListTaskPushNotificationConfigs": _VIEWER | _AGENT,

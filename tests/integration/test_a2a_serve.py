@@ -298,6 +298,56 @@ async def test_create_continue_cancel_resume_and_subscribe(podium: Podium) -> No
         await client.close()
 
 
+async def test_subscribe_on_another_replica_is_lossless(
+    podium: Podium, start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    # A second replica on the same database: the task is its run, wherever it runs.
+    other = await start_server(auth="required", agents=static_agents(example_agents, "echo"))
+    client, _ = await grpc_client(podium)
+    async with bearer_channel(other.address, podium.key) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            (created,) = await collect(
+                client.send_message(message({"who": "hal"}, definition="greet", mode="create"))
+            )
+            subscription = stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id=created.task.id))
+            first = await subscription.read()
+            snapshot = plain(first.task.metadata)["podium"]["last_event_sequence"]
+            # Continued on the first replica, followed on the second.
+            await collect(client.send_message(message({}, task_id=created.task.id)))
+            rest = [response async for response in subscription]
+        finally:
+            await client.close()
+    seen = [
+        plain(r.status_update.metadata)["podium"]["sequence"]
+        for r in rest
+        if r.WhichOneof("payload") == "status_update"
+    ]
+    log = await podium.stub.ListRunEvents(pb.ListRunEventsRequest(run_id=created.task.id))
+    assert seen == [e.sequence for e in log.events if e.sequence > snapshot]
+    assert states([first, *rest])[-1] == "COMPLETED"
+
+
+async def test_an_agent_key_starts_tasks_but_does_not_decide_them(podium: Podium) -> None:
+    agent_key = (await podium.server.engine.api_keys.create("default", "agent", "a")).key
+    async with bearer_channel(podium.server.address, agent_key) as channel:
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        started = await stub.SendMessage(message({}, definition="gated"))
+        assert started.task.status.state == a2a_pb2.TASK_STATE_INPUT_REQUIRED
+        for request in (
+            message({}, task_id=started.task.id),
+            message({}, task_id=started.task.id, mode="resume"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.SendMessage(request)
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CancelTask(a2a_pb2.CancelTaskRequest(id=started.task.id))
+        assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    run = await get_run(podium.stub, started.task.id)
+    assert run.state == Run.STATE_PAUSED
+
+
 async def test_jsonrpc_binding(podium: Podium) -> None:
     assert podium.server.a2a_gateway is not None
     url = podium.server.a2a_gateway.url
@@ -332,6 +382,8 @@ async def test_jsonrpc_binding(podium: Podium) -> None:
         public = (await anonymous.get(f"{url}.well-known/agent-card.json")).json()
         assert public["name"] == "Podium" and "skills" not in public
         assert public["capabilities"]["extendedAgentCard"] is True
+        too_large = await anonymous.post(url, content=b"x" * (1024 * 1024 + 1))
+        assert too_large.status_code == 413
         refused = await anonymous.post(
             url,
             json={
