@@ -188,7 +188,7 @@ class PodiumServer:
             lambda: self.engine, self.settings.organization_id, self._a2a_interfaces
         )
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            A2AServicer(a2a_handler), server
+            A2AServicer(a2a_handler, servicer.streams), server
         )
         add_health(self.health, server)
         add_reflection((SERVICE_NAME, A2A_SERVICE_NAME, HEALTH_SERVICE_NAME), server)

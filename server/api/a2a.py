@@ -43,6 +43,7 @@ from podium.server.api.a2a_tasks import (
 )
 from podium.server.api.auth import PERMISSIONS, current_principal, organization_of
 from podium.server.api.errors import streaming, unary
+from podium.server.api.streams import StreamLimiter
 from podium.server.engine.approvals import DECISIONS
 from podium.server.engine.engine import Engine
 from podium.server.engine.errors import (
@@ -450,13 +451,32 @@ def base_card(interfaces: Sequence[a2a_pb2.AgentInterface]) -> a2a_pb2.AgentCard
 class A2AServicer(GrpcHandler):
     """``lf.a2a.v1.A2AService``: the SDK's servicer over :class:`PodiumRequestHandler`
     (A2A errors as the SDK sends them; engine errors and the unexpected as Podium's
-    rich statuses)."""
+    rich statuses). Its streams count against ``streams``, the per-connection limit of
+    WatchRun and WatchRuns."""
+
+    def __init__(self, handler: PodiumRequestHandler, streams: StreamLimiter) -> None:
+        super().__init__(handler)
+        self._streams = streams
+
+    async def SendStreamingMessage(
+        self, request: a2a_pb2.SendMessageRequest, context: Any
+    ) -> AsyncIterator[a2a_pb2.StreamResponse]:
+        with self._streams.hold(context.peer()):
+            async for response in super().SendStreamingMessage(request, context):
+                yield response
+
+    async def SubscribeToTask(
+        self, request: a2a_pb2.SubscribeToTaskRequest, context: Any
+    ) -> AsyncIterator[a2a_pb2.StreamResponse]:
+        with self._streams.hold(context.peer()):
+            async for response in super().SubscribeToTask(request, context):
+                yield response
 
 
 for _method in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods:
-    _inherited = getattr(GrpcHandler, _method.name)
+    _own = A2AServicer.__dict__.get(_method.name) or getattr(GrpcHandler, _method.name)
     setattr(
         A2AServicer,
         _method.name,
-        streaming(_inherited) if _method.server_streaming else unary(_inherited),
+        streaming(_own) if _method.server_streaming else unary(_own),
     )

@@ -348,6 +348,26 @@ async def test_an_agent_key_starts_tasks_but_does_not_decide_them(podium: Podium
     assert run.state == Run.STATE_PAUSED
 
 
+async def test_task_streams_count_against_the_connections_stream_limit(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"), max_streams_per_connection=1
+    )
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        orchestration = pb_grpc.OrchestrationServiceStub(channel)
+        await create_definition(orchestration, "greet", [{"id": "s", "agent": "echo"}])
+        created = await start_run(orchestration, "greet", start=False)
+        stub = a2a_pb2_grpc.A2AServiceStub(channel)  # type: ignore[no-untyped-call]
+        held = stub.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id=created.run.id))
+        assert (await held.read()).task.status.state == a2a_pb2.TASK_STATE_SUBMITTED
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for _ in orchestration.WatchRun(pb.WatchRunRequest(run_id=created.run.id)):
+                pass
+        assert caught.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        held.cancel()
+
+
 async def test_jsonrpc_binding(podium: Podium) -> None:
     assert podium.server.a2a_gateway is not None
     url = podium.server.a2a_gateway.url
