@@ -372,7 +372,8 @@ class Settings:
     max_streams_per_connection: int = _setting(
         "PODIUM_MAX_STREAMS_PER_CONNECTION",
         _parse_int(1, 100_000),
-        "WatchRun and WatchRuns streams one client connection may hold open at once; "
+        "WatchRun, WatchRuns and A2A task streams (SendStreamingMessage, SubscribeToTask) "
+        "one client connection may hold open at once; "
         "one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS). Open "
         "more connections for more streams.",
         2000,
