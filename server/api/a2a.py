@@ -144,7 +144,7 @@ class PodiumRequestHandler(RequestHandler):
         )
         if params.status:
             if params.status not in RUN_STATES:
-                raise invalid_params("status", "no Podium run is in this state")
+                return a2a_pb2.ListTasksResponse()  # no run is REJECTED or AUTH_REQUIRED
             request.states.append(RUN_STATES[params.status])  # type: ignore[arg-type]
         if params.context_id:
             request.labels[CONTEXT_LABEL] = params.context_id
@@ -182,6 +182,7 @@ class PodiumRequestHandler(RequestHandler):
                 )
             if not token:
                 break
+        del card.skills[MAX_SKILLS:]
         return card
 
     # -- runs ------------------------------------------------------------------------
