@@ -16,7 +16,9 @@ unreachable, back to SERVING when it returns.
 
 The web console and HTTP/JSON gateway (``PODIUM_CONSOLE_ADDRESS``, package
 ``server/gateway``) run in the same loop and reach this server through its own gRPC
-port, like any client.
+port, like any client; so does A2A's JSON-RPC binding (``PODIUM_A2A_HTTP_ADDRESS``).
+``lf.a2a.v1.A2AService`` (Podium as an A2A agent, ``api/a2a.py``) is served on the
+gRPC port beside OrchestrationService.
 
 Telemetry: Prometheus metrics on ``PODIUM_METRICS_ADDRESS`` (served from the start, so
 a replica waiting for its database is visible), a gRPC interceptor counting RPCs, and
@@ -33,14 +35,19 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from a2a.utils.constants import PROTOCOL_VERSION_1_0
 from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace import TracerProvider
+from starlette.routing import Route
 
 from podium.orchestration.v1 import orchestration_service_pb2_grpc
 from podium.server.agents.static import StaticAgent
+from podium.server.api.a2a import A2A_SERVICE_NAME, A2AServicer, PodiumRequestHandler
 from podium.server.api.auth import AuthInterceptor
 from podium.server.api.malformed import MalformedRequestInterceptor
 from podium.server.api.orchestration import SERVICE_NAME, OrchestrationServicer
@@ -53,8 +60,9 @@ from podium.server.api.probes import (
 from podium.server.config import ConfigError, Settings, redact_url
 from podium.server.engine.engine import Engine, check_configuration
 from podium.server.engine.errors import Unavailable
+from podium.server.gateway.a2a import a2a_routes
 from podium.server.gateway.server import Gateway
-from podium.server.gateway.upstream import loopback_target
+from podium.server.gateway.upstream import Upstream, loopback_target
 from podium.server.storage.database import Database
 from podium.server.storage.embedded import EmbeddedPostgres
 from podium.server.storage.errors import StorageError, StorageUnavailable
@@ -126,6 +134,8 @@ class PodiumServer:
         self._owns_tracer_provider = False
         self.metrics_server: MetricsServer | None = None
         self.gateway: Gateway | None = None
+        self.a2a_gateway: Gateway | None = None
+        """Podium as an A2A agent over JSON-RPC, when PODIUM_A2A_HTTP_ADDRESS is set."""
         # With TLS on the gRPC port, the gateway's own plaintext unix socket.
         self._gateway_dir: str | None = None
         self._gateway_target: str | None = None
@@ -179,8 +189,14 @@ class PodiumServer:
             self.settings.max_streams_per_connection,
         )
         orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
+        a2a_handler = PodiumRequestHandler(
+            lambda: self.engine, self.settings.organization_id, self._a2a_interfaces
+        )
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            A2AServicer(a2a_handler, servicer.streams), server
+        )
         add_health(self.health, server)
-        add_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME), server)
+        add_reflection((SERVICE_NAME, A2A_SERVICE_NAME, HEALTH_SERVICE_NAME), server)
         try:
             tls = self.settings.server_tls()  # read now: the files may have been replaced
         except ConfigError as exc:
@@ -195,8 +211,11 @@ class PodiumServer:
                 self.port = server.add_secure_port(
                     self.settings.listen_address, self.tls.credentials
                 )
-                if self.settings.console_address is not None:
-                    # The gateway reaches this server over a plaintext unix socket that
+                if (
+                    self.settings.console_address is not None
+                    or self.settings.a2a_http_address is not None
+                ):
+                    # The gateways reach this server over a plaintext unix socket that
                     # only this user can open, not through the TLS port (which would need
                     # a client certificate under mTLS); API keys are checked all the same.
                     self._gateway_dir = tempfile.mkdtemp(prefix="podium-gateway-")
@@ -237,6 +256,8 @@ class PodiumServer:
 
         if self.settings.console_address is not None:
             await self._start_gateway(self.settings.console_address)
+        if self.settings.a2a_http_address is not None:
+            await self._start_a2a_gateway(self.settings.a2a_http_address)
 
         # Every setting is checked before the first database write (migrations included):
         # a replica that refuses its configuration changes nothing shared.
@@ -264,21 +285,64 @@ class PodiumServer:
             },
         )
 
-    async def _start_gateway(self, address: str) -> None:
-        """Serve the console and HTTP gateway, a client of this server's gRPC port (it
-        answers UNAVAILABLE like any client until the database is ready)."""
-        gateway = Gateway(
+    def _gateway(
+        self, address: str, routes: Callable[[Gateway, Upstream], list[Route]] | None = None
+    ) -> Gateway:
+        """A gateway on ``address``, a client of this server's gRPC port (it answers
+        UNAVAILABLE like any client until the database is ready)."""
+        return Gateway(
             address,
             self._gateway_target or loopback_target(self.address),
             max_body_bytes=self.settings.console_max_body_bytes,
             max_message_bytes=self.settings.max_message_bytes,
+            routes=routes,
         )
-        self.gateway = gateway
+
+    @staticmethod
+    async def _serve_gateway(gateway: Gateway, address: str, what: str) -> None:
         try:
             await gateway.start()
         except OSError as exc:
-            raise StartupError(f"cannot serve the console on {address}: {exc}") from None
-        log.info("console and HTTP gateway", extra={"url": gateway.url})
+            raise StartupError(f"cannot serve {what} on {address}: {exc}") from None
+        log.info("serving %s", what, extra={"url": gateway.url})
+
+    async def _start_gateway(self, address: str) -> None:
+        """Serve the console and HTTP gateway."""
+        self.gateway = self._gateway(address)
+        await self._serve_gateway(self.gateway, address, "the console")
+
+    async def _start_a2a_gateway(self, address: str) -> None:
+        """Serve A2A's JSON-RPC binding, a client of this server's A2AService."""
+
+        def url() -> str:
+            assert self.a2a_gateway is not None
+            return self.a2a_gateway.url
+
+        self.a2a_gateway = self._gateway(
+            address,
+            lambda _, upstream: a2a_routes(
+                upstream.channel, url, self.settings.console_max_body_bytes
+            ),
+        )
+        await self._serve_gateway(self.a2a_gateway, address, "A2A JSON-RPC")
+
+    def _a2a_interfaces(self) -> list[a2a_pb2.AgentInterface]:
+        """The A2A bindings of the agent card: gRPC on the listen address, JSON-RPC
+        when served."""
+        interfaces = [
+            a2a_pb2.AgentInterface(
+                url=self.address, protocol_binding="GRPC", protocol_version=PROTOCOL_VERSION_1_0
+            )
+        ]
+        if self.a2a_gateway is not None:
+            interfaces.append(
+                a2a_pb2.AgentInterface(
+                    url=self.a2a_gateway.url,
+                    protocol_binding="JSONRPC",
+                    protocol_version=PROTOCOL_VERSION_1_0,
+                )
+            )
+        return interfaces
 
     async def _connect(self, dsn: str, direct_dsn: str) -> None:
         """Migrate, open the pool and start the engine. ``dsn`` serves the pool (it may
@@ -431,9 +495,10 @@ class PodiumServer:
                     await task
         deadline = time.monotonic() + grace
         try:
-            if self.gateway is not None:
-                # First: its event streams would otherwise wait on WatchRun streams.
-                await self.gateway.stop()
+            for gateway in (self.gateway, self.a2a_gateway):
+                if gateway is not None:
+                    # First: its event streams would otherwise wait on WatchRun streams.
+                    await gateway.stop()
             if self._gateway_dir is not None:
                 shutil.rmtree(self._gateway_dir, ignore_errors=True)
                 self._gateway_dir = None

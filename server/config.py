@@ -324,10 +324,18 @@ class Settings:
         "Server-Sent Events for WatchRun), which forwards every request to this server's "
         "gRPC address; unset disables it (`podium demo` serves it on 127.0.0.1:50052).",
     )
+    a2a_http_address: str | None = _setting(
+        "PODIUM_A2A_HTTP_ADDRESS",
+        _parse_optional_address,
+        "HOST:PORT of Podium as an A2A agent over JSON-RPC (POST /, the agent card at "
+        "/.well-known/agent-card.json), forwarding every call to lf.a2a.v1.A2AService on "
+        "this server's gRPC address (always served there); unset disables it.",
+    )
     console_max_body_bytes: int = _setting(
         "PODIUM_CONSOLE_MAX_BODY_BYTES",
         _parse_int(1024, 64 * 1024 * 1024),
-        "Largest JSON request body the HTTP gateway accepts (413 past it).",
+        "Largest JSON request body the HTTP gateway and A2A's JSON-RPC binding accept "
+        "(413 past it).",
         1024 * 1024,
         doc_default="1048576 (1 MiB)",
     )
@@ -382,7 +390,8 @@ class Settings:
     max_streams_per_connection: int = _setting(
         "PODIUM_MAX_STREAMS_PER_CONNECTION",
         _parse_int(1, 100_000),
-        "WatchRun and WatchRuns streams one client connection may hold open at once; "
+        "WatchRun, WatchRuns and A2A task streams (SendStreamingMessage, SubscribeToTask) "
+        "one client connection may hold open at once; "
         "one more is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS). Open "
         "more connections for more streams.",
         2000,

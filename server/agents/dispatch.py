@@ -30,9 +30,9 @@ was stopped or killed) is sent again, within the same attempt, once the agent se
 again, when a health check right after the cut fails (an agent that still answers its
 health check keeps the failure). That happens once per attempt: a call cut again fails
 the attempt, so a step that brings its agent down each time (a poison step) ends after
-its attempts instead of waiting on the agent forever. The agent may have done part of the cut task: it sees
-the same task id again, as it would see the step again on a retry. Both waits share the
-bound above.
+its attempts instead of waiting on the agent forever. The agent may have done part of
+the cut task: it sees the same task id again, as it would see the step again on a
+retry. Both waits share the bound above.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Authentication and authorization of OrchestrationService calls.
+"""Authentication and authorization of OrchestrationService and A2AService calls.
 
 :class:`AuthInterceptor` checks every call of ``podium.orchestration.v1.OrchestrationService``
-(Health and reflection are not checked) before the servicer runs:
+and of ``lf.a2a.v1.A2AService`` (Podium as an A2A agent; Health and reflection are not
+checked) before the servicer runs:
 
 1. the caller's :class:`Principal` comes from the ``authorization: Bearer <key>``
    metadata (an API key, checked by the engine's
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import grpc
+from a2a.types import a2a_pb2
 from google.rpc import code_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
@@ -58,7 +60,8 @@ log = logging.getLogger(__name__)
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["OrchestrationService"].full_name
-_PREFIX = f"/{_SERVICE}/"
+_A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name
+_PREFIXES = (f"/{_SERVICE}/", f"/{_A2A_SERVICE}/")
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,22 @@ PERMISSIONS: Mapping[str, frozenset[str]] = {
     "RegisterAgent": _ADMIN,
     "DeregisterAgent": _ADMIN,
     "UpdateRoutingPolicy": _ADMIN,
+    # lf.a2a.v1.A2AService (Podium as an A2A agent, api/a2a.py): a task is a run, so
+    # reading tasks is reading runs and cancelling one is CancelRun; a message starts a
+    # run (StartRun's roles), and one that continues, decides or resumes a task also
+    # needs ContinueRun's, DecideApproval's or ResumeRun's (checked by the handler).
+    "GetExtendedAgentCard": _VIEWER | _AGENT,
+    "GetTask": _VIEWER | _AGENT,
+    "ListTasks": _VIEWER | _AGENT,
+    "SubscribeToTask": _VIEWER | _AGENT,
+    "SendMessage": _OPERATOR | _AGENT,
+    "SendStreamingMessage": _OPERATOR | _AGENT,
+    "CancelTask": _OPERATOR,
+    # Push notifications are not offered (PushNotificationNotSupported); roles as if they were.
+    "CreateTaskPushNotificationConfig": _OPERATOR | _AGENT,
+    "GetTaskPushNotificationConfig": _VIEWER | _AGENT,
+    "ListTaskPushNotificationConfigs": _VIEWER | _AGENT,
+    "DeleteTaskPushNotificationConfig": _OPERATOR | _AGENT,
 }
 """RPC name -> the roles that may call it. An RPC missing here is refused to every role
 (``tests/unit/test_auth.py`` checks that every RPC of the contract is listed)."""
@@ -279,13 +298,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> _Handler:
         handler = await continuation(handler_call_details)
         full_method = handler_call_details.method
-        if handler is None or not full_method.startswith(_PREFIX):
+        if handler is None or not full_method.startswith(_PREFIXES):
             return handler  # Health, reflection and unknown methods are not checked.
         if self._steps_only:  # authentication off: only step credentials are checked
             key, _ = bearer_key(handler_call_details.invocation_metadata)
             if key is None or not is_step_credential(key):
                 return handler
-        method = full_method.removeprefix(_PREFIX)
+        method = full_method.rpartition("/")[2]
         deserializer = handler.request_deserializer
         serializer = handler.response_serializer
         if handler.request_streaming:  # pragma: no cover - no such RPC in the contract

@@ -1,4 +1,5 @@
-"""A per-connection limit on open watch streams (WatchRun, WatchRuns).
+"""A per-connection limit on open watch streams (WatchRun, WatchRuns, and A2A's
+SendStreamingMessage and SubscribeToTask).
 
 HTTP/2 multiplexes every stream of a client over one connection, and one replica
 serves each stream with a task and a watcher. Past a limit, a new stream is refused at

@@ -68,14 +68,15 @@ _STATES = {
     "cancelled": approval_pb2.Approval.STATE_CANCELLED,
 }
 _STATE_NAMES = {value: name for name, value in _STATES.items()}
-_DECISIONS = {
+DECISIONS = {
     "approve": approval_pb2.DECISION_APPROVE,
     "reject": approval_pb2.DECISION_REJECT,
     "retry": approval_pb2.DECISION_RETRY,
     "skip": approval_pb2.DECISION_SKIP,
     "fail": approval_pb2.DECISION_FAIL,
 }
-_DECISION_NAMES = {value: name for name, value in _DECISIONS.items()}
+"""Decision names (CLI, A2A answers) -> ``approval_pb2.Decision`` values."""
+_DECISION_NAMES = {value: name for name, value in DECISIONS.items()}
 
 
 def _ts(value: Any, target: Timestamp) -> None:
@@ -95,7 +96,7 @@ def approval_to_proto(row: ApprovalRow, max_bytes: int | None = None) -> approva
         state=_STATES.get(row.state, approval_pb2.Approval.STATE_UNSPECIFIED),
         prompt=row.prompt,
         approvers=row.approvers,
-        decision=_DECISIONS.get(row.decision or "", approval_pb2.DECISION_UNSPECIFIED),
+        decision=DECISIONS.get(row.decision or "", approval_pb2.DECISION_UNSPECIFIED),
         actor=row.actor or "",
         comment=row.comment or "",
         conversation_id=str(row.conversation_id) if row.conversation_id else "",

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from google.rpc import code_pb2
@@ -82,14 +82,23 @@ class Gateway:
     """The HTTP/JSON gateway and console on ``address``, forwarding to ``target``."""
 
     def __init__(
-        self, address: str, target: str, *, max_body_bytes: int, max_message_bytes: int
+        self,
+        address: str,
+        target: str,
+        *,
+        max_body_bytes: int,
+        max_message_bytes: int,
+        routes: Callable[[Gateway, Upstream], list[Route]] | None = None,
     ) -> None:
+        """``routes``: serve these routes instead of the console's and the HTTP/JSON
+        mapping (the A2A JSON-RPC binding, ``gateway/a2a.py``, on its own address)."""
         host, _, port = address.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
         self._target = target
         self._max_body_bytes = max_body_bytes
         self._max_message_bytes = max_message_bytes
+        self._routes = routes
         self._upstream: Upstream | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -110,6 +119,8 @@ class Gateway:
         return f"http://{host}:{self.port}/"
 
     def _app(self, upstream: Upstream) -> Starlette:
+        if self._routes is not None:
+            return Starlette(routes=self._routes(self, upstream))
         limit = self._max_body_bytes
 
         async def forward(request: Request) -> Response:

@@ -20,7 +20,7 @@ from google.rpc import status_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 
-__all__ = ["METHODS", "Method", "Upstream", "UpstreamError", "loopback_target"]
+__all__ = ["METHODS", "Method", "Upstream", "UpstreamError", "loopback_target", "status_of"]
 
 SERVICE = pb.DESCRIPTOR.services_by_name["OrchestrationService"]
 
@@ -66,7 +66,7 @@ class UpstreamError(Exception):
         self.status = status
 
 
-def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
+def status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     """The rich status of a failed call: ``grpc-status-details-bin`` when the server
     sent one (the API always does), else the bare code and message."""
     trailing: Any = error.trailing_metadata() or ()
@@ -122,6 +122,11 @@ class Upstream:
             response_deserializer=pb.WatchRunsResponse.FromString,
         )
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The channel itself (the A2A JSON-RPC binding calls A2AService on it)."""
+        return self._channel
+
     async def call(self, name: str, request: Message, metadata: Metadata) -> Message:
         """Call the unary RPC ``name``; raises :class:`UpstreamError` with its status."""
         try:
@@ -129,7 +134,7 @@ class Upstream:
                 request, metadata=tuple(metadata), timeout=UNARY_TIMEOUT_SECONDS
             )
         except grpc.aio.AioRpcError as exc:
-            raise UpstreamError(_status_of(exc)) from None
+            raise UpstreamError(status_of(exc)) from None
         return response
 
     async def watch_run(
@@ -157,7 +162,7 @@ class Upstream:
                     return  # grpc.aio.EOF
                 yield response
         except grpc.aio.AioRpcError as exc:
-            raise UpstreamError(_status_of(exc)) from None
+            raise UpstreamError(status_of(exc)) from None
         finally:
             # The HTTP client went away (or the stream ended): end the gRPC call too.
             call.cancel()

@@ -185,7 +185,7 @@ async def test_keys_are_stored_as_hashes_and_never_logged(
     admin = await server.engine.api_keys.create("default", "admin", "ops")
     revoked = await server.engine.api_keys.create("default", "viewer", "old")
     await server.engine.api_keys.revoke(revoked.record.prefix)
-    secret = admin.key.rsplit("_", 1)[1]
+    secret = admin.key.split("_", 2)[2]
     unknown = "pdm_0123456789ab_" + "B" * 43
     async with grpc.aio.insecure_channel(server.address) as channel:
         stub = pb_grpc.OrchestrationServiceStub(channel)
@@ -214,7 +214,7 @@ async def test_keys_are_stored_as_hashes_and_never_logged(
         + [f"{r.getMessage()} {r.__dict__}" for r in caplog.records]
     )
     for key in (admin.key, revoked.key, unknown):
-        assert key.rsplit("_", 1)[1] not in everything
+        assert key.split("_", 2)[2] not in everything
     assert secret not in everything
 
 
@@ -263,7 +263,7 @@ async def test_cli_keys_and_api_key(
     assert key.startswith(f"pdm_{prefix}_") and "shown only this once" in created.stderr
     listed = await _podium("keys", "list", "--org", "acme", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
-    assert key.rsplit("_", 1)[1] not in listed.stdout
+    assert key.split("_", 2)[2] not in listed.stdout
     assert prefix in listed.stdout and '"role": "operator"' in listed.stdout
     bad = await _podium("keys", "create", "--org", "Not An Org", "--role", "admin", env=env)
     assert bad.returncode == 1 and "organization" in bad.stderr

@@ -1,7 +1,8 @@
 """Organizations: a key acts only inside its organization.
 
-The matrix calls EVERY RPC of OrchestrationService (enumerated from the service
-descriptor: a new RPC without a case fails) with organization B's admin key on
+The matrix calls EVERY RPC of OrchestrationService and of lf.a2a.v1.A2AService (Podium
+as an A2A agent; enumerated from the service descriptors: a new RPC without a case
+fails) with organization B's admin key on
 organization A's objects (run, definition, approval, agent, schedule, webhook
 delivery, event): each answers NOT_FOUND or an empty list (never PERMISSION_DENIED,
 never A's data), and A's rows are the same afterwards.
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from a2a.types import a2a_pb2, a2a_pb2_grpc
 from google.protobuf import json_format
 
 from podium.client.examples.agents import ExampleAgents
@@ -29,7 +31,10 @@ from tests.integration.runs_helpers import definition, struct, wait_until
 
 A = "default"
 B = "org-b"
-RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["OrchestrationService"].methods]
+RPCS = [
+    *(m.name for m in pb.DESCRIPTOR.services_by_name["OrchestrationService"].methods),
+    *(m.name for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods),
+]
 
 Stub = Any
 
@@ -40,6 +45,8 @@ class World:
 
     a: Stub
     b: Stub
+    a2a_b: Stub
+    """lf.a2a.v1.A2AService for B."""
     conn: asyncpg.Connection[asyncpg.Record]
     run_id: str
     waiting_run_id: str
@@ -110,6 +117,7 @@ async def world(
             yield World(
                 a,
                 b,
+                a2a_pb2_grpc.A2AServiceStub(channel_b),  # type: ignore[no-untyped-call]
                 conn,
                 run.run.id,
                 waiting.run.id,
@@ -213,6 +221,44 @@ async def _empty(call: Awaitable[Any], field: str) -> None:
     assert list(getattr(response, field)) == [], response
 
 
+def _a2a_message(**fields: Any) -> a2a_pb2.SendMessageRequest:
+    message = a2a_pb2.Message(
+        message_id=str(uuid.uuid4()),
+        role=a2a_pb2.ROLE_USER,
+        parts=[a2a_pb2.Part(text="go")],
+        **fields,
+    )
+    return a2a_pb2.SendMessageRequest(message=message)
+
+
+async def _a2a_start(w: World) -> None:
+    # A's definition is not B's to run: a field violation naming it, as for StartRun's
+    # INVALID_ARGUMENT cases (nothing says it exists elsewhere).
+    request = _a2a_message()
+    request.message.metadata.update({"podium": {"definition": "wait-a"}})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async for _ in w.a2a_b.SendStreamingMessage(request):
+            pass
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "not found" in (caught.value.details() or "")
+
+
+async def _a2a_card(w: World) -> None:
+    # B's card lists B's definitions: none of A's.
+    card = await w.a2a_b.GetExtendedAgentCard(a2a_pb2.GetExtendedAgentCardRequest())
+    assert list(card.skills) == [], card.skills
+
+
+def _a2a_unsupported(call: Callable[[World], Awaitable[Any]]) -> Case:
+    # Push notifications are not offered: the same answer whoever's task it names.
+    async def case(w: World) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(w)
+        assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+    return case
+
+
 CASES: dict[str, Case] = {
     "CreateDefinition": _create_definition,
     "GetDefinition": _not_found(
@@ -291,6 +337,37 @@ CASES: dict[str, Case] = {
     ),
     "GetRoutingPolicy": _get_routing_policy,
     "UpdateRoutingPolicy": _update_routing_policy,
+    # lf.a2a.v1.A2AService: a task is a run.
+    "GetExtendedAgentCard": _a2a_card,
+    "GetTask": _not_found(lambda w: w.a2a_b.GetTask(a2a_pb2.GetTaskRequest(id=w.run_id))),
+    "ListTasks": lambda w: _empty(w.a2a_b.ListTasks(a2a_pb2.ListTasksRequest()), "tasks"),
+    "CancelTask": _not_found(lambda w: w.a2a_b.CancelTask(a2a_pb2.CancelTaskRequest(id=w.run_id))),
+    "SubscribeToTask": lambda w: _stream_not_found(
+        w.a2a_b.SubscribeToTask(a2a_pb2.SubscribeToTaskRequest(id=w.waiting_run_id))
+    ),
+    # The answer to A's question (its paused run) from B.
+    "SendMessage": _not_found(lambda w: w.a2a_b.SendMessage(_a2a_message(task_id=w.run_id))),
+    "SendStreamingMessage": _a2a_start,
+    "CreateTaskPushNotificationConfig": _a2a_unsupported(
+        lambda w: w.a2a_b.CreateTaskPushNotificationConfig(
+            a2a_pb2.TaskPushNotificationConfig(task_id=w.run_id)
+        )
+    ),
+    "GetTaskPushNotificationConfig": _a2a_unsupported(
+        lambda w: w.a2a_b.GetTaskPushNotificationConfig(
+            a2a_pb2.GetTaskPushNotificationConfigRequest(task_id=w.run_id, id="c")
+        )
+    ),
+    "ListTaskPushNotificationConfigs": _a2a_unsupported(
+        lambda w: w.a2a_b.ListTaskPushNotificationConfigs(
+            a2a_pb2.ListTaskPushNotificationConfigsRequest(task_id=w.run_id)
+        )
+    ),
+    "DeleteTaskPushNotificationConfig": _a2a_unsupported(
+        lambda w: w.a2a_b.DeleteTaskPushNotificationConfig(
+            a2a_pb2.DeleteTaskPushNotificationConfigRequest(task_id=w.run_id, id="c")
+        )
+    ),
 }
 
 

@@ -2,8 +2,9 @@
 random strings (NUL characters, huge ones, any Unicode), numbers, enums, timestamps,
 maps and Structs in every field, some with invalid UTF-8 patched into the wire bytes.
 No answer may be INTERNAL or UNKNOWN, and a refused request must leave every table as
-it was (no partial write). Requests go out as raw bytes (identity serializers), so
-invalid encodings reach the server as they are."""
+it was (no partial write). The methods of lf.a2a.v1.A2AService (Podium as an A2A agent)
+are fuzzed with those of OrchestrationService. Requests go out as raw bytes (identity
+serializers), so invalid encodings reach the server as they are."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import descriptor, struct_pb2, timestamp_pb2
+from a2a.types import a2a_pb2
+from google.protobuf import descriptor, message_factory, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,7 +29,11 @@ from tests.integration.conftest import bearer_channel
 from tests.integration.runs_helpers import definition
 
 SERVICE = pb.DESCRIPTOR.services_by_name["OrchestrationService"]
-METHODS = sorted(SERVICE.methods, key=lambda m: m.name)
+A2A_SERVICE = a2a_pb2.DESCRIPTOR.services_by_name["A2AService"]
+"""Podium as an A2A agent (lf.a2a.v1.A2AService, on the same port)."""
+METHODS = sorted(
+    [*SERVICE.methods, *A2A_SERVICE.methods], key=lambda m: (m.containing_service.name, m.name)
+)
 FORBIDDEN = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 MARK = "\x01FUZZ\x01"  # replaced on the wire by as many bytes of invalid UTF-8
 
@@ -173,7 +179,7 @@ async def _counts(conn: asyncpg.Connection[asyncpg.Record]) -> dict[str, int]:
 
 
 async def _call(channel: grpc.aio.Channel, method: Any, body: bytes) -> grpc.StatusCode:
-    path = f"/{SERVICE.full_name}/{method.name}"
+    path = f"/{method.containing_service.full_name}/{method.name}"
     try:
         if method.server_streaming:
             # A valid watch streams forever: its first events, then the deadline.
@@ -235,7 +241,7 @@ async def target(
 @given(data=st.data())
 async def test_every_rpc_survives_random_requests(target: Target, data: st.DataObject) -> None:
     method = data.draw(st.sampled_from(METHODS))
-    request: Message = getattr(pb, method.input_type.name)()
+    request: Message = message_factory.GetMessageClass(method.input_type)()
     # Plausible requests (deep paths), plausible ones with a few bad strings (each
     # string check), anything (and invalid UTF-8 on the wire).
     nasty = data.draw(st.sampled_from([0, 30, 100]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from a2a.types import a2a_pb2
 
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.server.api.auth import (
@@ -18,7 +19,10 @@ from podium.server.config import ConfigError, Settings
 from podium.server.engine.api_keys import KEY_PATTERN, hash_key, make_key
 from podium.server.storage.api_keys import ROLES
 
-RPCS = [m.name for m in pb.DESCRIPTOR.services_by_name["OrchestrationService"].methods]
+RPCS = [
+    *(m.name for m in pb.DESCRIPTOR.services_by_name["OrchestrationService"].methods),
+    *(m.name for m in a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].methods),
+]
 
 
 def test_every_rpc_has_a_permission_entry() -> None:
@@ -38,7 +42,8 @@ def test_every_rpc_has_a_permission_entry() -> None:
     }
     # Viewers only read: nothing that changes state.
     viewer = {rpc for rpc, roles in PERMISSIONS.items() if "viewer" in roles}
-    assert all(rpc.startswith(("Get", "List", "Watch", "Validate")) for rpc in viewer), viewer
+    reads = ("Get", "List", "Watch", "Validate", "Subscribe")
+    assert all(rpc.startswith(reads) for rpc in viewer), viewer
     # Operators can do all a viewer can, admins all an operator can.
     for rpc, roles in PERMISSIONS.items():
         assert "viewer" not in roles or "operator" in roles, rpc
