@@ -76,9 +76,7 @@ def admin(stubs: Stubs) -> Stub:
 
 
 @pytest.fixture
-async def twins(
-    start_server: StartServer, example_agents: ExampleAgents
-) -> AsyncIterator[Stub]:
+async def twins(start_server: StartServer, example_agents: ExampleAgents) -> AsyncIterator[Stub]:
     """A server (no auth) where agents ``echo`` and ``echo-b`` (echo's endpoint, at most
     one task at once) both offer skill ``echo``. Unrefused, a skill goes to the least
     busy of them, ``echo`` first on a tie."""
