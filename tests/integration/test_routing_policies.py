@@ -8,10 +8,12 @@ in test_auth_tenancy.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
@@ -19,6 +21,7 @@ from podium.client.examples.agents import ExampleAgents
 from podium.orchestration.v1 import agent_pb2, approval_pb2, policy_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.server.engine.policies import Rules
 from tests.integration.client_helpers import podium, podium_json
 from tests.integration.conftest import StartServer, bearer_channel, static_agents
 from tests.integration.rpc import error_details, rpc_error, violations
@@ -220,6 +223,34 @@ async def test_dispatch_rechecks_the_current_policy(admin: Stub) -> None:
     failed = step_of(run, "b")
     assert failed.error.code == "POLICY_DENIED" and not failed.error.retryable
     assert "noop" in failed.error.message
+
+
+async def test_claim_and_dispatch_read_agent_lists_alike(database_url: str) -> None:
+    # podium_routing_allows (the claim, SQL) and Rules.refusal (dispatch, Python) agree.
+    cases: list[dict[str, Any] | None] = [
+        None,
+        {},
+        {"allowed_agents": [], "denied_agents": []},
+        {"denied_agents": ["a"]},
+        {"allowed_agents": ["a", "b"]},
+        {"allowed_agents": ["a", "b"], "denied_agents": ["b"]},
+        {"allowed_skills": ["x"], "denied_skills": ["a"]},  # skills: not about agents
+    ]
+    conn = await asyncpg.connect(database_url)
+    try:
+        for case in cases:
+            rules = Rules.from_json("r", case or {})
+            for agent in ("a", "b", "c"):
+                found = await conn.fetchval(
+                    "SELECT podium_routing_allows($1, $2::jsonb)",
+                    agent,
+                    None if case is None else json.dumps(case),
+                )
+                assert found is (rules.refusal("agent", agent) is None), (case, agent)
+        # The claim's entry of an organization without a policy row is JSON null.
+        assert await conn.fetchval("SELECT podium_routing_allows('a', 'null'::jsonb)") is True
+    finally:
+        await conn.close()
 
 
 async def test_skill_of_a_refused_agent_fails_at_dispatch(admin: Stub) -> None:
