@@ -27,6 +27,7 @@ from tests.integration.conftest import StartServer, bearer_channel, static_agent
 from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     definition,
+    get_run,
     plan,
     step_of,
     wait_for,
@@ -223,6 +224,36 @@ async def test_dispatch_rechecks_the_current_policy(admin: Stub) -> None:
     failed = step_of(run, "b")
     assert failed.error.code == "POLICY_DENIED" and not failed.error.retryable
     assert "noop" in failed.error.message
+
+
+async def test_a_skill_held_by_its_allowed_agents_rate_limit_says_so(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    # echo-b, the only allowed agent with skill echo, takes one request per 4 s; the
+    # idle echo is denied, so the second step waits for echo-b's window, and GetRun
+    # says so.
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        rate = agent_pb2.AgentRateLimit(requests_per_period=1, period_seconds=4)
+        twin = agent_pb2.Agent(
+            name="echo-b", endpoint=example_agents.addresses["echo"], rate_limit=rate
+        )
+        await stub.RegisterAgent(pb.RegisterAgentRequest(agent=twin))
+        await _set(stub, denied_agents=["echo"])
+        started = await stub.StartRun(pb.StartRunRequest(plan=_skill_plan(2), start=True))
+
+        async def held() -> run_pb2.StepRun | None:
+            run = await get_run(stub, started.run.id)
+            found = [s for s in run.steps if s.HasField("waiting")]
+            return found[0] if found else None
+
+        waiting = (await wait_for(held, "a step held by echo-b's window")).waiting
+        assert waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED
+        assert waiting.agent == "echo-b"
+        run = await wait_for_run(stub, started.run.id, within=30)
+        assert run.state == State.STATE_SUCCEEDED
+        assert {s.agent for s in run.steps} == {"echo-b"}
 
 
 async def test_claim_and_dispatch_read_agent_lists_alike(database_url: str) -> None:
