@@ -174,7 +174,7 @@ class StepExecutor:
         if self.routing is not None and spec.orchestration is None and (step.agent or step.skill):
             # Against the current policy: it may have changed since StartRun.
             verdict = await self.routing.gate(
-                step.organization_id, step.agent, step.skill, spec.routing
+                step.organization_id, step.agent, step.skill, spec.routing, spec.refused_agents
             )
             if verdict.refusal is not None:
                 log.info(

@@ -13,11 +13,17 @@ They are checked twice:
   an inline plan, against the current policy): a step whose agent or skill is refused is
   a field violation ``steps[i].agent`` / ``steps[i].skill`` (reason ``POLICY_DENIED``);
   unknown agents stay allowed (they may be registered later);
+- at the claim (``podium_claim_steps_of``, ``functions/40_claim.sql``): a skill step is
+  routed only to an agent that the organization's stored policy and the definition's
+  rules (copied into the step's spec as ``routing``) allow; when every agent offering
+  the skill is refused, the claim leaves the step without an agent and names them in
+  the spec it returns (``refused_agents``);
 - before each dispatch (:meth:`RoutingPolicies.gate`, called by the executor): the
   step's agent (for a skill step, the agent the claim routed it to) and skill against
-  the current policy and the definition's rules (copied into the step's spec as
-  ``routing``). A refused step fails with ``POLICY_DENIED``, not retried; a step whose
-  agent is in ``approval_agents`` parks on a ``checkpoint_before`` approval first.
+  the current policy and the definition's rules, and a skill step whose agents were all
+  refused at the claim. A refused step fails with ``POLICY_DENIED``, not retried; a
+  step whose agent is in ``approval_agents`` parks on a ``checkpoint_before`` approval
+  first.
 
 Replicas cache each organization's policy for ``PODIUM_ROUTING_POLICY_CACHE_SECONDS``;
 the replica that takes an update sees it at once, the others within that time.
@@ -235,11 +241,13 @@ class RoutingPolicies:
         agent: str | None,
         skill: str | None,
         routing: Mapping[str, Any] | None,
+        refused_agents: Sequence[str] | None = None,
     ) -> DispatchVerdict:
         """The verdict on dispatching a step to ``agent`` (None: no agent was found) for
-        ``skill`` (a skill step) under the current policy and the definition's rules."""
+        ``skill`` (a skill step) under the current policy and the definition's rules;
+        ``refused_agents``: the agents offering the skill, all refused at the claim."""
         record = await self.current(organization_id)
-        if record.revision == 0 and not routing:
+        if record.revision == 0 and not routing and not refused_agents:
             return _ALLOWED
         rules = [Rules.of("the organization's routing policy", record)]
         if routing:
@@ -252,4 +260,19 @@ class RoutingPolicies:
                     refusal = f"skill '{skill}' was routed to a refused agent: {refusal}"
             if refusal is not None:
                 return DispatchVerdict(refusal=refusal)
+        if refused_agents and not agent:
+            reasons = (_agent_refusal(rules, name) for name in refused_agents)
+            return DispatchVerdict(
+                refusal=f"no agent offering skill '{skill}' is allowed: {'; '.join(reasons)}"
+            )
         return DispatchVerdict(approval=bool(agent) and agent in record.approval_agents)
+
+
+def _agent_refusal(rules: Sequence[Rules], agent: str) -> str:
+    """Why ``agent`` is refused by the first of ``rules`` that refuses it; the claim's
+    word when this replica's cached policy does not (yet) refuse it."""
+    for r in rules:
+        refusal = r.refusal("agent", agent)
+        if refusal is not None:
+            return refusal
+    return f"agent '{agent}' was refused by the routing policy when the step was claimed"

@@ -519,6 +519,7 @@ class RunService:
             async with storage_errors():
                 waits = await self._agents.step_rate_waits(
                     organization_id,
+                    rid,
                     [(s.step_id, s.agent, s.skill) for s in queued],
                     row.concurrency_key,
                 )

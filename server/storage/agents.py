@@ -11,6 +11,7 @@ declaration takes over a registered agent of its name.
 from __future__ import annotations
 
 import builtins
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -306,12 +307,14 @@ class AgentsRepository:
     async def step_rate_waits(
         self,
         organization_id: str,
+        run_id: uuid.UUID,
         steps: Sequence[tuple[str, str | None, str | None]],
         concurrency_key: str | None = None,
     ) -> dict[str, tuple[str, datetime | None]]:
-        """Of queued ``(step id, agent, skill)``, those held by rate limits now: every
-        agent that could run it is at its limit. By step id: (the agent whose window frees
-        first, when)."""
+        """Of queued ``(step id, agent, skill)`` of run ``run_id``, those held by rate
+        limits now: every agent that could run it (for a skill, every one the routing
+        policies allow) is at its limit. By step id: (the agent whose window frees first,
+        when)."""
         async with self._db.connection() as conn:
             rows = await conn.fetch(
                 QUERIES["step_rate_waits"],
@@ -320,6 +323,7 @@ class AgentsRepository:
                 [step[1] for step in steps],
                 [step[2] for step in steps],
                 concurrency_key or "",
+                run_id,
             )
         return {row["step_id"]: (row["agent"], row["free_at"]) for row in rows}
 

@@ -105,17 +105,29 @@ SELECT agent_organization, agent_name, agent_change FROM podium_withdraw_replica
 
 -- step_rate_waits --
 -- The queued steps held by rate limits: those whose every candidate agent (the step's
--- agent, or each agent offering its skill) is at its rate limit now, with the agent
--- whose window frees first and when (podium_rate_waits).
+-- agent, or each agent offering its skill that the routing policies allow, as the claim
+-- routes it: podium_routing_allows) is at its rate limit now, with the agent whose window
+-- frees first and when (podium_rate_waits).
 -- $1: organization_id, $2: step ids, $3: their agents, $4: their skills (NULL: none),
--- $5: the run's concurrency key value ('' without one: the window of per-key limits)
+-- $5: the run's concurrency key value ('' without one: the window of per-key limits),
+-- $6: the run's id (its steps' specs hold the definition's routing)
 SELECT q.step_id, w.agent, w.free_at
 FROM unnest($2::text[], $3::text[], $4::text[]) AS q(step_id, agent, skill)
+CROSS JOIN (
+    SELECT (SELECT jsonb_build_object('allowed_agents', to_jsonb(p.allowed_agents),
+                                      'denied_agents', to_jsonb(p.denied_agents))
+              FROM routing_policies p WHERE p.organization_id = $1) AS rules
+) o
 CROSS JOIN LATERAL (
     SELECT array_agg(a.name) AS names
     FROM agents a
     WHERE a.organization_id = $1
-      AND CASE WHEN q.skill IS NOT NULL THEN q.skill = ANY (a.skills) ELSE a.name = q.agent END
+      AND CASE WHEN q.skill IS NOT NULL
+               THEN q.skill = ANY (a.skills) AND podium_routing_allows(a.name, o.rules)
+                    AND podium_routing_allows(a.name, (
+                            SELECT s.spec -> 'routing' FROM orchestration_steps s
+                             WHERE s.run_id = $6 AND s.step_id = q.step_id))
+               ELSE a.name = q.agent END
 ) c
 CROSS JOIN LATERAL (
     SELECT count(*) AS held, min(r.free_at) AS free_at,

@@ -14,7 +14,10 @@ the definition gives it, in protobuf JSON form with proto field names, with its 
 - ``podium_resume_run`` removes those seven again;
 - ``podium_create_run`` sets ``budgeted`` when a budget applies to the run
   (``functions/65_budgets.sql``); ``build_steps`` sets ``routing`` (the definition's
-  ``execution.routing``, read by the executor only; ``engine/policies.py``);
+  ``execution.routing``, read by the claim and the executor; ``engine/policies.py``);
+- the claim (``podium_claim_steps_of``) adds ``refused_agents`` to the spec it returns,
+  never to the stored one, for a skill step it claimed without an agent because the
+  routing policies refuse every agent offering the skill;
 - ``podium_park_step`` reads ``checkpoint_passed`` and ``checkpoint`` (``prompt``,
   ``approvers``, ``expires_after_seconds``, ``on_expiry``, ``on_reject``);
 - ``podium_skip_step`` reads ``on_failure.skip_dependents``, ``podium_resume_run``
@@ -391,6 +394,7 @@ _KNOWN = frozenset(
         "for_each",
         "max_parallel",
         "budgeted",
+        "refused_agents",
     }
 )
 
@@ -470,6 +474,10 @@ class StepSpec:
     """The definition's ``execution.routing`` (protobuf JSON), copied at StartRun onto its
     agent and skill steps when it is set: the executor checks the agent a skill is routed
     to against it (``engine/policies.py``)."""
+    refused_agents: Sequence[str] | None = None
+    """The agents offering a skill step's skill, each refused by the routing policies
+    (at most 10): set by the claim in the spec it returns (never stored) when no agent
+    may take the step, which the executor then fails with ``POLICY_DENIED``."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Keys this module does not know (kept as they are), and a ``caching`` that is not
     an effective policy (a run stored before the cache existed)."""
@@ -556,6 +564,7 @@ class StepSpec:
         _put(out, "max_parallel", self.max_parallel)
         _put(out, "budgeted", self.budgeted)
         _put(out, "routing", self.routing)
+        _put(out, "refused_agents", self.refused_agents)
         out.update(self.extra)
         return out
 
@@ -620,5 +629,6 @@ def _spec_fields(data: Mapping[str, Any]) -> dict[str, Any]:
         max_parallel=get("max_parallel"),
         budgeted=get("budgeted"),
         routing=get("routing"),
+        refused_agents=get("refused_agents"),
         extra=extra,
     )

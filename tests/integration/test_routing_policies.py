@@ -1,27 +1,33 @@
 """Routing policies (GetRoutingPolicy / UpdateRoutingPolicy): refused agents and skills
 are field violations at CreateDefinition and StartRun (against the current policy),
-the executor checks again before dispatch (POLICY_DENIED), approval_agents park steps
-until DecideApproval, a definition's execution.routing only narrows, a viewer cannot
-update. The cross-organization case is in test_auth_tenancy.py."""
+the claim routes a skill only to an allowed agent (and a step whose every agent is
+refused fails POLICY_DENIED at once), the executor checks again before dispatch
+(POLICY_DENIED), approval_agents park steps until DecideApproval, a definition's
+execution.routing only narrows, a viewer cannot update. The cross-organization case is
+in test_auth_tenancy.py."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 
 from podium.client.examples.agents import ExampleAgents
-from podium.orchestration.v1 import approval_pb2, policy_pb2, run_pb2
+from podium.orchestration.v1 import agent_pb2, approval_pb2, policy_pb2, run_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from podium.server.engine.policies import Rules
 from tests.integration.client_helpers import podium, podium_json
 from tests.integration.conftest import StartServer, bearer_channel, static_agents
 from tests.integration.rpc import error_details, rpc_error, violations
 from tests.integration.runs_helpers import (
     definition,
+    get_run,
     plan,
     step_of,
     wait_for,
@@ -71,6 +77,67 @@ async def stubs(start_server: StartServer, example_agents: ExampleAgents) -> Asy
 @pytest.fixture
 def admin(stubs: Stubs) -> Stub:
     return stubs.admin
+
+
+@pytest.fixture
+async def twins(start_server: StartServer, example_agents: ExampleAgents) -> AsyncIterator[Stub]:
+    """A server (no auth) where agents ``echo`` and ``echo-b`` (echo's endpoint, at most
+    one task at once) both offer skill ``echo``. Unrefused, a skill goes to the least
+    busy of them, ``echo`` first on a tie."""
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        twin = agent_pb2.Agent(
+            name="echo-b", endpoint=example_agents.addresses["echo"], max_concurrency=1
+        )
+        await stub.RegisterAgent(pb.RegisterAgentRequest(agent=twin))
+        yield stub
+
+
+def _skill_plan(count: int, **execution: Any) -> Any:
+    steps = [{"id": f"s{i}", "skill": "echo", "input": {"i": i}} for i in range(count)]
+    return plan(steps, execution={"concurrency": {"max_parallel": count}, **execution})
+
+
+async def test_claim_routes_a_skill_to_an_allowed_agent_only(twins: Stub) -> None:
+    # Unrefused, parallel steps spread over both agents (least busy first).
+    started = await twins.StartRun(pb.StartRunRequest(plan=_skill_plan(6), start=True))
+    run = await wait_for_run(twins, started.run.id)
+    assert {s.agent for s in run.steps} == {"echo", "echo-b"}
+    # The organization denies echo: every step waits for echo-b (one at a time) rather
+    # than going to the idle echo, in every run.
+    await _set(twins, denied_agents=["echo"])
+    ids = [
+        (await twins.StartRun(pb.StartRunRequest(plan=_skill_plan(6), start=True))).run.id
+        for _ in range(3)
+    ]
+    for run_id in ids:
+        run = await wait_for_run(twins, run_id)
+        assert run.state == State.STATE_SUCCEEDED
+        assert {s.agent for s in run.steps} == {"echo-b"}
+    # A definition's allowed_agents narrows the same way, with no organization policy.
+    await _set(twins, denied_agents=[])
+    routing = {"routing": {"allowed_agents": ["echo-b"]}}
+    started = await twins.StartRun(pb.StartRunRequest(plan=_skill_plan(4, **routing), start=True))
+    run = await wait_for_run(twins, started.run.id)
+    assert run.state == State.STATE_SUCCEEDED
+    assert {s.agent for s in run.steps} == {"echo-b"}
+
+
+async def test_skill_whose_agents_are_all_refused_fails_at_once(twins: Stub) -> None:
+    # The organization denies echo, the definition echo-b: no agent may take the step.
+    await _set(twins, denied_agents=["echo"])
+    routing = {"routing": {"denied_agents": ["echo-b"]}}
+    started = await twins.StartRun(pb.StartRunRequest(plan=_skill_plan(1, **routing), start=True))
+    run = await wait_for_run(twins, started.run.id)
+    failed = step_of(run, "s0")
+    assert run.state == State.STATE_FAILED and failed.attempt == 1
+    assert failed.error.code == "POLICY_DENIED" and not failed.error.retryable
+    assert failed.agent == ""  # no agent was called
+    message = failed.error.message
+    assert message.startswith("no agent offering skill 'echo' is allowed")
+    assert "agent 'echo' is denied by the organization's routing policy" in message
+    assert "agent 'echo-b' is denied by the definition's execution.routing" in message
 
 
 async def test_get_and_update_with_a_mask(stubs: Stubs) -> None:
@@ -159,9 +226,67 @@ async def test_dispatch_rechecks_the_current_policy(admin: Stub) -> None:
     assert "noop" in failed.error.message
 
 
-async def test_skill_routed_to_a_refused_agent_fails_at_dispatch(admin: Stub) -> None:
+async def test_a_skill_held_by_its_allowed_agents_rate_limit_says_so(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    # echo-b, the only allowed agent with skill echo, takes one request per 4 s; the
+    # idle echo is denied, so the second step waits for echo-b's window, and GetRun
+    # says so.
+    server = await start_server(agents=static_agents(example_agents, "echo"))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.OrchestrationServiceStub(channel)
+        rate = agent_pb2.AgentRateLimit(requests_per_period=1, period_seconds=4)
+        twin = agent_pb2.Agent(
+            name="echo-b", endpoint=example_agents.addresses["echo"], rate_limit=rate
+        )
+        await stub.RegisterAgent(pb.RegisterAgentRequest(agent=twin))
+        await _set(stub, denied_agents=["echo"])
+        started = await stub.StartRun(pb.StartRunRequest(plan=_skill_plan(2), start=True))
+
+        async def held() -> run_pb2.StepRun | None:
+            run = await get_run(stub, started.run.id)
+            found = [s for s in run.steps if s.HasField("waiting")]
+            return found[0] if found else None
+
+        waiting = (await wait_for(held, "a step held by echo-b's window")).waiting
+        assert waiting.reason == run_pb2.StepWaiting.REASON_RATE_LIMITED
+        assert waiting.agent == "echo-b"
+        run = await wait_for_run(stub, started.run.id, within=30)
+        assert run.state == State.STATE_SUCCEEDED
+        assert {s.agent for s in run.steps} == {"echo-b"}
+
+
+async def test_claim_and_dispatch_read_agent_lists_alike(database_url: str) -> None:
+    # podium_routing_allows (the claim, SQL) and Rules.refusal (dispatch, Python) agree.
+    cases: list[dict[str, Any] | None] = [
+        None,
+        {},
+        {"allowed_agents": [], "denied_agents": []},
+        {"denied_agents": ["a"]},
+        {"allowed_agents": ["a", "b"]},
+        {"allowed_agents": ["a", "b"], "denied_agents": ["b"]},
+        {"allowed_skills": ["x"], "denied_skills": ["a"]},  # skills: not about agents
+    ]
+    conn = await asyncpg.connect(database_url)
+    try:
+        for case in cases:
+            rules = Rules.from_json("r", case or {})
+            for agent in ("a", "b", "c"):
+                found = await conn.fetchval(
+                    "SELECT podium_routing_allows($1, $2::jsonb)",
+                    agent,
+                    None if case is None else json.dumps(case),
+                )
+                assert found is (rules.refusal("agent", agent) is None), (case, agent)
+        # The claim's entry of an organization without a policy row is JSON null.
+        assert await conn.fetchval("SELECT podium_routing_allows('a', 'null'::jsonb)") is True
+    finally:
+        await conn.close()
+
+
+async def test_skill_of_a_refused_agent_fails_at_dispatch(admin: Stub) -> None:
     # The definition narrows the organization's policy: echo offers skill "echo", and
-    # the definition denies agent echo, so the routed step is refused.
+    # the definition denies agent echo, so the step is refused.
     flow = definition(
         "narrow",
         [{"id": "s", "skill": "echo"}],

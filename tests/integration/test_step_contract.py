@@ -99,6 +99,8 @@ async def test_every_spec_key_the_sql_uses_is_in_the_step_spec(db: Database) -> 
         loop=StepLoop("true", 2),
         loop_iteration=1,
         loop_output={},
+        routing={},
+        refused_agents=("a",),
     )
     known = set(full.to_json())
     used = set().union(*(_spec_keys(s) for s in (await _sources(db)).values()))

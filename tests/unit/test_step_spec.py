@@ -75,6 +75,8 @@ AMENDED = {
         {"id": "c", "orchestration": {"name": "child"}, "bypass_cache": True},
         {"id": "c", "orchestration": {"name": "child", "version": 3}, "checkpoint": {}},
         {"id": "s", "skill": "sum", "input": [1, "x"], "rollback": {}},
+        # The definition's routing, and the refused agents a claim adds to what it returns.
+        {"id": "s", "skill": "sum", "routing": {"denied_agents": ["a"]}, "refused_agents": ["a"]},
         # A run stored before the cache existed keeps the author's caching form.
         {"id": "a", "agent": "echo", "caching": {"enabled": True, "ttl_seconds": 5}},
         # Keys this version does not know are kept as they are.

@@ -45,6 +45,17 @@ LANGUAGE sql STABLE AS $$
      WHERE s.state = 'running' AND s.organization_id = p_org AND s.child_run_id IS NULL
 $$;
 
+-- Whether the agent lists of p_rules (routing_policies' row as JSON, or a definition's
+-- execution.routing in protobuf JSON; NULL or JSON null: none) allow agent p_agent: on
+-- allowed_agents when that is not empty, and not on denied_agents (engine/policies.py).
+CREATE OR REPLACE FUNCTION podium_routing_allows(p_agent text, p_rules jsonb)
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT NOT coalesce(p_rules -> 'denied_agents' ? p_agent, false)
+       AND (coalesce(jsonb_array_length(p_rules -> 'allowed_agents'), 0) = 0
+            OR coalesce(p_rules -> 'allowed_agents' ? p_agent, false))
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
 -- eager claim inside a completion or StartRun, which holds those runs' locks already).
@@ -53,7 +64,14 @@ $$;
 -- steps taken FOR UPDATE SKIP LOCKED while the run's max_parallel and the agents'
 -- max_concurrency allow and the agents' rate limits (45_rate_limits.sql) have room: a
 -- held step stays queued, its attempts untouched. A skill is routed to the least busy
--- agent offering it that is under its limits. Each claimed step gets
+-- agent offering it that is under its limits and that the routing policies allow (the
+-- organization's routing_policies row, read once per organization and claim by its
+-- primary key, and the definition's execution.routing in the step's spec: their
+-- allowed_agents / denied_agents, podium_routing_allows); the step stays queued while
+-- every allowed agent is full, and is claimed without an agent when none is allowed,
+-- its spec as returned (not as stored) then naming the refused agents in
+-- refused_agents (at most 10), so the executor fails it with POLICY_DENIED at once.
+-- Each claimed step gets
 -- attempt + 1 (the fencing token), a step_attempts row, its conversation and a
 -- step.started event; its resolved-reference outputs come back with it. The counts shared
 -- by several runs are read under the locks described above (podium_claim_lock).
@@ -110,6 +128,10 @@ DECLARE
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)
     v_org_free jsonb := '{}';  -- organization -> steps it may still start (p_org_cap)
+    v_policies jsonb := '{}';  -- organization -> its routing_policies agent lists (or null)
+    v_org_rules jsonb;  -- v_policies' entry of the run's organization
+    v_offer record;  -- the agents offering a skill when none of them could take it
+    v_refused text[];  -- the refused agents offering the step's skill (none allowed)
     v_run_key text;  -- the run's key value, '' without one (rate windows per key)
     v_window text;  -- v_room's entry of the agent: its name, then the key for per-key limits
     v_cap integer := greatest(coalesce(p_org_cap, 0), 0);
@@ -227,7 +249,7 @@ BEGIN
         v_started_attempts := '{}';
         v_started_agents := '{}';
         FOR v_step IN
-            SELECT s.step_id, s.agent, s.skill, s.input_refs
+            SELECT s.step_id, s.agent, s.skill, s.input_refs, s.spec -> 'routing' AS routing
               FROM orchestration_steps s
              WHERE s.run_id = v_run.id AND s.state = 'queued'
              ORDER BY s.queued_at, s.position
@@ -244,14 +266,26 @@ BEGIN
                    0 AS requests_per_period, 0::bigint AS tokens_per_period,
                    false AS rate_per_key
               INTO v_agent;
+            v_refused := NULL;
             IF v_step.skill IS NOT NULL THEN
-                -- Lock every limited agent offering the skill (a refused one is left out).
+                IF NOT v_policies ? v_run.organization_id THEN
+                    v_policies := v_policies || jsonb_build_object(v_run.organization_id,
+                        (SELECT jsonb_build_object('allowed_agents', to_jsonb(p.allowed_agents),
+                                                   'denied_agents', to_jsonb(p.denied_agents))
+                           FROM routing_policies p
+                          WHERE p.organization_id = v_run.organization_id));
+                END IF;
+                v_org_rules := v_policies -> v_run.organization_id;
+                -- Lock every limited agent offering the skill that the routing policies
+                -- allow (a lock refused to this claim is left out).
                 FOR v_lock IN
                     SELECT '1886350959:' || a.organization_id || chr(31) || a.name
                       FROM agents a
                      WHERE a.organization_id = v_run.organization_id
                        AND v_step.skill = ANY (a.skills)
                        AND (a.max_concurrency > 0 OR a.rate_period_seconds > 0)
+                       AND podium_routing_allows(a.name, v_org_rules)
+                       AND podium_routing_allows(a.name, v_step.routing)
                      ORDER BY a.name
                 LOOP
                     v_locks := podium_claim_lock(v_locks, v_lock, v_wait);
@@ -272,6 +306,8 @@ BEGIN
                           FROM agents a
                          WHERE a.organization_id = v_run.organization_id
                            AND v_step.skill = ANY (a.skills)
+                           AND podium_routing_allows(a.name, v_org_rules)
+                           AND podium_routing_allows(a.name, v_step.routing)
                            AND ((a.max_concurrency = 0 AND a.rate_period_seconds = 0)
                                 OR (v_locks ->> ('1886350959:' || a.organization_id
                                                  || chr(31) || a.name))::boolean)) c
@@ -287,10 +323,18 @@ BEGIN
                            > 0)
                  ORDER BY c.busy, c.name
                  LIMIT 1;
-                IF NOT FOUND AND EXISTS (SELECT 1 FROM agents a
-                                          WHERE a.organization_id = v_run.organization_id
-                                            AND v_step.skill = ANY (a.skills)) THEN
-                    CONTINUE;  -- every agent with the skill is full, limited or locked
+                IF NOT FOUND THEN
+                    SELECT coalesce(bool_or(podium_routing_allows(a.name, v_org_rules)
+                                            AND podium_routing_allows(a.name, v_step.routing)),
+                                    false) AS allowed,
+                           (array_agg(a.name ORDER BY a.name))[1:10] AS names
+                      INTO v_offer
+                      FROM agents a
+                     WHERE a.organization_id = v_run.organization_id
+                       AND v_step.skill = ANY (a.skills);
+                    -- Every allowed agent with the skill is full, limited or locked.
+                    CONTINUE WHEN v_offer.allowed;
+                    v_refused := v_offer.names;  -- NULL: no agent offers the skill
                 END IF;
             ELSIF v_step.agent IS NOT NULL THEN
                 SELECT a.name, a.endpoint, a.default_timeout_seconds, a.protocol,
@@ -398,7 +442,10 @@ BEGIN
             RETURN QUERY
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                    v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
-                   v_agent.protocol::text, v_task, s.conversation_id, s.spec, s.timeout_seconds,
+                   v_agent.protocol::text, v_task, s.conversation_id,
+                   CASE WHEN v_refused IS NULL THEN s.spec
+                        ELSE s.spec || jsonb_build_object('refused_agents', v_refused) END,
+                   s.timeout_seconds,
                    s.max_attempts, v_run.input,
                    (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
                       FROM orchestration_steps u
