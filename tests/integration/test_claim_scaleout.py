@@ -195,7 +195,9 @@ async def test_an_organizations_cap_across_two_replicas_with_fair_share(
     servers = [await start_server(max_running_steps_per_org=2, **settings) for _ in range(2)]
     heavy_key = (await servers[0].engine.api_keys.create("default", "admin", "heavy")).key
     light_key = (await servers[0].engine.api_keys.create("org-light", "admin", "light")).key
-    step = [{"id": "a", "agent": "sleeper", "input": {"seconds": 0.1}}]
+    # 0.3 s steps: the two slots are busy most of the time, so a sample of GetRun
+    # finds the cap reached even on a loaded machine (6 s of queued work in all).
+    step = [{"id": "a", "agent": "sleeper", "input": {"seconds": 0.3}}]
     async with (
         bearer_channel(servers[0].address, heavy_key) as heavy_channel,
         bearer_channel(servers[1].address, light_key) as light_channel,
@@ -218,7 +220,7 @@ async def test_an_organizations_cap_across_two_replicas_with_fair_share(
             reasons.append(run.steps[0].waiting.reason)
             return reasons[-1] == run_pb2.StepWaiting.Reason.REASON_ORGANIZATION_LIMIT
 
-        await wait_until(held_by_the_cap, within=5, what="a step held by the cap")
+        await wait_until(held_by_the_cap, within=15, what="a step held by the cap")
         light = (await start_run(light_stub, "capped")).run.id
         light_run = await wait_for_run(light_stub, light, within=30)
         heavy_runs = [await wait_for_run(heavy_stub, r, within=120) for r in heavy]
