@@ -61,19 +61,21 @@ async def drop_database(admin: asyncpg.Connection[Any], name: str) -> None:
 def podium_settings(dsn: str, agents: str, **overrides: Any) -> Settings:
     """The benchmarks' server settings: database ``dsn``, static agents ``agents``
     (``name=host:port,...``), a free port on 127.0.0.1, warnings only, no shutdown
-    grace; ``overrides`` are further ``Settings`` fields."""
+    grace, authentication disabled; ``overrides`` are further ``Settings`` fields."""
     from podium.server.config import Settings
 
-    return Settings.from_env(
-        {},
-        database_url=dsn,
-        listen_address="127.0.0.1:0",
-        agents=agents,
-        agent_allowed_networks="loopback",  # the benchmark agents listen on 127.0.0.1
-        log_level="warning",
-        shutdown_grace_seconds=0.0,
-        **overrides,
-    )
+    values: dict[str, Any] = {
+        "database_url": dsn,
+        "listen_address": "127.0.0.1:0",
+        "agents": agents,
+        "agent_allowed_networks": "loopback",  # the benchmark agents listen on 127.0.0.1
+        "log_level": "warning",
+        "shutdown_grace_seconds": 0.0,
+        # A database URL turns authentication on (PODIUM_AUTH=auto); the benchmarks
+        # call without keys, on a server of their own on loopback.
+        "auth": "disabled",
+    }
+    return Settings.from_env({}, **{**values, **overrides})
 
 
 def podium_server(settings: Settings) -> PodiumServer:

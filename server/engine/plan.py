@@ -1,6 +1,7 @@
 """Plan building: the step rows of a new run (``build_steps``), each with its effective
 failure policy, its cache policy, the steps its input and its condition reference and
-whether it is a sink; and which steps a fork re-executes (``fork_redo``)."""
+whether it is a sink; how many steps a run's start queues at once (``first_steps``); and
+which steps a fork re-executes (``fork_redo``)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,10 @@ from podium.server.engine.references import (
     normalize_numbers,
     resolve,
 )
-from podium.server.storage.runs import NewStep, StepRow
+from podium.server.storage.runs import NewRun, NewStep, StepRow
 from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
 
-__all__ = ["build_steps", "fork_redo"]
+__all__ = ["build_steps", "first_steps", "fork_redo"]
 
 
 def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> FailurePolicy:
@@ -125,6 +126,13 @@ def build_steps(
             )
         )
     return steps
+
+
+def first_steps(run: NewRun) -> int:
+    """How many steps of ``run`` its start makes runnable at once: those without
+    dependencies, at most its ``max_parallel`` (all a StartRun's eager claim can take)."""
+    roots = sum(1 for step in run.steps if not step.depends_on)
+    return min(roots, run.max_parallel) if run.max_parallel > 0 else roots
 
 
 def _downstream(steps: Sequence[StepRow], redo: set[str]) -> set[str]:

@@ -42,7 +42,7 @@ from podium.server.engine.mapping import (
     set_rate_waits,
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
-from podium.server.engine.plan import build_steps, fork_redo
+from podium.server.engine.plan import build_steps, first_steps, fork_redo
 from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
@@ -299,7 +299,7 @@ class RunService:
         replica's scheduler in the same statement and handed to it (eager dispatch),
         even if the caller is cancelled once the statement is sent."""
         scheduler = self.scheduler
-        claim = scheduler.eager_claim() if scheduler is not None and start else None
+        claim = scheduler.eager_claim(first_steps(new)) if scheduler is not None and start else None
         if scheduler is None or claim is None:
             return await self._repository.create(new, start=start)
         created = asyncio.ensure_future(self._repository.create(new, start=start, claim=claim))

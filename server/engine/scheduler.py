@@ -400,15 +400,19 @@ class Scheduler:
             if done.wake or self._claim_saturated:
                 self._wake.set()
 
-    def eager_claim(self) -> EagerClaim | None:
-        """The eager claim of a StartRun served by this replica: up to its free slots,
-        reserved until :meth:`dispatch` is called with it; none while stopping or full."""
-        free = min(self._free(), self.config.batch_size)
-        if self._stopping or free <= 0:
+    def eager_claim(self, runnable: int) -> EagerClaim | None:
+        """The eager claim of a StartRun served by this replica whose run has
+        ``runnable`` first steps: that many slots at most (bounded by the free slots and
+        the batch size), reserved until :meth:`dispatch` is called with it; none while
+        stopping, full or when there is nothing to run. Reserving only what the run can
+        use leaves the other slots to the StartRuns in flight beside it, so that each
+        claims its own steps instead of sending NOTIFY podium_work."""
+        limit = min(runnable, self._free(), self.config.batch_size)
+        if self._stopping or limit <= 0:
             return None
-        self._reserved += free
+        self._reserved += limit
         self._starting += 1
-        return EagerClaim(self.owner, free, self.config.lease_seconds)
+        return EagerClaim(self.owner, limit, self.config.lease_seconds)
 
     def dispatch(
         self, claim: EagerClaim, claimed: list[ClaimedStep], started: uuid.UUID | None = None

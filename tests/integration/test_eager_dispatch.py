@@ -8,6 +8,7 @@ two owners (and, where timing is the point, two connections).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -289,6 +290,67 @@ async def test_the_start_of_a_run_start_run_claimed_wakes_no_claim(
         run = await wait_for_run(stub, created.run.id)
         assert run.state == Run.STATE_SUCCEEDED
         assert claims >= 1
+
+
+async def test_concurrent_start_runs_each_claim_their_own_first_step(
+    start_server: StartServer, example_agents: ExampleAgents, database_url: str
+) -> None:
+    """A StartRun reserves only the slots its run's first steps can use: 16 StartRuns
+    of one-step runs in flight at once on a replica with 16 free slots each claim their
+    own step in their own transaction (a StartRun reserving a whole batch left the
+    others no slot, so they claimed nothing and sent NOTIFY podium_work instead)."""
+    runs = 16
+    server = await start_server(
+        agents=static_agents(example_agents, "echo"),
+        poll_interval_seconds=60.0,
+        worker_slots=runs,
+        claim_batch_size=32,
+    )
+    repository: Any = server.engine.scheduler._repository
+    real_create, real_claim = repository.create, repository.claim
+    in_flight = 0
+    all_in_flight = asyncio.Event()
+    eager: list[tuple[int, int]] = []  # (claim limit, steps claimed) per StartRun
+    claims = 0
+
+    async def gathered_create(new: NewRun, **kwargs: Any) -> Any:
+        # Every StartRun holds its reservation (or went without one) before any
+        # commits, whatever the order the server serves them in.
+        nonlocal in_flight
+        in_flight += 1
+        if in_flight == runs:
+            all_in_flight.set()
+        await asyncio.wait_for(all_in_flight.wait(), 30)
+        created = await real_create(new, **kwargs)
+        claim = kwargs.get("claim")
+        eager.append((0 if claim is None else claim.limit, len(created.claimed)))
+        return created
+
+    async def counted_claim(*args: Any, **kwargs: Any) -> list[ClaimedStep]:
+        nonlocal claims
+        claims += 1
+        result: list[ClaimedStep] = await real_claim(*args, **kwargs)
+        return result
+
+    repository.create, repository.claim = gathered_create, counted_claim
+    notified: list[str] = []
+    listener = await asyncpg.connect(database_url)
+    try:
+        await listener.add_listener("podium_work", lambda *args: notified.append(args[3]))
+        one_step = plan([{"id": "only", "agent": "echo", "input": {"x": 1}}])
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = pb_grpc.OrchestrationServiceStub(channel)
+            started = await asyncio.gather(*(start_run(stub, inline=one_step) for _ in range(runs)))
+            for response in started:
+                run = await wait_for_run(stub, response.run.id)
+                assert run.state == Run.STATE_SUCCEEDED
+        await listener.execute("SELECT 1")  # notifications sent before are read
+    finally:
+        await listener.close()
+
+    assert sorted(eager) == [(1, 1)] * runs
+    assert claims == 0
+    assert notified == []
 
 
 async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:

@@ -1,0 +1,43 @@
+"""The hot-path benchmark (``bench/hotpath.py``) runs end to end against a server of its
+own: a database URL turns authentication on, so its server must be one the benchmark
+can call without a key (``bench/harness/server.py``'s ``podium_settings``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "hotpath.py"),
+            "--database-url",
+            pg_server_url,
+            "--runs",
+            "1",
+            "--parts",
+            "chain",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env={**os.environ, "PODIUM_BENCH_DB_PREFIX": "test_bench_"},
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    document: dict[str, Any] = json.loads(completed.stdout)
+    chain = document["results"]["chain"]
+    assert chain["steps"] == 10
+    assert chain["round_trips_per_step"] > 0
