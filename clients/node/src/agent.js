@@ -49,6 +49,7 @@ import { readFileSync } from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation } from 'grpc-health-check';
 
+import { PodiumClient } from './client.js';
 import { AGENT_PROTOCOL_VERSION, agentPackage } from './protos.js';
 import { fromStruct, toStruct } from './struct.js';
 
@@ -120,6 +121,8 @@ export class Task {
   #finished = false;
   /** @type {Promise<void>} serializes writes, in call order */
   #writes = Promise.resolve();
+  /** @type {string} the step credential, off the object's enumerable fields */
+  #credential;
 
   /**
    * @param {any} request the decoded `ExecuteTaskRequest`
@@ -158,6 +161,37 @@ export class Task {
     this.definitionVersion = /** @type {number} */ (request.definition_version);
     /** The skill the step was routed by; empty when routed by agent name. */
     this.skill = /** @type {string} */ (request.skill);
+    this.#credential = /** @type {string} */ (request.credential ?? '');
+    /**
+     * Where Podium's API is reached with {@link Task#credential}; empty when the server
+     * does not know an address agents can reach (it then needs
+     * `PODIUM_AGENT_CALLBACK_ADDRESS`).
+     */
+    this.podiumAddress = /** @type {string} */ (request.podium_address ?? '');
+  }
+
+  /**
+   * The step credential: a bearer token for Podium's API, valid while this attempt runs.
+   * Runs started with it are child runs of this step (cancelled with it, on its run's
+   * budget). A secret: never log it. Empty from a server that sends none.
+   */
+  get credential() {
+    return this.#credential;
+  }
+
+  /**
+   * A {@link PodiumClient} acting with the step credential, at {@link Task#podiumAddress}.
+   * The caller closes it.
+   *
+   * @param {import('./client.js').ClientOptions} [options] e.g. `credentials` for TLS
+   * @returns {PodiumClient}
+   */
+  podium(options = {}) {
+    if (!this.#credential) throw new Error('this task has no step credential (an older Podium server?)');
+    if (!this.podiumAddress) {
+      throw new Error('Podium sent no address to reach it: set PODIUM_AGENT_CALLBACK_ADDRESS on the server');
+    }
+    return new PodiumClient(this.podiumAddress, { ...options, apiKey: this.#credential });
   }
 
   /** The call metadata (e.g. `traceparent`), last value per key. */

@@ -9,7 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import { protoPath as healthProtoPath } from 'grpc-health-check';
 
 import { createExampleAgent } from '../examples/agent.js';
-import { agentPackage, PodiumClient } from '../src/index.js';
+import { Agent, agentPackage, PodiumClient } from '../src/index.js';
 import { Podium } from './support/podium.js';
 import { collect, assertWellFormedLog } from './support/events.js';
 
@@ -129,6 +129,44 @@ describe('Node agent served by the SDK, driven by a live Podium', () => {
     assert.equal(run.state, 'STATE_FAILED');
     assert.equal(run.steps[0].error.code, 'UNKNOWN_SKILL');
     assert.equal(run.steps[0].attempt, 1, 'a non-retryable error is not retried');
+  });
+
+  it('gives each task a step credential with which it starts child runs of its step', async () => {
+    /** @type {string[]} */ const seen = [];
+    const parent = new Agent({
+      name: 'node-parent',
+      skills: [{ id: 'spawn' }],
+      handler: async (task) => {
+        seen.push(task.credential.slice(0, 4), Object.keys(task).join(','));
+        const podium = task.podium();
+        try {
+          const child = await podium.startRun({
+            plan: { name: 'node-child', steps: [{ id: 'e', skill: 'echo', input: { n: 1 } }] },
+          });
+          return { child: child.id };
+        } finally {
+          podium.close();
+        }
+      },
+    });
+    const parentServer = await parent.serve('127.0.0.1:0');
+    try {
+      await client.registerAgent({ name: 'node-parent', endpoint: parentServer.address, skills: ['spawn'] });
+      const started = await client.startRun({
+        plan: { name: 'node-spawner', steps: [{ id: 'p', agent: 'node-parent' }] },
+      });
+      const events = await collect(client.watchRun(started.id));
+      assertWellFormedLog(events, 'TYPE_RUN_COMPLETED');
+      const run = await client.getRun(started.id);
+      const childId = /** @type {string} */ (run.steps[0].output?.child);
+      const child = await client.getRun(childId);
+      assert.equal(child.parent_run_id, started.id);
+      assert.equal(child.parent_step_id, 'p');
+      assert.equal(seen[0], 'pds_');
+      assert.ok(!seen[1].split(',').includes('credential'), 'the credential is not an enumerable field');
+    } finally {
+      await parentServer.stop(0);
+    }
   });
 
   it('cancels the running task when the run is cancelled', async () => {
