@@ -197,7 +197,10 @@ async def test_grpc_binding_runs_definitions_as_tasks(podium: Podium) -> None:
         events = await collect(client.send_message(message("hello", skill="greet")))
         run = await get_run(podium.stub, events[0].task.id)
         assert plain(run.input) == {"text": "hello"} and states(events)[-1] == "FAILED"
-        failed = events[-1].status_update.status.message
+        # A run that failed before the first snapshot ends the stream with that task.
+        last = events[-1]
+        kind = last.WhichOneof("payload")
+        failed = (last.task if kind == "task" else last.status_update).status.message
         assert failed.parts[0].text == run.error.message
         assert failed.metadata["code"] == run.error.code
 
@@ -224,7 +227,10 @@ async def test_input_required_is_answered_by_the_next_message(podium: Podium) ->
     try:
         events = await collect(client.send_message(message({}, definition="gated")))
         assert states(events)[-1] == "INPUT_REQUIRED", states(events)
-        last = events[-1].status_update.status.message
+        # A run that paused before the first snapshot ends the stream with that task.
+        end = events[-1]
+        kind = end.WhichOneof("payload")
+        last = (end.task if kind == "task" else end.status_update).status.message
         assert last.parts[0].text == "go ahead?"
         question = plain(last.parts[1].data.struct_value)
         assert question["approvals"][0]["step_id"] == "say"
