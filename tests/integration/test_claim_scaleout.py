@@ -149,8 +149,10 @@ async def test_an_organizations_cap_holds_across_claims(db: Database, database_u
 async def test_three_replicas_keep_an_agents_max_concurrency(
     start_server: StartServer, example_agents: ExampleAgents
 ) -> None:
-    """Three replicas hammering one agent with max_concurrency 3: every replica claims,
-    and the agent never sees a fourth call at once."""
+    """Three replicas hammering one agent with max_concurrency 3: the agent never sees a
+    fourth call at once and every step is claimed once. Which replicas claim depends on
+    timing (one may take all on a loaded machine); that claims of several replicas run
+    at once is shown by test_two_claims_overlap_and_an_agents_limit_stays_exact."""
     servers = [
         await start_server(
             agents=static_agents(example_agents, "sleeper"), worker_slots=4, claim_batch_size=4
@@ -181,7 +183,7 @@ async def test_three_replicas_keep_an_agents_max_concurrency(
     assert sleeper.max_in_flight <= 3
     assert most_at_once(intervals(finished)) <= 3
     claimed = [s.engine.scheduler.claimed_total for s in servers]
-    assert sum(claimed) == 60 and sum(1 for n in claimed if n > 0) >= 2, claimed
+    assert sum(claimed) == 60, claimed
 
 
 async def test_an_organizations_cap_across_two_replicas_with_fair_share(
