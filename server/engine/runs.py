@@ -308,13 +308,7 @@ class RunService:
             if task.cancelled() or task.exception() is not None:
                 scheduler.dispatch(claim, [])
                 return
-            stored = task.result()
-            run_id = stored.run.id
-            mine = sum(1 for s in stored.claimed if s.run_id == run_id)
-            queued = sum(1 for s in stored.steps if s.state == "queued")
-            scheduler.dispatch(
-                claim, stored.claimed, run_id if stored.created and 0 < queued == mine else None
-            )
+            scheduler.dispatch(claim, task.result().claimed)
 
         created.add_done_callback(dispatch)
         return await asyncio.shield(created)

@@ -48,11 +48,6 @@ __all__ = ["Scheduler", "SchedulerConfig", "StartChild"]
 
 log = logging.getLogger("podium.scheduler")
 
-_STARTED_HERE_MAX = 1024
-"""Runs :meth:`Scheduler.dispatch` remembers until their start's notification comes."""
-_PARKED_SECONDS = 0.02
-"""How long a run's start notification may wait for the StartRun claims in flight."""
-
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -92,16 +87,6 @@ class Scheduler:
         self._sweeping: set[StepKey] = set()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._wake = asyncio.Event()
-        # The notification of a run's start (podium_work, payload: the run id) needs no
-        # claim here when a StartRun of this replica claimed every queued step of that
-        # run in the transaction that queued them (:meth:`dispatch`). It may come before
-        # or after that claim's answer: before, it is parked while StartRun claims are
-        # in flight (``_starting``, at most _PARKED_SECONDS) and then wakes the claim
-        # loop unless it was such a run's; after, the run is found in ``_started_here``
-        # (bounded).
-        self._starting = 0
-        self._parked: set[str] = set()
-        self._started_here: dict[str, None] = {}
         self._completions: asyncio.Queue[StepOutcome] = asyncio.Queue()
         # Keyed by (run, step, attempt): a re-claim of the same step (after a lost
         # lease) is another attempt and must not be confused with the stale one.
@@ -182,20 +167,7 @@ class Scheduler:
     def _on_work(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
         if payload == "child":
             self._sweep_wake.set()
-        elif self._started_here.pop(str(payload), False) is None:
-            return  # a run whose queued steps a StartRun here claimed
-        elif self._starting and payload:
-            # Maybe such a run, whose claim's answer is on its way: held until then, and
-            # at most _PARKED_SECONDS (StartRun claims may follow each other without end).
-            if not self._parked:
-                asyncio.get_running_loop().call_later(_PARKED_SECONDS, self._release_parked)
-            self._parked.add(str(payload))
         else:
-            self._wake.set()
-
-    def _release_parked(self) -> None:
-        if self._parked:
-            self._parked.clear()
             self._wake.set()
 
     def _on_cancel(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
@@ -411,31 +383,15 @@ class Scheduler:
         if self._stopping or limit <= 0:
             return None
         self._reserved += limit
-        self._starting += 1
         return EagerClaim(self.owner, limit, self.config.lease_seconds)
 
-    def dispatch(
-        self, claim: EagerClaim, claimed: list[ClaimedStep], started: uuid.UUID | None = None
-    ) -> None:
+    def dispatch(self, claim: EagerClaim, claimed: list[ClaimedStep]) -> None:
         """Execute the steps ``claim`` (from :meth:`eager_claim`) took, and give back
-        its reservation; call it once per claim, with no steps when the claim failed.
-        ``started``: the new run whose every queued step is among ``claimed`` (the
-        notification of its start then wakes no claim here)."""
+        its reservation; call it once per claim, with no steps when the claim failed."""
         self._reserved -= claim.limit
-        self._starting -= 1
         for step in claimed:
             self._spawn(step)
         self.claimed_total += len(claimed)
-        if started is not None:
-            try:
-                self._parked.remove(str(started))
-            except KeyError:  # its notification is still to come
-                self._started_here[str(started)] = None
-                while len(self._started_here) > _STARTED_HERE_MAX:
-                    del self._started_here[next(iter(self._started_here))]
-        if self._parked and not self._starting:
-            self._parked.clear()
-            self._wake.set()
 
     def _eager_claim(self, batch: list[StepOutcome]) -> EagerClaim | None:
         """The eager claim of a completion batch (reserved): as many steps as this
