@@ -4,7 +4,8 @@ large table.
 100,000 steps (10,000 runs of 10 steps, most finished) are inserted set-based and
 analysed; then podium_claim_steps and podium_complete_step run with auto_explain
 logging the plan of every statement they execute (nested statements included) to
-this connection as NOTICEs, with custom plans (the actual parameter values). No plan
+this connection as NOTICEs, with custom plans (the actual parameter values; a completion
+batch, podium_complete_steps, always uses generic plans). No plan
 may read orchestration_steps, orchestration_runs or step_attempts with a Seq Scan:
 each call must cost what the rows it touches cost, not the size of the history.
 
@@ -87,6 +88,37 @@ SELECT * FROM podium_complete_steps(ARRAY[$1]::uuid[], ARRAY['s1'], ARRAY[1], AR
     ARRAY['{}'::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::timestamptz],
     ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[0::numeric], 'replica-a', 10, 60)
 """
+# A completion batch of two successes of two runs (the set-based path,
+# podium_complete_successes) with its eager claim.
+_COMPLETE_BATCH_AND_CLAIM = """
+SELECT * FROM podium_complete_steps(ARRAY[$1, $2]::uuid[], ARRAY['s1', 's1'], ARRAY[1, 1],
+    ARRAY['succeeded', 'succeeded'], ARRAY['{}'::jsonb, '{}'::jsonb],
+    ARRAY[NULL::jsonb, NULL::jsonb], ARRAY[NULL::jsonb, NULL::jsonb],
+    ARRAY[NULL::timestamptz, NULL::timestamptz], ARRAY[0::bigint, 0::bigint],
+    ARRAY[0::bigint, 0::bigint], ARRAY[0::numeric, 0::numeric], 'replica-a', 20, 60)
+"""
+# The statements of the set-based path whose plans the tests check.
+_BATCH_STATEMENTS = (
+    "generate_subscripts(p_runs, 1)",  # the fenced update of the batch's steps
+    "d.step_id = ANY (s.depends_on)",  # promote the dependents
+    "UPDATE step_attempts a SET ended_at",  # the attempts
+    "UPDATE orchestration_runs r SET input_tokens = r.input_tokens + m.input_tokens",
+)
+
+
+async def _batch_plans(conn: asyncpg.Connection[asyncpg.Record]) -> list[dict[str, Any]]:
+    """The set-based completion of s1 of two running runs (made runnable s5-s10 each),
+    with its eager claim; returns its plans."""
+    fourth, fifth = [
+        await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - k)) for k in (3, 4)
+    ]
+    batch, plans = await _plans_of(conn, _COMPLETE_BATCH_AND_CLAIM, fourth, fifth)
+    plans = list(plans)
+    assert len(batch) > 1 and batch[-1]["states"] == ["running", "running"]
+    texts = _query_texts(plans)
+    for statement in _BATCH_STATEMENTS:
+        assert statement in texts, f"no plan logged for the statement with {statement!r}"
+    return plans
 
 
 def _nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -187,8 +219,9 @@ async def test_claim_and_complete_use_indexes(
     third = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 2))
     eager, eager_plans = await _plans_of(conn, _COMPLETE_AND_CLAIM, third)
     assert len(eager) > 1 and eager[-1]["states"] == ["running"]  # steps claimed, then states
+    batch_plans = await _batch_plans(conn)
 
-    plans = claim_plans + success_plans + retry_plans + eager_plans
+    plans = claim_plans + success_plans + retry_plans + eager_plans + batch_plans
     texts = _query_texts(plans)
     for statement in (
         "FOR UPDATE OF r",  # claim: the candidate runs
@@ -408,7 +441,7 @@ async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
         third = await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - 2))
         eager, eager_plans = await _plans_of(conn, _COMPLETE_AND_CLAIM, third)
         assert len(eager) > 1 and eager[-1]["states"] == ["running"]
-        plans = claim_plans + eager_plans
+        plans = claim_plans + eager_plans + await _batch_plans(conn)
         texts = _query_texts(plans)
         for statement in (
             "row_number() OVER",  # claim: the candidate runs, ranked by share

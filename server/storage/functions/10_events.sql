@@ -9,10 +9,15 @@
 
 -- Whether a replica watches the organization's events now: its event hub keeps a row in
 -- event_listeners while it has WatchRun/WatchRuns watchers of the organization.
+-- PL/pgSQL, not SQL, like every function the hot path calls: PostgreSQL 15 plans a
+-- SQL-language function's body again in every transaction that calls it (its EXISTS
+-- keeps it from being inlined), PL/pgSQL once per connection.
 CREATE OR REPLACE FUNCTION podium_events_watched(p_org text) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT EXISTS (SELECT 1 FROM event_listeners l
-                    WHERE l.organization_id = p_org AND l.expires_at > now())
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM event_listeners l
+                    WHERE l.organization_id = p_org AND l.expires_at > now());
+END
 $$;
 
 -- NOTIFY podium_events, '<run id>' when a replica watches the run's organization
@@ -21,10 +26,14 @@ $$;
 CREATE OR REPLACE FUNCTION podium_notify_events(p_run uuid, p_org text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    v_org text := p_org;
 BEGIN
-    IF podium_events_watched(coalesce(p_org, (SELECT r.organization_id
-                                                FROM orchestration_runs r
-                                               WHERE r.id = p_run))) THEN
+    IF v_org IS NULL THEN
+        SELECT r.organization_id INTO v_org FROM orchestration_runs r WHERE r.id = p_run;
+    END IF;
+    IF EXISTS (SELECT 1 FROM event_listeners l
+                WHERE l.organization_id = v_org AND l.expires_at > now()) THEN
         PERFORM pg_notify('podium_events', p_run::text);
     END IF;
 END

@@ -40,9 +40,12 @@ $$;
 -- every running step but a sub-orchestration's, which waits for its child run without
 -- executing anything (counting it would let a parent hold the slot its child needs).
 CREATE OR REPLACE FUNCTION podium_org_running(p_org text) RETURNS integer
-LANGUAGE sql STABLE AS $$
-    SELECT count(*)::integer FROM orchestration_steps s
-     WHERE s.state = 'running' AND s.organization_id = p_org AND s.child_run_id IS NULL
+LANGUAGE plpgsql STABLE AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
+BEGIN
+    RETURN (SELECT count(*)::integer FROM orchestration_steps s
+             WHERE s.state = 'running' AND s.organization_id = p_org
+               AND s.child_run_id IS NULL);
+END
 $$;
 
 -- Whether the agent lists of p_rules (routing_policies' row as JSON, or a definition's

@@ -42,19 +42,22 @@ CREATE OR REPLACE FUNCTION podium_rate_room(
     p_org text, p_agent text, p_requests integer, p_tokens bigint, p_period double precision,
     p_now timestamptz, p_key text
 ) RETURNS integer
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
+BEGIN
     DELETE FROM agent_rate_usage
      WHERE organization_id = p_org AND agent = p_agent AND concurrency_key = p_key
        AND at < p_now - interval '1 day';
-    SELECT CASE
-               WHEN p_period <= 0 THEN 2147483647
-               WHEN p_tokens > 0 AND coalesce(sum(u.tokens), 0) >= p_tokens THEN 0
-               WHEN p_requests > 0 THEN greatest(p_requests - coalesce(sum(u.requests), 0), 0)
-               ELSE 2147483647
-           END::integer
-      FROM agent_rate_usage u
-     WHERE u.organization_id = p_org AND u.agent = p_agent AND u.concurrency_key = p_key
-       AND u.at > p_now - make_interval(secs => p_period);
+    RETURN (
+        SELECT CASE
+                   WHEN p_period <= 0 THEN 2147483647
+                   WHEN p_tokens > 0 AND coalesce(sum(u.tokens), 0) >= p_tokens THEN 0
+                   WHEN p_requests > 0 THEN greatest(p_requests - coalesce(sum(u.requests), 0), 0)
+                   ELSE 2147483647
+               END::integer
+          FROM agent_rate_usage u
+         WHERE u.organization_id = p_org AND u.agent = p_agent AND u.concurrency_key = p_key
+           AND u.at > p_now - make_interval(secs => p_period));
+END
 $$;
 
 -- Record the tokens an attempt reported, when its agent has a tokens limit (called by
@@ -63,7 +66,8 @@ $$;
 CREATE OR REPLACE FUNCTION podium_rate_record_tokens(
     p_run uuid, p_step text, p_attempt integer, p_tokens bigint
 ) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
+BEGIN
     INSERT INTO agent_rate_usage (organization_id, agent, at, tokens, concurrency_key)
     SELECT a.organization_id, a.name, clock_timestamp(), p_tokens,
            CASE WHEN a.rate_per_key THEN
@@ -74,6 +78,7 @@ LANGUAGE sql AS $$
       JOIN agents a ON a.organization_id = t.organization_id AND a.name = t.agent
      WHERE t.run_id = p_run AND t.step_id = p_step AND t.attempt = p_attempt
        AND a.tokens_per_period > 0 AND a.rate_period_seconds > 0;
+END
 $$;
 
 -- When a step of a run with concurrency key p_key ('' without one) waiting on agents
