@@ -121,7 +121,6 @@ DECLARE
     v_free integer;
     v_picked integer := 0;
     v_attempt integer;
-    v_task uuid;
     v_credential text;
     v_started_ids text[];
     v_started_attempts integer[];
@@ -252,7 +251,7 @@ BEGIN
         v_started_attempts := '{}';
         v_started_agents := '{}';
         FOR v_step IN
-            SELECT s.step_id, s.agent, s.skill, s.input_refs, s.spec -> 'routing' AS routing
+            SELECT s.step_id, s.attempt, s.agent, s.skill, s.spec -> 'routing' AS routing
               FROM orchestration_steps s
              WHERE s.run_id = v_run.id AND s.state = 'queued'
              ORDER BY s.queued_at, s.position
@@ -385,31 +384,13 @@ BEGIN
             -- clock_timestamp(), not now(): this claim may have waited for the
             -- completion that made the step runnable; it starts after that ended.
             v_now := clock_timestamp();
-            -- Unknown agents and skills without agents are claimed anyway: the executor
-            -- fails them with a clear error instead of leaving them queued forever.
-            UPDATE orchestration_steps s
-               SET state = 'running',
-                   attempt = s.attempt + 1,
-                   agent = coalesce(v_agent.name, s.agent),
-                   lease_owner = p_owner,
-                   lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
-                   started_at = coalesce(s.started_at, v_now),
-                   error = NULL
-             WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
-            RETURNING s.attempt INTO v_attempt;
+            v_attempt := v_step.attempt + 1;  -- the row is locked (FOR UPDATE above)
             v_credential := NULL;
             IF (v_step.agent IS NOT NULL OR v_step.skill IS NOT NULL)
                AND v_agent.protocol IS DISTINCT FROM 'a2a' THEN
                 v_credential := 'pds_' || replace(gen_random_uuid()::text, '-', '')
                                 || replace(gen_random_uuid()::text, '-', '');
             END IF;
-            INSERT INTO step_attempts
-                (run_id, step_id, attempt, organization_id, agent, started_at,
-                 credential_hash)
-            VALUES (v_run.id, v_step.step_id, v_attempt, v_run.organization_id,
-                    coalesce(v_agent.name, v_step.agent), v_now,
-                    encode(sha256(convert_to(v_credential, 'UTF8')), 'hex'))
-            RETURNING step_attempts.task_id INTO v_task;
             IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
                 INSERT INTO agent_rate_usage
                     (organization_id, agent, at, requests, concurrency_key)
@@ -417,15 +398,6 @@ BEGIN
                         CASE WHEN v_agent.rate_per_key THEN v_run_key ELSE '' END);
                 v_room := jsonb_set(v_room, ARRAY[v_window],
                                     to_jsonb((v_room ->> v_window)::integer - 1));
-            END IF;
-            IF v_attempt = 1 THEN
-                -- The step's conversation, kept across its attempts (and ContinueRun).
-                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
-                SELECT s.conversation_id, v_run.organization_id, v_run.id, v_step.step_id,
-                       coalesce(v_agent.name, v_step.agent)
-                  FROM orchestration_steps s
-                 WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
-                ON CONFLICT (id) DO NOTHING;
             END IF;
             v_started_ids := v_started_ids || v_step.step_id;
             v_started_attempts := v_started_attempts || v_attempt;
@@ -442,38 +414,76 @@ BEGIN
                 v_org_free := jsonb_set(v_org_free, ARRAY[v_run.organization_id],
                     to_jsonb((v_org_free ->> v_run.organization_id)::integer - 1));
             END IF;
+            -- One statement per claimed step: lease it (attempt + 1, the fencing token),
+            -- its step_attempts row, its conversation (kept across its attempts and
+            -- ContinueRun, made on the first) and the row the executor gets. Unknown
+            -- agents and skills without agents are claimed anyway: the executor fails
+            -- them with a clear error instead of leaving them queued forever.
             RETURN QUERY
+            WITH s AS (
+                UPDATE orchestration_steps s
+                   SET state = 'running',
+                       attempt = v_attempt,
+                       agent = coalesce(v_agent.name, s.agent),
+                       lease_owner = p_owner,
+                       lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
+                       started_at = coalesce(s.started_at, v_now),
+                       error = NULL
+                 WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
+                RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
+                          s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
+                          s.input_refs
+            ), attempt AS (
+                INSERT INTO step_attempts
+                    (run_id, step_id, attempt, organization_id, agent, started_at,
+                     credential_hash)
+                SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, v_now,
+                       encode(sha256(convert_to(v_credential, 'UTF8')), 'hex')
+                  FROM s
+                RETURNING step_attempts.task_id
+            ), conversation AS (
+                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
+                SELECT s.conversation_id, s.organization_id, s.run_id, s.step_id, s.agent
+                  FROM s WHERE s.attempt = 1
+                ON CONFLICT (id) DO NOTHING
+            )
             SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                    v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
-                   v_agent.protocol::text, v_task, s.conversation_id,
+                   v_agent.protocol::text, attempt.task_id, s.conversation_id,
                    CASE WHEN v_refused IS NULL THEN s.spec
                         ELSE s.spec || jsonb_build_object('refused_agents', v_refused) END,
                    s.timeout_seconds,
                    s.max_attempts, v_run.input,
+                   -- One primary-key probe per reference, whatever the statistics say
+                   -- (with step_id = ANY, a plan read every step of the run to find
+                   -- none: W3's 1,001 rows per claimed step).
                    (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
-                      FROM orchestration_steps u
-                     WHERE u.run_id = s.run_id AND u.step_id = ANY (s.input_refs)),
+                      FROM unnest(s.input_refs) AS ref(step_id),
+                           LATERAL (SELECT v.step_id, v.output FROM orchestration_steps v
+                                     WHERE v.run_id = s.run_id AND v.step_id = ref.step_id
+                                     LIMIT 1) u),
                    v_run.labels, v_run.definition_name, v_run.definition_version,
                    v_run.created_at, v_run.started_at, v_run.trace_context, v_credential
-              FROM orchestration_steps s
-             WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id;
+              FROM s, attempt;
         END LOOP;
         IF cardinality(v_started_ids) > 0 THEN
             -- One step.started event per claimed step, numbered with one run update.
-            UPDATE orchestration_runs
-               SET last_event_sequence = last_event_sequence + cardinality(v_started_ids),
-                   updated_at = now()
-             WHERE id = v_run.id
-            RETURNING last_event_sequence INTO v_seq;
+            WITH run AS (
+                UPDATE orchestration_runs
+                   SET last_event_sequence = last_event_sequence + cardinality(v_started_ids),
+                       updated_at = now()
+                 WHERE id = v_run.id
+                RETURNING last_event_sequence AS seq
+            )
             INSERT INTO orchestration_events
                 (run_id, sequence, organization_id, type, step_id, attempt, run_state,
                  step_state, payload, created_at)
-            SELECT v_run.id, v_seq - cardinality(v_started_ids) + e.ord, v_run.organization_id,
+            SELECT v_run.id, run.seq - cardinality(v_started_ids) + e.ord, v_run.organization_id,
                    'step.started', e.step_id, e.attempt, 'running', 'running',
                    CASE WHEN e.agent IS NULL THEN '{}'::jsonb
                         ELSE jsonb_build_object('agent', e.agent) END,
                    clock_timestamp()
-              FROM unnest(v_started_ids, v_started_attempts, v_started_agents)
+              FROM run, unnest(v_started_ids, v_started_attempts, v_started_agents)
                    WITH ORDINALITY AS e(step_id, attempt, agent, ord);
             PERFORM podium_notify_events(v_run.id, v_run.organization_id);
         END IF;

@@ -102,7 +102,10 @@ BEGIN
            model = coalesce(nullif(p_model, ''), model)
      WHERE run_id = p_run AND step_id = p_step AND attempt = p_attempt
     RETURNING credential_hash IS NOT NULL INTO v_credential;
-    IF v_credential THEN  -- runs its agent started end with the attempt (30_runs.sql)
+    -- Runs its agent started end with the attempt (30_runs.sql).
+    IF v_credential AND EXISTS (SELECT 1 FROM orchestration_runs c
+                                 WHERE c.parent_run_id = p_run AND c.parent_step_id = p_step
+                                   AND c.state IN ('created', 'running', 'paused')) THEN
         PERFORM podium_cancel_step_children(p_run, p_step, 'the step attempt that started it ended');
     END IF;
 
@@ -138,53 +141,57 @@ BEGIN
     END IF;
     v_count := cardinality(v_queued);
 
-    -- One update of the run row: usage, progress, the events' sequence numbers, and
-    -- completion after its last step (output = the outputs of the sink steps).
-    UPDATE orchestration_runs r
-       SET input_tokens = r.input_tokens + p_input_tokens,
-           output_tokens = r.output_tokens + p_output_tokens,
-           cost_usd = r.cost_usd + p_cost_usd,
-           steps_remaining = r.steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END,
-           last_event_sequence = r.last_event_sequence + 1 + v_count
-               + CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 1 ELSE 0 END,
-           state = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 'succeeded'
-                        ELSE r.state END,
-           ended_at = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN now()
-                           ELSE r.ended_at END,
-           output = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN
-                        (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
-                           FROM orchestration_steps s WHERE s.run_id = p_run AND s.is_sink)
-                    ELSE r.output END,
-           updated_at = now()
-     WHERE r.id = p_run
-    RETURNING r.last_event_sequence, r.organization_id, r.state, r.steps_remaining = 0
-         INTO v_seq, v_org, v_run_state, v_done;
-    v_done := v_done AND v_state = 'succeeded';
-
-    -- The events of this transition, numbered after the previous last sequence.
-    INSERT INTO orchestration_events
-        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
-         payload, created_at)
-    SELECT p_run, v_seq - 1 - v_count - CASE WHEN v_done THEN 1 ELSE 0 END + e.ord, v_org,
-           e.type, e.step_id, e.attempt,
-           CASE WHEN e.type = 'run.completed' THEN v_run_state ELSE 'running' END,
-           e.step_state, e.payload, clock_timestamp()
-      FROM (SELECT 1::bigint AS ord,
-                   CASE v_state WHEN 'succeeded' THEN 'step.completed'
-                                ELSE 'step.retrying' END AS type,
-                   p_step AS step_id, p_attempt AS attempt, v_state AS step_state,
-                   CASE v_state
-                       WHEN 'succeeded' THEN jsonb_build_object('output', p_output)
-                       ELSE jsonb_build_object('error', p_error,
-                                               'next_attempt', p_attempt + 1,
-                                               'next_attempt_at', p_next_attempt_at)
-                   END AS payload
-            UNION ALL
-            SELECT 1 + q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
-              FROM unnest(v_queued) WITH ORDINALITY AS q(step_id, ord)
-            UNION ALL
-            SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
-             WHERE v_done) e;
+    -- One update of the run row (usage, progress, the events' sequence numbers, and
+    -- completion after its last step, output = the outputs of the sink steps) and the
+    -- events of this transition, numbered after the previous last sequence.
+    WITH run AS (
+        UPDATE orchestration_runs r
+           SET input_tokens = r.input_tokens + p_input_tokens,
+               output_tokens = r.output_tokens + p_output_tokens,
+               cost_usd = r.cost_usd + p_cost_usd,
+               steps_remaining = r.steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END,
+               last_event_sequence = r.last_event_sequence + 1 + v_count
+                   + CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 1 ELSE 0 END,
+               state = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 'succeeded'
+                            ELSE r.state END,
+               ended_at = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN now()
+                               ELSE r.ended_at END,
+               output = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN
+                            (SELECT coalesce(jsonb_object_agg(s.step_id, s.output), '{}'::jsonb)
+                               FROM orchestration_steps s WHERE s.run_id = p_run AND s.is_sink)
+                        ELSE r.output END,
+               updated_at = now()
+         WHERE r.id = p_run
+        RETURNING r.last_event_sequence AS seq, r.organization_id AS org, r.state,
+                  r.steps_remaining = 0 AND v_state = 'succeeded' AS done
+    ), events AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+             step_state, payload, created_at)
+        SELECT p_run, run.seq - 1 - v_count - CASE WHEN run.done THEN 1 ELSE 0 END + e.ord,
+               run.org, e.type, e.step_id, e.attempt,
+               CASE WHEN e.type = 'run.completed' THEN run.state ELSE 'running' END,
+               e.step_state, e.payload, clock_timestamp()
+          FROM run,
+               (SELECT 1::bigint AS ord,
+                       CASE v_state WHEN 'succeeded' THEN 'step.completed'
+                                    ELSE 'step.retrying' END AS type,
+                       p_step AS step_id, p_attempt AS attempt, v_state AS step_state,
+                       CASE v_state
+                           WHEN 'succeeded' THEN jsonb_build_object('output', p_output)
+                           ELSE jsonb_build_object('error', p_error,
+                                                   'next_attempt', p_attempt + 1,
+                                                   'next_attempt_at', p_next_attempt_at)
+                       END AS payload
+                UNION ALL
+                SELECT 1 + q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
+                  FROM unnest(v_queued) WITH ORDINALITY AS q(step_id, ord)
+                UNION ALL
+                SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb) e
+         WHERE e.type <> 'run.completed' OR run.done
+    )
+    SELECT run.seq, run.org, run.state, run.done INTO v_seq, v_org, v_run_state, v_done
+      FROM run;
     -- Only a run with a pending approval can end up held by humans (a probe of a
     -- small partial index; nothing else on the hot path).
     IF v_state = 'succeeded' AND v_count = 0 AND NOT v_done
