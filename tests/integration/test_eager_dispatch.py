@@ -366,3 +366,68 @@ async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:
     assert await repo.renew_leases("replica-1", 60, []) == []
     assert sorted(k[1] for k in await repo.renew_leases("replica-1", 60)) == ["a", "b"]
     assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
+
+
+async def _events(db: Database, run_id: uuid.UUID) -> list[tuple[int, str, str | None]]:
+    async with db.connection() as conn:
+        rows = await conn.fetch(
+            "SELECT sequence, type, step_id FROM orchestration_events"
+            " WHERE run_id = $1 ORDER BY sequence",
+            run_id,
+        )
+    return [(r["sequence"], r["type"], r["step_id"]) for r in rows]
+
+
+async def test_a_batch_of_successes_of_one_run_is_recorded_set_based(db: Database) -> None:
+    """Several successes of one run in one batch (podium_complete_successes): the join
+    they both release is queued once, events are numbered without gaps in the order
+    completed -> queued -> started, the run ends once (its last outcome reports it) with
+    its sinks' outputs, and a stale attempt in the same batch changes nothing."""
+    repo = RunsRepository(db)
+    join = (await repo.create(dag([("a", []), ("b", []), ("j", ["a", "b"])]), start=True)).run.id
+    pair = (await repo.create(dag([("x", []), ("y", [])]), start=True)).run.id
+    roots = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert sorted((s.run_id, s.step_id) for s in roots) == sorted(
+        [(join, "a"), (join, "b"), (pair, "x"), (pair, "y")]
+    )
+    stale = next(s for s in roots if s.step_id == "x")
+    stale_outcome = StepOutcome(
+        run_id=stale.run_id,
+        step_id=stale.step_id,
+        attempt=stale.attempt + 1,  # an attempt that never ran: fenced
+        outcome=Outcome.SUCCEEDED,
+        organization_id=stale.organization_id,
+        run_created_at=stale.run_created_at,
+        output={"stale": True},
+    )
+    first = await repo.complete(
+        [done(s) for s in roots if s.run_id == join] + [stale_outcome], EagerClaim("r", 10, 60)
+    )
+    assert first.states == {
+        (join, "a", 1): "running",
+        (join, "b", 1): "running",
+        (pair, "x", 2): None,
+    }
+    assert [(s.run_id, s.step_id) for s in first.claimed] == [(join, "j")]
+    events = await _events(db, join)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert [(t, s) for _, t, s in events][-4:] == [
+        ("step.completed", "a"),
+        ("step.completed", "b"),
+        ("step.queued", "j"),
+        ("step.started", "j"),
+    ]
+
+    second = await repo.complete([done(s) for s in roots if s.run_id == pair])
+    assert sorted(second.states.values(), key=str) == ["running", "succeeded"]
+    async with db.connection() as conn:
+        row = await conn.fetchrow(
+            "SELECT state, steps_remaining, output FROM orchestration_runs WHERE id = $1", pair
+        )
+    assert row is not None
+    assert (row["state"], row["steps_remaining"]) == ("succeeded", 0)
+    assert row["output"] == {"x": {"from": "x"}, "y": {"from": "y"}}
+    events = await _events(db, pair)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert [t for _, t, _ in events].count("run.completed") == 1
+    assert events[-1][1] == "run.completed"

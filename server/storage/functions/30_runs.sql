@@ -57,20 +57,34 @@ BEGIN
        AND coalesce((v_budget ->> 'max_cost_usd')::numeric, 0) = 0 THEN
         v_budget := NULL;  -- no limit: no budget of its own
     END IF;
-    INSERT INTO orchestration_runs
-        (organization_id, definition_name, definition_version, plan, state, input,
-         metadata, labels, request_id, max_parallel, bypass_cache, webhook_url,
-         steps_remaining, trace_context, parent_run_id, parent_step_id, depth,
-         forked_from_run_id, concurrency_key, priority, max_runs_per_key,
-         max_steps_per_key)
-    VALUES (p_org, p_definition_name, p_definition_version, p_plan, 'created', p_input,
-            p_metadata, p_labels, p_request_id, p_max_parallel, p_bypass_cache,
-            p_webhook_url, v_count, p_trace_context, p_parent_run, p_parent_step, p_depth,
-            p_forked_from, v_key, v_priority,
-            coalesce((p_keying ->> 'max_runs_per_key')::integer, 0),
-            coalesce((p_keying ->> 'max_steps_per_key')::integer, 0))
-    ON CONFLICT (organization_id, request_id) DO NOTHING
-    RETURNING id INTO v_run;
+    -- The run with its first event, run.created (sequence 1), in one statement.
+    WITH run AS (
+        INSERT INTO orchestration_runs
+            (organization_id, definition_name, definition_version, plan, state, input,
+             metadata, labels, request_id, max_parallel, bypass_cache, webhook_url,
+             steps_remaining, trace_context, parent_run_id, parent_step_id, depth,
+             forked_from_run_id, concurrency_key, priority, max_runs_per_key,
+             max_steps_per_key, last_event_sequence)
+        VALUES (p_org, p_definition_name, p_definition_version, p_plan, 'created', p_input,
+                p_metadata, p_labels, p_request_id, p_max_parallel, p_bypass_cache,
+                p_webhook_url, v_count, p_trace_context, p_parent_run, p_parent_step,
+                p_depth, p_forked_from, v_key, v_priority,
+                coalesce((p_keying ->> 'max_runs_per_key')::integer, 0),
+                coalesce((p_keying ->> 'max_steps_per_key')::integer, 0), 1)
+        ON CONFLICT (organization_id, request_id) DO NOTHING
+        RETURNING id
+    ), created AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, run_state, payload, created_at)
+        SELECT run.id, 1, p_org, 'run.created', 'created',
+               CASE WHEN p_forked_from IS NULL THEN jsonb_build_object('steps', v_count)
+                    ELSE jsonb_build_object('steps', v_count,
+                                            'forked_from_run_id', p_forked_from)
+               END,
+               clock_timestamp()
+          FROM run
+    )
+    SELECT run.id INTO v_run FROM run;
     IF v_run IS NULL THEN
         RETURN QUERY
         SELECT r.id, false, r.state, r.run_attempt, r.last_event_sequence, r.created_at,
@@ -111,11 +125,7 @@ BEGIN
            depends_on text[], pending_dependencies integer, spec jsonb,
            max_attempts integer, timeout_seconds double precision, input_refs text[],
            is_sink boolean);
-    PERFORM podium_emit_event(
-        v_run, 'run.created', NULL, NULL, NULL,
-        CASE WHEN p_forked_from IS NULL THEN jsonb_build_object('steps', v_count)
-             ELSE jsonb_build_object('steps', v_count, 'forked_from_run_id', p_forked_from)
-        END);
+    PERFORM podium_notify_events(v_run, p_org);  -- run.created
     IF p_forked_from IS NOT NULL THEN
         PERFORM podium_fork_steps(v_run, p_forked_from, p_copy);
     END IF;
@@ -148,14 +158,26 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_run record;
 BEGIN
-    UPDATE orchestration_runs
-       SET state = 'running', started_at = coalesce(started_at, now()), updated_at = now()
-     WHERE id = p_run AND state = 'created'
-    RETURNING organization_id, concurrency_key, max_runs_per_key INTO v_run;
-    IF NOT FOUND THEN
+    -- The state and run.started, in one statement.
+    WITH run AS (
+        UPDATE orchestration_runs
+           SET state = 'running', started_at = coalesce(started_at, now()),
+               updated_at = now(), last_event_sequence = last_event_sequence + 1
+         WHERE id = p_run AND state = 'created'
+        RETURNING organization_id, concurrency_key, max_runs_per_key, last_event_sequence
+    ), started AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, run_state, payload, created_at)
+        SELECT p_run, run.last_event_sequence, run.organization_id, 'run.started',
+               'running', '{}', clock_timestamp()
+          FROM run
+    )
+    SELECT run.organization_id, run.concurrency_key, run.max_runs_per_key INTO v_run
+      FROM run;
+    IF v_run.organization_id IS NULL THEN
         RETURN false;
     END IF;
-    PERFORM podium_emit_event(p_run, 'run.started', NULL, NULL, NULL, '{}');
+    PERFORM podium_notify_events(p_run, v_run.organization_id);
     IF v_run.max_runs_per_key > 0 AND v_run.concurrency_key IS NOT NULL
        AND NOT podium_key_admits(p_run, v_run.organization_id, v_run.concurrency_key,
                                  v_run.max_runs_per_key) THEN
@@ -175,22 +197,29 @@ $$;
 CREATE OR REPLACE FUNCTION podium_queue_root_steps(p_run uuid) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_base bigint;
     v_count integer;
 BEGIN
-    UPDATE orchestration_steps
-       SET state = 'queued', queued_at = clock_timestamp()
-     WHERE run_id = p_run AND state = 'pending' AND pending_dependencies = 0;
-    SELECT last_event_sequence INTO v_base FROM orchestration_runs WHERE id = p_run;
-    INSERT INTO orchestration_events
-        (run_id, sequence, organization_id, type, step_id, attempt, run_state, step_state,
-         created_at)
-    SELECT s.run_id, v_base + row_number() OVER (ORDER BY s.position), s.organization_id,
-           'step.queued', s.step_id, 0, 'running', 'queued', clock_timestamp()
-      FROM orchestration_steps s
-     WHERE s.run_id = p_run AND s.state = 'queued';
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    UPDATE orchestration_runs SET last_event_sequence = v_base + v_count WHERE id = p_run;
+    -- The steps, their step.queued events and the run's sequence, in one statement.
+    WITH queued AS (
+        UPDATE orchestration_steps
+           SET state = 'queued', queued_at = clock_timestamp()
+         WHERE run_id = p_run AND state = 'pending' AND pending_dependencies = 0
+        RETURNING step_id, position, organization_id
+    ), run AS (
+        UPDATE orchestration_runs
+           SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM queued)
+         WHERE id = p_run
+        RETURNING last_event_sequence - (SELECT count(*) FROM queued) AS base
+    ), events AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+             step_state, created_at)
+        SELECT p_run, run.base + row_number() OVER (ORDER BY q.position), q.organization_id,
+               'step.queued', q.step_id, 0, 'running', 'queued', clock_timestamp()
+          FROM queued q, run
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_count FROM events;
     IF v_count > 0 THEN
         PERFORM podium_notify_events(p_run);
         IF coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
