@@ -106,6 +106,23 @@ _BATCH_STATEMENTS = (
 )
 
 
+# How a claim takes a run's queued steps: in one statement when their agent has no
+# limits (the fast path), else one by one (an agent with max_concurrency).
+_CLAIM_PATHS = {
+    False: "LIMIT least(v_free, p_limit - v_picked)",
+    True: "FOR UPDATE OF s SKIP LOCKED",
+}
+
+
+async def _limit_agent(conn: asyncpg.Connection[asyncpg.Record], limited: bool) -> None:
+    """With ``limited``, the steps' agent gets a max_concurrency (the claim's loop)."""
+    if limited:
+        await conn.execute(
+            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
+            " VALUES ('default', 'echo', '127.0.0.1:1', 100000)"
+        )
+
+
 async def _batch_plans(conn: asyncpg.Connection[asyncpg.Record]) -> list[dict[str, Any]]:
     """The set-based completion of s1 of two running runs (made runnable s5-s10 each),
     with its eager claim; returns its plans."""
@@ -194,10 +211,12 @@ async def big_database(database_url: str) -> Any:
         await conn.close()
 
 
+@pytest.mark.parametrize("limited", [False, True], ids=["unlimited", "limited"])
 async def test_claim_and_complete_use_indexes(
-    big_database: asyncpg.Connection[asyncpg.Record],
+    big_database: asyncpg.Connection[asyncpg.Record], limited: bool
 ) -> None:
     conn = big_database
+    await _limit_agent(conn, limited)
     assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (RUNS * STEPS_PER_RUN)
 
     claimed, claim_plans = await _plans_of(
@@ -225,7 +244,7 @@ async def test_claim_and_complete_use_indexes(
     texts = _query_texts(plans)
     for statement in (
         "FOR UPDATE OF r",  # claim: the candidate runs
-        "FOR UPDATE OF s SKIP LOCKED",  # claim: a run's queued steps
+        _CLAIM_PATHS[limited],  # claim: a run's queued steps
         "x.state = 'running'",  # claim: a run's running steps
         "UPDATE orchestration_steps s SET state = 'running'",  # claim: lease a step
         "AND attempt = p_attempt AND state = 'running'",  # complete: the fenced update
@@ -412,7 +431,8 @@ _SETUP_UNANALYSED = "".join(
 ) + _SETUP.replace("ANALYZE orchestration_runs, orchestration_steps, step_attempts;", "")
 
 
-async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
+@pytest.mark.parametrize("limited", [False, True], ids=["unlimited", "limited"])
+async def test_claim_uses_indexes_without_statistics(database_url: str, limited: bool) -> None:
     """The claim (its candidate query over every run with runnable work, then a run's
     steps) and a completion with its eager claim, on 100,000 steps whose tables were
     never analysed, with the plans a replica's connection keeps: made while the tables
@@ -425,6 +445,7 @@ async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
         for _ in range(8):  # a replica's first claims, on the empty tables
             assert await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)") == []
         await conn.execute(_SETUP_UNANALYSED)
+        await _limit_agent(conn, limited)
         await conn.execute("SET auto_explain.log_min_duration = 0")
         assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (
             RUNS * STEPS_PER_RUN
@@ -445,7 +466,7 @@ async def test_claim_uses_indexes_without_statistics(database_url: str) -> None:
         texts = _query_texts(plans)
         for statement in (
             "row_number() OVER",  # claim: the candidate runs, ranked by share
-            "FOR UPDATE OF s SKIP LOCKED",  # claim: a run's queued steps
+            _CLAIM_PATHS[limited],  # claim: a run's queued steps
             "WHERE r.id = ANY (p_runs)",  # the eager claim: the batch's runs
         ):
             assert statement in texts, f"no plan logged for the statement with {statement!r}"

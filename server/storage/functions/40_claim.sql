@@ -141,6 +141,7 @@ DECLARE
     v_locks jsonb := '{}';  -- 'classid:name' -> held (true) or refused (false) in this claim
     v_lock text;
     v_contended boolean := false;  -- a step stayed queued behind another claim's lock
+    v_count integer;
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -247,6 +248,100 @@ BEGIN
         SELECT v_run.max_parallel - count(*) INTO v_free
           FROM orchestration_steps x WHERE x.run_id = v_run.id AND x.state = 'running';
         CONTINUE WHEN v_free <= 0;
+        -- A run whose queued steps all name an agent without limits (no skill to route,
+        -- no max_concurrency, no rate limit) and no organization cap or key limit to
+        -- count: its steps are claimed in one statement, as the loop below would claim
+        -- them one by one (same order, lease, attempt, credential, step_attempts row,
+        -- conversation, step.started events, returned row).
+        IF v_cap = 0 AND v_run.max_steps_per_key = 0 AND NOT EXISTS (
+               SELECT 1 FROM orchestration_steps q
+                 LEFT JOIN agents a ON a.organization_id = q.organization_id
+                                   AND a.name = q.agent
+                WHERE q.run_id = v_run.id AND q.state = 'queued'
+                  AND (q.skill IS NOT NULL OR a.max_concurrency > 0
+                       OR a.rate_period_seconds > 0)) THEN
+            v_now := clock_timestamp();
+            RETURN QUERY
+            WITH picked AS (
+                SELECT q.step_id FROM orchestration_steps q
+                 WHERE q.run_id = v_run.id AND q.state = 'queued'
+                 ORDER BY q.queued_at, q.position
+                 LIMIT least(v_free, p_limit - v_picked)
+                   FOR UPDATE SKIP LOCKED
+            ), leased AS (
+                UPDATE orchestration_steps s
+                   SET state = 'running',
+                       attempt = s.attempt + 1,
+                       lease_owner = p_owner,
+                       lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
+                       started_at = coalesce(s.started_at, v_now),
+                       error = NULL
+                  FROM picked
+                 WHERE s.run_id = v_run.id AND s.step_id = picked.step_id
+                RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
+                          s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
+                          s.input_refs, s.queued_at, s.position
+            ), c AS (  -- referenced several times: made once (one credential per step)
+                SELECT l.*, a.endpoint, a.default_timeout_seconds AS agent_timeout,
+                       a.protocol,
+                       CASE WHEN l.agent IS NOT NULL AND a.protocol IS DISTINCT FROM 'a2a' THEN
+                           'pds_' || replace(gen_random_uuid()::text, '-', '')
+                           || replace(gen_random_uuid()::text, '-', '')
+                       END AS credential,
+                       row_number() OVER (ORDER BY l.queued_at, l.position) AS ord
+                  FROM leased l
+                  LEFT JOIN agents a ON a.organization_id = l.organization_id
+                                    AND a.name = l.agent
+            ), attempt AS (
+                INSERT INTO step_attempts
+                    (run_id, step_id, attempt, organization_id, agent, started_at,
+                     credential_hash)
+                SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, v_now,
+                       encode(sha256(convert_to(c.credential, 'UTF8')), 'hex')
+                  FROM c
+                RETURNING step_attempts.step_id, step_attempts.task_id
+            ), conversation AS (
+                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
+                SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
+                  FROM c WHERE c.attempt = 1
+                ON CONFLICT (id) DO NOTHING
+            ), run AS (
+                UPDATE orchestration_runs
+                   SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM c),
+                       updated_at = now()
+                 WHERE id = v_run.id AND EXISTS (SELECT 1 FROM c)
+                RETURNING last_event_sequence - (SELECT count(*) FROM c) AS base
+            ), started AS (
+                INSERT INTO orchestration_events
+                    (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+                     step_state, payload, created_at)
+                SELECT v_run.id, run.base + c.ord, v_run.organization_id, 'step.started',
+                       c.step_id, c.attempt, 'running', 'running',
+                       CASE WHEN c.agent IS NULL THEN '{}'::jsonb
+                            ELSE jsonb_build_object('agent', c.agent) END,
+                       clock_timestamp()
+                  FROM c, run
+            )
+            SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, c.skill,
+                   c.endpoint::text, c.agent_timeout::double precision, c.protocol::text,
+                   attempt.task_id, c.conversation_id, c.spec, c.timeout_seconds,
+                   c.max_attempts, v_run.input,
+                   (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
+                      FROM unnest(c.input_refs) AS ref(step_id),
+                           LATERAL (SELECT v.step_id, v.output FROM orchestration_steps v
+                                     WHERE v.run_id = c.run_id AND v.step_id = ref.step_id
+                                     LIMIT 1) u),
+                   v_run.labels, v_run.definition_name, v_run.definition_version,
+                   v_run.created_at, v_run.started_at, v_run.trace_context, c.credential
+              FROM c JOIN attempt ON attempt.step_id = c.step_id
+             ORDER BY c.ord;
+            GET DIAGNOSTICS v_count = ROW_COUNT;
+            IF v_count > 0 THEN
+                v_picked := v_picked + v_count;
+                PERFORM podium_notify_events(v_run.id, v_run.organization_id);
+            END IF;
+            CONTINUE;
+        END IF;
         v_started_ids := '{}';
         v_started_attempts := '{}';
         v_started_agents := '{}';
