@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -11,7 +12,9 @@ from google.protobuf import json_format
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import checkpoint_when
 from podium.server.engine.outcomes import backoff_delay
-from podium.server.engine.plan import build_steps
+from podium.server.engine.plan import build_steps, run_template
+from podium.server.storage.database import JsonText, json_dumps
+from podium.server.storage.runs import _step_params
 from podium.server.storage.steps import (
     Answer,
     Backoff,
@@ -192,3 +195,36 @@ def test_backoff_takes_the_defaults_for_absent_fields() -> None:
     own = FailurePolicy(backoff=Backoff(initial_seconds=0.5, multiplier=3.0))
     assert backoff_delay(own, 3, rng) == 4.5
     assert backoff_delay(FailurePolicy(backoff=Backoff(max_seconds=2.0)), 5, rng) == 2.0
+
+
+def test_run_template_encodes_what_build_steps_would_send() -> None:
+    plan = json_format.ParseDict(
+        {
+            "name": "flow",
+            "steps": [
+                {"id": "a", "agent": "echo", "input": {"q": "${run.input.q}"}},
+                {"id": "b", "agent": "echo", "depends_on": ["a"], "when": "steps.a.output.ok"},
+            ],
+        },
+        definition_pb2.Definition(),
+    )
+    template = run_template(plan, caching_scope=None, cache_ttl_seconds=0.0, bypass_cache=False)
+    assert template.plan == json_format.MessageToDict(plan, preserving_proto_field_name=True)
+    assert template.steps == build_steps(plan)
+    assert template.encoded is not None
+    assert json.loads(template.encoded.plan_json) == template.plan
+    assert template.encoded.steps_json == json_dumps(_step_params(template.steps))
+    assert list(template.encoded.specs) == [s.spec.to_json() for s in template.steps]
+    # Pre-encoded JSON goes to the jsonb codec as is.
+    assert json_dumps(JsonText(template.encoded.plan_json)) == template.encoded.plan_json
+
+
+def test_run_template_of_a_plan_reading_run_metadata_leaves_the_steps_per_run() -> None:
+    plan = json_format.ParseDict(
+        {"steps": [{"id": "a", "agent": "echo", "when": "run.metadata.tier == 'gold'"}]},
+        definition_pb2.Definition(),
+    )
+    template = run_template(plan, caching_scope=None, cache_ttl_seconds=0.0, bypass_cache=False)
+    assert template.steps is None and template.encoded is None
+    (step,) = build_steps(plan, run_metadata={"tier": "gold"})
+    assert step.spec.run_metadata == {"tier": "gold"}
