@@ -12,9 +12,10 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from podium.orchestration.v1 import definition_pb2
+from podium.orchestration.v1 import definition_pb2, run_pb2
 from podium.server.engine.cache import step_policy
 from podium.server.engine.conditions import step_mentions, uses_run_metadata
+from podium.server.engine.mapping import response_skeleton
 from podium.server.engine.references import (
     MissingReferenceError,
     ReferenceSyntaxError,
@@ -132,8 +133,8 @@ def build_steps(
 class RunTemplate:
     """What a run of one saved definition version takes from the version alone (and
     the run's ``bypass_cache`` flag), made once per replica and shared by its runs
-    (StartRun, a schedule's tick): the plan's JSON form, the step rows and both
-    encoded for ``podium_create_run``. Never mutated."""
+    (StartRun, a schedule's tick): the plan's JSON form, the step rows, both encoded
+    for ``podium_create_run``, and the steps' part of the response. Never mutated."""
 
     plan: dict[str, Any]
     """The plan's JSON form (``NewRun.plan``)."""
@@ -142,6 +143,9 @@ class RunTemplate:
     metadata is then copied into that step's spec, so its rows are built per run)."""
     encoded: EncodedPlan | None
     """``plan`` and ``steps`` encoded (``NewRun.encoded``); None with ``steps``."""
+    response: run_pb2.Run | None
+    """What the StartRun responses of its runs share (``mapping.response_skeleton``);
+    None with ``steps``."""
 
 
 def run_template(
@@ -155,7 +159,7 @@ def run_template(
     it)."""
     plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
     if any(uses_run_metadata(e) for s in plan.steps for e in (s.when, s.loop.until) if e):
-        return RunTemplate(plan_dict, None, None)
+        return RunTemplate(plan_dict, None, None, None)
     steps = build_steps(
         plan,
         plan_dict,
@@ -163,7 +167,7 @@ def run_template(
         cache_ttl_seconds=cache_ttl_seconds,
         bypass_cache=bypass_cache,
     )
-    return RunTemplate(plan_dict, steps, encode_plan(plan_dict, steps))
+    return RunTemplate(plan_dict, steps, encode_plan(plan_dict, steps), response_skeleton(steps))
 
 
 def first_steps(run: NewRun) -> int:

@@ -270,7 +270,8 @@ class RunService:
             if span.is_recording():
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
-        return self._created(stored, plan), not stored.created
+        skeleton = template.response if template is not None else None
+        return self._created(stored, plan, skeleton), not stored.created
 
     async def _create_linked(self, parent: StepAttemptRef, new: NewRun) -> CreatedRun:
         """Create the run as a child of the step attempt ``parent``, or raise."""
@@ -499,9 +500,15 @@ class RunService:
             self._templates.put(key, template)
         return template
 
-    def _created(self, stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
-        """The response of StartRun / ForkRun, fitted to ``max_response_bytes``."""
-        run = created_to_proto(stored, plan)
+    def _created(
+        self,
+        stored: CreatedRun,
+        plan: definition_pb2.Definition,
+        skeleton: run_pb2.Run | None = None,
+    ) -> run_pb2.Run:
+        """The response of StartRun / ForkRun, fitted to ``max_response_bytes``
+        (``skeleton``: the run template's, ``mapping.response_skeleton``)."""
+        run = created_to_proto(stored, plan, skeleton)
         steps = {s.step_id: s for s in stored.steps}
 
         def source(step_id: str, field: str) -> Any:
