@@ -501,7 +501,8 @@ class Settings:
     cache_max_definitions: int = _setting(
         "ORCHESTRATION_CACHE_MAX_DEFINITIONS",
         _parse_int(0),
-        "Definitions kept in the in-process cache (0 disables it).",
+        "Definitions kept in the in-process cache, and as many StartRun run templates "
+        "(a saved version's plan and step rows, encoded; 0 disables both).",
         200,
     )
     cache_max_step_outputs: int = _setting(

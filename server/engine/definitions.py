@@ -4,9 +4,10 @@ Stored definitions are immutable per (organization, name, version); creating a
 definition with an existing name stores its next version. Parsed versions are kept in a
 bounded in-process LRU (``ORCHESTRATION_CACHE_MAX_DEFINITIONS``) keyed by
 (organization, name, version): a version never changes, so the cache needs no
-cross-replica invalidation. Only the ``archived`` flag can change: StartRun reads the
-row (``get(..., fresh=True)``), so an archive done on another replica is seen at once,
-and the cache then only saves parsing the stored document.
+cross-replica invalidation. Only the ``archived`` flag can change: StartRun reads it
+(``get(..., fresh=True)``), so an archive done on another replica is seen at once; for
+a cached version it reads only the name's head (latest version, hash, archived flag),
+not the stored document.
 """
 
 from __future__ import annotations
@@ -195,9 +196,9 @@ class DefinitionService:
     ) -> Definition:
         """The given version of ``name``, or its latest when ``version`` is 0.
 
-        ``fresh`` reads the row even for a cached version, so that ``archived`` is
-        current (another replica may have archived it); the cache then only saves the
-        parsing of the stored document.
+        ``fresh`` reads the database even for a cached version, so that ``archived`` is
+        current (another replica may have archived it); for a cached version only the
+        name's head (``_fresh_from_cache``), one round trip either way.
         """
         if version < 0:
             raise InvalidArgument(
@@ -210,6 +211,10 @@ class DefinitionService:
             cached = self._cache.get((organization_id, name, version))
             if cached is not None:
                 return cached
+        if fresh and self._cache.max_size:
+            found = await self._fresh_from_cache(organization_id, name, version)
+            if found is not None:
+                return found
         async with storage_errors():
             record = await self._repository.get(organization_id, name, version or None)
         if record is None:
@@ -233,6 +238,29 @@ class DefinitionService:
             definition = record_to_definition(record)
         self._cache.put(key, definition)
         return definition
+
+    async def _fresh_from_cache(
+        self, organization_id: str, name: str, version: int
+    ) -> Definition | None:
+        """``get(..., fresh=True)`` of a cached version (None: not cached): the name's
+        head (latest version, hash, archived flag; not the spec, which may be a
+        10,000-step document to transfer and decode) says whether it is archived now.
+        A version never changes; the latest one's hash must match the cached one."""
+        async with storage_errors():
+            head = await self._repository.head(organization_id, name)
+        if head is None or version > head.version:
+            return None  # the full read answers (NotFound)
+        key = (organization_id, name, version or head.version)
+        cached = self._cache.get(key)
+        if cached is None or (key[2] == head.version and cached.content_hash != head.content_hash):
+            return None
+        if cached.archived != head.archived:
+            definition = Definition()
+            definition.CopyFrom(cached)
+            definition.archived = head.archived
+            self._cache.put(key, definition)
+            return definition
+        return cached
 
     async def list(
         self,

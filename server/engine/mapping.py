@@ -3,7 +3,7 @@ deliverables."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from podium.server.storage.runs import (
     CreatedRun,
     DeliverableRow,
     EventRow,
+    NewStep,
     RunRow,
     StepRow,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "created_to_proto",
     "deliverable_to_proto",
     "event_to_proto",
+    "response_skeleton",
     "run_to_proto",
     "set_organization_waits",
     "set_rate_waits",
@@ -182,17 +184,59 @@ def _step_to_proto(
     return out
 
 
-def created_to_proto(stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
+def created_to_proto(
+    stored: CreatedRun,
+    plan: definition_pb2.Definition,
+    skeleton: run_pb2.Run | None = None,
+) -> run_pb2.Run:
     """The response of StartRun / ForkRun: the run as ``RunsRepository.create`` returned
     it, with ``plan`` (the one just stored) when this call created it; an existing run
-    (same request_id) may have another plan, so its own is parsed."""
-    return run_to_proto(
-        stored.run,
-        stored.steps,
-        stored.attempts,
-        stored.deliverables,
-        plan=plan if stored.created else None,
-    )
+    (same request_id) may have another plan, so its own is parsed.
+
+    ``skeleton`` (``response_skeleton`` of the run's step rows, when the caller has it)
+    holds what the steps of every new run of the plan share; the message is the same."""
+    if skeleton is None or not stored.created:
+        return run_to_proto(
+            stored.run,
+            stored.steps,
+            stored.attempts,
+            stored.deliverables,
+            plan=plan if stored.created else None,
+        )
+    out = run_to_proto(stored.run, plan=plan)
+    out.steps.extend(skeleton.steps)
+    # A new step has no error, usage, attempts, deliverables, cache hit, child run or
+    # approval yet (storage ``created_steps``): only these differ from the skeleton.
+    for target, step in zip(out.steps, stored.steps, strict=True):
+        target.state = _STEP_STATES[step.state]
+        if step.attempt:
+            target.attempt = step.attempt
+        if step.conversation_id:
+            target.conversation_id = str(step.conversation_id)
+        if step.input is not None:
+            _struct(step.input, target.input)
+        if step.output is not None:
+            _struct(step.output, target.output)
+        _ts(step.queued_at, target.queue_time)
+        _ts(step.started_at, target.start_time)
+        _ts(step.ended_at, target.end_time)
+    return out
+
+
+def response_skeleton(steps: Sequence[NewStep]) -> run_pb2.Run:
+    """What the StartRun responses of new runs with step rows ``steps`` share
+    (``created_to_proto``): a run with each step's id, agent, maximum attempts and
+    dependencies, and its (zero) usage."""
+    out = run_pb2.Run()
+    for step in steps:
+        target = out.steps.add(
+            step_id=step.step_id,
+            max_attempts=step.max_attempts,
+            agent=step.agent or "",
+            depends_on=step.depends_on,
+        )
+        target.usage.SetInParent()  # present, as ``_usage`` leaves it
+    return out
 
 
 def deliverable_to_proto(d: DeliverableRow) -> run_pb2.Deliverable:

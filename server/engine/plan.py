@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from google.protobuf import json_format
 
-from podium.orchestration.v1 import definition_pb2
+from podium.orchestration.v1 import definition_pb2, run_pb2
 from podium.server.engine.cache import step_policy
 from podium.server.engine.conditions import step_mentions, uses_run_metadata
+from podium.server.engine.mapping import response_skeleton
 from podium.server.engine.references import (
     MissingReferenceError,
     ReferenceSyntaxError,
@@ -22,10 +23,10 @@ from podium.server.engine.references import (
     normalize_numbers,
     resolve,
 )
-from podium.server.storage.runs import NewRun, NewStep, StepRow
+from podium.server.storage.runs import EncodedPlan, NewRun, NewStep, StepRow, encode_plan
 from podium.server.storage.steps import Backoff, FailurePolicy, StepSpec
 
-__all__ = ["build_steps", "first_steps", "fork_redo"]
+__all__ = ["RunTemplate", "build_steps", "first_steps", "fork_redo", "run_template"]
 
 
 def _failure_policy(plan: definition_pb2.Definition, step: definition_pb2.Step) -> FailurePolicy:
@@ -126,6 +127,47 @@ def build_steps(
             )
         )
     return steps
+
+
+@dataclass(frozen=True, slots=True)
+class RunTemplate:
+    """What a run of one saved definition version takes from the version alone (and
+    the run's ``bypass_cache`` flag), made once per replica and shared by its runs
+    (StartRun, a schedule's tick): the plan's JSON form, the step rows, both encoded
+    for ``podium_create_run``, and the steps' part of the response. Never mutated."""
+
+    plan: dict[str, Any]
+    """The plan's JSON form (``NewRun.plan``)."""
+    steps: list[NewStep] | None
+    """The step rows; None when a step's condition reads ``run.metadata`` (each run's
+    metadata is then copied into that step's spec, so its rows are built per run)."""
+    encoded: EncodedPlan | None
+    """``plan`` and ``steps`` encoded (``NewRun.encoded``); None with ``steps``."""
+    response: run_pb2.Run | None
+    """What the StartRun responses of its runs share (``mapping.response_skeleton``);
+    None with ``steps``."""
+
+
+def run_template(
+    plan: definition_pb2.Definition,
+    *,
+    caching_scope: dict[str, Any] | None,
+    cache_ttl_seconds: float,
+    bypass_cache: bool,
+) -> RunTemplate:
+    """The :class:`RunTemplate` of ``plan`` (a saved version, as ``build_steps`` takes
+    it)."""
+    plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+    if any(uses_run_metadata(e) for s in plan.steps for e in (s.when, s.loop.until) if e):
+        return RunTemplate(plan_dict, None, None, None)
+    steps = build_steps(
+        plan,
+        plan_dict,
+        caching_scope=caching_scope,
+        cache_ttl_seconds=cache_ttl_seconds,
+        bypass_cache=bypass_cache,
+    )
+    return RunTemplate(plan_dict, steps, encode_plan(plan_dict, steps), response_skeleton(steps))
 
 
 def first_steps(run: NewRun) -> int:

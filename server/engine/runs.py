@@ -30,6 +30,7 @@ from podium.server.engine.errors import (
     ResourceExhausted,
 )
 from podium.server.engine.keys import run_keying, waiting_reason
+from podium.server.engine.lru import LRUCache
 from podium.server.engine.mapping import (
     RUN_STATE_NAMES,
     created_to_proto,
@@ -42,7 +43,7 @@ from podium.server.engine.mapping import (
     set_rate_waits,
 )
 from podium.server.engine.paging import bounded_keyset_page, decode_keyset, page_size
-from podium.server.engine.plan import build_steps, first_steps, fork_redo
+from podium.server.engine.plan import RunTemplate, build_steps, first_steps, fork_redo, run_template
 from podium.server.engine.policies import RoutingPolicies
 from podium.server.engine.references import normalize_numbers
 from podium.server.engine.requests import (
@@ -107,6 +108,9 @@ class RunService:
         the engine."""
         self.policies: RoutingPolicies | None = None
         """The organizations' routing policies, checked at StartRun; set by the engine."""
+        self._templates: LRUCache[tuple[str, str, int, str, bool], RunTemplate] = LRUCache(
+            settings.cache_max_definitions
+        )
 
     def instrument(self, metrics: Metrics, tracing: Tracing) -> None:
         """Record into the server's ``metrics`` and ``tracing`` instead of the private
@@ -207,7 +211,15 @@ class RunService:
         )
         metadata = normalize_numbers(json_format.MessageToDict(request.metadata))
         labels = {**dict(plan.labels), **dict(request.labels)}
-        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        if source == "definition":
+            template: RunTemplate | None = self.template(
+                organization_id, plan, bypass_cache=request.bypass_cache
+            )
+            assert template is not None
+            plan_dict = template.plan
+        else:
+            template = None
+            plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
         attributes = (
             {
                 "podium.organization_id": organization_id,
@@ -231,7 +243,9 @@ class RunService:
                 max_parallel=self.effective_max_parallel(plan),
                 bypass_cache=request.bypass_cache,
                 webhook_url=request.webhook_url or None,
-                steps=build_steps(
+                steps=template.steps
+                if template is not None and template.steps is not None
+                else build_steps(
                     plan,
                     plan_dict,
                     caching_scope=None
@@ -243,6 +257,7 @@ class RunService:
                 ),
                 trace_context=trace_context,
                 keying=keying,
+                encoded=template.encoded if template is not None else None,
             )
             start_at = delayed_start(request)
             async with storage_errors():
@@ -255,7 +270,8 @@ class RunService:
             if span.is_recording():
                 span.set_attribute("podium.run_id", str(stored.run.id))
                 span.set_attribute("podium.run.existing", not stored.created)
-        return self._created(stored, plan), not stored.created
+        skeleton = template.response if template is not None else None
+        return self._created(stored, plan, skeleton), not stored.created
 
     async def _create_linked(self, parent: StepAttemptRef, new: NewRun) -> CreatedRun:
         """Create the run as a child of the step attempt ``parent``, or raise."""
@@ -432,12 +448,12 @@ class RunService:
                 reason="DEFINITION_ARCHIVED",
                 metadata={"name": plan.name},
             )
-        plan_dict = json_format.MessageToDict(plan, preserving_proto_field_name=True)
+        template = self.template(organization_id, plan, bypass_cache=False)
         return NewRun(
             organization_id=organization_id,
             definition_name=plan.name,
             definition_version=plan.version,
-            plan=plan_dict,
+            plan=template.plan,
             input=run_input,
             metadata={},
             labels={**dict(plan.labels), **dict(labels)},
@@ -445,9 +461,11 @@ class RunService:
             max_parallel=self.effective_max_parallel(plan),
             bypass_cache=False,
             webhook_url=None,
-            steps=build_steps(
+            steps=template.steps
+            if template.steps is not None
+            else build_steps(
                 plan,
-                plan_dict,
+                template.plan,
                 caching_scope=cache_scope(plan, plan.name, plan.version)
                 if caching_requested(plan)
                 else None,
@@ -456,11 +474,41 @@ class RunService:
             ),
             trace_context=None,
             keying=run_keying(plan, run_input, None),
+            encoded=template.encoded,
         )
 
-    def _created(self, stored: CreatedRun, plan: definition_pb2.Definition) -> run_pb2.Run:
-        """The response of StartRun / ForkRun, fitted to ``max_response_bytes``."""
-        run = created_to_proto(stored, plan)
+    def template(
+        self, organization_id: str, plan: definition_pb2.Definition, *, bypass_cache: bool
+    ) -> RunTemplate:
+        """The run template of saved version ``plan`` (``engine/plan.py``), from this
+        replica's cache when it has it. Keyed by (organization, name, version, content
+        hash, ``bypass_cache``): a version never changes, and the hash guards against a
+        reused (organization, name, version) of another database. What may change is
+        checked by the caller on every run: the archived flag (read fresh) and the
+        routing policy."""
+        key = (organization_id, plan.name, plan.version, plan.content_hash, bypass_cache)
+        template = self._templates.get(key)
+        if template is None:
+            template = run_template(
+                plan,
+                caching_scope=None
+                if bypass_cache or not caching_requested(plan)
+                else cache_scope(plan, plan.name, plan.version),
+                cache_ttl_seconds=self._settings.cache_default_ttl_seconds,
+                bypass_cache=bypass_cache,
+            )
+            self._templates.put(key, template)
+        return template
+
+    def _created(
+        self,
+        stored: CreatedRun,
+        plan: definition_pb2.Definition,
+        skeleton: run_pb2.Run | None = None,
+    ) -> run_pb2.Run:
+        """The response of StartRun / ForkRun, fitted to ``max_response_bytes``
+        (``skeleton``: the run template's, ``mapping.response_skeleton``)."""
+        run = created_to_proto(stored, plan, skeleton)
         steps = {s.step_id: s for s in stored.steps}
 
         def source(step_id: str, field: str) -> Any:

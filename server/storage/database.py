@@ -15,7 +15,14 @@ from asyncpg.pool import PoolConnectionProxy
 from .errors import StorageError, StorageUnavailable, from_driver_error, translate_errors
 from .queries import QUERIES
 
-__all__ = ["Connection", "Database", "DirectConnection", "connect_direct", "json_dumps"]
+__all__ = [
+    "Connection",
+    "Database",
+    "DirectConnection",
+    "JsonText",
+    "connect_direct",
+    "json_dumps",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -31,8 +38,19 @@ _STATEMENT_CACHE_SIZE = 100
 _CLOSE_TIMEOUT_SECONDS = 10.0
 
 
+class JsonText(str):
+    """JSON text already encoded by :func:`json_dumps`, which passes it on as is: a
+    json/jsonb parameter the caller encoded once for many statements (StartRun's run
+    templates, ``engine/plan.py``)."""
+
+    __slots__ = ()
+
+
 def json_dumps(value: Any) -> str:
-    """Encode a value as compact JSON, as stored in json/jsonb columns."""
+    """Encode a value as compact JSON, as stored in json/jsonb columns (a
+    :class:`JsonText` is JSON already)."""
+    if type(value) is JsonText:
+        return value
     return json.dumps(value, separators=(",", ":"))
 
 

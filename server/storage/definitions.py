@@ -12,7 +12,7 @@ from .database import Database
 from .errors import DefinitionArchived
 from .queries import QUERIES
 
-__all__ = ["DefinitionRecord", "DefinitionsRepository"]
+__all__ = ["DefinitionHead", "DefinitionRecord", "DefinitionsRepository"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,17 @@ class DefinitionRecord:
     content_hash: str
     archived: bool
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class DefinitionHead:
+    """The latest version of a name without its spec: its number, content hash and the
+    name's archived flag (archiving marks every version, and an archived name gets no
+    new version, so the flag is every version's)."""
+
+    version: int
+    content_hash: str
+    archived: bool
 
 
 def _record(row: asyncpg.Record) -> DefinitionRecord:
@@ -150,6 +161,15 @@ class DefinitionsRepository:
                     QUERIES["get_definition_version"], organization_id, name, version
                 )
         return None if row is None else _record(row)
+
+    async def head(self, organization_id: str, name: str) -> DefinitionHead | None:
+        """The latest version of ``name`` without its spec; None when the name does not
+        exist."""
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(QUERIES["latest_definition_head"], organization_id, name)
+        if row is None:
+            return None
+        return DefinitionHead(row["version"], row["content_hash"], row["archived"])
 
     async def list_latest(
         self,

@@ -22,6 +22,7 @@ __all__ = [
     "ClaimedStep",
     "CreatedRun",
     "DeliverableRow",
+    "EncodedPlan",
     "EventRow",
     "FinishedChild",
     "NewDeliverable",
@@ -58,6 +59,18 @@ class NewStep:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedPlan:
+    """A run's ``plan`` and ``steps`` in the form ``podium_create_run`` takes them,
+    encoded once and shared by every run of one saved definition version (StartRun's
+    run templates, ``engine/plan.py``): the two JSON parameters, and each step's spec
+    in JSON form (in the order of the steps). Never mutated."""
+
+    plan_json: str
+    steps_json: str
+    specs: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class NewRun:
     """A run to create (state ``created``; :meth:`RunsRepository.create` may start it)."""
 
@@ -81,6 +94,8 @@ class NewRun:
     forked_from_run_id: uuid.UUID | None = None
     copied_steps: Sequence[str] = ()
     keying: RunKeying | None = None
+    # ``plan`` and ``steps`` already encoded (EncodedPlan), when the caller has them.
+    encoded: EncodedPlan | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,8 +449,9 @@ def created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
     ended = row["step_ended_at"]
     inputs = row["step_inputs"]
     outputs = row["step_outputs"]
+    specs = run.encoded.specs if run.encoded is not None else [s.spec.to_json() for s in run.steps]
     out = []
-    for s in run.steps:
+    for s, spec in zip(run.steps, specs, strict=True):
         i = index[s.step_id]
         out.append(
             StepRow(
@@ -445,7 +461,7 @@ def created_steps(run: NewRun, row: asyncpg.Record) -> list[StepRow]:
                 agent=s.agent,
                 skill=s.skill,
                 depends_on=list(s.depends_on),
-                spec=s.spec.to_json(),
+                spec=dict(spec),
                 input=inputs[i],
                 output=outputs[i],
                 error=None,

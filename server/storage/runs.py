@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from .database import Connection, Database, json_dumps
+from .database import Connection, Database, JsonText, json_dumps
 from .queries import QUERIES
 from .run_records import (
     AttemptRow,
@@ -25,6 +25,7 @@ from .run_records import (
     CreatedRun,
     DeliverableRow,
     EagerClaim,
+    EncodedPlan,
     EventRow,
     FinishedChild,
     NewDeliverable,
@@ -50,6 +51,7 @@ __all__ = [
     "CreatedRun",
     "DeliverableRow",
     "EagerClaim",
+    "EncodedPlan",
     "EventRow",
     "FinishedChild",
     "NewDeliverable",
@@ -59,6 +61,7 @@ __all__ = [
     "RunsRepository",
     "StepOutcome",
     "StepRow",
+    "encode_plan",
 ]
 
 TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -66,6 +69,43 @@ TERMINAL_RUN_STATES = frozenset({"succeeded", "failed", "cancelled"})
 
 def _json(value: Any) -> str | None:
     return None if value is None else json_dumps(value)
+
+
+def _step_params(
+    steps: Sequence[NewStep], specs: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """``create_run``'s steps parameter (``specs``: the steps' specs in JSON form, when
+    the caller has them)."""
+    if specs is None:
+        specs = [s.spec.to_json() for s in steps]
+    return [
+        {
+            "step_id": s.step_id,
+            "position": s.position,
+            "state": s.state,
+            "agent": s.agent,
+            "skill": s.skill,
+            "depends_on": list(s.depends_on),
+            "pending_dependencies": len(s.depends_on),
+            "spec": spec,
+            "max_attempts": s.max_attempts,
+            "timeout_seconds": s.timeout_seconds,
+            "input_refs": list(s.input_refs),
+            "is_sink": s.is_sink,
+        }
+        for s, spec in zip(steps, specs, strict=True)
+    ]
+
+
+def encode_plan(plan: Mapping[str, Any], steps: Sequence[NewStep]) -> EncodedPlan:
+    """``plan`` and ``steps`` (a ``NewRun``'s) encoded for ``create_run``, once for the
+    many runs that share them (``NewRun.encoded``)."""
+    specs = tuple(s.spec.to_json() for s in steps)
+    return EncodedPlan(
+        plan_json=json_dumps(plan),
+        steps_json=json_dumps(_step_params(steps, specs)),
+        specs=specs,
+    )
 
 
 def _completed(ordered: Sequence[StepOutcome], rows: Sequence[asyncpg.Record]) -> CompletedBatch:
@@ -159,28 +199,12 @@ class RunsRepository:
     @staticmethod
     def _create_args(run: NewRun, *, start: bool, return_steps: bool) -> tuple[Any, ...]:
         """The parameters of ``create_run`` ($1-$21)."""
-        steps = [
-            {
-                "step_id": s.step_id,
-                "position": s.position,
-                "state": s.state,
-                "agent": s.agent,
-                "skill": s.skill,
-                "depends_on": list(s.depends_on),
-                "pending_dependencies": len(s.depends_on),
-                "spec": s.spec.to_json(),
-                "max_attempts": s.max_attempts,
-                "timeout_seconds": s.timeout_seconds,
-                "input_refs": list(s.input_refs),
-                "is_sink": s.is_sink,
-            }
-            for s in run.steps
-        ]
+        encoded = run.encoded
         return (
             run.organization_id,
             run.definition_name,
             run.definition_version,
-            run.plan,
+            run.plan if encoded is None else JsonText(encoded.plan_json),
             run.input,
             run.metadata,
             run.labels,
@@ -194,7 +218,7 @@ class RunsRepository:
             run.depth,
             run.forked_from_run_id,
             list(run.copied_steps),
-            steps,
+            _step_params(run.steps) if encoded is None else JsonText(encoded.steps_json),
             start,
             return_steps,
             run.keying.to_json() if run.keying else None,

@@ -9,7 +9,11 @@ from typing import Any
 import pytest
 
 from podium.server.storage.database import Database
-from podium.server.storage.definitions import DefinitionRecord, DefinitionsRepository
+from podium.server.storage.definitions import (
+    DefinitionHead,
+    DefinitionRecord,
+    DefinitionsRepository,
+)
 from podium.server.storage.errors import Conflict, DefinitionArchived, StorageError
 
 ORG = "default"
@@ -192,3 +196,13 @@ async def test_unknown_organization_is_a_storage_error(repo: DefinitionsReposito
     with pytest.raises(StorageError) as info:
         await _create(repo, "x", org="no-such-org")
     assert info.value.sqlstate == "23503"  # foreign_key_violation
+
+
+async def test_head_is_the_latest_version_without_its_spec(repo: DefinitionsRepository) -> None:
+    assert await repo.head(ORG, "headed") is None
+    await _create(repo, "headed", step="a")
+    await _create(repo, "headed", step="b")
+    assert await repo.head(ORG, "headed") == DefinitionHead(2, "h-b", False)
+    await repo.archive(ORG, "headed")
+    assert await repo.head(ORG, "headed") == DefinitionHead(2, "h-b", True)
+    assert (await repo.get(ORG, "headed", 1)).archived  # type: ignore[union-attr]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,8 +13,12 @@ from google.protobuf import json_format
 
 from podium.orchestration.v1 import definition_pb2
 from podium.server.engine.cache import checkpoint_when
+from podium.server.engine.mapping import created_to_proto
 from podium.server.engine.outcomes import backoff_delay
-from podium.server.engine.plan import build_steps
+from podium.server.engine.plan import build_steps, run_template
+from podium.server.storage.database import JsonText, json_dumps
+from podium.server.storage.run_records import CreatedRun, NewRun, created_run, created_steps
+from podium.server.storage.runs import _step_params
 from podium.server.storage.steps import (
     Answer,
     Backoff,
@@ -192,3 +199,92 @@ def test_backoff_takes_the_defaults_for_absent_fields() -> None:
     own = FailurePolicy(backoff=Backoff(initial_seconds=0.5, multiplier=3.0))
     assert backoff_delay(own, 3, rng) == 4.5
     assert backoff_delay(FailurePolicy(backoff=Backoff(max_seconds=2.0)), 5, rng) == 2.0
+
+
+def test_run_template_encodes_what_build_steps_would_send() -> None:
+    plan = json_format.ParseDict(
+        {
+            "name": "flow",
+            "steps": [
+                {"id": "a", "agent": "echo", "input": {"q": "${run.input.q}"}},
+                {"id": "b", "agent": "echo", "depends_on": ["a"], "when": "steps.a.output.ok"},
+            ],
+        },
+        definition_pb2.Definition(),
+    )
+    template = run_template(plan, caching_scope=None, cache_ttl_seconds=0.0, bypass_cache=False)
+    assert template.plan == json_format.MessageToDict(plan, preserving_proto_field_name=True)
+    assert template.steps == build_steps(plan)
+    assert template.encoded is not None
+    assert json.loads(template.encoded.plan_json) == template.plan
+    assert template.encoded.steps_json == json_dumps(_step_params(template.steps))
+    assert list(template.encoded.specs) == [s.spec.to_json() for s in template.steps]
+    # Pre-encoded JSON goes to the jsonb codec as is.
+    assert json_dumps(JsonText(template.encoded.plan_json)) == template.encoded.plan_json
+
+
+def test_run_template_of_a_plan_reading_run_metadata_leaves_the_steps_per_run() -> None:
+    plan = json_format.ParseDict(
+        {"steps": [{"id": "a", "agent": "echo", "when": "run.metadata.tier == 'gold'"}]},
+        definition_pb2.Definition(),
+    )
+    template = run_template(plan, caching_scope=None, cache_ttl_seconds=0.0, bypass_cache=False)
+    assert template.steps is None and template.encoded is None
+    (step,) = build_steps(plan, run_metadata={"tier": "gold"})
+    assert step.spec.run_metadata == {"tier": "gold"}
+
+
+def test_the_response_skeleton_gives_the_same_start_run_response() -> None:
+    plan = json_format.ParseDict(
+        {
+            "name": "flow",
+            "steps": [
+                {"id": "a", "agent": "echo"},
+                {"id": "b", "skill": "summarize", "depends_on": ["a"]},
+                {"id": "c", "plan": {"agent": "planner"}, "depends_on": ["a", "b"]},
+            ],
+        },
+        definition_pb2.Definition(),
+    )
+    template = run_template(plan, caching_scope=None, cache_ttl_seconds=0.0, bypass_cache=False)
+    assert template.steps is not None and template.response is not None
+    new = NewRun(
+        organization_id="org",
+        definition_name="flow",
+        definition_version=1,
+        plan=template.plan,
+        input={"q": 1},
+        metadata={"m": "x"},
+        labels={"l": "v"},
+        request_id=None,
+        max_parallel=2,
+        bypass_cache=False,
+        webhook_url=None,
+        steps=template.steps,
+        encoded=template.encoded,
+    )
+    now = datetime.now(UTC)
+    row: dict[str, Any] = {
+        "run_id": uuid.uuid4(),
+        "state": "running",
+        "run_attempt": 1,
+        "last_event_sequence": 3,
+        "created_at": now,
+        "started_at": now,
+        "step_ids": ["c", "a", "b"],
+        "step_states": ["pending", "queued", "succeeded"],
+        "step_attempts": [0, 1, 0],
+        "conversation_ids": [None, uuid.uuid4(), uuid.uuid4()],
+        "queued_at": [None, now, now],
+        "step_started_at": [None, None, now],
+        "step_ended_at": [None, None, now],
+        "step_inputs": [None, None, {"x": 1}],
+        "step_outputs": [None, None, {"y": [1, 2]}],
+    }
+    record: Any = row  # what created_run / created_steps read of an asyncpg Record
+    stored = CreatedRun(created_run(new, record), created_steps(new, record), [], [], True)
+    fast = created_to_proto(stored, plan, template.response)
+    slow = created_to_proto(stored, plan)
+    assert fast == slow
+    assert fast.SerializeToString(deterministic=True) == slow.SerializeToString(deterministic=True)
+    assert [s.step_id for s in fast.steps] == ["a", "b", "c"]
