@@ -31,9 +31,13 @@ _STATEMENT_CACHE_SIZE = 100
 _CLOSE_TIMEOUT_SECONDS = 10.0
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# json.dumps with any argument builds a new JSONEncoder on every call.
+
+
 def json_dumps(value: Any) -> str:
     """Encode a value as compact JSON, as stored in json/jsonb columns."""
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 async def _init_connection(conn: DirectConnection) -> None:
