@@ -15,7 +15,8 @@ and reserved addresses are refused (:func:`podium.server.addresses.address_probl
 IPv4-mapped and other embedded IPv4 addresses included), as are the names of metadata
 services, unless the operator's allow-list (``PODIUM_AGENT_ALLOWED_NETWORKS``) admits
 the address or the host name. It runs at registration (RegisterAgent), at start for
-static agents (``PODIUM_AGENTS``) and before every call: the agent channel pool
+static agents (``PODIUM_AGENTS``) and before every call (an endpoint whose host is an
+IP literal is checked once: its check needs no DNS): the agent channel pool
 (:mod:`.channels`) connects to the address just checked, never to the name, so a name
 re-bound to another address after the check (DNS rebinding) cannot redirect a call.
 
@@ -170,6 +171,10 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
     return list(seen)
 
 
+_MAX_LITERALS = 4096
+"""Bound of :class:`EndpointGuard`'s cache of IP-literal endpoints."""
+
+
 class EndpointGuard:
     """Resolves agent endpoints and admits only allowed addresses (see the module).
 
@@ -182,6 +187,10 @@ class EndpointGuard:
     def __init__(self, allow: AllowList | None = None, resolver: Resolver | None = None) -> None:
         self.allow = allow if allow is not None else AllowList()
         self._resolve = resolver or _getaddrinfo
+        # Admitted endpoints whose host is an IP literal: their check needs no DNS and
+        # depends only on the endpoint and the (frozen) allow-list, so it is done once
+        # instead of before every call (25 us, ~2.5% of the engine's CPU per step).
+        self._literals: dict[str, tuple[HostPort, tuple[str, ...]]] = {}
 
     def refusal(self, host: str, address: Address) -> str | None:
         """Why ``address`` (of ``host``) is refused, or None when it is admitted."""
@@ -218,8 +227,14 @@ class EndpointGuard:
             EndpointRefused: the form, the host or an address is refused; or the name
                 does not resolve (``transient``).
         """
+        known = self._literals.get(endpoint)
+        if known is not None:
+            return known[0], list(known[1])
         target = parse_endpoint(endpoint)
-        return target, await self.admitted(target)
+        addresses = await self.admitted(target)
+        if target.literal is not None and len(self._literals) < _MAX_LITERALS:
+            self._literals[endpoint] = (target, tuple(addresses))
+        return target, addresses
 
     async def resolve_url(self, url: str) -> tuple[HttpTarget, list[str]]:
         """:meth:`resolve` for an agent reached over HTTP (an A2A agent card or

@@ -46,12 +46,16 @@ class JsonText(str):
     __slots__ = ()
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+# json.dumps with any argument builds a new JSONEncoder on every call.
+
+
 def json_dumps(value: Any) -> str:
     """Encode a value as compact JSON, as stored in json/jsonb columns (a
     :class:`JsonText` is JSON already)."""
     if type(value) is JsonText:
         return value
-    return json.dumps(value, separators=(",", ":"))
+    return _COMPACT.encode(value)
 
 
 async def _init_connection(conn: DirectConnection) -> None:

@@ -18,6 +18,7 @@ CancelRun), so ``sum()`` across replicas counts each run once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, Metric
@@ -93,6 +94,24 @@ class _WebhookDeliveries(Collector):
         for outcome, count in values.items():
             family.add_metric([outcome], count)
         yield family
+
+
+class _Children:
+    """The labelled series of one metric by their label values (in the metric's label
+    order), looked up in a dict instead of ``labels()`` (which validates and joins its
+    arguments on every call): the metrics recorded per step use these."""
+
+    __slots__ = ("_cache", "_metric")
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self._metric = metric
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._metric.labels(*values)
+        return child
 
 
 class Metrics:
@@ -258,6 +277,13 @@ class Metrics:
         # Series that exist from the start, so rate() and dashboards see zeros.
         for state in RUN_STATES:
             self.runs_total.labels(state=state)
+        # The series recorded per step, by label values (the label counts are bounded:
+        # agents by max_agent_labels, outcomes and states by their lists).
+        self._attempts = _Children(self.step_attempts_total)
+        self._durations = _Children(self.step_duration_seconds)
+        self._steps = _Children(self.steps_total)
+        self._tokens = _Children(self.agent_tokens_total)
+        self._cost = _Children(self.agent_cost_usd_total)
 
     # -- labels ------------------------------------------------------------------------
 
@@ -303,21 +329,21 @@ class Metrics:
         ``seconds`` of execution; ``final_state`` is the step's final state when this
         attempt decided it (``succeeded``, ``failed`` or ``skipped``), else None. ``agent`` is a
         value from :meth:`agent_label`."""
-        self.step_attempts_total.labels(agent=agent, outcome=outcome).inc()
+        self._attempts(agent, outcome).inc()
         if seconds is not None:
-            self.step_duration_seconds.labels(agent=agent).observe(seconds)
+            self._durations(agent).observe(seconds)
         if final_state is not None:
-            self.steps_total.labels(agent=agent, state=final_state).inc()
+            self._steps(agent, final_state).inc()
 
     def usage(self, agent: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
         """Usage an agent reported with a recorded attempt (``agent`` from
         :meth:`agent_label`); nothing when it reported none."""
         if input_tokens > 0:
-            self.agent_tokens_total.labels(agent=agent, kind="input").inc(input_tokens)
+            self._tokens(agent, "input").inc(input_tokens)
         if output_tokens > 0:
-            self.agent_tokens_total.labels(agent=agent, kind="output").inc(output_tokens)
+            self._tokens(agent, "output").inc(output_tokens)
         if cost_usd > 0:
-            self.agent_cost_usd_total.labels(agent=agent).inc(cost_usd)
+            self._cost(agent).inc(cost_usd)
 
     def webhook_delivery(self, outcome: str) -> None:
         """Count one webhook delivery try; ``outcome`` is one of :data:`WEBHOOK_OUTCOMES`."""

@@ -16,25 +16,29 @@ Spans (tracer ``podium.server``):
 
 Without a tracer provider (no ``OTEL_EXPORTER_OTLP_ENDPOINT``) the API's no-op tracer is
 used: no span is recorded or exported, but a caller's trace context still flows
-through (stored at StartRun, sent to agents, shown in logs), at the cost of a few
-context switches per step. With one, spans go to a ``BatchSpanProcessor`` and the
-OTLP exporter (gRPC by default; ``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` uses the
-HTTP exporter when it is installed). The exporter is imported only then.
+through (stored at StartRun, sent to agents, shown in logs); the step and agent call
+spans are then made without the API's context managers, and without touching the
+context at all when the run has no trace context. With one, spans go to a
+``BatchSpanProcessor`` and the OTLP exporter (gRPC by default;
+``OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf`` uses the HTTP exporter when it is
+installed). The exporter is imported only then.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 import grpc
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, NoOpTracer, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
@@ -117,6 +121,46 @@ def tracer_provider_from_env(env: Mapping[str, str] | None = None) -> TracerProv
     return provider
 
 
+T = TypeVar("T")
+
+
+class _Current(AbstractContextManager[T], Generic[T]):
+    """A no-op tracer's span made current for a ``with`` block: what
+    ``NoOpTracer.start_as_current_span`` does, without its three generator context
+    managers, and without touching the context when ``span`` is already the current
+    one (tracing off, no stored trace context: the usual step)."""
+
+    __slots__ = ("_span", "_token", "_value")
+
+    def __init__(self, value: T, span: Span | None) -> None:
+        self._value = value
+        self._span = span
+        self._token: object = None
+
+    def __enter__(self) -> T:
+        if self._span is not None:
+            self._token = context_api.attach(trace.set_span_in_context(self._span))
+        return self._value
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            context_api.detach(self._token)  # type: ignore[arg-type]
+
+
+def _noop_child(parent: Context | None) -> tuple[Span, bool]:
+    """The span ``NoOpTracer.start_span`` makes under ``parent`` (the current context
+    when None), and whether it must be made current (it is not already)."""
+    current = trace.get_current_span(parent)
+    if isinstance(current, NonRecordingSpan):
+        return current, parent is not None
+    return NonRecordingSpan(current.get_span_context()), True
+
+
 def _endpoint_attributes(endpoint: str) -> dict[str, Any]:
     host, _, port = endpoint.rpartition(":")
     if not host or not port.isdigit():
@@ -177,11 +221,19 @@ class Tracing:
         ) as span:
             yield span, self.current_carrier()
 
-    @contextmanager
     def step_span(
         self, trace_context: Mapping[str, str] | None, attributes: Mapping[str, Any]
-    ) -> Iterator[Span]:
+    ) -> AbstractContextManager[Span]:
         """The ``step`` span of one attempt, child of the run's stored context."""
+        if not self.enabled:  # the no-op tracer's span, made cheaply (once per step)
+            span, attach = _noop_child(self.context_from(trace_context))
+            return _Current(span, span if attach else None)
+        return self._step_span(trace_context, attributes)
+
+    @contextmanager
+    def _step_span(
+        self, trace_context: Mapping[str, str] | None, attributes: Mapping[str, Any]
+    ) -> Iterator[Span]:
         with self.tracer.start_as_current_span(
             "step",
             context=self.context_from(trace_context),
@@ -194,23 +246,34 @@ class Tracing:
         ) as span:
             yield span
 
-    @contextmanager
     def agent_call_span(
         self, agent: str, endpoint: str, conversation_id: str
-    ) -> Iterator[tuple[Span, tuple[tuple[str, str], ...]]]:
+    ) -> AbstractContextManager[tuple[Span, tuple[tuple[str, str], ...]]]:
         """The ``invoke_agent {agent}`` CLIENT span; yields it and the call metadata
         carrying its W3C context (empty when there is no trace)."""
-        attributes: dict[str, Any] | None = None
-        if self.enabled:
-            attributes = {
-                "rpc.system": "grpc",
-                "rpc.service": AGENT_RPC_SERVICE,
-                "rpc.method": AGENT_RPC_METHOD,
-                "gen_ai.operation.name": "invoke_agent",
-                "gen_ai.agent.name": agent,
-                "gen_ai.conversation.id": conversation_id,
-                **_endpoint_attributes(endpoint),
-            }
+        if not self.enabled:  # the no-op tracer's span, made cheaply (once per step)
+            span, attach = _noop_child(None)
+            metadata: tuple[tuple[str, str], ...] = ()
+            if span.get_span_context().is_valid:
+                carrier: dict[str, str] = {}
+                _PROPAGATOR.inject(carrier, trace.set_span_in_context(span))
+                metadata = tuple(carrier.items())
+            return _Current((span, metadata), span if attach else None)
+        return self._agent_call_span(agent, endpoint, conversation_id)
+
+    @contextmanager
+    def _agent_call_span(
+        self, agent: str, endpoint: str, conversation_id: str
+    ) -> Iterator[tuple[Span, tuple[tuple[str, str], ...]]]:
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": AGENT_RPC_SERVICE,
+            "rpc.method": AGENT_RPC_METHOD,
+            "gen_ai.operation.name": "invoke_agent",
+            "gen_ai.agent.name": agent,
+            "gen_ai.conversation.id": conversation_id,
+            **_endpoint_attributes(endpoint),
+        }
         with self.tracer.start_as_current_span(
             f"invoke_agent {agent}",
             kind=SpanKind.CLIENT,
