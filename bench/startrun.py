@@ -39,24 +39,9 @@ import psutil
 
 from bench.harness.common import CHANNEL_OPTIONS, DEFAULT_SERVER_URL, progress
 from bench.harness.server import create_database, drop_database, podium_server, podium_settings
-from podium.orchestration.v1 import definition_pb2
+from bench.hotpath import chain_plan
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-
-
-def chain_plan(name: str, steps: int) -> definition_pb2.Definition:
-    plan = definition_pb2.Definition(name=name)
-    plan.execution.concurrency.max_parallel = 8
-    previous = None
-    for i in range(steps):
-        step = plan.steps.add(id=f"s{i}", agent="noop")
-        if previous is None:
-            step.input.update({"n": "${run.input.n}"})
-        else:
-            step.depends_on.append(previous)
-            step.input.update({"prev": f"${{steps.{previous}.output}}"})
-        previous = step.id
-    return plan
 
 
 async def client(address: str, name: str, version: int, calls: int, warmup: int) -> None:

@@ -59,6 +59,108 @@ LANGUAGE sql IMMUTABLE AS $$
             OR coalesce(p_rules -> 'allowed_agents' ? p_agent, false))
 $$;
 
+-- Lease steps p_steps of run p_run to p_owner for p_lease_seconds from p_now, as the
+-- claim decided (the caller holds the run's and the steps' row locks): each gets attempt
+-- + 1 (the fencing token), agent p_agent (the agent its skill was routed to; NULL keeps
+-- the step's own), its step_attempts row with the attempt's step credential (an agent
+-- or skill step not on A2A: 'pds_' and 244 random bits of two gen_random_uuid(); only
+-- its SHA-256 is stored), its conversation on its first attempt (kept across attempts
+-- and ContinueRun) and, with p_events, its step.started event (numbered with one run
+-- update; without, the caller writes them). Unknown agents and skills without agents
+-- are leased anyway: the executor fails them with a clear error instead of leaving them
+-- queued forever. Rows: the executor's, in (queued_at, position) order, the spec with
+-- refused_agents = p_refused when given (a skill whose every agent is refused).
+CREATE OR REPLACE FUNCTION podium_lease_steps(
+    p_run uuid, p_steps text[], p_agent text, p_refused text[], p_owner text,
+    p_lease_seconds double precision, p_now timestamptz, p_events boolean
+)
+RETURNS TABLE (
+    run_id uuid, step_id text, attempt integer, organization_id text, agent text,
+    skill text, endpoint text, agent_timeout_seconds double precision, protocol text,
+    task_id uuid, conversation_id uuid, spec jsonb, timeout_seconds double precision,
+    max_attempts integer, run_input jsonb, upstream jsonb, labels jsonb,
+    definition_name text, definition_version integer, run_created_at timestamptz,
+    run_started_at timestamptz, trace_context jsonb, credential text
+)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH leased AS (
+        UPDATE orchestration_steps s
+           SET state = 'running',
+               attempt = s.attempt + 1,
+               agent = coalesce(p_agent, s.agent),
+               lease_owner = p_owner,
+               lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
+               started_at = coalesce(s.started_at, p_now),
+               error = NULL
+         WHERE s.run_id = p_run AND s.step_id = ANY (p_steps)
+        RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
+                  s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
+                  s.input_refs, s.queued_at, s.position
+    ), c AS (  -- referenced several times: made once (one credential per step)
+        SELECT l.*, a.endpoint, a.default_timeout_seconds AS agent_timeout, a.protocol,
+               CASE WHEN (l.agent IS NOT NULL OR l.skill IS NOT NULL)
+                         AND a.protocol IS DISTINCT FROM 'a2a' THEN
+                   'pds_' || replace(gen_random_uuid()::text, '-', '')
+                   || replace(gen_random_uuid()::text, '-', '')
+               END AS credential,
+               row_number() OVER (ORDER BY l.queued_at, l.position) AS ord
+          FROM leased l
+          LEFT JOIN agents a ON a.organization_id = l.organization_id AND a.name = l.agent
+    ), attempt AS (
+        INSERT INTO step_attempts
+            (run_id, step_id, attempt, organization_id, agent, started_at, credential_hash)
+        SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, p_now,
+               encode(sha256(convert_to(c.credential, 'UTF8')), 'hex')
+          FROM c
+        RETURNING step_attempts.step_id, step_attempts.task_id
+    ), conversation AS (
+        INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
+        SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
+          FROM c WHERE c.attempt = 1
+        ON CONFLICT (id) DO NOTHING
+    ), run AS (
+        UPDATE orchestration_runs
+           SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM c),
+               updated_at = now()
+         WHERE id = p_run AND p_events AND EXISTS (SELECT 1 FROM c)
+        RETURNING last_event_sequence - (SELECT count(*) FROM c) AS base
+    ), started AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+             step_state, payload, created_at)
+        SELECT c.run_id, run.base + c.ord, c.organization_id, 'step.started', c.step_id,
+               c.attempt, 'running', 'running',
+               CASE WHEN c.agent IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('agent', c.agent) END,
+               clock_timestamp()
+          FROM c, run
+    )
+    SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, c.skill,
+           c.endpoint::text, c.agent_timeout::double precision, c.protocol::text,
+           attempt.task_id, c.conversation_id,
+           CASE WHEN p_refused IS NULL THEN c.spec
+                ELSE c.spec || jsonb_build_object('refused_agents', p_refused) END,
+           c.timeout_seconds, c.max_attempts, r.input,
+           -- One primary-key probe per reference, whatever the statistics say (with
+           -- step_id = ANY, a plan read every step of the run to find none: W3's 1,001
+           -- rows per claimed step).
+           (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
+              FROM unnest(c.input_refs) AS ref(step_id),
+                   LATERAL (SELECT v.step_id, v.output FROM orchestration_steps v
+                             WHERE v.run_id = c.run_id AND v.step_id = ref.step_id
+                             LIMIT 1) u),
+           r.labels, r.definition_name, r.definition_version, r.created_at, r.started_at,
+           r.trace_context, c.credential
+      FROM c
+      JOIN attempt ON attempt.step_id = c.step_id
+      JOIN orchestration_runs r ON r.id = p_run
+     ORDER BY c.ord;
+END
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
 -- eager claim inside a completion or StartRun, which holds those runs' locks already).
@@ -90,10 +192,9 @@ $$;
 -- priority or a higher priority has queued steps (index probes on
 -- orchestration_steps_queued_share_idx), so freed slots go by turns. max_steps_per_key
 -- holds a step while the running steps of its run's key value reach it (counted once
--- per key value and claim). An agent step's attempt gets its step credential here
--- (credential: 'pds_' and 244 random bits of two gen_random_uuid(); only its SHA-256 is
--- stored, in step_attempts.credential_hash), so issuing it costs no round trip; A2A
--- agents get none (server/engine/step_credentials.py).
+-- per key value and claim). Claimed steps are leased by podium_lease_steps, which also
+-- makes an agent step attempt's step credential, so issuing it costs no round trip
+-- (server/engine/step_credentials.py).
 -- p_org_cap
 -- (PODIUM_MAX_RUNNING_STEPS_PER_ORG, 0: none) while its organization's running steps
 -- (podium_org_running) reach it; both are counted once per claim under their lock and
@@ -120,8 +221,6 @@ DECLARE
     v_agent record;
     v_free integer;
     v_picked integer := 0;
-    v_attempt integer;
-    v_credential text;
     v_started_ids text[];
     v_started_attempts integer[];
     v_started_agents text[];
@@ -250,9 +349,8 @@ BEGIN
         CONTINUE WHEN v_free <= 0;
         -- A run whose queued steps all name an agent without limits (no skill to route,
         -- no max_concurrency, no rate limit) and no organization cap or key limit to
-        -- count: its steps are claimed in one statement, as the loop below would claim
-        -- them one by one (same order, lease, attempt, credential, step_attempts row,
-        -- conversation, step.started events, returned row).
+        -- count: the steps its free slots allow are leased at once (podium_lease_steps,
+        -- with their step.started events), as the loop below leases them one by one.
         IF v_cap = 0 AND v_run.max_steps_per_key = 0 AND NOT EXISTS (
                SELECT 1 FROM orchestration_steps q
                  LEFT JOIN agents a ON a.organization_id = q.organization_id
@@ -260,81 +358,15 @@ BEGIN
                 WHERE q.run_id = v_run.id AND q.state = 'queued'
                   AND (q.skill IS NOT NULL OR a.max_concurrency > 0
                        OR a.rate_period_seconds > 0)) THEN
-            v_now := clock_timestamp();
             RETURN QUERY
-            WITH picked AS (
-                SELECT q.step_id FROM orchestration_steps q
-                 WHERE q.run_id = v_run.id AND q.state = 'queued'
-                 ORDER BY q.queued_at, q.position
-                 LIMIT least(v_free, p_limit - v_picked)
-                   FOR UPDATE SKIP LOCKED
-            ), leased AS (
-                UPDATE orchestration_steps s
-                   SET state = 'running',
-                       attempt = s.attempt + 1,
-                       lease_owner = p_owner,
-                       lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
-                       started_at = coalesce(s.started_at, v_now),
-                       error = NULL
-                  FROM picked
-                 WHERE s.run_id = v_run.id AND s.step_id = picked.step_id
-                RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
-                          s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
-                          s.input_refs, s.queued_at, s.position
-            ), c AS (  -- referenced several times: made once (one credential per step)
-                SELECT l.*, a.endpoint, a.default_timeout_seconds AS agent_timeout,
-                       a.protocol,
-                       CASE WHEN l.agent IS NOT NULL AND a.protocol IS DISTINCT FROM 'a2a' THEN
-                           'pds_' || replace(gen_random_uuid()::text, '-', '')
-                           || replace(gen_random_uuid()::text, '-', '')
-                       END AS credential,
-                       row_number() OVER (ORDER BY l.queued_at, l.position) AS ord
-                  FROM leased l
-                  LEFT JOIN agents a ON a.organization_id = l.organization_id
-                                    AND a.name = l.agent
-            ), attempt AS (
-                INSERT INTO step_attempts
-                    (run_id, step_id, attempt, organization_id, agent, started_at,
-                     credential_hash)
-                SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, v_now,
-                       encode(sha256(convert_to(c.credential, 'UTF8')), 'hex')
-                  FROM c
-                RETURNING step_attempts.step_id, step_attempts.task_id
-            ), conversation AS (
-                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
-                SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
-                  FROM c WHERE c.attempt = 1
-                ON CONFLICT (id) DO NOTHING
-            ), run AS (
-                UPDATE orchestration_runs
-                   SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM c),
-                       updated_at = now()
-                 WHERE id = v_run.id AND EXISTS (SELECT 1 FROM c)
-                RETURNING last_event_sequence - (SELECT count(*) FROM c) AS base
-            ), started AS (
-                INSERT INTO orchestration_events
-                    (run_id, sequence, organization_id, type, step_id, attempt, run_state,
-                     step_state, payload, created_at)
-                SELECT v_run.id, run.base + c.ord, v_run.organization_id, 'step.started',
-                       c.step_id, c.attempt, 'running', 'running',
-                       CASE WHEN c.agent IS NULL THEN '{}'::jsonb
-                            ELSE jsonb_build_object('agent', c.agent) END,
-                       clock_timestamp()
-                  FROM c, run
-            )
-            SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, c.skill,
-                   c.endpoint::text, c.agent_timeout::double precision, c.protocol::text,
-                   attempt.task_id, c.conversation_id, c.spec, c.timeout_seconds,
-                   c.max_attempts, v_run.input,
-                   (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
-                      FROM unnest(c.input_refs) AS ref(step_id),
-                           LATERAL (SELECT v.step_id, v.output FROM orchestration_steps v
-                                     WHERE v.run_id = c.run_id AND v.step_id = ref.step_id
-                                     LIMIT 1) u),
-                   v_run.labels, v_run.definition_name, v_run.definition_version,
-                   v_run.created_at, v_run.started_at, v_run.trace_context, c.credential
-              FROM c JOIN attempt ON attempt.step_id = c.step_id
-             ORDER BY c.ord;
+            SELECT * FROM podium_lease_steps(
+                v_run.id,
+                ARRAY(SELECT q.step_id FROM orchestration_steps q
+                       WHERE q.run_id = v_run.id AND q.state = 'queued'
+                       ORDER BY q.queued_at, q.position
+                       LIMIT least(v_free, p_limit - v_picked)
+                         FOR UPDATE SKIP LOCKED),
+                NULL, NULL, p_owner, p_lease_seconds, clock_timestamp(), true);
             GET DIAGNOSTICS v_count = ROW_COUNT;
             IF v_count > 0 THEN
                 v_picked := v_picked + v_count;
@@ -479,13 +511,6 @@ BEGIN
             -- clock_timestamp(), not now(): this claim may have waited for the
             -- completion that made the step runnable; it starts after that ended.
             v_now := clock_timestamp();
-            v_attempt := v_step.attempt + 1;  -- the row is locked (FOR UPDATE above)
-            v_credential := NULL;
-            IF (v_step.agent IS NOT NULL OR v_step.skill IS NOT NULL)
-               AND v_agent.protocol IS DISTINCT FROM 'a2a' THEN
-                v_credential := 'pds_' || replace(gen_random_uuid()::text, '-', '')
-                                || replace(gen_random_uuid()::text, '-', '');
-            END IF;
             IF v_agent.rate_period > 0 THEN  -- the window's log (45_rate_limits.sql)
                 INSERT INTO agent_rate_usage
                     (organization_id, agent, at, requests, concurrency_key)
@@ -495,7 +520,7 @@ BEGIN
                                     to_jsonb((v_room ->> v_window)::integer - 1));
             END IF;
             v_started_ids := v_started_ids || v_step.step_id;
-            v_started_attempts := v_started_attempts || v_attempt;
+            v_started_attempts := v_started_attempts || (v_step.attempt + 1);
             v_started_agents := v_started_agents || coalesce(v_agent.name, v_step.agent);
             v_free := v_free - 1;
             v_picked := v_picked + 1;
@@ -509,57 +534,11 @@ BEGIN
                 v_org_free := jsonb_set(v_org_free, ARRAY[v_run.organization_id],
                     to_jsonb((v_org_free ->> v_run.organization_id)::integer - 1));
             END IF;
-            -- One statement per claimed step: lease it (attempt + 1, the fencing token),
-            -- its step_attempts row, its conversation (kept across its attempts and
-            -- ContinueRun, made on the first) and the row the executor gets. Unknown
-            -- agents and skills without agents are claimed anyway: the executor fails
-            -- them with a clear error instead of leaving them queued forever.
+            -- Leased now, not after the loop: the next step's counts see this one.
             RETURN QUERY
-            WITH s AS (
-                UPDATE orchestration_steps s
-                   SET state = 'running',
-                       attempt = v_attempt,
-                       agent = coalesce(v_agent.name, s.agent),
-                       lease_owner = p_owner,
-                       lease_expires_at = v_now + make_interval(secs => p_lease_seconds),
-                       started_at = coalesce(s.started_at, v_now),
-                       error = NULL
-                 WHERE s.run_id = v_run.id AND s.step_id = v_step.step_id
-                RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
-                          s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
-                          s.input_refs
-            ), attempt AS (
-                INSERT INTO step_attempts
-                    (run_id, step_id, attempt, organization_id, agent, started_at,
-                     credential_hash)
-                SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, v_now,
-                       encode(sha256(convert_to(v_credential, 'UTF8')), 'hex')
-                  FROM s
-                RETURNING step_attempts.task_id
-            ), conversation AS (
-                INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
-                SELECT s.conversation_id, s.organization_id, s.run_id, s.step_id, s.agent
-                  FROM s WHERE s.attempt = 1
-                ON CONFLICT (id) DO NOTHING
-            )
-            SELECT s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
-                   v_agent.endpoint::text, v_agent.default_timeout_seconds::double precision,
-                   v_agent.protocol::text, attempt.task_id, s.conversation_id,
-                   CASE WHEN v_refused IS NULL THEN s.spec
-                        ELSE s.spec || jsonb_build_object('refused_agents', v_refused) END,
-                   s.timeout_seconds,
-                   s.max_attempts, v_run.input,
-                   -- One primary-key probe per reference, whatever the statistics say
-                   -- (with step_id = ANY, a plan read every step of the run to find
-                   -- none: W3's 1,001 rows per claimed step).
-                   (SELECT coalesce(jsonb_object_agg(u.step_id, u.output), '{}'::jsonb)
-                      FROM unnest(s.input_refs) AS ref(step_id),
-                           LATERAL (SELECT v.step_id, v.output FROM orchestration_steps v
-                                     WHERE v.run_id = s.run_id AND v.step_id = ref.step_id
-                                     LIMIT 1) u),
-                   v_run.labels, v_run.definition_name, v_run.definition_version,
-                   v_run.created_at, v_run.started_at, v_run.trace_context, v_credential
-              FROM s, attempt;
+            SELECT * FROM podium_lease_steps(v_run.id, ARRAY[v_step.step_id], v_agent.name,
+                                             v_refused, p_owner, p_lease_seconds, v_now,
+                                             false);
         END LOOP;
         IF cardinality(v_started_ids) > 0 THEN
             -- One step.started event per claimed step, numbered with one run update.
