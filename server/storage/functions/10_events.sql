@@ -32,8 +32,7 @@ BEGIN
     IF v_org IS NULL THEN
         SELECT r.organization_id INTO v_org FROM orchestration_runs r WHERE r.id = p_run;
     END IF;
-    IF EXISTS (SELECT 1 FROM event_listeners l
-                WHERE l.organization_id = v_org AND l.expires_at > now()) THEN
+    IF podium_events_watched(v_org) THEN
         PERFORM pg_notify('podium_events', p_run::text);
     END IF;
 END
