@@ -107,6 +107,18 @@ async def world(
             return bool(approvals)
 
         await wait_until(pending, "A's approval", within=30)
+
+        async def parked() -> bool:
+            # A's waiting run waits for its event before the snapshot is taken: its own
+            # progress would otherwise look like a change made by B's calls.
+            return bool(
+                await conn.fetchval(
+                    "SELECT count(*) FROM event_waits WHERE run_id = $1",
+                    uuid.UUID(waiting.run.id),
+                )
+            )
+
+        await wait_until(parked, "A's waiting run to wait for its event", within=30)
         await conn.execute(
             "INSERT INTO webhook_deliveries (organization_id, url, run_id, sequence, payload,"
             " state) VALUES ($1, 'https://example.com/hook', $2, 1, '{}', 'delivered')",
