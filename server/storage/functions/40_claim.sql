@@ -59,19 +59,23 @@ LANGUAGE sql IMMUTABLE AS $$
             OR coalesce(p_rules -> 'allowed_agents' ? p_agent, false))
 $$;
 
--- Lease steps p_steps of run p_run to p_owner for p_lease_seconds from p_now, as the
--- claim decided (the caller holds the run's and the steps' row locks): each gets attempt
--- + 1 (the fencing token), agent p_agent (the agent its skill was routed to; NULL keeps
--- the step's own), its step_attempts row with the attempt's step credential (an agent
--- or skill step not on A2A: 'pds_' and 244 random bits of two gen_random_uuid(); only
--- its SHA-256 is stored), its conversation on its first attempt (kept across attempts
--- and ContinueRun) and, with p_events, its step.started event (numbered with one run
--- update; without, the caller writes them). Unknown agents and skills without agents
--- are leased anyway: the executor fails them with a clear error instead of leaving them
--- queued forever. Rows: the executor's, in (queued_at, position) order, the spec with
--- refused_agents = p_refused when given (a skill whose every agent is refused).
+-- Lease steps p_steps (of runs p_runs: p_runs[i] is p_steps[i]'s run; several runs may
+-- share one statement) to p_owner for p_lease_seconds from p_now, as the claim decided
+-- (the caller holds the runs' and the steps' row locks): each gets attempt + 1 (the
+-- fencing token), agent p_agent (the agent its skill was routed to; NULL keeps the
+-- step's own), its step_attempts row with the attempt's step credential (an agent or
+-- skill step not on A2A: 'pds_' and 244 random bits of two gen_random_uuid(); only its
+-- SHA-256 is stored), its conversation on its first attempt (kept across attempts and
+-- ContinueRun) and, with p_events, its step.started event (numbered with one update of
+-- each run, in the order given; without, the caller writes them). Unknown agents and
+-- skills without agents are leased anyway: the executor fails them with a clear error
+-- instead of leaving them queued forever. Rows: the executor's, in the order given,
+-- the spec with refused_agents = p_refused when given (a skill whose every agent is
+-- refused).
+DROP FUNCTION IF EXISTS podium_lease_steps(
+    uuid, text[], text, text[], text, double precision, timestamptz, boolean);
 CREATE OR REPLACE FUNCTION podium_lease_steps(
-    p_run uuid, p_steps text[], p_agent text, p_refused text[], p_owner text,
+    p_runs uuid[], p_steps text[], p_agent text, p_refused text[], p_owner text,
     p_lease_seconds double precision, p_now timestamptz, p_events boolean
 )
 RETURNS TABLE (
@@ -95,10 +99,11 @@ BEGIN
                lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
                started_at = coalesce(s.started_at, p_now),
                error = NULL
-         WHERE s.run_id = p_run AND s.step_id = ANY (p_steps)
+          FROM unnest(p_runs, p_steps) WITH ORDINALITY AS w(run_id, step_id, pick)
+         WHERE s.run_id = w.run_id AND s.step_id = w.step_id
         RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                   s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
-                  s.input_refs, s.queued_at, s.position
+                  s.input_refs, w.pick
     ), c AS (  -- referenced several times: made once (one credential per step)
         SELECT l.*, a.endpoint, a.default_timeout_seconds AS agent_timeout, a.protocol,
                CASE WHEN (l.agent IS NOT NULL OR l.skill IS NOT NULL)
@@ -106,7 +111,7 @@ BEGIN
                    'pds_' || replace(gen_random_uuid()::text, '-', '')
                    || replace(gen_random_uuid()::text, '-', '')
                END AS credential,
-               row_number() OVER (ORDER BY l.queued_at, l.position) AS ord
+               row_number() OVER (PARTITION BY l.run_id ORDER BY l.pick) AS ord
           FROM leased l
           LEFT JOIN agents a ON a.organization_id = l.organization_id AND a.name = l.agent
     ), attempt AS (
@@ -115,18 +120,20 @@ BEGIN
         SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, p_now,
                encode(sha256(convert_to(c.credential, 'UTF8')), 'hex')
           FROM c
-        RETURNING step_attempts.step_id, step_attempts.task_id
+        RETURNING step_attempts.run_id, step_attempts.step_id, step_attempts.task_id
     ), conversation AS (
         INSERT INTO conversations (id, organization_id, run_id, step_id, agent)
         SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
           FROM c WHERE c.attempt = 1
         ON CONFLICT (id) DO NOTHING
+    ), n AS (
+        SELECT c.run_id, count(*) AS n FROM c WHERE p_events GROUP BY 1
     ), run AS (
-        UPDATE orchestration_runs
-           SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM c),
-               updated_at = now()
-         WHERE id = p_run AND p_events AND EXISTS (SELECT 1 FROM c)
-        RETURNING last_event_sequence - (SELECT count(*) FROM c) AS base
+        UPDATE orchestration_runs r
+           SET last_event_sequence = r.last_event_sequence + n.n, updated_at = now()
+          FROM n
+         WHERE r.id = n.run_id
+        RETURNING r.id, r.last_event_sequence - n.n AS base
     ), started AS (
         INSERT INTO orchestration_events
             (run_id, sequence, organization_id, type, step_id, attempt, run_state,
@@ -136,7 +143,7 @@ BEGIN
                CASE WHEN c.agent IS NULL THEN '{}'::jsonb
                     ELSE jsonb_build_object('agent', c.agent) END,
                clock_timestamp()
-          FROM c, run
+          FROM c JOIN run ON run.id = c.run_id
     )
     SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, c.skill,
            c.endpoint::text, c.agent_timeout::double precision, c.protocol::text,
@@ -155,9 +162,9 @@ BEGIN
            r.labels, r.definition_name, r.definition_version, r.created_at, r.started_at,
            r.trace_context, c.credential
       FROM c
-      JOIN attempt ON attempt.step_id = c.step_id
-      JOIN orchestration_runs r ON r.id = p_run
-     ORDER BY c.ord;
+      JOIN attempt ON attempt.run_id = c.run_id AND attempt.step_id = c.step_id
+      JOIN orchestration_runs r ON r.id = c.run_id
+     ORDER BY c.pick;
 END
 $$;
 
@@ -241,6 +248,11 @@ DECLARE
     v_lock text;
     v_contended boolean := false;  -- a step stayed queued behind another claim's lock
     v_count integer;
+    v_ids text[];
+    v_lease_runs uuid[] := '{}';  -- the fast path's picks, leased after the loop
+    v_lease_steps text[] := '{}';
+    v_notify_runs uuid[] := '{}';
+    v_notify_orgs text[] := '{}';
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -358,19 +370,22 @@ BEGIN
                 WHERE q.run_id = v_run.id AND q.state = 'queued'
                   AND (q.skill IS NOT NULL OR a.max_concurrency > 0
                        OR a.rate_period_seconds > 0)) THEN
-            RETURN QUERY
-            SELECT * FROM podium_lease_steps(
-                v_run.id,
-                ARRAY(SELECT q.step_id FROM orchestration_steps q
-                       WHERE q.run_id = v_run.id AND q.state = 'queued'
-                       ORDER BY q.queued_at, q.position
-                       LIMIT least(v_free, p_limit - v_picked)
-                         FOR UPDATE SKIP LOCKED),
-                NULL, NULL, p_owner, p_lease_seconds, clock_timestamp(), true);
-            GET DIAGNOSTICS v_count = ROW_COUNT;
+            -- Picked here, leased after the loop with those of the other runs in one
+            -- statement (a completion batch's eager claim: one per batch, not per run).
+            -- Nothing later in this claim counts them: their agents have no limits, and
+            -- a skill's least-busy choice among agents is a preference, not a limit.
+            v_ids := ARRAY(SELECT q.step_id FROM orchestration_steps q
+                            WHERE q.run_id = v_run.id AND q.state = 'queued'
+                            ORDER BY q.queued_at, q.position
+                            LIMIT least(v_free, p_limit - v_picked)
+                              FOR UPDATE SKIP LOCKED);
+            v_count := cardinality(v_ids);
             IF v_count > 0 THEN
                 v_picked := v_picked + v_count;
-                PERFORM podium_notify_events(v_run.id, v_run.organization_id);
+                v_lease_runs := v_lease_runs || array_fill(v_run.id, ARRAY[v_count]);
+                v_lease_steps := v_lease_steps || v_ids;
+                v_notify_runs := v_notify_runs || v_run.id;
+                v_notify_orgs := v_notify_orgs || v_run.organization_id;
             END IF;
             CONTINUE;
         END IF;
@@ -536,7 +551,8 @@ BEGIN
             END IF;
             -- Leased now, not after the loop: the next step's counts see this one.
             RETURN QUERY
-            SELECT * FROM podium_lease_steps(v_run.id, ARRAY[v_step.step_id], v_agent.name,
+            SELECT * FROM podium_lease_steps(ARRAY[v_run.id], ARRAY[v_step.step_id],
+                                             v_agent.name,
                                              v_refused, p_owner, p_lease_seconds, v_now,
                                              false);
         END LOOP;
@@ -563,6 +579,14 @@ BEGIN
         END IF;
     END LOOP;
     CLOSE v_runs;
+    IF cardinality(v_lease_runs) > 0 THEN
+        RETURN QUERY
+        SELECT * FROM podium_lease_steps(v_lease_runs, v_lease_steps, NULL, NULL, p_owner,
+                                         p_lease_seconds, clock_timestamp(), true);
+        FOR n IN 1 .. cardinality(v_notify_runs) LOOP
+            PERFORM podium_notify_events(v_notify_runs[n], v_notify_orgs[n]);
+        END LOOP;
+    END IF;
     IF v_contended THEN
         -- Steps stayed queued behind another claim's lock: look again once it committed.
         PERFORM pg_notify('podium_work', '');
