@@ -544,3 +544,23 @@ CREATE OR REPLACE TRIGGER orchestration_runs_child_finished
     WHEN (NEW.parent_run_id IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
           AND NEW.state IN ('succeeded', 'failed', 'cancelled'))
     EXECUTE FUNCTION podium_notify_child_finished();
+
+-- A run's events, attempts and conversations go with it: deleting runs (retention, a
+-- parent's child runs by their foreign key's cascade) deletes theirs in the same
+-- statement. They have no foreign key of their own (migration 0018_run_children): only
+-- the engine writes them, for a run it holds locked, and each insert would pay the
+-- check.
+CREATE OR REPLACE FUNCTION podium_delete_run_children() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM orchestration_events e USING deleted_runs d WHERE e.run_id = d.id;
+    DELETE FROM step_attempts a USING deleted_runs d WHERE a.run_id = d.id;
+    DELETE FROM conversations c USING deleted_runs d WHERE c.run_id = d.id;
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER orchestration_runs_delete_children
+    AFTER DELETE ON orchestration_runs
+    REFERENCING OLD TABLE AS deleted_runs
+    FOR EACH STATEMENT EXECUTE FUNCTION podium_delete_run_children();
