@@ -38,6 +38,23 @@ BEGIN
 END
 $$;
 
+-- podium_notify_events for several runs at once: p_orgs[i] is p_runs[i]'s organization;
+-- each organization is looked up once.
+CREATE OR REPLACE FUNCTION podium_notify_runs(p_runs uuid[], p_orgs text[])
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_org text;
+BEGIN
+    FOR v_org IN SELECT DISTINCT o FROM unnest(p_orgs) AS o LOOP
+        IF podium_events_watched(v_org) THEN
+            PERFORM pg_notify('podium_events', u.run::text)
+               FROM unnest(p_runs, p_orgs) AS u(run, org) WHERE u.org = v_org;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- The event hub of replica p_replica watches organizations p_orgs for p_seconds more
 -- (p_all: p_orgs are all it watches, its other rows are removed). Rows long expired
 -- (replicas that stopped without removing theirs) are removed on the way, SKIP LOCKED.

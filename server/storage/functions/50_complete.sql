@@ -526,8 +526,8 @@ BEGIN
                 v_run_states[n] := 'paused';
             END IF;
         END IF;
-        PERFORM podium_notify_events(v_ids[n], v_orgs[n]);
     END LOOP;
+    PERFORM podium_notify_runs(v_ids, v_orgs);
     RETURN QUERY
     SELECT d.k, r.id,
            CASE WHEN d.k = max(d.k) OVER (PARTITION BY r.id) THEN r.state
