@@ -17,7 +17,8 @@
 
 -- Create a run with its steps (p_steps: a JSON array of objects, as insert_steps takes
 -- them), emit run.created, copy p_copy's outputs from p_forked_from (ForkRun) and start
--- it when p_start. Idempotent on (p_org, p_request_id): when that run exists nothing is
+-- it when p_start (written started at once when nothing comes between: the same rows
+-- and events as podium_start_run's, without updating the rows just inserted). Idempotent on (p_org, p_request_id): when that run exists nothing is
 -- written and its id comes back with created = false (the caller reads its state).
 -- One row: the run's generated fields, then, when p_return_steps, what its steps hold
 -- that the caller did not send, as parallel arrays in no particular order (step_ids[i]
@@ -48,7 +49,18 @@ DECLARE
     v_budget_run uuid;
     v_key text := p_keying ->> 'key';
     v_priority smallint := coalesce((p_keying ->> 'priority')::smallint, 0);
+    -- Started at once (no fork to copy first, no key limit to wait for): the run is
+    -- inserted running and its first steps queued, with run.started and step.queued,
+    -- instead of being inserted created and pending and updated by podium_start_run.
+    v_direct boolean := p_start AND p_forked_from IS NULL
+        AND (v_key IS NULL OR coalesce((p_keying ->> 'max_runs_per_key')::integer, 0) = 0);
+    v_roots integer := 0;
 BEGIN
+    IF v_direct THEN
+        SELECT count(*) INTO v_roots FROM jsonb_to_recordset(p_steps)
+               AS s(state text, pending_dependencies integer)
+         WHERE s.state = 'pending' AND s.pending_dependencies = 0;
+    END IF;
     IF p_parent_run IS NOT NULL THEN  -- a child run draws on its parent's budget
         SELECT r.budget_run_id INTO v_budget_run FROM orchestration_runs r
          WHERE r.id = p_parent_run;
@@ -64,13 +76,16 @@ BEGIN
              metadata, labels, request_id, max_parallel, bypass_cache, webhook_url,
              steps_remaining, trace_context, parent_run_id, parent_step_id, depth,
              forked_from_run_id, concurrency_key, priority, max_runs_per_key,
-             max_steps_per_key, last_event_sequence)
-        VALUES (p_org, p_definition_name, p_definition_version, p_plan, 'created', p_input,
+             max_steps_per_key, last_event_sequence, started_at)
+        VALUES (p_org, p_definition_name, p_definition_version, p_plan,
+                CASE WHEN v_direct THEN 'running' ELSE 'created' END, p_input,
                 p_metadata, p_labels, p_request_id, p_max_parallel, p_bypass_cache,
                 p_webhook_url, v_count, p_trace_context, p_parent_run, p_parent_step,
                 p_depth, p_forked_from, v_key, v_priority,
                 coalesce((p_keying ->> 'max_runs_per_key')::integer, 0),
-                coalesce((p_keying ->> 'max_steps_per_key')::integer, 0), 1)
+                coalesce((p_keying ->> 'max_steps_per_key')::integer, 0),
+                CASE WHEN v_direct THEN 2 + v_roots ELSE 1 END,
+                CASE WHEN v_direct THEN now() END)
         ON CONFLICT (organization_id, request_id) DO NOTHING
         RETURNING id
     ), created AS (
@@ -83,6 +98,9 @@ BEGIN
                END,
                clock_timestamp()
           FROM run
+        UNION ALL
+        SELECT run.id, 2, p_org, 'run.started', 'running', '{}'::jsonb, clock_timestamp()
+          FROM run WHERE v_direct
     )
     SELECT run.id INTO v_run FROM run;
     IF v_run IS NULL THEN
@@ -109,28 +127,53 @@ BEGIN
     IF v_budget_run IS NOT NULL THEN
         UPDATE orchestration_runs SET budget_run_id = v_budget_run WHERE id = v_run;
     END IF;
-    INSERT INTO orchestration_steps
-        (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
-         pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
-         conversation_id, input_refs, is_sink, concurrency_key, priority)
-    SELECT v_run, s.step_id, p_org, s.position, s.state, s.agent, s.skill, s.depends_on,
-           s.pending_dependencies,
-           CASE WHEN v_budget_run IS NULL THEN s.spec
-                ELSE s.spec || '{"budgeted": true}'::jsonb END,
-           s.max_attempts, s.timeout_seconds,
-           CASE WHEN s.state = 'queued' THEN now() END, gen_random_uuid(), s.input_refs,
-           s.is_sink, coalesce(v_key, ''), v_priority
-      FROM jsonb_to_recordset(p_steps) AS s(
-           step_id text, position integer, state text, agent text, skill text,
-           depends_on text[], pending_dependencies integer, spec jsonb,
-           max_attempts integer, timeout_seconds double precision, input_refs text[],
-           is_sink boolean);
-    PERFORM podium_notify_events(v_run, p_org);  -- run.created
-    IF p_forked_from IS NOT NULL THEN
-        PERFORM podium_fork_steps(v_run, p_forked_from, p_copy);
-    END IF;
-    IF p_start THEN
-        PERFORM podium_start_run(v_run);
+    -- The steps and, started at once, the step.queued events of the first ones
+    -- (numbered after run.started, by position, as podium_queue_root_steps does).
+    WITH inserted AS (
+        INSERT INTO orchestration_steps
+            (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
+             pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
+             conversation_id, input_refs, is_sink, concurrency_key, priority)
+        SELECT v_run, s.step_id, p_org, s.position, s.state, s.agent, s.skill,
+               s.depends_on, s.pending_dependencies,
+               CASE WHEN v_budget_run IS NULL THEN s.spec
+                    ELSE s.spec || '{"budgeted": true}'::jsonb END,
+               s.max_attempts, s.timeout_seconds,
+               CASE WHEN s.state = 'queued' THEN clock_timestamp() END, gen_random_uuid(),
+               s.input_refs, s.is_sink, coalesce(v_key, ''), v_priority
+          FROM (SELECT t.step_id, t.position,
+                       CASE WHEN v_direct AND t.state = 'pending'
+                                 AND t.pending_dependencies = 0 THEN 'queued'
+                            ELSE t.state END AS state,
+                       t.agent, t.skill, t.depends_on, t.pending_dependencies, t.spec,
+                       t.max_attempts, t.timeout_seconds, t.input_refs, t.is_sink
+                  FROM jsonb_to_recordset(p_steps) AS t(
+                       step_id text, position integer, state text, agent text, skill text,
+                       depends_on text[], pending_dependencies integer, spec jsonb,
+                       max_attempts integer, timeout_seconds double precision,
+                       input_refs text[], is_sink boolean)) s
+        RETURNING step_id, position, state
+    )
+    INSERT INTO orchestration_events
+        (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+         step_state, created_at)
+    SELECT v_run, 2 + row_number() OVER (ORDER BY i.position), p_org, 'step.queued',
+           i.step_id, 0, 'running', 'queued', clock_timestamp()
+      FROM inserted i
+     WHERE v_direct AND i.state = 'queued';
+    PERFORM podium_notify_events(v_run, p_org);  -- run.created (and the start's events)
+    IF v_direct THEN
+        IF v_roots > 0
+           AND coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
+            PERFORM pg_notify('podium_work', v_run::text);  -- as podium_queue_root_steps
+        END IF;
+    ELSE
+        IF p_forked_from IS NOT NULL THEN
+            PERFORM podium_fork_steps(v_run, p_forked_from, p_copy);
+        END IF;
+        IF p_start THEN
+            PERFORM podium_start_run(v_run);
+        END IF;
     END IF;
     RETURN QUERY
     SELECT r.id, true, r.state, r.run_attempt, r.last_event_sequence, r.created_at,
