@@ -90,7 +90,15 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     RETURN QUERY
-    WITH leased AS (
+    WITH target AS (  -- one primary-key probe per step, whatever the statistics say (a
+        -- join of the table with the arrays made a hash join over a seq scan of a table
+        -- that looked small when the plan was cached)
+        SELECT t.tid, w.pick
+          FROM unnest(p_runs, p_steps) WITH ORDINALITY AS w(run_id, step_id, pick),
+               LATERAL (SELECT v.ctid AS tid FROM orchestration_steps v
+                         WHERE v.run_id = w.run_id AND v.step_id = w.step_id
+                         LIMIT 1) t
+    ), leased AS (
         UPDATE orchestration_steps s
            SET state = 'running',
                attempt = s.attempt + 1,
@@ -99,8 +107,8 @@ BEGIN
                lease_expires_at = p_now + make_interval(secs => p_lease_seconds),
                started_at = coalesce(s.started_at, p_now),
                error = NULL
-          FROM unnest(p_runs, p_steps) WITH ORDINALITY AS w(run_id, step_id, pick)
-         WHERE s.run_id = w.run_id AND s.step_id = w.step_id
+          FROM target w
+         WHERE s.ctid = w.tid
         RETURNING s.run_id, s.step_id, s.attempt, s.organization_id, s.agent, s.skill,
                   s.conversation_id, s.spec, s.timeout_seconds, s.max_attempts,
                   s.input_refs, w.pick
