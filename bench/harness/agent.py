@@ -201,4 +201,9 @@ class ExampleAgentsProcess:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve_agent_main())
+    # The event loop the SDK's agents run on (uvloop when installed, as in the bench
+    # venv), so an agent call costs here what it costs a Podium user's agent.
+    from podium.client.agent import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve_agent_main())
