@@ -129,38 +129,35 @@ BEGIN
     END IF;
     -- The steps and, started at once, the step.queued events of the first ones
     -- (numbered after run.started, by position, as podium_queue_root_steps does).
-    WITH inserted AS (
+    WITH src AS (
+        SELECT t.*, v_direct AND t.state = 'pending' AND t.pending_dependencies = 0 AS first
+          FROM jsonb_to_recordset(p_steps) AS t(
+               step_id text, position integer, state text, agent text, skill text,
+               depends_on text[], pending_dependencies integer, spec jsonb,
+               max_attempts integer, timeout_seconds double precision, input_refs text[],
+               is_sink boolean)
+    ), inserted AS (
         INSERT INTO orchestration_steps
             (run_id, step_id, organization_id, position, state, agent, skill, depends_on,
              pending_dependencies, spec, max_attempts, timeout_seconds, queued_at,
              conversation_id, input_refs, is_sink, concurrency_key, priority)
-        SELECT v_run, s.step_id, p_org, s.position, s.state, s.agent, s.skill,
+        SELECT v_run, s.step_id, p_org, s.position,
+               CASE WHEN s.first THEN 'queued' ELSE s.state END, s.agent, s.skill,
                s.depends_on, s.pending_dependencies,
                CASE WHEN v_budget_run IS NULL THEN s.spec
                     ELSE s.spec || '{"budgeted": true}'::jsonb END,
                s.max_attempts, s.timeout_seconds,
-               CASE WHEN s.state = 'queued' THEN clock_timestamp() END, gen_random_uuid(),
-               s.input_refs, s.is_sink, coalesce(v_key, ''), v_priority
-          FROM (SELECT t.step_id, t.position,
-                       CASE WHEN v_direct AND t.state = 'pending'
-                                 AND t.pending_dependencies = 0 THEN 'queued'
-                            ELSE t.state END AS state,
-                       t.agent, t.skill, t.depends_on, t.pending_dependencies, t.spec,
-                       t.max_attempts, t.timeout_seconds, t.input_refs, t.is_sink
-                  FROM jsonb_to_recordset(p_steps) AS t(
-                       step_id text, position integer, state text, agent text, skill text,
-                       depends_on text[], pending_dependencies integer, spec jsonb,
-                       max_attempts integer, timeout_seconds double precision,
-                       input_refs text[], is_sink boolean)) s
-        RETURNING step_id, position, state
+               CASE WHEN s.first OR s.state = 'queued' THEN clock_timestamp() END,
+               gen_random_uuid(), s.input_refs, s.is_sink, coalesce(v_key, ''), v_priority
+          FROM src s
     )
     INSERT INTO orchestration_events
         (run_id, sequence, organization_id, type, step_id, attempt, run_state,
          step_state, created_at)
-    SELECT v_run, 2 + row_number() OVER (ORDER BY i.position), p_org, 'step.queued',
-           i.step_id, 0, 'running', 'queued', clock_timestamp()
-      FROM inserted i
-     WHERE v_direct AND i.state = 'queued';
+    SELECT v_run, 2 + row_number() OVER (ORDER BY s.position), p_org, 'step.queued',
+           s.step_id, 0, 'running', 'queued', clock_timestamp()
+      FROM src s
+     WHERE s.first;
     PERFORM podium_notify_events(v_run, p_org);  -- run.created (and the start's events)
     IF v_direct THEN
         IF v_roots > 0

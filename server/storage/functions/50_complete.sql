@@ -622,11 +622,14 @@ $$;
 CREATE OR REPLACE FUNCTION podium_recount_dependencies(p_run uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    -- One primary-key probe per dependency (step_id = ANY (depends_on) read every step
+    -- of the run for each pending step: quadratic in a large fan-out).
     UPDATE orchestration_steps s
        SET pending_dependencies = (
-               SELECT count(*) FROM orchestration_steps u
-                WHERE u.run_id = p_run AND u.step_id = ANY (s.depends_on)
-                  AND u.state NOT IN ('succeeded', 'skipped'))
+               SELECT count(*) FROM unnest(s.depends_on) AS d(step_id)
+                WHERE EXISTS (SELECT 1 FROM orchestration_steps u
+                               WHERE u.run_id = p_run AND u.step_id = d.step_id
+                                 AND u.state NOT IN ('succeeded', 'skipped')))
      WHERE s.run_id = p_run AND s.state = 'pending';
 END
 $$;
@@ -639,22 +642,39 @@ $$;
 CREATE OR REPLACE FUNCTION podium_refresh_run(p_run uuid) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_step record;
     v_queued integer := 0;
     v_remaining integer;
     v_state text;
 BEGIN
     PERFORM podium_recount_dependencies(p_run);
-    FOR v_step IN
+    -- The steps with nothing left to wait for, their step.queued events (by position)
+    -- and the run's sequence, in one statement.
+    WITH queued AS (
         UPDATE orchestration_steps s
            SET state = 'queued', queued_at = clock_timestamp()
          WHERE s.run_id = p_run AND s.state = 'pending' AND s.pending_dependencies = 0
         RETURNING s.step_id, s.attempt, s.position
-    LOOP
-        PERFORM podium_emit_event(p_run, 'step.queued', v_step.step_id, v_step.attempt,
-                                  'queued', '{}');
-        v_queued := v_queued + 1;
-    END LOOP;
+    ), run AS (
+        UPDATE orchestration_runs r
+           SET last_event_sequence = r.last_event_sequence + (SELECT count(*) FROM queued),
+               updated_at = now()
+         WHERE r.id = p_run AND EXISTS (SELECT 1 FROM queued)
+        RETURNING r.last_event_sequence - (SELECT count(*) FROM queued) AS base,
+                  r.organization_id, r.state
+    ), events AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+             step_state, payload, created_at)
+        SELECT p_run, run.base + row_number() OVER (ORDER BY q.position), run.organization_id,
+               'step.queued', q.step_id, q.attempt, run.state, 'queued', '{}'::jsonb,
+               clock_timestamp()
+          FROM queued q, run
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_queued FROM events;
+    IF v_queued > 0 THEN
+        PERFORM podium_notify_events(p_run);
+    END IF;
     SELECT count(*) INTO v_remaining FROM orchestration_steps
      WHERE run_id = p_run
        AND state NOT IN ('succeeded', 'skipped', 'failed', 'cancelled');
