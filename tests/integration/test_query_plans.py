@@ -474,3 +474,53 @@ async def test_claim_uses_indexes_without_statistics(database_url: str, limited:
         assert not problems, "\n\n".join(problems)
     finally:
         await conn.close()
+
+
+async def test_refresh_of_a_large_fan_out_reads_each_step_a_bounded_number_of_times(
+    database_url: str,
+) -> None:
+    """The slow path's re-count (after a skip, an approval or a resume) probes each
+    dependency by key: its row reads grow with the run's steps, not with their square
+    (``step_id = ANY (depends_on)`` over the run's steps read 4,000,000 rows here)."""
+    width = 2_000
+    conn = await asyncpg.connect(database_url)
+    try:
+        run_id = await conn.fetchval(
+            "INSERT INTO orchestration_runs (organization_id, plan, state, max_parallel,"
+            " steps_remaining) VALUES ('default', '{}', 'running', 4, $1) RETURNING id",
+            width + 1,
+        )
+        await conn.execute(
+            "INSERT INTO orchestration_steps (run_id, step_id, organization_id, position,"
+            " state, depends_on, pending_dependencies, spec, conversation_id)"
+            " SELECT $1::uuid, 'root', 'default', 0, 'succeeded', '{}', 0, '{}'::jsonb, gen_random_uuid()"
+            " UNION ALL"
+            " SELECT $1::uuid, 'leaf' || k, 'default', k, 'pending', ARRAY['root'], 1, '{}'::jsonb,"
+            "        gen_random_uuid() FROM generate_series(1, $2) k",
+            run_id,
+            width,
+        )
+        read = (
+            "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)"
+            " FROM pg_stat_xact_user_tables WHERE relname = 'orchestration_steps'"
+        )
+        async with conn.transaction():
+            before = await conn.fetchval(read)
+            state = await conn.fetchval("SELECT podium_refresh_run($1)", run_id)
+            after = await conn.fetchval(read)
+            queued = await conn.fetchval(
+                "SELECT count(*) FROM orchestration_steps WHERE run_id = $1 AND state = 'queued'",
+                run_id,
+            )
+            events = await conn.fetch(
+                "SELECT sequence, step_id FROM orchestration_events WHERE run_id = $1"
+                " ORDER BY sequence",
+                run_id,
+            )
+        assert state == "running"
+        assert queued == width
+        assert [e["step_id"] for e in events] == [f"leaf{k}" for k in range(1, width + 1)]
+        assert [e["sequence"] for e in events] == list(range(1, width + 1))
+        assert after - before < 20 * width, f"{after - before} rows read for {width} steps"
+    finally:
+        await conn.close()

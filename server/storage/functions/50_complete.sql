@@ -622,14 +622,16 @@ $$;
 CREATE OR REPLACE FUNCTION podium_recount_dependencies(p_run uuid) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    -- One primary-key probe per dependency (step_id = ANY (depends_on) read every step
-    -- of the run for each pending step: quadratic in a large fan-out).
+    -- One primary-key probe per dependency, whatever the statistics say (step_id = ANY
+    -- (depends_on), or an EXISTS the planner made a hash join of, read every step of the
+    -- run for each pending step: quadratic in a large fan-out).
     UPDATE orchestration_steps s
        SET pending_dependencies = (
-               SELECT count(*) FROM unnest(s.depends_on) AS d(step_id)
-                WHERE EXISTS (SELECT 1 FROM orchestration_steps u
-                               WHERE u.run_id = p_run AND u.step_id = d.step_id
-                                 AND u.state NOT IN ('succeeded', 'skipped')))
+               SELECT count(*) FROM unnest(s.depends_on) AS d(step_id),
+                      LATERAL (SELECT 1 FROM orchestration_steps u
+                                WHERE u.run_id = p_run AND u.step_id = d.step_id
+                                  AND u.state NOT IN ('succeeded', 'skipped')
+                                LIMIT 1) unfinished)
      WHERE s.run_id = p_run AND s.state = 'pending';
 END
 $$;
