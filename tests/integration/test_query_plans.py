@@ -493,7 +493,8 @@ async def test_refresh_of_a_large_fan_out_reads_each_step_a_bounded_number_of_ti
         await conn.execute(
             "INSERT INTO orchestration_steps (run_id, step_id, organization_id, position,"
             " state, depends_on, pending_dependencies, spec, conversation_id)"
-            " SELECT $1::uuid, 'root', 'default', 0, 'succeeded', '{}', 0, '{}'::jsonb, gen_random_uuid()"
+            " SELECT $1::uuid, 'root', 'default', 0, 'succeeded', '{}', 0, '{}'::jsonb,"
+            "        gen_random_uuid()"
             " UNION ALL"
             " SELECT $1::uuid, 'leaf' || k, 'default', k, 'pending', ARRAY['root'], 1, '{}'::jsonb,"
             "        gen_random_uuid() FROM generate_series(1, $2) k",
