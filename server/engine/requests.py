@@ -103,57 +103,69 @@ def request_violations(
     """Every string of ``message`` (recursively: nested messages, repeated fields, map
     keys and values, Structs) that breaks :func:`text_problem` for its field's
     :func:`max_length`, one violation naming the field per problem (at most ``limit``)."""
-    found: list[FieldViolation] = []
+    walk = _RequestWalk(limit)
+    walk.message(message, prefix)
+    return walk.found[:limit]
 
-    def text(path: str, name: str, value: str) -> None:
+
+class _RequestWalk:
+    """One walk of :func:`request_violations`: the violations found so far. Methods, not
+    nested functions: a recursive closure is a reference cycle, which only the cyclic
+    garbage collector frees, and every request is walked."""
+
+    __slots__ = ("found", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.found: list[FieldViolation] = []
+        self.limit = limit
+
+    def text(self, path: str, name: str, value: str) -> None:
         problem = text_problem(value, max_length(name))
-        if problem is not None and len(found) < limit:
-            found.append(FieldViolation(field=path, description=problem[0], reason=problem[1]))
+        if problem is not None and len(self.found) < self.limit:
+            self.found.append(FieldViolation(field=path, description=problem[0], reason=problem[1]))
 
-    def walk(node: Message, path: str) -> None:
+    def message(self, node: Message, path: str) -> None:
+        found = self.found
         if isinstance(node, struct_pb2.Struct):
             # Numbers are the handlers' business (a definition reports them its own way).
-            found.extend(json_violations(node, path, limit - len(found), numbers=False))
+            found.extend(json_violations(node, path, self.limit - len(found), numbers=False))
             return
         for field, value in node.ListFields():
-            if len(found) >= limit:
+            if len(found) >= self.limit:
                 return
             here = f"{path}.{field.name}" if path else field.name
             if field.type == FieldDescriptor.TYPE_STRING:
                 if field.is_repeated:
                     for index, item in enumerate(value):
-                        text(f"{here}[{index}]", field.name, item)
+                        self.text(f"{here}[{index}]", field.name, item)
                 else:
-                    text(here, field.name, value)
+                    self.text(here, field.name, value)
             elif field.type == FieldDescriptor.TYPE_MESSAGE:
                 entry = field.message_type
                 if entry is not None and entry.GetOptions().map_entry:
-                    map_entries(field, value, here)
+                    self.map_entries(field, value, here)
                 elif field.is_repeated:
                     for index, item in enumerate(value):
-                        walk(item, f"{here}[{index}]")
+                        self.message(item, f"{here}[{index}]")
                 else:
-                    walk(value, here)
+                    self.message(value, here)
 
-    def map_entries(field: FieldDescriptor, entries: object, path: str) -> None:
+    def map_entries(self, field: FieldDescriptor, entries: object, path: str) -> None:
         assert field.message_type is not None
         value_field = field.message_type.fields_by_name["value"]
         for key, item in entries.items():  # type: ignore[attr-defined]
             key_text = str(key)
             problem = text_problem(key_text, MAX_STRING_LENGTH)
             entry_path = _key_path(path, key_text)
-            if problem is not None and len(found) < limit:
-                found.append(
+            if problem is not None and len(self.found) < self.limit:
+                self.found.append(
                     FieldViolation(field=path, description=f"key: {problem[0]}", reason=problem[1])
                 )
                 continue
             if value_field.type == FieldDescriptor.TYPE_STRING:
-                text(entry_path, field.name, item)
+                self.text(entry_path, field.name, item)
             elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
-                walk(item, entry_path)
-
-    walk(message, prefix)
-    return found[:limit]
+                self.message(item, entry_path)
 
 
 def check_request(message: Message) -> None:
@@ -175,41 +187,52 @@ def json_violations(
 ) -> list[FieldViolation]:
     """Values JSON (and so Postgres jsonb) cannot hold: NUL characters and (unless not
     ``numbers``) NaN and infinities."""
-    found: list[FieldViolation] = []
+    walk = _JsonWalk(limit, numbers)
+    walk.fields(struct, field)
+    return walk.found
 
-    def walk(value: struct_pb2.Value, path: str) -> None:
-        if len(found) >= limit:
+
+class _JsonWalk:
+    """One walk of :func:`json_violations` (methods for the reason :class:`_RequestWalk`
+    gives)."""
+
+    __slots__ = ("found", "limit", "numbers")
+
+    def __init__(self, limit: int, numbers: bool) -> None:
+        self.found: list[FieldViolation] = []
+        self.limit = limit
+        self.numbers = numbers
+
+    def value(self, value: struct_pb2.Value, path: str) -> None:
+        if len(self.found) >= self.limit:
             return
         kind = value.WhichOneof("kind")
-        if kind == "number_value" and numbers and not math.isfinite(value.number_value):
-            found.append(
+        if kind == "number_value" and self.numbers and not math.isfinite(value.number_value):
+            self.found.append(
                 FieldViolation(
                     field=path, description="numbers must be finite (no NaN or infinity)"
                 )
             )
         elif kind == "string_value" and "\x00" in value.string_value:
-            found.append(
+            self.found.append(
                 FieldViolation(field=path, description="strings must not contain NUL characters")
             )
         elif kind == "struct_value":
-            fields(value.struct_value, path)
+            self.fields(value.struct_value, path)
         elif kind == "list_value":
             for i, item in enumerate(value.list_value.values):
-                walk(item, f"{path}[{i}]")
+                self.value(item, f"{path}[{i}]")
 
-    def fields(node: struct_pb2.Struct, path: str) -> None:
+    def fields(self, node: struct_pb2.Struct, path: str) -> None:
         for key, item in node.fields.items():
-            if len(found) >= limit:
+            if len(self.found) >= self.limit:
                 return
             if "\x00" in key:
-                found.append(
+                self.found.append(
                     FieldViolation(field=path, description="keys must not contain NUL characters")
                 )
                 continue
-            walk(item, f"{path}.{shown(key, 64)}")
-
-    fields(struct, field)
-    return found
+            self.value(item, f"{path}.{shown(key, 64)}")
 
 
 def struct_violations(struct: struct_pb2.Struct, field: str) -> list[FieldViolation]:
