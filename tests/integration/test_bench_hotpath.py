@@ -41,3 +41,31 @@ def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
     chain = document["results"]["chain"]
     assert chain["steps"] == 10
     assert chain["round_trips_per_step"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_sqlcost_times_every_hot_path_statement(pg_server_url: str) -> None:
+    """``bench/sqlcost.py`` runs against the checkout's functions: every statement it
+    times exists with the signature it calls (a figure of None would mean it did not)."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sqlcost.py"),
+            "--database-url",
+            pg_server_url,
+            "--calls",
+            "3",
+            "--warmup",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        cwd=ROOT,
+        env={**os.environ, "PODIUM_BENCH_DB_PREFIX": "test_bench_"},
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    document: dict[str, Any] = json.loads(completed.stdout)
+    for figure in ("claim_us", "lease_us", "complete_us", "create_run_us"):
+        assert document[figure] > 0, figure
+    assert all(value > 0 for value in document["writes_us"].values())

@@ -286,11 +286,12 @@ BEGIN
                                  > (m.organization_id, m.share_key))) THEN
         p_runs := NULL;
     END IF;
-    IF p_runs IS NOT NULL AND v_cap = 0 THEN
+    IF cardinality(p_runs) > 1 AND v_cap = 0 THEN
         -- An eager claim's runs that take the fast path (below: no key limit, no due
         -- retry, every queued step names an agent without limits) are picked here in
         -- one statement, in the loop's order and within the same limits, instead of
-        -- five statements per run in the loop; the loop visits the others.
+        -- five statements per run in the loop; the loop visits the others. For a
+        -- single run (a sequential step, StartRun) the loop costs less.
         WITH r AS (
             SELECT r.id, r.organization_id, r.max_parallel, r.created_at
               FROM orchestration_runs r
