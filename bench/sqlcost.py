@@ -18,6 +18,9 @@ the completion):
   the attempt, the event, the run row, the conversation), for comparison with
   ``lease_us``.
 
+The rolled-back calls leave dead row versions; the database is vacuumed before each
+statement's calls so that none pays for another's.
+
 Figures are microseconds per call, server side only: no client, no network, no commit,
 and no other process in the measured path, so they move far less with the machine's
 load than the end-to-end benchmarks do (run it twice to see the spread). Plans are
@@ -154,6 +157,9 @@ async def measure(dsn: str, calls: int, warmup: int, steps: int) -> dict[str, An
         out: dict[str, Any] = {}
         for name, statement in _STATEMENTS.items():
             progress(f"sqlcost {name}")
+            # The rolled-back calls leave dead row versions behind: gone before the next
+            # statement's calls, so none pays for another's.
+            await conn.execute("VACUUM")
             figure: float | None
             try:
                 await conn.execute(_timing_block(statement, calls, warmup))
