@@ -160,9 +160,8 @@ BEGIN
      WHERE s.first;
     PERFORM podium_notify_events(v_run, p_org);  -- run.created (and the start's events)
     IF v_direct THEN
-        IF v_roots > 0
-           AND coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
-            PERFORM pg_notify('podium_work', v_run::text);  -- as podium_queue_root_steps
+        IF v_roots > 0 THEN
+            PERFORM podium_notify_work(v_run);  -- as podium_queue_root_steps
         END IF;
     ELSE
         IF p_forked_from IS NOT NULL THEN
@@ -228,12 +227,23 @@ BEGIN
 END
 $$;
 
--- Queue every pending step of a running run without unfinished dependencies, with a
--- step.queued event each (numbered with one run update); NOTIFY when there are any,
--- unless the transaction set podium.defer_work_notify (podium_create_run_and_claim,
--- which notifies podium_work itself only when its eager claim leaves work). The
--- podium_work payload is the run's id: the replica whose StartRun claimed every
--- queued step of the run in the same transaction skips that wake-up.
+-- NOTIFY podium_work (the claimers) for run p_run's newly queued steps, unless the
+-- transaction set podium.defer_work_notify (podium_create_run_and_claim, which notifies
+-- podium_work itself only when its eager claim leaves work).
+CREATE OR REPLACE FUNCTION podium_notify_work(p_run uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
+        PERFORM pg_notify('podium_work', p_run::text);
+    END IF;
+END
+$$;
+
+-- Queue every pending step of a run without unfinished dependencies (its first steps at
+-- its start or admission; whatever a skip, a decision or a resume left free, through
+-- podium_refresh_run), with a step.queued event each (by position, with the step's
+-- attempt and the run's state, numbered with one run update); NOTIFY when there are
+-- any (podium_notify_work). Returns how many were queued.
 CREATE OR REPLACE FUNCTION podium_queue_root_steps(p_run uuid) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -244,27 +254,27 @@ BEGIN
         UPDATE orchestration_steps
            SET state = 'queued', queued_at = clock_timestamp()
          WHERE run_id = p_run AND state = 'pending' AND pending_dependencies = 0
-        RETURNING step_id, position, organization_id
+        RETURNING step_id, attempt, position
     ), run AS (
         UPDATE orchestration_runs
            SET last_event_sequence = last_event_sequence + (SELECT count(*) FROM queued)
-         WHERE id = p_run
-        RETURNING last_event_sequence - (SELECT count(*) FROM queued) AS base
+         WHERE id = p_run AND EXISTS (SELECT 1 FROM queued)
+        RETURNING last_event_sequence - (SELECT count(*) FROM queued) AS base,
+                  organization_id, state
     ), events AS (
         INSERT INTO orchestration_events
             (run_id, sequence, organization_id, type, step_id, attempt, run_state,
              step_state, created_at)
-        SELECT p_run, run.base + row_number() OVER (ORDER BY q.position), q.organization_id,
-               'step.queued', q.step_id, 0, 'running', 'queued', clock_timestamp()
+        SELECT p_run, run.base + row_number() OVER (ORDER BY q.position),
+               run.organization_id, 'step.queued', q.step_id, q.attempt, run.state,
+               'queued', clock_timestamp()
           FROM queued q, run
         RETURNING 1
     )
     SELECT count(*) INTO v_count FROM events;
     IF v_count > 0 THEN
         PERFORM podium_notify_events(p_run);
-        IF coalesce(current_setting('podium.defer_work_notify', true), '') <> 'on' THEN
-            PERFORM pg_notify('podium_work', p_run::text);
-        END IF;
+        PERFORM podium_notify_work(p_run);
     END IF;
     RETURN v_count;
 END

@@ -644,39 +644,12 @@ $$;
 CREATE OR REPLACE FUNCTION podium_refresh_run(p_run uuid) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_queued integer := 0;
+    v_queued integer;
     v_remaining integer;
     v_state text;
 BEGIN
     PERFORM podium_recount_dependencies(p_run);
-    -- The steps with nothing left to wait for, their step.queued events (by position)
-    -- and the run's sequence, in one statement.
-    WITH queued AS (
-        UPDATE orchestration_steps s
-           SET state = 'queued', queued_at = clock_timestamp()
-         WHERE s.run_id = p_run AND s.state = 'pending' AND s.pending_dependencies = 0
-        RETURNING s.step_id, s.attempt, s.position
-    ), run AS (
-        UPDATE orchestration_runs r
-           SET last_event_sequence = r.last_event_sequence + (SELECT count(*) FROM queued),
-               updated_at = now()
-         WHERE r.id = p_run AND EXISTS (SELECT 1 FROM queued)
-        RETURNING r.last_event_sequence - (SELECT count(*) FROM queued) AS base,
-                  r.organization_id, r.state
-    ), events AS (
-        INSERT INTO orchestration_events
-            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
-             step_state, payload, created_at)
-        SELECT p_run, run.base + row_number() OVER (ORDER BY q.position), run.organization_id,
-               'step.queued', q.step_id, q.attempt, run.state, 'queued', '{}'::jsonb,
-               clock_timestamp()
-          FROM queued q, run
-        RETURNING 1
-    )
-    SELECT count(*) INTO v_queued FROM events;
-    IF v_queued > 0 THEN
-        PERFORM podium_notify_events(p_run);
-    END IF;
+    v_queued := podium_queue_root_steps(p_run);
     SELECT count(*) INTO v_remaining FROM orchestration_steps
      WHERE run_id = p_run
        AND state NOT IN ('succeeded', 'skipped', 'failed', 'cancelled');
@@ -699,9 +672,6 @@ BEGIN
         IF podium_pause_if_held(p_run) THEN
             v_state := 'paused';
         END IF;
-    END IF;
-    IF v_queued > 0 THEN
-        PERFORM pg_notify('podium_work', '');
     END IF;
     RETURN v_state;
 END
