@@ -16,28 +16,34 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
+def _bench(script: str, *args: str, timeout: float) -> dict[str, Any]:
+    """Run ``bench/<script>`` with ``args`` on its own databases; its JSON document."""
     completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "hotpath.py"),
-            "--database-url",
-            pg_server_url,
-            "--runs",
-            "1",
-            "--parts",
-            "chain",
-        ],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         cwd=ROOT,
         env={**os.environ, "PODIUM_BENCH_DB_PREFIX": "test_bench_"},
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     document: dict[str, Any] = json.loads(completed.stdout)
+    return document
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
+    document = _bench(
+        "hotpath.py",
+        "--database-url",
+        pg_server_url,
+        "--runs",
+        "1",
+        "--parts",
+        "chain",
+        timeout=240,
+    )
     chain = document["results"]["chain"]
     assert chain["steps"] == 10
     assert chain["round_trips_per_step"] > 0
@@ -47,25 +53,16 @@ def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
 def test_sqlcost_times_every_hot_path_statement(pg_server_url: str) -> None:
     """``bench/sqlcost.py`` runs against the checkout's functions: every statement it
     times exists with the signature it calls (a figure of None would mean it did not)."""
-    completed = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "sqlcost.py"),
-            "--database-url",
-            pg_server_url,
-            "--calls",
-            "3",
-            "--warmup",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    document = _bench(
+        "sqlcost.py",
+        "--database-url",
+        pg_server_url,
+        "--calls",
+        "3",
+        "--warmup",
+        "1",
         timeout=100,
-        cwd=ROOT,
-        env={**os.environ, "PODIUM_BENCH_DB_PREFIX": "test_bench_"},
     )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    document: dict[str, Any] = json.loads(completed.stdout)
     for figure in ("claim_us", "lease_us", "complete_us", "create_run_us"):
         assert document[figure] > 0, figure
     assert all(value > 0 for value in document["writes_us"].values())
