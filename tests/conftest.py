@@ -33,6 +33,7 @@ from podium.server.storage.embedded import EmbeddedPostgres
 from podium.server.storage.migrations import migrate
 
 TEST_DATABASE_URL_ENV = "PODIUM_TEST_DATABASE_URL"
+_TESTS_DIR = str(Path(__file__).parent)
 
 CreateDatabase = Callable[..., Awaitable[str]]
 
@@ -103,9 +104,11 @@ def pytest_runtest_makereport(
         return report
     loop = _event_loop_of(excinfo.tb)
     if loop is not None:
-        lines: list[str] = []
-        for task in asyncio.all_tasks(loop):
-            lines += [f"{task.get_name()}:", *_await_chain(task)]
+        chains = [[f"{task.get_name()}:", *_await_chain(task)] for task in asyncio.all_tasks(loop)]
+        # The test's own tasks first: a long dump is cut in the middle by some readers,
+        # and the await the test hangs on is the line that matters.
+        chains.sort(key=lambda chain: not any(_TESTS_DIR in line for line in chain))
+        lines = [line for chain in chains for line in chain]
         report.sections.append(("asyncio tasks at the timeout", "\n".join(lines)))
     return report
 
