@@ -30,20 +30,23 @@ RUNNING_RUNS = 50  # the last ones created; the others succeeded
 
 _BIG_TABLES = frozenset({"orchestration_steps", "orchestration_runs", "step_attempts"})
 
-# Every run of the history: succeeded, or (the last RUNNING_RUNS) running with step s1
-# running (attempt 1, leased), s2-s3 queued, s4 waiting for a retry that is due, and
-# s5-s10 pending on s1. Foreign keys are not checked while inserting
-# (session_replication_role = replica) to keep the setup fast; the rows satisfy them.
-_SETUP = f"""
+
+def _history(running: int) -> str:
+    """Every run of the history: succeeded, or (the last ``running``) running with step
+    s1 running (attempt 1, leased), s2-s3 queued, s4 waiting for a retry that is due, and
+    s5-s10 pending on s1. Foreign keys are not checked while inserting
+    (session_replication_role = replica) to keep the setup fast; the rows satisfy them.
+    Analysed at the end."""
+    return f"""
 SET session_replication_role = replica;
 INSERT INTO orchestration_runs
     (id, organization_id, plan, state, max_parallel, steps_remaining, created_at,
      started_at, ended_at)
 SELECT md5('run' || g)::uuid, 'default', '{{}}',
-       CASE WHEN g > {RUNS - RUNNING_RUNS} THEN 'running' ELSE 'succeeded' END, 4,
-       CASE WHEN g > {RUNS - RUNNING_RUNS} THEN {STEPS_PER_RUN} ELSE 0 END,
+       CASE WHEN g > {RUNS - running} THEN 'running' ELSE 'succeeded' END, 4,
+       CASE WHEN g > {RUNS - running} THEN {STEPS_PER_RUN} ELSE 0 END,
        now() - make_interval(secs => {RUNS} - g), now() - make_interval(secs => {RUNS} - g),
-       CASE WHEN g <= {RUNS - RUNNING_RUNS} THEN now() END
+       CASE WHEN g <= {RUNS - running} THEN now() END
 FROM generate_series(1, {RUNS}) g;
 INSERT INTO orchestration_steps
     (run_id, step_id, organization_id, position, state, agent, depends_on,
@@ -61,16 +64,20 @@ SELECT md5('run' || g)::uuid, 's' || k, 'default', k, t.state, 'echo',
        CASE WHEN t.state = 'succeeded' THEN '{{"ok": true}}'::jsonb END,
        md5('conversation' || g || '.' || k)::uuid
 FROM generate_series(1, {RUNS}) g, generate_series(1, {STEPS_PER_RUN}) k,
-     LATERAL (SELECT CASE WHEN g <= {RUNS - RUNNING_RUNS} THEN 'succeeded'
+     LATERAL (SELECT CASE WHEN g <= {RUNS - running} THEN 'succeeded'
                           WHEN k = 1 THEN 'running'
                           WHEN k <= 3 THEN 'queued'
                           WHEN k = 4 THEN 'waiting_retry'
                           ELSE 'pending' END AS state) t;
 INSERT INTO step_attempts (run_id, step_id, attempt, organization_id, agent)
-SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps WHERE attempt > 0;
+SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps WHERE attempt > 0
+ON CONFLICT DO NOTHING;
 SET session_replication_role = DEFAULT;
 ANALYZE orchestration_runs, orchestration_steps, step_attempts;
 """
+
+
+_SETUP = _history(RUNNING_RUNS)
 
 _AUTO_EXPLAIN = """
 LOAD 'auto_explain';
@@ -180,6 +187,26 @@ def _seq_scans(plans: list[dict[str, Any]]) -> list[str]:
             query = " ".join(plan["Query Text"].split())
             problems.append(
                 f"Seq Scan on {sorted(scans)} in: {query}\n" + "\n".join(_outline(plan["Plan"]))
+            )
+    return problems
+
+
+def _whole_index_scans(plans: list[dict[str, Any]]) -> list[str]:
+    """The scans of a big table's index with no condition on its columns: they read
+    every entry of the index (for a partial index, e.g. every queued step of every run)."""
+    problems = []
+    for plan in plans:
+        scans = {
+            node["Index Name"]
+            for node in _nodes(plan["Plan"])
+            if node["Node Type"] in ("Index Scan", "Index Only Scan", "Bitmap Index Scan")
+            and node["Index Name"].startswith(tuple(_BIG_TABLES))
+            and "Index Cond" not in node
+        }
+        if scans:
+            query = " ".join(plan["Query Text"].split())
+            problems.append(
+                f"whole {sorted(scans)} in: {query}\n" + "\n".join(_outline(plan["Plan"]))
             )
     return problems
 
@@ -424,11 +451,26 @@ async def test_keyed_claim_fair_share_and_admission_use_indexes(
 
 # ------------------------------------------------------- the claim without statistics
 
-# The history of test_claim_and_complete_use_indexes on tables whose statistics were
-# never gathered (no ANALYZE, autovacuum off for them).
-_SETUP_UNANALYSED = "".join(
-    f"ALTER TABLE {table} SET (autovacuum_enabled = false);\n" for table in sorted(_BIG_TABLES)
-) + _SETUP.replace("ANALYZE orchestration_runs, orchestration_steps, step_attempts;", "")
+
+def _unanalysed(history: str) -> str:
+    """``history`` on tables whose statistics are never gathered (no ANALYZE,
+    autovacuum off for them)."""
+    return "".join(
+        f"ALTER TABLE {table} SET (autovacuum_enabled = false);\n" for table in sorted(_BIG_TABLES)
+    ) + history.replace("ANALYZE orchestration_runs, orchestration_steps, step_attempts;", "")
+
+
+async def _fill(url: str, setup: str) -> None:
+    """Run ``setup`` on a connection of its own."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(setup)
+    finally:
+        await conn.close()
+
+
+# The history of test_claim_and_complete_use_indexes, never analysed.
+_SETUP_UNANALYSED = _unanalysed(_SETUP)
 
 
 @pytest.mark.parametrize("limited", [False, True], ids=["unlimited", "limited"])
@@ -444,7 +486,9 @@ async def test_claim_uses_indexes_without_statistics(database_url: str, limited:
         await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while empty
         for _ in range(8):  # a replica's first claims, on the empty tables
             assert await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)") == []
-        await conn.execute(_SETUP_UNANALYSED)
+        # Another connection writes the history: SET session_replication_role on this
+        # one would drop its plans (PostgreSQL resets a session's plan cache then).
+        await _fill(database_url, _SETUP_UNANALYSED)
         await _limit_agent(conn, limited)
         await conn.execute("SET auto_explain.log_min_duration = 0")
         assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (
@@ -523,5 +567,111 @@ async def test_refresh_of_a_large_fan_out_reads_each_step_a_bounded_number_of_ti
         assert [e["step_id"] for e in events] == [f"leaf{k}" for k in range(1, width + 1)]
         assert [e["sequence"] for e in events] == list(range(1, width + 1))
         assert after - before < 20 * width, f"{after - before} rows read for {width} steps"
+    finally:
+        await conn.close()
+
+
+# ------------------------------------- completions with plans made on small tables
+
+ACTIVE_RUNS = 2_000  # 12,000 pending, 4,000 queued and 2,000 running steps
+ROWS_READ_BOUND = 1_000
+
+# Small running runs (id md5('small' || g)): s1 running (attempt 1, leased to
+# replica-a), s2-s3 pending on s1: what a new deployment's first completions find.
+_SMALL_RUNS = """
+INSERT INTO orchestration_runs
+    (id, organization_id, plan, state, max_parallel, steps_remaining, created_at, started_at)
+SELECT md5('small' || g)::uuid, 'default', '{}', 'running', 4, 3, now(), now()
+FROM generate_series(1, 3) g;
+INSERT INTO orchestration_steps
+    (run_id, step_id, organization_id, position, state, agent, depends_on,
+     pending_dependencies, spec, attempt, lease_owner, lease_expires_at, started_at,
+     conversation_id)
+SELECT md5('small' || g)::uuid, 's' || k, 'default', k,
+       CASE WHEN k = 1 THEN 'running' ELSE 'pending' END, 'echo',
+       CASE WHEN k = 1 THEN '{}'::text[] ELSE ARRAY['s1'] END,
+       CASE WHEN k = 1 THEN 0 ELSE 1 END, '{}',
+       CASE WHEN k = 1 THEN 1 ELSE 0 END, CASE WHEN k = 1 THEN 'replica-a' END,
+       CASE WHEN k = 1 THEN now() + interval '1 hour' END, now(),
+       md5('small conversation' || g || '.' || k)::uuid
+FROM generate_series(1, 3) g, generate_series(1, 3) k;
+INSERT INTO step_attempts (run_id, step_id, attempt, organization_id, agent)
+SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps
+ WHERE run_id IN (SELECT md5('small' || g)::uuid FROM generate_series(1, 3) g)
+   AND attempt > 0;
+"""
+
+_ROWS_READ = """
+SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)
+  FROM pg_stat_xact_user_tables WHERE relname = ANY ($1::text[])
+"""
+
+
+async def _reads_and_plans(
+    conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object
+) -> tuple[list[asyncpg.Record], int, list[dict[str, Any]]]:
+    """Run ``query`` in a transaction: its rows, the rows it read from the big tables
+    (sequentially or through an index) and its plans."""
+    messages: list[str] = []
+
+    def listener(_conn: object, message: Any) -> None:
+        messages.append(message.message)
+
+    conn.add_log_listener(listener)
+    try:
+        async with conn.transaction():
+            before = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES))
+            rows = await conn.fetch(query, *args)
+            read = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES)) - before
+    finally:
+        conn.remove_log_listener(listener)
+    plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
+    return rows, read, plans
+
+
+async def test_completions_keep_bounded_plans_made_on_small_tables(database_url: str) -> None:
+    """A replica's first completions (one run, then a batch of two with the set-based
+    path) make their plans while the tables hold three small runs; the history then grows
+    to 100,000 steps, 2,000 runs of them running, never analysed (written by another
+    connection, so this one keeps its plans). The same completions with their eager
+    claims then read the rows of their own runs, not every run's or every pending
+    step's: no Seq Scan of a big table, no scan of a whole index of one, and a bounded
+    number of rows read."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _explain_kept_plans(conn)
+        await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while small
+        await conn.execute(_SMALL_RUNS)
+        small = [
+            await conn.fetchval("SELECT md5('small' || $1::text)::uuid", str(g)) for g in (1, 2, 3)
+        ]
+        batch = await conn.fetch(_COMPLETE_BATCH_AND_CLAIM, small[0], small[1])
+        assert batch[-1]["states"] == ["running", "running"] and len(batch) == 5
+        single = await conn.fetch(_COMPLETE_AND_CLAIM, small[2])
+        assert single[-1]["states"] == ["running"] and len(single) == 3
+
+        await _fill(database_url, _unanalysed(_history(ACTIVE_RUNS)))
+        await conn.execute("SET auto_explain.log_min_duration = 0")
+        runs = [
+            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - k))
+            for k in range(3)
+        ]
+        reads: dict[str, int] = {}
+        rows, reads["batch"], batch_plans = await _reads_and_plans(
+            conn, _COMPLETE_BATCH_AND_CLAIM, runs[0], runs[1]
+        )
+        assert rows[-1]["states"] == ["running", "running"]
+        assert len(rows) > 1  # steps claimed
+        rows, reads["single"], single_plans = await _reads_and_plans(
+            conn, _COMPLETE_AND_CLAIM, runs[2]
+        )
+        assert rows[-1]["states"] == ["running"] and len(rows) > 1
+        plans = batch_plans + single_plans
+        texts = _query_texts(plans)
+        for statement in (*_BATCH_STATEMENTS, "UPDATE orchestration_steps s SET state = 'running'"):
+            assert statement in texts, f"no plan logged for the statement with {statement!r}"
+        problems = _seq_scans(plans) + _whole_index_scans(plans)
+        assert not problems, "\n\n".join(problems)
+        assert all(n < ROWS_READ_BOUND for n in reads.values()), reads
     finally:
         await conn.close()

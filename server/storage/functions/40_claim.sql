@@ -121,7 +121,10 @@ BEGIN
                END AS credential,
                row_number() OVER (PARTITION BY l.run_id ORDER BY l.pick) AS ord
           FROM leased l
-          LEFT JOIN agents a ON a.organization_id = l.organization_id AND a.name = l.agent
+          LEFT JOIN LATERAL (SELECT a.endpoint, a.default_timeout_seconds, a.protocol
+                               FROM agents a
+                              WHERE a.organization_id = l.organization_id AND a.name = l.agent
+                              LIMIT 1) a ON true
     ), attempt AS (
         INSERT INTO step_attempts
             (run_id, step_id, attempt, organization_id, agent, started_at, credential_hash)
@@ -134,13 +137,16 @@ BEGIN
         SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
           FROM c WHERE c.attempt = 1
         ON CONFLICT (id) DO NOTHING
-    ), n AS (
-        SELECT c.run_id, count(*) AS n FROM c WHERE p_events GROUP BY 1
+    ), n AS (  -- each run's row found by a primary-key probe, as the steps' (target)
+        SELECT g.run_id, g.n, t.tid
+          FROM (SELECT c.run_id, count(*) AS n FROM c WHERE p_events GROUP BY 1) g,
+               LATERAL (SELECT x.ctid AS tid FROM orchestration_runs x
+                         WHERE x.id = g.run_id LIMIT 1) t
     ), run AS (
         UPDATE orchestration_runs r
            SET last_event_sequence = r.last_event_sequence + n.n, updated_at = now()
           FROM n
-         WHERE r.id = n.run_id
+         WHERE r.ctid = n.tid
         RETURNING r.id, r.last_event_sequence - n.n AS base
     ), started AS (
         INSERT INTO orchestration_events
@@ -171,7 +177,9 @@ BEGIN
            r.trace_context, c.credential
       FROM c
       JOIN attempt ON attempt.run_id = c.run_id AND attempt.step_id = c.step_id
-      JOIN orchestration_runs r ON r.id = c.run_id
+      CROSS JOIN LATERAL (SELECT r.input, r.labels, r.definition_name, r.definition_version,
+                                 r.created_at, r.started_at, r.trace_context
+                            FROM orchestration_runs r WHERE r.id = c.run_id LIMIT 1) r
      ORDER BY c.pick;
 END
 $$;
@@ -292,21 +300,26 @@ BEGIN
         -- one statement, in the loop's order and within the same limits, instead of
         -- five statements per run in the loop; the loop visits the others. For a
         -- single run (a sequential step, StartRun) the loop costs less.
-        WITH r AS (
-            SELECT r.id, r.organization_id, r.max_parallel, r.created_at
-              FROM orchestration_runs r
-             WHERE r.id = ANY (p_runs) AND r.state = 'running'
-               AND r.max_steps_per_key = 0
-               AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
-                                WHERE w.run_id = r.id AND w.state = 'waiting_retry'
-                                  AND w.next_attempt_at <= now())
-               AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
-                                 LEFT JOIN agents a ON a.organization_id = q.organization_id
-                                                   AND a.name = q.agent
-                                WHERE q.run_id = r.id AND q.state = 'queued'
-                                  AND (q.skill IS NOT NULL OR a.max_concurrency > 0
-                                       OR a.rate_period_seconds > 0))
-               FOR UPDATE OF r
+        WITH r AS (  -- each run by a primary-key probe, whatever the statistics say (a
+            -- plan made while the table was small read every running run)
+            SELECT r.*
+              FROM unnest(p_runs) AS u(id),
+                   LATERAL (
+                   SELECT r.id, r.organization_id, r.max_parallel, r.created_at
+                     FROM orchestration_runs r
+                    WHERE r.id = u.id AND r.state = 'running'
+                      AND r.max_steps_per_key = 0
+                      AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
+                                       WHERE w.run_id = r.id AND w.state = 'waiting_retry'
+                                         AND w.next_attempt_at <= now())
+                      AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
+                                        LEFT JOIN agents a
+                                               ON a.organization_id = q.organization_id
+                                              AND a.name = q.agent
+                                       WHERE q.run_id = r.id AND q.state = 'queued'
+                                         AND (q.skill IS NOT NULL OR a.max_concurrency > 0
+                                              OR a.rate_period_seconds > 0))
+                      FOR UPDATE OF r) r
         ), picks AS (
             SELECT r.id, r.organization_id, q.step_id,
                    row_number() OVER (ORDER BY r.created_at, r.id, q.queued_at,
@@ -363,15 +376,20 @@ BEGIN
          ORDER BY c.priority DESC, c.rank, c.created_at, c.id
            FOR UPDATE OF r SKIP LOCKED;
     ELSE
-        -- An eager claim: the runs a completion just locked (see podium_complete_steps).
+        -- An eager claim: the runs a completion just locked (see podium_complete_steps),
+        -- each by a primary-key probe, whatever the statistics say (a plan made while
+        -- the table was small walked orchestration_runs_running_idx: every running run).
         OPEN v_runs FOR
-        SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
-               r.definition_name, r.definition_version, r.created_at, r.started_at,
-               r.trace_context, r.priority, r.concurrency_key, r.max_steps_per_key
-          FROM orchestration_runs r
-         WHERE r.id = ANY (p_runs) AND r.state = 'running'
-         ORDER BY r.created_at, r.id
-           FOR UPDATE OF r;
+        SELECT r.*
+          FROM unnest(p_runs) AS u(id),
+               LATERAL (SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
+                               r.definition_name, r.definition_version, r.created_at,
+                               r.started_at, r.trace_context, r.priority, r.concurrency_key,
+                               r.max_steps_per_key
+                          FROM orchestration_runs r
+                         WHERE r.id = u.id AND r.state = 'running'
+                           FOR UPDATE OF r) r
+         ORDER BY r.created_at, r.id;
     END IF;
     LOOP
         FETCH v_runs INTO v_run;

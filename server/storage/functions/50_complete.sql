@@ -421,10 +421,16 @@ BEGIN
     SELECT coalesce(bool_or(credential), false) INTO v_credential FROM attempts;
     IF v_credential THEN  -- runs their agents started end with the attempt (30_runs.sql)
         FOR v_run IN
-            SELECT DISTINCT c.parent_run_id AS run, c.parent_step_id AS step
-              FROM orchestration_runs c, unnest(v_done) AS d(k)
-             WHERE c.parent_run_id = p_runs[d.k] AND c.parent_step_id = p_steps[d.k]
-               AND c.state IN ('created', 'running', 'paused')
+            -- One probe of orchestration_runs_parent_idx per outcome, whatever the
+            -- statistics say (a join read every active run).
+            SELECT DISTINCT c.run, c.step
+              FROM unnest(v_done) AS d(k),
+                   LATERAL (SELECT c.parent_run_id AS run, c.parent_step_id AS step
+                              FROM orchestration_runs c
+                             WHERE c.parent_run_id = p_runs[d.k]
+                               AND c.parent_step_id = p_steps[d.k]
+                               AND c.state IN ('created', 'running', 'paused')
+                            OFFSET 0) c
         LOOP
             PERFORM podium_cancel_step_children(v_run.run, v_run.step,
                                                 'the step attempt that started it ended');
@@ -433,11 +439,16 @@ BEGIN
     -- Dependents whose last dependencies these were become runnable.
     WITH d AS (
         SELECT p_runs[d.k] AS run_id, p_steps[d.k] AS step_id FROM unnest(v_done) AS d(k)
-    ), c AS (
-        SELECT s.run_id, s.step_id, count(*)::integer AS n
-          FROM d JOIN orchestration_steps s
-            ON s.run_id = d.run_id AND s.state = 'pending' AND d.step_id = ANY (s.depends_on)
-         GROUP BY 1, 2
+    ), c AS (  -- each outcome's run probed for its pending steps, whatever the statistics
+        -- say (a join made a hash join over every pending step of every run); the rows
+        -- updated by ctid, as podium_lease_steps does
+        SELECT s.run_id, s.step_id, s.tid, count(*)::integer AS n
+          FROM d, LATERAL (SELECT s.run_id, s.step_id, s.ctid AS tid
+                             FROM orchestration_steps s
+                            WHERE s.run_id = d.run_id AND s.state = 'pending'
+                              AND d.step_id = ANY (s.depends_on)
+                           OFFSET 0) s
+         GROUP BY 1, 2, 3
     ), promoted AS (
         UPDATE orchestration_steps s
            SET pending_dependencies = s.pending_dependencies - c.n,
@@ -445,7 +456,7 @@ BEGIN
                queued_at = CASE WHEN s.pending_dependencies = c.n THEN clock_timestamp()
                                 ELSE s.queued_at END
           FROM c
-         WHERE s.run_id = c.run_id AND s.step_id = c.step_id
+         WHERE s.ctid = c.tid
         RETURNING s.run_id, s.step_id, s.state, s.position
     )
     SELECT coalesce(array_agg(p.run_id ORDER BY p.run_id, p.position)
