@@ -158,8 +158,17 @@ def _outline(node: dict[str, Any], depth: int = 0) -> list[str]:
     return [line] + [row for child in node.get("Plans", []) for row in _outline(child, depth + 1)]
 
 
-async def _plans_of(conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object) -> Any:
-    """Run ``query`` in a transaction; return its result and every plan it logged."""
+_ROWS_READ = """
+SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)
+  FROM pg_stat_xact_user_tables WHERE relname = ANY ($1::text[])
+"""
+
+
+async def _reads_and_plans(
+    conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object
+) -> tuple[list[asyncpg.Record], int, list[dict[str, Any]]]:
+    """Run ``query`` in a transaction: its rows, the rows it read from the big tables
+    (sequentially or through an index) and its plans."""
     messages: list[str] = []
 
     def listener(_conn: object, message: Any) -> None:
@@ -168,11 +177,19 @@ async def _plans_of(conn: asyncpg.Connection[asyncpg.Record], query: str, *args:
     conn.add_log_listener(listener)
     try:
         async with conn.transaction():
-            result = await conn.fetch(query, *args)
+            before = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES))
+            rows = await conn.fetch(query, *args)
+            read = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES)) - before
     finally:
         conn.remove_log_listener(listener)
     plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
-    return result, plans
+    return rows, read, plans
+
+
+async def _plans_of(conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object) -> Any:
+    """Run ``query`` in a transaction; return its result and every plan it logged."""
+    rows, _, plans = await _reads_and_plans(conn, query, *args)
+    return rows, plans
 
 
 def _seq_scans(plans: list[dict[str, Any]]) -> list[str]:
@@ -600,33 +617,6 @@ SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps
  WHERE run_id IN (SELECT md5('small' || g)::uuid FROM generate_series(1, 3) g)
    AND attempt > 0;
 """
-
-_ROWS_READ = """
-SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)
-  FROM pg_stat_xact_user_tables WHERE relname = ANY ($1::text[])
-"""
-
-
-async def _reads_and_plans(
-    conn: asyncpg.Connection[asyncpg.Record], query: str, *args: object
-) -> tuple[list[asyncpg.Record], int, list[dict[str, Any]]]:
-    """Run ``query`` in a transaction: its rows, the rows it read from the big tables
-    (sequentially or through an index) and its plans."""
-    messages: list[str] = []
-
-    def listener(_conn: object, message: Any) -> None:
-        messages.append(message.message)
-
-    conn.add_log_listener(listener)
-    try:
-        async with conn.transaction():
-            before = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES))
-            rows = await conn.fetch(query, *args)
-            read = await conn.fetchval(_ROWS_READ, sorted(_BIG_TABLES)) - before
-    finally:
-        conn.remove_log_listener(listener)
-    plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
-    return rows, read, plans
 
 
 async def test_completions_keep_bounded_plans_made_on_small_tables(database_url: str) -> None:
