@@ -213,16 +213,25 @@ async def test_an_organizations_cap_across_two_replicas_with_fair_share(
         )
         for stub in (heavy_stub, light_stub):
             await create_definition(stub, "capped", step)
-        heavy = [(await start_run(heavy_stub, "capped")).run.id for _ in range(40)]
+        # Started together: one at a time on a loaded machine, the two slots could keep
+        # up with the starts, and no step would ever wait for the cap.
+        started = await asyncio.gather(*(start_run(heavy_stub, "capped") for _ in range(40)))
+        heavy = [response.run.id for response in started]
         reasons: list[int] = []
 
         async def held_by_the_cap() -> bool:
             # The count moves with every start and end: a sample may find a free slot.
-            run = await get_run(heavy_stub, heavy[-1])
-            reasons.append(run.steps[0].waiting.reason)
-            return reasons[-1] == run_pb2.StepWaiting.Reason.REASON_ORGANIZATION_LIMIT
+            for run_id in reversed(heavy):  # the last started are the likeliest queued
+                step = (await get_run(heavy_stub, run_id)).steps[0]
+                if step.state == run_pb2.StepRun.STATE_QUEUED:
+                    reasons.append(step.waiting.reason)
+                    return reasons[-1] == run_pb2.StepWaiting.Reason.REASON_ORGANIZATION_LIMIT
+            return False
 
-        await wait_until(held_by_the_cap, within=15, what="a step held by the cap")
+        try:
+            await wait_until(held_by_the_cap, within=15, what="a step held by the cap")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the queued steps' reasons seen: {reasons}") from None
         light = (await start_run(light_stub, "capped")).run.id
         light_run = await wait_for_run(light_stub, light, within=30)
         heavy_runs = [await wait_for_run(heavy_stub, r, within=120) for r in heavy]
