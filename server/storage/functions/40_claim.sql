@@ -303,7 +303,7 @@ BEGIN
         WITH r AS (  -- each run by a primary-key probe, whatever the statistics say (a
             -- plan made while the table was small read every running run)
             SELECT r.*
-              FROM unnest(p_runs) AS u(id),
+              FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
                    LATERAL (
                    SELECT r.id, r.organization_id, r.max_parallel, r.created_at
                      FROM orchestration_runs r
@@ -381,7 +381,7 @@ BEGIN
         -- the table was small walked orchestration_runs_running_idx: every running run).
         OPEN v_runs FOR
         SELECT r.*
-          FROM unnest(p_runs) AS u(id),
+          FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
                LATERAL (SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                                r.definition_name, r.definition_version, r.created_at,
                                r.started_at, r.trace_context, r.priority, r.concurrency_key,
