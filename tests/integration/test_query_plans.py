@@ -562,14 +562,11 @@ async def test_refresh_of_a_large_fan_out_reads_each_step_a_bounded_number_of_ti
             run_id,
             width,
         )
-        read = (
-            "SELECT coalesce(sum(seq_tup_read + coalesce(idx_tup_fetch, 0)), 0)"
-            " FROM pg_stat_xact_user_tables WHERE relname = 'orchestration_steps'"
-        )
+        steps = ["orchestration_steps"]
         async with conn.transaction():
-            before = await conn.fetchval(read)
+            before = await conn.fetchval(_ROWS_READ, steps)
             state = await conn.fetchval("SELECT podium_refresh_run($1)", run_id)
-            after = await conn.fetchval(read)
+            after = await conn.fetchval(_ROWS_READ, steps)
             queued = await conn.fetchval(
                 "SELECT count(*) FROM orchestration_steps WHERE run_id = $1 AND state = 'queued'",
                 run_id,
