@@ -40,7 +40,9 @@ CREATE OR REPLACE FUNCTION podium_create_run(
     conversation_ids uuid[], queued_at timestamptz[], step_started_at timestamptz[],
     step_ended_at timestamptz[], step_inputs jsonb[], step_outputs jsonb[]
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- as podium_complete_steps, 50_complete.sql
+AS $$
 #variable_conflict use_column
 DECLARE
     v_run uuid;

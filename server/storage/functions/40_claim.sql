@@ -679,7 +679,9 @@ RETURNS TABLE (
     definition_name text, definition_version integer, run_created_at timestamptz,
     run_started_at timestamptz, trace_context jsonb, credential text
 )
-LANGUAGE sql AS $$
+LANGUAGE sql
+SET plan_cache_mode = force_generic_plan  -- as podium_complete_steps, 50_complete.sql
+AS $$
     SELECT * FROM podium_claim_steps_of(p_owner, p_limit, p_lease_seconds, NULL, p_org_cap)
 $$;
 
@@ -787,7 +789,9 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     definition_name text, definition_version integer, run_created_at timestamptz,
     run_started_at timestamptz, trace_context jsonb, credential text
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan  -- as podium_complete_steps, 50_complete.sql
+AS $$
 DECLARE
     v_run record;
 BEGIN
