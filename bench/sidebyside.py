@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -42,9 +43,8 @@ import asyncpg
 
 from bench.harness.common import DEFAULT_SERVER_URL, percentile, progress
 from bench.peers import common
+from bench.peers.budget import INFLIGHT, POOL_SIZE
 from bench.peers.common import (
-    INFLIGHT,
-    POOL_SIZE,
     SETTLE_S,
     Meter,
     Sizes,
@@ -54,13 +54,30 @@ from bench.peers.common import (
 
 SYSTEMS = ("podium", "dbos", "langgraph", "queue", "grpc")
 # Not in the default list: Podium with one WatchRuns stream, on a database without
-# statistics (bench/peers/podium_system.py).
-EXTRA_SYSTEMS = ("podium-watch",)
+# statistics (bench/peers/podium_system.py); Podium at another checkout (--baseline).
+EXTRA_SYSTEMS = ("podium-watch", "podium-baseline")
 WORKLOADS = ("w1", "w2", "w3")
 QUICK = Sizes(w1_steps=10, w1_repeats=5, w2_runs=20, w2_steps=10, w3_width=200)
 
 
-def make_system(name: str, port_base: int) -> System:
+def baseline_python(checkout: Path) -> Path:
+    """The interpreter of ``checkout``'s dev environment (``make .venv/.installed``
+    there), in which ``podium`` is that checkout's code."""
+    return checkout / ".venv" / "bin" / "python"
+
+
+def checkout_commit(checkout: Path) -> str:
+    """``git describe`` of ``checkout`` (its commit, ``-dirty`` with local changes)."""
+    described = subprocess.run(
+        ["git", "-C", str(checkout), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return described.stdout.strip() or "unknown"
+
+
+def make_system(name: str, port_base: int, baseline: Path | None = None) -> System:
     if name == "podium":
         from bench.peers.podium_system import PodiumSystem
 
@@ -69,6 +86,11 @@ def make_system(name: str, port_base: int) -> System:
         from bench.peers.podium_system import PodiumSystem
 
         return PodiumSystem(port_base, watch=True)
+    if name == "podium-baseline":
+        from bench.peers.podium_system import PodiumSystem
+
+        assert baseline is not None
+        return PodiumSystem(port_base, python=str(baseline_python(baseline)), name=name)
     if name == "queue":
         from bench.peers.queue_system import QueueSystem
 
@@ -119,7 +141,7 @@ async def run_system(
     dbname = f"{args.db_prefix}{name}_{secrets.token_hex(3)}"
     await admin.execute(f'CREATE DATABASE "{dbname}" TEMPLATE template0')
     dsn = urlunsplit(urlsplit(args.database_url)._replace(path="/" + dbname))
-    system = make_system(name, args.port_base)
+    system = make_system(name, args.port_base, args.baseline)
     out: dict[str, Any] = {}
     try:
         started = time.perf_counter()
@@ -279,7 +301,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "budget": {"steps_in_flight": INFLIGHT, "pool_connections": POOL_SIZE},
         "systems": list(args.systems),
         "workloads": list(args.workloads),
+        "checkout": args.checkout,
     }
+    if args.baseline is not None:
+        out["baseline"] = {"path": str(args.baseline), "checkout": args.baseline_checkout}
     try:
         out["machine"] = await machine(admin)
         rounds: list[dict[str, Any]] = []
@@ -322,6 +347,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(SYSTEMS),
         help=f"subset of {','.join(SYSTEMS + EXTRA_SYSTEMS)} (default: all but the last)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of Podium (e.g. `git worktree add ../base REV`, then `make "
+        ".venv/.installed` there), measured in the same rounds as system podium-baseline, "
+        "added to --systems: before and after a change in one run",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--w1-steps", type=int, help=argparse.SUPPRESS)  # the smoke test
     parser.add_argument(
@@ -337,6 +369,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
     args.workloads = [w for w in args.workloads.split(",") if w]
+    args.checkout = checkout_commit(Path(__file__).resolve().parent.parent)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        if not baseline_python(args.baseline).is_file():
+            parser.error(
+                f"--baseline: no {baseline_python(args.baseline)}; run `make .venv/.installed` "
+                f"in {args.baseline} first"
+            )
+        if "podium-baseline" not in args.systems:
+            args.systems.append("podium-baseline")
+        args.baseline_checkout = checkout_commit(args.baseline)
+    elif "podium-baseline" in args.systems:
+        parser.error("system podium-baseline needs --baseline PATH")
     for s in args.systems:
         if s not in SYSTEMS + EXTRA_SYSTEMS:
             parser.error(f"unknown system {s!r}")

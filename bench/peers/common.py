@@ -13,9 +13,6 @@ from typing import Any
 import asyncpg
 import psutil
 
-# The same budget for every system: steps in flight at once, connections to Postgres.
-INFLIGHT = 100
-POOL_SIZE = 10
 # Seconds to wait before reading pg_stat_database after a window: a backend publishes
 # its statistics at most once a second, and one that went idle just after publishing
 # does so 10 s later (PostgreSQL 15). The systems' touches do not reach every backend

@@ -12,7 +12,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.peers.common import INFLIGHT, POOL_SIZE, System
+from bench.peers.budget import INFLIGHT, POOL_SIZE
+from bench.peers.common import System
 
 _registered: dict[str, Any] = {}
 

@@ -19,7 +19,8 @@ from langgraph.types import Send
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from bench.peers.common import INFLIGHT, POOL_SIZE, System
+from bench.peers.budget import INFLIGHT, POOL_SIZE
+from bench.peers.common import System
 
 
 class ChainState(TypedDict):

@@ -1,8 +1,9 @@
 """Podium in the side-by-side benchmark: the real server in a child process (``python -m
-bench.peers.podium_system``) on the benchmark's PostgreSQL (an external database URL,
-not the embedded one), the no-op agent in another child process
-(``bench/harness/agent.py``), and the driver here: StartRun through the generated
-stub, completion seen by polling the runs' state on a separate connection."""
+bench.peers.podium_serve``, with this checkout's interpreter or, for ``--baseline``,
+another checkout's) on the benchmark's PostgreSQL (an external database URL, not the
+embedded one), the no-op agent in another child process (``bench/harness/agent.py``),
+and the driver here: StartRun through the generated stub, completion seen by polling
+the runs' state on a separate connection."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import psutil
 
 from bench.harness.agent import REPOSITORY_ROOT, AgentProcess
 from bench.harness.common import CHANNEL_OPTIONS
-from bench.peers.common import INFLIGHT, POOL_SIZE, System
+from bench.peers.budget import INFLIGHT
+from bench.peers.common import System
 from podium.orchestration.v1 import definition_pb2
 from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
@@ -59,11 +61,18 @@ class PodiumSystem(System):
 
     name = "podium"
 
-    def __init__(self, port: int, *, watch: bool = False) -> None:
+    def __init__(
+        self, port: int, *, watch: bool = False, python: str = sys.executable, name: str = ""
+    ) -> None:
+        """``python``: the interpreter of the checkout whose server runs (its
+        environment provides ``podium``); ``name``: the system's name in the figures."""
         self._port = port
         self._watch = watch
+        self._python = python
         if watch:
             self.name = "podium-watch"
+        if name:
+            self.name = name
         self._watcher: asyncio.Task[None] | None = None
         self.watched_events = 0
         self._agent: AgentProcess | None = None
@@ -77,9 +86,9 @@ class PodiumSystem(System):
     async def start(self, dsn: str) -> None:
         self._agent = await AgentProcess.start()
         self._server = await asyncio.create_subprocess_exec(
-            sys.executable,
+            self._python,
             "-m",
-            "bench.peers.podium_system",
+            "bench.peers.podium_serve",
             dsn,
             f"noop={self._agent.address}",
             str(self._port),
@@ -208,55 +217,3 @@ class PodiumSystem(System):
     async def warm(self) -> None:
         """Definitions created, channels and prepared statements warm."""
         await self.w1(2, 2)
-
-
-async def serve_main(dsn: str, agents: str, port: int) -> None:
-    """Child process: the Podium server; ``flush`` on stdin makes every pooled
-    connection run one query (publishing its statistics) and replies ``OK n``."""
-    from podium.server.app import PodiumServer
-    from podium.server.config import Settings
-
-    settings = Settings.from_env(
-        {},
-        database_url=dsn,
-        listen_address=f"127.0.0.1:{port}",
-        agents=agents,
-        agent_allowed_networks="loopback",  # the no-op agent listens on loopback
-        log_level="warning",
-        shutdown_grace_seconds=0.0,
-        worker_slots=INFLIGHT,
-        default_max_parallel=INFLIGHT,
-        db_pool_max_size=POOL_SIZE,
-        # The drivers call without keys (the check is one cached lookup per call).
-        auth="disabled",
-    )
-    server = PodiumServer(settings)
-    await server.start()
-    pool = server.engine.db.pool
-    print("READY", flush=True)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    while line := await reader.readline():
-        if line.strip() == b"flush":
-            held: list[Any] = []
-            try:
-                with contextlib.suppress(TimeoutError):  # one held by the server for long
-                    for _ in range(pool.get_size()):
-                        held.append(await asyncio.wait_for(pool.acquire(), timeout=2))
-                for conn in held:
-                    await conn.fetchval("SELECT 1")
-            finally:
-                for conn in held:
-                    await pool.release(conn)
-            print(f"OK {len(held)}", flush=True)
-    await server.stop(0)
-
-
-if __name__ == "__main__":
-    # The event loop `podium serve` runs on (PODIUM_EVENT_LOOP, uvloop by default).
-    from podium.server.config import Settings
-    from podium.server.main import loop_factory
-
-    with asyncio.Runner(loop_factory=loop_factory(Settings.from_env().event_loop)) as runner:
-        runner.run(serve_main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

@@ -25,7 +25,7 @@ def free_port() -> int:
         return port
 
 
-def run_driver(server_url: str, systems: str) -> dict[str, Any]:
+def run_driver(server_url: str, systems: str, *extra: str) -> dict[str, Any]:
     completed = subprocess.run(
         [
             sys.executable,
@@ -46,6 +46,7 @@ def run_driver(server_url: str, systems: str) -> dict[str, Any]:
             systems,
             "--settle-seconds",
             "0.2",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -92,3 +93,33 @@ def test_driver_runs_w1_on_the_peers(pg_server_url: str) -> None:
     document = run_driver(pg_server_url, "dbos,langgraph")
     for system in ("dbos", "langgraph"):
         check_w1(document, system)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(
+    Path(sys.executable).parent != ROOT / ".venv" / "bin",
+    reason="--baseline takes a checkout's .venv: the tests do not run from this one's",
+)
+def test_driver_measures_a_baseline_checkout_beside_this_one(pg_server_url: str) -> None:
+    """``--baseline PATH`` adds ``podium-baseline``: Podium's server run by PATH's
+    interpreter (here this checkout's own), in the same rounds as ``podium``."""
+    document = run_driver(pg_server_url, "podium", "--baseline", str(ROOT))
+    assert document["systems"] == ["podium", "podium-baseline"]
+    assert document["baseline"]["path"] == str(ROOT)
+    assert document["baseline"]["checkout"] == document["checkout"] != "unknown"
+    for system in ("podium", "podium-baseline"):
+        check_w1(document, system)
+
+
+def test_a_baseline_without_a_dev_environment_is_refused(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sidebyside.py"), "--baseline", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert completed.returncode == 2
+    assert f"--baseline: no {tmp_path}/.venv/bin/python" in completed.stderr
+    assert "make .venv/.installed" in completed.stderr
