@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -41,6 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import asyncpg
 
+from bench.harness.checkouts import baseline_python, checkout_commit
 from bench.harness.common import DEFAULT_SERVER_URL, percentile, progress
 from bench.peers import common
 from bench.peers.budget import INFLIGHT, POOL_SIZE
@@ -58,23 +58,6 @@ SYSTEMS = ("podium", "dbos", "langgraph", "queue", "grpc")
 EXTRA_SYSTEMS = ("podium-watch", "podium-baseline")
 WORKLOADS = ("w1", "w2", "w3")
 QUICK = Sizes(w1_steps=10, w1_repeats=5, w2_runs=20, w2_steps=10, w3_width=200)
-
-
-def baseline_python(checkout: Path) -> Path:
-    """The interpreter of ``checkout``'s dev environment (``make .venv/.installed``
-    there), in which ``podium`` is that checkout's code."""
-    return checkout / ".venv" / "bin" / "python"
-
-
-def checkout_commit(checkout: Path) -> str:
-    """``git describe`` of ``checkout`` (its commit, ``-dirty`` with local changes)."""
-    described = subprocess.run(
-        ["git", "-C", str(checkout), "describe", "--always", "--dirty"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return described.stdout.strip() or "unknown"
 
 
 def make_system(name: str, port_base: int, baseline: Path | None = None) -> System:
@@ -369,7 +352,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.systems = [s for s in args.systems.split(",") if s]
     args.workloads = [w for w in args.workloads.split(",") if w]
-    args.checkout = checkout_commit(Path(__file__).resolve().parent.parent)
+    args.checkout = checkout_commit()
     if args.baseline is not None:
         args.baseline = args.baseline.resolve()
         if not baseline_python(args.baseline).is_file():

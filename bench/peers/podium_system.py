@@ -174,7 +174,17 @@ class PodiumSystem(System):
             )
         return self._refs[(kind, n)]
 
-    async def _wait(self, run_ids: list[str], interval: float) -> None:
+    @property
+    def agent(self) -> AgentProcess | None:
+        """The no-op agent's process, once started."""
+        return self._agent
+
+    async def start_one(self, steps: int) -> str:
+        """Start one run of ``steps`` sequential steps; its id."""
+        return (await self._start(await self._ref("chain", steps), 1))[0]
+
+    async def wait(self, run_ids: list[str], interval: float) -> None:
+        """Until the runs finished, asking every ``interval`` seconds."""
         assert self._poller is not None
         ids = [uuid.UUID(r) for r in run_ids]
         deadline = time.monotonic() + 600
@@ -202,17 +212,17 @@ class PodiumSystem(System):
         out = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            await self._wait(await self._start(ref, 1), POLL_W1_S)
+            await self.wait(await self._start(ref, 1), POLL_W1_S)
             out.append(time.perf_counter() - t0)
         return out
 
     async def w2(self, runs: int, steps: int) -> None:
         ref = await self._ref("chain", steps)
-        await self._wait(await self._start(ref, runs), POLL_BULK_S)
+        await self.wait(await self._start(ref, runs), POLL_BULK_S)
 
     async def w3(self, width: int) -> None:
         ref = await self._ref("fanout", width)
-        await self._wait(await self._start(ref, 1), POLL_BULK_S)
+        await self.wait(await self._start(ref, 1), POLL_BULK_S)
 
     async def warm(self) -> None:
         """Definitions created, channels and prepared statements warm."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,45 @@ def test_sqlcost_times_every_hot_path_statement(pg_server_url: str) -> None:
     for figure in ("claim_us", "lease_us", "complete_us", "create_run_us"):
         assert document[figure] > 0, figure
     assert all(value > 0 for value in document["writes_us"].values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_timeline_cuts_sequential_runs_into_segments(pg_server_url: str) -> None:
+    """``bench/timeline.py`` reads the caller's, PostgreSQL's and the agent's clocks of
+    real runs: every segment of every step is there, and a step's parts fit in it."""
+    runs = 2
+    document = _bench(
+        "timeline.py",
+        "--database-url",
+        pg_server_url,
+        "--runs",
+        str(runs),
+        "--rounds",
+        "1",
+        "--port",
+        str(_free_port()),
+        timeout=240,
+    )
+    segments = document["segments"]["podium"]
+    counts = {name: figures["n"] for name, figures in segments.items()}
+    assert counts == {
+        "start_to_run_created": runs,
+        "first_claim": runs,
+        "dispatch": 10 * runs,
+        "agent_to_completed": 10 * runs,
+        "next_claim": 9 * runs,
+        "completed_to_caller": runs,
+        "step": 8 * runs,
+        "run": runs,
+    }
+    # The three clocks agree: every segment ends after it starts (the agent receives a
+    # call after the lease's statement and before the completion's).
+    assert all(figures["min_ms"] > 0 for figures in segments.values()), segments
