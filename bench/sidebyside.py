@@ -40,7 +40,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import asyncpg
 
-from bench.harness.checkouts import baseline_python, checkout_commit
+from bench.harness.checkouts import (
+    baseline_checkout,
+    baseline_python,
+    checkout_commit,
+    describe_baseline,
+)
 from bench.harness.common import DEFAULT_SERVER_URL, percentile, progress
 from bench.peers import common
 from bench.peers.budget import INFLIGHT, POOL_SIZE
@@ -287,7 +292,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "checkout": args.checkout,
     }
     if args.baseline is not None:
-        out["baseline"] = {"path": str(args.baseline), "checkout": args.baseline_checkout}
+        out["baseline"] = args.baseline_described
     try:
         out["machine"] = await machine(admin)
         rounds: list[dict[str, Any]] = []
@@ -332,7 +337,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--baseline",
-        type=Path,
+        type=baseline_checkout,
         help="another checkout of Podium (e.g. `git worktree add ../base REV`, then `make "
         ".venv/.installed` there), measured in the same rounds as system podium-baseline, "
         "added to --systems: before and after a change in one run",
@@ -354,15 +359,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.workloads = [w for w in args.workloads.split(",") if w]
     args.checkout = checkout_commit()
     if args.baseline is not None:
-        args.baseline = args.baseline.resolve()
-        if not baseline_python(args.baseline).is_file():
-            parser.error(
-                f"--baseline: no {baseline_python(args.baseline)}; run `make .venv/.installed` "
-                f"in {args.baseline} first"
-            )
         if "podium-baseline" not in args.systems:
             args.systems.append("podium-baseline")
-        args.baseline_checkout = checkout_commit(args.baseline)
+        args.baseline_described = describe_baseline(args.baseline)
     elif "podium-baseline" in args.systems:
         parser.error("system podium-baseline needs --baseline PATH")
     for s in args.systems:

@@ -51,7 +51,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import asyncpg
 
-from bench.harness.checkouts import baseline_python, checkout_commit
+from bench.harness.checkouts import (
+    baseline_checkout,
+    baseline_python,
+    checkout_commit,
+    describe_baseline,
+)
 from bench.harness.common import DEFAULT_SERVER_URL, progress
 from bench.harness.server import create_database, drop_database, machine_info
 from bench.peers.podium_system import POLL_W1_S, PodiumSystem
@@ -75,8 +80,8 @@ def segments(
     receipts: dict[str, float],
 ) -> dict[str, list[float]]:
     """One run's segments in ms: ``caller`` = (StartRun sent, run seen finished), epoch
-    seconds; ``events`` = (type, step_id, epoch seconds) in sequence order;
-    ``receipts`` = the agent's receipt time per step id (first attempt)."""
+    seconds; ``events`` = rows with ``type``, ``step_id`` and ``t`` (epoch seconds), in
+    sequence order; ``receipts`` = the agent's receipt time per step id (first attempt)."""
     at: dict[tuple[str, str | None], float] = {}
     for row in events:
         at.setdefault((row["type"], row["step_id"]), row["t"])
@@ -163,7 +168,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "machine": await machine_info(admin),
         }
         if args.baseline is not None:
-            out["baseline"] = {"path": str(args.baseline), "checkout": args.baseline_checkout}
+            out["baseline"] = args.baseline_described
         for r in range(args.rounds):
             for name, python in systems.items():
                 progress(f"round {r + 1}/{args.rounds}: {name}")
@@ -188,17 +193,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=47900, help="the Podium server's port")
     parser.add_argument(
         "--baseline",
-        type=Path,
+        type=baseline_checkout,
         help="another checkout with its .venv, alternated round by round (as in "
         "bench/sidebyside.py)",
     )
     args = parser.parse_args(argv)
     args.checkout = checkout_commit()
     if args.baseline is not None:
-        args.baseline = args.baseline.resolve()
-        if not baseline_python(args.baseline).is_file():
-            parser.error(f"--baseline: no {baseline_python(args.baseline)}")
-        args.baseline_checkout = checkout_commit(args.baseline)
+        args.baseline_described = describe_baseline(args.baseline)
     return args
 
 

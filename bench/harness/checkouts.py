@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -23,3 +25,18 @@ def checkout_commit(checkout: Path = ROOT) -> str:
         check=False,
     )
     return described.stdout.strip() or "unknown"
+
+
+def baseline_checkout(text: str) -> Path:
+    """``--baseline``'s argument type: a checkout with its dev environment, resolved."""
+    checkout = Path(text).resolve()
+    if not baseline_python(checkout).is_file():
+        raise argparse.ArgumentTypeError(
+            f"no {baseline_python(checkout)}; run `make .venv/.installed` in {checkout} first"
+        )
+    return checkout
+
+
+def describe_baseline(checkout: Path) -> dict[str, Any]:
+    """What a benchmark's JSON says of its ``--baseline``."""
+    return {"path": str(checkout), "checkout": checkout_commit(checkout)}

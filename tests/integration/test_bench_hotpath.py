@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.integration.pg_cluster import free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -69,13 +70,6 @@ def test_sqlcost_times_every_hot_path_statement(pg_server_url: str) -> None:
     assert all(value > 0 for value in document["writes_us"].values())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_timeline_cuts_sequential_runs_into_segments(pg_server_url: str) -> None:
@@ -91,7 +85,7 @@ def test_timeline_cuts_sequential_runs_into_segments(pg_server_url: str) -> None
         "--rounds",
         "1",
         "--port",
-        str(_free_port()),
+        str(free_port()),
         timeout=240,
     )
     segments = document["segments"]["podium"]
