@@ -431,3 +431,124 @@ async def test_a_batch_of_successes_of_one_run_is_recorded_set_based(db: Databas
     assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
     assert [t for _, t, _ in events].count("run.completed") == 1
     assert events[-1][1] == "run.completed"
+
+
+_COMPLETE_ONE = """
+SELECT run_id, step_id, attempt, agent FROM podium_complete_steps(
+    ARRAY[$1::uuid], ARRAY[$2::text], ARRAY[$3::integer], ARRAY['succeeded'],
+    ARRAY['{}'::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::timestamptz],
+    ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[0::numeric], 'replica-1', 10, 60)
+ WHERE run_id IS NOT NULL
+"""
+
+# Rows written, per table, by this backend since its statistics were last reported
+# (PostgreSQL's own counters; read twice in one transaction, their difference is what
+# the statements between wrote).
+_WRITES = """
+SELECT relname, n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables
+ WHERE relname IN ('orchestration_runs', 'orchestration_steps', 'orchestration_events')
+"""
+
+
+async def _complete_one(
+    db: Database, step: ClaimedStep
+) -> tuple[list[tuple[str, int]], dict[str, tuple[int, int]]]:
+    """One success through podium_complete_steps with its eager claim, in a transaction
+    of its own: the steps it claimed and the rows it inserted and updated per table."""
+    async with db.transaction() as conn:
+        before = {r["relname"]: r for r in await conn.fetch(_WRITES)}
+        claimed = await conn.fetch(_COMPLETE_ONE, step.run_id, step.step_id, step.attempt)
+        after = await conn.fetch(_WRITES)
+    return (
+        [(r["step_id"], r["attempt"]) for r in claimed],
+        {
+            r["relname"]: (
+                r["n_tup_ins"] - before[r["relname"]]["n_tup_ins"],
+                r["n_tup_upd"] - before[r["relname"]]["n_tup_upd"],
+            )
+            for r in after
+        },
+    )
+
+
+async def test_a_single_success_decides_its_runs_claim_with_its_own_writes(
+    db: Database,
+) -> None:
+    """A single success whose run takes the claim's simplest path (agents without
+    limits, no budget, no key limit, its share alone in the queue) picks the steps it
+    made runnable itself: the run row updated once and one insert of every event
+    (completed, queued, started), numbered without gaps, within max_parallel; the
+    steps past it stay queued for the claims, and nobody is woken for them."""
+    repo = RunsRepository(db)
+    fan = [("root", []), *[(f"m{i}", ["root"]) for i in range(4)]]
+    run = (await repo.create(dag(fan, max_parallel=2), start=True)).run.id
+    (root,) = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    claimed, writes = await _complete_one(db, root)
+
+    assert claimed == [("m0", 1), ("m1", 1)]  # max_parallel 2, in the claim's order
+    assert writes["orchestration_runs"][1] == 1  # once: not again for the lease's events
+    assert writes["orchestration_events"][0] == 1 + 4 + 2
+    assert await running(db, run) == {"m0": "replica-1", "m1": "replica-1"}
+    events = await _events(db, run)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert [(t, s) for _, t, s in events][-7:] == [
+        ("step.completed", "root"),
+        *[("step.queued", f"m{i}") for i in range(4)],
+        ("step.started", "m0"),
+        ("step.started", "m1"),
+    ]
+    async with db.connection() as conn:
+        started = await conn.fetch(
+            "SELECT e.step_id, e.attempt, e.payload, a.attempt AS leased"
+            "  FROM orchestration_events e"
+            "  JOIN step_attempts a ON a.run_id = e.run_id AND a.step_id = e.step_id"
+            " WHERE e.run_id = $1 AND e.type = 'step.started' AND e.step_id LIKE 'm%'",
+            run,
+        )
+        last = await conn.fetchval(
+            "SELECT last_event_sequence FROM orchestration_runs WHERE id = $1", run
+        )
+    assert sorted((r["step_id"], r["attempt"], r["leased"]) for r in started) == [
+        ("m0", 1, 1),
+        ("m1", 1, 1),
+    ]
+    assert all(r["payload"] == {"agent": "echo"} for r in started)
+    assert last == events[-1][0]
+    # The rest is the claims': a later completion's or the scheduler's.
+    assert sorted(s.step_id for s in await repo.claim("replica-2", 10, lease_seconds=60)) == []
+    m0 = StepOutcome(
+        run_id=run,
+        step_id="m0",
+        attempt=1,
+        outcome=Outcome.SUCCEEDED,
+        organization_id=ORG,
+        run_created_at=root.run_created_at,
+        output={},
+    )
+    batch = await repo.complete([m0], EagerClaim("replica-1", 10, 60))
+    assert [s.step_id for s in batch.claimed] == ["m2"] and not batch.wake
+
+
+async def test_a_single_success_leaves_a_run_that_needs_counting_to_the_claim(
+    db: Database,
+) -> None:
+    """A run whose next step's agent has a max_concurrency is claimed by the claim,
+    which counts it (the run row updated again for the lease's events)."""
+    repo = RunsRepository(db)
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
+            " VALUES ($1, 'echo', '127.0.0.1:1', 1)",
+            ORG,
+        )
+    run = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
+    (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    claimed, writes = await _complete_one(db, a)
+
+    assert claimed == [("b", 1)]
+    assert writes["orchestration_runs"][1] == 2
+    events = await _events(db, run)
+    assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+    assert [t for _, t, _ in events][-3:] == ["step.completed", "step.queued", "step.started"]

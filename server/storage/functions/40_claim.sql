@@ -184,6 +184,32 @@ BEGIN
 END
 $$;
 
+-- Whether the shares of runs p_runs (a share: the runs of one organization and
+-- concurrency key value at one priority; see podium_claim_steps_of) are alone in the
+-- queue: no other share of their priority and no higher priority has queued steps
+-- (index probes on orchestration_steps_queued_share_idx). An eager claim may keep the
+-- slots its completion freed only then; otherwise they go by turns.
+CREATE OR REPLACE FUNCTION podium_shares_alone(p_runs uuid[]) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
+BEGIN
+    RETURN NOT EXISTS (
+        SELECT 1
+          FROM (SELECT DISTINCT r.priority, r.organization_id,
+                       coalesce(r.concurrency_key, '') AS share_key
+                  FROM orchestration_runs r WHERE r.id = ANY (p_runs)) m
+         WHERE EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority > m.priority)
+            OR EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority = m.priority
+                          AND (p.organization_id, p.concurrency_key)
+                              < (m.organization_id, m.share_key))
+            OR EXISTS (SELECT 1 FROM orchestration_steps p
+                        WHERE p.state = 'queued' AND p.priority = m.priority
+                          AND (p.organization_id, p.concurrency_key)
+                              > (m.organization_id, m.share_key)));
+END
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
 -- eager claim inside a completion or StartRun, which holds those runs' locks already).
@@ -273,25 +299,10 @@ BEGIN
     IF p_limit <= 0 THEN
         RETURN;
     END IF;
-    -- An eager claim whose runs' shares are not alone in the queue (another share of
-    -- their priority, or a higher priority, has queued steps) becomes the scheduler's
-    -- claim over every run, so the freed slots go by turns. Its SKIP LOCKED keeps the
-    -- lock order safe while this transaction holds the completed runs.
-    IF p_runs IS NOT NULL AND EXISTS (
-           SELECT 1
-             FROM (SELECT DISTINCT r.priority, r.organization_id,
-                          coalesce(r.concurrency_key, '') AS share_key
-                     FROM orchestration_runs r WHERE r.id = ANY (p_runs)) m
-            WHERE EXISTS (SELECT 1 FROM orchestration_steps p
-                           WHERE p.state = 'queued' AND p.priority > m.priority)
-               OR EXISTS (SELECT 1 FROM orchestration_steps p
-                           WHERE p.state = 'queued' AND p.priority = m.priority
-                             AND (p.organization_id, p.concurrency_key)
-                                 < (m.organization_id, m.share_key))
-               OR EXISTS (SELECT 1 FROM orchestration_steps p
-                           WHERE p.state = 'queued' AND p.priority = m.priority
-                             AND (p.organization_id, p.concurrency_key)
-                                 > (m.organization_id, m.share_key))) THEN
+    -- An eager claim whose runs' shares are not alone in the queue becomes the
+    -- scheduler's claim over every run, so the freed slots go by turns. Its SKIP LOCKED
+    -- keeps the lock order safe while this transaction holds the completed runs.
+    IF p_runs IS NOT NULL AND NOT podium_shares_alone(p_runs) THEN
         p_runs := NULL;
     END IF;
     IF cardinality(p_runs) > 1 AND v_cap = 0 THEN

@@ -33,12 +33,25 @@ $$;
 -- podium_complete_step without waking the claimers: run_state as podium_complete_step
 -- returns it, queued = how many steps it made runnable, retry = whether the step now
 -- waits for a retry. The caller decides whether to NOTIFY podium_work.
+--
+-- With p_claim_limit > 0 (a completion's eager claim, podium_complete_steps), a success
+-- that made steps of its run runnable also decides that run's claim when the claim
+-- would take its simplest path (podium_claim_steps_of: the run still running, no
+-- budget, no key limit, no due retry, every queued step naming an agent without limits,
+-- its share alone in the queue): picked = the queued steps of the run its free slots
+-- allow, at most p_claim_limit, locked, in the claim's order, their step.started events
+-- written with this outcome's events (one update of the run row, one insert). The
+-- caller leases them (podium_lease_steps without events). picked is NULL when this
+-- outcome did not decide the run's claim.
+DROP FUNCTION IF EXISTS podium_record_outcome(
+    uuid, text, integer, text, jsonb, jsonb, jsonb, timestamptz, bigint, bigint, numeric,
+    text);
 CREATE OR REPLACE FUNCTION podium_record_outcome(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
-    p_model text DEFAULT '',
-    OUT run_state text, OUT queued integer, OUT retry boolean
+    p_model text DEFAULT '', p_claim_limit integer DEFAULT 0,
+    OUT run_state text, OUT queued integer, OUT retry boolean, OUT picked text[]
 )
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -49,12 +62,18 @@ DECLARE
     v_seq bigint;
     v_org text;
     v_run_state text;
+    v_run record;
     v_budget uuid;
     v_credential boolean;
+    v_picks text[] := '{}';
+    v_pick_attempts integer[] := '{}';
+    v_pick_agents text[] := '{}';
 BEGIN
     queued := 0;
     retry := false;
-    SELECT budget_run_id INTO v_budget FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    SELECT r.budget_run_id, r.state, r.max_parallel, r.max_steps_per_key INTO v_run
+      FROM orchestration_runs r WHERE r.id = p_run FOR UPDATE;
+    v_budget := v_run.budget_run_id;
     IF p_input_tokens + p_output_tokens > 0 THEN  -- rate limits: 45_rate_limits.sql
         PERFORM podium_rate_record_tokens(p_run, p_step, p_attempt,
                                           p_input_tokens + p_output_tokens);
@@ -140,10 +159,41 @@ BEGIN
         v_queued := '{}';
     END IF;
     v_count := cardinality(v_queued);
+    -- The run's claim, decided here when it takes the claim's simplest path (above).
+    IF p_claim_limit > 0 AND v_count > 0 AND v_budget IS NULL AND v_run.state = 'running'
+       AND v_run.max_steps_per_key = 0
+       AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
+                        WHERE w.run_id = p_run AND w.state = 'waiting_retry'
+                          AND w.next_attempt_at <= now())
+       AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
+                         LEFT JOIN agents a ON a.organization_id = q.organization_id
+                                           AND a.name = q.agent
+                        WHERE q.run_id = p_run AND q.state = 'queued'
+                          AND (q.skill IS NOT NULL OR a.max_concurrency > 0
+                               OR a.rate_period_seconds > 0))
+       AND podium_shares_alone(ARRAY[p_run]) THEN
+        SELECT coalesce(array_agg(q.step_id ORDER BY q.queued_at, q.position), '{}'),
+               coalesce(array_agg(q.attempt + 1 ORDER BY q.queued_at, q.position), '{}'),
+               coalesce(array_agg(q.agent ORDER BY q.queued_at, q.position), '{}')
+          INTO v_picks, v_pick_attempts, v_pick_agents
+          FROM (SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
+                  FROM orchestration_steps q
+                 WHERE q.run_id = p_run AND q.state = 'queued'
+                 ORDER BY q.queued_at, q.position
+                 LIMIT least(p_claim_limit,
+                             greatest(v_run.max_parallel
+                                      - (SELECT count(*) FROM orchestration_steps x
+                                          WHERE x.run_id = p_run AND x.state = 'running'),
+                                      0))
+                   FOR UPDATE SKIP LOCKED) q;
+        picked := v_picks;
+    END IF;
 
     -- One update of the run row (usage, progress, the events' sequence numbers, and
     -- completion after its last step, output = the outputs of the sink steps) and the
-    -- events of this transition, numbered after the previous last sequence.
+    -- events of this transition, numbered after the previous last sequence: the
+    -- outcome's, step.queued of the steps it made runnable, step.started of the steps
+    -- picked, run.completed.
     WITH run AS (
         UPDATE orchestration_runs r
            SET input_tokens = r.input_tokens + p_input_tokens,
@@ -151,6 +201,7 @@ BEGIN
                cost_usd = r.cost_usd + p_cost_usd,
                steps_remaining = r.steps_remaining - CASE WHEN v_state = 'succeeded' THEN 1 ELSE 0 END,
                last_event_sequence = r.last_event_sequence + 1 + v_count
+                   + cardinality(v_picks)
                    + CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 1 ELSE 0 END,
                state = CASE WHEN v_state = 'succeeded' AND r.steps_remaining = 1 THEN 'succeeded'
                             ELSE r.state END,
@@ -168,7 +219,9 @@ BEGIN
         INSERT INTO orchestration_events
             (run_id, sequence, organization_id, type, step_id, attempt, run_state,
              step_state, payload, created_at)
-        SELECT p_run, run.seq - 1 - v_count - CASE WHEN run.done THEN 1 ELSE 0 END + e.ord,
+        SELECT p_run,
+               run.seq - 1 - v_count - cardinality(v_picks)
+                   - CASE WHEN run.done THEN 1 ELSE 0 END + e.ord,
                run.org, e.type, e.step_id, e.attempt,
                CASE WHEN e.type = 'run.completed' THEN run.state ELSE 'running' END,
                e.step_state, e.payload, clock_timestamp()
@@ -187,7 +240,14 @@ BEGIN
                 SELECT 1 + q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
                   FROM unnest(v_queued) WITH ORDINALITY AS q(step_id, ord)
                 UNION ALL
-                SELECT 2 + v_count, 'run.completed', NULL, NULL, NULL, '{}'::jsonb) e
+                SELECT 1 + v_count + p.ord, 'step.started', p.step_id, p.attempt, 'running',
+                       CASE WHEN p.agent IS NULL THEN '{}'::jsonb
+                            ELSE jsonb_build_object('agent', p.agent) END
+                  FROM unnest(v_picks, v_pick_attempts, v_pick_agents)
+                       WITH ORDINALITY AS p(step_id, attempt, agent, ord)
+                UNION ALL
+                SELECT 2 + v_count + cardinality(v_picks), 'run.completed', NULL, NULL, NULL,
+                       '{}'::jsonb) e
          WHERE e.type <> 'run.completed' OR run.done
     )
     SELECT run.seq, run.org, run.state, run.done INTO v_seq, v_org, v_run_state, v_done
@@ -223,8 +283,9 @@ DROP FUNCTION IF EXISTS podium_complete_steps(
 -- A completion batch of one replica in one statement, with its eager claim: records each
 -- outcome (podium_record_outcome, in the order given: the caller sorts the batch like
 -- the claimers lock runs), then claims up to p_claim_limit runnable steps of the runs
--- still running among them for p_owner (podium_claim_steps_of), so the steps this batch
--- made runnable go straight to the replica that completed it, without a NOTIFY, a wake
+-- still running among them for p_owner (podium_claim_steps_of; a single outcome's run
+-- by podium_record_outcome itself when it takes the claim's simplest path), so the
+-- steps this batch made runnable go straight to the replica that completed it, without a NOTIFY, a wake
 -- and a claim of their own. Like every eager claim it only tries the claim's locks
 -- (40_claim.sql): this transaction already holds run rows; a step whose agent, key or
 -- organization another claim is deciding for stays queued for the claimers. Limits are
@@ -275,6 +336,9 @@ DECLARE
     v_eager boolean := false;
     v_claimed integer := 0;
     v_wake boolean;
+    v_lease_run uuid;  -- the run whose claim podium_record_outcome decided, its picks
+    v_lease_steps text[] := '{}';
+    v_rows integer;
 BEGIN
     -- A batch of several outcomes locks every run of the batch first, in the claimers'
     -- order (the caller sorted the batch that way). Runs whose outcomes here are all
@@ -302,13 +366,21 @@ BEGIN
     END IF;
     FOR i IN 1 .. v_n LOOP
         CONTINUE WHEN p_runs[i] = ANY (v_fast);
+        -- A single outcome (a sequential step) may decide its run's claim itself, with
+        -- fewer statements and writes than podium_claim_steps_of (podium_record_outcome).
         v_done := podium_record_outcome(p_runs[i], p_steps[i], p_attempts[i], p_outcomes[i],
                                         p_outputs[i], p_errors[i], p_inputs[i],
                                         p_next_attempt_at[i], p_input_tokens[i],
                                         p_output_tokens[i], p_costs[i],
-                                        coalesce(p_models[i], ''));
+                                        coalesce(p_models[i], ''),
+                                        CASE WHEN v_n = 1 AND coalesce(p_org_cap, 0) <= 0
+                                             THEN p_claim_limit ELSE 0 END);
         v_states[i] := v_done.run_state;
-        IF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
+        IF v_done.picked IS NOT NULL THEN
+            v_eager := true;
+            v_lease_run := p_runs[i];
+            v_lease_steps := v_done.picked;
+        ELSIF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
             v_runs := v_runs || p_runs[i];
         END IF;
         v_queued := v_queued + v_done.queued;
@@ -328,13 +400,22 @@ BEGIN
             END IF;
         END LOOP;
     END IF;
+    IF cardinality(v_lease_steps) > 0 THEN  -- step.started written with the outcome
+        RETURN QUERY
+        SELECT NULL::text[], NULL::boolean, c.*
+          FROM podium_lease_steps(array_fill(v_lease_run, ARRAY[cardinality(v_lease_steps)]),
+                                  v_lease_steps, NULL, NULL, p_owner, p_lease_seconds,
+                                  clock_timestamp(), false) c;
+        GET DIAGNOSTICS v_claimed = ROW_COUNT;
+    END IF;
     IF p_claim_limit > 0 AND cardinality(v_runs) > 0 THEN
         v_eager := true;
         RETURN QUERY
         SELECT NULL::text[], NULL::boolean, c.*
-          FROM podium_claim_steps_of(p_owner, p_claim_limit, p_lease_seconds, v_runs,
-                                     p_org_cap) c;
-        GET DIAGNOSTICS v_claimed = ROW_COUNT;
+          FROM podium_claim_steps_of(p_owner, p_claim_limit - v_claimed, p_lease_seconds,
+                                     v_runs, p_org_cap) c;
+        GET DIAGNOSTICS v_rows = ROW_COUNT;
+        v_claimed := v_claimed + v_rows;
     END IF;
     v_wake := v_retry OR (v_queued > 0 AND (NOT v_eager OR v_claimed >= p_claim_limit));
     IF v_wake THEN
