@@ -10,7 +10,8 @@ back at once, so every call sees the same rows (the first step queued, or runnin
 the completion):
 
 - ``claim_us``: ``podium_claim_steps_of`` for the run (an eager claim of one step);
-- ``lease_us``: ``podium_lease_steps`` of that step (the one statement that writes it);
+- ``lease_us``: ``podium_lease_steps`` of that step (the statement that writes it, its
+  attempt and its conversation; its ``step.started`` event is the caller's);
 - ``complete_us``: ``podium_complete_steps`` of the running step's success with its
   eager claim of the next step (a W1 completion statement);
 - ``create_run_us``: ``podium_create_run`` of another run of ``--steps`` steps, started;
@@ -81,7 +82,7 @@ _STATEMENTS = {
     "claim_us": "PERFORM count(*) FROM podium_claim_steps_of('bench', 10, 60, ARRAY[r]);",
     "lease_us": (
         "PERFORM count(*) FROM podium_lease_steps(ARRAY[r], ARRAY['s1'], NULL, NULL,"
-        " 'bench', 60, clock_timestamp(), true);"
+        " 'bench', 60, clock_timestamp());"
     ),
     "complete_us": (
         "PERFORM count(*) FROM podium_complete_steps(ARRAY[c], ARRAY['s1'], ARRAY[1],"

@@ -65,18 +65,20 @@ $$;
 -- fencing token), agent p_agent (the agent its skill was routed to; NULL keeps the
 -- step's own), its step_attempts row with the attempt's step credential (an agent or
 -- skill step not on A2A: 'pds_' and 244 random bits of two gen_random_uuid(); only its
--- SHA-256 is stored), its conversation on its first attempt (kept across attempts and
--- ContinueRun) and, with p_events, its step.started event (numbered with one update of
--- each run, in the order given; without, the caller writes them). Unknown agents and
--- skills without agents are leased anyway: the executor fails them with a clear error
--- instead of leaving them queued forever. Rows: the executor's, in the order given,
--- the spec with refused_agents = p_refused when given (a skill whose every agent is
--- refused).
+-- SHA-256 is stored) and its conversation on its first attempt (kept across attempts
+-- and ContinueRun). The caller writes the step.started events (podium_append_started,
+-- or with its own events): a statement that may write none still pays for opening the
+-- run rows' and the events' indexes. Unknown agents and skills without agents are
+-- leased anyway: the executor fails them with a clear error instead of leaving them
+-- queued forever. Rows: the executor's, in the order given, the spec with
+-- refused_agents = p_refused when given (a skill whose every agent is refused).
 DROP FUNCTION IF EXISTS podium_lease_steps(
     uuid, text[], text, text[], text, double precision, timestamptz, boolean);
+DROP FUNCTION IF EXISTS podium_lease_steps(
+    uuid[], text[], text, text[], text, double precision, timestamptz, boolean);
 CREATE OR REPLACE FUNCTION podium_lease_steps(
     p_runs uuid[], p_steps text[], p_agent text, p_refused text[], p_owner text,
-    p_lease_seconds double precision, p_now timestamptz, p_events boolean
+    p_lease_seconds double precision, p_now timestamptz
 )
 RETURNS TABLE (
     run_id uuid, step_id text, attempt integer, organization_id text, agent text,
@@ -118,8 +120,7 @@ BEGIN
                          AND a.protocol IS DISTINCT FROM 'a2a' THEN
                    'pds_' || replace(gen_random_uuid()::text, '-', '')
                    || replace(gen_random_uuid()::text, '-', '')
-               END AS credential,
-               row_number() OVER (PARTITION BY l.run_id ORDER BY l.pick) AS ord
+               END AS credential
           FROM leased l
           LEFT JOIN LATERAL (SELECT a.endpoint, a.default_timeout_seconds, a.protocol
                                FROM agents a
@@ -137,27 +138,6 @@ BEGIN
         SELECT c.conversation_id, c.organization_id, c.run_id, c.step_id, c.agent
           FROM c WHERE c.attempt = 1
         ON CONFLICT (id) DO NOTHING
-    ), n AS (  -- each run's row found by a primary-key probe, as the steps' (target)
-        SELECT g.run_id, g.n, t.tid
-          FROM (SELECT c.run_id, count(*) AS n FROM c WHERE p_events GROUP BY 1) g,
-               LATERAL (SELECT x.ctid AS tid FROM orchestration_runs x
-                         WHERE x.id = g.run_id LIMIT 1) t
-    ), run AS (
-        UPDATE orchestration_runs r
-           SET last_event_sequence = r.last_event_sequence + n.n, updated_at = now()
-          FROM n
-         WHERE r.ctid = n.tid
-        RETURNING r.id, r.last_event_sequence - n.n AS base
-    ), started AS (
-        INSERT INTO orchestration_events
-            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
-             step_state, payload, created_at)
-        SELECT c.run_id, run.base + c.ord, c.organization_id, 'step.started', c.step_id,
-               c.attempt, 'running', 'running',
-               CASE WHEN c.agent IS NULL THEN '{}'::jsonb
-                    ELSE jsonb_build_object('agent', c.agent) END,
-               clock_timestamp()
-          FROM c JOIN run ON run.id = c.run_id
     )
     SELECT c.run_id, c.step_id, c.attempt, c.organization_id, c.agent, c.skill,
            c.endpoint::text, c.agent_timeout::double precision, c.protocol::text,
@@ -181,6 +161,49 @@ BEGIN
                                  r.created_at, r.started_at, r.trace_context
                             FROM orchestration_runs r WHERE r.id = c.run_id LIMIT 1) r
      ORDER BY c.pick;
+END
+$$;
+
+-- The step.started events of steps a claim leased: p_steps[i] of run p_runs[i], its
+-- attempt p_attempts[i] on agent p_agents[i] (NULL: none), numbered with one update of
+-- each run row, in the order given; watchers notified. The caller holds the runs' row
+-- locks.
+CREATE OR REPLACE FUNCTION podium_append_started(
+    p_runs uuid[], p_steps text[], p_attempts integer[], p_agents text[]
+) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids uuid[];
+    v_orgs text[];
+BEGIN
+    WITH e AS (
+        SELECT e.*, row_number() OVER (PARTITION BY e.run_id ORDER BY e.pick) AS ord
+          FROM unnest(p_runs, p_steps, p_attempts, p_agents)
+               WITH ORDINALITY AS e(run_id, step_id, attempt, agent, pick)
+    ), n AS (  -- each run's row found by a primary-key probe, whatever the statistics say
+        SELECT g.run_id, g.n, t.tid
+          FROM (SELECT e.run_id, count(*) AS n FROM e GROUP BY 1) g,
+               LATERAL (SELECT x.ctid AS tid FROM orchestration_runs x
+                         WHERE x.id = g.run_id LIMIT 1) t
+    ), run AS (
+        UPDATE orchestration_runs r
+           SET last_event_sequence = r.last_event_sequence + n.n, updated_at = now()
+          FROM n
+         WHERE r.ctid = n.tid
+        RETURNING r.id, r.organization_id, r.last_event_sequence - n.n AS base
+    ), started AS (
+        INSERT INTO orchestration_events
+            (run_id, sequence, organization_id, type, step_id, attempt, run_state,
+             step_state, payload, created_at)
+        SELECT e.run_id, run.base + e.ord, run.organization_id, 'step.started', e.step_id,
+               e.attempt, 'running', 'running',
+               CASE WHEN e.agent IS NULL THEN '{}'::jsonb
+                    ELSE jsonb_build_object('agent', e.agent) END,
+               clock_timestamp()
+          FROM e JOIN run ON run.id = e.run_id
+    )
+    SELECT array_agg(run.id), array_agg(run.organization_id) INTO v_ids, v_orgs FROM run;
+    PERFORM podium_notify_runs(v_ids, v_orgs);
 END
 $$;
 
@@ -293,8 +316,11 @@ DECLARE
     v_ids text[];
     v_lease_runs uuid[] := '{}';  -- the fast path's picks, leased after the loop
     v_lease_steps text[] := '{}';
-    v_notify_runs uuid[] := '{}';
-    v_notify_orgs text[] := '{}';
+    v_lease_attempts integer[] := '{}';  -- their attempts and agents once leased
+    v_lease_agents text[] := '{}';
+    v_attempts integer[];
+    v_agents text[];
+    v_fast_runs uuid[] := '{}';  -- the runs the multi-run pre-pass visited
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -332,11 +358,12 @@ BEGIN
                                               OR a.rate_period_seconds > 0))
                       FOR UPDATE OF r) r
         ), picks AS (
-            SELECT r.id, r.organization_id, q.step_id,
+            SELECT r.id, r.organization_id, q.step_id, q.attempt + 1 AS attempt, q.agent,
                    row_number() OVER (ORDER BY r.created_at, r.id, q.queued_at,
                                                q.position) AS n
               FROM r, LATERAL (
-                   SELECT q.step_id, q.queued_at, q.position FROM orchestration_steps q
+                   SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
+                     FROM orchestration_steps q
                     WHERE q.run_id = r.id AND q.state = 'queued'
                     ORDER BY q.queued_at, q.position
                     LIMIT greatest(r.max_parallel
@@ -347,12 +374,15 @@ BEGIN
         SELECT coalesce(array_agg(p.id ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
                coalesce(array_agg(p.step_id ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
                         '{}'),
-               (SELECT coalesce(array_agg(r.id), '{}') FROM r),
-               (SELECT coalesce(array_agg(r.organization_id), '{}') FROM r)
-          INTO v_lease_runs, v_lease_steps, v_notify_runs, v_notify_orgs
+               coalesce(array_agg(p.attempt ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
+                        '{}'),
+               coalesce(array_agg(p.agent ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
+                        '{}'),
+               (SELECT coalesce(array_agg(r.id), '{}') FROM r)
+          INTO v_lease_runs, v_lease_steps, v_lease_attempts, v_lease_agents, v_fast_runs
           FROM picks p;
         v_picked := cardinality(v_lease_runs);
-        p_runs := ARRAY(SELECT u FROM unnest(p_runs) AS u WHERE NOT u = ANY (v_notify_runs));
+        p_runs := ARRAY(SELECT u FROM unnest(p_runs) AS u WHERE NOT u = ANY (v_fast_runs));
     END IF;
     IF p_runs IS NULL THEN
         OPEN v_runs FOR
@@ -455,18 +485,23 @@ BEGIN
             -- statement (a completion batch's eager claim: one per batch, not per run).
             -- Nothing later in this claim counts them: their agents have no limits, and
             -- a skill's least-busy choice among agents is a preference, not a limit.
-            v_ids := ARRAY(SELECT q.step_id FROM orchestration_steps q
-                            WHERE q.run_id = v_run.id AND q.state = 'queued'
-                            ORDER BY q.queued_at, q.position
-                            LIMIT least(v_free, p_limit - v_picked)
-                              FOR UPDATE SKIP LOCKED);
+            SELECT coalesce(array_agg(q.step_id ORDER BY q.queued_at, q.position), '{}'),
+                   coalesce(array_agg(q.attempt + 1 ORDER BY q.queued_at, q.position), '{}'),
+                   coalesce(array_agg(q.agent ORDER BY q.queued_at, q.position), '{}')
+              INTO v_ids, v_attempts, v_agents
+              FROM (SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
+                      FROM orchestration_steps q
+                     WHERE q.run_id = v_run.id AND q.state = 'queued'
+                     ORDER BY q.queued_at, q.position
+                     LIMIT least(v_free, p_limit - v_picked)
+                       FOR UPDATE SKIP LOCKED) q;
             v_count := cardinality(v_ids);
             IF v_count > 0 THEN
                 v_picked := v_picked + v_count;
                 v_lease_runs := v_lease_runs || array_fill(v_run.id, ARRAY[v_count]);
                 v_lease_steps := v_lease_steps || v_ids;
-                v_notify_runs := v_notify_runs || v_run.id;
-                v_notify_orgs := v_notify_orgs || v_run.organization_id;
+                v_lease_attempts := v_lease_attempts || v_attempts;
+                v_lease_agents := v_lease_agents || v_agents;
             END IF;
             CONTINUE;
         END IF;
@@ -634,39 +669,22 @@ BEGIN
             RETURN QUERY
             SELECT * FROM podium_lease_steps(ARRAY[v_run.id], ARRAY[v_step.step_id],
                                              v_agent.name,
-                                             v_refused, p_owner, p_lease_seconds, v_now,
-                                             false);
+                                             v_refused, p_owner, p_lease_seconds, v_now);
         END LOOP;
         IF cardinality(v_started_ids) > 0 THEN
             -- One step.started event per claimed step, numbered with one run update.
-            WITH run AS (
-                UPDATE orchestration_runs
-                   SET last_event_sequence = last_event_sequence + cardinality(v_started_ids),
-                       updated_at = now()
-                 WHERE id = v_run.id
-                RETURNING last_event_sequence AS seq
-            )
-            INSERT INTO orchestration_events
-                (run_id, sequence, organization_id, type, step_id, attempt, run_state,
-                 step_state, payload, created_at)
-            SELECT v_run.id, run.seq - cardinality(v_started_ids) + e.ord, v_run.organization_id,
-                   'step.started', e.step_id, e.attempt, 'running', 'running',
-                   CASE WHEN e.agent IS NULL THEN '{}'::jsonb
-                        ELSE jsonb_build_object('agent', e.agent) END,
-                   clock_timestamp()
-              FROM run, unnest(v_started_ids, v_started_attempts, v_started_agents)
-                   WITH ORDINALITY AS e(step_id, attempt, agent, ord);
-            PERFORM podium_notify_events(v_run.id, v_run.organization_id);
+            PERFORM podium_append_started(
+                array_fill(v_run.id, ARRAY[cardinality(v_started_ids)]), v_started_ids,
+                v_started_attempts, v_started_agents);
         END IF;
     END LOOP;
     CLOSE v_runs;
     IF cardinality(v_lease_runs) > 0 THEN
         RETURN QUERY
         SELECT * FROM podium_lease_steps(v_lease_runs, v_lease_steps, NULL, NULL, p_owner,
-                                         p_lease_seconds, clock_timestamp(), true);
-        PERFORM podium_notify_runs(array_agg(n.run), array_agg(n.org))
-           FROM unnest(v_notify_runs, v_notify_orgs) AS n(run, org)
-          WHERE n.run = ANY (v_lease_runs);
+                                         p_lease_seconds, clock_timestamp());
+        PERFORM podium_append_started(v_lease_runs, v_lease_steps, v_lease_attempts,
+                                      v_lease_agents);
     END IF;
     IF v_contended THEN
         -- Steps stayed queued behind another claim's lock: look again once it committed.

@@ -405,7 +405,7 @@ BEGIN
         SELECT NULL::text[], NULL::boolean, c.*
           FROM podium_lease_steps(array_fill(v_lease_run, ARRAY[cardinality(v_lease_steps)]),
                                   v_lease_steps, NULL, NULL, p_owner, p_lease_seconds,
-                                  clock_timestamp(), false) c;
+                                  clock_timestamp()) c;
         GET DIAGNOSTICS v_claimed = ROW_COUNT;
     END IF;
     IF p_claim_limit > 0 AND cardinality(v_runs) > 0 THEN
