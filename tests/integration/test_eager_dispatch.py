@@ -433,11 +433,15 @@ async def test_a_batch_of_successes_of_one_run_is_recorded_set_based(db: Databas
     assert events[-1][1] == "run.completed"
 
 
-_COMPLETE_ONE = """
-SELECT run_id, step_id, attempt, agent FROM podium_complete_steps(
-    ARRAY[$1::uuid], ARRAY[$2::text], ARRAY[$3::integer], ARRAY['succeeded'],
-    ARRAY['{}'::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::timestamptz],
-    ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[0::numeric], 'replica-1', 10, 60)
+# Successes of steps ($1[i] of run $2[i], attempt $3[i]) in one batch with its eager
+# claim, as the scheduler commits them (RunsRepository.complete).
+_COMPLETE = """
+SELECT run_id, step_id, attempt FROM podium_complete_steps(
+    $1::uuid[], $2::text[], $3::integer[], array_fill('succeeded'::text, ARRAY[$4::int]),
+    array_fill('{}'::jsonb, ARRAY[$4::int]), array_fill(NULL::jsonb, ARRAY[$4::int]),
+    array_fill(NULL::jsonb, ARRAY[$4::int]), array_fill(NULL::timestamptz, ARRAY[$4::int]),
+    array_fill(0::bigint, ARRAY[$4::int]), array_fill(0::bigint, ARRAY[$4::int]),
+    array_fill(0::numeric, ARRAY[$4::int]), 'replica-1', 10, 60)
  WHERE run_id IS NOT NULL
 """
 
@@ -450,14 +454,21 @@ SELECT relname, n_tup_ins, n_tup_upd FROM pg_stat_xact_user_tables
 """
 
 
-async def _complete_one(
-    db: Database, step: ClaimedStep
+async def _complete(
+    db: Database, *steps: ClaimedStep
 ) -> tuple[list[tuple[str, int]], dict[str, tuple[int, int]]]:
-    """One success through podium_complete_steps with its eager claim, in a transaction
-    of its own: the steps it claimed and the rows it inserted and updated per table."""
+    """Successes of ``steps`` in one batch through podium_complete_steps with its eager
+    claim, in a transaction of its own: the steps it claimed and the rows it inserted
+    and updated per table."""
     async with db.transaction() as conn:
         before = {r["relname"]: r for r in await conn.fetch(_WRITES)}
-        claimed = await conn.fetch(_COMPLETE_ONE, step.run_id, step.step_id, step.attempt)
+        claimed = await conn.fetch(
+            _COMPLETE,
+            [s.run_id for s in steps],
+            [s.step_id for s in steps],
+            [s.attempt for s in steps],
+            len(steps),
+        )
         after = await conn.fetch(_WRITES)
     return (
         [(r["step_id"], r["attempt"]) for r in claimed],
@@ -484,7 +495,7 @@ async def test_a_single_success_decides_its_runs_claim_with_its_own_writes(
     run = (await repo.create(dag(fan, max_parallel=2), start=True)).run.id
     (root,) = await repo.claim("replica-1", 10, lease_seconds=60)
 
-    claimed, writes = await _complete_one(db, root)
+    claimed, writes = await _complete(db, root)
 
     assert claimed == [("m0", 1), ("m1", 1)]  # max_parallel 2, in the claim's order
     assert writes["orchestration_runs"][1] == 1  # once: not again for the lease's events
@@ -545,10 +556,39 @@ async def test_a_single_success_leaves_a_run_that_needs_counting_to_the_claim(
     run = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
     (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
 
-    claimed, writes = await _complete_one(db, a)
+    claimed, writes = await _complete(db, a)
 
     assert claimed == [("b", 1)]
     assert writes["orchestration_runs"][1] == 2
     events = await _events(db, run)
     assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
     assert [t for _, t, _ in events][-3:] == ["step.completed", "step.queued", "step.started"]
+
+
+async def test_a_batch_of_successes_decides_its_runs_claims_with_its_own_writes(
+    db: Database,
+) -> None:
+    """The set-based path (podium_complete_successes) decides the eager claim of the
+    runs where it takes the claim's simplest path before it updates their rows: each
+    run row updated once, every event (completed, queued, started) in one insert,
+    numbered without gaps, in the claim's order."""
+    repo = RunsRepository(db)
+    first = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
+    second = (await repo.create(dag([("x", []), ("y", ["x"])]), start=True)).run.id
+    roots = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    claimed, writes = await _complete(db, *roots)
+
+    assert claimed == [("b", 1), ("y", 1)]  # runs by age, as the claim orders them
+    assert writes["orchestration_runs"][1] == 2  # one update of each run row
+    assert writes["orchestration_events"][0] == 6
+    assert await running(db, first) == {"b": "replica-1"}
+    assert await running(db, second) == {"y": "replica-1"}
+    for run, (done_step, next_step) in ((first, ("a", "b")), (second, ("x", "y"))):
+        events = await _events(db, run)
+        assert [seq for seq, _, _ in events] == list(range(1, len(events) + 1))
+        assert [(t, s) for _, t, s in events][-3:] == [
+            ("step.completed", done_step),
+            ("step.queued", next_step),
+            ("step.started", next_step),
+        ]

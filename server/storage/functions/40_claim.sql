@@ -233,6 +233,64 @@ BEGIN
 END
 $$;
 
+-- The claim of runs p_runs where it takes its simplest path, decided before it is made:
+-- the runs among them still running with no key limit, no retry due and every queued
+-- step naming an agent without limits (no skill, max_concurrency or rate limit),
+-- locked, and the queued steps their free slots (max_parallel) allow, at most p_limit
+-- in all, locked SKIP LOCKED, in the claim's order (runs by created_at, then their
+-- steps by queued_at, position). No organization cap is counted: callers pass none.
+-- Nothing is written: the caller leases the picks (podium_lease_steps) and writes
+-- their step.started events (podium_append_started, or with its own events: a
+-- completion that made them runnable, podium_record_outcome and
+-- podium_complete_successes). Each run and its steps are reached by primary-key and
+-- partial-index probes, whatever the statistics say (a plan made while the table was
+-- small read every running run). Rows: one per pick (n = its rank in the claim's
+-- order, attempt = the attempt its lease gives), then one per run visited (n and
+-- step_id NULL): the runs whose claim this decided, picks or not.
+CREATE OR REPLACE FUNCTION podium_pick_steps(p_runs uuid[], p_limit integer)
+RETURNS TABLE (n bigint, run_id uuid, step_id text, attempt integer, agent text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH r AS (
+        SELECT r.*
+          FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
+               LATERAL (
+               SELECT r.id, r.max_parallel, r.created_at
+                 FROM orchestration_runs r
+                WHERE r.id = u.id AND r.state = 'running'
+                  AND r.max_steps_per_key = 0
+                  AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
+                                   WHERE w.run_id = r.id AND w.state = 'waiting_retry'
+                                     AND w.next_attempt_at <= now())
+                  AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
+                                    LEFT JOIN agents a
+                                           ON a.organization_id = q.organization_id
+                                          AND a.name = q.agent
+                                   WHERE q.run_id = r.id AND q.state = 'queued'
+                                     AND (q.skill IS NOT NULL OR a.max_concurrency > 0
+                                          OR a.rate_period_seconds > 0))
+                  FOR UPDATE OF r) r
+    ), picks AS (
+        SELECT r.id, q.step_id, q.attempt + 1 AS attempt, q.agent,
+               row_number() OVER (ORDER BY r.created_at, r.id, q.queued_at, q.position) AS n
+          FROM r, LATERAL (
+               SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
+                 FROM orchestration_steps q
+                WHERE q.run_id = r.id AND q.state = 'queued'
+                ORDER BY q.queued_at, q.position
+                LIMIT greatest(r.max_parallel
+                               - (SELECT count(*) FROM orchestration_steps x
+                                   WHERE x.run_id = r.id AND x.state = 'running'), 0)
+                  FOR UPDATE SKIP LOCKED) q
+    )
+    SELECT p.n, p.id, p.step_id, p.attempt, p.agent FROM picks p WHERE p.n <= p_limit
+    UNION ALL
+    SELECT NULL, r.id, NULL, NULL, NULL FROM r;
+END
+$$;
+
 -- Claim up to p_limit runnable steps for p_owner, leasing them for p_lease_seconds, from
 -- every run with runnable work (p_runs NULL: podium_claim_steps) or only from p_runs (an
 -- eager claim inside a completion or StartRun, which holds those runs' locks already).
@@ -336,51 +394,18 @@ BEGIN
         -- retry, every queued step names an agent without limits) are picked here in
         -- one statement, in the loop's order and within the same limits, instead of
         -- five statements per run in the loop; the loop visits the others. For a
-        -- single run (a sequential step, StartRun) the loop costs less.
-        WITH r AS (  -- each run by a primary-key probe, whatever the statistics say (a
-            -- plan made while the table was small read every running run)
-            SELECT r.*
-              FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
-                   LATERAL (
-                   SELECT r.id, r.organization_id, r.max_parallel, r.created_at
-                     FROM orchestration_runs r
-                    WHERE r.id = u.id AND r.state = 'running'
-                      AND r.max_steps_per_key = 0
-                      AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
-                                       WHERE w.run_id = r.id AND w.state = 'waiting_retry'
-                                         AND w.next_attempt_at <= now())
-                      AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
-                                        LEFT JOIN agents a
-                                               ON a.organization_id = q.organization_id
-                                              AND a.name = q.agent
-                                       WHERE q.run_id = r.id AND q.state = 'queued'
-                                         AND (q.skill IS NOT NULL OR a.max_concurrency > 0
-                                              OR a.rate_period_seconds > 0))
-                      FOR UPDATE OF r) r
-        ), picks AS (
-            SELECT r.id, r.organization_id, q.step_id, q.attempt + 1 AS attempt, q.agent,
-                   row_number() OVER (ORDER BY r.created_at, r.id, q.queued_at,
-                                               q.position) AS n
-              FROM r, LATERAL (
-                   SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
-                     FROM orchestration_steps q
-                    WHERE q.run_id = r.id AND q.state = 'queued'
-                    ORDER BY q.queued_at, q.position
-                    LIMIT greatest(r.max_parallel
-                                   - (SELECT count(*) FROM orchestration_steps x
-                                       WHERE x.run_id = r.id AND x.state = 'running'), 0)
-                      FOR UPDATE SKIP LOCKED) q
-        )
-        SELECT coalesce(array_agg(p.id ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
-               coalesce(array_agg(p.step_id ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
+        -- single run (StartRun) the loop costs less.
+        SELECT coalesce(array_agg(k.run_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
                         '{}'),
-               coalesce(array_agg(p.attempt ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
+               coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
                         '{}'),
-               coalesce(array_agg(p.agent ORDER BY p.n) FILTER (WHERE p.n <= p_limit),
+               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
                         '{}'),
-               (SELECT coalesce(array_agg(r.id), '{}') FROM r)
+               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.run_id) FILTER (WHERE k.n IS NULL), '{}')
           INTO v_lease_runs, v_lease_steps, v_lease_attempts, v_lease_agents, v_fast_runs
-          FROM picks p;
+          FROM podium_pick_steps(p_runs, p_limit) k;
         v_picked := cardinality(v_lease_runs);
         p_runs := ARRAY(SELECT u FROM unnest(p_runs) AS u WHERE NOT u = ANY (v_fast_runs));
     END IF;

@@ -34,15 +34,14 @@ $$;
 -- returns it, queued = how many steps it made runnable, retry = whether the step now
 -- waits for a retry. The caller decides whether to NOTIFY podium_work.
 --
--- With p_claim_limit > 0 (a completion's eager claim, podium_complete_steps), a success
--- that made steps of its run runnable also decides that run's claim when the claim
--- would take its simplest path (podium_claim_steps_of: the run still running, no
--- budget, no key limit, no due retry, every queued step naming an agent without limits,
--- its share alone in the queue): picked = the queued steps of the run its free slots
--- allow, at most p_claim_limit, locked, in the claim's order, their step.started events
--- written with this outcome's events (one update of the run row, one insert). The
--- caller leases them (podium_lease_steps without events). picked is NULL when this
--- outcome did not decide the run's claim.
+-- With p_claim_limit > 0 (a completion's eager claim, podium_complete_steps, no
+-- organization cap), a success that made steps of its run runnable also decides that
+-- run's claim when the claim would take its simplest path (podium_pick_steps; no
+-- budget, its share alone in the queue): picked = the queued steps of the run its free
+-- slots allow, at most p_claim_limit, locked, in the claim's order, their step.started
+-- events written with this outcome's events (one update of the run row, one insert).
+-- The caller leases them (podium_lease_steps). picked is NULL when this outcome did
+-- not decide the run's claim.
 DROP FUNCTION IF EXISTS podium_record_outcome(
     uuid, text, integer, text, jsonb, jsonb, jsonb, timestamptz, bigint, bigint, numeric,
     text);
@@ -62,18 +61,16 @@ DECLARE
     v_seq bigint;
     v_org text;
     v_run_state text;
-    v_run record;
     v_budget uuid;
     v_credential boolean;
+    v_decided boolean;
     v_picks text[] := '{}';
     v_pick_attempts integer[] := '{}';
     v_pick_agents text[] := '{}';
 BEGIN
     queued := 0;
     retry := false;
-    SELECT r.budget_run_id, r.state, r.max_parallel, r.max_steps_per_key INTO v_run
-      FROM orchestration_runs r WHERE r.id = p_run FOR UPDATE;
-    v_budget := v_run.budget_run_id;
+    SELECT budget_run_id INTO v_budget FROM orchestration_runs WHERE id = p_run FOR UPDATE;
     IF p_input_tokens + p_output_tokens > 0 THEN  -- rate limits: 45_rate_limits.sql
         PERFORM podium_rate_record_tokens(p_run, p_step, p_attempt,
                                           p_input_tokens + p_output_tokens);
@@ -160,33 +157,20 @@ BEGIN
     END IF;
     v_count := cardinality(v_queued);
     -- The run's claim, decided here when it takes the claim's simplest path (above).
-    IF p_claim_limit > 0 AND v_count > 0 AND v_budget IS NULL AND v_run.state = 'running'
-       AND v_run.max_steps_per_key = 0
-       AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
-                        WHERE w.run_id = p_run AND w.state = 'waiting_retry'
-                          AND w.next_attempt_at <= now())
-       AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
-                         LEFT JOIN agents a ON a.organization_id = q.organization_id
-                                           AND a.name = q.agent
-                        WHERE q.run_id = p_run AND q.state = 'queued'
-                          AND (q.skill IS NOT NULL OR a.max_concurrency > 0
-                               OR a.rate_period_seconds > 0))
+    IF p_claim_limit > 0 AND v_count > 0 AND v_budget IS NULL
        AND podium_shares_alone(ARRAY[p_run]) THEN
-        SELECT coalesce(array_agg(q.step_id ORDER BY q.queued_at, q.position), '{}'),
-               coalesce(array_agg(q.attempt + 1 ORDER BY q.queued_at, q.position), '{}'),
-               coalesce(array_agg(q.agent ORDER BY q.queued_at, q.position), '{}')
-          INTO v_picks, v_pick_attempts, v_pick_agents
-          FROM (SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
-                  FROM orchestration_steps q
-                 WHERE q.run_id = p_run AND q.state = 'queued'
-                 ORDER BY q.queued_at, q.position
-                 LIMIT least(p_claim_limit,
-                             greatest(v_run.max_parallel
-                                      - (SELECT count(*) FROM orchestration_steps x
-                                          WHERE x.run_id = p_run AND x.state = 'running'),
-                                      0))
-                   FOR UPDATE SKIP LOCKED) q;
-        picked := v_picks;
+        SELECT coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               bool_or(k.n IS NULL)
+          INTO v_picks, v_pick_attempts, v_pick_agents, v_decided
+          FROM podium_pick_steps(ARRAY[p_run], p_claim_limit) k;
+        IF v_decided THEN
+            picked := v_picks;
+        END IF;
     END IF;
 
     -- One update of the run row (usage, progress, the events' sequence numbers, and
@@ -336,8 +320,9 @@ DECLARE
     v_eager boolean := false;
     v_claimed integer := 0;
     v_wake boolean;
-    v_lease_run uuid;  -- the run whose claim podium_record_outcome decided, its picks
+    v_lease_runs uuid[] := '{}';  -- steps picked where the outcomes were recorded
     v_lease_steps text[] := '{}';
+    v_decided uuid[] := '{}';  -- runs whose claim was decided there
     v_rows integer;
 BEGIN
     -- A batch of several outcomes locks every run of the batch first, in the claimers'
@@ -378,7 +363,7 @@ BEGIN
         v_states[i] := v_done.run_state;
         IF v_done.picked IS NOT NULL THEN
             v_eager := true;
-            v_lease_run := p_runs[i];
+            v_lease_runs := array_fill(p_runs[i], ARRAY[cardinality(v_done.picked)]);
             v_lease_steps := v_done.picked;
         ELSIF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
             v_runs := v_runs || p_runs[i];
@@ -391,21 +376,32 @@ BEGIN
             SELECT * FROM podium_complete_successes(
                 v_fast, p_runs, p_steps, p_attempts, p_outputs, p_errors, p_inputs,
                 p_input_tokens, p_output_tokens, p_costs,
-                coalesce(p_models, array_fill(''::text, ARRAY[v_n])))
+                coalesce(p_models, array_fill(''::text, ARRAY[v_n])),
+                CASE WHEN coalesce(p_org_cap, 0) <= 0 THEN p_claim_limit ELSE 0 END)
         LOOP
+            IF v_done.i IS NULL THEN  -- the eager claim of runs decided there
+                v_eager := true;
+                IF v_done.picked IS NOT NULL THEN
+                    v_lease_runs := v_lease_runs || v_done.run_id;
+                    v_lease_steps := v_lease_steps || v_done.picked;
+                ELSE
+                    v_decided := v_decided || v_done.run_id;
+                END IF;
+                CONTINUE;
+            END IF;
             v_states[v_done.i] := v_done.run_state;
             v_queued := v_queued + v_done.queued;
             IF v_done.run_state = 'running' AND NOT v_done.run_id = ANY (v_runs) THEN
                 v_runs := v_runs || v_done.run_id;
             END IF;
         END LOOP;
+        v_runs := ARRAY(SELECT u FROM unnest(v_runs) AS u WHERE NOT u = ANY (v_decided));
     END IF;
-    IF cardinality(v_lease_steps) > 0 THEN  -- step.started written with the outcome
+    IF cardinality(v_lease_steps) > 0 THEN  -- step.started written with the outcomes
         RETURN QUERY
         SELECT NULL::text[], NULL::boolean, c.*
-          FROM podium_lease_steps(array_fill(v_lease_run, ARRAY[cardinality(v_lease_steps)]),
-                                  v_lease_steps, NULL, NULL, p_owner, p_lease_seconds,
-                                  clock_timestamp()) c;
+          FROM podium_lease_steps(v_lease_runs, v_lease_steps, NULL, NULL, p_owner,
+                                  p_lease_seconds, clock_timestamp()) c;
         GET DIAGNOSTICS v_claimed = ROW_COUNT;
     END IF;
     IF p_claim_limit > 0 AND cardinality(v_runs) > 0 THEN
@@ -435,17 +431,28 @@ $$;
 -- batch whose outcomes are all successes, with no budget, each (run, step) once, locked
 -- by the caller; the other arrays are podium_complete_steps' (outcomes of other runs
 -- are ignored). Events per run: step.completed of its outcomes in the order given, then
--- step.queued of the steps they made runnable (by position), then run.completed when
--- the last step finished. Rows: i = the outcome's index in the arrays (fenced outcomes
--- give none), the run's state afterwards (on its last outcome in the batch; 'running'
--- on the others, so a run ends once), queued = steps it made runnable (on the run's
--- last outcome).
+-- step.queued of the steps they made runnable (by position), then step.started of the
+-- steps picked (below), then run.completed when the last step finished.
+--
+-- With p_claim_limit > 0 (the batch's eager claim, no organization cap) and the runs'
+-- shares alone in the queue, the claim of the runs where it takes its simplest path is
+-- decided here, before the runs' rows are updated (podium_pick_steps): their
+-- step.started events are written with the others, and the caller leases the picks.
+--
+-- Rows: i = the outcome's index in the arrays (fenced outcomes give none), the run's
+-- state afterwards (on its last outcome in the batch; 'running' on the others, so a run
+-- ends once), queued = steps it made runnable (on the run's last outcome); then, with i
+-- NULL, each step picked (picked, in the claim's order), then each run whose claim was
+-- decided here (picked NULL).
+DROP FUNCTION IF EXISTS podium_complete_successes(
+    uuid[], uuid[], text[], integer[], jsonb[], jsonb[], jsonb[], bigint[], bigint[],
+    numeric[], text[]);
 CREATE OR REPLACE FUNCTION podium_complete_successes(
     p_fast uuid[], p_runs uuid[], p_steps text[], p_attempts integer[], p_outputs jsonb[],
     p_errors jsonb[], p_inputs jsonb[], p_input_tokens bigint[], p_output_tokens bigint[],
-    p_costs numeric[], p_models text[]
+    p_costs numeric[], p_models text[], p_claim_limit integer
 )
-RETURNS TABLE (i integer, run_id uuid, run_state text, queued integer)
+RETURNS TABLE (i integer, run_id uuid, run_state text, queued integer, picked text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -461,6 +468,11 @@ DECLARE
     v_totals integer[] := '{}';
     v_ended boolean[] := '{}';
     v_queued integer[] := '{}';
+    v_p_runs uuid[] := '{}';  -- the steps picked for the eager claim, in its order
+    v_p_steps text[] := '{}';
+    v_p_attempts integer[] := '{}';
+    v_p_agents text[] := '{}';
+    v_decided uuid[] := '{}';  -- the runs whose claim was decided here
 BEGIN
     FOR k IN 1 .. cardinality(p_runs) LOOP  -- rate limits: 45_rate_limits.sql
         IF p_runs[k] = ANY (p_fast) AND p_input_tokens[k] + p_output_tokens[k] > 0 THEN
@@ -545,6 +557,21 @@ BEGIN
            coalesce(array_agg(p.step_id ORDER BY p.run_id, p.position)
                         FILTER (WHERE p.state = 'queued'), '{}')
       INTO v_q_runs, v_q_steps FROM promoted p;
+    -- The eager claim of these runs, where it takes its simplest path (above).
+    IF p_claim_limit > 0 AND podium_shares_alone(p_fast) THEN
+        SELECT coalesce(array_agg(k.run_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
+                        '{}'),
+               coalesce(array_agg(k.run_id) FILTER (WHERE k.n IS NULL), '{}')
+          INTO v_p_runs, v_p_steps, v_p_attempts, v_p_agents, v_decided
+          FROM podium_pick_steps(ARRAY(SELECT DISTINCT p_runs[d.k] FROM unnest(v_done) AS d(k)),
+                                 p_claim_limit) k;
+    END IF;
     -- One update per run: usage, progress, the events' sequence numbers, and completion
     -- after its last step (output = the outputs of the sink steps).
     FOR v_run IN
@@ -556,15 +583,19 @@ BEGIN
         ), q AS (
             SELECT q.run_id, count(*)::integer AS n FROM unnest(v_q_runs) AS q(run_id)
              GROUP BY 1
+        ), p AS (
+            SELECT p.run_id, count(*)::integer AS n FROM unnest(v_p_runs) AS p(run_id)
+             GROUP BY 1
         ), m AS (
-            SELECT k.*, coalesce(q.n, 0) AS queued FROM k LEFT JOIN q ON q.run_id = k.run_id
+            SELECT k.*, coalesce(q.n, 0) AS queued, coalesce(p.n, 0) AS started
+              FROM k LEFT JOIN q ON q.run_id = k.run_id LEFT JOIN p ON p.run_id = k.run_id
         )
         UPDATE orchestration_runs r
            SET input_tokens = r.input_tokens + m.input_tokens,
                output_tokens = r.output_tokens + m.output_tokens,
                cost_usd = r.cost_usd + m.cost_usd,
                steps_remaining = r.steps_remaining - m.n,
-               last_event_sequence = r.last_event_sequence + m.n + m.queued
+               last_event_sequence = r.last_event_sequence + m.n + m.queued + m.started
                    + CASE WHEN r.steps_remaining = m.n THEN 1 ELSE 0 END,
                state = CASE WHEN r.steps_remaining = m.n THEN 'succeeded' ELSE r.state END,
                ended_at = CASE WHEN r.steps_remaining = m.n THEN now() ELSE r.ended_at END,
@@ -576,7 +607,7 @@ BEGIN
           FROM m
          WHERE r.id = m.run_id
         RETURNING r.id, r.last_event_sequence, r.organization_id, r.state,
-                  r.steps_remaining = 0 AS ended, m.n + m.queued AS total, m.queued
+                  r.steps_remaining = 0 AS ended, m.n + m.queued + m.started AS total, m.queued
     LOOP
         v_ids := v_ids || v_run.id;
         v_seqs := v_seqs || v_run.last_event_sequence;
@@ -604,7 +635,13 @@ BEGIN
             SELECT q.run_id, 2, q.ord, 'step.queued', q.step_id, 0, 'queued', '{}'::jsonb
               FROM unnest(v_q_runs, v_q_steps) WITH ORDINALITY AS q(run_id, step_id, ord)
             UNION ALL
-            SELECT x.id, 3, 0, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
+            SELECT p.run_id, 3, p.ord, 'step.started', p.step_id, p.attempt, 'running',
+                   CASE WHEN p.agent IS NULL THEN '{}'::jsonb
+                        ELSE jsonb_build_object('agent', p.agent) END
+              FROM unnest(v_p_runs, v_p_steps, v_p_attempts, v_p_agents)
+                   WITH ORDINALITY AS p(run_id, step_id, attempt, agent, ord)
+            UNION ALL
+            SELECT x.id, 4, 0, 'run.completed', NULL, NULL, NULL, '{}'::jsonb
               FROM unnest(v_ids, v_ended) AS x(id, ended) WHERE x.ended) e
       JOIN unnest(v_ids, v_seqs, v_orgs, v_run_states, v_totals)
            AS r(id, seq, org, state, total) ON r.id = e.run_id;
@@ -624,10 +661,18 @@ BEGIN
     SELECT d.k, r.id,
            CASE WHEN d.k = max(d.k) OVER (PARTITION BY r.id) THEN r.state
                 ELSE 'running' END,
-           CASE WHEN d.k = max(d.k) OVER (PARTITION BY r.id) THEN r.queued ELSE 0 END
+           CASE WHEN d.k = max(d.k) OVER (PARTITION BY r.id) THEN r.queued ELSE 0 END,
+           NULL::text
       FROM unnest(v_done) AS d(k)
       JOIN unnest(v_ids, v_run_states, v_queued) AS r(id, state, queued)
         ON r.id = p_runs[d.k];
+    RETURN QUERY
+    SELECT NULL::integer, p.run_id, NULL::text, NULL::integer, p.step_id
+      FROM unnest(v_p_runs, v_p_steps) WITH ORDINALITY AS p(run_id, step_id, ord)
+     ORDER BY p.ord;
+    RETURN QUERY
+    SELECT NULL::integer, u.run_id, NULL::text, NULL::integer, NULL::text
+      FROM unnest(v_decided) AS u(run_id);
 END
 $$;
 
