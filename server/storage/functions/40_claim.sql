@@ -244,15 +244,16 @@ $$;
 -- completion that made them runnable, podium_record_outcome and
 -- podium_complete_successes). Each run and its steps are reached by primary-key and
 -- partial-index probes, whatever the statistics say (a plan made while the table was
--- small read every running run). Rows: one per pick (n = its rank in the claim's
--- order, attempt = the attempt its lease gives), then one per run visited (n and
--- step_id NULL): the runs whose claim this decided, picks or not.
-CREATE OR REPLACE FUNCTION podium_pick_steps(p_runs uuid[], p_limit integer)
-RETURNS TABLE (n bigint, run_id uuid, step_id text, attempt integer, agent text)
+-- small read every running run). Returns the picks in the claim's order (steps[i] of
+-- run runs[i]; attempts[i]: the attempt its lease gives; agents[i]) and the runs
+-- whose claim this decided, picks or not (decided).
+CREATE OR REPLACE FUNCTION podium_pick_steps(
+    p_runs uuid[], p_limit integer,
+    OUT runs uuid[], OUT steps text[], OUT attempts integer[], OUT agents text[],
+    OUT decided uuid[]
+)
 LANGUAGE plpgsql AS $$
-#variable_conflict use_column
 BEGIN
-    RETURN QUERY
     WITH r AS (
         SELECT r.*
           FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
@@ -285,9 +286,13 @@ BEGIN
                                    WHERE x.run_id = r.id AND x.state = 'running'), 0)
                   FOR UPDATE SKIP LOCKED) q
     )
-    SELECT p.n, p.id, p.step_id, p.attempt, p.agent FROM picks p WHERE p.n <= p_limit
-    UNION ALL
-    SELECT NULL, r.id, NULL, NULL, NULL FROM r;
+    SELECT coalesce(array_agg(p.id ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
+           coalesce(array_agg(p.step_id ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
+           coalesce(array_agg(p.attempt ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
+           coalesce(array_agg(p.agent ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
+           (SELECT coalesce(array_agg(r.id), '{}') FROM r)
+      INTO runs, steps, attempts, agents, decided
+      FROM picks p;
 END
 $$;
 
@@ -395,17 +400,9 @@ BEGIN
         -- one statement, in the loop's order and within the same limits, instead of
         -- five statements per run in the loop; the loop visits the others. For a
         -- single run (StartRun) the loop costs less.
-        SELECT coalesce(array_agg(k.run_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.run_id) FILTER (WHERE k.n IS NULL), '{}')
-          INTO v_lease_runs, v_lease_steps, v_lease_attempts, v_lease_agents, v_fast_runs
-          FROM podium_pick_steps(p_runs, p_limit) k;
+        SELECT * INTO v_lease_runs, v_lease_steps, v_lease_attempts, v_lease_agents,
+                      v_fast_runs
+          FROM podium_pick_steps(p_runs, p_limit);
         v_picked := cardinality(v_lease_runs);
         p_runs := ARRAY(SELECT u FROM unnest(p_runs) AS u WHERE NOT u = ANY (v_fast_runs));
     END IF;

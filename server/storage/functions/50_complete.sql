@@ -159,13 +159,7 @@ BEGIN
     -- The run's claim, decided here when it takes the claim's simplest path (above).
     IF p_claim_limit > 0 AND v_count > 0 AND v_budget IS NULL
        AND podium_shares_alone(ARRAY[p_run]) THEN
-        SELECT coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               bool_or(k.n IS NULL)
+        SELECT k.steps, k.attempts, k.agents, cardinality(k.decided) > 0
           INTO v_picks, v_pick_attempts, v_pick_agents, v_decided
           FROM podium_pick_steps(ARRAY[p_run], p_claim_limit) k;
         IF v_decided THEN
@@ -559,16 +553,7 @@ BEGIN
       INTO v_q_runs, v_q_steps FROM promoted p;
     -- The eager claim of these runs, where it takes its simplest path (above).
     IF p_claim_limit > 0 AND podium_shares_alone(p_fast) THEN
-        SELECT coalesce(array_agg(k.run_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.step_id ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.attempt ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.agent ORDER BY k.n) FILTER (WHERE k.n IS NOT NULL),
-                        '{}'),
-               coalesce(array_agg(k.run_id) FILTER (WHERE k.n IS NULL), '{}')
-          INTO v_p_runs, v_p_steps, v_p_attempts, v_p_agents, v_decided
+        SELECT * INTO v_p_runs, v_p_steps, v_p_attempts, v_p_agents, v_decided
           FROM podium_pick_steps(ARRAY(SELECT DISTINCT p_runs[d.k] FROM unnest(v_done) AS d(k)),
                                  p_claim_limit) k;
     END IF;
