@@ -261,13 +261,16 @@ DROP FUNCTION IF EXISTS podium_complete_steps(
 -- A completion batch of one replica in one statement, with its eager claim: records each
 -- outcome (podium_record_outcome, in the order given: the caller sorts the batch like
 -- the claimers lock runs), then claims up to p_claim_limit runnable steps of the runs
--- still running among them for p_owner (podium_claim_steps_of; a single outcome's run
--- by podium_record_outcome itself when it takes the claim's simplest path), so the
--- steps this batch made runnable go straight to the replica that completed it, without a NOTIFY, a wake
--- and a claim of their own. Like every eager claim it only tries the claim's locks
--- (40_claim.sql): this transaction already holds run rows; a step whose agent, key or
--- organization another claim is deciding for stays queued for the claimers. Limits are
--- those of the claim, exact across replicas. p_org_cap: as podium_claim_steps_of.
+-- still running among them for p_owner, so the steps this batch made runnable go
+-- straight to the replica that completed it, without a NOTIFY, a wake and a claim of
+-- their own. Where a run's claim takes its simplest path, it is decided where its
+-- outcomes are recorded (podium_record_outcome for a single outcome,
+-- podium_complete_successes for a batch's successes: podium_pick_steps) and the picks
+-- leased here; the other runs go through podium_claim_steps_of. Like every eager claim
+-- it only tries the claim's locks (40_claim.sql): this transaction already holds run
+-- rows; a step whose agent, key or organization another claim is deciding for stays
+-- queued for the claimers. Limits are those of the claim, exact across replicas.
+-- p_org_cap: as podium_claim_steps_of.
 --
 -- NOTIFY podium_work (other replicas' claimers) only when this batch leaves work the
 -- eager claim could not take: steps made runnable without an eager claim, or with one
@@ -554,8 +557,9 @@ BEGIN
     -- The eager claim of these runs, where it takes its simplest path (above).
     IF p_claim_limit > 0 AND podium_shares_alone(p_fast) THEN
         SELECT * INTO v_p_runs, v_p_steps, v_p_attempts, v_p_agents, v_decided
-          FROM podium_pick_steps(ARRAY(SELECT DISTINCT p_runs[d.k] FROM unnest(v_done) AS d(k)),
-                                 p_claim_limit) k;
+          FROM podium_pick_steps(
+                   ARRAY(SELECT DISTINCT p_runs[d.k] FROM unnest(v_done) AS d(k)),
+                   p_claim_limit) k;
     END IF;
     -- One update per run: usage, progress, the events' sequence numbers, and completion
     -- after its last step (output = the outputs of the sink steps).
@@ -592,7 +596,8 @@ BEGIN
           FROM m
          WHERE r.id = m.run_id
         RETURNING r.id, r.last_event_sequence, r.organization_id, r.state,
-                  r.steps_remaining = 0 AS ended, m.n + m.queued + m.started AS total, m.queued
+                  r.steps_remaining = 0 AS ended, m.n + m.queued + m.started AS total,
+                  m.queued
     LOOP
         v_ids := v_ids || v_run.id;
         v_seqs := v_seqs || v_run.last_event_sequence;
