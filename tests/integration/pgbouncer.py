@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.integration.pg_cluster import free_port
+
 PGBOUNCER_PATHS = ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer")
 
 
@@ -28,13 +30,6 @@ def pgbouncer_binary() -> str:
     if found is None:
         pytest.skip("PgBouncer is not installed (apt-get install pgbouncer)")
     return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _with_port(url: str, port: int) -> str:
@@ -51,7 +46,7 @@ class PgBouncer:
         self.binary = pgbouncer_binary()
         target = urlsplit(database_url)
         user = target.username or "postgres"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = _with_port(database_url, self.port)
         """``database_url`` through PgBouncer."""
         # PgBouncer refuses to run as root: it drops to the postgres user then, which

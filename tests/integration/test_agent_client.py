@@ -8,7 +8,6 @@ SDK cannot produce such streams.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +34,7 @@ from podium.server.agents.client import (
 from podium.server.agents.client import TaskFailed as Failure
 from podium.server.agents.dispatch import AGENT_ENDPOINT_REFUSED, AgentDispatcher
 from podium.server.agents.endpoints import EndpointGuard
+from tests.integration.pg_cluster import free_port
 
 Response = agent_pb2.ExecuteTaskResponse
 
@@ -104,14 +104,6 @@ def result(**output: Any) -> Response:
     response.result.output.SetInParent()  # present even when empty
     response.result.output.update(output)
     return response
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def request(**input_: Any) -> agent_pb2.ExecuteTaskRequest:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,14 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.pg_cluster import free_port
+
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def run_driver(server_url: str, systems: str, *extra: str) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from podium.orchestration.v1 import orchestration_service_pb2 as pb
 from podium.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from podium.server.app import PodiumServer
 from tests.integration.conftest import StartServer, static_agents
+from tests.integration.pg_cluster import free_port
 from tests.integration.runs_helpers import Run, create_definition, start_run, wait_for_run
 from tests.integration.test_observability import http_get
 
@@ -138,12 +138,6 @@ async def test_every_metric_of_the_dashboard_and_rules_exists_in_a_real_scrape(
     assert {"orchestration_queue_depth", "orchestration_cache_misses_total"} <= used
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_container_health_probe(podium_server: PodiumServer) -> None:
     probe = str(DEPLOY / "healthcheck.py")
 
@@ -153,6 +147,6 @@ async def test_container_health_probe(podium_server: PodiumServer) -> None:
         ).returncode
 
     assert await asyncio.to_thread(run, podium_server.address) == 0
-    assert await asyncio.to_thread(run, f"127.0.0.1:{_free_port()}") == 1
+    assert await asyncio.to_thread(run, f"127.0.0.1:{free_port()}") == 1
     await podium_server.health.enter_graceful_shutdown()  # what SIGTERM does first
     assert await asyncio.to_thread(run, podium_server.address) == 1
