@@ -359,7 +359,6 @@ DECLARE
     v_started_ids text[];
     v_started_attempts integer[];
     v_started_agents text[];
-    v_seq bigint;
     v_now timestamptz;
     v_room jsonb := '{}';  -- rate-limited agent -> attempts it may still start in this claim
     v_key_free jsonb := '{}';  -- key value -> steps it may still start (max_steps_per_key)

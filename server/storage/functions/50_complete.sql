@@ -360,8 +360,9 @@ BEGIN
         v_states[i] := v_done.run_state;
         IF v_done.picked IS NOT NULL THEN
             v_eager := true;
-            v_lease_runs := array_fill(p_runs[i], ARRAY[cardinality(v_done.picked)]);
-            v_lease_steps := v_done.picked;
+            v_lease_runs := v_lease_runs
+                            || array_fill(p_runs[i], ARRAY[cardinality(v_done.picked)]);
+            v_lease_steps := v_lease_steps || v_done.picked;
         ELSIF v_done.run_state = 'running' AND NOT p_runs[i] = ANY (v_runs) THEN
             v_runs := v_runs || p_runs[i];
         END IF;
