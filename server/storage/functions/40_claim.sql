@@ -210,7 +210,7 @@ $$;
 -- Whether the shares of runs p_runs (a share: the runs of one organization and
 -- concurrency key value at one priority; see podium_claim_steps_of) are alone in the
 -- queue: no other share of their priority and no higher priority has queued steps
--- (index probes on orchestration_steps_queued_share_idx). An eager claim may keep the
+-- (primary-key probes of the runs, index probes on orchestration_steps_queued_share_idx). An eager claim may keep the
 -- slots its completion freed only then; otherwise they go by turns.
 CREATE OR REPLACE FUNCTION podium_shares_alone(p_runs uuid[]) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
@@ -219,7 +219,9 @@ BEGIN
         SELECT 1
           FROM (SELECT DISTINCT r.priority, r.organization_id,
                        coalesce(r.concurrency_key, '') AS share_key
-                  FROM orchestration_runs r WHERE r.id = ANY (p_runs)) m
+                  FROM unnest(p_runs) AS u(id),
+                       LATERAL (SELECT r.priority, r.organization_id, r.concurrency_key
+                                  FROM orchestration_runs r WHERE r.id = u.id LIMIT 1) r) m
          WHERE EXISTS (SELECT 1 FROM orchestration_steps p
                         WHERE p.state = 'queued' AND p.priority > m.priority)
             OR EXISTS (SELECT 1 FROM orchestration_steps p
@@ -244,7 +246,11 @@ $$;
 -- completion that made them runnable, podium_record_outcome and
 -- podium_complete_successes). Each run and its steps are reached by primary-key and
 -- partial-index probes, whatever the statistics say (a plan made while the table was
--- small read every running run). Returns the picks in the claim's order (steps[i] of
+-- small read every running run): a run's queued, running or retrying steps are selected by the
+-- predicate of orchestration_steps_active_idx (run_id, state) with the other states
+-- excluded, a condition that no index of one state's steps can serve (a plan cached
+-- while the table looked small scanned the whole of one: every queued or running step
+-- of every run, ordered by queued_at, or by organization and agent). Returns the picks in the claim's order (steps[i] of
 -- run runs[i]; attempts[i]: the attempt its lease gives; agents[i]) and the runs
 -- whose claim this decided, picks or not (decided).
 CREATE OR REPLACE FUNCTION podium_pick_steps(
@@ -259,31 +265,43 @@ BEGIN
           FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
                LATERAL (
                SELECT r.id, r.max_parallel, r.created_at
-                 FROM orchestration_runs r
-                WHERE r.id = u.id AND r.state = 'running'
+                 FROM (SELECT r.id, r.max_parallel, r.created_at, r.state,
+                              r.max_steps_per_key
+                         FROM orchestration_runs r WHERE r.id = u.id
+                        LIMIT 1 FOR UPDATE) r  -- the caller holds the lock already
+                WHERE r.state = 'running'
                   AND r.max_steps_per_key = 0
                   AND NOT EXISTS (SELECT 1 FROM orchestration_steps w
-                                   WHERE w.run_id = r.id AND w.state = 'waiting_retry'
-                                     AND w.next_attempt_at <= now())
+                                   WHERE w.run_id = r.id
+                                     AND w.state = ANY ('{queued,running,waiting_retry}')
+                                     AND w.state NOT IN ('queued', 'running')
+                                     AND w.next_attempt_at <= now()
+                                  OFFSET 0)  -- probed per run, never joined
                   AND NOT EXISTS (SELECT 1 FROM orchestration_steps q
                                     LEFT JOIN agents a
                                            ON a.organization_id = q.organization_id
                                           AND a.name = q.agent
-                                   WHERE q.run_id = r.id AND q.state = 'queued'
+                                   WHERE q.run_id = r.id
+                                     AND q.state = ANY ('{queued,running,waiting_retry}')
+                                     AND q.state NOT IN ('running', 'waiting_retry')
                                      AND (q.skill IS NOT NULL OR a.max_concurrency > 0
-                                          OR a.rate_period_seconds > 0))
-                  FOR UPDATE OF r) r
+                                          OR a.rate_period_seconds > 0)
+                                  OFFSET 0)) r
     ), picks AS (
         SELECT r.id, q.step_id, q.attempt + 1 AS attempt, q.agent,
                row_number() OVER (ORDER BY r.created_at, r.id, q.queued_at, q.position) AS n
           FROM r, LATERAL (
                SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
                  FROM orchestration_steps q
-                WHERE q.run_id = r.id AND q.state = 'queued'
+                WHERE q.run_id = r.id
+                  AND q.state = ANY ('{queued,running,waiting_retry}')
+                  AND q.state NOT IN ('running', 'waiting_retry')
                 ORDER BY q.queued_at, q.position
                 LIMIT greatest(r.max_parallel
                                - (SELECT count(*) FROM orchestration_steps x
-                                   WHERE x.run_id = r.id AND x.state = 'running'), 0)
+                                   WHERE x.run_id = r.id
+                                     AND x.state = ANY ('{queued,running,waiting_retry}')
+                                     AND x.state NOT IN ('queued', 'waiting_retry')), 0)
                   FOR UPDATE SKIP LOCKED) q
     )
     SELECT coalesce(array_agg(p.id ORDER BY p.n) FILTER (WHERE p.n <= p_limit), '{}'),
@@ -447,10 +465,11 @@ BEGIN
                LATERAL (SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                                r.definition_name, r.definition_version, r.created_at,
                                r.started_at, r.trace_context, r.priority, r.concurrency_key,
-                               r.max_steps_per_key
+                               r.max_steps_per_key, r.state
                           FROM orchestration_runs r
-                         WHERE r.id = u.id AND r.state = 'running'
-                           FOR UPDATE OF r) r
+                         WHERE r.id = u.id
+                         LIMIT 1 FOR UPDATE) r
+         WHERE r.state = 'running'  -- not in the probe: no index of running runs serves it
          ORDER BY r.created_at, r.id;
     END IF;
     LOOP
@@ -485,11 +504,16 @@ BEGIN
                                                   AND k.concurrency_key = v_run.concurrency_key));
             END IF;
         END IF;
+        -- The run's steps of one state are read through orchestration_steps_active_idx,
+        -- whatever the statistics say: see podium_pick_steps.
         UPDATE orchestration_steps w
            SET state = 'queued', queued_at = now(), next_attempt_at = NULL
-         WHERE w.run_id = v_run.id AND w.state = 'waiting_retry' AND w.next_attempt_at <= now();
+         WHERE w.run_id = v_run.id AND w.state = ANY ('{queued,running,waiting_retry}')
+           AND w.state NOT IN ('queued', 'running') AND w.next_attempt_at <= now();
         SELECT v_run.max_parallel - count(*) INTO v_free
-          FROM orchestration_steps x WHERE x.run_id = v_run.id AND x.state = 'running';
+          FROM orchestration_steps x
+         WHERE x.run_id = v_run.id AND x.state = ANY ('{queued,running,waiting_retry}')
+           AND x.state NOT IN ('queued', 'waiting_retry');
         CONTINUE WHEN v_free <= 0;
         -- A run whose queued steps all name an agent without limits (no skill to route,
         -- no max_concurrency, no rate limit) and no organization cap or key limit to
@@ -499,7 +523,8 @@ BEGIN
                SELECT 1 FROM orchestration_steps q
                  LEFT JOIN agents a ON a.organization_id = q.organization_id
                                    AND a.name = q.agent
-                WHERE q.run_id = v_run.id AND q.state = 'queued'
+                WHERE q.run_id = v_run.id AND q.state = ANY ('{queued,running,waiting_retry}')
+                  AND q.state NOT IN ('running', 'waiting_retry')
                   AND (q.skill IS NOT NULL OR a.max_concurrency > 0
                        OR a.rate_period_seconds > 0)) THEN
             -- Picked here, leased after the loop with those of the other runs in one
@@ -512,7 +537,9 @@ BEGIN
               INTO v_ids, v_attempts, v_agents
               FROM (SELECT q.step_id, q.attempt, q.agent, q.queued_at, q.position
                       FROM orchestration_steps q
-                     WHERE q.run_id = v_run.id AND q.state = 'queued'
+                     WHERE q.run_id = v_run.id
+                       AND q.state = ANY ('{queued,running,waiting_retry}')
+                       AND q.state NOT IN ('running', 'waiting_retry')
                      ORDER BY q.queued_at, q.position
                      LIMIT least(v_free, p_limit - v_picked)
                        FOR UPDATE SKIP LOCKED) q;
@@ -532,7 +559,8 @@ BEGIN
         FOR v_step IN
             SELECT s.step_id, s.attempt, s.agent, s.skill, s.spec -> 'routing' AS routing
               FROM orchestration_steps s
-             WHERE s.run_id = v_run.id AND s.state = 'queued'
+             WHERE s.run_id = v_run.id AND s.state = ANY ('{queued,running,waiting_retry}')
+               AND s.state NOT IN ('running', 'waiting_retry')
              ORDER BY s.queued_at, s.position
                FOR UPDATE OF s SKIP LOCKED
         LOOP

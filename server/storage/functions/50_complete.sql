@@ -330,11 +330,17 @@ BEGIN
     -- costs fewer statements for a single outcome).
     v_fast := '{}';
     IF v_n > 1 AND 'succeeded' = ANY (p_outcomes) THEN
+        -- Each row found by a primary-key probe, whatever the statistics say (with
+        -- r.id = ANY, a plan cached while the table looked small read every run), then
+        -- locked by another, in that order (a nested loop over the sorted runs).
         SELECT coalesce(array_agg(l.id), '{}') INTO v_fast
-          FROM (SELECT r.id, r.budget_run_id FROM orchestration_runs r
-                 WHERE r.id = ANY (p_runs)
-                 ORDER BY r.created_at, r.id
-                   FOR UPDATE) l
+          FROM (SELECT u.id
+                  FROM (SELECT DISTINCT u FROM unnest(p_runs) AS u) AS u(id),
+                       LATERAL (SELECT x.created_at FROM orchestration_runs x
+                                 WHERE x.id = u.id LIMIT 1) t
+                 ORDER BY t.created_at, u.id) o,
+               LATERAL (SELECT r.id, r.budget_run_id FROM orchestration_runs r
+                         WHERE r.id = o.id LIMIT 1 FOR UPDATE) l
          WHERE l.budget_run_id IS NULL
            AND NOT EXISTS (SELECT 1 FROM unnest(p_runs, p_outcomes) o(run_id, outcome)
                             WHERE o.run_id = l.id AND o.outcome <> 'succeeded');
@@ -478,8 +484,17 @@ BEGIN
                                               p_input_tokens[k] + p_output_tokens[k]);
         END IF;
     END LOOP;
+    -- Each step found and locked by a primary-key probe, whatever the statistics say
+    -- (a join made a hash join over every running step), fenced on its attempt and
+    -- state once locked, and updated by ctid.
     WITH o AS (
-        SELECT o.k FROM generate_subscripts(p_runs, 1) AS o(k) WHERE p_runs[o.k] = ANY (p_fast)
+        SELECT o.k, t.tid
+          FROM generate_subscripts(p_runs, 1) AS o(k),
+               LATERAL (SELECT v.ctid AS tid, v.attempt, v.state FROM orchestration_steps v
+                         WHERE v.run_id = p_runs[o.k] AND v.step_id = p_steps[o.k]
+                         LIMIT 1 FOR UPDATE) t
+         WHERE p_runs[o.k] = ANY (p_fast) AND t.attempt = p_attempts[o.k]
+           AND t.state = 'running'
     ), done AS (
         UPDATE orchestration_steps s
            SET state = 'succeeded', output = p_outputs[o.k], error = p_errors[o.k],
@@ -489,15 +504,24 @@ BEGIN
                output_tokens = s.output_tokens + p_output_tokens[o.k],
                cost_usd = s.cost_usd + p_costs[o.k]
           FROM o
-         WHERE s.run_id = p_runs[o.k] AND s.step_id = p_steps[o.k]
-           AND s.attempt = p_attempts[o.k] AND s.state = 'running'
+         WHERE s.ctid = o.tid
         RETURNING o.k
     )
     SELECT coalesce(array_agg(done.k ORDER BY done.k), '{}') INTO v_done FROM done;
     IF cardinality(v_done) = 0 THEN
         RETURN;
     END IF;
-    WITH d AS (SELECT d.k FROM unnest(v_done) AS d(k)), attempts AS (
+    -- Each attempt found by a primary-key probe and updated by ctid, whatever the
+    -- statistics say (a join of the table with the array made a hash join over a seq
+    -- scan of a table that looked small when the plan was cached).
+    WITH d AS (
+        SELECT d.k, t.tid
+          FROM unnest(v_done) AS d(k),
+               LATERAL (SELECT x.ctid AS tid FROM step_attempts x
+                         WHERE x.run_id = p_runs[d.k] AND x.step_id = p_steps[d.k]
+                           AND x.attempt = p_attempts[d.k]
+                         LIMIT 1) t
+    ), attempts AS (
         UPDATE step_attempts a
            SET ended_at = now(), error = p_errors[d.k],
                input_tokens = a.input_tokens + p_input_tokens[d.k],
@@ -505,8 +529,7 @@ BEGIN
                cost_usd = a.cost_usd + p_costs[d.k],
                model = coalesce(nullif(p_models[d.k], ''), a.model)
           FROM d
-         WHERE a.run_id = p_runs[d.k] AND a.step_id = p_steps[d.k]
-           AND a.attempt = p_attempts[d.k]
+         WHERE a.ctid = d.tid
         RETURNING a.credential_hash IS NOT NULL AS credential
     )
     SELECT coalesce(bool_or(credential), false) INTO v_credential FROM attempts;
@@ -576,9 +599,11 @@ BEGIN
         ), p AS (
             SELECT p.run_id, count(*)::integer AS n FROM unnest(v_p_runs) AS p(run_id)
              GROUP BY 1
-        ), m AS (
-            SELECT k.*, coalesce(q.n, 0) AS queued, coalesce(p.n, 0) AS started
-              FROM k LEFT JOIN q ON q.run_id = k.run_id LEFT JOIN p ON p.run_id = k.run_id
+        ), m AS (  -- each run's row found by a primary-key probe (the runs are locked)
+            SELECT k.*, coalesce(q.n, 0) AS queued, coalesce(p.n, 0) AS started, t.tid
+              FROM k LEFT JOIN q ON q.run_id = k.run_id LEFT JOIN p ON p.run_id = k.run_id,
+                   LATERAL (SELECT x.ctid AS tid FROM orchestration_runs x
+                             WHERE x.id = k.run_id LIMIT 1) t
         )
         UPDATE orchestration_runs r
            SET input_tokens = r.input_tokens + m.input_tokens,
@@ -595,7 +620,7 @@ BEGIN
                         ELSE r.output END,
                updated_at = now()
           FROM m
-         WHERE r.id = m.run_id
+         WHERE r.ctid = m.tid
         RETURNING r.id, r.last_event_sequence, r.organization_id, r.state,
                   r.steps_remaining = 0 AS ended, m.n + m.queued + m.started AS total,
                   m.queued
