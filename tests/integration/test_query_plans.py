@@ -501,22 +501,25 @@ async def test_claim_uses_indexes_without_statistics(database_url: str, limited:
     """The claim (its candidate query over every run with runnable work, then a run's
     steps) and a completion with its eager claim, on 100,000 steps whose tables were
     never analysed, with the plans a replica's connection keeps: made while the tables
-    were empty (a new deployment's first claims), then used after they filled up. No
-    Seq Scan of the steps, runs or attempts."""
+    were empty or small (a new deployment's first claims, the last of which takes the
+    first steps of three small runs), then used after they filled up. No Seq Scan of the
+    steps, runs or attempts, and no scan of a whole index of one for a run's steps."""
     await _fill(database_url, _NO_AUTOVACUUM)
     conn = await asyncpg.connect(database_url)
     try:
         await _explain_kept_plans(conn)
-        await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while empty
+        await _limit_agent(conn, limited)
+        await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while small
         for _ in range(8):  # a replica's first claims, on the empty tables
             assert await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)") == []
+        await conn.execute(_SMALL_RUNS.replace("{n}", "3") + _SMALL_RUNS_QUEUED)
+        assert len(await conn.fetch("SELECT * FROM podium_claim_steps('replica-b', 20, 60)")) == 3
         # Another connection writes the history: SET session_replication_role on this
         # one would drop its plans (PostgreSQL resets a session's plan cache then).
         await _fill(database_url, _SETUP_UNANALYSED)
-        await _limit_agent(conn, limited)
         await conn.execute("SET auto_explain.log_min_duration = 0")
         assert await conn.fetchval("SELECT count(*) FROM orchestration_steps") == (
-            RUNS * STEPS_PER_RUN
+            RUNS * STEPS_PER_RUN + 9
         )
         assert not await conn.fetchval(
             "SELECT coalesce(max(last_analyze), max(last_autoanalyze)) FROM pg_stat_user_tables "
@@ -622,6 +625,17 @@ INSERT INTO step_attempts (run_id, step_id, attempt, organization_id, agent)
 SELECT run_id, step_id, 1, organization_id, agent FROM orchestration_steps
  WHERE run_id IN (SELECT md5('small' || g)::uuid FROM generate_series(1, {n}) g)
    AND attempt > 0;
+"""
+
+
+# The small runs' first steps queued instead of running, for a claim to take.
+_SMALL_RUNS_QUEUED = """
+UPDATE orchestration_steps
+   SET state = 'queued', attempt = 0, lease_owner = NULL, lease_expires_at = NULL,
+       queued_at = now()
+ WHERE step_id = 's1' AND run_id IN (SELECT md5('small' || g)::uuid FROM generate_series(1, 3) g);
+DELETE FROM step_attempts
+ WHERE run_id IN (SELECT md5('small' || g)::uuid FROM generate_series(1, 3) g);
 """
 
 
