@@ -210,8 +210,9 @@ $$;
 -- Whether the shares of runs p_runs (a share: the runs of one organization and
 -- concurrency key value at one priority; see podium_claim_steps_of) are alone in the
 -- queue: no other share of their priority and no higher priority has queued steps
--- (primary-key probes of the runs, index probes on orchestration_steps_queued_share_idx). An eager claim may keep the
--- slots its completion freed only then; otherwise they go by turns.
+-- (primary-key probes of the runs, index probes on
+-- orchestration_steps_queued_share_idx). An eager claim may keep the slots its
+-- completion freed only then; otherwise they go by turns.
 CREATE OR REPLACE FUNCTION podium_shares_alone(p_runs uuid[]) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
 BEGIN
@@ -246,13 +247,15 @@ $$;
 -- completion that made them runnable, podium_record_outcome and
 -- podium_complete_successes). Each run and its steps are reached by primary-key and
 -- partial-index probes, whatever the statistics say (a plan made while the table was
--- small read every running run): a run's queued, running or retrying steps are selected by the
--- predicate of orchestration_steps_active_idx (run_id, state) with the other states
--- excluded, a condition that no index of one state's steps can serve (a plan cached
--- while the table looked small scanned the whole of one: every queued or running step
--- of every run, ordered by queued_at, or by organization and agent). Returns the picks in the claim's order (steps[i] of
--- run runs[i]; attempts[i]: the attempt its lease gives; agents[i]) and the runs
--- whose claim this decided, picks or not (decided).
+-- small read every running run): a run's queued, running or retrying steps are
+-- selected by the predicate of orchestration_steps_active_idx (run_id, state) with the
+-- other states excluded, a condition that no index of one state's steps can serve (a
+-- plan cached while the table looked small scanned the whole of one: every queued or
+-- running step of every run, ordered by queued_at, or by organization and agent); the
+-- NOT EXISTS checks stay per run (OFFSET 0), not joined with every such step. Returns
+-- the picks in the claim's order (steps[i] of run runs[i]; attempts[i]: the attempt
+-- its lease gives; agents[i]) and the runs whose claim this decided, picks or not
+-- (decided).
 CREATE OR REPLACE FUNCTION podium_pick_steps(
     p_runs uuid[], p_limit integer,
     OUT runs uuid[], OUT steps text[], OUT attempts integer[], OUT agents text[],
