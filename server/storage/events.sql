@@ -31,14 +31,17 @@ WHERE id = ANY ($1::uuid[])
 -- snapshot is taken right after it); the event columns are NULL when no event matched.
 -- $1 org, $2 lower bound on created_at, $3 run ids (uuid[]), $4 delivered sequences
 -- (bigint[]), $5 definition_name (NULL = any), $6 run states after the event (text[],
--- empty = any), $7 labels the run must contain (jsonb), $8 limit
+-- empty = any), $7 labels the run must contain (jsonb), $8 limit. Each event's run is
+-- found by a primary-key probe, whatever the statistics say (a join, planned while the
+-- tables were empty, read every run for each event).
 SELECT n.now, page.*
 FROM (SELECT statement_timestamp() AS now) AS n
 LEFT JOIN LATERAL (
     SELECT e.run_id, e.sequence, e.organization_id, e.type, e.step_id, e.attempt,
            e.run_state, e.step_state, e.payload, e.created_at, r.definition_name
     FROM orchestration_events e
-    JOIN orchestration_runs r ON r.id = e.run_id
+    CROSS JOIN LATERAL (SELECT r.definition_name, r.labels FROM orchestration_runs r
+                         WHERE r.id = e.run_id LIMIT 1) AS r
     LEFT JOIN unnest($3::uuid[], $4::bigint[]) AS d(run_id, sequence) ON d.run_id = e.run_id
     WHERE e.organization_id = $1
       AND e.created_at >= coalesce($2::timestamptz, n.now)

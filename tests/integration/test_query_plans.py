@@ -310,9 +310,11 @@ EVENTS_PER_RUN = 12  # 120,000 events, all but the last minute's old
 # A history of events on tables whose statistics were never gathered (no ANALYZE,
 # autovacuum off for them): what a new deployment's WatchRuns reads before the first
 # autovacuum analyses them.
-_EVENTS_SETUP = f"""
+_EVENTS_NO_AUTOVACUUM = """
 ALTER TABLE orchestration_runs SET (autovacuum_enabled = false);
 ALTER TABLE orchestration_events SET (autovacuum_enabled = false);
+"""
+_EVENTS_SETUP = f"""
 SET session_replication_role = replica;
 INSERT INTO orchestration_runs
     (id, organization_id, plan, state, max_parallel, steps_remaining, created_at,
@@ -338,6 +340,8 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
     the runs."""
     from podium.server.storage.queries import QUERIES
 
+    # Before the statement is prepared: an ALTER TABLE would drop its plan.
+    await _fill(database_url, _EVENTS_NO_AUTOVACUUM)
     conn = await asyncpg.connect(database_url)
     try:
         await _explain_kept_plans(conn)
@@ -361,7 +365,9 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
         # session may then keep a generic plan made for empty tables.
         for _ in range(8):
             await statement.fetch(*arguments)
-        await conn.execute(_EVENTS_SETUP)
+        # Written by another connection: SET session_replication_role on this one would
+        # drop its plans.
+        await _fill(database_url, _EVENTS_SETUP)
         assert await conn.fetchval("SELECT count(*) FROM orchestration_events") == (
             EVENT_RUNS * EVENTS_PER_RUN
         )
