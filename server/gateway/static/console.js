@@ -51,6 +51,9 @@ window.addEventListener("popstate", route);
 
 // -- Sign in ------------------------------------------------------------------------------
 async function signIn(message) {
+  // A page's requests refused together (the usage page sends two): the first shows the
+  // form, the others leave it, and what is being typed into it, alone.
+  if (main().querySelector("form.login")) return;
   for (const close of cleanup) close();
   cleanup = [];
   const back = location.pathname === "/login" ? "/" : location.pathname + location.search;
