@@ -17,11 +17,14 @@ SELECT podium_listen_events($1, $2, $3, $4)
 
 -- watch_last_sequences --
 -- The hub's fallback poll: the last sequence of every watched run, in one round trip.
--- A run missing from the answer was deleted.
+-- A run missing from the answer was deleted. Each run is a primary-key probe, whatever
+-- the statistics say (with id = ANY, the plan a connection kept from empty tables read
+-- every run on each poll).
 -- $1 run ids (uuid[])
-SELECT id::text AS run_id, last_event_sequence
-FROM orchestration_runs
-WHERE id = ANY ($1::uuid[])
+SELECT u.id::text AS run_id, r.last_event_sequence
+FROM unnest($1::uuid[]) AS u(id)
+CROSS JOIN LATERAL (SELECT r.last_event_sequence FROM orchestration_runs r
+                     WHERE r.id = u.id LIMIT 1) AS r
 
 -- watch_org_events --
 -- One page of an organization's events for WatchRuns, in (created_at, run_id, sequence)

@@ -405,6 +405,51 @@ async def test_watch_org_events_uses_indexes_without_statistics(database_url: st
         await conn.close()
 
 
+async def test_watch_last_sequences_probes_runs_without_statistics(database_url: str) -> None:
+    """The event hub's fallback poll (the last sequence of each watched run) with the
+    plan a replica's connection keeps from empty tables, after 10,000 runs were written:
+    a probe per run, no Seq Scan of the runs (which every poll would repeat)."""
+    from podium.server.storage.queries import QUERIES
+
+    await _fill(database_url, _EVENTS_NO_AUTOVACUUM)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _explain_kept_plans(conn)
+        statement = await conn.prepare(QUERIES["watch_last_sequences"])
+        watched = [
+            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(EVENT_RUNS - i))
+            for i in range(20)
+        ]
+        for _ in range(8):  # a poll while the tables are empty
+            assert await statement.fetch([str(u) for u in watched]) == []
+        await _fill(database_url, _EVENTS_SETUP)
+        messages: list[str] = []
+
+        def listener(_conn: object, message: Any) -> None:
+            messages.append(message.message)
+
+        conn.add_log_listener(listener)
+        try:
+            rows = await statement.fetch([str(u) for u in watched])
+        finally:
+            conn.remove_log_listener(listener)
+        assert len(rows) == len(watched)
+        plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
+        assert plans
+        scans = [
+            "\n".join(_outline(plan["Plan"]))
+            for plan in plans
+            if any(
+                node["Node Type"] == "Seq Scan"
+                and node.get("Relation Name") == "orchestration_runs"
+                for node in _nodes(plan["Plan"])
+            )
+        ]
+        assert not scans, "\n\n".join(scans)
+    finally:
+        await conn.close()
+
+
 # A keyed history: the running runs get two key values, priorities and step limits
 # (copied onto their steps as StartRun does), so the claim ranks shares, counts a key's
 # running steps, and the eager claim probes for other shares' queued steps.
