@@ -152,10 +152,16 @@ async def test_three_replicas_keep_an_agents_max_concurrency(
     """Three replicas hammering one agent with max_concurrency 3: the agent never sees a
     fourth call at once and every step is claimed once. Which replicas claim depends on
     timing (one may take all on a loaded machine); that claims of several replicas run
-    at once is shown by test_two_claims_overlap_and_an_agents_limit_stays_exact."""
+    at once is shown by test_two_claims_overlap_and_an_agents_limit_stays_exact. The
+    leases are long: "claimed once" holds while none expires, and the fixture's 5 s
+    expired for three steps once under the full suite on two busy cores (they ran
+    again, as a lease that expires promises)."""
     servers = [
         await start_server(
-            agents=static_agents(example_agents, "sleeper"), worker_slots=4, claim_batch_size=4
+            agents=static_agents(example_agents, "sleeper"),
+            worker_slots=4,
+            claim_batch_size=4,
+            lease_seconds=60.0,
         )
         for _ in range(3)
     ]
