@@ -333,24 +333,37 @@ SET session_replication_role = DEFAULT;
 _EVENT_TABLES = frozenset({"orchestration_events", "orchestration_runs"})
 
 
+async def _kept_statement(
+    database_url: str, name: str
+) -> tuple[asyncpg.Connection[asyncpg.Record], Any, list[Any]]:
+    """A connection logging its plans, with the storage query ``name`` prepared on it as
+    the server runs it (one prepared statement per connection: asyncpg's cache) while the
+    event tables are empty, never to be analysed (autovacuum off first: an ALTER TABLE
+    would drop the plan); and the ids of the last 20 runs of the history to come."""
+    from podium.server.storage.queries import QUERIES
+
+    await _fill(database_url, _EVENTS_NO_AUTOVACUUM)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _explain_kept_plans(conn)
+        statement = await conn.prepare(QUERIES[name])
+        recent = [
+            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(EVENT_RUNS - i))
+            for i in range(20)
+        ]
+    except BaseException:
+        await conn.close()
+        raise
+    return conn, statement, recent
+
+
 async def test_watch_org_events_uses_indexes_without_statistics(database_url: str) -> None:
     """WatchRuns' page query on 120,000 events whose tables were never analysed, with
     the plan a long-lived stream keeps (prepared while the tables were still empty, then
     read again after they filled up): index scans only, no Seq Scan of the events or
     the runs."""
-    from podium.server.storage.queries import QUERIES
-
-    # Before the statement is prepared: an ALTER TABLE would drop its plan.
-    await _fill(database_url, _EVENTS_NO_AUTOVACUUM)
-    conn = await asyncpg.connect(database_url)
+    conn, statement, recent = await _kept_statement(database_url, "watch_org_events")
     try:
-        await _explain_kept_plans(conn)
-        # As the server runs it: one prepared statement per connection (asyncpg's cache).
-        statement = await conn.prepare(QUERIES["watch_org_events"])
-        recent = [
-            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(EVENT_RUNS - i))
-            for i in range(20)
-        ]
         arguments: tuple[Any, ...] = (
             "default",
             datetime.now(UTC) - timedelta(seconds=5),
@@ -409,17 +422,8 @@ async def test_watch_last_sequences_probes_runs_without_statistics(database_url:
     """The event hub's fallback poll (the last sequence of each watched run) with the
     plan a replica's connection keeps from empty tables, after 10,000 runs were written:
     a probe per run, no Seq Scan of the runs (which every poll would repeat)."""
-    from podium.server.storage.queries import QUERIES
-
-    await _fill(database_url, _EVENTS_NO_AUTOVACUUM)
-    conn = await asyncpg.connect(database_url)
+    conn, statement, watched = await _kept_statement(database_url, "watch_last_sequences")
     try:
-        await _explain_kept_plans(conn)
-        statement = await conn.prepare(QUERIES["watch_last_sequences"])
-        watched = [
-            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(EVENT_RUNS - i))
-            for i in range(20)
-        ]
         for _ in range(8):  # a poll while the tables are empty
             assert await statement.fetch([str(u) for u in watched]) == []
         await _fill(database_url, _EVENTS_SETUP)
