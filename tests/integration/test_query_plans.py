@@ -440,16 +440,8 @@ async def test_watch_last_sequences_probes_runs_without_statistics(database_url:
         assert len(rows) == len(watched)
         plans = [json.loads(m[m.index("{") :]) for m in messages if "{" in m]
         assert plans
-        scans = [
-            "\n".join(_outline(plan["Plan"]))
-            for plan in plans
-            if any(
-                node["Node Type"] == "Seq Scan"
-                and node.get("Relation Name") == "orchestration_runs"
-                for node in _nodes(plan["Plan"])
-            )
-        ]
-        assert not scans, "\n\n".join(scans)
+        problems = _seq_scans(plans)
+        assert not problems, "\n\n".join(problems)
     finally:
         await conn.close()
 
