@@ -130,6 +130,30 @@ async def test_a_completion_claims_the_step_it_made_runnable(db: Database) -> No
     assert final.states == {(run, "c", 1): "succeeded"} and final.claimed == []
 
 
+async def test_only_a_step_of_a_limited_agent_wakes_the_claim_loop(db: Database) -> None:
+    """A batch wakes its replica's claim loop for a freed agent slot only when one of its
+    steps ran on an agent with a max_concurrency: a limit on another agent costs a
+    sequential run's completions no claim of their own."""
+    repo = RunsRepository(db)
+    async with db.connection() as conn:
+        await conn.execute(
+            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
+            " VALUES ($1, 'other', '127.0.0.1:1', 2)",
+            ORG,
+        )
+    await repo.create(dag([("a", []), ("b", ["a"]), ("c", ["b"])]), start=True)
+    (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
+
+    batch = await repo.complete([done(a)], EagerClaim("replica-1", 10, 60))
+
+    assert [s.step_id for s in batch.claimed] == ["b"]
+    assert not batch.wake  # echo has no limit: its finished step freed nobody's slot
+    await limit_echo(db, max_concurrency=5)
+    batch = await repo.complete([done(batch.claimed[0])], EagerClaim("replica-1", 10, 60))
+    assert [s.step_id for s in batch.claimed] == ["c"]
+    assert batch.wake  # b's slot on echo is free: a step of another run may take it
+
+
 async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:
     """A replica without free slots claims nothing eagerly; one with fewer slots than
     the promoted steps takes what fits. The rest stays queued and the batch says so
@@ -307,7 +331,15 @@ async def test_concurrent_start_runs_each_claim_their_own_first_step(
         worker_slots=runs,
         claim_batch_size=32,
     )
-    repository: Any = server.engine.scheduler._repository
+    scheduler: Any = server.engine.scheduler
+    # The claim loop's first claim, sent when the scheduler starts, holds every free slot
+    # while it is in flight: a StartRun served meanwhile finds none to claim with (on a
+    # loaded machine, all 16 did).
+    for _ in range(1000):
+        if scheduler._free() == runs:
+            break
+        await asyncio.sleep(0.01)
+    repository: Any = scheduler._repository
     real_create, real_claim = repository.create, repository.claim
     in_flight = 0
     all_in_flight = asyncio.Event()

@@ -732,7 +732,11 @@ async def test_completions_keep_bounded_plans_made_on_small_tables(
         assert rows[-1]["states"] == ["running"] and len(rows) > 1
         plans = batch_plans + single_plans
         texts = _query_texts(plans)
-        for statement in (*_BATCH_STATEMENTS, "UPDATE orchestration_steps s SET state = 'running'"):
+        for statement in (
+            *_BATCH_STATEMENTS,
+            "UPDATE orchestration_steps s SET state = 'running'",
+            "WHERE s.run_id = o.run_id AND s.step_id = o.step_id",  # the wake's probes
+        ):
             assert statement in texts, f"no plan logged for the statement with {statement!r}"
         problems = _seq_scans(plans) + _whole_index_scans(plans)
         assert not problems, "\n\n".join(problems)

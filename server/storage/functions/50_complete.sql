@@ -277,9 +277,9 @@ DROP FUNCTION IF EXISTS podium_complete_steps(
 -- that reached p_claim_limit (more may be runnable), or a step waiting for a retry.
 -- Rows: one per claimed step (states and wake NULL), then one row with run_id NULL:
 -- states[i] = the run's state after outcome i as podium_complete_step returns it, and
--- wake = whether this replica's claim loop should look for work (the cases above, or an
--- agent with max_concurrency exists: a finished step may free a slot of another run's
--- step, which no completion of that run would claim).
+-- wake = whether this replica's claim loop should look for work (the cases above, or a
+-- finished step ran on an agent with a max_concurrency: its freed slot may let a step of
+-- another run start, which no completion of that run would claim).
 DROP FUNCTION IF EXISTS podium_complete_steps(
     uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
     bigint[], numeric[], text, integer, double precision, text[]);
@@ -422,7 +422,21 @@ BEGIN
         PERFORM pg_notify('podium_work', '');
     END IF;
     states := v_states;
-    wake := v_wake OR EXISTS (SELECT 1 FROM agents a WHERE a.max_concurrency > 0);
+    -- A finished step of an agent with a max_concurrency frees one of its slots, which a
+    -- queued step of another run may be waiting for (no completion of that run would
+    -- claim it). Each outcome's step, then its agent, found by primary-key probes,
+    -- whatever the statistics say: asking whether any agent at all had a limit read the
+    -- whole agents table, and once one agent anywhere had one, it sent the claim loop
+    -- after every batch of every run.
+    wake := v_wake OR EXISTS (
+        SELECT 1
+          FROM unnest(p_runs, p_steps) AS o(run_id, step_id),
+               LATERAL (SELECT s.organization_id, s.agent FROM orchestration_steps s
+                         WHERE s.run_id = o.run_id AND s.step_id = o.step_id LIMIT 1) s,
+               LATERAL (SELECT 1 FROM agents a
+                         WHERE a.organization_id = s.organization_id AND a.name = s.agent
+                           AND a.max_concurrency > 0
+                         LIMIT 1) a);
     run_id := NULL;
     RETURN NEXT;
 END
