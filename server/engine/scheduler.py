@@ -96,7 +96,8 @@ class Scheduler:
         self._listener: DirectConnection | None = None
         self._stopping = False
         # Whether the claim loop stopped short of the runnable work (slots or batch size
-        # full): a completion that frees slots must then wake it.
+        # full): a completion that frees slots must then wake it, and the eager claims
+        # take turns with other shares (EagerClaim.turns). Until the first claim, no.
         self._claim_saturated = False
         # Slots promised to claims in flight (the claim loop's, a completion's or a
         # StartRun's eager claim), so that concurrent claims never exceed the slots.
@@ -383,7 +384,7 @@ class Scheduler:
         if self._stopping or limit <= 0:
             return None
         self._reserved += limit
-        return EagerClaim(self.owner, limit, self.config.lease_seconds)
+        return EagerClaim(self.owner, limit, self.config.lease_seconds, self._claim_saturated)
 
     def dispatch(self, claim: EagerClaim, claimed: list[ClaimedStep]) -> None:
         """Execute the steps ``claim`` (from :meth:`eager_claim`) took, and give back
@@ -403,7 +404,7 @@ class Scheduler:
         if free <= 0:
             return None
         self._reserved += free
-        return EagerClaim(self.owner, free, self.config.lease_seconds)
+        return EagerClaim(self.owner, free, self.config.lease_seconds, self._claim_saturated)
 
     def _record(self, outcome: StepOutcome, states: dict[StepKey, str | None]) -> None:
         """Metrics of a committed outcome: the attempt, the step when final, the run when

@@ -280,11 +280,17 @@ class CompletedBatch:
 @dataclass(frozen=True, slots=True)
 class EagerClaim:
     """Claim, in a completion's transaction, up to ``limit`` runnable steps of the runs
-    it completed steps of, for ``owner`` (see ``podium_complete_steps``)."""
+    it completed steps of, for ``owner`` (see ``podium_complete_steps``).
+
+    ``turns``: whether the claim takes turns with the other shares' queued steps (it
+    becomes the claim over every run when they have some); the scheduler passes False
+    while its slots are not contended, its claim loop having last taken every step it
+    could with slots to spare."""
 
     owner: str
     limit: int
     lease_seconds: float
+    turns: bool = True
 
 
 @dataclass(frozen=True, slots=True)

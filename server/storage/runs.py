@@ -157,6 +157,7 @@ class RunsRepository:
                     claim.limit,
                     claim.lease_seconds,
                     self._org_cap,
+                    claim.turns,
                 )
                 row, claimed = rows[-1], [claimed_step(r) for r in rows[:-1]]
         if not row["created"]:
@@ -507,6 +508,7 @@ class RunsRepository:
             claim.lease_seconds if claim else 0.0,
             [o.model for o in ordered],
             self._org_cap,
+            claim.turns if claim else True,
         )
         # A final failure fails its run, which cancels the run's unfinished descendants:
         # younger runs, maybe younger than runs later in the batch. Lock them all first,

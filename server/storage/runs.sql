@@ -18,10 +18,11 @@ SELECT * FROM podium_create_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $1
 -- create_run, then the run's runnable steps claimed for this replica in the same
 -- transaction (podium_create_run_and_claim, functions/40_claim.sql): the claimed rows,
 -- then create_run's row. $1-$21 as create_run, $22 owner, $23 claim limit, $24 lease,
--- $25 cap on an organization's running steps (0: none)
+-- $25 cap on an organization's running steps (0: none), $26 whether the claim takes turns
+-- with other shares (EagerClaim.turns)
 SELECT * FROM podium_create_run_and_claim($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
                                           $13, $14, $15, $16, $17, $18, $19, $20, $22,
-                                          $23, $24, $21, $25)
+                                          $23, $24, $21, $25, $26)
 
 -- lock_run --
 -- $1 run_id, $2 organization_id
@@ -188,10 +189,11 @@ SELECT podium_complete_step($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 -- $1 run_ids, $2 step_ids, $3 attempts, $4 outcomes, $5 outputs, $6 errors, $7 inputs,
 -- $8 next_attempt_at, $9 input_tokens, $10 output_tokens, $11 costs, $12 owner,
 -- $13 how many steps to claim at most, $14 lease seconds, $15 models ('' none),
--- $16 cap on an organization's running steps (0: none)
+-- $16 cap on an organization's running steps (0: none), $17 whether the eager claim
+-- takes turns with other shares (EagerClaim.turns)
 SELECT * FROM podium_complete_steps($1, $2, $3, $4, $5::text[]::jsonb[], $6::text[]::jsonb[],
                                     $7::text[]::jsonb[], $8, $9, $10, $11, $12, $13, $14, $15,
-                                    $16)
+                                    $16, $17)
 
 -- lock_batch_runs --
 -- Before a completion batch that may fail a run: lock the batch's runs and every

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -152,6 +153,33 @@ async def test_only_a_step_of_a_limited_agent_wakes_the_claim_loop(db: Database)
     batch = await repo.complete([done(batch.claimed[0])], EagerClaim("replica-1", 10, 60))
     assert [s.step_id for s in batch.claimed] == ["c"]
     assert batch.wake  # b's slot on echo is free: a step of another run may take it
+
+
+async def test_an_eager_claim_takes_turns_with_other_shares_only_when_asked(
+    db: Database,
+) -> None:
+    """With turns (the scheduler's slots are contended), a completion whose run's share
+    is not alone in the queue claims over every run: another organization's queued step
+    gets the freed slots too. Without (slots to spare: whatever another share has queued
+    is held by its own limits), it claims only its own run's step, and the other waits
+    for the claim loop, without the claim over every run on each batch."""
+    repo = RunsRepository(db)
+    async with db.connection() as conn:
+        await conn.execute("INSERT INTO organizations (id, name) VALUES ('other', 'other')")
+    for turns in (True, False):
+        mine = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
+        (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
+        other = replace(dag([("x", [])]), organization_id="other")
+        theirs = (await repo.create(other, start=True)).run.id
+
+        batch = await repo.complete([done(a)], EagerClaim("replica-1", 10, 60, turns))
+
+        claimed = sorted((s.run_id, s.step_id) for s in batch.claimed)
+        if turns:
+            assert claimed == sorted([(mine, "b"), (theirs, "x")])
+        else:
+            assert claimed == [(mine, "b")]
+            assert [s.step_id for s in await repo.claim("replica-2", 10, 60)] == ["x"]
 
 
 async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:

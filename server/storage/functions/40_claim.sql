@@ -212,10 +212,17 @@ $$;
 -- queue: no other share of their priority and no higher priority has queued steps
 -- (primary-key probes of the runs, index probes on
 -- orchestration_steps_queued_share_idx). An eager claim may keep the slots its
--- completion freed only then; otherwise they go by turns.
+-- completion freed only then; otherwise they go by turns. Always true while the calling
+-- statement has set podium.claim_turns to 'off' (podium_complete_steps and
+-- podium_create_run_and_claim, p_turns false: the replica's slots are not contended,
+-- so the other shares' queued steps are held by their own limits, not waiting for
+-- these slots).
 CREATE OR REPLACE FUNCTION podium_shares_alone(p_runs uuid[]) RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$  -- PL/pgSQL: planned once per connection (10_events.sql)
 BEGIN
+    IF current_setting('podium.claim_turns', true) = 'off' THEN
+        RETURN true;
+    END IF;
     RETURN NOT EXISTS (
         SELECT 1
           FROM (SELECT DISTINCT r.priority, r.organization_id,
@@ -837,7 +844,7 @@ $$;
 -- claimers. NOTIFY podium_work (the claimers) only when the run still has queued steps
 -- after the claim: a StartRun whose steps all went to its replica sends no NOTIFY
 -- (podium.defer_work_notify holds back podium_queue_root_steps'). p_org_cap: as
--- podium_claim_steps_of.
+-- podium_claim_steps_of. p_turns: as podium_complete_steps.
 -- Rows: one per claimed step (the claim's columns; the run's columns NULL but run_id),
 -- then podium_create_run's row (the claim's columns NULL).
 DROP FUNCTION IF EXISTS podium_create_run_and_claim(
@@ -848,6 +855,10 @@ DROP FUNCTION IF EXISTS podium_create_run_and_claim(
     text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
     uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
     double precision, jsonb);
+DROP FUNCTION IF EXISTS podium_create_run_and_claim(
+    text, text, integer, jsonb, jsonb, jsonb, jsonb, text, integer, boolean, text, jsonb,
+    uuid, text, integer, uuid, text[], jsonb, boolean, boolean, text, integer,
+    double precision, jsonb, integer);
 CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_org text, p_definition_name text, p_definition_version integer, p_plan jsonb,
     p_input jsonb, p_metadata jsonb, p_labels jsonb, p_request_id text,
@@ -856,7 +867,7 @@ CREATE OR REPLACE FUNCTION podium_create_run_and_claim(
     p_forked_from uuid, p_copy text[], p_steps jsonb, p_start boolean,
     p_return_steps boolean, p_owner text, p_claim_limit integer,
     p_lease_seconds double precision, p_keying jsonb DEFAULT NULL,
-    p_org_cap integer DEFAULT 0
+    p_org_cap integer DEFAULT 0, p_turns boolean DEFAULT true
 ) RETURNS TABLE (
     run_id uuid, created boolean, state text, run_attempt integer,
     last_event_sequence bigint, created_at timestamptz, started_at timestamptz,
@@ -878,6 +889,9 @@ DECLARE
 BEGIN
     IF p_start AND p_claim_limit > 0 THEN
         PERFORM set_config('podium.defer_work_notify', 'on', true);
+    END IF;
+    IF NOT p_turns THEN  -- read by podium_shares_alone; reset when this function returns
+        PERFORM set_config('podium.claim_turns', 'off', true);
     END IF;
     SELECT * INTO v_run
       FROM podium_create_run(p_org, p_definition_name, p_definition_version, p_plan,

@@ -270,7 +270,12 @@ DROP FUNCTION IF EXISTS podium_complete_steps(
 -- it only tries the claim's locks (40_claim.sql): this transaction already holds run
 -- rows; a step whose agent, key or organization another claim is deciding for stays
 -- queued for the claimers. Limits are those of the claim, exact across replicas.
--- p_org_cap: as podium_claim_steps_of.
+-- p_org_cap: as podium_claim_steps_of. p_turns false (the replica's claim loop last
+-- took every step it could with slots to spare, so its slots are not contended): the
+-- eager claim keeps the slots this batch freed for its own runs whatever the other
+-- shares have queued, instead of becoming the claim over every run
+-- (podium_shares_alone), which would visit every run whose queued steps their own
+-- limits hold (an agent's max_concurrency, a run's max_parallel, a key) on each batch.
 --
 -- NOTIFY podium_work (other replicas' claimers) only when this batch leaves work the
 -- eager claim could not take: steps made runnable without an eager claim, or with one
@@ -283,12 +288,15 @@ DROP FUNCTION IF EXISTS podium_complete_steps(
 DROP FUNCTION IF EXISTS podium_complete_steps(
     uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
     bigint[], numeric[], text, integer, double precision, text[]);
+DROP FUNCTION IF EXISTS podium_complete_steps(
+    uuid[], text[], integer[], text[], jsonb[], jsonb[], jsonb[], timestamptz[], bigint[],
+    bigint[], numeric[], text, integer, double precision, text[], integer);
 CREATE OR REPLACE FUNCTION podium_complete_steps(
     p_runs uuid[], p_steps text[], p_attempts integer[], p_outcomes text[],
     p_outputs jsonb[], p_errors jsonb[], p_inputs jsonb[], p_next_attempt_at timestamptz[],
     p_input_tokens bigint[], p_output_tokens bigint[], p_costs numeric[],
     p_owner text, p_claim_limit integer, p_lease_seconds double precision,
-    p_models text[] DEFAULT NULL, p_org_cap integer DEFAULT 0
+    p_models text[] DEFAULT NULL, p_org_cap integer DEFAULT 0, p_turns boolean DEFAULT true
 )
 RETURNS TABLE (
     states text[], wake boolean,
@@ -328,6 +336,9 @@ BEGIN
     -- (podium_complete_successes) when they hold two outcomes or more; the others go
     -- through podium_record_outcome, one outcome at a time, in the order given (which
     -- costs fewer statements for a single outcome).
+    IF NOT p_turns THEN  -- read by podium_shares_alone; reset when this function returns
+        PERFORM set_config('podium.claim_turns', 'off', true);
+    END IF;
     v_fast := '{}';
     IF v_n > 1 AND 'succeeded' = ANY (p_outcomes) THEN
         -- Each row found by a primary-key probe, whatever the statistics say (with
