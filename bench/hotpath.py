@@ -21,6 +21,12 @@ Workloads (each on the no-op agent in a child process, as in ``bench/engine.py``
 ``fanout``: one run of 1 -> 200 -> 1 steps with ``max_parallel`` 64;
 ``many``: 50 runs of 10 sequential steps started at once (the W2 shape).
 
+``--held N``: before the workloads, N + 1 runs of another share (priority 1, one step
+on agent ``held``, the example ``sleeper`` agent in a child process, registered with
+``max=1``): the first sleeps for the whole benchmark, the other N stay queued behind
+its agent's limit, as another team's backlog would on a shared deployment. The
+workloads then show what those waiting runs cost everyone else's steps.
+
 The script imports Podium from the interpreter running it, so the same file measures
 another checkout: ``/path/to/other/.venv/bin/python bench/hotpath.py``. ``--uvloop``
 runs the server on uvloop, as ``podium serve`` does by default (``PODIUM_EVENT_LOOP``;
@@ -48,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import asyncpg
 import grpc
 
-from bench.harness.agent import AgentProcess
+from bench.harness.agent import AgentProcess, ExampleAgentsProcess
 from bench.harness.common import CHANNEL_OPTIONS, DEFAULT_SERVER_URL, progress
 from bench.harness.cpu import CpuMeter
 from bench.harness.postgres import PgStats
@@ -106,6 +112,28 @@ def fanout_plan(name: str, middle: int, max_parallel: int) -> definition_pb2.Def
         plan.steps.add(id=step_id, agent="noop", depends_on=["root"])
     plan.steps.add(id="sink", agent="noop", depends_on=ids)
     return plan
+
+
+def held_plan(name: str) -> definition_pb2.Definition:
+    """One step on agent ``held`` that sleeps an hour, at priority 1 (its own share)."""
+    plan = definition_pb2.Definition(name=name)
+    plan.execution.priority = 1
+    plan.steps.add(id="wait", agent="held").input.update({"seconds": 3600})
+    return plan
+
+
+async def hold(stub: Any, ref: Any, queued: int, scheduler: Any) -> None:
+    """Start ``queued`` + 1 runs of ``ref``: one runs (the agent's only slot), the rest
+    stay queued behind it."""
+    request = pb.StartRunRequest(definition=ref, start=True)
+    for _ in range(queued + 1):
+        await stub.StartRun(request)
+    deadline = time.monotonic() + 60
+    while scheduler.active_steps < 1:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the held agent's first step did not start")
+        await asyncio.sleep(0.01)
+    progress(f"held: {queued} run(s) queued behind agent held's max_concurrency 1")
 
 
 async def wait_completed(scheduler: Any, target: int, limit_seconds: float = 300.0) -> None:
@@ -193,15 +221,22 @@ async def main() -> None:
     parser.add_argument("--database-url", default=DEFAULT_SERVER_URL)
     parser.add_argument("--runs", type=int, default=30, help="chain runs (one at a time)")
     parser.add_argument("--parts", default="chain,fanout,many")
+    parser.add_argument(
+        "--held", type=int, default=0, help="runs of another share queued behind a limit"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     trips = RoundTrips()
     admin = await asyncpg.connect(args.database_url)
     agent = await AgentProcess.start()
-    out: dict[str, Any] = {"machine": await machine_info(admin)}
+    sleeper = await ExampleAgentsProcess.start() if args.held > 0 else None
+    agents = f"noop={agent.address}"
+    if sleeper is not None:
+        agents += f",held={sleeper.addresses['sleeper']};max=1"
+    out: dict[str, Any] = {"machine": await machine_info(admin), "held": args.held}
     dbname, dsn = await create_database(admin, args.database_url)
     await admin.execute(f"ALTER DATABASE \"{dbname}\" SET track_functions = 'pl'")
-    server = podium_server(podium_settings(dsn, f"noop={agent.address}", default_max_parallel=8))
+    server = podium_server(podium_settings(dsn, agents, default_max_parallel=8))
     try:
         await server.start()
         scheduler = server.engine.scheduler
@@ -226,6 +261,8 @@ async def main() -> None:
                 "dbname": dbname,
                 "pool": server.engine.db.pool,
             }
+            if args.held > 0:
+                await hold(stub, await define(held_plan("hot-held")), args.held, scheduler)
             await measure("warm-up", stub, chain, 3, 10, at_once=False, **common)
             results: dict[str, Any] = {}
             if "chain" in parts:
@@ -243,6 +280,8 @@ async def main() -> None:
     finally:
         await server.stop()
         await agent.stop()
+        if sleeper is not None:
+            await sleeper.stop()
         await drop_database(admin, dbname)
         await admin.close()
     print(json.dumps(out, indent=1))

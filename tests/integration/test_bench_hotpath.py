@@ -36,6 +36,7 @@ def _bench(script: str, *args: str, timeout: float) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
+    """A chain beside another share's runs queued behind their agent's limit (--held)."""
     document = _bench(
         "hotpath.py",
         "--database-url",
@@ -44,10 +45,12 @@ def test_hotpath_measures_a_chain(pg_server_url: str) -> None:
         "1",
         "--parts",
         "chain",
+        "--held",
+        "2",
         timeout=240,
     )
     chain = document["results"]["chain"]
-    assert chain["steps"] == 10
+    assert chain["steps"] == 10 and document["held"] == 2
     assert chain["round_trips_per_step"] > 0
 
 
