@@ -697,15 +697,22 @@ async def test_completions_keep_bounded_plans_made_on_small_tables(
     under load find them); the history then grows
     to 100,000 steps, 2,000 runs of them running, never analysed (written by another
     connection, so this one keeps its plans). The same completions with their eager
-    claims then read the rows of their own runs, not every run's or every pending
-    step's: no Seq Scan of a big table, no scan of a whole index of one, and a bounded
-    number of rows read."""
+    claims, and the webhook deliveries of their events (a target is configured), then
+    read the rows of their own runs, not every run's or every pending step's: no Seq
+    Scan of a big table, no scan of a whole index of one, and a bounded number of rows
+    read."""
     await _fill(database_url, _NO_AUTOVACUUM)
     conn = await asyncpg.connect(database_url)
     try:
         await _explain_kept_plans(conn)
         await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while small
         await conn.execute(_SMALL_RUNS.replace("{n}", str(small)))
+        # A webhook target: each event insert then writes its deliveries, in statements
+        # planned here too (podium_enqueue_webhooks, the events' trigger).
+        await conn.execute(
+            "INSERT INTO webhook_targets (organization_id, url)"
+            " VALUES ('default', 'https://hooks.example/podium')"
+        )
         first = [
             await conn.fetchval("SELECT md5('small' || $1::text)::uuid", str(g)) for g in (1, 2, 3)
         ]
@@ -736,6 +743,7 @@ async def test_completions_keep_bounded_plans_made_on_small_tables(
             *_BATCH_STATEMENTS,
             "UPDATE orchestration_steps s SET state = 'running'",
             "WHERE s.run_id = o.run_id AND s.step_id = o.step_id",  # the wake's probes
+            "INSERT INTO webhook_deliveries",  # the events' trigger
         ):
             assert statement in texts, f"no plan logged for the statement with {statement!r}"
         problems = _seq_scans(plans) + _whole_index_scans(plans)

@@ -12,18 +12,23 @@
 -- and function files are applied after the migrations that create the tables.
 
 -- One delivery per (new event, target), after each INSERT statement on the event log.
--- The common case, no target at all, costs one query: webhook_targets is empty (it holds
--- a handful of rows at most) and the runs of the new events (usually one) have no
--- webhook_url (a primary key probe each, whatever the planner's estimates). A delivery
--- takes its event's created_at, so listings (newest first) follow the log.
+-- The common case, no target for the new events, costs one query: for each of their
+-- (organization, run) pairs (usually one), a probe of webhook_targets' primary key for
+-- the organization's targets and a primary-key probe of the run for its webhook_url,
+-- whatever the planner's estimates; a target configured for another organization costs
+-- these events nothing. Where there are targets, each event's run is a primary-key
+-- probe too (a join made while the runs table was small, and kept by the connection,
+-- read every run for each insert). A delivery takes its event's created_at, so
+-- listings (newest first) follow the log.
 CREATE OR REPLACE FUNCTION podium_enqueue_webhooks() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM webhook_targets)
-       AND NOT EXISTS (SELECT 1
-                         FROM (SELECT DISTINCT run_id FROM new_events) e
-                        WHERE (SELECT r.webhook_url FROM orchestration_runs r
-                                WHERE r.id = e.run_id) IS NOT NULL) THEN
+    IF NOT EXISTS (SELECT 1
+                     FROM (SELECT DISTINCT organization_id, run_id FROM new_events) e
+                    WHERE EXISTS (SELECT 1 FROM webhook_targets w
+                                   WHERE w.organization_id = e.organization_id)
+                       OR (SELECT r.webhook_url FROM orchestration_runs r
+                            WHERE r.id = e.run_id LIMIT 1) IS NOT NULL) THEN
         RETURN NULL;
     END IF;
     INSERT INTO webhook_deliveries (organization_id, url, run_id, sequence, created_at, payload)
@@ -45,7 +50,8 @@ BEGIN
                    'step_state', e.step_state,
                    'payload', e.payload))
       FROM new_events e
-      JOIN orchestration_runs r ON r.id = e.run_id
+     CROSS JOIN LATERAL (SELECT r.definition_name, r.webhook_url FROM orchestration_runs r
+                          WHERE r.id = e.run_id LIMIT 1) r
      CROSS JOIN LATERAL (
            SELECT r.webhook_url AS url WHERE r.webhook_url IS NOT NULL
            UNION
