@@ -182,6 +182,29 @@ async def test_an_eager_claim_takes_turns_with_other_shares_only_when_asked(
             assert [s.step_id for s in await repo.claim("replica-2", 10, 60)] == ["x"]
 
 
+async def test_a_claim_passes_over_runs_waiting_on_their_agents_limit(db: Database) -> None:
+    """Queued steps behind an agent whose running steps reach its max_concurrency do not
+    make their runs candidates of a claim: it visits none of them (no agent lock asked),
+    and takes them once the agent has a free slot again."""
+    repo = RunsRepository(db)
+    await limit_echo(db, max_concurrency=1)
+    for _ in range(5):
+        await repo.create(dag([("a", [])]), start=True)
+    (first,) = await repo.claim("replica-1", 10, lease_seconds=60)  # echo's only slot
+
+    async with db.transaction() as conn:
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+        claimed = await conn.fetch("SELECT * FROM podium_claim_steps('replica-1', 10, 60)")
+        locks = await conn.fetchval(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname = 'podium_claim_lock'"
+        )
+    assert claimed == [] and locks == 0
+
+    await repo.complete([done(first)], None)
+    assert len(await repo.claim("replica-1", 10, lease_seconds=60)) == 1
+
+
 async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:
     """A replica without free slots claims nothing eagerly; one with fewer slots than
     the promoted steps takes what fits. The rest stays queued and the batch says so

@@ -362,7 +362,11 @@ $$;
 -- (PODIUM_MAX_RUNNING_STEPS_PER_ORG, 0: none) while its organization's running steps
 -- (podium_org_running) reach it; both are counted once per claim under their lock and
 -- decremented by each start. Organizations at their cap are left out of the candidate
--- runs, so their queue costs the claim nothing.
+-- runs, so their queue costs the claim nothing; so are the queued steps of an agent
+-- whose running steps reach its max_concurrency (counted before its lock is taken: a
+-- step left out as its agent frees a slot is taken by the next claim, which the
+-- completion that freed it wakes), so a backlog waiting on its agent costs each claim
+-- one probe per queued step instead of a visit of each of its runs.
 DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[],
@@ -448,6 +452,20 @@ BEGIN
                          WHERE x.state = 'running'
                            AND x.id IN (SELECT q.run_id FROM orchestration_steps q
                                          WHERE q.state = 'queued'
+                                           -- not behind an agent whose max_concurrency
+                                           -- its running steps reach (below)
+                                           AND NOT EXISTS (
+                                               SELECT 1 FROM agents a
+                                                WHERE a.organization_id = q.organization_id
+                                                  AND a.name = q.agent
+                                                  AND a.max_concurrency > 0
+                                                  AND a.max_concurrency <= (
+                                                      SELECT count(*)
+                                                        FROM orchestration_steps f
+                                                       WHERE f.state = 'running'
+                                                         AND f.organization_id
+                                                             = a.organization_id
+                                                         AND f.agent = a.name))
                                         UNION
                                         SELECT w.run_id FROM orchestration_steps w
                                          WHERE w.state = 'waiting_retry'
