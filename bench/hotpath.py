@@ -25,7 +25,9 @@ Workloads (each on the no-op agent in a child process, as in ``bench/engine.py``
 on agent ``held``, the example ``sleeper`` agent in a child process, registered with
 ``max=1``): the first sleeps for the whole benchmark, the other N stay queued behind
 its agent's limit, as another team's backlog would on a shared deployment. The
-workloads then show what those waiting runs cost everyone else's steps.
+workloads then show what those waiting runs cost everyone else's steps. ``--slots``
+sets the replica's worker slots (100): with 16, ``many`` keeps them all busy, so the
+eager claims take turns with other shares (the claim over every run).
 
 The script imports Podium from the interpreter running it, so the same file measures
 another checkout: ``/path/to/other/.venv/bin/python bench/hotpath.py``. ``--uvloop``
@@ -224,6 +226,9 @@ async def main() -> None:
     parser.add_argument(
         "--held", type=int, default=0, help="runs of another share queued behind a limit"
     )
+    parser.add_argument(
+        "--slots", type=int, default=100, help="the replica's worker slots (fewer: contended)"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     trips = RoundTrips()
@@ -236,7 +241,9 @@ async def main() -> None:
     out: dict[str, Any] = {"machine": await machine_info(admin), "held": args.held}
     dbname, dsn = await create_database(admin, args.database_url)
     await admin.execute(f"ALTER DATABASE \"{dbname}\" SET track_functions = 'pl'")
-    server = podium_server(podium_settings(dsn, agents, default_max_parallel=8))
+    server = podium_server(
+        podium_settings(dsn, agents, default_max_parallel=8, worker_slots=args.slots)
+    )
     try:
         await server.start()
         scheduler = server.engine.scheduler
