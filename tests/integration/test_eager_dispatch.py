@@ -205,6 +205,29 @@ async def test_a_claim_passes_over_runs_waiting_on_their_agents_limit(db: Databa
     assert len(await repo.claim("replica-1", 10, lease_seconds=60)) == 1
 
 
+async def test_a_claim_passes_over_runs_at_their_max_parallel(db: Database) -> None:
+    """A run whose running steps reach its max_parallel is not a candidate of a claim:
+    the claim locks none of them (it locked each, to count its steps and start none),
+    and takes the run's next step once one of its steps finished."""
+    repo = RunsRepository(db)
+    for _ in range(4):
+        await repo.create(dag([("a", []), ("b", []), ("c", [])], max_parallel=1), start=True)
+    first = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert len(first) == 4  # one step of each run
+
+    async with db.transaction() as conn:
+        claimed = await conn.fetch("SELECT * FROM podium_claim_steps('replica-1', 10, 60)")
+        locked = await conn.fetchval(
+            "SELECT count(*) FROM orchestration_runs"
+            " WHERE xmax::text = (txid_current() % 4294967296)::text"
+        )
+    assert claimed == [] and locked == 0
+
+    await repo.complete([done(first[0])], None)
+    (again,) = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert again.run_id == first[0].run_id
+
+
 async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:
     """A replica without free slots claims nothing eagerly; one with fewer slots than
     the promoted steps takes what fits. The rest stays queued and the batch says so

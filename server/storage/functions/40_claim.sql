@@ -363,10 +363,13 @@ $$;
 -- (podium_org_running) reach it; both are counted once per claim under their lock and
 -- decremented by each start. Organizations at their cap are left out of the candidate
 -- runs, so their queue costs the claim nothing; so are the queued steps of an agent
--- whose running steps reach its max_concurrency (counted before its lock is taken: a
--- step left out as its agent frees a slot is taken by the next claim, which the
--- completion that freed it wakes), so a backlog waiting on its agent costs each claim
--- one probe per queued step instead of a visit of each of its runs.
+-- whose running steps reach its max_concurrency, and of a run whose running steps
+-- reach its max_parallel (both counted before their locks are taken: a step left out
+-- as a slot frees is taken by the next claim, which the completion that freed it wakes,
+-- or by that completion's own eager claim), so a backlog waiting on its limits costs
+-- each claim a probe per queued step and a count per run instead of a visit of each of
+-- its runs (a run lock, its retries, its counts, its steps' locks). A run with a due
+-- retry is visited whatever its counts: its retry is re-queued.
 DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[],
@@ -450,26 +453,32 @@ BEGIN
                                                   ORDER BY x.created_at, x.id) AS rn
                           FROM orchestration_runs x
                          WHERE x.state = 'running'
-                           AND x.id IN (SELECT q.run_id FROM orchestration_steps q
-                                         WHERE q.state = 'queued'
-                                           -- not behind an agent whose max_concurrency
-                                           -- its running steps reach (below)
-                                           AND NOT EXISTS (
-                                               SELECT 1 FROM agents a
-                                                WHERE a.organization_id = q.organization_id
-                                                  AND a.name = q.agent
-                                                  AND a.max_concurrency > 0
-                                                  AND a.max_concurrency <= (
-                                                      SELECT count(*)
-                                                        FROM orchestration_steps f
-                                                       WHERE f.state = 'running'
-                                                         AND f.organization_id
-                                                             = a.organization_id
-                                                         AND f.agent = a.name))
-                                        UNION
-                                        SELECT w.run_id FROM orchestration_steps w
-                                         WHERE w.state = 'waiting_retry'
-                                           AND w.next_attempt_at <= now())
+                           AND (x.id IN (SELECT w.run_id FROM orchestration_steps w
+                                          WHERE w.state = 'waiting_retry'
+                                            AND w.next_attempt_at <= now())
+                                -- queued steps, not all behind their run's max_parallel
+                                -- or an agent whose max_concurrency its running steps
+                                -- reach (below)
+                                OR (x.id IN (SELECT q.run_id FROM orchestration_steps q
+                                              WHERE q.state = 'queued'
+                                                AND NOT EXISTS (
+                                                    SELECT 1 FROM agents a
+                                                     WHERE a.organization_id
+                                                           = q.organization_id
+                                                       AND a.name = q.agent
+                                                       AND a.max_concurrency > 0
+                                                       AND a.max_concurrency <= (
+                                                           SELECT count(*)
+                                                             FROM orchestration_steps f
+                                                            WHERE f.state = 'running'
+                                                              AND f.organization_id
+                                                                  = a.organization_id
+                                                              AND f.agent = a.name)))
+                                    AND x.max_parallel > (
+                                        SELECT count(*) FROM orchestration_steps c
+                                         WHERE c.run_id = x.id
+                                           AND c.state = ANY ('{queued,running,waiting_retry}')
+                                           AND c.state NOT IN ('queued', 'waiting_retry'))))
                            AND (v_cap = 0 OR x.organization_id NOT IN (
                                     SELECT f.organization_id FROM orchestration_steps f
                                      WHERE f.state = 'running' AND f.child_run_id IS NULL
