@@ -367,9 +367,9 @@ $$;
 -- reach its max_parallel (both counted before their locks are taken: a step left out
 -- as a slot frees is taken by the next claim, which the completion that freed it wakes,
 -- or by that completion's own eager claim), so a backlog waiting on its limits costs
--- each claim a probe per queued step and a count per run instead of a visit of each of
--- its runs (a run lock, its retries, its counts, its steps' locks). A run with a due
--- retry is visited whatever its counts: its retry is re-queued.
+-- each claim one count of the running steps by agent and one count per run instead of
+-- a visit of each of its runs (a run lock, its retries, its counts, its steps' locks).
+-- A run with a due retry is visited whatever its counts: its retry is re-queued.
 DROP FUNCTION IF EXISTS podium_claim_steps_of(text, integer, double precision, uuid[]);
 CREATE OR REPLACE FUNCTION podium_claim_steps_of(
     p_owner text, p_limit integer, p_lease_seconds double precision, p_runs uuid[],
@@ -418,6 +418,8 @@ DECLARE
     v_attempts integer[];
     v_agents text[];
     v_fast_runs uuid[] := '{}';  -- the runs the multi-run pre-pass visited
+    v_full text[];  -- 'organization<US>agent' of the agents whose running steps reach
+                    -- their max_concurrency (the claim over every run)
 BEGIN
     IF p_limit <= 0 THEN
         RETURN;
@@ -441,6 +443,19 @@ BEGIN
         p_runs := ARRAY(SELECT u FROM unnest(p_runs) AS u WHERE NOT u = ANY (v_fast_runs));
     END IF;
     IF p_runs IS NULL THEN
+        -- The full agents, before their locks (a filter only: see above): an agent with
+        -- running steps, counted on orchestration_steps_running_agent_idx, then probed
+        -- by its key.
+        SELECT coalesce(array_agg(f.organization_id || chr(31) || f.agent), '{}')
+          INTO v_full
+          FROM (SELECT g.organization_id, g.agent, count(*) AS running
+                  FROM orchestration_steps g
+                 WHERE g.state = 'running' AND g.agent IS NOT NULL
+                 GROUP BY 1, 2) f,
+               LATERAL (SELECT a.max_concurrency FROM agents a
+                         WHERE a.organization_id = f.organization_id AND a.name = f.agent
+                         LIMIT 1) a
+         WHERE a.max_concurrency > 0 AND f.running >= a.max_concurrency;
         OPEN v_runs FOR
         SELECT r.id, r.max_parallel, r.organization_id, r.input, r.labels,
                r.definition_name, r.definition_version, r.created_at, r.started_at,
@@ -457,23 +472,13 @@ BEGIN
                                           WHERE w.state = 'waiting_retry'
                                             AND w.next_attempt_at <= now())
                                 -- queued steps, not all behind their run's max_parallel
-                                -- or an agent whose max_concurrency its running steps
-                                -- reach (below)
+                                -- or a full agent (v_full)
                                 OR (x.id IN (SELECT q.run_id FROM orchestration_steps q
                                               WHERE q.state = 'queued'
-                                                AND NOT EXISTS (
-                                                    SELECT 1 FROM agents a
-                                                     WHERE a.organization_id
-                                                           = q.organization_id
-                                                       AND a.name = q.agent
-                                                       AND a.max_concurrency > 0
-                                                       AND a.max_concurrency <= (
-                                                           SELECT count(*)
-                                                             FROM orchestration_steps f
-                                                            WHERE f.state = 'running'
-                                                              AND f.organization_id
-                                                                  = a.organization_id
-                                                              AND f.agent = a.name)))
+                                                AND (cardinality(v_full) = 0
+                                                     OR q.agent IS NULL
+                                                     OR NOT q.organization_id || chr(31)
+                                                            || q.agent = ANY (v_full)))
                                     AND x.max_parallel > (
                                         SELECT count(*) FROM orchestration_steps c
                                          WHERE c.run_id = x.id
