@@ -228,6 +228,43 @@ async def test_a_claim_passes_over_runs_at_their_max_parallel(db: Database) -> N
     assert again.run_id == first[0].run_id
 
 
+async def test_a_sequential_step_is_picked_within_the_organizations_cap(
+    db: Database,
+) -> None:
+    """With PODIUM_MAX_RUNNING_STEPS_PER_ORG, a completion still decides its run's next
+    step itself (podium_pick_steps, not the general claim), counted against the cap
+    under the organization's lock: with the cap reached by other steps it takes none."""
+    repo = RunsRepository(db, max_running_steps_per_org=2)
+    first = (await repo.create(dag([("a", []), ("b", ["a"])]), start=True)).run.id
+    await repo.create(dag([("x", [])]), start=True)
+    claimed = await repo.claim("replica-1", 10, lease_seconds=60)
+    assert sorted(s.step_id for s in claimed) == ["a", "x"]  # the cap: 2 running
+    await repo.create(dag([("y", [])]), start=True)  # waits for the cap
+    complete = (
+        "SELECT * FROM podium_complete_steps(ARRAY[$1]::uuid[], ARRAY['a'], ARRAY[1],"
+        " ARRAY['succeeded'], ARRAY['{}'::jsonb], ARRAY[NULL::jsonb], ARRAY[NULL::jsonb],"
+        " ARRAY[NULL::timestamptz], ARRAY[0::bigint], ARRAY[0::bigint], ARRAY[0::numeric],"
+        " 'replica-1', 10, 60, NULL, 2)"
+    )
+    async with db.transaction() as conn:
+        await conn.execute("SET LOCAL track_functions = 'pl'")
+        rows = await conn.fetch(complete, first)
+        calls = {
+            r["funcname"]: r["calls"]
+            for r in await conn.fetch(
+                "SELECT funcname, calls FROM pg_stat_xact_user_functions"
+                " WHERE funcname IN ('podium_pick_steps', 'podium_claim_steps_of')"
+            )
+        }
+    assert [r["step_id"] for r in rows if r["run_id"] is not None] == ["b"]
+    assert calls == {"podium_pick_steps": 1}
+    async with db.connection() as conn:
+        running = await conn.fetchval(
+            "SELECT count(*) FROM orchestration_steps WHERE state = 'running'"
+        )
+    assert running == 2 and await repo.claim("replica-1", 10, lease_seconds=60) == []
+
+
 async def test_another_replica_steals_what_the_eager_claim_leaves(db: Database) -> None:
     """A replica without free slots claims nothing eagerly; one with fewer slots than
     the promoted steps takes what fits. The rest stays queued and the batch says so

@@ -41,15 +41,21 @@ $$;
 -- slots allow, at most p_claim_limit, locked, in the claim's order, their step.started
 -- events written with this outcome's events (one update of the run row, one insert).
 -- The caller leases them (podium_lease_steps). picked is NULL when this outcome did
--- not decide the run's claim.
+-- not decide the run's claim. With p_org_cap > 0 (PODIUM_MAX_RUNNING_STEPS_PER_ORG), the
+-- picks also stay within the organization's cap, counted under its lock as any claim
+-- counts it (podium_claim_steps_of; only tried: refused, or the cap reached, the run's
+-- claim is left to the caller's podium_claim_steps_of).
 DROP FUNCTION IF EXISTS podium_record_outcome(
     uuid, text, integer, text, jsonb, jsonb, jsonb, timestamptz, bigint, bigint, numeric,
     text);
+DROP FUNCTION IF EXISTS podium_record_outcome(
+    uuid, text, integer, text, jsonb, jsonb, jsonb, timestamptz, bigint, bigint, numeric,
+    text, integer);
 CREATE OR REPLACE FUNCTION podium_record_outcome(
     p_run uuid, p_step text, p_attempt integer, p_outcome text, p_output jsonb,
     p_error jsonb, p_input jsonb, p_next_attempt_at timestamptz,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric,
-    p_model text DEFAULT '', p_claim_limit integer DEFAULT 0,
+    p_model text DEFAULT '', p_claim_limit integer DEFAULT 0, p_org_cap integer DEFAULT 0,
     OUT run_state text, OUT queued integer, OUT retry boolean, OUT picked text[]
 )
 LANGUAGE plpgsql AS $$
@@ -67,10 +73,12 @@ DECLARE
     v_picks text[] := '{}';
     v_pick_attempts integer[] := '{}';
     v_pick_agents text[] := '{}';
+    v_limit integer := p_claim_limit;
 BEGIN
     queued := 0;
     retry := false;
-    SELECT budget_run_id INTO v_budget FROM orchestration_runs WHERE id = p_run FOR UPDATE;
+    SELECT budget_run_id, organization_id INTO v_budget, v_org
+      FROM orchestration_runs WHERE id = p_run FOR UPDATE;
     IF p_input_tokens + p_output_tokens > 0 THEN  -- rate limits: 45_rate_limits.sql
         PERFORM podium_rate_record_tokens(p_run, p_step, p_attempt,
                                           p_input_tokens + p_output_tokens);
@@ -157,11 +165,19 @@ BEGIN
     END IF;
     v_count := cardinality(v_queued);
     -- The run's claim, decided here when it takes the claim's simplest path (above).
-    IF p_claim_limit > 0 AND v_count > 0 AND v_budget IS NULL
+    IF v_limit > 0 AND v_count > 0 AND v_budget IS NULL AND p_org_cap > 0 THEN
+        IF (podium_claim_lock('{}', '1886350961:' || v_org, false)
+                ->> ('1886350961:' || v_org))::boolean THEN
+            v_limit := least(v_limit, p_org_cap - podium_org_running(v_org));
+        ELSE
+            v_limit := 0;
+        END IF;
+    END IF;
+    IF v_limit > 0 AND v_count > 0 AND v_budget IS NULL
        AND podium_shares_alone(ARRAY[p_run]) THEN
         SELECT k.steps, k.attempts, k.agents, cardinality(k.decided) > 0
           INTO v_picks, v_pick_attempts, v_pick_agents, v_decided
-          FROM podium_pick_steps(ARRAY[p_run], p_claim_limit) k;
+          FROM podium_pick_steps(ARRAY[p_run], v_limit) k;
         IF v_decided THEN
             picked := v_picks;
         END IF;
@@ -372,8 +388,8 @@ BEGIN
                                         p_next_attempt_at[i], p_input_tokens[i],
                                         p_output_tokens[i], p_costs[i],
                                         coalesce(p_models[i], ''),
-                                        CASE WHEN v_n = 1 AND coalesce(p_org_cap, 0) <= 0
-                                             THEN p_claim_limit ELSE 0 END);
+                                        CASE WHEN v_n = 1 THEN p_claim_limit ELSE 0 END,
+                                        coalesce(p_org_cap, 0));
         v_states[i] := v_done.run_state;
         IF v_done.picked IS NOT NULL THEN
             v_eager := true;
