@@ -165,21 +165,23 @@ BEGIN
     END IF;
     v_count := cardinality(v_queued);
     -- The run's claim, decided here when it takes the claim's simplest path (above).
-    IF v_limit > 0 AND v_count > 0 AND v_budget IS NULL AND p_org_cap > 0 THEN
-        IF (podium_claim_lock('{}', '1886350961:' || v_org, false)
-                ->> ('1886350961:' || v_org))::boolean THEN
-            v_limit := least(v_limit, p_org_cap - podium_org_running(v_org));
-        ELSE
-            v_limit := 0;
-        END IF;
-    END IF;
     IF v_limit > 0 AND v_count > 0 AND v_budget IS NULL
        AND podium_shares_alone(ARRAY[p_run]) THEN
-        SELECT k.steps, k.attempts, k.agents, cardinality(k.decided) > 0
-          INTO v_picks, v_pick_attempts, v_pick_agents, v_decided
-          FROM podium_pick_steps(ARRAY[p_run], v_limit) k;
-        IF v_decided THEN
-            picked := v_picks;
+        IF p_org_cap > 0 THEN  -- the organization's cap, counted under its lock
+            IF (podium_claim_lock('{}', '1886350961:' || v_org, false)
+                    ->> ('1886350961:' || v_org))::boolean THEN
+                v_limit := least(v_limit, p_org_cap - podium_org_running(v_org));
+            ELSE
+                v_limit := 0;
+            END IF;
+        END IF;
+        IF v_limit > 0 THEN
+            SELECT k.steps, k.attempts, k.agents, cardinality(k.decided) > 0
+              INTO v_picks, v_pick_attempts, v_pick_agents, v_decided
+              FROM podium_pick_steps(ARRAY[p_run], v_limit) k;
+            IF v_decided THEN
+                picked := v_picks;
+            END IF;
         END IF;
     END IF;
 
