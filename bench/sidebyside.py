@@ -271,7 +271,9 @@ def table(summary: dict[str, Any], systems: Sequence[str], sizes: Sizes) -> str:
         lines.append("")
         lines.append(
             "gRPC ceiling (one-message call to a no-op agent in another process): p50 "
-            f"{_cell(g, 'ceiling.one_at_a_time_p50_ms')} ms one at a time, "
+            f"{_cell(g, 'ceiling.one_at_a_time_p50_ms')} ms one at a time back to back, "
+            f"{_cell(g, 'ceiling.after_idle_p50_ms')} ms each after "
+            f"{_cell(g, 'ceiling.after_idle_ms')} ms idle, "
             f"{_cell(g, 'ceiling.calls_per_s_64_in_flight')} calls/s with 64 in flight."
         )
     return "\n".join(lines)
