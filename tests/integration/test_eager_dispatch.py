@@ -69,13 +69,15 @@ def dag(edges: Sequence[tuple[str, Sequence[str]]], *, max_parallel: int = 10) -
     )
 
 
-async def limit_echo(db: Database, *, max_concurrency: int) -> None:
-    """Register agent ``echo`` with a ``max_concurrency``: its steps need counting."""
+async def limit_echo(db: Database, *, max_concurrency: int, agent: str = "echo") -> None:
+    """Register ``agent`` (the steps' ``echo`` by default) with a ``max_concurrency``:
+    its steps need counting."""
     async with db.connection() as conn:
         await conn.execute(
             "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
-            " VALUES ($1, 'echo', '127.0.0.1:1', $2)",
+            " VALUES ($1, $2, '127.0.0.1:1', $3)",
             ORG,
+            agent,
             max_concurrency,
         )
 
@@ -136,12 +138,7 @@ async def test_only_a_step_of_a_limited_agent_wakes_the_claim_loop(db: Database)
     steps ran on an agent with a max_concurrency: a limit on another agent costs a
     sequential run's completions no claim of their own."""
     repo = RunsRepository(db)
-    async with db.connection() as conn:
-        await conn.execute(
-            "INSERT INTO agents (organization_id, name, endpoint, max_concurrency)"
-            " VALUES ($1, 'other', '127.0.0.1:1', 2)",
-            ORG,
-        )
+    await limit_echo(db, max_concurrency=2, agent="other")
     await repo.create(dag([("a", []), ("b", ["a"]), ("c", ["b"])]), start=True)
     (a,) = await repo.claim("replica-1", 10, lease_seconds=60)
 
