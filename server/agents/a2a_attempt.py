@@ -263,7 +263,8 @@ class AttemptCalls:
         deadline = loop.time() + self.cancel_timeout
         try:
             while (remaining := deadline - loop.time()) > 0:
-                message = await asyncio.wait_for(self.call.read(), remaining)
+                async with asyncio.timeout(remaining):
+                    message = await self.call.read()
                 if not isinstance(message, a2a_pb2.StreamResponse):
                     return []
                 kind = message.WhichOneof("payload")

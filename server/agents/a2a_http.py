@@ -582,7 +582,8 @@ class HttpStream:
             self._pending.add_done_callback(_retrieve)
         remaining = self._deadline - asyncio.get_running_loop().time()
         try:
-            message = await asyncio.wait_for(asyncio.shield(self._pending), max(remaining, 0))
+            async with asyncio.timeout(max(remaining, 0)):
+                message = await asyncio.shield(self._pending)
         except TimeoutError:
             self.cancel()
             raise _rpc_error(

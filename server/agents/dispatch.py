@@ -267,7 +267,8 @@ class AgentDispatcher:
                 if remaining <= 0:
                     raise TimeoutError
                 if reason == "unreachable":
-                    await asyncio.wait_for(channel.channel_ready(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await channel.channel_ready()
                 elif not await self.health.wait_serving(endpoint, remaining):
                     raise TimeoutError
             except TimeoutError:

@@ -40,6 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from podium.agent.v1 import agent_pb2, agent_pb2_grpc
 from podium.server.agents.channels import AgentChannels
 from podium.server.agents.endpoints import EndpointRefused
+from podium.server.waits import wait_set
 
 __all__ = ["Health", "HealthState", "AgentHealthMonitor"]
 
@@ -142,8 +143,7 @@ class AgentHealthMonitor:
             if remaining <= 0:
                 return False
             watch.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(watch.changed.wait(), remaining)
+            await wait_set(watch.changed, remaining)
         return True
 
     # -- what is watched

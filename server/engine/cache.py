@@ -36,6 +36,7 @@ from podium.server.storage.cache import CacheRepository
 from podium.server.storage.errors import StorageError
 from podium.server.storage.runs import ClaimedStep
 from podium.server.storage.steps import CachePolicy, CheckpointWhen
+from podium.server.waits import wait_set
 
 __all__ = [
     "CacheHit",
@@ -267,10 +268,7 @@ class StepCache:
                 if found.status == "stale":
                     return None
                 # "wait": another attempt computes it.
-                try:
-                    await asyncio.wait_for(event.wait(), self._poll)
-                except TimeoutError:
-                    pass
+                await wait_set(event, self._poll)
             finally:
                 waiters = self._waiting.get(key)
                 if waiters is not None:

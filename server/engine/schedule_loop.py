@@ -19,6 +19,7 @@ from podium.server.engine.schedules import ScheduleService
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import StorageError
 from podium.server.telemetry.metrics import Metrics
+from podium.server.waits import wait_set
 
 __all__ = ["MAX_SLEEP_SECONDS", "RECHECK_SECONDS", "ScheduleLoop"]
 
@@ -92,8 +93,7 @@ class ScheduleLoop:
         while True:
             wait = await self._round()
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            await wait_set(self._wake, wait)
 
     async def _round(self) -> float:
         """One round; returns how long to sleep."""

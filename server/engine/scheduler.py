@@ -43,6 +43,7 @@ from podium.server.storage.runs import (
 from podium.server.storage.steps import Outcome, StepError
 from podium.server.telemetry.metrics import ORCHESTRATION_AGENT, Metrics
 from podium.server.telemetry.tracing import Tracing
+from podium.server.waits import wait_set
 
 __all__ = ["Scheduler", "SchedulerConfig", "StartChild"]
 
@@ -208,7 +209,8 @@ class Scheduler:
                 log.info("released %d leases for other replicas", released)
         # Let the completer commit what finished, then stop the loops.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._completions.join(), timeout=5)
+            async with asyncio.timeout(5):
+                await self._completions.join()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -247,8 +249,7 @@ class Scheduler:
             self._claim_saturated = want <= 0 or len(claimed) == want
             if claimed and len(claimed) == want and len(self._inflight) < self.config.slots:
                 continue  # there may be more runnable work right now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._sleep_seconds())
+            await wait_set(self._wake, self._sleep_seconds())
 
     def _free(self) -> int:
         """Slots neither executing nor promised to a claim in flight."""
@@ -315,10 +316,7 @@ class Scheduler:
     async def _sweep_loop(self) -> None:
         """Complete steps whose child run finished, and expire approvals."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._sweep_wake.wait(), max(self.config.poll_interval_seconds, 0.2)
-                )
+            await wait_set(self._sweep_wake, max(self.config.poll_interval_seconds, 0.2))
             self._sweep_wake.clear()
             if self._stopping:
                 continue

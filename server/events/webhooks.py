@@ -39,6 +39,7 @@ from podium.server.events.webhook_http import WebhookSender, describe_failure
 from podium.server.storage.database import DirectConnection, connect_direct
 from podium.server.storage.errors import StorageError
 from podium.server.storage.webhooks import ClaimedDelivery, DeliveryOutcome, WebhooksRepository
+from podium.server.waits import wait_set
 
 __all__ = [
     "CHANNEL",
@@ -203,7 +204,8 @@ class WebhookDispatcher:
             # has its task (and is either finished or given back below).
             claim_loop = self._loops[0]
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(claim_loop), timeout=30)
+                async with asyncio.timeout(30):
+                    await asyncio.shield(claim_loop)
             claim_loop.cancel()
         tasks = list(self._inflight)
         if tasks and grace > 0:
@@ -218,7 +220,8 @@ class WebhookDispatcher:
                 await self._repository.release(self._interrupted)
             self._interrupted.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._outcomes.join(), timeout=5)
+            async with asyncio.timeout(5):
+                await self._outcomes.join()
         for loop in self._loops:
             loop.cancel()
         for loop in self._loops:
@@ -288,8 +291,7 @@ class WebhookDispatcher:
                 self.claimed_total += len(claimed)
             # All slots taken: more may be due, so a finished try wakes the loop.
             self._saturated = len(claimed) >= free
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.config.poll_interval_seconds)
+            await wait_set(self._wake, self.config.poll_interval_seconds)
 
     # -- send ------------------------------------------------------------------------
 

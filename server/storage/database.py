@@ -201,7 +201,8 @@ class Database:
             return
         self._closed = True
         try:
-            await asyncio.wait_for(self._pool.close(), timeout=_CLOSE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(_CLOSE_TIMEOUT_SECONDS):
+                await self._pool.close()
         except TimeoutError:
             _logger.warning(
                 "database pool did not close within %.0fs; terminating connections",

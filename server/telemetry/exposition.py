@@ -69,9 +69,8 @@ class MetricsServer:
         self._writers.add(writer)
         try:
             try:
-                head = await asyncio.wait_for(
-                    reader.readuntil(b"\r\n\r\n"), timeout=_READ_TIMEOUT_SECONDS
-                )
+                async with asyncio.timeout(_READ_TIMEOUT_SECONDS):
+                    head = await reader.readuntil(b"\r\n\r\n")
             except (TimeoutError, asyncio.IncompleteReadError):
                 return
             except asyncio.LimitOverrunError:

@@ -10,6 +10,7 @@ schedule's next tick into the past, as the clock would have while nothing ran.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections import Counter
@@ -218,6 +219,23 @@ async def test_a_replica_dying_mid_claim_leaves_the_tick_to_another_one(
         assert await server.engine.schedules.fire_due() == []
     runs = await schedule_runs(database_url, created.id)
     assert len(runs) == 1
+
+
+async def test_the_schedule_loop_stops_when_woken_as_it_is_stopped(
+    start_server: StartServer, example_agents: ExampleAgents
+) -> None:
+    """A wake-up (a schedule created or resumed: NOTIFY podium_schedules) that arrives as
+    the replica stops: the loop stops, instead of taking the cancellation for the wake-up
+    and sleeping through another round (up to 30 s, and the replica's stop with it)."""
+    (server,) = await servers_with_agents(start_server, example_agents)
+    loop = server.engine.schedule_loop
+    await wait_until(lambda: loop.rounds >= 1, "the schedule loop's first round")
+    await asyncio.sleep(0.1)  # asleep until its next round: nothing is due
+    rounds = loop.rounds
+    loop.wake()
+    async with asyncio.timeout(5):
+        await loop.stop()
+    assert loop.rounds == rounds
 
 
 async def test_a_replayed_tick_finds_its_run(
