@@ -30,6 +30,7 @@ from tests.integration.conftest import StartServer, static_agents
 from tests.integration.runs_helpers import (
     Run,
     RunEvent,
+    StepRun,
     all_events,
     create_definition,
     plan,
@@ -131,7 +132,17 @@ async def test_whole_finished_trees_older_than_the_window_are_deleted_in_batches
             )
         ).run.id
 
+        async def napping(run_id: str) -> bool:
+            """Whether the run's long timer is parked: nothing of the run changes then."""
+            run = (await stub.GetRun(pb.GetRunRequest(run_id=run_id))).run
+            nap = next(s for s in run.steps if s.step_id == "nap")
+            return nap.state == StepRun.STATE_WAITING_RETRY
+
         async def child_done() -> str | None:
+            """The child, once it finished and the parent took its output and went to
+            sleep (the rows counted below must not change while retention runs)."""
+            if not (await napping(live_parent) and await napping(running)):
+                return None
             run = (await stub.GetRun(pb.GetRunRequest(run_id=live_parent))).run
             kids = _children(run)
             if not kids:
@@ -139,7 +150,9 @@ async def test_whole_finished_trees_older_than_the_window_are_deleted_in_batches
             kid = (await stub.GetRun(pb.GetRunRequest(run_id=kids[0]))).run
             return kids[0] if kid.state == Run.STATE_SUCCEEDED else None
 
-        live_child = await wait_for(child_done, "the child of the running parent finished")
+        live_child = await wait_for(
+            child_done, "the child of the running parent finished, the parent asleep"
+        )
 
         deleted = [*old_plain, old_tree.id, *old_child]
         kept = [held_tree.id, *held_child, recent, running, live_parent, live_child]
