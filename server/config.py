@@ -604,6 +604,15 @@ class Settings:
         "local development server), none with PODIUM_DATABASE_URL.",
         doc_default="unset",
     )
+    agent_dns_cache_seconds: float = _setting(
+        "PODIUM_AGENT_DNS_CACHE_SECONDS",
+        _parse_float(0),
+        "How long the admitted addresses of an agent's host name are kept before it is "
+        "resolved again (a name re-bound elsewhere is followed within this; a call that "
+        "finds nothing listening resolves it again at once). 0: resolve before every "
+        "call. Calls always connect to checked addresses.",
+        5.0,
+    )
     agent_tls_ca_file: Path | None = _setting(
         "PODIUM_AGENT_TLS_CA_FILE",
         _parse_optional_path,

@@ -202,6 +202,9 @@ class AgentDispatcher:
                     await _notify(on_progress, endpoint, f"not serving: {known.message}")
                     await self.health.wait_serving(endpoint, min(self.wait_seconds, timeout))
             outcome = await call(timeout=max(timeout - (time.monotonic() - started), 0.001))
+            if _absent(outcome) and self.channels.guard is not None:
+                # Nothing listens at the address its name had: maybe the agent moved.
+                self.channels.guard.forget(endpoint)
             if self.wait_seconds > 0:
                 outcome = await self._wait_and_retry(
                     call,

@@ -20,6 +20,17 @@ IP literal is checked once: its check needs no DNS): the agent channel pool
 (:mod:`.channels`) connects to the address just checked, never to the name, so a name
 re-bound to another address after the check (DNS rebinding) cannot redirect a call.
 
+A name's admitted addresses are kept ``cache_seconds`` (``PODIUM_AGENT_DNS_CACHE_SECONDS``)
+instead of resolving it before every call: a lookup is a round trip to the resolver
+(a thread of the event loop's pool and, for a name the hosts file does not hold, the DNS
+server) that every step of an agent named by host name paid before its call. Only
+admitted answers are kept (a refusal or a failed lookup is asked again on the next
+call), concurrent misses of one name share one lookup, and a call that found nothing
+listening drops its name's entry (:meth:`EndpointGuard.forget`), so an agent that moved
+is looked up again at once. Keeping an answer cannot admit an address: calls connect
+only to addresses checked when they were resolved, and the allow-list does not change
+while the server runs; a name re-bound elsewhere is seen when its entry expires.
+
 A2A agents may also be reached over HTTP (their agent card's URL, then the JSON-RPC or
 HTTP+JSON interface it lists): :meth:`EndpointGuard.resolve_url` checks such a URL's
 form with :func:`podium.server.outbound_http.parse_http_url` (the webhooks' rules) and
@@ -33,6 +44,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -174,6 +186,10 @@ async def _getaddrinfo(host: str, port: int) -> list[str]:
 _MAX_LITERALS = 4096
 """Bound of :class:`EndpointGuard`'s cache of IP-literal endpoints."""
 
+_MAX_NAMES = 4096
+"""Bound of :class:`EndpointGuard`'s cache of resolved names (expired entries are dropped
+first when it is full, then the oldest)."""
+
 
 class EndpointGuard:
     """Resolves agent endpoints and admits only allowed addresses (see the module).
@@ -182,15 +198,30 @@ class EndpointGuard:
         allow: the operator's allow-list (``PODIUM_AGENT_ALLOWED_NETWORKS``).
         resolver: ``(host, port) -> addresses``; the system resolver by default (tests
             inject one to re-bind a name).
+        cache_seconds: how long a name's admitted addresses are kept
+            (``PODIUM_AGENT_DNS_CACHE_SECONDS``); 0 resolves the name before every call.
+        clock: seconds, monotonic (tests inject one).
     """
 
-    def __init__(self, allow: AllowList | None = None, resolver: Resolver | None = None) -> None:
+    def __init__(
+        self,
+        allow: AllowList | None = None,
+        resolver: Resolver | None = None,
+        *,
+        cache_seconds: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.allow = allow if allow is not None else AllowList()
         self._resolve = resolver or _getaddrinfo
+        self.cache_seconds = cache_seconds
+        self._clock = clock
         # Admitted endpoints whose host is an IP literal: their check needs no DNS and
         # depends only on the endpoint and the (frozen) allow-list, so it is done once
         # instead of before every call (25 us, ~2.5% of the engine's CPU per step).
         self._literals: dict[str, tuple[HostPort, tuple[str, ...]]] = {}
+        # (host, port) -> (expiry by the clock, admitted addresses); see the module.
+        self._names: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
+        self._lookups: dict[tuple[str, int], asyncio.Future[tuple[str, ...]]] = {}
 
     def refusal(self, host: str, address: Address) -> str | None:
         """Why ``address`` (of ``host``) is refused, or None when it is admitted."""
@@ -258,12 +289,55 @@ class EndpointGuard:
         return await self.admitted(HostPort(host=literal, port=port))
 
     async def admitted(self, target: HostPort) -> list[str]:
-        """The addresses of ``target``'s host, every one admitted. Raises
-        EndpointRefused (``transient`` when the name does not resolve)."""
+        """The addresses of ``target``'s host, every one admitted: kept from an earlier
+        lookup for ``cache_seconds`` (module doc). Raises EndpointRefused (``transient``
+        when the name does not resolve)."""
         self.check_host(target)
         literal = target.literal
         if literal is not None:
             return [str(literal)]
+        if self.cache_seconds <= 0:
+            return await self._lookup(target)
+        key = (target.host.lower().rstrip("."), target.port)
+        cached = self._names.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return list(cached[1])
+        flight = self._lookups.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._lookup_and_keep(key, target))
+            self._lookups[key] = flight
+            flight.add_done_callback(lambda done: self._flight_done(key, done))
+        # Shielded: a caller cancelled meanwhile does not cancel the others' lookup.
+        return list(await asyncio.shield(flight))
+
+    def forget(self, endpoint: str) -> None:
+        """Drop the kept addresses of ``endpoint``'s host (a call to it found nothing
+        listening: the next call looks the name up again)."""
+        try:
+            target = parse_endpoint(endpoint)
+        except EndpointRefused:
+            return
+        self._names.pop((target.host.lower().rstrip("."), target.port), None)
+
+    async def _lookup_and_keep(self, key: tuple[str, int], target: HostPort) -> tuple[str, ...]:
+        addresses = tuple(await self._lookup(target))
+        if len(self._names) >= _MAX_NAMES:
+            now = self._clock()
+            for name in [k for k, (expiry, _) in self._names.items() if expiry <= now]:
+                del self._names[name]
+            while len(self._names) >= _MAX_NAMES:
+                del self._names[next(iter(self._names))]
+        self._names[key] = (self._clock() + self.cache_seconds, addresses)
+        return addresses
+
+    def _flight_done(self, key: tuple[str, int], flight: asyncio.Future[tuple[str, ...]]) -> None:
+        if self._lookups.get(key) is flight:
+            del self._lookups[key]
+        if not flight.cancelled():
+            flight.exception()  # retrieved: every waiter may have been cancelled
+
+    async def _lookup(self, target: HostPort) -> list[str]:
+        """Resolve ``target``'s host now and check every address."""
         try:
             addresses = list(await self._resolve(target.host, target.port))
         except OSError as exc:

@@ -71,7 +71,7 @@ async def check_configuration(settings: Settings) -> list[StaticAgent]:
         raise ConfigError(f"PODIUM_AGENTS: {exc}") from None
     await check_webhook_configuration(settings)
     tls_ca, tls_client = settings.agent_tls()
-    guard = EndpointGuard(settings.agent_allow_list)
+    guard = EndpointGuard(settings.agent_allow_list)  # one check at start: no cache
     await check_static_agents(agents, guard)
     if not any(agent.protocol == "podium_v1" for agent in agents):
         return agents
@@ -117,7 +117,9 @@ class Engine:
         )
         self.schedule_loop = ScheduleLoop(dsn, self.schedules, settings.poll_interval_seconds)
         # The outbound guard of agent endpoints: registration, static agents, every call.
-        guard = EndpointGuard(settings.agent_allow_list)
+        guard = EndpointGuard(
+            settings.agent_allow_list, cache_seconds=settings.agent_dns_cache_seconds
+        )
         # Raises ConfigError when a TLS file of agent channels became unusable since start.
         agent_tls_ca, agent_tls_client = settings.agent_tls()
         # The cards of A2A agents registered by URL: read at registration, kept for the

@@ -518,6 +518,37 @@ async def test_a_guarded_dispatcher_connects_to_the_checked_address_only() -> No
         await dispatcher.close()
 
 
+async def test_a_named_agent_is_looked_up_once_until_a_call_finds_it_gone() -> None:
+    """With PODIUM_AGENT_DNS_CACHE_SECONDS, calls to an agent named by host reuse the
+    checked answer instead of resolving before each call; a call that finds nothing
+    listening drops it, so the next call (the agent back at another address) resolves
+    the name again."""
+    answers = {"agent.test": ["127.0.0.1"]}
+    lookups: list[str] = []
+
+    async def resolve(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return answers[host]
+
+    guard = EndpointGuard(parse_allow_list("loopback"), resolver=resolve, cache_seconds=300)
+    dispatcher = AgentDispatcher(guard=guard)
+    try:
+        async with serving_raw(Scripted([result(ok=True)])) as endpoint:
+            named = f"agent.test:{endpoint.rpartition(':')[2]}"
+            for _ in range(3):
+                assert (await dispatcher.execute(named, request(), timeout=5)).ok
+            assert lookups == ["agent.test"]
+        # The agent is gone from that address: unavailable, and its name forgotten.
+        gone = await dispatcher.execute(named, request(), timeout=5)
+        assert isinstance(gone, Failure) and gone.code == "AGENT_UNAVAILABLE"
+        assert lookups == ["agent.test"]
+        # So the next call looks the name up again: the agent may listen elsewhere now.
+        await dispatcher.execute(named, request(), timeout=5)
+        assert lookups == ["agent.test", "agent.test"]
+    finally:
+        await dispatcher.close()
+
+
 async def test_message_size_limits_apply_and_are_not_retryable() -> None:
     small = AgentClient(max_message_bytes=1024)
     try:

@@ -3,6 +3,7 @@ resolver (no DNS, no connection)."""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 
 import pytest
@@ -157,3 +158,101 @@ def test_allow_list_setting() -> None:
     assert Settings.from_env({}, agent_allowed_networks="10.0.0.0/8").agent_allow_list == (
         parse_allow_list("10.0.0.0/8")
     )
+
+
+# -- the cache of names
+
+
+class Counting:
+    """A resolver over a table that counts its lookups and can hold them."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+        self.lookups = 0
+        self.release: asyncio.Event | None = None
+
+    async def __call__(self, host: str, port: int) -> list[str]:
+        self.lookups += 1
+        if self.release is not None:
+            await self.release.wait()
+        if host not in self.table:
+            raise OSError(f"no such host {host}")
+        return list(self.table[host])
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_name_is_looked_up_again_only_once_its_answer_expired() -> None:
+    names = Counting({"public.example": ["8.8.8.8"]})
+    clock = Clock()
+    guard = EndpointGuard(AllowList(), resolver=names, cache_seconds=5, clock=clock)
+    for _ in range(3):
+        assert (await guard.resolve("public.example:443"))[1] == ["8.8.8.8"]
+    assert (await guard.resolve("PUBLIC.example:443"))[1] == ["8.8.8.8"]  # the same name
+    assert names.lookups == 1
+    assert (await guard.resolve("public.example:444"))[1] == ["8.8.8.8"]  # another port
+    assert names.lookups == 2
+    # Re-bound: followed once the answer expired, and checked as always.
+    names.table["public.example"] = ["10.0.0.7"]
+    clock.now += 4.9
+    assert (await guard.resolve("public.example:443"))[1] == ["8.8.8.8"]
+    clock.now += 0.2
+    with pytest.raises(EndpointRefused, match="10.0.0.7"):
+        await guard.resolve("public.example:443")
+    assert names.lookups == 3
+    # A refusal is not kept: the next call asks again.
+    with pytest.raises(EndpointRefused):
+        await guard.resolve("public.example:443")
+    assert names.lookups == 4
+
+
+async def test_failed_lookups_are_not_kept_and_forget_drops_an_answer() -> None:
+    names = Counting({})
+    guard = EndpointGuard(AllowList(), resolver=names, cache_seconds=60, clock=Clock())
+    for _ in range(2):
+        with pytest.raises(EndpointRefused) as refused:
+            await guard.resolve("later.example:1")
+        assert refused.value.transient
+    assert names.lookups == 2
+    names.table["later.example"] = ["8.8.8.8"]
+    assert (await guard.resolve("later.example:1"))[1] == ["8.8.8.8"]
+    assert (await guard.resolve("later.example:1"))[1] == ["8.8.8.8"]
+    assert names.lookups == 3
+    # A call found nothing listening at 8.8.8.8: the agent may have moved.
+    names.table["later.example"] = ["8.8.4.4"]
+    guard.forget("later.example:1")
+    guard.forget("unix:///not/an/agent")  # not an endpoint: nothing to forget
+    assert (await guard.resolve("later.example:1"))[1] == ["8.8.4.4"]
+    assert names.lookups == 4
+
+
+async def test_concurrent_misses_share_one_lookup_and_a_cancelled_caller_not_the_others() -> None:
+    names = Counting({"public.example": ["8.8.8.8"]})
+    names.release = asyncio.Event()
+    guard = EndpointGuard(AllowList(), resolver=names, cache_seconds=5, clock=Clock())
+    callers = [asyncio.create_task(guard.resolve("public.example:443")) for _ in range(20)]
+    await asyncio.sleep(0.01)
+    callers[0].cancel()
+    names.release.set()
+    results = await asyncio.gather(*callers[1:])
+    assert all(addresses == ["8.8.8.8"] for _, addresses in results)
+    assert names.lookups == 1
+    assert callers[0].cancelled()
+
+
+async def test_without_a_cache_every_call_looks_the_name_up() -> None:
+    names = Counting({"public.example": ["8.8.8.8"]})
+    guard = EndpointGuard(AllowList(), resolver=names)
+    for _ in range(3):
+        await guard.resolve("public.example:443")
+    assert names.lookups == 3
+    assert Settings.from_env({}).agent_dns_cache_seconds == 5.0
+    assert Settings.from_env({"PODIUM_AGENT_DNS_CACHE_SECONDS": "0"}).agent_dns_cache_seconds == 0
+    with pytest.raises(ConfigError, match="PODIUM_AGENT_DNS_CACHE_SECONDS"):
+        Settings.from_env({"PODIUM_AGENT_DNS_CACHE_SECONDS": "-1"})
