@@ -39,6 +39,10 @@ pytestmark = [
     ),
 ]
 expect = playwright_api.expect
+# The page's actions wait up to 20 s (the page fixture); its assertions would wait 5 s
+# (Playwright's default), short for a run to finish and the page to show it while the
+# rest of the suite loads both cores.
+expect.set_options(timeout=20_000)
 
 GATED_STEPS: list[dict[str, Any]] = [
     {"id": "draft", "agent": "echo", "input": {"text": "notes"}},
