@@ -191,6 +191,12 @@ _MAX_NAMES = 4096
 first when it is full, then the oldest)."""
 
 
+def _name_key(target: HostPort) -> tuple[str, int]:
+    """The key of ``target`` in :class:`EndpointGuard`'s cache of names: one entry per
+    name however it is written (case, a trailing dot) and port."""
+    return target.host.lower().rstrip("."), target.port
+
+
 class EndpointGuard:
     """Resolves agent endpoints and admits only allowed addresses (see the module).
 
@@ -298,7 +304,7 @@ class EndpointGuard:
             return [str(literal)]
         if self.cache_seconds <= 0:
             return await self._lookup(target)
-        key = (target.host.lower().rstrip("."), target.port)
+        key = _name_key(target)
         cached = self._names.get(key)
         if cached is not None and cached[0] > self._clock():
             return list(cached[1])
@@ -317,7 +323,7 @@ class EndpointGuard:
             target = parse_endpoint(endpoint)
         except EndpointRefused:
             return
-        self._names.pop((target.host.lower().rstrip("."), target.port), None)
+        self._names.pop(_name_key(target), None)
 
     async def _lookup_and_keep(self, key: tuple[str, int], target: HostPort) -> tuple[str, ...]:
         addresses = tuple(await self._lookup(target))

@@ -39,10 +39,11 @@ pytestmark = [
     ),
 ]
 expect = playwright_api.expect
-# The page's actions wait up to 20 s (the page fixture); its assertions would wait 5 s
-# (Playwright's default), short for a run to finish and the page to show it while the
-# rest of the suite loads both cores.
-expect.set_options(timeout=20_000)
+WAIT_MS = 20_000
+"""How long the page's actions and assertions wait. Playwright's default for assertions
+(5 s) is short for a run to finish and the page to show it while the rest of the suite
+loads both cores."""
+expect.set_options(timeout=WAIT_MS)
 
 GATED_STEPS: list[dict[str, Any]] = [
     {"id": "draft", "agent": "echo", "input": {"text": "notes"}},
@@ -63,7 +64,7 @@ async def page() -> AsyncIterator[Any]:
         try:
             context = await browser.new_context()
             page = await context.new_page()
-            page.set_default_timeout(20_000)
+            page.set_default_timeout(WAIT_MS)
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             yield page
