@@ -499,17 +499,19 @@ class Scheduler:
 
         Only the attempts this replica holds are renewed: a step leased to it by a
         claim whose answer it never got (the commit went through, the connection did
-        not) expires and runs again instead of staying leased forever.
+        not) expires and runs again instead of staying leased forever. A step whose row
+        another transaction holds (a sub-orchestration's start, a run its agent starts)
+        is renewed next time, and its attempt runs on.
         """
         watched = [key for key, task in self._inflight.items() if not task.done()]
-        renewed = set(
+        held = set(
             await self._repository.renew_leases(
                 self.owner, self.config.lease_seconds, list(self._inflight)
             )
         )
         for key in watched:
             task = self._inflight.get(key)
-            if key not in renewed and task is not None and not task.done():
+            if key not in held and task is not None and not task.done():
                 log.warning(
                     "lease lost; cancelling the attempt",
                     extra={"run_id": str(key[0]), "step_id": key[1], "attempt": key[2]},

@@ -603,7 +603,10 @@ class RunsRepository:
         held: Sequence[tuple[uuid.UUID, str, int]] | None = None,
     ) -> list[tuple[uuid.UUID, str, int]]:
         """Extend the leases of ``owner``'s running steps, or with ``held`` of those
-        (run, step, attempt) only; returns the (run, step, attempt) renewed."""
+        (run, step, attempt) only. Returns the (run, step, attempt) renewed; with
+        ``held``, those still held: renewed, or whose row another transaction locks (the
+        next renewal extends them). A ``held`` attempt missing from the answer lost its
+        lease."""
         async with self._db.connection() as conn:
             if held is None:
                 rows = await conn.fetch(QUERIES["renew_leases"], owner, lease_seconds)

@@ -231,18 +231,35 @@ RETURNING s.run_id, s.step_id, s.attempt
 -- renew_held_leases --
 -- renew_leases for the attempts the owner is executing only: a lease whose claim the
 -- owner never saw (an ambiguous commit: the statement committed, its answer was lost)
--- is not renewed, so it expires and the step runs again.
+-- is not renewed, so it expires and the step runs again. Returns the attempts still
+-- held: renewed, or skipped because another transaction holds the step's row (a
+-- sub-orchestration's start, a run its agent starts, a completion), which the next
+-- renewal extends; an attempt missing from the answer lost its lease (cancelled,
+-- failed, re-queued). Each step found by a primary-key probe; the check reads the rows
+-- as they were when the statement began (the renewal's own writes are not seen).
 -- $1 owner, $2 lease seconds, $3 run ids, $4 step ids, $5 attempts (parallel arrays)
-UPDATE orchestration_steps s
-SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE (s.run_id, s.step_id) IN (
-    SELECT r.run_id, r.step_id
-    FROM unnest($3::uuid[], $4::text[], $5::integer[]) AS k(run_id, step_id, attempt)
-    JOIN orchestration_steps r
-      ON r.run_id = k.run_id AND r.step_id = k.step_id AND r.attempt = k.attempt
-    WHERE r.state = 'running' AND r.lease_owner = $1
-    FOR UPDATE OF r SKIP LOCKED)
-RETURNING s.run_id, s.step_id, s.attempt
+WITH k AS (
+    SELECT k.run_id, k.step_id, k.attempt
+    FROM unnest($3::uuid[], $4::text[], $5::integer[]) AS k(run_id, step_id, attempt),
+         LATERAL (SELECT 1 FROM orchestration_steps r
+                  WHERE r.run_id = k.run_id AND r.step_id = k.step_id
+                    AND r.attempt = k.attempt AND r.state = 'running'
+                    AND r.lease_owner = $1
+                  LIMIT 1) r
+), locked AS (
+    SELECT r.tid
+    FROM k, LATERAL (SELECT r.ctid AS tid FROM orchestration_steps r
+                     WHERE r.run_id = k.run_id AND r.step_id = k.step_id
+                       AND r.attempt = k.attempt AND r.state = 'running'
+                       AND r.lease_owner = $1
+                     LIMIT 1 FOR UPDATE SKIP LOCKED) r
+), renewed AS (
+    UPDATE orchestration_steps s
+    SET lease_expires_at = now() + make_interval(secs => $2)
+    FROM locked l
+    WHERE s.ctid = l.tid
+)
+SELECT k.run_id, k.step_id, k.attempt FROM k
 
 -- release_leases --
 -- On shutdown: let the owner's running steps expire now, so another replica takes

@@ -247,6 +247,55 @@ async def test_a_replica_that_reclaims_its_own_expired_step_still_tracks_it(
     assert [t.attempt for t in sleeper.tasks] == [1, 2]
 
 
+async def test_a_step_whose_row_is_locked_during_a_renewal_keeps_its_attempt(
+    start_server: StartServer, example_agents: ExampleAgents, database_url: str
+) -> None:
+    """A running step's row is locked for a moment by other work on it (a
+    sub-orchestration's start, a run its agent starts with its step credential) while
+    the lease loop renews: the renewal cannot extend it then, but the attempt still
+    holds its lease. It runs on; it is not cancelled as lost and run again."""
+    lease = 3.0  # renewed every second
+    server = await start_server(
+        agents=static_agents(example_agents, "sleeper"), lease_seconds=lease
+    )
+    sleeper = example_agents["sleeper"].stats
+    nap = {"agent": "sleeper", "input": {"seconds": 4}}
+    lease_of = "SELECT lease_expires_at FROM orchestration_steps WHERE run_id = $1 AND step_id = $2"
+    async with connect(database_url) as conn, connect(database_url) as locker:
+        async with stub_for(server.address) as stub:
+            await stub.CreateDefinition(
+                pb.CreateDefinitionRequest(
+                    definition=definition(
+                        "pair",
+                        [{"id": "s", **nap}, {"id": "t", **nap}],
+                        execution={"concurrency": {"max_parallel": 2}},
+                    )
+                )
+            )
+            run_id = (await start_run(stub, "pair")).run.id
+            rid = uuid.UUID(run_id)
+            await wait_until(lambda: sleeper.in_flight == 2, "both steps to reach the agent")
+            async with locker.transaction():
+                await locker.execute(
+                    "SELECT 1 FROM orchestration_steps WHERE run_id = $1 AND step_id = 's'"
+                    " FOR UPDATE",
+                    rid,
+                )
+                renewed_before = await conn.fetchval(lease_of, rid, "t")
+
+                async def renewed_since() -> bool:
+                    return bool(await conn.fetchval(lease_of, rid, "t") > renewed_before)
+
+                await wait_until(renewed_since, "a renewal while step s is locked")
+            run = await wait_for_run(stub, run_id, within=20)
+        assert_all_succeeded(run)
+        assert await attempts(conn, [rid]) == {
+            (rid, "s"): [(1, None, True)],
+            (rid, "t"): [(1, None, True)],
+        }
+    assert sleeper.calls == 2
+
+
 # -- 2. Two replicas, 50 runs -----------------------------------------------------------
 
 

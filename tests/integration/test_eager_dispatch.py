@@ -509,6 +509,35 @@ async def test_a_replica_renews_only_the_leases_it_holds(db: Database) -> None:
     assert await running(db, run) == {"a": "replica-1", "b": "replica-1"}
 
 
+async def test_a_lease_whose_row_another_transaction_holds_is_still_held(
+    db: Database, database_url: str
+) -> None:
+    """A running step's row locked by another transaction (a sub-orchestration's start,
+    a run its agent starts with its step credential, a completion) cannot be renewed
+    then, but its attempt has not lost its lease: the renewal reports it held, and the
+    next one extends it. An attempt the replica does not run any more is not held."""
+    repo = RunsRepository(db)
+    run = (await repo.create(dag([("a", [])]), start=True)).run.id
+    (claimed,) = await repo.claim("replica-1", 10, lease_seconds=60)
+    held = [(claimed.run_id, "a", claimed.attempt)]
+    lease = "SELECT lease_expires_at FROM orchestration_steps WHERE run_id = $1"
+    other = await asyncpg.connect(database_url)
+    try:
+        before = await other.fetchval(lease, run)
+        async with other.transaction():
+            await other.execute(
+                "SELECT 1 FROM orchestration_steps WHERE run_id = $1 FOR UPDATE", run
+            )
+            assert await repo.renew_leases("replica-1", 120, held) == held
+        assert await other.fetchval(lease, run) == before  # skipped, not extended
+        assert await repo.renew_leases("replica-1", 120, held) == held
+        assert await other.fetchval(lease, run) > before
+    finally:
+        await other.close()
+    assert await repo.renew_leases("replica-1", 120, [(run, "a", 2)]) == []
+    assert await repo.renew_leases("replica-2", 120, held) == []
+
+
 async def _events(db: Database, run_id: uuid.UUID) -> list[tuple[str, str | None]]:
     """The run's events as (type, step id), checked to be numbered without gaps."""
     async with db.connection() as conn:

@@ -596,6 +596,37 @@ async def test_claim_uses_indexes_without_statistics(database_url: str, limited:
         await conn.close()
 
 
+async def test_lease_renewal_probes_its_steps_without_statistics(database_url: str) -> None:
+    """A replica's lease renewal (every third of a lease) with the plan its connection
+    keeps from empty tables, on 100,000 steps never analysed: a primary-key probe per
+    attempt it holds, no Seq Scan of the steps. Its 50 running attempts are held."""
+    from podium.server.storage.queries import QUERIES
+
+    await _fill(database_url, _NO_AUTOVACUUM)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await _explain_kept_plans(conn)
+        await conn.execute("SET auto_explain.log_min_duration = -1")  # quiet while small
+        renew = QUERIES["renew_held_leases"]
+        for _ in range(8):  # a replica's renewals on the empty tables
+            assert await conn.fetch(renew, "replica-a", 60, [], [], []) == []
+        await _fill(database_url, _SETUP_UNANALYSED)
+        await conn.execute("SET auto_explain.log_min_duration = 0")
+        runs = [
+            await conn.fetchval("SELECT md5('run' || $1::text)::uuid", str(RUNS - i))
+            for i in range(RUNNING_RUNS)
+        ]
+        held, plans = await _plans_of(
+            conn, renew, "replica-a", 60, runs, ["s1"] * len(runs), [1] * len(runs)
+        )
+        assert sorted(tuple(row) for row in held) == sorted((r, "s1", 1) for r in runs)
+        assert "FOR UPDATE SKIP LOCKED" in _query_texts(plans)
+        problems = _seq_scans(plans) + _whole_index_scans(plans)
+        assert not problems, "\n\n".join(problems)
+    finally:
+        await conn.close()
+
+
 async def test_refresh_of_a_large_fan_out_reads_each_step_a_bounded_number_of_times(
     database_url: str,
 ) -> None:
