@@ -123,6 +123,19 @@ async def _pending_approval(stub: pb_grpc.OrchestrationServiceAsyncStub, run_id:
     return found[0]
 
 
+async def _finished_after_decision(
+    stub: pb_grpc.OrchestrationServiceAsyncStub, run_id: str, page: Any
+) -> run_pb2.Run:
+    """The run once it finished on the server after a decision made on ``page``; if it
+    does not finish, the failure shows what the page shows (a refused decision's
+    message, the card as it was)."""
+    try:
+        return await wait_for_run(stub, run_id, within=WAIT_MS / 1000)
+    except AssertionError as exc:
+        shown = await page.locator("main").inner_text()
+        raise AssertionError(f"{exc}\nthe page shows:\n{shown}") from None
+
+
 async def test_a_running_run_page_updates_its_dag_live(console: Console, page: Any) -> None:
     stub = console.stub
     steps: list[dict[str, Any]] = [
@@ -174,14 +187,14 @@ async def test_approving_a_checkpoint_in_the_browser_finishes_the_run(
     await expect(card).to_contain_text("Publish?")
     await card.locator("textarea[name=comment]").fill("looks good")
     await card.locator("button.approve").click()
+    finished = await _finished_after_decision(stub, run.id, page)
+    assert finished.state == run_pb2.Run.STATE_SUCCEEDED
     await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
     await expect(_node(page, "publish")).to_have_attribute("data-state", "SUCCEEDED")
     await expect(card).to_have_count(0)
     decided = await stub.GetApproval(pb.GetApprovalRequest(approval_id=approval_id))
     assert decided.approval.decision == approval_pb2.DECISION_APPROVE
     assert decided.approval.comment == "looks good"
-    finished = await wait_for_run(stub, run.id)
-    assert finished.state == run_pb2.Run.STATE_SUCCEEDED
 
 
 async def test_a_deep_link_follows_the_run_across_a_server_restart(
@@ -263,6 +276,8 @@ async def test_the_console_needs_no_sign_in_while_authentication_is_off(
     assert await page.evaluate("document.cookie") == ""
     await expect(page.locator("#signout")).to_be_visible()
     await page.click("#signout")
+    # Signed out once the page hides the button again (after the session's DELETE).
+    await expect(page.locator("#signout")).to_be_hidden()
     assert [c for c in await page.context.cookies() if c["name"] == "podium_session"] == []
 
 
@@ -389,12 +404,12 @@ async def test_a_run_paused_by_its_budget_shows_it_and_a_raised_budget_finishes_
     await expect(card).to_be_in_viewport()
     await card.locator("input[name=budgetMaxTokens]").fill("100")
     await card.locator("button.approve").click()
+    finished = await _finished_after_decision(stub, run.id, page)
+    assert finished.budget.max_tokens == 100
     await expect(page.locator(".run-header .badge")).to_have_text("SUCCEEDED")
     await expect(budget).to_have_attribute("data-exceeded", "false")
     await expect(budget).to_contain_text("30 / 100 tokens")
     await expect(page.locator("a.budget-approval")).to_have_count(0)
-    finished = await wait_for_run(stub, run.id)
-    assert finished.budget.max_tokens == 100
 
 
 async def test_the_usage_page_asks_for_a_key_and_comes_back_to_itself(
