@@ -197,6 +197,55 @@ async def test_approving_a_checkpoint_in_the_browser_finishes_the_run(
     assert decided.approval.comment == "looks good"
 
 
+async def test_a_comment_being_typed_survives_the_run_page_following_its_run(
+    console: Console, page: Any
+) -> None:
+    """The run page refreshes on each event of its run, the approvals page on each event
+    of any run; an approval card being typed in keeps its focus and every key typed on
+    both, while steps of another branch start and end."""
+    stub = console.stub
+    ticks: list[dict[str, Any]] = [
+        {
+            "id": f"tick{k}",
+            "agent": "sleeper",
+            "input": {"seconds": 0.3},
+            **({"dependsOn": [f"tick{k - 1}"]} if k > 1 else {}),
+        }
+        for k in range(1, 21)
+    ]
+    await create_definition(
+        stub,
+        "browser-typing",
+        [{"id": "review", "agent": "echo", "checkpoint": {"when": "WHEN_BEFORE"}}, *ticks],
+        execution={"concurrency": {"max_parallel": 2}},
+    )
+    run = (await start_run(stub, "browser-typing")).run
+    approval_id = await _pending_approval(stub, run.id)
+    await page.goto(f"{console.url}runs/{run.id}")
+    comment = page.locator(f'.approval[data-approval="{approval_id}"] textarea[name=comment]')
+    await comment.click()
+    events = page.locator("ol.events li")
+    before = await events.count()
+    text = "looks good to me, ship it"
+    await page.keyboard.type(text, delay=100)  # 2.5 s, while the ticks go on
+    assert await events.count() >= before + 3, "no events arrived while typing"
+    await expect(comment).to_be_focused()
+    await expect(comment).to_have_value(text)
+
+    async def ticks_done() -> int:
+        steps = (await stub.GetRun(pb.GetRunRequest(run_id=run.id))).run.steps
+        return sum(s.state == run_pb2.StepRun.STATE_SUCCEEDED for s in steps)
+
+    await page.goto(f"{console.url}approvals")
+    answer = page.locator(f'.approval[data-approval="{approval_id}"] input[name=answer]')
+    await answer.click()
+    done = await ticks_done()
+    await page.keyboard.type(text, delay=100)
+    assert await ticks_done() >= done + 3, "no steps ended while typing"
+    await expect(answer).to_be_focused()
+    await expect(answer).to_have_value(text)
+
+
 async def test_a_deep_link_follows_the_run_across_a_server_restart(
     database_url: str, example_agents: ExampleAgents, page: Any
 ) -> None:

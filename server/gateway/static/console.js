@@ -259,16 +259,12 @@ async function runPage(runId) {
     );
   }
 
+  const approvalsHeading = h("h2", {}, "Pending approvals");
   async function loadApprovals() {
     const { approvals: pending = [] } = await api("ListApprovals", { runId, states: ["STATE_PENDING"] });
-    // Cards already shown stay as they are (with what was typed in them).
-    const shown = new Map(
-      [...approvals.querySelectorAll(".approval")].map((card) => [card.dataset.approval, card]),
-    );
-    approvals.replaceChildren(
-      ...(pending.length ? [h("h2", {}, "Pending approvals")] : []),
-      ...pending.map((approval) => shown.get(approval.id) || approvalCard(approval, () => refresh())),
-    );
+    showApprovalCards(approvals, pending, (approval) => approvalCard(approval, () => refresh()), {
+      heading: approvalsHeading,
+    });
   }
 
   const refresh = debounce(async () => {

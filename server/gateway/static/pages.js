@@ -41,19 +41,33 @@ function approvalCard(approval, after) {
   );
 }
 
+// Shows a card per approval in `container`: the cards already there stay where they are,
+// never taken out of the page (a card being typed in keeps its text, its caret and its
+// focus while events refresh the page), those no longer pending go, new ones come last.
+// `heading`: shown above the cards while there are any; `none`: shown when there are none.
+function showApprovalCards(container, approvals, make, { heading = null, none = null } = {}) {
+  const wanted = new Set(approvals.map((a) => a.id));
+  const shown = new Map();
+  for (const card of container.querySelectorAll(".approval")) {
+    if (wanted.has(card.dataset.approval)) shown.set(card.dataset.approval, card);
+    else card.remove();
+  }
+  if (heading && approvals.length && !heading.isConnected) container.prepend(heading);
+  if (heading && !approvals.length) heading.remove();
+  if (none && approvals.length) none.remove();
+  if (none && !approvals.length && !none.isConnected) container.append(none);
+  for (const approval of approvals) {
+    if (!shown.has(approval.id)) container.append(make(approval));
+  }
+}
+
 async function approvalsPage() {
   const list = h("div");
   show(h("h1", {}, "Pending approvals"), list);
+  const none = h("p", { class: "muted" }, "Nothing waits for a decision.");
   async function load() {
     const { approvals = [] } = await api("ListApprovals", { states: ["STATE_PENDING"], pageSize: 100 });
-    const shown = new Map(
-      [...list.querySelectorAll(".approval")].map((card) => [card.dataset.approval, card]),
-    );
-    list.replaceChildren(
-      ...(approvals.length
-        ? approvals.map((a) => shown.get(a.id) || approvalCard(a, load))
-        : [h("p", { class: "muted" }, "Nothing waits for a decision.")]),
-    );
+    showApprovalCards(list, approvals, (a) => approvalCard(a, load), { none });
   }
   await load();
   const reload = debounce(() => load().catch(() => {}), 250);
