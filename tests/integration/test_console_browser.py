@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,29 +221,28 @@ async def test_a_comment_being_typed_survives_the_run_page_following_its_run(
     )
     run = (await start_run(stub, "browser-typing")).run
     approval_id = await _pending_approval(stub, run.id)
-    await page.goto(f"{console.url}runs/{run.id}")
-    comment = page.locator(f'.approval[data-approval="{approval_id}"] textarea[name=comment]')
-    await comment.click()
-    events = page.locator("ol.events li")
-    before = await events.count()
+    card = f'.approval[data-approval="{approval_id}"]'
     text = "looks good to me, ship it"
-    await page.keyboard.type(text, delay=100)  # 2.5 s, while the ticks go on
-    assert await events.count() >= before + 3, "no events arrived while typing"
-    await expect(comment).to_be_focused()
-    await expect(comment).to_have_value(text)
+
+    async def type_while(field: Any, progress: Callable[[], Awaitable[int]], what: str) -> None:
+        """Type ``text`` into ``field`` for 2.5 s while ``progress`` goes up by 3 or more:
+        the field keeps its focus and every key."""
+        await field.click()
+        before = await progress()
+        await page.keyboard.type(text, delay=100)
+        assert await progress() >= before + 3, f"no {what} while typing"
+        await expect(field).to_be_focused()
+        await expect(field).to_have_value(text)
 
     async def ticks_done() -> int:
         steps = (await stub.GetRun(pb.GetRunRequest(run_id=run.id))).run.steps
         return sum(s.state == run_pb2.StepRun.STATE_SUCCEEDED for s in steps)
 
+    await page.goto(f"{console.url}runs/{run.id}")
+    events = page.locator("ol.events li")
+    await type_while(page.locator(f"{card} textarea[name=comment]"), events.count, "events shown")
     await page.goto(f"{console.url}approvals")
-    answer = page.locator(f'.approval[data-approval="{approval_id}"] input[name=answer]')
-    await answer.click()
-    done = await ticks_done()
-    await page.keyboard.type(text, delay=100)
-    assert await ticks_done() >= done + 3, "no steps ended while typing"
-    await expect(answer).to_be_focused()
-    await expect(answer).to_have_value(text)
+    await type_while(page.locator(f"{card} input[name=answer]"), ticks_done, "steps ended")
 
 
 async def test_a_deep_link_follows_the_run_across_a_server_restart(
